@@ -1,0 +1,70 @@
+"""The seam between the renewal engine and whatever uses the credentials.
+
+The renewal engine commits a new key and certificate to storage and then hands
+them to a :class:`Deployer`. A deployer must either make the new pair live or
+leave the previous pair live and raise :class:`DeployError`. When the consumer
+(charon) is not reachable at all, it raises :class:`DeployUnavailable`: the
+files are committed and the consumer picks them up when it next starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from swcmp.errors import SwcmpError
+
+
+@dataclass(frozen=True)
+class CredentialPair:
+    """One session's key and certificate as they are (or will be) on disk.
+
+    ``key_pem`` is an unencrypted PKCS#8 PEM private key: never log it.
+    ``ca_certs_pem`` holds the CA certificates (issuer chain, trust anchors)
+    that go with the certificate, each a single PEM certificate.
+    """
+
+    session: str
+    key_path: Path
+    cert_path: Path
+    key_pem: bytes
+    cert_pem: bytes
+    ca_certs_pem: tuple[bytes, ...] = ()
+
+    def __repr__(self) -> str:  # never show key material
+        return (
+            f"CredentialPair(session={self.session!r}, key_path={str(self.key_path)!r}, "
+            f"cert_path={str(self.cert_path)!r})"
+        )
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    """What a deployer did, for status output and the log."""
+
+    deployed: bool
+    detail: str
+
+
+class DeployError(SwcmpError):
+    """The deployer failed and restored the previous pair (or had nothing to restore)."""
+
+
+class DeployUnavailable(DeployError):
+    """The consumer is not running or not reachable; nothing was changed in it."""
+
+
+class Deployer(Protocol):
+    """Makes a committed pair live."""
+
+    def deploy(self, new: CredentialPair, previous: CredentialPair | None) -> DeployResult:
+        """Activate ``new``; on failure restore ``previous`` and raise DeployError."""
+        ...
+
+
+class FileOnlyDeployer:
+    """A deployer for hosts where the files on disk are all there is."""
+
+    def deploy(self, new: CredentialPair, previous: CredentialPair | None) -> DeployResult:
+        return DeployResult(deployed=False, detail="files written; no daemon to notify")
