@@ -166,3 +166,50 @@ class PollingTimeoutError(ProtocolError):
 
 class CertificateRejectedError(CertificateError):
     """We refused the issued certificate and told the CA so in certConf."""
+
+
+class SessionFileError(ConfigError):
+    """A session file cannot be read, does not parse, or holds a bad value.
+
+    ``path`` names the file; ``line`` is the 1-based line when it is known.
+    """
+
+    def __init__(self, message: str, *, path: str, line: int | None = None, hint: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
+        if hint:
+            self.hint = hint
+
+
+class StorageIOError(StorageError):
+    """An operating-system call on ``path`` failed; ``errno`` says how (None if unknown)."""
+
+    def __init__(
+        self, message: str, *, path: str, errno: int | None = None, hint: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
+        if hint:
+            self.hint = hint
+
+
+class LockHeldError(StorageError):
+    """Another process holds the exclusive lock ``name`` (e.g. a session)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        name: str,
+        lock_path: str,
+        holder_pid: int | None = None,
+        hint: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.name = name
+        self.lock_path = lock_path
+        self.holder_pid = holder_pid
+        if hint:
+            self.hint = hint
