@@ -7,6 +7,7 @@ ever carries a secret (MAC secret, private key) in its text or attributes.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Self
 
 # PKIFailureInfo bits (RFC 4210 section 5.2.3, RFC 9480) with a hint for the user.
 FAILURE_INFO: dict[int, tuple[str, str]] = {
@@ -56,6 +57,11 @@ class SwcmpError(Exception):
     """Root of every error swcmp raises on purpose."""
 
     hint: str = ""
+
+    def with_hint(self, hint: str) -> Self:
+        """Attach what the user should do; returns self for ``raise E(...).with_hint(...)``."""
+        self.hint = hint
+        return self
 
     def __str__(self) -> str:
         base = super().__str__()

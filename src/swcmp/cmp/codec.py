@@ -1,0 +1,742 @@
+"""Build and parse CMP PKIMessages (RFC 4210, RFC 9480, CRMF RFC 4211).
+
+The only module that touches pyasn1. Builders return DER bytes; the parser
+returns :mod:`swcmp.models` dataclasses. A message is assembled by hand from
+the encoded header, body, protection and extraCerts, so that certificates are
+sent exactly as they were received and the protection is computed over the
+very bytes that go on the wire.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pyasn1.codec.der import decoder, encoder
+from pyasn1.error import PyAsn1Error
+from pyasn1.type import char, univ, useful
+from pyasn1_alt_modules import rfc2986, rfc4211, rfc5280, rfc9480
+
+from swcmp.cmp import der, oids
+from swcmp.errors import ProtocolError
+from swcmp.models import (
+    AlgorithmId,
+    Body,
+    CertRepContent,
+    CertRequestInfo,
+    CertResponse,
+    CertStatusInfo,
+    ErrorInfo,
+    Header,
+    InfoValue,
+    OldCertId,
+    PKIMessageInfo,
+    PollRepEntry,
+    RevDetailsInfo,
+    RevRepInfo,
+    RootCaKeyUpdate,
+    StatusInfo,
+)
+
+log = logging.getLogger(__name__)
+
+#: Largest message swcmp decodes; CMP messages with a few certificates are a few KiB.
+MAX_MESSAGE_SIZE = 1024 * 1024
+
+# PKIBody alternatives by context tag number (RFC 4210 5.1.2, RFC 9480).
+BODY_TAGS: dict[int, str] = {
+    0: "ir", 1: "ip", 2: "cr", 3: "cp", 4: "p10cr", 5: "popdecc", 6: "popdecr",
+    7: "kur", 8: "kup", 9: "krr", 10: "krp", 11: "rr", 12: "rp", 13: "ccr", 14: "ccp",
+    15: "ckuann", 16: "cann", 17: "rann", 18: "crlann", 19: "pkiconf", 20: "nested",
+    21: "genm", 22: "genp", 23: "error", 24: "certConf", 25: "pollReq", 26: "pollRep",
+}
+CERT_REQ_BODIES = ("ir", "cr", "kur")
+CERT_REP_BODIES = ("ip", "cp", "kup")
+
+NULL_DN_DER = b"\x30\x00"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _decode(data: bytes, spec: Any, what: str) -> Any:
+    try:
+        obj, rest = decoder.decode(data, asn1Spec=spec)
+    except PyAsn1Error as e:
+        raise ProtocolError(f"malformed {what}: {e}") from e
+    if rest:
+        raise ProtocolError(f"malformed {what}: {len(rest)} trailing bytes")
+    return obj
+
+
+def _copy_into(target: Any, source: Any) -> None:
+    """Copy a decoded value's components into a (differently tagged) schema slot."""
+    if isinstance(source, univ.Choice):
+        name = source.getName()
+        target.setComponentByName(name, source.getComponent())
+    elif isinstance(source, univ.SequenceOf | univ.SetOf):
+        for item in source:
+            target.append(item)
+    else:
+        for name in source:
+            if source[name].isValue:
+                target[name] = source[name]
+
+
+def _enc(obj: Any) -> bytes:
+    return bytes(encoder.encode(obj))
+
+
+def _alg(target: Any, alg: AlgorithmId) -> None:
+    target["algorithm"] = univ.ObjectIdentifier(alg.oid)
+    if alg.params_der is not None:
+        target["parameters"] = univ.Any(alg.params_der)
+
+
+def _alg_of(obj: Any) -> AlgorithmId:
+    params = obj["parameters"]
+    return AlgorithmId(str(obj["algorithm"]), bytes(params) if params.isValue else None)
+
+
+def _free_text(target: Any, texts: Iterable[str]) -> None:
+    for t in texts:
+        target.append(char.UTF8String(t))
+
+
+def _texts(obj: Any) -> tuple[str, ...]:
+    if not obj.isValue:
+        return ()
+    return tuple(str(t) for t in obj)
+
+
+def _status_info(target: Any, st: StatusInfo) -> None:
+    target["status"] = st.status
+    if st.text:
+        _free_text(target["statusString"], st.text)
+    if st.fail_info:
+        top = max(st.fail_info)
+        bits = "".join("1" if i in st.fail_info else "0" for i in range(top + 1))
+        target["failInfo"] = rfc9480.PKIFailureInfo(binValue=bits)
+
+
+def _parse_status(obj: Any) -> StatusInfo:
+    fail: set[int] = set()
+    if obj["failInfo"].isValue:
+        fail = {i for i, bit in enumerate(obj["failInfo"]) if bit}
+    return StatusInfo(int(obj["status"]), frozenset(fail), _texts(obj["statusString"]))
+
+
+def _gtime(dt: datetime) -> useful.GeneralizedTime:
+    return useful.GeneralizedTime(dt.astimezone(UTC).strftime("%Y%m%d%H%M%SZ"))
+
+
+def _name_der_of_general_name(gn: Any) -> bytes | None:
+    if gn.getName() != "directoryName":
+        return None
+    name = rfc5280.Name()
+    name["rdnSequence"] = gn.getComponent()["rdnSequence"]
+    return _enc(name)
+
+
+def _set_directory_name(target: Any, name_der: bytes) -> None:
+    name = _decode(name_der, rfc5280.Name(), "distinguished name")
+    target["directoryName"]["rdnSequence"] = name["rdnSequence"]
+
+
+def _itav(oid: str, value_der: bytes | None) -> Any:
+    itav = rfc9480.InfoTypeAndValue()
+    itav["infoType"] = univ.ObjectIdentifier(oid)
+    if value_der is not None:
+        itav["infoValue"] = univ.Any(value_der)
+    return itav
+
+
+def _int_of(tlv: der.TLV) -> int:
+    if tlv.tag != 0x02:
+        raise ProtocolError("expected an INTEGER")
+    return int.from_bytes(tlv.value, "big", signed=True)
+
+
+# --------------------------------------------------------------------------- header
+
+
+@dataclass(frozen=True)
+class HeaderFields:
+    """What goes into a PKIHeader that swcmp builds.
+
+    ``sender_der``/``recipient_der`` are DER Names (``NULL_DN_DER`` for none);
+    ``protection_alg`` and ``sender_kid`` come from the protector.
+    """
+
+    sender_der: bytes
+    recipient_der: bytes
+    transaction_id: bytes
+    sender_nonce: bytes
+    recip_nonce: bytes | None = None
+    message_time: datetime | None = None
+    protection_alg: AlgorithmId | None = None
+    sender_kid: bytes | None = None
+    recip_kid: bytes | None = None
+    implicit_confirm: bool = False
+    confirm_wait_time: datetime | None = None
+    free_text: tuple[str, ...] = ()
+    pvno: int = 2
+
+
+def encode_header(h: HeaderFields) -> bytes:
+    """DER of a PKIHeader."""
+    hdr = rfc9480.PKIHeader()
+    hdr["pvno"] = h.pvno
+    _set_directory_name(hdr["sender"], h.sender_der)
+    _set_directory_name(hdr["recipient"], h.recipient_der)
+    if h.message_time is not None:
+        hdr["messageTime"] = _gtime(h.message_time)
+    if h.protection_alg is not None:
+        _alg(hdr["protectionAlg"], h.protection_alg)
+    if h.sender_kid is not None:
+        hdr["senderKID"] = h.sender_kid
+    if h.recip_kid is not None:
+        hdr["recipKID"] = h.recip_kid
+    hdr["transactionID"] = h.transaction_id
+    hdr["senderNonce"] = h.sender_nonce
+    if h.recip_nonce is not None:
+        hdr["recipNonce"] = h.recip_nonce
+    if h.free_text:
+        _free_text(hdr["freeText"], h.free_text)
+    if h.implicit_confirm or h.confirm_wait_time is not None:
+        gi = hdr["generalInfo"]
+        if h.implicit_confirm:
+            gi.append(_itav(oids.IT_IMPLICIT_CONFIRM, b"\x05\x00"))
+        if h.confirm_wait_time is not None:
+            gi.append(_itav(oids.IT_CONFIRM_WAIT_TIME, _enc(_gtime(h.confirm_wait_time))))
+    return _enc(hdr)
+
+
+def _parse_header(hdr: Any) -> Header:
+    def octets(name: str) -> bytes | None:
+        v = hdr[name]
+        return bytes(v) if v.isValue else None
+
+    general_oids: list[str] = []
+    implicit = False
+    wait_time = None
+    if hdr["generalInfo"].isValue:
+        for itav in hdr["generalInfo"]:
+            oid = str(itav["infoType"])
+            general_oids.append(oid)
+            if oid == oids.IT_IMPLICIT_CONFIRM:
+                implicit = True
+            elif oid == oids.IT_CONFIRM_WAIT_TIME and itav["infoValue"].isValue:
+                t = _decode(bytes(itav["infoValue"]), useful.GeneralizedTime(), "confirmWaitTime")
+                wait_time = t.asDateTime
+    msg_time = None
+    if hdr["messageTime"].isValue:
+        try:
+            msg_time = hdr["messageTime"].asDateTime
+        except (PyAsn1Error, ValueError) as e:
+            raise ProtocolError(f"malformed messageTime: {e}") from e
+        if msg_time.tzinfo is None:
+            msg_time = msg_time.replace(tzinfo=UTC)
+    return Header(
+        pvno=int(hdr["pvno"]),
+        sender_der=_name_der_of_general_name(hdr["sender"]),
+        recipient_der=_name_der_of_general_name(hdr["recipient"]),
+        transaction_id=octets("transactionID"),
+        sender_nonce=octets("senderNonce"),
+        recip_nonce=octets("recipNonce"),
+        message_time=msg_time,
+        protection_alg=_alg_of(hdr["protectionAlg"]) if hdr["protectionAlg"].isValue else None,
+        sender_kid=octets("senderKID"),
+        recip_kid=octets("recipKID"),
+        free_text=_texts(hdr["freeText"]),
+        implicit_confirm=implicit,
+        confirm_wait_time=wait_time,
+        general_info_oids=tuple(general_oids),
+    )
+
+
+# --------------------------------------------------------------------------- bodies (build)
+
+
+def _body(kind: str) -> tuple[Any, Any]:
+    body = rfc9480.PKIBody()
+    return body, body[kind]
+
+
+@dataclass(frozen=True)
+class CertReqSpec:
+    """One certificate request to put in an ir, cr or kur.
+
+    ``sign_pop`` signs the DER CertRequest for signature POP (with the key
+    being certified) and returns (algorithm, signature); None sends
+    raVerified, which only an RA may do.
+    """
+
+    cert_req_id: int
+    spki_der: bytes
+    subject_der: bytes | None = None
+    issuer_der: bytes | None = None
+    extensions_der: bytes | None = None
+    old_cert_id: OldCertId | None = None
+    sign_pop: Callable[[bytes], tuple[AlgorithmId, bytes]] | None = None
+
+
+def _general_name_dir(name_der: bytes) -> Any:
+    gn = rfc5280.GeneralName()
+    _set_directory_name(gn, name_der)
+    return gn
+
+
+def cert_id_der(cid: OldCertId) -> bytes:
+    """DER of a CRMF CertId (issuer as a directoryName GeneralName)."""
+    obj = rfc4211.CertId()
+    _set_directory_name(obj["issuer"], cid.issuer_der)
+    obj["serialNumber"] = cid.serial
+    return _enc(obj)
+
+
+def cert_req_body(kind: str, requests: Sequence[CertReqSpec]) -> bytes:
+    """An ir, cr or kur body with signature POP."""
+    if kind not in CERT_REQ_BODIES:
+        raise ValueError(kind)
+    body, msgs = _body(kind)
+    for spec in requests:
+        req = rfc4211.CertRequest()
+        req["certReqId"] = spec.cert_req_id
+        tmpl = req["certTemplate"]
+        if spec.issuer_der is not None:
+            tmpl["issuer"]["rdnSequence"] = _decode(
+                spec.issuer_der, rfc5280.Name(), "issuer name"
+            )["rdnSequence"]
+        if spec.subject_der is not None:
+            tmpl["subject"]["rdnSequence"] = _decode(
+                spec.subject_der, rfc5280.Name(), "subject name"
+            )["rdnSequence"]
+        _copy_into(
+            tmpl["publicKey"],
+            _decode(spec.spki_der, rfc5280.SubjectPublicKeyInfo(), "public key"),
+        )
+        if spec.extensions_der is not None:
+            _copy_into(
+                tmpl["extensions"],
+                _decode(spec.extensions_der, rfc5280.Extensions(), "extensions"),
+            )
+        if spec.old_cert_id is not None:
+            ctrl = rfc4211.AttributeTypeAndValue()
+            ctrl["type"] = univ.ObjectIdentifier(oids.REG_CTRL_OLD_CERT_ID)
+            ctrl["value"] = univ.Any(cert_id_der(spec.old_cert_id))
+            req["controls"].append(ctrl)
+        req_der = _enc(req)
+        msg = rfc4211.CertReqMsg()
+        msg["certReq"] = req
+        if spec.sign_pop is None:
+            msg["popo"]["raVerified"] = univ.Null("")
+        else:
+            alg, sig = spec.sign_pop(req_der)
+            popo = msg["popo"]["signature"]
+            _alg(popo["algorithmIdentifier"], alg)
+            popo["signature"] = univ.BitString.fromOctetString(sig)
+        msgs.append(msg)
+    return _enc(body)
+
+
+def p10cr_body(csr_der: bytes) -> bytes:
+    """A p10cr body around a PKCS#10 request."""
+    body, slot = _body("p10cr")
+    _copy_into(slot, _decode(csr_der, rfc2986.CertificationRequest(), "PKCS#10 request"))
+    return _enc(body)
+
+
+def cert_conf_body(
+    entries: Sequence[tuple[bytes, int, StatusInfo | None, AlgorithmId | None]],
+) -> bytes:
+    """A certConf: per certificate (certHash, certReqId, statusInfo, hashAlg)."""
+    body, content = _body("certConf")
+    for cert_hash, req_id, status, hash_alg in entries:
+        cs = rfc9480.CertStatus()
+        cs["certHash"] = cert_hash
+        cs["certReqId"] = req_id
+        if status is not None:
+            _status_info(cs["statusInfo"], status)
+        if hash_alg is not None:
+            _alg(cs["hashAlg"], hash_alg)
+        content.append(cs)
+    return _enc(body)
+
+
+def poll_req_body(cert_req_ids: Sequence[int]) -> bytes:
+    """A pollReq for the given certReqIds."""
+    body, content = _body("pollReq")
+    for rid in cert_req_ids:
+        item = content.componentType.clone()
+        item["certReqId"] = rid
+        content.append(item)
+    return _enc(body)
+
+
+def genm_body(items: Sequence[InfoValue], *, kind: str = "genm") -> bytes:
+    """A genm (or, for a CA, genp) with the given InfoTypeAndValues."""
+    body, content = _body(kind)
+    for item in items:
+        content.append(_itav(item.oid, item.value_der))
+    return _enc(body)
+
+
+def cert_seq_der(certs: Sequence[bytes]) -> bytes:
+    """DER SEQUENCE OF Certificate from raw certificate bytes (kept exact)."""
+    return der.sequence(*certs)
+
+
+def rr_body(entries: Sequence[tuple[bytes, int, int | None]]) -> bytes:
+    """An rr: per certificate (issuer Name DER, serial, CRL reason code or None)."""
+    body, content = _body("rr")
+    for issuer_der, serial, reason in entries:
+        rd = rfc9480.RevDetails()
+        tmpl = rd["certDetails"]
+        tmpl["issuer"]["rdnSequence"] = _decode(issuer_der, rfc5280.Name(), "issuer")[
+            "rdnSequence"
+        ]
+        tmpl["serialNumber"] = serial
+        if reason is not None:
+            ext = rfc5280.Extension()
+            ext["extnID"] = univ.ObjectIdentifier(oids.CRL_REASON)
+            ext["extnValue"] = _enc(univ.Enumerated(reason))
+            rd["crlEntryDetails"].append(ext)
+        content.append(rd)
+    return _enc(body)
+
+
+def error_body(status: StatusInfo, *, error_code: int | None = None,
+               details: Sequence[str] = ()) -> bytes:
+    """An error message body."""
+    body, content = _body("error")
+    _status_info(content["pKIStatusInfo"], status)
+    if error_code is not None:
+        content["errorCode"] = error_code
+    if details:
+        _free_text(content["errorDetails"], details)
+    return _enc(body)
+
+
+def pkiconf_body() -> bytes:
+    """A pkiconf body (NULL)."""
+    body, _ = _body("pkiconf")
+    body["pkiconf"] = univ.Null("")
+    return _enc(body)
+
+
+def cert_rep_body(kind: str, responses: Sequence[CertResponse],
+                  ca_pubs: Sequence[bytes] = ()) -> bytes:
+    """An ip, cp or kup body (for the test CA)."""
+    if kind not in CERT_REP_BODIES:
+        raise ValueError(kind)
+    body, content = _body(kind)
+    for cert in ca_pubs:
+        content["caPubs"].append(_decode(cert, rfc9480.CMPCertificate(), "CA certificate"))
+    for r in responses:
+        cr = rfc9480.CertResponse()
+        cr["certReqId"] = r.cert_req_id
+        _status_info(cr["status"], r.status)
+        if r.cert_der is not None:
+            cert = _decode(r.cert_der, rfc9480.CMPCertificate(), "certificate")
+            cr["certifiedKeyPair"]["certOrEncCert"]["certificate"] = cert
+        content["response"].append(cr)
+    return _enc(body)
+
+
+def poll_rep_body(entries: Sequence[PollRepEntry]) -> bytes:
+    """A pollRep (for the test CA)."""
+    body, content = _body("pollRep")
+    for e in entries:
+        item = content.componentType.clone()
+        item["certReqId"] = e.cert_req_id
+        item["checkAfter"] = e.check_after
+        if e.reason:
+            _free_text(item["reason"], e.reason)
+        content.append(item)
+    return _enc(body)
+
+
+def rp_body(statuses: Sequence[StatusInfo]) -> bytes:
+    """An rp (for the test CA)."""
+    body, content = _body("rp")
+    for st in statuses:
+        item = rfc9480.PKIStatusInfo()
+        _status_info(item, st)
+        content["status"].append(item)
+    return _enc(body)
+
+
+# --------------------------------------------------------------------------- envelope
+
+
+def protected_part(header_der: bytes, body_der: bytes) -> bytes:
+    """DER of ProtectedPart ::= SEQUENCE { header, body }: what protection covers."""
+    return der.sequence(header_der, body_der)
+
+
+def assemble(header_der: bytes, body_der: bytes, protection: bytes | None,
+             extra_certs: Sequence[bytes] = ()) -> bytes:
+    """A whole PKIMessage from its encoded parts."""
+    parts = [header_der, body_der]
+    if protection is not None:
+        bits = b"\x03" + der.encode_length(len(protection) + 1) + b"\x00" + protection
+        parts.append(b"\xa0" + der.encode_length(len(bits)) + bits)
+    if extra_certs:
+        seq = der.sequence(*extra_certs)
+        parts.append(b"\xa1" + der.encode_length(len(seq)) + seq)
+    return der.sequence(*parts)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def decode_message(data: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> PKIMessageInfo:
+    """Decode a PKIMessage strictly; ProtocolError for anything malformed or unsupported."""
+    if len(data) > max_size:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds the {max_size}-byte limit")
+    try:
+        return _decode_message(data)
+    except ProtocolError:
+        raise
+    except (PyAsn1Error, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
+        # pyasn1 raises a zoo of exceptions on hostile input; none may escape raw.
+        raise ProtocolError(f"malformed CMP message: {type(e).__name__}: {e}") from e
+
+
+def _decode_message(data: bytes) -> PKIMessageInfo:
+    outer = der.single(data)
+    if outer.tag != 0x30:
+        raise ProtocolError("not a CMP message (expected a SEQUENCE)")
+    parts = outer.children()
+    if len(parts) < 2:
+        raise ProtocolError("CMP message without header or body")
+    header_tlv, body_tlv = parts[0], parts[1]
+    protection: bytes | None = None
+    extra: tuple[bytes, ...] = ()
+    for p in parts[2:]:
+        if p.tag == 0xA0 and protection is None and not extra:
+            (bits,) = p.children()
+            if bits.tag != 0x03 or not bits.value or bits.value[0] != 0:
+                raise ProtocolError("malformed protection BIT STRING")
+            protection = bits.value[1:]
+        elif p.tag == 0xA1 and not extra:
+            (seq,) = p.children()
+            extra = tuple(c.raw for c in seq.children())
+            if not extra:
+                raise ProtocolError("extraCerts present but empty")
+        else:
+            raise ProtocolError(f"unexpected element (tag 0x{p.tag:x}) in CMP message")
+
+    msg = _decode(data, rfc9480.PKIMessage(), "CMP message")
+    header = _parse_header(msg["header"])
+    if header.pvno not in (2, 3):
+        raise ProtocolError(f"unsupported CMP version pvno={header.pvno}")
+    body = msg["body"]
+    kind = body.getName()
+    content = body.getComponent()
+    inner = body_tlv.children()[0]
+    parsed: Body
+    if kind in CERT_REQ_BODIES:
+        parsed = _parse_cert_req(content, inner)
+    elif kind in CERT_REP_BODIES:
+        parsed = _parse_cert_rep(content, inner)
+    elif kind == "p10cr":
+        parsed = inner.raw
+    elif kind == "certConf":
+        parsed = tuple(
+            CertStatusInfo(
+                cert_hash=bytes(cs["certHash"]),
+                cert_req_id=int(cs["certReqId"]),
+                status=_parse_status(cs["statusInfo"]) if cs["statusInfo"].isValue else None,
+                hash_alg=_alg_of(cs["hashAlg"]) if cs["hashAlg"].isValue else None,
+            )
+            for cs in content
+        )
+    elif kind == "pollReq":
+        parsed = tuple(int(item["certReqId"]) for item in content)
+    elif kind == "pollRep":
+        parsed = tuple(
+            PollRepEntry(int(i["certReqId"]), int(i["checkAfter"]), _texts(i["reason"]))
+            for i in content
+        )
+    elif kind in ("genm", "genp"):
+        parsed = _parse_itavs(inner)
+    elif kind == "rr":
+        parsed = tuple(_parse_rev_details(rd) for rd in content)
+    elif kind == "rp":
+        parsed = RevRepInfo(tuple(_parse_status(s) for s in content["status"]))
+    elif kind == "error":
+        parsed = ErrorInfo(
+            status=_parse_status(content["pKIStatusInfo"]),
+            error_code=int(content["errorCode"]) if content["errorCode"].isValue else None,
+            details=_texts(content["errorDetails"]),
+        )
+    elif kind == "pkiconf":
+        parsed = None
+    else:
+        raise ProtocolError(f"unsupported CMP message type {kind}")
+    return PKIMessageInfo(
+        header=header,
+        body_type=kind,
+        body=parsed,
+        protection=protection,
+        extra_certs=extra,
+        protected_part=protected_part(header_tlv.raw, body_tlv.raw),
+        raw=data,
+    )
+
+
+def _parse_cert_req(content: Any, inner: der.TLV) -> tuple[CertRequestInfo, ...]:
+    raws = inner.children()
+    out: list[CertRequestInfo] = []
+    for msg, raw_msg in zip(content, raws, strict=True):
+        req = msg["certReq"]
+        tmpl = req["certTemplate"]
+        subject_der = None
+        if tmpl["subject"].isValue:
+            name = rfc5280.Name()
+            name["rdnSequence"] = tmpl["subject"]["rdnSequence"]
+            subject_der = _enc(name)
+        spki_der = None
+        if tmpl["publicKey"].isValue:
+            spki = rfc5280.SubjectPublicKeyInfo()
+            _copy_into(spki, tmpl["publicKey"])
+            spki_der = _enc(spki)
+        ext_der = None
+        if tmpl["extensions"].isValue:
+            exts = rfc5280.Extensions()
+            _copy_into(exts, tmpl["extensions"])
+            ext_der = _enc(exts)
+        old = None
+        if req["controls"].isValue:
+            for ctrl in req["controls"]:
+                if str(ctrl["type"]) == oids.REG_CTRL_OLD_CERT_ID:
+                    cid = _decode(bytes(ctrl["value"]), rfc4211.CertId(), "oldCertID")
+                    issuer = _name_der_of_general_name(cid["issuer"])
+                    if issuer is None:
+                        raise ProtocolError("oldCertID issuer is not a directoryName")
+                    old = OldCertId(issuer, int(cid["serialNumber"]))
+        popo = msg["popo"]
+        kind = popo.getName() if popo.isValue else "none"
+        alg = sig = None
+        has_input = False
+        if kind == "signature":
+            ps = popo["signature"]
+            alg = _alg_of(ps["algorithmIdentifier"])
+            sig = ps["signature"].asOctets()
+            has_input = ps["poposkInput"].isValue
+        out.append(
+            CertRequestInfo(
+                cert_req_id=int(req["certReqId"]),
+                request_der=raw_msg.children()[0].raw,
+                subject_der=subject_der,
+                public_key_der=spki_der,
+                extensions_der=ext_der,
+                old_cert_id=old,
+                popo_kind=kind,
+                popo_alg=alg,
+                popo_signature=sig,
+                popo_has_input=has_input,
+            )
+        )
+    return tuple(out)
+
+
+def _parse_cert_rep(content: Any, inner: der.TLV) -> CertRepContent:
+    kids = inner.children()
+    ca_pubs: tuple[bytes, ...] = ()
+    if kids and kids[0].tag == 0xA1:
+        ca_pubs = tuple(c.raw for c in kids[0].children()[0].children())
+        kids = kids[1:]
+    raw_responses = kids[0].children()
+    responses: list[CertResponse] = []
+    for cr, raw in zip(content["response"], raw_responses, strict=True):
+        cert_der = None
+        if cr["certifiedKeyPair"].isValue:
+            ckp = cr["certifiedKeyPair"]
+            coe = ckp["certOrEncCert"]
+            if coe.getName() != "certificate":
+                raise ProtocolError(
+                    "the CA returned an encrypted certificate, which swcmp does not support"
+                )
+            if ckp["privateKey"].isValue:
+                raise ProtocolError(
+                    "the CA returned a private key (central key generation is not supported)"
+                )
+            raw_fields = raw.children()
+            if len(raw_fields) < 3 or raw_fields[2].tag != 0x30:
+                raise ProtocolError("malformed CertResponse")
+            raw_coe = raw_fields[2].children()[0]
+            if raw_coe.tag != 0xA0:
+                raise ProtocolError("malformed certOrEncCert")
+            cert_der = raw_coe.children()[0].raw
+        responses.append(
+            CertResponse(int(cr["certReqId"]), _parse_status(cr["status"]), cert_der)
+        )
+    return CertRepContent(tuple(responses), ca_pubs)
+
+
+def _parse_itavs(inner: der.TLV) -> tuple[InfoValue, ...]:
+    out: list[InfoValue] = []
+    for item in inner.children():
+        fields = item.children()
+        if not fields or fields[0].tag != 0x06:
+            raise ProtocolError("malformed InfoTypeAndValue")
+        oid = str(_decode(fields[0].raw, univ.ObjectIdentifier(), "infoType"))
+        out.append(InfoValue(oid, fields[1].raw if len(fields) > 1 else None))
+    return tuple(out)
+
+
+def _parse_rev_details(rd: Any) -> RevDetailsInfo:
+    tmpl = rd["certDetails"]
+    issuer = None
+    if tmpl["issuer"].isValue:
+        name = rfc5280.Name()
+        name["rdnSequence"] = tmpl["issuer"]["rdnSequence"]
+        issuer = _enc(name)
+    serial = int(tmpl["serialNumber"]) if tmpl["serialNumber"].isValue else None
+    reason = None
+    if rd["crlEntryDetails"].isValue:
+        for ext in rd["crlEntryDetails"]:
+            if str(ext["extnID"]) == oids.CRL_REASON:
+                reason = int(_decode(bytes(ext["extnValue"]), univ.Enumerated(), "reason"))
+    return RevDetailsInfo(issuer, serial, reason)
+
+
+# --------------------------------------------------------------------------- genp values
+
+
+def parse_ca_certs(value_der: bytes | None) -> tuple[bytes, ...]:
+    """The certificates of an id-it-caCerts value (SEQUENCE OF CMPCertificate)."""
+    if value_der is None:
+        return ()
+    seq = der.single(value_der)
+    if seq.tag != 0x30:
+        raise ProtocolError("caCerts value is not a SEQUENCE")
+    return tuple(c.raw for c in seq.children())
+
+
+def parse_root_ca_key_update(value_der: bytes | None) -> RootCaKeyUpdate | None:
+    """An id-it-rootCaKeyUpdate value; None when the CA has no update."""
+    if value_der is None:
+        return None
+    seq = der.single(value_der)
+    kids = seq.children()
+    if not kids or kids[0].tag != 0x30:
+        raise ProtocolError("malformed RootCaKeyUpdateContent")
+    new_with_old = old_with_new = None
+    for k in kids[1:]:
+        if k.tag == 0xA0:
+            new_with_old = k.children()[0].raw
+        elif k.tag == 0xA1:
+            old_with_new = k.children()[0].raw
+    return RootCaKeyUpdate(kids[0].raw, new_with_old, old_with_new)
+
+
+def now_utc() -> datetime:
+    """The current time, whole seconds, in UTC (messageTime has second precision)."""
+    return datetime.now(UTC).replace(microsecond=0)

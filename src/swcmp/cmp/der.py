@@ -1,0 +1,116 @@
+"""A minimal DER walker that returns the exact bytes of nested elements.
+
+Protection must be verified over the bytes that were received, and
+certificate signatures over the TBS bytes the CA signed. pyasn1 decodes into
+objects and does not promise to re-encode them byte for byte, so the parts
+that are hashed or signature-checked are cut out of the original message with
+this walker instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from swcmp.errors import ProtocolError
+
+
+@dataclass(frozen=True)
+class TLV:
+    """One DER element: its tag octet(s), and the raw bytes of the whole and of the value."""
+
+    tag: int
+    constructed: bool
+    raw: bytes
+    value: bytes
+
+    def children(self) -> list[TLV]:
+        """The elements inside a constructed element, in order."""
+        if not self.constructed:
+            raise ProtocolError("DER: expected a constructed element")
+        return split(self.value)
+
+
+def read_tlv(data: bytes, pos: int = 0) -> tuple[TLV, int]:
+    """Read one element at ``pos``; return it and the position after it."""
+    n = len(data)
+    if pos >= n:
+        raise ProtocolError("DER: unexpected end of data")
+    start = pos
+    first = data[pos]
+    pos += 1
+    constructed = bool(first & 0x20)
+    tag = first
+    if first & 0x1F == 0x1F:  # high tag number form
+        tag_num = 0
+        for _ in range(4):
+            if pos >= n:
+                raise ProtocolError("DER: truncated tag")
+            b = data[pos]
+            pos += 1
+            tag_num = (tag_num << 7) | (b & 0x7F)
+            if not b & 0x80:
+                break
+        else:
+            raise ProtocolError("DER: tag number too large")
+        tag = (first << 24) | tag_num
+    if pos >= n:
+        raise ProtocolError("DER: truncated length")
+    lb = data[pos]
+    pos += 1
+    if lb < 0x80:
+        length = lb
+    elif lb == 0x80:
+        raise ProtocolError("DER: indefinite length is not allowed")
+    else:
+        count = lb & 0x7F
+        if count > 4 or pos + count > n:
+            raise ProtocolError("DER: bad length field")
+        length = int.from_bytes(data[pos : pos + count], "big")
+        if length < 0x80 or data[pos] == 0:
+            raise ProtocolError("DER: length not in minimal form")
+        pos += count
+    end = pos + length
+    if end > n:
+        raise ProtocolError("DER: element longer than the data")
+    return TLV(tag, constructed, data[start:end], data[pos:end]), end
+
+
+def split(data: bytes) -> list[TLV]:
+    """All consecutive elements in ``data`` (which must be consumed exactly)."""
+    out: list[TLV] = []
+    pos = 0
+    while pos < len(data):
+        tlv, pos = read_tlv(data, pos)
+        out.append(tlv)
+    return out
+
+
+def single(data: bytes) -> TLV:
+    """Exactly one element filling all of ``data``."""
+    tlv, end = read_tlv(data)
+    if end != len(data):
+        raise ProtocolError(f"DER: {len(data) - end} bytes left over after the message")
+    return tlv
+
+
+def context_child(parent: TLV, number: int) -> TLV | None:
+    """The child with context-specific constructed tag ``[number]``, if any."""
+    want = 0xA0 | number
+    for c in parent.children():
+        if c.tag == want:
+            return c
+    return None
+
+
+def encode_length(length: int) -> bytes:
+    """DER length octets."""
+    if length < 0x80:
+        return bytes([length])
+    body = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def sequence(*raw_elements: bytes) -> bytes:
+    """A DER SEQUENCE around already-encoded elements."""
+    content = b"".join(raw_elements)
+    return b"\x30" + encode_length(len(content)) + content

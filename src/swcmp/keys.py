@@ -1,0 +1,242 @@
+"""Key pairs and signature algorithms: generation, signing, verification.
+
+Only RSA (PKCS#1 v1.5 and PSS), ECDSA (P-256, P-384) and Ed25519 are
+supported, the set that strongSwan and the CAs swcmp targets have in common.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Union
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+from swcmp.cmp import oids
+from swcmp.errors import ConfigError, ProtectionError
+
+PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey]
+PublicKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey]
+
+KEY_TYPES = ("rsa:2048", "rsa:3072", "rsa:4096", "ecdsa:p256", "ecdsa:p384", "ed25519")
+DEFAULT_KEY_TYPE = "rsa:3072"
+
+_HASH_BY_OID: dict[str, type[hashes.HashAlgorithm]] = {
+    oids.SHA1: hashes.SHA1,
+    oids.SHA256: hashes.SHA256,
+    oids.SHA384: hashes.SHA384,
+    oids.SHA512: hashes.SHA512,
+}
+_RSA_PKCS1: dict[str, type[hashes.HashAlgorithm]] = {
+    oids.SHA1_WITH_RSA: hashes.SHA1,
+    oids.SHA256_WITH_RSA: hashes.SHA256,
+    oids.SHA384_WITH_RSA: hashes.SHA384,
+    oids.SHA512_WITH_RSA: hashes.SHA512,
+}
+_ECDSA: dict[str, type[hashes.HashAlgorithm]] = {
+    oids.ECDSA_SHA256: hashes.SHA256,
+    oids.ECDSA_SHA384: hashes.SHA384,
+    oids.ECDSA_SHA512: hashes.SHA512,
+}
+
+
+@dataclass(frozen=True)
+class SignatureAlgorithm:
+    """An AlgorithmIdentifier for a signature: OID and DER-encoded parameters (or None)."""
+
+    oid: str
+    params_der: bytes | None = None
+
+
+def generate_key(key_type: str) -> PrivateKey:
+    """Generate a private key of one of :data:`KEY_TYPES`."""
+    if key_type.startswith("rsa:"):
+        bits = int(key_type[4:])
+        if bits not in (2048, 3072, 4096):
+            raise ConfigError(f"unsupported RSA size {bits}: use 2048, 3072 or 4096")
+        return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    if key_type == "ecdsa:p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ecdsa:p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if key_type == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    raise ConfigError(f"unknown key type {key_type!r}: use one of {', '.join(KEY_TYPES)}")
+
+
+def key_type_of(key: PrivateKey | PublicKey) -> str:
+    """The :data:`KEY_TYPES` name that describes ``key`` (best effort for odd sizes)."""
+    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+        return f"rsa:{key.key_size}"
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        return {"secp256r1": "ecdsa:p256", "secp384r1": "ecdsa:p384"}.get(
+            key.curve.name, f"ecdsa:{key.curve.name}"
+        )
+    return "ed25519"
+
+
+def load_private_key(data: bytes) -> PrivateKey:
+    """Load an unencrypted PEM or DER private key of a supported type."""
+    try:
+        if b"-----BEGIN" in data:
+            key = serialization.load_pem_private_key(data, password=None)
+        else:
+            key = serialization.load_der_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+        raise ConfigError(
+            "cannot read the private key (it must be an unencrypted PEM or DER key)"
+        ) from e
+    if not isinstance(
+        key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+    ):
+        raise ConfigError(f"unsupported private key type {type(key).__name__}")
+    return key
+
+
+def private_key_pem(key: PrivateKey) -> bytes:
+    """Unencrypted PKCS#8 PEM, the form charon's load-key and swanctl's private/ take."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def spki_der(key: PrivateKey | PublicKey) -> bytes:
+    """The DER SubjectPublicKeyInfo of a key (private keys give their public part)."""
+    pub = key.public_key() if hasattr(key, "private_bytes") else key
+    return pub.public_bytes(  # type: ignore[union-attr]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def public_key_of(key: PrivateKey) -> PublicKey:
+    """The public half of ``key``."""
+    pub = key.public_key()
+    assert isinstance(pub, rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey)
+    return pub
+
+
+def subject_key_id(key: PrivateKey | PublicKey) -> bytes:
+    """SHA-1 over the subjectPublicKey bits (RFC 5280 4.2.1.2 method 1)."""
+    from swcmp.cmp.der import single
+
+    spki = single(spki_der(key)).children()
+    bits = spki[1].value[1:]  # skip the unused-bits octet
+    return hashlib.sha1(bits).digest()
+
+
+def default_signature_algorithm(key: PrivateKey, *, pss: bool = False) -> SignatureAlgorithm:
+    """The algorithm swcmp signs with for ``key``: SHA-256 (SHA-384 for P-384)."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        if pss:
+            return SignatureAlgorithm(oids.RSASSA_PSS, _pss_params_der())
+        return SignatureAlgorithm(oids.SHA256_WITH_RSA, b"\x05\x00")
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        if key.curve.key_size >= 384:
+            return SignatureAlgorithm(oids.ECDSA_SHA384)
+        return SignatureAlgorithm(oids.ECDSA_SHA256)
+    return SignatureAlgorithm(oids.ED25519)
+
+
+def _pss_params_der() -> bytes:
+    """RSASSA-PSS-params for SHA-256, MGF1-SHA-256, salt length 32."""
+    from pyasn1.codec.der import encoder
+    from pyasn1.type import univ
+    from pyasn1_alt_modules import rfc4055
+
+    params = rfc4055.RSASSA_PSS_params()
+    params["hashAlgorithm"]["algorithm"] = univ.ObjectIdentifier(oids.SHA256)
+    params["maskGenAlgorithm"]["algorithm"] = univ.ObjectIdentifier(oids.MGF1)
+    mgf_hash = rfc4055.AlgorithmIdentifier()
+    mgf_hash["algorithm"] = univ.ObjectIdentifier(oids.SHA256)
+    params["maskGenAlgorithm"]["parameters"] = encoder.encode(mgf_hash)
+    params["saltLength"] = 32
+    return bytes(encoder.encode(params))
+
+
+def _pss_from_params(params_der: bytes | None) -> tuple[hashes.HashAlgorithm, int]:
+    from pyasn1.codec.der import decoder
+    from pyasn1.error import PyAsn1Error
+    from pyasn1_alt_modules import rfc4055
+
+    if not params_der:
+        raise ProtectionError("RSASSA-PSS without parameters is not accepted")
+    try:
+        params, rest = decoder.decode(params_der, asn1Spec=rfc4055.RSASSA_PSS_params())
+    except PyAsn1Error as e:
+        raise ProtectionError("RSASSA-PSS parameters do not decode") from e
+    if rest:
+        raise ProtectionError("RSASSA-PSS parameters have trailing bytes")
+    hash_oid = str(params["hashAlgorithm"]["algorithm"])
+    if hash_oid not in _HASH_BY_OID or hash_oid == oids.SHA1:
+        raise ProtectionError(f"RSASSA-PSS with hash {hash_oid} is not accepted")
+    mgf_params = params["maskGenAlgorithm"]["parameters"]
+    if mgf_params.isValue:
+        mgf_alg, _ = decoder.decode(bytes(mgf_params), asn1Spec=rfc4055.AlgorithmIdentifier())
+        if str(mgf_alg["algorithm"]) != hash_oid:
+            raise ProtectionError("RSASSA-PSS with a different MGF1 hash is not accepted")
+    return _HASH_BY_OID[hash_oid](), int(params["saltLength"])
+
+
+def sign(key: PrivateKey, alg: SignatureAlgorithm, data: bytes) -> bytes:
+    """Sign ``data`` with ``key`` under ``alg``."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        if alg.oid == oids.RSASSA_PSS:
+            h, salt = _pss_from_params(alg.params_der)
+            return key.sign(data, padding.PSS(padding.MGF1(h), salt), h)
+        return key.sign(data, padding.PKCS1v15(), _RSA_PKCS1[alg.oid]())
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(data, ec.ECDSA(_ECDSA[alg.oid]()))
+    return key.sign(data)
+
+
+def verify(pub: object, alg: SignatureAlgorithm, signature: bytes, data: bytes) -> None:
+    """Check ``signature`` over ``data``; raise ProtectionError when it is wrong.
+
+    The algorithm must fit the key: an ECDSA OID with an RSA key is refused,
+    as is SHA-1 (no CA that swcmp targets needs it for new messages).
+    """
+    try:
+        if isinstance(pub, rsa.RSAPublicKey):
+            if alg.oid == oids.RSASSA_PSS:
+                h, salt = _pss_from_params(alg.params_der)
+                pub.verify(signature, data, padding.PSS(padding.MGF1(h), salt), h)
+                return
+            if alg.oid in _RSA_PKCS1 and alg.oid != oids.SHA1_WITH_RSA:
+                pub.verify(signature, data, padding.PKCS1v15(), _RSA_PKCS1[alg.oid]())
+                return
+        elif isinstance(pub, ec.EllipticCurvePublicKey):
+            if alg.oid in _ECDSA:
+                pub.verify(signature, data, ec.ECDSA(_ECDSA[alg.oid]()))
+                return
+        elif isinstance(pub, ed25519.Ed25519PublicKey) and alg.oid == oids.ED25519:
+            pub.verify(signature, data)
+            return
+    except InvalidSignature as e:
+        raise ProtectionError("signature does not verify") from e
+    raise ProtectionError(
+        f"signature algorithm {alg.oid} does not fit a {type(pub).__name__} key or is not accepted"
+    )
+
+
+def hash_for_cert_signature(sig_oid: str) -> hashes.HashAlgorithm | None:
+    """The hash of a certificate's signature algorithm (for certConf), None for EdDSA."""
+    if sig_oid in _RSA_PKCS1:
+        return _RSA_PKCS1[sig_oid]()
+    if sig_oid in _ECDSA:
+        return _ECDSA[sig_oid]()
+    return None
+
+
+def hash_by_oid(oid: str) -> hashes.HashAlgorithm:
+    """A hash by its OID; ProtectionError for unknown ones."""
+    if oid not in _HASH_BY_OID:
+        raise ProtectionError(f"unsupported hash algorithm {oid}")
+    return _HASH_BY_OID[oid]()
+
+
+HASH_OID_BY_NAME = {"sha1": oids.SHA1, "sha256": oids.SHA256, "sha384": oids.SHA384,
+                    "sha512": oids.SHA512}
