@@ -1,0 +1,671 @@
+"""strongSwan binding: hot-load renewed key and certificate pairs into charon over VICI.
+
+This is the only module that imports :mod:`vici`. It implements the
+:class:`~swcmp.deploy.Deployer` seam for *identity mode*: the connections in
+swanctl.conf select the local certificate by ``local.id`` (no ``local.certs``
+pin), so a renewal only has to change charon's credential sets, never a
+connection. charon picks the first certificate matching the identity that has
+a private key and a trust chain, and it keeps loaded certificates newest first.
+The swap therefore is (see STRONGSWAN.md):
+
+1. ``load-key`` (new), ``load-cert`` (new), ``load-cert`` (CA certificates);
+2. ``list-certs`` must show the new certificate with ``has_privkey``;
+3. ``unload-key`` (old key, when it differs), ``flush-certs`` (X509).
+
+Established IKE SAs are not touched. VICI has no ``unload-cert``: an old
+certificate stays loaded, but once its key is gone charon cannot use it.
+
+Every operation opens its own VICI session (one socket) and closes it again.
+Key material is sent to charon but never logged or put in an exception.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, NewType
+
+import vici
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from vici.exception import CommandException, DeserializationException, SessionException
+
+from swcmp.deploy import CredentialPair, DeployError, DeployResult, DeployUnavailable
+from swcmp.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_VICI_URI",
+    "CharonStatus",
+    "KeyId",
+    "LoadedCert",
+    "ViciDeployer",
+    "charon_status",
+    "key_id_from_cert_pem",
+    "key_id_from_public_key",
+    "key_id_from_spki",
+    "list_loaded_certs",
+    "load_current",
+    "loaded_key_ids",
+    "vici_socket_path",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VICI_URI = "unix:///var/run/charon.vici"
+"""Where charon's vici plugin listens unless ``charon.plugins.vici.socket`` says otherwise."""
+
+DEFAULT_TIMEOUT = 10.0
+"""Seconds to wait for charon to accept a connection or answer a command."""
+
+KeyId = NewType("KeyId", str)
+"""charon's key identifier: lower-case hex SHA-1 of the subjectPublicKey BIT STRING contents."""
+
+_UNAVAILABLE_HINT = (
+    "the new files are committed; charon loads them when it next starts "
+    "(start-scripts hook `swcmp hook charon-start`)"
+)
+
+
+# --------------------------------------------------------------------------- key ids
+
+
+def _der_header(data: bytes, pos: int) -> tuple[int, int, int]:
+    """Read one DER tag and length at ``pos``.
+
+    Returns:
+        ``(tag, content_start, content_end)``.
+
+    Raises:
+        ValueError: the bytes are not well-formed DER.
+    """
+    if pos + 2 > len(data):
+        raise ValueError("truncated DER header")
+    tag = data[pos]
+    first = data[pos + 1]
+    pos += 2
+    if first < 0x80:
+        length = first
+    else:
+        count = first & 0x7F
+        if count == 0 or count > 4 or pos + count > len(data):
+            raise ValueError("unsupported DER length")
+        length = int.from_bytes(data[pos : pos + count], "big")
+        pos += count
+    if pos + length > len(data):
+        raise ValueError("DER length exceeds the data")
+    return tag, pos, pos + length
+
+
+def key_id_from_spki(spki_der: bytes) -> KeyId:
+    """Compute charon's key id from a DER SubjectPublicKeyInfo.
+
+    charon identifies keys (``load-key`` answer, ``get-keys``, ``unload-key``)
+    by the SHA-1 of the subjectPublicKey BIT STRING contents without the
+    unused-bits octet: the PKCS#1 RSAPublicKey for RSA, the EC point for ECDSA,
+    the raw key for Ed25519/Ed448.
+
+    Args:
+        spki_der: a DER-encoded SubjectPublicKeyInfo.
+
+    Returns:
+        The key id as lower-case hex.
+
+    Raises:
+        ValueError: ``spki_der`` is not a SubjectPublicKeyInfo.
+    """
+    tag, start, end = _der_header(spki_der, 0)
+    if tag != 0x30 or end != len(spki_der):
+        raise ValueError("SubjectPublicKeyInfo is not a single DER SEQUENCE")
+    tag, _, alg_end = _der_header(spki_der, start)
+    if tag != 0x30:
+        raise ValueError("SubjectPublicKeyInfo has no AlgorithmIdentifier")
+    tag, bits_start, bits_end = _der_header(spki_der, alg_end)
+    if tag != 0x03 or bits_end != end or bits_end == bits_start:
+        raise ValueError("SubjectPublicKeyInfo has no subjectPublicKey BIT STRING")
+    if spki_der[bits_start] != 0:
+        raise ValueError("subjectPublicKey has unused bits")
+    return KeyId(hashlib.sha1(spki_der[bits_start + 1 : bits_end]).hexdigest())
+
+
+def key_id_from_public_key(public_key: PublicKeyTypes) -> KeyId:
+    """Compute charon's key id of a public key (see :func:`key_id_from_spki`)."""
+    spki = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return key_id_from_spki(spki)
+
+
+def key_id_from_cert_pem(cert_pem: bytes) -> KeyId:
+    """Compute charon's key id of the key certified by a PEM (or DER) certificate.
+
+    Raises:
+        ValueError: the certificate cannot be parsed.
+    """
+    return key_id_from_spki(_load_cert(cert_pem).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ))
+
+
+def _load_cert(data: bytes) -> x509.Certificate:
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return x509.load_pem_x509_certificate(data)
+    return x509.load_der_x509_certificate(data)
+
+
+def _cert_der(data: bytes) -> bytes:
+    return _load_cert(data).public_bytes(serialization.Encoding.DER)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class LoadedCert:
+    """A certificate in charon's credential sets, as ``list-certs`` shows it.
+
+    Attributes:
+        subject: the subject DN (RFC 4514 string).
+        serial: the serial number.
+        has_privkey: charon holds the matching private key.
+        flag: charon's flag: ``NONE`` (end entity), ``CA``, ``AA`` or ``OCSP``.
+        key_id: charon's id of the certified public key.
+    """
+
+    subject: str
+    serial: int
+    has_privkey: bool
+    flag: str
+    key_id: KeyId
+
+
+@dataclass(frozen=True)
+class CharonStatus:
+    """What a running charon says about itself.
+
+    Attributes:
+        daemon: the daemon name (``charon``, ``charon-systemd``).
+        version: the strongSwan version.
+        running_since: charon's own text for its start time.
+        ike_sas: the number of IKE SAs (all states).
+        key_ids: ids of the private keys loaded over VICI.
+    """
+
+    daemon: str
+    version: str
+    running_since: str
+    ike_sas: int
+    key_ids: tuple[KeyId, ...]
+
+
+# --------------------------------------------------------------------------- VICI access
+
+
+def vici_socket_path(uri: str) -> str:
+    """Return the socket path of a ``unix://`` VICI URI (a bare absolute path is accepted too).
+
+    Raises:
+        ConfigError: the URI is not a ``unix://`` URI with an absolute path.
+    """
+    if uri.startswith("unix://"):
+        path = uri[len("unix://") :]
+    elif uri.startswith("/"):
+        path = uri
+    else:
+        raise ConfigError(
+            f"VICI URI {uri!r} is not supported: use unix:///path/to/charon.vici "
+            f"(default {DEFAULT_VICI_URI})"
+        )
+    if not path.startswith("/"):
+        raise ConfigError(f"VICI URI {uri!r} needs an absolute path, e.g. {DEFAULT_VICI_URI}")
+    return path
+
+
+class _CommandFailed(Exception):
+    """charon answered a command with ``success = no``."""
+
+    def __init__(self, command: str, errmsg: str) -> None:
+        super().__init__(f"{command}: {errmsg}")
+        self.command = command
+        self.errmsg = errmsg
+
+
+class _ConnectionLost(Exception):
+    """The VICI socket broke while a command was running."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__(f"connection to charon lost during {command}")
+        self.command = command
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+class _Vici:
+    """One VICI session over one socket; typed results, our own exceptions."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._session: Any = vici.Session(sock)
+
+    def call(self, command: str, message: Mapping[str, object] | None = None) -> dict[str, Any]:
+        """Run one command and return its answer (values are bytes, lists or dicts)."""
+        try:
+            reply = self._session.request(command, dict(message) if message is not None else None)
+        except CommandException as e:
+            raise _CommandFailed(command, _strip_errmsg(str(e))) from None
+        except KeyError:  # vici raises this for a failure without errmsg
+            raise _CommandFailed(command, "failed without a reason") from None
+        except (OSError, SessionException, DeserializationException) as e:
+            raise _ConnectionLost(command) from e
+        return dict(reply)
+
+    def stream(
+        self, command: str, event: str, message: Mapping[str, object] | None = None
+    ) -> list[dict[str, Any]]:
+        """Run one streaming command (``list-*``) and collect its events."""
+        try:
+            return [
+                dict(item)
+                for item in self._session.streamed_request(
+                    command, event, dict(message) if message is not None else None
+                )
+            ]
+        except CommandException as e:
+            raise _CommandFailed(command, _strip_errmsg(str(e))) from None
+        except KeyError:
+            raise _CommandFailed(command, "failed without a reason") from None
+        except (OSError, SessionException, DeserializationException) as e:
+            raise _ConnectionLost(command) from e
+
+    # The typed commands this module needs.
+
+    def load_key(self, key_pem: bytes) -> KeyId:
+        reply = self.call("load-key", {"type": "any", "data": key_pem})
+        return KeyId(_text(reply.get("id", b"")).lower())
+
+    def unload_key(self, key_id: KeyId) -> None:
+        self.call("unload-key", {"id": key_id})
+
+    def get_keys(self) -> tuple[KeyId, ...]:
+        reply = self.call("get-keys")
+        return tuple(KeyId(_text(k).lower()) for k in reply.get("keys", []))
+
+    def load_cert(self, cert_pem: bytes, *, ca: bool) -> None:
+        self.call("load-cert", {"type": "X509", "flag": "CA" if ca else "NONE", "data": cert_pem})
+
+    def flush_certs(self) -> None:
+        self.call("flush-certs", {"type": "X509"})
+
+    def list_certs(self) -> list[tuple[bytes, LoadedCert]]:
+        found: list[tuple[bytes, LoadedCert]] = []
+        for item in self.stream("list-certs", "list-cert", {"type": "X509"}):
+            data = item.get("data")
+            if not isinstance(data, bytes):
+                continue
+            try:
+                cert = x509.load_der_x509_certificate(data)
+            except ValueError:
+                log.warning("charon listed a certificate that does not parse; ignored")
+                continue
+            found.append(
+                (
+                    data,
+                    LoadedCert(
+                        subject=cert.subject.rfc4514_string(),
+                        serial=cert.serial_number,
+                        has_privkey=_text(item.get("has_privkey", b"no")) == "yes",
+                        flag=_text(item.get("flag", b"NONE")),
+                        key_id=key_id_from_public_key(cert.public_key()),
+                    ),
+                )
+            )
+        return found
+
+
+def _strip_errmsg(text: str) -> str:
+    prefix = "Command failed: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+@contextmanager
+def _session(uri: str, timeout: float) -> Iterator[_Vici]:
+    """Open one VICI session; raise DeployUnavailable when charon cannot be reached."""
+    path = vici_socket_path(uri)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError, TimeoutError) as e:
+            err = DeployUnavailable(f"charon is not reachable at {uri}: {e.strerror or e}")
+            err.hint = _UNAVAILABLE_HINT
+            raise err from e
+        except PermissionError as e:
+            err = DeployUnavailable(f"no permission to use charon's VICI socket {uri}")
+            err.hint = "run swcmp as root or as a user that may open the socket; " + (
+                _UNAVAILABLE_HINT
+            )
+            raise err from e
+        except OSError as e:
+            err = DeployUnavailable(f"cannot connect to charon at {uri}: {e.strerror or e}")
+            err.hint = _UNAVAILABLE_HINT
+            raise err from e
+        yield _Vici(sock)
+    finally:
+        with suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+
+def _wrap_query_error(uri: str, e: _CommandFailed | _ConnectionLost) -> DeployError:
+    if isinstance(e, _ConnectionLost):
+        err: DeployError = DeployUnavailable(f"charon at {uri} closed the connection ({e})")
+        err.hint = "check that charon is running"
+        return err
+    return DeployError(f"charon at {uri} refused {e.command}: {e.errmsg}")
+
+
+# --------------------------------------------------------------------------- queries
+
+
+def list_loaded_certs(
+    uri: str = DEFAULT_VICI_URI, *, timeout: float = DEFAULT_TIMEOUT
+) -> tuple[LoadedCert, ...]:
+    """List the X.509 certificates in charon's credential sets (``list-certs``).
+
+    This includes certificates loaded over VICI, CA certificates, and
+    certificates charon received from peers and verified (its certificate
+    cache, emptied by ``flush-certs``).
+
+    Raises:
+        DeployUnavailable: charon cannot be reached.
+        DeployError: charon refused the command.
+    """
+    with _session(uri, timeout) as conn:
+        try:
+            return tuple(cert for _, cert in conn.list_certs())
+        except (_CommandFailed, _ConnectionLost) as e:
+            raise _wrap_query_error(uri, e) from None
+
+
+def loaded_key_ids(uri: str = DEFAULT_VICI_URI, *, timeout: float = DEFAULT_TIMEOUT
+                   ) -> tuple[KeyId, ...]:
+    """Return the ids of the private keys loaded over VICI (``get-keys``).
+
+    Raises:
+        DeployUnavailable: charon cannot be reached.
+        DeployError: charon refused the command.
+    """
+    with _session(uri, timeout) as conn:
+        try:
+            return conn.get_keys()
+        except (_CommandFailed, _ConnectionLost) as e:
+            raise _wrap_query_error(uri, e) from None
+
+
+def charon_status(uri: str = DEFAULT_VICI_URI, *, timeout: float = DEFAULT_TIMEOUT
+                  ) -> CharonStatus:
+    """Ask charon for its version, uptime, IKE SA count and loaded key ids.
+
+    Raises:
+        DeployUnavailable: charon cannot be reached.
+        DeployError: charon refused a command.
+    """
+    with _session(uri, timeout) as conn:
+        try:
+            version = conn.call("version")
+            stats = conn.call("stats")
+            keys = conn.get_keys()
+        except (_CommandFailed, _ConnectionLost) as e:
+            raise _wrap_query_error(uri, e) from None
+    uptime = stats.get("uptime", {})
+    ikesas = stats.get("ikesas", {})
+    try:
+        total = int(_text(ikesas.get("total", b"0")))
+    except ValueError:
+        total = 0
+    return CharonStatus(
+        daemon=_text(version.get("daemon", b"")),
+        version=_text(version.get("version", b"")),
+        running_since=_text(uptime.get("since", b"")),
+        ike_sas=total,
+        key_ids=keys,
+    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_current(
+    uri: str,
+    pairs: Iterable[CredentialPair],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> DeployResult:
+    """Load the current pairs and their CA certificates into charon.
+
+    For charon's ``start-scripts`` hook: after a (re)start charon holds no
+    VICI credentials. Each pair's key and certificate and its CA certificates
+    are loaded; a pair charon refuses does not stop the others.
+
+    Args:
+        uri: charon's VICI URI.
+        pairs: every session's current pair.
+        timeout: seconds to wait for charon.
+
+    Returns:
+        What was loaded.
+
+    Raises:
+        DeployUnavailable: charon cannot be reached.
+        DeployError: charon refused at least one pair (the others are loaded).
+    """
+    pairs = tuple(pairs)
+    failed: list[str] = []
+    loaded: list[str] = []
+    with _session(uri, timeout) as conn:
+        for pair in pairs:
+            try:
+                expected = key_id_from_cert_pem(pair.cert_pem)
+            except ValueError:
+                failed.append(f"{pair.session}: certificate {pair.cert_path} does not parse")
+                continue
+            try:
+                got = conn.load_key(pair.key_pem)
+                if got != expected:
+                    conn.unload_key(got)
+                    failed.append(
+                        f"{pair.session}: key {pair.key_path} does not match "
+                        f"certificate {pair.cert_path}"
+                    )
+                    continue
+                conn.load_cert(pair.cert_pem, ca=False)
+                for ca_pem in pair.ca_certs_pem:
+                    conn.load_cert(ca_pem, ca=True)
+            except _CommandFailed as e:
+                failed.append(f"{pair.session}: charon refused {e.command}: {e.errmsg}")
+                continue
+            except _ConnectionLost as e:
+                err = DeployUnavailable(f"charon at {uri} closed the connection ({e})")
+                err.hint = "check that charon is running"
+                raise err from None
+            loaded.append(pair.session)
+            log.info("loaded session %s into charon (key id %s)", pair.session, expected)
+        try:
+            conn.flush_certs()
+        except _CommandFailed as e:
+            log.warning("charon refused flush-certs: %s", e.errmsg)
+        except _ConnectionLost:
+            pass
+    if failed:
+        refused = DeployError(
+            f"charon at {uri} did not take {len(failed)} of {len(pairs)} pairs: "
+            + "; ".join(failed)
+        )
+        refused.hint = "check the files named; the other pairs are loaded"
+        raise refused
+    return DeployResult(
+        deployed=True,
+        detail=f"loaded {len(loaded)} pair(s) into charon: " + (", ".join(loaded) or "none"),
+    )
+
+
+# --------------------------------------------------------------------------- deployer
+
+
+class ViciDeployer:
+    """Make a renewed pair live in charon over VICI (identity mode).
+
+    Args:
+        uri: charon's VICI URI, ``unix:///path``.
+        timeout: seconds to wait for charon to accept or answer.
+
+    Raises:
+        ConfigError: ``uri`` is not a usable VICI URI.
+    """
+
+    def __init__(self, uri: str = DEFAULT_VICI_URI, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        vici_socket_path(uri)  # validate early
+        self.uri = uri
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"ViciDeployer(uri={self.uri!r})"
+
+    def deploy(self, new: CredentialPair, previous: CredentialPair | None) -> DeployResult:
+        """Activate ``new`` in charon; on failure restore ``previous``.
+
+        Args:
+            new: the committed, verified pair to make live.
+            previous: the pair charon used so far, or None on a first enrolment.
+
+        Returns:
+            What was done.
+
+        Raises:
+            DeployUnavailable: charon is not reachable; nothing was changed in it.
+            DeployError: charon refused a step; ``previous`` is live again.
+        """
+        try:
+            new_id = key_id_from_cert_pem(new.cert_pem)
+            new_der = _cert_der(new.cert_pem)
+            serial = _load_cert(new.cert_pem).serial_number
+            old_id = key_id_from_cert_pem(previous.cert_pem) if previous is not None else None
+        except ValueError as e:
+            raise DeployError(
+                f"session {new.session}: a certificate to deploy does not parse ({e}); "
+                "charon was not changed"
+            ) from None
+
+        progress: list[str] = []
+        try:
+            with _session(self.uri, self.timeout) as conn:
+                try:
+                    self._swap(conn, new, new_id, new_der, old_id, progress)
+                except _CommandFailed as e:
+                    restored = self._restore(conn, new_id, previous, progress)
+                    raise self._failure(new, f"charon refused {e.command}: {e.errmsg}",
+                                        restored) from None
+        except _ConnectionLost as e:
+            # charon went away mid-way: try to restore on a fresh connection.
+            try:
+                with _session(self.uri, self.timeout) as conn:
+                    restored = self._restore(conn, new_id, previous, progress)
+            except DeployUnavailable:
+                err = DeployUnavailable(
+                    f"session {new.session}: charon at {self.uri} stopped answering during "
+                    f"{e.command}"
+                )
+                err.hint = _UNAVAILABLE_HINT
+                raise err from None
+            except _ConnectionLost:
+                restored = "charon stopped answering again while restoring the previous pair"
+            raise self._failure(new, str(e), restored) from None
+
+        detail = (
+            f"charon uses certificate serial {serial:#x} with key id {new_id}"
+            + (f"; old key {old_id} unloaded" if "unload-key old" in progress else "")
+        )
+        log.info("session %s deployed to charon: %s", new.session, detail)
+        return DeployResult(deployed=True, detail=detail)
+
+    def _swap(
+        self,
+        conn: _Vici,
+        new: CredentialPair,
+        new_id: KeyId,
+        new_der: bytes,
+        old_id: KeyId | None,
+        progress: list[str],
+    ) -> None:
+        """Steps 1-3 of the identity-mode swap; ``progress`` records what charon accepted."""
+        got = conn.load_key(new.key_pem)
+        if got != new_id:
+            # Remove the stray key again unless it is the old one.
+            if got != old_id:
+                conn.unload_key(got)
+            raise _CommandFailed(
+                "load-key", f"the new key {new.key_path} does not match {new.cert_path}"
+            )
+        conn.load_cert(new.cert_pem, ca=False)
+        progress.append("load-cert new")
+        for ca_pem in new.ca_certs_pem:
+            conn.load_cert(ca_pem, ca=True)
+        ok = any(der == new_der and cert.has_privkey for der, cert in conn.list_certs())
+        if not ok:
+            raise _CommandFailed(
+                "list-certs", "the new certificate is not listed with its private key"
+            )
+        if old_id is not None and old_id != new_id and old_id in conn.get_keys():
+            conn.unload_key(old_id)
+            progress.append("unload-key old")
+        conn.flush_certs()
+
+    def _restore(
+        self,
+        conn: _Vici,
+        new_id: KeyId,
+        previous: CredentialPair | None,
+        progress: list[str],
+    ) -> str:
+        """Make ``previous`` charon's choice again; return a sentence saying what was done."""
+        try:
+            old_id: KeyId | None = None
+            if previous is not None:
+                # Re-load the old pair first, so a usable pair exists at every moment.
+                old_id = conn.load_key(previous.key_pem)
+                conn.load_cert(previous.cert_pem, ca=False)
+                for ca_pem in previous.ca_certs_pem:
+                    conn.load_cert(ca_pem, ca=True)
+            if new_id != old_id and new_id in conn.get_keys():
+                # Without its key the new certificate can no longer be chosen.
+                conn.unload_key(new_id)
+            conn.flush_certs()
+        except _CommandFailed as e:
+            log.error("restoring the previous pair failed: %s refused: %s", e.command, e.errmsg)
+            return (
+                f"restoring the previous pair failed too ({e.command}: {e.errmsg}); "
+                "restart charon so that its start hook loads the files"
+            )
+        if previous is None:
+            return "there was no previous pair; the new key was removed from charon again"
+        if new_id == old_id and "load-cert new" in progress:
+            return (
+                "the previous pair is loaded again; the new certificate (same key) stays "
+                "loaded because VICI cannot unload certificates"
+            )
+        return "the previous pair is live again"
+
+    def _failure(self, new: CredentialPair, what: str, restored: str) -> DeployError:
+        err = DeployError(f"session {new.session}: deploying to charon at {self.uri} failed: "
+                          f"{what}; {restored}")
+        err.hint = "fix the cause and renew again; the previous certificate stays in use"
+        return err
