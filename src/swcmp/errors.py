@@ -112,6 +112,8 @@ class HTTPStatusError(TransportError):
     def __init__(self, message: str, *, url: str, status: int, hint: str = "") -> None:
         super().__init__(message, url=url, hint=hint)
         self.status = status
+        #: A CMP message that came with the error status, if any (RFC 6712 allows it).
+        self.body: bytes | None = None
 
 
 class ContentTypeError(TransportError):

@@ -86,6 +86,11 @@ def _copy_into(target: Any, source: Any) -> None:
                 target[name] = source[name]
 
 
+def _put(obj: Any, name: str, value: Any) -> None:
+    """Set a (possibly tagged) scalar component, keeping the schema's tags."""
+    obj[name] = obj[name].clone(value)
+
+
 def _enc(obj: Any) -> bytes:
     return bytes(encoder.encode(obj))
 
@@ -193,17 +198,17 @@ def encode_header(h: HeaderFields) -> bytes:
     _set_directory_name(hdr["sender"], h.sender_der)
     _set_directory_name(hdr["recipient"], h.recipient_der)
     if h.message_time is not None:
-        hdr["messageTime"] = _gtime(h.message_time)
+        _put(hdr, "messageTime", str(_gtime(h.message_time)))
     if h.protection_alg is not None:
         _alg(hdr["protectionAlg"], h.protection_alg)
     if h.sender_kid is not None:
-        hdr["senderKID"] = h.sender_kid
+        _put(hdr, "senderKID", h.sender_kid)
     if h.recip_kid is not None:
-        hdr["recipKID"] = h.recip_kid
-    hdr["transactionID"] = h.transaction_id
-    hdr["senderNonce"] = h.sender_nonce
+        _put(hdr, "recipKID", h.recip_kid)
+    _put(hdr, "transactionID", h.transaction_id)
+    _put(hdr, "senderNonce", h.sender_nonce)
     if h.recip_nonce is not None:
-        hdr["recipNonce"] = h.recip_nonce
+        _put(hdr, "recipNonce", h.recip_nonce)
     if h.free_text:
         _free_text(hdr["freeText"], h.free_text)
     if h.implicit_confirm or h.confirm_wait_time is not None:
@@ -238,8 +243,8 @@ def _parse_header(hdr: Any) -> Header:
             msg_time = hdr["messageTime"].asDateTime
         except (PyAsn1Error, ValueError) as e:
             raise ProtocolError(f"malformed messageTime: {e}") from e
-        if msg_time.tzinfo is None:
-            msg_time = msg_time.replace(tzinfo=UTC)
+        msg_time = (msg_time.replace(tzinfo=UTC) if msg_time.tzinfo is None
+                    else msg_time.astimezone(UTC))
     return Header(
         pvno=int(hdr["pvno"]),
         sender_der=_name_der_of_general_name(hdr["sender"]),
@@ -333,7 +338,7 @@ def cert_req_body(kind: str, requests: Sequence[CertReqSpec]) -> bytes:
         msg = rfc4211.CertReqMsg()
         msg["certReq"] = req
         if spec.sign_pop is None:
-            msg["popo"]["raVerified"] = univ.Null("")
+            _put(msg["popo"], "raVerified", "")
         else:
             alg, sig = spec.sign_pop(req_der)
             popo = msg["popo"]["signature"]
@@ -399,7 +404,7 @@ def rr_body(entries: Sequence[tuple[bytes, int, int | None]]) -> bytes:
         tmpl["issuer"]["rdnSequence"] = _decode(issuer_der, rfc5280.Name(), "issuer")[
             "rdnSequence"
         ]
-        tmpl["serialNumber"] = serial
+        _put(tmpl, "serialNumber", serial)
         if reason is not None:
             ext = rfc5280.Extension()
             ext["extnID"] = univ.ObjectIdentifier(oids.CRL_REASON)
@@ -740,3 +745,16 @@ def parse_root_ca_key_update(value_der: bytes | None) -> RootCaKeyUpdate | None:
 def now_utc() -> datetime:
     """The current time, whole seconds, in UTC (messageTime has second precision)."""
     return datetime.now(UTC).replace(microsecond=0)
+
+
+def extensions_der(entries: Sequence[tuple[str, bool, bytes]]) -> bytes:
+    """DER Extensions from (OID, critical, extnValue DER) triples."""
+    exts = rfc5280.Extensions()
+    for oid, critical, value in entries:
+        ext = rfc5280.Extension()
+        ext["extnID"] = univ.ObjectIdentifier(oid)
+        if critical:
+            ext["critical"] = True
+        ext["extnValue"] = value
+        exts.append(ext)
+    return _enc(exts)

@@ -1,0 +1,431 @@
+"""CMP client transactions: ir, cr, kur, p10cr, genm, rr.
+
+One :class:`CMPClient` talks to one CA through a transport. Each transaction
+draws a fresh transactionID; every message a fresh senderNonce; every
+response must echo it as recipNonce, carry our transactionID and valid
+protection. Waiting answers are polled until a deadline. Issued certificates
+are checked (our key, requested subject, chain to the trust anchor) before
+they are confirmed; a certificate that fails is rejected in certConf.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from swcmp import certs, keys
+from swcmp.cmp import codec, oids
+from swcmp.errors import (
+    CertificateError,
+    CertificateRejectedError,
+    CMPErrorResponse,
+    HTTPStatusError,
+    PollingTimeoutError,
+    ProtocolError,
+)
+from swcmp.models import (
+    REJECTION,
+    WAITING,
+    AlgorithmId,
+    CertRepContent,
+    CertResponse,
+    ErrorInfo,
+    InfoValue,
+    OldCertId,
+    PKIMessageInfo,
+    PollRepEntry,
+    RevRepInfo,
+    RootCaKeyUpdate,
+    StatusInfo,
+)
+from swcmp.protection import MacProtection, Protection, Verified, verify_response
+from swcmp.transport import Transport
+
+log = logging.getLogger(__name__)
+
+#: Allowed difference between our clock and the CA's messageTime before we warn.
+CLOCK_SKEW_WARNING = timedelta(minutes=10)
+#: Shortest wait between polls, whatever checkAfter says (0 would spin).
+MIN_POLL_INTERVAL = 0.2
+#: failInfo incorrectData: what we put in a certConf that rejects a certificate.
+_INCORRECT_DATA = 7
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """A certificate that the CA issued and swcmp checked (and confirmed)."""
+
+    certificate: x509.Certificate
+    cert_der: bytes
+    chain: tuple[x509.Certificate, ...]
+    ca_pubs: tuple[x509.Certificate, ...]
+    extra_certs: tuple[x509.Certificate, ...]
+    transaction_id: bytes
+    implicit_confirm: bool
+    polls: int
+    status: StatusInfo
+
+
+@dataclass
+class _Tx:
+    """State of one transaction."""
+
+    protection: Protection
+    sender_der: bytes
+    implicit_confirm: bool = False
+    transaction_id: bytes = field(default_factory=lambda: os.urandom(16))
+    server_nonce: bytes | None = None
+    pvno: int = 2
+
+
+class CMPClient:
+    """CMP transactions against one CA.
+
+    Args:
+        transport: sends bytes, returns bytes (see :mod:`swcmp.transport`).
+        recipient: the CA's name for the PKIHeader recipient.
+        trust: trust anchors for signed responses and issued certificates.
+        implicit_confirm: ask the CA to skip certConf/pkiConf.
+        poll_deadline: seconds to keep polling a 'waiting' CA in one call.
+        clock: returns the current UTC time (tests pass a fixed one).
+        sleep: waits between polls (tests pass a fake).
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        recipient: x509.Name,
+        trust: Sequence[x509.Certificate] = (),
+        implicit_confirm: bool = False,
+        poll_deadline: float = 300.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.transport = transport
+        self.recipient_der = recipient.public_bytes()
+        self.trust = tuple(trust)
+        self.implicit_confirm = implicit_confirm
+        self.poll_deadline = poll_deadline
+        self.clock = clock
+        self.sleep = sleep
+        self.monotonic = monotonic
+        #: Counts per (event, body type): ("sent", "ir"), ("received", "ip"), ("failed", "ir").
+        self.stats: Counter[tuple[str, str]] = Counter()
+
+    # ------------------------------------------------------------------ requests
+
+    def initial(self, *, key: keys.PrivateKey, subject: x509.Name,
+                sans: Sequence[x509.GeneralName] = (), protection: Protection) -> Enrollment:
+        """IR: a first certificate, protected by MAC or an external certificate."""
+        return self._enroll("ir", key=key, subject=subject, sans=sans, protection=protection)
+
+    def certificate(self, *, key: keys.PrivateKey, subject: x509.Name,
+                    sans: Sequence[x509.GeneralName] = (),
+                    protection: Protection) -> Enrollment:
+        """CR: an additional certificate, signed with a certificate this CA issued."""
+        return self._enroll("cr", key=key, subject=subject, sans=sans, protection=protection)
+
+    def key_update(self, *, key: keys.PrivateKey, old_cert: x509.Certificate,
+                   protection: Protection, subject: x509.Name | None = None,
+                   sans: Sequence[x509.GeneralName] | None = None) -> Enrollment:
+        """KUR: update ``old_cert`` (same or new ``key``), signed with the old certificate.
+
+        The template repeats the old subject and SANs unless others are given.
+        """
+        if sans is None:
+            try:
+                sans = list(old_cert.extensions.get_extension_for_class(
+                    x509.SubjectAlternativeName).value)
+            except x509.ExtensionNotFound:
+                sans = []
+        old_id = OldCertId(old_cert.issuer.public_bytes(), old_cert.serial_number)
+        return self._enroll("kur", key=key, subject=subject or old_cert.subject, sans=sans,
+                            protection=protection, old_cert_id=old_id)
+
+    def p10(self, *, csr: x509.CertificateSigningRequest, protection: Protection) -> Enrollment:
+        """p10cr: a certificate for a PKCS#10 request (certReqId -1)."""
+        from cryptography.hazmat.primitives import serialization
+
+        body = codec.p10cr_body(csr.public_bytes(serialization.Encoding.DER))
+        spki = csr.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        tx = self._tx(protection, csr.subject.public_bytes())
+        return self._finish_enrollment(tx, "p10cr", body, -1, spki, csr.subject.public_bytes())
+
+    def ca_certs(self, *, protection: Protection) -> tuple[x509.Certificate, ...]:
+        """genm id-it-caCerts: the CA certificates the CA wants us to have."""
+        values = self._genm(protection, [InfoValue(oids.IT_CA_CERTS, None)])
+        for v in values:
+            if v.oid == oids.IT_CA_CERTS:
+                return tuple(certs.load_certificate(c) for c in codec.parse_ca_certs(v.value_der))
+        return ()
+
+    def root_ca_update(self, *, protection: Protection,
+                       old_root: x509.Certificate | None = None) -> RootCaKeyUpdate | None:
+        """genm id-it-rootCaCert: ask whether the root CA has a new key."""
+        value = certs.der_of(old_root) if old_root is not None else None
+        values = self._genm(protection, [InfoValue(oids.IT_ROOT_CA_CERT, value)])
+        for v in values:
+            if v.oid == oids.IT_ROOT_CA_KEY_UPDATE:
+                return codec.parse_root_ca_key_update(v.value_der)
+        return None
+
+    def revoke(self, *, cert: x509.Certificate, protection: Protection,
+               reason: int | None = None) -> StatusInfo:
+        """rr: revoke ``cert`` (e.g. the one a key update superseded)."""
+        tx = self._tx(protection, self._sender_for(protection, None))
+        body = codec.rr_body([(cert.issuer.public_bytes(), cert.serial_number, reason)])
+        msg, _ = self._exchange(tx, "rr", body, ("rp",))
+        assert isinstance(msg.body, RevRepInfo)
+        if not msg.body.statuses:
+            raise ProtocolError("the CA's revocation response has no status")
+        st = msg.body.statuses[0]
+        if not st.granted:
+            self.stats["failed", "rr"] += 1
+            raise CMPErrorResponse(status=st.status_name, fail_info=st.fail_names,
+                                   text=st.text, context="revocation request")
+        return st
+
+    # ------------------------------------------------------------------ internals
+
+    def _tx(self, protection: Protection, sender_der: bytes) -> _Tx:
+        return _Tx(protection, sender_der, implicit_confirm=self.implicit_confirm)
+
+    @staticmethod
+    def _sender_for(protection: Protection, subject_der: bytes | None) -> bytes:
+        cert = getattr(protection, "cert", None)
+        if isinstance(cert, x509.Certificate):
+            return cert.subject.public_bytes()
+        return subject_der or codec.NULL_DN_DER
+
+    def _genm(self, protection: Protection, items: list[InfoValue]) -> tuple[InfoValue, ...]:
+        tx = self._tx(protection, self._sender_for(protection, None))
+        tx.implicit_confirm = False
+        msg, _ = self._exchange(tx, "genm", codec.genm_body(items), ("genp",))
+        assert isinstance(msg.body, tuple)
+        return tuple(v for v in msg.body if isinstance(v, InfoValue))
+
+    def _enroll(self, kind: str, *, key: keys.PrivateKey, subject: x509.Name,
+                sans: Sequence[x509.GeneralName], protection: Protection,
+                old_cert_id: OldCertId | None = None) -> Enrollment:
+        subject_der = subject.public_bytes()
+        spki = keys.spki_der(key)
+        ext_der = None
+        if sans:
+            san_value = x509.SubjectAlternativeName(list(sans)).public_bytes()
+            ext_der = codec.extensions_der([(oids.SUBJECT_ALT_NAME, False, san_value)])
+        pop_alg = keys.default_signature_algorithm(key)
+
+        def sign_pop(data: bytes) -> tuple[AlgorithmId, bytes]:
+            return AlgorithmId(pop_alg.oid, pop_alg.params_der), keys.sign(key, pop_alg, data)
+
+        spec = codec.CertReqSpec(cert_req_id=0, spki_der=spki, subject_der=subject_der,
+                                 extensions_der=ext_der, old_cert_id=old_cert_id,
+                                 sign_pop=sign_pop)
+        body = codec.cert_req_body(kind, [spec])
+        tx = self._tx(protection, self._sender_for(protection, subject_der))
+        return self._finish_enrollment(tx, kind, body, 0, spki, subject_der)
+
+    def _finish_enrollment(self, tx: _Tx, kind: str, body: bytes, req_id: int,
+                           spki: bytes, subject_der: bytes) -> Enrollment:
+        rep_kind = {"ir": "ip", "cr": "cp", "p10cr": "cp", "kur": "kup"}[kind]
+        try:
+            msg, verified = self._exchange(tx, kind, body, (rep_kind,))
+            response, msg, verified, polls = self._await_certificate(tx, kind, rep_kind, msg,
+                                                                     verified, req_id)
+        except Exception:
+            self.stats["failed", kind] += 1
+            raise
+        assert isinstance(msg.body, CertRepContent)
+        if response.cert_der is None:
+            self.stats["failed", kind] += 1
+            raise ProtocolError(f"the CA granted the {kind} but sent no certificate")
+        ca_pubs = tuple(certs.load_certificate(c) for c in msg.body.ca_pubs)
+        extra = tuple(certs.load_certificate(c) for c in msg.extra_certs)
+        try:
+            cert = certs.load_certificate(response.cert_der)
+            chain = self._check_issued(cert, spki, subject_der, verified, ca_pubs, extra)
+        except CertificateError as e:
+            self.stats["failed", kind] += 1
+            self._reject(tx, response.cert_der, req_id, str(e))
+            raise CertificateRejectedError(
+                f"refused the certificate the CA issued: {e}"
+            ).with_hint("the CA was told (certConf rejection); nothing was stored") from e
+        implicit = tx.implicit_confirm and msg.header.implicit_confirm
+        if not implicit:
+            try:
+                self._confirm(tx, response.cert_der, req_id, None)
+            except Exception:
+                self.stats["failed", kind] += 1
+                raise
+        log.info("%s: certificate %s issued (transaction %s%s)", kind, certs.describe(cert),
+                 tx.transaction_id.hex(), ", implicitly confirmed" if implicit else "")
+        return Enrollment(
+            certificate=cert, cert_der=response.cert_der, chain=tuple(chain[1:]),
+            ca_pubs=ca_pubs if verified.kind == "mac" else (), extra_certs=extra,
+            transaction_id=tx.transaction_id, implicit_confirm=implicit, polls=polls,
+            status=response.status,
+        )
+
+    def _await_certificate(self, tx: _Tx, kind: str, rep_kind: str, msg: PKIMessageInfo,
+                           verified: Verified, req_id: int
+                           ) -> tuple[CertResponse, PKIMessageInfo, Verified, int]:
+        start = self.monotonic()
+        polls = 0
+        while True:
+            wait: float
+            if msg.body_type == rep_kind:
+                assert isinstance(msg.body, CertRepContent)
+                response = _response_for(msg.body, req_id)
+                if response.status.status == REJECTION:
+                    raise CMPErrorResponse(status=response.status.status_name,
+                                           fail_info=response.status.fail_names,
+                                           text=response.status.text, context=kind)
+                if response.status.status != WAITING:
+                    if not response.status.granted:
+                        raise ProtocolError(
+                            f"unexpected status {response.status.status_name} in {rep_kind}")
+                    return response, msg, verified, polls
+                wait = 1.0  # no checkAfter in a 'waiting' CertResponse: poll soon
+            else:
+                assert isinstance(msg.body, tuple)
+                entry = next((e for e in msg.body if isinstance(e, PollRepEntry)
+                              and e.cert_req_id == req_id), None)
+                if entry is None:
+                    raise ProtocolError(f"pollRep does not mention certReqId {req_id}")
+                wait = float(entry.check_after)
+                if entry.reason:
+                    log.info("CA says: %s", " / ".join(entry.reason))
+            wait = max(wait, MIN_POLL_INTERVAL)
+            elapsed = self.monotonic() - start
+            if elapsed + wait > self.poll_deadline:
+                raise PollingTimeoutError(
+                    f"the CA is still processing the {kind} after {polls} polls; it asked to "
+                    f"come back in {wait:g}s, past the {self.poll_deadline:g}s deadline "
+                    f"(transaction {tx.transaction_id.hex()})"
+                ).with_hint("retry later; the CA may need an operator to approve the request")
+            log.info("%s: CA is waiting; polling again in %gs", kind, wait)
+            self.sleep(wait)
+            polls += 1
+            msg, verified = self._exchange(tx, "pollReq", codec.poll_req_body([req_id]),
+                                           (rep_kind, "pollRep"))
+
+    def _check_issued(self, cert: x509.Certificate, spki: bytes, subject_der: bytes,
+                      verified: Verified, ca_pubs: Sequence[x509.Certificate],
+                      extra: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+        if certs.spki_of(cert) != spki:
+            raise CertificateError("the issued certificate is for another public key")
+        if subject_der != codec.NULL_DN_DER and cert.subject.public_bytes() != subject_der:
+            raise CertificateError(
+                f"the issued certificate's subject '{cert.subject.rfc4514_string()}' is not "
+                "the one requested")
+        anchors = list(self.trust)
+        if verified.kind == "mac":
+            anchors.extend(ca_pubs)  # the MAC with our secret vouches for them
+        return certs.build_chain(cert, anchors=anchors, untrusted=[*extra, *ca_pubs],
+                                 now=self.clock())
+
+    def _confirm(self, tx: _Tx, cert_der: bytes, req_id: int,
+                 status: StatusInfo | None) -> None:
+        cert = certs.load_certificate(cert_der)
+        digest = keys.hash_for_cert_signature(cert.signature_algorithm_oid.dotted_string)
+        hash_alg = None
+        if digest is None:  # EdDSA-signed certificate: RFC 9481 says SHA-512, named, pvno 3
+            digest = hashes.SHA512()
+            hash_alg = AlgorithmId(oids.SHA512)
+            tx.pvno = 3
+        h = hashes.Hash(digest)
+        h.update(cert_der)
+        body = codec.cert_conf_body([(h.finalize(), req_id, status, hash_alg)])
+        self._exchange(tx, "certConf", body, ("pkiconf",))
+
+    def _reject(self, tx: _Tx, cert_der: bytes, req_id: int, reason: str) -> None:
+        status = StatusInfo(REJECTION, frozenset({_INCORRECT_DATA}), (reason,))
+        try:
+            self._confirm(tx, cert_der, req_id, status)
+        except Exception as e:  # the rejection is what matters; report the rest in the log
+            log.warning("the CA did not acknowledge our rejection: %s", e)
+
+    def _exchange(self, tx: _Tx, kind: str, body: bytes,
+                  expected: tuple[str, ...]) -> tuple[PKIMessageInfo, Verified]:
+        nonce = os.urandom(16)
+        prot = tx.protection.start()
+        header = codec.HeaderFields(
+            sender_der=tx.sender_der,
+            recipient_der=self.recipient_der,
+            transaction_id=tx.transaction_id,
+            sender_nonce=nonce,
+            recip_nonce=tx.server_nonce,
+            message_time=self.clock().replace(microsecond=0),
+            protection_alg=prot.alg,
+            sender_kid=prot.sender_kid,
+            implicit_confirm=tx.implicit_confirm and kind in codec.CERT_REQ_BODIES + ("p10cr",),
+            pvno=tx.pvno,
+        )
+        header_der = codec.encode_header(header)
+        data = codec.assemble(header_der, body, prot.protect(codec.protected_part(header_der,
+                                                                                  body)),
+                              prot.extra_certs)
+        log.debug("sending %s (%d bytes, transaction %s)", kind, len(data),
+                  tx.transaction_id.hex())
+        self.stats["sent", kind] += 1
+        try:
+            raw = self.transport.post(data)
+        except HTTPStatusError as e:
+            if e.body:
+                self._raise_if_error(tx, codec.decode_message(e.body))
+            raise
+        msg = codec.decode_message(raw)
+        self.stats["received", msg.body_type] += 1
+        self._raise_if_error(tx, msg)
+        mac = tx.protection if isinstance(tx.protection, MacProtection) else None
+        verified = verify_response(msg, mac=mac, trust=self.trust, now=self.clock())
+        h = msg.header
+        if h.transaction_id != tx.transaction_id:
+            raise ProtocolError("the response carries another transactionID")
+        if h.recip_nonce != nonce:
+            raise ProtocolError("the response's recipNonce does not match our senderNonce")
+        if not h.sender_nonce or len(h.sender_nonce) < 16:
+            raise ProtocolError("the response has no 128-bit senderNonce")
+        if msg.body_type not in expected:
+            raise ProtocolError(
+                f"expected {' or '.join(expected)} from the CA, got {msg.body_type}")
+        if h.message_time is not None and abs(h.message_time - self.clock()) > CLOCK_SKEW_WARNING:
+            log.warning("the CA's clock differs from ours by more than %s: check NTP",
+                        CLOCK_SKEW_WARNING)
+        tx.server_nonce = h.sender_nonce
+        return msg, verified
+
+    def _raise_if_error(self, tx: _Tx, msg: PKIMessageInfo) -> None:
+        if msg.body_type != "error":
+            return
+        assert isinstance(msg.body, ErrorInfo)
+        mac = tx.protection if isinstance(tx.protection, MacProtection) else None
+        try:
+            verify_response(msg, mac=mac, trust=self.trust, now=self.clock())
+            protected = msg.header.transaction_id == tx.transaction_id
+        except ProtocolError:
+            protected = False
+        st = msg.body.status
+        raise CMPErrorResponse(
+            status=st.status_name, fail_info=st.fail_names,
+            text=st.text + msg.body.details, error_code=msg.body.error_code,
+            protected=protected,
+        )
+
+
+def _response_for(content: CertRepContent, req_id: int) -> CertResponse:
+    for r in content.responses:
+        if r.cert_req_id == req_id:
+            return r
+    raise ProtocolError(f"the CA's response has no answer for certReqId {req_id}")

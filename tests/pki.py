@@ -1,0 +1,115 @@
+"""A throwaway test PKI made with cryptography: root CA, CMP server, gateway certs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import NameOID
+
+from swcmp import keys
+
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def make_cert(
+    subject: x509.Name,
+    pub: keys.PublicKey,
+    issuer_key: keys.PrivateKey,
+    issuer: x509.Name | None = None,
+    *,
+    ca: bool = False,
+    serial: int | None = None,
+    sans: list[x509.GeneralName] | None = None,
+    not_before: dt.datetime | None = None,
+    days: float = 365,
+    issuer_cert: x509.Certificate | None = None,
+) -> x509.Certificate:
+    nb = not_before or NOW - dt.timedelta(hours=1)
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer or subject)
+        .public_key(pub)
+        .serial_number(serial or x509.random_serial_number())
+        .not_valid_before(nb)
+        .not_valid_after(nb + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
+    )
+    if issuer_cert is not None:
+        b = b.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_cert.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+    if ca:
+        b = b.add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+    if sans:
+        b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    algo = None if isinstance(issuer_key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    return b.sign(issuer_key, algo)  # type: ignore[arg-type]
+
+
+def pem_key(key: keys.PrivateKey) -> bytes:
+    return keys.private_key_pem(key)
+
+
+def pem_cert(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass
+class TestPKI:
+    root_key: keys.PrivateKey
+    root: x509.Certificate
+    srv_key: keys.PrivateKey
+    srv: x509.Certificate
+    gw_key: keys.PrivateKey
+    gw: x509.Certificate
+    dir: Path
+
+    def issue(self, key: keys.PrivateKey | keys.PublicKey, cn: str = "gw1.example.net", *,
+              serial: int | None = None, days: float = 365,
+              sans: list[x509.GeneralName] | None = None,
+              not_before: dt.datetime | None = None) -> x509.Certificate:
+        pub = key.public_key() if hasattr(key, "private_bytes") else key
+        return make_cert(name(cn), pub, self.root_key, self.root.subject, serial=serial,  # type: ignore[arg-type]
+                         days=days, issuer_cert=self.root, not_before=not_before,
+                         sans=sans if sans is not None else [x509.DNSName(cn)])
+
+    def write(self, fname: str, data: bytes) -> Path:
+        p = self.dir / fname
+        p.write_bytes(data)
+        return p
+
+
+def make_pki(tmp: Path, *, key_type: str = "ecdsa:p256") -> TestPKI:
+    tmp.mkdir(parents=True, exist_ok=True)
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    root = make_cert(name("swcmp Test Root CA"), root_key.public_key(), root_key, ca=True,
+                     days=3650)
+    srv_key = ec.generate_private_key(ec.SECP256R1())
+    srv = make_cert(name("swcmp Test CMP Server"), srv_key.public_key(), root_key,
+                    root.subject, issuer_cert=root)
+    gw_key = keys.generate_key(key_type)
+    pki = TestPKI(root_key, root, srv_key, srv, gw_key, root, tmp)
+    pki.gw = pki.issue(gw_key)
+    for fname, data in [("root.crt", pem_cert(root)), ("srv.crt", pem_cert(srv)),
+                        ("srv.key", pem_key(srv_key)), ("gw.crt", pem_cert(pki.gw)),
+                        ("gw.key", pem_key(gw_key))]:
+        pki.write(fname, data)
+    return pki
+
+
+__all__ = ["NOW", "TestPKI", "make_cert", "make_pki", "name", "pem_cert", "pem_key", "rsa"]
