@@ -99,7 +99,7 @@ def _run(*args: str, check: bool = True, env: Mapping[str, str] | None = None,
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
