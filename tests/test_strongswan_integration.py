@@ -12,15 +12,17 @@ missing. The unit tests at the top run anywhere.
 from __future__ import annotations
 
 import hashlib
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from charon_net import CharonNet, CharonNode, TestPKI, available, pem_cert, pem_key
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from charon_net import CharonNet, CharonNode, TestPKI, available, pem_cert, pem_key
 from swcmp.deploy import CredentialPair, DeployError, DeployUnavailable
 from swcmp.errors import ConfigError
 from swcmp.strongswan import (
@@ -273,3 +275,27 @@ def test_failure_after_new_pair_loaded_rolls_back(net: CharonNet) -> None:
     assert loaded[net.a_cert.serial_number].has_privkey
     assert key_id_from_public_key(key.public_key()) not in net.a.key_ids()
     _assert_old_pair_live(net, cert)
+
+
+def test_connection_lost_midway_is_unavailable(tmp_path: Path) -> None:
+    """A VICI peer that hangs up on the first command and then disappears (a crash)."""
+    path = tmp_path / "dying.vici"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def serve_once() -> None:
+        conn, _ = server.accept()
+        conn.recv(4)  # the start of the first request
+        conn.close()
+        server.close()
+        path.unlink()
+
+    thread = threading.Thread(target=serve_once, daemon=True)
+    thread.start()
+    pki = TestPKI()
+    key, cert = pki.issue("a.swcmp.test")
+    pair = CredentialPair("s", tmp_path / "k", tmp_path / "c", pem_key(key), pem_cert(cert))
+    with pytest.raises(DeployUnavailable, match="stopped answering"):
+        ViciDeployer(f"unix://{path}", timeout=5).deploy(pair, None)
+    thread.join(5)

@@ -235,6 +235,10 @@ class _CommandFailed(Exception):
         self.errmsg = errmsg
 
 
+class _CheckFailed(_CommandFailed):
+    """charon accepted the commands but the result is not what the swap needs."""
+
+
 class _ConnectionLost(Exception):
     """The VICI socket broke while a command was running."""
 
@@ -479,9 +483,11 @@ def load_current(
                 failed.append(f"{pair.session}: certificate {pair.cert_path} does not parse")
                 continue
             try:
+                keys_before = conn.get_keys()
                 got = conn.load_key(pair.key_pem)
                 if got != expected:
-                    conn.unload_key(got)
+                    if got not in keys_before:
+                        conn.unload_key(got)
                     failed.append(
                         f"{pair.session}: key {pair.key_path} does not match "
                         f"certificate {pair.cert_path}"
@@ -572,8 +578,12 @@ class ViciDeployer:
                     self._swap(conn, new, new_id, new_der, old_id, progress)
                 except _CommandFailed as e:
                     restored = self._restore(conn, new_id, previous, progress)
-                    raise self._failure(new, f"charon refused {e.command}: {e.errmsg}",
-                                        restored) from None
+                    what = (
+                        f"check after {e.command} failed: {e.errmsg}"
+                        if isinstance(e, _CheckFailed)
+                        else f"charon refused {e.command}: {e.errmsg}"
+                    )
+                    raise self._failure(new, what, restored) from None
         except _ConnectionLost as e:
             # charon went away mid-way: try to restore on a fresh connection.
             try:
@@ -607,12 +617,13 @@ class ViciDeployer:
         progress: list[str],
     ) -> None:
         """Steps 1-3 of the identity-mode swap; ``progress`` records what charon accepted."""
+        keys_before = conn.get_keys()
         got = conn.load_key(new.key_pem)
         if got != new_id:
-            # Remove the stray key again unless it is the old one.
-            if got != old_id:
+            # Remove the stray key again unless it was loaded before (old or another session's).
+            if got not in keys_before:
                 conn.unload_key(got)
-            raise _CommandFailed(
+            raise _CheckFailed(
                 "load-key", f"the new key {new.key_path} does not match {new.cert_path}"
             )
         conn.load_cert(new.cert_pem, ca=False)
@@ -621,7 +632,7 @@ class ViciDeployer:
             conn.load_cert(ca_pem, ca=True)
         ok = any(der == new_der and cert.has_privkey for der, cert in conn.list_certs())
         if not ok:
-            raise _CommandFailed(
+            raise _CheckFailed(
                 "list-certs", "the new certificate is not listed with its private key"
             )
         if old_id is not None and old_id != new_id and old_id in conn.get_keys():
