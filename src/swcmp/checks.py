@@ -1,0 +1,485 @@
+"""The checks that guard ``enable-auto-update``, each with the command that fixes it.
+
+:func:`run_checks` reads files (certificates, keys, the MAC secret file's
+metadata) but changes nothing and takes the time as an argument, so its result
+depends only on the session, the files and ``now``. The order of the results
+is part of the interface (``swcmp session check`` prints them in this order):
+
+1. ``entity``: an entity (subject DN) is set and has a common name;
+2. ``ca-name``: the CA name is set (and, if a trust anchor carries the same
+   attributes, in the same RDN order);
+3. ``server-url``: the server URL is set and parses;
+4. ``auth-cert``: the authentication certificate is set and present;
+   ``auth-cert-key``: it matches its key; ``auth-cert-chain``: it chains to a
+   trust anchor; ``auth-cert-validity``: it is valid now;
+5. ``key-pair``: the key pair is set, present, a private key and mode 0600;
+
+then ours: ``trust-anchor`` (present and parses), ``mac-ref`` and
+``mac-secret`` (only when ``ir_auth`` is ``mac``), then any extra checks the
+caller passes in (the strongSwan binding check plugs in there).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+from swcmp.config import Paths, Session, auth_credentials, session_key_file
+from swcmp.errors import SwcmpError
+from swcmp.names import common_name, format_dn
+
+__all__ = [
+    "CheckResult",
+    "ExtraCheck",
+    "all_passed",
+    "failed",
+    "run_checks",
+]
+
+# How many intermediate CA certificates the chain check walks through at most.
+_MAX_CHAIN = 8
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one check.
+
+    Attributes:
+        name: a stable identifier such as ``entity`` or ``auth-cert-chain``.
+        ok: whether the check passed.
+        detail: what was found, for people (never secret material).
+        fix: what to run to fix it; empty when ``ok``.
+    """
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+# An extra check gets the same inputs as the built-in ones. It may raise a
+# SwcmpError, which becomes a failed result named after the check.
+ExtraCheck = Callable[[Session, Paths, datetime], CheckResult]
+
+
+def _pass(name: str, detail: str) -> CheckResult:
+    return CheckResult(name=name, ok=True, detail=detail)
+
+
+def _fail(name: str, detail: str, fix: str) -> CheckResult:
+    return CheckResult(name=name, ok=False, detail=detail, fix=fix)
+
+
+def _set_cmd(session: Session, *options: str) -> str:
+    return f"swcmp session set {session.name} " + " ".join(options)
+
+
+def _q(path: Path) -> str:
+    return shlex.quote(str(path))
+
+
+# --- loading files, errors as text -----------------------------------------------------
+
+
+def _load_certs(path: Path) -> tuple[list[x509.Certificate], str]:
+    """Certificates in ``path`` (PEM, possibly several, or DER) and an error text."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [], f"{path} does not exist"
+    except OSError as e:
+        return [], f"cannot read {path}: {e.strerror}"
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificates(data), ""
+        return [x509.load_der_x509_certificate(data)], ""
+    except ValueError:
+        return [], f"{path} does not hold a PEM or DER X.509 certificate"
+
+
+def _load_key(path: Path) -> tuple[PrivateKeyTypes | None, str]:
+    """The private key in ``path`` (unencrypted PEM or DER) and an error text.
+
+    The error text never includes file content.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, f"{path} does not exist"
+    except OSError as e:
+        return None, f"cannot read {path}: {e.strerror}"
+    try:
+        if b"-----BEGIN" in data:
+            return serialization.load_pem_private_key(data, password=None), ""
+        return serialization.load_der_private_key(data, password=None), ""
+    except TypeError:
+        # cryptography raises TypeError for an encrypted key without password.
+        return None, f"{path} is encrypted; swanctl and swcmp need an unencrypted key file"
+    except (ValueError, UnsupportedAlgorithm):
+        return None, f"{path} does not hold a private key swcmp can read"
+
+
+def _spki(key: PrivateKeyTypes | x509.Certificate) -> bytes:
+    public = key.public_key()
+    return public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def _anchors(session: Session) -> list[x509.Certificate]:
+    anchors: list[x509.Certificate] = []
+    for path in session.trust:
+        certs, _ = _load_certs(path)
+        anchors.extend(certs)
+    return anchors
+
+
+# --- the checks --------------------------------------------------------------------------
+
+
+def _check_entity(session: Session) -> CheckResult:
+    fix = _set_cmd(session, "--entity '/C=DE/O=Example/CN=gw1.example.net'")
+    if session.entity_dn is None:
+        return _fail("entity", "no entity (subject DN) is set", fix)
+    shown = format_dn(session.entity_dn)
+    cn = common_name(session.entity_dn)
+    if not cn:
+        return _fail("entity", f"the entity {shown} has no common name (CN)", fix)
+    return _pass("entity", f"entity {shown}")
+
+
+def _check_ca_name(session: Session) -> CheckResult:
+    fix = _set_cmd(session, "--ca-name '/C=DE/O=Example/CN=Example Issuing CA'")
+    if session.ca_dn is None:
+        return _fail("ca-name", "no CA name is set", fix)
+    shown = format_dn(session.ca_dn)
+    wanted = sorted(a.rfc4514_string() for a in session.ca_dn)
+    for anchor in _anchors(session):
+        if anchor.subject == session.ca_dn:
+            return _pass("ca-name", f"CA name {shown} (matches trust anchor)")
+        if sorted(a.rfc4514_string() for a in anchor.subject) == wanted:
+            # Same attributes, different order: the CA would not recognise itself
+            # as the recipient, and the trust anchor would not be selected.
+            right = format_dn(anchor.subject)
+            return _fail(
+                "ca-name",
+                f"CA name {shown} has the RDNs of trust anchor {right} in another order",
+                _set_cmd(session, f"--ca-name {shlex.quote(right)}"),
+            )
+    return _pass("ca-name", f"CA name {shown}")
+
+
+def _check_server_url(session: Session) -> CheckResult:
+    fix = _set_cmd(session, "--server-url http://ca.example.net:8080/pkix/")
+    if session.server_url is None:
+        return _fail("server-url", "no server URL is set", fix)
+    # Session construction already validated the URL (config.validate_server_url).
+    return _pass("server-url", f"server URL {session.server_url}")
+
+
+def _check_auth_cert(session: Session, paths: Paths, now: datetime) -> list[CheckResult]:
+    """Check 4 as four results: present, matches key, chains, valid now."""
+    names = ("auth-cert", "auth-cert-key", "auth-cert-chain", "auth-cert-validity")
+    cert_path, key_path = auth_credentials(session, paths)
+    set_both = _set_cmd(session, "--auth-cert FILE --auth-key FILE")
+    results: list[CheckResult] = []
+
+    def skipped(reason: str) -> list[CheckResult]:
+        return [_fail(n, f"not checked: {reason}", f"fix {names[0]!r} first") for n in names[1:]]
+
+    if cert_path is None:
+        results.append(
+            _fail(
+                "auth-cert",
+                "no authentication certificate: none is set and the session has no "
+                f"certificate yet ({paths.cert_file(session.name)})",
+                f"run `swcmp request initial {session.name}` (it sets the certificate), "
+                f"or `{set_both}`",
+            )
+        )
+        return results + skipped("no authentication certificate")
+    certs, error = _load_certs(cert_path)
+    if error:
+        results.append(
+            _fail(
+                "auth-cert",
+                f"authentication certificate: {error}",
+                f"`{_set_cmd(session, '--auth-cert FILE')}` with an existing certificate file, "
+                f"or run `swcmp request initial {session.name}`",
+            )
+        )
+        return results + skipped("authentication certificate unusable")
+    cert = certs[0]
+    results.append(
+        _pass("auth-cert", f"authentication certificate {cert_path}: {format_dn(cert.subject)}")
+    )
+
+    # Does it match its key?
+    if key_path is None:
+        results.append(
+            _fail(
+                "auth-cert-key",
+                "no key for the authentication certificate (auth_key and key are unset)",
+                _set_cmd(session, "--auth-key FILE") + " (or --key NAME)",
+            )
+        )
+    else:
+        key, error = _load_key(key_path)
+        if key is None:
+            results.append(
+                _fail(
+                    "auth-cert-key",
+                    f"authentication key: {error}",
+                    _set_cmd(session, "--auth-key FILE")
+                    + " with the certificate's unencrypted key",
+                )
+            )
+        elif _spki(key) != _spki(cert):
+            results.append(
+                _fail(
+                    "auth-cert-key",
+                    f"the authentication certificate {cert_path} does not belong to the key "
+                    f"{key_path}",
+                    f"{_set_cmd(session, '--auth-key FILE')} with the key of {cert_path}, or "
+                    f"{_set_cmd(session, '--auth-cert FILE')} with the certificate of {key_path}",
+                )
+            )
+        else:
+            results.append(_pass("auth-cert-key", f"matches the key {key_path}"))
+
+    results.append(_check_chain(session, paths, cert))
+
+    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    renew = f"run `swcmp request initial {session.name}` for a new certificate, then "
+    if now < not_before:
+        results.append(
+            _fail(
+                "auth-cert-validity",
+                f"the authentication certificate is not valid before {not_before:%Y-%m-%d %H:%M} "
+                "UTC: check this host's clock",
+                "fix the clock (NTP) or " + renew + "check again",
+            )
+        )
+    elif now > not_after:
+        results.append(
+            _fail(
+                "auth-cert-validity",
+                f"the authentication certificate expired on {not_after:%Y-%m-%d %H:%M} UTC; "
+                "a key update (KUR) needs an unexpired certificate",
+                renew + f"`{_set_cmd(session, '--auth-cert FILE')}` if it is stored elsewhere",
+            )
+        )
+    else:
+        left = not_after - now
+        results.append(
+            _pass(
+                "auth-cert-validity",
+                f"valid until {not_after:%Y-%m-%d %H:%M} UTC ({left.days} days left)",
+            )
+        )
+    return results
+
+
+def _check_chain(session: Session, paths: Paths, cert: x509.Certificate) -> CheckResult:
+    fix = _set_cmd(session, "--trust FILE") + " with the CA certificate that issued it"
+    anchors = _anchors(session)
+    if not anchors:
+        return _fail("auth-cert-chain", "no trust anchor is configured or readable", fix)
+    intermediates: list[x509.Certificate] = []
+    for path in paths.ca_cert_files(session.name):
+        certs, _ = _load_certs(path)
+        intermediates.extend(certs)
+    current = cert
+    via: list[str] = []
+    for _ in range(_MAX_CHAIN):
+        for anchor in anchors:
+            if _issued_by(current, anchor):
+                through = f" via {', '.join(via)}" if via else ""
+                return _pass(
+                    "auth-cert-chain",
+                    f"issued by trust anchor {format_dn(anchor.subject)}{through}",
+                )
+        parent = next((c for c in intermediates if c != current and _issued_by(current, c)), None)
+        if parent is None:
+            return _fail(
+                "auth-cert-chain",
+                f"no trust anchor (or stored CA certificate) signed "
+                f"{format_dn(current.subject)} (issuer {format_dn(current.issuer)})",
+                fix,
+            )
+        via.append(format_dn(parent.subject))
+        current = parent
+    return _fail("auth-cert-chain", f"no trust anchor within {_MAX_CHAIN} CA certificates", fix)
+
+
+def _check_key_pair(session: Session, paths: Paths) -> CheckResult:
+    key_file = session_key_file(session, paths)
+    if key_file is None:
+        return _fail(
+            "key-pair",
+            "no key pair is set",
+            _set_cmd(session, f"--key {session.name}")
+            + " (an existing key private/NAME.key is used as is, a missing one is generated)",
+        )
+    request = f"run `swcmp request initial {session.name}` to generate and certify it, or "
+    try:
+        info = os.stat(key_file)
+    except FileNotFoundError:
+        return _fail(
+            "key-pair",
+            f"the key pair {session.key!r} does not exist ({key_file})",
+            request + _set_cmd(session, "--key NAME") + " for a key in private/",
+        )
+    except OSError as e:
+        return _fail("key-pair", f"cannot access {key_file}: {e.strerror}", "run swcmp as root")
+    key, error = _load_key(key_file)
+    if key is None:
+        return _fail("key-pair", error, request + _set_cmd(session, "--key NAME"))
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        return _fail(
+            "key-pair",
+            f"{key_file} has mode {stat.S_IMODE(info.st_mode):04o}: others may read the key",
+            f"chmod 600 {_q(key_file)}",
+        )
+    return _pass("key-pair", f"key pair {session.key!r} ({key_file})")
+
+
+def _check_trust(session: Session, now: datetime) -> CheckResult:
+    fix = _set_cmd(session, "--trust FILE") + " with the CA certificate (PEM or DER)"
+    if not session.trust:
+        return _fail("trust-anchor", "no trust anchor is set", fix)
+    subjects: list[str] = []
+    for path in session.trust:
+        certs, error = _load_certs(path)
+        if error:
+            return _fail("trust-anchor", error, fix)
+        for cert in certs:
+            if cert.not_valid_after_utc < now:
+                return _fail(
+                    "trust-anchor",
+                    f"trust anchor {format_dn(cert.subject)} in {path} expired on "
+                    f"{cert.not_valid_after_utc:%Y-%m-%d} UTC",
+                    fix.replace("the CA certificate", "the CA's current certificate"),
+                )
+            subjects.append(format_dn(cert.subject))
+    return _pass("trust-anchor", "trust anchors: " + "; ".join(subjects))
+
+
+def _check_mac_ref(session: Session) -> CheckResult:
+    if session.mac_ref is None:
+        return _fail(
+            "mac-ref",
+            "ir_auth is mac but no MAC reference value is set",
+            _set_cmd(session, "--mac-ref REFERENCE") + " with the value the CA operator gave",
+        )
+    return _pass("mac-ref", "MAC reference value is set")
+
+
+def _check_mac_secret(session: Session) -> CheckResult:
+    path = session.mac_secret_file
+    fix = _set_cmd(session, "--mac-secret-file FILE") + " (a file holding only the secret, 0600)"
+    if path is None:
+        return _fail("mac-secret", "ir_auth is mac but no MAC secret file is set", fix)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return _fail("mac-secret", f"the MAC secret file {path} does not exist", fix)
+    except OSError as e:
+        return _fail("mac-secret", f"cannot access the MAC secret file {path}: {e.strerror}", fix)
+    if not stat.S_ISREG(info.st_mode):
+        return _fail("mac-secret", f"the MAC secret file {path} is not a regular file", fix)
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        return _fail(
+            "mac-secret",
+            f"the MAC secret file {path} has mode {mode:04o}; others may read the secret",
+            f"chmod 600 {_q(path)}",
+        )
+    if info.st_size == 0:
+        return _fail(
+            "mac-secret",
+            f"the MAC secret file {path} is empty",
+            f"write the secret the CA operator gave into {_q(path)}",
+        )
+    # Only metadata is looked at: the secret itself is read when a request needs it.
+    return _pass("mac-secret", f"MAC secret file {path} (mode {mode:04o})")
+
+
+def _run_extra(check: ExtraCheck, session: Session, paths: Paths, now: datetime) -> CheckResult:
+    name = str(getattr(check, "check_name", getattr(check, "__name__", "extra")))
+    try:
+        return check(session, paths, now)
+    except SwcmpError as e:
+        return _fail(name, str(e), e.hint or "see the message")
+
+
+def run_checks(
+    session: Session,
+    paths: Paths,
+    *,
+    now: datetime,
+    extra_checks: Sequence[ExtraCheck] = (),
+) -> list[CheckResult]:
+    """Run every check for ``session``, in the documented order.
+
+    Args:
+        session: the session to check.
+        paths: where the session's key, certificates and CA certificates live.
+        now: the current time, timezone-aware (certificate validity is checked against it).
+        extra_checks: further checks appended after the built-in ones, each called
+            as ``check(session, paths, now)``. This is the extension point for the
+            strongSwan binding check (the connections exist in charon and use the
+            session's certificate). A check that raises a SwcmpError yields a failed
+            result named by its ``check_name`` attribute or ``__name__``.
+
+    Returns:
+        One result per check; auto-update may be enabled only if all are ``ok``.
+
+    Raises:
+        ValueError: ``now`` is naive.
+    """
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("run_checks needs a timezone-aware 'now'")
+    results = [
+        _check_entity(session),
+        _check_ca_name(session),
+        _check_server_url(session),
+    ]
+    results.extend(_check_auth_cert(session, paths, now))
+    results.append(_check_key_pair(session, paths))
+    results.append(_check_trust(session, now))
+    if session.ir_auth == "mac":
+        results.append(_check_mac_ref(session))
+        results.append(_check_mac_secret(session))
+    results.extend(_run_extra(check, session, paths, now) for check in extra_checks)
+    return results
+
+
+def failed(results: Iterable[CheckResult]) -> list[CheckResult]:
+    """The results that did not pass."""
+    return [r for r in results if not r.ok]
+
+
+def all_passed(results: Iterable[CheckResult]) -> bool:
+    """Whether every result passed (True for no results at all)."""
+    return all(r.ok for r in results)
