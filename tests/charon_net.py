@@ -44,7 +44,7 @@ import socket
 import subprocess
 import textwrap
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,6 +224,8 @@ class CharonNode:
         self.stdout = self.dir / "charon.stdout"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        # charon.start-scripts entries (name -> command), written by write_config()
+        self.start_scripts: dict[str, str] = {}
 
     @property
     def uri(self) -> str:
@@ -232,9 +234,13 @@ class CharonNode:
     # -- files
 
     def write_config(self, conn: str = "gw") -> None:
-        """Write strongswan.conf and an identity-mode swanctl.conf for this node."""
+        """Write strongswan.conf and an identity-mode swanctl.conf for this node.
+
+        Call again after changing :attr:`start_scripts`; charon reads it on start.
+        """
         for sub in ("x509", "x509ca", "private", "pubkey", "conf.d"):
             (self.swanctl_dir / sub).mkdir(parents=True, exist_ok=True)
+        scripts = "".join(f"    {name} = {cmd}\n" for name, cmd in self.start_scripts.items())
         self.conf.write_text(textwrap.dedent(f"""\
             # charon for swcmp tests, node {self.label} ({self.netns})
             charon {{
@@ -245,6 +251,9 @@ class CharonNode:
               reuse_ikesa = no
               retransmit_tries = 2
               retransmit_timeout = 1
+              start-scripts {{
+            @SCRIPTS@
+              }}
               plugins {{
                 vici {{
                   socket = unix://{self.vici_path}
@@ -269,7 +278,7 @@ class CharonNode:
             swanctl {{
               load = pem pkcs1 pkcs8 x509 openssl
             }}
-            """))
+            """).replace("@SCRIPTS@\n", scripts))
         self.swanctl_conf.write_text(textwrap.dedent(f"""\
             # identity mode: the local certificate is chosen by local.id
             connections {{
@@ -480,6 +489,15 @@ class CharonNode:
 _LIVE: set[CharonNet] = set()
 
 
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Poll ``predicate`` every 50 ms until it is true; AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.05)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -534,7 +552,11 @@ class CharonNet:
         self.b_key, self.b_cert = self.pki.issue(self.b.identity)
 
     def __enter__(self) -> CharonNet:
-        self.setup()
+        try:
+            self.setup()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +23,17 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
-from charon_net import CharonNet, CharonNode, TestPKI, available, pem_cert, pem_key
+from charon_net import (
+    CharonNet,
+    CharonNode,
+    TestPKI,
+    available,
+    pem_cert,
+    pem_key,
+    wait_for,
+)
 from swcmp.deploy import CredentialPair, DeployError, DeployUnavailable
 from swcmp.errors import ConfigError
 from swcmp.strongswan import (
@@ -83,7 +94,7 @@ def test_key_id_is_sha1_of_subject_public_key() -> None:
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
     ec_key = ec.generate_private_key(ec.SECP384R1()).public_key()
     ed_key = ed25519.Ed25519PrivateKey.generate().public_key()
-    expected = [
+    expected: list[tuple[PublicKeyTypes, bytes]] = [
         (rsa_key, rsa_key.public_bytes(serialization.Encoding.DER,
                                        serialization.PublicFormat.PKCS1)),
         (ec_key, ec_key.public_bytes(serialization.Encoding.X962,
@@ -134,7 +145,7 @@ def test_missing_socket_is_unavailable(tmp_path: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.root
 def test_key_ids_match_charon(net: CharonNet) -> None:
-    keys = [
+    keys: list[PrivateKeyTypes] = [
         rsa.generate_private_key(public_exponent=65537, key_size=2048),
         ec.generate_private_key(ec.SECP256R1()),
         ec.generate_private_key(ec.SECP384R1()),
@@ -214,6 +225,45 @@ def test_deploy_to_stopped_charon_is_unavailable(net: CharonNet) -> None:
     net.a.restart()
     load_current(net.a.uri, [new])
     assert net.serial_b_saw_for_a() == x509.load_pem_x509_certificate(new.cert_pem).serial_number
+
+
+# A stand-in for `swcmp hook charon-start` (not written yet): load the pair in
+# swanctl's directory with load_current, as charon's start-scripts run it.
+_HOOK = textwrap.dedent("""\
+    import sys
+    from pathlib import Path
+    from swcmp.deploy import CredentialPair
+    from swcmp.strongswan import load_current
+    uri, base = sys.argv[1], Path(sys.argv[2])
+    key, cert = base / "private" / "a.pem", base / "x509" / "a.pem"
+    pair = CredentialPair("gw-a", key, cert, key.read_bytes(), cert.read_bytes(),
+                          ((base / "x509ca" / "ca.pem").read_bytes(),))
+    print(load_current(uri, [pair]).detail)
+    """)
+
+
+@charon_test
+@pytest.mark.integration
+@pytest.mark.root
+def test_start_script_loads_pair_renewed_while_charon_was_down(
+    net: CharonNet, tmp_path: Path
+) -> None:
+    established = net.a.initiate()
+    previous = _current(net)
+    new, key, cert = _renew(net, new_key=True)
+    net.a.stop()
+    with pytest.raises(DeployUnavailable):
+        ViciDeployer(net.a.uri).deploy(new, previous)
+    hook = tmp_path / "hook.py"
+    hook.write_text(_HOOK)
+    net.a.start_scripts["swcmp"] = f"{sys.executable} {hook} {net.a.uri} {net.a.swanctl_dir}"
+    net.a.write_config()
+    net.a.restart()  # connections only: the credentials come from the start script
+    new_id = key_id_from_public_key(key.public_key())
+    wait_for(lambda: net.a.key_ids() == {new_id}, 10, "the start script to load the new key")
+    assert "executing start script 'swcmp'" in net.a.log_text()
+    assert established.uniqueid not in {sa.uniqueid for sa in net.a.list_sas()}
+    assert net.serial_b_saw_for_a() == cert.serial_number
 
 
 def _assert_old_pair_live(net: CharonNet, new_cert: x509.Certificate) -> None:
