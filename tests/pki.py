@@ -71,6 +71,7 @@ def pem_cert(cert: x509.Certificate) -> bytes:
 
 @dataclass
 class TestPKI:
+    __test__ = False  # not a test class, despite the name
     root_key: keys.PrivateKey
     root: x509.Certificate
     srv_key: keys.PrivateKey

@@ -14,7 +14,8 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -185,7 +186,8 @@ class CMPClient:
         """rr: revoke ``cert`` (e.g. the one a key update superseded)."""
         tx = self._tx(protection, self._sender_for(protection, None))
         body = codec.rr_body([(cert.issuer.public_bytes(), cert.serial_number, reason)])
-        msg, _ = self._exchange(tx, "rr", body, ("rp",))
+        with self._transaction():
+            msg, _ = self._exchange(tx, "rr", body, ("rp",))
         assert isinstance(msg.body, RevRepInfo)
         if not msg.body.statuses:
             raise ProtocolError("the CA's revocation response has no status")
@@ -201,6 +203,15 @@ class CMPClient:
     def _tx(self, protection: Protection, sender_der: bytes) -> _Tx:
         return _Tx(protection, sender_der, implicit_confirm=self.implicit_confirm)
 
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            end = getattr(self.transport, "end_transaction", None)
+            if end is not None:
+                end()
+
     @staticmethod
     def _sender_for(protection: Protection, subject_der: bytes | None) -> bytes:
         cert = getattr(protection, "cert", None)
@@ -211,7 +222,8 @@ class CMPClient:
     def _genm(self, protection: Protection, items: list[InfoValue]) -> tuple[InfoValue, ...]:
         tx = self._tx(protection, self._sender_for(protection, None))
         tx.implicit_confirm = False
-        msg, _ = self._exchange(tx, "genm", codec.genm_body(items), ("genp",))
+        with self._transaction():
+            msg, _ = self._exchange(tx, "genm", codec.genm_body(items), ("genp",))
         assert isinstance(msg.body, tuple)
         return tuple(v for v in msg.body if isinstance(v, InfoValue))
 
@@ -238,6 +250,11 @@ class CMPClient:
 
     def _finish_enrollment(self, tx: _Tx, kind: str, body: bytes, req_id: int,
                            spki: bytes, subject_der: bytes) -> Enrollment:
+        with self._transaction():
+            return self._run_enrollment(tx, kind, body, req_id, spki, subject_der)
+
+    def _run_enrollment(self, tx: _Tx, kind: str, body: bytes, req_id: int,
+                        spki: bytes, subject_der: bytes) -> Enrollment:
         rep_kind = {"ir": "ip", "cr": "cp", "p10cr": "cp", "kur": "kup"}[kind]
         try:
             msg, verified = self._exchange(tx, kind, body, (rep_kind,))

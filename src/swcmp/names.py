@@ -139,6 +139,7 @@ _IA5_OIDS = frozenset({NameOID.EMAIL_ADDRESS, NameOID.DOMAIN_COMPONENT})
 _PRINTABLE_RE = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]*")
 _OID_RE = re.compile(r"(?:oid\.)?([0-2](?:\.(?:0|[1-9][0-9]*))+)", re.IGNORECASE)
 _HEX = frozenset("0123456789abcdefABCDEF")
+_BLANKS = " \t\r\n"
 
 _DN_EXAMPLE = "/C=DE/O=Example/CN=gw1.example.net or CN=gw1.example.net,O=Example,C=DE"
 
@@ -298,7 +299,15 @@ def parse_dn(text: str) -> x509.Name:
     """
     if not isinstance(text, str):
         raise ConfigError(f"a distinguished name must be text, not {type(text).__name__}")
-    stripped = text.strip()
+    # Only real blanks: str.strip() would also eat control characters such as
+    # U+001F, which are legal (if odd) in a value.
+    stripped = text.strip(_BLANKS)
+    unstripped = text.lstrip(_BLANKS)
+    if len(stripped) < len(unstripped):
+        # Blanks at the end are dropped, except one escaped by a backslash.
+        backslashes = len(stripped) - len(stripped.rstrip("\\"))
+        if backslashes % 2:
+            stripped = unstripped[: len(stripped) + 1]
     if not stripped or stripped == "/":
         raise _dn_error(text, "it is empty")
     if stripped.startswith("/"):

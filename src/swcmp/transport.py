@@ -31,6 +31,10 @@ class Transport(Protocol):
 
     def post(self, data: bytes) -> bytes: ...
 
+    def end_transaction(self) -> None:
+        """Called after each CMP transaction (successful or not)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -81,6 +85,13 @@ class HttpTransport:
 
     def close(self) -> None:
         self._session.close()
+
+    def end_transaction(self) -> None:
+        # CMP servers commonly close the connection when a transaction ends
+        # (OpenSSL's does, and serves one connection at a time): never carry
+        # a kept-alive connection over into the next transaction.
+        self._session.close()
+        self._session = requests.Session()
 
     def post(self, data: bytes) -> bytes:
         deadline = time.monotonic() + self.total_timeout

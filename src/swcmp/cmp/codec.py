@@ -428,8 +428,8 @@ def error_body(status: StatusInfo, *, error_code: int | None = None,
 
 def pkiconf_body() -> bytes:
     """A pkiconf body (NULL)."""
-    body, _ = _body("pkiconf")
-    body["pkiconf"] = univ.Null("")
+    body = rfc9480.PKIBody()
+    _put(body, "pkiconf", "")
     return _enc(body)
 
 
@@ -447,7 +447,7 @@ def cert_rep_body(kind: str, responses: Sequence[CertResponse],
         _status_info(cr["status"], r.status)
         if r.cert_der is not None:
             cert = _decode(r.cert_der, rfc9480.CMPCertificate(), "certificate")
-            cr["certifiedKeyPair"]["certOrEncCert"]["certificate"] = cert
+            _copy_into(cr["certifiedKeyPair"]["certOrEncCert"]["certificate"], cert)
         content["response"].append(cr)
     return _enc(body)
 
