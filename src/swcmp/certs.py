@@ -79,7 +79,8 @@ def is_ca(cert: x509.Certificate) -> bool:
 def check_validity(cert: x509.Certificate, now: datetime) -> None:
     if now < cert.not_valid_before_utc:
         raise CertificateError(
-            f"certificate {describe(cert)} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S}Z",
+            f"certificate {describe(cert)} is not valid before "
+            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S}Z",
         )
     if now > cert.not_valid_after_utc:
         raise CertificateError(

@@ -386,7 +386,7 @@ class CMPClient:
             message_time=self.clock().replace(microsecond=0),
             protection_alg=prot.alg,
             sender_kid=prot.sender_kid,
-            implicit_confirm=tx.implicit_confirm and kind in codec.CERT_REQ_BODIES + ("p10cr",),
+            implicit_confirm=tx.implicit_confirm and kind in (*codec.CERT_REQ_BODIES, "p10cr"),
             pvno=tx.pvno,
         )
         header_der = codec.encode_header(header)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Union
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -17,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from swcmp.cmp import oids
 from swcmp.errors import ConfigError, ProtectionError
 
-PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey]
-PublicKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey]
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 
 KEY_TYPES = ("rsa:2048", "rsa:3072", "rsa:4096", "ecdsa:p256", "ecdsa:p384", "ed25519")
 DEFAULT_KEY_TYPE = "rsa:3072"
@@ -106,8 +105,13 @@ def private_key_pem(key: PrivateKey) -> bytes:
 
 def spki_der(key: PrivateKey | PublicKey) -> bytes:
     """The DER SubjectPublicKeyInfo of a key (private keys give their public part)."""
-    pub = key.public_key() if hasattr(key, "private_bytes") else key
-    return pub.public_bytes(  # type: ignore[union-attr]
+    pub: PublicKey
+    if isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+                  | ed25519.Ed25519PrivateKey):
+        pub = public_key_of(key)
+    else:
+        pub = key
+    return pub.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 

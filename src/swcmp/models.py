@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Union
 
 from swcmp.errors import PKI_STATUS, failure_names
 
@@ -177,19 +176,19 @@ class RootCaKeyUpdate:
     old_with_new: bytes | None
 
 
-Body = Union[
-    tuple[CertRequestInfo, ...],  # ir, cr, kur
-    bytes,  # p10cr: the CSR DER
-    CertRepContent,  # ip, cp, kup
-    tuple[CertStatusInfo, ...],  # certConf
-    tuple[int, ...],  # pollReq: certReqIds
-    tuple[PollRepEntry, ...],  # pollRep
-    tuple[InfoValue, ...],  # genm, genp
-    tuple[RevDetailsInfo, ...],  # rr
-    RevRepInfo,  # rp
-    ErrorInfo,  # error
-    None,  # pkiconf
-]
+Body = (
+    tuple[CertRequestInfo, ...]  # ir, cr, kur
+    | bytes  # p10cr: the CSR DER
+    | CertRepContent  # ip, cp, kup
+    | tuple[CertStatusInfo, ...]  # certConf
+    | tuple[int, ...]  # pollReq: certReqIds
+    | tuple[PollRepEntry, ...]  # pollRep
+    | tuple[InfoValue, ...]  # genm, genp
+    | tuple[RevDetailsInfo, ...]  # rr
+    | RevRepInfo  # rp
+    | ErrorInfo  # error
+    | None  # pkiconf
+)
 
 
 @dataclass(frozen=True)

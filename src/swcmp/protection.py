@@ -23,7 +23,7 @@ from pyasn1_alt_modules import rfc8018, rfc9480
 
 from swcmp import certs, keys
 from swcmp.cmp import oids
-from swcmp.errors import ConfigError, ProtectionError
+from swcmp.errors import CertificateError, ConfigError, ProtectionError
 from swcmp.models import AlgorithmId, PKIMessageInfo
 
 log = logging.getLogger(__name__)
@@ -250,15 +250,15 @@ def verify_response(
     signer = find_signer(msg)
     keys.verify(signer.public_key(), keys.SignatureAlgorithm(alg.oid, alg.params_der),
                 msg.protection, msg.protected_part)
-    if msg.header.sender_der not in (None, b"\x30\x00"):
-        if signer.subject.public_bytes() != msg.header.sender_der:
-            raise ProtectionError(
-                "the response's sender does not match the subject of its signing certificate"
-            )
+    sender = msg.header.sender_der
+    if sender not in (None, b"\x30\x00") and signer.subject.public_bytes() != sender:
+        raise ProtectionError(
+            "the response's sender does not match the subject of its signing certificate"
+        )
     others = [certs.load_certificate(c) for c in msg.extra_certs]
     try:
         certs.build_chain(signer, anchors=trust, untrusted=others, now=now)
-    except Exception as e:
+    except CertificateError as e:
         raise ProtectionError(f"the CA's signing certificate is not trusted: {e}") from e
     return Verified("signature", signer)
 
