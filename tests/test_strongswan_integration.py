@@ -349,3 +349,16 @@ def test_connection_lost_midway_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(DeployUnavailable, match="stopped answering"):
         ViciDeployer(f"unix://{path}", timeout=5).deploy(pair, None)
     thread.join(5)
+
+
+@charon_test
+@pytest.mark.integration
+@pytest.mark.root
+def test_first_enrolment_without_previous_pair(net: CharonNet) -> None:
+    net.a.restart()  # charon without any credentials, as before the first enrolment
+    assert net.a.key_ids() == set()
+    new, key, cert = _renew(net, new_key=True)
+    result = ViciDeployer(net.a.uri).deploy(new, None)
+    assert result.deployed and f"{cert.serial_number:#x}" in result.detail
+    assert net.a.key_ids() == {key_id_from_public_key(key.public_key())}
+    assert net.serial_b_saw_for_a() == cert.serial_number

@@ -603,6 +603,12 @@ class ViciDeployer:
         detail = (
             f"charon uses certificate serial {serial:#x} with key id {new_id}"
             + (f"; old key {old_id} unloaded" if "unload-key old" in progress else "")
+            + (
+                f"; old key {old_id} was not loaded over VICI (if charon holds it from "
+                "another source such as ipsec.secrets, remove it there)"
+                if "old key not loaded over VICI" in progress
+                else ""
+            )
         )
         log.info("session %s deployed to charon: %s", new.session, detail)
         return DeployResult(deployed=True, detail=detail)
@@ -635,9 +641,12 @@ class ViciDeployer:
             raise _CheckFailed(
                 "list-certs", "the new certificate is not listed with its private key"
             )
-        if old_id is not None and old_id != new_id and old_id in conn.get_keys():
-            conn.unload_key(old_id)
-            progress.append("unload-key old")
+        if old_id is not None and old_id != new_id:
+            if old_id in conn.get_keys():
+                conn.unload_key(old_id)
+                progress.append("unload-key old")
+            else:
+                progress.append("old key not loaded over VICI")
         conn.flush_certs()
 
     def _restore(
@@ -664,10 +673,11 @@ class ViciDeployer:
             log.error("restoring the previous pair failed: %s refused: %s", e.command, e.errmsg)
             return (
                 f"restoring the previous pair failed too ({e.command}: {e.errmsg}); "
-                "restart charon so that its start hook loads the files"
+                "which pair charon uses is uncertain: check `swanctl --list-certs` and "
+                "restart charon once the files in storage are the pair to use"
             )
         if previous is None:
-            return "there was no previous pair; the new key was removed from charon again"
+            return "there was no previous pair; charon holds no key of this session"
         if new_id == old_id and "load-cert new" in progress:
             return (
                 "the previous pair is loaded again; the new certificate (same key) stays "
