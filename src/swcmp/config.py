@@ -886,7 +886,11 @@ _TOML_LINE_RE = re.compile(r"at line (\d+)")
 
 
 def _line_of(text: str, key: str) -> int | None:
-    pattern = re.compile(rf"^\s*(?:{re.escape(key)}|\"{re.escape(key)}\")\s*=", re.MULTILINE)
+    # [ \t]* rather than \s*: \s would run across blank lines and report the wrong one.
+    pattern = re.compile(
+        rf"^[ \t]*(?:{re.escape(key)}|\"{re.escape(key)}\"|'{re.escape(key)}')[ \t]*=",
+        re.MULTILINE,
+    )
     m = pattern.search(text)
     return text.count("\n", 0, m.start()) + 1 if m else None
 
