@@ -149,12 +149,12 @@ def _pss_params_der() -> bytes:
     """RSASSA-PSS-params for SHA-256, MGF1-SHA-256, salt length 32."""
     from pyasn1.codec.der import encoder
     from pyasn1.type import univ
-    from pyasn1_alt_modules import rfc4055
+    from pyasn1_alt_modules import rfc4055, rfc5280
 
     params = rfc4055.RSASSA_PSS_params()
     params["hashAlgorithm"]["algorithm"] = univ.ObjectIdentifier(oids.SHA256)
     params["maskGenAlgorithm"]["algorithm"] = univ.ObjectIdentifier(oids.MGF1)
-    mgf_hash = rfc4055.AlgorithmIdentifier()
+    mgf_hash = rfc5280.AlgorithmIdentifier()
     mgf_hash["algorithm"] = univ.ObjectIdentifier(oids.SHA256)
     params["maskGenAlgorithm"]["parameters"] = encoder.encode(mgf_hash)
     params["saltLength"] = 32
@@ -164,7 +164,7 @@ def _pss_params_der() -> bytes:
 def _pss_from_params(params_der: bytes | None) -> tuple[hashes.HashAlgorithm, int]:
     from pyasn1.codec.der import decoder
     from pyasn1.error import PyAsn1Error
-    from pyasn1_alt_modules import rfc4055
+    from pyasn1_alt_modules import rfc4055, rfc5280
 
     if not params_der:
         raise ProtectionError("RSASSA-PSS without parameters is not accepted")
@@ -179,7 +179,7 @@ def _pss_from_params(params_der: bytes | None) -> tuple[hashes.HashAlgorithm, in
         raise ProtectionError(f"RSASSA-PSS with hash {hash_oid} is not accepted")
     mgf_params = params["maskGenAlgorithm"]["parameters"]
     if mgf_params.isValue:
-        mgf_alg, _ = decoder.decode(bytes(mgf_params), asn1Spec=rfc4055.AlgorithmIdentifier())
+        mgf_alg, _ = decoder.decode(bytes(mgf_params), asn1Spec=rfc5280.AlgorithmIdentifier())
         if str(mgf_alg["algorithm"]) != hash_oid:
             raise ProtectionError("RSASSA-PSS with a different MGF1 hash is not accepted")
     return _HASH_BY_OID[hash_oid](), int(params["saltLength"])
