@@ -94,7 +94,7 @@ def run(pki: TestPKI, fault: str, *, cert: x509.Certificate | None = None,
 
 
 def test_happy_path(pki: TestPKI) -> None:
-    ca, c = run(pki, "")
+    ca, _c = run(pki, "")
     assert [m.body_type for m in ca.seen] == ["ir", "certConf"]
     # header rules the client must follow
     ir, conf = ca.seen
@@ -131,7 +131,7 @@ def test_error_message_carries_ca_text_and_hint(pki: TestPKI) -> None:
 
 def test_polling_with_check_after(pki: TestPKI) -> None:
     waits: list[float] = []
-    ca, c = run(pki, "poll", sleep=waits.append)
+    ca, _c = run(pki, "poll", sleep=waits.append)
     assert [m.body_type for m in ca.seen] == ["ir", "pollReq", "pollReq", "certConf"]
     assert waits == [1.0, 2.0]
 

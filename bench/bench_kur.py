@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Time one KUR transaction end to end: swcmp (warm, in-process; cold, a new
+Python process) beside `openssl cmp -cmd kur`, all against the same
+`openssl cmp -port` mock server on loopback.
+
+Run: python3 bench/bench_kur.py [--rounds N]
+Prints the median and p90 per transaction and the ratio to OpenSSL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from openssl_mock import OPENSSL, mock_server  # noqa: E402
+from pki import make_pki, pem_cert  # noqa: E402
+
+from swcmp.client import CMPClient  # noqa: E402
+from swcmp.protection import SignatureProtection  # noqa: E402
+from swcmp.transport import HttpTransport  # noqa: E402
+
+COLD = """
+import sys
+from pathlib import Path
+from swcmp import certs, keys
+from swcmp.client import CMPClient
+from swcmp.protection import SignatureProtection
+from swcmp.transport import HttpTransport
+d = Path(sys.argv[2])
+key = keys.load_private_key((d / "gw.key").read_bytes())
+cert = certs.load_certificate((d / "gw.crt").read_bytes())
+root = certs.load_certificate((d / "root.crt").read_bytes())
+with HttpTransport(sys.argv[1]) as t:
+    CMPClient(t, recipient=root.subject, trust=[root]).key_update(
+        key=key, old_cert=cert, protection=SignatureProtection(key=key, cert=cert))
+"""
+
+
+def stats(name: str, samples: list[float], base: float | None) -> float:
+    med = statistics.median(samples)
+    p90 = sorted(samples)[int(len(samples) * 0.9) - 1]
+    ratio = f"  {med / base:5.2f}x openssl" if base else ""
+    print(f"{name:<34} median {med * 1000:7.1f} ms   p90 {p90 * 1000:7.1f} ms{ratio}")
+    return med
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--key-type", default="ecdsa:p256")
+    args = ap.parse_args()
+    d = Path(tempfile.mkdtemp(prefix="swcmp-bench-"))
+    pki = make_pki(d, key_type=args.key_type)
+    # The 3.0 mock answers KUR only with the old certificate's issuer and serial.
+    pki.write("rsp.crt", pem_cert(pki.issue(pki.gw_key, serial=pki.gw.serial_number)))
+    srv = ["-srv_cert", "srv.crt", "-srv_key", "srv.key", "-srv_trusted", "root.crt",
+           "-rsp_cert", "rsp.crt"]
+    with mock_server(srv, cwd=d) as url:
+        ossl: list[float] = []
+        cmd = [str(OPENSSL), "cmp", "-cmd", "kur", "-server", url.split("//")[1].split("/")[0],
+               "-path", "pkix/", "-cert", "gw.crt", "-key", "gw.key", "-trusted", "root.crt",
+               "-certout", "out.crt", "-recipient", "/CN=swcmp Test Root CA"]
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            subprocess.run(cmd, cwd=d, check=True, capture_output=True)
+            ossl.append(time.perf_counter() - t0)
+
+        warm: list[float] = []
+        prot = SignatureProtection(key=pki.gw_key, cert=pki.gw)
+        with HttpTransport(url) as tr:
+            c = CMPClient(tr, recipient=pki.root.subject, trust=[pki.root])
+            c.key_update(key=pki.gw_key, old_cert=pki.gw, protection=prot)  # warm-up
+            for _ in range(args.rounds):
+                t0 = time.perf_counter()
+                c.key_update(key=pki.gw_key, old_cert=pki.gw, protection=prot)
+                warm.append(time.perf_counter() - t0)
+
+        cold: list[float] = []
+        for _ in range(max(5, args.rounds // 3)):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", COLD, url, str(d)], check=True)
+            cold.append(time.perf_counter() - t0)
+
+    print(f"KUR transaction (kur, kup, certConf, pkiConf), {args.key_type}, "
+          f"{args.rounds} rounds, openssl cmp -port on loopback")
+    base = stats("openssl cmp -cmd kur (process)", ossl, None)
+    stats("swcmp in-process (warm)", warm, base)
+    stats("swcmp new Python process (cold)", cold, base)
+
+
+if __name__ == "__main__":
+    main()
