@@ -176,9 +176,8 @@ _OIDS = [
     NameOID.USER_ID,
     ObjectIdentifier("1.3.6.1.4.1.99999.7"),
 ]
-_values = st.text(
-    st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20
-)  # any text, including separators, backslashes, spaces and control characters
+# Any text that UTF-8 can encode: separators, backslashes, blanks, control characters.
+_values = st.text(st.characters(codec="utf-8"), min_size=1, max_size=20)
 _rdn = st.lists(st.tuples(st.sampled_from(_OIDS), _values), min_size=1, max_size=3).filter(
     lambda avas: len({o for o, _ in avas}) == len(avas)
 )
