@@ -159,6 +159,18 @@ def test_signature_mode_skips_mac_checks(good: Setup) -> None:
     assert all_passed(results)
 
 
+def test_https_with_missing_tls_bundle(good: Setup, tmp_path: Path) -> None:
+    session = set_fields(
+        good.session,
+        {"server_url": "https://ca.example.net/", "tls_ca_bundle": str(tmp_path / "none.pem")},
+    )
+    results = run_checks(session, good.paths, now=NOW)
+    assert _failing(results) == ["server-url"]
+    assert "--tls-ca-bundle" in _by_name(results)["server-url"].fix
+    session = set_fields(session, {"tls_ca_bundle": str(tmp_path / "ca.pem")})
+    assert all_passed(run_checks(session, good.paths, now=NOW))
+
+
 def test_entity_without_common_name(good: Setup) -> None:
     session = set_fields(good.session, {"entity": "/C=DE/O=Example"})
     results = run_checks(session, good.paths, now=NOW)

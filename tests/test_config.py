@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import stat
 import tomllib
 from datetime import UTC, datetime, timedelta
@@ -170,6 +171,10 @@ class TestExpireTime:
         short = ExpireTime(percent=None, duration=timedelta(days=300))
         assert short.renew_at(start, end) == start
 
+    def test_constructors(self) -> None:
+        assert ExpireTime.remaining_percent(30) == ExpireTime.parse("30%")
+        assert ExpireTime.before_expiry(timedelta(days=3)) == ExpireTime.parse("3d")
+
     def test_needs_exactly_one(self) -> None:
         with pytest.raises(ConfigError):
             ExpireTime(percent=None, duration=None)
@@ -291,6 +296,26 @@ class TestSession:
         assert s.entity is None and s.entity_dn is None
         assert s.regenerate is False
         assert s.server_url == "http://ca.example.net:8080/pkix/"  # untouched
+
+    def test_describe_is_json_ready_and_secret_free(self, tmp_path: Path) -> None:
+        secret = tmp_path / "secret"
+        secret.write_bytes(b"TOPSECRET")
+        s = _full_session(tmp_path)
+        s = set_fields(s, {"mac_secret_file": str(secret)})
+        shown = s.describe()
+        text = json.dumps(shown)
+        assert "TOPSECRET" not in text
+        assert shown["name"] == "gw1"
+        assert shown["entity"] == "CN=gw1.example.net,O=Example,C=DE"
+        assert shown["entity_wire"] == "/C=DE/O=Example/CN=gw1.example.net"
+        assert shown["ca_name_wire"] == "/C=DE/O=Example/CN=Example CA"
+        assert shown["mac_secret_file"] == str(secret)
+        assert shown["expire_time"] == "30d"
+        assert shown["trust"] == [str(tmp_path / "ca1.pem"), str(tmp_path / "ca2.pem")]
+        assert set(shown) == {"name", "entity_wire", "ca_name_wire", *FIELDS}
+        empty = Session(name=GW1).describe()
+        assert empty["entity"] is None and empty["entity_wire"] is None
+        assert empty["expire_time"] == "50%"
 
     def test_frozen(self) -> None:
         s = Session(name=GW1)

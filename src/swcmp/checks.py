@@ -194,6 +194,16 @@ def _check_server_url(session: Session) -> CheckResult:
     if session.server_url is None:
         return _fail("server-url", "no server URL is set", fix)
     # Session construction already validated the URL (config.validate_server_url).
+    bundle = session.tls_ca_bundle
+    if session.server_url.lower().startswith("https:") and bundle is not None:
+        _, error = _load_certs(bundle)
+        if error:
+            return _fail(
+                "server-url",
+                f"the TLS CA bundle for {session.server_url}: {error}",
+                _set_cmd(session, "--tls-ca-bundle FILE")
+                + f" (or `swcmp session unset {session.name} tls_ca_bundle` for the system store)",
+            )
     return _pass("server-url", f"server URL {session.server_url}")
 
 

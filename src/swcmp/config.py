@@ -49,6 +49,7 @@ from swcmp import fsutil
 from swcmp.errors import ConfigError, SessionFileError, StorageError, StorageIOError
 from swcmp.names import (
     SessionName,
+    format_dn,
     format_san,
     parse_dn,
     parse_san,
@@ -303,6 +304,16 @@ class ExpireTime:
             if count:
                 out.append(f"{count}{unit}")
         return "".join(out)
+
+    @classmethod
+    def remaining_percent(cls, percent: int) -> ExpireTime:
+        """Renew when ``percent`` of the validity period remains."""
+        return cls(percent=percent)
+
+    @classmethod
+    def before_expiry(cls, duration: timedelta) -> ExpireTime:
+        """Renew ``duration`` before the certificate expires."""
+        return cls(percent=None, duration=duration)
 
     def to_toml(self) -> int | str:
         """The value as stored: an integer percentage or a duration string."""
@@ -649,6 +660,25 @@ class Session:
     def values(self) -> dict[str, object]:
         """The settings by field name (not the derived attributes, not ``name``)."""
         return {name: getattr(self, name) for name in FIELDS}
+
+    def describe(self) -> dict[str, object]:
+        """A JSON-ready view for ``session show`` and ``--json``: no secret in it.
+
+        Every setting appears (None for unset ones); paths and the expire time
+        are text; ``entity_wire`` and ``ca_name_wire`` show the parsed DNs in
+        slash (wire) order, i.e. what the CA will see. The MAC secret file's
+        path is shown, never its content.
+        """
+        out: dict[str, object] = {"name": self.name}
+        for key, value in self.values().items():
+            if isinstance(value, (Path, ExpireTime)):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = [str(v) for v in value]
+            out[key] = value
+        out["entity_wire"] = format_dn(self.entity_dn) if self.entity_dn is not None else None
+        out["ca_name_wire"] = format_dn(self.ca_dn) if self.ca_dn is not None else None
+        return out
 
 
 def _field_error(spec: FieldSpec, e: ConfigError) -> ConfigError:
