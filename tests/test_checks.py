@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -386,3 +388,15 @@ def test_no_certificate_yet_points_to_initial_request(good: Setup) -> None:
     results = run_checks(good.session, good.paths, now=NOW)
     assert _failing(results)[0] == "auth-cert"
     assert "swcmp request initial gw1" in _by_name(results)["auth-cert"].fix
+
+
+def test_lower_layers_import_no_cli_transport_or_protocol() -> None:
+    # names, fsutil, config and checks sit below the CLI, HTTP, VICI and CMP code.
+    code = (
+        "import sys; import swcmp.checks, swcmp.config, swcmp.fsutil, swcmp.names; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('click', 'requests', 'vici') "
+        "or m.startswith(('swcmp.cmp', 'swcmp.client', 'swcmp.transport', 'swcmp.protection', "
+        "'swcmp.strongswan', 'swcmp.cli'))]; print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
