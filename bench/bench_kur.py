@@ -19,12 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from openssl_mock import OPENSSL, mock_server  # noqa: E402
-from pki import make_pki, pem_cert  # noqa: E402
-
-from swcmp.client import CMPClient  # noqa: E402
-from swcmp.protection import SignatureProtection  # noqa: E402
-from swcmp.transport import HttpTransport  # noqa: E402
+from openssl_mock import OPENSSL, mock_server
+from pki import make_pki, pem_cert
+from swcmp.client import CMPClient
+from swcmp.protection import SignatureProtection
+from swcmp.transport import HttpTransport
 
 COLD = """
 import sys
