@@ -31,6 +31,7 @@ from swcmp.errors import (
     HTTPStatusError,
     PollingTimeoutError,
     ProtocolError,
+    SwcmpError,
 )
 from swcmp.models import (
     REJECTION,
@@ -73,6 +74,29 @@ class Enrollment:
     implicit_confirm: bool
     polls: int
     status: StatusInfo
+
+
+@dataclass(frozen=True)
+class TxEvent:
+    """A point in a transaction worth writing down before going on.
+
+    ``phase`` is ``"sending"`` (the request is about to leave: transactionID
+    known), ``"waiting"`` (the CA answered waiting; ``server_nonce`` is what a
+    pollReq must echo) or ``"received"`` (a checked certificate, not yet
+    confirmed). A renewal journals these so that after a crash it can poll the
+    same transaction instead of asking for a second certificate.
+    """
+
+    phase: str
+    kind: str
+    transaction_id: bytes
+    cert_req_id: int
+    server_nonce: bytes | None = None
+    cert_der: bytes | None = None
+
+
+Journal = Callable[[TxEvent], None]
+Accept = Callable[[x509.Certificate], None]
 
 
 @dataclass
@@ -126,19 +150,30 @@ class CMPClient:
     # ------------------------------------------------------------------ requests
 
     def initial(self, *, key: keys.PrivateKey, subject: x509.Name,
-                sans: Sequence[x509.GeneralName] = (), protection: Protection) -> Enrollment:
-        """IR: a first certificate, protected by MAC or an external certificate."""
-        return self._enroll("ir", key=key, subject=subject, sans=sans, protection=protection)
+                sans: Sequence[x509.GeneralName] = (), protection: Protection,
+                journal: Journal | None = None, accept: Accept | None = None) -> Enrollment:
+        """IR: a first certificate, protected by MAC or an external certificate.
+
+        ``journal`` is told about each step (see :class:`TxEvent`); ``accept``
+        sees the checked certificate before it is confirmed and may refuse it
+        by raising (the CA is then told in certConf).
+        """
+        return self._enroll("ir", key=key, subject=subject, sans=sans, protection=protection,
+                            journal=journal, accept=accept)
 
     def certificate(self, *, key: keys.PrivateKey, subject: x509.Name,
-                    sans: Sequence[x509.GeneralName] = (),
-                    protection: Protection) -> Enrollment:
+                    sans: Sequence[x509.GeneralName] = (), protection: Protection,
+                    journal: Journal | None = None, accept: Accept | None = None
+                    ) -> Enrollment:
         """CR: an additional certificate, signed with a certificate this CA issued."""
-        return self._enroll("cr", key=key, subject=subject, sans=sans, protection=protection)
+        return self._enroll("cr", key=key, subject=subject, sans=sans, protection=protection,
+                            journal=journal, accept=accept)
 
     def key_update(self, *, key: keys.PrivateKey, old_cert: x509.Certificate,
                    protection: Protection, subject: x509.Name | None = None,
-                   sans: Sequence[x509.GeneralName] | None = None) -> Enrollment:
+                   sans: Sequence[x509.GeneralName] | None = None,
+                   journal: Journal | None = None, accept: Accept | None = None
+                   ) -> Enrollment:
         """KUR: update ``old_cert`` (same or new ``key``), signed with the old certificate.
 
         The template repeats the old subject and SANs unless others are given.
@@ -151,7 +186,25 @@ class CMPClient:
                 sans = []
         old_id = OldCertId(old_cert.issuer.public_bytes(), old_cert.serial_number)
         return self._enroll("kur", key=key, subject=subject or old_cert.subject, sans=sans,
-                            protection=protection, old_cert_id=old_id)
+                            protection=protection, old_cert_id=old_id, journal=journal,
+                            accept=accept)
+
+    def resume(self, *, kind: str, transaction_id: bytes, server_nonce: bytes,
+               key: keys.PrivateKey, subject: x509.Name, protection: Protection,
+               cert_req_id: int = 0, journal: Journal | None = None,
+               accept: Accept | None = None) -> Enrollment:
+        """Continue a transaction the CA answered 'waiting' (e.g. before a crash).
+
+        Sends pollReq in the old transaction, echoing the CA's last nonce, and
+        carries on as if the original call had never stopped.
+        """
+        tx = _Tx(protection, self._sender_for(protection, subject.public_bytes()),
+                 implicit_confirm=self.implicit_confirm, transaction_id=transaction_id,
+                 server_nonce=server_nonce)
+        with self._transaction():
+            return self._run_enrollment(
+                tx, kind, None, cert_req_id, keys.spki_der(key), subject.public_bytes(),
+                journal=journal, accept=accept)
 
     def p10(self, *, csr: x509.CertificateSigningRequest, protection: Protection) -> Enrollment:
         """p10cr: a certificate for a PKCS#10 request (certReqId -1)."""
@@ -229,7 +282,8 @@ class CMPClient:
 
     def _enroll(self, kind: str, *, key: keys.PrivateKey, subject: x509.Name,
                 sans: Sequence[x509.GeneralName], protection: Protection,
-                old_cert_id: OldCertId | None = None) -> Enrollment:
+                old_cert_id: OldCertId | None = None, journal: Journal | None = None,
+                accept: Accept | None = None) -> Enrollment:
         subject_der = subject.public_bytes()
         spki = keys.spki_der(key)
         ext_der = None
@@ -246,20 +300,31 @@ class CMPClient:
                                  sign_pop=sign_pop)
         body = codec.cert_req_body(kind, [spec])
         tx = self._tx(protection, self._sender_for(protection, subject_der))
-        return self._finish_enrollment(tx, kind, body, 0, spki, subject_der)
+        return self._finish_enrollment(tx, kind, body, 0, spki, subject_der, journal=journal,
+                                       accept=accept)
 
     def _finish_enrollment(self, tx: _Tx, kind: str, body: bytes, req_id: int,
-                           spki: bytes, subject_der: bytes) -> Enrollment:
+                           spki: bytes, subject_der: bytes, *, journal: Journal | None = None,
+                           accept: Accept | None = None) -> Enrollment:
         with self._transaction():
-            return self._run_enrollment(tx, kind, body, req_id, spki, subject_der)
+            return self._run_enrollment(tx, kind, body, req_id, spki, subject_der,
+                                        journal=journal, accept=accept)
 
-    def _run_enrollment(self, tx: _Tx, kind: str, body: bytes, req_id: int,
-                        spki: bytes, subject_der: bytes) -> Enrollment:
+    def _run_enrollment(self, tx: _Tx, kind: str, body: bytes | None, req_id: int,
+                        spki: bytes, subject_der: bytes, *, journal: Journal | None = None,
+                        accept: Accept | None = None) -> Enrollment:
+        """Send ``body`` (None: resume by polling) and see the enrollment through."""
         rep_kind = {"ir": "ip", "cr": "cp", "p10cr": "cp", "kur": "kup"}[kind]
+        note = journal or (lambda event: None)
         try:
-            msg, verified = self._exchange(tx, kind, body, (rep_kind,))
-            response, msg, verified, polls = self._await_certificate(tx, kind, rep_kind, msg,
-                                                                     verified, req_id)
+            if body is None:
+                msg, verified = self._exchange(tx, "pollReq", codec.poll_req_body([req_id]),
+                                               (rep_kind, "pollRep"))
+            else:
+                note(TxEvent("sending", kind, tx.transaction_id, req_id))
+                msg, verified = self._exchange(tx, kind, body, (rep_kind,))
+            response, msg, verified, polls = self._await_certificate(
+                tx, kind, rep_kind, msg, verified, req_id, note)
         except Exception:
             self.stats["failed", kind] += 1
             raise
@@ -278,6 +343,17 @@ class CMPClient:
             raise CertificateRejectedError(
                 f"refused the certificate the CA issued: {e}"
             ).with_hint("the CA was told (certConf rejection); nothing was stored") from e
+        note(TxEvent("received", kind, tx.transaction_id, req_id, tx.server_nonce,
+                     response.cert_der))
+        if accept is not None:
+            try:
+                accept(cert)
+            except SwcmpError as e:
+                # e.g. the certificate could not be staged (disk full): tell the CA
+                # we will not use it, so that it is not left issued and unconfirmed.
+                self.stats["failed", kind] += 1
+                self._reject(tx, response.cert_der, req_id, f"not accepted: {e}")
+                raise
         implicit = tx.implicit_confirm and msg.header.implicit_confirm
         if not implicit:
             try:
@@ -295,7 +371,7 @@ class CMPClient:
         )
 
     def _await_certificate(self, tx: _Tx, kind: str, rep_kind: str, msg: PKIMessageInfo,
-                           verified: Verified, req_id: int
+                           verified: Verified, req_id: int, note: Journal
                            ) -> tuple[CertResponse, PKIMessageInfo, Verified, int]:
         start = self.monotonic()
         polls = 0
@@ -331,6 +407,7 @@ class CMPClient:
                     f"come back in {wait:g}s, past the {self.poll_deadline:g}s deadline "
                     f"(transaction {tx.transaction_id.hex()})"
                 ).with_hint("retry later; the CA may need an operator to approve the request")
+            note(TxEvent("waiting", kind, tx.transaction_id, req_id, tx.server_nonce))
             log.info("%s: CA is waiting; polling again in %gs", kind, wait)
             self.sleep(wait)
             polls += 1

@@ -1,0 +1,317 @@
+"""From a configured session to CMP requests and stored credentials.
+
+This is where a :class:`~swcmp.config.Session` becomes a CMP client with the
+right protection, and where an issued certificate becomes files in swanctl's
+layout. ``request_initial`` (IR) and ``request_certificate`` (CR) live here;
+key updates go through the staged, crash-safe path in :mod:`swcmp.renewal`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+
+from swcmp import certs, fsutil, keys
+from swcmp.config import Paths, Session, SessionStore, auth_credentials, read_mac_secret
+from swcmp.deploy import CredentialPair, Deployer, DeployError, DeployUnavailable
+from swcmp.errors import ConfigError, StorageError, SwcmpError
+from swcmp.state import StateStore
+
+if TYPE_CHECKING:  # the protocol stack is imported only when a request is made
+    from swcmp.client import CMPClient, Enrollment
+    from swcmp.protection import Protection
+    from swcmp.transport import Transport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a request or renewal did, for the CLI, the log and ``--json``."""
+
+    session: str
+    action: str
+    ok: bool
+    message: str
+    serial: str | None = None
+    not_after: datetime | None = None
+    cert_path: Path | None = None
+    key_path: Path | None = None
+    ca_paths: tuple[Path, ...] = ()
+    charon: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "session": self.session, "action": self.action, "ok": self.ok,
+            "message": self.message, "serial": self.serial,
+            "not_after": self.not_after.isoformat() if self.not_after else None,
+            "cert_path": str(self.cert_path) if self.cert_path else None,
+            "key_path": str(self.key_path) if self.key_path else None,
+            "ca_paths": [str(p) for p in self.ca_paths], "charon": self.charon,
+        }
+
+
+def _need(value: object, what: str, session: Session, option: str) -> None:
+    if value is None or value == "" or value == ():
+        raise ConfigError(f"session {session.name} has no {what}").with_hint(
+            f"swcmp session set {session.name} {option} ...")
+
+
+def read_file(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise StorageError(f"cannot read the {what} {path}: {e.strerror}").with_hint(
+            "check that the file exists and is readable") from e
+
+
+def load_trust(session: Session) -> list[x509.Certificate]:
+    """The session's trust anchors (every certificate in every --trust file)."""
+    out: list[x509.Certificate] = []
+    for p in session.trust:
+        out.extend(certs.load_certificates(read_file(p, "trust anchor file")))
+    return out
+
+
+def load_session_key(session: Session, paths: Paths) -> keys.PrivateKey | None:
+    """The session's key pair from ``private/<key>.key``; None when not there yet."""
+    _need(session.key, "key pair name", session, "--key")
+    assert session.key is not None
+    p = paths.key_file(session.key)
+    if not p.exists():
+        return None
+    return keys.load_private_key(read_file(p, "private key"))
+
+
+def ensure_session_key(session: Session, paths: Paths) -> tuple[keys.PrivateKey, bool]:
+    """Load the session's key, or generate one per ``key_type`` and store it (0600).
+
+    The new key is written before any request, so that a crash after the CA
+    issued a certificate never leaves a certificate without its key.
+    """
+    key = load_session_key(session, paths)
+    if key is not None:
+        return key, False
+    assert session.key is not None
+    key = keys.generate_key(session.key_type)
+    fsutil.ensure_dir(paths.private_dir, mode=0o700)
+    fsutil.atomic_write(paths.key_file(session.key), keys.private_key_pem(key), mode=0o600)
+    log.info("%s: generated a new %s key %s", session.name, session.key_type,
+             paths.key_file(session.key))
+    return key, True
+
+
+def signature_credentials(session: Session, paths: Paths
+                          ) -> tuple[keys.PrivateKey, x509.Certificate, list[x509.Certificate]]:
+    """The key, certificate and intermediates that sign requests for this session."""
+    cert_path, key_path = auth_credentials(session, paths)
+    _need(cert_path, "authentication certificate", session, "--auth-cert")
+    _need(key_path, "authentication key", session, "--auth-key")
+    assert cert_path is not None and key_path is not None
+    chain = certs.load_certificates(read_file(cert_path, "authentication certificate"))
+    key = keys.load_private_key(read_file(key_path, "authentication key"))
+    return key, chain[0], [c for c in chain[1:] if c.issuer != c.subject]
+
+
+def mac_protection(session: Session) -> Protection:
+    from swcmp.protection import MacProtection
+
+    _need(session.mac_ref, "MAC reference", session, "--mac-ref")
+    assert session.mac_ref is not None
+    return MacProtection(reference=session.mac_ref.encode(), secret=read_mac_secret(session),
+                         mac_alg=session.mac_alg)
+
+
+def signature_protection(session: Session, paths: Paths) -> Protection:
+    from swcmp.protection import SignatureProtection
+
+    key, cert, chain = signature_credentials(session, paths)
+    return SignatureProtection(key=key, cert=cert, chain=chain)
+
+
+def make_client(session: Session, *, transport: Transport | None = None,
+                implicit_confirm: bool = False, poll_deadline: float = 300.0,
+                sleep: Callable[[float], None] | None = None) -> CMPClient:
+    """A CMPClient for the session's CA (an HttpTransport unless one is given)."""
+    from swcmp.client import CMPClient
+    from swcmp.transport import HttpTransport
+
+    _need(session.server_url, "server URL", session, "--server-url")
+    _need(session.ca_name, "CA name", session, "--ca-name")
+    assert session.server_url is not None and session.ca_dn is not None
+    if transport is None:
+        bundle = str(session.tls_ca_bundle) if session.tls_ca_bundle else None
+        transport = HttpTransport(session.server_url, ca_bundle=bundle)
+    client = CMPClient(transport, recipient=session.ca_dn, trust=load_trust(session),
+                       implicit_confirm=implicit_confirm, poll_deadline=poll_deadline)
+    if sleep is not None:
+        client.sleep = sleep
+    return client
+
+
+def write_ca_certs(session: Session, paths: Paths,
+                   ca_certs: Sequence[x509.Certificate]) -> tuple[Path, ...]:
+    """Store CA certificates as ``x509ca/<session>-caN.crt``; drop stale higher N."""
+    unique: list[x509.Certificate] = []
+    for c in ca_certs:
+        if c not in unique:
+            unique.append(c)
+    if not unique:
+        return paths.ca_cert_files(session.name)
+    fsutil.ensure_dir(paths.x509ca_dir)
+    written = []
+    for i, c in enumerate(unique, start=1):
+        p = paths.ca_cert_file(session.name, i)
+        fsutil.atomic_write(p, certs.pem_of(c), mode=0o644)
+        written.append(p)
+    for p in paths.ca_cert_files(session.name)[len(unique):]:
+        fsutil.remove_file(p, missing_ok=True)
+    return tuple(written)
+
+
+def current_pair(session: Session, paths: Paths) -> CredentialPair | None:
+    """The session's live key and certificate as a CredentialPair, if both exist."""
+    if session.key is None:
+        return None
+    kp, cp = paths.key_file(session.key), paths.cert_file(session.name)
+    if not (kp.exists() and cp.exists()):
+        return None
+    return CredentialPair(
+        session=session.name, key_path=kp, cert_path=cp,
+        key_pem=read_file(kp, "private key"), cert_pem=read_file(cp, "certificate"),
+        ca_certs_pem=tuple(read_file(p, "CA certificate")
+                           for p in paths.ca_cert_files(session.name)),
+    )
+
+
+def deploy(deployer: Deployer | None, new: CredentialPair,
+           previous: CredentialPair | None) -> str:
+    """Hand a committed pair to the deployer; return what happened, in words.
+
+    An unreachable charon is not a failure: the files are committed and the
+    charon start hook loads them. A DeployError propagates.
+    """
+    if deployer is None:
+        return "not deployed (no deployer)"
+    try:
+        return deployer.deploy(new, previous).detail
+    except DeployUnavailable as e:
+        log.warning("%s: charon not updated: %s (the files are in place; charon loads them "
+                    "when it starts)", new.session, e)
+        return f"charon not updated: {e}"
+
+
+def _store_and_configure(session: Session, paths: Paths, store: SessionStore | None,
+                         enrolled: Enrollment, action: str, key_path: Path,
+                         deployer: Deployer | None) -> Outcome:
+    previous = current_pair(session, paths)
+    cert_path = paths.cert_file(session.name)
+    fsutil.ensure_dir(paths.x509_dir)
+    ca_paths = write_ca_certs(session, paths, [*enrolled.chain, *enrolled.ca_pubs])
+    fsutil.atomic_write(cert_path, certs.pem_of(enrolled.certificate), mode=0o644)
+    if store is not None:
+        # From now on requests are signed with the session's own certificate; a
+        # session that had no trust anchor takes the CA certificates the MAC vouched for.
+        unset = [f for f in ("auth_cert", "auth_key") if getattr(session, f) is not None]
+        set_values: dict[str, object] = {}
+        if not session.trust and enrolled.ca_pubs:
+            set_values["trust"] = tuple(str(p) for p in ca_paths)
+        if unset or set_values:
+            store.update(session.name, set_values=set_values, unset=unset)
+    new = current_pair(session, paths)
+    assert new is not None
+    charon = deploy(deployer, new, previous if previous and previous.cert_pem != new.cert_pem
+                    else None)
+    cert = enrolled.certificate
+    return Outcome(session.name, action, True,
+                   f"certificate {certs.describe(cert)} issued, valid until "
+                   f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z",
+                   serial=f"{cert.serial_number:x}", not_after=cert.not_valid_after_utc,
+                   cert_path=cert_path, key_path=key_path, ca_paths=ca_paths, charon=charon)
+
+
+def _run_request(session: Session, paths: Paths, action: str,
+                 work: Callable[[], Outcome]) -> Outcome:
+    states = StateStore(paths)
+    now = datetime.now(UTC)
+    try:
+        outcome = work()
+    except SwcmpError as e:
+        with states.update(session.name) as st:
+            st.record(action, False, str(e), now=now)
+        raise
+    with states.update(session.name) as st:
+        st.record(action, True, outcome.message, now=now, serial=outcome.serial)
+        if outcome.charon:
+            st.charon = outcome.charon
+    return outcome
+
+
+def request_initial(session: Session, paths: Paths, *, store: SessionStore | None = None,
+                    deployer: Deployer | None = None,
+                    transport: Transport | None = None) -> Outcome:
+    """IR: enroll the session's key (generated if missing), MAC or signature protected.
+
+    Stores the certificate as ``x509/<session>.crt``, CA certificates in
+    ``x509ca/``, points the session's authentication at its own certificate
+    and, under MAC with no trust anchor configured, trusts the CA certificates
+    the MAC-protected answer carried.
+    """
+    def work() -> Outcome:
+        _need(session.entity, "entity (subject DN)", session, "--entity")
+        assert session.entity_dn is not None
+        prot = (mac_protection(session) if session.ir_auth == "mac"
+                else signature_protection(session, paths))
+        key, _ = ensure_session_key(session, paths)
+        client = make_client(session, transport=transport)
+        try:
+            enrolled = client.initial(key=key, subject=session.entity_dn,
+                                      sans=session.san_names, protection=prot)
+        finally:
+            _record_stats(paths, session.name, client)
+        assert session.key is not None
+        return _store_and_configure(session, paths, store, enrolled, "ir",
+                                    paths.key_file(session.key), deployer)
+
+    return _run_request(session, paths, "ir", work)
+
+
+def request_certificate(session: Session, paths: Paths, *, store: SessionStore | None = None,
+                        deployer: Deployer | None = None,
+                        transport: Transport | None = None) -> Outcome:
+    """CR: a certificate for the session's key, signed with a certificate this CA issued."""
+    def work() -> Outcome:
+        _need(session.entity, "entity (subject DN)", session, "--entity")
+        assert session.entity_dn is not None
+        prot = signature_protection(session, paths)
+        key, _ = ensure_session_key(session, paths)
+        client = make_client(session, transport=transport)
+        try:
+            enrolled = client.certificate(key=key, subject=session.entity_dn,
+                                          sans=session.san_names, protection=prot)
+        finally:
+            _record_stats(paths, session.name, client)
+        assert session.key is not None
+        return _store_and_configure(session, paths, store, enrolled, "cr",
+                                    paths.key_file(session.key), deployer)
+
+    return _run_request(session, paths, "cr", work)
+
+
+def _record_stats(paths: Paths, name: str, client: CMPClient) -> None:
+    counts = client.stats
+    if counts:
+        try:
+            with StateStore(paths).update(name) as st:
+                st.add_stats(counts)
+        except SwcmpError as e:  # statistics must never mask the request's own outcome
+            log.warning("%s: could not record statistics: %s", name, e)
+
+
+__all__ = ["DeployError", "Outcome", "request_certificate", "request_initial"]
