@@ -206,6 +206,18 @@ class CMPClient:
                 tx, kind, None, cert_req_id, keys.spki_der(key), subject.public_bytes(),
                 journal=journal, accept=accept)
 
+    def confirm_again(self, *, transaction_id: bytes, server_nonce: bytes, cert_der: bytes,
+                      subject: x509.Name, protection: Protection, cert_req_id: int = 0) -> None:
+        """Send certConf for a certificate received before an interruption.
+
+        Raises if the CA does not answer pkiConf (it may have given up waiting
+        for the confirmation; the certificate must then not be used).
+        """
+        tx = _Tx(protection, self._sender_for(protection, subject.public_bytes()),
+                 transaction_id=transaction_id, server_nonce=server_nonce)
+        with self._transaction():
+            self._confirm(tx, cert_der, cert_req_id, None)
+
     def p10(self, *, csr: x509.CertificateSigningRequest, protection: Protection) -> Enrollment:
         """p10cr: a certificate for a PKCS#10 request (certReqId -1)."""
         from cryptography.hazmat.primitives import serialization

@@ -84,14 +84,11 @@ class SessionState:
                         if isinstance(v, int) and v >= 0:
                             st.stats[t][k] = v
         lr = data.get("last_result")
-        if isinstance(lr, dict):
-            try:
-                st.last_result = LastResult(
-                    time=str(lr["time"]), action=str(lr["action"]), ok=bool(lr["ok"]),
-                    message=str(lr["message"]),
-                    serial=str(lr["serial"]) if lr.get("serial") else None)
-            except KeyError:
-                pass
+        if isinstance(lr, dict) and all(k in lr for k in ("time", "action", "ok", "message")):
+            st.last_result = LastResult(
+                time=str(lr["time"]), action=str(lr["action"]), ok=bool(lr["ok"]),
+                message=str(lr["message"]),
+                serial=str(lr["serial"]) if lr.get("serial") else None)
         if isinstance(data.get("failures"), int):
             st.failures = max(0, data["failures"])
         if isinstance(data.get("next_attempt"), str):

@@ -1,0 +1,447 @@
+"""Certificate renewal: when it is due (pure functions) and how it is done safely.
+
+The staged renewal keeps one rule above all: the live key and certificate in
+swanctl's directories stay a matching, valid pair until the new pair has been
+issued, checked, confirmed to the CA and written to a staging area. A journal
+in the session's state directory records each step before it is taken, so a
+run killed at any point is finished by the next one, which polls or confirms
+the same CA transaction instead of asking for a second certificate.
+
+Steps (journal phases in brackets):
+    lock -> key (``key-ready``) -> KUR (``sent``, ``waiting``) -> verify and
+    stage (``received``) -> certConf (``confirmed``) -> promote (``committing``)
+    -> deploy -> clear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+
+from swcmp import certs, fsutil, keys
+from swcmp.config import ExpireTime, Paths, Session
+from swcmp.deploy import CredentialPair, Deployer, DeployError, DeployUnavailable
+from swcmp.enroll import (
+    Outcome,
+    current_pair,
+    load_session_key,
+    make_client,
+    read_file,
+    signature_credentials,
+    write_ca_certs,
+)
+from swcmp.errors import CertificateError, ConfigError, StorageError, SwcmpError
+from swcmp.state import SessionState, StateStore
+
+if TYPE_CHECKING:
+    from swcmp.client import CMPClient, TxEvent
+    from swcmp.transport import Transport
+
+log = logging.getLogger(__name__)
+
+#: Jitter: up to this share of the lifetime earlier than the nominal due time...
+JITTER_SHARE = 0.03
+#: ...but never more than this.
+JITTER_CAP = timedelta(hours=6)
+#: Backoff after failures: first retry after RETRY_START, doubling up to RETRY_CAP.
+RETRY_START = timedelta(minutes=1)
+RETRY_CAP = timedelta(hours=4)
+#: Previous pairs kept for manual rollback.
+ARCHIVE_KEEP = 3
+
+
+class RenewalError(SwcmpError):
+    """A renewal failed; the live pair is unchanged (or was restored)."""
+
+
+class NeedsInitialRequest(RenewalError):
+    """The certificate is missing or expired: a key update cannot work."""
+
+
+# --------------------------------------------------------------------------- when
+
+
+def jitter_fraction(session_name: str, serial: int) -> float:
+    """A stable number in [0, 1) per session and certificate: spreads a fleet's renewals."""
+    digest = hashlib.sha256(f"{session_name}/{serial:x}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def renew_at(cert: x509.Certificate, policy: ExpireTime, session_name: str) -> datetime:
+    """When ``cert`` should be renewed: the policy's time, moved earlier by the jitter.
+
+    Pure: depends only on the certificate, the policy and the session name.
+    """
+    nb, na = cert.not_valid_before_utc, cert.not_valid_after_utc
+    nominal = policy.renew_at(nb, na)
+    spread = min((na - nb) * JITTER_SHARE, JITTER_CAP)
+    return max(nb, nominal - spread * jitter_fraction(session_name, cert.serial_number))
+
+
+def retry_delay(failures: int, *, now: datetime, not_after: datetime) -> timedelta:
+    """Wait before the next attempt after ``failures`` consecutive failures.
+
+    Doubles from RETRY_START to RETRY_CAP, but never more than an eighth of the
+    validity left, so retries come faster as expiry nears.
+    """
+    delay: timedelta = min(RETRY_START * 2 ** max(failures - 1, 0), RETRY_CAP)
+    remaining = not_after - now
+    if remaining > timedelta(0):
+        delay = max(RETRY_START, min(delay, remaining / 8))
+    return delay
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the scheduler should do about a session now."""
+
+    state: str  # idle, due, needs_ir, disabled, failed (in backoff)
+    due: bool
+    renew_at: datetime | None
+    expires: datetime | None
+    next_check: datetime | None
+    reason: str
+
+
+def plan(session: Session, cert: x509.Certificate | None, st: SessionState,
+         now: datetime) -> Plan:
+    """Decide, without side effects, whether ``session`` is to be renewed at ``now``."""
+    if cert is None:
+        return Plan("needs_ir", False, None, None, None,
+                    f"no certificate yet: run `swcmp request initial {session.name}`")
+    expires = cert.not_valid_after_utc
+    if now >= expires:
+        return Plan("needs_ir", False, None, expires, None,
+                    f"certificate expired {expires:%Y-%m-%d %H:%M}Z; a key update cannot work: "
+                    f"run `swcmp request initial {session.name}`")
+    at = renew_at(cert, session.expire_time, session.name)
+    if not session.auto_update:
+        return Plan("disabled", False, at, expires, None, "auto-update is off")
+    if st.next_attempt:
+        retry = datetime.fromisoformat(st.next_attempt)
+        if now < retry:
+            return Plan("failed", False, at, expires, retry,
+                        f"retrying after {retry:%Y-%m-%d %H:%M:%S}Z ({st.failures} failures)")
+    if now >= at:
+        return Plan("due", True, at, expires, now, "due")
+    return Plan("idle", False, at, expires, at, f"next renewal {at:%Y-%m-%d %H:%M:%S}Z")
+
+
+# --------------------------------------------------------------------------- how
+
+
+class Journal:
+    """The renewal journal and staging area of one session."""
+
+    def __init__(self, paths: Paths, name: str) -> None:
+        self.dir = paths.session_state_dir(name)
+        self.path = self.dir / "journal.json"
+        self.staging = self.dir / "staging"
+        self.archive = self.dir / "archive"
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise StorageError(f"renewal journal {self.path} is unreadable: {e}").with_hint(
+                "inspect it; removing it abandons the interrupted renewal (the live pair "
+                "is untouched) and the next run starts a fresh one") from e
+        return data if isinstance(data, dict) else None
+
+    def write(self, **fields: Any) -> dict[str, Any]:
+        data = self.load() or {}
+        data.update(fields)
+        fsutil.ensure_dir(self.dir, mode=0o700)
+        fsutil.atomic_write(self.path, json.dumps(data, indent=1).encode(), mode=0o600)
+        return data
+
+    def clear(self) -> None:
+        for p in (self.staging / "new.key", self.staging / "new.crt"):
+            fsutil.remove_file(p, missing_ok=True)
+        for p in sorted(self.staging.glob("ca*.crt")) if self.staging.exists() else []:
+            fsutil.remove_file(p, missing_ok=True)
+        fsutil.remove_file(self.path, missing_ok=True)
+
+    @property
+    def key_file(self) -> Path:
+        return self.staging / "new.key"
+
+    @property
+    def cert_file(self) -> Path:
+        return self.staging / "new.crt"
+
+    def stage_key(self, key: keys.PrivateKey) -> None:
+        fsutil.ensure_dir(self.staging, mode=0o700)
+        fsutil.atomic_write(self.key_file, keys.private_key_pem(key), mode=0o600)
+
+    def stage_cert(self, cert: x509.Certificate, ca_certs: list[x509.Certificate]) -> None:
+        fsutil.ensure_dir(self.staging, mode=0o700)
+        for i, c in enumerate(ca_certs, start=1):
+            fsutil.atomic_write(self.staging / f"ca{i}.crt", certs.pem_of(c), mode=0o644)
+        fsutil.atomic_write(self.cert_file, certs.pem_of(cert), mode=0o644)
+
+    def staged_ca_certs(self) -> list[x509.Certificate]:
+        files = sorted(self.staging.glob("ca*.crt"), key=lambda p: int(p.stem[2:] or 0))
+        return [certs.load_certificate(read_file(p, "staged CA certificate")) for p in files]
+
+
+@dataclass
+class Renewer:
+    """Runs one session's renewal.
+
+    Args:
+        paths: the directories.
+        deployer: makes the new pair live (charon); None writes files only.
+        clock: the current time (UTC).
+        transport: for tests; normally an HttpTransport per renewal.
+        poll_deadline: seconds to wait for a 'waiting' CA within one run.
+        sleep: between polls (tests pass a fake).
+    """
+
+    paths: Paths
+    deployer: Deployer | None = None
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    transport: Transport | None = None
+    poll_deadline: float = 300.0
+    sleep: Callable[[float], None] | None = None
+    #: Test hook: called with the phase name at each step (kill -9 tests).
+    checkpoint: Callable[[str], None] | None = None
+
+    def _check(self, phase: str) -> None:
+        if self.checkpoint is not None:
+            self.checkpoint(phase)
+
+    def renew(self, session: Session, *, regenerate: bool | None = None) -> Outcome:
+        """Renew ``session`` now with a KUR (or finish an interrupted renewal).
+
+        Raises:
+            LockHeldError: another run is renewing this session.
+            NeedsInitialRequest: no certificate, or it expired.
+            SwcmpError: anything else; the live pair is then unchanged.
+        """
+        fsutil.ensure_dir(self.paths.lock_dir, mode=0o700)
+        with fsutil.exclusive_lock(self.paths.lock_dir, session.name, blocking=False,
+                                   what=f"renewal of session {session.name}"):
+            return self._renew_locked(session, session.regenerate if regenerate is None
+                                      else regenerate)
+
+    def _renew_locked(self, session: Session, regenerate: bool) -> Outcome:
+        j = Journal(self.paths, session.name)
+        entry = j.load()
+        if entry and entry.get("phase") in ("confirmed", "committing"):
+            log.info("%s: finishing an interrupted renewal (certificate already confirmed)",
+                     session.name)
+            return self._promote(session, j)
+
+        cert_path = self.paths.cert_file(session.name)
+        if not cert_path.exists():
+            raise NeedsInitialRequest(f"session {session.name} has no certificate yet").with_hint(
+                f"run `swcmp request initial {session.name}`")
+        old_cert = certs.load_certificate(read_file(cert_path, "certificate"))
+        now = self.clock()
+        if now >= old_cert.not_valid_after_utc:
+            raise NeedsInitialRequest(
+                f"the certificate of session {session.name} expired "
+                f"{old_cert.not_valid_after_utc:%Y-%m-%d %H:%M}Z; a key update needs a valid "
+                "one").with_hint(f"enroll again: `swcmp request initial {session.name}`")
+        live_key = load_session_key(session, self.paths)
+        if live_key is None:
+            raise ConfigError(f"session {session.name} has a certificate but its key "
+                              f"{session.key}.key is missing").with_hint(
+                "restore the key from the archive in the state directory, or enroll again")
+        auth_key, auth_cert, chain = signature_credentials(session, self.paths)
+        from swcmp.protection import SignatureProtection
+
+        protection = SignatureProtection(key=auth_key, cert=auth_cert, chain=chain)
+
+        # The key to certify: staged from an interrupted run, fresh, or the live one.
+        if entry and j.key_file.exists():
+            new_key = keys.load_private_key(read_file(j.key_file, "staged key"))
+        elif regenerate:
+            new_key = keys.generate_key(session.key_type)
+            j.stage_key(new_key)
+            entry = j.write(phase="key-ready", old_serial=f"{old_cert.serial_number:x}",
+                            started=now.isoformat(timespec="seconds"), regenerate=True)
+            self._check("key-ready")
+        else:
+            new_key = live_key
+
+        client = make_client(session, transport=self.transport, poll_deadline=self.poll_deadline,
+                             sleep=self.sleep)
+
+        def note(ev: TxEvent) -> None:
+            fields: dict[str, Any] = {"phase": ev.phase, "kind": ev.kind,
+                                      "transaction_id": ev.transaction_id.hex(),
+                                      "cert_req_id": ev.cert_req_id}
+            if ev.server_nonce is not None:
+                fields["server_nonce"] = ev.server_nonce.hex()
+            fields.setdefault("old_serial", f"{old_cert.serial_number:x}")
+            j.write(**fields, regenerate=new_key is not live_key)
+            self._check(ev.phase)
+
+        def accept(cert: x509.Certificate) -> None:
+            self._verify_renewed(session, old_cert, cert, now=self.clock())
+            j.stage_cert(cert, [])  # CA certificates are staged after the transaction
+            self._check("staged")
+
+        try:
+            enrolled = self._transact(session, j, entry, client, new_key, old_cert,
+                                      protection, note, accept)
+        finally:
+            self._record_stats(session.name, client)
+        j.stage_cert(enrolled.certificate, [*enrolled.chain])
+        if new_key is not live_key and not j.key_file.exists():
+            j.stage_key(new_key)
+        j.write(phase="confirmed")
+        self._check("confirmed")
+        return self._promote(session, j)
+
+    def _transact(self, session: Session, j: Journal, entry: dict[str, Any] | None,
+                  client: CMPClient, new_key: keys.PrivateKey, old_cert: x509.Certificate,
+                  protection: Any, note: Callable[[TxEvent], None],
+                  accept: Callable[[x509.Certificate], None]) -> Any:
+        phase = entry.get("phase") if entry else None
+        if entry and phase == "waiting" and entry.get("server_nonce"):
+            log.info("%s: resuming the CA transaction %s that was waiting", session.name,
+                     entry["transaction_id"])
+            return client.resume(kind="kur", transaction_id=bytes.fromhex(entry["transaction_id"]),
+                                 server_nonce=bytes.fromhex(entry["server_nonce"]),
+                                 key=new_key, subject=old_cert.subject, protection=protection,
+                                 cert_req_id=int(entry.get("cert_req_id", 0)), journal=note,
+                                 accept=accept)
+        if entry and phase == "received" and j.cert_file.exists() and entry.get("server_nonce"):
+            staged = certs.load_certificate(read_file(j.cert_file, "staged certificate"))
+            log.info("%s: confirming certificate serial %x received before an interruption",
+                     session.name, staged.serial_number)
+            try:
+                client.confirm_again(
+                    transaction_id=bytes.fromhex(entry["transaction_id"]),
+                    server_nonce=bytes.fromhex(entry["server_nonce"]),
+                    cert_der=certs.der_of(staged), subject=old_cert.subject,
+                    protection=protection, cert_req_id=int(entry.get("cert_req_id", 0)))
+            except SwcmpError as e:
+                log.warning("%s: the CA did not take the late confirmation (%s); requesting "
+                            "again", session.name, e)
+            else:
+                from swcmp.client import Enrollment
+                from swcmp.models import StatusInfo
+
+                return Enrollment(staged, certs.der_of(staged), (), (), (),
+                                  bytes.fromhex(entry["transaction_id"]), False, 0,
+                                  StatusInfo(0))
+            fsutil.remove_file(j.cert_file, missing_ok=True)
+        if phase == "sent":
+            log.warning("%s: an earlier run was interrupted after sending its request and "
+                        "before any answer; that transaction cannot be continued, so a new "
+                        "key update is sent", session.name)
+        return client.key_update(key=new_key, old_cert=old_cert, protection=protection,
+                                 journal=note, accept=accept)
+
+    @staticmethod
+    def _verify_renewed(session: Session, old: x509.Certificate, new: x509.Certificate,
+                        *, now: datetime) -> None:
+        """Our own checks on top of the client's: same names, sane validity."""
+        def sans(c: x509.Certificate) -> set[x509.GeneralName]:
+            try:
+                return set(c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+            except x509.ExtensionNotFound:
+                return set()
+
+        if new.subject != old.subject:
+            raise CertificateError("the renewed certificate has another subject")
+        if sans(new) != sans(old):
+            raise CertificateError("the renewed certificate has other subjectAltNames")
+        if new.not_valid_after_utc <= now + timedelta(minutes=1):
+            raise CertificateError("the renewed certificate is (nearly) expired")
+        if new.not_valid_before_utc > now + timedelta(minutes=10):
+            raise CertificateError("the renewed certificate is not valid yet (clock skew?)")
+
+    def _promote(self, session: Session, j: Journal) -> Outcome:
+        """Make the staged pair live in storage, then in charon; roll back on failure."""
+        j.write(phase="committing")
+        self._check("committing")
+        staged_cert = certs.load_certificate(read_file(j.cert_file, "staged certificate"))
+        assert session.key is not None
+        key_path = self.paths.key_file(session.key)
+        cert_path = self.paths.cert_file(session.name)
+        previous = current_pair(session, self.paths)
+        if previous is not None and previous.cert_pem != certs.pem_of(staged_cert):
+            self._archive(j, previous)
+        new_key_pem = (read_file(j.key_file, "staged key") if j.key_file.exists()
+                       else read_file(key_path, "private key"))
+        if keys.spki_der(keys.load_private_key(new_key_pem)) != certs.spki_of(staged_cert):
+            raise RenewalError("the staged key does not match the staged certificate").with_hint(
+                f"inspect {j.dir}; the live pair is untouched")
+        ca_certs = j.staged_ca_certs()
+        fsutil.atomic_write(key_path, new_key_pem, mode=0o600)
+        self._check("key-written")
+        fsutil.atomic_write(cert_path, certs.pem_of(staged_cert), mode=0o644)
+        ca_paths = write_ca_certs(session, self.paths, ca_certs) if ca_certs else ()
+        new = current_pair(session, self.paths)
+        assert new is not None
+        same = previous is not None and previous.cert_pem == new.cert_pem
+        try:
+            detail = (self.deployer.deploy(new, None if same else previous).detail
+                      if self.deployer is not None else "files written")
+        except DeployUnavailable as e:
+            detail = f"charon not updated ({e}); it loads the new pair when it starts"
+            log.warning("%s: %s", session.name, detail)
+        except DeployError as e:
+            if previous is not None and not same:
+                self._restore_files(previous)
+            raise RenewalError(
+                f"charon refused the renewed pair: {e}; the previous key and certificate are "
+                "restored in storage and charon").with_hint(
+                "the new certificate is kept staged; the next run tries to deploy it again"
+            ) from e
+        j.clear()
+        self._check("done")
+        log.info("%s: renewed: %s, valid until %s (%s)", session.name,
+                 certs.describe(staged_cert), staged_cert.not_valid_after_utc, detail)
+        return Outcome(session.name, "kur", True,
+                       f"renewed: {certs.describe(staged_cert)}, valid until "
+                       f"{staged_cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z",
+                       serial=f"{staged_cert.serial_number:x}",
+                       not_after=staged_cert.not_valid_after_utc, cert_path=cert_path,
+                       key_path=key_path, ca_paths=tuple(ca_paths), charon=detail)
+
+    def _archive(self, j: Journal, pair: CredentialPair) -> None:
+        cert = certs.load_certificate(pair.cert_pem)
+        fsutil.ensure_dir(j.archive, mode=0o700)
+        stem = f"{cert.not_valid_before_utc:%Y%m%d%H%M%S}-{cert.serial_number:x}"
+        fsutil.atomic_write(j.archive / f"{stem}.key", pair.key_pem, mode=0o600)
+        fsutil.atomic_write(j.archive / f"{stem}.crt", pair.cert_pem, mode=0o644)
+        stems = sorted({p.stem for p in j.archive.glob("*.crt")})
+        for old in stems[:-ARCHIVE_KEEP]:
+            for suffix in (".key", ".crt"):
+                fsutil.remove_file(j.archive / f"{old}{suffix}", missing_ok=True)
+
+    def _restore_files(self, previous: CredentialPair) -> None:
+        fsutil.atomic_write(previous.key_path, previous.key_pem, mode=0o600)
+        fsutil.atomic_write(previous.cert_path, previous.cert_pem, mode=0o644)
+
+    def _record_stats(self, name: str, client: CMPClient) -> None:
+        try:
+            with StateStore(self.paths).update(name) as st:
+                st.add_stats(client.stats)
+        except SwcmpError as e:
+            log.warning("%s: could not record statistics: %s", name, e)
+
+
+def interrupted(paths: Paths, name: str) -> str | None:
+    """The phase of an interrupted renewal of ``name``, if one is pending."""
+    try:
+        entry = Journal(paths, name).load()
+    except StorageError:
+        return "unreadable"
+    return str(entry.get("phase")) if entry else None

@@ -1,0 +1,379 @@
+"""Running renewals: one pass (``swcmp renew``) and the service (``swcmp serve``).
+
+Host-wide settings live in ``<config_dir>/swcmp.toml`` (all optional)::
+
+    [ha]
+    role_file = "/run/swcmp/role"     # written by a keepalived notify script
+    role_command = "/usr/local/bin/ha-role"   # prints MASTER/BACKUP/...
+    [hooks]
+    post_renew = ["/usr/local/sbin/notify-renewed"]
+    [metrics]
+    textfile = "/var/lib/node_exporter/swcmp.prom"
+
+A node whose role is BACKUP, FAULT, STANDBY or PASSIVE requests nothing and
+reports ``standby``; MASTER/ACTIVE (or no role source) renews.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+
+from cryptography import x509
+
+from swcmp import certs, fsutil
+from swcmp.config import Paths, Session, SessionStore
+from swcmp.deploy import Deployer
+from swcmp.enroll import Outcome
+from swcmp.errors import ConfigError, SwcmpError
+from swcmp.renewal import NeedsInitialRequest, Plan, Renewer, plan, retry_delay
+from swcmp.state import StateStore
+
+log = logging.getLogger(__name__)
+
+STANDBY_ROLES = frozenset({"BACKUP", "FAULT", "STANDBY", "PASSIVE", "SLAVE"})
+#: How often serve looks for changed session files while otherwise asleep.
+RESCAN = 30.0
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """Host-wide settings (see the module docstring)."""
+
+    role_file: Path | None = None
+    role_command: str | None = None
+    post_renew: tuple[str, ...] = ()
+    metrics_file: Path | None = None
+
+    @classmethod
+    def load(cls, paths: Paths) -> HostConfig:
+        p = paths.config_dir / "swcmp.toml"
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return cls()
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read host settings {p}: {e}").with_hint(
+                "fix the file or remove it (all its settings are optional)") from e
+        ha, hooks, metrics = (data.get(k, {}) for k in ("ha", "hooks", "metrics"))
+        try:
+            return cls(
+                role_file=Path(ha["role_file"]) if ha.get("role_file") else None,
+                role_command=str(ha["role_command"]) if ha.get("role_command") else None,
+                post_renew=tuple(str(c) for c in hooks.get("post_renew", [])),
+                metrics_file=Path(metrics["textfile"]) if metrics.get("textfile") else None,
+            )
+        except (TypeError, AttributeError) as e:
+            raise ConfigError(f"host settings {p} have a value of the wrong type").with_hint(
+                "see the example in contrib/swcmp.toml") from e
+
+
+def ha_role(host: HostConfig) -> str | None:
+    """The HA role from the role file or command (upper case), None without a source."""
+    text = None
+    if host.role_file is not None:
+        try:
+            text = host.role_file.read_text(encoding="utf-8")
+        except OSError as e:
+            log.warning("HA role file %s unreadable (%s): acting as standby to be safe",
+                        host.role_file, e.strerror)
+            return "UNKNOWN"
+    elif host.role_command is not None:
+        try:
+            res = subprocess.run(host.role_command, shell=True, capture_output=True, text=True,
+                                 timeout=10, check=False)
+            text = res.stdout
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log.warning("HA role command failed (%s): acting as standby to be safe", e)
+            return "UNKNOWN"
+    if text is None:
+        return None
+    words = text.split()
+    return words[0].upper() if words else "UNKNOWN"
+
+
+def is_standby(host: HostConfig) -> bool:
+    role = ha_role(host)
+    return role is not None and (role in STANDBY_ROLES or role == "UNKNOWN")
+
+
+@dataclass
+class SessionReport:
+    """One session's outcome in a pass."""
+
+    session: str
+    result: str  # renewed, skipped, failed, standby, dry-run
+    message: str
+    outcome: Outcome | None = None
+    plan: Plan | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {"session": self.session, "result": self.result, "message": self.message,
+                "renewal": self.outcome.to_json() if self.outcome else None,
+                "renew_at": self.plan.renew_at.isoformat() if self.plan and self.plan.renew_at
+                else None}
+
+
+def load_cert(paths: Paths, name: str) -> x509.Certificate | None:
+    p = paths.cert_file(name)
+    try:
+        return certs.load_certificate(p.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, SwcmpError) as e:
+        log.warning("%s: cannot read %s: %s", name, p, e)
+        return None
+
+
+@dataclass
+class RenewalService:
+    """Decides and runs renewals for all sessions; shared by ``renew`` and ``serve``."""
+
+    paths: Paths
+    deployer: Deployer | None = None
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    renewer_factory: Callable[[], Renewer] | None = None
+    host: HostConfig = field(default_factory=HostConfig)
+
+    def renewer(self) -> Renewer:
+        if self.renewer_factory is not None:
+            return self.renewer_factory()
+        return Renewer(self.paths, deployer=self.deployer, clock=self.clock)
+
+    def sessions(self, names: Sequence[str] = ()) -> list[Session]:
+        store = SessionStore(self.paths.config_dir)
+        if names:
+            return [store.load(n) for n in names]
+        listing = store.list()
+        for err in listing.errors:
+            log.error("skipping a broken session file: %s", err)
+        return list(listing.sessions)
+
+    def run_pass(self, names: Sequence[str] = (), *, due_only: bool = True,
+                 force: bool = False, dry_run: bool = False) -> list[SessionReport]:
+        """One pass over the sessions: renew what is due (or everything with ``force``)."""
+        from swcmp.renewal import interrupted
+
+        reports: list[SessionReport] = []
+        standby = is_standby(self.host)
+        states = StateStore(self.paths)
+        for s in self.sessions(names):
+            now = self.clock()
+            st = states.load(s.name)
+            p = plan(s, load_cert(self.paths, s.name), st, now)
+            pending = interrupted(self.paths, s.name)
+            if standby:
+                self._set_state(s.name, "standby")
+                reports.append(SessionReport(s.name, "standby",
+                                             "skipped: standby (this node is not active)",
+                                             plan=p))
+                continue
+            wanted = force or pending is not None or (p.due if due_only else
+                                                      p.state not in ("needs_ir",))
+            if not force and not names and not s.auto_update and pending is None:
+                wanted = False
+            if p.state == "needs_ir" and pending is None:
+                reports.append(SessionReport(s.name, "failed" if s.auto_update else "skipped",
+                                             p.reason, plan=p))
+                self._set_state(s.name, "needs_ir")
+                continue
+            if not wanted:
+                reports.append(SessionReport(s.name, "skipped", p.reason, plan=p))
+                continue
+            if dry_run:
+                reports.append(SessionReport(s.name, "dry-run",
+                                             f"would renew ({p.reason})", plan=p))
+                continue
+            reports.append(self.renew_one(s, p))
+        self.write_metrics()
+        return reports
+
+    def renew_one(self, s: Session, p: Plan | None = None) -> SessionReport:
+        states = StateStore(self.paths)
+        self._set_state(s.name, "in_progress")
+        now = self.clock()
+        try:
+            outcome = self.renewer().renew(s)
+        except SwcmpError as e:
+            with states.update(s.name) as st:
+                st.failures += 1
+                expires = p.expires if p and p.expires else now + timedelta(days=1)
+                delay = retry_delay(st.failures, now=now, not_after=expires)
+                st.next_attempt = (now + delay).isoformat(timespec="seconds")
+                st.state = "needs_ir" if isinstance(e, NeedsInitialRequest) else "failed"
+                st.record("kur", False, str(e), now=now)
+            left = (p.expires - now) if p and p.expires else None
+            loud = left is not None and p is not None and p.renew_at is not None and \
+                left < (p.expires - p.renew_at) / 2  # type: ignore[operator]
+            (log.error if loud else log.warning)(
+                "%s: renewal failed: %s%s; next try in %s", s.name, e,
+                f" (hint: {e.hint})" if e.hint else "", delay)
+            return SessionReport(s.name, "failed", str(e), plan=p)
+        with states.update(s.name) as st:
+            st.failures = 0
+            st.next_attempt = None
+            st.state = "idle"
+            st.charon = outcome.charon
+            st.record("kur", True, outcome.message, now=now, serial=outcome.serial)
+        self._run_hooks(s, outcome)
+        return SessionReport(s.name, "renewed", outcome.message, outcome=outcome, plan=p)
+
+    def _set_state(self, name: str, state: str) -> None:
+        try:
+            with StateStore(self.paths).update(name) as st:
+                st.state = state
+        except SwcmpError as e:
+            log.warning("%s: cannot record state: %s", name, e)
+
+    def _run_hooks(self, s: Session, outcome: Outcome) -> None:
+        env = dict(os.environ, SWCMP_SESSION=s.name, SWCMP_SERIAL=outcome.serial or "",
+                   SWCMP_CERT=str(outcome.cert_path or ""), SWCMP_KEY=str(outcome.key_path or ""))
+        for cmd in self.host.post_renew:
+            try:
+                res = subprocess.run(cmd, shell=True, env=env, timeout=120, check=False,
+                                     capture_output=True, text=True)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                log.warning("%s: post-renew hook %r failed: %s", s.name, cmd, e)
+                continue
+            if res.returncode != 0:
+                log.warning("%s: post-renew hook %r exited %d: %s", s.name, cmd,
+                            res.returncode, res.stderr.strip()[:500])
+
+    def next_wakeup(self) -> datetime | None:
+        """The earliest time any session needs attention."""
+        now = self.clock()
+        states = StateStore(self.paths)
+        times: list[datetime] = []
+        for s in self.sessions():
+            p = plan(s, load_cert(self.paths, s.name), states.load(s.name), now)
+            if p.next_check is not None and s.auto_update:
+                times.append(p.next_check)
+        return min(times) if times else None
+
+    def write_metrics(self) -> None:
+        """Prometheus textfile: expiry, next renewal, last result, failures per session."""
+        if self.host.metrics_file is None:
+            return
+        states = StateStore(self.paths)
+        lines = [
+            "# HELP swcmp_certificate_expiry_seconds Certificate notAfter (unix time).",
+            "# TYPE swcmp_certificate_expiry_seconds gauge",
+            "# HELP swcmp_next_renewal_seconds When the next renewal is due (unix time).",
+            "# TYPE swcmp_next_renewal_seconds gauge",
+            "# HELP swcmp_last_result_success 1 if the last request succeeded.",
+            "# TYPE swcmp_last_result_success gauge",
+            "# HELP swcmp_consecutive_failures Failed renewals since the last success.",
+            "# TYPE swcmp_consecutive_failures gauge",
+        ]
+        now = self.clock()
+        for s in self.sessions():
+            st = states.load(s.name)
+            cert = load_cert(self.paths, s.name)
+            p = plan(s, cert, st, now)
+            lbl = f'{{session="{s.name}"}}'
+            if cert is not None:
+                lines.append(f"swcmp_certificate_expiry_seconds{lbl} "
+                             f"{int(cert.not_valid_after_utc.timestamp())}")
+            if p.renew_at is not None:
+                lines.append(f"swcmp_next_renewal_seconds{lbl} {int(p.renew_at.timestamp())}")
+            if st.last_result is not None:
+                lines.append(f"swcmp_last_result_success{lbl} {int(st.last_result.ok)}")
+            lines.append(f"swcmp_consecutive_failures{lbl} {st.failures}")
+        try:
+            fsutil.atomic_write(self.host.metrics_file, ("\n".join(lines) + "\n").encode(),
+                                mode=0o644)
+        except SwcmpError as e:
+            log.warning("cannot write metrics: %s", e)
+
+
+class Server:
+    """``swcmp serve``: sleep until something is due, renew it, repeat.
+
+    SIGHUP (or a changed session file) makes it look again at once; SIGTERM and
+    SIGINT stop it after the session being renewed, if any, is finished (the
+    journal would also recover a hard stop).
+    """
+
+    def __init__(self, service: RenewalService, *, rescan: float = RESCAN) -> None:
+        self.service = service
+        self.rescan = rescan
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self._mtime: float | None = None
+
+    def install_signals(self) -> None:
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            log.info("stopping (signal %d)", signum)
+            self.stopping.set()
+            self.wake.set()
+
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            log.info("SIGHUP: re-reading the sessions")
+            self.wake.set()
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def _config_stamp(self) -> float:
+        """Newest mtime of the session files, the host settings and the HA role file."""
+        d = self.service.paths.sessions_dir
+        files = [d, self.service.paths.config_dir / "swcmp.toml", *d.glob("*.toml")]
+        if self.service.host.role_file is not None:
+            files.append(self.service.host.role_file)
+        stamp = 0.0
+        for f in files:
+            try:
+                stamp = max(stamp, f.stat().st_mtime)
+            except OSError:
+                continue
+        return stamp
+
+    def run(self, *, once_until: datetime | None = None) -> None:
+        """Serve until stopped (or until ``once_until``, for tests and the demo).
+
+        Between passes it sleeps until the next session is due, waking every
+        ``rescan`` seconds only to stat the configuration (cheap), so an idle
+        service costs next to nothing.
+        """
+        log.info("swcmp serve: watching %s", self.service.paths.sessions_dir)
+        self._mtime = self._config_stamp()
+        due_pass = True
+        nxt: datetime | None = None
+        while not self.stopping.is_set():
+            if due_pass:
+                try:
+                    self.service.host = HostConfig.load(self.service.paths)
+                    for r in self.service.run_pass(due_only=True):
+                        if r.result in ("renewed", "failed", "standby"):
+                            log.info("%s: %s: %s", r.session, r.result, r.message)
+                    nxt = self.service.next_wakeup()
+                except SwcmpError as e:
+                    log.error("renewal pass failed: %s", e)
+                    nxt = None
+            now = self.service.clock()
+            if once_until is not None and now >= once_until:
+                return
+            wait = self.rescan
+            if nxt is not None:
+                wait = min(wait, max((nxt - now).total_seconds(), 1.0))
+            if once_until is not None:
+                wait = min(wait, max((once_until - now).total_seconds(), 0.1))
+            log.debug("sleeping %.1fs", wait)
+            woke = self.wake.wait(wait)
+            self.wake.clear()
+            stamp = self._config_stamp()
+            changed = stamp != self._mtime
+            if changed:
+                log.info("configuration changed: re-reading the sessions")
+                self._mtime = stamp
+            due_pass = woke or changed or (nxt is not None and self.service.clock() >= nxt)
