@@ -1,0 +1,840 @@
+"""The ``swcmp`` command line: thin click commands that parse, call the core, render.
+
+Exit codes (also in ``docs/cli.md``):
+
+* 0: success.
+* 1: a check or request failed, or swcmp refused a value, a file or a session
+  (bad DN, bad URL, missing file, wrong key for a certificate, broken session
+  file, CA error...). One place, :meth:`_RootGroup.invoke`, turns every
+  :class:`~swcmp.errors.SwcmpError` into ``error: MESSAGE`` and ``hint: HINT`` on
+  stderr, or ``{"error": ..., "hint": ...}`` on stdout with ``--json``; the
+  traceback is shown only with ``-v``.
+* 2: the command line itself is wrong: unknown command or option, missing
+  argument, a value outside the listed choices, or an invalid session name such
+  as ``../x`` (session names are checked while the command line is parsed, before
+  anything is read or written).
+
+Start-up time: before a command runs only click, :mod:`swcmp.errors` and
+:mod:`swcmp.render` are imported. The session modules (and with them
+``cryptography``) are imported by commands that read sessions; the CMP client
+(pyasn1, requests) only by ``swcmp request``; vici only where charon is asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
+
+from swcmp import __version__, render
+from swcmp.errors import ConfigError, SwcmpError
+
+if TYPE_CHECKING:
+    from swcmp.checks import CheckResult
+    from swcmp.config import Paths, Session, SessionStore
+
+__all__ = ["cli", "main"]
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_VICI_URI = "unix:///var/run/charon.vici"
+
+# The choices offered for enumerated settings. They repeat config.KEY_TYPES,
+# IR_AUTH_MODES and MAC_ALGS so that `swcmp --help` need not import config (and
+# cryptography); tests/test_cli.py checks that the lists agree.
+KEY_TYPE_CHOICES = ("rsa:2048", "rsa:3072", "rsa:4096", "ecdsa:p256", "ecdsa:p384", "ed25519")
+IR_AUTH_CHOICES = ("mac", "signature")
+MAC_ALG_CHOICES = ("hmac-sha256", "hmac-sha1")
+
+# Settings that name files which must exist when they are set.
+_FILE_FIELDS = ("mac_secret_file", "auth_cert", "auth_key", "trust", "tls_ca_bundle")
+_CERT_FIELDS = ("auth_cert", "trust", "tls_ca_bundle")
+
+
+# --- the state shared by all commands --------------------------------------------------
+
+
+@dataclass
+class CliEnv:
+    """Global options, resolved lazily so that help and completion stay cheap.
+
+    Attributes:
+        config_dir: ``--config-dir`` (None: environment, then default).
+        state_dir: ``--state-dir``.
+        swanctl_dir: ``--swanctl-dir``.
+        vici: charon's VICI URI.
+        json: print JSON instead of text.
+        verbose: ``-v`` count.
+        cwd: the directory relative paths on the command line are taken from.
+    """
+
+    config_dir: Path | None = None
+    state_dir: Path | None = None
+    swanctl_dir: Path | None = None
+    vici: str = DEFAULT_VICI_URI
+    json: bool = False
+    verbose: int = 0
+    cwd: Path = field(default_factory=Path.cwd)
+
+    @cached_property
+    def paths(self) -> Paths:
+        """The directories: option, else environment variable, else default."""
+        from swcmp.config import Paths
+
+        return Paths.from_env(
+            config_dir=self.config_dir, state_dir=self.state_dir, swanctl_dir=self.swanctl_dir
+        )
+
+    @cached_property
+    def store(self) -> SessionStore:
+        """The session files under the configuration directory."""
+        from swcmp.config import SessionStore
+
+        return SessionStore(self.paths.config_dir)
+
+    def emit(self, data: object, text: str) -> None:
+        """Print ``data`` as JSON with ``--json``, else ``text``."""
+        click.echo(render.dump_json(data) if self.json else text)
+
+
+def _env() -> CliEnv:
+    return click.get_current_context().ensure_object(CliEnv)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _message(e: BaseException) -> str:
+    # SwcmpError.__str__ appends the hint; the CLI prints the hint on its own line.
+    return Exception.__str__(e)
+
+
+# --- logging ---------------------------------------------------------------------------
+
+
+class _StderrHandler(logging.Handler):
+    """Writes log records to whatever ``sys.stderr`` is at the time (click's runner swaps it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(self.format(record), err=True)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+def _setup_logging(verbose: int) -> None:
+    logger = logging.getLogger("swcmp")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("swcmp: %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(
+        logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    )
+
+
+# --- parameter types -------------------------------------------------------------------
+
+
+def _sessions_dir_for_completion(ctx: click.Context) -> Path:
+    root = ctx.find_root().params
+    given = root.get("config_dir")
+    base = given or os.environ.get("SWCMP_CONFIG_DIR") or "/etc/swcmp"
+    return Path(base) / "sessions"
+
+
+if TYPE_CHECKING:
+    _TextParamType = click.ParamType[str]
+else:  # click < 8.2 has no generic ParamType
+    _TextParamType = click.ParamType
+
+
+class SessionNameType(_TextParamType):
+    """A session name, checked while the command line is parsed (exit 2 when invalid)."""
+
+    name = "name"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        """Return the valid name or fail as a usage error naming the rule."""
+        from swcmp.names import validate_session_name
+
+        try:
+            return str(validate_session_name(str(value)))
+        except ConfigError as e:
+            self.fail(f"{_message(e)}: {e.hint}" if e.hint else _message(e), param, ctx)
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[click.shell_completion.CompletionItem]:
+        """Complete from the session files (without loading them)."""
+        from click.shell_completion import CompletionItem
+
+        try:
+            stems = sorted(p.stem for p in _sessions_dir_for_completion(ctx).glob("*.toml"))
+        except OSError:
+            return []
+        return [
+            CompletionItem(s) for s in stems if s.startswith(incomplete) and not s.startswith(".")
+        ]
+
+
+SESSION_NAME = SessionNameType()
+
+
+# --- the root group --------------------------------------------------------------------
+
+
+def _fail(ctx: click.Context, error: SwcmpError) -> NoReturn:
+    """The one place where an expected error becomes output and exit code 1."""
+    env = ctx.find_object(CliEnv) or CliEnv()
+    message, hint = _message(error), error.hint
+    if env.verbose:
+        click.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
+    if env.json:
+        click.echo(render.dump_json(render.error_json(message, hint)))
+    else:
+        click.echo(f"error: {message}", err=True)
+        if hint:
+            click.echo(f"hint: {hint}", err=True)
+    ctx.exit(1)
+
+
+_TESTCA_MODULE = "swcmp.testca.cli"
+_TESTCA_HELP = "The embedded CMP test CA (for demos and tests)."
+
+
+def _testca_available() -> bool:
+    # A file test, not an import: listing commands must not import the test CA.
+    return (Path(__file__).parent / "testca" / "cli.py").is_file()
+
+
+def _load_testca() -> click.Command | None:
+    import importlib
+
+    try:
+        module = importlib.import_module(_TESTCA_MODULE)
+    except ModuleNotFoundError as e:
+        if e.name and (e.name == _TESTCA_MODULE or _TESTCA_MODULE.startswith(e.name + ".")):
+            return None
+        raise
+    for attr in ("testca", "cli", "group", "main"):
+        command = getattr(module, attr, None)
+        if isinstance(command, click.Command):
+            return command
+    return None
+
+
+class _RootGroup(click.Group):
+    """``swcmp``: catches swcmp errors in one place and mounts ``testca`` lazily."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; render expected errors instead of a traceback."""
+        try:
+            return super().invoke(ctx)
+        except SwcmpError as e:
+            _fail(ctx, e)
+        except click.UsageError as e:
+            env = ctx.find_object(CliEnv)
+            if env is None or not env.json:
+                raise
+            # Machines asked for JSON: give them JSON for a bad command line too.
+            usage = e.ctx.command_path if e.ctx is not None else "swcmp"
+            hint = f"see `{usage} --help`"
+            click.echo(render.dump_json(render.error_json(e.format_message(), hint)))
+            ctx.exit(e.exit_code)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """The built-in commands, plus ``testca`` when the test CA is installed."""
+        names = list(super().list_commands(ctx))
+        if "testca" not in names and _testca_available():
+            names.append("testca")
+        return names
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """Look a command up; ``testca`` is imported only when it is used."""
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name == "testca" and _testca_available():
+            command = _load_testca()
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List the commands without importing the test CA."""
+        rows = [(name, cmd.get_short_help_str(60)) for name, cmd in sorted(self.commands.items())]
+        if "testca" not in self.commands and _testca_available():
+            rows.append(("testca", _TESTCA_HELP))
+            rows.sort()
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(
+    cls=_RootGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=(
+        "Exit codes: 0 success; 1 a check or request failed or a value was refused; "
+        "2 usage error. Shell completion: see docs/cli.md "
+        '(e.g. eval "$(_SWCMP_COMPLETE=bash_source swcmp)").'
+    ),
+)
+@click.option(
+    "--config-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Session settings directory [env SWCMP_CONFIG_DIR; default /etc/swcmp].",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="State directory: statistics, locks, transactions "
+    "[env SWCMP_STATE_DIR; default /var/lib/swcmp].",
+)
+@click.option(
+    "--swanctl-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="strongSwan credential directory with private/, x509/, x509ca/ "
+    "[env SWCMP_SWANCTL_DIR; default /etc/swanctl].",
+)
+@click.option(
+    "--vici",
+    metavar="URI",
+    envvar="SWCMP_VICI",
+    default=DEFAULT_VICI_URI,
+    show_default=True,
+    help="charon's VICI socket [env SWCMP_VICI].",
+)
+@click.option(
+    "--json",
+    "json_",
+    is_flag=True,
+    envvar="SWCMP_JSON",
+    help="Print JSON on stdout (shapes in docs/cli.md); errors too [env SWCMP_JSON].",
+)
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    envvar="SWCMP_VERBOSE",
+    help="Log to stderr: -v progress, -vv debug; also show tracebacks of errors.",
+)
+@click.version_option(__version__, "-V", "--version", prog_name="swcmp")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    config_dir: Path | None,
+    state_dir: Path | None,
+    swanctl_dir: Path | None,
+    vici: str,
+    json_: bool,
+    verbose: int,
+) -> None:
+    """Renew strongSwan gateway certificates over CMPv2 and hot-load them into charon.
+
+    A CMP session names one certificate to keep valid: who it is for (entity),
+    which CA issues it and how to authenticate to that CA. Create one with
+    `swcmp session create`, complete it with `swcmp session set`, prove it with
+    `swcmp session check`, get the first certificate with `swcmp request initial`
+    and turn on renewal with `swcmp session enable-auto-update`.
+    """
+    ctx.obj = CliEnv(
+        config_dir=config_dir,
+        state_dir=state_dir,
+        swanctl_dir=swanctl_dir,
+        vici=vici,
+        json=json_,
+        verbose=verbose,
+    )
+    _setup_logging(verbose)
+
+
+def json_option(f: F) -> F:
+    """``--json`` on a command, the same as the global ``swcmp --json``."""
+
+    def turn_on(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.ensure_object(CliEnv).json = True
+
+    return click.option(
+        "--json",
+        "json_",
+        is_flag=True,
+        expose_value=False,
+        callback=turn_on,
+        help="Print JSON on stdout (same as `swcmp --json`).",
+    )(f)
+
+
+def _name_argument(*, required: bool = True) -> Callable[[F], F]:
+    return click.argument("name", type=SESSION_NAME, required=required, metavar="NAME")
+
+
+# --- session ---------------------------------------------------------------------------
+
+
+@cli.group()
+def session() -> None:
+    """Configure CMP sessions: create, set, show, check, enable auto-update."""
+
+
+# Option name (the click parameter) -> session field (config.FIELDS).
+_OPTION_FIELDS = {
+    "entity": "entity",
+    "san": "sans",
+    "ca_name": "ca_name",
+    "server_url": "server_url",
+    "ir_auth": "ir_auth",
+    "mac_ref": "mac_ref",
+    "mac_secret_file": "mac_secret_file",
+    "mac_alg": "mac_alg",
+    "auth_cert": "auth_cert",
+    "auth_key": "auth_key",
+    "trust": "trust",
+    "key": "key",
+    "regenerate": "regenerate",
+    "key_type": "key_type",
+    "expire_time": "expire_time",
+    "connection": "connections",
+    "tls_ca_bundle": "tls_ca_bundle",
+}
+
+
+def setting_options(f: F) -> F:
+    """The options of ``session create`` and ``session set``, one per setting."""
+    options = [
+        click.option(
+            "--entity",
+            metavar="DN",
+            help="Subject DN put in requests; needs a common name. RFC 4514 "
+            "(CN=gw1,O=Example,C=DE) or slash form (/C=DE/O=Example/CN=gw1).",
+        ),
+        click.option(
+            "--san",
+            metavar="TYPE:VALUE",
+            multiple=True,
+            help="subjectAltName: DNS:name, IP:address, EMAIL:address or URI:uri. "
+            "Repeat for several; the names given replace the stored list.",
+        ),
+        click.option(
+            "--ca-name",
+            metavar="DN",
+            help="DN of the CA (request recipient; selects the trust anchor). "
+            "RDN order must match the CA certificate.",
+        ),
+        click.option(
+            "--server-url",
+            metavar="URL",
+            help="Where CMP messages are POSTed, http:// or https:// "
+            "(e.g. http://ca.example.net:8080/pkix/).",
+        ),
+        click.option(
+            "--ir-auth",
+            type=click.Choice(IR_AUTH_CHOICES),
+            help="How an initial request (IR) is authenticated: mac (reference + shared "
+            "secret, default) or signature (--auth-cert/--auth-key from another CA).",
+        ),
+        click.option(
+            "--mac-ref",
+            metavar="REF",
+            help="MAC reference value (senderKID) the CA operator gave out of band.",
+        ),
+        click.option(
+            "--mac-secret-file",
+            metavar="FILE",
+            help="File holding only the shared MAC secret (mode 0600). "
+            "The secret is read when needed and never shown.",
+        ),
+        click.option(
+            "--mac-alg",
+            type=click.Choice(MAC_ALG_CHOICES),
+            help="MAC algorithm: hmac-sha256 (default) or hmac-sha1 (legacy CAs only).",
+        ),
+        click.option(
+            "--auth-cert",
+            metavar="FILE",
+            help="Certificate that signs requests (IR with --ir-auth signature, CR). "
+            "Default: the session's own certificate once it has one.",
+        ),
+        click.option(
+            "--auth-key",
+            metavar="FILE",
+            help="Private key of --auth-cert. Default: the session's key pair.",
+        ),
+        click.option(
+            "--trust",
+            metavar="FILE",
+            multiple=True,
+            help="CA certificate(s) that verify signed responses (PEM or DER). "
+            "Repeat for several; the files given replace the stored list.",
+        ),
+        click.option(
+            "--key",
+            metavar="NAME",
+            help="Key pair name: private/NAME.key under the swanctl directory. An existing "
+            "key is used as it is, a missing one is generated at the first request. "
+            "`create` defaults it to the session name.",
+        ),
+        click.option(
+            "--regenerate/--no-regenerate",
+            default=None,
+            help="Make a fresh key at each update (kept aside until the new certificate is "
+            "verified) instead of re-certifying the same key. Default: no.",
+        ),
+        click.option(
+            "--key-type",
+            type=click.Choice(KEY_TYPE_CHOICES),
+            help="Type of newly generated keys (default rsa:3072).",
+        ),
+        click.option(
+            "--expire-time",
+            metavar="PERCENT|DURATION",
+            help="When to renew. A PERCENT (10-100, default 50) is the share of the "
+            "validity period that must still REMAIN: 50 renews half-way, 20 when a fifth "
+            "is left. Or an absolute DURATION before expiry: 30d, 12h, 1d12h, 90m.",
+        ),
+        click.option(
+            "--connection",
+            metavar="CONN",
+            multiple=True,
+            help="swanctl.conf connection that uses this certificate. Repeat for several; "
+            "the names given replace the stored list.",
+        ),
+        click.option(
+            "--tls-ca-bundle",
+            metavar="FILE",
+            help="CA bundle that verifies an https:// server (default: the system store).",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _setting_values(params: Mapping[str, Any]) -> dict[str, object]:
+    """The settings given on the command line, by field name (unused options left out)."""
+    values: dict[str, object] = {}
+    for param, field_name in _OPTION_FIELDS.items():
+        value = params.get(param)
+        if value is None or (isinstance(value, tuple) and not value):
+            continue
+        values[field_name] = list(value) if isinstance(value, tuple) else value
+    return values
+
+
+def _refuse(message: str, hint: str) -> ConfigError:
+    return ConfigError(message).with_hint(hint)
+
+
+def _check_given_files(session: Session, changed: Sequence[str], paths: Paths) -> None:
+    """Refuse files that are missing, unreadable or not what the setting needs.
+
+    Run before anything is written, so a bad value leaves the session unchanged.
+    Also refuses an authentication certificate that does not belong to its key.
+
+    Raises:
+        ConfigError: naming the option, the file and what to do.
+    """
+    from swcmp import certs, keys
+    from swcmp.config import FIELDS, auth_credentials
+
+    for name in changed:
+        if name not in _FILE_FIELDS:
+            continue
+        option = FIELDS[name].option
+        value = getattr(session, name)
+        files: tuple[Path, ...] = value if isinstance(value, tuple) else (value,)
+        for path in files:
+            if path is None:
+                continue
+            if not path.is_file():
+                why = "is not a regular file" if path.exists() else "does not exist"
+                raise _refuse(
+                    f"{option} {path}: the file {why}",
+                    "give the path of an existing file (relative paths are taken from "
+                    "the current directory)",
+                )
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                raise _refuse(
+                    f"{option} {path}: cannot read: {e.strerror}",
+                    "run swcmp as root or fix the file's permissions",
+                ) from None
+            if name in _CERT_FIELDS:
+                try:
+                    certs.load_certificates(data)
+                except SwcmpError:
+                    raise _refuse(
+                        f"{option} {path}: not a PEM or DER X.509 certificate",
+                        "give the certificate file itself (PEM with BEGIN CERTIFICATE, or DER)",
+                    ) from None
+            elif name == "auth_key":
+                try:
+                    keys.load_private_key(data)
+                except SwcmpError as e:
+                    raise _refuse(
+                        f"{option} {path}: {_message(e)}",
+                        "give the certificate's unencrypted private key (PEM or DER)",
+                    ) from None
+            del data  # a secret file's content is never kept or shown
+
+    if "auth_cert" not in changed and "auth_key" not in changed:
+        return
+    cert_path, key_path = auth_credentials(session, paths)
+    if cert_path is None or key_path is None or not key_path.is_file():
+        return
+    try:
+        cert = certs.load_certificate(cert_path.read_bytes())
+        key = keys.load_private_key(key_path.read_bytes())
+    except (OSError, SwcmpError):
+        return  # the checks report unreadable defaults; only a real mismatch is refused here
+    if keys.spki_der(key) != certs.spki_of(cert):
+        raise _refuse(
+            f"the authentication certificate {cert_path} does not belong to the key {key_path}",
+            "give the certificate and its own key together: "
+            f"swcmp session set {session.name} --auth-cert CERT --auth-key KEY",
+        )
+
+
+def _session_show_text(env: CliEnv, s: Session) -> str:
+    from swcmp.config import auth_credentials, session_key_file
+
+    cert, key = auth_credentials(s, env.paths)
+    own_cert = env.paths.cert_file(s.name)
+    if cert is None and s.auth_cert is None:
+        cert_item: tuple[str, bool] | None = (str(own_cert), False)
+    else:
+        cert_item = (str(cert), cert.exists()) if cert is not None else None
+    key_file = session_key_file(s, env.paths)
+    return render.session_text(
+        s.describe(),
+        path=str(env.store.path_for(s.name)),
+        auth_cert=cert_item,
+        auth_key=(str(key), key.exists()) if key is not None else None,
+        key_file=(str(key_file), key_file.exists()) if key_file is not None else None,
+    )
+
+
+def _warn_if_auto_update_breaks(env: CliEnv, s: Session) -> None:
+    """After a change to a session with auto-update on, say if its checks now fail."""
+    if not s.auto_update:
+        return
+    from swcmp.checks import failed, run_checks
+
+    bad = failed(run_checks(s, env.paths, now=_now()))
+    if bad:
+        names = ", ".join(r.name for r in bad)
+        click.echo(
+            f"warning: auto-update is on but these checks now fail: {names} "
+            f"(see `swcmp session check {s.name}`)",
+            err=True,
+        )
+
+
+@session.command("create")
+@_name_argument()
+@setting_options
+@json_option
+def session_create(name: str, **options: Any) -> None:
+    """Create session NAME, optionally with settings (the options of `session set`).
+
+    The key pair defaults to NAME (private/NAME.key). Nothing is written when a
+    value is refused.
+    """
+    from swcmp.config import Session, set_fields
+    from swcmp.names import SessionName
+
+    env = _env()
+    values = _setting_values(options)
+    values.setdefault("key", name)
+    # Validate everything (relative paths against the current directory) first.
+    draft = set_fields(Session(name=SessionName(name)), values, base_dir=env.cwd)
+    _check_given_files(draft, list(values), env.paths)
+    created = env.store.create(name, {k: getattr(draft, k) for k in values})
+    env.emit(
+        created.describe(),
+        f"created session {name} ({env.store.path_for(name)})\n" + _session_show_text(env, created),
+    )
+
+
+@session.command("set")
+@_name_argument()
+@setting_options
+@json_option
+def session_set(name: str, **options: Any) -> None:
+    """Change settings of session NAME; the others stay as they are.
+
+    Relative paths are taken from the current directory and stored absolute.
+    Every value is checked first: on any error nothing is written.
+    """
+    from swcmp.config import set_fields
+
+    env = _env()
+    values = _setting_values(options)
+    if not values:
+        raise click.UsageError("nothing to set: give at least one option (see --help)")
+    current = env.store.load(name)
+    draft = set_fields(current, values, base_dir=env.cwd)
+    _check_given_files(draft, list(values), env.paths)
+    saved = env.store.update(name, set_values=values, base_dir=env.cwd)
+    env.emit(saved.describe(), _session_show_text(env, saved))
+    _warn_if_auto_update_breaks(env, saved)
+
+
+@session.command("unset")
+@_name_argument()
+@click.argument("fields", nargs=-1, required=True, metavar="FIELD...")
+@json_option
+def session_unset(name: str, fields: tuple[str, ...]) -> None:
+    """Reset settings of session NAME to their defaults (the router's "undo").
+
+    FIELD is a setting as `session show` names it (entity, sans, ca_name,
+    mac_ref, trust, ...) or as an option (--mac-ref, san).
+    """
+    from swcmp.config import field_name
+
+    env = _env()
+    names = [field_name(f) for f in fields]
+    if "auto_update" in names:
+        raise _refuse(
+            "auto_update is switched with its own commands",
+            f"run `swcmp session disable-auto-update {name}`",
+        )
+    saved = env.store.update(name, unset=names)
+    env.emit(saved.describe(), _session_show_text(env, saved))
+    _warn_if_auto_update_breaks(env, saved)
+
+
+@session.command("show")
+@_name_argument()
+@json_option
+def session_show(name: str) -> None:
+    """Show the settings of session NAME (never the MAC secret).
+
+    DNs are printed in wire order (slash form, most significant RDN first).
+    """
+    env = _env()
+    s = env.store.load(name)
+    env.emit(s.describe(), _session_show_text(env, s))
+
+
+@session.command("list")
+@json_option
+def session_list() -> None:
+    """List the sessions; a broken session file is listed with its error."""
+    env = _env()
+    listing = env.store.list()
+    sessions = [s.describe() for s in listing.sessions]
+    errors = [
+        {"path": e.path, "line": e.line, "error": _message(e), "hint": e.hint or None}
+        for e in listing.errors
+    ]
+    env.emit({"sessions": sessions, "errors": errors}, render.session_list_text(sessions, errors))
+
+
+@session.command("delete")
+@_name_argument()
+@json_option
+def session_delete(name: str) -> None:
+    """Delete session NAME's settings; its key, certificates and state stay on disk."""
+    env = _env()
+    path = env.store.path_for(name)
+    env.store.delete(name)
+    env.emit(
+        {"session": name, "deleted": True, "path": str(path)},
+        f"deleted session {name} ({path}); its key, certificates and state are left in place",
+    )
+
+
+def _run_checks(env: CliEnv, s: Session) -> list[CheckResult]:
+    from swcmp.checks import run_checks
+
+    return run_checks(s, env.paths, now=_now())
+
+
+@session.command("check")
+@_name_argument()
+@json_option
+def session_check(name: str) -> None:
+    """Run every check of session NAME: ok or FAIL, what was found, and the fix.
+
+    These are the checks that guard enable-auto-update. Exit code 1 if any fails.
+    """
+    env = _env()
+    results = _run_checks(env, env.store.load(name))
+    env.emit(render.check_json(name, results), render.check_text(name, results))
+    if not all(r.ok for r in results):
+        click.get_current_context().exit(1)
+
+
+@session.command("enable-auto-update")
+@_name_argument()
+@json_option
+def session_enable(name: str) -> None:
+    """Turn on automatic renewal for NAME, only if every check passes.
+
+    When a check fails, nothing changes: the report of `session check` is
+    printed and the exit code is 1.
+    """
+    env = _env()
+    results = _run_checks(env, env.store.load(name))
+    ok = all(r.ok for r in results)
+    if ok:
+        env.store.update(name, set_values={"auto_update": True})
+    report = render.check_json(name, results)
+    report["auto_update"] = ok
+    text = render.check_text(name, results)
+    if ok:
+        text += f"\nauto-update enabled for session {name}"
+    env.emit(report, text)
+    if not ok:
+        if not env.json:
+            click.echo(
+                f"error: auto-update not enabled for session {name}: "
+                f"{sum(not r.ok for r in results)} checks failed",
+                err=True,
+            )
+            click.echo("hint: apply the fixes above, then run this command again", err=True)
+        click.get_current_context().exit(1)
+
+
+@session.command("disable-auto-update")
+@_name_argument()
+@json_option
+def session_disable(name: str) -> None:
+    """Turn off automatic renewal for NAME (settings and certificate stay)."""
+    env = _env()
+    env.store.update(name, set_values={"auto_update": False})
+    env.emit({"session": name, "auto_update": False}, f"auto-update disabled for session {name}")
+
+
+# --- entry point -----------------------------------------------------------------------
+
+
+def iter_commands(
+    command: click.Command = cli, path: tuple[str, ...] = ("swcmp",)
+) -> Iterator[tuple[tuple[str, ...], click.Command]]:
+    """Every command below ``command`` (inclusive), with its path; for docs and tests."""
+    yield path, command
+    if isinstance(command, click.Group):
+        for name, sub in sorted(command.commands.items()):
+            yield from iter_commands(sub, (*path, name))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the ``swcmp`` command line (the console script and ``python -m swcmp``)."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="swcmp")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

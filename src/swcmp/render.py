@@ -1,0 +1,268 @@
+"""Turn command results into text for people and JSON for machines.
+
+Every function here takes plain data (dicts from :meth:`Session.describe`,
+:class:`~swcmp.checks.CheckResult` lists, state dicts) and returns a string or a
+JSON-ready dict; nothing is printed and nothing heavy is imported, so the CLI
+can import this module before it knows which command runs.
+
+The JSON shapes built here are part of swcmp's interface and are documented
+in ``docs/cli.md``; change them only compatibly (add keys, never rename).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from swcmp.checks import CheckResult
+
+__all__ = [
+    "WIRE_ORDER_NOTE",
+    "check_json",
+    "check_text",
+    "dump_json",
+    "error_json",
+    "session_list_text",
+    "session_text",
+    "stats_text",
+    "status_text",
+]
+
+WIRE_ORDER_NOTE = (
+    "DNs are shown in wire order (slash form, most significant RDN first): "
+    "exactly what goes into the request."
+)
+
+# The statistics columns, in the order `swcmp stats` prints them.
+STATS_REQUESTS = ("ir", "cr", "kur", "pollReq")
+STATS_COUNTERS = ("sent", "received", "failed")
+
+
+def dump_json(data: object) -> str:
+    """JSON text as swcmp prints it: indented, keys in insertion order, UTF-8 kept."""
+    return json.dumps(data, indent=2, ensure_ascii=False, default=str)
+
+
+def error_json(message: str, hint: str) -> dict[str, Any]:
+    """The ``--json`` shape of an error: ``{"error": ..., "hint": ... or null}``."""
+    return {"error": message, "hint": hint or None}
+
+
+# --- checks ---------------------------------------------------------------------------
+
+
+def check_json(session: str, results: Sequence[CheckResult]) -> dict[str, Any]:
+    """The ``--json`` shape of ``session check``.
+
+    ``{"session": NAME, "ok": bool, "checks": [{"name", "ok", "detail", "fix"}, ...]}``;
+    ``fix`` is an empty string for a passed check.
+    """
+    return {
+        "session": session,
+        "ok": all(r.ok for r in results),
+        "checks": [{"name": r.name, "ok": r.ok, "detail": r.detail, "fix": r.fix} for r in results],
+    }
+
+
+def check_text(session: str, results: Sequence[CheckResult]) -> str:
+    """The check report: one line per check with ``ok`` or ``FAIL``, then the fix."""
+    failed = [r for r in results if not r.ok]
+    width = max((len(r.name) for r in results), default=0)
+    lines = []
+    if failed:
+        lines.append(f"session {session}: {len(failed)} of {len(results)} checks failed")
+    else:
+        lines.append(f"session {session}: all {len(results)} checks passed")
+    for r in results:
+        mark = "ok  " if r.ok else "FAIL"
+        lines.append(f"  {mark}  {r.name:<{width}}  {r.detail}")
+        if not r.ok and r.fix:
+            lines.append(f"        {'':<{width}}  fix: {r.fix}")
+    return "\n".join(lines)
+
+
+# --- sessions -------------------------------------------------------------------------
+
+
+def _shown(value: object, unset: str = "-") -> str:
+    if value is None or value == "" or value == []:
+        return unset
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def _expire_text(value: object) -> str:
+    text = str(value)
+    if text.endswith("%"):
+        return f"{text} (renew when {text} of the validity period REMAINS)"
+    return f"{text} (renew this long before the certificate expires)"
+
+
+def session_text(
+    desc: Mapping[str, Any],
+    *,
+    path: str,
+    auth_cert: tuple[str, bool] | None = None,
+    auth_key: tuple[str, bool] | None = None,
+    key_file: tuple[str, bool] | None = None,
+) -> str:
+    """``session show`` for people: one line per setting, by field name.
+
+    Field names are those ``swcmp session unset`` takes. DNs are printed in wire
+    (slash) order, and the text says so. The MAC secret is never shown, only its
+    file's path.
+
+    Args:
+        desc: :meth:`Session.describe` of the session.
+        path: the session file.
+        auth_cert: the certificate that will sign requests after defaults, and
+            whether the file exists (None when there is none).
+        auth_key: the same for its key.
+        key_file: the session's key pair file and whether it exists.
+    """
+
+    def presence(item: tuple[str, bool] | None, default: bool) -> str:
+        if item is None:
+            return "-"
+        where, exists = item
+        prefix = "(default) " if default else ""
+        return f"{prefix}{where}" + ("" if exists else " (not present yet)")
+
+    rows: list[tuple[str, str]] = [
+        ("file", path),
+        ("entity", _shown(desc.get("entity_wire"))),
+        ("sans", _shown(desc.get("sans"))),
+        ("ca_name", _shown(desc.get("ca_name_wire"))),
+        ("server_url", _shown(desc.get("server_url"))),
+        ("ir_auth", _shown(desc.get("ir_auth"))),
+    ]
+    if desc.get("ir_auth") == "mac" or desc.get("mac_ref") or desc.get("mac_secret_file"):
+        secret = desc.get("mac_secret_file")
+        rows += [
+            ("mac_ref", _shown(desc.get("mac_ref"))),
+            ("mac_secret_file", f"{secret} (content not shown)" if secret else "-"),
+            ("mac_alg", _shown(desc.get("mac_alg"))),
+        ]
+    rows += [
+        ("auth_cert", presence(auth_cert, desc.get("auth_cert") is None)),
+        ("auth_key", presence(auth_key, desc.get("auth_key") is None)),
+        ("trust", _shown(desc.get("trust"))),
+        (
+            "key",
+            _shown(desc.get("key"))
+            + (f": {presence(key_file, False)}" if key_file is not None else ""),
+        ),
+        ("key_type", f"{desc.get('key_type')} (for newly generated keys)"),
+        ("regenerate", _shown(desc.get("regenerate"))),
+        ("expire_time", _expire_text(desc.get("expire_time"))),
+        ("connections", _shown(desc.get("connections"))),
+        ("auto_update", "on" if desc.get("auto_update") else "off"),
+        ("tls_ca_bundle", _shown(desc.get("tls_ca_bundle"), "- (system store)")),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"session {desc.get('name')}"]
+    lines += [f"  {k:<{width}}  {v}" for k, v in rows]
+    lines.append(WIRE_ORDER_NOTE)
+    return "\n".join(lines)
+
+
+def session_list_text(
+    sessions: Sequence[Mapping[str, Any]], errors: Sequence[Mapping[str, Any]]
+) -> str:
+    """``session list`` for people: a table of good sessions, then one line per broken file."""
+    if not sessions and not errors:
+        return "no sessions (create one with `swcmp session create NAME`)"
+    lines: list[str] = []
+    if sessions:
+        header = ("NAME", "AUTO", "ENTITY", "SERVER")
+        rows = [
+            (
+                str(d["name"]),
+                "on" if d.get("auto_update") else "off",
+                _shown(d.get("entity_wire")),
+                _shown(d.get("server_url")),
+            )
+            for d in sessions
+        ]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+        for row in [header, *rows]:
+            cells = [f"{cell:<{width}}" for cell, width in zip(row, widths, strict=False)]
+            lines.append("  ".join([*cells, row[3]]).rstrip())
+    for err in errors:
+        lines.append(f"broken: {err['error']}")
+        if err.get("hint"):
+            lines.append(f"  hint: {err['hint']}")
+    return "\n".join(lines)
+
+
+# --- statistics and status -------------------------------------------------------------
+
+
+def stats_text(per_session: Iterable[tuple[str, Mapping[str, Mapping[str, int]]]]) -> str:
+    """``swcmp stats``: per session, sent/received/failed for IR, CR, KUR and pollReq."""
+    blocks = []
+    for name, stats in per_session:
+        lines = [f"session {name}", f"  {'':<8}" + "".join(f"{c:>10}" for c in STATS_COUNTERS)]
+        kinds = [k for k in STATS_REQUESTS if k in stats] + [
+            k for k in stats if k not in STATS_REQUESTS
+        ]
+        for kind in kinds or STATS_REQUESTS:
+            counts = stats.get(kind, {})
+            lines.append(
+                f"  {kind:<8}" + "".join(f"{int(counts.get(c, 0)):>10}" for c in STATS_COUNTERS)
+            )
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) if blocks else "no sessions"
+
+
+def status_text(entries: Sequence[Mapping[str, Any]]) -> str:
+    """``swcmp status``: state, certificate, next renewal and last result per session.
+
+    Each entry has the shape of one item of ``status --json`` (see docs/cli.md).
+    """
+    if not entries:
+        return "no sessions (create one with `swcmp session create NAME`)"
+    blocks = []
+    for e in entries:
+        if e.get("error"):
+            lines = [f"session {e['session']}: broken", f"  error  {e['error']}"]
+            if e.get("hint"):
+                lines.append(f"  hint   {e['hint']}")
+            blocks.append("\n".join(lines))
+            continue
+        cert = e.get("certificate")
+        if cert is None:
+            cert_text = "none yet"
+        elif cert.get("error"):
+            cert_text = f"unreadable: {cert['error']}"
+        else:
+            cert_text = f"serial {cert['serial']}, valid until {cert['not_after']}" + (
+                " (EXPIRED)" if cert.get("expired") else f" ({cert['days_left']} days left)"
+            )
+        last = e.get("last_result")
+        if last:
+            outcome = "ok" if last.get("ok") else "FAILED"
+            last_text = f"{last.get('action')} {outcome} at {last.get('time')}"
+            if last.get("message"):
+                last_text += f": {last['message']}"
+        else:
+            last_text = "none"
+        rows = [
+            ("state", _shown(e.get("state"))),
+            ("auto-update", "on" if e.get("auto_update") else "off"),
+            ("certificate", cert_text),
+            ("next renewal", _shown(e.get("next_renewal"))),
+            ("last result", last_text),
+        ]
+        if e.get("last_error"):
+            rows.append(("last error", str(e["last_error"])))
+        width = max(len(k) for k, _ in rows)
+        blocks.append(
+            "\n".join([f"session {e['session']}"] + [f"  {k:<{width}}  {v}" for k, v in rows])
+        )
+    return "\n\n".join(blocks)
