@@ -1,0 +1,163 @@
+"""``swcmp testca``: the test CA's commands (``serve``, ``init``).
+
+:data:`testca` is a click group meant to be mounted on swcmp's CLI
+(``cli.add_command(testca)``); :func:`main` runs it on its own
+(``python -m swcmp.testca``).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from swcmp import keys
+from swcmp.errors import FAILURE_BIT, SwcmpError
+from swcmp.testca.config import FAULTS, CAConfig, parse_duration
+
+#: CMP over TCP has port 829 (RFC 4210); 8829 needs no root and is easy to remember.
+DEFAULT_PORT = 8829
+
+_DIR = click.option("--dir", "directory", required=True,
+                    type=click.Path(file_okay=False, path_type=Path),
+                    help="Directory of the CA: ca.key, ca.crt, state.json, issued/.")
+_KEY_TYPE = click.option("--key-type", type=click.Choice(keys.KEY_TYPES), default="ecdsa:p256",
+                         show_default=True,
+                         help="Type of the CA key when it is created (first run only). "
+                         "OpenSSL 3.0 cannot verify Ed25519 message protection.")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _failinfos(_ctx: click.Context, _param: click.Parameter,
+               values: tuple[str, ...]) -> tuple[str, ...]:
+    names = tuple(n.strip() for v in values for n in v.split(",") if n.strip())
+    for n in names:
+        if n not in FAILURE_BIT:
+            known = ", ".join(sorted(FAILURE_BIT, key=FAILURE_BIT.__getitem__))
+            raise click.BadParameter(f"unknown failInfo {n!r}; known: {known}")
+    return names
+
+
+@click.group(name="testca")
+def testca() -> None:
+    """The embedded CMP test CA: a small, strict CA for the demo and the tests."""
+
+
+@testca.command()
+@_DIR
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
+              help="TCP port (0: any free port; the one chosen is printed).")
+@click.option("--mac-ref", help="Reference value (senderKID) for MAC-protected requests.")
+@click.option("--mac-secret-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="File holding the shared secret for MAC protection (keep it 0600).")
+@click.option("--validity", default="1h", show_default=True,
+              help="Lifetime of issued certificates: 90s, 30m, 1h, 7d...")
+@_KEY_TYPE
+@click.option("--implicit-confirm/--no-implicit-confirm", default=True, show_default=True,
+              help="Grant implicitConfirm to requests that ask for it.")
+@click.option("--poll", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Test knob: answer 'waiting', deliver on the N-th pollReq.")
+@click.option("--check-after", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Seconds of checkAfter in pollRep.")
+@click.option("--reject", multiple=True, callback=_failinfos, metavar="FAILINFO",
+              help="Test knob: refuse every certificate request with this failInfo "
+              "(e.g. badPOP; repeat or comma-separate for several).")
+@click.option("--delay", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Test knob: seconds to wait before answering any request.")
+@click.option("--fault", type=click.Choice(FAULTS),
+              help="Test knob: a fault in every successful answer, which a client must refuse.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
+def serve(directory: Path, host: str, port: int, mac_ref: str | None,
+          mac_secret_file: Path | None, validity: str, key_type: str, implicit_confirm: bool,
+          poll: int, check_after: int, reject: tuple[str, ...], delay: float, fault: str | None,
+          verbose: bool) -> None:
+    """Serve CMP until stopped (Ctrl-C or SIGTERM); create the CA in DIR on the first run."""
+    from swcmp.testca.server import TestCA
+
+    _setup_logging(verbose)
+    try:
+        secret = None
+        if mac_secret_file is not None:
+            secret = mac_secret_file.read_bytes().rstrip(b"\r\n")
+        config = CAConfig(
+            mac_ref=mac_ref.encode() if mac_ref is not None else None, mac_secret=secret,
+            validity=parse_duration(validity), key_type=key_type,
+            implicit_confirm=implicit_confirm, poll=poll, check_after=check_after,
+            reject=reject, delay=delay, fault=fault)
+        ca = TestCA(directory, config=config, host=host, port=port).start()
+    except (SwcmpError, OSError) as e:
+        raise click.ClickException(str(e)) from e
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        click.echo(f"CA certificate: {ca.ca_cert_path} ('{ca.ca_cert.subject.rfc4514_string()}')")
+        if config.mac_ref is not None:
+            click.echo(f"MAC reference: {mac_ref} (secret from {mac_secret_file})")
+        # Tests and scripts parse this line to find the port: print it last, flushed.
+        click.echo(f"listening on {ca.url}")
+        sys.stdout.flush()
+        while not stop.wait(0.5):
+            pass
+    finally:
+        ca.stop()
+        click.echo("stopped")
+
+
+@testca.command()
+@_DIR
+@_KEY_TYPE
+@click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
+def init(directory: Path, key_type: str, verbose: bool) -> None:
+    """Create the CA key and certificate in DIR (or show the existing ones)."""
+    from swcmp.fsutil import ensure_dir, exclusive_lock
+    from swcmp.testca.authority import CA_CERT_FILE, Authority
+
+    _setup_logging(verbose)
+    try:
+        ensure_dir(directory, mode=0o700)
+        with exclusive_lock(directory, "testca", blocking=False,
+                            what=f"test CA directory {directory}"):
+            authority = Authority.load_or_create(directory, key_type=key_type,
+                                                 now=datetime.now(UTC))
+    except SwcmpError as e:
+        raise click.ClickException(str(e)) from e
+    cert = authority.cert
+    click.echo(f"CA certificate: {directory / CA_CERT_FILE}")
+    click.echo(f"subject: {cert.subject.rfc4514_string()}")
+    click.echo(f"key: {keys.key_type_of(authority.key)}, valid until "
+               f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``testca`` group as a program; return the exit status."""
+    try:
+        result = testca.main(args=list(argv) if argv is not None else None,
+                             prog_name="swcmp testca", standalone_mode=False)
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+__all__ = ["DEFAULT_PORT", "main", "testca"]

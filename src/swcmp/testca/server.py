@@ -1,0 +1,236 @@
+"""CMP over HTTP (RFC 6712) for the test CA, and :class:`TestCA` which runs it.
+
+The HTTP layer is strict about what reaches the CMP engine: only POST to
+``/`` or ``/pkix/``, Content-Type ``application/pkixcmp``, a Content-Length
+within the limit. Everything the engine answers goes out with HTTP 200 (RFC
+6712 3.4: CMP errors are CMP messages). Each connection carries one request:
+OpenSSL's client and server close after every message too, and it keeps
+shutdown simple.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from os import PathLike
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from cryptography import x509
+
+from swcmp import certs
+from swcmp.fsutil import ensure_dir, exclusive_lock
+from swcmp.testca.authority import CA_CERT_FILE, Authority
+from swcmp.testca.config import CAConfig
+from swcmp.testca.engine import CMPEngine
+from swcmp.testca.state import CertRecord, StateStore
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/pkixcmp"
+PATHS = ("/", "/pkix/")
+#: Seconds a client may take to send its request before the connection is dropped.
+SOCKET_TIMEOUT = 30.0
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # Many clients at once (the benchmark) must not be refused by a short listen queue.
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], engine: CMPEngine, max_size: int) -> None:
+        self.engine = engine
+        self.max_size = max_size
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    timeout = SOCKET_TIMEOUT
+    server_version = "swcmp-testca"
+
+    def do_POST(self) -> None:
+        if self.path not in PATHS:
+            self._plain(404, f"no CMP endpoint at {self.path}: use / or /pkix/")
+            return
+        ctype = self.headers.get_content_type()
+        if ctype != CONTENT_TYPE:
+            self._plain(415, f"Content-Type must be {CONTENT_TYPE}, not {ctype}")
+            return
+        length_text = self.headers.get("Content-Length", "")
+        if self.headers.get("Transfer-Encoding") or not length_text.isdigit():
+            self._plain(411, "a Content-Length is required")
+            return
+        length = int(length_text)
+        if length > self.server.max_size:
+            self._plain(413, f"request of {length} bytes exceeds the "
+                        f"{self.server.max_size}-byte limit")
+            return
+        data = self.rfile.read(length)
+        if len(data) != length:
+            self.close_connection = True
+            return
+        self._send(200, CONTENT_TYPE, self.server.engine.handle(data))
+
+    def do_GET(self) -> None:
+        self._plain(405, "CMP requests are POSTed", allow="POST")
+
+    do_PUT = do_DELETE = do_HEAD = do_GET
+
+    def _plain(self, code: int, text: str, *, allow: str | None = None) -> None:
+        log.info("HTTP %s %s -> %d: %s", self.command, self.path, code, text)
+        extra = {"Allow": allow} if allow else {}
+        self._send(code, "text/plain; charset=utf-8", (text + "\n").encode(), **extra)
+
+    def _send(self, code: int, ctype: str, body: bytes, **headers: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self.close_connection = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # The engine logs one line per CMP request; the HTTP access line is detail.
+        log.debug("%s " + format, self.address_string(), *args)
+
+
+class TestCA:
+    """The embedded CMP test CA, served over HTTP from a thread of this process.
+
+    ``directory`` holds ``ca.key``/``ca.crt`` (made on the first start),
+    ``state.json``, ``issued/`` and a lock: one CA per directory at a time.
+
+    Example::
+
+        with TestCA(tmp / "ca", config=CAConfig(mac_ref=b"1234", mac_secret=b"pw")) as ca:
+            use(ca.url, ca.ca_cert)
+
+    Args:
+        directory: where the CA keeps everything.
+        config: policy and test knobs.
+        host: address to listen on (loopback by default).
+        port: TCP port; 0 picks a free one (see :attr:`port`).
+        clock: the current UTC time (tests pass their own).
+    """
+
+    __test__ = False  # a CA for tests, not a pytest test class
+
+    def __init__(self, directory: str | PathLike[str], *, config: CAConfig | None = None,
+                 host: str = "127.0.0.1", port: int = 0,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.directory = Path(directory)
+        self.config = config or CAConfig()
+        self.host = host
+        self._port = port
+        self.clock = clock
+        self._stack: ExitStack | None = None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._engine: CMPEngine | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Self:
+        """Take the directory's lock, load or create the CA, and start serving.
+
+        Raises:
+            LockHeldError: another CA serves this directory.
+            ConfigError, StorageError: the CA files or state cannot be used.
+            OSError: the address cannot be bound.
+        """
+        if self._server is not None:
+            raise RuntimeError("the test CA is already running")
+        with ExitStack() as stack:
+            ensure_dir(self.directory, mode=0o700)
+            stack.enter_context(exclusive_lock(self.directory, "testca", blocking=False,
+                                               what=f"test CA directory {self.directory}"))
+            authority = Authority.load_or_create(self.directory, key_type=self.config.key_type,
+                                                 now=self.clock())
+            store = StateStore.open(self.directory)
+            engine = CMPEngine(authority, store, self.config, clock=self.clock)
+            server = _Server((self.host, self._port), engine, self.config.max_request_size)
+            stack.callback(server.server_close)
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                                      name=f"testca-{server.server_address[1]}", daemon=True)
+            thread.start()
+            self._stack = stack.pop_all()
+        self._server, self._thread, self._engine = server, thread, engine
+        log.info("test CA %s listening on %s (directory %s)", certs.describe(authority.cert),
+                 self.url, self.directory)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the directory (idempotent)."""
+        server, thread, stack = self._server, self._thread, self._stack
+        self._server = self._thread = self._engine = None
+        self._stack = None
+        if server is not None:
+            server.shutdown()
+        if thread is not None:
+            thread.join(timeout=10)
+        if stack is not None:
+            stack.close()
+
+    def wait(self) -> None:
+        """Block until :meth:`stop` is called from elsewhere (the CLI's signal handler)."""
+        thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def engine(self) -> CMPEngine:
+        if self._engine is None:
+            raise RuntimeError("the test CA is not running")
+        return self._engine
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the test CA is not running")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """Where clients POST, e.g. ``http://127.0.0.1:PORT/pkix/``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/pkix/"
+
+    @property
+    def ca_cert(self) -> x509.Certificate:
+        return self.engine.authority.cert
+
+    @property
+    def ca_cert_path(self) -> Path:
+        return self.directory / CA_CERT_FILE
+
+    def certificate(self, serial: int) -> CertRecord | None:
+        """What the CA knows about an issued serial (a copy), or None."""
+        store = self.engine.store
+        with store.lock:
+            rec = store.issued.get(serial)
+            return None if rec is None else CertRecord(**vars(rec))
+
+    def open_transactions(self) -> int:
+        store = self.engine.store
+        with store.lock:
+            return len(store.transactions)
