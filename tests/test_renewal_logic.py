@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,7 @@ def test_backoff_doubles_to_cap_and_tightens_near_expiry() -> None:
     far = T0 + dt.timedelta(days=365)
     delays = [retry_delay(n, now=T0, not_after=far) for n in range(1, 12)]
     assert delays[0] == RETRY_START and delays[1] == 2 * RETRY_START
-    assert delays[-1] == RETRY_CAP and all(a <= b for a, b in zip(delays, delays[1:], strict=False))
+    assert delays[-1] == RETRY_CAP and all(a <= b for a, b in itertools.pairwise(delays))
     near = T0 + dt.timedelta(hours=2)
     assert retry_delay(10, now=T0, not_after=near) == dt.timedelta(minutes=15)
 
