@@ -38,7 +38,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[TestPKI, Gateway, object]]:
 
 
 def test_renewal_same_key(setup: tuple[TestPKI, Gateway, object]) -> None:
-    pki, gw, renewed = setup
+    _pki, gw, renewed = setup
     out = Renewer(gw.paths).renew(gw.session)
     assert gw.cert == renewed and gw.pair_matches()
     assert out.serial == f"{renewed.serial_number:x}"  # type: ignore[attr-defined]
