@@ -41,6 +41,8 @@ from swcmp.errors import ConfigError, SwcmpError
 if TYPE_CHECKING:
     from swcmp.checks import CheckResult
     from swcmp.config import Paths, Session, SessionStore
+    from swcmp.deploy import Deployer
+    from swcmp.enroll import Outcome
 
 __all__ = ["cli", "main"]
 
@@ -271,7 +273,7 @@ class _RootGroup(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """List the commands without importing the test CA."""
-        rows = [(name, cmd.get_short_help_str(60)) for name, cmd in sorted(self.commands.items())]
+        rows = [(name, cmd.get_short_help_str(72)) for name, cmd in sorted(self.commands.items())]
         if "testca" not in self.commands and _testca_available():
             rows.append(("testca", _TESTCA_HELP))
             rows.sort()
@@ -384,7 +386,7 @@ def _name_argument(*, required: bool = True) -> Callable[[F], F]:
 
 @cli.group()
 def session() -> None:
-    """Configure CMP sessions: create, set, show, check, enable auto-update."""
+    """Configure CMP sessions: create, set, check, enable auto-update."""
 
 
 # Option name (the click parameter) -> session field (config.FIELDS).
@@ -816,6 +818,321 @@ def session_disable(name: str) -> None:
     env = _env()
     env.store.update(name, set_values={"auto_update": False})
     env.emit({"session": name, "auto_update": False}, f"auto-update disabled for session {name}")
+
+
+# --- requests --------------------------------------------------------------------------
+
+
+@cli.group()
+def request() -> None:
+    """Send a CMP request now: initial (IR), certificate (CR), keyupdate (KUR)."""
+
+
+def _deploy_option(f: F) -> F:
+    return click.option(
+        "--no-deploy",
+        is_flag=True,
+        help="Only write the files to the swanctl directory; do not load them into charon.",
+    )(f)
+
+
+def _deployer(env: CliEnv, no_deploy: bool) -> Deployer | None:
+    if no_deploy:
+        return None
+    from swcmp.strongswan import ViciDeployer
+
+    return ViciDeployer(env.vici)
+
+
+def _outcome_text(outcome: Outcome) -> str:
+    lines = [f"{outcome.action} for session {outcome.session}: {outcome.message}"]
+    rows = [
+        ("certificate", str(outcome.cert_path or "-")),
+        ("key", str(outcome.key_path or "-")),
+        ("CA certificates", ", ".join(str(p) for p in outcome.ca_paths) or "-"),
+        ("charon", outcome.charon or "-"),
+    ]
+    lines += [f"  {k:<15}  {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
+@request.command("initial")
+@_name_argument()
+@_deploy_option
+@json_option
+def request_initial(name: str, no_deploy: bool) -> None:
+    """Initial request (IR) for NAME, authenticated per its ir_auth (mac or signature).
+
+    The session's key is used, or generated per key_type when it does not exist
+    yet. The certificate goes to x509/NAME.crt, the CA certificates to x509ca/,
+    the pair is loaded into charon, and the session's authentication certificate
+    becomes this new certificate (so enable-auto-update can pass next).
+    """
+    from swcmp import enroll
+
+    env = _env()
+    s = env.store.load(name)
+    outcome = enroll.request_initial(
+        s, env.paths, store=env.store, deployer=_deployer(env, no_deploy)
+    )
+    env.emit(outcome.to_json(), _outcome_text(outcome))
+
+
+@request.command("certificate")
+@_name_argument()
+@_deploy_option
+@json_option
+def request_certificate(name: str, no_deploy: bool) -> None:
+    """Certificate request (CR) for NAME, signed with a certificate this CA issued.
+
+    The signing certificate is auth_cert/auth_key, by default the session's own
+    current certificate and key.
+    """
+    from swcmp import enroll
+
+    env = _env()
+    s = env.store.load(name)
+    outcome = enroll.request_certificate(
+        s, env.paths, store=env.store, deployer=_deployer(env, no_deploy)
+    )
+    env.emit(outcome.to_json(), _outcome_text(outcome))
+
+
+@request.command("keyupdate")
+@_name_argument()
+@click.option(
+    "--regenerate/--no-regenerate",
+    default=None,
+    help="Certify a fresh key (kept aside until the new certificate is verified) or the "
+    "current one. Default: the session's regenerate setting.",
+)
+@_deploy_option
+@json_option
+def request_keyupdate(name: str, regenerate: bool | None, no_deploy: bool) -> None:
+    """Key update request (KUR) for NAME, signed with its current, unexpired certificate.
+
+    Runs the same staged, crash-safe renewal as auto-update: the live key and
+    certificate stay until the new pair is issued, verified and confirmed. An
+    interrupted earlier renewal is finished instead of starting a new one.
+    """
+    from swcmp.errors import LockHeldError
+    from swcmp.renewal import Renewer
+    from swcmp.state import StateStore
+
+    env = _env()
+    s = env.store.load(name)
+    states = StateStore(env.paths)
+    now = _now()
+    renewer = Renewer(env.paths, deployer=_deployer(env, no_deploy))
+    try:
+        outcome = renewer.renew(s, regenerate=regenerate)
+    except LockHeldError:
+        raise  # another run is renewing: that run records its own result
+    except SwcmpError as e:
+        with states.update(name) as st:
+            st.record("kur", False, _message(e), now=now)
+        raise
+    with states.update(name) as st:
+        st.record("kur", True, outcome.message, now=now, serial=outcome.serial)
+        st.failures = 0
+        st.next_attempt = None
+        st.state = "idle"
+        if outcome.charon:
+            st.charon = outcome.charon
+    env.emit(outcome.to_json(), _outcome_text(outcome))
+
+
+# --- statistics ------------------------------------------------------------------------
+
+_STATS_NAME = "swcmp.stats.name"
+
+
+class _StatsGroup(click.Group):
+    """``swcmp stats [NAME]`` and ``swcmp stats reset [NAME]`` side by side.
+
+    The first word that is not an option and not a subcommand is taken as the
+    session name, so ``reset`` always means the subcommand.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Take an optional session name before the usual group parsing."""
+        rest = list(args)
+        for i, arg in enumerate(rest):
+            if arg == "--":
+                break
+            if arg.startswith("-"):
+                continue
+            if arg not in self.commands:
+                ctx.meta[_STATS_NAME] = rest.pop(i)
+            break
+        return super().parse_args(ctx, rest)
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Show both forms."""
+        formatter.write_usage(ctx.command_path, "[OPTIONS] [NAME] | reset [NAME]")
+
+
+def _stats_names(env: CliEnv, name: str | None) -> list[str]:
+    """The sessions to report on: NAME (which must exist), or every session file."""
+    from swcmp.names import validate_session_name
+
+    if name is not None:
+        if not env.store.exists(name):
+            raise _refuse(f"no session named {name}", "`swcmp session list` shows the sessions")
+        return [name]
+    names = []
+    for stem in env.store.names():
+        try:
+            names.append(str(validate_session_name(stem)))
+        except ConfigError:
+            continue  # `session list` reports files with invalid names
+    return names
+
+
+@cli.group(cls=_StatsGroup, invoke_without_command=True)
+@json_option
+@click.pass_context
+def stats(ctx: click.Context) -> None:
+    """Request statistics of NAME or all sessions; `stats reset` zeroes them.
+
+    Per session: IR, CR, KUR and pollReq messages sent, answers received, and
+    failures. `swcmp stats reset [NAME]` sets them back to zero.
+    """
+    if ctx.invoked_subcommand is not None:
+        if _STATS_NAME in ctx.meta:
+            raise click.UsageError("give the session name after the subcommand", ctx)
+        return
+    from swcmp.state import StateStore
+
+    env = _env()
+    given = ctx.meta.get(_STATS_NAME)
+    name = SESSION_NAME.convert(given, None, ctx) if given is not None else None
+    states = StateStore(env.paths)
+    per_session = [(n, states.load(n).stats) for n in _stats_names(env, name)]
+    env.emit(
+        {"sessions": [{"session": n, "stats": st} for n, st in per_session]},
+        render.stats_text(per_session),
+    )
+
+
+@stats.command("reset")
+@_name_argument(required=False)
+@json_option
+def stats_reset(name: str | None) -> None:
+    """Set the statistics of session NAME (or of all sessions) back to zero."""
+    from swcmp.state import StateStore
+
+    env = _env()
+    states = StateStore(env.paths)
+    names = _stats_names(env, name)
+    for n in names:
+        states.reset_stats(n)
+    env.emit(
+        {"reset": names},
+        "statistics reset for " + (", ".join(names) if names else "no sessions"),
+    )
+
+
+# --- status ----------------------------------------------------------------------------
+
+
+def _cert_info(path: Path, now: datetime) -> dict[str, Any] | None:
+    from swcmp import certs
+    from swcmp.names import format_dn
+
+    try:
+        cert = certs.load_certificate(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return {"path": str(path), "error": f"cannot read {path}: {e.strerror}"}
+    except SwcmpError as e:
+        return {"path": str(path), "error": f"{path}: {_message(e)}"}
+    not_after = cert.not_valid_after_utc
+    return {
+        "path": str(path),
+        "subject": format_dn(cert.subject),
+        "issuer": format_dn(cert.issuer),
+        "serial": f"{cert.serial_number:x}",
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": not_after.isoformat(),
+        "days_left": max((not_after - now).days, 0),
+        "expired": now >= not_after,
+    }
+
+
+def _status_entry(env: CliEnv, s: Session, now: datetime) -> dict[str, Any]:
+    from swcmp import certs
+    from swcmp.renewal import interrupted, plan
+    from swcmp.state import StateStore
+
+    st = StateStore(env.paths).load(s.name)
+    cert_path = env.paths.cert_file(s.name)
+    info = _cert_info(cert_path, now)
+    cert = None
+    if info is not None and "error" not in info:
+        cert = certs.load_certificate(cert_path.read_bytes())
+    p = plan(s, cert, st, now)
+    pending = interrupted(env.paths, s.name)
+    if pending is not None:
+        state = "polling" if pending == "waiting" else "in_progress"
+        reason = f"an interrupted renewal (phase {pending}) is finished by the next run"
+    elif st.state == "standby":
+        state, reason = "standby", "skipped: standby (this node is not active)"
+    else:
+        state, reason = p.state, p.reason
+    last = st.last_result
+    return {
+        "session": s.name,
+        "auto_update": s.auto_update,
+        "state": state,
+        "reason": reason,
+        "certificate": info,
+        "next_renewal": p.renew_at.isoformat() if p.renew_at else None,
+        "next_attempt": st.next_attempt,
+        "failures": st.failures,
+        "last_result": (
+            {
+                "time": last.time,
+                "action": last.action,
+                "ok": last.ok,
+                "message": last.message,
+                "serial": last.serial,
+            }
+            if last is not None
+            else None
+        ),
+        "charon": st.charon,
+    }
+
+
+@cli.command("status")
+@_name_argument(required=False)
+@json_option
+def status(name: str | None) -> None:
+    """State, expiry, next renewal and last result of NAME or all sessions.
+
+    States: idle, due, in_progress, polling, failed (waiting to retry), standby,
+    needs_ir (no valid certificate: run `swcmp request initial`), disabled
+    (auto-update off).
+    """
+    env = _env()
+    now = _now()
+    entries: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    if name is not None:
+        entries.append(_status_entry(env, env.store.load(name), now))
+    else:
+        listing = env.store.list()
+        entries = [_status_entry(env, s, now) for s in listing.sessions]
+        errors = [
+            {"path": e.path, "line": e.line, "error": _message(e), "hint": e.hint or None}
+            for e in listing.errors
+        ]
+    text_entries = entries + [
+        {"session": Path(e["path"]).stem, "error": e["error"], "hint": e["hint"]} for e in errors
+    ]
+    env.emit({"sessions": entries, "errors": errors}, render.status_text(text_entries))
 
 
 # --- entry point -----------------------------------------------------------------------

@@ -204,14 +204,16 @@ def session_list_text(
 
 
 def stats_text(per_session: Iterable[tuple[str, Mapping[str, Mapping[str, int]]]]) -> str:
-    """``swcmp stats``: per session, sent/received/failed for IR, CR, KUR and pollReq."""
+    """``swcmp stats``: per session, sent/received/failed for IR, CR, KUR and pollReq.
+
+    Other message types (certConf, genm...) are listed once one was counted.
+    """
     blocks = []
     for name, stats in per_session:
         lines = [f"session {name}", f"  {'':<8}" + "".join(f"{c:>10}" for c in STATS_COUNTERS)]
-        kinds = [k for k in STATS_REQUESTS if k in stats] + [
-            k for k in stats if k not in STATS_REQUESTS
-        ]
-        for kind in kinds or STATS_REQUESTS:
+        # IR, CR, KUR and pollReq always; other message types once they were used.
+        others = [k for k in stats if k not in STATS_REQUESTS and any(stats[k].values())]
+        for kind in [*STATS_REQUESTS, *others]:
             counts = stats.get(kind, {})
             lines.append(
                 f"  {kind:<8}" + "".join(f"{int(counts.get(c, 0)):>10}" for c in STATS_COUNTERS)
@@ -253,14 +255,16 @@ def status_text(entries: Sequence[Mapping[str, Any]]) -> str:
         else:
             last_text = "none"
         rows = [
-            ("state", _shown(e.get("state"))),
+            ("state", f"{_shown(e.get('state'))}: {e.get('reason') or ''}".rstrip(": ")),
             ("auto-update", "on" if e.get("auto_update") else "off"),
             ("certificate", cert_text),
             ("next renewal", _shown(e.get("next_renewal"))),
-            ("last result", last_text),
         ]
-        if e.get("last_error"):
-            rows.append(("last error", str(e["last_error"])))
+        if e.get("next_attempt"):
+            rows.append(("next retry", f"{e['next_attempt']} ({e.get('failures', 0)} failures)"))
+        rows.append(("last result", last_text))
+        if e.get("charon"):
+            rows.append(("charon", str(e["charon"])))
         width = max(len(k) for k, _ in rows)
         blocks.append(
             "\n".join([f"session {e['session']}"] + [f"  {k:<{width}}  {v}" for k, v in rows])
