@@ -377,3 +377,44 @@ class Server:
                 log.info("configuration changed: re-reading the sessions")
                 self._mtime = stamp
             due_pass = woke or changed or (nxt is not None and self.service.clock() >= nxt)
+
+
+def finish_interrupted(paths: Paths) -> list[str]:
+    """Complete renewals that were confirmed but not yet committed (no CA contact).
+
+    Run by the charon start hook before loading credentials, so that a node that
+    crashed mid-commit never hands charon a key and certificate that do not match.
+    """
+    from swcmp.renewal import Journal
+
+    done: list[str] = []
+    store = SessionStore(paths.config_dir)
+    for s in store.list().sessions:
+        try:
+            entry = Journal(paths, s.name).load()
+        except SwcmpError as e:
+            log.error("%s: %s", s.name, e)
+            continue
+        if entry and entry.get("phase") in ("confirmed", "committing"):
+            try:
+                Renewer(paths).renew(s)
+                done.append(s.name)
+            except SwcmpError as e:
+                log.error("%s: could not finish the interrupted renewal: %s", s.name, e)
+    return done
+
+
+def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0) -> str:
+    """What ``swcmp hook charon-start`` does: finish commits, then load every pair."""
+    from swcmp.enroll import current_pair
+    from swcmp.strongswan import load_current
+
+    finished = finish_interrupted(paths)
+    pairs = []
+    for s in SessionStore(paths.config_dir).list().sessions:
+        pair = current_pair(s, paths)
+        if pair is not None:
+            pairs.append(pair)
+    result = load_current(uri, pairs, timeout=timeout)
+    note = f"; finished interrupted renewals of {', '.join(finished)}" if finished else ""
+    return f"{result.detail}{note}"
