@@ -752,7 +752,7 @@ def connection_bindings(uri: str, cert_pem: bytes, *, connections: Iterable[str]
             raise _wrap_query_error(uri, e) from None
     for item in items:
         for name, cfg in item.items():
-            if wanted and name not in wanted or not isinstance(cfg, dict):
+            if (wanted and name not in wanted) or not isinstance(cfg, dict):
                 continue
             for section, auth in cfg.items():
                 if not section.startswith("local") or not isinstance(auth, dict):
