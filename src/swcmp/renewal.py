@@ -8,7 +8,7 @@ run killed at any point is finished by the next one, which polls or confirms
 the same CA transaction instead of asking for a second certificate.
 
 Steps (journal phases in brackets):
-    lock -> key (``key-ready``) -> KUR (``sent``, ``waiting``) -> verify and
+    lock -> key (``key-ready``) -> KUR (``sending``, ``waiting``) -> verify and
     stage (``received``) -> certConf (``confirmed``) -> promote (``committing``)
     -> deploy -> clear.
 """
@@ -297,6 +297,9 @@ class Renewer:
         try:
             enrolled = self._transact(session, j, entry, client, new_key, old_cert,
                                       protection, note, accept)
+        except SwcmpError:
+            self._after_failure(j)
+            raise
         finally:
             self._record_stats(session.name, client)
         j.stage_cert(enrolled.certificate, [*enrolled.chain])
@@ -340,12 +343,29 @@ class Renewer:
                                   bytes.fromhex(entry["transaction_id"]), False, 0,
                                   StatusInfo(0))
             fsutil.remove_file(j.cert_file, missing_ok=True)
-        if phase == "sent":
+        if phase == "sending":
             log.warning("%s: an earlier run was interrupted after sending its request and "
                         "before any answer; that transaction cannot be continued, so a new "
                         "key update is sent", session.name)
         return client.key_update(key=new_key, old_cert=old_cert, protection=protection,
                                  journal=note, accept=accept)
+
+    @staticmethod
+    def _after_failure(j: Journal) -> None:
+        """Keep from a failed attempt only what the next one can use.
+
+        A transaction the CA left 'waiting' is kept to be polled again; a staged
+        new key is kept to be certified next time; anything else (a request
+        that got no usable answer, a refused certificate) is forgotten.
+        """
+        entry = j.load()
+        if not entry or entry.get("phase") == "waiting":
+            return
+        fsutil.remove_file(j.cert_file, missing_ok=True)
+        if j.key_file.exists():
+            j.write(phase="key-ready", transaction_id=None, server_nonce=None)
+        else:
+            j.clear()
 
     @staticmethod
     def _verify_renewed(session: Session, old: x509.Certificate, new: x509.Certificate,

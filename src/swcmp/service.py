@@ -170,7 +170,11 @@ class RenewalService:
             now = self.clock()
             st = states.load(s.name)
             p = plan(s, load_cert(self.paths, s.name), st, now)
+            # A renewal confirmed at the CA but not yet committed is finished at
+            # once, whatever the schedule says (it needs no CA contact).
             pending = interrupted(self.paths, s.name)
+            if pending not in ("confirmed", "committing"):
+                pending = None
             if standby:
                 self._set_state(s.name, "standby")
                 reports.append(SessionReport(s.name, "standby",
