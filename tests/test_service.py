@@ -119,10 +119,11 @@ def test_host_config_file(tmp_path: Path) -> None:
 
     paths = Paths(tmp_path, tmp_path / "var", tmp_path / "sw")
     assert HostConfig.load(paths) == HostConfig()
-    (tmp_path / "swcmp.toml").write_text('[ha]\nrole_file = "/run/r"\n[hooks]\npost_renew = ["x"]\n')
+    (tmp_path / "swcmp.toml").write_text(
+        '[ha]\nrole_file = "/run/r"\n[hooks]\npost_renew = ["x"]\n')
     assert HostConfig.load(paths) == HostConfig(role_file=Path("/run/r"), post_renew=("x",))
     (tmp_path / "swcmp.toml").write_text("[ha\n")
-    with pytest.raises(ConfigError, match="swcmp.toml"):
+    with pytest.raises(ConfigError, match=r"swcmp\.toml"):
         HostConfig.load(paths)
 
 
