@@ -105,6 +105,11 @@ class CliEnv:
 
         return SessionStore(self.paths.config_dir)
 
+    @property
+    def charon(self) -> bool:
+        """Whether there is a charon to talk to (``--vici none``: files only, no check)."""
+        return self.vici.strip().lower() != "none"
+
     def emit(self, data: object, text: str) -> None:
         """Print ``data`` as JSON with ``--json``, else ``text``."""
         click.echo(render.dump_json(data) if self.json else text)
@@ -314,7 +319,8 @@ class _RootGroup(click.Group):
     envvar="SWCMP_VICI",
     default=DEFAULT_VICI_URI,
     show_default=True,
-    help="charon's VICI socket [env SWCMP_VICI].",
+    help="charon's VICI socket, or 'none' on hosts without charon (no loading into charon, "
+    "no strongswan check) [env SWCMP_VICI].",
 )
 @click.option(
     "--json",
@@ -330,7 +336,9 @@ class _RootGroup(click.Group):
     envvar="SWCMP_VERBOSE",
     help="Log to stderr: -v progress, -vv debug; also show tracebacks of errors.",
 )
-@click.version_option(__version__, "-V", "--version", prog_name="swcmp")
+@click.version_option(
+    __version__, "-V", "--version", prog_name="swcmp", message="%(prog)s %(version)s"
+)
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -631,9 +639,9 @@ def _warn_if_auto_update_breaks(env: CliEnv, s: Session) -> None:
     """After a change to a session with auto-update on, say if its checks now fail."""
     if not s.auto_update:
         return
-    from swcmp.checks import failed, run_checks
+    from swcmp.checks import failed
 
-    bad = failed(run_checks(s, env.paths, now=_now()))
+    bad = failed(_run_checks(env, s))
     if bad:
         names = ", ".join(r.name for r in bad)
         click.echo(
@@ -701,7 +709,7 @@ def session_unset(name: str, fields: tuple[str, ...]) -> None:
     """Reset settings of session NAME to their defaults (the router's "undo").
 
     FIELD is a setting as `session show` names it (entity, sans, ca_name,
-    mac_ref, trust, ...) or as an option (--mac-ref, san).
+    mac_ref, trust, ...) or as its option without the dashes (mac-ref, san).
     """
     from swcmp.config import field_name
 
@@ -759,9 +767,15 @@ def session_delete(name: str) -> None:
 
 
 def _run_checks(env: CliEnv, s: Session) -> list[CheckResult]:
-    from swcmp.checks import run_checks
+    """The built-in checks, plus "strongswan" (charon uses the certificate) unless --vici none."""
+    from swcmp.checks import ExtraCheck, run_checks
 
-    return run_checks(s, env.paths, now=_now())
+    extra: list[ExtraCheck] = []
+    if env.charon:
+        from swcmp.strongswan import binding_check
+
+        extra.append(binding_check(env.vici))
+    return run_checks(s, env.paths, now=_now(), extra_checks=extra)
 
 
 @session.command("check")
@@ -837,7 +851,7 @@ def _deploy_option(f: F) -> F:
 
 
 def _deployer(env: CliEnv, no_deploy: bool) -> Deployer | None:
-    if no_deploy:
+    if no_deploy or not env.charon:
         return None
     from swcmp.strongswan import ViciDeployer
 

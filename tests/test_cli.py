@@ -1,0 +1,668 @@
+"""The `swcmp` command line through click's runner (and a few real subprocesses).
+
+Requests to a CA are in test_cli_requests.py; here: sessions, checks, errors,
+exit codes, --json shapes, help texts, start-up imports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+
+from pki import TestPKI, make_pki, pem_key
+from swcmp import cli as cli_module
+from swcmp import config, keys
+from swcmp.cli import cli, iter_commands
+
+SECRET = "S3cret-never-PRINTED-4711"
+ENTITY = "CN=gw1.example.net,O=Example,C=DE"
+ENTITY_WIRE = "/C=DE/O=Example/CN=gw1.example.net"
+CA_NAME = "/CN=swcmp Test Root CA"
+
+
+@dataclass
+class Env:
+    """A private set of swcmp directories, a test PKI, and a way to run the CLI."""
+
+    root: Path
+    pki: TestPKI
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "etc"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "var"
+
+    @property
+    def swanctl_dir(self) -> Path:
+        return self.root / "swanctl"
+
+    @property
+    def secret_file(self) -> Path:
+        return self.root / "secret"
+
+    def run(self, *args: str, env: Mapping[str, str] | None = None) -> Result:
+        base = [
+            "--config-dir", str(self.config_dir),
+            "--state-dir", str(self.state_dir),
+            "--swanctl-dir", str(self.swanctl_dir),
+            "--vici", "none",
+        ]  # fmt: skip
+        result = CliRunner().invoke(cli, [*base, *args], env=dict(env or {}), prog_name="swcmp")
+        # Expected errors never escape as exceptions; only SystemExit (click's exit) may.
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise AssertionError(f"unexpected exception: {result.exception!r}\n{result.output}")
+        return result
+
+    def json(self, *args: str) -> Any:
+        result = self.run("--json", *args)
+        return json.loads(result.stdout)
+
+    def snapshot(self) -> dict[str, tuple[bytes | None, int]]:
+        """Every file and directory under the test root with content and mode."""
+        out: dict[str, tuple[bytes | None, int]] = {}
+        for path in sorted(self.root.rglob("*")):
+            info = path.lstat()
+            data = path.read_bytes() if path.is_file() else None
+            out[str(path.relative_to(self.root))] = (data, stat.S_IMODE(info.st_mode))
+        return out
+
+    def install_key(self, key: keys.PrivateKey, name: str = "gw1") -> Path:
+        private = self.swanctl_dir / "private"
+        private.mkdir(parents=True, exist_ok=True)
+        path = private / f"{name}.key"
+        path.write_bytes(pem_key(key))
+        path.chmod(0o600)
+        return path
+
+    def complete_session(self, name: str = "gw1") -> None:
+        """A session whose every check passes (with --vici none), without a CA."""
+        self.install_key(self.pki.gw_key, name)
+        result = self.run(
+            "session", "create", name,
+            "--entity", ENTITY, "--san", "DNS:gw1.example.net",
+            "--ca-name", CA_NAME, "--server-url", "http://127.0.0.1:9/pkix/",
+            "--mac-ref", "1234", "--mac-secret-file", "secret",
+            "--auth-cert", "pki/gw.crt", "--auth-key", "pki/gw.key",
+            "--trust", "pki/root.crt",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
+    monkeypatch.chdir(tmp_path)
+    for var in ("SWCMP_CONFIG_DIR", "SWCMP_STATE_DIR", "SWCMP_SWANCTL_DIR", "SWCMP_VICI"):
+        monkeypatch.delenv(var, raising=False)
+    e = Env(tmp_path, make_pki(tmp_path / "pki"))
+    e.secret_file.write_text(SECRET + "\n")
+    e.secret_file.chmod(0o600)
+    return e
+
+
+# --- help, choices, start-up --------------------------------------------------------------
+
+
+def _own_commands() -> list[tuple[tuple[str, ...], click.Command]]:
+    # testca belongs to the test CA and has its own tests.
+    return [(p, c) for p, c in iter_commands() if "testca" not in p]
+
+
+def test_every_command_and_option_has_help() -> None:
+    paths = [" ".join(p) for p, _ in _own_commands()]
+    for expected in (
+        "swcmp session create", "swcmp session set", "swcmp session unset",
+        "swcmp session show", "swcmp session list", "swcmp session delete",
+        "swcmp session check", "swcmp session enable-auto-update",
+        "swcmp session disable-auto-update", "swcmp request initial",
+        "swcmp request certificate", "swcmp request keyupdate", "swcmp stats",
+        "swcmp stats reset", "swcmp status",
+    ):  # fmt: skip
+        assert expected in paths
+    for path, command in _own_commands():
+        assert command.help, f"{' '.join(path)} has no help text"
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"{' '.join(path)} {param.opts} has no help text"
+        result = CliRunner().invoke(cli, [*path[1:], "--help"])
+        assert result.exit_code == 0, result.output
+        assert "Usage:" in result.output
+
+
+def test_expire_time_help_says_remaining_share() -> None:
+    result = CliRunner().invoke(cli, ["session", "set", "--help"], terminal_width=200)
+    text = " ".join(result.output.split())
+    assert "validity period that must still REMAIN" in text
+    assert "30d" in text
+
+
+def test_choices_agree_with_config() -> None:
+    assert cli_module.KEY_TYPE_CHOICES == config.KEY_TYPES
+    assert cli_module.IR_AUTH_CHOICES == config.IR_AUTH_MODES
+    assert cli_module.MAC_ALG_CHOICES == config.MAC_ALGS
+    assert set(cli_module._OPTION_FIELDS.values()) == set(config.FIELDS) - {"auto_update"}
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == "swcmp 0.1.0"
+
+
+HEAVY = ("pyasn1", "pyasn1_alt_modules", "requests", "vici", "swcmp.client", "swcmp.cmp.codec")
+
+
+def _modules_after(args: list[str], env: Env) -> set[str]:
+    code = (
+        "import sys\n"
+        "from swcmp.cli import main\n"
+        "try:\n"
+        f"    main({args!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('MODULES', ' '.join(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    run_env = dict(
+        os.environ,
+        SWCMP_CONFIG_DIR=str(env.config_dir),
+        SWCMP_STATE_DIR=str(env.state_dir),
+        SWCMP_SWANCTL_DIR=str(env.swanctl_dir),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=run_env, check=False
+    )
+    line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("MODULES "))
+    return set(line.split()[1:])
+
+
+def test_help_and_status_import_no_protocol_stack(env: Env) -> None:
+    env.complete_session()
+    help_modules = _modules_after(["--help"], env)
+    assert not {m for m in help_modules if m.split(".")[0] in ("cryptography", *HEAVY)}
+    assert "swcmp.config" not in help_modules
+    status_modules = _modules_after(["status"], env)
+    assert "swcmp.state" in status_modules  # the command did run
+    assert not {m for m in status_modules if m in HEAVY or m.split(".")[0] in HEAVY}
+
+
+def test_python_m_swcmp_subprocess(env: Env) -> None:
+    run_env = dict(
+        os.environ,
+        SWCMP_CONFIG_DIR=str(env.config_dir),
+        SWCMP_STATE_DIR=str(env.state_dir),
+        SWCMP_SWANCTL_DIR=str(env.swanctl_dir),
+        SWCMP_VICI="none",
+    )
+
+    def swcmp(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "swcmp", *args],
+            capture_output=True, text=True, env=run_env, cwd=env.root, check=False,
+        )  # fmt: skip
+
+    created = swcmp("session", "create", "gw1", "--entity", ENTITY, "--trust", "pki/root.crt")
+    assert created.returncode == 0, created.stderr
+    assert (env.config_dir / "sessions" / "gw1.toml").is_file()  # the env vars were used
+    shown = swcmp("--json", "session", "show", "gw1")
+    assert shown.returncode == 0
+    data = json.loads(shown.stdout)
+    assert data["entity_wire"] == ENTITY_WIRE
+    assert data["trust"] == [str(env.root / "pki" / "root.crt")]
+    check = swcmp("session", "check", "gw1")
+    assert check.returncode == 1 and "FAIL" in check.stdout
+    bad = swcmp("session", "show", "../x")
+    assert bad.returncode == 2 and "invalid session name" in bad.stderr
+    missing = swcmp("session", "show", "nosuch")
+    assert missing.returncode == 1
+    assert missing.stderr.splitlines()[0] == "error: no session named nosuch"
+    assert missing.stderr.splitlines()[1].startswith("hint: ")
+    assert "Traceback" not in missing.stderr
+    version = swcmp("--version")
+    assert version.returncode == 0 and version.stdout.strip() == "swcmp 0.1.0"
+
+
+# --- create, set, show, unset, delete, list ------------------------------------------------
+
+
+def test_create_defaults_key_to_name_and_shows_wire_order(env: Env) -> None:
+    result = env.run("session", "create", "gw1", "--entity", ENTITY)
+    assert result.exit_code == 0, result.output
+    assert "created session gw1" in result.stdout
+    data = env.json("session", "show", "gw1")
+    assert data["key"] == "gw1"
+    assert data["entity"] == ENTITY
+    assert data["entity_wire"] == ENTITY_WIRE
+    text = env.run("session", "show", "gw1").stdout
+    assert ENTITY_WIRE in text
+    assert "wire order" in text
+    assert "REMAINS" in text  # expire_time explained
+    assert env.json("session", "show", "gw1") == env.json("session", "create", "gw2",
+                                                          "--entity", ENTITY) | {
+        "name": "gw1", "key": "gw1"
+    }  # fmt: skip
+
+
+def test_create_with_key_option_and_existing_session(env: Env) -> None:
+    assert env.run("session", "create", "gw1", "--key", "shared").exit_code == 0
+    assert env.json("session", "show", "gw1")["key"] == "shared"
+    before = env.snapshot()
+    again = env.run("session", "create", "gw1")
+    assert again.exit_code == 1
+    assert "already exists" in again.stderr
+    assert env.snapshot() == before
+
+
+def test_set_stores_relative_paths_absolute_and_keeps_other_settings(env: Env) -> None:
+    env.run("session", "create", "gw1", "--entity", ENTITY, "--mac-ref", "1234")
+    result = env.run(
+        "session", "set", "gw1", "--trust", "pki/root.crt", "--trust", "pki/srv.crt",
+        "--san", "DNS:gw1.example.net", "--san", "IP:192.0.2.1", "--expire-time", "30d",
+        "--regenerate", "--key-type", "ecdsa:p256", "--connection", "site-a",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = env.json("session", "show", "gw1")
+    assert data["trust"] == [str(env.root / "pki/root.crt"), str(env.root / "pki/srv.crt")]
+    assert data["sans"] == ["DNS:gw1.example.net", "IP:192.0.2.1"]
+    assert data["expire_time"] == "30d"
+    assert data["regenerate"] is True
+    assert data["key_type"] == "ecdsa:p256"
+    assert data["connections"] == ["site-a"]
+    assert data["mac_ref"] == "1234"  # untouched
+    assert data["entity"] == ENTITY
+    env.run("session", "set", "gw1", "--no-regenerate", "--expire-time", "20%")
+    data = env.json("session", "show", "gw1")
+    assert data["regenerate"] is False and data["expire_time"] == "20%"
+
+
+def test_set_without_options_is_a_usage_error(env: Env) -> None:
+    env.run("session", "create", "gw1")
+    result = env.run("session", "set", "gw1")
+    assert result.exit_code == 2
+    assert "nothing to set" in result.stderr
+
+
+def test_unset(env: Env) -> None:
+    env.run("session", "create", "gw1", "--mac-ref", "1234", "--san", "DNS:a.example")
+    result = env.run("session", "unset", "gw1", "mac-ref", "san")
+    assert result.exit_code == 0, result.output
+    data = env.json("session", "show", "gw1")
+    assert data["mac_ref"] is None and data["sans"] == []
+    unknown = env.run("session", "unset", "gw1", "colour")
+    assert unknown.exit_code == 1
+    assert "unknown setting 'colour'" in unknown.stderr
+    assert "hint: known settings:" in unknown.stderr
+    auto = env.run("session", "unset", "gw1", "auto_update")
+    assert auto.exit_code == 1 and "disable-auto-update" in auto.stderr
+
+
+def test_delete_leaves_keys_and_certificates(env: Env) -> None:
+    env.complete_session()
+    key = env.swanctl_dir / "private" / "gw1.key"
+    result = env.run("session", "delete", "gw1")
+    assert result.exit_code == 0
+    assert not (env.config_dir / "sessions" / "gw1.toml").exists()
+    assert key.exists()
+    assert env.run("session", "show", "gw1").exit_code == 1
+    assert env.run("session", "delete", "gw1").exit_code == 1
+    data = env.json("session", "create", "gw2")
+    assert data["name"] == "gw2"
+    assert env.json("session", "delete", "gw2") == {
+        "session": "gw2",
+        "deleted": True,
+        "path": str(env.config_dir / "sessions" / "gw2.toml"),
+    }
+
+
+def test_list_and_json_shape(env: Env) -> None:
+    assert env.json("session", "list") == {"sessions": [], "errors": []}
+    assert "no sessions" in env.run("session", "list").stdout
+    env.run("session", "create", "gw1", "--entity", ENTITY)
+    env.run("session", "create", "gw2")
+    data = env.json("session", "list")
+    assert [s["name"] for s in data["sessions"]] == ["gw1", "gw2"]
+    assert data["sessions"][0] == env.json("session", "show", "gw1")
+    text = env.run("session", "list").stdout
+    assert "gw1" in text and ENTITY_WIRE in text and "gw2" in text
+
+
+# --- bad input: clear error, exit code, nothing written ------------------------------------
+
+
+BAD_SETTINGS = {
+    "bad DN": (["--entity", "CN=gw1,,O=x"], "invalid distinguished name"),
+    "bad DN type": (["--ca-name", "/XX=foo/CN=ca"], "invalid distinguished name"),
+    "bad URL": (["--server-url", "ftp://ca.example.net/"], "invalid server URL"),
+    "URL without host": (["--server-url", "http:///pkix/"], "invalid server URL"),
+    "bad SAN": (["--san", "MAIL:x@example.net"], "subjectAltName"),
+    "bad expire time": (["--expire-time", "5"], "expire_time"),
+    "bad expire duration": (["--expire-time", "3 fortnights"], "expire_time"),
+    "missing trust file": (["--trust", "pki/nope.crt"], "does not exist"),
+    "missing secret file": (["--mac-secret-file", "nope"], "does not exist"),
+    "directory as file": (["--auth-cert", "pki"], "not a regular file"),
+    "trust is not a certificate": (["--trust", "pki/gw.key"], "not a PEM or DER X.509"),
+    "auth key is not a key": (["--auth-key", "pki/root.crt"], "private key"),
+    "wrong key for the cert": (
+        ["--auth-cert", "pki/gw.crt", "--auth-key", "pki/srv.key"],
+        "does not belong to the key",
+    ),
+    "bad key name": (["--key", "../../etc/shadow"], "invalid key name"),
+    "bad connection": (["--connection", "a b"], "invalid connection name"),
+}
+
+
+@pytest.mark.parametrize("command", ["create", "set"])
+@pytest.mark.parametrize("case", list(BAD_SETTINGS), ids=list(BAD_SETTINGS))
+def test_bad_settings_are_refused_and_nothing_is_written(
+    env: Env, command: str, case: str
+) -> None:
+    options, expected = BAD_SETTINGS[case]
+    name = "gw1" if command == "set" else "new"
+    if command == "set":
+        env.run("session", "create", "gw1", "--entity", ENTITY)
+    before = env.snapshot()
+    result = env.run("session", command, name, *options)
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert lines[1].startswith("hint: ") and len(lines[1]) > len("hint: ")
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    assert env.snapshot() == before
+    as_json = env.run("--json", "session", command, name, *options)
+    assert as_json.exit_code == 1
+    data = json.loads(as_json.stdout)
+    assert set(data) == {"error", "hint"} and expected in data["error"]
+    assert env.snapshot() == before
+
+
+def test_wrong_key_for_the_existing_session_key_is_refused(env: Env) -> None:
+    env.run("session", "create", "gw1")
+    env.install_key(keys.generate_key("ecdsa:p256"))  # the session's own key, another one
+    before = env.snapshot()
+    result = env.run("session", "set", "gw1", "--auth-cert", "pki/gw.crt")
+    assert result.exit_code == 1
+    assert "does not belong to the key" in result.stderr
+    assert env.snapshot() == before
+
+
+@pytest.mark.parametrize("name", ["../x", "..", ".hidden", "a/b", "x y", "", "-x", "é"])
+@pytest.mark.parametrize(
+    "args", [["session", "create"], ["session", "show"], ["session", "delete"],
+             ["session", "check"], ["request", "initial"], ["status"], ["stats", "reset"]]
+)  # fmt: skip
+def test_invalid_session_names_are_usage_errors(env: Env, name: str, args: list[str]) -> None:
+    before = env.snapshot()
+    result = env.run(*args, name)
+    assert result.exit_code == 2, result.output
+    assert "invalid session name" in result.stderr or "No such option" in result.stderr
+    assert env.snapshot() == before
+
+
+def test_invalid_name_with_json_gives_json(env: Env) -> None:
+    result = env.run("--json", "session", "show", "../x")
+    assert result.exit_code == 2
+    data = json.loads(result.stdout)
+    assert "invalid session name '../x'" in data["error"]
+    assert data["hint"] == "see `swcmp session show --help`"
+    stats = env.run("stats", "../x")
+    assert stats.exit_code == 2 and "invalid session name" in stats.stderr
+
+
+def test_unknown_choice_is_a_usage_error(env: Env) -> None:
+    env.run("session", "create", "gw1")
+    before = env.snapshot()
+    result = env.run("session", "set", "gw1", "--key-type", "rsa:1024")
+    assert result.exit_code == 2
+    assert env.snapshot() == before
+
+
+# --- corrupted session files ----------------------------------------------------------------
+
+
+def test_corrupted_session_file_does_not_break_other_commands(env: Env) -> None:
+    env.complete_session()
+    sessions = env.config_dir / "sessions"
+    (sessions / "broken.toml").write_text('entity = "CN=x"\nserver_url = "http://ok/"\nkey = [\n')
+    (sessions / "typo.toml").write_text('entity = "CN=x"\nmac_reff = "1"\n')
+
+    shown = env.run("session", "show", "broken")
+    assert shown.exit_code == 1
+    assert f"error: {sessions / 'broken.toml'}:" in shown.stderr
+    assert "Traceback" not in shown.output
+    typo = env.run("session", "show", "typo")
+    assert f"{sessions / 'typo.toml'}:2: unknown setting 'mac_reff'" in typo.stderr
+
+    listing = env.run("session", "list")
+    assert listing.exit_code == 0
+    assert "gw1" in listing.stdout
+    assert f"broken: {sessions / 'broken.toml'}" in listing.stdout
+    assert f"broken: {sessions / 'typo.toml'}:2" in listing.stdout
+    data = env.json("session", "list")
+    assert [s["name"] for s in data["sessions"]] == ["gw1"]
+    assert {Path(e["path"]).name for e in data["errors"]} == {"broken.toml", "typo.toml"}
+    typo_error = next(e for e in data["errors"] if e["path"].endswith("typo.toml"))
+    assert typo_error["line"] == 2 and typo_error["hint"]
+
+    status = env.run("status")
+    assert status.exit_code == 0
+    assert "session gw1" in status.stdout and "session broken: broken" in status.stdout
+    assert env.json("status")["errors"][0]["path"].endswith("broken.toml")
+    assert env.run("session", "check", "gw1").exit_code == 0
+    assert env.run("stats").exit_code == 0
+    assert env.run("session", "delete", "broken").exit_code == 0
+
+
+# --- checks and auto-update ---------------------------------------------------------------
+
+
+def test_check_fails_then_passes_and_enable_is_refused_then_accepted(env: Env) -> None:
+    env.run("session", "create", "gw1", "--entity", ENTITY)
+    check = env.run("session", "check", "gw1")
+    assert check.exit_code == 1
+    assert "FAIL  ca-name" in check.stdout and "fix: swcmp session set gw1 --ca-name" in (
+        check.stdout
+    )
+    assert "ok    entity" in check.stdout
+
+    before = env.snapshot()
+    refused = env.run("session", "enable-auto-update", "gw1")
+    assert refused.exit_code == 1
+    assert refused.stdout == check.stdout  # the same report
+    assert "error: auto-update not enabled" in refused.stderr
+    assert env.snapshot() == before
+    assert env.json("session", "show", "gw1")["auto_update"] is False
+
+    env.run("session", "delete", "gw1")
+    env.complete_session()
+    passed = env.run("session", "check", "gw1")
+    assert passed.exit_code == 0, passed.output
+    assert "FAIL" not in passed.stdout and "all 11 checks passed" in passed.stdout
+    enabled = env.run("session", "enable-auto-update", "gw1")
+    assert enabled.exit_code == 0, enabled.output
+    assert "auto-update enabled" in enabled.stdout
+    assert env.json("session", "show", "gw1")["auto_update"] is True
+
+    # A change that breaks a check is saved, with a warning.
+    (env.root / "pki" / "other.crt").write_bytes((env.root / "pki" / "srv.crt").read_bytes())
+    changed = env.run("session", "set", "gw1", "--trust", "pki/other.crt")
+    assert changed.exit_code == 0
+    assert "warning: auto-update is on but these checks now fail: auth-cert-chain" in (
+        changed.stderr
+    )
+    disabled = env.run("--json", "session", "disable-auto-update", "gw1")
+    assert json.loads(disabled.stdout) == {"session": "gw1", "auto_update": False}
+    assert env.json("session", "show", "gw1")["auto_update"] is False
+
+
+def test_check_json_shape(env: Env) -> None:
+    env.run("session", "create", "gw1", "--entity", ENTITY)
+    result = env.run("session", "check", "gw1", "--json")
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert set(data) == {"session", "ok", "checks"}
+    assert data["session"] == "gw1" and data["ok"] is False
+    names = [c["name"] for c in data["checks"]]
+    assert names[:5] == ["entity", "ca-name", "server-url", "auth-cert", "auth-cert-key"]
+    for item in data["checks"]:
+        assert set(item) == {"name", "ok", "detail", "fix"}
+        assert isinstance(item["ok"], bool)
+        assert bool(item["fix"]) != item["ok"]
+    refused = json.loads(env.run("--json", "session", "enable-auto-update", "gw1").stdout)
+    assert refused == data | {"auto_update": False}
+
+
+def test_check_includes_strongswan_binding_unless_vici_none(env: Env) -> None:
+    env.complete_session()
+    (env.swanctl_dir / "x509").mkdir()
+    (env.swanctl_dir / "x509" / "gw1.crt").write_bytes(env.pki.dir.joinpath("gw.crt").read_bytes())
+    socket = env.root / "no-charon.vici"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "--config-dir", str(env.config_dir), "--swanctl-dir", str(env.swanctl_dir),
+            "--state-dir", str(env.state_dir), "--vici", f"unix://{socket}",
+            "--json", "session", "check", "gw1",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    failed = [c for c in data["checks"] if not c["ok"]]
+    assert [c["name"] for c in failed] == ["strongswan"]
+    assert "--vici" in failed[0]["fix"]
+
+
+# --- secrets -------------------------------------------------------------------------------
+
+
+def test_secret_never_printed(env: Env) -> None:
+    env.complete_session()
+    outputs = [
+        env.run("session", "show", "gw1"),
+        env.run("--json", "session", "show", "gw1"),
+        env.run("--json", "session", "list"),
+        env.run("session", "check", "gw1"),
+        env.run("--json", "session", "check", "gw1"),
+        env.run("status"),
+        env.run("-vv", "--json", "status"),
+        env.run("-vv", "request", "initial", "gw1", "--no-deploy"),  # nothing listens on :9
+        env.run("-vv", "--json", "request", "initial", "gw1"),
+        env.run("--json", "session", "set", "gw1", "--mac-secret-file", "pki"),
+    ]
+    assert outputs[7].exit_code == 1 and "error: " in outputs[7].stderr
+    assert "Traceback" in outputs[7].stderr  # -v shows it
+    for result in outputs:
+        assert SECRET not in result.output
+        assert SECRET not in result.stderr
+    shown = outputs[0].stdout
+    assert str(env.secret_file) in shown and "content not shown" in shown
+
+
+# --- errors in one place -------------------------------------------------------------------
+
+
+def test_errors_have_message_and_hint_traceback_only_with_verbose(env: Env) -> None:
+    quiet = env.run("session", "show", "nosuch")
+    assert quiet.exit_code == 1
+    assert quiet.stderr == (
+        "error: no session named nosuch\nhint: create it with `swcmp session create nosuch`\n"
+    )
+    loud = env.run("-v", "session", "show", "nosuch")
+    assert loud.exit_code == 1
+    assert "Traceback" in loud.stderr and "ConfigError" in loud.stderr
+    assert loud.stderr.endswith(quiet.stderr)
+    as_json = env.run("--json", "session", "show", "nosuch")
+    assert as_json.exit_code == 1 and as_json.stderr == ""
+    assert json.loads(as_json.stdout) == {
+        "error": "no session named nosuch",
+        "hint": "create it with `swcmp session create nosuch`",
+    }
+
+
+def test_directories_from_environment(env: Env) -> None:
+    variables = {
+        "SWCMP_CONFIG_DIR": str(env.root / "cfg2"),
+        "SWCMP_STATE_DIR": str(env.root / "state2"),
+        "SWCMP_SWANCTL_DIR": str(env.root / "swan2"),
+        "SWCMP_JSON": "1",
+    }
+    result = CliRunner().invoke(cli, ["session", "create", "e1"], env=variables)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["name"] == "e1"
+    assert (env.root / "cfg2" / "sessions" / "e1.toml").is_file()
+    status = CliRunner().invoke(cli, ["status", "e1"], env=variables)
+    assert json.loads(status.stdout)["sessions"][0]["session"] == "e1"
+    # An option beats the environment.
+    other = CliRunner().invoke(
+        cli, ["--config-dir", str(env.config_dir), "session", "list"], env=variables
+    )
+    assert json.loads(other.stdout) == {"sessions": [], "errors": []}
+
+
+def test_shell_completion_of_session_names(env: Env) -> None:
+    env.run("session", "create", "gw1")
+    env.run("session", "create", "gw2")
+    env.run("session", "create", "other")
+    result = CliRunner().invoke(
+        cli,
+        [],
+        prog_name="swcmp",
+        env={
+            "_SWCMP_COMPLETE": "bash_complete",
+            "COMP_WORDS": f"swcmp --config-dir {env.config_dir} session show gw",
+            "COMP_CWORD": "5",
+        },
+    )
+    assert result.exit_code == 0
+    assert result.stdout.split() == ["plain,gw1", "plain,gw2"]
+
+
+# --- stats and status without a CA ----------------------------------------------------------
+
+
+def test_stats_and_status_of_a_fresh_session(env: Env) -> None:
+    env.run("session", "create", "gw1")
+    stats = env.run("stats", "gw1")
+    assert stats.exit_code == 0
+    assert "ir" in stats.stdout and "pollReq" in stats.stdout and "sent" in stats.stdout
+    data = env.json("stats")
+    assert data["sessions"][0]["session"] == "gw1"
+    assert data["sessions"][0]["stats"]["ir"] == {"sent": 0, "received": 0, "failed": 0}
+    assert env.json("stats", "reset") == {"reset": ["gw1"]}
+    assert env.json("stats", "reset", "gw1") == {"reset": ["gw1"]}
+    missing = env.run("stats", "nosuch")
+    assert missing.exit_code == 1 and "no session named nosuch" in missing.stderr
+    assert env.run("stats", "reset", "nosuch").exit_code == 1
+    status = env.json("status", "gw1")
+    entry = status["sessions"][0]
+    assert entry["state"] == "needs_ir" and entry["certificate"] is None
+    assert entry["last_result"] is None and entry["next_renewal"] is None
+    assert "needs_ir" in env.run("status").stdout
+
+
+def test_status_with_a_certificate(env: Env) -> None:
+    env.complete_session()
+    x509_dir = env.swanctl_dir / "x509"
+    x509_dir.mkdir(parents=True)
+    (x509_dir / "gw1.crt").write_bytes((env.root / "pki" / "gw.crt").read_bytes())
+    env.run("session", "enable-auto-update", "gw1")
+    entry = env.json("status", "gw1")["sessions"][0]
+    assert entry["state"] == "idle"
+    assert entry["certificate"]["serial"] == f"{env.pki.gw.serial_number:x}"
+    assert entry["certificate"]["expired"] is False
+    assert entry["certificate"]["days_left"] in (363, 364)
+    assert entry["next_renewal"] is not None
+    text = env.run("status", "gw1").stdout
+    assert f"serial {env.pki.gw.serial_number:x}" in text and "days left" in text
