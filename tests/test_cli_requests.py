@@ -1,0 +1,255 @@
+"""`swcmp request`, `stats` and `status` against OpenSSL's CMP mock server.
+
+The 3.0 mock answers every request with the fixed `-rsp_cert`, so each test
+makes the session's key first and issues `-rsp_cert` for it; for a KUR the
+certificate carries the issuer and serial of the one being updated (see
+SPEC.md, "Facts about the test peers").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from cryptography import x509
+
+from openssl_mock import OPENSSL, mock_server
+from pki import TestPKI, make_pki, pem_cert, pem_key
+from swcmp import keys
+from swcmp.cli import cli
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed"),
+]
+
+SECRET = "test-secret-4711-not-for-output"
+MAC_ARGS = ["-srv_ref", "1234", "-srv_secret", f"pass:{SECRET}"]
+SIG_ARGS = ["-srv_cert", "srv.crt", "-srv_key", "srv.key", "-srv_trusted", "root.crt"]
+GW = "gw1.example.net"
+
+
+class Gateway:
+    """A gateway's swcmp directories, session gw1 and its pre-made key."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.pki: TestPKI = make_pki(root / "pki")
+        self.config_dir = root / "etc"
+        self.state_dir = root / "var"
+        self.swanctl_dir = root / "swanctl"
+        self.secret = root / "mac.secret"
+        self.secret.write_text(SECRET + "\n")
+        self.secret.chmod(0o600)
+        self.key = keys.generate_key("ecdsa:p256")
+        private = self.swanctl_dir / "private"
+        private.mkdir(parents=True)
+        (private / "gw1.key").write_bytes(pem_key(self.key))
+        (private / "gw1.key").chmod(0o600)
+        self.vici = f"unix://{root}/no-charon.vici"
+
+    @property
+    def cert_file(self) -> Path:
+        return self.swanctl_dir / "x509" / "gw1.crt"
+
+    def options(self) -> list[str]:
+        return [
+            "--config-dir", str(self.config_dir), "--state-dir", str(self.state_dir),
+            "--swanctl-dir", str(self.swanctl_dir), "--vici", self.vici,
+        ]  # fmt: skip
+
+    def run(self, *args: str) -> Result:
+        result = CliRunner().invoke(cli, [*self.options(), *args], prog_name="swcmp")
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise AssertionError(f"unexpected exception {result.exception!r}\n{result.output}")
+        assert SECRET not in result.output and SECRET not in result.stderr
+        return result
+
+    def json(self, *args: str, code: int = 0) -> Any:
+        result = self.run("--json", *args)
+        assert result.exit_code == code, result.output
+        return json.loads(result.stdout)
+
+    def create_session(self, url: str) -> None:
+        result = self.run(
+            "session", "create", "gw1",
+            "--entity", f"/CN={GW}", "--san", f"DNS:{GW}",
+            "--ca-name", "/CN=swcmp Test Root CA", "--server-url", url,
+            "--mac-ref", "1234", "--mac-secret-file", str(self.secret),
+            "--trust", str(self.pki.dir / "root.crt"), "--key-type", "ecdsa:p256",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+
+    @contextmanager
+    def ca(self, args: Sequence[str], cert: x509.Certificate) -> Iterator[str]:
+        """The mock CA answering with ``cert``; the session is pointed at it."""
+        self.pki.write("rsp.crt", pem_cert(cert))
+        with mock_server([*args, "-rsp_cert", "rsp.crt", "-rsp_capubs", "root.crt"],
+                         cwd=self.pki.dir) as url:  # fmt: skip
+            if (self.config_dir / "sessions" / "gw1.toml").exists():
+                assert self.run("session", "set", "gw1", "--server-url", url).exit_code == 0
+            yield url
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Gateway:
+    return Gateway(tmp_path)
+
+
+def test_ir_with_mac_then_checks_pass_then_kur(gw: Gateway) -> None:
+    issued = gw.pki.issue(gw.key, GW)
+    with gw.ca(MAC_ARGS, issued) as url:
+        gw.create_session(url)
+        # Before the IR the checks fail and auto-update is refused.
+        assert gw.run("--vici", "none", "session", "check", "gw1").exit_code == 1
+        assert gw.run("--vici", "none", "session", "enable-auto-update", "gw1").exit_code == 1
+
+        result = gw.run("--json", "request", "initial", "gw1")  # charon absent: files only
+        assert result.exit_code == 0, result.output
+    ir = json.loads(result.stdout)
+    assert ir["session"] == "gw1" and ir["action"] == "ir" and ir["ok"] is True
+    assert ir["serial"] == f"{issued.serial_number:x}"
+    assert ir["cert_path"] == str(gw.cert_file)
+    assert ir["key_path"] == str(gw.swanctl_dir / "private" / "gw1.key")
+    assert ir["ca_paths"] == [str(gw.swanctl_dir / "x509ca" / "gw1-ca1.crt")]
+    assert "charon not updated" in ir["charon"]
+    assert "charon not updated" in result.stderr  # the warning is logged
+    assert x509.load_pem_x509_certificate(gw.cert_file.read_bytes()) == issued
+
+    # After the IR every check passes (no charon here: --vici none) and enabling works.
+    check = gw.json("--vici", "none", "session", "check", "gw1")
+    assert check["ok"] is True, [c for c in check["checks"] if not c["ok"]]
+    enabled = gw.run("--vici", "none", "session", "enable-auto-update", "gw1")
+    assert enabled.exit_code == 0, enabled.output
+
+    stats = gw.json("stats", "gw1")["sessions"][0]["stats"]
+    assert stats["ir"] == {"sent": 1, "received": 1, "failed": 0}
+    status = gw.json("status", "gw1")["sessions"][0]
+    assert status["state"] == "idle" and status["auto_update"] is True
+    assert status["certificate"]["serial"] == ir["serial"]
+    assert status["last_result"]["action"] == "ir" and status["last_result"]["ok"] is True
+    assert status["next_renewal"] is not None
+
+    # KUR, same key: the mock needs the old certificate's issuer and serial.
+    renewed = gw.pki.issue(gw.key, GW, serial=issued.serial_number, days=400)
+    with gw.ca(SIG_ARGS, renewed):
+        kur = gw.run("request", "keyupdate", "gw1", "--no-deploy")
+    assert kur.exit_code == 0, kur.output
+    assert kur.stdout.startswith("kur for session gw1: renewed: ")
+    current = x509.load_pem_x509_certificate(gw.cert_file.read_bytes())
+    assert current == renewed
+    assert current.not_valid_after_utc > issued.not_valid_after_utc
+
+    stats = gw.json("stats", "gw1")["sessions"][0]["stats"]
+    assert stats["kur"] == {"sent": 1, "received": 1, "failed": 0}
+    text = gw.run("status", "gw1").stdout
+    assert "last result   kur ok" in text
+    assert f"valid until {current.not_valid_after_utc.isoformat()}" in text
+    assert "ir" in gw.run("stats").stdout
+
+    reset = gw.run("stats", "reset", "gw1")
+    assert reset.exit_code == 0
+    assert gw.json("stats", "gw1")["sessions"][0]["stats"]["kur"]["sent"] == 0
+
+
+def test_failed_kur_keeps_the_live_pair(gw: Gateway) -> None:
+    issued = gw.pki.issue(gw.key, GW)
+    with gw.ca(MAC_ARGS, issued) as url:
+        gw.create_session(url)
+        assert gw.run("request", "initial", "gw1", "--no-deploy").exit_code == 0
+    live = gw.cert_file.read_bytes()
+    live_key = (gw.swanctl_dir / "private" / "gw1.key").read_bytes()
+    # With --regenerate a fresh key is certified, but the mock returns a certificate for the
+    # old key: swcmp must refuse it and keep the live pair.
+    renewed = gw.pki.issue(gw.key, GW, serial=issued.serial_number, days=400)
+    with gw.ca(SIG_ARGS, renewed):
+        result = gw.run("request", "keyupdate", "gw1", "--regenerate", "--no-deploy")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ")
+    assert "\nhint: " in result.stderr
+    assert "Traceback" not in result.stderr
+    assert gw.cert_file.read_bytes() == live
+    assert (gw.swanctl_dir / "private" / "gw1.key").read_bytes() == live_key
+    status = gw.json("status", "gw1")["sessions"][0]
+    assert status["last_result"]["action"] == "kur" and status["last_result"]["ok"] is False
+
+
+def test_ir_with_wrong_secret_is_a_clear_error(gw: Gateway) -> None:
+    issued = gw.pki.issue(gw.key, GW)
+    args = ["-srv_ref", "1234", "-srv_secret", "pass:another-secret"]
+    with gw.ca(args, issued) as url:
+        gw.create_session(url)
+        before = sorted(p.name for p in gw.swanctl_dir.rglob("*"))
+        result = gw.run("request", "initial", "gw1", "--no-deploy")
+        as_json = gw.json("request", "initial", "gw1", "--no-deploy", code=1)
+    assert result.exit_code == 1
+    first, second = result.stderr.splitlines()[-2:]
+    assert first.startswith("error: ") and second.startswith("hint: ")
+    assert set(as_json) == {"error", "hint"}
+    assert sorted(p.name for p in gw.swanctl_dir.rglob("*")) == before  # no certificate
+    assert not gw.cert_file.exists()
+    stats = gw.json("stats", "gw1")["sessions"][0]["stats"]
+    assert stats["ir"]["sent"] == 2
+    status = gw.json("status", "gw1")["sessions"][0]
+    assert status["last_result"]["ok"] is False and status["state"] == "needs_ir"
+
+
+def test_keyupdate_without_certificate_needs_ir(gw: Gateway) -> None:
+    gw.create_session("http://127.0.0.1:9/pkix/")
+    result = gw.run("request", "keyupdate", "gw1", "--no-deploy")
+    assert result.exit_code == 1
+    assert "error: session gw1 has no certificate yet" in result.stderr
+    assert "hint: run `swcmp request initial gw1`" in result.stderr
+
+
+def test_cr_signed_with_the_session_certificate(gw: Gateway) -> None:
+    issued = gw.pki.issue(gw.key, GW)
+    with gw.ca(MAC_ARGS, issued) as url:
+        gw.create_session(url)
+        assert gw.run("request", "initial", "gw1", "--no-deploy").exit_code == 0
+    second = gw.pki.issue(gw.key, GW, days=200)
+    with gw.ca(SIG_ARGS, second):
+        result = gw.json("request", "certificate", "gw1", "--no-deploy")
+    assert result["action"] == "cr" and result["serial"] == f"{second.serial_number:x}"
+    assert gw.json("stats", "gw1")["sessions"][0]["stats"]["cr"]["received"] == 1
+
+
+def test_ir_in_a_real_subprocess(gw: Gateway) -> None:
+    issued = gw.pki.issue(gw.key, GW)
+    env = dict(
+        os.environ,
+        SWCMP_CONFIG_DIR=str(gw.config_dir),
+        SWCMP_STATE_DIR=str(gw.state_dir),
+        SWCMP_SWANCTL_DIR=str(gw.swanctl_dir),
+        SWCMP_VICI="none",
+    )
+    with gw.ca(MAC_ARGS, issued) as url:
+        gw.create_session(url)
+        proc = subprocess.run(
+            [sys.executable, "-m", "swcmp", "request", "initial", "gw1"],
+            capture_output=True, text=True, env=env, check=False, timeout=60,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ir for session gw1: certificate")
+    assert "not deployed (no deployer)" in proc.stdout
+    assert SECRET not in proc.stdout + proc.stderr
+    enabled = subprocess.run(
+        [sys.executable, "-m", "swcmp", "session", "enable-auto-update", "gw1"],
+        capture_output=True, text=True, env=env, check=False, timeout=60,
+    )  # fmt: skip
+    assert enabled.returncode == 0, enabled.stdout + enabled.stderr
+    status = subprocess.run(
+        [sys.executable, "-m", "swcmp", "--json", "status"],
+        capture_output=True, text=True, env=env, check=False, timeout=60,
+    )  # fmt: skip
+    entry = json.loads(status.stdout)["sessions"][0]
+    assert entry["certificate"]["serial"] == f"{issued.serial_number:x}"
+    assert entry["state"] == "idle"
