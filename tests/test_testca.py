@@ -495,7 +495,7 @@ def test_kur_refusals(ca: TestCA, tmp_path: Path) -> None:
         c.key_update(key=key_a, old_cert=a.certificate, protection=mac())
     assert fails(ei) == ("wrongIntegrity",)
     # oldCertID naming a certificate this CA never issued
-    stranger = make_cert(name(GW), key_a.public_key(), keys.generate_key("ecdsa:p256"),  # type: ignore[arg-type]
+    stranger = make_cert(name(GW), key_a.public_key(), keys.generate_key("ecdsa:p256"),
                          ca.ca_cert.subject)
     with pytest.raises(CMPErrorResponse) as ei:
         c.key_update(key=key_a, old_cert=stranger, protection=sig(key_a, a.certificate))
