@@ -129,7 +129,8 @@ def test_every_command_and_option_has_help() -> None:
         "swcmp session check", "swcmp session enable-auto-update",
         "swcmp session disable-auto-update", "swcmp request initial",
         "swcmp request certificate", "swcmp request keyupdate", "swcmp stats",
-        "swcmp stats reset", "swcmp status",
+        "swcmp stats reset", "swcmp status", "swcmp renew", "swcmp serve",
+        "swcmp hook charon-start",
     ):  # fmt: skip
         assert expected in paths
     for path, command in _own_commands():

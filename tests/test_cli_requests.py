@@ -253,3 +253,36 @@ def test_ir_in_a_real_subprocess(gw: Gateway) -> None:
     entry = json.loads(status.stdout)["sessions"][0]
     assert entry["certificate"]["serial"] == f"{issued.serial_number:x}"
     assert entry["state"] == "idle"
+
+
+def test_renew_pass_skips_what_is_not_due_and_forces_a_kur(gw: Gateway) -> None:
+    issued = gw.pki.issue(gw.key, GW)
+    with gw.ca(MAC_ARGS, issued) as url:
+        gw.create_session(url)
+        assert gw.run("request", "initial", "gw1", "--no-deploy").exit_code == 0
+    assert gw.run("--vici", "none", "session", "enable-auto-update", "gw1").exit_code == 0
+    due = gw.json("renew", "--due", "--no-deploy")
+    assert [(r["session"], r["result"]) for r in due["results"]] == [("gw1", "skipped")]
+    assert due["results"][0]["renew_at"] is not None
+    dry = gw.run("renew", "--force", "--dry-run", "gw1")
+    assert dry.exit_code == 0 and dry.stdout.startswith("gw1: dry-run: would renew")
+    assert gw.cert_file.read_bytes() == pem_cert(issued)
+
+    renewed = gw.pki.issue(gw.key, GW, serial=issued.serial_number, days=400)
+    with gw.ca(SIG_ARGS, renewed):
+        forced = gw.run("renew", "--force", "--no-deploy", "gw1")
+    assert forced.exit_code == 0, forced.output
+    assert forced.stdout.startswith("gw1: renewed: ")
+    assert gw.cert_file.read_bytes() == pem_cert(renewed)
+    # The CA is gone now: a forced renewal fails with exit code 1.
+    failed = gw.run("renew", "--force", "--no-deploy", "gw1")
+    assert failed.exit_code == 1 and failed.stdout.startswith("gw1: failed: ")
+
+
+def test_charon_start_hook_without_charon(gw: Gateway) -> None:
+    gw.create_session("http://127.0.0.1:9/pkix/")
+    result = gw.run("hook", "charon-start")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and "not reachable" in result.stderr
+    none = gw.run("--vici", "none", "hook", "charon-start")
+    assert none.exit_code == 1 and "needs charon" in none.stderr

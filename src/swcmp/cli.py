@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from swcmp.config import Paths, Session, SessionStore
     from swcmp.deploy import Deployer
     from swcmp.enroll import Outcome
+    from swcmp.service import SessionReport
 
 __all__ = ["cli", "main"]
 
@@ -1147,6 +1148,91 @@ def status(name: str | None) -> None:
         {"session": Path(e["path"]).stem, "error": e["error"], "hint": e["hint"]} for e in errors
     ]
     env.emit({"sessions": entries, "errors": errors}, render.status_text(text_entries))
+
+
+# --- renewal: one pass, the service, the charon hook -------------------------------------
+
+
+def _report_text(report: SessionReport) -> str:
+    return f"{report.session}: {report.result}: {report.message}"
+
+
+@cli.command("renew")
+@click.argument("names", nargs=-1, type=SESSION_NAME, metavar="[NAME]...")
+@click.option(
+    "--due/--all",
+    "due_only",
+    default=True,
+    help="Renew only what is due (default; what cron and timers run), or every named "
+    "session with a valid certificate.",
+)
+@click.option("--force", is_flag=True, help="Renew now even when not due.")
+@click.option("--dry-run", is_flag=True, help="Say what would be renewed; change nothing.")
+@_deploy_option
+@json_option
+def renew(
+    names: tuple[str, ...], due_only: bool, force: bool, dry_run: bool, no_deploy: bool
+) -> None:
+    """One renewal pass over NAMEs, or over every auto-update session, then exit.
+
+    For cron and systemd timers (`swcmp renew --due`). A standby node (HA role
+    BACKUP...) requests nothing and reports `standby`. Exit code 1 if any
+    renewal failed.
+    """
+    from swcmp.service import HostConfig, RenewalService
+
+    env = _env()
+    service = RenewalService(
+        env.paths, deployer=_deployer(env, no_deploy), host=HostConfig.load(env.paths)
+    )
+    reports = service.run_pass(names, due_only=due_only, force=force, dry_run=dry_run)
+    env.emit(
+        {"results": [r.to_json() for r in reports]},
+        "\n".join(_report_text(r) for r in reports) or "no sessions",
+    )
+    if any(r.result == "failed" for r in reports):
+        click.get_current_context().exit(1)
+
+
+@cli.command("serve")
+@_deploy_option
+def serve(no_deploy: bool) -> None:
+    """Run the renewal service: renew each session when due, until SIGTERM.
+
+    Sleeps until the next session is due; SIGHUP or a changed session file makes
+    it look again. Log to stderr (use -v for progress).
+    """
+    from swcmp.service import HostConfig, RenewalService, Server
+
+    env = _env()
+    service = RenewalService(
+        env.paths, deployer=_deployer(env, no_deploy), host=HostConfig.load(env.paths)
+    )
+    server = Server(service)
+    server.install_signals()
+    server.run()
+
+
+@cli.group()
+def hook() -> None:
+    """Entry points for strongSwan (see contrib/strongswan)."""
+
+
+@hook.command("charon-start")
+@json_option
+def hook_charon_start() -> None:
+    """Load every session's current key and certificate into a (re)started charon.
+
+    Run from charon's start-scripts. Renewals that were confirmed but not yet
+    committed when the node went down are finished first, without asking the CA.
+    """
+    from swcmp.service import charon_start
+
+    env = _env()
+    if not env.charon:
+        raise _refuse("hook charon-start needs charon", "give --vici URI (not 'none')")
+    detail = charon_start(env.paths, env.vici)
+    env.emit({"loaded": True, "detail": detail}, detail)
 
 
 # --- entry point -----------------------------------------------------------------------
