@@ -24,9 +24,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import socket
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NewType
 
 import vici
@@ -37,21 +39,33 @@ from vici.exception import CommandException, DeserializationException, SessionEx
 
 from swcmp.deploy import CredentialPair, DeployError, DeployResult, DeployUnavailable
 from swcmp.errors import ConfigError
+from swcmp.swanctl_conf import (
+    ConfSection,
+    build_load_conn,
+    connections_using_cert,
+    parse_file,
+)
 
 __all__ = [
+    "DEFAULT_SWANCTL_CONF",
     "DEFAULT_TIMEOUT",
     "DEFAULT_VICI_URI",
     "CharonStatus",
     "KeyId",
     "LoadedCert",
+    "PinnedDeployer",
+    "StaleCleanup",
+    "StaleKey",
     "ViciDeployer",
     "charon_status",
+    "choose_deployer",
     "key_id_from_cert_pem",
     "key_id_from_public_key",
     "key_id_from_spki",
     "list_loaded_certs",
     "load_current",
     "loaded_key_ids",
+    "unload_stale_keys",
     "vici_socket_path",
 ]
 
@@ -809,3 +823,415 @@ def binding_check(uri: str, *, timeout: float = 5.0) -> Callable[..., Any]:
         return CheckResult(name, True, detail, "")
 
     return check
+
+
+# --------------------------------------------------------------------------- pinned mode
+
+
+DEFAULT_SWANCTL_CONF = "/etc/swanctl/swanctl.conf"
+"""swanctl's configuration; its directory is the swanctl directory (``x509/``, ``private/``)."""
+
+
+@dataclass(frozen=True)
+class StaleKey:
+    """An old private key a pinned-mode renewal left loaded on purpose.
+
+    IKE SAs established before the connection was replaced keep the old
+    connection config, and so the old pinned certificate: when they
+    re-authenticate they sign with the old key. Unload it with
+    :func:`unload_stale_keys` once none of them is left.
+
+    Attributes:
+        key_id: charon's id of the old key.
+        session: the swcmp session it belonged to.
+        connections: the connections that were replaced.
+        ike_sas: unique ids of the IKE SAs of those connections that were up when
+            they were replaced (they hold the old config).
+        replaced_at: when (seconds since the epoch).
+    """
+
+    key_id: KeyId
+    session: str
+    connections: tuple[str, ...]
+    ike_sas: frozenset[int]
+    replaced_at: float
+
+    def with_successor(self, old_uniqueid: int, new_uniqueid: int) -> StaleKey:
+        """Follow an IKE SA rekey or reauthentication (``ike-rekey`` event).
+
+        A rekeyed or re-authenticated IKE SA inherits the old connection config,
+        so its new unique id must be tracked too. Returns self when
+        ``old_uniqueid`` is not tracked.
+        """
+        if old_uniqueid not in self.ike_sas:
+            return self
+        return StaleKey(self.key_id, self.session, self.connections,
+                        self.ike_sas | {new_uniqueid}, self.replaced_at)
+
+
+@dataclass(frozen=True)
+class StaleCleanup:
+    """What :func:`unload_stale_keys` did.
+
+    Attributes:
+        unloaded: key ids removed from charon (or already gone).
+        kept: the stale keys still needed, each with the reason.
+    """
+
+    unloaded: tuple[KeyId, ...]
+    kept: tuple[tuple[StaleKey, str], ...]
+
+
+def _ike_sas(conn: _Vici, names: Iterable[str]) -> dict[int, str]:
+    """Unique id -> connection name of the IKE SAs of the given connections."""
+    wanted = set(names)
+    found: dict[int, str] = {}
+    for item in conn.stream("list-sas", "list-sa"):
+        for name, sa in item.items():
+            if name not in wanted or not isinstance(sa, dict):
+                continue
+            try:
+                found[int(_text(sa.get("uniqueid", b"0")))] = name
+            except ValueError:
+                continue
+    return found
+
+
+def unload_stale_keys(
+    uri: str,
+    stale: Iterable[StaleKey],
+    *,
+    keep: Iterable[KeyId] = (),
+    timeout: float = DEFAULT_TIMEOUT,
+) -> StaleCleanup:
+    """Unload old keys that no IKE SA with the old pinned config can need any more.
+
+    A stale key is unloaded when none of the IKE SAs recorded in it (see
+    :meth:`StaleKey.with_successor` for rekeys) is still up, and it is not in
+    ``keep`` (pass the key ids of every session's current pair, so a key that is
+    in use again, e.g. re-certified, is never removed).
+
+    Args:
+        uri: charon's VICI URI.
+        stale: the records :attr:`PinnedDeployer.stale_keys` collected.
+        keep: key ids that must stay loaded whatever happens.
+        timeout: seconds to wait for charon.
+
+    Returns:
+        Which keys were unloaded and which are still needed (and why).
+
+    Raises:
+        DeployUnavailable: charon cannot be reached.
+        DeployError: charon refused a command.
+    """
+    keep_ids = {KeyId(k.lower()) for k in keep}
+    records = tuple(stale)
+    unloaded: list[KeyId] = []
+    kept: list[tuple[StaleKey, str]] = []
+    with _session(uri, timeout) as conn:
+        try:
+            up = _ike_sas(conn, {c for s in records for c in s.connections})
+            loaded = set(conn.get_keys())
+            for record in records:
+                old = sorted(uid for uid in record.ike_sas if uid in up)
+                if record.key_id in keep_ids:
+                    kept.append((record, "the key is in use by a current pair"))
+                elif old:
+                    kept.append((record, "IKE SA(s) " + ", ".join(f"#{u}" for u in old)
+                                 + " made with the old certificate are still up"))
+                else:
+                    if record.key_id in loaded:
+                        conn.unload_key(record.key_id)
+                        loaded.discard(record.key_id)
+                        log.info("unloaded stale key %s of session %s", record.key_id,
+                                 record.session)
+                    unloaded.append(record.key_id)
+        except (_CommandFailed, _ConnectionLost) as e:
+            raise _wrap_query_error(uri, e) from None
+    return StaleCleanup(tuple(unloaded), tuple(kept))
+
+
+def _start_children(conf: ConfSection, connection: str) -> list[str]:
+    """Children of ``connection`` whose ``start_action`` includes ``start``."""
+    children = conf.section(f"connections.{connection}.children")
+    if children is None:
+        return []
+    found = []
+    for name, child in children.sections.items():
+        action = (child.get("start_action") or "").lower()
+        if "start" in action.replace("|", " ").split():
+            found.append(name)
+    return found
+
+
+class PinnedDeployer:
+    """Make a renewed pair live in charon when connections pin it (``local.certs = file``).
+
+    Such a connection holds the certificate itself, so besides loading the new
+    key and certificate (as in identity mode) each affected connection is
+    re-sent with ``load-conn``, built from swanctl.conf exactly as
+    ``swanctl --load-conns`` builds it (the renewal engine has already
+    rewritten the certificate file in place). charon replaces a connection
+    whose certificate changed; children with ``start_action = start`` are
+    closed and initiated again (a warning is logged), ``trap`` policies are
+    reinstalled. IKE SAs already established keep the old connection config
+    and, when they re-authenticate, the old certificate: the old key therefore
+    stays loaded and is recorded in :attr:`stale_keys` for
+    :func:`unload_stale_keys`.
+
+    If charon refuses a step, the connections already replaced are re-sent
+    with the previous certificate and the new key is unloaded.
+
+    Args:
+        uri: charon's VICI URI.
+        swanctl_conf: swanctl.conf to build the connections from.
+        swanctl_dir: swanctl's directory (default: the directory of
+            ``swanctl_conf``, as ``swanctl --file`` does).
+        connections: the connections to re-send (the session's connection
+            list); empty: every connection whose ``local*.certs`` names the
+            certificate file.
+        timeout: seconds to wait for charon.
+
+    Raises:
+        ConfigError: ``uri`` is not a usable VICI URI.
+    """
+
+    def __init__(
+        self,
+        uri: str = DEFAULT_VICI_URI,
+        *,
+        swanctl_conf: Path | str = DEFAULT_SWANCTL_CONF,
+        swanctl_dir: Path | str | None = None,
+        connections: Iterable[str] = (),
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        vici_socket_path(uri)
+        self.uri = uri
+        self.swanctl_conf = Path(swanctl_conf)
+        self.swanctl_dir = Path(swanctl_dir) if swanctl_dir is not None else (
+            self.swanctl_conf.parent)
+        self.connections = tuple(connections)
+        self.timeout = timeout
+        self.stale_keys: list[StaleKey] = []
+
+    def __repr__(self) -> str:
+        return f"PinnedDeployer(uri={self.uri!r}, swanctl_conf={str(self.swanctl_conf)!r})"
+
+    # -- planning (no charon involved)
+
+    def _plan(self, new: CredentialPair, previous: CredentialPair | None
+              ) -> tuple[list[str], dict[str, dict[str, object]],
+                         dict[str, dict[str, object]] | None, list[str]]:
+        """Connections, their new and previous load-conn messages, and warnings."""
+        try:
+            conf = parse_file(self.swanctl_conf)
+        except ConfigError as e:
+            raise DeployError(f"session {new.session}: {e}; charon was not changed") from None
+        names = list(self.connections) or list(
+            connections_using_cert(conf, self.swanctl_dir, new.cert_path))
+        if not names:
+            raise DeployError(
+                f"session {new.session}: no connection in {self.swanctl_conf} pins "
+                f"{new.cert_path} (local.certs); charon was not changed"
+            ).with_hint("name the connections with --connection, or use identity mode "
+                        "(local.id without local.certs)")
+        pinned = set(connections_using_cert(conf, self.swanctl_dir, new.cert_path))
+        notes: list[str] = []
+        for name in names:
+            if name not in pinned:
+                notes.append(f"connection {name} does not name {new.cert_path} in local.certs")
+            for child in _start_children(conf, name):
+                notes.append(f"child {name}/{child} has start_action = start: charon closes "
+                             "and re-initiates it when the connection is replaced")
+        try:
+            on_disk = new.cert_path.read_bytes()
+        except OSError as e:
+            raise DeployError(f"session {new.session}: cannot read {new.cert_path}: "
+                              f"{e.strerror or e}; charon was not changed") from None
+        if on_disk != new.cert_pem:
+            raise DeployError(
+                f"session {new.session}: {new.cert_path} does not hold the certificate to "
+                "deploy; charon was not changed"
+            ).with_hint("the renewal engine commits the file before deploying: run the "
+                        "renewal again")
+        try:
+            messages = {n: build_load_conn(conf, n, self.swanctl_dir) for n in names}
+            restore = None
+            if previous is not None:
+                override: dict[Path | str, bytes] = {new.cert_path: previous.cert_pem}
+                if previous.cert_path != new.cert_path:
+                    override[previous.cert_path] = previous.cert_pem
+                restore = {n: build_load_conn(conf, n, self.swanctl_dir, overrides=override)
+                           for n in names}
+        except ConfigError as e:
+            raise DeployError(f"session {new.session}: {e}; charon was not changed") from None
+        return names, messages, restore, notes
+
+    # -- deploy
+
+    def deploy(self, new: CredentialPair, previous: CredentialPair | None) -> DeployResult:
+        """Activate ``new`` and re-send the connections that pin it; on failure restore.
+
+        Args:
+            new: the committed, verified pair (its certificate file is rewritten).
+            previous: the pair charon used so far, or None on a first enrolment.
+
+        Returns:
+            What was done; the old key id is added to :attr:`stale_keys`.
+
+        Raises:
+            DeployUnavailable: charon is not reachable; nothing was changed in it.
+            DeployError: a step failed; the previous pair and connection configs are
+                live again (as far as the message says).
+        """
+        try:
+            new_id = key_id_from_cert_pem(new.cert_pem)
+            new_der = _cert_der(new.cert_pem)
+            serial = _load_cert(new.cert_pem).serial_number
+            old_id = key_id_from_cert_pem(previous.cert_pem) if previous is not None else None
+        except ValueError as e:
+            raise DeployError(
+                f"session {new.session}: a certificate to deploy does not parse ({e}); "
+                "charon was not changed"
+            ) from None
+        names, messages, restore, notes = self._plan(new, previous)
+        for note in notes:
+            log.warning("session %s: %s", new.session, note)
+
+        replaced: list[str] = []
+        state: dict[str, Any] = {"keys_before": None}
+        try:
+            with _session(self.uri, self.timeout) as conn:
+                try:
+                    old_sas = self._swap(conn, new, new_id, new_der, names, messages,
+                                         replaced, state)
+                except _CommandFailed as e:
+                    restored = self._restore(conn, new_id, old_id, restore, replaced, state)
+                    what = (f"check after {e.command} failed: {e.errmsg}"
+                            if isinstance(e, _CheckFailed)
+                            else f"charon refused {e.command}: {e.errmsg}")
+                    raise self._failure(new, what, restored) from None
+        except _ConnectionLost as e:
+            try:
+                with _session(self.uri, self.timeout) as conn:
+                    restored = self._restore(conn, new_id, old_id, restore, replaced, state)
+            except DeployUnavailable:
+                err = DeployUnavailable(
+                    f"session {new.session}: charon at {self.uri} stopped answering during "
+                    f"{e.command}" + (f" after replacing {', '.join(replaced)}"
+                                      if replaced else ""))
+                err.hint = _UNAVAILABLE_HINT
+                raise err from None
+            except _ConnectionLost:
+                restored = "charon stopped answering again while restoring the previous pair"
+            raise self._failure(new, str(e), restored) from None
+
+        detail = (f"charon uses certificate serial {serial:#x} with key id {new_id}; "
+                  f"re-sent connection(s) {', '.join(names)}")
+        if old_id is not None and old_id != new_id and old_id in state.get("keys_after", ()):
+            record = StaleKey(old_id, new.session, tuple(names), frozenset(old_sas),
+                              time.time())
+            self.stale_keys.append(record)
+            detail += (f"; old key {old_id} stays loaded for "
+                       f"{len(old_sas)} IKE SA(s) made with the old certificate")
+        if notes:
+            detail += "; " + "; ".join(notes)
+        log.info("session %s deployed to charon (pinned): %s", new.session, detail)
+        return DeployResult(deployed=True, detail=detail)
+
+    def _swap(self, conn: _Vici, new: CredentialPair, new_id: KeyId, new_der: bytes,
+              names: list[str], messages: Mapping[str, Mapping[str, object]],
+              replaced: list[str], state: dict[str, Any]) -> set[int]:
+        keys_before = conn.get_keys()
+        state["keys_before"] = keys_before
+        got = conn.load_key(new.key_pem)
+        if got != new_id:
+            if got not in keys_before:
+                conn.unload_key(got)
+            raise _CheckFailed(
+                "load-key", f"the new key {new.key_path} does not match {new.cert_path}")
+        conn.load_cert(new.cert_pem, ca=False)
+        for ca_pem in new.ca_certs_pem:
+            conn.load_cert(ca_pem, ca=True)
+        if not any(der == new_der and c.has_privkey for der, c in conn.list_certs()):
+            raise _CheckFailed(
+                "list-certs", "the new certificate is not listed with its private key")
+        old_sas = set(_ike_sas(conn, names))
+        for name in names:
+            replaced.append(name)  # restore it too if charon fails half-way through
+            try:
+                conn.call("load-conn", messages[name])
+            except _CommandFailed as e:
+                replaced.remove(name)  # a refused load-conn leaves the old config in place
+                raise _CommandFailed(f"load-conn {name}", e.errmsg) from None
+        state["keys_after"] = conn.get_keys()
+        conn.flush_certs()
+        return old_sas
+
+    def _restore(self, conn: _Vici, new_id: KeyId, old_id: KeyId | None,
+                 restore: Mapping[str, Mapping[str, object]] | None,
+                 replaced: list[str], state: dict[str, Any]) -> str:
+        problems: list[str] = []
+        if replaced:
+            if restore is None:
+                problems.append(f"connection(s) {', '.join(replaced)} keep the new certificate "
+                                "(there is no previous one)")
+            else:
+                for name in replaced:
+                    try:
+                        conn.call("load-conn", restore[name])
+                    except _CommandFailed as e:
+                        problems.append(f"re-sending {name} with the previous certificate "
+                                        f"failed: {e.errmsg}")
+        keys_before = state.get("keys_before")
+        try:
+            if (new_id != old_id and new_id in conn.get_keys()
+                    and (keys_before is None or new_id not in keys_before)):
+                conn.unload_key(new_id)
+            conn.flush_certs()
+        except _CommandFailed as e:
+            problems.append(f"{e.command} failed: {e.errmsg}")
+        if problems:
+            log.error("restoring the previous state failed: %s", "; ".join(problems))
+            return ("restoring the previous state failed in part (" + "; ".join(problems)
+                    + "): check `swanctl --list-conns` and `swanctl --list-certs`")
+        if replaced:
+            return (f"connection(s) {', '.join(replaced)} use the previous certificate again "
+                    "and the new key is unloaded")
+        return "no connection was changed and the new key is unloaded"
+
+    def _failure(self, new: CredentialPair, what: str, restored: str) -> DeployError:
+        err = DeployError(f"session {new.session}: deploying to charon at {self.uri} failed "
+                          f"(pinned mode): {what}; {restored}")
+        err.hint = "fix the cause and renew again; the previous certificate stays in use"
+        return err
+
+
+def choose_deployer(
+    uri: str,
+    cert_path: Path | str,
+    *,
+    swanctl_conf: Path | str = DEFAULT_SWANCTL_CONF,
+    swanctl_dir: Path | str | None = None,
+    connections: Iterable[str] = (),
+    timeout: float = DEFAULT_TIMEOUT,
+) -> ViciDeployer | PinnedDeployer:
+    """The deployer for a certificate: pinned mode when swanctl.conf pins the file.
+
+    A connection whose ``local*.certs`` names ``cert_path`` (restricted to
+    ``connections`` when given) selects :class:`PinnedDeployer`; otherwise
+    identity mode (:class:`ViciDeployer`). A missing swanctl.conf means
+    identity mode.
+
+    Raises:
+        ConfigError: swanctl.conf cannot be parsed, or ``uri`` is not usable.
+    """
+    conf_path = Path(swanctl_conf)
+    base = Path(swanctl_dir) if swanctl_dir is not None else conf_path.parent
+    if conf_path.exists():
+        pinned = connections_using_cert(parse_file(conf_path), base, cert_path)
+        wanted = tuple(connections)
+        if pinned and (not wanted or set(pinned) & set(wanted)):
+            return PinnedDeployer(uri, swanctl_conf=conf_path, swanctl_dir=base,
+                                  connections=wanted, timeout=timeout)
+    return ViciDeployer(uri, timeout=timeout)
