@@ -194,6 +194,7 @@ def test_help_and_status_import_no_protocol_stack(env: Env) -> None:
     help_modules = _modules_after(["--help"], env)
     assert not {m for m in help_modules if m.split(".")[0] in ("cryptography", *HEAVY)}
     assert "swcmp.config" not in help_modules
+    assert not {m for m in help_modules if m.startswith("swcmp.testca")}
     status_modules = _modules_after(["status"], env)
     assert "swcmp.state" in status_modules  # the command did run
     assert not {m for m in status_modules if m in HEAVY or m.split(".")[0] in HEAVY}
@@ -667,3 +668,14 @@ def test_status_with_a_certificate(env: Env) -> None:
     assert entry["next_renewal"] is not None
     text = env.run("status", "gw1").stdout
     assert f"serial {env.pki.gw.serial_number:x}" in text and "days left" in text
+
+
+def test_testca_is_mounted_when_installed() -> None:
+    listing = CliRunner().invoke(cli, ["--help"])
+    if not (Path(cli_module.__file__).parent / "testca" / "cli.py").is_file():
+        assert "testca" not in listing.output
+        return
+    assert "testca" in listing.output
+    result = CliRunner().invoke(cli, ["testca", "--help"], prog_name="swcmp")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Usage: swcmp testca")

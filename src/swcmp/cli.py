@@ -27,7 +27,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -79,8 +79,17 @@ class CliEnv:
         vici: charon's VICI URI.
         json: print JSON instead of text.
         verbose: ``-v`` count.
-        cwd: the directory relative paths on the command line are taken from.
     """
+
+    @cached_property
+    def cwd(self) -> Path:
+        """The directory relative paths on the command line are taken from."""
+        try:
+            return Path.cwd()
+        except OSError as e:
+            raise ConfigError(f"cannot determine the current directory: {e.strerror}").with_hint(
+                "change to an existing directory, or give absolute paths"
+            ) from None
 
     config_dir: Path | None = None
     state_dir: Path | None = None
@@ -88,7 +97,6 @@ class CliEnv:
     vici: str = DEFAULT_VICI_URI
     json: bool = False
     verbose: int = 0
-    cwd: Path = field(default_factory=Path.cwd)
 
     @cached_property
     def paths(self) -> Paths:
