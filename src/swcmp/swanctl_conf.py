@@ -208,6 +208,20 @@ class _Lexer:
         return ConfSyntaxError(_display(self.path), line or self.line, message)
 
     def tokens(self) -> Iterator[_Token]:
+        """All tokens of the file, included files' tokens in place of the include."""
+        depth = 0
+        for tok in self._tokens():
+            if tok.path == self.path:
+                depth += {_LBRACE: 1, _RBRACE: -1}.get(tok.kind, 0)
+            yield tok
+        if depth and self.depth:
+            # strongSwan allows it (the token stream simply goes on), but it is rarely meant
+            self.warnings.append(
+                f"{_display(self.path)}:{self.line}: unbalanced braces: the file "
+                + (f"leaves {depth} section(s) open" if depth > 0
+                   else f"closes {-depth} section(s) it did not open"))
+
+    def _tokens(self) -> Iterator[_Token]:
         text, n = self.text, len(self.text)
         while self.pos < n:
             ch = text[self.pos]
@@ -355,8 +369,10 @@ class _Lexer:
 
 
 class _Parser:
-    def __init__(self, tokens: Iterator[_Token], path: Path | None) -> None:
+    def __init__(self, tokens: Iterator[_Token], path: Path | None,
+                 warnings: list[str]) -> None:
         self._tokens = tokens
+        self._warnings = warnings
         self._buffer: list[_Token] = []
         self._last_path = path
         self._last_line = 1
@@ -391,10 +407,12 @@ class _Parser:
                 continue
             if tok.kind == _EOF:
                 if opener is not None:
+                    notes = [w for w in self._warnings if "unbalanced braces" in w]
                     raise ConfSyntaxError(
                         _display(tok.path), tok.line,
                         f"section '{section.name}' opened at {_display(opener.path)}:"
-                        f"{opener.line} is not closed (missing '}}')")
+                        f"{opener.line} is not closed (missing '}}')"
+                        + (f"; note: {'; '.join(notes)}" if notes else ""))
                 return
             if tok.kind == _RBRACE:
                 if opener is None:
@@ -455,7 +473,7 @@ def parse_string(text: str, path: Path | str | None = None,
     p = Path(path) if path is not None else None
     found: list[str] = [] if warnings is None else warnings
     root = ConfSection()
-    _Parser(_Lexer(text, p, 0, found).tokens(), p).statements(root, None)
+    _Parser(_Lexer(text, p, 0, found).tokens(), p, found).statements(root, None)
     return root
 
 
