@@ -232,10 +232,17 @@ class CharonNode:
 
     # -- files
 
-    def write_config(self, conn: str = "gw") -> None:
+    def write_config(self, conn: str = "gw", *, pinned: bool = False, extra: str = "") -> None:
         """Write strongswan.conf and an identity-mode swanctl.conf for this node.
 
         Call again after changing :attr:`start_scripts`; charon reads it on start.
+
+        Args:
+            conn: the connection name.
+            pinned: pinned mode: ``local.certs = <label>.pem`` names the certificate
+                file (``local.id`` stays set).
+            extra: swanctl.conf lines added inside the connection section (e.g. a
+                ``children { ... }`` block).
         """
         for sub in ("x509", "x509ca", "private", "pubkey", "conf.d"):
             (self.swanctl_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -278,8 +285,13 @@ class CharonNode:
               load = pem pkcs1 pkcs8 x509 openssl
             }}
             """).replace("@SCRIPTS@\n", scripts))
+        header = ("# pinned mode: local.certs names the certificate file" if pinned
+                  else "# identity mode: the local certificate is chosen by local.id")
+        certs = f"      certs = {self.label}.pem\n" if pinned else ""
+        extra_lines = textwrap.indent(textwrap.dedent(extra).strip() + "\n", " " * 4) if (
+            extra.strip()) else ""
         self.swanctl_conf.write_text(textwrap.dedent(f"""\
-            # identity mode: the local certificate is chosen by local.id
+            @HEADER@
             connections {{
               {conn} {{
                 version = 2
@@ -292,15 +304,18 @@ class CharonNode:
                 local {{
                   auth = pubkey
                   id = {self.identity}
+                  @CERTS@
                 }}
                 remote {{
                   auth = pubkey
                   id = {self.peer_identity}
                 }}
+            @EXTRA@
               }}
             }}
             include conf.d/*.conf
-            """))
+            """).replace("@HEADER@", header).replace("      @CERTS@\n", certs)
+            .replace("@EXTRA@\n", extra_lines))
 
     def write_credentials(self, key_pem: bytes, cert_pem: bytes, ca_pem: bytes) -> None:
         """Write this node's key, certificate and CA certificate into its swanctl dir."""
