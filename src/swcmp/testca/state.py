@@ -13,7 +13,7 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -59,11 +59,10 @@ class CertRecord:
     reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["serial"] = f"{self.serial:x}"
-        d["not_after"] = self.not_after.isoformat()
-        d["issued_at"] = self.issued_at.isoformat()
-        return d
+        # By hand, not dataclasses.asdict: the whole state is written after every change.
+        return {"serial": f"{self.serial:x}", "subject": self.subject, "status": self.status,
+                "not_after": self.not_after.isoformat(), "issued_at": self.issued_at.isoformat(),
+                "transaction": self.transaction, "reason": self.reason}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> CertRecord:
@@ -156,13 +155,18 @@ class StateStore:
         self.transactions: dict[bytes, TxRecord] = {}
         #: transactionIDs of finished transactions, oldest first, with when they ended.
         self.finished: dict[bytes, datetime] = {}
+        #: Encoded lines of issued records, with the (status, reason) they were made from.
+        self._lines: dict[int, tuple[tuple[str, str], str]] = {}
+        self._finished_lines: dict[bytes, str] = {}
 
     def finish(self, transaction_id: bytes, when: datetime) -> None:
         """Remember a finished transaction's ID (bounded: the oldest are forgotten)."""
         self.transactions.pop(transaction_id, None)
         self.finished[transaction_id] = when
         while len(self.finished) > MAX_FINISHED:
-            del self.finished[next(iter(self.finished))]
+            oldest = next(iter(self.finished))
+            del self.finished[oldest]
+            self._finished_lines.pop(oldest, None)
 
     def in_use(self, transaction_id: bytes) -> bool:
         """Whether a transactionID belongs to an open or a recently finished transaction."""
@@ -208,17 +212,37 @@ class StateStore:
             self.save()
 
     def save(self) -> None:
-        """Write ``state.json`` atomically (the caller holds the lock)."""
-        data = {
-            "version": STATE_VERSION,
-            "issued": {f"{s:x}": r.to_json() for s, r in sorted(self.issued.items())},
+        """Write ``state.json`` atomically (the caller holds the lock).
+
+        The file has one entry per line. The state is rewritten after every
+        change, so the lines of issued certificates and finished transactions,
+        which rarely or never change, are encoded once and reused.
+        """
+        issued = []
+        for serial, rec in self.issued.items():
+            cached = self._lines.get(serial)
+            if cached is None or cached[0] != (rec.status, rec.reason):
+                line = f' "{serial:x}": {json.dumps(rec.to_json())}'
+                cached = self._lines[serial] = ((rec.status, rec.reason), line)
+            issued.append(cached[1])
+        finished = []
+        for tid, when in self.finished.items():
+            line = self._finished_lines.get(tid)
+            if line is None:
+                line = self._finished_lines[tid] = f' "{tid.hex()}": "{when.isoformat()}"'
+            finished.append(line)
+        transactions = [f" {json.dumps(t.hex())}: {json.dumps(tx.to_json())}"
+                        for t, tx in self.transactions.items()]
+        revoked = sorted(f"{s:x}" for s, r in self.issued.items() if r.status == REVOKED)
+        text = "".join((
+            f'{{\n"version": {STATE_VERSION},\n',
+            '"issued": {\n', ",\n".join(issued), "\n},\n",
             # Derived from "issued", kept for people reading the file.
-            "revoked": sorted(f"{s:x}" for s, r in self.issued.items() if r.status == REVOKED),
-            "transactions": {t.hex(): tx.to_json() for t, tx in self.transactions.items()},
-            "finished": {t.hex(): when.isoformat() for t, when in self.finished.items()},
-        }
-        atomic_write(self.path, json.dumps(data, indent=1).encode("utf-8") + b"\n",
-                     mode=PUBLIC_MODE)
+            f'"revoked": {json.dumps(revoked)},\n',
+            '"transactions": {\n', ",\n".join(transactions), "\n},\n",
+            '"finished": {\n', ",\n".join(finished), "\n}\n}\n",
+        ))
+        atomic_write(self.path, text.encode("utf-8"), mode=PUBLIC_MODE)
 
     def cert_path(self, serial: int) -> Path:
         return self.issued_dir / f"{serial:x}.pem"
