@@ -227,10 +227,10 @@ class StateStore:
             issued.append(cached[1])
         finished = []
         for tid, when in self.finished.items():
-            line = self._finished_lines.get(tid)
-            if line is None:
-                line = self._finished_lines[tid] = f' "{tid.hex()}": "{when.isoformat()}"'
-            finished.append(line)
+            done = self._finished_lines.get(tid)
+            if done is None:
+                done = self._finished_lines[tid] = f' "{tid.hex()}": "{when.isoformat()}"'
+            finished.append(done)
         transactions = [f" {json.dumps(t.hex())}: {json.dumps(tx.to_json())}"
                         for t, tx in self.transactions.items()]
         revoked = sorted(f"{s:x}" for s, r in self.issued.items() if r.status == REVOKED)
