@@ -560,6 +560,12 @@ def test_error_answers_echo_ids_and_are_signed(ca: TestCA) -> None:
     assert answer.extra_certs == (certs.der_of(ca.ca_cert),)
     assert verify_response(answer, mac=None, trust=[ca.ca_cert],
                            now=dt.datetime.now(dt.UTC)).kind == "signature"
+    # also when the request does not decode at all (here: pvno 1)
+    tid, nonce = os.urandom(16), os.urandom(16)
+    answer = post(ca, request(ca, "ir", ir_body(keys.generate_key("ecdsa:p256")), mac(),
+                              tid=tid, nonce=nonce, pvno=1))
+    assert error_fails(answer) == ("unsupportedVersion",)
+    assert answer.header.transaction_id == tid and answer.header.recip_nonce == nonce
 
 
 def test_replayed_request_is_transaction_id_in_use(ca: TestCA) -> None:

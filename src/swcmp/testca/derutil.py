@@ -185,13 +185,13 @@ def peek_header(data: bytes) -> HeaderPeek:
             pvno = int.from_bytes(header[0].value, "big", signed=True)
         if len(header) > 1 and header[1].tag == 0xA4:
             sender = header[1].children()[0].raw
-        hdr = parts[0]
-        tid_el = der.context_child(hdr, 4)
-        if tid_el is not None:
-            tid = tid_el.children()[0].value
-        nonce_el = der.context_child(hdr, 5)
-        if nonce_el is not None:
-            nonce = nonce_el.children()[0].value
+        # After pvno, sender and recipient (whose directoryName is also a [4]) come the
+        # optional fields, each under its own context tag: [4] transactionID, [5] senderNonce.
+        for field in header[3:]:
+            if field.tag == 0xA4:
+                tid = field.children()[0].value
+            elif field.tag == 0xA5:
+                nonce = field.children()[0].value
         if len(parts) > 1 and parts[1].tag & 0xE0 == 0xA0:
             tag = parts[1].tag & 0x1F
     except (ProtocolError, IndexError):
