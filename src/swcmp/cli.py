@@ -859,12 +859,26 @@ def _deploy_option(f: F) -> F:
     )(f)
 
 
-def _deployer(env: CliEnv, no_deploy: bool) -> Deployer | None:
+def _deployer(env: CliEnv, no_deploy: bool, session: Session | None = None) -> Deployer | None:
+    """What loads new pairs into charon: None with --no-deploy or --vici none.
+
+    For one session the deployer follows its swanctl.conf (pinned mode when a
+    connection's ``local.certs`` names the session's certificate file, identity
+    mode otherwise); for several sessions it is identity mode.
+    """
     if no_deploy or not env.charon:
         return None
-    from swcmp.strongswan import ViciDeployer
+    from swcmp.strongswan import ViciDeployer, choose_deployer
 
-    return ViciDeployer(env.vici)
+    if session is None:
+        return ViciDeployer(env.vici)
+    return choose_deployer(
+        env.vici,
+        env.paths.cert_file(session.name),
+        swanctl_conf=env.paths.swanctl_dir / "swanctl.conf",
+        swanctl_dir=env.paths.swanctl_dir,
+        connections=session.connections,
+    )
 
 
 def _outcome_text(outcome: Outcome) -> str:
@@ -896,7 +910,7 @@ def request_initial(name: str, no_deploy: bool) -> None:
     env = _env()
     s = env.store.load(name)
     outcome = enroll.request_initial(
-        s, env.paths, store=env.store, deployer=_deployer(env, no_deploy)
+        s, env.paths, store=env.store, deployer=_deployer(env, no_deploy, s)
     )
     env.emit(outcome.to_json(), _outcome_text(outcome))
 
@@ -916,7 +930,7 @@ def request_certificate(name: str, no_deploy: bool) -> None:
     env = _env()
     s = env.store.load(name)
     outcome = enroll.request_certificate(
-        s, env.paths, store=env.store, deployer=_deployer(env, no_deploy)
+        s, env.paths, store=env.store, deployer=_deployer(env, no_deploy, s)
     )
     env.emit(outcome.to_json(), _outcome_text(outcome))
 
@@ -946,7 +960,7 @@ def request_keyupdate(name: str, regenerate: bool | None, no_deploy: bool) -> No
     s = env.store.load(name)
     states = StateStore(env.paths)
     now = _now()
-    renewer = Renewer(env.paths, deployer=_deployer(env, no_deploy))
+    renewer = Renewer(env.paths, deployer=_deployer(env, no_deploy, s))
     try:
         outcome = renewer.renew(s, regenerate=regenerate)
     except LockHeldError:
