@@ -337,7 +337,7 @@ class ExpireTime:
         return not_after - remaining
 
 
-_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _CONN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})

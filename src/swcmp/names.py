@@ -139,7 +139,9 @@ _IA5_OIDS = frozenset({NameOID.EMAIL_ADDRESS, NameOID.DOMAIN_COMPONENT})
 _PRINTABLE_RE = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]*")
 _OID_RE = re.compile(r"(?:oid\.)?([0-2](?:\.(?:0|[1-9][0-9]*))+)", re.IGNORECASE)
 _HEX = frozenset("0123456789abcdefABCDEF")
-_BLANKS = " \t\r\n"
+# Only spaces surround a DN: a tab or line break is part of a value (RFC 4514 does not
+# escape them, so cryptography prints them bare and they must read back the same).
+_BLANKS = " "
 
 _DN_EXAMPLE = "/C=DE/O=Example/CN=gw1.example.net or CN=gw1.example.net,O=Example,C=DE"
 
@@ -511,7 +513,8 @@ def format_sans(names: Iterable[x509.GeneralName]) -> tuple[str, ...]:
 
 # --- session names -------------------------------------------------------------------
 
-_SESSION_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+# Not starting with "." (hidden files, "..") nor "-" (it would read as an option).
+_SESSION_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
 def validate_session_name(name: str) -> SessionName:
@@ -519,7 +522,7 @@ def validate_session_name(name: str) -> SessionName:
 
     Session names become file names (``sessions/NAME.toml``, lock and state
     files), so only letters, digits, ``-``, ``_`` and ``.`` are allowed, 1 to 64
-    characters, not starting with ``.``: that rules out ``..``, hidden files,
+    characters, not starting with ``.`` or ``-``: that rules out ``..``, hidden files,
     path separators and anything a shell would need quoted.
 
     Raises:
@@ -529,6 +532,6 @@ def validate_session_name(name: str) -> SessionName:
         return SessionName(name)
     err = ConfigError(f"invalid session name {name!r}")
     err.hint = (
-        "use 1-64 letters, digits, '-', '_' or '.', not starting with '.', e.g. gw1 or ca-main"
+        "use 1-64 letters, digits, '-', '_' or '.', not starting with '.' or '-', e.g. gw1 or ca-main"
     )
     raise err
