@@ -26,7 +26,9 @@ missing. The unit tests at the top run anywhere.
 from __future__ import annotations
 
 import logging
+import socket
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -124,6 +126,31 @@ def test_dead_socket_is_unavailable_and_start_children_are_warned(
     assert any("gw/net has start_action = start" in m for m in warned), warned
     assert not any("idle" in m for m in warned)
     assert deployer.stale_keys == []
+
+
+def test_connection_lost_midway_is_unavailable(tmp_path: Path) -> None:
+    """A VICI peer that hangs up on the first command and then disappears (a crash)."""
+    base, previous, new = _offline_tree(tmp_path)
+    path = tmp_path / "dying.vici"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def serve_once() -> None:
+        conn, _ = server.accept()
+        conn.recv(4)
+        # gone before the client sees the hang-up, so its reconnect cannot race into the
+        # listen backlog of a closing server
+        path.unlink()
+        server.close()
+        conn.close()
+
+    thread = threading.Thread(target=serve_once, daemon=True)
+    thread.start()
+    deployer = PinnedDeployer(f"unix://{path}", swanctl_conf=base / "swanctl.conf", timeout=5)
+    with pytest.raises(DeployUnavailable, match="stopped answering"):
+        deployer.deploy(new, previous)
+    thread.join(5)
 
 
 def test_nothing_pinned_or_file_out_of_step_changes_nothing(tmp_path: Path) -> None:

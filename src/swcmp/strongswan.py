@@ -818,8 +818,10 @@ def binding_check(uri: str, *, timeout: float = 5.0) -> Callable[..., Any]:
         pinned = [b.connection for b in found if b.mode == "pinned"]
         detail = f"used by {desc}"
         if pinned:
-            detail += ("; pinned connections are re-sent by swcmp on renewal only once pinned "
-                       "mode is supported: prefer identity mode (local.id)")
+            detail += ("; pinned connections (local.certs) are re-sent with load-conn on "
+                       "renewal (PinnedDeployer) and the old key stays loaded until IKE SAs "
+                       "made with the old certificate are gone: identity mode (local.id) "
+                       "avoids both")
         return CheckResult(name, True, detail, "")
 
     return check
