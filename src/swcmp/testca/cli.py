@@ -35,8 +35,13 @@ _KEY_TYPE = click.option("--key-type", type=click.Choice(keys.KEY_TYPES), defaul
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A CA logs every request by default. Mounted under swcmp's CLI, its handler on the
+    # "swcmp" logger prints our records; only our level is raised, the rest of swcmp stays
+    # as quiet as the global -v says. Run on its own, we bring a handler.
+    if not logging.getLogger().handlers and not logging.getLogger("swcmp").handlers:
+        logging.basicConfig(stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("swcmp.testca").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def _failinfos(_ctx: click.Context, _param: click.Parameter,

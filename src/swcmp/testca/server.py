@@ -34,12 +34,16 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/pkixcmp"
 PATHS = ("/", "/pkix/")
-#: Seconds a client may take to send its request before the connection is dropped.
-SOCKET_TIMEOUT = 30.0
+#: Seconds a client may take to send its request before the connection is dropped
+#: (also the longest a stalled client can delay stop()).
+SOCKET_TIMEOUT = 10.0
 
 
 class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+    # server_close() waits for requests in progress, so that none changes the state after
+    # stop() has released the directory to the next CA.
+    daemon_threads = False
+    block_on_close = True
     # Many clients at once (the benchmark) must not be refused by a short listen queue.
     request_queue_size = 128
 
@@ -181,12 +185,6 @@ class TestCA:
             thread.join(timeout=10)
         if stack is not None:
             stack.close()
-
-    def wait(self) -> None:
-        """Block until :meth:`stop` is called from elsewhere (the CLI's signal handler)."""
-        thread = self._thread
-        if thread is not None:
-            thread.join()
 
     def __enter__(self) -> Self:
         return self.start()
