@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -675,26 +676,53 @@ def test_restart_keeps_certificates_revocations_and_ca(tmp_path: Path) -> None:
         assert fails(ei) == ("certRevoked",)
 
 
-def test_restart_between_ip_and_certconf(tmp_path: Path) -> None:
-    """The CA is stopped and started again (same port) while the client holds the ip."""
+@pytest.mark.parametrize("poll", [0, 2], ids=["before-certConf", "while-polling"])
+def test_restart_in_the_middle_of_a_transaction(tmp_path: Path, poll: int) -> None:
+    """The CA is stopped and started again (same port) after its first answer."""
     directory = tmp_path / "ca"
+    config = CAConfig(mac_ref=REF, mac_secret=SECRET, poll=poll, check_after=0)
     holder: dict[str, TestCA] = {}
-    holder["ca"] = TestCA(directory, config=MAC_CONFIG).start()
+    holder["ca"] = TestCA(directory, config=config).start()
     port = holder["ca"].port
 
     def restart(count: int) -> None:
         if count == 1:
             holder["ca"].stop()
-            holder["ca"] = TestCA(directory, config=MAC_CONFIG, port=port).start()
+            holder["ca"] = TestCA(directory, config=config, port=port).start()
 
     try:
         rec = Recorder(holder["ca"].url, after=restart)
-        e = client(holder["ca"], rec).initial(key=keys.generate_key("ecdsa:p256"),
-                                              subject=name(GW), protection=mac())
+        c = client(holder["ca"], rec)
+        e = c.initial(key=keys.generate_key("ecdsa:p256"), subject=name(GW), protection=mac())
+        assert e.polls == poll
         assert holder["ca"].certificate(e.certificate.serial_number).status == "confirmed"  # type: ignore[union-attr]
-        assert len(rec.sent) == 2
+        assert len(rec.sent) == 2 + poll
+        assert holder["ca"].open_transactions() == 0
     finally:
         holder["ca"].stop()
+
+
+def test_concurrent_kurs(ca: TestCA) -> None:
+    holders = [enroll(ca, cn=f"gw{i}.example.net") for i in range(8)]
+    results: list[Enrollment | BaseException] = [ValueError()] * len(holders)
+
+    def kur(i: int) -> None:
+        key, e = holders[i]
+        try:
+            results[i] = client(ca).key_update(key=key, old_cert=e.certificate,
+                                               protection=sig(key, e.certificate))
+        except BaseException as exc:  # collected and asserted below
+            results[i] = exc
+
+    threads = [threading.Thread(target=kur, args=(i,)) for i in range(len(holders))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(r, Enrollment) for r in results), results
+    state = json.loads((ca.directory / "state.json").read_text())
+    assert sum(1 for r in state["issued"].values() if r["status"] == "confirmed") == 16
+    assert state["transactions"] == {}
 
 
 def test_unconfirmed_transaction_expires(tmp_path: Path) -> None:

@@ -80,7 +80,14 @@ class _Handler(BaseHTTPRequestHandler):
         if len(data) != length:
             self.close_connection = True
             return
-        self._send(200, CONTENT_TYPE, self.server.engine.handle(data))
+        try:
+            answer = self.server.engine.handle(data)
+        except Exception:
+            # The engine answers every CMP problem itself; this is a bug, not a CMP error.
+            log.exception("internal error while answering a CMP request")
+            self._plain(500, "internal error in the test CA")
+            return
+        self._send(200, CONTENT_TYPE, answer)
 
     def do_GET(self) -> None:
         self._plain(405, "CMP requests are POSTed", allow="POST")
