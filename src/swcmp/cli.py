@@ -952,30 +952,16 @@ def request_keyupdate(name: str, regenerate: bool | None, no_deploy: bool) -> No
     certificate stay until the new pair is issued, verified and confirmed. An
     interrupted earlier renewal is finished instead of starting a new one.
     """
-    from swcmp.errors import LockHeldError
-    from swcmp.renewal import Renewer
-    from swcmp.state import StateStore
+    from swcmp.service import HostConfig, RenewalService
 
     env = _env()
     s = env.store.load(name)
-    states = StateStore(env.paths)
-    now = _now()
-    renewer = Renewer(env.paths, deployer=_deployer(env, no_deploy, s))
-    try:
-        outcome = renewer.renew(s, regenerate=regenerate)
-    except LockHeldError:
-        raise  # another run is renewing: that run records its own result
-    except SwcmpError as e:
-        with states.update(name) as st:
-            st.record("kur", False, _message(e), now=now)
-        raise
-    with states.update(name) as st:
-        st.record("kur", True, outcome.message, now=now, serial=outcome.serial)
-        st.failures = 0
-        st.next_attempt = None
-        st.state = "idle"
-        if outcome.charon:
-            st.charon = outcome.charon
+    service = RenewalService(
+        env.paths,
+        deployer_for=lambda sess: _deployer(env, no_deploy, sess),
+        host=HostConfig.load(env.paths),
+    )
+    outcome = service.renew_now(s, regenerate=regenerate, log_failure=False)
     env.emit(outcome.to_json(), _outcome_text(outcome))
 
 
@@ -1205,7 +1191,9 @@ def renew(
 
     env = _env()
     service = RenewalService(
-        env.paths, deployer=_deployer(env, no_deploy), host=HostConfig.load(env.paths)
+        env.paths,
+        deployer_for=lambda s: _deployer(env, no_deploy, s),
+        host=HostConfig.load(env.paths),
     )
     reports = service.run_pass(names, due_only=due_only, force=force, dry_run=dry_run)
     env.emit(
@@ -1228,7 +1216,9 @@ def serve(no_deploy: bool) -> None:
 
     env = _env()
     service = RenewalService(
-        env.paths, deployer=_deployer(env, no_deploy), host=HostConfig.load(env.paths)
+        env.paths,
+        deployer_for=lambda s: _deployer(env, no_deploy, s),
+        host=HostConfig.load(env.paths),
     )
     server = Server(service)
     server.install_signals()

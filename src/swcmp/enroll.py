@@ -202,9 +202,10 @@ def deploy(deployer: Deployer | None, new: CredentialPair,
     try:
         return deployer.deploy(new, previous).detail
     except DeployUnavailable as e:
+        reason = str(e.args[0]) if e.args else str(e)
         log.warning("%s: charon not updated: %s (the files are in place; charon loads them "
-                    "when it starts)", new.session, e)
-        return f"charon not updated: {e}"
+                    "when it starts)", new.session, reason)
+        return f"charon not updated: {reason}"
 
 
 def _store_and_configure(session: Session, paths: Paths, store: SessionStore | None,

@@ -532,6 +532,7 @@ def validate_session_name(name: str) -> SessionName:
         return SessionName(name)
     err = ConfigError(f"invalid session name {name!r}")
     err.hint = (
-        "use 1-64 letters, digits, '-', '_' or '.', not starting with '.' or '-', e.g. gw1 or ca-main"
+        "use 1-64 letters, digits, '-', '_' or '.', not starting with '.' or '-', "
+        "e.g. gw1 or ca-main"
     )
     raise err

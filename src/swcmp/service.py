@@ -45,6 +45,12 @@ STANDBY_ROLES = frozenset({"BACKUP", "FAULT", "STANDBY", "PASSIVE", "SLAVE"})
 RESCAN = 30.0
 
 
+def _with_hint(e: SwcmpError) -> str:
+    """The error's message and, when it has one, what to do (once, not twice)."""
+    message = str(e.args[0]) if e.args else str(e)
+    return f"{message} (hint: {e.hint})" if e.hint else message
+
+
 @dataclass(frozen=True)
 class HostConfig:
     """Host-wide settings (see the module docstring)."""
@@ -141,13 +147,13 @@ class RenewalService:
     paths: Paths
     deployer: Deployer | None = None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-    renewer_factory: Callable[[], Renewer] | None = None
+    #: Per-session deployer (pinned or identity mode); overrides ``deployer``.
+    deployer_for: Callable[[Session], Deployer | None] | None = None
     host: HostConfig = field(default_factory=HostConfig)
 
-    def renewer(self) -> Renewer:
-        if self.renewer_factory is not None:
-            return self.renewer_factory()
-        return Renewer(self.paths, deployer=self.deployer, clock=self.clock)
+    def renewer(self, s: Session) -> Renewer:
+        deployer = self.deployer_for(s) if self.deployer_for is not None else self.deployer
+        return Renewer(self.paths, deployer=deployer, clock=self.clock)
 
     def sessions(self, names: Sequence[str] = ()) -> list[Session]:
         store = SessionStore(self.paths.config_dir)
@@ -201,27 +207,41 @@ class RenewalService:
         self.write_metrics()
         return reports
 
-    def renew_one(self, s: Session, p: Plan | None = None) -> SessionReport:
+    def renew_now(self, s: Session, *, p: Plan | None = None,
+                  regenerate: bool | None = None, log_failure: bool = True) -> Outcome:
+        """Renew ``s`` now (a KUR, or finish an interrupted renewal) and record it.
+
+        On failure the state gets the error, the failure count and the time of
+        the next retry (backoff), and the error is raised (and logged, unless
+        ``log_failure`` is off because the caller prints it). Another run
+        holding the session's lock is not counted as a failure.
+        """
+        from swcmp.errors import LockHeldError
+
         states = StateStore(self.paths)
         self._set_state(s.name, "in_progress")
         now = self.clock()
         try:
-            outcome = self.renewer().renew(s)
+            outcome = self.renewer(s).renew(s, regenerate=regenerate)
+        except LockHeldError:
+            raise
         except SwcmpError as e:
+            if p is None:
+                p = plan(s, load_cert(self.paths, s.name), states.load(s.name), now)
             with states.update(s.name) as st:
                 st.failures += 1
-                expires = p.expires if p and p.expires else now + timedelta(days=1)
+                expires = p.expires or now + timedelta(days=1)
                 delay = retry_delay(st.failures, now=now, not_after=expires)
                 st.next_attempt = (now + delay).isoformat(timespec="seconds")
                 st.state = "needs_ir" if isinstance(e, NeedsInitialRequest) else "failed"
-                st.record("kur", False, str(e), now=now)
-            left = (p.expires - now) if p and p.expires else None
-            loud = left is not None and p is not None and p.renew_at is not None and \
-                left < (p.expires - p.renew_at) / 2  # type: ignore[operator]
-            (log.error if loud else log.warning)(
-                "%s: renewal failed: %s%s; next try in %s", s.name, e,
-                f" (hint: {e.hint})" if e.hint else "", delay)
-            return SessionReport(s.name, "failed", str(e), plan=p)
+                st.record("kur", False, _with_hint(e), now=now)
+            # Louder as expiry nears: past half of the time between due and expiry.
+            loud = (p.expires is not None and p.renew_at is not None
+                    and p.expires - now < (p.expires - p.renew_at) / 2)
+            if log_failure:
+                (log.error if loud else log.warning)(
+                    "%s: renewal failed: %s; next try in %s", s.name, _with_hint(e), delay)
+            raise
         with states.update(s.name) as st:
             st.failures = 0
             st.next_attempt = None
@@ -229,6 +249,14 @@ class RenewalService:
             st.charon = outcome.charon
             st.record("kur", True, outcome.message, now=now, serial=outcome.serial)
         self._run_hooks(s, outcome)
+        return outcome
+
+    def renew_one(self, s: Session, p: Plan | None = None) -> SessionReport:
+        """:meth:`renew_now` for a pass: failures become a report instead of an error."""
+        try:
+            outcome = self.renew_now(s, p=p)
+        except SwcmpError as e:
+            return SessionReport(s.name, "failed", _with_hint(e), plan=p)
         return SessionReport(s.name, "renewed", outcome.message, outcome=outcome, plan=p)
 
     def _set_state(self, name: str, state: str) -> None:
