@@ -167,7 +167,11 @@ class CMPEngine:
     # ------------------------------------------------------------------ entry point
 
     def handle(self, data: bytes) -> bytes:
-        """Answer one DER-encoded PKIMessage with the DER of the answer. Never raises."""
+        """Answer one DER-encoded PKIMessage with the DER of the answer.
+
+        Every problem with the request, and any failure of the CA itself, is answered with
+        a CMP error message; nothing about the request makes this raise.
+        """
         if self.config.delay:
             self.sleep(self.config.delay)
         started = time.monotonic()
