@@ -337,9 +337,11 @@ def test_connection_lost_midway_is_unavailable(tmp_path: Path) -> None:
     def serve_once() -> None:
         conn, _ = server.accept()
         conn.recv(4)  # the start of the first request
-        conn.close()
-        server.close()
+        # Gone before hanging up: a deployer that reconnects to restore must find
+        # no socket at all, not a listener about to close (that would race).
         path.unlink()
+        server.close()
+        conn.close()
 
     thread = threading.Thread(target=serve_once, daemon=True)
     thread.start()
