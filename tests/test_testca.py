@@ -279,12 +279,12 @@ def test_cr_with_signature_and_p10cr(ca: TestCA) -> None:
            .add_extension(x509.SubjectAlternativeName([x509.DNSName("p10.example.net")]),
                           critical=False)
            .sign(p10_key, None))
-    # MAC here: swcmp's client puts the CSR subject, not the signer's, in the header's sender
-    # of a signed p10cr, which this CA refuses (RFC 9483 3.1); openssl's signed p10cr is tested
-    # in test_testca_openssl.py.
     e2 = client(ca).p10(csr=csr, protection=mac())
     assert certs.spki_of(e2.certificate) == keys.spki_der(p10_key)
     assert e2.certificate.subject == name("p10.example.net")
+    # signed: the header's sender is the signer's subject (RFC 9483 3.1), not the CSR's
+    e3 = client(ca).p10(csr=csr, protection=protection)
+    assert e3.certificate.subject == name("p10.example.net")
 
 
 def test_genm_ca_certs_and_root_update(ca: TestCA) -> None:

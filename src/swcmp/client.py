@@ -225,7 +225,7 @@ class CMPClient:
         body = codec.p10cr_body(csr.public_bytes(serialization.Encoding.DER))
         spki = csr.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        tx = self._tx(protection, csr.subject.public_bytes())
+        tx = self._tx(protection, self._sender_for(protection, csr.subject.public_bytes()))
         return self._finish_enrollment(tx, "p10cr", body, -1, spki, csr.subject.public_bytes())
 
     def ca_certs(self, *, protection: Protection) -> tuple[x509.Certificate, ...]:
