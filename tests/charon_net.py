@@ -552,8 +552,12 @@ class CharonNet:
     Use as a context manager (or call :meth:`setup` and :meth:`close`).
     """
 
-    def __init__(self, base: Path, *, pki: TestPKI | None = None) -> None:
+    def __init__(self, base: Path, *, pki: TestPKI | None = None,
+                 credentials: bool = True) -> None:
         self.base = base
+        #: False: start both charons with connections only; credentials come
+        #: from elsewhere (the demo enrolls both gateways with swcmp).
+        self.credentials = credentials
         self.prefix = f"{NS_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
         self.pki = pki or TestPKI()
         hosts = list(SUBNET.hosts())
@@ -594,7 +598,8 @@ class CharonNet:
         for node, key, cert in ((self.a, self.a_key, self.a_cert),
                                 (self.b, self.b_key, self.b_cert)):
             node.write_config()
-            node.write_credentials(pem_key(key), pem_cert(cert), ca)
+            if self.credentials:
+                node.write_credentials(pem_key(key), pem_cert(cert), ca)
             node.start()
             node.load_all()
 
