@@ -232,7 +232,8 @@ class CharonNode:
 
     # -- files
 
-    def write_config(self, conn: str = "gw", *, pinned: bool = False, extra: str = "") -> None:
+    def write_config(self, conn: str = "gw", *, pinned: bool = False, extra: str = "",
+                     cert_file: str | None = None) -> None:
         """Write strongswan.conf and an identity-mode swanctl.conf for this node.
 
         Call again after changing :attr:`start_scripts`; charon reads it on start.
@@ -243,6 +244,9 @@ class CharonNode:
                 file (``local.id`` stays set).
             extra: swanctl.conf lines added inside the connection section (e.g. a
                 ``children { ... }`` block).
+            cert_file: with ``pinned``, the file (relative to ``x509/``) that
+                ``local.certs`` names instead of ``<label>.pem`` (e.g. swcmp's
+                ``<session>.crt``).
         """
         for sub in ("x509", "x509ca", "private", "pubkey", "conf.d"):
             (self.swanctl_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -287,7 +291,7 @@ class CharonNode:
             """).replace("@SCRIPTS@\n", scripts))
         header = ("# pinned mode: local.certs names the certificate file" if pinned
                   else "# identity mode: the local certificate is chosen by local.id")
-        certs = f"      certs = {self.label}.pem\n" if pinned else ""
+        certs = f"      certs = {cert_file or self.label + '.pem'}\n" if pinned else ""
         extra_lines = textwrap.indent(textwrap.dedent(extra).strip() + "\n", " " * 4) if (
             extra.strip()) else ""
         self.swanctl_conf.write_text(textwrap.dedent(f"""\
