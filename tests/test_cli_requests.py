@@ -239,7 +239,7 @@ def test_ir_in_a_real_subprocess(gw: Gateway) -> None:
         )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ir for session gw1: certificate")
-    assert "not deployed (no deployer)" in proc.stdout
+    assert "not loaded into charon" in proc.stdout
     assert SECRET not in proc.stdout + proc.stderr
     enabled = subprocess.run(
         [sys.executable, "-m", "swcmp", "session", "enable-auto-update", "gw1"],

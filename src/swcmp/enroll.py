@@ -198,7 +198,7 @@ def deploy(deployer: Deployer | None, new: CredentialPair,
     charon start hook loads them. A DeployError propagates.
     """
     if deployer is None:
-        return "not deployed (no deployer)"
+        return "not loaded into charon (--vici none or --no-deploy)"
     try:
         return deployer.deploy(new, previous).detail
     except DeployUnavailable as e:

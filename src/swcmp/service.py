@@ -386,8 +386,9 @@ class Server:
                 try:
                     self.service.host = HostConfig.load(self.service.paths)
                     for r in self.service.run_pass(due_only=True):
-                        if r.result in ("renewed", "failed", "standby"):
-                            log.info("%s: %s: %s", r.session, r.result, r.message)
+                        # renewals and failures are logged where they happen
+                        if r.result == "standby":
+                            log.info("%s: %s", r.session, r.message)
                     nxt = self.service.next_wakeup()
                 except SwcmpError as e:
                     log.error("renewal pass failed: %s", e)
