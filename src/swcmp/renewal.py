@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,7 +40,14 @@ from swcmp.enroll import (
     signature_credentials,
     write_ca_certs,
 )
-from swcmp.errors import CertificateError, ConfigError, StorageError, SwcmpError
+from swcmp.errors import (
+    CertificateError,
+    CMPErrorResponse,
+    ConfigError,
+    PollingTimeoutError,
+    StorageError,
+    SwcmpError,
+)
 from swcmp.state import SessionState, StateStore
 
 if TYPE_CHECKING:
@@ -276,8 +285,8 @@ class Renewer:
         else:
             new_key = live_key
 
-        client = make_client(session, transport=self.transport, poll_deadline=self.poll_deadline,
-                             sleep=self.sleep)
+        client = make_client(session, transport=self.transport, poll_deadline=math.inf,
+                             sleep=self._deadline_sleep())
 
         def note(ev: TxEvent) -> None:
             fields: dict[str, Any] = {"phase": ev.phase, "kind": ev.kind,
@@ -285,6 +294,10 @@ class Renewer:
                                       "cert_req_id": ev.cert_req_id}
             if ev.server_nonce is not None:
                 fields["server_nonce"] = ev.server_nonce.hex()
+            # The checked certificate, so that a run killed before staging it can still
+            # confirm it late instead of asking for another one.
+            fields["cert"] = (certs.pem_of(certs.load_certificate(ev.cert_der)).decode()
+                              if ev.phase == "received" and ev.cert_der else None)
             fields.setdefault("old_serial", f"{old_cert.serial_number:x}")
             j.write(**fields, regenerate=new_key is not live_key)
             self._check(ev.phase)
@@ -297,8 +310,8 @@ class Renewer:
         try:
             enrolled = self._transact(session, j, entry, client, new_key, old_cert,
                                       protection, note, accept)
-        except SwcmpError:
-            self._after_failure(j)
+        except SwcmpError as e:
+            self._after_failure(j, e)
             raise
         finally:
             self._record_stats(session.name, client)
@@ -322,6 +335,9 @@ class Renewer:
                                  key=new_key, subject=old_cert.subject, protection=protection,
                                  cert_req_id=int(entry.get("cert_req_id", 0)), journal=note,
                                  accept=accept)
+        if (entry and phase == "received" and not j.cert_file.exists() and entry.get("cert")
+                and entry.get("server_nonce")):
+            self._stage_journaled(session, j, entry, new_key, old_cert)
         if entry and phase == "received" and j.cert_file.exists() and entry.get("server_nonce"):
             staged = certs.load_certificate(read_file(j.cert_file, "staged certificate"))
             log.info("%s: confirming certificate serial %x received before an interruption",
@@ -350,20 +366,61 @@ class Renewer:
         return client.key_update(key=new_key, old_cert=old_cert, protection=protection,
                                  journal=note, accept=accept)
 
+    def _deadline_sleep(self) -> Callable[[float], None]:
+        """The wait between polls, refusing to wait past ``poll_deadline``.
+
+        The client journals the CA's latest nonce ("waiting") just before it
+        waits, so the deadline is enforced here, after that: the next run then
+        polls with the nonce the CA expects. (Enforced in the client, before its
+        journal call, the journal kept the nonce of the previous answer and the
+        CA refused the next run's pollReq with badRecipientNonce.)
+        """
+        inner = self.sleep or time.sleep
+        start = time.monotonic()
+
+        def sleep(seconds: float) -> None:
+            if time.monotonic() - start + seconds > self.poll_deadline:
+                raise PollingTimeoutError(
+                    f"the CA is still processing the kur; it asked to come back in "
+                    f"{seconds:g}s, past the {self.poll_deadline:g}s deadline of this run"
+                ).with_hint("the next run polls the same transaction; the CA may need an "
+                            "operator to approve the request")
+            inner(seconds)
+
+        return sleep
+
+    def _stage_journaled(self, session: Session, j: Journal, entry: dict[str, Any],
+                         new_key: keys.PrivateKey, old_cert: x509.Certificate) -> None:
+        """Stage the certificate journaled at "received" if it still passes our checks."""
+        try:
+            cert = certs.load_certificate(str(entry["cert"]).encode())
+            if certs.spki_of(cert) != keys.spki_der(new_key):
+                raise CertificateError("the journaled certificate is for another key")
+            self._verify_renewed(session, old_cert, cert, now=self.clock())
+        except SwcmpError as e:
+            log.warning("%s: the certificate received before an interruption is not usable "
+                        "(%s); requesting again", session.name, e)
+            return
+        j.stage_cert(cert, [])
+
     @staticmethod
-    def _after_failure(j: Journal) -> None:
+    def _after_failure(j: Journal, error: SwcmpError | None = None) -> None:
         """Keep from a failed attempt only what the next one can use.
 
-        A transaction the CA left 'waiting' is kept to be polled again; a staged
-        new key is kept to be certified next time; anything else (a request
-        that got no usable answer, a refused certificate) is forgotten.
+        A transaction the CA left 'waiting' is kept to be polled again, unless
+        the CA answered with an error (it ended or forgot the transaction:
+        polling it again would fail forever); a staged new key is kept to be
+        certified next time; anything else (a request that got no usable
+        answer, a refused certificate) is forgotten.
         """
         entry = j.load()
-        if not entry or entry.get("phase") == "waiting":
+        if not entry:
+            return
+        if entry.get("phase") == "waiting" and not isinstance(error, CMPErrorResponse):
             return
         fsutil.remove_file(j.cert_file, missing_ok=True)
         if j.key_file.exists():
-            j.write(phase="key-ready", transaction_id=None, server_nonce=None)
+            j.write(phase="key-ready", transaction_id=None, server_nonce=None, cert=None)
         else:
             j.clear()
 
