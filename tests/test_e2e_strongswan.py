@@ -383,3 +383,322 @@ def test_renew_force_keeps_sas_and_switches_to_new_cert(e2e: E2E, mode: str,
     assert "charon uses certificate serial" in status["charon"], status
     # (4) after a restart of A's charon the hook restores the new pair
     assert_restart_restores(e2e, new_serial)
+
+
+def test_serve_renews_short_lived_certificate(e2e: E2E) -> None:
+    """``swcmp serve`` renews a certificate of 75 s (renewal due 70 s before expiry)."""
+    e2e.ca_config(timedelta(seconds=75))
+    old = enroll_a(e2e, "--regenerate", "--expire-time", "70s")
+    assert old.not_valid_after_utc - old.not_valid_before_utc < timedelta(minutes=3)
+    old_id = e2e.a.key_id()
+    e2e.ca_config(LONG)  # the renewed certificate lives longer: serve renews exactly once
+    e2e.use_hook()
+    enabled = e2e.a.json("session", "enable-auto-update", A_SESSION)
+    assert enabled["auto_update"] is True, enabled
+    for _ in range(3):
+        e2e.net.a.initiate()
+    before = established(e2e.net.a)
+
+    serve_log = e2e.tmp / "serve.log"
+    with serve_log.open("w") as err, Prober(e2e.net) as prober:
+        serve = subprocess.Popen(e2e.a.argv("-v", "serve"), stdout=subprocess.DEVNULL,
+                                 stderr=err, text=True)
+        try:
+            wait_for(lambda: e2e.a.serial() != old.serial_number, 30, "serve to renew")
+            committed = e2e.a.cert_file.stat().st_mtime
+            new_serial = e2e.a.serial()
+            prober.wait_for_serial(new_serial)
+            wait_for(lambda: e2e.a.status()["last_result"]["serial"] == f"{new_serial:x}", 10,
+                     "serve to record the renewal")
+        finally:
+            serve.send_signal(signal.SIGTERM)
+            code = serve.wait(20)
+    log_text = serve_log.read_text()
+    print(log_text)
+    assert code == 0, log_text
+    assert f"{A_SESSION}: renewed:" in log_text, log_text
+    assert e2e.a.serial() == new_serial  # once
+
+    lost = dropped(e2e.net, before)
+    report("serve, identity mode, new key, 75 s certificate", committed, prober, new_serial,
+           lost, len(before))
+    assert lost == [] and prober.failures() == []
+    assert e2e.net.serial_b_saw_for_a() == new_serial
+    assert e2e.a.key_id() != old_id
+    assert_keys_in_step(e2e)
+    assert e2e.a.status()["state"] == "idle"
+    assert_restart_restores(e2e, new_serial)
+
+
+# --------------------------------------------------------------------------- faults
+
+
+_CMD_REQUEST, _CMD_RESPONSE, _EVENT = 0, 1, 7
+
+
+def _recv_exact(sock: socket.socket, count: int) -> bytes | None:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def _recv_frame(sock: socket.socket) -> bytes | None:
+    header = _recv_exact(sock, 4)
+    if header is None:
+        return None
+    return _recv_exact(sock, struct.unpack("!I", header)[0])
+
+
+def _send_frame(sock: socket.socket, frame: bytes) -> None:
+    sock.sendall(struct.pack("!I", len(frame)) + frame)
+
+
+REFUSE, DROP = "refuse", "drop"
+
+
+class ViciProxy:
+    """A VICI socket in front of charon's that forwards everything but can inject faults.
+
+    ``on_request(command)`` is called for every command a client sends and
+    returns None (forward it), ``(REFUSE, errmsg)`` (answer ``success = no``
+    like charon does, without forwarding) or ``(DROP, "")`` (hang up without an
+    answer, as a dying charon does). It may act on charon first (restart it...).
+    VICI is request/response, so one thread per client forwards a command and
+    then the answers (events of a streamed ``list-*`` included) up to the
+    command's response.
+    """
+
+    def __init__(self, path: Path, upstream: Path,
+                 on_request: Callable[[str], tuple[str, str] | None]) -> None:
+        self.path = path
+        self.upstream = upstream
+        self.on_request = on_request
+        self.commands: list[str] = []
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(path))
+        self._listener.listen(8)
+        self._thread = threading.Thread(target=self._accept, daemon=True, name="vici-proxy")
+        self._thread.start()
+
+    @property
+    def uri(self) -> str:
+        return f"unix://{self.path}"
+
+    def vanish(self) -> None:
+        """The socket disappears, as charon's does when it stops."""
+        with suppress(FileNotFoundError):
+            self.path.unlink()
+        with suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+
+    def close(self) -> None:
+        self.vanish()
+        self._thread.join(5)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with client, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as up:
+            client.settimeout(60)
+            up.settimeout(60)
+            try:
+                up.connect(str(self.upstream))
+            except OSError:
+                return  # charon is not there: hang up
+            try:
+                while (frame := _recv_frame(client)) is not None:
+                    if frame[0] == _CMD_REQUEST:
+                        command = frame[2:2 + frame[1]].decode()
+                        self.commands.append(command)
+                        action = self.on_request(command)
+                        if action is not None and action[0] == DROP:
+                            return
+                        if action is not None and action[0] == REFUSE:
+                            answer = Message.serialize({"success": "no", "errmsg": action[1]})
+                            _send_frame(client, bytes([_CMD_RESPONSE]) + answer)
+                            continue
+                    _send_frame(up, frame)
+                    while (reply := _recv_frame(up)) is not None:
+                        _send_frame(client, reply)
+                        if reply[0] != _EVENT:
+                            break
+                    else:
+                        return
+            except OSError:
+                return
+
+
+@contextmanager
+def vici_proxy(e2e: E2E, on_request: Callable[[str], tuple[str, str] | None]
+               ) -> Iterator[ViciProxy]:
+    proxy = ViciProxy(e2e.tmp / "proxy.vici", e2e.net.a.vici_path, on_request)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def _first(command: str, action: Callable[[], tuple[str, str]]
+           ) -> Callable[[str], tuple[str, str] | None]:
+    """An on_request that applies ``action`` to the first ``command`` only."""
+    done = threading.Event()
+
+    def on_request(name: str) -> tuple[str, str] | None:
+        if name != command or done.is_set():
+            return None
+        done.set()
+        return action()
+
+    return on_request
+
+
+def _issued(e2e: E2E) -> int:
+    store = e2e.ca.engine.store
+    with store.lock:
+        return len(store.issued)
+
+
+def _renew_failed(e2e: E2E, *args: str, vici: str) -> dict[str, Any]:
+    result = e2e.a.json("renew", "--force", *args, A_SESSION, code=1, vici=vici)
+    (entry,) = result["results"]
+    assert entry["result"] == "failed", entry
+    return dict(entry)
+
+
+def _assert_old_pair_live(e2e: E2E, old: x509.Certificate, old_id: str) -> None:
+    assert e2e.a.serial() == old.serial_number
+    assert e2e.a.key_id() == old_id
+    assert_keys_in_step(e2e)
+    assert e2e.net.serial_b_saw_for_a() == old.serial_number
+
+
+def _recover(e2e: E2E, staged_serial: int | None = None) -> int:
+    """A later plain ``swcmp renew`` finishes the renewal; returns the new serial."""
+    issued = _issued(e2e)
+    result = e2e.a.json("renew", A_SESSION)
+    (entry,) = result["results"]
+    assert entry["result"] == "renewed", entry
+    serial = e2e.a.serial()
+    if staged_serial is not None:  # the certificate kept staged; the CA is not asked again
+        assert serial == staged_serial and _issued(e2e) == issued
+    assert e2e.net.serial_b_saw_for_a() == serial
+    assert_keys_in_step(e2e)
+    assert e2e.a.status()["state"] == "disabled"  # no renewal pending; auto-update is off
+    return serial
+
+
+@pytest.mark.parametrize("how", ["stopped", "crashed", "gone-during"])
+def test_charon_unreachable_renewal_commits_and_hook_loads(e2e: E2E, how: str) -> None:
+    """No VICI socket (or a dead one): the files are committed, the status says charon was
+    not updated, and the start hook loads the new pair when charon comes back."""
+    old = enroll_a(e2e, "--regenerate")
+    old_id = e2e.a.key_id()
+    e2e.use_hook()
+    e2e.net.a.initiate()
+    vici = e2e.net.a.uri
+    with vici_proxy(e2e, lambda _: None) as proxy:
+        if how == "stopped":
+            e2e.net.a.stop()
+            # charon 5.9.8 leaves its socket file behind; /run is emptied at boot
+            e2e.net.a.vici_path.unlink()
+        elif how == "crashed":
+            e2e.net.a.kill()  # the socket file stays, nobody listens
+            assert e2e.net.a.vici_path.exists()
+        else:  # charon stops while swcmp loads the new key; its socket disappears
+
+            def stop_charon() -> tuple[str, str]:
+                e2e.net.a.stop()
+                proxy.vanish()
+                return DROP, ""
+
+            proxy.on_request = _first("load-key", stop_charon)
+            vici = proxy.uri
+        result = e2e.a.json("renew", "--force", A_SESSION, vici=vici)
+    (entry,) = result["results"]
+    assert entry["result"] == "renewed", entry
+    charon = entry["renewal"]["charon"]
+    assert charon.startswith("charon not updated") and "loads the new pair" in charon, charon
+    new_serial = e2e.a.serial()
+    assert new_serial != old.serial_number and e2e.a.key_id() != old_id
+    assert key_id_from_cert_pem(e2e.a.cert_file.read_bytes()) == e2e.a.key_id()
+    status = e2e.a.status()
+    assert status["state"] == "disabled" and status["last_result"]["ok"], status  # auto-update off
+    assert status["charon"].startswith("charon not updated"), status
+
+    e2e.net.a.stop()
+    assert_restart_restores(e2e, new_serial)  # charon starts: the hook loads the new pair
+
+
+def test_charon_refusing_the_new_key_keeps_old_pair(e2e: E2E) -> None:
+    """charon answers load-key of the new key with its refusal (injected by the proxy):
+    the old pair stays live in charon and in storage, the report says why, and a later
+    run deploys the certificate kept staged without asking the CA again."""
+    old = enroll_a(e2e, "--regenerate")
+    old_id = e2e.a.key_id()
+    e2e.use_hook()
+    ours = [e2e.net.a.initiate() for _ in range(2)]
+    before = established(e2e.net.a)
+    issued = _issued(e2e)
+    refusal = "parsing ANY private key failed"
+    with vici_proxy(e2e, _first("load-key", lambda: (REFUSE, refusal))) as proxy:
+        entry = _renew_failed(e2e, vici=proxy.uri)
+    assert proxy.commands.count("load-key") == 2  # the new key (refused), the old one again
+    message = entry["message"]
+    assert f"charon refused load-key: {refusal}" in message, message
+    assert "previous pair is live again" in message and "restored in storage" in message
+    assert _issued(e2e) == issued + 1
+    staged = e2e.a.state_dir / "sessions" / A_SESSION / "staging" / "new.crt"
+    staged_serial = x509.load_pem_x509_certificate(staged.read_bytes()).serial_number
+
+    assert dropped(e2e.net, before) == [] and all(sa.spis in before for sa in ours)
+    _assert_old_pair_live(e2e, old, old_id)
+    status = e2e.a.status()
+    assert status["last_result"]["ok"] is False and "load-key" in status["last_result"][
+        "message"], status
+    assert status["state"] == "in_progress" and "finished by the next run" in status["reason"]
+
+    new_serial = _recover(e2e, staged_serial)
+    assert dropped(e2e.net, before) == []
+    assert_restart_restores(e2e, new_serial)
+
+
+def test_charon_restarted_mid_renewal_keeps_old_pair(e2e: E2E) -> None:
+    """charon restarts while swcmp swaps the pair (after load-key, at load-cert): the
+    restarted charon runs the start hook, swcmp restores the previous pair on a new
+    connection and in storage, reports it, and a later run completes the renewal."""
+    old = enroll_a(e2e, "--regenerate")
+    old_id = e2e.a.key_id()
+    e2e.use_hook()
+    e2e.net.a.initiate()
+
+    def restart_charon() -> tuple[str, str]:
+        e2e.net.a.restart()  # the hook runs at start (the renewal holds the session lock)
+        wait_for(lambda: bool(e2e.net.a.key_ids()), 15, "the start hook")
+        return DROP, ""
+
+    with vici_proxy(e2e, _first("load-cert", restart_charon)) as proxy:
+        entry = _renew_failed(e2e, vici=proxy.uri)
+    message = entry["message"]
+    assert "connection to charon lost during load-cert" in message, message
+    assert "previous pair is live again" in message and "restored in storage" in message
+    assert e2e.net.a.starts == 2
+    hook_log = e2e.net.a.log_text()
+    assert "executing start script 'swcmp'" in hook_log
+
+    _assert_old_pair_live(e2e, old, old_id)
+    status = e2e.a.status()
+    assert status["last_result"]["ok"] is False, status
+    new_serial = _recover(e2e)
+    assert new_serial != old.serial_number
+    assert_restart_restores(e2e, new_serial)
