@@ -254,6 +254,28 @@ def _run_request(session: Session, paths: Paths, action: str,
     return outcome
 
 
+def _request(kind: str, session: Session, paths: Paths, protection: Callable[[], Protection],
+             store: SessionStore | None, deployer: Deployer | None,
+             transport: Transport | None) -> Outcome:
+    """An IR or CR for the session's key (generated if missing), stored and deployed."""
+    def work() -> Outcome:
+        _need(session.entity, "entity (subject DN)", session, "--entity")
+        assert session.entity_dn is not None and session.key is not None
+        prot = protection()
+        key, _ = ensure_session_key(session, paths)
+        client = make_client(session, transport=transport)
+        send = client.initial if kind == "ir" else client.certificate
+        try:
+            enrolled = send(key=key, subject=session.entity_dn, sans=session.san_names,
+                            protection=prot)
+        finally:
+            _record_stats(paths, session.name, client)
+        return _store_and_configure(session, paths, store, enrolled, kind,
+                                    paths.key_file(session.key), deployer)
+
+    return _run_request(session, paths, kind, work)
+
+
 def request_initial(session: Session, paths: Paths, *, store: SessionStore | None = None,
                     deployer: Deployer | None = None,
                     transport: Transport | None = None) -> Outcome:
@@ -264,45 +286,20 @@ def request_initial(session: Session, paths: Paths, *, store: SessionStore | Non
     and, under MAC with no trust anchor configured, trusts the CA certificates
     the MAC-protected answer carried.
     """
-    def work() -> Outcome:
-        _need(session.entity, "entity (subject DN)", session, "--entity")
-        assert session.entity_dn is not None
-        prot = (mac_protection(session) if session.ir_auth == "mac"
-                else signature_protection(session, paths))
-        key, _ = ensure_session_key(session, paths)
-        client = make_client(session, transport=transport)
-        try:
-            enrolled = client.initial(key=key, subject=session.entity_dn,
-                                      sans=session.san_names, protection=prot)
-        finally:
-            _record_stats(paths, session.name, client)
-        assert session.key is not None
-        return _store_and_configure(session, paths, store, enrolled, "ir",
-                                    paths.key_file(session.key), deployer)
+    def protection() -> Protection:
+        if session.ir_auth == "mac":
+            return mac_protection(session)
+        return signature_protection(session, paths)
 
-    return _run_request(session, paths, "ir", work)
+    return _request("ir", session, paths, protection, store, deployer, transport)
 
 
 def request_certificate(session: Session, paths: Paths, *, store: SessionStore | None = None,
                         deployer: Deployer | None = None,
                         transport: Transport | None = None) -> Outcome:
     """CR: a certificate for the session's key, signed with a certificate this CA issued."""
-    def work() -> Outcome:
-        _need(session.entity, "entity (subject DN)", session, "--entity")
-        assert session.entity_dn is not None
-        prot = signature_protection(session, paths)
-        key, _ = ensure_session_key(session, paths)
-        client = make_client(session, transport=transport)
-        try:
-            enrolled = client.certificate(key=key, subject=session.entity_dn,
-                                          sans=session.san_names, protection=prot)
-        finally:
-            _record_stats(paths, session.name, client)
-        assert session.key is not None
-        return _store_and_configure(session, paths, store, enrolled, "cr",
-                                    paths.key_file(session.key), deployer)
-
-    return _run_request(session, paths, "cr", work)
+    return _request("cr", session, paths, lambda: signature_protection(session, paths),
+                    store, deployer, transport)
 
 
 def _record_stats(paths: Paths, name: str, client: CMPClient) -> None:

@@ -123,13 +123,31 @@ def public_key_of(key: PrivateKey) -> PublicKey:
     return pub
 
 
+def public_key_bits(spki: bytes) -> bytes:
+    """The subjectPublicKey BIT STRING contents of a DER SubjectPublicKeyInfo.
+
+    That is what RFC 5280's key identifier and charon's key id hash: the
+    PKCS#1 RSAPublicKey, the EC point, or the raw Ed25519 key.
+
+    Raises:
+        ProtocolError: ``spki`` is not a SubjectPublicKeyInfo.
+    """
+    from swcmp.cmp.der import single
+    from swcmp.errors import ProtocolError
+
+    outer = single(spki)
+    fields = outer.children() if outer.tag == 0x30 else []
+    if len(fields) != 2 or fields[0].tag != 0x30 or fields[1].tag != 0x03:
+        raise ProtocolError("not a SubjectPublicKeyInfo")
+    bits = fields[1].value
+    if not bits or bits[0] != 0:
+        raise ProtocolError("subjectPublicKey has unused bits")
+    return bits[1:]
+
+
 def subject_key_id(key: PrivateKey | PublicKey) -> bytes:
     """SHA-1 over the subjectPublicKey bits (RFC 5280 4.2.1.2 method 1)."""
-    from swcmp.cmp.der import single
-
-    spki = single(spki_der(key)).children()
-    bits = spki[1].value[1:]  # skip the unused-bits octet
-    return hashlib.sha1(bits).digest()
+    return hashlib.sha1(public_key_bits(spki_der(key))).digest()
 
 
 def default_signature_algorithm(key: PrivateKey, *, pss: bool = False) -> SignatureAlgorithm:

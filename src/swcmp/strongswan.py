@@ -38,7 +38,8 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from vici.exception import CommandException, DeserializationException, SessionException
 
 from swcmp.deploy import CredentialPair, DeployError, DeployResult, DeployUnavailable
-from swcmp.errors import ConfigError
+from swcmp.errors import ConfigError, ProtocolError
+from swcmp.keys import public_key_bits
 from swcmp.swanctl_conf import (
     ConfSection,
     build_load_conn,
@@ -89,33 +90,6 @@ _UNAVAILABLE_HINT = (
 # --------------------------------------------------------------------------- key ids
 
 
-def _der_header(data: bytes, pos: int) -> tuple[int, int, int]:
-    """Read one DER tag and length at ``pos``.
-
-    Returns:
-        ``(tag, content_start, content_end)``.
-
-    Raises:
-        ValueError: the bytes are not well-formed DER.
-    """
-    if pos + 2 > len(data):
-        raise ValueError("truncated DER header")
-    tag = data[pos]
-    first = data[pos + 1]
-    pos += 2
-    if first < 0x80:
-        length = first
-    else:
-        count = first & 0x7F
-        if count == 0 or count > 4 or pos + count > len(data):
-            raise ValueError("unsupported DER length")
-        length = int.from_bytes(data[pos : pos + count], "big")
-        pos += count
-    if pos + length > len(data):
-        raise ValueError("DER length exceeds the data")
-    return tag, pos, pos + length
-
-
 def key_id_from_spki(spki_der: bytes) -> KeyId:
     """Compute charon's key id from a DER SubjectPublicKeyInfo.
 
@@ -133,18 +107,11 @@ def key_id_from_spki(spki_der: bytes) -> KeyId:
     Raises:
         ValueError: ``spki_der`` is not a SubjectPublicKeyInfo.
     """
-    tag, start, end = _der_header(spki_der, 0)
-    if tag != 0x30 or end != len(spki_der):
-        raise ValueError("SubjectPublicKeyInfo is not a single DER SEQUENCE")
-    tag, _, alg_end = _der_header(spki_der, start)
-    if tag != 0x30:
-        raise ValueError("SubjectPublicKeyInfo has no AlgorithmIdentifier")
-    tag, bits_start, bits_end = _der_header(spki_der, alg_end)
-    if tag != 0x03 or bits_end != end or bits_end == bits_start:
-        raise ValueError("SubjectPublicKeyInfo has no subjectPublicKey BIT STRING")
-    if spki_der[bits_start] != 0:
-        raise ValueError("subjectPublicKey has unused bits")
-    return KeyId(hashlib.sha1(spki_der[bits_start + 1 : bits_end]).hexdigest())
+    try:
+        bits = public_key_bits(spki_der)
+    except ProtocolError as e:
+        raise ValueError(str(e)) from None
+    return KeyId(hashlib.sha1(bits).hexdigest())
 
 
 def key_id_from_public_key(public_key: PublicKeyTypes) -> KeyId:
@@ -541,6 +508,22 @@ def load_current(
 # --------------------------------------------------------------------------- deployer
 
 
+def _deploy_ids(new: CredentialPair, previous: CredentialPair | None
+                ) -> tuple[KeyId, bytes, int, KeyId | None]:
+    """Key ids, DER and serial of the pairs to swap; DeployError when one does not parse."""
+    try:
+        new_id = key_id_from_cert_pem(new.cert_pem)
+        new_der = _cert_der(new.cert_pem)
+        serial = _load_cert(new.cert_pem).serial_number
+        old_id = key_id_from_cert_pem(previous.cert_pem) if previous is not None else None
+    except ValueError as e:
+        raise DeployError(
+            f"session {new.session}: a certificate to deploy does not parse ({e}); "
+            "charon was not changed"
+        ) from None
+    return new_id, new_der, serial, old_id
+
+
 class ViciDeployer:
     """Make a renewed pair live in charon over VICI (identity mode).
 
@@ -574,16 +557,7 @@ class ViciDeployer:
             DeployUnavailable: charon is not reachable; nothing was changed in it.
             DeployError: charon refused a step; ``previous`` is live again.
         """
-        try:
-            new_id = key_id_from_cert_pem(new.cert_pem)
-            new_der = _cert_der(new.cert_pem)
-            serial = _load_cert(new.cert_pem).serial_number
-            old_id = key_id_from_cert_pem(previous.cert_pem) if previous is not None else None
-        except ValueError as e:
-            raise DeployError(
-                f"session {new.session}: a certificate to deploy does not parse ({e}); "
-                "charon was not changed"
-            ) from None
+        new_id, new_der, serial, old_id = _deploy_ids(new, previous)
 
         progress: list[str] = []
         try:
@@ -1086,16 +1060,7 @@ class PinnedDeployer:
             DeployError: a step failed; the previous pair and connection configs are
                 live again (as far as the message says).
         """
-        try:
-            new_id = key_id_from_cert_pem(new.cert_pem)
-            new_der = _cert_der(new.cert_pem)
-            serial = _load_cert(new.cert_pem).serial_number
-            old_id = key_id_from_cert_pem(previous.cert_pem) if previous is not None else None
-        except ValueError as e:
-            raise DeployError(
-                f"session {new.session}: a certificate to deploy does not parse ({e}); "
-                "charon was not changed"
-            ) from None
+        new_id, new_der, serial, old_id = _deploy_ids(new, previous)
         names, messages, restore, notes = self._plan(new, previous)
         for note in notes:
             log.warning("session %s: %s", new.session, note)
