@@ -37,7 +37,6 @@ back during the renewal for this.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import signal
 import socket
@@ -583,7 +582,18 @@ def _assert_old_pair_live(e2e: E2E, old: x509.Certificate, old_id: str) -> None:
     assert e2e.net.serial_b_saw_for_a() == old.serial_number
 
 
-def _recover(e2e: E2E, staged_serial: int | None = None) -> int:
+def assert_restored_text(message: str, mode: str) -> None:
+    """The failure report says that the previous pair is back, in charon and in storage."""
+    if mode == "pinned":
+        assert "use the previous certificate again" in message or (
+            "no connection was changed and the new key is unloaded" in message), message
+    else:
+        assert "the previous pair is live again" in message, message
+    assert "restored in storage" in message, message
+
+
+def _recover(e2e: E2E, staged_serial: int | None = None, *, stale: set[str] = frozenset()  # type: ignore[assignment]
+             ) -> int:
     """A later plain ``swcmp renew`` finishes the renewal; returns the new serial."""
     issued = _issued(e2e)
     result = e2e.a.json("renew", A_SESSION)
@@ -593,7 +603,7 @@ def _recover(e2e: E2E, staged_serial: int | None = None) -> int:
     if staged_serial is not None:  # the certificate kept staged; the CA is not asked again
         assert serial == staged_serial and _issued(e2e) == issued
     assert e2e.net.serial_b_saw_for_a() == serial
-    assert_keys_in_step(e2e)
+    assert_keys_in_step(e2e, stale=stale)
     assert e2e.a.status()["state"] == "disabled"  # no renewal pending; auto-update is off
     return serial
 
@@ -640,23 +650,27 @@ def test_charon_unreachable_renewal_commits_and_hook_loads(e2e: E2E, how: str) -
     assert_restart_restores(e2e, new_serial)  # charon starts: the hook loads the new pair
 
 
-def test_charon_refusing_the_new_key_keeps_old_pair(e2e: E2E) -> None:
+@pytest.mark.parametrize("mode", ["identity", "pinned"])
+def test_charon_refusing_the_new_key_keeps_old_pair(e2e: E2E, mode: str) -> None:
     """charon answers load-key of the new key with its refusal (injected by the proxy):
     the old pair stays live in charon and in storage, the report says why, and a later
     run deploys the certificate kept staged without asking the CA again."""
     old = enroll_a(e2e, "--regenerate")
     old_id = e2e.a.key_id()
-    e2e.use_hook()
+    e2e.use_hook(pinned=mode == "pinned")
+    if mode == "pinned":
+        e2e.pin()
     ours = [e2e.net.a.initiate() for _ in range(2)]
     before = established(e2e.net.a)
     issued = _issued(e2e)
     refusal = "parsing ANY private key failed"
     with vici_proxy(e2e, _first("load-key", lambda: (REFUSE, refusal))) as proxy:
         entry = _renew_failed(e2e, vici=proxy.uri)
-    assert proxy.commands.count("load-key") == 2  # the new key (refused), the old one again
+    # identity mode loads the old key again when restoring; pinned mode never unloads it
+    assert proxy.commands.count("load-key") == (1 if mode == "pinned" else 2), proxy.commands
     message = entry["message"]
     assert f"charon refused load-key: {refusal}" in message, message
-    assert "previous pair is live again" in message and "restored in storage" in message
+    assert_restored_text(message, mode)
     assert _issued(e2e) == issued + 1
     staged = e2e.a.state_dir / "sessions" / A_SESSION / "staging" / "new.crt"
     staged_serial = x509.load_pem_x509_certificate(staged.read_bytes()).serial_number
@@ -668,18 +682,23 @@ def test_charon_refusing_the_new_key_keeps_old_pair(e2e: E2E) -> None:
         "message"], status
     assert status["state"] == "in_progress" and "finished by the next run" in status["reason"]
 
-    new_serial = _recover(e2e, staged_serial)
+    # pinned: the old key stays loaded while the IKE SAs made with the old config are up
+    new_serial = _recover(e2e, staged_serial, stale={old_id} if mode == "pinned" else set())
     assert dropped(e2e.net, before) == []
     assert_restart_restores(e2e, new_serial)
 
 
-def test_charon_restarted_mid_renewal_keeps_old_pair(e2e: E2E) -> None:
+@pytest.mark.parametrize("mode", ["identity", "pinned"])
+def test_charon_restarted_mid_renewal_keeps_old_pair(e2e: E2E, mode: str) -> None:
     """charon restarts while swcmp swaps the pair (after load-key, at load-cert): the
-    restarted charon runs the start hook, swcmp restores the previous pair on a new
-    connection and in storage, reports it, and a later run completes the renewal."""
+    restarted charon runs the start hook (and swanctl --load-conns), swcmp restores the
+    previous pair on a new connection and in storage, reports it, and a later run
+    completes the renewal."""
     old = enroll_a(e2e, "--regenerate")
     old_id = e2e.a.key_id()
-    e2e.use_hook()
+    e2e.use_hook(pinned=mode == "pinned")
+    if mode == "pinned":
+        e2e.pin()
     e2e.net.a.initiate()
 
     def restart_charon() -> tuple[str, str]:
@@ -691,7 +710,7 @@ def test_charon_restarted_mid_renewal_keeps_old_pair(e2e: E2E) -> None:
         entry = _renew_failed(e2e, vici=proxy.uri)
     message = entry["message"]
     assert "connection to charon lost during load-cert" in message, message
-    assert "previous pair is live again" in message and "restored in storage" in message
+    assert_restored_text(message, mode)
     assert e2e.net.a.starts == 2
     hook_log = e2e.net.a.log_text()
     assert "executing start script 'swcmp'" in hook_log
@@ -699,6 +718,7 @@ def test_charon_restarted_mid_renewal_keeps_old_pair(e2e: E2E) -> None:
     _assert_old_pair_live(e2e, old, old_id)
     status = e2e.a.status()
     assert status["last_result"]["ok"] is False, status
-    new_serial = _recover(e2e)
+    # pinned: the old key stays loaded for the IKE SA made with the old config since
+    new_serial = _recover(e2e, stale={old_id} if mode == "pinned" else set())
     assert new_serial != old.serial_number
     assert_restart_restores(e2e, new_serial)

@@ -477,8 +477,8 @@ class Renewer:
             if previous is not None and not same:
                 self._restore_files(previous)
             raise RenewalError(
-                f"charon refused the renewed pair: {e}; the previous key and certificate are "
-                "restored in storage and charon").with_hint(
+                f"charon did not take the renewed pair: {e}; the previous key and certificate "
+                "are restored in storage").with_hint(
                 "the new certificate is kept staged; the next run tries to deploy it again"
             ) from e
         j.clear()

@@ -1081,7 +1081,8 @@ class PinnedDeployer:
         except _ConnectionLost as e:
             try:
                 with _session(self.uri, self.timeout) as conn:
-                    restored = self._restore(conn, new_id, old_id, restore, replaced, state)
+                    restored = self._restore(conn, new_id, old_id, restore, replaced, state,
+                                             previous=previous, reconnected=True)
             except DeployUnavailable:
                 err = DeployUnavailable(
                     f"session {new.session}: charon at {self.uri} stopped answering during "
@@ -1137,8 +1138,24 @@ class PinnedDeployer:
 
     def _restore(self, conn: _Vici, new_id: KeyId, old_id: KeyId | None,
                  restore: Mapping[str, Mapping[str, object]] | None,
-                 replaced: list[str], state: dict[str, Any]) -> str:
+                 replaced: list[str], state: dict[str, Any], *,
+                 previous: CredentialPair | None = None, reconnected: bool = False) -> str:
         problems: list[str] = []
+        if reconnected and previous is not None and restore is not None:
+            # The connection was lost: charon may have been restarted meanwhile. A new
+            # charon has no previous key (the start hook loads the files, which hold the
+            # new pair until the renewal engine restores them) and took its connections
+            # from swanctl.conf, i.e. pinned to the new certificate file. So load the
+            # previous pair again and re-send every connection, not only those replaced.
+            try:
+                conn.load_key(previous.key_pem)
+                conn.load_cert(previous.cert_pem, ca=False)
+                for ca_pem in previous.ca_certs_pem:
+                    conn.load_cert(ca_pem, ca=True)
+            except _CommandFailed as e:
+                problems.append(f"loading the previous pair again failed ({e.command}: "
+                                f"{e.errmsg})")
+            replaced[:] = list(restore)
         if replaced:
             if restore is None:
                 problems.append(f"connection(s) {', '.join(replaced)} keep the new certificate "
