@@ -45,7 +45,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -315,9 +315,9 @@ def report(label: str, committed: float, prober: Prober, new_serial: int,
 # --------------------------------------------------------------------------- checks
 
 
-def assert_keys_in_step(e2e: E2E, *, stale: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+def assert_keys_in_step(e2e: E2E, *, stale: Iterable[str] = ()) -> None:
     """charon's VICI keys are the key in private/gw-a.key (plus deliberate stale keys)."""
-    assert e2e.net.a.key_ids() == {e2e.a.key_id()} | stale
+    assert e2e.net.a.key_ids() == {e2e.a.key_id(), *stale}
     # and the certificate file belongs to that key
     assert key_id_from_cert_pem(e2e.a.cert_file.read_bytes()) == e2e.a.key_id()
 
@@ -592,8 +592,7 @@ def assert_restored_text(message: str, mode: str) -> None:
     assert "restored in storage" in message, message
 
 
-def _recover(e2e: E2E, staged_serial: int | None = None, *, stale: set[str] = frozenset()  # type: ignore[assignment]
-             ) -> int:
+def _recover(e2e: E2E, staged_serial: int | None = None, *, stale: Iterable[str] = ()) -> int:
     """A later plain ``swcmp renew`` finishes the renewal; returns the new serial."""
     issued = _issued(e2e)
     result = e2e.a.json("renew", A_SESSION)
