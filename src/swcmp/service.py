@@ -21,8 +21,10 @@ import os
 import signal
 import subprocess
 import threading
+import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -412,42 +414,64 @@ class Server:
             due_pass = woke or changed or (nxt is not None and self.service.clock() >= nxt)
 
 
-def finish_interrupted(paths: Paths) -> list[str]:
-    """Complete renewals that were confirmed but not yet committed (no CA contact).
+@contextmanager
+def _session_lock(paths: Paths, name: str, timeout: float) -> Iterator[bool]:
+    """Hold ``name``'s renewal lock, waiting up to ``timeout`` s; yield whether it is held."""
+    from swcmp.errors import LockHeldError
 
-    Run by the charon start hook before loading credentials, so that a node that
-    crashed mid-commit never hands charon a key and certificate that do not match.
-    """
-    from swcmp.renewal import Journal
-
-    done: list[str] = []
-    store = SessionStore(paths.config_dir)
-    for s in store.list().sessions:
+    fsutil.ensure_dir(paths.lock_dir, mode=0o700)
+    deadline = time.monotonic() + timeout
+    while True:
         try:
-            entry = Journal(paths, s.name).load()
-        except SwcmpError as e:
-            log.error("%s: %s", s.name, e)
-            continue
-        if entry and entry.get("phase") in ("confirmed", "committing"):
-            try:
-                Renewer(paths).renew(s)
-                done.append(s.name)
-            except SwcmpError as e:
-                log.error("%s: could not finish the interrupted renewal: %s", s.name, e)
-    return done
+            with fsutil.exclusive_lock(paths.lock_dir, name, blocking=False,
+                                       what=f"renewal of session {name}"):
+                yield True
+                return
+        except LockHeldError:
+            if time.monotonic() >= deadline:
+                yield False
+                return
+            time.sleep(0.2)
 
 
-def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0) -> str:
-    """What ``swcmp hook charon-start`` does: finish commits, then load every pair."""
+def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
+                 lock_wait: float = 20.0) -> str:
+    """What ``swcmp hook charon-start`` does: finish commits, then load every pair.
+
+    Each session's renewal lock is held from finishing an interrupted commit to
+    loading its pair, so that a renewal running at the same moment cannot slip
+    its new pair into charon before this hook loads the older one over it. A
+    renewal still holding its lock after ``lock_wait`` seconds deploys its own
+    pair when it finishes; the files as they are now are loaded meanwhile.
+    """
     from swcmp.enroll import current_pair
+    from swcmp.renewal import Journal
     from swcmp.strongswan import load_current
 
-    finished = finish_interrupted(paths)
+    finished: list[str] = []
     pairs = []
-    for s in SessionStore(paths.config_dir).list().sessions:
-        pair = current_pair(s, paths)
-        if pair is not None:
-            pairs.append(pair)
-    result = load_current(uri, pairs, timeout=timeout)
+    with ExitStack() as locks:
+        for s in SessionStore(paths.config_dir).list().sessions:
+            if not locks.enter_context(_session_lock(paths, s.name, lock_wait)):
+                log.warning("%s: a renewal is running; loading the current files (the "
+                            "renewal loads its new pair when it finishes)", s.name)
+            else:
+                try:
+                    entry = Journal(paths, s.name).load()
+                except SwcmpError as e:
+                    log.error("%s: %s", s.name, e)
+                    entry = None
+                if entry and entry.get("phase") in ("confirmed", "committing"):
+                    try:
+                        # no deployer: this hook loads the result itself, below
+                        Renewer(paths)._renew_locked(s, s.regenerate)
+                        finished.append(s.name)
+                    except SwcmpError as e:
+                        log.error("%s: could not finish the interrupted renewal: %s",
+                                  s.name, e)
+            pair = current_pair(s, paths)
+            if pair is not None:
+                pairs.append(pair)
+        result = load_current(uri, pairs, timeout=timeout)
     note = f"; finished interrupted renewals of {', '.join(finished)}" if finished else ""
     return f"{result.detail}{note}"

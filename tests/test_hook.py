@@ -1,0 +1,64 @@
+"""`swcmp hook charon-start` waits for a renewal in progress before loading pairs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pki import make_pki
+from renewal_env import make_gateway
+from swcmp import fsutil
+from swcmp.deploy import DeployResult
+from swcmp.service import charon_start
+
+
+@pytest.fixture
+def gw(tmp_path: Path):  # type: ignore[no-untyped-def]
+    pki = make_pki(tmp_path / "pki")
+    return make_gateway(tmp_path / "gw", pki, "http://127.0.0.1:9/")
+
+
+def hold_lock(gw, seconds: float, held: threading.Event) -> threading.Thread:  # type: ignore[no-untyped-def]
+    def run() -> None:
+        gw.paths.lock_dir.mkdir(parents=True, exist_ok=True)
+        with fsutil.exclusive_lock(gw.paths.lock_dir, "gw1"):
+            held.set()
+            time.sleep(seconds)
+
+    t = threading.Thread(target=run)
+    t.start()
+    held.wait(5)
+    return t
+
+
+def test_hook_waits_for_a_running_renewal(gw, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    loaded: list[tuple[float, list[str]]] = []
+
+    def fake_load(uri: str, pairs, *, timeout: float) -> DeployResult:  # type: ignore[no-untyped-def]
+        loaded.append((time.monotonic(), [p.session for p in pairs]))
+        return DeployResult(True, "loaded")
+
+    monkeypatch.setattr("swcmp.strongswan.load_current", fake_load)
+    held = threading.Event()
+    start = time.monotonic()
+    t = hold_lock(gw, 0.8, held)
+    assert charon_start(gw.paths, "unix:///nonexistent", lock_wait=10) == "loaded"
+    t.join()
+    assert loaded and loaded[0][1] == ["gw1"]
+    assert loaded[0][0] - start >= 0.7  # it waited for the lock
+
+
+def test_hook_gives_up_waiting_and_loads_current_files(gw, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr("swcmp.strongswan.load_current",
+                        lambda uri, pairs, timeout: DeployResult(True, f"{len(pairs)} pair"))
+    held = threading.Event()
+    t = hold_lock(gw, 2.0, held)
+    t0 = time.monotonic()
+    assert charon_start(gw.paths, "unix:///nonexistent", lock_wait=0.3) == "1 pair"
+    assert time.monotonic() - t0 < 1.5
+    assert "a renewal is running" in caplog.text
+    t.join()
