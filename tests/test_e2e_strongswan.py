@@ -721,3 +721,26 @@ def test_charon_restarted_mid_renewal_keeps_old_pair(e2e: E2E, mode: str) -> Non
     new_serial = _recover(e2e, stale={old_id} if mode == "pinned" else set())
     assert new_serial != old.serial_number
     assert_restart_restores(e2e, new_serial)
+
+
+def test_pinned_old_key_unloaded_once_old_config_sas_are_gone(e2e: E2E) -> None:
+    """The old key a pinned renewal keeps for old-config IKE SAs leaves with the last of them."""
+    enroll_a(e2e, "--regenerate")
+    old_id = e2e.a.key_id()
+    e2e.pin()
+    old_sa = e2e.net.a.initiate()
+    result = e2e.a.json("renew", "--force", A_SESSION)
+    assert result["results"][0]["result"] == "renewed", result
+    new_id = e2e.a.key_id()
+    assert e2e.net.a.key_ids() == {old_id, new_id}
+    # a pass while the old-config IKE SA is up keeps the old key
+    assert e2e.a.json("renew", A_SESSION)["results"][0]["result"] == "skipped"
+    assert e2e.net.a.key_ids() == {old_id, new_id}
+    with e2e.net.a.session() as s:
+        for sa in e2e.net.a.list_sas():
+            if sa.uniqueid <= old_sa.uniqueid:
+                list(s.terminate({"ike-id": str(sa.uniqueid), "timeout": 3000}))
+    # the next pass unloads it: charon's keys and the key file are in step again
+    e2e.a.json("renew", A_SESSION)
+    assert e2e.net.a.key_ids() == {new_id}
+    assert e2e.net.serial_b_saw_for_a() == e2e.a.serial()

@@ -868,6 +868,7 @@ def _deployer(env: CliEnv, no_deploy: bool, session: Session | None = None) -> D
     """
     if no_deploy or not env.charon:
         return None
+    from swcmp.service import stale_keys_file
     from swcmp.strongswan import ViciDeployer, choose_deployer
 
     if session is None:
@@ -878,6 +879,7 @@ def _deployer(env: CliEnv, no_deploy: bool, session: Session | None = None) -> D
         swanctl_conf=env.paths.swanctl_dir / "swanctl.conf",
         swanctl_dir=env.paths.swanctl_dir,
         connections=session.connections,
+        stale_file=stale_keys_file(env.paths, session.name),
     )
 
 
@@ -1194,6 +1196,7 @@ def renew(
         env.paths,
         deployer_for=lambda s: _deployer(env, no_deploy, s),
         host=HostConfig.load(env.paths),
+        vici=env.vici if env.charon and not no_deploy else None,
     )
     reports = service.run_pass(names, due_only=due_only, force=force, dry_run=dry_run)
     env.emit(
@@ -1219,6 +1222,7 @@ def serve(no_deploy: bool) -> None:
         env.paths,
         deployer_for=lambda s: _deployer(env, no_deploy, s),
         host=HostConfig.load(env.paths),
+        vici=env.vici if env.charon and not no_deploy else None,
     )
     server = Server(service)
     server.install_signals()

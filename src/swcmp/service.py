@@ -47,6 +47,11 @@ STANDBY_ROLES = frozenset({"BACKUP", "FAULT", "STANDBY", "PASSIVE", "SLAVE"})
 RESCAN = 30.0
 
 
+def stale_keys_file(paths: Paths, name: str) -> Path:
+    """Where old pinned-mode keys still loaded in charon are recorded for a session."""
+    return paths.session_state_dir(name) / "stale-keys.json"
+
+
 def _with_hint(e: SwcmpError) -> str:
     """The error's message and, when it has one, what to do (once, not twice)."""
     message = str(e.args[0]) if e.args else str(e)
@@ -152,6 +157,8 @@ class RenewalService:
     #: Per-session deployer (pinned or identity mode); overrides ``deployer``.
     deployer_for: Callable[[Session], Deployer | None] | None = None
     host: HostConfig = field(default_factory=HostConfig)
+    #: charon's VICI URI, for unloading old pinned-mode keys after each pass.
+    vici: str | None = None
 
     def renewer(self, s: Session) -> Renewer:
         deployer = self.deployer_for(s) if self.deployer_for is not None else self.deployer
@@ -206,8 +213,34 @@ class RenewalService:
                                              f"would renew ({p.reason})", plan=p))
                 continue
             reports.append(self.renew_one(s, p))
+        if not dry_run and not standby:
+            self.unload_stale_keys()
         self.write_metrics()
         return reports
+
+    def unload_stale_keys(self) -> None:
+        """Unload old pinned-mode keys that no IKE SA made with the old config needs."""
+        if self.vici is None:
+            return
+        from swcmp.deploy import DeployError
+        from swcmp.enroll import current_pair
+        from swcmp.strongswan import key_id_from_cert_pem, unload_stale_from_file
+
+        sessions = self.sessions()
+        files = [f for s in sessions if (f := stale_keys_file(self.paths, s.name)).exists()]
+        if not files:
+            return
+        keep = [key_id_from_cert_pem(pair.cert_pem) for s in sessions
+                if (pair := current_pair(s, self.paths)) is not None]
+        for f in files:
+            try:
+                done = unload_stale_from_file(self.vici, f, keep=keep)
+            except DeployError as e:  # charon down: try again next pass
+                log.debug("stale keys in %s left for later: %s", f, e)
+                continue
+            for key_id in done.unloaded:
+                log.info("unloaded the old key %s: no IKE SA uses the old certificate any more",
+                         key_id)
 
     def renew_now(self, s: Session, *, p: Plan | None = None,
                   regenerate: bool | None = None, log_failure: bool = True) -> Outcome:

@@ -22,6 +22,7 @@ Key material is sent to charon but never logged or put in an exception.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import socket
 import time
@@ -65,7 +66,10 @@ __all__ = [
     "key_id_from_spki",
     "list_loaded_certs",
     "load_current",
+    "load_stale_keys",
     "loaded_key_ids",
+    "save_stale_keys",
+    "unload_stale_from_file",
     "unload_stale_keys",
     "vici_socket_path",
 ]
@@ -927,6 +931,49 @@ def unload_stale_keys(
     return StaleCleanup(tuple(unloaded), tuple(kept))
 
 
+def load_stale_keys(path: Path) -> list[StaleKey]:
+    """The stale-key records saved in ``path`` (none when it is missing or damaged)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return [StaleKey(KeyId(str(r["key_id"])), str(r["session"]),
+                         tuple(str(c) for c in r["connections"]),
+                         frozenset(int(u) for u in r["ike_sas"]), float(r["replaced_at"]))
+                for r in data]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("stale-key records %s unreadable (%s); ignored", path, e)
+        return []
+
+
+def save_stale_keys(path: Path, records: Iterable[StaleKey]) -> None:
+    """Write the records (atomically); remove the file when there are none."""
+    from swcmp import fsutil
+
+    data = [{"key_id": r.key_id, "session": r.session, "connections": list(r.connections),
+             "ike_sas": sorted(r.ike_sas), "replaced_at": r.replaced_at} for r in records]
+    if not data:
+        fsutil.remove_file(path, missing_ok=True)
+        return
+    fsutil.ensure_dir(path.parent, mode=0o700)
+    fsutil.atomic_write(path, json.dumps(data, indent=1).encode(), mode=0o600)
+
+
+def unload_stale_from_file(uri: str, path: Path, *, keep: Iterable[KeyId] = (),
+                           timeout: float = DEFAULT_TIMEOUT) -> StaleCleanup:
+    """:func:`unload_stale_keys` for the records in ``path``; keeps only those still needed.
+
+    ``swcmp serve`` runs this on every pass, so an old pinned-mode key leaves
+    charon once the IKE SAs made with the old certificate are gone.
+    """
+    records = load_stale_keys(path)
+    if not records:
+        return StaleCleanup((), ())
+    result = unload_stale_keys(uri, records, keep=keep, timeout=timeout)
+    save_stale_keys(path, [record for record, _ in result.kept])
+    return result
+
+
 def _start_children(conf: ConfSection, connection: str) -> list[str]:
     """Children of ``connection`` whose ``start_action`` includes ``start``."""
     children = conf.section(f"connections.{connection}.children")
@@ -980,9 +1027,12 @@ class PinnedDeployer:
         swanctl_dir: Path | str | None = None,
         connections: Iterable[str] = (),
         timeout: float = DEFAULT_TIMEOUT,
+        stale_file: Path | None = None,
     ) -> None:
         vici_socket_path(uri)
         self.uri = uri
+        #: Where old keys left loaded are recorded for :func:`unload_stale_from_file`.
+        self.stale_file = stale_file
         self.swanctl_conf = Path(swanctl_conf)
         self.swanctl_dir = Path(swanctl_dir) if swanctl_dir is not None else (
             self.swanctl_conf.parent)
@@ -1100,6 +1150,8 @@ class PinnedDeployer:
             record = StaleKey(old_id, new.session, tuple(names), frozenset(old_sas),
                               time.time())
             self.stale_keys.append(record)
+            if self.stale_file is not None:
+                save_stale_keys(self.stale_file, [*load_stale_keys(self.stale_file), record])
             detail += (f"; old key {old_id} stays loaded for "
                        f"{len(old_sas)} IKE SA(s) made with the old certificate")
         if notes:
@@ -1199,6 +1251,7 @@ def choose_deployer(
     swanctl_dir: Path | str | None = None,
     connections: Iterable[str] = (),
     timeout: float = DEFAULT_TIMEOUT,
+    stale_file: Path | None = None,
 ) -> ViciDeployer | PinnedDeployer:
     """The deployer for a certificate: pinned mode when swanctl.conf pins the file.
 
@@ -1217,5 +1270,5 @@ def choose_deployer(
         wanted = tuple(connections)
         if pinned and (not wanted or set(pinned) & set(wanted)):
             return PinnedDeployer(uri, swanctl_conf=conf_path, swanctl_dir=base,
-                                  connections=wanted, timeout=timeout)
+                                  connections=wanted, timeout=timeout, stale_file=stale_file)
     return ViciDeployer(uri, timeout=timeout)
