@@ -20,7 +20,7 @@ import textwrap
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from swcmp.errors import (
     PollingTimeoutError,
     ProtectionError,
     ProtocolError,
+    StorageError,
     SwcmpError,
 )
 from swcmp.names import format_dn
@@ -92,9 +93,7 @@ class Site:
         return StateStore(self.paths).load(name).stats
 
 
-def _now() -> Any:
-    from datetime import UTC, datetime
-
+def _now() -> datetime:
     return datetime.now(UTC)
 
 
@@ -508,6 +507,41 @@ def test_garbage_answer_and_ca_down_keep_the_pair(site: Site, ca: CAHolder) -> N
     assert site.stats()["kur"]["failed"] == 2
 
 
+def test_disk_full_while_committing_keeps_a_matching_pair(
+        site: Site, ca: CAHolder, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from swcmp import fsutil
+
+    session = add_session(site, ca.ca, regenerate=True)
+    old_cert, old_key = site.cert(), site.key_pem()
+    (ir_serial,) = ca.issued()
+    real = fsutil.atomic_write
+    live_cert = site.paths.cert_file("gw1")
+
+    def full(path: Path, data: bytes, **kw: Any) -> None:
+        if Path(path) == live_cert:  # the new key is written, the certificate is not
+            raise fsutil.storage_error(OSError(errno.ENOSPC, "No space left on device"),
+                                       Path(path), "write")
+        real(path, data, **kw)
+
+    monkeypatch.setattr(fsutil, "atomic_write", full)
+    with pytest.raises(StorageError, match="space"):
+        Renewer(site.paths).renew(session)
+    monkeypatch.setattr(fsutil, "atomic_write", real)
+    # the new key was put back: the old pair is live and matching
+    assert site.cert() == old_cert and site.key_pem() == old_key and site.pair_ok()
+    # the confirmed certificate and its key stay staged; the next run commits them
+    j = Journal(site.paths, "gw1")
+    assert (j.load() or {}).get("phase") == "committing"
+    staged_key = j.key_file.read_bytes()
+    sent = _messages_sent(site)
+    Renewer(site.paths).renew(session)
+    assert site.pair_ok() and site.key_pem() == staged_key
+    assert _messages_sent(site) == sent  # no CA contact
+    assert len([s for s in ca.issued() if s != ir_serial]) == 1
+
+
 # ---------------------------------------------------------------------- concurrency, expiry
 
 
@@ -545,7 +579,7 @@ def test_concurrent_renewals_in_two_threads(site: Site, ca: CAHolder) -> None:
 
 def test_concurrent_renew_commands_in_two_processes(site: Site, ca: CAHolder) -> None:
     add_session(site, ca.ca, regenerate=True)
-    ca.restart(ca_config(delay=1.0))
+    ca.restart(ca_config(delay=1.5))
     old_cert = site.cert()
     cmd = [sys.executable, "-m", "swcmp", "--config-dir", str(site.paths.config_dir),
            "--state-dir", str(site.paths.state_dir), "--swanctl-dir",

@@ -460,9 +460,20 @@ class Renewer:
             raise RenewalError("the staged key does not match the staged certificate").with_hint(
                 f"inspect {j.dir}; the live pair is untouched")
         ca_certs = j.staged_ca_certs()
-        fsutil.atomic_write(key_path, new_key_pem, mode=0o600)
-        self._check("key-written")
-        fsutil.atomic_write(cert_path, certs.pem_of(staged_cert), mode=0o644)
+        try:
+            fsutil.atomic_write(key_path, new_key_pem, mode=0o600)
+            self._check("key-written")
+            fsutil.atomic_write(cert_path, certs.pem_of(staged_cert), mode=0o644)
+        except StorageError:
+            # e.g. the disk filled up between the two writes: put the previous key back
+            # so the live pair matches; the staged pair is committed by the next run.
+            if previous is not None:
+                try:
+                    self._restore_files(previous)
+                except StorageError as e:
+                    log.error("%s: could not restore the previous key and certificate: %s; "
+                              "the next run commits the staged pair", session.name, e)
+            raise
         ca_paths = write_ca_certs(session, self.paths, ca_certs) if ca_certs else ()
         new = current_pair(session, self.paths)
         assert new is not None
