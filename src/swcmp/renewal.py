@@ -244,6 +244,14 @@ class Renewer:
             return self._renew_locked(session, session.regenerate if regenerate is None
                                       else regenerate)
 
+    def finish_locked(self, session: Session) -> Outcome:
+        """Commit a renewal the CA already confirmed; the caller holds the session lock.
+
+        For the charon start hook, which holds every session's lock while it
+        loads pairs. No CA contact.
+        """
+        return self._promote(session, Journal(self.paths, session.name))
+
     def _renew_locked(self, session: Session, regenerate: bool) -> Outcome:
         j = Journal(self.paths, session.name)
         entry = j.load()

@@ -479,12 +479,13 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
     """
     from swcmp.enroll import current_pair
     from swcmp.renewal import Journal
-    from swcmp.strongswan import load_current
+    from swcmp.strongswan import load_current, reload_pinned_connections
 
     finished: list[str] = []
     pairs = []
+    sessions = SessionStore(paths.config_dir).list().sessions
     with ExitStack() as locks:
-        for s in SessionStore(paths.config_dir).list().sessions:
+        for s in sessions:
             if not locks.enter_context(_session_lock(paths, s.name, lock_wait)):
                 log.warning("%s: a renewal is running; loading the current files (the "
                             "renewal loads its new pair when it finishes)", s.name)
@@ -497,14 +498,33 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
                 if entry and entry.get("phase") in ("confirmed", "committing"):
                     try:
                         # no deployer: this hook loads the result itself, below
-                        Renewer(paths)._renew_locked(s, s.regenerate)
+                        outcome = Renewer(paths).finish_locked(s)
                         finished.append(s.name)
                     except SwcmpError as e:
                         log.error("%s: could not finish the interrupted renewal: %s",
                                   s.name, e)
+                    else:
+                        with StateStore(paths).update(s.name) as st:
+                            st.failures = 0
+                            st.next_attempt = None
+                            st.state = "idle"
+                            st.record("kur", True, "finished by the charon start hook: "
+                                      + outcome.message, now=datetime.now(UTC),
+                                      serial=outcome.serial)
             pair = current_pair(s, paths)
             if pair is not None:
                 pairs.append(pair)
         result = load_current(uri, pairs, timeout=timeout)
+        resent: list[str] = []
+        for s in sessions:
+            # pinned connections carry the certificate in their config: re-send them
+            try:
+                resent += reload_pinned_connections(
+                    uri, paths.cert_file(s.name), swanctl_conf=paths.swanctl_dir / "swanctl.conf",
+                    swanctl_dir=paths.swanctl_dir, connections=s.connections, timeout=timeout)
+            except SwcmpError as e:
+                log.error("%s: could not re-send its pinned connections: %s", s.name, e)
     note = f"; finished interrupted renewals of {', '.join(finished)}" if finished else ""
+    if resent:
+        note += f"; re-sent pinned connection(s) {', '.join(resent)}"
     return f"{result.detail}{note}"

@@ -68,6 +68,7 @@ __all__ = [
     "load_current",
     "load_stale_keys",
     "loaded_key_ids",
+    "reload_pinned_connections",
     "save_stale_keys",
     "unload_stale_from_file",
     "unload_stale_keys",
@@ -1241,6 +1242,43 @@ class PinnedDeployer:
                           f"(pinned mode): {what}; {restored}")
         err.hint = "fix the cause and renew again; the previous certificate stays in use"
         return err
+
+
+def reload_pinned_connections(uri: str, cert_path: Path | str, *,
+                              swanctl_conf: Path | str = DEFAULT_SWANCTL_CONF,
+                              swanctl_dir: Path | str | None = None,
+                              connections: Iterable[str] = (),
+                              timeout: float = DEFAULT_TIMEOUT) -> tuple[str, ...]:
+    """Re-send the connections that pin ``cert_path`` with the file's current content.
+
+    A pinned connection carries its certificate inside its config, so loading
+    the certificate alone does not change what it uses. The charon start hook
+    calls this after committing a renewal. Returns the connections re-sent
+    (none when swanctl.conf pins nothing).
+
+    Raises:
+        ConfigError: swanctl.conf cannot be parsed.
+        DeployUnavailable: charon cannot be reached.
+        DeployError: charon refused a connection.
+    """
+    conf_path = Path(swanctl_conf)
+    if not conf_path.exists():
+        return ()
+    base = Path(swanctl_dir) if swanctl_dir is not None else conf_path.parent
+    conf = parse_file(conf_path)
+    names = connections_using_cert(conf, base, cert_path)
+    wanted = set(connections)
+    names = tuple(n for n in names if not wanted or n in wanted)
+    if not names:
+        return ()
+    messages = {n: build_load_conn(conf, n, base) for n in names}
+    with _session(uri, timeout) as conn:
+        for n in names:
+            try:
+                conn.call("load-conn", messages[n])
+            except (_CommandFailed, _ConnectionLost) as e:
+                raise _wrap_query_error(uri, e) from None
+    return names
 
 
 def choose_deployer(
