@@ -396,7 +396,7 @@ def test_fault_refused_by_client_under_mac(tmp_path: Path, fault: str, error: ty
             rec = ca.certificate(serial)
             assert rec is not None and rec.status == "rejected"
             assert "another public key" in rec.reason
-            assert c.stats["received", "pkiconf"] == 1
+            assert c.stats["received", "certConf"] == 1
 
 
 @pytest.mark.parametrize(("fault", "error", "match"), [

@@ -144,7 +144,8 @@ class CMPClient:
         self.clock = clock
         self.sleep = sleep
         self.monotonic = monotonic
-        #: Counts per (event, body type): ("sent", "ir"), ("received", "ip"), ("failed", "ir").
+        #: Counts per (event, request type): ("sent", "kur"), ("received", "kur") for an
+        #: answer to a kur (whatever its body), ("failed", "kur") for a failed transaction.
         self.stats: Counter[tuple[str, str]] = Counter()
 
     # ------------------------------------------------------------------ requests
@@ -492,7 +493,9 @@ class CMPClient:
                 self._raise_if_error(tx, codec.decode_message(e.body))
             raise
         msg = codec.decode_message(raw)
-        self.stats["received", msg.body_type] += 1
+        # Counted per request answered: a certificate delivered after polling answers a
+        # pollReq, not the kur again.
+        self.stats["received", kind] += 1
         self._raise_if_error(tx, msg)
         mac = tx.protection if isinstance(tx.protection, MacProtection) else None
         verified = verify_response(msg, mac=mac, trust=self.trust, now=self.clock())

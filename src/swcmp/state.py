@@ -23,9 +23,6 @@ log = logging.getLogger(__name__)
 
 #: Request types counted per session, in display order.
 REQUEST_TYPES = ("ir", "cr", "kur", "p10cr", "pollReq", "certConf", "genm", "rr")
-#: Which request a response answers, for the "received" counters.
-_ANSWERS = {"ip": "ir", "cp": "cr", "kup": "kur", "pollRep": "pollReq",
-            "pkiconf": "certConf", "genp": "genm", "rp": "rr"}
 
 #: Session states shown by ``swcmp status``.
 STATES = ("idle", "due", "in_progress", "polling", "failed", "standby", "needs_ir",
@@ -98,9 +95,11 @@ class SessionState:
         return st
 
     def add_stats(self, counts: Mapping[tuple[str, str], int]) -> None:
-        """Fold a client's counters (``("sent", "kur")``, ``("received", "kup")``...) in."""
-        for (event, body), n in counts.items():
-            kind = _ANSWERS.get(body, body) if event == "received" else body
+        """Fold a client's counters in: (event, request type) -> count.
+
+        "received" counts answers to a request type, whatever the answer's body.
+        """
+        for (event, kind), n in counts.items():
             if kind in self.stats and event in ("sent", "received", "failed"):
                 self.stats[kind][event] += n
 
