@@ -16,6 +16,7 @@ from swcmp.config import ExpireTime, Session
 from swcmp.renewal import (
     JITTER_CAP,
     JITTER_SHARE,
+    MIN_AGE_SHARE,
     RETRY_CAP,
     RETRY_START,
     jitter_fraction,
@@ -96,3 +97,17 @@ def test_expired_is_reported_as_needing_ir(pki: TestPKI, tmp_path: Path) -> None
     cert = pki.issue(keys.generate_key("ecdsa:p256"), not_before=T0, days=1)
     p = plan(session(), cert, SessionState(), T0 + dt.timedelta(days=2))
     assert "request initial" in p.reason
+
+
+@pytest.mark.parametrize("policy", [ExpireTime(percent=100),
+                                    ExpireTime.before_expiry(dt.timedelta(days=30))])
+def test_no_renewal_loop_when_policy_covers_the_whole_lifetime(pki: TestPKI,
+                                                             policy: ExpireTime) -> None:
+    # 100 % remaining, or 30 days before expiry of a 7-day certificate: due at issuance,
+    # which would renew again and again; swcmp waits a tenth of the lifetime first
+    cert = pki.issue(keys.generate_key("ecdsa:p256"), not_before=T0, days=7)
+    at = renew_at(cert, policy, "gw1")
+    assert at == T0 + dt.timedelta(days=7) * MIN_AGE_SHARE
+    s = Session(name="gw1", key="gw1", auto_update=True, expire_time=policy)
+    assert not plan(s, cert, SessionState(), T0 + dt.timedelta(hours=1)).due
+    assert plan(s, cert, SessionState(), T0 + dt.timedelta(days=1)).due

@@ -519,7 +519,8 @@ def setting_options(f: F) -> F:
             metavar="PERCENT|DURATION",
             help="When to renew. A PERCENT (10-100, default 50) is the share of the "
             "validity period that must still REMAIN: 50 renews half-way, 20 when a fifth "
-            "is left. Or an absolute DURATION before expiry: 30d, 12h, 1d12h, 90m.",
+            "is left. Or an absolute DURATION before expiry: 30d, 12h, 1d12h, 90m. "
+            "Never before a tenth of the validity period has passed (no renewal loops).",
         ),
         click.option(
             "--connection",

@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: No certificate is renewed before this share of its lifetime has passed.
+MIN_AGE_SHARE = 0.1
 #: Jitter: up to this share of the lifetime earlier than the nominal due time...
 JITTER_SHARE = 0.03
 #: ...but never more than this.
@@ -92,7 +94,10 @@ def renew_at(cert: x509.Certificate, policy: ExpireTime, session_name: str) -> d
     nb, na = cert.not_valid_before_utc, cert.not_valid_after_utc
     nominal = policy.renew_at(nb, na)
     spread = min((na - nb) * JITTER_SHARE, JITTER_CAP)
-    return max(nb, nominal - spread * jitter_fraction(session_name, cert.serial_number))
+    # A policy of 100 %, or a duration at least the lifetime, would make every new
+    # certificate due the moment it is issued: a renewal loop. Wait a tenth first.
+    floor = nb + (na - nb) * MIN_AGE_SHARE
+    return max(floor, nominal - spread * jitter_fraction(session_name, cert.serial_number))
 
 
 def retry_delay(failures: int, *, now: datetime, not_after: datetime) -> timedelta:
