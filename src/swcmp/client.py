@@ -413,6 +413,9 @@ class CMPClient:
                 if entry.reason:
                     log.info("CA says: %s", " / ".join(entry.reason))
             wait = max(wait, MIN_POLL_INTERVAL)
+            # Journal the CA's latest nonce before anything can end the wait: a run
+            # that resumes this transaction must echo that one.
+            note(TxEvent("waiting", kind, tx.transaction_id, req_id, tx.server_nonce))
             elapsed = self.monotonic() - start
             if elapsed + wait > self.poll_deadline:
                 raise PollingTimeoutError(
@@ -420,7 +423,6 @@ class CMPClient:
                     f"come back in {wait:g}s, past the {self.poll_deadline:g}s deadline "
                     f"(transaction {tx.transaction_id.hex()})"
                 ).with_hint("retry later; the CA may need an operator to approve the request")
-            note(TxEvent("waiting", kind, tx.transaction_id, req_id, tx.server_nonce))
             log.info("%s: CA is waiting; polling again in %gs", kind, wait)
             self.sleep(wait)
             polls += 1

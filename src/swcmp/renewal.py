@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -298,8 +296,8 @@ class Renewer:
         else:
             new_key = live_key
 
-        client = make_client(session, transport=self.transport, poll_deadline=math.inf,
-                             sleep=self._deadline_sleep())
+        client = make_client(session, transport=self.transport, poll_deadline=self.poll_deadline,
+                             sleep=self.sleep)
 
         def note(ev: TxEvent) -> None:
             fields: dict[str, Any] = {"phase": ev.phase, "kind": ev.kind,
@@ -323,6 +321,11 @@ class Renewer:
         try:
             enrolled = self._transact(session, j, entry, client, new_key, old_cert,
                                       protection, note, accept)
+        except PollingTimeoutError as e:
+            self._after_failure(j, e)
+            e.hint = ("the next run polls the same transaction; the CA may need an operator "
+                      "to approve the request")
+            raise
         except SwcmpError as e:
             self._after_failure(j, e)
             raise
@@ -378,29 +381,6 @@ class Renewer:
                         "key update is sent", session.name)
         return client.key_update(key=new_key, old_cert=old_cert, protection=protection,
                                  journal=note, accept=accept)
-
-    def _deadline_sleep(self) -> Callable[[float], None]:
-        """The wait between polls, refusing to wait past ``poll_deadline``.
-
-        The client journals the CA's latest nonce ("waiting") just before it
-        waits, so the deadline is enforced here, after that: the next run then
-        polls with the nonce the CA expects. (Enforced in the client, before its
-        journal call, the journal kept the nonce of the previous answer and the
-        CA refused the next run's pollReq with badRecipientNonce.)
-        """
-        inner = self.sleep or time.sleep
-        start = time.monotonic()
-
-        def sleep(seconds: float) -> None:
-            if time.monotonic() - start + seconds > self.poll_deadline:
-                raise PollingTimeoutError(
-                    f"the CA is still processing the kur; it asked to come back in "
-                    f"{seconds:g}s, past the {self.poll_deadline:g}s deadline of this run"
-                ).with_hint("the next run polls the same transaction; the CA may need an "
-                            "operator to approve the request")
-            inner(seconds)
-
-        return sleep
 
     def _stage_journaled(self, session: Session, j: Journal, entry: dict[str, Any],
                          new_key: keys.PrivateKey, old_cert: x509.Certificate) -> None:
