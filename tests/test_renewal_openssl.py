@@ -90,7 +90,8 @@ CHILD = textwrap.dedent("""
     ("staged", 1),
     ("confirmed", 0),     # confirmed: only the commit is left
     ("committing", 0),
-    ("key-written", 0),   # killed between the key and the certificate writes
+    ("key-written", 0),   # killed after the new key went in beside the old one
+    ("cert-written", 0),  # killed after the certificate, before the key's rename
 ])
 def test_kill_9_at_each_step_then_recover(setup: tuple[TestPKI, Gateway, object],
                                           phase: str, kur_after: int) -> None:

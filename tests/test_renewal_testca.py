@@ -342,8 +342,10 @@ KILL_CASES = {
     # contacts no one.
     "confirmed": (1, 0, 0),
     "committing": (1, 0, 0),
-    # Between writing the new key and the new certificate (see the test).
+    # The new key written beside the old one (KEY.key.next), before the
+    # certificate; and the certificate written, before the key's rename (see the test).
     "key-written": (1, 0, 0),
+    "cert-written": (1, 0, 0),
 }
 
 
@@ -368,22 +370,26 @@ def test_kill_9_then_recover_without_a_needless_certificate(site: Site, ca: CAHo
     j = Journal(site.paths, "gw1")
     entry = j.load()
     assert entry is not None  # an interrupted renewal is on record
-    if phase == "key-written":
-        # The one window that two renames cannot close: the new key is live, the
-        # old certificate too. Both whole pairs are on disk (the new one staged,
-        # the old one archived) and the journal says "committing", so every next
-        # run (renew, serve, the charon start hook) finishes the commit without
-        # the CA. Here the live key matches the staged certificate.
+    next_key = site.paths.key_file("gw1").with_name("gw1.key.next")
+    if phase == "cert-written":
+        # The new certificate is live and its key sits beside the old one, in
+        # KEY.key.next: storage holds the matching pair (swanctl loads every file in
+        # private/), and the journal says "committing", so every next run (renew,
+        # serve, the charon start hook) finishes with one rename, without the CA.
         assert entry["phase"] == "committing"
         staged = certs.load_certificate(j.cert_file.read_bytes())
-        assert keys.spki_der(keys.load_private_key(site.key_pem())) == certs.spki_of(staged)
-        assert site.cert() == old_cert
+        assert site.cert() == staged
+        assert keys.spki_der(keys.load_private_key(next_key.read_bytes())) == \
+            certs.spki_of(staged)
+        assert site.key_pem() == old_key
         (arch,) = j.archive.glob("*.crt")
         assert arch.read_bytes() == certs.pem_of(old_cert)
         assert arch.with_suffix(".key").read_bytes() == old_key
     else:
         # the old pair is live, untouched and valid
         assert site.cert() == old_cert and site.key_pem() == old_key and site.pair_ok()
+        if phase == "key-written":  # the new key waits beside it
+            assert next_key.read_bytes() == j.key_file.read_bytes()
     staged_key = j.key_file.read_bytes() if j.key_file.exists() else None
     assert staged_key is not None  # with regenerate the new key is always staged first
 
@@ -396,6 +402,7 @@ def test_kill_9_then_recover_without_a_needless_certificate(site: Site, ca: CAHo
     assert site.pair_ok() and site.key_pem() == staged_key != old_key
     assert site.cert().serial_number == int(out.serial or "0", 16)
     assert j.load() is None and not j.key_file.exists() and not j.cert_file.exists()
+    assert not next_key.exists()
     after = site.stats()
     assert after["kur"]["sent"] - before["kur"]["sent"] == kurs
     assert _messages_sent(site) - sent_before == messages

@@ -81,6 +81,19 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def replace(src: Path, dst: Path) -> None:
+    """Rename ``src`` over ``dst`` atomically and durably (same directory).
+
+    Raises:
+        StorageIOError: the rename or the directory sync failed.
+    """
+    try:
+        os.replace(src, dst)
+        _fsync_dir(dst.parent)
+    except OSError as e:
+        raise storage_error(e, dst, "replace") from e
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:

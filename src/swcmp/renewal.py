@@ -453,16 +453,29 @@ class Renewer:
             raise RenewalError("the staged key does not match the staged certificate").with_hint(
                 f"inspect {j.dir}; the live pair is untouched")
         ca_certs = j.staged_ca_certs()
+        # Two files cannot change in one step, so the new key first goes in beside
+        # the old one (private/KEY.key.next, a name no key of swcmp's has): whichever
+        # certificate x509/ holds at any moment, its key is in private/. Then the
+        # certificate, then one rename puts the new key in the old one's place.
+        next_key = key_path.with_name(key_path.name + ".next")
+        key_changes = previous is None or previous.key_pem != new_key_pem
         try:
-            fsutil.atomic_write(key_path, new_key_pem, mode=0o600)
+            if key_changes:
+                fsutil.atomic_write(next_key, new_key_pem, mode=0o600)
+            else:
+                fsutil.remove_file(next_key, missing_ok=True)
             self._check("key-written")
             fsutil.atomic_write(cert_path, certs.pem_of(staged_cert), mode=0o644)
+            self._check("cert-written")
+            if key_changes:
+                fsutil.replace(next_key, key_path)
         except StorageError:
-            # e.g. the disk filled up between the two writes: put the previous key back
-            # so the live pair matches; the staged pair is committed by the next run.
+            # e.g. the disk filled up: put the previous pair back so the live files
+            # match; the staged pair is committed by the next run.
             if previous is not None:
                 try:
                     self._restore_files(previous)
+                    fsutil.remove_file(next_key, missing_ok=True)
                 except StorageError as e:
                     log.error("%s: could not restore the previous key and certificate: %s; "
                               "the next run commits the staged pair", session.name, e)
