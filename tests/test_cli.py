@@ -679,3 +679,23 @@ def test_testca_is_mounted_when_installed() -> None:
     result = CliRunner().invoke(cli, ["testca", "--help"], prog_name="swcmp")
     assert result.exit_code == 0, result.output
     assert result.output.startswith("Usage: swcmp testca")
+
+
+def test_serve_logs_progress_by_default(tmp_path: Path) -> None:
+    """A service's log is what the journal shows: INFO lines without any -v."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, SWCMP_CONFIG_DIR=str(tmp_path / "etc"),
+               SWCMP_STATE_DIR=str(tmp_path / "var"), SWCMP_SWANCTL_DIR=str(tmp_path / "sw"),
+               SWCMP_VICI="none")
+    proc = subprocess.Popen([sys.executable, "-m", "swcmp", "serve"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert "INFO: swcmp serve: watching" in err
+    assert "Traceback" not in err

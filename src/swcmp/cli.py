@@ -1210,15 +1210,20 @@ def renew(
 
 @cli.command("serve")
 @_deploy_option
-def serve(no_deploy: bool) -> None:
+@click.option("-v", "--verbose", "more", count=True,
+              help="Also log debug details (the service logs its progress by default).")
+def serve(no_deploy: bool, more: int) -> None:
     """Run the renewal service: renew each session when due, until SIGTERM.
 
     Sleeps until the next session is due; SIGHUP or a changed session file makes
-    it look again. Log to stderr (use -v for progress).
+    it look again. Logs each renewal, failure and retry to stderr (the journal
+    under systemd); -v adds debug details.
     """
     from swcmp.service import HostConfig, RenewalService, Server
 
     env = _env()
+    # A service's log is its only voice: progress (INFO) is on unless asked for more.
+    _setup_logging(max(1, env.verbose) + more)
     service = RenewalService(
         env.paths,
         deployer_for=lambda s: _deployer(env, no_deploy, s),
