@@ -695,7 +695,7 @@ def test_serve_logs_progress_by_default(tmp_path: Path) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.5)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=15)
+    _out, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
     assert "INFO: swcmp serve: watching" in err
     assert "Traceback" not in err
