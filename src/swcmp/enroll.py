@@ -273,7 +273,11 @@ def _request(kind: str, session: Session, paths: Paths, protection: Callable[[],
         return _store_and_configure(session, paths, store, enrolled, kind,
                                     paths.key_file(session.key), deployer)
 
-    return _run_request(session, paths, kind, work)
+    # The renewal lock: a renewal committing a new key while this request is on the
+    # wire would otherwise end with its key beside our certificate for the old one.
+    with fsutil.exclusive_lock(paths.lock_dir, session.name, blocking=False,
+                               what=f"session {session.name}"):
+        return _run_request(session, paths, kind, work)
 
 
 def request_initial(session: Session, paths: Paths, *, store: SessionStore | None = None,
