@@ -172,7 +172,12 @@ def ensure_dir(path: Path, *, mode: int = 0o755) -> Path:
     """
     path = Path(path)
     try:
-        path.mkdir(mode=mode, parents=True, exist_ok=True)
+        # Missing parents get 0o755 (less under a stricter umask), never Path.mkdir's
+        # 0o777: under umask 000 that made the state directory world-writable.
+        for parent in reversed(path.parents):
+            if not parent.is_dir():
+                parent.mkdir(mode=0o755, exist_ok=True)
+        path.mkdir(mode=mode, exist_ok=True)
     except FileExistsError as e:
         raise StorageIOError(
             f"cannot create directory {path}: a file of that name exists",
