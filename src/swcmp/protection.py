@@ -178,6 +178,10 @@ def _pbmac1_compute(secret: bytes, params_der: bytes | None, data: bytes) -> byt
         raise ProtectionError(f"PBMAC1 iteration count {iterations} refused")
     if prf not in _HMAC_BY_OID or mac_oid not in _HMAC_BY_OID:
         raise ProtectionError("PBMAC1 with an unsupported PRF or MAC")
+    if key_len is not None and not 1 <= key_len <= 64:
+        # the MAC key of an HMAC needs no more than a block; a hostile answer must not
+        # make us derive gigabytes (or overflow) before its MAC is even compared
+        raise ProtectionError(f"PBMAC1 key length {key_len} refused (accepted: 1..64)")
     hname = _HMAC_BY_OID[mac_oid]
     length = key_len or hashlib.new(hname).digest_size
     key = hashlib.pbkdf2_hmac(_HMAC_BY_OID[prf], secret, salt, iterations, length)
