@@ -14,19 +14,35 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from swcmp.errors import CertificateError
 
 MAX_CHAIN_DEPTH = 8
 
 
+#: What cryptography raises for a malformed certificate, at load time or when a
+#: lazily parsed part is first read (an unknown string tag in a name: KeyError).
+_MALFORMED = (ValueError, KeyError, x509.InvalidVersion, x509.DuplicateExtension,
+              x509.UnsupportedGeneralNameType)
+
+
+def _parsed(cert: x509.Certificate) -> x509.Certificate:
+    # Parse now what cryptography parses lazily, so a malformed certificate (say, an
+    # extraCert a man in the middle added) fails here as a CertificateError.
+    cert.subject.rfc4514_string()
+    cert.issuer.rfc4514_string()
+    _ = cert.extensions
+    return cert
+
+
 def load_certificate(data: bytes) -> x509.Certificate:
     """One certificate from DER or the first PEM block."""
     try:
         if b"-----BEGIN" in data:
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
-    except ValueError as e:
+            return _parsed(x509.load_pem_x509_certificate(data))
+        return _parsed(x509.load_der_x509_certificate(data))
+    except _MALFORMED as e:
         raise CertificateError(f"not a readable X.509 certificate: {e}") from e
 
 
@@ -34,10 +50,10 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
     """All certificates of a PEM bundle, or the single DER certificate."""
     try:
         if b"-----BEGIN" in data:
-            certs = x509.load_pem_x509_certificates(data)
+            certs = [_parsed(c) for c in x509.load_pem_x509_certificates(data)]
         else:
-            certs = [x509.load_der_x509_certificate(data)]
-    except ValueError as e:
+            certs = [_parsed(x509.load_der_x509_certificate(data))]
+    except _MALFORMED as e:
         raise CertificateError(f"not readable X.509 certificates: {e}") from e
     return certs
 
@@ -50,8 +66,16 @@ def pem_of(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+def public_key_of(cert: x509.Certificate) -> CertificatePublicKeyTypes:
+    """The certificate's public key; CertificateError when it is malformed or unsupported."""
+    try:
+        return cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise CertificateError(f"unusable public key in {describe(cert)}: {e}") from e
+
+
 def spki_of(cert: x509.Certificate) -> bytes:
-    return cert.public_key().public_bytes(
+    return public_key_of(cert).public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 

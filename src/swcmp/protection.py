@@ -252,7 +252,7 @@ def verify_response(
         mac.verify(alg, msg.protected_part, msg.protection)
         return Verified("mac")
     signer = find_signer(msg)
-    keys.verify(signer.public_key(), keys.SignatureAlgorithm(alg.oid, alg.params_der),
+    keys.verify(certs.public_key_of(signer), keys.SignatureAlgorithm(alg.oid, alg.params_der),
                 msg.protection, msg.protected_part)
     sender = msg.header.sender_der
     if sender not in (None, b"\x30\x00") and signer.subject.public_bytes() != sender:
