@@ -549,6 +549,45 @@ def test_disk_full_while_committing_keeps_a_matching_pair(
     assert len([s for s in ca.issued() if s != ir_serial]) == 1
 
 
+def test_charon_refuses_then_disk_full_during_rollback_keeps_a_matching_pair(
+        site: Site, ca: CAHolder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rollback after a refused deploy uses the same safe order as the commit."""
+    import errno
+
+    from swcmp import fsutil
+    from swcmp.deploy import DeployError
+    from swcmp.renewal import RenewalError
+
+    session = add_session(site, ca.ca, regenerate=True)
+    old_key = site.key_pem()
+    real = fsutil.atomic_write
+    live_cert = site.paths.cert_file("gw1")
+    writes = {"cert": 0}
+
+    class Refusing:
+        def deploy(self, new: Any, previous: Any) -> Any:
+            raise DeployError("charon refused the key (test)")
+
+    def full_on_restore(path: Path, data: bytes, **kw: Any) -> None:
+        if Path(path) == live_cert:
+            writes["cert"] += 1
+            if writes["cert"] == 2:  # the commit's write worked; the restore's does not
+                raise fsutil.storage_error(OSError(errno.ENOSPC, "No space left on device"),
+                                           Path(path), "write")
+        real(path, data, **kw)
+
+    monkeypatch.setattr(fsutil, "atomic_write", full_on_restore)
+    with pytest.raises(RenewalError, match="charon did not take"):
+        Renewer(site.paths, deployer=Refusing()).renew(session)
+    monkeypatch.setattr(fsutil, "atomic_write", real)
+    assert writes["cert"] == 2
+    # the restore stopped half-way, yet the live key and certificate match (the new
+    # pair), and the old key waits beside them for the rename that never came
+    assert site.pair_ok() and site.key_pem() != old_key
+    next_key = site.paths.key_file("gw1").with_name("gw1.key.next")
+    assert next_key.read_bytes() == old_key
+
+
 # ---------------------------------------------------------------------- concurrency, expiry
 
 

@@ -453,32 +453,14 @@ class Renewer:
             raise RenewalError("the staged key does not match the staged certificate").with_hint(
                 f"inspect {j.dir}; the live pair is untouched")
         ca_certs = j.staged_ca_certs()
-        # Two files cannot change in one step, so the new key first goes in beside
-        # the old one (private/KEY.key.next, a name no key of swcmp's has): whichever
-        # certificate x509/ holds at any moment, its key is in private/. Then the
-        # certificate, then one rename puts the new key in the old one's place.
-        next_key = key_path.with_name(key_path.name + ".next")
-        key_changes = previous is None or previous.key_pem != new_key_pem
         try:
-            if key_changes:
-                fsutil.atomic_write(next_key, new_key_pem, mode=0o600)
-            else:
-                fsutil.remove_file(next_key, missing_ok=True)
-            self._check("key-written")
-            fsutil.atomic_write(cert_path, certs.pem_of(staged_cert), mode=0o644)
-            self._check("cert-written")
-            if key_changes:
-                fsutil.replace(next_key, key_path)
+            self._write_pair(key_path, new_key_pem, cert_path, certs.pem_of(staged_cert),
+                             previous_key=previous.key_pem if previous else None,
+                             checkpoints=True)
         except StorageError:
             # e.g. the disk filled up: put the previous pair back so the live files
             # match; the staged pair is committed by the next run.
-            if previous is not None:
-                try:
-                    self._restore_files(previous)
-                    fsutil.remove_file(next_key, missing_ok=True)
-                except StorageError as e:
-                    log.error("%s: could not restore the previous key and certificate: %s; "
-                              "the next run commits the staged pair", session.name, e)
+            self._restore_files(session, previous)
             raise
         ca_paths = write_ca_certs(session, self.paths, ca_certs) if ca_certs else ()
         new = current_pair(session, self.paths)
@@ -491,8 +473,8 @@ class Renewer:
             detail = f"charon not updated ({e}); it loads the new pair when it starts"
             log.warning("%s: %s", session.name, detail)
         except DeployError as e:
-            if previous is not None and not same:
-                self._restore_files(previous)
+            if not same:
+                self._restore_files(session, previous)
             raise RenewalError(
                 f"charon did not take the renewed pair: {e}; the previous key and certificate "
                 "are restored in storage").with_hint(
@@ -520,9 +502,46 @@ class Renewer:
             for suffix in (".key", ".crt"):
                 fsutil.remove_file(j.archive / f"{old}{suffix}", missing_ok=True)
 
-    def _restore_files(self, previous: CredentialPair) -> None:
-        fsutil.atomic_write(previous.key_path, previous.key_pem, mode=0o600)
-        fsutil.atomic_write(previous.cert_path, previous.cert_pem, mode=0o644)
+    def _write_pair(self, key_path: Path, key_pem: bytes, cert_path: Path, cert_pem: bytes,
+                    *, previous_key: bytes | None, checkpoints: bool = False) -> None:
+        """Replace the live key and certificate with no moment of mismatch on disk.
+
+        Two files cannot change in one step, so a changed key first goes in beside
+        the live one (``private/KEY.key.next``, a name no key of swcmp's has, which
+        swanctl loads too): whichever certificate ``x509/`` holds at any moment,
+        its key is in ``private/``. Then the certificate, then one rename puts the
+        key in place.
+        """
+        next_key = key_path.with_name(key_path.name + ".next")
+        key_changes = previous_key != key_pem
+        if key_changes:
+            fsutil.atomic_write(next_key, key_pem, mode=0o600)
+        else:
+            fsutil.remove_file(next_key, missing_ok=True)
+        if checkpoints:
+            self._check("key-written")
+        fsutil.atomic_write(cert_path, cert_pem, mode=0o644)
+        if checkpoints:
+            self._check("cert-written")
+        if key_changes:
+            fsutil.replace(next_key, key_path)
+
+    def _restore_files(self, session: Session, previous: CredentialPair | None) -> None:
+        """Put ``previous`` back as the live pair, in the same safe order; log on failure.
+
+        If that fails too (disk still full), the journal still says "committing":
+        the next run commits the staged pair, and until then the pair on disk is
+        whichever the interrupted sequence left, with both keys present.
+        """
+        if previous is None:
+            return
+        try:
+            live_key = previous.key_path.read_bytes() if previous.key_path.exists() else None
+            self._write_pair(previous.key_path, previous.key_pem, previous.cert_path,
+                             previous.cert_pem, previous_key=live_key)
+        except (OSError, StorageError) as e:
+            log.error("%s: could not restore the previous key and certificate: %s; the next "
+                      "run commits the staged pair", session.name, e)
 
     def _record_stats(self, name: str, client: CMPClient) -> None:
         try:
