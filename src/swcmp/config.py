@@ -344,7 +344,7 @@ _FALSE = frozenset({"false", "no", "off", "0"})
 
 
 def _check_key_name(value: str) -> str:
-    if isinstance(value, str) and _NAME_RE.fullmatch(value):
+    if isinstance(value, str) and _NAME_RE.fullmatch(value) and not value.endswith(".key"):
         return value
     err = ConfigError(f"invalid key name {value!r}")
     err.hint = (
@@ -1014,6 +1014,7 @@ class SessionStore:
         session = Session(name=validate_session_name(name))
         if values:
             session = set_fields(session, values)
+        self._check_key_unused(session)
         fsutil.ensure_dir(self.sessions_dir, mode=0o750)
         path = self.path_for(name)
         try:
@@ -1096,8 +1097,22 @@ class SessionStore:
             session = unset_fields(session, unset)
             if set_values:
                 session = set_fields(session, set_values, base_dir=base_dir)
+            self._check_key_unused(session)
             self.save(session)
         return session
+
+    def _check_key_unused(self, session: Session) -> None:
+        """One key pair belongs to one session: a renewal with a new key would break
+        any other session that certifies the same key file."""
+        if session.key is None:
+            return
+        for other in self.list().sessions:
+            if other.name != session.name and other.key == session.key:
+                raise _err(
+                    f"key pair {session.key!r} already belongs to session {other.name}",
+                    f"give session {session.name} its own key: "
+                    f"`swcmp session set {session.name} --key {session.name}`",
+                )
 
     def delete(self, name: str) -> None:
         """Delete session ``name``'s file (keys, certificates and state are left alone).
