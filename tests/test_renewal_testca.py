@@ -679,3 +679,24 @@ def test_errors_never_show_the_mac_secret(site: Site, ca: CAHolder,
         Renewer(site.paths).renew(session)
     assert MAC_SECRET not in str(ei.value) and MAC_SECRET not in caplog.text
     assert os.stat(site.paths.key_file("gw1")).st_mode & 0o077 == 0
+
+
+def test_a_forged_staged_pair_is_not_committed(site: Site, ca: CAHolder, tmp_path: Path) -> None:
+    """A journal at 'confirmed' with a pair from elsewhere: verified again, refused."""
+    import json as _json
+
+    from pki import make_pki, pem_cert, pem_key
+    from swcmp.renewal import RenewalError
+
+    session = add_session(site, ca.ca, regenerate=True)
+    old_cert, old_key = site.cert(), site.key_pem()
+    evil = make_pki(tmp_path / "evil")
+    forged = evil.issue(evil.gw_key, "gw1.example.net")
+    j = Journal(site.paths, "gw1")
+    j.staging.mkdir(parents=True, exist_ok=True)
+    j.key_file.write_bytes(pem_key(evil.gw_key))
+    j.cert_file.write_bytes(pem_cert(forged))
+    j.path.write_text(_json.dumps({"phase": "confirmed"}))
+    with pytest.raises(RenewalError, match="fails verification"):
+        Renewer(site.paths).renew(session)
+    assert site.cert() == old_cert and site.key_pem() == old_key and site.pair_ok()
