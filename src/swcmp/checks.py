@@ -30,12 +30,13 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from swcmp import certs
 from swcmp.config import Paths, Session, auth_credentials, session_key_file
-from swcmp.errors import SwcmpError
+from swcmp.errors import CertificateError, SwcmpError
 from swcmp.names import common_name, format_dn
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
 ]
 
 # How many intermediate CA certificates the chain check walks through at most.
-_MAX_CHAIN = 8
 
 
 @dataclass(frozen=True)
@@ -100,10 +100,8 @@ def _load_certs(path: Path) -> tuple[list[x509.Certificate], str]:
     except OSError as e:
         return [], f"cannot read {path}: {e.strerror}"
     try:
-        if b"-----BEGIN" in data:
-            return x509.load_pem_x509_certificates(data), ""
-        return [x509.load_der_x509_certificate(data)], ""
-    except ValueError:
+        return certs.load_certificates(data), ""
+    except CertificateError:
         return [], f"{path} does not hold a PEM or DER X.509 certificate"
 
 
@@ -136,21 +134,11 @@ def _spki(key: PrivateKeyTypes | x509.Certificate) -> bytes:
     )
 
 
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    if cert.issuer != issuer.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
-
-
 def _anchors(session: Session) -> list[x509.Certificate]:
     anchors: list[x509.Certificate] = []
     for path in session.trust:
-        certs, _ = _load_certs(path)
-        anchors.extend(certs)
+        found, _ = _load_certs(path)
+        anchors.extend(found)
     return anchors
 
 
@@ -228,7 +216,7 @@ def _check_auth_cert(session: Session, paths: Paths, now: datetime) -> list[Chec
             )
         )
         return results + skipped("no authentication certificate")
-    certs, error = _load_certs(cert_path)
+    loaded, error = _load_certs(cert_path)
     if error:
         results.append(
             _fail(
@@ -239,7 +227,7 @@ def _check_auth_cert(session: Session, paths: Paths, now: datetime) -> list[Chec
             )
         )
         return results + skipped("authentication certificate unusable")
-    cert = certs[0]
+    cert = loaded[0]
     results.append(
         _pass("auth-cert", f"authentication certificate {cert_path}: {format_dn(cert.subject)}")
     )
@@ -277,7 +265,7 @@ def _check_auth_cert(session: Session, paths: Paths, now: datetime) -> list[Chec
         else:
             results.append(_pass("auth-cert-key", f"matches the key {key_path}"))
 
-    results.append(_check_chain(session, paths, cert))
+    results.append(_check_chain(session, paths, cert, now))
 
     not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
     renew = f"run `swcmp request initial {session.name}` for a new certificate, then "
@@ -310,36 +298,27 @@ def _check_auth_cert(session: Session, paths: Paths, now: datetime) -> list[Chec
     return results
 
 
-def _check_chain(session: Session, paths: Paths, cert: x509.Certificate) -> CheckResult:
+def _check_chain(session: Session, paths: Paths, cert: x509.Certificate,
+                 now: datetime) -> CheckResult:
+    # The same chain building as the renewal uses on the certificates the CA returns,
+    # so a chain this check passes is one a renewal accepts.
     fix = _set_cmd(session, "--trust FILE") + " with the CA certificate that issued it"
     anchors = _anchors(session)
     if not anchors:
         return _fail("auth-cert-chain", "no trust anchor is configured or readable", fix)
     intermediates: list[x509.Certificate] = []
     for path in paths.ca_cert_files(session.name):
-        certs, _ = _load_certs(path)
-        intermediates.extend(certs)
-    current = cert
-    via: list[str] = []
-    for _ in range(_MAX_CHAIN):
-        for anchor in anchors:
-            if _issued_by(current, anchor):
-                through = f" via {', '.join(via)}" if via else ""
-                return _pass(
-                    "auth-cert-chain",
-                    f"issued by trust anchor {format_dn(anchor.subject)}{through}",
-                )
-        parent = next((c for c in intermediates if c != current and _issued_by(current, c)), None)
-        if parent is None:
-            return _fail(
-                "auth-cert-chain",
-                f"no trust anchor (or stored CA certificate) signed "
-                f"{format_dn(current.subject)} (issuer {format_dn(current.issuer)})",
-                fix,
-            )
-        via.append(format_dn(parent.subject))
-        current = parent
-    return _fail("auth-cert-chain", f"no trust anchor within {_MAX_CHAIN} CA certificates", fix)
+        found, _ = _load_certs(path)
+        intermediates.extend(found)
+    try:
+        chain = certs.build_chain(cert, anchors=anchors, untrusted=intermediates, now=now,
+                                  check_leaf_validity=False)
+    except CertificateError as e:
+        return _fail("auth-cert-chain", str(e.args[0]), fix)
+    via = [format_dn(c.subject) for c in chain[1:-1]]
+    through = f" via {', '.join(via)}" if via else ""
+    return _pass("auth-cert-chain", f"issued by trust anchor {format_dn(chain[-1].subject)}"
+                 f"{through}")
 
 
 def _check_key_pair(session: Session, paths: Paths) -> CheckResult:
@@ -380,10 +359,10 @@ def _check_trust(session: Session, now: datetime) -> CheckResult:
         return _fail("trust-anchor", "no trust anchor is set", fix)
     subjects: list[str] = []
     for path in session.trust:
-        certs, error = _load_certs(path)
+        found, error = _load_certs(path)
         if error:
             return _fail("trust-anchor", error, fix)
-        for cert in certs:
+        for cert in found:
             if cert.not_valid_after_utc < now:
                 return _fail(
                     "trust-anchor",
