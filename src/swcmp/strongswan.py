@@ -38,8 +38,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from vici.exception import CommandException, DeserializationException, SessionException
 
+from swcmp import certs
 from swcmp.deploy import CredentialPair, DeployError, DeployResult, DeployUnavailable
-from swcmp.errors import ConfigError, ProtocolError
+from swcmp.errors import CertificateError, ConfigError, ProtocolError
 from swcmp.keys import public_key_bits
 from swcmp.swanctl_conf import (
     ConfSection,
@@ -133,19 +134,23 @@ def key_id_from_cert_pem(cert_pem: bytes) -> KeyId:
     Raises:
         ValueError: the certificate cannot be parsed.
     """
-    return key_id_from_spki(_load_cert(cert_pem).public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ))
+    cert = _load_cert(cert_pem)
+    try:
+        return key_id_from_spki(certs.spki_of(cert))
+    except CertificateError as e:
+        raise ValueError(str(e)) from None
 
 
 def _load_cert(data: bytes) -> x509.Certificate:
-    if data.lstrip().startswith(b"-----BEGIN"):
-        return x509.load_pem_x509_certificate(data)
-    return x509.load_der_x509_certificate(data)
+    """swcmp's certificate loader, with this module's ``ValueError`` contract."""
+    try:
+        return certs.load_certificate(data)
+    except CertificateError as e:
+        raise ValueError(str(e)) from None
 
 
 def _cert_der(data: bytes) -> bytes:
-    return _load_cert(data).public_bytes(serialization.Encoding.DER)
+    return certs.der_of(_load_cert(data))
 
 
 # --------------------------------------------------------------------------- results
@@ -301,7 +306,7 @@ class _Vici:
             if not isinstance(data, bytes):
                 continue
             try:
-                cert = x509.load_der_x509_certificate(data)
+                cert = _load_cert(data)
             except ValueError:
                 log.warning("charon listed a certificate that does not parse; ignored")
                 continue
@@ -778,6 +783,9 @@ def binding_check(uri: str, *, timeout: float = 5.0) -> Callable[..., Any]:
         try:
             found = connection_bindings(uri, cert_path.read_bytes(),
                                         connections=session.connections, timeout=timeout)
+        except (OSError, ValueError) as e:
+            return CheckResult(name, False, f"cannot read {cert_path}: {e}",
+                               f"swcmp request initial {session.name}")
         except DeployError as e:
             return CheckResult(name, False, f"charon: {e}",
                                "start charon, or point swcmp at its socket with --vici URI "
