@@ -54,8 +54,8 @@ from swcmp.protection import (
     SignatureProtection,
     verify_response,
 )
+from swcmp.protection import pbm_params as parse_pbm_params
 from swcmp.testca import CAConfig, TestCA
-from swcmp.testca.derutil import parse_pbm_params
 from swcmp.transport import HttpTransport
 
 pytestmark = pytest.mark.integration

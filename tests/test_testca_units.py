@@ -19,13 +19,13 @@ from swcmp.cmp import codec, der
 from swcmp.errors import ConfigError, ProtocolError, StorageError
 from swcmp.models import AlgorithmId, ErrorInfo
 from swcmp.protection import MacProtection
+from swcmp.protection import pbm_params as parse_pbm_params
 from swcmp.testca import CAConfig, parse_duration
 from swcmp.testca.authority import Authority
 from swcmp.testca.derutil import (
     name_from_der,
     oid_of,
     parse_extensions,
-    parse_pbm_params,
     peek_header,
 )
 from swcmp.testca.engine import CMPEngine

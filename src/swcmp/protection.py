@@ -128,7 +128,26 @@ def verify_mac(secret: bytes, alg: AlgorithmId, data: bytes, mac_value: bytes) -
                     "and reference")
 
 
-def _pbm_compute(secret: bytes, params_der: bytes | None, data: bytes) -> bytes:
+@dataclass(frozen=True)
+class PbmParams:
+    """PasswordBasedMac parameters, checked; ``owf`` and ``mac`` are hashlib names."""
+
+    salt: bytes = field(repr=False)
+    owf_oid: str
+    iterations: int
+    mac_oid: str
+
+    @property
+    def owf(self) -> str:
+        return _OWF_BY_OID[self.owf_oid]
+
+    @property
+    def mac(self) -> str:
+        return _HMAC_BY_OID[self.mac_oid]
+
+
+def pbm_params(params_der: bytes | None) -> PbmParams:
+    """Decode and bound-check PBMParameter; ProtectionError for anything not accepted."""
     if not params_der:
         raise ProtectionError("PasswordBasedMac without parameters")
     try:
@@ -152,8 +171,13 @@ def _pbm_compute(secret: bytes, params_der: bytes | None, data: bytes) -> bytes:
         raise ProtectionError(f"PasswordBasedMac one-way function {owf_oid} not supported")
     if mac_oid not in _HMAC_BY_OID:
         raise ProtectionError(f"PasswordBasedMac MAC algorithm {mac_oid} not supported")
-    key = _pbm_key(secret, salt, _OWF_BY_OID[owf_oid], iterations)
-    return hmac.new(key, data, _HMAC_BY_OID[mac_oid]).digest()
+    return PbmParams(salt, owf_oid, iterations, mac_oid)
+
+
+def _pbm_compute(secret: bytes, params_der: bytes | None, data: bytes) -> bytes:
+    p = pbm_params(params_der)
+    key = _pbm_key(secret, p.salt, p.owf, p.iterations)
+    return hmac.new(key, data, p.mac).digest()
 
 
 def _pbmac1_compute(secret: bytes, params_der: bytes | None, data: bytes) -> bytes:

@@ -2,7 +2,7 @@
 
 They work on :mod:`swcmp.cmp.der` elements, so that the test CA needs no
 pyasn1 of its own: OIDs, names from certificate templates, template
-extensions, PasswordBasedMac parameters and a best-effort look at the header
+extensions and a best-effort look at the header
 of a message that does not decode.
 """
 
@@ -132,31 +132,6 @@ def basic_constraints_ca(value: bytes) -> bool:
     """Whether a BasicConstraints extnValue asks for a CA certificate."""
     fields = der.single(value).children()
     return bool(fields) and fields[0].tag == _TAG_BOOLEAN and fields[0].value != b"\x00"
-
-
-@dataclass(frozen=True)
-class PbmParams:
-    """What a PasswordBasedMac's parameters say (the salt is not needed to answer)."""
-
-    owf_oid: str
-    iterations: int
-    mac_oid: str
-
-
-def parse_pbm_params(params_der: bytes) -> PbmParams:
-    """Read PBMParameter ::= SEQUENCE { salt, owf, iterationCount, mac }.
-
-    Raises:
-        ProtocolError: malformed.
-    """
-    fields = der.single(params_der).children()
-    if len(fields) != 4 or fields[2].tag != _TAG_INTEGER:
-        raise ProtocolError("malformed PBMParameter")
-    owf = fields[1].children()
-    mac = fields[3].children()
-    if not owf or not mac:
-        raise ProtocolError("malformed PBMParameter algorithm")
-    return PbmParams(oid_of(owf[0]), int.from_bytes(fields[2].value, "big"), oid_of(mac[0]))
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,13 @@ from swcmp.models import (
     RevDetailsInfo,
     StatusInfo,
 )
-from swcmp.protection import MacProtection, Protection, SignatureProtection, verify_mac
+from swcmp.protection import (
+    MacProtection,
+    Protection,
+    SignatureProtection,
+    pbm_params,
+    verify_mac,
+)
 from swcmp.testca import derutil
 from swcmp.testca.authority import Authority, is_supported_key
 from swcmp.testca.config import CAConfig
@@ -243,7 +249,7 @@ class CMPEngine:
             raise Refusal("badMessageCheck", f"MAC check failed: {reason}") from e
         if alg.oid == oids.PBMAC1 or alg.params_der is None:
             return Auth("mac")
-        params = derutil.parse_pbm_params(alg.params_der)  # verify_mac has checked them
+        params = pbm_params(alg.params_der)  # verify_mac has accepted them
         mac_alg = "hmac-sha1" if params.mac_oid in _SHA1_MACS else "hmac-sha256"
         return Auth("mac", mac_alg=mac_alg, iterations=params.iterations)
 
