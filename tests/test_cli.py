@@ -152,6 +152,9 @@ def test_expire_time_help_says_remaining_share() -> None:
 
 def test_choices_agree_with_config() -> None:
     assert cli_module.KEY_TYPE_CHOICES == config.KEY_TYPES
+    from swcmp import keys
+
+    assert config.KEY_TYPES == keys.KEY_TYPES
     assert cli_module.IR_AUTH_CHOICES == config.IR_AUTH_MODES
     assert cli_module.MAC_ALG_CHOICES == config.MAC_ALGS
     assert set(cli_module._OPTION_FIELDS.values()) == set(config.FIELDS) - {"auto_update"}

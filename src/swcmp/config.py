@@ -84,6 +84,8 @@ DEFAULT_CONFIG_DIR: Final = Path("/etc/swcmp")
 DEFAULT_STATE_DIR: Final = Path("/var/lib/swcmp")
 DEFAULT_SWANCTL_DIR: Final = Path("/etc/swanctl")
 
+# The same list as swcmp.keys.KEY_TYPES (tests/test_cli.py checks it): keys imports the
+# protocol package's OIDs, which this layer must not load.
 KEY_TYPES: Final = ("rsa:2048", "rsa:3072", "rsa:4096", "ecdsa:p256", "ecdsa:p384", "ed25519")
 IR_AUTH_MODES: Final = ("mac", "signature")
 MAC_ALGS: Final = ("hmac-sha256", "hmac-sha1")
