@@ -5,6 +5,8 @@ them to a :class:`Deployer`. A deployer must either make the new pair live or
 leave the previous pair live and raise :class:`DeployError`. When the consumer
 (charon) is not reachable at all, it raises :class:`DeployUnavailable`: the
 files are committed and the consumer picks them up when it next starts.
+Where there is no consumer (``--vici none``), the renewal is given no deployer
+at all and writes the files only.
 """
 
 from __future__ import annotations
@@ -61,10 +63,3 @@ class Deployer(Protocol):
     def deploy(self, new: CredentialPair, previous: CredentialPair | None) -> DeployResult:
         """Activate ``new``; on failure restore ``previous`` and raise DeployError."""
         ...
-
-
-class FileOnlyDeployer:
-    """A deployer for hosts where the files on disk are all there is."""
-
-    def deploy(self, new: CredentialPair, previous: CredentialPair | None) -> DeployResult:
-        return DeployResult(deployed=False, detail="files written; no daemon to notify")

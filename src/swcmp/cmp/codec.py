@@ -159,12 +159,6 @@ def _itav(oid: str, value_der: bytes | None) -> Any:
     return itav
 
 
-def _int_of(tlv: der.TLV) -> int:
-    if tlv.tag != 0x02:
-        raise ProtocolError("expected an INTEGER")
-    return int.from_bytes(tlv.value, "big", signed=True)
-
-
 # --------------------------------------------------------------------------- header
 
 
@@ -287,12 +281,6 @@ class CertReqSpec:
     extensions_der: bytes | None = None
     old_cert_id: OldCertId | None = None
     sign_pop: Callable[[bytes], tuple[AlgorithmId, bytes]] | None = None
-
-
-def _general_name_dir(name_der: bytes) -> Any:
-    gn = rfc5280.GeneralName()
-    _set_directory_name(gn, name_der)
-    return gn
 
 
 def cert_id_der(cid: OldCertId) -> bytes:
@@ -740,11 +728,6 @@ def parse_root_ca_key_update(value_der: bytes | None) -> RootCaKeyUpdate | None:
         elif k.tag == 0xA1:
             old_with_new = k.children()[0].raw
     return RootCaKeyUpdate(kids[0].raw, new_with_old, old_with_new)
-
-
-def now_utc() -> datetime:
-    """The current time, whole seconds, in UTC (messageTime has second precision)."""
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 def extensions_der(entries: Sequence[tuple[str, bool, bytes]]) -> bytes:

@@ -93,15 +93,6 @@ def single(data: bytes) -> TLV:
     return tlv
 
 
-def context_child(parent: TLV, number: int) -> TLV | None:
-    """The child with context-specific constructed tag ``[number]``, if any."""
-    want = 0xA0 | number
-    for c in parent.children():
-        if c.tag == want:
-            return c
-    return None
-
-
 def encode_length(length: int) -> bytes:
     """DER length octets."""
     if length < 0x80:
