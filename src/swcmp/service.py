@@ -38,7 +38,7 @@ from swcmp.deploy import Deployer
 from swcmp.enroll import Outcome
 from swcmp.errors import ConfigError, SwcmpError
 from swcmp.renewal import NeedsInitialRequest, Plan, Renewer, plan, retry_delay
-from swcmp.state import StateStore
+from swcmp.state import SessionState, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,8 @@ class RenewalService:
     host: HostConfig = field(default_factory=HostConfig)
     #: charon's VICI URI, for unloading old pinned-mode keys after each pass.
     vici: str | None = None
+    #: After a pass: when the next session needs attention (None: none does).
+    next_check: datetime | None = None
 
     def renewer(self, s: Session) -> Renewer:
         deployer = self.deployer_for(s) if self.deployer_for is not None else self.deployer
@@ -215,7 +217,9 @@ class RenewalService:
             reports.append(self.renew_one(s, p))
         if not dry_run and not standby:
             self.unload_stale_keys()
-        self.write_metrics()
+        seen = self._survey()  # once, after the renewals: for the metrics and the schedule
+        self.write_metrics(seen)
+        self.next_check = self._earliest(seen)
         return reports
 
     def unload_stale_keys(self) -> None:
@@ -315,22 +319,29 @@ class RenewalService:
                 log.warning("%s: post-renew hook %r exited %d: %s", s.name, cmd,
                             res.returncode, res.stderr.strip()[:500])
 
-    def next_wakeup(self) -> datetime | None:
-        """The earliest time any session needs attention."""
+    def _survey(self) -> list[tuple[Session, x509.Certificate | None, SessionState, Plan]]:
+        """Every session with its certificate, state and plan, read once."""
         now = self.clock()
         states = StateStore(self.paths)
-        times: list[datetime] = []
+        seen = []
         for s in self.sessions():
-            p = plan(s, load_cert(self.paths, s.name), states.load(s.name), now)
-            if p.next_check is not None and s.auto_update:
-                times.append(p.next_check)
+            cert, st = load_cert(self.paths, s.name), states.load(s.name)
+            seen.append((s, cert, st, plan(s, cert, st, now)))
+        return seen
+
+    @staticmethod
+    def _earliest(seen: Sequence[tuple[Session, x509.Certificate | None, SessionState, Plan]]
+                  ) -> datetime | None:
+        times = [p.next_check for s, _, _, p in seen if p.next_check is not None and s.auto_update]
         return min(times) if times else None
 
-    def write_metrics(self) -> None:
+    def write_metrics(
+        self,
+        seen: Sequence[tuple[Session, x509.Certificate | None, SessionState, Plan]] | None = None,
+    ) -> None:
         """Prometheus textfile: expiry, next renewal, last result, failures per session."""
         if self.host.metrics_file is None:
             return
-        states = StateStore(self.paths)
         lines = [
             "# HELP swcmp_certificate_expiry_seconds Certificate notAfter (unix time).",
             "# TYPE swcmp_certificate_expiry_seconds gauge",
@@ -341,11 +352,7 @@ class RenewalService:
             "# HELP swcmp_consecutive_failures Failed renewals since the last success.",
             "# TYPE swcmp_consecutive_failures gauge",
         ]
-        now = self.clock()
-        for s in self.sessions():
-            st = states.load(s.name)
-            cert = load_cert(self.paths, s.name)
-            p = plan(s, cert, st, now)
+        for s, cert, st, p in seen if seen is not None else self._survey():
             lbl = f'{{session="{s.name}"}}'
             if cert is not None:
                 lines.append(f"swcmp_certificate_expiry_seconds{lbl} "
@@ -424,7 +431,7 @@ class Server:
                         # renewals and failures are logged where they happen
                         if r.result == "standby":
                             log.info("%s: %s", r.session, r.message)
-                    nxt = self.service.next_wakeup()
+                    nxt = self.service.next_check
                 except SwcmpError as e:
                     log.error("renewal pass failed: %s", e)
                     nxt = None
