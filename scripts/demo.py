@@ -160,7 +160,10 @@ def wait_renewed(gw: Gateway, old_serial: str, serve_log: Path, timeout: float) 
         shown = len(lines)
         st = gw.status()
         cert = st.get("certificate") or {}
-        if cert.get("serial") and cert["serial"] != old_serial:
+        last = st.get("last_result") or {}
+        # done once the renewal is recorded: after the commit and the load into charon
+        if (cert.get("serial") and cert["serial"] != old_serial and last.get("action") == "kur"
+                and last.get("ok") and last.get("serial") == cert["serial"]):
             return st
         if st.get("state") in ("failed", "needs_ir"):
             raise DemoFailed(f"the renewal failed: {st.get('last_result')}")

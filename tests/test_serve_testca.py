@@ -180,7 +180,9 @@ def test_serve_renews_on_time_with_and_without_regenerate(site: Site, ca: CAHold
 
     seen: dict[str, datetime] = {}
     for name in sorted(names, key=lambda n: before[n][2]):
-        t = serve.wait_for(lambda n=name: serial_of(site, n) != before[n][0], 60,
+        # done = the new certificate is live and the commit has finished (journal gone)
+        t = serve.wait_for(lambda n=name: serial_of(site, n) != before[n][0]
+                           and Journal(site.paths, n).load() is None, 60,
                            f"renewal of {name}")
         seen[name] = datetime.fromtimestamp(t, tz=before[name][2].tzinfo)
 
@@ -237,7 +239,9 @@ def test_serve_picks_up_new_sessions_on_sighup_and_on_its_own(site: Site, ca: CA
     assert serial_of(site, "hup") == first  # asleep: it has not looked yet
     hup_at = time.time()
     serve.proc.send_signal(signal.SIGHUP)
-    done = serve.wait_for(lambda: serial_of(site, "hup") != first, 10, "renewal after SIGHUP")
+    done = serve.wait_for(lambda: serial_of(site, "hup") != first
+                          and Journal(site.paths, "hup").load() is None, 10,
+                          "renewal after SIGHUP")
     assert done - hup_at < 5
     assert "SIGHUP: re-reading the sessions" in serve.log()
     assert site.pair_ok("hup")
@@ -245,7 +249,9 @@ def test_serve_picks_up_new_sessions_on_sighup_and_on_its_own(site: Site, ca: CA
     # a session file that appears without a signal is found by the periodic look (30 s)
     enroll_aside(site, ca, "quiet", validity=DUE_NOW)
     second = serial_of(site, "quiet")
-    serve.wait_for(lambda: serial_of(site, "quiet") != second, 40, "renewal without SIGHUP")
+    serve.wait_for(lambda: serial_of(site, "quiet") != second
+                   and Journal(site.paths, "quiet").load() is None, 40,
+                   "renewal without SIGHUP")
     assert "configuration changed" in serve.log()
     assert site.pair_ok("quiet")
     # the renewed certificates are hour-long: nothing else is due, nothing renewed twice
