@@ -12,6 +12,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from swcmp import keys
+from swcmp.cmp import oids
+
+CMC_RA = x509.ObjectIdentifier(oids.KP_CMC_RA)
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
@@ -32,6 +35,8 @@ def make_cert(
     not_before: dt.datetime | None = None,
     days: float = 365,
     issuer_cert: x509.Certificate | None = None,
+    eku: list[x509.ObjectIdentifier] | None = None,
+    key_usage: x509.KeyUsage | None = None,
 ) -> x509.Certificate:
     nb = not_before or NOW - dt.timedelta(hours=1)
     b = (
@@ -55,8 +60,12 @@ def make_cert(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False),
             critical=True,
         )
+    elif key_usage is not None:
+        b = b.add_extension(key_usage, critical=True)
     if sans:
         b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    if eku:
+        b = b.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
     algo = None if isinstance(issuer_key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
     return b.sign(issuer_key, algo)  # type: ignore[arg-type]
 
@@ -83,11 +92,12 @@ class TestPKI:
     def issue(self, key: keys.PrivateKey | keys.PublicKey, cn: str = "gw1.example.net", *,
               serial: int | None = None, days: float = 365,
               sans: list[x509.GeneralName] | None = None,
-              not_before: dt.datetime | None = None) -> x509.Certificate:
+              not_before: dt.datetime | None = None,
+              eku: list[x509.ObjectIdentifier] | None = None) -> x509.Certificate:
         pub = key.public_key() if hasattr(key, "private_bytes") else key
         return make_cert(name(cn), pub, self.root_key, self.root.subject, serial=serial,  # type: ignore[arg-type]
                          days=days, issuer_cert=self.root, not_before=not_before,
-                         sans=sans if sans is not None else [x509.DNSName(cn)])
+                         sans=sans if sans is not None else [x509.DNSName(cn)], eku=eku)
 
     def write(self, fname: str, data: bytes) -> Path:
         p = self.dir / fname
@@ -101,8 +111,9 @@ def make_pki(tmp: Path, *, key_type: str = "ecdsa:p256") -> TestPKI:
     root = make_cert(name("swcmp Test Root CA"), root_key.public_key(), root_key, ca=True,
                      days=3650)
     srv_key = ec.generate_private_key(ec.SECP256R1())
+    # The CA's CMP signer: an RA certificate (RFC 6402 extendedKeyUsage id-kp-cmcRA)
     srv = make_cert(name("swcmp Test CMP Server"), srv_key.public_key(), root_key,
-                    root.subject, issuer_cert=root)
+                    root.subject, issuer_cert=root, eku=[CMC_RA])
     gw_key = keys.generate_key(key_type)
     pki = TestPKI(root_key, root, srv_key, srv, gw_key, root, tmp)
     pki.gw = pki.issue(gw_key)
@@ -113,4 +124,5 @@ def make_pki(tmp: Path, *, key_type: str = "ecdsa:p256") -> TestPKI:
     return pki
 
 
-__all__ = ["NOW", "TestPKI", "make_cert", "make_pki", "name", "pem_cert", "pem_key", "rsa"]
+__all__ = ["CMC_RA", "NOW", "TestPKI", "make_cert", "make_pki", "name", "pem_cert", "pem_key",
+           "rsa"]

@@ -45,9 +45,25 @@ def test_decode_nothing_left_and_reencode_identical(path: Path) -> None:
 @pytest.mark.parametrize("path", VECTORS, ids=lambda p: p.stem)
 def test_protection_verifies_with_our_code(path: Path) -> None:
     msg = codec.decode_message(path.read_bytes())
-    v = protection.verify_response(msg, mac=mac(), trust=[ROOT], now=WHEN)
+    # The captures' signers (OpenSSL's test server and client) carry no cmcRA/cmcCA
+    # extendedKeyUsage; naming the signer as the CA authorises it. That a signer
+    # without such a name is refused is test_plain_end_entity_may_not_sign_answers.
+    ca_name = (certs.load_certificate(msg.extra_certs[0]).subject if msg.extra_certs
+               else None)
+    policy = protection.ResponseTrust(anchors=(ROOT,), ca_name=ca_name)
+    v = protection.verify_response(msg, mac=mac(), trust=policy, now=WHEN)
     assert v.kind == ("mac" if msg.header.protection_alg.oid == oids.PASSWORD_BASED_MAC  # type: ignore[union-attr]
                       else "signature")
+
+
+def test_plain_end_entity_may_not_sign_answers() -> None:
+    # kup_sig is signed by OpenSSL's 'Test CMP Server': an end entity of the same root
+    msg = codec.decode_message((DATA / "kup_sig.der").read_bytes())
+    with pytest.raises(ProtectionError, match="neither the CA"):
+        protection.verify_response(msg, mac=None, trust=[ROOT], now=WHEN)
+    pinned = protection.ResponseTrust(
+        anchors=(ROOT,), pinned=(certs.load_certificate(msg.extra_certs[0]),))
+    assert protection.verify_response(msg, mac=None, trust=pinned, now=WHEN).kind == "signature"
 
 
 @pytest.mark.parametrize("path", VECTORS, ids=lambda p: p.stem)

@@ -13,7 +13,7 @@ from pyasn1.codec.der import encoder
 from pyasn1.type import univ
 from pyasn1_alt_modules import rfc8018, rfc9480
 
-from pki import TestPKI, make_pki
+from pki import CMC_RA, TestPKI, make_pki
 from swcmp import keys
 from swcmp.cmp import codec, oids
 from swcmp.errors import ConfigError, ProtectionError
@@ -107,7 +107,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
                                                ("ed25519", False)])
 def test_signature_roundtrip(pki: TestPKI, key_type: str, pss: bool) -> None:
     key = keys.generate_key(key_type)
-    cert = pki.issue(key, "srv2.example.net")
+    cert = pki.issue(key, "srv2.example.net", eku=[CMC_RA])
     p = SignatureProtection(key=key, cert=cert, pss=pss)
     m = codec.decode_message(message(p, sender=cert.subject.public_bytes()))
     assert m.header.sender_kid is not None  # SKI of the cert

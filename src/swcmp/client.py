@@ -48,7 +48,13 @@ from swcmp.models import (
     RootCaKeyUpdate,
     StatusInfo,
 )
-from swcmp.protection import MacProtection, Protection, Verified, verify_response
+from swcmp.protection import (
+    MacProtection,
+    Protection,
+    ResponseTrust,
+    Verified,
+    verify_response,
+)
 from swcmp.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -59,6 +65,8 @@ CLOCK_SKEW_WARNING = timedelta(minutes=10)
 MIN_POLL_INTERVAL = 0.2
 #: failInfo incorrectData: what we put in a certConf that rejects a certificate.
 _INCORRECT_DATA = 7
+#: CRLReason unspecified (RFC 5280 5.3.1): what an rr says when no reason is given.
+REASON_UNSPECIFIED = 0
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,9 @@ class _Tx:
     transaction_id: bytes = field(default_factory=lambda: os.urandom(16))
     server_nonce: bytes | None = None
     pvno: int = 2
+    #: the certificate that signed this transaction's first verified answer: it may
+    #: sign the later ones (pkiConf, pollRep, error) without sending itself again
+    signer: x509.Certificate | None = None
 
 
 class CMPClient:
@@ -117,8 +128,10 @@ class CMPClient:
     Args:
         transport: sends bytes, returns bytes (see :mod:`swcmp.transport`).
         recipient: the CA's name for the PKIHeader recipient.
-        trust: trust anchors for signed responses and issued certificates.
+        trust: trust anchors for signed responses and issued certificates, or a
+            :class:`~swcmp.protection.ResponseTrust` that also says who may sign answers.
         implicit_confirm: ask the CA to skip certConf/pkiConf.
+        cert_profile: the certificate profile named in requests (RFC 9483 3.1).
         poll_deadline: seconds to keep polling a 'waiting' CA in one call.
         clock: returns the current UTC time (tests pass a fixed one).
         sleep: waits between polls (tests pass a fake).
@@ -129,8 +142,9 @@ class CMPClient:
         transport: Transport,
         *,
         recipient: x509.Name,
-        trust: Sequence[x509.Certificate] = (),
+        trust: Sequence[x509.Certificate] | ResponseTrust = (),
         implicit_confirm: bool = False,
+        cert_profile: str | None = None,
         poll_deadline: float = 300.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], None] = time.sleep,
@@ -138,8 +152,11 @@ class CMPClient:
     ) -> None:
         self.transport = transport
         self.recipient_der = recipient.public_bytes()
-        self.trust = tuple(trust)
+        self.policy = (trust if isinstance(trust, ResponseTrust)
+                       else ResponseTrust(anchors=tuple(trust), ca_name=recipient))
+        self.trust = self.policy.anchors
         self.implicit_confirm = implicit_confirm
+        self.cert_profile = cert_profile
         self.poll_deadline = poll_deadline
         self.clock = clock
         self.sleep = sleep
@@ -248,8 +265,11 @@ class CMPClient:
         return None
 
     def revoke(self, *, cert: x509.Certificate, protection: Protection,
-               reason: int | None = None) -> StatusInfo:
-        """rr: revoke ``cert`` (e.g. the one a key update superseded)."""
+               reason: int = REASON_UNSPECIFIED) -> StatusInfo:
+        """rr: revoke ``cert`` (e.g. the one a key update superseded).
+
+        The request always carries a CRL reason (RFC 9483 4.2), unspecified by default.
+        """
         tx = self._tx(protection, self._sender_for(protection, None))
         body = codec.rr_body([(cert.issuer.public_bytes(), cert.serial_number, reason)])
         with self._transaction():
@@ -338,6 +358,7 @@ class CMPClient:
                 msg, verified = self._exchange(tx, kind, body, (rep_kind,))
             response, msg, verified, polls = self._await_certificate(
                 tx, kind, rep_kind, msg, verified, req_id, note)
+            req_id = response.cert_req_id  # certConf names the id the CA answered with
         except Exception:
             self.stats["failed", kind] += 1
             raise
@@ -447,12 +468,9 @@ class CMPClient:
     def _confirm(self, tx: _Tx, cert_der: bytes, req_id: int,
                  status: StatusInfo | None) -> None:
         cert = certs.load_certificate(cert_der)
-        digest = keys.hash_for_cert_signature(cert.signature_algorithm_oid.dotted_string)
-        hash_alg = None
-        if digest is None:  # EdDSA-signed certificate: RFC 9481 says SHA-512, named, pvno 3
-            digest = hashes.SHA512()
-            hash_alg = AlgorithmId(oids.SHA512)
-            tx.pvno = 3
+        digest, hash_alg = cert_hash_algorithm(cert)
+        if hash_alg is not None:
+            tx.pvno = 3  # a certConf naming its hashAlg is CMP v3 (RFC 9480 2.10)
         h = hashes.Hash(digest)
         h.update(cert_der)
         body = codec.cert_conf_body([(h.finalize(), req_id, status, hash_alg)])
@@ -480,6 +498,8 @@ class CMPClient:
             sender_kid=prot.sender_kid,
             implicit_confirm=tx.implicit_confirm and kind in (*codec.CERT_REQ_BODIES, "p10cr"),
             pvno=tx.pvno,
+            cert_profile=(self.cert_profile
+                          if kind in (*codec.CERT_REQ_BODIES, "p10cr") else None),
         )
         header_der = codec.encode_header(header)
         data = codec.assemble(header_der, body, prot.protect(codec.protected_part(header_der,
@@ -500,7 +520,10 @@ class CMPClient:
         self.stats["received", kind] += 1
         self._raise_if_error(tx, msg)
         mac = tx.protection if isinstance(tx.protection, MacProtection) else None
-        verified = verify_response(msg, mac=mac, trust=self.trust, now=self.clock())
+        verified = verify_response(msg, mac=mac, trust=self.policy, now=self.clock(),
+                                   known_signer=tx.signer)
+        if verified.signer is not None:
+            tx.signer = verified.signer
         h = msg.header
         if h.transaction_id != tx.transaction_id:
             raise ProtocolError("the response carries another transactionID")
@@ -523,7 +546,8 @@ class CMPClient:
         assert isinstance(msg.body, ErrorInfo)
         mac = tx.protection if isinstance(tx.protection, MacProtection) else None
         try:
-            verify_response(msg, mac=mac, trust=self.trust, now=self.clock())
+            verify_response(msg, mac=mac, trust=self.policy, now=self.clock(),
+                            known_signer=tx.signer)
             protected = msg.header.transaction_id == tx.transaction_id
         except ProtocolError:
             protected = False
@@ -535,8 +559,32 @@ class CMPClient:
         )
 
 
+def cert_hash_algorithm(cert: x509.Certificate
+                        ) -> tuple[hashes.HashAlgorithm, AlgorithmId | None]:
+    """The hash of a certificate for certConf (RFC 9480 2.10), and the hashAlg to name.
+
+    The hash of the certificate's signature algorithm (RSA-PSS: the one in its
+    parameters); for EdDSA, which has none to take, SHA-512 for Ed25519 and SHAKE256
+    (512-bit output) for Ed448 (RFC 9481 2.1), named in hashAlg.
+    """
+    oid = cert.signature_algorithm_oid.dotted_string
+    if oid == oids.ED25519:
+        return hashes.SHA512(), AlgorithmId(oids.SHA512)
+    if oid == oids.ED448:
+        return hashes.SHAKE256(digest_size=64), AlgorithmId(oids.SHAKE256)
+    digest = cert.signature_hash_algorithm
+    if digest is None:
+        raise CertificateError(f"no hash for certConf known for signature algorithm {oid}")
+    return digest, None
+
+
 def _response_for(content: CertRepContent, req_id: int) -> CertResponse:
     for r in content.responses:
         if r.cert_req_id == req_id:
             return r
+    if req_id == -1 and len(content.responses) == 1 and content.responses[0].cert_req_id == 0:
+        # A p10cr has no certReqId and RFC 9483 says the answer carries -1; EJBCA and
+        # NCM answer with 0. One answer for our one request is unambiguous.
+        log.info("the CA answered the p10cr with certReqId 0 instead of -1; accepted")
+        return content.responses[0]
     raise ProtocolError(f"the CA's response has no answer for certReqId {req_id}")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 
 from swcmp.cmp import oids
 from swcmp.errors import ConfigError, ProtectionError
@@ -234,7 +234,8 @@ def verify(pub: object, alg: SignatureAlgorithm, signature: bytes, data: bytes) 
             if alg.oid in _ECDSA:
                 pub.verify(signature, data, ec.ECDSA(_ECDSA[alg.oid]()))
                 return
-        elif isinstance(pub, ed25519.Ed25519PublicKey) and alg.oid == oids.ED25519:
+        elif (isinstance(pub, ed25519.Ed25519PublicKey) and alg.oid == oids.ED25519) or (
+                isinstance(pub, ed448.Ed448PublicKey) and alg.oid == oids.ED448):
             pub.verify(signature, data)
             return
     except InvalidSignature as e:

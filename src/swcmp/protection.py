@@ -21,9 +21,9 @@ from pyasn1.error import PyAsn1Error
 from pyasn1.type import univ
 from pyasn1_alt_modules import rfc8018, rfc9480
 
-from swcmp import certs, keys
-from swcmp.cmp import oids
-from swcmp.errors import CertificateError, ConfigError, ProtectionError
+from swcmp import certs, keys, text
+from swcmp.cmp import codec, oids
+from swcmp.errors import CertificateError, ConfigError, ProtectionError, ProtocolError
 from swcmp.models import AlgorithmId, PKIMessageInfo
 
 log = logging.getLogger(__name__)
@@ -249,20 +249,52 @@ class Verified:
     signer: x509.Certificate | None = None
 
 
+#: Candidates for the signer of one answer whose signature is tried (each costs a
+#: verification; a hostile answer must not make us try dozens).
+MAX_SIGNER_CANDIDATES = 4
+#: extraCerts of one answer that swcmp looks at (RFC 9483 answers carry a chain of a
+#: few certificates plus caPubs-like extras; more is only cost).
+MAX_EXTRA_CERTS = 32
+
+
+@dataclass(frozen=True)
+class ResponseTrust:
+    """Whom swcmp believes about a signed answer (RFC 9483 3.5, RFC 6402 2.10).
+
+    Attributes:
+        anchors: the trust anchors; the signer must chain to them.
+        ca_name: the CA the session talks to; a signer with this subject is the CA.
+        pinned: server certificates the operator pinned (``--server-cert``): trusted
+            as signers directly, like ``openssl cmp -srvcert``.
+        untrusted: further certificates (the session's CA certificates) that may
+            complete the signer's chain.
+        ignore_keyusage: accept a signer whose keyUsage lacks digitalSignature.
+    """
+
+    anchors: tuple[x509.Certificate, ...] = ()
+    ca_name: x509.Name | None = None
+    pinned: tuple[x509.Certificate, ...] = ()
+    untrusted: tuple[x509.Certificate, ...] = ()
+    ignore_keyusage: bool = False
+
+
 def verify_response(
     msg: PKIMessageInfo,
     *,
     mac: MacProtection | None,
-    trust: Sequence[x509.Certificate],
+    trust: Sequence[x509.Certificate] | ResponseTrust,
     now: datetime,
+    known_signer: x509.Certificate | None = None,
 ) -> Verified:
     """Check the protection of a response from the CA.
 
-    Under MAC protection the shared secret authenticates the CA. Otherwise the
-    signer is taken from extraCerts (by senderKID, else the first), must sign
-    the ProtectedPart and chain to ``trust`` with the other extraCerts as
-    untrusted intermediates.
+    Under MAC protection the shared secret authenticates the CA. A signature is
+    accepted only from a certificate found as :func:`signer_candidates` describes
+    whose signature over the ProtectedPart verifies, that is named by the header's
+    sender, and that is authorised by :func:`authorise_signer`. ``known_signer`` is
+    the signer already validated on an earlier answer of the same transaction.
     """
+    policy = trust if isinstance(trust, ResponseTrust) else ResponseTrust(tuple(trust))
     alg = msg.header.protection_alg
     if msg.protection is None or alg is None:
         raise ProtectionError("the response is not protected").with_hint(
@@ -275,30 +307,156 @@ def verify_response(
             ).with_hint("the CA must answer a signed request with a signature")
         mac.verify(alg, msg.protected_part, msg.protection)
         return Verified("mac")
-    signer = find_signer(msg)
-    keys.verify(certs.public_key_of(signer), keys.SignatureAlgorithm(alg.oid, alg.params_der),
-                msg.protection, msg.protected_part)
-    sender = msg.header.sender_der
-    if sender not in (None, b"\x30\x00") and signer.subject.public_bytes() != sender:
+    extra = _extra_certs(msg)
+    sig_alg = keys.SignatureAlgorithm(alg.oid, alg.params_der)
+    signer = None
+    for cand in signer_candidates(msg, extra, policy, known_signer):
+        try:
+            keys.verify(certs.public_key_of(cand), sig_alg, msg.protection, msg.protected_part)
+        except (ProtectionError, CertificateError):
+            continue
+        signer = cand
+        break
+    if signer is None:
         raise ProtectionError(
-            "the response's sender does not match the subject of its signing certificate"
-        )
-    others = [certs.load_certificate(c) for c in msg.extra_certs]
+            "the response's signature does not verify with the certificate it names"
+        ).with_hint("the answer was altered on the way, or the CA signs with a key swcmp "
+                    "was not given: pin the CA's signing certificate with --server-cert")
+    _check_sender(msg, signer)
+    if signer == known_signer:
+        return Verified("signature", signer)
+    if any(signer == p for p in policy.pinned):
+        certs.check_validity(signer, now)
+        return Verified("signature", signer)
     try:
-        certs.build_chain(signer, anchors=trust, untrusted=others, now=now)
+        certs.build_chain(signer, anchors=policy.anchors,
+                          untrusted=[*extra, *policy.untrusted], now=now)
     except CertificateError as e:
-        raise ProtectionError(f"the CA's signing certificate is not trusted: {e}") from e
+        raise ProtectionError(f"the CA's signing certificate is not trusted: {e}").with_hint(
+            e.hint or "check the session's trust anchors (--trust)") from e
+    authorise_signer(signer, policy)
     return Verified("signature", signer)
 
 
-def find_signer(msg: PKIMessageInfo) -> x509.Certificate:
-    """The certificate that protects ``msg``: the extraCert matching senderKID, else the first."""
-    if not msg.extra_certs:
-        raise ProtectionError("signature-protected response without extraCerts")
-    loaded = [certs.load_certificate(c) for c in msg.extra_certs]
+def _extra_certs(msg: PKIMessageInfo) -> list[x509.Certificate]:
+    out = []
+    for der in msg.extra_certs[:MAX_EXTRA_CERTS]:
+        try:
+            out.append(certs.load_certificate(der))
+        except CertificateError as e:
+            raise ProtectionError(f"the response's extraCerts hold a malformed certificate: "
+                                  f"{e}") from e
+    return out
+
+
+def _sender_name(msg: PKIMessageInfo) -> bytes | None:
+    der = msg.header.sender_der
+    if der in (None, codec.NULL_DN_DER):
+        return None
+    return der
+
+
+def _same_name(name: x509.Name, other_der: bytes) -> str | None:
+    try:
+        return codec.compare_names(name.public_bytes(), other_der)
+    except ProtocolError:
+        return None
+
+
+def signer_candidates(msg: PKIMessageInfo, extra: Sequence[x509.Certificate],
+                      policy: ResponseTrust,
+                      known_signer: x509.Certificate | None) -> list[x509.Certificate]:
+    """The certificates that may have signed ``msg``, most likely first.
+
+    With a senderKID: the extraCerts whose subjectKeyIdentifier it is, then the
+    transaction's known signer, the pinned server certificates and the trust
+    anchors with that identifier; a senderKID that matches none of them is an
+    error. Without one: the same lists by the header's sender name; a NULL sender
+    names the first extraCert (or the known signer).
+    """
     kid = msg.header.sender_kid
+    known = (known_signer,) if known_signer is not None else ()
+    pools = (extra, known, policy.pinned, policy.anchors)
+    out: list[x509.Certificate] = []
+
+    def add(c: x509.Certificate) -> None:
+        if c not in out:
+            out.append(c)
+
     if kid is not None:
-        for c in loaded:
-            if certs.subject_key_id(c) == kid:
-                return c
-    return loaded[0]
+        for pool in pools:
+            for c in pool:
+                if certs.subject_key_id(c) == kid:
+                    add(c)
+        if not out:
+            raise ProtectionError(
+                f"the response's senderKID {kid.hex()} names no certificate swcmp knows "
+                "(extraCerts, pinned server certificates, trust anchors)"
+            ).with_hint("pin the CA's signing certificate with --server-cert, or ask the CA "
+                        "to send it in extraCerts")
+    else:
+        sender = _sender_name(msg)
+        for pool in pools:
+            for c in pool:
+                if sender is not None and _same_name(c.subject, sender) is not None:
+                    add(c)
+        if sender is None and not out:
+            out.extend([*extra[:1], *known])
+        if not out:
+            raise ProtectionError(
+                "signature-protected response whose signer swcmp cannot find: no senderKID, "
+                "no extraCerts and no known certificate for its sender"
+            ).with_hint("pin the CA's signing certificate with --server-cert")
+    return out[:MAX_SIGNER_CANDIDATES]
+
+
+def _check_sender(msg: PKIMessageInfo, signer: x509.Certificate) -> None:
+    sender = _sender_name(msg)
+    if sender is None:
+        return
+    match = _same_name(signer.subject, sender)
+    if match is None:
+        raise ProtectionError(
+            "the response's sender does not match the subject of its signing certificate")
+    if match == "reversed":
+        log.warning("the CA's sender name lists the RDNs of its certificate's subject %s in "
+                    "reverse order; accepted", text.safe(signer.subject.rfc4514_string()))
+
+
+def authorise_signer(signer: x509.Certificate, policy: ResponseTrust) -> None:
+    """Refuse a signer that chains to the anchors but is not entitled to answer.
+
+    Entitled: a trust anchor itself, the CA (subject = the session's CA name), a
+    pinned server certificate, or a certificate with extendedKeyUsage id-kp-cmcCA or
+    id-kp-cmcRA (RFC 6402 2.10). Another end entity of the same CA (a gateway!) is
+    not. A keyUsage extension must include digitalSignature unless ignore_keyusage.
+    """
+    entitled = (signer in policy.anchors or signer in policy.pinned
+                or (policy.ca_name is not None
+                    and _same_name(signer.subject, policy.ca_name.public_bytes()) is not None))
+    if not entitled:
+        try:
+            eku = signer.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            usages = {u.dotted_string for u in eku}
+        except x509.ExtensionNotFound:
+            usages = set()
+        entitled = bool(usages & {oids.KP_CMC_CA, oids.KP_CMC_RA})
+    if not entitled:
+        raise ProtectionError(
+            f"the response is signed by {certs.describe(signer)}, which chains to the trust "
+            "anchor but is neither the CA, a pinned server certificate nor an RA or CA "
+            "certificate (extendedKeyUsage cmcRA/cmcCA)"
+        ).with_hint("if this certificate is really the CA's CMP signer, pin it with "
+                    "--server-cert FILE")
+    if policy.ignore_keyusage:
+        return
+    try:
+        ku = signer.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if not ku.digital_signature:
+        raise ProtectionError(
+            f"the response is signed by {certs.describe(signer)}, whose keyUsage does not "
+            "include digitalSignature"
+        ).with_hint("some CAs sign with a keyCertSign-only certificate; accept that with "
+                    "`swcmp session set NAME --ignore-keyusage`")

@@ -183,6 +183,7 @@ class HeaderFields:
     confirm_wait_time: datetime | None = None
     free_text: tuple[str, ...] = ()
     pvno: int = 2
+    cert_profile: str | None = None
 
 
 def encode_header(h: HeaderFields) -> bytes:
@@ -205,12 +206,16 @@ def encode_header(h: HeaderFields) -> bytes:
         _put(hdr, "recipNonce", h.recip_nonce)
     if h.free_text:
         _free_text(hdr["freeText"], h.free_text)
-    if h.implicit_confirm or h.confirm_wait_time is not None:
+    if h.implicit_confirm or h.confirm_wait_time is not None or h.cert_profile is not None:
         gi = hdr["generalInfo"]
         if h.implicit_confirm:
             gi.append(_itav(oids.IT_IMPLICIT_CONFIRM, b"\x05\x00"))
         if h.confirm_wait_time is not None:
             gi.append(_itav(oids.IT_CONFIRM_WAIT_TIME, _enc(_gtime(h.confirm_wait_time))))
+        if h.cert_profile is not None:  # RFC 9483 3.1: SEQUENCE OF UTF8String, one profile
+            profile = rfc9480.CertProfileValue()
+            profile.append(char.UTF8String(h.cert_profile))
+            gi.append(_itav(oids.IT_CERT_PROFILE, _enc(profile)))
     return _enc(hdr)
 
 
@@ -526,10 +531,12 @@ def _decode_message(data: bytes) -> PKIMessageInfo:
 
     msg = _decode(data, rfc9480.PKIMessage(), "CMP message")
     header = _parse_header(msg["header"])
-    if header.pvno not in (2, 3):
-        raise ProtocolError(f"unsupported CMP version pvno={header.pvno}")
     body = msg["body"]
     kind = body.getName()
+    # Some CAs answer with pvno 1 (cmp1999) in error messages; their status and text
+    # are still worth showing. Anything else must be CMPv2 (2) or v3 (3).
+    if header.pvno not in (2, 3) and not (header.pvno == 1 and kind == "error"):
+        raise ProtocolError(f"unsupported CMP version pvno={header.pvno}")
     content = body.getComponent()
     inner = body_tlv.children()[0]
     parsed: Body
@@ -741,3 +748,55 @@ def extensions_der(entries: Sequence[tuple[str, bool, bytes]]) -> bytes:
         ext["extnValue"] = value
         exts.append(ext)
     return _enc(exts)
+
+
+# --------------------------------------------------------------------------- names
+
+_NAME_STRING_CODECS = {0x0C: "utf-8", 0x13: "ascii", 0x16: "ascii", 0x14: "latin-1",
+                       0x1E: "utf-16-be", 0x1C: "utf-32-be"}
+
+NameKey = tuple[tuple[tuple[str, str], ...], ...]
+
+
+def name_key(name_der: bytes) -> NameKey:
+    """A Name in a form that compares as names do (RFC 5280 7.1), not as bytes.
+
+    Per RDN the set of (attribute OID, value) pairs, string values case-folded with
+    runs of white space collapsed, whatever string type carried them; other values
+    by their encoding. ProtocolError for a malformed Name.
+    """
+    try:
+        seq = der.single(name_der)
+        if seq.tag != 0x30:
+            raise ProtocolError("a Name must be a SEQUENCE")
+        rdns = []
+        for rdn in seq.children():
+            if rdn.tag != 0x31:
+                raise ProtocolError("a relative distinguished name must be a SET")
+            pairs = []
+            for atv in rdn.children():
+                fields = atv.children() if atv.tag == 0x30 else []
+                if len(fields) != 2 or fields[0].tag != 0x06:
+                    raise ProtocolError("malformed attribute in a Name")
+                oid = str(_decode(fields[0].raw, univ.ObjectIdentifier(), "attribute type"))
+                codec_name = _NAME_STRING_CODECS.get(fields[1].tag)
+                if codec_name is None:
+                    value = "#" + fields[1].raw.hex()
+                else:
+                    value = " ".join(fields[1].value.decode(codec_name).split()).casefold()
+                pairs.append((oid, value))
+            rdns.append(tuple(sorted(pairs)))
+    except (ValueError, UnicodeError) as e:
+        raise ProtocolError(f"malformed Name: {e}") from e
+    return tuple(rdns)
+
+
+def compare_names(a_der: bytes, b_der: bytes) -> str | None:
+    """``"same"`` when two Names are equal as names, ``"reversed"`` when they are equal
+    with the RDNs in opposite order (as some CAs send them), else None."""
+    a, b = name_key(a_der), name_key(b_der)
+    if a == b:
+        return "same"
+    if len(a) > 1 and a == tuple(reversed(b)):
+        return "reversed"
+    return None

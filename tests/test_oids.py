@@ -1,0 +1,46 @@
+"""swcmp's OID table against what the RFCs' ASN.1 modules (pyasn1-alt-modules) define."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+
+from cryptography.x509.oid import (
+    CRLEntryExtensionOID,
+    ExtendedKeyUsageOID,
+    ExtensionOID,
+    SignatureAlgorithmOID,
+)
+
+from swcmp.cmp import oids
+
+
+def test_no_oid_is_typed_by_hand() -> None:
+    tree = ast.parse(inspect.getsource(oids))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            assert not node.value[:1].isdigit(), f"OID typed by hand: {node.value}"
+
+
+def test_root_ca_update_types_follow_rfc9480() -> None:
+    # RFC 9480 2.4 / Appendix A: id-it-rootCaKeyUpdate is id-it 18, id-it-rootCaCert id-it 20.
+    assert oids.IT_ROOT_CA_KEY_UPDATE.endswith(".4.18")
+    assert oids.IT_ROOT_CA_CERT.endswith(".4.20")
+    assert oids.IT_CA_CERTS.endswith(".4.17")
+
+
+def test_values_agree_with_cryptography() -> None:
+    # A second, independent transcription of the same registries.
+    assert SignatureAlgorithmOID.RSA_WITH_SHA256.dotted_string == oids.SHA256_WITH_RSA
+    assert SignatureAlgorithmOID.RSA_WITH_SHA1.dotted_string == oids.SHA1_WITH_RSA
+    assert SignatureAlgorithmOID.RSASSA_PSS.dotted_string == oids.RSASSA_PSS
+    assert SignatureAlgorithmOID.ECDSA_WITH_SHA384.dotted_string == oids.ECDSA_SHA384
+    assert SignatureAlgorithmOID.ED25519.dotted_string == oids.ED25519
+    assert SignatureAlgorithmOID.ED448.dotted_string == oids.ED448
+    assert ExtensionOID.SUBJECT_ALTERNATIVE_NAME.dotted_string == oids.SUBJECT_ALT_NAME
+    assert CRLEntryExtensionOID.CRL_REASON.dotted_string == oids.CRL_REASON
+    assert oids.KP_CMC_RA.endswith(".3.28") and oids.KP_CMC_CA.endswith(".3.27")
+    kp_arc = ExtendedKeyUsageOID.SERVER_AUTH.dotted_string.rsplit(".", 1)[0]
+    assert oids.KP_CMC_RA.rsplit(".", 1)[0] == kp_arc
+    assert len({v for k, v in vars(oids).items() if k.isupper()}) == len(
+        [k for k in vars(oids) if k.isupper()]), "two names share one OID"
