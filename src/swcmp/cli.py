@@ -61,8 +61,9 @@ IR_AUTH_CHOICES = ("mac", "signature")
 MAC_ALG_CHOICES = ("hmac-sha256", "hmac-sha1")
 
 # Settings that name files which must exist when they are set.
-_FILE_FIELDS = ("mac_secret_file", "auth_cert", "auth_key", "trust", "tls_ca_bundle")
-_CERT_FIELDS = ("auth_cert", "trust", "tls_ca_bundle")
+_FILE_FIELDS = ("mac_secret_file", "auth_cert", "auth_key", "trust", "tls_ca_bundle",
+                "server_cert", "extra_certs")
+_CERT_FIELDS = ("auth_cert", "trust", "tls_ca_bundle", "server_cert", "extra_certs")
 
 
 # --- the state shared by all commands --------------------------------------------------
@@ -425,6 +426,11 @@ _OPTION_FIELDS = {
     "expire_time": "expire_time",
     "connection": "connections",
     "tls_ca_bundle": "tls_ca_bundle",
+    "server_cert": "server_cert",
+    "extra_certs": "extra_certs",
+    "ignore_keyusage": "ignore_keyusage",
+    "implicit_confirm": "implicit_confirm",
+    "cert_profile": "cert_profile",
 }
 
 
@@ -533,6 +539,39 @@ def setting_options(f: F) -> F:
             "--tls-ca-bundle",
             metavar="FILE",
             help="CA bundle that verifies an https:// server (default: the system store).",
+        ),
+        click.option(
+            "--server-cert",
+            metavar="FILE",
+            multiple=True,
+            help="Pin the CMP server's signing certificate: answers it signs are trusted "
+            "without a chain or extendedKeyUsage (like openssl cmp -srvcert). Repeat for "
+            "several; the files given replace the stored list.",
+        ),
+        click.option(
+            "--extra-certs",
+            metavar="FILE",
+            multiple=True,
+            help="Certificates added to the extraCerts of signed requests, after the "
+            "signer's chain (e.g. the root, for CAs that want it). Repeat for several.",
+        ),
+        click.option(
+            "--ignore-keyusage/--no-ignore-keyusage",
+            default=None,
+            help="Accept answers signed by a certificate whose keyUsage lacks "
+            "digitalSignature (CAs signing with a keyCertSign-only root). Default: no.",
+        ),
+        click.option(
+            "--implicit-confirm/--no-implicit-confirm",
+            default=None,
+            help="Ask the CA to grant implicitConfirm (no certConf/pkiConf round trip). "
+            "Default: no.",
+        ),
+        click.option(
+            "--cert-profile",
+            metavar="NAME",
+            help="Certificate profile named in requests (generalInfo certProfile, "
+            "RFC 9483 3.1), for CAs that select the profile per request.",
         ),
     ]
     for option in reversed(options):
@@ -920,9 +959,12 @@ def request_initial(name: str, no_deploy: bool) -> None:
 
 @request.command("certificate")
 @_name_argument()
+@click.option("--pkcs10", is_flag=True,
+              help="Send the request as a PKCS#10 CSR (p10cr) instead of a CRMF CR, for "
+              "CAs or RAs that only take CSRs.")
 @_deploy_option
 @json_option
-def request_certificate(name: str, no_deploy: bool) -> None:
+def request_certificate(name: str, pkcs10: bool, no_deploy: bool) -> None:
     """Certificate request (CR) for NAME, signed with a certificate this CA issued.
 
     The signing certificate is auth_cert/auth_key, by default the session's own
@@ -933,7 +975,7 @@ def request_certificate(name: str, no_deploy: bool) -> None:
     env = _env()
     s = env.store.load(name)
     outcome = enroll.request_certificate(
-        s, env.paths, store=env.store, deployer=_deployer(env, no_deploy, s)
+        s, env.paths, store=env.store, deployer=_deployer(env, no_deploy, s), pkcs10=pkcs10
     )
     env.emit(outcome.to_json(), _outcome_text(outcome))
 

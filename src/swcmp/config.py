@@ -495,6 +495,16 @@ def _key(value: object) -> object:
     return _check_key_name(_text(value, "key").strip())
 
 
+def _cert_profile(value: object) -> object:
+    text = _text(value, "cert_profile").strip()
+    if not text or len(text) > 256 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise _err(
+            "invalid cert_profile: it must be 1-256 characters without control characters",
+            "give the profile name exactly as the CA operator configured it",
+        )
+    return text
+
+
 def _bool(value: object) -> object:
     if isinstance(value, bool):
         return value
@@ -566,6 +576,11 @@ FIELDS: Final[dict[str, FieldSpec]] = {
         FieldSpec("connections", "--connection", _connections, multi=True),
         FieldSpec("auto_update", "enable-auto-update", _bool),
         FieldSpec("tls_ca_bundle", "--tls-ca-bundle", _opt(_path), path=True),
+        FieldSpec("server_cert", "--server-cert", _paths, multi=True, path=True),
+        FieldSpec("extra_certs", "--extra-certs", _paths, multi=True, path=True),
+        FieldSpec("ignore_keyusage", "--ignore-keyusage", _bool),
+        FieldSpec("implicit_confirm", "--implicit-confirm", _bool),
+        FieldSpec("cert_profile", "--cert-profile", _opt(_cert_profile)),
     )
 }
 
@@ -617,6 +632,14 @@ class Session:
         connections: strongSwan connections that use the certificate.
         auto_update: renew automatically (enabled only after the checks pass).
         tls_ca_bundle: CA bundle for verifying an https server (None: system store).
+        server_cert: pinned CMP server certificates, trusted as signers of answers
+            (the router's "verification certificate"; ``openssl cmp -srvcert``).
+        extra_certs: certificate files added to the extraCerts of signed requests
+            (e.g. the root, for CAs that want the whole chain).
+        ignore_keyusage: accept answers signed by a certificate whose keyUsage lacks
+            digitalSignature (CAs that sign with a keyCertSign-only root).
+        implicit_confirm: ask the CA to skip the certConf/pkiConf round trip.
+        cert_profile: certificate profile named in requests (RFC 9483 3.1).
         entity_dn: ``entity`` parsed (derived).
         ca_dn: ``ca_name`` parsed (derived).
         san_names: ``sans`` parsed (derived).
@@ -641,6 +664,11 @@ class Session:
     connections: tuple[str, ...] = ()
     auto_update: bool = False
     tls_ca_bundle: Path | None = None
+    server_cert: tuple[Path, ...] = ()
+    extra_certs: tuple[Path, ...] = ()
+    ignore_keyusage: bool = False
+    implicit_confirm: bool = False
+    cert_profile: str | None = None
     entity_dn: x509.Name | None = field(init=False, repr=False, compare=False)
     ca_dn: x509.Name | None = field(init=False, repr=False, compare=False)
     san_names: tuple[x509.GeneralName, ...] = field(init=False, repr=False, compare=False)

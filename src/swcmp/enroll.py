@@ -25,7 +25,7 @@ from swcmp.state import StateStore
 
 if TYPE_CHECKING:  # the protocol stack is imported only when a request is made
     from swcmp.client import CMPClient, Enrollment
-    from swcmp.protection import Protection
+    from swcmp.protection import Protection, ResponseTrust
     from swcmp.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -128,16 +128,78 @@ def mac_protection(session: Session) -> Protection:
                          mac_alg=session.mac_alg)
 
 
+def load_cert_files(files: Sequence[Path], what: str) -> list[x509.Certificate]:
+    """Every certificate in every file of ``files``."""
+    out: list[x509.Certificate] = []
+    for p in files:
+        out.extend(certs.load_certificates(read_file(p, what)))
+    return out
+
+
+def session_ca_certs(session: Session, paths: Paths) -> list[x509.Certificate]:
+    """The CA certificates stored for the session (``x509ca/<session>-caN.crt``)."""
+    out: list[x509.Certificate] = []
+    for p in paths.ca_cert_files(session.name):
+        try:
+            out.extend(certs.load_certificates(read_file(p, "CA certificate")))
+        except SwcmpError as e:  # a damaged CA file must not stop a renewal
+            log.warning("%s: ignoring %s: %s", session.name, p, e)
+    return out
+
+
+def request_chain(session: Session, paths: Paths, cert: x509.Certificate,
+                  given: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    """The extraCerts after the protection certificate: its chain, then --extra-certs.
+
+    The chain is built toward the trust anchors from what the session holds (the
+    certificates beside the signing certificate, its CA certificates, the anchors)
+    and sent without the self-signed root (RFC 9483 3.3); when it cannot be built
+    the certificates given with the signing certificate are sent as they are.
+    ``--extra-certs`` files follow, e.g. the root for CAs that want it.
+    """
+    chain: list[x509.Certificate] = list(given)
+    anchors = load_trust(session)
+    if anchors:
+        try:
+            path = certs.build_chain(cert, anchors=anchors,
+                                     untrusted=[*given, *session_ca_certs(session, paths)],
+                                     now=datetime.now(UTC), check_leaf_validity=False)
+            chain = [c for c in path[1:] if c.subject != c.issuer]
+        except SwcmpError as e:
+            log.debug("%s: no chain for the signing certificate (%s); sending the given one",
+                      session.name, e)
+    out: list[x509.Certificate] = []
+    for c in [*chain, *load_cert_files(session.extra_certs, "extra certificate file")]:
+        if c not in out and c != cert:
+            out.append(c)
+    return out
+
+
 def signature_protection(session: Session, paths: Paths) -> Protection:
     from swcmp.protection import SignatureProtection
 
     key, cert, chain = signature_credentials(session, paths)
-    return SignatureProtection(key=key, cert=cert, chain=chain)
+    return SignatureProtection(key=key, cert=cert,
+                               chain=request_chain(session, paths, cert, chain))
+
+
+def response_trust(session: Session, paths: Paths | None = None) -> ResponseTrust:
+    """Whom the session believes about signed answers (see ResponseTrust)."""
+    from swcmp.protection import ResponseTrust
+
+    return ResponseTrust(
+        anchors=tuple(load_trust(session)),
+        ca_name=session.ca_dn,
+        pinned=tuple(load_cert_files(session.server_cert, "server certificate file")),
+        untrusted=tuple(session_ca_certs(session, paths)) if paths is not None else (),
+        ignore_keyusage=session.ignore_keyusage,
+    )
 
 
 def make_client(session: Session, *, transport: Transport | None = None,
-                implicit_confirm: bool = False, poll_deadline: float = 300.0,
-                sleep: Callable[[float], None] | None = None) -> CMPClient:
+                implicit_confirm: bool | None = None, poll_deadline: float = 300.0,
+                sleep: Callable[[float], None] | None = None,
+                paths: Paths | None = None) -> CMPClient:
     """A CMPClient for the session's CA (an HttpTransport unless one is given)."""
     from swcmp.client import CMPClient
     from swcmp.transport import HttpTransport
@@ -148,8 +210,10 @@ def make_client(session: Session, *, transport: Transport | None = None,
     if transport is None:
         bundle = str(session.tls_ca_bundle) if session.tls_ca_bundle else None
         transport = HttpTransport(session.server_url, ca_bundle=bundle)
-    client = CMPClient(transport, recipient=session.ca_dn, trust=load_trust(session),
-                       implicit_confirm=implicit_confirm, poll_deadline=poll_deadline)
+    client = CMPClient(transport, recipient=session.ca_dn, trust=response_trust(session, paths),
+                       implicit_confirm=(session.implicit_confirm if implicit_confirm is None
+                                         else implicit_confirm),
+                       poll_deadline=poll_deadline, cert_profile=session.cert_profile)
     if sleep is not None:
         client.sleep = sleep
     return client
@@ -263,11 +327,15 @@ def _request(kind: str, session: Session, paths: Paths, protection: Callable[[],
         assert session.entity_dn is not None and session.key is not None
         prot = protection()
         key, _ = ensure_session_key(session, paths)
-        client = make_client(session, transport=transport)
-        send = client.initial if kind == "ir" else client.certificate
+        client = make_client(session, transport=transport, paths=paths)
         try:
-            enrolled = send(key=key, subject=session.entity_dn, sans=session.san_names,
-                            protection=prot)
+            if kind == "p10cr":
+                enrolled = client.p10(csr=make_csr(key, session.entity_dn, session.san_names),
+                                      protection=prot)
+            else:
+                send = client.initial if kind == "ir" else client.certificate
+                enrolled = send(key=key, subject=session.entity_dn, sans=session.san_names,
+                                protection=prot)
         finally:
             _record_stats(paths, session.name, client)
         return _store_and_configure(session, paths, store, enrolled, kind,
@@ -299,11 +367,24 @@ def request_initial(session: Session, paths: Paths, *, store: SessionStore | Non
 
 
 def request_certificate(session: Session, paths: Paths, *, store: SessionStore | None = None,
-                        deployer: Deployer | None = None,
-                        transport: Transport | None = None) -> Outcome:
-    """CR: a certificate for the session's key, signed with a certificate this CA issued."""
-    return _request("cr", session, paths, lambda: signature_protection(session, paths),
-                    store, deployer, transport)
+                        deployer: Deployer | None = None, transport: Transport | None = None,
+                        pkcs10: bool = False) -> Outcome:
+    """CR: a certificate for the session's key, signed with a certificate this CA issued.
+
+    ``pkcs10``: send the request as a PKCS#10 CSR in a p10cr (RFC 9483 4.1.4) instead.
+    """
+    return _request("p10cr" if pkcs10 else "cr", session, paths,
+                    lambda: signature_protection(session, paths), store, deployer, transport)
+
+
+def make_csr(key: keys.PrivateKey, subject: x509.Name,
+             sans: Sequence[x509.GeneralName]) -> x509.CertificateSigningRequest:
+    """A PKCS#10 request for ``key`` with the session's subject and SANs."""
+    builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    alg = keys.default_signature_algorithm(key)
+    return builder.sign(key, keys.hash_for_cert_signature(alg.oid))  # type: ignore[arg-type]
 
 
 def _record_stats(paths: Paths, name: str, client: CMPClient) -> None:

@@ -6,14 +6,15 @@ supported, the set that strongSwan and the CAs swcmp targets have in common.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 
-from swcmp.cmp import oids
 from swcmp.errors import ConfigError, ProtectionError
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
@@ -22,23 +23,37 @@ PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519Public
 KEY_TYPES = ("rsa:2048", "rsa:3072", "rsa:4096", "ecdsa:p256", "ecdsa:p384", "ed25519")
 DEFAULT_KEY_TYPE = "rsa:3072"
 
-_HASH_BY_OID: dict[str, type[hashes.HashAlgorithm]] = {
-    oids.SHA1: hashes.SHA1,
-    oids.SHA256: hashes.SHA256,
-    oids.SHA384: hashes.SHA384,
-    oids.SHA512: hashes.SHA512,
-}
-_RSA_PKCS1: dict[str, type[hashes.HashAlgorithm]] = {
-    oids.SHA1_WITH_RSA: hashes.SHA1,
-    oids.SHA256_WITH_RSA: hashes.SHA256,
-    oids.SHA384_WITH_RSA: hashes.SHA384,
-    oids.SHA512_WITH_RSA: hashes.SHA512,
-}
-_ECDSA: dict[str, type[hashes.HashAlgorithm]] = {
-    oids.ECDSA_SHA256: hashes.SHA256,
-    oids.ECDSA_SHA384: hashes.SHA384,
-    oids.ECDSA_SHA512: hashes.SHA512,
-}
+class _Tables(NamedTuple):
+    hash_by_oid: dict[str, type[hashes.HashAlgorithm]]
+    rsa_pkcs1: dict[str, type[hashes.HashAlgorithm]]
+    ecdsa: dict[str, type[hashes.HashAlgorithm]]
+
+
+@functools.cache
+def _tables() -> _Tables:
+    # Built on first use: the OIDs come from pyasn1-alt-modules, whose import
+    # costs ~0.4 s, and `swcmp status` (which imports this module) signs nothing.
+    from swcmp.cmp import oids
+
+    return _Tables(
+        hash_by_oid={
+            oids.SHA1: hashes.SHA1,
+            oids.SHA256: hashes.SHA256,
+            oids.SHA384: hashes.SHA384,
+            oids.SHA512: hashes.SHA512,
+        },
+        rsa_pkcs1={
+            oids.SHA1_WITH_RSA: hashes.SHA1,
+            oids.SHA256_WITH_RSA: hashes.SHA256,
+            oids.SHA384_WITH_RSA: hashes.SHA384,
+            oids.SHA512_WITH_RSA: hashes.SHA512,
+        },
+        ecdsa={
+            oids.ECDSA_SHA256: hashes.SHA256,
+            oids.ECDSA_SHA384: hashes.SHA384,
+            oids.ECDSA_SHA512: hashes.SHA512,
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -152,6 +167,8 @@ def subject_key_id(key: PrivateKey | PublicKey) -> bytes:
 
 def default_signature_algorithm(key: PrivateKey, *, pss: bool = False) -> SignatureAlgorithm:
     """The algorithm swcmp signs with for ``key``: SHA-256 (SHA-384 for P-384)."""
+    from swcmp.cmp import oids
+
     if isinstance(key, rsa.RSAPrivateKey):
         if pss:
             return SignatureAlgorithm(oids.RSASSA_PSS, _pss_params_der())
@@ -169,6 +186,8 @@ def _pss_params_der() -> bytes:
     from pyasn1.type import univ
     from pyasn1_alt_modules import rfc4055, rfc5280
 
+    from swcmp.cmp import oids
+
     params = rfc4055.RSASSA_PSS_params()
     params["hashAlgorithm"]["algorithm"] = univ.ObjectIdentifier(oids.SHA256)
     params["maskGenAlgorithm"]["algorithm"] = univ.ObjectIdentifier(oids.MGF1)
@@ -184,6 +203,8 @@ def _pss_from_params(params_der: bytes | None) -> tuple[hashes.HashAlgorithm, in
     from pyasn1.error import PyAsn1Error
     from pyasn1_alt_modules import rfc4055, rfc5280
 
+    from swcmp.cmp import oids
+
     if not params_der:
         raise ProtectionError("RSASSA-PSS without parameters is not accepted")
     try:
@@ -193,25 +214,27 @@ def _pss_from_params(params_der: bytes | None) -> tuple[hashes.HashAlgorithm, in
     if rest:
         raise ProtectionError("RSASSA-PSS parameters have trailing bytes")
     hash_oid = str(params["hashAlgorithm"]["algorithm"])
-    if hash_oid not in _HASH_BY_OID or hash_oid == oids.SHA1:
+    if hash_oid not in _tables().hash_by_oid or hash_oid == oids.SHA1:
         raise ProtectionError(f"RSASSA-PSS with hash {hash_oid} is not accepted")
     mgf_params = params["maskGenAlgorithm"]["parameters"]
     if mgf_params.isValue:
         mgf_alg, _ = decoder.decode(bytes(mgf_params), asn1Spec=rfc5280.AlgorithmIdentifier())
         if str(mgf_alg["algorithm"]) != hash_oid:
             raise ProtectionError("RSASSA-PSS with a different MGF1 hash is not accepted")
-    return _HASH_BY_OID[hash_oid](), int(params["saltLength"])
+    return _tables().hash_by_oid[hash_oid](), int(params["saltLength"])
 
 
 def sign(key: PrivateKey, alg: SignatureAlgorithm, data: bytes) -> bytes:
     """Sign ``data`` with ``key`` under ``alg``."""
+    from swcmp.cmp import oids
+
     if isinstance(key, rsa.RSAPrivateKey):
         if alg.oid == oids.RSASSA_PSS:
             h, salt = _pss_from_params(alg.params_der)
             return key.sign(data, padding.PSS(padding.MGF1(h), salt), h)
-        return key.sign(data, padding.PKCS1v15(), _RSA_PKCS1[alg.oid]())
+        return key.sign(data, padding.PKCS1v15(), _tables().rsa_pkcs1[alg.oid]())
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        return key.sign(data, ec.ECDSA(_ECDSA[alg.oid]()))
+        return key.sign(data, ec.ECDSA(_tables().ecdsa[alg.oid]()))
     return key.sign(data)
 
 
@@ -221,18 +244,20 @@ def verify(pub: object, alg: SignatureAlgorithm, signature: bytes, data: bytes) 
     The algorithm must fit the key: an ECDSA OID with an RSA key is refused,
     as is SHA-1 (no CA that swcmp targets needs it for new messages).
     """
+    from swcmp.cmp import oids
+
     try:
         if isinstance(pub, rsa.RSAPublicKey):
             if alg.oid == oids.RSASSA_PSS:
                 h, salt = _pss_from_params(alg.params_der)
                 pub.verify(signature, data, padding.PSS(padding.MGF1(h), salt), h)
                 return
-            if alg.oid in _RSA_PKCS1 and alg.oid != oids.SHA1_WITH_RSA:
-                pub.verify(signature, data, padding.PKCS1v15(), _RSA_PKCS1[alg.oid]())
+            if alg.oid in _tables().rsa_pkcs1 and alg.oid != oids.SHA1_WITH_RSA:
+                pub.verify(signature, data, padding.PKCS1v15(), _tables().rsa_pkcs1[alg.oid]())
                 return
         elif isinstance(pub, ec.EllipticCurvePublicKey):
-            if alg.oid in _ECDSA:
-                pub.verify(signature, data, ec.ECDSA(_ECDSA[alg.oid]()))
+            if alg.oid in _tables().ecdsa:
+                pub.verify(signature, data, ec.ECDSA(_tables().ecdsa[alg.oid]()))
                 return
         elif (isinstance(pub, ed25519.Ed25519PublicKey) and alg.oid == oids.ED25519) or (
                 isinstance(pub, ed448.Ed448PublicKey) and alg.oid == oids.ED448):
@@ -247,19 +272,18 @@ def verify(pub: object, alg: SignatureAlgorithm, signature: bytes, data: bytes) 
 
 def hash_for_cert_signature(sig_oid: str) -> hashes.HashAlgorithm | None:
     """The hash of a certificate's signature algorithm (for certConf), None for EdDSA."""
-    if sig_oid in _RSA_PKCS1:
-        return _RSA_PKCS1[sig_oid]()
-    if sig_oid in _ECDSA:
-        return _ECDSA[sig_oid]()
+
+    if sig_oid in _tables().rsa_pkcs1:
+        return _tables().rsa_pkcs1[sig_oid]()
+    if sig_oid in _tables().ecdsa:
+        return _tables().ecdsa[sig_oid]()
     return None
 
 
 def hash_by_oid(oid: str) -> hashes.HashAlgorithm:
     """A hash by its OID; ProtectionError for unknown ones."""
-    if oid not in _HASH_BY_OID:
+    if oid not in _tables().hash_by_oid:
         raise ProtectionError(f"unsupported hash algorithm {oid}")
-    return _HASH_BY_OID[oid]()
+    return _tables().hash_by_oid[oid]()
 
 
-HASH_OID_BY_NAME = {"sha1": oids.SHA1, "sha256": oids.SHA256, "sha384": oids.SHA384,
-                    "sha512": oids.SHA512}

@@ -36,6 +36,7 @@ from swcmp.enroll import (
     load_trust,
     make_client,
     read_file,
+    request_chain,
     signature_credentials,
     write_ca_certs,
 )
@@ -283,7 +284,9 @@ class Renewer:
         auth_key, auth_cert, chain = signature_credentials(session, self.paths)
         from swcmp.protection import SignatureProtection
 
-        protection = SignatureProtection(key=auth_key, cert=auth_cert, chain=chain)
+        protection = SignatureProtection(
+            key=auth_key, cert=auth_cert,
+            chain=request_chain(session, self.paths, auth_cert, chain))
 
         # The key to certify: staged from an interrupted run, fresh, or the live one.
         if entry and j.key_file.exists():
@@ -298,7 +301,7 @@ class Renewer:
             new_key = live_key
 
         client = make_client(session, transport=self.transport, poll_deadline=self.poll_deadline,
-                             sleep=self.sleep)
+                             sleep=self.sleep, paths=self.paths)
 
         def note(ev: TxEvent) -> None:
             fields: dict[str, Any] = {"phase": ev.phase, "kind": ev.kind,
