@@ -132,6 +132,8 @@ class CMPClient:
             :class:`~swcmp.protection.ResponseTrust` that also says who may sign answers.
         implicit_confirm: ask the CA to skip certConf/pkiConf.
         cert_profile: the certificate profile named in requests (RFC 9483 3.1).
+        sender: the end entity's name, sent as sender of MAC-protected messages
+            that carry no subject of their own (genm, rr); NULL-DN when None.
         poll_deadline: seconds to keep polling a 'waiting' CA in one call.
         clock: returns the current UTC time (tests pass a fixed one).
         sleep: waits between polls (tests pass a fake).
@@ -145,6 +147,7 @@ class CMPClient:
         trust: Sequence[x509.Certificate] | ResponseTrust = (),
         implicit_confirm: bool = False,
         cert_profile: str | None = None,
+        sender: x509.Name | None = None,
         poll_deadline: float = 300.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], None] = time.sleep,
@@ -157,6 +160,8 @@ class CMPClient:
         self.trust = self.policy.anchors
         self.implicit_confirm = implicit_confirm
         self.cert_profile = cert_profile
+        #: The sender of MAC-protected messages that name no subject (genm, rr).
+        self.sender_der = sender.public_bytes() if sender is not None else None
         self.poll_deadline = poll_deadline
         self.clock = clock
         self.sleep = sleep
@@ -298,12 +303,14 @@ class CMPClient:
             if end is not None:
                 end()
 
-    @staticmethod
-    def _sender_for(protection: Protection, subject_der: bytes | None) -> bytes:
+    def _sender_for(self, protection: Protection, subject_der: bytes | None) -> bytes:
+        # RFC 9483 3.1: the sender is the subject of the protection certificate; under
+        # MAC, a name of the end entity (CAs such as the Siemens Mock CA match it to
+        # the MAC reference), NULL-DN only when no name is known.
         cert = getattr(protection, "cert", None)
         if isinstance(cert, x509.Certificate):
             return cert.subject.public_bytes()
-        return subject_der or codec.NULL_DN_DER
+        return subject_der or self.sender_der or codec.NULL_DN_DER
 
     def _genm(self, protection: Protection, items: list[InfoValue]) -> tuple[InfoValue, ...]:
         tx = self._tx(protection, self._sender_for(protection, None))

@@ -444,8 +444,8 @@ def authorise_signer(signer: x509.Certificate, policy: ResponseTrust) -> None:
     if not entitled:
         raise ProtectionError(
             f"the response is signed by {certs.describe(signer)}, which chains to the trust "
-            "anchor but is neither the CA, a pinned server certificate nor an RA or CA "
-            "certificate (extendedKeyUsage cmcRA/cmcCA)"
+            "anchor but may not sign CMP answers: it is neither the CA, a pinned server "
+            "certificate nor an RA or CA certificate (extendedKeyUsage cmcRA/cmcCA)"
         ).with_hint("if this certificate is really the CA's CMP signer, pin it with "
                     "--server-cert FILE")
     if policy.ignore_keyusage:
