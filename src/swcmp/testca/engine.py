@@ -168,7 +168,8 @@ class CMPEngine:
         self.config = config
         self.clock = clock
         self.sleep = sleep
-        self._signer = SignatureProtection(key=authority.key, cert=authority.cert)
+        self._signer = SignatureProtection(key=authority.key, cert=authority.cert,
+                                           send_cert=config.signer_in_extra_certs)
 
     # ------------------------------------------------------------------ entry point
 
@@ -746,6 +747,8 @@ class CMPEngine:
             if fault == "bad-protection":
                 protection = protection[:-1] + bytes([protection[-1] ^ 0x01])
         extra = tuple(dict.fromkeys((*prot.extra_certs, *answer.extra_certs)))
+        if not self.config.signer_in_extra_certs:  # the root stays out of every answer
+            extra = tuple(c for c in extra if c != self.authority.cert_der)
         return codec.assemble(header_der, answer.body_der, protection, extra)
 
     def _undecodable(self, data: bytes, err: ProtocolError, nonce: bytes) -> bytes:
