@@ -522,31 +522,58 @@ def test_check_json_shape(env: Env) -> None:
     names = [c["name"] for c in data["checks"]]
     assert names[:5] == ["entity", "ca-name", "server-url", "auth-cert", "auth-cert-key"]
     for item in data["checks"]:
-        assert set(item) == {"name", "ok", "detail", "fix"}
-        assert isinstance(item["ok"], bool)
-        assert bool(item["fix"]) != item["ok"]
+        assert set(item) == {"name", "ok", "level", "detail", "fix"}
+        assert isinstance(item["ok"], bool) and item["level"] in ("ok", "warn", "fail")
+        assert item["ok"] == (item["level"] != "fail")
+        assert bool(item["fix"]) == (item["level"] != "ok")
     refused = json.loads(env.run("--json", "session", "enable-auto-update", "gw1").stdout)
     assert refused == data | {"auto_update": False}
 
 
-def test_check_includes_strongswan_binding_unless_vici_none(env: Env) -> None:
-    env.complete_session()
-    (env.swanctl_dir / "x509").mkdir()
-    (env.swanctl_dir / "x509" / "gw1.crt").write_bytes(env.pki.dir.joinpath("gw.crt").read_bytes())
-    socket = env.root / "no-charon.vici"
-    result = CliRunner().invoke(
+def _run_with_vici(env: Env, uri: str, *args: str) -> Result:
+    return CliRunner().invoke(
         cli,
         [
             "--config-dir", str(env.config_dir), "--swanctl-dir", str(env.swanctl_dir),
-            "--state-dir", str(env.state_dir), "--vici", f"unix://{socket}",
-            "--json", "session", "check", "gw1",
+            "--state-dir", str(env.state_dir), "--vici", uri, *args,
         ],
     )  # fmt: skip
-    assert result.exit_code == 1
-    data = json.loads(result.stdout)
-    failed = [c for c in data["checks"] if not c["ok"]]
-    assert [c["name"] for c in failed] == ["strongswan"]
-    assert "--vici" in failed[0]["fix"]
+
+
+def test_charon_down_warns_and_enable_is_accepted(env: Env) -> None:
+    env.complete_session()
+    (env.swanctl_dir / "x509").mkdir()
+    (env.swanctl_dir / "x509" / "gw1.crt").write_bytes(env.pki.dir.joinpath("gw.crt").read_bytes())
+    dead = f"unix://{env.root / 'no-charon.vici'}"
+    check = _run_with_vici(env, dead, "session", "check", "gw1")
+    assert check.exit_code == 0, check.output  # warnings alone: exit 0
+    assert "warn  strongswan" in check.stdout and "FAIL" not in check.stdout
+    assert "1 warning" in check.stdout and "fix: start charon" in check.stdout
+    data = json.loads(_run_with_vici(env, dead, "--json", "session", "check", "gw1").stdout)
+    assert data["ok"] is True
+    (item,) = [c for c in data["checks"] if c["level"] != "ok"]
+    assert item["name"] == "strongswan" and item["level"] == "warn" and item["ok"] is True
+    assert "--vici" in item["fix"]
+    enabled = _run_with_vici(env, dead, "--json", "session", "enable-auto-update", "gw1")
+    assert enabled.exit_code == 0, enabled.output
+    assert json.loads(enabled.stdout)["auto_update"] is True
+    assert env.json("session", "show", "gw1")["auto_update"] is True
+
+
+def test_key_mismatch_fails_and_enable_is_refused(env: Env) -> None:
+    env.complete_session()
+    # another key under the certificate's key file: the pair no longer matches
+    (env.root / "pki" / "gw.key").write_bytes(pem_key(keys.generate_key("ecdsa:p256")))
+    dead = f"unix://{env.root / 'no-charon.vici'}"
+    check = _run_with_vici(env, dead, "--json", "session", "check", "gw1")
+    assert check.exit_code == 1
+    levels = {c["name"]: c["level"] for c in json.loads(check.stdout)["checks"]}
+    assert levels["auth-cert-key"] == "fail" and levels["strongswan"] == "warn"
+    refused = _run_with_vici(env, dead, "session", "enable-auto-update", "gw1")
+    assert refused.exit_code == 1
+    assert "FAIL  auth-cert-key" in refused.stdout and "warn  strongswan" in refused.stdout
+    assert "error: auto-update not enabled for session gw1: 1 check(s) failed" in refused.stderr
+    assert env.json("session", "show", "gw1")["auto_update"] is False
 
 
 # --- secrets -------------------------------------------------------------------------------

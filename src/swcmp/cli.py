@@ -831,9 +831,11 @@ def _run_checks(env: CliEnv, s: Session) -> list[CheckResult]:
 @_name_argument()
 @json_option
 def session_check(name: str) -> None:
-    """Run every check of session NAME: ok or FAIL, what was found, and the fix.
+    """Run every check of session NAME: ok, warn or FAIL, what was found, and the fix.
 
-    These are the checks that guard enable-auto-update. Exit code 1 if any fails.
+    These are the checks that guard enable-auto-update: a FAIL blocks it, a
+    warning (charon not reachable, no connection uses the certificate yet) does
+    not. Exit code 1 if any check fails, 0 with warnings alone.
     """
     env = _env()
     results = _run_checks(env, env.store.load(name))
@@ -846,10 +848,11 @@ def session_check(name: str) -> None:
 @_name_argument()
 @json_option
 def session_enable(name: str) -> None:
-    """Turn on automatic renewal for NAME, only if every check passes.
+    """Turn on automatic renewal for NAME, unless a check fails.
 
-    When a check fails, nothing changes: the report of `session check` is
-    printed and the exit code is 1.
+    Warnings (e.g. charon not running now) do not block it. When a check fails,
+    nothing changes: the report of `session check` is printed and the exit code
+    is 1.
     """
     env = _env()
     results = _run_checks(env, env.store.load(name))
@@ -866,7 +869,7 @@ def session_enable(name: str) -> None:
         if not env.json:
             click.echo(
                 f"error: auto-update not enabled for session {name}: "
-                f"{sum(not r.ok for r in results)} checks failed",
+                f"{sum(not r.ok for r in results)} check(s) failed",
                 err=True,
             )
             click.echo("hint: apply the fixes above, then run this command again", err=True)

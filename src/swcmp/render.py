@@ -56,29 +56,42 @@ def error_json(message: str, hint: str) -> dict[str, Any]:
 def check_json(session: str, results: Sequence[CheckResult]) -> dict[str, Any]:
     """The ``--json`` shape of ``session check``.
 
-    ``{"session": NAME, "ok": bool, "checks": [{"name", "ok", "detail", "fix"}, ...]}``;
-    ``fix`` is an empty string for a passed check.
+    ``{"session": NAME, "ok": bool, "checks": [{"name", "ok", "level", "detail", "fix"}, ...]}``.
+    ``level`` is ``ok``, ``warn`` or ``fail``; ``ok`` (of an item and of the
+    whole report) is false only for ``fail``: a warning does not block
+    auto-update. ``fix`` is an empty string for a passed check.
     """
     return {
         "session": session,
         "ok": all(r.ok for r in results),
-        "checks": [{"name": r.name, "ok": r.ok, "detail": r.detail, "fix": r.fix} for r in results],
+        "checks": [
+            {"name": r.name, "ok": r.ok, "level": r.level, "detail": r.detail, "fix": r.fix}
+            for r in results
+        ],
     }
 
 
+_LEVEL_MARK = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
+
+
 def check_text(session: str, results: Sequence[CheckResult]) -> str:
-    """The check report: one line per check with ``ok`` or ``FAIL``, then the fix."""
-    failed = [r for r in results if not r.ok]
+    """The check report: one line per check with ``ok``, ``warn`` or ``FAIL``, then the fix."""
+    failed = [r for r in results if r.level == "fail"]
+    warned = [r for r in results if r.level == "warn"]
     width = max((len(r.name) for r in results), default=0)
     lines = []
+    warn_note = f", {len(warned)} warning{'s' if len(warned) != 1 else ''}" if warned else ""
     if failed:
-        lines.append(f"session {session}: {len(failed)} of {len(results)} checks failed")
+        lines.append(f"session {session}: {len(failed)} of {len(results)} checks failed"
+                     + warn_note)
+    elif warned:
+        lines.append(f"session {session}: no check failed{warn_note} "
+                     "(warnings do not block auto-update)")
     else:
         lines.append(f"session {session}: all {len(results)} checks passed")
     for r in results:
-        mark = "ok  " if r.ok else "FAIL"
-        lines.append(f"  {mark}  {r.name:<{width}}  {r.detail}")
-        if not r.ok and r.fix:
+        lines.append(f"  {_LEVEL_MARK[r.level]}  {r.name:<{width}}  {r.detail}")
+        if r.level != "ok" and r.fix:
             lines.append(f"        {'':<{width}}  fix: {r.fix}")
     return "\n".join(lines)
 
