@@ -107,7 +107,8 @@ def test_metrics_and_hooks(due: tuple[TestPKI, Gateway], tmp_path: Path) -> None
     assert r.result == "renewed"
     assert out.read_text().split() == ["gw1", f"{gw.cert.serial_number:x}"]
     text = metrics.read_text()
-    for m in ("swcmp_certificate_expiry_seconds", "swcmp_next_renewal_seconds",
+    for m in ("swcmp_certificate_not_after_timestamp_seconds",
+              "swcmp_next_renewal_timestamp_seconds", "swcmp_last_success_timestamp_seconds",
               "swcmp_last_result_success", "swcmp_consecutive_failures"):
         assert f'{m}{{session="gw1"}}' in text
     assert 'swcmp_last_result_success{session="gw1"} 1' in text
