@@ -463,7 +463,9 @@ def test_corrupted_session_file_does_not_break_other_commands(env: Env) -> None:
 
     status = env.run("status")
     assert status.exit_code == 0
-    assert "session gw1" in status.stdout and "session broken: broken" in status.stdout
+    rows = {line.split()[0]: line for line in status.stdout.splitlines()[1:-1]}
+    assert set(rows) == {"gw1", "broken", "typo"}
+    assert f"broken session file: {sessions / 'broken.toml'}" in rows["broken"]
     assert env.json("status")["errors"][0]["path"].endswith("broken.toml")
     assert env.run("session", "check", "gw1").exit_code == 0
     assert env.run("stats").exit_code == 0
@@ -729,3 +731,82 @@ def test_serve_logs_progress_by_default(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert "INFO: swcmp serve: watching" in err
     assert "Traceback" not in err
+
+
+def test_status_table_sorted_by_urgency(env: Env) -> None:
+    import datetime as dt
+
+    from pki import pem_cert
+    from swcmp.config import Paths
+    from swcmp.state import StateStore
+
+    now = dt.datetime.now(dt.UTC)
+    x509_dir = env.swanctl_dir / "x509"
+    x509_dir.mkdir(parents=True)
+    certs = {  # session -> certificate
+        "a-ok": env.pki.issue(env.pki.gw_key, days=365),
+        "b-expired": env.pki.issue(env.pki.gw_key, not_before=now - dt.timedelta(days=30),
+                                   days=29),
+        "c-due": env.pki.issue(env.pki.gw_key, not_before=now - dt.timedelta(days=29),
+                               days=30),
+        "d-failing": env.pki.issue(env.pki.gw_key, days=200),
+    }
+    for name, cert in certs.items():
+        env.run("session", "create", name, "--entity", ENTITY, "--trust", "pki/root.crt")
+        (x509_dir / f"{name}.crt").write_bytes(pem_cert(cert))
+        env.run("session", "set", name, "--expire-time", "50")
+    paths = Paths(env.config_dir, env.state_dir, env.swanctl_dir)
+    for name in certs:
+        # auto-update on, as enable-auto-update would leave it (the checks are tested above)
+        config.SessionStore(env.config_dir).update(name, set_values={"auto_update": True})
+    with StateStore(paths).update("d-failing") as st:
+        st.failures = 2
+        st.state = "failed"
+        st.record("kur", False, "CA rejected the request: failInfo badCertId", now=now)
+    (env.config_dir / "sessions" / "e-broken.toml").write_text("entity = [\n")
+    before = env.json("status")
+
+    result = env.run("status")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:7] == ["SESSION", "URGENCY", "STATE", "AUTO", "DAYS", "LEFT",
+                                    "NEXT"]
+    rows = [line.split()[:2] for line in lines[1:-1]]
+    assert rows == [["b-expired", "expired"], ["d-failing", "failing"],
+                    ["e-broken", "failing"], ["c-due", "due"], ["a-ok", "ok"]]
+    by_name = {line.split()[0]: line for line in lines[1:-1]}
+    assert "EXPIRED" in by_name["b-expired"]
+    assert "kur FAILED" in by_name["d-failing"] and "badCertId" in by_name["d-failing"]
+    assert " 199 " in by_name["d-failing"] or " 200 " in by_name["d-failing"]
+    assert "now" in by_name["c-due"]  # the next renewal is due already
+    assert "broken session file" in by_name["e-broken"]
+    assert lines[-1].startswith("1 expired, 2 failing, 1 due, 1 ok")
+    # --json is unchanged: the sessions in file order, the broken file under errors
+    data = env.json("status")
+    assert data == before
+    assert [e["session"] for e in data["sessions"]] == sorted(certs)
+    assert set(data["sessions"][0]) == {
+        "session", "auto_update", "state", "reason", "certificate", "next_renewal",
+        "next_attempt", "failures", "last_result", "charon"}
+    assert data["errors"][0]["path"].endswith("e-broken.toml")
+
+
+def test_status_says_standby_when_the_role_source_is_unreadable(env: Env) -> None:
+    env.complete_session()
+    role_file = env.root / "run" / "role"  # its directory does not exist
+    (env.config_dir / "swcmp.toml").write_text(f'[ha]\nrole_file = "{role_file}"\n')
+    text = env.run("status").stdout
+    assert text.splitlines()[0] == (
+        f"HA: the HA role file {role_file} is unreadable (No such file or directory): "
+        "acting as standby to be safe (requests nothing)")
+    assert "gw1" in text and "standby" in text
+    entry = env.json("status", "gw1")["sessions"][0]
+    assert entry["state"] == "standby" and "unreadable" in entry["reason"]
+    role_file.parent.mkdir()
+    role_file.write_text("BACKUP\n")
+    entry = env.json("status", "gw1")["sessions"][0]
+    assert entry["state"] == "standby" and "HA role is BACKUP" in entry["reason"]
+    role_file.write_text("MASTER\n")
+    entry = env.json("status", "gw1")["sessions"][0]
+    assert entry["state"] != "standby"
+    assert "HA role MASTER" in env.run("status").stdout

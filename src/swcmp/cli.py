@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from swcmp.config import Paths, Session, SessionStore
     from swcmp.deploy import Deployer
     from swcmp.enroll import Outcome
+    from swcmp.ha import Role
     from swcmp.service import SessionReport
 
 __all__ = ["cli", "main"]
@@ -1132,7 +1133,7 @@ def _cert_info(path: Path, now: datetime) -> dict[str, Any] | None:
     }
 
 
-def _status_entry(env: CliEnv, s: Session, now: datetime) -> dict[str, Any]:
+def _status_entry(env: CliEnv, s: Session, now: datetime, role: Role | None) -> dict[str, Any]:
     from swcmp import certs
     from swcmp.renewal import interrupted, plan
     from swcmp.state import StateStore
@@ -1148,8 +1149,8 @@ def _status_entry(env: CliEnv, s: Session, now: datetime) -> dict[str, Any]:
     if pending is not None:
         state = "polling" if pending == "waiting" else "in_progress"
         reason = f"an interrupted renewal (phase {pending}) is finished by the next run"
-    elif st.state == "standby":
-        state, reason = "standby", "skipped: standby (this node is not active)"
+    elif role is not None and role.standby:
+        state, reason = "standby", role.standby_reason()
     else:
         state, reason = p.state, p.reason
     last = st.last_result
@@ -1183,19 +1184,23 @@ def _status_entry(env: CliEnv, s: Session, now: datetime) -> dict[str, Any]:
 def status(name: str | None) -> None:
     """State, expiry, next renewal and last result of NAME or all sessions.
 
-    States: idle, due, in_progress, polling, failed (waiting to retry), standby,
+    All sessions: one table, the most urgent first (expired, failing, due, ok),
+    with days left, next renewal and last result. NAME: every detail of one.
+    States: idle, due, in_progress, polling, failed (waiting to retry), standby
+    (this node's HA role is not active, or its role source cannot be read),
     needs_ir (no valid certificate: run `swcmp request initial`), disabled
     (auto-update off).
     """
     env = _env()
     now = _now()
+    role, notes = _status_role(env)
     entries: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
     if name is not None:
-        entries.append(_status_entry(env, env.store.load(name), now))
+        entries.append(_status_entry(env, env.store.load(name), now, role))
     else:
         listing = env.store.list()
-        entries = [_status_entry(env, s, now) for s in listing.sessions]
+        entries = [_status_entry(env, s, now, role) for s in listing.sessions]
         errors = [
             {"path": e.path, "line": e.line, "error": _message(e), "hint": e.hint or None}
             for e in listing.errors
@@ -1203,7 +1208,26 @@ def status(name: str | None) -> None:
     text_entries = entries + [
         {"session": Path(e["path"]).stem, "error": e["error"], "hint": e["hint"]} for e in errors
     ]
-    env.emit({"sessions": entries, "errors": errors}, render.status_text(text_entries))
+    if name is not None:
+        text = "\n".join([*notes, render.status_text(text_entries)])
+    else:
+        text = render.status_table(text_entries, now=now, notes=notes)
+    env.emit({"sessions": entries, "errors": errors}, text)
+
+
+def _status_role(env: CliEnv) -> tuple[Role | None, list[str]]:
+    """This node's HA role for ``status`` (None without a role source) and a line about it."""
+    from swcmp.service import HostConfig, host_role
+
+    try:
+        host = HostConfig.load(env.paths)
+    except SwcmpError as e:
+        # renewals refuse to run with broken host settings: say so, do not fail status
+        return None, [f"warning: {_message(e)} (renewals stop until it is fixed)"]
+    role = host_role(host)
+    if not role.configured:
+        return None, []
+    return role, [f"HA: {role.describe()}"]
 
 
 # --- renewal: one pass, the service, the charon hook -------------------------------------
