@@ -1281,7 +1281,10 @@ def renew(
 @_deploy_option
 @click.option("-v", "--verbose", "more", count=True,
               help="Also log debug details (the service logs its progress by default).")
-def serve(no_deploy: bool, more: int) -> None:
+@click.option("--pid-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the process id to FILE while serving (for notify scripts that wake "
+              "the service with SIGHUP, e.g. contrib/keepalived-notify.sh -p FILE).")
+def serve(no_deploy: bool, more: int, pid_file: Path | None) -> None:
     """Run the renewal service: renew each session when due, until SIGTERM.
 
     Sleeps until the next session is due; SIGHUP or a changed session file makes
@@ -1301,7 +1304,21 @@ def serve(no_deploy: bool, more: int) -> None:
     )
     server = Server(service)
     server.install_signals()
-    server.run()
+    if pid_file is None:
+        server.run()
+        return
+    from swcmp import fsutil
+
+    pid_file = env.cwd / pid_file
+    fsutil.atomic_write(pid_file, f"{os.getpid()}\n".encode(), mode=0o644)
+    try:
+        server.run()
+    finally:
+        try:
+            if pid_file.read_text().strip() == str(os.getpid()):
+                pid_file.unlink()
+        except OSError:
+            pass
 
 
 @cli.group()
