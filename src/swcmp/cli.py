@@ -397,7 +397,8 @@ def json_option(f: F) -> F:
 
 
 def _name_argument(*, required: bool = True) -> Callable[[F], F]:
-    return click.argument("name", type=SESSION_NAME, required=required, metavar="NAME")
+    return click.argument("name", type=SESSION_NAME, required=required,
+                          metavar="NAME" if required else "[NAME]")
 
 
 # --- session ---------------------------------------------------------------------------
