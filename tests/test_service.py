@@ -133,3 +133,37 @@ def test_serve_renews_when_due(due: tuple[TestPKI, Gateway]) -> None:
     server = Server(RenewalService(gw.paths), rescan=0.2)
     server.run(once_until=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2))
     assert gw.cert != pki.gw and kur_sent(gw) == 1  # renewed once, not again
+
+
+def test_serve_refreshes_metrics_while_idle(fresh: tuple[TestPKI, Gateway], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import swcmp.service
+
+    _, gw = fresh
+    metrics = tmp_path / "swcmp.prom"
+    role = tmp_path / "role"
+    role.write_text("MASTER\n")
+    (gw.paths.config_dir / "swcmp.toml").write_text(
+        f'[metrics]\ntextfile = "{metrics}"\n[ha]\nrole_file = "{role}"\n')
+    monkeypatch.setattr(swcmp.service, "REFRESH", 0.3)
+    server = Server(RenewalService(gw.paths), rescan=0.1)
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=4)
+    thread = threading.Thread(target=server.run, kwargs={"once_until": until})
+    thread.start()
+    try:
+        deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3)
+        while not metrics.exists() and dt.datetime.now(dt.UTC) < deadline:
+            threading.Event().wait(0.05)
+        assert "swcmp_ha_standby 0" in metrics.read_text()
+        # nothing is due and nothing changes (no pass): the refresh writes the file again
+        metrics.unlink()
+        while not metrics.exists() and dt.datetime.now(dt.UTC) < until:
+            threading.Event().wait(0.05)
+        assert "swcmp_ha_standby 0" in metrics.read_text()
+    finally:
+        server.stopping.set()
+        server.wake.set()
+        thread.join(10)
+    assert kur_sent(gw) == 0
