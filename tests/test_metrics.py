@@ -8,7 +8,6 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -20,7 +19,9 @@ from swcmp.errors import CMPErrorResponse, ConnectError, SwcmpError
 from swcmp.ha import Role
 from swcmp.metrics import failure_key
 from swcmp.service import HostConfig, RenewalService
-from test_renewal_testca import CAHolder, Site, add_session, ca_config, make_site
+from test_renewal_testca import CAHolder, Site, add_session, ca_config
+from test_renewal_testca import ca as _ca_fixture  # noqa: F401  (the fixture "ca")
+from test_renewal_testca import site as _site_fixture  # noqa: F401  (the fixture "site")
 
 pytestmark = pytest.mark.integration
 
@@ -38,20 +39,6 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 def value(found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
           **labels: str) -> float | None:
     return found.get((name, frozenset(labels.items())))
-
-
-@pytest.fixture
-def ca(tmp_path: Path) -> Iterator[CAHolder]:
-    holder = CAHolder(tmp_path / "ca", ca_config())
-    try:
-        yield holder
-    finally:
-        holder.stop()
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Site:
-    return make_site(tmp_path / "gw")
 
 
 def test_metrics_after_success_and_refusals(site: Site, ca: CAHolder, tmp_path: Path) -> None:
