@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -19,9 +20,7 @@ from swcmp.errors import CMPErrorResponse, ConnectError, SwcmpError
 from swcmp.ha import Role
 from swcmp.metrics import failure_key
 from swcmp.service import HostConfig, RenewalService
-from test_renewal_testca import CAHolder, Site, add_session, ca_config
-from test_renewal_testca import ca as _ca_fixture  # noqa: F401  (the fixture "ca")
-from test_renewal_testca import site as _site_fixture  # noqa: F401  (the fixture "site")
+from test_renewal_testca import CAHolder, Site, add_session, ca_config, make_site
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +40,21 @@ def value(found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
     return found.get((name, frozenset(labels.items())))
 
 
-def test_metrics_after_success_and_refusals(site: Site, ca: CAHolder, tmp_path: Path) -> None:
-    add_session(site, ca.ca)
+@pytest.fixture
+def enrolled(tmp_path: Path) -> Iterator[tuple[Site, CAHolder]]:
+    """Session gw1 enrolled (IR) at a running test CA."""
+    ca = CAHolder(tmp_path / "ca", ca_config())
+    try:
+        site = make_site(tmp_path / "gw")
+        add_session(site, ca.ca)
+        yield site, ca
+    finally:
+        ca.stop()
+
+
+def test_metrics_after_success_and_refusals(enrolled: tuple[Site, CAHolder],
+        tmp_path: Path) -> None:
+    site, ca = enrolled
     prom = tmp_path / "textfile" / "swcmp.prom"
     svc = RenewalService(site.paths, host=HostConfig(metrics_file=prom))
     (r,) = svc.run_pass(force=True)
@@ -89,9 +101,9 @@ def test_metrics_after_success_and_refusals(site: Site, ca: CAHolder, tmp_path: 
     assert [p.name for p in prom.parent.iterdir()] == ["swcmp.prom"]
 
 
-def test_unreadable_role_source_is_standby_in_metrics(site: Site, ca: CAHolder,
-                                                      tmp_path: Path) -> None:
-    add_session(site, ca.ca)
+def test_unreadable_role_source_is_standby_in_metrics(enrolled: tuple[Site, CAHolder],
+        tmp_path: Path) -> None:
+    site, _ = enrolled
     prom = tmp_path / "swcmp.prom"
     role_file = tmp_path / "no-such-dir" / "role"
     svc = RenewalService(site.paths, host=HostConfig(metrics_file=prom, role_file=role_file))
@@ -154,9 +166,10 @@ def _free_port() -> int:
 
 @pytest.mark.skipif(NODE_EXPORTER is None, reason="prometheus-node-exporter is not installed "
                     "(scripts/test installs it)")
-def test_node_exporter_serves_the_textfile(site: Site, ca: CAHolder, tmp_path: Path) -> None:
+def test_node_exporter_serves_the_textfile(enrolled: tuple[Site, CAHolder],
+        tmp_path: Path) -> None:
     assert NODE_EXPORTER is not None
-    add_session(site, ca.ca)
+    site, _ = enrolled
     directory = tmp_path / "textfile"
     svc = RenewalService(site.paths, host=HostConfig(metrics_file=directory / "swcmp.prom"))
     svc.run_pass(force=True)
