@@ -61,7 +61,7 @@ def options(command: click.Command, ctx: click.Context) -> list[str]:
     lines: list[str] = []
     for param in command.get_params(ctx):
         record = param.get_help_record(ctx) if isinstance(param, click.Option) else None
-        if record is None or param.name == "help":  # -h/--help: said once, in DESCRIPTION
+        if record is None or "--help" in param.opts:  # -h/--help: said once, in DESCRIPTION
             continue
         opts, help_text = record
         lines += [".TP", f".B {esc(opts)}", esc(" ".join(help_text.split()))]
