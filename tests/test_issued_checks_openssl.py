@@ -72,3 +72,52 @@ def test_an_older_certificate_is_no_renewal(gw: Gateway) -> None:
     assert "no renewal" in result.output, result.output
     assert x509.load_pem_x509_certificate(gw.cert_file.read_bytes()) == current
     assert (gw.swanctl_dir / "private" / "gw1.key").read_bytes() == key_before
+
+
+def ir_with_ca_pubs(gw: Gateway, ca_pubs: Path, *, trust: bool) -> str:
+    from openssl_mock import mock_server
+    from pki import pem_cert
+
+    cert = gw.pki.issue(gw.key, GW)
+    gw.pki.write("rsp.crt", pem_cert(cert))
+    with mock_server([*MAC_ARGS, "-rsp_cert", "rsp.crt", "-rsp_capubs", ca_pubs],
+                     cwd=gw.pki.dir) as url:
+        gw.create_session(url)
+        if not trust:
+            assert gw.run("session", "unset", "gw1", "trust").exit_code == 0
+        result = gw.run("request", "initial", "gw1")
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def x509ca(gw: Gateway) -> list[x509.Certificate]:
+    return [x509.load_pem_x509_certificate(p.read_bytes())
+            for p in sorted((gw.swanctl_dir / "x509ca").glob("*.crt"))]
+
+
+def test_ca_pubs_that_do_not_chain_to_the_anchor_are_not_kept(gw: Gateway) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from pki import pem_cert
+
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    foreign = make_cert(name("Foreign Root"), other_key.public_key(), other_key, ca=True)
+    both = gw.pki.write("capubs.pem", pem_cert(gw.pki.root) + pem_cert(foreign))
+    out = ir_with_ca_pubs(gw, both, trust=True)
+    assert "Foreign Root" in out  # the warning says what was ignored
+    assert x509ca(gw) == [gw.pki.root]
+
+
+def test_first_ir_trusts_only_self_signed_ca_pubs_and_prints_fingerprints(gw: Gateway) -> None:
+    from cryptography.hazmat.primitives import hashes
+
+    from pki import pem_cert
+
+    not_a_ca = gw.pki.issue(gw.key, "intruder.example.net")
+    both = gw.pki.write("capubs.pem", pem_cert(gw.pki.root) + pem_cert(not_a_ca))
+    out = ir_with_ca_pubs(gw, both, trust=False)
+    assert gw.pki.root.fingerprint(hashes.SHA256()).hex(":") in out
+    assert "not a CA certificate" in out
+    assert x509ca(gw) == [gw.pki.root]
+    shown = gw.json("session", "show", "gw1")
+    assert [Path(t).name for t in shown["trust"]] == ["gw1-ca1.crt"]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from swcmp import certs, fsutil, keys
 from swcmp.config import Paths, Session, SessionStore, auth_credentials, read_mac_secret
@@ -220,6 +221,29 @@ def make_client(session: Session, *, transport: Transport | None = None,
     return client
 
 
+def usable_ca_pubs(session: Session, enrolled: Enrollment) -> list[x509.Certificate]:
+    """The caPubs worth keeping: CA certificates only, and with trust anchors
+    configured only those that are anchors or chain to them."""
+    anchors = load_trust(session)
+    out: list[x509.Certificate] = []
+    for c in enrolled.ca_pubs:
+        if not certs.is_ca(c):
+            log.warning("%s: ignoring caPubs certificate %s: not a CA certificate",
+                        session.name, certs.describe(c))
+            continue
+        if anchors and c not in anchors:
+            try:
+                certs.build_chain(c, anchors=anchors,
+                                  untrusted=[*enrolled.chain, *enrolled.ca_pubs],
+                                  now=datetime.now(UTC))
+            except SwcmpError as e:
+                log.warning("%s: ignoring caPubs certificate %s: %s", session.name,
+                            certs.describe(c), e)
+                continue
+        out.append(c)
+    return out
+
+
 def write_ca_certs(session: Session, paths: Paths,
                    ca_certs: Sequence[x509.Certificate]) -> tuple[Path, ...]:
     """Store CA certificates as ``x509ca/<session>-caN.crt``; drop stale higher N."""
@@ -279,15 +303,26 @@ def _store_and_configure(session: Session, paths: Paths, store: SessionStore | N
     previous = current_pair(session, paths)
     cert_path = paths.cert_file(session.name)
     fsutil.ensure_dir(paths.x509_dir)
-    ca_paths = write_ca_certs(session, paths, [*enrolled.chain, *enrolled.ca_pubs])
+    ca_pubs = usable_ca_pubs(session, enrolled)
+    ca_list = list(dict.fromkeys([*enrolled.chain, *ca_pubs]))  # as write_ca_certs stores them
+    ca_paths = write_ca_certs(session, paths, ca_list)
     fsutil.atomic_write(cert_path, certs.pem_of(enrolled.certificate), mode=0o644)
     if store is not None:
         # From now on requests are signed with the session's own certificate; a
         # session that had no trust anchor takes the CA certificates the MAC vouched for.
         unset = [f for f in ("auth_cert", "auth_key") if getattr(session, f) is not None]
         set_values: dict[str, object] = {}
-        if not session.trust and enrolled.ca_pubs:
-            set_values["trust"] = tuple(str(p) for p in ca_paths)
+        roots = [c for c in ca_pubs if c.subject == c.issuer]
+        if not session.trust and roots:
+            # Only self-signed CA certificates become anchors, and the operator sees
+            # what was trusted on the MAC's word, to compare with the CA's published one.
+            set_values["trust"] = tuple(str(p) for p, c in zip(ca_paths, ca_list, strict=True)
+                                        if c in roots)
+            for c in roots:
+                log.warning("%s: now trusting CA %s, SHA-256 fingerprint %s (sent as caPubs "
+                            "under the verified MAC): compare it with the CA's published "
+                            "fingerprint", session.name, certs.describe(c),
+                            c.fingerprint(hashes.SHA256()).hex(":"))
         if unset or set_values:
             store.update(session.name, set_values=set_values, unset=unset)
     new = current_pair(session, paths)
