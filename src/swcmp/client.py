@@ -156,11 +156,9 @@ def _check_issued_content(cert: x509.Certificate, tx: _Tx) -> None:
                         ", ".join(sorted(safe(str(g.value)) for g in missing)))
     old = tx.replaces
     if old is not None and (
-            cert == old
-            or cert.not_valid_after_utc < old.not_valid_after_utc
-            or cert.not_valid_before_utc < old.not_valid_before_utc):
+            cert == old or cert.not_valid_after_utc < old.not_valid_after_utc):
         # Refused: an older certificate for the same key, replayed as a "renewal".
-        # (Equal times are fine: a CA may renew twice within one second.)
+        # (An equal notAfter is fine: a CA may renew twice within one second.)
         raise CertificateError(
             f"the issued certificate {certs.describe(cert)} (valid "
             f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S}Z to "
