@@ -62,8 +62,9 @@ MAC_ALG_CHOICES = ("hmac-sha256", "hmac-sha1")
 
 # Settings that name files which must exist when they are set.
 _FILE_FIELDS = ("mac_secret_file", "auth_cert", "auth_key", "trust", "tls_ca_bundle",
-                "server_cert", "extra_certs")
-_CERT_FIELDS = ("auth_cert", "trust", "tls_ca_bundle", "server_cert", "extra_certs")
+                "server_cert", "extra_certs", "tls_client_cert", "tls_client_key")
+_CERT_FIELDS = ("auth_cert", "trust", "tls_ca_bundle", "server_cert", "extra_certs",
+                "tls_client_cert")
 
 
 # --- the state shared by all commands --------------------------------------------------
@@ -431,6 +432,9 @@ _OPTION_FIELDS = {
     "ignore_keyusage": "ignore_keyusage",
     "implicit_confirm": "implicit_confirm",
     "cert_profile": "cert_profile",
+    "timeout": "timeout",
+    "tls_client_cert": "tls_client_cert",
+    "tls_client_key": "tls_client_key",
 }
 
 
@@ -573,6 +577,25 @@ def setting_options(f: F) -> F:
             help="Certificate profile named in requests (generalInfo certProfile, "
             "RFC 9483 3.1), for CAs that select the profile per request.",
         ),
+        click.option(
+            "--timeout",
+            metavar="SECONDS",
+            type=int,
+            help="Total time one exchange with the CA may take, from connecting to the "
+            "last byte of its answer (1-600, default 60). Polling a CA that answered "
+            "'waiting' has its own limit.",
+        ),
+        click.option(
+            "--tls-client-cert",
+            metavar="FILE",
+            help="TLS client certificate (PEM) for a CA behind mutual TLS (https://); "
+            "give --tls-client-key with it.",
+        ),
+        click.option(
+            "--tls-client-key",
+            metavar="FILE",
+            help="Private key of --tls-client-cert (PEM, unencrypted, mode 0600).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -637,7 +660,7 @@ def _check_given_files(session: Session, changed: Sequence[str], paths: Paths) -
                         f"{option} {path}: not a PEM or DER X.509 certificate",
                         "give the certificate file itself (PEM with BEGIN CERTIFICATE, or DER)",
                     ) from None
-            elif name == "auth_key":
+            elif name in ("auth_key", "tls_client_key"):
                 try:
                     keys.load_private_key(data)
                 except SwcmpError as e:
@@ -645,6 +668,10 @@ def _check_given_files(session: Session, changed: Sequence[str], paths: Paths) -
                         f"{option} {path}: {_message(e)}",
                         "give the certificate's unencrypted private key (PEM or DER)",
                     ) from None
+                mode = path.stat().st_mode & 0o777
+                if name == "tls_client_key" and mode & 0o077:
+                    raise _refuse(f"{option} {path}: mode {mode:04o} lets others read the key",
+                                  f"chmod 600 {path}")
             del data  # a secret file's content is never kept or shown
 
     if "auth_cert" not in changed and "auth_key" not in changed:

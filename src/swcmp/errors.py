@@ -114,6 +114,8 @@ class HTTPStatusError(TransportError):
         self.status = status
         #: A CMP message that came with the error status, if any (RFC 6712 allows it).
         self.body: bytes | None = None
+        #: Seconds the server asked us to wait (Retry-After of a 503 or 429), clamped.
+        self.retry_after: float | None = None
 
 
 class ContentTypeError(TransportError):

@@ -163,6 +163,9 @@ def session_text(
         ("connections", _shown(desc.get("connections"))),
         ("auto_update", "on" if desc.get("auto_update") else "off"),
         ("tls_ca_bundle", _shown(desc.get("tls_ca_bundle"), "- (system store)")),
+        ("tls_client_cert", _shown(desc.get("tls_client_cert"))),
+        ("tls_client_key", _shown(desc.get("tls_client_key"))),
+        ("timeout", f"{desc.get('timeout')}s per exchange with the CA"),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"session {desc.get('name')}"]

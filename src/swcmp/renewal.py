@@ -65,6 +65,8 @@ JITTER_CAP = timedelta(hours=6)
 #: Backoff after failures: first retry after RETRY_START, doubling up to RETRY_CAP.
 RETRY_START = timedelta(minutes=1)
 RETRY_CAP = timedelta(hours=4)
+#: A Retry-After shorter than this is taken as this (no hammering a busy CA).
+RETRY_AFTER_MIN = timedelta(seconds=10)
 #: Previous pairs kept for manual rollback.
 ARCHIVE_KEEP = 3
 
@@ -100,17 +102,36 @@ def renew_at(cert: x509.Certificate, policy: ExpireTime, session_name: str) -> d
     return max(floor, nominal - spread * jitter_fraction(session_name, cert.serial_number))
 
 
-def retry_delay(failures: int, *, now: datetime, not_after: datetime) -> timedelta:
+def retry_delay(failures: int, *, now: datetime, not_after: datetime,
+                retry_after: float | None = None) -> timedelta:
     """Wait before the next attempt after ``failures`` consecutive failures.
 
     Doubles from RETRY_START to RETRY_CAP, but never more than an eighth of the
-    validity left, so retries come faster as expiry nears.
+    validity left, so retries come faster as expiry nears. ``retry_after`` is the
+    time the CA asked for (HTTP 503 Retry-After, seconds): it replaces the doubling,
+    but as it comes from the network it is kept within RETRY_AFTER_MIN and the same
+    caps.
     """
-    delay: timedelta = min(RETRY_START * 2 ** max(failures - 1, 0), RETRY_CAP)
+    delay: timedelta = min(RETRY_START * 2 ** max(min(failures, 32) - 1, 0), RETRY_CAP)
+    floor = RETRY_START
+    if retry_after is not None:
+        delay = min(max(timedelta(seconds=retry_after), RETRY_AFTER_MIN), RETRY_CAP)
+        floor = RETRY_AFTER_MIN
     remaining = not_after - now
     if remaining > timedelta(0):
-        delay = max(RETRY_START, min(delay, remaining / 8))
+        delay = max(floor, min(delay, remaining / 8))
     return delay
+
+
+def attempt_bound(session: Session, poll_deadline: float) -> float:
+    """Longest wall time, in seconds, one renewal attempt spends waiting for the CA.
+
+    Every exchange ends within the session's ``timeout`` (the transport's
+    watchdog) and polling ends within ``poll_deadline`` plus one exchange. The
+    worst attempt: a late certConf that fails (1), a KUR (1), the polls (the
+    deadline + 1), the certConf or the rejection (1).
+    """
+    return poll_deadline + 4 * session.timeout
 
 
 @dataclass(frozen=True)
