@@ -17,7 +17,7 @@ Exit codes (also in ``docs/cli.md``):
 Start-up time: before a command runs only click, :mod:`swcmp.errors` and
 :mod:`swcmp.render` are imported. The session modules (and with them
 ``cryptography``) are imported by commands that read sessions; the CMP client
-(pyasn1, requests) only by ``swcmp request``; vici only where charon is asked.
+(pyasn1, http.client) only by ``swcmp request``; vici only where charon is asked.
 """
 
 from __future__ import annotations

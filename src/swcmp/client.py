@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 
-from swcmp import certs, keys
+from swcmp import certs, keys, text
 from swcmp.cmp import codec, oids
 from swcmp.errors import (
     CertificateError,
@@ -67,6 +68,12 @@ MIN_POLL_INTERVAL = 0.2
 _INCORRECT_DATA = 7
 #: CRLReason unspecified (RFC 5280 5.3.1): what an rr says when no reason is given.
 REASON_UNSPECIFIED = 0
+#: What decoding or checking hostile bytes can raise below swcmp's own errors
+#: (UnicodeError is a ValueError, OverflowError an ArithmeticError, IndexError and
+#: KeyError LookupErrors; cryptography adds UnsupportedAlgorithm and InvalidSignature).
+HOSTILE_INPUT_ERRORS: tuple[type[Exception], ...] = (
+    ValueError, TypeError, LookupError, AttributeError, ArithmeticError, RecursionError,
+    UnsupportedAlgorithm, InvalidSignature)
 
 
 @dataclass(frozen=True)
@@ -293,6 +300,15 @@ class CMPClient:
     def _transaction(self) -> Iterator[None]:
         try:
             yield
+        except HOSTILE_INPUT_ERRORS as e:
+            # Whatever the CA's bytes made a library (or swcmp) trip over: a plain
+            # ProtocolError, never a traceback that ends `swcmp serve`.
+            log.debug("processing the CA's answer raised:", exc_info=True)
+            raise ProtocolError(
+                f"the CA's answer could not be processed ({type(e).__name__}: "
+                f"{text.safe(str(e))[:200]})").with_hint(
+                "the answer is malformed or hostile; nothing was stored. Run with -v for "
+                "details; if the CA is genuine, report this to its operator") from e
         finally:
             end = getattr(self.transport, "end_transaction", None)
             if end is not None:
@@ -432,7 +448,7 @@ class CMPClient:
                     raise ProtocolError(f"pollRep does not mention certReqId {req_id}")
                 wait = float(entry.check_after)
                 if entry.reason:
-                    log.info("CA says: %s", " / ".join(entry.reason))
+                    log.info("CA says: %s", text.safe(" / ".join(entry.reason)))
             wait = max(wait, MIN_POLL_INTERVAL)
             # Journal the CA's latest nonce before anything can end the wait: a run
             # that resumes this transaction must echo that one.
@@ -512,13 +528,13 @@ class CMPClient:
             raw = self.transport.post(data)
         except HTTPStatusError as e:
             if e.body:
-                self._raise_if_error(tx, codec.decode_message(e.body))
+                self._raise_if_error(tx, codec.decode_message(e.body), nonce)
             raise
         msg = codec.decode_message(raw)
         # Counted per request answered: a certificate delivered after polling answers a
         # pollReq, not the kur again.
         self.stats["received", kind] += 1
-        self._raise_if_error(tx, msg)
+        self._raise_if_error(tx, msg, nonce)
         mac = tx.protection if isinstance(tx.protection, MacProtection) else None
         verified = verify_response(msg, mac=mac, trust=self.policy, now=self.clock(),
                                    known_signer=tx.signer)
@@ -540,7 +556,14 @@ class CMPClient:
         tx.server_nonce = h.sender_nonce
         return msg, verified
 
-    def _raise_if_error(self, tx: _Tx, msg: PKIMessageInfo) -> None:
+    def _raise_if_error(self, tx: _Tx, msg: PKIMessageInfo, nonce: bytes) -> None:
+        """Raise the CA's error message as CMPErrorResponse.
+
+        ``protected`` in it is True only for an error that is provably the CA's answer
+        to this very message: valid protection, our transactionID, our senderNonce as
+        its recipNonce. Anything else (unprotected, or a replay of an old error) is
+        reported, but callers must not let it end a transaction (see renewal).
+        """
         if msg.body_type != "error":
             return
         assert isinstance(msg.body, ErrorInfo)
@@ -548,8 +571,9 @@ class CMPClient:
         try:
             verify_response(msg, mac=mac, trust=self.policy, now=self.clock(),
                             known_signer=tx.signer)
-            protected = msg.header.transaction_id == tx.transaction_id
-        except ProtocolError:
+            protected = (msg.header.transaction_id == tx.transaction_id
+                         and msg.header.recip_nonce == nonce)
+        except (ProtocolError, CertificateError):
             protected = False
         st = msg.body.status
         raise CMPErrorResponse(

@@ -426,15 +426,19 @@ class Renewer:
         """Keep from a failed attempt only what the next one can use.
 
         A transaction the CA left 'waiting' is kept to be polled again, unless
-        the CA answered with an error (it ended or forgot the transaction:
-        polling it again would fail forever); a staged new key is kept to be
-        certified next time; anything else (a request that got no usable
-        answer, a refused certificate) is forgotten.
+        the CA itself answered with an error (it ended or forgot the transaction:
+        polling it again would fail forever). An error that cannot be attributed
+        to the CA (unprotected, or with another recipNonce: anyone on the path can
+        send one) changes nothing. A staged new key is kept to be certified next
+        time; anything else (a request that got no usable answer, a refused
+        certificate) is forgotten, so the next try uses a new transactionID (as
+        the CA's failInfo transactionIdInUse asks).
         """
         entry = j.load()
         if not entry:
             return
-        if entry.get("phase") == "waiting" and not isinstance(error, CMPErrorResponse):
+        ca_said_no = isinstance(error, CMPErrorResponse) and error.protected
+        if entry.get("phase") == "waiting" and not ca_said_no:
             return
         fsutil.remove_file(j.cert_file, missing_ok=True)
         if j.key_file.exists():
