@@ -120,11 +120,15 @@ def replaced(root: Node, path: tuple[int, ...], new: Node) -> Node:
 
 
 def nested(inner: Node, depth: int, tag: bytes = b"\x30") -> Node:
-    """``inner`` inside ``depth`` SEQUENCEs (or other constructed ``tag``)."""
-    n = inner
-    for _ in range(depth):
-        n = Node(tag, children=[n])
-    return n
+    """``inner`` inside ``depth`` SEQUENCEs (or other constructed ``tag``).
+
+    Built as bytes, without recursion, so that any depth can be had; the result is
+    one node whose content is the nesting (its inside is not walked again).
+    """
+    data = inner.encode()
+    for _ in range(depth - 1):
+        data = tag + encode_length(len(data)) + data
+    return Node(tag, data)
 
 
 def integer(value: int) -> bytes:

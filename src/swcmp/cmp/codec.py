@@ -76,7 +76,9 @@ def _decode(data: bytes, spec: Any, what: str) -> Any:
     try:
         obj, rest = decoder.decode(data, asn1Spec=spec)
     except PyAsn1Error as e:
-        raise ProtocolError(f"malformed {what}: {e}") from e
+        log.debug("decoding the %s failed: %s", what, _short(e))
+        raise ProtocolError(f"malformed {what}: it does not match the syntax of a {what}"
+                            ) from e
     if rest:
         raise ProtocolError(f"malformed {what}: {len(rest)} trailing bytes")
     return obj
@@ -546,8 +548,14 @@ def decode_message(data: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> PKIMessa
     except (PyAsn1Error, ValueError, TypeError, LookupError, AttributeError, ArithmeticError,
             RecursionError) as e:
         # pyasn1 raises a zoo of exceptions on hostile input (UnicodeError is a
-        # ValueError, OverflowError an ArithmeticError); none may escape raw.
-        raise ProtocolError(f"malformed CMP message: {type(e).__name__}: {_short(e)}") from e
+        # ValueError, OverflowError an ArithmeticError); none may escape raw, and
+        # pyasn1's own wording (schema dumps) is for the debug log only.
+        log.debug("decoding a CMP message failed: %s: %s", type(e).__name__, _short(e))
+        raise ProtocolError(
+            "malformed CMP message: its content does not match the CMP syntax "
+            f"(RFC 4210/9480) ({type(e).__name__})").with_hint(
+            "the answer was damaged on the way or the server is not a CMP server; "
+            "-v shows details") from e
 
 
 def _decode_message(data: bytes) -> PKIMessageInfo:
