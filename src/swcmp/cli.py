@@ -37,6 +37,7 @@ import click
 
 from swcmp import __version__, render
 from swcmp.errors import ConfigError, SwcmpError
+from swcmp.text import safe, safe_lines
 
 if TYPE_CHECKING:
     from swcmp.checks import CheckResult
@@ -123,7 +124,9 @@ class CliEnv:
 
     def emit(self, data: object, text: str) -> None:
         """Print ``data`` as JSON with ``--json``, else ``text``."""
-        click.echo(render.dump_json(data) if self.json else text)
+        # Text may hold what a CA sent (status text, names): no control characters
+        # reach the terminal, whichever command printed it.
+        click.echo(render.dump_json(data) if self.json else safe_lines(text))
 
 
 def _env() -> CliEnv:
@@ -147,7 +150,7 @@ class _StderrHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            click.echo(self.format(record), err=True)
+            click.echo(safe_lines(self.format(record)), err=True)
         except Exception:  # pragma: no cover - logging must never raise
             self.handleError(record)
 
@@ -217,9 +220,9 @@ SESSION_NAME = SessionNameType()
 def _fail(ctx: click.Context, error: SwcmpError) -> NoReturn:
     """The one place where an expected error becomes output and exit code 1."""
     env = ctx.find_object(CliEnv) or CliEnv()
-    message, hint = _message(error), error.hint
+    message, hint = safe(_message(error)), safe(error.hint)
     if env.verbose:
-        click.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
+        click.echo(safe_lines("".join(traceback.format_exception(error)).rstrip()), err=True)
     if env.json:
         click.echo(render.dump_json(render.error_json(message, hint)))
     else:

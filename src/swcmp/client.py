@@ -473,8 +473,8 @@ class CMPClient:
             raise CertificateError("the issued certificate is for another public key")
         if subject_der != codec.NULL_DN_DER and cert.subject.public_bytes() != subject_der:
             raise CertificateError(
-                f"the issued certificate's subject '{cert.subject.rfc4514_string()}' is not "
-                "the one requested")
+                f"the issued certificate's subject '{text.safe(cert.subject.rfc4514_string())}' "
+                "is not the one requested")
         anchors = list(self.trust)
         if verified.kind == "mac":
             anchors.extend(ca_pubs)  # the MAC with our secret vouches for them
