@@ -269,6 +269,21 @@ def forge(body: Callable[[Exchange], bytes], *, sender_der: bytes,
     return act
 
 
+def resign(body: Callable[[bytes], bytes], protection: Protection) -> Action:
+    """The malicious CA: its genuine answer (so its own state moves on as usual) with
+    the body replaced by ``body(old body DER)`` and signed again with its key; header
+    and extraCerts are kept."""
+    def act(ex: Exchange) -> Reply:
+        root = d.parse(ex.upstream())
+        assert root.children is not None
+        header = root.children[0].encode()
+        new_body = body(root.children[1].encode())
+        sig = protection.start().protect(codec.protected_part(header, new_body))
+        extra = codec.decode_message(ex.upstream()).extra_certs
+        return Reply(codec.assemble(header, new_body, sig, extra))
+    return act
+
+
 def answer(req: PKIMessageInfo, body: bytes, *, sender_der: bytes,
            protection: Protection | None, recip_nonce: bytes | None) -> bytes:
     """A PKIMessage answering ``req`` with ``body``, as a CA would build it."""

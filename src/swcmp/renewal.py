@@ -108,18 +108,20 @@ def retry_delay(failures: int, *, now: datetime, not_after: datetime,
 
     Doubles from RETRY_START to RETRY_CAP, but never more than an eighth of the
     validity left, so retries come faster as expiry nears. ``retry_after`` is the
-    time the CA asked for (HTTP 503 Retry-After, seconds): it replaces the doubling,
-    but as it comes from the network it is kept within RETRY_AFTER_MIN and the same
-    caps.
+    time the CA asked for (HTTP 503 Retry-After, seconds): the next try is then at
+    that time instead, but as the value comes from the network it is kept between
+    RETRY_AFTER_MIN and RETRY_CAP and before half of the validity left (a CA, or a
+    man in the middle, cannot put the next try past the certificate's expiry).
     """
-    delay: timedelta = min(RETRY_START * 2 ** max(min(failures, 32) - 1, 0), RETRY_CAP)
-    floor = RETRY_START
+    remaining = not_after - now
     if retry_after is not None:
         delay = min(max(timedelta(seconds=retry_after), RETRY_AFTER_MIN), RETRY_CAP)
-        floor = RETRY_AFTER_MIN
-    remaining = not_after - now
+        if remaining > timedelta(0):
+            delay = max(RETRY_AFTER_MIN, min(delay, remaining / 2))
+        return delay
+    delay = min(RETRY_START * 2 ** max(min(failures, 32) - 1, 0), RETRY_CAP)
     if remaining > timedelta(0):
-        delay = max(floor, min(delay, remaining / 8))
+        delay = max(RETRY_START, min(delay, remaining / 8))
     return delay
 
 
