@@ -437,11 +437,17 @@ def _tls_context(ca_bundle: str | None, client_cert: str | None,
 
 def _tls_error(e: BaseException, url: str, *, client_cert: bool) -> ConnectError:
     reason = str(getattr(e, "reason", "") or "").upper()
-    if "CERTIFICATE_REQUIRED" in reason or (not client_cert and "HANDSHAKE_FAILURE" in reason):
-        return ConnectError(f"TLS with {url} failed: the server requires a client certificate",
+    # A server that refuses the client's certificate (or its absence) sends an alert,
+    # or, as Python's own server does, just closes the connection.
+    closed = isinstance(e, ssl.SSLEOFError) or "EOF" in reason
+    if "CERTIFICATE_REQUIRED" in reason or (not client_cert and (
+            "HANDSHAKE_FAILURE" in reason or closed)):
+        maybe = "may require" if closed else "requires"
+        return ConnectError(f"TLS with {url} failed: the server {maybe} a client certificate"
+                            + (" (it closed the connection)" if closed else ""),
                             url=url, hint="give the session one: swcmp session set NAME "
                             "--tls-client-cert FILE --tls-client-key FILE")
-    if client_cert and ("BAD_CERTIFICATE" in reason or "UNKNOWN_CA" in reason
+    if client_cert and ("BAD_CERTIFICATE" in reason or "UNKNOWN_CA" in reason or closed
                         or "CERTIFICATE_UNKNOWN" in reason or "ACCESS_DENIED" in reason):
         return ConnectError(f"TLS with {url} failed: the server refused our client "
                             f"certificate ({safe(_text(e))})", url=url,
