@@ -31,6 +31,7 @@ class Handler(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length", 0))
         body = self.rfile.read(n)
         BEHAVIOUR["last_ctype"] = self.headers.get("Content-Type")
+        BEHAVIOUR["last_path"] = self.path
         mode = BEHAVIOUR.get("mode", "echo")
         if mode == "slow":
             time.sleep(2)
@@ -238,3 +239,19 @@ def test_retry_after_as_a_date() -> None:
 
     now = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
     assert parse_retry_after("Tue, 01 Jan 2030 12:05:00 GMT", now) == 300.0
+
+
+def test_an_http_proxy_from_the_environment_is_used(url: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    BEHAVIOUR["mode"] = "echo"
+    proxy = url.rsplit("/pkix/", 1)[0]
+    monkeypatch.setenv("http_proxy", proxy)
+    monkeypatch.setenv("no_proxy", "")
+    # the CA's name is not even resolvable: only the proxy is contacted, with the full URL
+    with HttpTransport("http://ca.invalid:8080/pkix/?x=1") as t:
+        assert t.post(b"\x30\x00") == b"\x30\x00"
+    assert BEHAVIOUR["last_path"] == "http://ca.invalid:8080/pkix/?x=1"
+    monkeypatch.setenv("no_proxy", "ca.invalid")
+    with HttpTransport("http://ca.invalid:8080/pkix/", total_timeout=5) as t, \
+            pytest.raises(ConnectError):
+        t.post(b"\x30\x00")
