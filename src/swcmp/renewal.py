@@ -118,11 +118,11 @@ def retry_delay(failures: int, *, now: datetime, not_after: datetime,
         delay = min(max(timedelta(seconds=retry_after), RETRY_AFTER_MIN), RETRY_CAP)
         if remaining > timedelta(0):
             delay = max(RETRY_AFTER_MIN, min(delay, remaining / 2))
-        return delay
+        return timedelta(seconds=round(delay.total_seconds()))
     delay = min(RETRY_START * 2 ** max(min(failures, 32) - 1, 0), RETRY_CAP)
     if remaining > timedelta(0):
         delay = max(RETRY_START, min(delay, remaining / 8))
-    return delay
+    return timedelta(seconds=round(delay.total_seconds()))
 
 
 def attempt_bound(session: Session, poll_deadline: float) -> float:
