@@ -97,3 +97,21 @@ def test_serve_outlives_a_pass_that_raises(tmp_path: Path,
         server.run(once_until=datetime.now(UTC) + timedelta(seconds=1.5))
     assert "renewal pass failed unexpectedly: MemoryError" in caplog.text
     assert len(passes) >= 2  # it went on serving
+
+
+def test_a_damaged_journal_is_a_clear_storage_error(tmp_path: Path) -> None:
+    """A journal edited by hand (or damaged) is refused by name, not a ValueError later."""
+    from swcmp.errors import StorageError
+    from swcmp.renewal import Journal
+
+    pki = make_pki(tmp_path / "pki")
+    gw = make_gateway(tmp_path / "gw", pki, "http://127.0.0.1:9/")
+    j = Journal(gw.paths, "gw1")
+    j.write(phase="waiting", kind="kur", transaction_id="zz-not-hex", server_nonce="00",
+            cert_req_id=0)
+    with pytest.raises(StorageError, match="journal .* is damaged: transaction_id") as ei:
+        j.load()
+    assert "removing it abandons" in ei.value.hint
+    (r,) = RenewalService(gw.paths).run_pass(force=True)
+    assert r.result == "failed" and "is damaged" in r.message
+    assert StateStore(gw.paths).load("gw1").state == "failed"

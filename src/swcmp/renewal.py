@@ -193,7 +193,14 @@ class Journal:
             raise StorageError(f"renewal journal {self.path} is unreadable: {e}").with_hint(
                 "inspect it; removing it abandons the interrupted renewal (the live pair "
                 "is untouched) and the next run starts a fresh one") from e
-        return data if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            return None
+        problem = _journal_problem(data)
+        if problem is not None:
+            raise StorageError(f"renewal journal {self.path} is damaged: {problem}").with_hint(
+                "inspect it; removing it abandons the interrupted renewal (the live pair "
+                "is untouched) and the next run starts a fresh one")
+        return data
 
     def write(self, **fields: Any) -> dict[str, Any]:
         data = self.load() or {}
@@ -230,6 +237,27 @@ class Journal:
     def staged_ca_certs(self) -> list[x509.Certificate]:
         files = sorted(self.staging.glob("ca*.crt"), key=lambda p: int(p.stem[2:] or 0))
         return [certs.load_certificate(read_file(p, "staged CA certificate")) for p in files]
+
+
+def _journal_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with a journal's fields (a hand edit, a damaged disk), or None."""
+    for key in ("transaction_id", "server_nonce"):
+        value = data.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or len(value) > 256:
+            return f"{key} is not a hex string"
+        try:
+            bytes.fromhex(value)
+        except ValueError:
+            return f"{key} is not a hex string"
+    for key in ("phase", "kind", "old_serial", "cert", "started"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            return f"{key} is not text"
+    req_id = data.get("cert_req_id", 0)
+    if isinstance(req_id, bool) or not isinstance(req_id, int) or abs(req_id) >= 2**63:
+        return "cert_req_id is not a 64-bit integer"
+    return None
 
 
 @dataclass
