@@ -301,6 +301,13 @@ def answer(req: PKIMessageInfo, body: bytes, *, sender_der: bytes,
     return codec.assemble(header, body, mac, prot.extra_certs if prot else ())
 
 
+def genuine_body(ex: Exchange) -> bytes:
+    """The body of the CA's real answer to ``ex`` (to re-sign or re-wrap it)."""
+    root = d.parse(ex.upstream())
+    assert root.children is not None
+    return root.children[1].encode()
+
+
 def error_body(text: str, *fail_info: int, status: int = 2) -> bytes:
     return codec.error_body(StatusInfo(status, frozenset(fail_info), (text,)))
 

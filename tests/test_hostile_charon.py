@@ -20,6 +20,7 @@ from hostile_proxy import (
     HostileProxy,
     error_body,
     forge,
+    genuine_body,
     hang,
     mutate,
     with_message_time,
@@ -44,13 +45,6 @@ def _attacks(env: E2E) -> dict[str, Callable[[HostileProxy], None]]:
     ca_name = env.ca.ca_cert.subject.public_bytes()
     b_key = keys.load_private_key(env.b.key_file.read_bytes())
     as_b = SignatureProtection(key=b_key, cert=env.b.cert())
-
-    def genuine_body(ex: object) -> bytes:
-        import dertree as d
-
-        root = d.parse(ex.upstream())  # type: ignore[attr-defined]
-        assert root.children is not None
-        return root.children[1].encode()
 
     return {
         "silent CA": lambda p: p.on("kur", hang()),

@@ -24,13 +24,13 @@ from typing import Any
 
 import pytest
 
-import dertree as d
 from hostile_proxy import (
-    Exchange,
+    Action,
     HostileProxy,
     drip,
     error_body,
     forge,
+    genuine_body,
     hang,
     http_status,
     mutate,
@@ -98,6 +98,15 @@ class Field:
         assert self.serial() == serial
         assert self.site.pair_ok()
         assert self.state().state in ("failed", "idle")
+
+    def refused(self, kind: str, action: Action, expect: str) -> str:
+        """Attack the next ``kind`` request; the renewal fails saying ``expect``, harmlessly."""
+        serial = self.serial()
+        self.proxy.on(kind, action)
+        out, _ = self.renew()
+        assert expect in out
+        self.assert_unharmed(serial)
+        return out
 
     def make_due(self, name: str = "gw1", ca: CAHolder | None = None) -> None:
         """Enroll ``name`` again with a certificate that is due at once (for serve)."""
@@ -284,17 +293,9 @@ def test_an_answer_signed_with_another_gateways_certificate_is_refused(field: Fi
     gw2 = SignatureProtection(key=keys.load_private_key(site.key_pem("gw2")),
                               cert=site.cert("gw2"))
     serial = field.serial()
-
-    def genuine_body(ex: Exchange) -> bytes:
-        root = d.parse(ex.upstream())
-        assert root.children is not None
-        return root.children[1].encode()
-
-    field.proxy.on("kur", forge(genuine_body, sender_der=site.cert("gw2").subject.public_bytes(),
-                                protection=gw2))
-    out, _ = field.renew()
-    assert "neither the CA, a pinned server certificate nor an RA" in out
-    field.assert_unharmed(serial)
+    field.refused("kur", forge(genuine_body, sender_der=site.cert("gw2").subject.public_bytes(),
+                               protection=gw2),
+                  "neither the CA, a pinned server certificate nor an RA")
     field.assert_next_clean_run_renews(serial)
 
 
@@ -302,10 +303,7 @@ def test_a_replayed_answer_is_refused(field: Field) -> None:
     first = field.serial()
     field.assert_next_clean_run_renews(first)  # records the CA's genuine kup
     serial = field.serial()
-    field.proxy.on("kur", replay("kur"))
-    out, _ = field.renew()
-    assert "another transactionID" in out
-    field.assert_unharmed(serial)
+    field.refused("kur", replay("kur"), "another transactionID")
     field.assert_next_clean_run_renews(serial)
 
 
@@ -314,11 +312,9 @@ def test_a_replayed_answer_is_refused(field: Field) -> None:
 
 def test_ca_text_reaches_the_terminal_with_control_characters_escaped(field: Field) -> None:
     serial = field.serial()
-    field.proxy.on("kur", forge(lambda ex: error_body(EVIL_TEXT, 25),
-                                sender_der=field.ca.ca.ca_cert.subject.public_bytes(),
-                                protection=field.ca_signer()))
-    out, _ = field.renew()
-    assert "please call +1-555-0100" in out
+    out = field.refused("kur", forge(lambda ex: error_body(EVIL_TEXT, 25),
+                                     sender_der=field.ca.ca.ca_cert.subject.public_bytes(),
+                                     protection=field.ca_signer()), "please call +1-555-0100")
     assert "\\x1b[2J\\x1b]0;owned\\x07" in out and "\\x9b31m" in out
     status, _ = field.cli("status", "gw1", code=0)
     as_json, _ = field.cli("--json", "status", "gw1", code=0)

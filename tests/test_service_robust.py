@@ -109,7 +109,7 @@ def test_a_damaged_journal_is_a_clear_storage_error(tmp_path: Path) -> None:
     j = Journal(gw.paths, "gw1")
     j.write(phase="waiting", kind="kur", transaction_id="zz-not-hex", server_nonce="00",
             cert_req_id=0)
-    with pytest.raises(StorageError, match="journal .* is damaged: transaction_id") as ei:
+    with pytest.raises(StorageError, match=r"journal .* is damaged: transaction_id") as ei:
         j.load()
     assert "removing it abandons" in ei.value.hint
     (r,) = RenewalService(gw.paths).run_pass(force=True)
