@@ -25,7 +25,6 @@ from swcmp.renewal import Renewer
 from swcmp.service import RenewalService, Server
 from swcmp.state import StateStore
 
-NOW = datetime.now(UTC)
 
 
 @dataclass
@@ -61,6 +60,7 @@ def test_an_unexpected_exception_is_a_recorded_failure(tmp_path: Path, error: Ba
     gw.paths.key_file("gw2").write_bytes(gw.paths.key_file("gw1").read_bytes())
     gw.store.create("gw2", {**gw.session.values(), "key": "gw2"})
     svc = Service(gw.paths, error=error)
+    now = datetime.now(UTC)
     with caplog.at_level(logging.DEBUG, logger="swcmp"):
         reports = svc.run_pass(force=True)
     by_name = {r.session: r for r in reports}
@@ -70,7 +70,7 @@ def test_an_unexpected_exception_is_a_recorded_failure(tmp_path: Path, error: Ba
     st = StateStore(gw.paths).load("gw1")
     assert st.state == "failed" and st.failures == 1
     retry = datetime.fromisoformat(str(st.next_attempt))
-    assert timedelta(seconds=50) < retry - NOW < timedelta(minutes=5)  # backoff's first step
+    assert timedelta(seconds=50) < retry - now < timedelta(minutes=5)  # backoff's first step
     assert StateStore(gw.paths).load("gw2").state == "idle"
     # the traceback is in the debug log (what `serve -v` shows), the summary in the warning
     assert any(r.levelno == logging.DEBUG and r.exc_info for r in caplog.records)
