@@ -55,13 +55,13 @@ def make_cert(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_cert.public_key()),  # type: ignore[arg-type]
             critical=False,
         )
-    if ca:
+    if key_usage is not None:
+        b = b.add_extension(key_usage, critical=True)
+    elif ca:
         b = b.add_extension(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False),
             critical=True,
         )
-    elif key_usage is not None:
-        b = b.add_extension(key_usage, critical=True)
     if sans:
         b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     if eku:

@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from swcmp.checks import CheckResult, all_passed, failed, run_checks
+from swcmp.checks import CheckResult, all_passed, failed, run_checks, warnings
 from swcmp.config import Paths, Session, set_fields
 from swcmp.errors import ConfigError
 from swcmp.names import SessionName, parse_dn
@@ -364,7 +364,7 @@ def test_extra_checks_appended_in_order(good: Setup) -> None:
 
     def strongswan_binding(session: Session, paths: Paths, now: datetime) -> CheckResult:
         seen.append((session.name, now))
-        return CheckResult("strongswan-binding", False, "connection site-a not loaded", "fix")
+        return CheckResult("strongswan-binding", "fail", "connection site-a not loaded", "fix")
 
     def broken(session: Session, paths: Paths, now: datetime) -> CheckResult:
         raise ConfigError("vici socket missing")
@@ -376,6 +376,24 @@ def test_extra_checks_appended_in_order(good: Setup) -> None:
     assert seen == [("gw1", NOW)]
     assert _failing(results) == ["strongswan-binding", "broken"]
     assert "vici socket missing" in _by_name(results)["broken"].detail
+    assert {r.level for r in failed(results)} == {"fail"}
+
+
+def test_warnings_do_not_block(good: Setup) -> None:
+    def charon_down(session: Session, paths: Paths, now: datetime) -> CheckResult:
+        return CheckResult("strongswan", "warn", "charon is not reachable", "start charon")
+
+    results = run_checks(good.session, good.paths, now=NOW, extra_checks=[charon_down])
+    assert all_passed(results) and failed(results) == []
+    assert [r.name for r in warnings(results)] == ["strongswan"]
+    assert _by_name(results)["strongswan"].ok  # ok means: does not block auto-update
+    # every built-in item is a fail when it does not pass, never a warning
+    os.unlink(good.paths.key_file("gw1"))
+    results = run_checks(good.session, good.paths, now=NOW)
+    assert {r.name: r.level for r in results if r.level != "ok"} == {
+        "auth-cert-key": "fail", "key-pair": "fail"}
+    with pytest.raises(ValueError, match="level"):
+        CheckResult("x", "maybe", "")  # type: ignore[arg-type]
 
 
 def test_naive_now_refused(good: Setup) -> None:

@@ -463,7 +463,9 @@ def test_corrupted_session_file_does_not_break_other_commands(env: Env) -> None:
 
     status = env.run("status")
     assert status.exit_code == 0
-    assert "session gw1" in status.stdout and "session broken: broken" in status.stdout
+    rows = {line.split()[0]: line for line in status.stdout.splitlines()[1:-1]}
+    assert set(rows) == {"gw1", "broken", "typo"}
+    assert f"broken session file: {sessions / 'broken.toml'}" in rows["broken"]
     assert env.json("status")["errors"][0]["path"].endswith("broken.toml")
     assert env.run("session", "check", "gw1").exit_code == 0
     assert env.run("stats").exit_code == 0
@@ -522,31 +524,58 @@ def test_check_json_shape(env: Env) -> None:
     names = [c["name"] for c in data["checks"]]
     assert names[:5] == ["entity", "ca-name", "server-url", "auth-cert", "auth-cert-key"]
     for item in data["checks"]:
-        assert set(item) == {"name", "ok", "detail", "fix"}
-        assert isinstance(item["ok"], bool)
-        assert bool(item["fix"]) != item["ok"]
+        assert set(item) == {"name", "ok", "level", "detail", "fix"}
+        assert isinstance(item["ok"], bool) and item["level"] in ("ok", "warn", "fail")
+        assert item["ok"] == (item["level"] != "fail")
+        assert bool(item["fix"]) == (item["level"] != "ok")
     refused = json.loads(env.run("--json", "session", "enable-auto-update", "gw1").stdout)
     assert refused == data | {"auto_update": False}
 
 
-def test_check_includes_strongswan_binding_unless_vici_none(env: Env) -> None:
-    env.complete_session()
-    (env.swanctl_dir / "x509").mkdir()
-    (env.swanctl_dir / "x509" / "gw1.crt").write_bytes(env.pki.dir.joinpath("gw.crt").read_bytes())
-    socket = env.root / "no-charon.vici"
-    result = CliRunner().invoke(
+def _run_with_vici(env: Env, uri: str, *args: str) -> Result:
+    return CliRunner().invoke(
         cli,
         [
             "--config-dir", str(env.config_dir), "--swanctl-dir", str(env.swanctl_dir),
-            "--state-dir", str(env.state_dir), "--vici", f"unix://{socket}",
-            "--json", "session", "check", "gw1",
+            "--state-dir", str(env.state_dir), "--vici", uri, *args,
         ],
     )  # fmt: skip
-    assert result.exit_code == 1
-    data = json.loads(result.stdout)
-    failed = [c for c in data["checks"] if not c["ok"]]
-    assert [c["name"] for c in failed] == ["strongswan"]
-    assert "--vici" in failed[0]["fix"]
+
+
+def test_charon_down_warns_and_enable_is_accepted(env: Env) -> None:
+    env.complete_session()
+    (env.swanctl_dir / "x509").mkdir()
+    (env.swanctl_dir / "x509" / "gw1.crt").write_bytes(env.pki.dir.joinpath("gw.crt").read_bytes())
+    dead = f"unix://{env.root / 'no-charon.vici'}"
+    check = _run_with_vici(env, dead, "session", "check", "gw1")
+    assert check.exit_code == 0, check.output  # warnings alone: exit 0
+    assert "warn  strongswan" in check.stdout and "FAIL" not in check.stdout
+    assert "1 warning" in check.stdout and "fix: start charon" in check.stdout
+    data = json.loads(_run_with_vici(env, dead, "--json", "session", "check", "gw1").stdout)
+    assert data["ok"] is True
+    (item,) = [c for c in data["checks"] if c["level"] != "ok"]
+    assert item["name"] == "strongswan" and item["level"] == "warn" and item["ok"] is True
+    assert "--vici" in item["fix"]
+    enabled = _run_with_vici(env, dead, "--json", "session", "enable-auto-update", "gw1")
+    assert enabled.exit_code == 0, enabled.output
+    assert json.loads(enabled.stdout)["auto_update"] is True
+    assert env.json("session", "show", "gw1")["auto_update"] is True
+
+
+def test_key_mismatch_fails_and_enable_is_refused(env: Env) -> None:
+    env.complete_session()
+    # another key under the certificate's key file: the pair no longer matches
+    (env.root / "pki" / "gw.key").write_bytes(pem_key(keys.generate_key("ecdsa:p256")))
+    dead = f"unix://{env.root / 'no-charon.vici'}"
+    check = _run_with_vici(env, dead, "--json", "session", "check", "gw1")
+    assert check.exit_code == 1
+    levels = {c["name"]: c["level"] for c in json.loads(check.stdout)["checks"]}
+    assert levels["auth-cert-key"] == "fail" and levels["strongswan"] == "warn"
+    refused = _run_with_vici(env, dead, "session", "enable-auto-update", "gw1")
+    assert refused.exit_code == 1
+    assert "FAIL  auth-cert-key" in refused.stdout and "warn  strongswan" in refused.stdout
+    assert "error: auto-update not enabled for session gw1: 1 check(s) failed" in refused.stderr
+    assert env.json("session", "show", "gw1")["auto_update"] is False
 
 
 # --- secrets -------------------------------------------------------------------------------
@@ -702,3 +731,82 @@ def test_serve_logs_progress_by_default(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert "INFO: swcmp serve: watching" in err
     assert "Traceback" not in err
+
+
+def test_status_table_sorted_by_urgency(env: Env) -> None:
+    import datetime as dt
+
+    from pki import pem_cert
+    from swcmp.config import Paths
+    from swcmp.state import StateStore
+
+    now = dt.datetime.now(dt.UTC)
+    x509_dir = env.swanctl_dir / "x509"
+    x509_dir.mkdir(parents=True)
+    certs = {  # session -> certificate
+        "a-ok": env.pki.issue(env.pki.gw_key, days=365),
+        "b-expired": env.pki.issue(env.pki.gw_key, not_before=now - dt.timedelta(days=30),
+                                   days=29),
+        "c-due": env.pki.issue(env.pki.gw_key, not_before=now - dt.timedelta(days=29),
+                               days=30),
+        "d-failing": env.pki.issue(env.pki.gw_key, days=200),
+    }
+    for name, cert in certs.items():
+        env.run("session", "create", name, "--entity", ENTITY, "--trust", "pki/root.crt")
+        (x509_dir / f"{name}.crt").write_bytes(pem_cert(cert))
+        env.run("session", "set", name, "--expire-time", "50")
+    paths = Paths(env.config_dir, env.state_dir, env.swanctl_dir)
+    for name in certs:
+        # auto-update on, as enable-auto-update would leave it (the checks are tested above)
+        config.SessionStore(env.config_dir).update(name, set_values={"auto_update": True})
+    with StateStore(paths).update("d-failing") as st:
+        st.failures = 2
+        st.state = "failed"
+        st.record("kur", False, "CA rejected the request: failInfo badCertId", now=now)
+    (env.config_dir / "sessions" / "e-broken.toml").write_text("entity = [\n")
+    before = env.json("status")
+
+    result = env.run("status")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:7] == ["SESSION", "URGENCY", "STATE", "AUTO", "DAYS", "LEFT",
+                                    "NEXT"]
+    rows = [line.split()[:2] for line in lines[1:-1]]
+    assert rows == [["b-expired", "expired"], ["d-failing", "failing"],
+                    ["e-broken", "failing"], ["c-due", "due"], ["a-ok", "ok"]]
+    by_name = {line.split()[0]: line for line in lines[1:-1]}
+    assert "EXPIRED" in by_name["b-expired"]
+    assert "kur FAILED" in by_name["d-failing"] and "badCertId" in by_name["d-failing"]
+    assert " 199 " in by_name["d-failing"] or " 200 " in by_name["d-failing"]
+    assert "now" in by_name["c-due"]  # the next renewal is due already
+    assert "broken session file" in by_name["e-broken"]
+    assert lines[-1].startswith("1 expired, 2 failing, 1 due, 1 ok")
+    # --json is unchanged: the sessions in file order, the broken file under errors
+    data = env.json("status")
+    assert data == before
+    assert [e["session"] for e in data["sessions"]] == sorted(certs)
+    assert set(data["sessions"][0]) == {
+        "session", "auto_update", "state", "reason", "certificate", "next_renewal",
+        "next_attempt", "failures", "last_result", "charon"}
+    assert data["errors"][0]["path"].endswith("e-broken.toml")
+
+
+def test_status_says_standby_when_the_role_source_is_unreadable(env: Env) -> None:
+    env.complete_session()
+    role_file = env.root / "run" / "role"  # its directory does not exist
+    (env.config_dir / "swcmp.toml").write_text(f'[ha]\nrole_file = "{role_file}"\n')
+    text = env.run("status").stdout
+    assert text.splitlines()[0] == (
+        f"HA: the HA role file {role_file} is unreadable (No such file or directory): "
+        "acting as standby to be safe (requests nothing)")
+    assert "gw1" in text and "standby" in text
+    entry = env.json("status", "gw1")["sessions"][0]
+    assert entry["state"] == "standby" and "unreadable" in entry["reason"]
+    role_file.parent.mkdir()
+    role_file.write_text("BACKUP\n")
+    entry = env.json("status", "gw1")["sessions"][0]
+    assert entry["state"] == "standby" and "HA role is BACKUP" in entry["reason"]
+    role_file.write_text("MASTER\n")
+    entry = env.json("status", "gw1")["sessions"][0]
+    assert entry["state"] != "standby"
+    assert "HA role MASTER" in env.run("status").stdout

@@ -750,3 +750,44 @@ def test_pinned_old_key_unloaded_once_old_config_sas_are_gone(e2e: E2E) -> None:
     e2e.a.json("renew", A_SESSION)
     assert e2e.net.a.key_ids() == {new_id}
     assert e2e.net.serial_b_saw_for_a() == e2e.a.serial()
+
+
+def _metric(path: Path, name: str, **labels: str) -> float | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(path.read_text()):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None
+
+
+def test_metrics_show_serial_drift_between_charon_and_disk(e2e: E2E) -> None:
+    """A renewal that did not reach charon (files only) shows as drift until charon loads the
+    files (here: `swanctl --load-creds`, as an operator would); drift is read from charon."""
+    old = enroll_a(e2e, "--regenerate")
+    prom = e2e.tmp / "textfile" / "swcmp.prom"
+    (e2e.a.config_dir / "swcmp.toml").write_text(f'[metrics]\ntextfile = "{prom}"\n')
+    e2e.a.json("renew", A_SESSION)  # not due: skipped, but the metrics are written
+    assert _metric(prom, "swcmp_charon_up") == 1
+    assert _metric(prom, "swcmp_charon_certificate_current", session=A_SESSION) == 1
+    assert _metric(prom, "swcmp_charon_stale_certificates", session=A_SESSION) == 0
+
+    e2e.a.json("renew", "--force", "--no-deploy", A_SESSION)  # files only: charon keeps old
+    assert e2e.a.serial() != old.serial_number
+    e2e.a.json("renew", A_SESSION)
+    assert _metric(prom, "swcmp_charon_certificate_current", session=A_SESSION) == 0
+    assert _metric(prom, "swcmp_charon_stale_certificates", session=A_SESSION) == 1
+    assert _metric(prom, "swcmp_renewals_total", session=A_SESSION, result="success") == 1
+
+    e2e.net.a.swanctl("--load-creds")  # the files are the truth: charon now holds the new pair
+    e2e.a.json("renew", A_SESSION)
+    assert _metric(prom, "swcmp_charon_certificate_current", session=A_SESSION) == 1
+    assert _metric(prom, "swcmp_charon_stale_certificates", session=A_SESSION) == 0
+    assert _metric(prom, "swcmp_certificate_not_after_timestamp_seconds", session=A_SESSION) \
+        == int(e2e.a.cert().not_valid_after_utc.timestamp())
+
+    e2e.net.a.stop()
+    e2e.a.json("renew", A_SESSION)
+    assert _metric(prom, "swcmp_charon_up") == 0
+    assert _metric(prom, "swcmp_charon_certificate_current", session=A_SESSION) is None

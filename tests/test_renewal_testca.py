@@ -700,3 +700,39 @@ def test_a_forged_staged_pair_is_not_committed(site: Site, ca: CAHolder, tmp_pat
     with pytest.raises(RenewalError, match="fails verification"):
         Renewer(site.paths).renew(session)
     assert site.cert() == old_cert and site.key_pem() == old_key and site.pair_ok()
+
+
+class _Recording:
+    """An HttpTransport that keeps every answer it received."""
+
+    def __init__(self, url: str) -> None:
+        from swcmp.transport import HttpTransport
+
+        self.inner = HttpTransport(url)
+        self.answers: list[bytes] = []
+
+    def post(self, data: bytes) -> bytes:
+        answer = self.inner.post(data)
+        self.answers.append(answer)
+        return answer
+
+    def end_transaction(self) -> None:
+        self.inner.end_transaction()
+
+
+@pytest.mark.parametrize("poll", [0, 1], ids=["direct", "polled"])
+def test_ca_signing_with_its_root_left_out_of_extracerts(site: Site, ca: CAHolder,
+                                                         poll: int) -> None:
+    """Like OpenSSL's CMP server with a self-signed signer: answers carry no extraCerts;
+    swcmp finds the signer among its trust anchors and renews."""
+    from swcmp.cmp import codec
+
+    session = add_session(site, ca.ca, regenerate=True)
+    ca.restart(ca_config(signer_in_extra_certs=False, poll=poll, check_after=0))
+    wire = _Recording(session.server_url or "")
+    out = Renewer(site.paths, transport=wire, sleep=no_sleep).renew(session)
+    assert out.ok and site.pair_ok()
+    assert len(wire.answers) == 2 + poll  # kup or pollRep then kup, and pkiConf
+    root_der = certs.der_of(ca.ca.ca_cert)
+    for answer in wire.answers:
+        assert root_der not in codec.decode_message(answer).extra_certs

@@ -107,7 +107,8 @@ def test_metrics_and_hooks(due: tuple[TestPKI, Gateway], tmp_path: Path) -> None
     assert r.result == "renewed"
     assert out.read_text().split() == ["gw1", f"{gw.cert.serial_number:x}"]
     text = metrics.read_text()
-    for m in ("swcmp_certificate_expiry_seconds", "swcmp_next_renewal_seconds",
+    for m in ("swcmp_certificate_not_after_timestamp_seconds",
+              "swcmp_next_renewal_timestamp_seconds", "swcmp_last_success_timestamp_seconds",
               "swcmp_last_result_success", "swcmp_consecutive_failures"):
         assert f'{m}{{session="gw1"}}' in text
     assert 'swcmp_last_result_success{session="gw1"} 1' in text
@@ -132,3 +133,37 @@ def test_serve_renews_when_due(due: tuple[TestPKI, Gateway]) -> None:
     server = Server(RenewalService(gw.paths), rescan=0.2)
     server.run(once_until=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2))
     assert gw.cert != pki.gw and kur_sent(gw) == 1  # renewed once, not again
+
+
+def test_serve_refreshes_metrics_while_idle(fresh: tuple[TestPKI, Gateway], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import swcmp.service
+
+    _, gw = fresh
+    metrics = tmp_path / "swcmp.prom"
+    role = tmp_path / "role"
+    role.write_text("MASTER\n")
+    (gw.paths.config_dir / "swcmp.toml").write_text(
+        f'[metrics]\ntextfile = "{metrics}"\n[ha]\nrole_file = "{role}"\n')
+    monkeypatch.setattr(swcmp.service, "REFRESH", 0.3)
+    server = Server(RenewalService(gw.paths), rescan=0.1)
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=4)
+    thread = threading.Thread(target=server.run, kwargs={"once_until": until})
+    thread.start()
+    try:
+        deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3)
+        while not metrics.exists() and dt.datetime.now(dt.UTC) < deadline:
+            threading.Event().wait(0.05)
+        assert "swcmp_ha_standby 0" in metrics.read_text()
+        # nothing is due and nothing changes (no pass): the refresh writes the file again
+        metrics.unlink()
+        while not metrics.exists() and dt.datetime.now(dt.UTC) < until:
+            threading.Event().wait(0.05)
+        assert "swcmp_ha_standby 0" in metrics.read_text()
+    finally:
+        server.stopping.set()
+        server.wake.set()
+        thread.join(10)
+    assert kur_sent(gw) == 0

@@ -26,7 +26,6 @@ from swcmp.service import RenewalService, Server
 from swcmp.state import StateStore
 
 
-
 @dataclass
 class Exploding(Renewer):
     """Raises ``error`` for session gw1; pretends to renew any other."""

@@ -44,13 +44,13 @@ def test_binding_check_passes_and_fails(net: CharonNet, tmp_path: Path) -> None:
     now = datetime.now(UTC)
     s = Session(name="gw1", key="gw1")
     ok = binding_check(net.a.uri)(s, _paths_with_cert(tmp_path / "a", pem_cert(net.a_cert)), now)
-    assert ok.ok and "gw (identity" in ok.detail
+    assert ok.level == "ok" and "gw (identity" in ok.detail
     bad = binding_check(net.a.uri)(s, _paths_with_cert(tmp_path / "b", pem_cert(net.b_cert)),
                                    now)
-    assert not bad.ok and "local.id" in bad.fix
+    assert bad.level == "warn" and "local.id" in bad.fix  # a runtime item: warns
     dead = binding_check(f"unix://{tmp_path}/none.vici")(
         s, _paths_with_cert(tmp_path / "c", pem_cert(net.a_cert)), now)
-    assert not dead.ok and "--vici" in dead.fix
+    assert dead.level == "warn" and "--vici" in dead.fix
 
 
 def test_charon_dn_is_wire_order() -> None:

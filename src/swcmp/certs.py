@@ -88,6 +88,13 @@ def spki_of(cert: x509.Certificate) -> bytes:
     )
 
 
+def _spki_or_none(cert: x509.Certificate) -> bytes | None:
+    try:
+        return spki_of(cert)
+    except CertificateError:
+        return None
+
+
 def describe(cert: x509.Certificate) -> str:
     """Short text for messages: subject and serial in hex."""
     return f"'{safe(cert.subject.rfc4514_string())}' serial {cert.serial_number:x}"
@@ -222,8 +229,10 @@ def build_chain(
     if der_of(leaf) in anchor_ders:
         return [leaf]
     anchor_keys = {spki_of(a) for a in anchor_list}
+    # Certificates with keys swcmp cannot use (a CA may send post-quantum ones beside
+    # the classic chain) are not candidates; unique_candidates drops them.
     pool = unique_candidates(c for c in untrusted if der_of(c) not in anchor_ders
-                             and spki_of(c) not in anchor_keys)
+                             and _spki_or_none(c) not in anchor_keys)
     budget = _Budget(MAX_SIGNATURE_CHECKS)
     refused: list[str] = []
 

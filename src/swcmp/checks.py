@@ -17,6 +17,15 @@ is part of the interface (``swcmp session check`` prints them in this order):
 then ours: ``trust-anchor`` (present and parses), ``mac-ref`` and
 ``mac-secret`` (only when ``ir_auth`` is ``mac``), then any extra checks the
 caller passes in (the strongSwan binding check plugs in there).
+
+Each result has a level: ``ok``, ``warn`` or ``fail``. Every built-in check
+fails when it does not pass: SPEC.md's five prerequisites and the safety items
+(key matches certificate, chain, validity, trust anchor, secret file) guard the
+renewal itself. Items about the running system (is charon reachable, does a
+connection use the certificate) only warn: the renewal commits its files
+without charon, and the charon start hook loads them, so a daemon that is down
+today must not block turning auto-update on. ``enable-auto-update`` is refused
+only on a ``fail``.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -40,14 +50,24 @@ from swcmp.errors import CertificateError, SwcmpError
 from swcmp.names import common_name, format_dn
 
 __all__ = [
+    "FAIL",
+    "LEVELS",
+    "OK",
+    "WARN",
     "CheckResult",
     "ExtraCheck",
     "all_passed",
     "failed",
     "run_checks",
+    "warnings",
 ]
 
-# How many intermediate CA certificates the chain check walks through at most.
+Level = Literal["ok", "warn", "fail"]
+OK: Level = "ok"
+WARN: Level = "warn"
+FAIL: Level = "fail"
+#: The levels, least severe first.
+LEVELS: tuple[Level, ...] = (OK, WARN, FAIL)
 
 
 @dataclass(frozen=True)
@@ -56,15 +76,25 @@ class CheckResult:
 
     Attributes:
         name: a stable identifier such as ``entity`` or ``auth-cert-chain``.
-        ok: whether the check passed.
+        level: ``ok`` (passed), ``warn`` (a problem that does not block
+            auto-update, e.g. charon is not running now) or ``fail`` (blocks it).
         detail: what was found, for people (never secret material).
-        fix: what to run to fix it; empty when ``ok``.
+        fix: what to run to fix it; empty when the level is ``ok``.
     """
 
     name: str
-    ok: bool
+    level: Level
     detail: str
     fix: str = ""
+
+    def __post_init__(self) -> None:
+        if self.level not in LEVELS:
+            raise ValueError(f"check level must be one of {LEVELS}, not {self.level!r}")
+
+    @property
+    def ok(self) -> bool:
+        """Whether this result lets auto-update be enabled (``ok`` or ``warn``)."""
+        return self.level != FAIL
 
 
 # An extra check gets the same inputs as the built-in ones. It may raise a
@@ -73,11 +103,11 @@ ExtraCheck = Callable[[Session, Paths, datetime], CheckResult]
 
 
 def _pass(name: str, detail: str) -> CheckResult:
-    return CheckResult(name=name, ok=True, detail=detail)
+    return CheckResult(name=name, level=OK, detail=detail)
 
 
 def _fail(name: str, detail: str, fix: str) -> CheckResult:
-    return CheckResult(name=name, ok=False, detail=detail, fix=fix)
+    return CheckResult(name=name, level=FAIL, detail=detail, fix=fix)
 
 
 def _set_cmd(session: Session, *options: str) -> str:
@@ -442,7 +472,7 @@ def run_checks(
             result named by its ``check_name`` attribute or ``__name__``.
 
     Returns:
-        One result per check; auto-update may be enabled only if all are ``ok``.
+        One result per check; auto-update may be enabled unless one is ``fail``.
 
     Raises:
         ValueError: ``now`` is naive.
@@ -465,10 +495,15 @@ def run_checks(
 
 
 def failed(results: Iterable[CheckResult]) -> list[CheckResult]:
-    """The results that did not pass."""
-    return [r for r in results if not r.ok]
+    """The results at level ``fail`` (they block auto-update)."""
+    return [r for r in results if r.level == FAIL]
+
+
+def warnings(results: Iterable[CheckResult]) -> list[CheckResult]:
+    """The results at level ``warn``."""
+    return [r for r in results if r.level == WARN]
 
 
 def all_passed(results: Iterable[CheckResult]) -> bool:
-    """Whether every result passed (True for no results at all)."""
-    return all(r.ok for r in results)
+    """Whether no result fails (warnings allowed; True for no results at all)."""
+    return not failed(results)

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from swcmp.config import Paths, Session, SessionStore
     from swcmp.deploy import Deployer
     from swcmp.enroll import Outcome
+    from swcmp.ha import Role
     from swcmp.service import SessionReport
 
 __all__ = ["cli", "main"]
@@ -400,7 +401,8 @@ def json_option(f: F) -> F:
 
 
 def _name_argument(*, required: bool = True) -> Callable[[F], F]:
-    return click.argument("name", type=SESSION_NAME, required=required, metavar="NAME")
+    return click.argument("name", type=SESSION_NAME, required=required,
+                          metavar="NAME" if required else "[NAME]")
 
 
 # --- session ---------------------------------------------------------------------------
@@ -861,9 +863,11 @@ def _run_checks(env: CliEnv, s: Session) -> list[CheckResult]:
 @_name_argument()
 @json_option
 def session_check(name: str) -> None:
-    """Run every check of session NAME: ok or FAIL, what was found, and the fix.
+    """Run every check of session NAME: ok, warn or FAIL, what was found, and the fix.
 
-    These are the checks that guard enable-auto-update. Exit code 1 if any fails.
+    These are the checks that guard enable-auto-update: a FAIL blocks it, a
+    warning (charon not reachable, no connection uses the certificate yet) does
+    not. Exit code 1 if any check fails, 0 with warnings alone.
     """
     env = _env()
     results = _run_checks(env, env.store.load(name))
@@ -876,10 +880,11 @@ def session_check(name: str) -> None:
 @_name_argument()
 @json_option
 def session_enable(name: str) -> None:
-    """Turn on automatic renewal for NAME, only if every check passes.
+    """Turn on automatic renewal for NAME, unless a check fails.
 
-    When a check fails, nothing changes: the report of `session check` is
-    printed and the exit code is 1.
+    Warnings (e.g. charon not running now) do not block it. When a check fails,
+    nothing changes: the report of `session check` is printed and the exit code
+    is 1.
     """
     env = _env()
     results = _run_checks(env, env.store.load(name))
@@ -896,7 +901,7 @@ def session_enable(name: str) -> None:
         if not env.json:
             click.echo(
                 f"error: auto-update not enabled for session {name}: "
-                f"{sum(not r.ok for r in results)} checks failed",
+                f"{sum(not r.ok for r in results)} check(s) failed",
                 err=True,
             )
             click.echo("hint: apply the fixes above, then run this command again", err=True)
@@ -1159,7 +1164,7 @@ def _cert_info(path: Path, now: datetime) -> dict[str, Any] | None:
     }
 
 
-def _status_entry(env: CliEnv, s: Session, now: datetime) -> dict[str, Any]:
+def _status_entry(env: CliEnv, s: Session, now: datetime, role: Role | None) -> dict[str, Any]:
     from swcmp import certs
     from swcmp.renewal import interrupted, plan
     from swcmp.state import StateStore
@@ -1175,8 +1180,8 @@ def _status_entry(env: CliEnv, s: Session, now: datetime) -> dict[str, Any]:
     if pending is not None:
         state = "polling" if pending == "waiting" else "in_progress"
         reason = f"an interrupted renewal (phase {pending}) is finished by the next run"
-    elif st.state == "standby":
-        state, reason = "standby", "skipped: standby (this node is not active)"
+    elif role is not None and role.standby:
+        state, reason = "standby", role.standby_reason()
     else:
         state, reason = p.state, p.reason
     last = st.last_result
@@ -1210,19 +1215,23 @@ def _status_entry(env: CliEnv, s: Session, now: datetime) -> dict[str, Any]:
 def status(name: str | None) -> None:
     """State, expiry, next renewal and last result of NAME or all sessions.
 
-    States: idle, due, in_progress, polling, failed (waiting to retry), standby,
+    All sessions: one table, the most urgent first (expired, failing, due, ok),
+    with days left, next renewal and last result. NAME: every detail of one.
+    States: idle, due, in_progress, polling, failed (waiting to retry), standby
+    (this node's HA role is not active, or its role source cannot be read),
     needs_ir (no valid certificate: run `swcmp request initial`), disabled
     (auto-update off).
     """
     env = _env()
     now = _now()
+    role, notes = _status_role(env)
     entries: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
     if name is not None:
-        entries.append(_status_entry(env, env.store.load(name), now))
+        entries.append(_status_entry(env, env.store.load(name), now, role))
     else:
         listing = env.store.list()
-        entries = [_status_entry(env, s, now) for s in listing.sessions]
+        entries = [_status_entry(env, s, now, role) for s in listing.sessions]
         errors = [
             {"path": e.path, "line": e.line, "error": _message(e), "hint": e.hint or None}
             for e in listing.errors
@@ -1230,7 +1239,26 @@ def status(name: str | None) -> None:
     text_entries = entries + [
         {"session": Path(e["path"]).stem, "error": e["error"], "hint": e["hint"]} for e in errors
     ]
-    env.emit({"sessions": entries, "errors": errors}, render.status_text(text_entries))
+    if name is not None:
+        text = "\n".join([*notes, render.status_text(text_entries)])
+    else:
+        text = render.status_table(text_entries, now=now, notes=notes)
+    env.emit({"sessions": entries, "errors": errors}, text)
+
+
+def _status_role(env: CliEnv) -> tuple[Role | None, list[str]]:
+    """This node's HA role for ``status`` (None without a role source) and a line about it."""
+    from swcmp.service import HostConfig, host_role
+
+    try:
+        host = HostConfig.load(env.paths)
+    except SwcmpError as e:
+        # renewals refuse to run with broken host settings: say so, do not fail status
+        return None, [f"warning: {_message(e)} (renewals stop until it is fixed)"]
+    role = host_role(host)
+    if not role.configured:
+        return None, []
+    return role, [f"HA: {role.describe()}"]
 
 
 # --- renewal: one pass, the service, the charon hook -------------------------------------
@@ -1284,7 +1312,10 @@ def renew(
 @_deploy_option
 @click.option("-v", "--verbose", "more", count=True,
               help="Also log debug details (the service logs its progress by default).")
-def serve(no_deploy: bool, more: int) -> None:
+@click.option("--pid-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the process id to FILE while serving (for notify scripts that wake "
+              "the service with SIGHUP, e.g. contrib/keepalived-notify.sh -p FILE).")
+def serve(no_deploy: bool, more: int, pid_file: Path | None) -> None:
     """Run the renewal service: renew each session when due, until SIGTERM.
 
     Sleeps until the next session is due; SIGHUP or a changed session file makes
@@ -1304,7 +1335,21 @@ def serve(no_deploy: bool, more: int) -> None:
     )
     server = Server(service)
     server.install_signals()
-    server.run()
+    if pid_file is None:
+        server.run()
+        return
+    from swcmp import fsutil
+
+    pid_file = env.cwd / pid_file
+    fsutil.atomic_write(pid_file, f"{os.getpid()}\n".encode(), mode=0o644)
+    try:
+        server.run()
+    finally:
+        try:
+            if pid_file.read_text().strip() == str(os.getpid()):
+                pid_file.unlink()
+        except OSError:
+            pass
 
 
 @cli.group()

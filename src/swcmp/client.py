@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
 
 from swcmp import certs, keys, text
 from swcmp.cmp import codec, oids
@@ -56,6 +57,7 @@ from swcmp.protection import (
     Verified,
     verify_response,
 )
+from swcmp.text import safe
 from swcmp.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -127,6 +129,50 @@ class _Tx:
     #: the certificate that signed this transaction's first verified answer: it may
     #: sign the later ones (pkiConf, pollRep, error) without sending itself again
     signer: x509.Certificate | None = None
+    #: the subjectAltNames asked for (None: not known, e.g. a resumed transaction)
+    expect_sans: frozenset[x509.GeneralName] | None = None
+    #: the certificate a kur replaces: the new one may not be older
+    replaces: x509.Certificate | None = None
+
+
+def _check_issued_content(cert: x509.Certificate, tx: _Tx) -> None:
+    """What a gateway certificate may not be: a CA, a holder of names nobody asked
+    for, or (for a renewal) no newer than the certificate it replaces."""
+    if certs.is_ca(cert):
+        raise CertificateError(
+            f"the issued certificate {certs.describe(cert)} is a CA certificate "
+            "(basicConstraints CA:TRUE); a gateway certificate must not be one")
+    if tx.expect_sans is not None:
+        try:
+            got = frozenset(cert.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName).value)
+        except x509.ExtensionNotFound:
+            got = frozenset()
+        # CA profiles commonly copy the subject's CN into a dNSName: that name was
+        # asked for, in the subject (which is checked to be the requested one).
+        cns = {a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)}
+        extra = {g for g in got - tx.expect_sans
+                 if not (isinstance(g, x509.DNSName) and g.value in cns)}
+        if extra:
+            names = ", ".join(sorted(safe(str(g.value)) for g in extra))
+            raise CertificateError(
+                f"the issued certificate carries subjectAltNames nobody asked for: {names}")
+        missing = tx.expect_sans - got
+        if missing:
+            log.warning("the issued certificate lacks requested subjectAltNames: %s",
+                        ", ".join(sorted(safe(str(g.value)) for g in missing)))
+    old = tx.replaces
+    if old is not None and (
+            cert == old
+            or cert.not_valid_after_utc < old.not_valid_after_utc
+            or cert.not_valid_before_utc < old.not_valid_before_utc):
+        # Refused: an older certificate for the same key, replayed as a "renewal".
+        # (Equal times are fine: a CA may renew twice within one second.)
+        raise CertificateError(
+            f"the issued certificate {certs.describe(cert)} (valid "
+            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S}Z to "
+            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z) is not newer than "
+            f"{certs.describe(old)}, which it should replace: it is no renewal")
 
 
 class CMPClient:
@@ -139,6 +185,8 @@ class CMPClient:
             :class:`~swcmp.protection.ResponseTrust` that also says who may sign answers.
         implicit_confirm: ask the CA to skip certConf/pkiConf.
         cert_profile: the certificate profile named in requests (RFC 9483 3.1).
+        sender: the end entity's name, sent as sender of MAC-protected messages
+            that carry no subject of their own (genm, rr); NULL-DN when None.
         poll_deadline: seconds to keep polling a 'waiting' CA in one call.
         clock: returns the current UTC time (tests pass a fixed one).
         sleep: waits between polls (tests pass a fake).
@@ -152,6 +200,7 @@ class CMPClient:
         trust: Sequence[x509.Certificate] | ResponseTrust = (),
         implicit_confirm: bool = False,
         cert_profile: str | None = None,
+        sender: x509.Name | None = None,
         poll_deadline: float = 300.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], None] = time.sleep,
@@ -164,6 +213,8 @@ class CMPClient:
         self.trust = self.policy.anchors
         self.implicit_confirm = implicit_confirm
         self.cert_profile = cert_profile
+        #: The sender of MAC-protected messages that name no subject (genm, rr).
+        self.sender_der = sender.public_bytes() if sender is not None else None
         self.poll_deadline = poll_deadline
         self.clock = clock
         self.sleep = sleep
@@ -212,7 +263,7 @@ class CMPClient:
         old_id = OldCertId(old_cert.issuer.public_bytes(), old_cert.serial_number)
         return self._enroll("kur", key=key, subject=subject or old_cert.subject, sans=sans,
                             protection=protection, old_cert_id=old_id, journal=journal,
-                            accept=accept)
+                            accept=accept, replaces=old_cert)
 
     def resume(self, *, kind: str, transaction_id: bytes, server_nonce: bytes,
                key: keys.PrivateKey, subject: x509.Name, protection: Protection,
@@ -251,6 +302,11 @@ class CMPClient:
         spki = csr.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         tx = self._tx(protection, self._sender_for(protection, csr.subject.public_bytes()))
+        try:
+            tx.expect_sans = frozenset(csr.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName).value)
+        except x509.ExtensionNotFound:
+            tx.expect_sans = frozenset()
         return self._finish_enrollment(tx, "p10cr", body, -1, spki, csr.subject.public_bytes())
 
     def ca_certs(self, *, protection: Protection) -> tuple[x509.Certificate, ...]:
@@ -314,12 +370,14 @@ class CMPClient:
             if end is not None:
                 end()
 
-    @staticmethod
-    def _sender_for(protection: Protection, subject_der: bytes | None) -> bytes:
+    def _sender_for(self, protection: Protection, subject_der: bytes | None) -> bytes:
+        # RFC 9483 3.1: the sender is the subject of the protection certificate; under
+        # MAC, a name of the end entity (CAs such as the Siemens Mock CA match it to
+        # the MAC reference), NULL-DN only when no name is known.
         cert = getattr(protection, "cert", None)
         if isinstance(cert, x509.Certificate):
             return cert.subject.public_bytes()
-        return subject_der or codec.NULL_DN_DER
+        return subject_der or self.sender_der or codec.NULL_DN_DER
 
     def _genm(self, protection: Protection, items: list[InfoValue]) -> tuple[InfoValue, ...]:
         tx = self._tx(protection, self._sender_for(protection, None))
@@ -332,7 +390,8 @@ class CMPClient:
     def _enroll(self, kind: str, *, key: keys.PrivateKey, subject: x509.Name,
                 sans: Sequence[x509.GeneralName], protection: Protection,
                 old_cert_id: OldCertId | None = None, journal: Journal | None = None,
-                accept: Accept | None = None) -> Enrollment:
+                accept: Accept | None = None,
+                replaces: x509.Certificate | None = None) -> Enrollment:
         subject_der = subject.public_bytes()
         spki = keys.spki_der(key)
         ext_der = None
@@ -349,6 +408,8 @@ class CMPClient:
                                  sign_pop=sign_pop)
         body = codec.cert_req_body(kind, [spec])
         tx = self._tx(protection, self._sender_for(protection, subject_der))
+        tx.expect_sans = frozenset(sans)
+        tx.replaces = replaces
         return self._finish_enrollment(tx, kind, body, 0, spki, subject_der, journal=journal,
                                        accept=accept)
 
@@ -387,6 +448,7 @@ class CMPClient:
         try:
             cert = certs.load_certificate(response.cert_der)
             chain = self._check_issued(cert, spki, subject_der, verified, ca_pubs, extra)
+            _check_issued_content(cert, tx)
         except CertificateError as e:
             self.stats["failed", kind] += 1
             self._reject(tx, response.cert_der, req_id, str(e))

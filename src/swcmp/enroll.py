@@ -225,7 +225,8 @@ def make_client(session: Session, *, transport: Transport | None = None,
     client = CMPClient(transport, recipient=session.ca_dn, trust=response_trust(session, paths),
                        implicit_confirm=(session.implicit_confirm if implicit_confirm is None
                                          else implicit_confirm),
-                       poll_deadline=poll_deadline, cert_profile=session.cert_profile)
+                       poll_deadline=poll_deadline, cert_profile=session.cert_profile,
+                       sender=session.entity_dn)
     if sleep is not None:
         client.sleep = sleep
     return client

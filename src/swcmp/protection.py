@@ -213,12 +213,17 @@ def _pbmac1_compute(secret: bytes, params_der: bytes | None, data: bytes) -> byt
 
 
 class SignatureProtection(Protection):
-    """Signature with a certificate's key; extraCerts begin with that certificate."""
+    """Signature with a certificate's key; extraCerts begin with that certificate.
+
+    ``send_cert=False`` leaves the certificate itself out (the chain is still sent):
+    what CAs do when they sign with a self-signed root the client already trusts.
+    """
 
     kind = "signature"
 
     def __init__(self, *, key: keys.PrivateKey, cert: x509.Certificate,
-                 chain: Sequence[x509.Certificate] = (), pss: bool = False) -> None:
+                 chain: Sequence[x509.Certificate] = (), pss: bool = False,
+                 send_cert: bool = True) -> None:
         if certs.spki_of(cert) != keys.spki_der(key):
             raise ConfigError(
                 f"the signing key does not belong to certificate {certs.describe(cert)}"
@@ -226,6 +231,7 @@ class SignatureProtection(Protection):
         self.key = key
         self.cert = cert
         self.chain = tuple(chain)
+        self.send_cert = send_cert
         self.alg = keys.default_signature_algorithm(key, pss=pss)
 
     def __repr__(self) -> str:
@@ -233,7 +239,8 @@ class SignatureProtection(Protection):
 
     def start(self) -> Protected:
         kid = certs.subject_key_id(self.cert)
-        extra = (certs.der_of(self.cert), *(certs.der_of(c) for c in self.chain))
+        first = (certs.der_of(self.cert),) if self.send_cert else ()
+        extra = (*first, *(certs.der_of(c) for c in self.chain))
         alg = AlgorithmId(self.alg.oid, self.alg.params_der)
         return Protected(alg, kid, extra, lambda data: keys.sign(self.key, self.alg, data))
 
@@ -444,8 +451,8 @@ def authorise_signer(signer: x509.Certificate, policy: ResponseTrust) -> None:
     if not entitled:
         raise ProtectionError(
             f"the response is signed by {certs.describe(signer)}, which chains to the trust "
-            "anchor but is neither the CA, a pinned server certificate nor an RA or CA "
-            "certificate (extendedKeyUsage cmcRA/cmcCA)"
+            "anchor but may not sign CMP answers: it is neither the CA, a pinned server "
+            "certificate nor an RA or CA certificate (extendedKeyUsage cmcRA/cmcCA)"
         ).with_hint("if this certificate is really the CA's CMP signer, pin it with "
                     "--server-cert FILE")
     if policy.ignore_keyusage:

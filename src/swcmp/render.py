@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -28,7 +29,9 @@ __all__ = [
     "session_list_text",
     "session_text",
     "stats_text",
+    "status_table",
     "status_text",
+    "urgency",
 ]
 
 WIRE_ORDER_NOTE = (
@@ -67,29 +70,42 @@ def error_json(message: str, hint: str) -> dict[str, Any]:
 def check_json(session: str, results: Sequence[CheckResult]) -> dict[str, Any]:
     """The ``--json`` shape of ``session check``.
 
-    ``{"session": NAME, "ok": bool, "checks": [{"name", "ok", "detail", "fix"}, ...]}``;
-    ``fix`` is an empty string for a passed check.
+    ``{"session": NAME, "ok": bool, "checks": [{"name", "ok", "level", "detail", "fix"}, ...]}``.
+    ``level`` is ``ok``, ``warn`` or ``fail``; ``ok`` (of an item and of the
+    whole report) is false only for ``fail``: a warning does not block
+    auto-update. ``fix`` is an empty string for a passed check.
     """
     return {
         "session": session,
         "ok": all(r.ok for r in results),
-        "checks": [{"name": r.name, "ok": r.ok, "detail": r.detail, "fix": r.fix} for r in results],
+        "checks": [
+            {"name": r.name, "ok": r.ok, "level": r.level, "detail": r.detail, "fix": r.fix}
+            for r in results
+        ],
     }
 
 
+_LEVEL_MARK = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
+
+
 def check_text(session: str, results: Sequence[CheckResult]) -> str:
-    """The check report: one line per check with ``ok`` or ``FAIL``, then the fix."""
-    failed = [r for r in results if not r.ok]
+    """The check report: one line per check with ``ok``, ``warn`` or ``FAIL``, then the fix."""
+    failed = [r for r in results if r.level == "fail"]
+    warned = [r for r in results if r.level == "warn"]
     width = max((len(r.name) for r in results), default=0)
     lines = []
+    warn_note = f", {len(warned)} warning{'s' if len(warned) != 1 else ''}" if warned else ""
     if failed:
-        lines.append(f"session {session}: {len(failed)} of {len(results)} checks failed")
+        lines.append(f"session {session}: {len(failed)} of {len(results)} checks failed"
+                     + warn_note)
+    elif warned:
+        lines.append(f"session {session}: no check failed{warn_note} "
+                     "(warnings do not block auto-update)")
     else:
         lines.append(f"session {session}: all {len(results)} checks passed")
     for r in results:
-        mark = "ok  " if r.ok else "FAIL"
-        lines.append(f"  {mark}  {r.name:<{width}}  {r.detail}")
-        if not r.ok and r.fix:
+        lines.append(f"  {_LEVEL_MARK[r.level]}  {r.name:<{width}}  {r.detail}")
+        if r.level != "ok" and r.fix:
             lines.append(f"        {'':<{width}}  fix: {r.fix}")
     return "\n".join(lines)
 
@@ -284,3 +300,109 @@ def status_text(entries: Sequence[Mapping[str, Any]]) -> str:
             "\n".join([f"session {e['session']}"] + [f"  {k:<{width}}  {v}" for k, v in rows])
         )
     return "\n\n".join(blocks)
+
+
+# --- the status table ------------------------------------------------------------------
+
+#: Urgency groups of ``swcmp status``, most urgent first.
+URGENCY = ("expired", "failing", "due", "ok")
+
+
+def urgency(entry: Mapping[str, Any]) -> str:
+    """The group of one status entry: expired, failing, due or ok.
+
+    expired: the certificate's validity has ended. failing: the session file is
+    broken, the certificate unreadable, renewals are failing, or auto-update is on
+    but there is no valid certificate to renew. due: a renewal is due or running.
+    ok: everything else (idle, auto-update off, standby).
+    """
+    if entry.get("error"):
+        return "failing"
+    cert = entry.get("certificate")
+    if cert and cert.get("expired"):
+        return "expired"
+    state = entry.get("state")
+    if (cert and cert.get("error")) or state == "failed" or entry.get("failures"):
+        return "failing"
+    if state == "needs_ir" and entry.get("auto_update"):
+        return "failing"
+    if state in ("due", "in_progress", "polling"):
+        return "due"
+    return "ok"
+
+
+def _short_time(iso: object, now: datetime | None) -> str:
+    if not isinstance(iso, str) or not iso:
+        return "-"
+    try:
+        when = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    if now is not None and when.tzinfo is not None and when <= now:
+        return "now"
+    return when.strftime("%Y-%m-%d %H:%M") + ("Z" if when.utcoffset() is not None
+                                              and not when.utcoffset() else "")
+
+
+def _days_left(entry: Mapping[str, Any]) -> tuple[str, float]:
+    cert = entry.get("certificate")
+    if not cert:
+        return "-", float("inf")
+    if cert.get("error"):
+        return "unreadable", float("inf")
+    if cert.get("expired"):
+        return "EXPIRED", -1.0
+    return str(cert.get("days_left", "?")), float(cert.get("days_left", 0))
+
+
+def _last_text(entry: Mapping[str, Any], width: int = 100) -> str:
+    if entry.get("error"):
+        width = max(width, 160)  # the last column: the file and line must stay readable
+        text = f"broken session file: {entry['error']}"
+    else:
+        last = entry.get("last_result")
+        if not last:
+            return "-"
+        outcome = "ok" if last.get("ok") else "FAILED"
+        text = f"{last.get('action')} {outcome} {_short_time(last.get('time'), None)}"
+        if not last.get("ok") and last.get("message"):
+            text += f": {last['message']}"
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def status_table(entries: Sequence[Mapping[str, Any]], *, now: datetime | None = None,
+                 notes: Sequence[str] = ()) -> str:
+    """``swcmp status`` for many sessions: one row each, the most urgent first.
+
+    Rows are grouped expired, failing, due, ok (:func:`urgency`), and within a
+    group sorted by days left, then name. Each entry has the shape of one item
+    of ``status --json``; a broken session file is ``{"session", "error", "hint"}``.
+    ``notes`` are printed above the table (e.g. the HA role).
+    """
+    if not entries:
+        return "\n".join([*notes, "no sessions (create one with `swcmp session create NAME`)"])
+
+    def key(e: Mapping[str, Any]) -> tuple[int, float, str]:
+        return (URGENCY.index(urgency(e)), _days_left(e)[1], str(e.get("session")))
+
+    header = ("SESSION", "URGENCY", "STATE", "AUTO", "DAYS LEFT", "NEXT RENEWAL", "LAST RESULT")
+    rows = []
+    for e in sorted(entries, key=key):
+        rows.append((
+            str(e.get("session")),
+            urgency(e),
+            "broken" if e.get("error") else _shown(e.get("state")),
+            "-" if e.get("error") else ("on" if e.get("auto_update") else "off"),
+            _days_left(e)[0],
+            _short_time(e.get("next_renewal"), now),
+            _last_text(e),
+        ))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    lines = list(notes)
+    for row in [header, *rows]:
+        cells = [f"{cell:<{w}}" for cell, w in zip(row, widths, strict=False)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    counts = {g: sum(1 for r in rows if r[1] == g) for g in URGENCY}
+    lines.append(", ".join(f"{n} {g}" for g, n in counts.items() if n)
+                 + " (`swcmp status NAME` for details)")
+    return "\n".join(lines)

@@ -10,8 +10,9 @@ Host-wide settings live in ``<config_dir>/swcmp.toml`` (all optional)::
     [metrics]
     textfile = "/var/lib/node_exporter/swcmp.prom"
 
-A node whose role is BACKUP, FAULT, STANDBY or PASSIVE requests nothing and
-reports ``standby``; MASTER/ACTIVE (or no role source) renews.
+A node renews only while its role is MASTER/ACTIVE (or no role source is set);
+BACKUP, FAULT, STOP..., and a role source that cannot be read, request nothing
+and report ``standby`` (see :mod:`swcmp.ha`).
 """
 
 from __future__ import annotations
@@ -38,13 +39,14 @@ from swcmp.config import Paths, Session, SessionStore
 from swcmp.deploy import Deployer
 from swcmp.enroll import Outcome
 from swcmp.errors import ConfigError, SwcmpError
+from swcmp.ha import Role, read_role
+from swcmp.metrics import REFRESH, CharonView, failure_key
 from swcmp.renewal import NeedsInitialRequest, Plan, RenewalError, Renewer, plan, retry_delay
 from swcmp.state import SessionState, StateStore
 from swcmp.text import safe
 
 log = logging.getLogger(__name__)
 
-STANDBY_ROLES = frozenset({"BACKUP", "FAULT", "STANDBY", "PASSIVE", "SLAVE"})
 #: How often serve looks for changed session files while otherwise asleep.
 RESCAN = 30.0
 #: Sessions of this many different CAs are renewed at the same time in one pass.
@@ -118,33 +120,9 @@ class HostConfig:
                 "see the example in contrib/swcmp.toml") from e
 
 
-def ha_role(host: HostConfig) -> str | None:
-    """The HA role from the role file or command (upper case), None without a source."""
-    text = None
-    if host.role_file is not None:
-        try:
-            text = host.role_file.read_text(encoding="utf-8")
-        except OSError as e:
-            log.warning("HA role file %s unreadable (%s): acting as standby to be safe",
-                        host.role_file, e.strerror)
-            return "UNKNOWN"
-    elif host.role_command is not None:
-        try:
-            res = subprocess.run(host.role_command, shell=True, capture_output=True, text=True,
-                                 timeout=10, check=False)
-            text = res.stdout
-        except (OSError, subprocess.TimeoutExpired) as e:
-            log.warning("HA role command failed (%s): acting as standby to be safe", e)
-            return "UNKNOWN"
-    if text is None:
-        return None
-    words = text.split()
-    return words[0].upper() if words else "UNKNOWN"
-
-
-def is_standby(host: HostConfig) -> bool:
-    role = ha_role(host)
-    return role is not None and (role in STANDBY_ROLES or role == "UNKNOWN")
+def host_role(host: HostConfig) -> Role:
+    """This node's HA role per the host settings (see :mod:`swcmp.ha`)."""
+    return read_role(host.role_file, host.role_command)
 
 
 @dataclass
@@ -189,6 +167,8 @@ class RenewalService:
     vici: str | None = None
     #: After a pass: when the next session needs attention (None: none does).
     next_check: datetime | None = None
+    #: The HA role read by the last pass.
+    role: Role = field(default_factory=lambda: Role(None, False))
 
     def renewer(self, s: Session) -> Renewer:
         deployer = self.deployer_for(s) if self.deployer_for is not None else self.deployer
@@ -210,7 +190,8 @@ class RenewalService:
 
         reports: list[SessionReport] = []
         todo: list[tuple[int, Session, Plan]] = []
-        standby = is_standby(self.host)
+        self.role = host_role(self.host)
+        standby = self.role.standby
         states = StateStore(self.paths)
         for s in self.sessions(names):
             now = self.clock()
@@ -223,8 +204,7 @@ class RenewalService:
                 pending = None
             if standby:
                 self._set_state(s.name, "standby")
-                reports.append(SessionReport(s.name, "standby",
-                                             "skipped: standby (this node is not active)",
+                reports.append(SessionReport(s.name, "standby", self.role.standby_reason(),
                                              plan=p))
                 continue
             wanted = force or pending is not None or (p.due if due_only else
@@ -346,6 +326,7 @@ class RenewalService:
                     st.next_attempt = (now + delay).isoformat(timespec="seconds")
                     st.state = "needs_ir" if isinstance(e, NeedsInitialRequest) else "failed"
                     st.record("kur", False, _with_hint(e), now=now)
+                    st.count_renewal(failure_key(e))
             except SwcmpError as state_error:
                 log.error("%s: cannot record the failure: %s", s.name, state_error)
             # Louder as expiry nears: past half of the time between due and expiry.
@@ -361,6 +342,7 @@ class RenewalService:
             st.state = "idle"
             st.charon = outcome.charon
             st.record("kur", True, outcome.message, now=now, serial=outcome.serial)
+            st.count_renewal()
         self._run_hooks(s, outcome)
         return outcome
 
@@ -413,34 +395,49 @@ class RenewalService:
         self,
         seen: Sequence[tuple[Session, x509.Certificate | None, SessionState, Plan]] | None = None,
     ) -> None:
-        """Prometheus textfile: expiry, next renewal, last result, failures per session."""
+        """The Prometheus textfile (see :mod:`swcmp.metrics`), written atomically."""
         if self.host.metrics_file is None:
             return
-        lines = [
-            "# HELP swcmp_certificate_expiry_seconds Certificate notAfter (unix time).",
-            "# TYPE swcmp_certificate_expiry_seconds gauge",
-            "# HELP swcmp_next_renewal_seconds When the next renewal is due (unix time).",
-            "# TYPE swcmp_next_renewal_seconds gauge",
-            "# HELP swcmp_last_result_success 1 if the last request succeeded.",
-            "# TYPE swcmp_last_result_success gauge",
-            "# HELP swcmp_consecutive_failures Failed renewals since the last success.",
-            "# TYPE swcmp_consecutive_failures gauge",
-        ]
+        from swcmp import metrics
+        from swcmp.renewal import interrupted
+
+        views = []
         for s, cert, st, p in seen if seen is not None else self._survey():
-            lbl = f'{{session="{s.name}"}}'
-            if cert is not None:
-                lines.append(f"swcmp_certificate_expiry_seconds{lbl} "
-                             f"{int(cert.not_valid_after_utc.timestamp())}")
-            if p.renew_at is not None:
-                lines.append(f"swcmp_next_renewal_seconds{lbl} {int(p.renew_at.timestamp())}")
-            if st.last_result is not None:
-                lines.append(f"swcmp_last_result_success{lbl} {int(st.last_result.ok)}")
-            lines.append(f"swcmp_consecutive_failures{lbl} {st.failures}")
+            pending = interrupted(self.paths, s.name)
+            state = ("polling" if pending == "waiting" else "in_progress") if pending else (
+                "standby" if self.role.standby else p.state)
+            views.append(metrics.SessionView(
+                session=s, cert=cert, state=st, state_name=state,
+                renew_at_ts=p.renew_at.timestamp() if p.renew_at else None,
+                ca_certs=metrics.ca_certificates(s, self.paths)))
+        text = metrics.render(views, role=self.role, charon=self._charon_view())
         try:
-            fsutil.atomic_write(self.host.metrics_file, ("\n".join(lines) + "\n").encode(),
-                                mode=0o644)
+            fsutil.ensure_dir(self.host.metrics_file.parent, mode=0o755)
+            fsutil.atomic_write(self.host.metrics_file, text.encode(), mode=0o644)
         except SwcmpError as e:
             log.warning("cannot write metrics: %s", e)
+
+    def refresh_metrics(self) -> None:
+        """Re-read the role, the sessions and charon, and rewrite the metrics file."""
+        if self.host.metrics_file is None:
+            return
+        self.role = host_role(self.host)
+        self.write_metrics()
+
+    def _charon_view(self) -> CharonView | None:
+        """Which certificates charon holds keys for; None when swcmp does not talk to it."""
+        if self.vici is None:
+            return None
+        from swcmp.deploy import DeployError
+        from swcmp.strongswan import list_loaded_certs
+
+        try:
+            loaded = list_loaded_certs(self.vici, timeout=5.0)
+        except DeployError as e:
+            log.debug("charon not asked for the metrics: %s", e)
+            return CharonView(up=False)
+        return CharonView(up=True, with_key=frozenset(
+            (c.subject, c.serial) for c in loaded if c.has_privkey and c.flag == "NONE"))
 
 
 class Server:
@@ -497,6 +494,7 @@ class Server:
         self._mtime = self._config_stamp()
         due_pass = True
         nxt: datetime | None = None
+        last_metrics = time.monotonic()
         while not self.stopping.is_set():
             if due_pass:
                 try:
@@ -514,6 +512,10 @@ class Server:
                               "traceback)", type(e).__name__, safe(str(e))[:300])
                     log.debug("the renewal pass raised:", exc_info=True)
                     nxt = None
+                last_metrics = time.monotonic()
+            elif time.monotonic() - last_metrics >= REFRESH:
+                self.service.refresh_metrics()  # charon's view and the role can change anytime
+                last_metrics = time.monotonic()
             now = self.service.clock()
             if once_until is not None and now >= once_until:
                 return
@@ -597,6 +599,7 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
                             st.record("kur", True, "finished by the charon start hook: "
                                       + outcome.message, now=datetime.now(UTC),
                                       serial=outcome.serial)
+                            st.count_renewal()
             pair = current_pair(s, paths)
             if pair is not None:
                 pairs.append(pair)

@@ -29,6 +29,10 @@ STATES = ("idle", "due", "in_progress", "polling", "failed", "standby", "needs_i
           "disabled")
 
 
+#: At most this many distinct failure keys are kept per session (the last place: "other:").
+MAX_FAILURE_KEYS = 64
+
+
 def empty_stats() -> dict[str, dict[str, int]]:
     return {t: {"sent": 0, "received": 0, "failed": 0} for t in REQUEST_TYPES}
 
@@ -55,6 +59,11 @@ class SessionState:
         failures: consecutive failed renewals (drives the backoff).
         next_attempt: ISO time before which no retry is made after a failure.
         charon: what the last deployment into charon did.
+        last_success: ISO time of the last successful request or renewal.
+        renewals: renewals attempted by result (``success``, ``failure``); like
+            every counter, never reset (``stats reset`` leaves them alone).
+        renewal_failures: failed renewals by ``error:fail_info`` key
+            (:func:`swcmp.metrics.failure_key`).
     """
 
     state: str = "idle"
@@ -63,6 +72,9 @@ class SessionState:
     failures: int = 0
     next_attempt: str | None = None
     charon: str | None = None
+    last_success: str | None = None
+    renewals: dict[str, int] = field(default_factory=lambda: {"success": 0, "failure": 0})
+    renewal_failures: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,7 +104,32 @@ class SessionState:
             st.next_attempt = data["next_attempt"]
         if isinstance(data.get("charon"), str):
             st.charon = data["charon"]
+        if isinstance(data.get("last_success"), str):
+            st.last_success = data["last_success"]
+        renewals = data.get("renewals")
+        if isinstance(renewals, dict):
+            for k in st.renewals:
+                v = renewals.get(k)
+                if isinstance(v, int) and v >= 0:
+                    st.renewals[k] = v
+        failures = data.get("renewal_failures")
+        if isinstance(failures, dict):
+            for k, v in list(failures.items())[:MAX_FAILURE_KEYS]:
+                if isinstance(k, str) and ":" in k and isinstance(v, int) and v >= 0:
+                    st.renewal_failures[k[:200]] = v
         return st
+
+    def count_renewal(self, failure: str | None = None) -> None:
+        """Count one renewal: a success (``failure`` None) or a failure of that key."""
+        if failure is None:
+            self.renewals["success"] += 1
+            return
+        self.renewals["failure"] += 1
+        # one place is kept for "other:", so that the map never exceeds MAX_FAILURE_KEYS
+        if failure not in self.renewal_failures and \
+                len(self.renewal_failures) >= MAX_FAILURE_KEYS - 1:
+            failure = "other:"
+        self.renewal_failures[failure] = self.renewal_failures.get(failure, 0) + 1
 
     def add_stats(self, counts: Mapping[tuple[str, str], int]) -> None:
         """Fold a client's counters in: (event, request type) -> count.
@@ -107,6 +144,8 @@ class SessionState:
                serial: str | None = None) -> None:
         self.last_result = LastResult(now.isoformat(timespec="seconds"), action, ok,
                                       message, serial)
+        if ok:
+            self.last_success = self.last_result.time
 
 
 class StateStore:

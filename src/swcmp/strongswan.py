@@ -769,32 +769,35 @@ def binding_check(uri: str, *, timeout: float = 5.0) -> Callable[..., Any]:
     """An extra check item for ``swcmp session check``: does charon use this certificate?
 
     Passes when a loaded connection selects the session's certificate (by
-    identity or pinned); fails with the fix when charon is unreachable or no
-    connection uses it.
+    identity or pinned). Warns (with the fix) when charon is unreachable or no
+    connection uses it: these are states of the running system, not of the
+    session, and a renewal commits its files without charon (the start hook
+    loads them), so they must not block enabling auto-update.
     """
-    from swcmp.checks import CheckResult
+    from swcmp.checks import OK, WARN, CheckResult
 
     def check(session: Any, paths: Any, now: Any) -> CheckResult:
         name = "strongswan"
         cert_path = paths.cert_file(session.name)
         if not cert_path.exists():
-            return CheckResult(name, False, "no certificate yet, so no connection can use it",
+            return CheckResult(name, WARN, "no certificate yet, so no connection can use it",
                                f"swcmp request initial {session.name}")
         try:
             found = connection_bindings(uri, cert_path.read_bytes(),
                                         connections=session.connections, timeout=timeout)
         except (OSError, ValueError) as e:
-            return CheckResult(name, False, f"cannot read {cert_path}: {e}",
+            return CheckResult(name, WARN, f"cannot read {cert_path}: {e}",
                                f"swcmp request initial {session.name}")
         except DeployError as e:
-            return CheckResult(name, False, f"charon: {e}",
+            return CheckResult(name, WARN, f"charon: {e}; renewed files are loaded by the "
+                               "charon start hook when it starts",
                                "start charon, or point swcmp at its socket with --vici URI "
                                "(--vici none for hosts without charon)")
         if not found:
             which = (f"connection(s) {', '.join(session.connections)}" if session.connections
                      else "any loaded connection")
             return CheckResult(
-                name, False,
+                name, WARN,
                 f"{which} does not use the certificate (no local.id matching its subject or "
                 "SANs, and no local.certs naming it)",
                 f"set local.id in swanctl.conf to the certificate's identity and run "
@@ -809,7 +812,7 @@ def binding_check(uri: str, *, timeout: float = 5.0) -> Callable[..., Any]:
                        "renewal (PinnedDeployer) and the old key stays loaded until IKE SAs "
                        "made with the old certificate are gone: identity mode (local.id) "
                        "avoids both")
-        return CheckResult(name, True, detail, "")
+        return CheckResult(name, OK, detail, "")
 
     return check
 

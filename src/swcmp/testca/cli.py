@@ -83,11 +83,15 @@ def testca() -> None:
               help="Test knob: seconds to wait before answering any request.")
 @click.option("--fault", type=click.Choice(FAULTS),
               help="Test knob: a fault in every successful answer, which a client must refuse.")
+@click.option("--signer-in-extracerts/--no-signer-in-extracerts", default=True,
+              show_default=True,
+              help="Send the CA certificate in the extraCerts of signed answers; without it "
+                   "clients must find the signer among their trust anchors.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 def serve(directory: Path, host: str, port: int, mac_ref: str | None,
           mac_secret_file: Path | None, validity: str, key_type: str, implicit_confirm: bool,
           poll: int, check_after: int, reject: tuple[str, ...], delay: float, fault: str | None,
-          verbose: bool) -> None:
+          signer_in_extracerts: bool, verbose: bool) -> None:
     """Serve CMP until stopped (Ctrl-C or SIGTERM); create the CA in DIR on the first run."""
     from swcmp.testca.server import TestCA
 
@@ -100,7 +104,8 @@ def serve(directory: Path, host: str, port: int, mac_ref: str | None,
             mac_ref=mac_ref.encode() if mac_ref is not None else None, mac_secret=secret,
             validity=parse_duration(validity), key_type=key_type,
             implicit_confirm=implicit_confirm, poll=poll, check_after=check_after,
-            reject=reject, delay=delay, fault=fault)
+            reject=reject, delay=delay, fault=fault,
+            signer_in_extra_certs=signer_in_extracerts)
         ca = TestCA(directory, config=config, host=host, port=port).start()
     except (SwcmpError, OSError) as e:
         raise click.ClickException(str(e)) from e

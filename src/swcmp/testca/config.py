@@ -54,6 +54,9 @@ class CAConfig:
             then dropped as unconfirmed.
         max_skew: largest accepted difference between a request's messageTime and our clock.
         max_request_size: largest HTTP request body accepted.
+        signer_in_extra_certs: put the CA certificate that signs answers into their
+            extraCerts; False sends answers whose signer the client must already hold
+            (as OpenSSL's CMP server does with a self-signed signer).
     """
 
     mac_ref: bytes | None = None
@@ -69,6 +72,7 @@ class CAConfig:
     transaction_timeout: timedelta = timedelta(minutes=10)
     max_skew: timedelta = timedelta(minutes=10)
     max_request_size: int = DEFAULT_MAX_REQUEST
+    signer_in_extra_certs: bool = True
 
     def __post_init__(self) -> None:
         if (self.mac_ref is None) != (self.mac_secret is None):

@@ -18,7 +18,9 @@ import hashlib
 import hmac
 import logging
 import os
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -168,7 +170,13 @@ class CMPEngine:
         self.config = config
         self.clock = clock
         self.sleep = sleep
-        self._signer = SignatureProtection(key=authority.key, cert=authority.cert)
+        self._signer = SignatureProtection(key=authority.key, cert=authority.cert,
+                                           send_cert=config.signer_in_extra_certs)
+        #: Requests answered, by (who sent it, body type): for tests that prove a node
+        #: sent nothing (an HA standby). Who: the signer's subject of a signed request,
+        #: else the sender name (RFC 4514); in memory only.
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self._requests_lock = threading.Lock()
 
     # ------------------------------------------------------------------ entry point
 
@@ -203,6 +211,8 @@ class CMPEngine:
             log.exception("internal error while processing %s", msg.body_type)
             answer = self._error(Refusal("systemFailure", "internal error in the test CA"))
         reply = self._encode(msg.header, auth, answer, nonce)
+        with self._requests_lock:
+            self.requests[(self._sender(msg, auth), msg.body_type)] += 1
         log.info("%s tx=%s from %s [%s] -> %s %s(%.1f ms)", msg.body_type,
                  _hex(msg.header.transaction_id), self._who(msg, auth),
                  auth.kind if auth else "unverified", answer.body_type,
@@ -210,16 +220,26 @@ class CMPEngine:
                  (time.monotonic() - started) * 1000)
         return reply
 
-    def _who(self, msg: PKIMessageInfo, auth: Auth | None) -> str:
+    def _sender(self, msg: PKIMessageInfo, auth: Auth | None) -> str:
+        """The request's sender as an RFC 4514 string ("" when it has no usable name)."""
         if auth is not None and auth.signer is not None:
-            return f"'{auth.signer.subject.rfc4514_string()}'"
+            return str(auth.signer.subject.rfc4514_string())
         sender = msg.header.sender_der
         if not sender or sender == codec.NULL_DN_DER:
-            return "(no sender name)"
+            return ""
         try:
-            return f"'{derutil.name_from_der(sender).rfc4514_string()}'"
+            return str(derutil.name_from_der(sender).rfc4514_string())
         except ProtocolError:
-            return "(unreadable sender name)"
+            return ""
+
+    def request_counts(self, sender: str) -> dict[str, int]:
+        """How many requests of each body type ``sender`` (RFC 4514) sent so far."""
+        with self._requests_lock:
+            return {kind: n for (who, kind), n in self.requests.items() if who == sender}
+
+    def _who(self, msg: PKIMessageInfo, auth: Auth | None) -> str:
+        who = self._sender(msg, auth)
+        return f"'{who}'" if who else "(no sender name)"
 
     # ------------------------------------------------------------------ protection
 
@@ -746,6 +766,8 @@ class CMPEngine:
             if fault == "bad-protection":
                 protection = protection[:-1] + bytes([protection[-1] ^ 0x01])
         extra = tuple(dict.fromkeys((*prot.extra_certs, *answer.extra_certs)))
+        if not self.config.signer_in_extra_certs:  # the root stays out of every answer
+            extra = tuple(c for c in extra if c != self.authority.cert_der)
         return codec.assemble(header_der, answer.body_der, protection, extra)
 
     def _undecodable(self, data: bytes, err: ProtocolError, nonce: bytes) -> bytes:

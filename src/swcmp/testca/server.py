@@ -235,6 +235,10 @@ class TestCA:
             rec = store.issued.get(serial)
             return None if rec is None else CertRecord(**vars(rec))
 
+    def request_counts(self, sender: str) -> dict[str, int]:
+        """Requests ``sender`` (RFC 4514 subject or sender name) sent, by body type."""
+        return self.engine.request_counts(sender)
+
     def open_transactions(self) -> int:
         store = self.engine.store
         with store.lock:

@@ -1,0 +1,251 @@
+"""Every flow through the real CLI against the Siemens Mock CA, an RFC 9483 CA by other authors.
+
+The Mock CA wants what a strict Lightweight CMP CA wants: MAC reference = the sender's
+CN, signed requests with their chain up to and including its root (``--extra-certs``),
+and it signs its answers with a root whose keyUsage is keyCertSign/cRLSign only
+(``--ignore-keyusage``). Its issued certificates chain directly to its Ed25519 root.
+Each test enrolls its own subject, so the tests share one Mock CA (start-up takes long).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from cryptography import x509
+from cryptography.x509.oid import ExtensionOID
+
+import siemens_mock
+from siemens_mock import CA_NAME, ROOT_CERT, SECRET, MockCA
+from swcmp import certs, keys
+from swcmp.cli import cli
+from swcmp.config import Paths, SessionStore
+from swcmp.enroll import mac_protection, make_client, response_trust, signature_protection
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(siemens_mock.unavailable() is not None,
+                       reason=siemens_mock.unavailable() or ""),
+]
+
+
+@pytest.fixture(scope="module")
+def mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MockCA]:
+    # --allow-same-key: a CR for the key the gateway already holds is an everyday
+    # request, which the Mock CA refuses by default (one key per CN).
+    with siemens_mock.mock_ca(tmp_path_factory.mktemp("mockca"), allow_same_key=True) as ca:
+        yield ca
+
+
+def root() -> x509.Certificate:
+    return x509.load_pem_x509_certificate(ROOT_CERT.read_bytes())
+
+
+class Gateway:
+    """swcmp's directories and one session ``gw`` for subject CN=<cn>."""
+
+    def __init__(self, base: Path, cn: str, url: str) -> None:
+        self.cn = cn
+        self.config_dir, self.state_dir = base / "etc", base / "var"
+        self.swanctl_dir = base / "swanctl"
+        self.secret = base / "mac.secret"
+        self.secret.write_text(SECRET + "\n")
+        self.secret.chmod(0o600)
+        self.url = url
+
+    def run(self, *args: str, code: int | None = 0) -> Result:
+        opts = ["--config-dir", str(self.config_dir), "--state-dir", str(self.state_dir),
+                "--swanctl-dir", str(self.swanctl_dir), "--vici", "none"]
+        result = CliRunner().invoke(cli, [*opts, *args], prog_name="swcmp")
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise AssertionError(f"unexpected exception {result.exception!r}\n{result.output}")
+        assert SECRET not in result.output
+        if code is not None:
+            assert result.exit_code == code, result.output
+        return result
+
+    def json(self, *args: str, code: int = 0) -> Any:
+        return json.loads(self.run("--json", *args, code=code).stdout)
+
+    def create(self, *extra: str) -> None:
+        self.run("session", "create", "gw", "--entity", f"/CN={self.cn}",
+                 "--san", f"DNS:{self.cn}", "--ca-name", CA_NAME, "--server-url", self.url,
+                 "--mac-ref", self.cn, "--mac-secret-file", str(self.secret),
+                 "--trust", str(ROOT_CERT), "--key-type", "ecdsa:p256", *extra)
+
+    @property
+    def cert(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(
+            (self.swanctl_dir / "x509" / "gw.crt").read_bytes())
+
+    @property
+    def key(self) -> keys.PrivateKey:
+        return keys.load_private_key((self.swanctl_dir / "private" / "gw.key").read_bytes())
+
+    def paths(self) -> Paths:
+        return Paths(config_dir=self.config_dir, state_dir=self.state_dir,
+                     swanctl_dir=self.swanctl_dir)
+
+    def session(self) -> Any:
+        return SessionStore(self.config_dir).load("gw")
+
+    def assert_pair(self) -> None:
+        """The stored certificate is for the stored key and was issued by the Mock CA's root."""
+        cert, key = self.cert, self.key
+        assert keys.spki_der(cert.public_key()) == keys.spki_der(key)  # type: ignore[arg-type]
+        cert.verify_directly_issued_by(root())
+        assert cert.subject.rfc4514_string() == f"CN={self.cn}"
+
+
+def test_ir_with_mac_then_check_passes(mock: MockCA, tmp_path: Path) -> None:
+    gw = Gateway(tmp_path, "swcmp-ir-mac.example.net", mock.url)
+    gw.create()
+    ir = gw.json("request", "initial", "gw")
+    assert ir["ok"] is True and ir["action"] == "ir"
+    gw.assert_pair()
+    assert ir["serial"] == f"{gw.cert.serial_number:x}"
+    assert gw.cert.extensions.get_extension_for_oid(
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value.get_values_for_type(
+        x509.DNSName) == [gw.cn]
+    stats = gw.json("stats", "gw")["sessions"][0]["stats"]
+    assert stats["ir"]["received"] == 1 and stats["certConf"]["sent"] == 1
+    check = gw.json("session", "check", "gw")
+    assert check["ok"] is True, [c for c in check["checks"] if not c["ok"]]
+
+
+def test_ir_wrong_secret_is_refused_and_nothing_stored(mock: MockCA, tmp_path: Path) -> None:
+    gw = Gateway(tmp_path, "swcmp-ir-bad.example.net", mock.url)
+    gw.create()
+    gw.secret.write_text("not-the-secret\n")
+    result = gw.run("request", "initial", "gw", code=None)
+    assert result.exit_code != 0
+    assert "badMessageCheck" in result.output or "MAC" in result.output, result.output
+    assert not (gw.swanctl_dir / "x509" / "gw.crt").exists()
+
+
+def test_ir_with_implicit_confirm_skips_certconf(mock: MockCA, tmp_path: Path) -> None:
+    gw = Gateway(tmp_path, "swcmp-ir-ic.example.net", mock.url)
+    gw.create("--implicit-confirm")
+    assert gw.json("request", "initial", "gw")["ok"] is True
+    gw.assert_pair()
+    stats = gw.json("stats", "gw")["sessions"][0]["stats"]
+    assert stats["ir"]["received"] == 1
+    assert stats.get("certConf", {}).get("sent", 0) == 0  # the CA granted implicitConfirm
+
+
+def enrolled(mock: MockCA, tmp_path: Path, cn: str) -> Gateway:
+    """A gateway after an IR under MAC, set up for signed requests to the Mock CA."""
+    gw = Gateway(tmp_path, cn, mock.url)
+    gw.create("--extra-certs", str(ROOT_CERT))
+    assert gw.json("request", "initial", "gw")["ok"] is True
+    return gw
+
+
+def test_signed_answer_needs_ignore_keyusage_and_says_so(mock: MockCA, tmp_path: Path) -> None:
+    gw = enrolled(mock, tmp_path, "swcmp-ku.example.net")
+    before = gw.cert
+    result = gw.run("request", "certificate", "gw", code=None)
+    assert result.exit_code != 0
+    assert "--ignore-keyusage" in result.output, result.output
+    assert gw.cert == before  # nothing was replaced
+    gw.assert_pair()
+
+
+def test_cr_signed(mock: MockCA, tmp_path: Path) -> None:
+    gw = enrolled(mock, tmp_path, "swcmp-cr.example.net")
+    gw.run("session", "set", "gw", "--ignore-keyusage")
+    before = gw.cert
+    cr = gw.json("request", "certificate", "gw")
+    assert cr["ok"] is True and cr["action"] == "cr"
+    gw.assert_pair()
+    assert gw.cert.serial_number != before.serial_number
+
+
+def test_p10cr(mock: MockCA, tmp_path: Path) -> None:
+    gw = enrolled(mock, tmp_path, "swcmp-p10.example.net")
+    gw.run("session", "set", "gw", "--ignore-keyusage")
+    before = gw.cert
+    p10 = gw.json("request", "certificate", "gw", "--pkcs10")
+    assert p10["ok"] is True and p10["action"] == "p10cr"
+    gw.assert_pair()
+    assert gw.cert.serial_number != before.serial_number
+
+
+def test_kur_with_new_key(mock: MockCA, tmp_path: Path) -> None:
+    gw = enrolled(mock, tmp_path, "swcmp-kur.example.net")
+    gw.run("session", "set", "gw", "--ignore-keyusage")
+    old_cert, old_key = gw.cert, gw.key
+    kur = gw.json("request", "keyupdate", "gw", "--regenerate")
+    assert kur["ok"] is True and kur["action"] == "kur"
+    gw.assert_pair()
+    assert keys.spki_der(gw.key) != keys.spki_der(old_key)
+    assert gw.cert.serial_number != old_cert.serial_number
+    # The Mock CA revokes what a KUR replaced: a second KUR from the old certificate
+    # would be refused (certRevoked), which is why swcmp signs with the new one.
+    assert gw.json("request", "keyupdate", "gw", "--regenerate")["ok"] is True
+    gw.assert_pair()
+
+
+def test_kur_without_root_in_extracerts_is_refused(mock: MockCA, tmp_path: Path) -> None:
+    gw = enrolled(mock, tmp_path, "swcmp-kur-noroot.example.net")
+    gw.run("session", "set", "gw", "--ignore-keyusage")
+    gw.run("session", "unset", "gw", "extra_certs")
+    before_cert, before_key = gw.cert, gw.key
+    result = gw.run("request", "keyupdate", "gw", "--regenerate", code=None)
+    assert result.exit_code != 0
+    assert "signerNotTrusted" in result.output or "not trusted" in result.output, result.output
+    assert gw.cert == before_cert
+    assert keys.spki_der(gw.key) == keys.spki_der(before_key)
+
+
+# genm and rr: the CLI commands for them are issue 13; the library does the exchange.
+
+def library_client(gw: Gateway) -> Any:
+    session, paths = gw.session(), gw.paths()
+    return make_client(session, paths=paths), session, paths
+
+
+def test_genm_ca_certs(mock: MockCA, tmp_path: Path) -> None:
+    gw = enrolled(mock, tmp_path, "swcmp-genm.example.net")
+    client, session, _ = library_client(gw)
+    got = client.ca_certs(protection=mac_protection(session))
+    assert got, "the Mock CA sent no CA certificates"
+    anchor = root()
+    for c in got:  # each one is the root or chains to it
+        if c != anchor:
+            certs.build_chain(c, anchors=[anchor], untrusted=list(got),
+                              now=c.not_valid_before_utc, check_leaf_validity=True)
+
+
+def test_genm_root_ca_update(mock: MockCA, tmp_path: Path) -> None:
+    gw = enrolled(mock, tmp_path, "swcmp-rootca.example.net")
+    client, session, _ = library_client(gw)
+    # Asked with id-it-rootCaCert (20), the CA answers id-it-rootCaKeyUpdate (18):
+    # with the OIDs swapped it answers badRequest.
+    update = client.root_ca_update(protection=mac_protection(session), old_root=root())
+    assert update is not None, "the Mock CA announced no root CA key update"
+    # The Mock CA's next root has an ML-DSA key; what a gateway can check with the
+    # root it trusts today is newWithOld: the new key, certified by the current root.
+    new_with_old = x509.load_der_x509_certificate(update.new_with_old or b"")
+    new_with_old.verify_directly_issued_by(root())
+    new_with_new = x509.load_der_x509_certificate(update.new_with_new)
+    assert new_with_new.subject == new_with_old.subject == root().subject
+    assert new_with_new.serial_number == new_with_old.serial_number
+
+
+def test_rr_with_reason_then_kur_refused(mock: MockCA, tmp_path: Path) -> None:
+    gw = enrolled(mock, tmp_path, "swcmp-rr.example.net")
+    gw.run("session", "set", "gw", "--ignore-keyusage")
+    client, session, paths = library_client(gw)
+    trust = response_trust(session, paths)
+    assert trust.ignore_keyusage
+    status = client.revoke(cert=gw.cert, protection=signature_protection(session, paths),
+                           reason=4)  # superseded
+    assert status.granted
+    result = gw.run("request", "keyupdate", "gw", "--regenerate", code=None)
+    assert result.exit_code != 0
+    assert "certRevoked" in result.output, result.output
