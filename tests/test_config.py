@@ -556,3 +556,42 @@ class TestStore:
     def test_list_empty_when_no_directory(self, tmp_path: Path) -> None:
         listing = _store(tmp_path).list()
         assert listing.sessions == () and listing.errors == ()
+
+
+# ---------------------------------------------------------------------- timeout, mutual TLS
+
+
+@pytest.mark.parametrize(("given_", "stored"), [(60, 60), ("30", 30), ("5s", 5), (600, 600)])
+def test_timeout_takes_whole_seconds(given_: object, stored: int) -> None:
+    assert set_fields(Session(name=GW1), {"timeout": given_}).timeout == stored
+
+
+@pytest.mark.parametrize("bad", [0, 601, -1, "1m", 2.5, True, "x"])
+def test_timeout_out_of_range_is_refused(bad: object) -> None:
+    with pytest.raises(ConfigError, match="timeout"):
+        set_fields(Session(name=GW1), {"timeout": bad})
+
+
+def test_timeout_default_and_round_trip(tmp_path: Path) -> None:
+    assert Session(name=GW1).timeout == 60
+    s = set_fields(Session(name=GW1), {"timeout": 7})
+    assert session_from_toml("gw1", session_to_toml(s), path=tmp_path / "gw1.toml").timeout == 7
+
+
+def test_tls_client_files_need_both_and_a_private_key(tmp_path: Path) -> None:
+    from swcmp.config import tls_client_files
+
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("x")
+    key.write_text("x")
+    key.chmod(0o644)
+    assert tls_client_files(Session(name=GW1)) is None
+    with pytest.raises(ConfigError, match="no --tls-client-key"):
+        tls_client_files(set_fields(Session(name=GW1), {"tls_client_cert": str(cert)}))
+    both = set_fields(Session(name=GW1), {"tls_client_cert": str(cert),
+                                         "tls_client_key": str(key)})
+    with pytest.raises(ConfigError, match="mode 0644") as ei:
+        tls_client_files(both)
+    assert ei.value.hint == f"chmod 600 {key}"
+    key.chmod(0o600)
+    assert tls_client_files(both) == (cert, key)

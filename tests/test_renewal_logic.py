@@ -111,3 +111,18 @@ def test_no_renewal_loop_when_policy_covers_the_whole_lifetime(pki: TestPKI,
     s = Session(name="gw1", key="gw1", auto_update=True, expire_time=policy)
     assert not plan(s, cert, SessionState(), T0 + dt.timedelta(hours=1)).due
     assert plan(s, cert, SessionState(), T0 + dt.timedelta(days=1)).due
+
+
+@pytest.mark.parametrize(("retry_after", "left", "expected"), [
+    (120.0, dt.timedelta(days=30), dt.timedelta(seconds=120)),  # the CA's time, not 1 min
+    (0.0, dt.timedelta(days=30), dt.timedelta(seconds=10)),  # no hammering
+    (1e9, dt.timedelta(days=30), dt.timedelta(hours=4)),  # a hostile value is capped
+    (3600.0, dt.timedelta(minutes=10), dt.timedelta(minutes=5)),  # before expiry
+])
+def test_retry_after_replaces_the_backoff_within_bounds(retry_after: float,
+                                                       left: dt.timedelta,
+                                                       expected: dt.timedelta) -> None:
+    from swcmp.renewal import retry_delay
+
+    now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    assert retry_delay(5, now=now, not_after=now + left, retry_after=retry_after) == expected

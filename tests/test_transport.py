@@ -31,6 +31,7 @@ class Handler(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length", 0))
         body = self.rfile.read(n)
         BEHAVIOUR["last_ctype"] = self.headers.get("Content-Type")
+        BEHAVIOUR["last_path"] = self.path
         mode = BEHAVIOUR.get("mode", "echo")
         if mode == "slow":
             time.sleep(2)
@@ -137,3 +138,120 @@ def test_https_with_untrusted_server_is_a_tls_error() -> None:
 def test_check_url_refuses(bad: str) -> None:
     with pytest.raises(ConfigError):
         check_url(bad)
+
+
+class DripServer:
+    """A raw TCP server that answers every connection by dripping ``answer`` slowly."""
+
+    def __init__(self, answer: bytes, *, every: float = 0.1, tls: object = None) -> None:
+        self.answer, self.every, self.tls = answer, every, tls
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(5)
+            conn.recv(65536)
+            for i in range(len(self.answer)):
+                if self.stop.is_set():
+                    break
+                conn.sendall(self.answer[i:i + 1])
+                time.sleep(self.every)
+            self.stop.wait()  # and then say nothing more, connection open
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+
+
+DRIP_BODY = b"\x30" * 500
+DRIPS = {
+    # the status line and headers come one byte every 0.1 s: no read ever waits long
+    "headers": b"HTTP/1.1 200 OK\r\nContent-Type: application/pkixcmp\r\n"
+               b"X-Padding: " + b"p" * 200 + b"\r\nContent-Length: 2\r\n\r\n\x30\x00",
+    "body": b"HTTP/1.1 200 OK\r\nContent-Type: application/pkixcmp\r\nContent-Length: "
+            + str(len(DRIP_BODY)).encode() + b"\r\n\r\n" + DRIP_BODY,
+}
+
+
+@pytest.mark.parametrize("where", sorted(DRIPS))
+def test_a_dripping_server_is_cut_off_at_the_total_deadline(where: str) -> None:
+    srv = DripServer(DRIPS[where], every=0.05)
+    try:
+        t0 = time.monotonic()
+        with HttpTransport(f"http://127.0.0.1:{srv.port}/", total_timeout=1.0) as t, \
+                pytest.raises(TimeoutError_, match="within 1s") as ei:
+            t.post(b"\x30\x00")
+        took = time.monotonic() - t0
+    finally:
+        srv.close()
+    assert 0.9 <= took < 2.0, took  # the whole answer would take 13 s or more
+    assert "--timeout" in (ei.value.hint or "")
+
+
+def test_a_server_that_accepts_and_never_answers() -> None:
+    srv = DripServer(b"", every=0.05)
+    try:
+        t0 = time.monotonic()
+        with HttpTransport(f"http://127.0.0.1:{srv.port}/", total_timeout=0.6) as t, \
+                pytest.raises(TimeoutError_):
+            t.post(b"\x30\x00")
+        assert time.monotonic() - t0 < 1.5
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    ("120", 120.0), ("0", 0.0), ("99999999999999999999", 7 * 86400.0),
+    ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0), ("soon", None), (None, None),
+])
+def test_retry_after_is_parsed_and_clamped(header: str | None, expected: float | None) -> None:
+    from datetime import UTC, datetime
+
+    from swcmp.transport import parse_retry_after
+
+    assert parse_retry_after(header, datetime(2030, 1, 1, tzinfo=UTC)) == expected
+
+
+def test_retry_after_as_a_date() -> None:
+    from datetime import UTC, datetime
+
+    from swcmp.transport import parse_retry_after
+
+    now = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    assert parse_retry_after("Tue, 01 Jan 2030 12:05:00 GMT", now) == 300.0
+
+
+def test_an_http_proxy_from_the_environment_is_used(url: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    BEHAVIOUR["mode"] = "echo"
+    proxy = url.rsplit("/pkix/", 1)[0]
+    monkeypatch.setenv("http_proxy", proxy)
+    monkeypatch.setenv("no_proxy", "")
+    # the CA's name is not even resolvable: only the proxy is contacted, with the full URL
+    with HttpTransport("http://ca.invalid:8080/pkix/?x=1") as t:
+        assert t.post(b"\x30\x00") == b"\x30\x00"
+    assert BEHAVIOUR["last_path"] == "http://ca.invalid:8080/pkix/?x=1"
+    monkeypatch.setenv("no_proxy", "ca.invalid")
+    with HttpTransport("http://ca.invalid:8080/pkix/", total_timeout=5) as t, \
+            pytest.raises(ConnectError):
+        t.post(b"\x30\x00")

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from swcmp.errors import CertificateError
+from swcmp.text import safe
 
 MAX_CHAIN_DEPTH = 8
 #: Distinct (subject, key) certificates considered as intermediates of one chain.
@@ -96,7 +97,7 @@ def _spki_or_none(cert: x509.Certificate) -> bytes | None:
 
 def describe(cert: x509.Certificate) -> str:
     """Short text for messages: subject and serial in hex."""
-    return f"'{cert.subject.rfc4514_string()}' serial {cert.serial_number:x}"
+    return f"'{safe(cert.subject.rfc4514_string())}' serial {cert.serial_number:x}"
 
 
 def subject_key_id(cert: x509.Certificate) -> bytes | None:
@@ -279,10 +280,10 @@ def build_chain(
 
     chain = walk(leaf, [leaf], {spki_of(leaf)}, 0)
     if chain is None:
-        names = ", ".join(f"'{a.subject.rfc4514_string()}'" for a in anchor_list)
+        names = ", ".join(f"'{safe(a.subject.rfc4514_string())}'" for a in anchor_list)
         detail = f" ({'; '.join(dict.fromkeys(refused))})" if refused else ""
         raise CertificateError(
-            f"certificate {describe(leaf)} (issuer '{leaf.issuer.rfc4514_string()}') does not "
-            f"chain to the trust anchor(s) {names}{detail}"
+            f"certificate {describe(leaf)} (issuer '{safe(leaf.issuer.rfc4514_string())}') "
+            f"does not chain to the trust anchor(s) {names}{detail}"
         ).with_hint("check the session's trust anchors (--trust) and the CA's certificates")
     return chain

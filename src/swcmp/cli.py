@@ -17,7 +17,7 @@ Exit codes (also in ``docs/cli.md``):
 Start-up time: before a command runs only click, :mod:`swcmp.errors` and
 :mod:`swcmp.render` are imported. The session modules (and with them
 ``cryptography``) are imported by commands that read sessions; the CMP client
-(pyasn1, requests) only by ``swcmp request``; vici only where charon is asked.
+(pyasn1, http.client) only by ``swcmp request``; vici only where charon is asked.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import click
 
 from swcmp import __version__, render
 from swcmp.errors import ConfigError, SwcmpError
+from swcmp.text import safe, safe_lines
 
 if TYPE_CHECKING:
     from swcmp.checks import CheckResult
@@ -63,8 +64,9 @@ MAC_ALG_CHOICES = ("hmac-sha256", "hmac-sha1")
 
 # Settings that name files which must exist when they are set.
 _FILE_FIELDS = ("mac_secret_file", "auth_cert", "auth_key", "trust", "tls_ca_bundle",
-                "server_cert", "extra_certs")
-_CERT_FIELDS = ("auth_cert", "trust", "tls_ca_bundle", "server_cert", "extra_certs")
+                "server_cert", "extra_certs", "tls_client_cert", "tls_client_key")
+_CERT_FIELDS = ("auth_cert", "trust", "tls_ca_bundle", "server_cert", "extra_certs",
+                "tls_client_cert")
 
 
 # --- the state shared by all commands --------------------------------------------------
@@ -123,7 +125,9 @@ class CliEnv:
 
     def emit(self, data: object, text: str) -> None:
         """Print ``data`` as JSON with ``--json``, else ``text``."""
-        click.echo(render.dump_json(data) if self.json else text)
+        # Text may hold what a CA sent (status text, names): no control characters
+        # reach the terminal, whichever command printed it.
+        click.echo(render.dump_json(data) if self.json else safe_lines(text))
 
 
 def _env() -> CliEnv:
@@ -147,7 +151,7 @@ class _StderrHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            click.echo(self.format(record), err=True)
+            click.echo(safe_lines(self.format(record)), err=True)
         except Exception:  # pragma: no cover - logging must never raise
             self.handleError(record)
 
@@ -217,9 +221,9 @@ SESSION_NAME = SessionNameType()
 def _fail(ctx: click.Context, error: SwcmpError) -> NoReturn:
     """The one place where an expected error becomes output and exit code 1."""
     env = ctx.find_object(CliEnv) or CliEnv()
-    message, hint = _message(error), error.hint
+    message, hint = safe(_message(error)), safe(error.hint)
     if env.verbose:
-        click.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
+        click.echo(safe_lines("".join(traceback.format_exception(error)).rstrip()), err=True)
     if env.json:
         click.echo(render.dump_json(render.error_json(message, hint)))
     else:
@@ -433,6 +437,9 @@ _OPTION_FIELDS = {
     "ignore_keyusage": "ignore_keyusage",
     "implicit_confirm": "implicit_confirm",
     "cert_profile": "cert_profile",
+    "timeout": "timeout",
+    "tls_client_cert": "tls_client_cert",
+    "tls_client_key": "tls_client_key",
 }
 
 
@@ -575,6 +582,25 @@ def setting_options(f: F) -> F:
             help="Certificate profile named in requests (generalInfo certProfile, "
             "RFC 9483 3.1), for CAs that select the profile per request.",
         ),
+        click.option(
+            "--timeout",
+            metavar="SECONDS",
+            type=int,
+            help="Total time one exchange with the CA may take, from connecting to the "
+            "last byte of its answer (1-600, default 60). Polling a CA that answered "
+            "'waiting' has its own limit.",
+        ),
+        click.option(
+            "--tls-client-cert",
+            metavar="FILE",
+            help="TLS client certificate (PEM) for a CA behind mutual TLS (https://); "
+            "give --tls-client-key with it.",
+        ),
+        click.option(
+            "--tls-client-key",
+            metavar="FILE",
+            help="Private key of --tls-client-cert (PEM, unencrypted, mode 0600).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -639,7 +665,7 @@ def _check_given_files(session: Session, changed: Sequence[str], paths: Paths) -
                         f"{option} {path}: not a PEM or DER X.509 certificate",
                         "give the certificate file itself (PEM with BEGIN CERTIFICATE, or DER)",
                     ) from None
-            elif name == "auth_key":
+            elif name in ("auth_key", "tls_client_key"):
                 try:
                     keys.load_private_key(data)
                 except SwcmpError as e:
@@ -647,6 +673,10 @@ def _check_given_files(session: Session, changed: Sequence[str], paths: Paths) -
                         f"{option} {path}: {_message(e)}",
                         "give the certificate's unencrypted private key (PEM or DER)",
                     ) from None
+                mode = path.stat().st_mode & 0o777
+                if name == "tls_client_key" and mode & 0o077:
+                    raise _refuse(f"{option} {path}: mode {mode:04o} lets others read the key",
+                                  f"chmod 600 {path}")
             del data  # a secret file's content is never kept or shown
 
     if "auth_cert" not in changed and "auth_key" not in changed:

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
-from swcmp import certs, keys
+from swcmp import certs, keys, text
 from swcmp.cmp import codec, oids
 from swcmp.errors import (
     CertificateError,
@@ -69,6 +70,12 @@ MIN_POLL_INTERVAL = 0.2
 _INCORRECT_DATA = 7
 #: CRLReason unspecified (RFC 5280 5.3.1): what an rr says when no reason is given.
 REASON_UNSPECIFIED = 0
+#: What decoding or checking hostile bytes can raise below swcmp's own errors
+#: (UnicodeError is a ValueError, OverflowError an ArithmeticError, IndexError and
+#: KeyError LookupErrors; cryptography adds UnsupportedAlgorithm and InvalidSignature).
+HOSTILE_INPUT_ERRORS: tuple[type[Exception], ...] = (
+    ValueError, TypeError, LookupError, AttributeError, ArithmeticError, RecursionError,
+    UnsupportedAlgorithm, InvalidSignature)
 
 
 @dataclass(frozen=True)
@@ -347,6 +354,15 @@ class CMPClient:
     def _transaction(self) -> Iterator[None]:
         try:
             yield
+        except HOSTILE_INPUT_ERRORS as e:
+            # Whatever the CA's bytes made a library (or swcmp) trip over: a plain
+            # ProtocolError, never a traceback that ends `swcmp serve`.
+            log.debug("processing the CA's answer raised:", exc_info=True)
+            raise ProtocolError(
+                f"the CA's answer could not be processed ({type(e).__name__}: "
+                f"{text.safe(str(e))[:200]})").with_hint(
+                "the answer is malformed or hostile; nothing was stored. Run with -v for "
+                "details; if the CA is genuine, report this to its operator") from e
         finally:
             end = getattr(self.transport, "end_transaction", None)
             if end is not None:
@@ -492,7 +508,7 @@ class CMPClient:
                     raise ProtocolError(f"pollRep does not mention certReqId {req_id}")
                 wait = float(entry.check_after)
                 if entry.reason:
-                    log.info("CA says: %s", " / ".join(entry.reason))
+                    log.info("CA says: %s", text.safe(" / ".join(entry.reason)))
             wait = max(wait, MIN_POLL_INTERVAL)
             # Journal the CA's latest nonce before anything can end the wait: a run
             # that resumes this transaction must echo that one.
@@ -517,8 +533,8 @@ class CMPClient:
             raise CertificateError("the issued certificate is for another public key")
         if subject_der != codec.NULL_DN_DER and cert.subject.public_bytes() != subject_der:
             raise CertificateError(
-                f"the issued certificate's subject '{cert.subject.rfc4514_string()}' is not "
-                "the one requested")
+                f"the issued certificate's subject '{text.safe(cert.subject.rfc4514_string())}' "
+                "is not the one requested")
         anchors = list(self.trust)
         if verified.kind == "mac":
             anchors.extend(ca_pubs)  # the MAC with our secret vouches for them
@@ -572,13 +588,13 @@ class CMPClient:
             raw = self.transport.post(data)
         except HTTPStatusError as e:
             if e.body:
-                self._raise_if_error(tx, codec.decode_message(e.body))
+                self._raise_if_error(tx, codec.decode_message(e.body), nonce)
             raise
         msg = codec.decode_message(raw)
         # Counted per request answered: a certificate delivered after polling answers a
         # pollReq, not the kur again.
         self.stats["received", kind] += 1
-        self._raise_if_error(tx, msg)
+        self._raise_if_error(tx, msg, nonce)
         mac = tx.protection if isinstance(tx.protection, MacProtection) else None
         verified = verify_response(msg, mac=mac, trust=self.policy, now=self.clock(),
                                    known_signer=tx.signer)
@@ -600,7 +616,14 @@ class CMPClient:
         tx.server_nonce = h.sender_nonce
         return msg, verified
 
-    def _raise_if_error(self, tx: _Tx, msg: PKIMessageInfo) -> None:
+    def _raise_if_error(self, tx: _Tx, msg: PKIMessageInfo, nonce: bytes) -> None:
+        """Raise the CA's error message as CMPErrorResponse.
+
+        ``protected`` in it is True only for an error that is provably the CA's answer
+        to this very message: valid protection, our transactionID, our senderNonce as
+        its recipNonce. Anything else (unprotected, or a replay of an old error) is
+        reported, but callers must not let it end a transaction (see renewal).
+        """
         if msg.body_type != "error":
             return
         assert isinstance(msg.body, ErrorInfo)
@@ -608,8 +631,9 @@ class CMPClient:
         try:
             verify_response(msg, mac=mac, trust=self.policy, now=self.clock(),
                             known_signer=tx.signer)
-            protected = msg.header.transaction_id == tx.transaction_id
-        except ProtocolError:
+            protected = (msg.header.transaction_id == tx.transaction_id
+                         and msg.header.recip_nonce == nonce)
+        except (ProtocolError, CertificateError):
             protected = False
         st = msg.body.status
         raise CMPErrorResponse(

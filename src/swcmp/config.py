@@ -76,6 +76,7 @@ __all__ = [
     "session_key_file",
     "session_to_toml",
     "set_fields",
+    "tls_client_files",
     "unset_fields",
     "validate_server_url",
 ]
@@ -505,6 +506,22 @@ def _cert_profile(value: object) -> object:
     return text
 
 
+#: Bounds of the session's ``timeout`` (seconds for one exchange with the CA).
+TIMEOUT_RANGE = (1, 600)
+
+
+def _timeout(value: object) -> object:
+    low, high = TIMEOUT_RANGE
+    if isinstance(value, str) and value.strip().removesuffix("s").strip().isdigit():
+        value = int(value.strip().removesuffix("s"))
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _err(
+            f"invalid timeout {value!r}: give whole seconds from {low} to {high}",
+            "the total time one message exchange with the CA may take (default 60)",
+        )
+    return value
+
+
 def _bool(value: object) -> object:
     if isinstance(value, bool):
         return value
@@ -581,6 +598,9 @@ FIELDS: Final[dict[str, FieldSpec]] = {
         FieldSpec("ignore_keyusage", "--ignore-keyusage", _bool),
         FieldSpec("implicit_confirm", "--implicit-confirm", _bool),
         FieldSpec("cert_profile", "--cert-profile", _opt(_cert_profile)),
+        FieldSpec("timeout", "--timeout", _timeout),
+        FieldSpec("tls_client_cert", "--tls-client-cert", _opt(_path), path=True),
+        FieldSpec("tls_client_key", "--tls-client-key", _opt(_path), path=True),
     )
 }
 
@@ -640,6 +660,10 @@ class Session:
             digitalSignature (CAs that sign with a keyCertSign-only root).
         implicit_confirm: ask the CA to skip the certConf/pkiConf round trip.
         cert_profile: certificate profile named in requests (RFC 9483 3.1).
+        timeout: seconds one exchange with the CA may take in all, from connecting to
+            the answer's last byte (polling a waiting CA has its own limit).
+        tls_client_cert: TLS client certificate for a CA behind mutual TLS (https).
+        tls_client_key: its private key (a 0600 file).
         entity_dn: ``entity`` parsed (derived).
         ca_dn: ``ca_name`` parsed (derived).
         san_names: ``sans`` parsed (derived).
@@ -669,6 +693,9 @@ class Session:
     ignore_keyusage: bool = False
     implicit_confirm: bool = False
     cert_profile: str | None = None
+    timeout: int = 60
+    tls_client_cert: Path | None = None
+    tls_client_key: Path | None = None
     entity_dn: x509.Name | None = field(init=False, repr=False, compare=False)
     ca_dn: x509.Name | None = field(init=False, repr=False, compare=False)
     san_names: tuple[x509.GeneralName, ...] = field(init=False, repr=False, compare=False)
@@ -788,6 +815,33 @@ def auth_credentials(session: Session, paths: Paths) -> tuple[Path | None, Path 
         own = paths.cert_file(session.name)
         cert = own if own.exists() else None
     key = session.auth_key if session.auth_key is not None else session_key_file(session, paths)
+    return cert, key
+
+
+def tls_client_files(session: Session) -> tuple[Path, Path] | None:
+    """The TLS client certificate and key files, checked; None when not configured.
+
+    Raises:
+        ConfigError: only one of the two is set, the key file is missing, or the key
+            file may be read by others than its owner (it must be 0600).
+    """
+    cert, key = session.tls_client_cert, session.tls_client_key
+    if cert is None and key is None:
+        return None
+    fix = f"swcmp session set {session.name} --tls-client-cert FILE --tls-client-key FILE"
+    if cert is None or key is None:
+        missing = "--tls-client-cert" if cert is None else "--tls-client-key"
+        raise _err(f"session {session.name} has a TLS client "
+                   f"{'key' if cert is None else 'certificate'} but no {missing}",
+                   f"give both: {fix}")
+    try:
+        info = key.stat()
+    except OSError as e:
+        raise _err(f"cannot read the TLS client key {key}: {e.strerror}", fix) from None
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise _err(
+            f"the TLS client key {key} has mode {stat.S_IMODE(info.st_mode):04o}: others "
+            "may read it", f"chmod 600 {key}")
     return cert, key
 
 

@@ -19,7 +19,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from swcmp import certs, fsutil, keys
-from swcmp.config import Paths, Session, SessionStore, auth_credentials, read_mac_secret
+from swcmp.config import (
+    Paths,
+    Session,
+    SessionStore,
+    auth_credentials,
+    read_mac_secret,
+    tls_client_files,
+)
 from swcmp.deploy import CredentialPair, Deployer, DeployError, DeployUnavailable
 from swcmp.errors import ConfigError, StorageError, SwcmpError
 from swcmp.state import StateStore
@@ -210,7 +217,12 @@ def make_client(session: Session, *, transport: Transport | None = None,
     assert session.server_url is not None and session.ca_dn is not None
     if transport is None:
         bundle = str(session.tls_ca_bundle) if session.tls_ca_bundle else None
-        transport = HttpTransport(session.server_url, ca_bundle=bundle)
+        tls_client = tls_client_files(session)
+        transport = HttpTransport(
+            session.server_url, ca_bundle=bundle, total_timeout=float(session.timeout),
+            connect_timeout=min(10.0, float(session.timeout)),
+            client_cert=str(tls_client[0]) if tls_client else None,
+            client_key=str(tls_client[1]) if tls_client else None)
     client = CMPClient(transport, recipient=session.ca_dn, trust=response_trust(session, paths),
                        implicit_confirm=(session.implicit_confirm if implicit_confirm is None
                                          else implicit_confirm),

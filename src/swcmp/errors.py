@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Self
 
+from swcmp.text import safe
+
 # PKIFailureInfo bits (RFC 4210 section 5.2.3, RFC 9480) with a hint for the user.
 FAILURE_INFO: dict[int, tuple[str, str]] = {
     0: ("badAlg", "the CA does not accept the algorithm used; check mac_alg and key_type"),
@@ -114,6 +116,8 @@ class HTTPStatusError(TransportError):
         self.status = status
         #: A CMP message that came with the error status, if any (RFC 6712 allows it).
         self.body: bytes | None = None
+        #: Seconds the server asked us to wait (Retry-After of a 503 or 429), clamped.
+        self.retry_after: float | None = None
 
 
 class ContentTypeError(TransportError):
@@ -154,15 +158,19 @@ class CMPErrorResponse(ProtocolError):
         self.error_code = error_code
         self.protected = protected
         self.context = context
-        parts = [f"CA rejected the {context}: status {status}"]
+        # The CA's words go to terminals and logs: control characters escaped (and the
+        # whole bounded), so that no escape sequence reaches the operator's screen.
+        parts = [f"CA rejected the {context}: status {safe(status)}"]
         if fail_info:
-            parts.append("failInfo " + ", ".join(fail_info))
+            parts.append("failInfo " + ", ".join(safe(n) for n in fail_info))
         if text:
-            parts.append("CA says: " + " / ".join(text))
+            said = safe(" / ".join(text))
+            parts.append("CA says: " + (said if len(said) <= 1000 else said[:1000] + "..."))
         if error_code is not None:
             parts.append(f"errorCode {error_code}")
         if not protected:
-            parts.append("unprotected reply: cannot be attributed to the CA")
+            parts.append("cannot be attributed to the CA: unprotected, or not an answer to "
+                         "this request")
         super().__init__("; ".join(parts))
         hints = [FAILURE_INFO[FAILURE_BIT[n]][1] for n in fail_info if n in FAILURE_BIT]
         self.hint = "; ".join(hints)

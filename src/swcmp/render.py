@@ -12,6 +12,7 @@ in ``docs/cli.md``; change them only compatibly (add keys, never rename).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -43,9 +44,19 @@ STATS_REQUESTS = ("ir", "cr", "kur", "pollReq")
 STATS_COUNTERS = ("sent", "received", "failed")
 
 
+#: Characters that json.dumps(ensure_ascii=False) leaves raw but a terminal may obey
+#: (DEL, the C1 controls such as CSI, line/paragraph separators, right-to-left override).
+_JSON_RAW_CONTROLS = re.compile("[\x7f-\x9f\u2028\u2029\u202e]")
+
+
 def dump_json(data: object) -> str:
-    """JSON text as swcmp prints it: indented, keys in insertion order, UTF-8 kept."""
-    return json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    """JSON text as swcmp prints it: indented, keys in insertion order, UTF-8 kept.
+
+    C0 controls are escaped by JSON itself; the other controls are escaped here
+    (they can only stand inside strings, where ``\\uNNNN`` means the same).
+    """
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    return _JSON_RAW_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def error_json(message: str, hint: str) -> dict[str, Any]:
@@ -179,6 +190,9 @@ def session_text(
         ("connections", _shown(desc.get("connections"))),
         ("auto_update", "on" if desc.get("auto_update") else "off"),
         ("tls_ca_bundle", _shown(desc.get("tls_ca_bundle"), "- (system store)")),
+        ("tls_client_cert", _shown(desc.get("tls_client_cert"))),
+        ("tls_client_key", _shown(desc.get("tls_client_key"))),
+        ("timeout", f"{desc.get('timeout')}s per exchange with the CA"),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"session {desc.get('name')}"]

@@ -65,6 +65,8 @@ JITTER_CAP = timedelta(hours=6)
 #: Backoff after failures: first retry after RETRY_START, doubling up to RETRY_CAP.
 RETRY_START = timedelta(minutes=1)
 RETRY_CAP = timedelta(hours=4)
+#: A Retry-After shorter than this is taken as this (no hammering a busy CA).
+RETRY_AFTER_MIN = timedelta(seconds=10)
 #: Previous pairs kept for manual rollback.
 ARCHIVE_KEEP = 3
 
@@ -100,17 +102,38 @@ def renew_at(cert: x509.Certificate, policy: ExpireTime, session_name: str) -> d
     return max(floor, nominal - spread * jitter_fraction(session_name, cert.serial_number))
 
 
-def retry_delay(failures: int, *, now: datetime, not_after: datetime) -> timedelta:
+def retry_delay(failures: int, *, now: datetime, not_after: datetime,
+                retry_after: float | None = None) -> timedelta:
     """Wait before the next attempt after ``failures`` consecutive failures.
 
     Doubles from RETRY_START to RETRY_CAP, but never more than an eighth of the
-    validity left, so retries come faster as expiry nears.
+    validity left, so retries come faster as expiry nears. ``retry_after`` is the
+    time the CA asked for (HTTP 503 Retry-After, seconds): the next try is then at
+    that time instead, but as the value comes from the network it is kept between
+    RETRY_AFTER_MIN and RETRY_CAP and before half of the validity left (a CA, or a
+    man in the middle, cannot put the next try past the certificate's expiry).
     """
-    delay: timedelta = min(RETRY_START * 2 ** max(failures - 1, 0), RETRY_CAP)
     remaining = not_after - now
+    if retry_after is not None:
+        delay = min(max(timedelta(seconds=retry_after), RETRY_AFTER_MIN), RETRY_CAP)
+        if remaining > timedelta(0):
+            delay = max(RETRY_AFTER_MIN, min(delay, remaining / 2))
+        return timedelta(seconds=round(delay.total_seconds()))
+    delay = min(RETRY_START * 2 ** max(min(failures, 32) - 1, 0), RETRY_CAP)
     if remaining > timedelta(0):
         delay = max(RETRY_START, min(delay, remaining / 8))
-    return delay
+    return timedelta(seconds=round(delay.total_seconds()))
+
+
+def attempt_bound(session: Session, poll_deadline: float) -> float:
+    """Longest wall time, in seconds, one renewal attempt spends waiting for the CA.
+
+    Every exchange ends within the session's ``timeout`` (the transport's
+    watchdog) and polling ends within ``poll_deadline`` plus one exchange. The
+    worst attempt: a late certConf that fails (1), a KUR (1), the polls (the
+    deadline + 1), the certConf or the rejection (1).
+    """
+    return poll_deadline + 4 * session.timeout
 
 
 @dataclass(frozen=True)
@@ -170,7 +193,14 @@ class Journal:
             raise StorageError(f"renewal journal {self.path} is unreadable: {e}").with_hint(
                 "inspect it; removing it abandons the interrupted renewal (the live pair "
                 "is untouched) and the next run starts a fresh one") from e
-        return data if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            return None
+        problem = _journal_problem(data)
+        if problem is not None:
+            raise StorageError(f"renewal journal {self.path} is damaged: {problem}").with_hint(
+                "inspect it; removing it abandons the interrupted renewal (the live pair "
+                "is untouched) and the next run starts a fresh one")
+        return data
 
     def write(self, **fields: Any) -> dict[str, Any]:
         data = self.load() or {}
@@ -207,6 +237,27 @@ class Journal:
     def staged_ca_certs(self) -> list[x509.Certificate]:
         files = sorted(self.staging.glob("ca*.crt"), key=lambda p: int(p.stem[2:] or 0))
         return [certs.load_certificate(read_file(p, "staged CA certificate")) for p in files]
+
+
+def _journal_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with a journal's fields (a hand edit, a damaged disk), or None."""
+    for key in ("transaction_id", "server_nonce"):
+        value = data.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or len(value) > 256:
+            return f"{key} is not a hex string"
+        try:
+            bytes.fromhex(value)
+        except ValueError:
+            return f"{key} is not a hex string"
+    for key in ("phase", "kind", "old_serial", "cert", "started"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            return f"{key} is not text"
+    req_id = data.get("cert_req_id", 0)
+    if isinstance(req_id, bool) or not isinstance(req_id, int) or abs(req_id) >= 2**63:
+        return "cert_req_id is not a 64-bit integer"
+    return None
 
 
 @dataclass
@@ -405,15 +456,19 @@ class Renewer:
         """Keep from a failed attempt only what the next one can use.
 
         A transaction the CA left 'waiting' is kept to be polled again, unless
-        the CA answered with an error (it ended or forgot the transaction:
-        polling it again would fail forever); a staged new key is kept to be
-        certified next time; anything else (a request that got no usable
-        answer, a refused certificate) is forgotten.
+        the CA itself answered with an error (it ended or forgot the transaction:
+        polling it again would fail forever). An error that cannot be attributed
+        to the CA (unprotected, or with another recipNonce: anyone on the path can
+        send one) changes nothing. A staged new key is kept to be certified next
+        time; anything else (a request that got no usable answer, a refused
+        certificate) is forgotten, so the next try uses a new transactionID (as
+        the CA's failInfo transactionIdInUse asks).
         """
         entry = j.load()
         if not entry:
             return
-        if entry.get("phase") == "waiting" and not isinstance(error, CMPErrorResponse):
+        ca_said_no = isinstance(error, CMPErrorResponse) and error.protected
+        if entry.get("phase") == "waiting" and not ca_said_no:
             return
         fsutil.remove_file(j.cert_file, missing_ok=True)
         if j.key_file.exists():

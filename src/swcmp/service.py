@@ -25,6 +25,7 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,18 +41,45 @@ from swcmp.enroll import Outcome
 from swcmp.errors import ConfigError, SwcmpError
 from swcmp.ha import Role, read_role
 from swcmp.metrics import REFRESH, CharonView, failure_key
-from swcmp.renewal import NeedsInitialRequest, Plan, Renewer, plan, retry_delay
+from swcmp.renewal import NeedsInitialRequest, Plan, RenewalError, Renewer, plan, retry_delay
 from swcmp.state import SessionState, StateStore
+from swcmp.text import safe
 
 log = logging.getLogger(__name__)
 
 #: How often serve looks for changed session files while otherwise asleep.
 RESCAN = 30.0
+#: Sessions of this many different CAs are renewed at the same time in one pass.
+MAX_PARALLEL_CAS = 4
 
 
 def stale_keys_file(paths: Paths, name: str) -> Path:
     """Where old pinned-mode keys still loaded in charon are recorded for a session."""
     return paths.session_state_dir(name) / "stale-keys.json"
+
+
+def _ca_endpoint(s: Session) -> str:
+    """Which CA server a session talks to (scheme, host and port), for grouping."""
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(s.server_url or "")
+        return f"{u.scheme}://{(u.hostname or '').lower()}:{u.port or ''}"
+    except ValueError:
+        return s.server_url or ""
+
+
+def _retry_after(e: BaseException) -> float | None:
+    """The Retry-After (seconds) of an HTTP 503/429 behind ``e``, if there is one."""
+    from swcmp.errors import HTTPStatusError
+
+    seen = 0
+    cur: BaseException | None = e
+    while cur is not None and seen < 8:
+        if isinstance(cur, HTTPStatusError) and cur.retry_after is not None:
+            return cur.retry_after
+        cur, seen = cur.__cause__, seen + 1
+    return None
 
 
 def _with_hint(e: SwcmpError) -> str:
@@ -161,6 +189,7 @@ class RenewalService:
         from swcmp.renewal import interrupted
 
         reports: list[SessionReport] = []
+        todo: list[tuple[int, Session, Plan]] = []
         self.role = host_role(self.host)
         standby = self.role.standby
         states = StateStore(self.paths)
@@ -194,13 +223,41 @@ class RenewalService:
                 reports.append(SessionReport(s.name, "dry-run",
                                              f"would renew ({p.reason})", plan=p))
                 continue
-            reports.append(self.renew_one(s, p))
+            reports.append(SessionReport(s.name, "pending", "", plan=p))
+            todo.append((len(reports) - 1, s, p))
+        for i, report in self._renew_by_ca(todo):
+            reports[i] = report
         if not dry_run and not standby:
             self.unload_stale_keys()
         seen = self._survey()  # once, after the renewals: for the metrics and the schedule
         self.write_metrics(seen)
         self.next_check = self._earliest(seen)
         return reports
+
+    def _renew_by_ca(self, todo: Sequence[tuple[int, Session, Plan]]
+                     ) -> list[tuple[int, SessionReport]]:
+        """Renew ``todo``: one CA's sessions one after another, different CAs at once.
+
+        A CA that answers slowly (or not at all) then holds only its own sessions,
+        each attempt for at most its bound (see :func:`attempt_bound`), never the
+        sessions of other CAs. The same CA is not asked twice at once: OpenSSL's
+        server, for one, serves one connection at a time.
+        """
+        groups: dict[str, list[tuple[int, Session, Plan]]] = {}
+        for item in todo:
+            groups.setdefault(_ca_endpoint(item[1]), []).append(item)
+
+        def run(group: list[tuple[int, Session, Plan]]) -> list[tuple[int, SessionReport]]:
+            return [(i, self.renew_one(s, p)) for i, s, p in group]
+
+        if len(groups) <= 1:
+            return [r for g in groups.values() for r in run(g)]
+        done: list[tuple[int, SessionReport]] = []
+        workers = min(MAX_PARALLEL_CAS, len(groups))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="swcmp-ca") as pool:
+            for result in pool.map(run, groups.values()):
+                done.extend(result)
+        return done
 
     def unload_stale_keys(self) -> None:
         """Unload old pinned-mode keys that no IKE SA made with the old config needs."""
@@ -241,20 +298,37 @@ class RenewalService:
         self._set_state(s.name, "in_progress")
         now = self.clock()
         try:
-            outcome = self.renewer(s).renew(s, regenerate=regenerate)
+            try:
+                outcome = self.renewer(s).renew(s, regenerate=regenerate)
+            except SwcmpError:
+                raise
+            except Exception as e:  # one session's bug must not stop the others
+                # A bug, or something swcmp did not foresee: record it as a failure like
+                # any other (with backoff) instead of dying with the state "in_progress".
+                log.debug("%s: the renewal raised:", s.name, exc_info=True)
+                raise RenewalError(
+                    f"internal error during the renewal: {type(e).__name__}: "
+                    f"{safe(str(e))[:300]}").with_hint(
+                    "the live key and certificate are unchanged; run with -v for the "
+                    "traceback and report it") from e
         except LockHeldError:
             raise
         except SwcmpError as e:
             if p is None:
                 p = plan(s, load_cert(self.paths, s.name), states.load(s.name), now)
-            with states.update(s.name) as st:
-                st.failures += 1
-                expires = p.expires or now + timedelta(days=1)
-                delay = retry_delay(st.failures, now=now, not_after=expires)
-                st.next_attempt = (now + delay).isoformat(timespec="seconds")
-                st.state = "needs_ir" if isinstance(e, NeedsInitialRequest) else "failed"
-                st.record("kur", False, _with_hint(e), now=now)
-                st.count_renewal(failure_key(e))
+            expires = p.expires or now + timedelta(days=1)
+            delay = retry_delay(0, now=now, not_after=expires)
+            try:
+                with states.update(s.name) as st:
+                    st.failures += 1
+                    delay = retry_delay(st.failures, now=now, not_after=expires,
+                                        retry_after=_retry_after(e))
+                    st.next_attempt = (now + delay).isoformat(timespec="seconds")
+                    st.state = "needs_ir" if isinstance(e, NeedsInitialRequest) else "failed"
+                    st.record("kur", False, _with_hint(e), now=now)
+                    st.count_renewal(failure_key(e))
+            except SwcmpError as state_error:
+                log.error("%s: cannot record the failure: %s", s.name, state_error)
             # Louder as expiry nears: past half of the time between due and expiry.
             loud = (p.expires is not None and p.renew_at is not None
                     and p.expires - now < (p.expires - p.renew_at) / 2)
@@ -432,6 +506,11 @@ class Server:
                     nxt = self.service.next_check
                 except SwcmpError as e:
                     log.error("renewal pass failed: %s", e)
+                    nxt = None
+                except Exception as e:  # the service outlives one bad pass
+                    log.error("renewal pass failed unexpectedly: %s: %s (-v shows the "
+                              "traceback)", type(e).__name__, safe(str(e))[:300])
+                    log.debug("the renewal pass raised:", exc_info=True)
                     nxt = None
                 last_metrics = time.monotonic()
             elif time.monotonic() - last_metrics >= REFRESH:

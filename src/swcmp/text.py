@@ -14,3 +14,9 @@ def safe(value: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def safe_lines(value: str) -> str:
+    """:func:`safe` for text of several lines: line breaks stay, every other control
+    character is escaped (for whole outputs that may contain network text)."""
+    return "\n".join(safe(line) for line in value.split("\n"))

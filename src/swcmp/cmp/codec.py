@@ -45,6 +45,16 @@ log = logging.getLogger(__name__)
 
 #: Largest message swcmp decodes; CMP messages with a few certificates are a few KiB.
 MAX_MESSAGE_SIZE = 1024 * 1024
+#: DER elements in a message's header and body that swcmp hands to pyasn1 (a certificate
+#: has a few hundred; pyasn1 needs about 4 microseconds each), and how deep they may nest.
+MAX_ELEMENTS = 50_000
+MAX_DEPTH = 48
+#: extraCerts one message may carry (more is refused; they are not decoded by pyasn1).
+MAX_EXTRA_CERTS = 256
+#: Largest checkAfter (seconds) taken from a pollRep; a larger one is taken as this.
+MAX_CHECK_AFTER = 7 * 86400
+#: Integers that name things (pvno, certReqId, status, errorCode) beyond this are refused.
+_MAX_SMALL_INT = 2**63
 
 # PKIBody alternatives by context tag number (RFC 4210 5.1.2, RFC 9480).
 BODY_TAGS: dict[int, str] = {
@@ -66,7 +76,9 @@ def _decode(data: bytes, spec: Any, what: str) -> Any:
     try:
         obj, rest = decoder.decode(data, asn1Spec=spec)
     except PyAsn1Error as e:
-        raise ProtocolError(f"malformed {what}: {e}") from e
+        log.debug("decoding the %s failed: %s", what, _short(e))
+        raise ProtocolError(f"malformed {what}: it does not match the syntax of a {what}"
+                            ) from e
     if rest:
         raise ProtocolError(f"malformed {what}: {len(rest)} trailing bytes")
     return obj
@@ -127,11 +139,20 @@ def _status_info(target: Any, st: StatusInfo) -> None:
         target["failInfo"] = rfc9480.PKIFailureInfo(binValue=bits)
 
 
+#: failInfo bits looked at: RFC 9480 names 27; a longer BIT STRING is cut here.
+_MAX_FAIL_BITS = 64
+
+
 def _parse_status(obj: Any) -> StatusInfo:
     fail: set[int] = set()
     if obj["failInfo"].isValue:
-        fail = {i for i, bit in enumerate(obj["failInfo"]) if bit}
-    return StatusInfo(int(obj["status"]), frozenset(fail), _texts(obj["statusString"]))
+        bits = obj["failInfo"]
+        n = len(bits)
+        value = bits.asInteger() >> max(n - _MAX_FAIL_BITS, 0)  # the first bits only
+        n = min(n, _MAX_FAIL_BITS)
+        fail = {i for i in range(n) if value >> (n - 1 - i) & 1}
+    return StatusInfo(_small_int(obj["status"], "PKIStatus"), frozenset(fail),
+                      _texts(obj["statusString"]))
 
 
 def _gtime(dt: datetime) -> useful.GeneralizedTime:
@@ -219,6 +240,35 @@ def encode_header(h: HeaderFields) -> bytes:
     return _enc(hdr)
 
 
+def _utc_time(value: Any, what: str) -> datetime:
+    """A GeneralizedTime as an aware UTC datetime; ProtocolError when it has none.
+
+    A legal time such as ``99991231235959-1200`` lies beyond year 9999 in UTC:
+    Python cannot hold it, and it is refused like any malformed time.
+    """
+    try:
+        t: datetime = value.asDateTime
+        return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    except (PyAsn1Error, ValueError, OverflowError) as e:
+        raise ProtocolError(f"malformed or out-of-range {what}: {_short(e)}") from e
+
+
+def _small_int(value: Any, what: str) -> int:
+    """An INTEGER that counts or names something; ProtocolError beyond 64 bits."""
+    n = int(value)
+    if not -_MAX_SMALL_INT <= n < _MAX_SMALL_INT:
+        raise ProtocolError(f"{what} out of range ({n.bit_length()}-bit integer)")
+    return n
+
+
+def _short(e: BaseException) -> str:
+    """An exception's text, shortened and with control characters escaped."""
+    from swcmp.text import safe
+
+    text = str(e)
+    return safe(text if len(text) <= 200 else text[:200] + "...")
+
+
 def _parse_header(hdr: Any) -> Header:
     def octets(name: str) -> bytes | None:
         v = hdr[name]
@@ -235,17 +285,12 @@ def _parse_header(hdr: Any) -> Header:
                 implicit = True
             elif oid == oids.IT_CONFIRM_WAIT_TIME and itav["infoValue"].isValue:
                 t = _decode(bytes(itav["infoValue"]), useful.GeneralizedTime(), "confirmWaitTime")
-                wait_time = t.asDateTime
+                wait_time = _utc_time(t, "confirmWaitTime")
     msg_time = None
     if hdr["messageTime"].isValue:
-        try:
-            msg_time = hdr["messageTime"].asDateTime
-        except (PyAsn1Error, ValueError) as e:
-            raise ProtocolError(f"malformed messageTime: {e}") from e
-        msg_time = (msg_time.replace(tzinfo=UTC) if msg_time.tzinfo is None
-                    else msg_time.astimezone(UTC))
+        msg_time = _utc_time(hdr["messageTime"], "messageTime")
     return Header(
-        pvno=int(hdr["pvno"]),
+        pvno=_small_int(hdr["pvno"], "pvno"),
         sender_der=_name_der_of_general_name(hdr["sender"]),
         recipient_der=_name_der_of_general_name(hdr["recipient"]),
         transaction_id=octets("transactionID"),
@@ -500,9 +545,17 @@ def decode_message(data: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> PKIMessa
         return _decode_message(data)
     except ProtocolError:
         raise
-    except (PyAsn1Error, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
-        # pyasn1 raises a zoo of exceptions on hostile input; none may escape raw.
-        raise ProtocolError(f"malformed CMP message: {type(e).__name__}: {e}") from e
+    except (PyAsn1Error, ValueError, TypeError, LookupError, AttributeError, ArithmeticError,
+            RecursionError) as e:
+        # pyasn1 raises a zoo of exceptions on hostile input (UnicodeError is a
+        # ValueError, OverflowError an ArithmeticError); none may escape raw, and
+        # pyasn1's own wording (schema dumps) is for the debug log only.
+        log.debug("decoding a CMP message failed: %s: %s", type(e).__name__, _short(e))
+        raise ProtocolError(
+            "malformed CMP message: its content does not match the CMP syntax "
+            f"(RFC 4210/9480) ({type(e).__name__})").with_hint(
+            "the answer was damaged on the way or the server is not a CMP server; "
+            "-v shows details") from e
 
 
 def _decode_message(data: bytes) -> PKIMessageInfo:
@@ -523,13 +576,25 @@ def _decode_message(data: bytes) -> PKIMessageInfo:
             protection = bits.value[1:]
         elif p.tag == 0xA1 and not extra:
             (seq,) = p.children()
+            if seq.tag != 0x30:
+                raise ProtocolError("extraCerts is not a SEQUENCE")
             extra = tuple(c.raw for c in seq.children())
             if not extra:
                 raise ProtocolError("extraCerts present but empty")
+            if len(extra) > MAX_EXTRA_CERTS:
+                raise ProtocolError(f"{len(extra)} extraCerts, more than the "
+                                    f"{MAX_EXTRA_CERTS} accepted")
+            if any(c[:1] != b"\x30" for c in extra):
+                raise ProtocolError("an extraCert is not a SEQUENCE")
         else:
             raise ProtocolError(f"unexpected element (tag 0x{p.tag:x}) in CMP message")
 
-    msg = _decode(data, rfc9480.PKIMessage(), "CMP message")
+    # pyasn1 sees only the header and the body, and only after they were counted:
+    # its cost grows with the number of elements, and extraCerts (outside the
+    # protection, so anyone's to add) are left to cryptography, a few at a time.
+    core = der.sequence(header_tlv.raw, body_tlv.raw)
+    der.census(core, max_elements=MAX_ELEMENTS, max_depth=MAX_DEPTH)
+    msg = _decode(core, rfc9480.PKIMessage(), "CMP message")
     header = _parse_header(msg["header"])
     body = msg["body"]
     kind = body.getName()
@@ -550,17 +615,19 @@ def _decode_message(data: bytes) -> PKIMessageInfo:
         parsed = tuple(
             CertStatusInfo(
                 cert_hash=bytes(cs["certHash"]),
-                cert_req_id=int(cs["certReqId"]),
+                cert_req_id=_small_int(cs["certReqId"], "certReqId"),
                 status=_parse_status(cs["statusInfo"]) if cs["statusInfo"].isValue else None,
                 hash_alg=_alg_of(cs["hashAlg"]) if cs["hashAlg"].isValue else None,
             )
             for cs in content
         )
     elif kind == "pollReq":
-        parsed = tuple(int(item["certReqId"]) for item in content)
+        parsed = tuple(_small_int(item["certReqId"], "certReqId") for item in content)
     elif kind == "pollRep":
         parsed = tuple(
-            PollRepEntry(int(i["certReqId"]), int(i["checkAfter"]), _texts(i["reason"]))
+            PollRepEntry(_small_int(i["certReqId"], "certReqId"),
+                         min(max(int(i["checkAfter"]), 0), MAX_CHECK_AFTER),
+                         _texts(i["reason"]))
             for i in content
         )
     elif kind in ("genm", "genp"):
@@ -572,7 +639,8 @@ def _decode_message(data: bytes) -> PKIMessageInfo:
     elif kind == "error":
         parsed = ErrorInfo(
             status=_parse_status(content["pKIStatusInfo"]),
-            error_code=int(content["errorCode"]) if content["errorCode"].isValue else None,
+            error_code=(_small_int(content["errorCode"], "errorCode")
+                        if content["errorCode"].isValue else None),
             details=_texts(content["errorDetails"]),
         )
     elif kind == "pkiconf":
@@ -631,7 +699,7 @@ def _parse_cert_req(content: Any, inner: der.TLV) -> tuple[CertRequestInfo, ...]
             has_input = ps["poposkInput"].isValue
         out.append(
             CertRequestInfo(
-                cert_req_id=int(req["certReqId"]),
+                cert_req_id=_small_int(req["certReqId"], "certReqId"),
                 request_der=raw_msg.children()[0].raw,
                 subject_der=subject_der,
                 public_key_der=spki_der,
@@ -675,7 +743,8 @@ def _parse_cert_rep(content: Any, inner: der.TLV) -> CertRepContent:
                 raise ProtocolError("malformed certOrEncCert")
             cert_der = raw_coe.children()[0].raw
         responses.append(
-            CertResponse(int(cr["certReqId"]), _parse_status(cr["status"]), cert_der)
+            CertResponse(_small_int(cr["certReqId"], "certReqId"), _parse_status(cr["status"]),
+                         cert_der)
         )
     return CertRepContent(tuple(responses), ca_pubs)
 

@@ -105,3 +105,27 @@ def sequence(*raw_elements: bytes) -> bytes:
     """A DER SEQUENCE around already-encoded elements."""
     content = b"".join(raw_elements)
     return b"\x30" + encode_length(len(content)) + content
+
+
+def census(data: bytes, *, max_elements: int, max_depth: int) -> int:
+    """Count the elements of the DER in ``data`` (all nesting levels), without recursion.
+
+    Raises ProtocolError as soon as there are more than ``max_elements`` or they
+    nest deeper than ``max_depth``: a hostile message must not make a full
+    decoder spend seconds, or the interpreter's stack, on it.
+    """
+    count = 0
+    stack: list[tuple[bytes, int]] = [(data, 0)]
+    while stack:
+        chunk, depth = stack.pop()
+        if depth > max_depth:
+            raise ProtocolError(f"DER nested deeper than {max_depth} levels")
+        pos = 0
+        while pos < len(chunk):
+            tlv, pos = read_tlv(chunk, pos)
+            count += 1
+            if count > max_elements:
+                raise ProtocolError(f"more than {max_elements} DER elements in one message")
+            if tlv.constructed:
+                stack.append((tlv.value, depth + 1))
+    return count
