@@ -26,7 +26,11 @@ def _gateway(tmp: Path, *, due: bool) -> Iterator[tuple[TestPKI, Gateway]]:
     pki = make_pki(tmp / "pki")
     if due:  # two hours of validity, one gone: past 50% remaining, so due
         pki.gw = pki.issue(pki.gw_key, not_before=NOW - dt.timedelta(hours=1), days=2 / 24)
-    pki.write("rsp.crt", pem_cert(pki.issue(pki.gw_key, serial=pki.gw.serial_number)))
+    # the renewal the mock hands out starts now: a renewal must not be older than the
+    # certificate it replaces (pki's default start is when pki.py was imported, which in
+    # a whole test run is seconds before this module's NOW)
+    pki.write("rsp.crt", pem_cert(pki.issue(pki.gw_key, serial=pki.gw.serial_number,
+                                            not_before=NOW)))
     with mock_server([*SIG_ARGS, "-rsp_cert", "rsp.crt"], cwd=pki.dir) as url:
         yield pki, make_gateway(tmp / "gw", pki, url)
 
