@@ -155,22 +155,14 @@ def test_signed_answer_needs_ignore_keyusage_and_says_so(mock: MockCA, tmp_path:
     gw.assert_pair()
 
 
-def test_cr_signed(mock: MockCA, tmp_path: Path) -> None:
-    gw = enrolled(mock, tmp_path, "swcmp-cr.example.net")
+@pytest.mark.parametrize(("kind", "flags"), [("cr", ()), ("p10cr", ("--pkcs10",))])
+def test_cr_signed_and_p10cr(mock: MockCA, tmp_path: Path, kind: str,
+                             flags: tuple[str, ...]) -> None:
+    gw = enrolled(mock, tmp_path, f"swcmp-{kind}.example.net")
     gw.run("session", "set", "gw", "--ignore-keyusage")
     before = gw.cert
-    cr = gw.json("request", "certificate", "gw")
-    assert cr["ok"] is True and cr["action"] == "cr"
-    gw.assert_pair()
-    assert gw.cert.serial_number != before.serial_number
-
-
-def test_p10cr(mock: MockCA, tmp_path: Path) -> None:
-    gw = enrolled(mock, tmp_path, "swcmp-p10.example.net")
-    gw.run("session", "set", "gw", "--ignore-keyusage")
-    before = gw.cert
-    p10 = gw.json("request", "certificate", "gw", "--pkcs10")
-    assert p10["ok"] is True and p10["action"] == "p10cr"
+    answer = gw.json("request", "certificate", "gw", *flags)
+    assert answer["ok"] is True and answer["action"] == kind
     gw.assert_pair()
     assert gw.cert.serial_number != before.serial_number
 

@@ -57,7 +57,6 @@ from swcmp.protection import (
     Verified,
     verify_response,
 )
-from swcmp.text import safe
 from swcmp.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -154,13 +153,13 @@ def _check_issued_content(cert: x509.Certificate, tx: _Tx) -> None:
         extra = {g for g in got - tx.expect_sans
                  if not (isinstance(g, x509.DNSName) and g.value in cns)}
         if extra:
-            names = ", ".join(sorted(safe(str(g.value)) for g in extra))
+            names = ", ".join(sorted(text.safe(str(g.value)) for g in extra))
             raise CertificateError(
                 f"the issued certificate carries subjectAltNames nobody asked for: {names}")
         missing = tx.expect_sans - got
         if missing:
             log.warning("the issued certificate lacks requested subjectAltNames: %s",
-                        ", ".join(sorted(safe(str(g.value)) for g in missing)))
+                        ", ".join(sorted(text.safe(str(g.value)) for g in missing)))
     old = tx.replaces
     if old is not None and (
             cert == old or cert.not_valid_after_utc < old.not_valid_after_utc):

@@ -235,10 +235,14 @@ def make_client(session: Session, *, transport: Transport | None = None,
 
 def usable_ca_pubs(session: Session, enrolled: Enrollment) -> list[x509.Certificate]:
     """The caPubs worth keeping: CA certificates only, and with trust anchors
-    configured only those that are anchors or chain to them."""
+    configured only those that are anchors or chain to them.
+
+    At most certs.MAX_CANDIDATES distinct ones are looked at: each costs a bounded
+    chain search, and a CA that sends hundreds must not cost hundreds of them.
+    """
     anchors = load_trust(session)
     out: list[x509.Certificate] = []
-    for c in enrolled.ca_pubs:
+    for c in certs.unique_candidates(enrolled.ca_pubs):
         if not certs.is_ca(c):
             log.warning("%s: ignoring caPubs certificate %s: not a CA certificate",
                         session.name, certs.describe(c))
