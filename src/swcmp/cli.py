@@ -440,6 +440,7 @@ _OPTION_FIELDS = {
     "timeout": "timeout",
     "tls_client_cert": "tls_client_cert",
     "tls_client_key": "tls_client_key",
+    "revoke_superseded": "revoke_superseded",
 }
 
 
@@ -600,6 +601,13 @@ def setting_options(f: F) -> F:
             "--tls-client-key",
             metavar="FILE",
             help="Private key of --tls-client-cert (PEM, unencrypted, mode 0600).",
+        ),
+        click.option(
+            "--revoke-superseded/--no-revoke-superseded",
+            default=None,
+            help="After each key update, revoke the replaced certificate (rr, reason "
+            "superseded); a failed revocation is retried and never undoes the renewal. "
+            "Default: no.",
         ),
     ]
     for option in reversed(options):
@@ -835,15 +843,25 @@ def session_list() -> None:
 
 @session.command("delete")
 @_name_argument()
+@click.option("--revoke", is_flag=True,
+              help="Decommissioning: first revoke the session's current certificate at the "
+              "CA (rr, reason cessationOfOperation); the session is kept if that fails.")
 @json_option
-def session_delete(name: str) -> None:
+def session_delete(name: str, revoke: bool) -> None:
     """Delete session NAME's settings; its key, certificates and state stay on disk."""
     env = _env()
     path = env.store.path_for(name)
+    revoked = None
+    if revoke:
+        from swcmp.calife import CaLife, reason_code
+
+        revoked = CaLife(env.paths).revoke(
+            env.store.load(name), reason=reason_code("cessationOfOperation")).message
     env.store.delete(name)
+    text = f"deleted session {name} ({path}); its key, certificates and state are left in place"
     env.emit(
-        {"session": name, "deleted": True, "path": str(path)},
-        f"deleted session {name} ({path}); its key, certificates and state are left in place",
+        {"session": name, "deleted": True, "path": str(path), "revoked": revoked},
+        f"{revoked}\n{text}" if revoked else text,
     )
 
 
@@ -856,6 +874,9 @@ def _run_checks(env: CliEnv, s: Session) -> list[CheckResult]:
         from swcmp.strongswan import binding_check
 
         extra.append(binding_check(env.vici))
+    from swcmp.calife import roots_check
+
+    extra.append(roots_check)
     return run_checks(s, env.paths, now=_now(), extra_checks=extra)
 
 
@@ -1040,9 +1061,116 @@ def request_keyupdate(name: str, regenerate: bool | None, no_deploy: bool) -> No
         env.paths,
         deployer_for=lambda sess: _deployer(env, no_deploy, sess),
         host=HostConfig.load(env.paths),
+        vici=env.vici if env.charon and not no_deploy else None,
     )
     outcome = service.renew_now(s, regenerate=regenerate, log_failure=False)
     env.emit(outcome.to_json(), _outcome_text(outcome))
+
+
+def _ca_life(env: CliEnv, no_deploy: bool) -> Any:
+    from swcmp.calife import CaLife
+
+    return CaLife(env.paths, vici=env.vici if env.charon and not no_deploy else None)
+
+
+def _ca_result_text(result: Any) -> str:
+    lines = [f"{result.action} for session {result.session}: {result.message}"]
+    if result.files:
+        lines.append("  files    " + ", ".join(str(p) for p in result.files))
+    if result.charon:
+        lines.append(f"  charon   {result.charon}")
+    return "\n".join(lines)
+
+
+def _ca_step(name: str, action: str, no_deploy: bool,
+             step: Callable[[Any, Session], Any]) -> None:
+    """Run one CA-life step for NAME, record it like a request, print the result."""
+    from swcmp.state import StateStore
+
+    env = _env()
+    s = env.store.load(name)
+    now = _now()
+    try:
+        result = step(_ca_life(env, no_deploy), s)
+    except SwcmpError as e:
+        with StateStore(env.paths).update(s.name) as st:
+            st.record(action, False, _message(e), now=now)
+        raise
+    with StateStore(env.paths).update(s.name) as st:
+        st.record(action, True, result.message, now=now)
+    env.emit(result.to_json(), _ca_result_text(result))
+
+
+@request.command("cacerts")
+@_name_argument()
+@_deploy_option
+@json_option
+def request_cacerts(name: str, no_deploy: bool) -> None:
+    """Ask the CA for its CA certificates (genm caCerts, RFC 9483 4.3.1).
+
+    Taken only if every certificate is a CA certificate chaining to the session's
+    trust anchors: they replace x509ca/NAME-caN.crt (one the current certificate
+    still chains through is kept) and are loaded into charon.
+    """
+    _ca_step(name, "cacerts", no_deploy, lambda life, s: life.refresh_ca_certs(s))
+
+
+@request.command("rootca")
+@_name_argument()
+@_deploy_option
+@json_option
+def request_rootca(name: str, no_deploy: bool) -> None:
+    """Ask whether the root CA has a new key (genm rootCaCert, RFC 9483 4.3.2).
+
+    A new root is taken only if newWithOld verifies with the current root (and
+    oldWithNew, when sent, with the new key). It is then a trust anchor beside
+    the old one, both are stored in x509ca/ and loaded into charon; the old root
+    is dropped once it has expired.
+    """
+    env = _env()
+    _ca_step(name, "rootca", no_deploy,
+             lambda life, s: life.update_root(s, store=env.store))
+
+
+@request.command("revoke")
+@_name_argument()
+@click.option("--reason", default="unspecified", show_default=True, metavar="REASON",
+              help="CRL reason: unspecified, keyCompromise, cACompromise, "
+              "affiliationChanged, superseded, cessationOfOperation, certificateHold, "
+              "privilegeWithdrawn, aACompromise.")
+@click.option("--serial", metavar="HEX",
+              help="Revoke this certificate of the session (the current one or one kept in "
+              "the archive) instead of the current one.")
+@json_option
+def request_revoke(name: str, reason: str, serial: str | None) -> None:
+    """Revocation request (rr, RFC 9483 4.2) for NAME's certificate, signed with its key.
+
+    Revoking the current certificate ends key updates with it: the CA refuses
+    them, and `swcmp status` says so; enroll again with `swcmp request initial`.
+    """
+    from swcmp.calife import reason_code
+
+    code = reason_code(reason)
+    try:
+        number = int(serial, 16) if serial is not None else None
+    except ValueError:
+        raise _refuse(f"--serial {serial!r} is not a hexadecimal number",
+                      "give the serial as `swcmp status NAME` shows it") from None
+    _ca_step(name, "rr", True,
+             lambda life, s: life.revoke(s, serial=number, reason=code))
+
+
+@request.command("crl")
+@_name_argument()
+@_deploy_option
+@json_option
+def request_crl(name: str, no_deploy: bool) -> None:
+    """Fetch the CA's CRL (genm currentCRL) into x509crl/NAME.crl and load it into charon.
+
+    Taken only if it is signed by the issuer of the session's certificate and is
+    not older than the cached one. `serve` does this whenever the cached CRL is due.
+    """
+    _ca_step(name, "crl", no_deploy, lambda life, s: life.refresh_crl(s))
 
 
 # --- statistics ------------------------------------------------------------------------
@@ -1166,6 +1294,7 @@ def _cert_info(path: Path, now: datetime) -> dict[str, Any] | None:
 
 def _status_entry(env: CliEnv, s: Session, now: datetime, role: Role | None) -> dict[str, Any]:
     from swcmp import certs
+    from swcmp.calife import status_info
     from swcmp.renewal import interrupted, plan
     from swcmp.state import StateStore
 
@@ -1206,6 +1335,7 @@ def _status_entry(env: CliEnv, s: Session, now: datetime, role: Role | None) -> 
             else None
         ),
         "charon": st.charon,
+        "ca": status_info(s, env.paths, now),
     }
 
 

@@ -324,6 +324,18 @@ class CMPClient:
                 return codec.parse_root_ca_key_update(v.value_der)
         return None
 
+    def current_crl(self, *, protection: Protection) -> x509.CertificateRevocationList | None:
+        """genm id-it-currentCRL (RFC 4210 5.3.19.6): the CA's latest CRL; None when the
+        CA sends none. The CRL is not checked here: its signer is the caller's question."""
+        values = self._genm(protection, [InfoValue(oids.IT_CURRENT_CRL, None)])
+        for v in values:
+            if v.oid == oids.IT_CURRENT_CRL and v.value_der is not None:
+                try:
+                    return x509.load_der_x509_crl(v.value_der)
+                except ValueError as e:
+                    raise ProtocolError(f"the CA's currentCRL does not parse: {e}") from e
+        return None
+
     def revoke(self, *, cert: x509.Certificate, protection: Protection,
                reason: int = REASON_UNSPECIFIED) -> StatusInfo:
         """rr: revoke ``cert`` (e.g. the one a key update superseded).

@@ -601,6 +601,7 @@ FIELDS: Final[dict[str, FieldSpec]] = {
         FieldSpec("timeout", "--timeout", _timeout),
         FieldSpec("tls_client_cert", "--tls-client-cert", _opt(_path), path=True),
         FieldSpec("tls_client_key", "--tls-client-key", _opt(_path), path=True),
+        FieldSpec("revoke_superseded", "--revoke-superseded", _bool),
     )
 }
 
@@ -664,6 +665,8 @@ class Session:
             the answer's last byte (polling a waiting CA has its own limit).
         tls_client_cert: TLS client certificate for a CA behind mutual TLS (https).
         tls_client_key: its private key (a 0600 file).
+        revoke_superseded: after a key update, revoke the replaced certificate (rr,
+            reason superseded); a failure is retried and never undoes the renewal.
         entity_dn: ``entity`` parsed (derived).
         ca_dn: ``ca_name`` parsed (derived).
         san_names: ``sans`` parsed (derived).
@@ -696,6 +699,7 @@ class Session:
     timeout: int = 60
     tls_client_cert: Path | None = None
     tls_client_key: Path | None = None
+    revoke_superseded: bool = False
     entity_dn: x509.Name | None = field(init=False, repr=False, compare=False)
     ca_dn: x509.Name | None = field(init=False, repr=False, compare=False)
     san_names: tuple[x509.GeneralName, ...] = field(init=False, repr=False, compare=False)

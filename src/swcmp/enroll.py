@@ -287,11 +287,14 @@ def current_pair(session: Session, paths: Paths) -> CredentialPair | None:
     kp, cp = paths.key_file(session.key), paths.cert_file(session.name)
     if not (kp.exists() and cp.exists()):
         return None
+    from swcmp.calife import root_cert_files  # the roots of a rollover go with them
+
     return CredentialPair(
         session=session.name, key_path=kp, cert_path=cp,
         key_pem=read_file(kp, "private key"), cert_pem=read_file(cp, "certificate"),
         ca_certs_pem=tuple(read_file(p, "CA certificate")
-                           for p in paths.ca_cert_files(session.name)),
+                           for p in (*paths.ca_cert_files(session.name),
+                                     *root_cert_files(paths, session.name))),
     )
 
 

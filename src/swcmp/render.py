@@ -295,6 +295,10 @@ def status_text(entries: Sequence[Mapping[str, Any]]) -> str:
         rows.append(("last result", last_text))
         if e.get("charon"):
             rows.append(("charon", str(e["charon"])))
+        if e.get("ca"):
+            from swcmp.calife import status_rows
+
+            rows += status_rows(e["ca"])
         width = max(len(k) for k, _ in rows)
         blocks.append(
             "\n".join([f"session {e['session']}"] + [f"  {k:<{width}}  {v}" for k, v in rows])

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
@@ -44,6 +45,9 @@ from swcmp.metrics import REFRESH, CharonView, failure_key
 from swcmp.renewal import NeedsInitialRequest, Plan, RenewalError, Renewer, plan, retry_delay
 from swcmp.state import SessionState, StateStore
 from swcmp.text import safe
+
+if TYPE_CHECKING:
+    from swcmp.calife import CaLife
 
 log = logging.getLogger(__name__)
 
@@ -227,12 +231,35 @@ class RenewalService:
             todo.append((len(reports) - 1, s, p))
         for i, report in self._renew_by_ca(todo):
             reports[i] = report
+        ca_due: list[datetime] = []
         if not dry_run and not standby:
             self.unload_stale_keys()
+            if due_only and not names:  # serve and `renew --due`: the CA's weekly questions
+                ca_due = self._ca_life_pass()
         seen = self._survey()  # once, after the renewals: for the metrics and the schedule
         self.write_metrics(seen)
-        self.next_check = self._earliest(seen)
+        self.next_check = min([t for t in [self._earliest(seen), *ca_due] if t is not None],
+                              default=None)
         return reports
+
+    def _ca_life_pass(self) -> list[datetime]:
+        """CA certificates, root CA update, CRL, pending revocations (see swcmp.calife)
+        for sessions with auto-update; returns when each needs attention next."""
+        life = self.ca_life()
+        due: list[datetime] = []
+        for s in self.sessions():
+            if not s.auto_update:
+                continue
+            try:
+                for note in life.maintain(s):
+                    log.info("%s: %s", s.name, note)
+                t = life.next_due(s)
+            except SwcmpError as e:
+                log.warning("%s: CA maintenance failed: %s", s.name, e)
+                continue
+            if t is not None:
+                due.append(max(t, self.clock() + timedelta(minutes=1)))
+        return due
 
     def _renew_by_ca(self, todo: Sequence[tuple[int, Session, Plan]]
                      ) -> list[tuple[int, SessionReport]]:
@@ -297,6 +324,7 @@ class RenewalService:
         states = StateStore(self.paths)
         self._set_state(s.name, "in_progress")
         now = self.clock()
+        replaced = load_cert(self.paths, s.name)
         try:
             try:
                 outcome = self.renewer(s).renew(s, regenerate=regenerate)
@@ -343,8 +371,16 @@ class RenewalService:
             st.charon = outcome.charon
             st.record("kur", True, outcome.message, now=now, serial=outcome.serial)
             st.count_renewal()
+        # The CA's side of a renewal: its certificates, the superseded one's revocation.
+        # Reported, never undoing the renewal (calife catches its own failures).
+        self.ca_life().after_renewal(s, replaced, outcome.serial)
         self._run_hooks(s, outcome)
         return outcome
+
+    def ca_life(self) -> CaLife:
+        from swcmp.calife import CaLife
+
+        return CaLife(self.paths, vici=self.vici, clock=self.clock)
 
     def renew_one(self, s: Session, p: Plan | None = None) -> SessionReport:
         """:meth:`renew_now` for a pass: failures become a report instead of an error."""
@@ -567,7 +603,7 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
     """
     from swcmp.enroll import current_pair
     from swcmp.renewal import Journal
-    from swcmp.strongswan import load_current, reload_pinned_connections
+    from swcmp.strongswan import load_authorities, load_current, reload_pinned_connections
 
     finished: list[str] = []
     pairs = []
@@ -604,6 +640,12 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
             if pair is not None:
                 pairs.append(pair)
         result = load_current(uri, pairs, timeout=timeout)
+        crls = _stored_crls(paths, sessions)
+        if crls:
+            try:
+                load_authorities(uri, [], crls, timeout=timeout)
+            except SwcmpError as e:
+                log.error("could not load the stored CRLs: %s", e)
         resent: list[str] = []
         for s in sessions:
             # pinned connections carry the certificate in their config: re-send them
@@ -617,3 +659,18 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
     if resent:
         note += f"; re-sent pinned connection(s) {', '.join(resent)}"
     return f"{result.detail}{note}"
+
+
+def _stored_crls(paths: Paths, sessions: Sequence[Session]) -> list[bytes]:
+    """The CRLs stored by swcmp for ``sessions`` (x509crl/<session>.crl)."""
+    from swcmp.calife import crl_file
+
+    out = []
+    for s in sessions:
+        try:
+            out.append(crl_file(paths, s.name).read_bytes())
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            log.warning("%s: cannot read its CRL: %s", s.name, e)
+    return out

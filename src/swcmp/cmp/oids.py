@@ -60,6 +60,7 @@ IT_CA_CERTS = str(rfc9480.id_it_caCerts)
 IT_ROOT_CA_KEY_UPDATE = str(rfc9480.id_it_rootCaKeyUpdate)
 IT_ROOT_CA_CERT = str(rfc9480.id_it_rootCaCert)
 IT_CERT_PROFILE = str(rfc9480.id_it_certProfile)
+IT_CURRENT_CRL = str(rfc9480.id_it_currentCRL)
 
 # Extended key usages of CMP servers (RFC 6402 2.10)
 KP_CMC_CA = str(rfc6402.id_kp_cmcCA)
@@ -68,3 +69,7 @@ KP_CMC_RA = str(rfc6402.id_kp_cmcRA)
 # Extensions
 SUBJECT_ALT_NAME = str(rfc5280.id_ce_subjectAltName)
 CRL_REASON = str(rfc5280.id_ce_cRLReasons)
+
+#: CRLReason codes by name (RFC 5280 5.3.1): unspecified 0, keyCompromise 1, ...
+CRL_REASONS: dict[str, int] = {str(name): int(value)
+                               for name, value in rfc5280.CRLReason.namedValues.items()}
