@@ -241,3 +241,78 @@ def test_rr_with_reason_then_kur_refused(mock: MockCA, tmp_path: Path) -> None:
     result = gw.run("request", "keyupdate", "gw", "--regenerate", code=None)
     assert result.exit_code != 0
     assert "certRevoked" in result.output, result.output
+
+
+# The same flows through the CLI (issue 13): what an operator runs.
+
+def test_cli_cacerts_stores_what_chains(mock: MockCA, tmp_path: Path) -> None:
+    gw = enrolled(mock, tmp_path, "swcmp-cli-cacerts.example.net")
+    gw.run("session", "set", "gw", "--ignore-keyusage")
+    got = gw.json("request", "cacerts", "gw")
+    assert got["ok"] is True and got["action"] == "cacerts", got
+    stored = [x509.load_pem_x509_certificate(Path(p).read_bytes())
+              for p in sorted((gw.swanctl_dir / "x509ca").glob("gw-ca*.crt"))]
+    assert root() in stored
+    # asked again: the same set, nothing rewritten
+    again = gw.json("request", "cacerts", "gw")
+    assert again["changed"] is False, again
+    stats = gw.json("stats", "gw")["sessions"][0]["stats"]
+    assert stats["genm"]["sent"] == 2 and stats["genm"]["received"] == 2
+
+
+def test_cli_rootca_verifies_the_links_and_refuses_a_root_that_is_no_ca(
+        mock: MockCA, tmp_path: Path) -> None:
+    # The Mock CA announces an ML-DSA-44 root. Its newWithOld (signed with the Ed25519
+    # root) and oldWithNew (signed with the ML-DSA key) both verify, but its newWithNew
+    # has no basicConstraints: it cannot be a CA (RFC 5280 4.2.1.9; OpenSSL refuses such
+    # an anchor too), so swcmp says so and stores nothing.
+    gw = enrolled(mock, tmp_path, "swcmp-cli-rootca.example.net")
+    gw.run("session", "set", "gw", "--ignore-keyusage")
+    trust_before = gw.session().trust
+    result = gw.run("request", "rootca", "gw", code=None)
+    assert result.exit_code != 0
+    assert ("newWithOld verifies with the current root and oldWithNew with the new key, "
+            "but newWithNew cannot be a trust anchor") in result.output, result.output
+    assert "basicConstraints" in result.output and "nothing was stored" in result.output
+    assert not list((gw.swanctl_dir / "x509ca").glob("gw-root-*"))
+    assert gw.session().trust == trust_before
+    status = gw.json("status", "gw")["sessions"][0]["ca"]
+    assert status["rollover"] is None and len(status["roots"]) == 1
+    assert "newWithNew cannot be a trust anchor" in status["last_error"]["rootCaCert"]
+    # A refusal by swcmp is not the CA refusing the question: it is asked again.
+    assert "rootCaCert" not in status["unsupported"]
+
+
+def test_cli_revoke_with_reason_then_kur_refused(mock: MockCA, tmp_path: Path) -> None:
+    gw = enrolled(mock, tmp_path, "swcmp-cli-rr.example.net")
+    gw.run("session", "set", "gw", "--ignore-keyusage")
+    serial = f"{gw.cert.serial_number:x}"
+    got = gw.json("request", "revoke", "gw", "--reason", "keyCompromise")
+    assert got["ok"] is True and "keyCompromise" in got["message"], got
+    result = gw.run("request", "keyupdate", "gw", "--regenerate", code=None)
+    assert result.exit_code != 0 and "certRevoked" in result.output, result.output
+    status = gw.run("status", "gw").stdout
+    assert f"serial {serial} was revoked (keyCompromise)" in status, status
+    assert "certRevoked" in status, status  # the refused key update, from the CA's words
+    gw.assert_pair()  # the refused renewal left the pair alone
+
+
+def test_cli_unknown_reason_is_refused_before_sending(mock: MockCA, tmp_path: Path) -> None:
+    gw = enrolled(mock, tmp_path, "swcmp-cli-rr-bad.example.net")
+    result = gw.run("request", "revoke", "gw", "--reason", "bored", code=None)
+    assert result.exit_code != 0 and "superseded" in result.output, result.output
+    assert gw.json("stats", "gw")["sessions"][0]["stats"]["rr"]["sent"] == 0
+
+
+def test_cli_crl_into_x509crl(mock: MockCA, tmp_path: Path) -> None:
+    gw = enrolled(mock, tmp_path, "swcmp-cli-crl.example.net")
+    gw.run("session", "set", "gw", "--ignore-keyusage")
+    gw.json("request", "revoke", "gw", "--reason", "superseded")
+    serial = gw.cert.serial_number
+    got = gw.json("request", "crl", "gw")
+    assert got["ok"] is True and got["changed"] is True, got
+    crl = x509.load_der_x509_crl((gw.swanctl_dir / "x509crl" / "gw.crl").read_bytes())
+    assert crl.is_signature_valid(root().public_key())  # type: ignore[arg-type]
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+    status = gw.json("status", "gw")["sessions"][0]["ca"]
+    assert status["crl"]["entries"] == len(crl)

@@ -308,10 +308,17 @@ class CaLife:
         return make_client(session, transport=self.transport, paths=self.paths)
 
     def _protection(self, session: Session) -> Protection:
-        """Signed with the session's certificate when it has one, else the MAC."""
+        """Signed with the session's certificate when it has one (and it is not revoked),
+        else the MAC."""
         from swcmp.enroll import mac_protection, signature_protection
 
-        if _current_cert(self.paths, session.name) is not None or session.auth_cert:
+        cur = _current_cert(self.paths, session.name)
+        revoked = cur is not None and any(
+            r.get("serial") == f"{cur.serial_number:x}"
+            for r in CaLifeStore(self.paths, session.name).load().revoked)
+        if revoked and session.mac_ref:
+            return mac_protection(session)  # a revoked certificate signs nothing the CA takes
+        if cur is not None or session.auth_cert:
             try:
                 return signature_protection(session, self.paths)
             except SwcmpError as e:
@@ -526,35 +533,38 @@ class CaLife:
 
         new = load(update.new_with_new, "newWithNew")
         link = load(update.new_with_old, "newWithOld")
+        owner = (load(update.old_with_new, "oldWithNew")
+                 if update.old_with_new is not None else None)
         fail = None
+        # First the signatures: they say whether the update comes from the holder of the
+        # current root's key at all; then what the new root may be used for.
         if not _signed_by(link, old):
             fail = (f"newWithOld is not signed by the current root {certs.describe(old)} "
                     "(the CA, or someone on the path, sent a root we cannot link to it)")
         elif certs.spki_of(link) != certs.spki_of(new):
             fail = "newWithOld certifies another key than newWithNew"
-        elif new.subject != new.issuer:
-            fail = f"newWithNew {certs.describe(new)} is not self-issued"
-        elif new.subject != old.subject and link.subject != new.subject:
-            fail = "newWithOld names another subject than newWithNew"
-        elif certs.may_sign_certificates(new) is not None:
-            fail = f"newWithNew: {certs.may_sign_certificates(new)}"
-        elif self.clock() > new.not_valid_after_utc:
-            fail = f"newWithNew {certs.describe(new)} has expired"
+        elif new.subject != new.issuer or link.subject != new.subject:
+            fail = (f"newWithNew {certs.describe(new)} is not self-issued, or newWithOld "
+                    "names another subject")
+        elif _check_signature(new, new) is False:
+            fail = "newWithNew's self-signature does not verify"
+        elif owner is not None and certs.spki_of(owner) != certs.spki_of(old):
+            fail = "oldWithNew certifies another key than the current root's"
+        elif owner is not None and _check_signature(owner, new) is False:
+            fail = "oldWithNew does not verify with the new root's key"
         if fail is None:
-            verdict = _check_signature(new, new)
-            if verdict is False:
-                fail = "newWithNew's self-signature does not verify"
-            elif verdict is None:
+            if _check_signature(new, new) is None:
                 log.warning("%s: cannot check the self-signature of the new root %s (its key "
                             "type is not supported here); trusting it on newWithOld, which "
                             "verifies with the current root", session.name,
                             certs.describe(new))
-        if fail is None and update.old_with_new is not None:
-            owner = load(update.old_with_new, "oldWithNew")
-            if certs.spki_of(owner) != certs.spki_of(old):
-                fail = "oldWithNew certifies another key than the current root's"
-            elif _check_signature(owner, new) is False:
-                fail = "oldWithNew does not verify with the new root's key"
+            verified = ("newWithOld verifies with the current root"
+                        + (" and oldWithNew with the new key" if owner is not None else ""))
+            why = certs.may_sign_certificates(new)
+            if why is not None:
+                fail = f"{verified}, but newWithNew cannot be a trust anchor: {why}"
+            elif self.clock() > new.not_valid_after_utc:
+                fail = f"{verified}, but newWithNew {certs.describe(new)} has expired"
         if fail is not None:
             raise self._refused(session, ROOT_UPDATE, f"root CA update refused: {fail}")
         return new
