@@ -415,7 +415,7 @@ class CaLife:
                 raise self._refused(session, CA_CERTS, f"caCerts answer refused: {e}") from e
         stored = session_ca_certs(session, self.paths)
         keep = self._in_use(session, stored, anchors, checked)
-        new_set = list(dict.fromkeys([*checked, *keep]))
+        new_set = self._arrange(session, [*checked, *keep])
         if set(new_set) == set(stored):
             return Result(session.name, "cacerts", False,
                           f"CA certificates unchanged ({len(new_set)})",
@@ -429,6 +429,27 @@ class CaLife:
                       f"{len(new_set)} CA certificate(s) stored ({len(added)} new"
                       + (f", {len(keep)} kept in use" if keep else "") + ")",
                       files=files, charon=charon)
+
+    def _arrange(self, session: Session, wanted: Sequence[x509.Certificate]
+                 ) -> list[x509.Certificate]:
+        """``wanted`` in x509ca order, a file that is a trust anchor of the session (an IR
+        may have made one) keeping its place and content: caCerts never rewrites trust."""
+        files = self.paths.ca_cert_files(session.name)
+        trust = set(session.trust)
+        pinned: dict[int, x509.Certificate] = {}
+        for i, p in enumerate(files):
+            if p in trust:
+                got = _read_certs([p])
+                if got:
+                    pinned[i] = got[0]
+        rest = [c for c in dict.fromkeys(wanted) if c not in pinned.values()]
+        out: list[x509.Certificate] = []
+        for i in range(len(pinned) + len(rest)):
+            if i in pinned:
+                out.append(pinned[i])
+            elif rest:
+                out.append(rest.pop(0))
+        return [*out, *rest]
 
     def _in_use(self, session: Session, stored: Sequence[x509.Certificate],
                 anchors: Sequence[x509.Certificate],
@@ -494,10 +515,13 @@ class CaLife:
         new_path, old_path = (root_cert_file(self.paths, session.name, c) for c in (new, old))
         fsutil.atomic_write(old_path, certs.pem_of(old), mode=0o644)
         fsutil.atomic_write(new_path, certs.pem_of(new), mode=0o644)
+        # Both roots by files of their own: whatever later happens to the file the old
+        # anchor came from (an x509ca/ file a caCerts answer may rewrite), both stay.
         trust = [str(p) for p in session.trust]
-        if str(new_path) not in trust:
+        added = [str(p) for p in (old_path, new_path) if str(p) not in trust]
+        if added:
             (store or SessionStore(self.paths.config_dir)).update(
-                session.name, set_values={"trust": (*trust, str(new_path))})
+                session.name, set_values={"trust": (*trust, *added)})
         now = self.clock()
         with CaLifeStore(self.paths, session.name).update() as st:
             st.rollover = {

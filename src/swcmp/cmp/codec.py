@@ -806,6 +806,16 @@ def parse_root_ca_key_update(value_der: bytes | None) -> RootCaKeyUpdate | None:
     return RootCaKeyUpdate(kids[0].raw, new_with_old, old_with_new)
 
 
+def root_ca_key_update_der(update: RootCaKeyUpdate) -> bytes:
+    """An id-it-rootCaKeyUpdate value (RootCaKeyUpdateContent, RFC 9480 2.4), for a CA:
+    newWithNew, then [0] newWithOld and [1] oldWithNew, each explicitly tagged."""
+    parts = [update.new_with_new]
+    for tag, cert in ((0xA0, update.new_with_old), (0xA1, update.old_with_new)):
+        if cert is not None:
+            parts.append(bytes([tag]) + der.encode_length(len(cert)) + cert)
+    return der.sequence(*parts)
+
+
 def extensions_der(entries: Sequence[tuple[str, bool, bytes]]) -> bytes:
     """DER Extensions from (OID, critical, extnValue DER) triples."""
     exts = rfc5280.Extensions()

@@ -156,6 +156,39 @@ def init(directory: Path, key_type: str, verbose: bool) -> None:
                f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z")
 
 
+@testca.command()
+@_DIR
+@click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
+def rollover(directory: Path, verbose: bool) -> None:
+    """Give the CA in DIR a new root key (RFC 4210 4.4 root CA key update).
+
+    Makes newWithNew (the new root, now ca.crt), newWithOld and oldWithNew (in
+    rollover/) and keeps the old root as old-ca.crt. A CA serving DIR picks it up
+    at its next request: it issues with the new key, answers genm rootCaCert with
+    the three certificates, and still takes and revokes what the old root issued.
+    """
+    from swcmp.fsutil import exclusive_lock
+    from swcmp.testca.authority import NEW_WITH_OLD_FILE, OLD_CERT_FILE, ROLLOVER_DIR, roll_over
+
+    _setup_logging(verbose)
+    try:
+        # Its own lock: a serving CA holds the directory's, and follows the rollover.
+        with exclusive_lock(directory, "testca-rollover", blocking=False,
+                            what=f"rollover of test CA {directory}"):
+            if not (directory / "ca.crt").exists():
+                raise click.ClickException(f"no test CA in {directory}: run `swcmp testca "
+                                           "init --dir` first")
+            authority = roll_over(directory, now=datetime.now(UTC))
+    except SwcmpError as e:
+        raise click.ClickException(str(e)) from e
+    assert authority.previous is not None
+    click.echo(f"new root: {directory / 'ca.crt'} ({keys.key_type_of(authority.key)}, valid "
+               f"until {authority.cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z)")
+    click.echo(f"old root: {directory / OLD_CERT_FILE} (valid until "
+               f"{authority.previous.cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z)")
+    click.echo(f"newWithOld: {directory / ROLLOVER_DIR / NEW_WITH_OLD_FILE}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``testca`` group as a program; return the exit status."""
     try:

@@ -10,7 +10,11 @@ from swcmp import keys
 from swcmp.errors import FAILURE_BIT, ConfigError
 
 #: Faults the CA can inject into its answers; every one must make a careful client refuse.
-FAULTS = ("wrong-nonce", "bad-protection", "unprotected", "other-key")
+FAULTS = ("wrong-nonce", "bad-protection", "unprotected", "other-key",
+          # genm answers a client must refuse: a caCerts certificate with the CA's name
+          # but a stranger's signature, a newWithOld the old root did not sign, a CRL
+          # signed by a stranger under the CA's name
+          "foreign-ca-cert", "bad-new-with-old", "foreign-crl")
 
 #: Largest request body accepted over HTTP; a CMP request with a few certificates is a few KiB.
 DEFAULT_MAX_REQUEST = 64 * 1024

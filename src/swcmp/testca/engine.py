@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -47,6 +48,7 @@ from swcmp.models import (
     PKIMessageInfo,
     PollRepEntry,
     RevDetailsInfo,
+    RootCaKeyUpdate,
     StatusInfo,
 )
 from swcmp.protection import (
@@ -57,7 +59,7 @@ from swcmp.protection import (
     verify_mac,
 )
 from swcmp.testca import derutil
-from swcmp.testca.authority import Authority, is_supported_key
+from swcmp.testca.authority import Authority, is_supported_key, rollover_stamp
 from swcmp.testca.config import CAConfig
 from swcmp.testca.state import (
     AWAITING_CONF,
@@ -177,6 +179,34 @@ class CMPEngine:
         #: else the sender name (RFC 4514); in memory only.
         self.requests: Counter[tuple[str, str]] = Counter()
         self._requests_lock = threading.Lock()
+        #: the directory whose `testca rollover` this engine follows (None: none)
+        self.directory: Path | None = None
+        self._rollover_seen = 0
+        self._crl_number = 0
+        self._forger: Authority | None = None
+
+    def follow(self, directory: Path) -> None:
+        """Pick up a rollover made in ``directory`` (by ``swcmp testca rollover``)."""
+        self.directory = directory
+        self._rollover_seen = rollover_stamp(directory)
+
+    def _follow_rollover(self) -> None:
+        if self.directory is None:
+            return
+        stamp = rollover_stamp(self.directory)
+        if stamp in (0, self._rollover_seen):
+            return
+        try:
+            authority = Authority.load_or_create(self.directory, key_type=self.config.key_type,
+                                                 now=self.clock())
+        except SwcmpError as e:
+            log.error("cannot load the rolled-over CA: %s (keeping the current key)", e)
+            return
+        self.authority = authority
+        self._signer = SignatureProtection(key=authority.key, cert=authority.cert,
+                                           send_cert=self.config.signer_in_extra_certs)
+        self._rollover_seen = stamp
+        log.info("now issuing with the new root %s", certs.describe(authority.cert))
 
     # ------------------------------------------------------------------ entry point
 
@@ -188,6 +218,7 @@ class CMPEngine:
         """
         if self.config.delay:
             self.sleep(self.config.delay)
+        self._follow_rollover()
         started = time.monotonic()
         nonce = os.urandom(ID_LENGTH)
         try:
@@ -689,11 +720,16 @@ class CMPEngine:
         out: list[InfoValue] = []
         for item in items:
             if item.oid == oids.IT_CA_CERTS:
-                out.append(InfoValue(oids.IT_CA_CERTS,
-                                     codec.cert_seq_der([self.authority.cert_der])))
+                sent = [self.authority.cert_der]
+                if self.config.fault == "foreign-ca-cert":
+                    sent.append(certs.der_of(self._stranger().cert))
+                out.append(InfoValue(oids.IT_CA_CERTS, codec.cert_seq_der(sent)))
             elif item.oid == oids.IT_ROOT_CA_CERT:
-                # RFC 9483 4.3.2: no value means the root has no update.
-                out.append(InfoValue(oids.IT_ROOT_CA_KEY_UPDATE, None))
+                # RFC 9483 4.3.2: no value means the root has no update (for a client
+                # that names the new root as its own, there is none either).
+                out.append(InfoValue(oids.IT_ROOT_CA_KEY_UPDATE, self._root_update(item)))
+            elif item.oid == oids.IT_CURRENT_CRL:
+                out.append(InfoValue(oids.IT_CURRENT_CRL, self._current_crl()))
             else:
                 # RFC 4210 5.3.19: an infoType we cannot answer comes back without a value.
                 out.append(InfoValue(item.oid, None))
@@ -701,6 +737,41 @@ class CMPEngine:
             self.store.finish(msg.header.transaction_id, self.clock())
         return Answer("genp", codec.genm_body(out, kind="genp"),
                       note=", ".join(i.oid for i in items))
+
+    def _root_update(self, item: InfoValue) -> bytes | None:
+        a = self.authority
+        if a.previous is None or a.new_with_old is None:
+            return None
+        if item.value_der is not None:
+            try:
+                theirs = certs.load_certificate(item.value_der)
+            except SwcmpError as e:
+                raise Refusal("badDataFormat", f"rootCaCert does not parse: {e}") from e
+            if theirs != a.previous.cert:
+                return None
+        link = a.new_with_old
+        if self.config.fault == "bad-new-with-old":
+            link = self._stranger().cross_sign(a.new_with_old)
+        return codec.root_ca_key_update_der(RootCaKeyUpdate(
+            a.cert_der, certs.der_of(link),
+            certs.der_of(a.old_with_new) if a.old_with_new is not None else None))
+
+    def _current_crl(self) -> bytes:
+        """The CRL of every certificate this CA revoked, signed by its current key."""
+        with self.store.lock:
+            revoked = [(r.serial, r.revoked_at or r.issued_at, r.reason_code)
+                       for r in self.store.issued.values() if r.status == REVOKED]
+            self._crl_number += 1
+            number = self._crl_number
+        signer = self._stranger() if self.config.fault == "foreign-crl" else self.authority
+        crl = signer.crl(revoked, now=self.clock(), number=number)
+        return crl.public_bytes(serialization.Encoding.DER)
+
+    def _stranger(self) -> Authority:
+        """A CA with this CA's name and another key: what a forger would sign with."""
+        if self._forger is None:
+            self._forger = Authority.impostor(self.authority, now=self.clock())
+        return self._forger
 
     def _revoke(self, msg: PKIMessageInfo, auth: Auth) -> Answer:
         assert isinstance(msg.body, tuple) and msg.header.transaction_id is not None
@@ -724,6 +795,7 @@ class CMPEngine:
             self._check_unused(msg.header.transaction_id)
             rec.status = REVOKED
             rec.reason = f"rr, reason code {d.reason}" if d.reason is not None else "rr"
+            rec.revoked_at, rec.reason_code = self.clock(), d.reason
             self.store.finish(msg.header.transaction_id, self.clock())
         log.info("revoked serial %x ('%s')", rec.serial, rec.subject)
         return Answer("rp", codec.rp_body([StatusInfo(ACCEPTED)]), note=f"serial {rec.serial:x}")
@@ -740,6 +812,15 @@ class CMPEngine:
             assert ref is not None and secret is not None
             return MacProtection(reference=ref, secret=secret, mac_alg=auth.mac_alg,
                                  iterations=auth.iterations)
+        prev = self.authority.previous
+        if (auth is not None and auth.signer is not None and prev is not None
+                and prev.issued_here(auth.signer)
+                and auth.signer.issuer == self.authority.cert.subject
+                and not _signed_by(auth.signer, self.authority.cert)):
+            # A client with a certificate of the old root may not know the new one yet
+            # (RFC 4210 4.4): answer it with the old key, which it trusts.
+            return SignatureProtection(key=prev.key, cert=prev.cert,
+                                       send_cert=self.config.signer_in_extra_certs)
         return self._signer
 
     def _encode(self, h: Header, auth: Auth | None, answer: Answer, nonce: bytes) -> bytes:
@@ -796,6 +877,14 @@ class CMPEngine:
 
 
 # ---------------------------------------------------------------------- pure checks
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 def _hex(b: bytes | None) -> str:

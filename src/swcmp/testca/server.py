@@ -170,6 +170,7 @@ class TestCA:
                                                  now=self.clock())
             store = StateStore.open(self.directory)
             engine = CMPEngine(authority, store, self.config, clock=self.clock)
+            engine.follow(self.directory)
             server = _Server((self.host, self._port), engine, self.config.max_request_size)
             stack.callback(server.server_close)
             thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},

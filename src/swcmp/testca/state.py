@@ -57,12 +57,17 @@ class CertRecord:
     issued_at: datetime
     transaction: str
     reason: str = ""
+    #: for a revoked certificate: when, and the CRL reason code the rr gave
+    revoked_at: datetime | None = None
+    reason_code: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         # By hand, not dataclasses.asdict: the whole state is written after every change.
         return {"serial": f"{self.serial:x}", "subject": self.subject, "status": self.status,
                 "not_after": self.not_after.isoformat(), "issued_at": self.issued_at.isoformat(),
-                "transaction": self.transaction, "reason": self.reason}
+                "transaction": self.transaction, "reason": self.reason,
+                "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+                "reason_code": self.reason_code}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> CertRecord:
@@ -71,7 +76,11 @@ class CertRecord:
         return cls(serial=int(d["serial"], 16), subject=str(d["subject"]),
                    status=str(d["status"]), not_after=datetime.fromisoformat(d["not_after"]),
                    issued_at=datetime.fromisoformat(d["issued_at"]),
-                   transaction=str(d["transaction"]), reason=str(d.get("reason", "")))
+                   transaction=str(d["transaction"]), reason=str(d.get("reason", "")),
+                   revoked_at=(datetime.fromisoformat(d["revoked_at"])
+                               if d.get("revoked_at") else None),
+                   reason_code=(int(d["reason_code"]) if isinstance(d.get("reason_code"), int)
+                                else None))
 
 
 @dataclass
