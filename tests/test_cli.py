@@ -496,7 +496,7 @@ def test_check_fails_then_passes_and_enable_is_refused_then_accepted(env: Env) -
     env.complete_session()
     passed = env.run("session", "check", "gw1")
     assert passed.exit_code == 0, passed.output
-    assert "FAIL" not in passed.stdout and "all 11 checks passed" in passed.stdout
+    assert "FAIL" not in passed.stdout and "all 12 checks passed" in passed.stdout
     enabled = env.run("session", "enable-auto-update", "gw1")
     assert enabled.exit_code == 0, enabled.output
     assert "auto-update enabled" in enabled.stdout
@@ -787,7 +787,7 @@ def test_status_table_sorted_by_urgency(env: Env) -> None:
     assert [e["session"] for e in data["sessions"]] == sorted(certs)
     assert set(data["sessions"][0]) == {
         "session", "auto_update", "state", "reason", "certificate", "next_renewal",
-        "next_attempt", "failures", "last_result", "charon"}
+        "next_attempt", "failures", "last_result", "charon", "ca"}
     assert data["errors"][0]["path"].endswith("e-broken.toml")
 
 

@@ -859,10 +859,10 @@ def session_delete(name: str, revoke: bool) -> None:
             env.store.load(name), reason=reason_code("cessationOfOperation")).message
     env.store.delete(name)
     text = f"deleted session {name} ({path}); its key, certificates and state are left in place"
-    env.emit(
-        {"session": name, "deleted": True, "path": str(path), "revoked": revoked},
-        f"{revoked}\n{text}" if revoked else text,
-    )
+    data: dict[str, object] = {"session": name, "deleted": True, "path": str(path)}
+    if revoked is not None:
+        data["revoked"] = revoked
+    env.emit(data, f"{revoked}\n{text}" if revoked else text)
 
 
 def _run_checks(env: CliEnv, s: Session) -> list[CheckResult]:
