@@ -12,10 +12,8 @@ from cryptography import x509
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from swcmp import certs, keys
-from swcmp.cmp import codec, oids
-from swcmp.errors import ProtocolError
-from swcmp.models import (
+from swcmp.cmp import certs, codec, keys, oids
+from swcmp.cmp.messages import (
     AlgorithmId,
     CertRepContent,
     CertRequestInfo,
@@ -28,6 +26,7 @@ from swcmp.models import (
     RevRepInfo,
     StatusInfo,
 )
+from swcmp.errors import ProtocolError
 
 DATA = Path(__file__).parent / "data" / "openssl-3.0"
 ROOT_DER = certs.der_of(certs.load_certificate((DATA / "pki" / "root.crt").read_bytes()))

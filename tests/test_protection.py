@@ -14,17 +14,16 @@ from pyasn1.type import univ
 from pyasn1_alt_modules import rfc8018, rfc9480
 
 from pki import CMC_RA, TestPKI, make_pki
-from swcmp import keys
-from swcmp.cmp import codec, oids
-from swcmp.errors import ConfigError, ProtectionError
-from swcmp.models import AlgorithmId
-from swcmp.protection import (
+from swcmp.cmp import codec, keys, oids
+from swcmp.cmp.messages import AlgorithmId
+from swcmp.cmp.protection import (
     MacProtection,
     Protection,
     SignatureProtection,
     verify_mac,
     verify_response,
 )
+from swcmp.errors import ConfigError, ProtectionError
 
 NOW = dt.datetime.now(dt.UTC)
 

@@ -1,7 +1,7 @@
 """Build and parse CMP PKIMessages (RFC 4210, RFC 9480, CRMF RFC 4211).
 
 The only module that touches pyasn1. Builders return DER bytes; the parser
-returns :mod:`swcmp.models` dataclasses. A message is assembled by hand from
+returns :mod:`swcmp.cmp.messages` dataclasses. A message is assembled by hand from
 the encoded header, body, protection and extraCerts, so that certificates are
 sent exactly as they were received and the protection is computed over the
 very bytes that go on the wire.
@@ -21,8 +21,8 @@ from pyasn1.type import char, univ, useful
 from pyasn1_alt_modules import rfc2986, rfc4211, rfc5280, rfc9480
 
 from swcmp.cmp import der, oids
-from swcmp.errors import ProtocolError
-from swcmp.models import (
+from swcmp.cmp.errors import ProtocolError
+from swcmp.cmp.messages import (
     AlgorithmId,
     Body,
     CertRepContent,
@@ -263,7 +263,7 @@ def _small_int(value: Any, what: str) -> int:
 
 def _short(e: BaseException) -> str:
     """An exception's text, shortened and with control characters escaped."""
-    from swcmp.text import safe
+    from swcmp.cmp.text import safe
 
     text = str(e)
     return safe(text if len(text) <= 200 else text[:200] + "...")

@@ -30,10 +30,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtensionOID
 
-from swcmp import certs, keys
-from swcmp.cmp import codec, oids
-from swcmp.errors import FAILURE_BIT, ProtectionError, ProtocolError, SwcmpError
-from swcmp.models import (
+from swcmp.cmp import certs, codec, keys, oids
+from swcmp.cmp.messages import (
     ACCEPTED,
     GRANTED_WITH_MODS,
     REJECTION,
@@ -49,13 +47,14 @@ from swcmp.models import (
     RevDetailsInfo,
     StatusInfo,
 )
-from swcmp.protection import (
+from swcmp.cmp.protection import (
     MacProtection,
     Protection,
     SignatureProtection,
     pbm_params,
     verify_mac,
 )
+from swcmp.errors import FAILURE_BIT, ProtectionError, ProtocolError, SwcmpError
 from swcmp.testca import derutil
 from swcmp.testca.authority import Authority, is_supported_key
 from swcmp.testca.config import CAConfig

@@ -15,7 +15,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 
-from swcmp.errors import ConfigError, ProtectionError
+from swcmp.cmp.errors import ConfigError, ProtectionError
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
@@ -148,7 +148,7 @@ def public_key_bits(spki: bytes) -> bytes:
         ProtocolError: ``spki`` is not a SubjectPublicKeyInfo.
     """
     from swcmp.cmp.der import single
-    from swcmp.errors import ProtocolError
+    from swcmp.cmp.errors import ProtocolError
 
     outer = single(spki)
     fields = outer.children() if outer.tag == 0x30 else []

@@ -21,10 +21,9 @@ from pyasn1.error import PyAsn1Error
 from pyasn1.type import univ
 from pyasn1_alt_modules import rfc8018, rfc9480
 
-from swcmp import certs, keys, text
-from swcmp.cmp import codec, oids
-from swcmp.errors import CertificateError, ConfigError, ProtectionError, ProtocolError
-from swcmp.models import AlgorithmId, PKIMessageInfo
+from swcmp.cmp import certs, codec, keys, oids, text
+from swcmp.cmp.errors import CertificateError, ConfigError, ProtectionError, ProtocolError
+from swcmp.cmp.messages import AlgorithmId, PKIMessageInfo
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +123,8 @@ def verify_mac(secret: bytes, alg: AlgorithmId, data: bytes, mac_value: bytes) -
     if not hmac.compare_digest(expected, mac_value):
         raise ProtectionError(
             "the response's MAC does not verify",
-        ).with_hint("the CA used another shared secret: check the session's MAC secret file "
-                    "and reference")
+        ).with_hint("the CA used another shared secret: check the MAC secret and reference",
+                    setting="mac_secret")
 
 
 @dataclass(frozen=True)
@@ -340,7 +339,7 @@ def verify_response(
                           untrusted=[*extra, *policy.untrusted], now=now)
     except CertificateError as e:
         raise ProtectionError(f"the CA's signing certificate is not trusted: {e}").with_hint(
-            e.hint or "check the session's trust anchors (--trust)") from e
+            e.hint or "check the trust anchors", setting="trust") from e
     authorise_signer(signer, policy)
     return Verified("signature", signer)
 
@@ -399,8 +398,8 @@ def signer_candidates(msg: PKIMessageInfo, extra: Sequence[x509.Certificate],
             raise ProtectionError(
                 f"the response's senderKID {kid.hex()} names no certificate swcmp knows "
                 "(extraCerts, pinned server certificates, trust anchors)"
-            ).with_hint("pin the CA's signing certificate with --server-cert, or ask the CA "
-                        "to send it in extraCerts")
+            ).with_hint("pin the CA's signing certificate, or ask the CA to send it in "
+                        "extraCerts", setting="server_cert")
     else:
         sender = _sender_name(msg)
         for pool in pools:
@@ -413,7 +412,7 @@ def signer_candidates(msg: PKIMessageInfo, extra: Sequence[x509.Certificate],
             raise ProtectionError(
                 "signature-protected response whose signer swcmp cannot find: no senderKID, "
                 "no extraCerts and no known certificate for its sender"
-            ).with_hint("pin the CA's signing certificate with --server-cert")
+            ).with_hint("pin the CA's signing certificate", setting="server_cert")
     return out[:MAX_SIGNER_CANDIDATES]
 
 
@@ -453,8 +452,8 @@ def authorise_signer(signer: x509.Certificate, policy: ResponseTrust) -> None:
             f"the response is signed by {certs.describe(signer)}, which chains to the trust "
             "anchor but may not sign CMP answers: it is neither the CA, a pinned server "
             "certificate nor an RA or CA certificate (extendedKeyUsage cmcRA/cmcCA)"
-        ).with_hint("if this certificate is really the CA's CMP signer, pin it with "
-                    "--server-cert FILE")
+        ).with_hint("if this certificate is really the CA's CMP signer, pin it",
+                    setting="server_cert")
     if policy.ignore_keyusage:
         return
     try:
@@ -465,5 +464,5 @@ def authorise_signer(signer: x509.Certificate, policy: ResponseTrust) -> None:
         raise ProtectionError(
             f"the response is signed by {certs.describe(signer)}, whose keyUsage does not "
             "include digitalSignature"
-        ).with_hint("some CAs sign with a keyCertSign-only certificate; accept that with "
-                    "`swcmp session set NAME --ignore-keyusage`")
+        ).with_hint("some CAs sign with a keyCertSign-only certificate; that can be "
+                    "accepted", setting="ignore_keyusage")
