@@ -123,7 +123,7 @@ def test_kur_fields_old_cert_id_and_pop() -> None:
     from swcmp.cmp import keys
 
     pub = load_der_public_key(req.public_key_der)  # type: ignore[arg-type]
-    keys.verify(pub, keys.SignatureAlgorithm(req.popo_alg.oid, req.popo_alg.params_der),
+    keys.verify(pub, req.popo_alg,
                 req.popo_signature, req.request_der)  # type: ignore[arg-type]
     assert msg.header.sender_kid == certs.subject_key_id(old)
 

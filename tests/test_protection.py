@@ -133,4 +133,4 @@ def test_key_must_match_cert(pki: TestPKI) -> None:
 def test_signature_algorithm_must_fit_key(pki: TestPKI) -> None:
     sig = keys.sign(pki.gw_key, keys.default_signature_algorithm(pki.gw_key), b"x")
     with pytest.raises(ProtectionError):
-        keys.verify(pki.gw.public_key(), keys.SignatureAlgorithm(oids.SHA256_WITH_RSA), sig, b"x")
+        keys.verify(pki.gw.public_key(), AlgorithmId(oids.SHA256_WITH_RSA), sig, b"x")

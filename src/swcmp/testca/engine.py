@@ -284,7 +284,7 @@ class CMPEngine:
         except SwcmpError as e:
             raise Refusal("badDataFormat", f"the first extraCert does not load: {e}") from e
         try:
-            keys.verify(signer.public_key(), keys.SignatureAlgorithm(alg.oid, alg.params_der),
+            keys.verify(signer.public_key(), alg,
                         msg.protection, msg.protected_part)
         except ProtectionError as e:
             if isinstance(e.__cause__, InvalidSignature):
@@ -823,7 +823,7 @@ def _check_pop(r: CertRequestInfo, pub: keys.PublicKey) -> None:
     if r.popo_alg is None or r.popo_signature is None:
         raise Refusal("badPOP", "the POP signature is missing")
     try:
-        keys.verify(pub, keys.SignatureAlgorithm(r.popo_alg.oid, r.popo_alg.params_der),
+        keys.verify(pub, r.popo_alg,
                     r.popo_signature, r.request_der)
     except ProtectionError as e:
         raise Refusal("badPOP", "the POP signature does not verify with the requested key "
