@@ -21,9 +21,9 @@ import pytest
 from click.testing import CliRunner, Result
 from cryptography import x509
 
-from swcmp import certs
 from swcmp.calife import CaLife, CaLifeStore, crl_file, root_cert_files
 from swcmp.cli import cli
+from swcmp.cmp import certs
 from swcmp.enroll import load_trust
 from swcmp.errors import ConnectError
 from swcmp.testca.state import REVOKED

@@ -43,7 +43,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 
-from swcmp import certs, fsutil, keys
+from swcmp import fsutil
+from swcmp.cmp import certs, keys
+from swcmp.cmp.text import safe
 from swcmp.config import Paths, Session, SessionStore
 from swcmp.errors import (
     CertificateError,
@@ -52,12 +54,11 @@ from swcmp.errors import (
     SwcmpError,
 )
 from swcmp.names import validate_session_name
-from swcmp.text import safe
 
 if TYPE_CHECKING:
-    from swcmp.client import CMPClient
-    from swcmp.protection import Protection
-    from swcmp.transport import Transport
+    from swcmp.cmp.client import CMPClient
+    from swcmp.cmp.protection import Protection
+    from swcmp.cmp.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -653,8 +654,8 @@ class CaLife:
             ConfigError: no such certificate (or no key for it) in storage.
             SwcmpError: the CA refused (CMPErrorResponse names why) or the exchange failed.
         """
+        from swcmp.cmp.protection import SignatureProtection
         from swcmp.enroll import request_chain
-        from swcmp.protection import SignatureProtection
 
         cur = _current_cert(self.paths, session.name)
         if serial is None:
