@@ -44,3 +44,15 @@ def test_values_agree_with_cryptography() -> None:
     assert oids.KP_CMC_RA.rsplit(".", 1)[0] == kp_arc
     assert len({v for k, v in vars(oids).items() if k.isupper()}) == len(
         [k for k in vars(oids) if k.isupper()]), "two names share one OID"
+
+
+def test_crl_reason_names_agree_with_cryptography() -> None:
+    # The names `swcmp request revoke --reason` takes: RFC 5280 5.3.1, as pyasn1-alt-modules
+    # and cryptography each transcribe them (value 7 is unused in the RFC).
+    from cryptography import x509
+
+    from swcmp.cmp.codec import CRL_REASONS
+
+    assert CRL_REASONS["superseded"] == 4 and CRL_REASONS["keyCompromise"] == 1
+    assert 7 not in CRL_REASONS.values()
+    assert set(CRL_REASONS) == {f.value for f in x509.ReasonFlags}

@@ -86,7 +86,7 @@ class CaLifeError(SwcmpError):
 
 def reason_code(name: str) -> int:
     """The CRLReason code of ``name`` (``superseded``, ``keyCompromise``...; any case)."""
-    from swcmp.cmp.oids import CRL_REASONS
+    from swcmp.cmp.codec import CRL_REASONS
 
     for known, code in CRL_REASONS.items():
         if known.lower() == name.strip().lower():
@@ -96,7 +96,7 @@ def reason_code(name: str) -> int:
 
 
 def reason_name(code: int) -> str:
-    from swcmp.cmp.oids import CRL_REASONS
+    from swcmp.cmp.codec import CRL_REASONS
 
     return next((n for n, c in CRL_REASONS.items() if c == code), str(code))
 

@@ -910,6 +910,12 @@ def parse_root_ca_key_update(value_der: bytes | None) -> RootCaKeyUpdate | None:
     return RootCaKeyUpdate(kids[0].raw, new_with_old, old_with_new)
 
 
+#: CRLReason codes by name (RFC 5280 5.3.1: unspecified 0, keyCompromise 1, ...), from
+#: pyasn1-alt-modules' transcription of the ASN.1 module.
+CRL_REASONS: dict[str, int] = {str(name): int(value)
+                               for name, value in rfc5280.CRLReason.namedValues.items()}
+
+
 def root_ca_key_update_der(update: RootCaKeyUpdate) -> bytes:
     """An id-it-rootCaKeyUpdate value (RootCaKeyUpdateContent, RFC 9480 2.4), for a CA:
     newWithNew, then [0] newWithOld and [1] oldWithNew, each explicitly tagged."""

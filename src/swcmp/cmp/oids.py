@@ -69,7 +69,3 @@ KP_CMC_RA = str(rfc6402.id_kp_cmcRA)
 # Extensions
 SUBJECT_ALT_NAME = str(rfc5280.id_ce_subjectAltName)
 CRL_REASON = str(rfc5280.id_ce_cRLReasons)
-
-#: CRLReason codes by name (RFC 5280 5.3.1): unspecified 0, keyCompromise 1, ...
-CRL_REASONS: dict[str, int] = {str(name): int(value)
-                               for name, value in rfc5280.CRLReason.namedValues.items()}

@@ -136,7 +136,7 @@ class Authority:
     def crl(self, revoked: list[tuple[int, datetime, int | None]], *, now: datetime,
             number: int) -> x509.CertificateRevocationList:
         """A CRL signed by the current key: (serial, revocation time, reason code) each."""
-        from swcmp.cmp.oids import CRL_REASONS
+        from swcmp.cmp.codec import CRL_REASONS
 
         flags = {code: x509.ReasonFlags(name) for name, code in CRL_REASONS.items()
                  if name in {f.value for f in x509.ReasonFlags}}
