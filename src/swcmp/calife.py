@@ -880,6 +880,7 @@ class CaLife:
         steps: list[tuple[str, Callable[[], Any]]] = []
         st = CaLifeStore(self.paths, session.name).load()
         now = self.clock()
+        # each step sees the session as the steps before left it (late binding of `session`)
         steps.append(("old roots", lambda: self.drop_expired_roots(session)))
         if st.pending_revocations:
             steps.append(("revocations", lambda: self.retry_revocations(session)))
@@ -892,6 +893,8 @@ class CaLife:
         for what, step in steps:
             try:
                 out = step()
+                if what == "root CA update":  # it may have added trust anchors
+                    session = SessionStore(self.paths.config_dir).load(session.name)
             except SwcmpError as e:
                 log.warning("%s: %s: %s", session.name, what, e)
                 notes.append(f"{what}: {e}")

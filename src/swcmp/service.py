@@ -253,8 +253,7 @@ class RenewalService:
             if not s.auto_update:
                 continue
             try:
-                for note in life.maintain(s):
-                    log.info("%s: %s", s.name, note)
+                life.maintain(s)  # logs what it did and what failed
                 t = life.next_due(s)
             except SwcmpError as e:
                 log.warning("%s: CA maintenance failed: %s", s.name, e)
