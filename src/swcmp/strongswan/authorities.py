@@ -1,0 +1,46 @@
+"""CA certificates and CRLs into charon: what the CA's life (swcmp.calife) loads.
+
+Neither needs a key and neither replaces anything: charon keeps every CA certificate
+loaded (the two roots of a rollover side by side) and uses the newest CRL of an issuer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from swcmp.strongswan.vici import (
+    DEFAULT_TIMEOUT,
+    CommandFailed,
+    ConnectionLost,
+    open_session,
+    query_error,
+)
+
+
+def load_authorities(uri: str, ca_certs_pem: Iterable[bytes], crls_der: Iterable[bytes], *,
+                     timeout: float = DEFAULT_TIMEOUT) -> str:
+    """Load CA certificates (``load-cert`` flag CA) and CRLs (type X509_CRL) into charon.
+
+    Returns what was loaded, in words.
+
+    Raises:
+        DeployUnavailable: charon cannot be reached.
+        DeployError: charon refused one of them.
+    """
+    cas, crls = tuple(ca_certs_pem), tuple(crls_der)
+    with open_session(uri, timeout) as conn:
+        try:
+            for pem in cas:
+                conn.load_cert(pem, ca=True)
+            for der in crls:
+                conn.call("load-cert", {"type": "X509_CRL", "data": der})
+            if cas:
+                conn.flush_certs()
+        except (CommandFailed, ConnectionLost) as e:
+            raise query_error(uri, e) from None
+    parts = []
+    if cas:
+        parts.append(f"{len(cas)} CA certificate(s)")
+    if crls:
+        parts.append(f"{len(crls)} CRL(s)")
+    return "loaded " + " and ".join(parts) + " into charon" if parts else "nothing to load"
