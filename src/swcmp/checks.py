@@ -45,9 +45,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from swcmp.cmp import certs
-from swcmp.config import Paths, Session, auth_credentials, hint_for, session_key_file
 from swcmp.errors import CertificateError, SwcmpError
 from swcmp.names import common_name, format_dn
+from swcmp.paths import Paths
+from swcmp.session import Session, auth_credentials, hint_for, session_key_file
 
 __all__ = [
     "FAIL",
