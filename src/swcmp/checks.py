@@ -212,7 +212,7 @@ def _check_server_url(session: Session) -> CheckResult:
     fix = _set_cmd(session, "--server-url http://ca.example.net:8080/pkix/")
     if session.server_url is None:
         return _fail("server-url", "no server URL is set", fix)
-    # Session construction already validated the URL (config.validate_server_url).
+    # Session construction already validated the URL (swcmp.cmp.urls).
     bundle = session.tls_ca_bundle
     if session.server_url.lower().startswith("https:") and bundle is not None:
         _, error = _load_certs(bundle)

@@ -13,7 +13,6 @@ is, and :func:`read_mac_secret` reads it when a request needs it.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import re
 import stat
@@ -21,11 +20,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal, cast
-from urllib.parse import urlsplit
 
 from cryptography import x509
 
 from swcmp.choices import IR_AUTH_MODES, KEY_TYPES, MAC_ALGS
+from swcmp.cmp.urls import check_server_url as validate_server_url
 from swcmp.errors import ConfigError, SwcmpError
 from swcmp.names import (
     SessionName,
@@ -51,43 +50,6 @@ MacAlg = Literal["hmac-sha256", "hmac-sha1"]
 _CONN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
-
-
-def validate_server_url(value: str) -> str:
-    """Check a CMP server URL: http or https, a host, a valid port, no fragment.
-
-    Returns:
-        The URL without surrounding blanks.
-
-    Raises:
-        ConfigError: the URL is unusable, with an example of a good one.
-    """
-    text = value.strip()
-    hint = (
-        "write it like http://ca.example.net:8080/pkix/ or https://ca.example.net/.well-known/cmp"
-    )
-    try:
-        parts = urlsplit(text)
-        port = parts.port  # raises ValueError for a bad port
-    except ValueError as e:
-        raise _err(f"invalid server URL {value!r}: {e}", hint) from None
-    if parts.scheme.lower() not in ("http", "https"):
-        raise _err(f"invalid server URL {value!r}: the scheme must be http or https", hint)
-    if not parts.hostname:
-        raise _err(f"invalid server URL {value!r}: no host", hint)
-    if port == 0:
-        raise _err(f"invalid server URL {value!r}: port 0", hint)
-    if parts.fragment or "#" in text:
-        raise _err(f"invalid server URL {value!r}: a URL for POST has no #fragment", hint)
-    if any(c.isspace() for c in text) or not text.isascii():
-        raise _err(f"invalid server URL {value!r}: spaces or non-ASCII characters", hint)
-    host = parts.hostname
-    if ":" in host:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise _err(f"invalid server URL {value!r}: bad IPv6 address", hint) from None
-    return text
 
 
 def _err(message: str, hint: str = "") -> ConfigError:
