@@ -19,8 +19,8 @@ from swcmp.calife import (
     reason_name,
     status_rows,
 )
-from swcmp.config import Paths
 from swcmp.errors import ConfigError
+from swcmp.paths import Paths
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 

@@ -67,7 +67,8 @@ CHILD = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, sys.argv[4])
     from pathlib import Path
-    from swcmp.config import Paths, SessionStore
+    from swcmp.paths import Paths
+    from swcmp.sessionfile import SessionStore
     from swcmp.renewal import Renewer
     root = Path(sys.argv[1])
     paths = Paths(root / "etc", root / "var", root / "swanctl")

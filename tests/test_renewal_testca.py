@@ -29,7 +29,6 @@ import pytest
 from cryptography import x509
 
 from swcmp.cmp import certs, keys
-from swcmp.config import Paths, Session, SessionStore
 from swcmp.enroll import request_initial
 from swcmp.errors import (
     CertificateRejectedError,
@@ -43,8 +42,11 @@ from swcmp.errors import (
     SwcmpError,
 )
 from swcmp.names import format_dn
+from swcmp.paths import Paths
 from swcmp.renewal import Journal, NeedsInitialRequest, Renewer
 from swcmp.service import RenewalService
+from swcmp.session import Session
+from swcmp.sessionfile import SessionStore
 from swcmp.state import StateStore
 from swcmp.testca import CAConfig, TestCA
 
@@ -287,7 +289,8 @@ def test_waiting_transaction_the_ca_forgot_is_not_polled_forever(site: Site,
 CHILD = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from swcmp.config import Paths, SessionStore
+    from swcmp.paths import Paths
+    from swcmp.sessionfile import SessionStore
     from swcmp.renewal import Renewer
     from swcmp.cmp.transport import HttpTransport
 

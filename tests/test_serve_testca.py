@@ -24,8 +24,10 @@ from typing import IO, Any
 import pytest
 
 from swcmp.cmp import certs
-from swcmp.config import Paths, SessionStore
-from swcmp.renewal import JITTER_SHARE, Journal, renew_at
+from swcmp.paths import Paths
+from swcmp.policy import JITTER_SHARE, renew_at
+from swcmp.renewal import Journal
+from swcmp.sessionfile import SessionStore
 from swcmp.testca.authority import BACKDATE
 from test_renewal_testca import (
     CAHolder,

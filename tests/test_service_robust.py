@@ -19,10 +19,10 @@ import pytest
 
 from pki import make_pki
 from renewal_env import make_gateway
-from swcmp.config import Session
 from swcmp.enroll import Outcome
 from swcmp.renewal import Renewer
 from swcmp.service import RenewalService, Server
+from swcmp.session import Session
 from swcmp.state import StateStore
 
 

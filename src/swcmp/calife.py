@@ -46,7 +46,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from swcmp import fsutil
 from swcmp.cmp import certs, keys
 from swcmp.cmp.text import safe
-from swcmp.config import Paths, Session, SessionStore
 from swcmp.errors import (
     CertificateError,
     CMPErrorResponse,
@@ -54,6 +53,9 @@ from swcmp.errors import (
     SwcmpError,
 )
 from swcmp.names import validate_session_name
+from swcmp.paths import Paths
+from swcmp.session import Session
+from swcmp.sessionfile import SessionStore
 
 if TYPE_CHECKING:
     from swcmp.cmp.client import CMPClient

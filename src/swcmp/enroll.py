@@ -1,6 +1,6 @@
 """From a configured session to CMP requests and stored credentials.
 
-This is where a :class:`~swcmp.config.Session` becomes a CMP client with the
+This is where a :class:`~swcmp.session.Session` becomes a CMP client with the
 right protection, and where an issued certificate becomes files in swanctl's
 layout. ``request_initial`` (IR) and ``request_certificate`` (CR) live here;
 key updates go through the staged, crash-safe path in :mod:`swcmp.renewal`.
@@ -20,16 +20,16 @@ from cryptography.hazmat.primitives import hashes
 
 from swcmp import fsutil
 from swcmp.cmp import certs, keys
-from swcmp.config import (
-    Paths,
+from swcmp.deploy import CredentialPair, Deployer, DeployError, DeployUnavailable
+from swcmp.errors import ConfigError, StorageError, SwcmpError
+from swcmp.paths import Paths
+from swcmp.session import (
     Session,
-    SessionStore,
     auth_credentials,
     read_mac_secret,
     tls_client_files,
 )
-from swcmp.deploy import CredentialPair, Deployer, DeployError, DeployUnavailable
-from swcmp.errors import ConfigError, StorageError, SwcmpError
+from swcmp.sessionfile import SessionStore
 from swcmp.state import StateStore
 
 if TYPE_CHECKING:  # the protocol stack is imported only when a request is made

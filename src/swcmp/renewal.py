@@ -15,7 +15,6 @@ Steps (journal phases in brackets):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -28,7 +27,6 @@ from cryptography import x509
 
 from swcmp import fsutil
 from swcmp.cmp import certs, keys
-from swcmp.config import ExpireTime, Paths, Session
 from swcmp.deploy import CredentialPair, Deployer, DeployError, DeployUnavailable
 from swcmp.enroll import (
     Outcome,
@@ -49,7 +47,9 @@ from swcmp.errors import (
     StorageError,
     SwcmpError,
 )
-from swcmp.state import SessionState, StateStore
+from swcmp.paths import Paths
+from swcmp.session import Session
+from swcmp.state import StateStore
 
 if TYPE_CHECKING:
     from swcmp.cmp.client import CMPClient, TxEvent
@@ -57,17 +57,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: No certificate is renewed before this share of its lifetime has passed.
-MIN_AGE_SHARE = 0.1
-#: Jitter: up to this share of the lifetime earlier than the nominal due time...
-JITTER_SHARE = 0.03
-#: ...but never more than this.
-JITTER_CAP = timedelta(hours=6)
-#: Backoff after failures: first retry after RETRY_START, doubling up to RETRY_CAP.
-RETRY_START = timedelta(minutes=1)
-RETRY_CAP = timedelta(hours=4)
-#: A Retry-After shorter than this is taken as this (no hammering a busy CA).
-RETRY_AFTER_MIN = timedelta(seconds=10)
 #: Previous pairs kept for manual rollback.
 ARCHIVE_KEEP = 3
 
@@ -78,99 +67,6 @@ class RenewalError(SwcmpError):
 
 class NeedsInitialRequest(RenewalError):
     """The certificate is missing or expired: a key update cannot work."""
-
-
-# --------------------------------------------------------------------------- when
-
-
-def jitter_fraction(session_name: str, serial: int) -> float:
-    """A stable number in [0, 1) per session and certificate: spreads a fleet's renewals."""
-    digest = hashlib.sha256(f"{session_name}/{serial:x}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def renew_at(cert: x509.Certificate, policy: ExpireTime, session_name: str) -> datetime:
-    """When ``cert`` should be renewed: the policy's time, moved earlier by the jitter.
-
-    Pure: depends only on the certificate, the policy and the session name.
-    """
-    nb, na = cert.not_valid_before_utc, cert.not_valid_after_utc
-    nominal = policy.renew_at(nb, na)
-    spread = min((na - nb) * JITTER_SHARE, JITTER_CAP)
-    # A policy of 100 %, or a duration at least the lifetime, would make every new
-    # certificate due the moment it is issued: a renewal loop. Wait a tenth first.
-    floor = nb + (na - nb) * MIN_AGE_SHARE
-    return max(floor, nominal - spread * jitter_fraction(session_name, cert.serial_number))
-
-
-def retry_delay(failures: int, *, now: datetime, not_after: datetime,
-                retry_after: float | None = None) -> timedelta:
-    """Wait before the next attempt after ``failures`` consecutive failures.
-
-    Doubles from RETRY_START to RETRY_CAP, but never more than an eighth of the
-    validity left, so retries come faster as expiry nears. ``retry_after`` is the
-    time the CA asked for (HTTP 503 Retry-After, seconds): the next try is then at
-    that time instead, but as the value comes from the network it is kept between
-    RETRY_AFTER_MIN and RETRY_CAP and before half of the validity left (a CA, or a
-    man in the middle, cannot put the next try past the certificate's expiry).
-    """
-    remaining = not_after - now
-    if retry_after is not None:
-        delay = min(max(timedelta(seconds=retry_after), RETRY_AFTER_MIN), RETRY_CAP)
-        if remaining > timedelta(0):
-            delay = max(RETRY_AFTER_MIN, min(delay, remaining / 2))
-        return timedelta(seconds=round(delay.total_seconds()))
-    delay = min(RETRY_START * 2 ** max(min(failures, 32) - 1, 0), RETRY_CAP)
-    if remaining > timedelta(0):
-        delay = max(RETRY_START, min(delay, remaining / 8))
-    return timedelta(seconds=round(delay.total_seconds()))
-
-
-def attempt_bound(session: Session, poll_deadline: float) -> float:
-    """Longest wall time, in seconds, one renewal attempt spends waiting for the CA.
-
-    Every exchange ends within the session's ``timeout`` (the transport's
-    watchdog) and polling ends within ``poll_deadline`` plus one exchange. The
-    worst attempt: a late certConf that fails (1), a KUR (1), the polls (the
-    deadline + 1), the certConf or the rejection (1).
-    """
-    return poll_deadline + 4 * session.timeout
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What the scheduler should do about a session now."""
-
-    state: str  # idle, due, needs_ir, disabled, failed (in backoff)
-    due: bool
-    renew_at: datetime | None
-    expires: datetime | None
-    next_check: datetime | None
-    reason: str
-
-
-def plan(session: Session, cert: x509.Certificate | None, st: SessionState,
-         now: datetime) -> Plan:
-    """Decide, without side effects, whether ``session`` is to be renewed at ``now``."""
-    if cert is None:
-        return Plan("needs_ir", False, None, None, None,
-                    f"no certificate yet: run `swcmp request initial {session.name}`")
-    expires = cert.not_valid_after_utc
-    if now >= expires:
-        return Plan("needs_ir", False, None, expires, None,
-                    f"certificate expired {expires:%Y-%m-%d %H:%M}Z; a key update cannot work: "
-                    f"run `swcmp request initial {session.name}`")
-    at = renew_at(cert, session.expire_time, session.name)
-    if not session.auto_update:
-        return Plan("disabled", False, at, expires, None, "auto-update is off")
-    if st.next_attempt:
-        retry = datetime.fromisoformat(st.next_attempt)
-        if now < retry:
-            return Plan("failed", False, at, expires, retry,
-                        f"retrying after {retry:%Y-%m-%d %H:%M:%S}Z ({st.failures} failures)")
-    if now >= at:
-        return Plan("due", True, at, expires, now, "due")
-    return Plan("idle", False, at, expires, at, f"next renewal {at:%Y-%m-%d %H:%M:%S}Z")
 
 
 # --------------------------------------------------------------------------- how

@@ -38,13 +38,16 @@ from cryptography import x509
 from swcmp import fsutil
 from swcmp.cmp import certs
 from swcmp.cmp.text import safe
-from swcmp.config import Paths, Session, SessionStore, hint_for
 from swcmp.deploy import Deployer
 from swcmp.enroll import Outcome
 from swcmp.errors import ConfigError, SwcmpError
 from swcmp.ha import Role, read_role
 from swcmp.metrics import REFRESH, CharonView, failure_key
-from swcmp.renewal import NeedsInitialRequest, Plan, RenewalError, Renewer, plan, retry_delay
+from swcmp.paths import Paths
+from swcmp.policy import Plan, plan, retry_delay
+from swcmp.renewal import NeedsInitialRequest, RenewalError, Renewer
+from swcmp.session import Session, hint_for
+from swcmp.sessionfile import SessionStore
 from swcmp.state import SessionState, StateStore
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from swcmp import fsutil
-from swcmp.config import Paths
+from swcmp.paths import Paths
 
 log = logging.getLogger(__name__)
 
