@@ -100,10 +100,14 @@ class Authority:
         that of the root before the last rollover)."""
         if cert.issuer != self.cert.subject:
             return False
+        return self.signed(cert) or (self.previous is not None and self.previous.signed(cert))
+
+    def signed(self, cert: x509.Certificate) -> bool:
+        """Whether this CA's current key signed ``cert``."""
         try:
             cert.verify_directly_issued_by(self.cert)
         except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-            return self.previous is not None and self.previous.issued_here(cert)
+            return False
         return True
 
     @classmethod

@@ -813,9 +813,7 @@ class CMPEngine:
                                  iterations=auth.iterations)
         prev = self.authority.previous
         if (auth is not None and auth.signer is not None and prev is not None
-                and prev.issued_here(auth.signer)
-                and auth.signer.issuer == self.authority.cert.subject
-                and not _signed_by(auth.signer, self.authority.cert)):
+                and prev.signed(auth.signer) and not self.authority.signed(auth.signer)):
             # A client with a certificate of the old root may not know the new one yet
             # (RFC 4210 4.4): answer it with the old key, which it trusts.
             return SignatureProtection(key=prev.key, cert=prev.cert,
@@ -876,14 +874,6 @@ class CMPEngine:
 
 
 # ---------------------------------------------------------------------- pure checks
-
-
-def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
 
 
 def _hex(b: bytes | None) -> str:
