@@ -51,6 +51,7 @@ from swcmp.errors import (
     CMPErrorResponse,
     ConfigError,
     SwcmpError,
+    TransportError,
 )
 from swcmp.names import validate_session_name
 from swcmp.paths import Paths
@@ -900,6 +901,8 @@ class CaLife:
             except SwcmpError as e:
                 log.warning("%s: %s: %s", session.name, what, e)
                 notes.append(f"{what}: {e}")
+                if isinstance(e, TransportError):
+                    break  # a CA that cannot be reached is not asked the next question
                 continue
             if isinstance(out, list):
                 notes.extend(out)

@@ -249,21 +249,40 @@ class RenewalService:
 
     def _ca_life_pass(self) -> list[datetime]:
         """CA certificates, root CA update, CRL, pending revocations (see swcmp.calife)
-        for sessions with auto-update; returns when each needs attention next."""
+        for sessions with auto-update; returns when each needs attention next.
+
+        A session whose renewals are failing (in backoff) is left out: its CA is not
+        asked more than the retries already ask it. One CA's sessions are handled one
+        after another, different CAs at once, as renewals are.
+        """
         life = self.ca_life()
-        due: list[datetime] = []
+        states = StateStore(self.paths)
+        groups: dict[str, list[Session]] = {}
         for s in self.sessions():
-            if not s.auto_update:
-                continue
-            try:
-                life.maintain(s)  # logs what it did and what failed
-                t = life.next_due(s)
-            except SwcmpError as e:
-                log.warning("%s: CA maintenance failed: %s", s.name, e)
-                continue
-            if t is not None:
-                due.append(max(t, self.clock() + timedelta(minutes=1)))
-        return due
+            if s.auto_update and states.load(s.name).failures == 0:
+                groups.setdefault(_ca_endpoint(s), []).append(s)
+
+        def run(group: list[Session]) -> list[datetime]:
+            due: list[datetime] = []
+            for s in group:
+                try:
+                    life.maintain(s)  # logs what it did and what failed
+                    t = life.next_due(s)
+                except SwcmpError as e:
+                    log.warning("%s: CA maintenance failed: %s", s.name, e)
+                    continue
+                if t is not None:
+                    due.append(max(t, self.clock() + timedelta(minutes=1)))
+            return due
+
+        if len(groups) <= 1:
+            return [t for g in groups.values() for t in run(g)]
+        out: list[datetime] = []
+        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_CAS, len(groups)),
+                                thread_name_prefix="swcmp-ca-life") as pool:
+            for result in pool.map(run, groups.values()):
+                out.extend(result)
+        return out
 
     def _renew_by_ca(self, todo: Sequence[tuple[int, Session, Plan]]
                      ) -> list[tuple[int, SessionReport]]:
