@@ -26,8 +26,8 @@ import pytest
 from swcmp.cmp import certs
 from swcmp.paths import Paths
 from swcmp.policy import JITTER_SHARE, renew_at
-from swcmp.renewal import Journal
 from swcmp.sessionfile import SessionStore
+from swcmp.store import Journal
 from swcmp.testca.authority import BACKDATE
 from test_renewal_testca import (
     CAHolder,
@@ -269,7 +269,7 @@ def test_sigterm_in_the_middle_of_a_renewal_finishes_it_then_exits(
     serve = Serve(site, tmp_path / "serve.log")
     serving.append(serve)
     j = Journal(site.paths, "gw1")
-    serve.wait_for(lambda: (j.load() or {}).get("phase") == "sending", 20, "a KUR in flight")
+    serve.wait_for(lambda: getattr(j.load(), "phase", None) == "sending", 20, "a KUR in flight")
     started = time.monotonic()
     code = serve.stop(signal.SIGTERM)
     assert time.monotonic() - started < 10

@@ -101,7 +101,7 @@ def test_serve_outlives_a_pass_that_raises(tmp_path: Path,
 def test_a_damaged_journal_is_a_clear_storage_error(tmp_path: Path) -> None:
     """A journal edited by hand (or damaged) is refused by name, not a ValueError later."""
     from swcmp.errors import StorageError
-    from swcmp.renewal import Journal
+    from swcmp.store import Journal
 
     pki = make_pki(tmp_path / "pki")
     gw = make_gateway(tmp_path / "gw", pki, "http://127.0.0.1:9/")

@@ -269,7 +269,7 @@ class RenewalService:
         if self.vici is None:
             return
         from swcmp.deploy import DeployError
-        from swcmp.enroll import current_pair
+        from swcmp.store import current_pair
         from swcmp.strongswan import key_id_from_cert_pem, unload_stale_from_file
 
         sessions = self.sessions()
@@ -570,8 +570,7 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
     renewal still holding its lock after ``lock_wait`` seconds deploys its own
     pair when it finishes; the files as they are now are loaded meanwhile.
     """
-    from swcmp.enroll import current_pair
-    from swcmp.renewal import Journal
+    from swcmp.store import Journal, current_pair
     from swcmp.strongswan import load_current, reload_pinned_connections
 
     finished: list[str] = []
@@ -588,7 +587,7 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
                 except SwcmpError as e:
                     log.error("%s: %s", s.name, e)
                     entry = None
-                if entry and entry.get("phase") in ("confirmed", "committing"):
+                if entry and entry.phase in ("confirmed", "committing"):
                     try:
                         # no deployer: this hook loads the result itself, below
                         outcome = Renewer(paths).finish_locked(s)
