@@ -47,7 +47,7 @@ from swcmp.policy import Plan, plan, retry_delay
 from swcmp.renewal import NeedsInitialRequest, RenewalError, Renewer
 from swcmp.session import Session, hint_for
 from swcmp.sessionfile import SessionStore
-from swcmp.state import SessionState, StateStore
+from swcmp.state import SessionState, SessionStateName, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +359,7 @@ class RenewalService:
             return SessionReport(s.name, "failed", _with_hint(e, s.name), plan=p)
         return SessionReport(s.name, "renewed", outcome.message, outcome=outcome, plan=p)
 
-    def _set_state(self, name: str, state: str) -> None:
+    def _set_state(self, name: str, state: SessionStateName) -> None:
         try:
             with StateStore(self.paths).update(name) as st:
                 st.state = state
