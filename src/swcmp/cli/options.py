@@ -13,7 +13,7 @@ from swcmp.choices import IR_AUTH_MODES, KEY_TYPES, MAC_ALGS
 if TYPE_CHECKING:
     pass
 
-log = logging.getLogger("swcmp.cli")
+log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from swcmp.enroll import Outcome
     from swcmp.session import Session
 
-log = logging.getLogger("swcmp.cli")
+log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

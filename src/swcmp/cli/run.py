@@ -15,7 +15,7 @@ from swcmp.cli.root import SESSION_NAME, _env, _refuse, _setup_logging, cli, jso
 if TYPE_CHECKING:
     from swcmp.service import SessionReport
 
-log = logging.getLogger("swcmp.cli")
+log = logging.getLogger(__name__)
 
 # --- renewal: one pass, the service, the charon hook -------------------------------------
 

@@ -26,7 +26,7 @@ from swcmp.status import session_status
 if TYPE_CHECKING:
     from swcmp.ha import Role
 
-log = logging.getLogger("swcmp.cli")
+log = logging.getLogger(__name__)
 
 # --- statistics ------------------------------------------------------------------------
 

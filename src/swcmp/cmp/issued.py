@@ -17,7 +17,7 @@ from swcmp.cmp import certs, oids, text
 from swcmp.cmp.errors import CertificateError
 from swcmp.cmp.messages import AlgorithmId
 
-log = logging.getLogger("swcmp.cmp.client")
+log = logging.getLogger(__name__)
 
 
 def check_issued_content(cert: x509.Certificate, *,

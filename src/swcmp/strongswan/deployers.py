@@ -51,7 +51,7 @@ from swcmp.strongswan.vici import (
     vici_socket_path,
 )
 
-log = logging.getLogger("swcmp.strongswan")
+log = logging.getLogger(__name__)
 
 DEFAULT_SWANCTL_CONF = "/etc/swanctl/swanctl.conf"
 """swanctl's configuration; its directory is the swanctl directory (``x509/``, ``private/``)."""

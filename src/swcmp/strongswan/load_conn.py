@@ -24,7 +24,7 @@ from pathlib import Path
 from swcmp.errors import ConfigError
 from swcmp.strongswan.swanctl_conf import ConfSection
 
-log = logging.getLogger("swcmp.strongswan")
+log = logging.getLogger(__name__)
 
 LIST_KEYS = frozenset({
     "local_addrs", "remote_addrs", "proposals", "esp_proposals", "ah_proposals",

@@ -29,7 +29,7 @@ from swcmp.cmp.keys import public_key_bits
 from swcmp.deploy import DeployError, DeployUnavailable
 from swcmp.errors import CertificateError, ConfigError, ProtocolError
 
-log = logging.getLogger("swcmp.strongswan")
+log = logging.getLogger(__name__)
 
 DEFAULT_VICI_URI = "unix:///var/run/charon.vici"
 """Where charon's vici plugin listens unless ``charon.plugins.vici.socket`` says otherwise."""

@@ -15,8 +15,9 @@ from types import ModuleType
 import pytest
 
 from swcmp.cli import iter_commands
+from testpaths import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 PAGE = ROOT / "man" / "swcmp.8"
 MAN = shutil.which("man")
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).parent))
-from charon_net import available  # noqa: E402
+from charon_net import available
+from testpaths import REPO
 
 pytestmark = pytest.mark.integration
 

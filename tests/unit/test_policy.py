@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pki import TestPKI, make_pki
+from pki import TestPKI
 from swcmp.cmp import keys
 from swcmp.policy import (
     JITTER_CAP,
@@ -28,11 +28,6 @@ from swcmp.session import Session
 from swcmp.state import SessionState
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def session(**kw: object) -> Session:

@@ -96,11 +96,6 @@ def test_empty_secret_and_unknown_alg_refused() -> None:
         MacProtection(reference=b"r", secret=b"x", mac_alg="md5")
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
 @pytest.mark.parametrize(("key_type", "pss"), [("rsa:2048", False), ("rsa:2048", True),
                                                ("ecdsa:p256", False), ("ecdsa:p384", False),
                                                ("ed25519", False)])

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from pki import TestPKI, make_cert, make_pki
+from pki import TestPKI, make_cert
 from swcmp.cmp import certs, codec, keys
 from swcmp.cmp.client import CMPClient
 from swcmp.cmp.messages import CertResponse, StatusInfo
@@ -87,11 +87,6 @@ class QuirkyCA:
 
     def close(self) -> None:
         pass
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def mac() -> MacProtection:

@@ -30,9 +30,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from charon_net import NS_PREFIX, cleanup_stale_namespaces
 from test_renewal_testca import CAHolder, Site, add_session, ca_config, make_site
 from test_serve_testca import swcmp_cmd, swcmp_json
+from testpaths import REPO
 
 KEEPALIVED = shutil.which("keepalived") or "/usr/sbin/keepalived"
-NOTIFY = Path(__file__).resolve().parent.parent / "contrib" / "keepalived-notify.sh"
+NOTIFY = REPO / "contrib" / "keepalived-notify.sh"
 VIP = "10.252.0.100"
 #: serve's own rescan interval (service.RESCAN): a renewal sooner than this after the
 #: failover was started by the notify script's SIGHUP, i.e. within one wake-up.

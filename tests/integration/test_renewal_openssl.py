@@ -22,6 +22,7 @@ from renewal_env import Gateway, make_gateway
 from swcmp.renewal import Renewer
 from swcmp.state import StateStore
 from swcmp.store import Journal
+from testpaths import TESTS
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")]
@@ -101,7 +102,7 @@ def test_kill_9_at_each_step_then_recover(setup: tuple[TestPKI, Gateway, object]
     _, gw, renewed = setup
     root = gw.paths.config_dir.parent
     res = subprocess.run([sys.executable, "-c", CHILD, str(root), phase, "",
-                          str(Path(__file__).parent)], capture_output=True, text=True)
+                          str(TESTS)], capture_output=True, text=True)
     assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
     # whatever happened, storage holds a matching, valid pair
     assert gw.pair_matches()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -27,8 +26,8 @@ from swcmp.cmp.messages import (
     StatusInfo,
 )
 from swcmp.errors import ProtocolError
+from testpaths import DATA
 
-DATA = Path(__file__).parent / "data" / "openssl-3.0"
 ROOT_DER = certs.der_of(certs.load_certificate((DATA / "pki" / "root.crt").read_bytes()))
 CN = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "gw1.example.net")]).public_bytes()
 

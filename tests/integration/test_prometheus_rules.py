@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from swcmp.metrics import _FAMILIES
+from testpaths import REPO
 
-CONTRIB = Path(__file__).resolve().parent.parent / "contrib" / "prometheus"
+CONTRIB = REPO / "contrib" / "prometheus"
 RULES = CONTRIB / "swcmp-rules.yml"
 RULE_TESTS = CONTRIB / "swcmp-rules.test.yml"
 PROMTOOL = shutil.which("promtool")

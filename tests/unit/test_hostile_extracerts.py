@@ -14,18 +14,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-from pathlib import Path
 
 import pytest
 
-from pki import TestPKI, make_pki, name
+from pki import TestPKI, name
 from swcmp.cmp import certs, codec, protection
 from swcmp.cmp.client import CMPClient
 from swcmp.cmp.protection import MacProtection
 from swcmp.errors import CertificateError, SwcmpError
 from test_client_faults import SECRET, ScriptedCA
+from testpaths import DATA
 
-DATA = Path(__file__).parent / "data" / "openssl-3.0"
 ROOT = certs.load_certificate((DATA / "pki" / "root.crt").read_bytes())
 WHEN = dt.datetime(2026, 11, 27, 17, 0, tzinfo=dt.UTC)  # inside the captures' validity
 
@@ -83,11 +82,6 @@ def test_signer_with_an_unsupported_curve() -> None:
     tampered = dataclasses.replace(msg, extra_certs=(evil, *msg.extra_certs[1:]))
     with pytest.raises(SwcmpError):
         protection.verify_response(tampered, mac=None, trust=[ROOT], now=WHEN)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.mark.parametrize("which", [0, 1, 2], ids=["version", "issuer", "subject"])

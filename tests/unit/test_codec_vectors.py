@@ -12,8 +12,8 @@ from pyasn1_alt_modules import rfc9480
 from swcmp.cmp import certs, codec, der, oids, protection
 from swcmp.cmp.messages import CertRepContent, CertRequestInfo, ErrorInfo, PollRepEntry, RevRepInfo
 from swcmp.errors import ProtectionError, ProtocolError
+from testpaths import DATA
 
-DATA = Path(__file__).parent / "data" / "openssl-3.0"
 VECTORS = sorted(DATA.glob("*.der"))
 ROOT = certs.load_certificate((DATA / "pki" / "root.crt").read_bytes())
 WHEN = dt.datetime(2026, 11, 27, 17, 0, tzinfo=dt.UTC)  # inside the captures' validity

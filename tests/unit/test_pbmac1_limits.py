@@ -16,7 +16,7 @@ from pyasn1.codec.der import encoder
 from pyasn1.type import univ
 from pyasn1_alt_modules import rfc8018
 
-from pki import TestPKI, make_pki, name
+from pki import TestPKI, name
 from swcmp.cmp import oids
 from swcmp.cmp.client import CMPClient
 from swcmp.cmp.messages import AlgorithmId
@@ -50,11 +50,6 @@ class HostilePBMAC1(MacProtection):
 
     def start(self) -> Protected:
         return Protected(self.alg, b"ca", (), lambda data: b"\0" * 32)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.mark.parametrize("key_length", [2**70, 10**9, 0x7FFFFFFF], ids=["2e70", "1e9", "2e31"])

@@ -19,22 +19,21 @@ import contextlib
 import string
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dertree as d
-from pki import TestPKI, make_pki, name
+from pki import TestPKI, name
 from swcmp.cmp import certs, codec, der, protection
 from swcmp.cmp.client import CMPClient
 from swcmp.cmp.messages import PKIMessageInfo
 from swcmp.cmp.protection import MacProtection, ResponseTrust
 from swcmp.errors import ProtocolError, SwcmpError
 from test_client_faults import SECRET, ScriptedCA
+from testpaths import DATA
 
-DATA = Path(__file__).parent / "data" / "openssl-3.0"
 VECTORS = {p.name: p.read_bytes() for p in sorted(DATA.glob("*.der"))}
 ROOT = certs.load_certificate((DATA / "pki" / "root.crt").read_bytes())
 #: inside the validity of the captured messages' certificates
@@ -238,11 +237,6 @@ class MutatingCA(ScriptedCA):
         h, b = header.encode(), body.encode()
         mac = protection._pbm_compute(SECRET, alg.params_der, codec.protected_part(h, b))
         return codec.assemble(h, b, mac)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @settings(max_examples=300, deadline=None,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from pki import TestPKI, make_pki, name
+from pki import TestPKI, name
 from swcmp.cmp import certs, codec, keys
 from swcmp.cmp.client import CMPClient
 from swcmp.cmp.messages import CertResponse, PKIMessageInfo, PollRepEntry, StatusInfo
@@ -74,11 +74,6 @@ class ScriptedCA:
 
     def close(self) -> None:
         pass
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def run(pki: TestPKI, fault: str, *, cert: x509.Certificate | None = None,
