@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from swcmp import certs, fsutil, keys
+from swcmp import certs, fsutil, keys, tokenkeys
 from swcmp.config import (
     Paths,
     Session,
     SessionStore,
     auth_credentials,
     read_mac_secret,
+    session_key_file,
     tls_client_files,
 )
 from swcmp.deploy import CredentialPair, Deployer, DeployError, DeployUnavailable
@@ -87,22 +88,26 @@ def load_trust(session: Session) -> list[x509.Certificate]:
     return out
 
 
-def load_session_key(session: Session, paths: Paths) -> keys.PrivateKey | None:
-    """The session's key pair from ``private/<key>.key``; None when not there yet."""
+def load_session_key(session: Session, paths: Paths) -> keys.SigningKey | None:
+    """The session's key pair from ``private/<key>.key`` (or its token); None when not there yet."""
     _need(session.key, "key pair name", session, "--key")
     assert session.key is not None
+    if tokenkeys.uses_token(session):
+        return tokenkeys.current_key(session, paths)
     p = paths.key_file(session.key)
     if not p.exists():
         return None
     return keys.load_private_key(read_file(p, "private key"))
 
 
-def ensure_session_key(session: Session, paths: Paths) -> tuple[keys.PrivateKey, bool]:
+def ensure_session_key(session: Session, paths: Paths) -> tuple[keys.SigningKey, bool]:
     """Load the session's key, or generate one per ``key_type`` and store it (0600).
 
     The new key is written before any request, so that a crash after the CA
     issued a certificate never leaves a certificate without its key.
     """
+    if tokenkeys.uses_token(session):
+        return tokenkeys.ensure_key(session, paths)
     key = load_session_key(session, paths)
     if key is not None:
         return key, False
@@ -116,9 +121,15 @@ def ensure_session_key(session: Session, paths: Paths) -> tuple[keys.PrivateKey,
 
 
 def signature_credentials(session: Session, paths: Paths
-                          ) -> tuple[keys.PrivateKey, x509.Certificate, list[x509.Certificate]]:
+                          ) -> tuple[keys.SigningKey, x509.Certificate, list[x509.Certificate]]:
     """The key, certificate and intermediates that sign requests for this session."""
     cert_path, key_path = auth_credentials(session, paths)
+    if key_path is None and cert_path is not None and tokenkeys.uses_token(session):
+        chain = certs.load_certificates(read_file(cert_path, "authentication certificate"))
+        token_key = tokenkeys.current_key(session, paths)
+        _need(token_key, "key pair in its token", session, "--key")
+        assert token_key is not None
+        return token_key, chain[0], [c for c in chain[1:] if c.issuer != c.subject]
     _need(cert_path, "authentication certificate", session, "--auth-cert")
     _need(key_path, "authentication key", session, "--auth-key")
     assert cert_path is not None and key_path is not None
@@ -284,6 +295,8 @@ def current_pair(session: Session, paths: Paths) -> CredentialPair | None:
     """The session's live key and certificate as a CredentialPair, if both exist."""
     if session.key is None:
         return None
+    if tokenkeys.uses_token(session):
+        return tokenkeys.current_pair(session, paths)
     kp, cp = paths.key_file(session.key), paths.cert_file(session.name)
     if not (kp.exists() and cp.exists()):
         return None
@@ -314,7 +327,7 @@ def deploy(deployer: Deployer | None, new: CredentialPair,
 
 
 def _store_and_configure(session: Session, paths: Paths, store: SessionStore | None,
-                         enrolled: Enrollment, action: str, key_path: Path,
+                         enrolled: Enrollment, action: str, key_path: Path | None,
                          deployer: Deployer | None) -> Outcome:
     previous = current_pair(session, paths)
     cert_path = paths.cert_file(session.name)
@@ -323,6 +336,10 @@ def _store_and_configure(session: Session, paths: Paths, store: SessionStore | N
     ca_list = list(dict.fromkeys([*enrolled.chain, *ca_pubs]))  # as write_ca_certs stores them
     ca_paths = write_ca_certs(session, paths, ca_list)
     fsutil.atomic_write(cert_path, certs.pem_of(enrolled.certificate), mode=0o644)
+    if tokenkeys.uses_token(session):
+        token_key = tokenkeys.current_key(session, paths)
+        assert token_key is not None
+        tokenkeys.write_secrets(paths, session, token_key)
     if store is not None:
         # From now on requests are signed with the session's own certificate; a
         # session that had no trust anchor takes the CA certificates the MAC vouched for.
@@ -391,7 +408,7 @@ def _request(kind: str, session: Session, paths: Paths, protection: Callable[[],
         finally:
             _record_stats(paths, session.name, client)
         return _store_and_configure(session, paths, store, enrolled, kind,
-                                    paths.key_file(session.key), deployer)
+                                    session_key_file(session, paths), deployer)
 
     # The renewal lock: a renewal committing a new key while this request is on the
     # wire would otherwise end with its key beside our certificate for the old one.
@@ -429,9 +446,12 @@ def request_certificate(session: Session, paths: Paths, *, store: SessionStore |
                     lambda: signature_protection(session, paths), store, deployer, transport)
 
 
-def make_csr(key: keys.PrivateKey, subject: x509.Name,
+def make_csr(key: keys.SigningKey, subject: x509.Name,
              sans: Sequence[x509.GeneralName]) -> x509.CertificateSigningRequest:
     """A PKCS#10 request for ``key`` with the session's subject and SANs."""
+    if not isinstance(key, keys.PrivateKey):
+        raise ConfigError("a PKCS#10 request (p10cr) cannot be signed by a key in a token "
+                          "yet").with_hint("use an ir or cr for this session")
     builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -19,6 +19,25 @@ from swcmp.errors import ConfigError, ProtectionError
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+
+
+
+class Signer(Protocol):
+    """A private key held elsewhere (a PKCS#11 token, a TPM): its public half and a
+    signing operation. Wherever swcmp signs (protection, POP) such an object may
+    stand in for a private key in memory."""
+
+    def public_key(self) -> PublicKey:
+        """The public half."""
+        ...
+
+    def sign(self, data: bytes, alg: SignatureAlgorithm) -> bytes:
+        """The signature over ``data`` under ``alg`` (DER-encoded for ECDSA)."""
+        ...
+
+
+#: What can sign a request: a key in memory or a :class:`Signer`.
+SigningKey = PrivateKey | Signer
 
 KEY_TYPES = ("rsa:2048", "rsa:3072", "rsa:4096", "ecdsa:p256", "ecdsa:p384", "ed25519")
 DEFAULT_KEY_TYPE = "rsa:3072"
@@ -118,20 +137,19 @@ def private_key_pem(key: PrivateKey) -> bytes:
     )
 
 
-def spki_der(key: PrivateKey | PublicKey) -> bytes:
-    """The DER SubjectPublicKeyInfo of a key (private keys give their public part)."""
+def spki_der(key: SigningKey | PublicKey) -> bytes:
+    """The DER SubjectPublicKeyInfo of a key (private keys and signers give their public part)."""
     pub: PublicKey
-    if isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-                  | ed25519.Ed25519PrivateKey):
-        pub = public_key_of(key)
-    else:
+    if isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
         pub = key
+    else:
+        pub = public_key_of(key)
     return pub.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
 
-def public_key_of(key: PrivateKey) -> PublicKey:
+def public_key_of(key: SigningKey) -> PublicKey:
     """The public half of ``key``."""
     pub = key.public_key()
     assert isinstance(pub, rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey)
@@ -165,16 +183,17 @@ def subject_key_id(key: PrivateKey | PublicKey) -> bytes:
     return hashlib.sha1(public_key_bits(spki_der(key))).digest()
 
 
-def default_signature_algorithm(key: PrivateKey, *, pss: bool = False) -> SignatureAlgorithm:
+def default_signature_algorithm(key: SigningKey, *, pss: bool = False) -> SignatureAlgorithm:
     """The algorithm swcmp signs with for ``key``: SHA-256 (SHA-384 for P-384)."""
     from swcmp.cmp import oids
 
-    if isinstance(key, rsa.RSAPrivateKey):
+    pub = public_key_of(key)
+    if isinstance(pub, rsa.RSAPublicKey):
         if pss:
             return SignatureAlgorithm(oids.RSASSA_PSS, _pss_params_der())
         return SignatureAlgorithm(oids.SHA256_WITH_RSA, b"\x05\x00")
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        if key.curve.key_size >= 384:
+    if isinstance(pub, ec.EllipticCurvePublicKey):
+        if pub.curve.key_size >= 384:
             return SignatureAlgorithm(oids.ECDSA_SHA384)
         return SignatureAlgorithm(oids.ECDSA_SHA256)
     return SignatureAlgorithm(oids.ED25519)
@@ -224,8 +243,13 @@ def _pss_from_params(params_der: bytes | None) -> tuple[hashes.HashAlgorithm, in
     return _tables().hash_by_oid[hash_oid](), int(params["saltLength"])
 
 
-def sign(key: PrivateKey, alg: SignatureAlgorithm, data: bytes) -> bytes:
-    """Sign ``data`` with ``key`` under ``alg``."""
+def pss_parameters(params_der: bytes | None) -> tuple[hashes.HashAlgorithm, int]:
+    """Hash and salt length of accepted RSASSA-PSS parameters (ProtectionError otherwise)."""
+    return _pss_from_params(params_der)
+
+
+def sign(key: SigningKey, alg: SignatureAlgorithm, data: bytes) -> bytes:
+    """Sign ``data`` with ``key`` under ``alg`` (a :class:`Signer` signs it itself)."""
     from swcmp.cmp import oids
 
     if isinstance(key, rsa.RSAPrivateKey):
@@ -235,7 +259,9 @@ def sign(key: PrivateKey, alg: SignatureAlgorithm, data: bytes) -> bytes:
         return key.sign(data, padding.PKCS1v15(), _tables().rsa_pkcs1[alg.oid]())
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return key.sign(data, ec.ECDSA(_tables().ecdsa[alg.oid]()))
-    return key.sign(data)
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(data)
+    return key.sign(data, alg)
 
 
 def verify(pub: object, alg: SignatureAlgorithm, signature: bytes, data: bytes) -> None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from swcmp import certs, fsutil, keys
+from swcmp import certs, fsutil, keys, tokenkeys
 from swcmp.config import ExpireTime, Paths, Session
 from swcmp.deploy import CredentialPair, Deployer, DeployError, DeployUnavailable
 from swcmp.enroll import (
@@ -251,7 +251,11 @@ def _journal_problem(data: dict[str, Any]) -> str | None:
             bytes.fromhex(value)
         except ValueError:
             return f"{key} is not a hex string"
-    for key in ("phase", "kind", "old_serial", "cert", "started"):
+    token_id = data.get("token_id")
+    if token_id is not None and (not isinstance(token_id, str) or len(token_id) > 128
+                                 or not all(c in "0123456789abcdef" for c in token_id)):
+        return "token_id is not a hex string"
+    for key in ("phase", "kind", "old_serial", "cert", "started", "token_old", "old_cert_pem"):
         if data.get(key) is not None and not isinstance(data[key], str):
             return f"{key} is not text"
     req_id = data.get("cert_req_id", 0)
@@ -340,7 +344,13 @@ class Renewer:
             chain=request_chain(session, self.paths, auth_cert, chain))
 
         # The key to certify: staged from an interrupted run, fresh, or the live one.
-        if entry and j.key_file.exists():
+        new_key: keys.SigningKey
+        if tokenkeys.uses_token(session):
+            from swcmp.token_renewal import token_key_to_certify
+
+            new_key, entry = token_key_to_certify(self, session, j, entry, live_key, old_cert,
+                                                  regenerate, now)
+        elif entry and j.key_file.exists():
             new_key = keys.load_private_key(read_file(j.key_file, "staged key"))
         elif regenerate:
             new_key = keys.generate_key(session.key_type)
@@ -387,14 +397,15 @@ class Renewer:
         finally:
             self._record_stats(session.name, client)
         j.stage_cert(enrolled.certificate, [*enrolled.chain])
-        if new_key is not live_key and not j.key_file.exists():
+        if (new_key is not live_key and not j.key_file.exists()
+                and isinstance(new_key, keys.PrivateKey)):  # a token keeps its own
             j.stage_key(new_key)
         j.write(phase="confirmed")
         self._check("confirmed")
         return self._promote(session, j)
 
     def _transact(self, session: Session, j: Journal, entry: dict[str, Any] | None,
-                  client: CMPClient, new_key: keys.PrivateKey, old_cert: x509.Certificate,
+                  client: CMPClient, new_key: keys.SigningKey, old_cert: x509.Certificate,
                   protection: Any, note: Callable[[TxEvent], None],
                   accept: Callable[[x509.Certificate], None]) -> Any:
         phase = entry.get("phase") if entry else None
@@ -438,7 +449,7 @@ class Renewer:
                                  journal=note, accept=accept)
 
     def _stage_journaled(self, session: Session, j: Journal, entry: dict[str, Any],
-                         new_key: keys.PrivateKey, old_cert: x509.Certificate) -> None:
+                         new_key: keys.SigningKey, old_cert: x509.Certificate) -> None:
         """Stage the certificate journaled at "received" if it still passes our checks."""
         try:
             cert = certs.load_certificate(str(entry["cert"]).encode())
@@ -471,7 +482,7 @@ class Renewer:
         if entry.get("phase") == "waiting" and not ca_said_no:
             return
         fsutil.remove_file(j.cert_file, missing_ok=True)
-        if j.key_file.exists():
+        if j.key_file.exists() or entry.get("token_id"):  # a staged key, file or token
             j.write(phase="key-ready", transaction_id=None, server_nonce=None, cert=None)
         else:
             j.clear()
@@ -497,6 +508,10 @@ class Renewer:
 
     def _promote(self, session: Session, j: Journal) -> Outcome:
         """Make the staged pair live in storage, then in charon; roll back on failure."""
+        if tokenkeys.uses_token(session):
+            from swcmp.token_renewal import promote_token
+
+            return promote_token(self, session, j)
         j.write(phase="committing")
         self._check("committing")
         staged_cert = certs.load_certificate(read_file(j.cert_file, "staged certificate"))

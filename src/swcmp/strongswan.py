@@ -286,6 +286,13 @@ class _Vici:
         reply = self.call("load-key", {"type": "any", "data": key_pem})
         return KeyId(_text(reply.get("id", b"")).lower())
 
+    def load_pair_key(self, pair: CredentialPair) -> KeyId:
+        """``load-key`` for a key file's PEM, ``load-token`` for a key kept in a token."""
+        if pair.token is None:
+            return self.load_key(pair.key_pem)
+        reply = self.call("load-token", {"handle": pair.token.handle, "pin": pair.token.pin})
+        return KeyId(_text(reply.get("id", b"")).lower())
+
     def unload_key(self, key_id: KeyId) -> None:
         self.call("unload-key", {"id": key_id})
 
@@ -475,7 +482,7 @@ def load_current(
                 continue
             try:
                 keys_before = conn.get_keys()
-                got = conn.load_key(pair.key_pem)
+                got = conn.load_pair_key(pair)
                 if got != expected:
                     if got not in keys_before:
                         conn.unload_key(got)
@@ -622,7 +629,7 @@ class ViciDeployer:
     ) -> None:
         """Steps 1-3 of the identity-mode swap; ``progress`` records what charon accepted."""
         keys_before = conn.get_keys()
-        got = conn.load_key(new.key_pem)
+        got = conn.load_pair_key(new)
         if got != new_id:
             # Remove the stray key again unless it was loaded before (old or another session's).
             if got not in keys_before:
@@ -659,7 +666,7 @@ class ViciDeployer:
             old_id: KeyId | None = None
             if previous is not None:
                 # Re-load the old pair first, so a usable pair exists at every moment.
-                old_id = conn.load_key(previous.key_pem)
+                old_id = conn.load_pair_key(previous)
                 conn.load_cert(previous.cert_pem, ca=False)
                 for ca_pem in previous.ca_certs_pem:
                     conn.load_cert(ca_pem, ca=True)
@@ -1176,7 +1183,7 @@ class PinnedDeployer:
               replaced: list[str], state: dict[str, Any]) -> set[int]:
         keys_before = conn.get_keys()
         state["keys_before"] = keys_before
-        got = conn.load_key(new.key_pem)
+        got = conn.load_pair_key(new)
         if got != new_id:
             if got not in keys_before:
                 conn.unload_key(got)
@@ -1212,7 +1219,7 @@ class PinnedDeployer:
             # from swanctl.conf, i.e. pinned to the new certificate file. So load the
             # previous pair again and re-send every connection, not only those replaced.
             try:
-                conn.load_key(previous.key_pem)
+                conn.load_pair_key(previous)
                 conn.load_cert(previous.cert_pem, ca=False)
                 for ca_pem in previous.ca_certs_pem:
                     conn.load_cert(ca_pem, ca=True)
