@@ -48,6 +48,7 @@ from swcmp import certs
 from swcmp.config import Paths, Session, auth_credentials, session_key_file
 from swcmp.errors import CertificateError, SwcmpError
 from swcmp.names import common_name, format_dn
+from swcmp.pkcs11 import is_token_uri
 
 __all__ = [
     "FAIL",
@@ -263,7 +264,9 @@ def _check_auth_cert(session: Session, paths: Paths, now: datetime) -> list[Chec
     )
 
     # Does it match its key?
-    if key_path is None:
+    if key_path is None and session.auth_key is None and is_token_uri(session.key):
+        results.append(_pass("auth-cert-key", "the key is in a token: see token-key-cert"))
+    elif key_path is None:
         results.append(
             _fail(
                 "auth-cert-key",
@@ -485,7 +488,12 @@ def run_checks(
         _check_server_url(session),
     ]
     results.extend(_check_auth_cert(session, paths, now))
-    results.append(_check_key_pair(session, paths))
+    if is_token_uri(session.key):
+        from swcmp.token_checks import token_checks
+
+        results.extend(token_checks(session, paths))
+    else:
+        results.append(_check_key_pair(session, paths))
     results.append(_check_trust(session, now))
     if session.ir_auth == "mac":
         results.append(_check_mac_ref(session))

@@ -294,6 +294,10 @@ class TokenStore:
         try:
             found = [t for slot in lib.get_slots(token_present=True)
                      for t in [slot.get_token()] if _token_matches(t, wanted)]
+            if not found:  # a token inserted or initialised since the module was loaded
+                lib.reinitialize()
+                found = [t for slot in lib.get_slots(token_present=True)
+                         for t in [slot.get_token()] if _token_matches(t, wanted)]
         except p11.PKCS11Error as e:
             raise TokenError(f"the PKCS#11 module {self.config.module} cannot list its tokens:"
                              f" {type(e).__name__}").with_hint(
