@@ -39,12 +39,11 @@ from pyasn1_alt_modules import rfc8018, rfc9480
 
 import dertree as d
 from pki import make_pki, name
-from swcmp import certs, keys
-from swcmp.client import CMPClient
-from swcmp.cmp import codec, oids
+from swcmp.cmp import certs, codec, keys, oids
+from swcmp.cmp.client import CMPClient
+from swcmp.cmp.messages import AlgorithmId, CertResponse, PKIMessageInfo, StatusInfo
+from swcmp.cmp.protection import MacProtection, SignatureProtection
 from swcmp.errors import SwcmpError
-from swcmp.models import AlgorithmId, CertResponse, PKIMessageInfo, StatusInfo
-from swcmp.protection import MacProtection, SignatureProtection
 
 NOW = dt.datetime.now(dt.UTC)
 SECRET = b"bench-secret"

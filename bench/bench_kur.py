@@ -21,17 +21,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from openssl_mock import OPENSSL, mock_server
 from pki import make_pki, pem_cert
-from swcmp.client import CMPClient
-from swcmp.protection import SignatureProtection
-from swcmp.transport import HttpTransport
+from swcmp.cmp.client import CMPClient
+from swcmp.cmp.protection import SignatureProtection
+from swcmp.cmp.transport import HttpTransport
 
 COLD = """
 import sys
 from pathlib import Path
-from swcmp import certs, keys
-from swcmp.client import CMPClient
-from swcmp.protection import SignatureProtection
-from swcmp.transport import HttpTransport
+from swcmp.cmp import certs, keys
+from swcmp.cmp.client import CMPClient
+from swcmp.cmp.protection import SignatureProtection
+from swcmp.cmp.transport import HttpTransport
 d = Path(sys.argv[2])
 key = keys.load_private_key((d / "gw.key").read_bytes())
 cert = certs.load_certificate((d / "gw.crt").read_bytes())

@@ -39,11 +39,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from swcmp import certs, keys
-from swcmp.client import CMPClient, Enrollment
-from swcmp.protection import MacProtection, SignatureProtection
+from swcmp.cmp import certs, keys
+from swcmp.cmp.client import CMPClient, Enrollment
+from swcmp.cmp.protection import MacProtection, SignatureProtection
+from swcmp.cmp.transport import HttpTransport
 from swcmp.testca import CAConfig, TestCA
-from swcmp.transport import HttpTransport
 
 REF, SECRET = b"bench", b"bench-secret"
 

@@ -120,7 +120,7 @@ def start_ca(base: Path, secret_file: Path) -> tuple[subprocess.Popen[str], str,
 
 
 def ca_name(ca_cert: Path) -> str:
-    from swcmp import certs
+    from swcmp.cmp import certs
     from swcmp.names import format_dn
 
     return format_dn(certs.load_certificate(ca_cert.read_bytes()).subject)

@@ -34,8 +34,8 @@ from urllib.parse import urlsplit
 
 import dertree as d
 from swcmp.cmp import codec
-from swcmp.models import PKIMessageInfo, StatusInfo
-from swcmp.protection import Protection
+from swcmp.cmp.messages import PKIMessageInfo, StatusInfo
+from swcmp.cmp.protection import Protection
 
 CONTENT_TYPE = "application/pkixcmp"
 

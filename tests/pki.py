@@ -11,8 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from swcmp import keys
-from swcmp.cmp import oids
+from swcmp.cmp import keys, oids
 
 CMC_RA = x509.ObjectIdentifier(oids.KP_CMC_RA)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from cryptography import x509
 
 from pki import TestPKI, pem_cert, pem_key
-from swcmp import certs, keys
+from swcmp.cmp import certs, keys
 from swcmp.config import Paths, Session, SessionStore
 
 

@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 
 from pki import TestPKI, make_pki, name
-from swcmp import certs, protection
-from swcmp.client import CMPClient
-from swcmp.cmp import codec
+from swcmp.cmp import certs, codec, protection
+from swcmp.cmp.client import CMPClient
+from swcmp.cmp.protection import MacProtection
 from swcmp.errors import CertificateError, SwcmpError
-from swcmp.protection import MacProtection
 from test_client_faults import SECRET, ScriptedCA
 
 DATA = Path(__file__).parent / "data" / "openssl-3.0"

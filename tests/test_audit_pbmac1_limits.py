@@ -17,11 +17,11 @@ from pyasn1.type import univ
 from pyasn1_alt_modules import rfc8018
 
 from pki import TestPKI, make_pki, name
-from swcmp.client import CMPClient
 from swcmp.cmp import oids
+from swcmp.cmp.client import CMPClient
+from swcmp.cmp.messages import AlgorithmId
+from swcmp.cmp.protection import MacProtection, Protected
 from swcmp.errors import ProtectionError
-from swcmp.models import AlgorithmId
-from swcmp.protection import MacProtection, Protected
 from test_client_faults import SECRET, ScriptedCA
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from swcmp import fsutil
+from swcmp.cmp.transport import HttpTransport
 from swcmp.enroll import request_certificate
 from swcmp.errors import LockHeldError
 from swcmp.renewal import Renewer
-from swcmp.transport import HttpTransport
 from test_renewal_testca import CAHolder, Site, add_session, ca_config, make_site
 
 

@@ -18,13 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pki import TestPKI, make_cert, make_pki
-from swcmp import certs, keys
-from swcmp.client import CMPClient
-from swcmp.cmp import codec
+from swcmp.cmp import certs, codec, keys
+from swcmp.cmp.client import CMPClient
+from swcmp.cmp.messages import CertResponse, StatusInfo
+from swcmp.cmp.protection import MacProtection, ResponseTrust, SignatureProtection
 from swcmp.enroll import make_csr
 from swcmp.errors import CMPErrorResponse, ProtectionError, ProtocolError
-from swcmp.models import CertResponse, StatusInfo
-from swcmp.protection import MacProtection, ResponseTrust, SignatureProtection
 
 SECRET = b"quirk-secret"
 CA_NAME = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "DE"),

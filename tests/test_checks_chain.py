@@ -1,4 +1,4 @@
-"""`session check` builds chains the way the renewal does (swcmp.certs.build_chain)."""
+"""`session check` builds chains the way the renewal does (swcmp.cmp.certs.build_chain)."""
 
 from __future__ import annotations
 

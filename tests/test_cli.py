@@ -22,8 +22,9 @@ from click.testing import CliRunner, Result
 
 from pki import TestPKI, make_pki, pem_key
 from swcmp import cli as cli_module
-from swcmp import config, keys
+from swcmp import config
 from swcmp.cli import cli, iter_commands
+from swcmp.cmp import keys
 
 SECRET = "S3cret-never-PRINTED-4711"
 ENTITY = "CN=gw1.example.net,O=Example,C=DE"
@@ -152,7 +153,7 @@ def test_expire_time_help_says_remaining_share() -> None:
 
 def test_choices_agree_with_config() -> None:
     assert cli_module.KEY_TYPE_CHOICES == config.KEY_TYPES
-    from swcmp import keys
+    from swcmp.cmp import keys
 
     assert config.KEY_TYPES == keys.KEY_TYPES
     assert cli_module.IR_AUTH_CHOICES == config.IR_AUTH_MODES
@@ -166,7 +167,7 @@ def test_version() -> None:
     assert result.output.strip() == "swcmp 0.1.0"
 
 
-HEAVY = ("pyasn1", "pyasn1_alt_modules", "requests", "vici", "swcmp.client", "swcmp.cmp.codec")
+HEAVY = ("pyasn1", "pyasn1_alt_modules", "requests", "vici", "swcmp.cmp.client", "swcmp.cmp.codec")
 
 
 def _modules_after(args: list[str], env: Env) -> set[str]:

@@ -23,8 +23,8 @@ from cryptography import x509
 
 from openssl_mock import OPENSSL, mock_server
 from pki import TestPKI, make_pki, pem_cert, pem_key
-from swcmp import keys
 from swcmp.cli import cli
+from swcmp.cmp import keys
 
 pytestmark = [
     pytest.mark.integration,

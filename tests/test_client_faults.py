@@ -10,12 +10,11 @@ import pytest
 from cryptography import x509
 
 from pki import TestPKI, make_pki, name
-from swcmp import certs, keys
-from swcmp.client import CMPClient
-from swcmp.cmp import codec
+from swcmp.cmp import certs, codec, keys
+from swcmp.cmp.client import CMPClient
+from swcmp.cmp.messages import CertResponse, PKIMessageInfo, PollRepEntry, StatusInfo
+from swcmp.cmp.protection import MacProtection
 from swcmp.errors import CertificateRejectedError, CMPErrorResponse, ProtectionError, ProtocolError
-from swcmp.models import CertResponse, PKIMessageInfo, PollRepEntry, StatusInfo
-from swcmp.protection import MacProtection
 
 SECRET = b"s3cret"
 

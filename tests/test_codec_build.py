@@ -12,10 +12,8 @@ from cryptography import x509
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from swcmp import certs, keys
-from swcmp.cmp import codec, oids
-from swcmp.errors import ProtocolError
-from swcmp.models import (
+from swcmp.cmp import certs, codec, keys, oids
+from swcmp.cmp.messages import (
     AlgorithmId,
     CertRepContent,
     CertRequestInfo,
@@ -28,6 +26,7 @@ from swcmp.models import (
     RevRepInfo,
     StatusInfo,
 )
+from swcmp.errors import ProtocolError
 
 DATA = Path(__file__).parent / "data" / "openssl-3.0"
 ROOT_DER = certs.der_of(certs.load_certificate((DATA / "pki" / "root.crt").read_bytes()))
@@ -85,8 +84,7 @@ def test_cert_request_roundtrip_with_pop(kind: str, key_type: str) -> None:
     assert req.public_key_der == keys.spki_der(key)
     assert req.subject_der == CN and req.old_cert_id == old
     assert req.popo_kind == "signature" and req.popo_alg is not None
-    keys.verify(keys.public_key_of(key), keys.SignatureAlgorithm(req.popo_alg.oid,
-                req.popo_alg.params_der), req.popo_signature, req.request_der)  # type: ignore[arg-type]
+    keys.verify(keys.public_key_of(key), req.popo_alg, req.popo_signature, req.request_der)  # type: ignore[arg-type]
 
 
 def test_rep_bodies_roundtrip() -> None:

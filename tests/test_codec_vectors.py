@@ -9,10 +9,9 @@ import pytest
 from pyasn1.codec.der import decoder, encoder
 from pyasn1_alt_modules import rfc9480
 
-from swcmp import certs, protection
-from swcmp.cmp import codec, der, oids
+from swcmp.cmp import certs, codec, der, oids, protection
+from swcmp.cmp.messages import CertRepContent, CertRequestInfo, ErrorInfo, PollRepEntry, RevRepInfo
 from swcmp.errors import ProtectionError, ProtocolError
-from swcmp.models import CertRepContent, CertRequestInfo, ErrorInfo, PollRepEntry, RevRepInfo
 
 DATA = Path(__file__).parent / "data" / "openssl-3.0"
 VECTORS = sorted(DATA.glob("*.der"))
@@ -121,10 +120,10 @@ def test_kur_fields_old_cert_id_and_pop() -> None:
     # the POP signature verifies over the raw CertRequest with the requested key
     from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-    from swcmp import keys
+    from swcmp.cmp import keys
 
     pub = load_der_public_key(req.public_key_der)  # type: ignore[arg-type]
-    keys.verify(pub, keys.SignatureAlgorithm(req.popo_alg.oid, req.popo_alg.params_der),
+    keys.verify(pub, req.popo_alg,
                 req.popo_signature, req.request_der)  # type: ignore[arg-type]
     assert msg.header.sender_kid == certs.subject_key_id(old)
 

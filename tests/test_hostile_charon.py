@@ -25,8 +25,8 @@ from hostile_proxy import (
     mutate,
     with_message_time,
 )
-from swcmp import keys
-from swcmp.protection import SignatureProtection
+from swcmp.cmp import keys
+from swcmp.cmp.protection import SignatureProtection
 from test_e2e_strongswan import (  # noqa: F401 - e2e is a fixture
     A_SESSION,
     E2E,

@@ -38,10 +38,9 @@ from hostile_proxy import (
     resign,
     with_message_time,
 )
-from swcmp import keys
-from swcmp.cmp import codec
-from swcmp.models import PollRepEntry
-from swcmp.protection import SignatureProtection
+from swcmp.cmp import codec, keys
+from swcmp.cmp.messages import PollRepEntry
+from swcmp.cmp.protection import SignatureProtection
 from swcmp.renewal import Journal
 from swcmp.state import StateStore
 from test_renewal_testca import CAHolder, Site, add_session, ca_config, make_site

@@ -27,12 +27,11 @@ from hypothesis import strategies as st
 
 import dertree as d
 from pki import TestPKI, make_pki, name
-from swcmp import certs, protection
-from swcmp.client import CMPClient
-from swcmp.cmp import codec, der
+from swcmp.cmp import certs, codec, der, protection
+from swcmp.cmp.client import CMPClient
+from swcmp.cmp.messages import PKIMessageInfo
+from swcmp.cmp.protection import MacProtection, ResponseTrust
 from swcmp.errors import ProtocolError, SwcmpError
-from swcmp.models import PKIMessageInfo
-from swcmp.protection import MacProtection, ResponseTrust
 from test_client_faults import SECRET, ScriptedCA
 
 DATA = Path(__file__).parent / "data" / "openssl-3.0"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from swcmp import certs
+from swcmp.cmp import certs
 from swcmp.errors import CMPErrorResponse, ConnectError, SwcmpError
 from swcmp.ha import Role
 from swcmp.metrics import failure_key

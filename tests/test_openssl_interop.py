@@ -18,8 +18,10 @@ from cryptography.x509.oid import NameOID
 
 from openssl_mock import OPENSSL, mock_server
 from pki import TestPKI, make_pki, name, pem_cert
-from swcmp import keys
-from swcmp.client import CMPClient
+from swcmp.cmp import keys
+from swcmp.cmp.client import CMPClient
+from swcmp.cmp.protection import MacProtection, SignatureProtection
+from swcmp.cmp.transport import HttpTransport
 from swcmp.errors import (
     CertificateRejectedError,
     CMPErrorResponse,
@@ -27,8 +29,6 @@ from swcmp.errors import (
     PollingTimeoutError,
     ProtectionError,
 )
-from swcmp.protection import MacProtection, SignatureProtection
-from swcmp.transport import HttpTransport
 
 pytestmark = [
     pytest.mark.integration,

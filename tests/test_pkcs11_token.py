@@ -20,8 +20,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 import softhsm
-from swcmp import certs, keys
 from swcmp.checks import run_checks
+from swcmp.cmp import certs, keys
 from swcmp.config import Paths, Session, SessionStore
 from swcmp.enroll import request_initial
 from swcmp.errors import ConfigError, SwcmpError

@@ -14,17 +14,16 @@ from pyasn1.type import univ
 from pyasn1_alt_modules import rfc8018, rfc9480
 
 from pki import CMC_RA, TestPKI, make_pki
-from swcmp import keys
-from swcmp.cmp import codec, oids
-from swcmp.errors import ConfigError, ProtectionError
-from swcmp.models import AlgorithmId
-from swcmp.protection import (
+from swcmp.cmp import codec, keys, oids
+from swcmp.cmp.messages import AlgorithmId
+from swcmp.cmp.protection import (
     MacProtection,
     Protection,
     SignatureProtection,
     verify_mac,
     verify_response,
 )
+from swcmp.errors import ConfigError, ProtectionError
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -134,4 +133,4 @@ def test_key_must_match_cert(pki: TestPKI) -> None:
 def test_signature_algorithm_must_fit_key(pki: TestPKI) -> None:
     sig = keys.sign(pki.gw_key, keys.default_signature_algorithm(pki.gw_key), b"x")
     with pytest.raises(ProtectionError):
-        keys.verify(pki.gw.public_key(), keys.SignatureAlgorithm(oids.SHA256_WITH_RSA), sig, b"x")
+        keys.verify(pki.gw.public_key(), AlgorithmId(oids.SHA256_WITH_RSA), sig, b"x")

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pki import TestPKI, make_pki
-from swcmp import keys
+from swcmp.cmp import keys
 from swcmp.config import ExpireTime, Session
 from swcmp.renewal import (
     JITTER_CAP,

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from swcmp import certs, keys
+from swcmp.cmp import certs, keys
 from swcmp.config import Paths, Session, SessionStore
 from swcmp.enroll import request_initial
 from swcmp.errors import (
@@ -289,7 +289,7 @@ CHILD = textwrap.dedent("""
     from pathlib import Path
     from swcmp.config import Paths, SessionStore
     from swcmp.renewal import Renewer
-    from swcmp.transport import HttpTransport
+    from swcmp.cmp.transport import HttpTransport
 
     root, phase = Path(sys.argv[1]), sys.argv[2]
     paths = Paths(root / "etc", root / "var", root / "swanctl")
@@ -706,7 +706,7 @@ class _Recording:
     """An HttpTransport that keeps every answer it received."""
 
     def __init__(self, url: str) -> None:
-        from swcmp.transport import HttpTransport
+        from swcmp.cmp.transport import HttpTransport
 
         self.inner = HttpTransport(url)
         self.answers: list[bytes] = []

@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import pytest
 
-from swcmp import certs
+from swcmp.cmp import certs
 from swcmp.config import Paths, SessionStore
 from swcmp.renewal import JITTER_SHARE, Journal, renew_at
 from swcmp.testca.authority import BACKDATE

@@ -21,8 +21,8 @@ from cryptography.x509.oid import ExtensionOID
 
 import siemens_mock
 from siemens_mock import CA_NAME, ROOT_CERT, SECRET, MockCA
-from swcmp import certs, keys
 from swcmp.cli import cli
+from swcmp.cmp import certs, keys
 from swcmp.config import Paths, SessionStore
 from swcmp.enroll import mac_protection, make_client, response_trust, signature_protection
 

@@ -27,18 +27,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtensionOID
 
 from pki import make_cert, make_pki, name
-from swcmp import certs, keys
-from swcmp.client import CMPClient, Enrollment
-from swcmp.cmp import codec, oids
-from swcmp.errors import (
-    CertificateRejectedError,
-    CMPErrorResponse,
-    LockHeldError,
-    ProtectionError,
-    ProtocolError,
-    TimeoutError_,
-)
-from swcmp.models import (
+from swcmp.cmp import certs, codec, keys, oids
+from swcmp.cmp.client import CMPClient, Enrollment
+from swcmp.cmp.messages import (
     REJECTION,
     AlgorithmId,
     CertRepContent,
@@ -47,16 +38,24 @@ from swcmp.models import (
     PKIMessageInfo,
     StatusInfo,
 )
-from swcmp.protection import (
+from swcmp.cmp.protection import (
     MacProtection,
     Protected,
     Protection,
     SignatureProtection,
     verify_response,
 )
-from swcmp.protection import pbm_params as parse_pbm_params
+from swcmp.cmp.protection import pbm_params as parse_pbm_params
+from swcmp.cmp.transport import HttpTransport
+from swcmp.errors import (
+    CertificateRejectedError,
+    CMPErrorResponse,
+    LockHeldError,
+    ProtectionError,
+    ProtocolError,
+    TimeoutError_,
+)
 from swcmp.testca import CAConfig, TestCA
-from swcmp.transport import HttpTransport
 
 pytestmark = pytest.mark.integration
 

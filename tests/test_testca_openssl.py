@@ -18,11 +18,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from openssl_mock import OPENSSL
 from pki import name
-from swcmp import certs, keys
-from swcmp.client import CMPClient
-from swcmp.protection import MacProtection, SignatureProtection
+from swcmp.cmp import certs, keys
+from swcmp.cmp.client import CMPClient
+from swcmp.cmp.protection import MacProtection, SignatureProtection
+from swcmp.cmp.transport import HttpTransport
 from swcmp.testca import CAConfig, TestCA
-from swcmp.transport import HttpTransport
 
 pytestmark = [
     pytest.mark.integration,

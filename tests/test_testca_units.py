@@ -14,12 +14,11 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from swcmp import keys
-from swcmp.cmp import codec, der
+from swcmp.cmp import codec, der, keys
+from swcmp.cmp.messages import AlgorithmId, ErrorInfo
+from swcmp.cmp.protection import MacProtection
+from swcmp.cmp.protection import pbm_params as parse_pbm_params
 from swcmp.errors import ConfigError, ProtocolError, StorageError
-from swcmp.models import AlgorithmId, ErrorInfo
-from swcmp.protection import MacProtection
-from swcmp.protection import pbm_params as parse_pbm_params
 from swcmp.testca import CAConfig, parse_duration
 from swcmp.testca.authority import Authority
 from swcmp.testca.derutil import (

@@ -44,8 +44,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from swcmp import certs
-from swcmp.config import Paths, Session, auth_credentials, session_key_file
+from swcmp.cmp import certs
+from swcmp.config import Paths, Session, auth_credentials, hint_for, session_key_file
 from swcmp.errors import CertificateError, SwcmpError
 from swcmp.names import common_name, format_dn
 from swcmp.pkcs11 import is_token_uri
@@ -452,7 +452,7 @@ def _run_extra(check: ExtraCheck, session: Session, paths: Paths, now: datetime)
     try:
         return check(session, paths, now)
     except SwcmpError as e:
-        return _fail(name, str(e), e.hint or "see the message")
+        return _fail(name, Exception.__str__(e), hint_for(e, session.name) or "see the message")
 
 
 def run_checks(

@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from swcmp import __version__, render
+from swcmp.cmp.text import safe, safe_lines
 from swcmp.errors import ConfigError, SwcmpError
-from swcmp.text import safe, safe_lines
 
 if TYPE_CHECKING:
     from swcmp.checks import CheckResult
@@ -220,8 +220,12 @@ SESSION_NAME = SessionNameType()
 
 def _fail(ctx: click.Context, error: SwcmpError) -> NoReturn:
     """The one place where an expected error becomes output and exit code 1."""
+    from swcmp.config import hint_for
+
     env = ctx.find_object(CliEnv) or CliEnv()
-    message, hint = safe(_message(error)), safe(error.hint)
+    name = ctx.params.get("name")
+    message = safe(_message(error))
+    hint = safe(hint_for(error, name if isinstance(name, str) else "NAME"))
     if env.verbose:
         click.echo(safe_lines("".join(traceback.format_exception(error)).rstrip()), err=True)
     if env.json:
@@ -647,7 +651,7 @@ def _check_given_files(session: Session, changed: Sequence[str], paths: Paths) -
     Raises:
         ConfigError: naming the option, the file and what to do.
     """
-    from swcmp import certs, keys
+    from swcmp.cmp import certs, keys
     from swcmp.config import FIELDS, auth_credentials
 
     for name in changed:
@@ -1156,7 +1160,7 @@ def stats_reset(name: str | None) -> None:
 
 
 def _cert_info(path: Path, now: datetime) -> dict[str, Any] | None:
-    from swcmp import certs
+    from swcmp.cmp import certs
     from swcmp.names import format_dn
 
     try:
@@ -1181,7 +1185,7 @@ def _cert_info(path: Path, now: datetime) -> dict[str, Any] | None:
 
 
 def _status_entry(env: CliEnv, s: Session, now: datetime, role: Role | None) -> dict[str, Any]:
-    from swcmp import certs
+    from swcmp.cmp import certs
     from swcmp.renewal import interrupted, plan
     from swcmp.state import StateStore
 

@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 
 from swcmp import fsutil
-from swcmp.errors import ConfigError, SessionFileError, StorageError, StorageIOError
+from swcmp.errors import ConfigError, SessionFileError, StorageError, StorageIOError, SwcmpError
 from swcmp.names import (
     SessionName,
     format_dn,
@@ -85,7 +85,7 @@ DEFAULT_CONFIG_DIR: Final = Path("/etc/swcmp")
 DEFAULT_STATE_DIR: Final = Path("/var/lib/swcmp")
 DEFAULT_SWANCTL_DIR: Final = Path("/etc/swanctl")
 
-# The same list as swcmp.keys.KEY_TYPES (tests/test_cli.py checks it): keys imports the
+# The same list as swcmp.cmp.keys.KEY_TYPES (tests/test_cli.py checks it): keys imports the
 # protocol package's OIDs, which this layer must not load.
 KEY_TYPES: Final = ("rsa:2048", "rsa:3072", "rsa:4096", "ecdsa:p256", "ecdsa:p384", "ed25519")
 IR_AUTH_MODES: Final = ("mac", "signature")
@@ -613,6 +613,26 @@ FIELDS: Final[dict[str, FieldSpec]] = {
 }
 
 _ALIASES = {"san": "sans", "connection": "connections"}
+
+# What follows an option in a hint: its value, or the option that goes with it.
+_HINT_VALUE: Final[dict[str, str]] = {
+    "mac_secret": "FILE", "trust": "CA.crt", "server_cert": "FILE", "server_url": "URL",
+    "tls_ca_bundle": "FILE", "timeout": "SECONDS",
+    "tls_client_cert": "FILE --tls-client-key FILE",
+}
+_HINT_FIELD: Final[dict[str, str]] = {"mac_secret": "mac_secret_file"}
+
+
+def hint_for(error: SwcmpError, name: str = "NAME") -> str:
+    """The error's hint with the command that applies it, when the error names a
+    ``setting`` that is a session field: the CMP library says what to change, the
+    application says how (``swcmp session set NAME --trust CA.crt``)."""
+    spec = FIELDS.get(_HINT_FIELD.get(error.setting, error.setting))
+    if spec is None:
+        return error.hint
+    value = _HINT_VALUE.get(error.setting, "")
+    command = f"`swcmp session set {name} {spec.option}{' ' + value if value else ''}`"
+    return f"{error.hint}: {command}" if error.hint else command
 
 
 def field_name(text: str) -> str:

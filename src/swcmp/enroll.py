@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from swcmp import certs, fsutil, keys, tokenkeys
+from swcmp import fsutil, tokenkeys
+from swcmp.cmp import certs, keys
 from swcmp.config import (
     Paths,
     Session,
@@ -33,9 +34,9 @@ from swcmp.errors import ConfigError, StorageError, SwcmpError
 from swcmp.state import StateStore
 
 if TYPE_CHECKING:  # the protocol stack is imported only when a request is made
-    from swcmp.client import CMPClient, Enrollment
-    from swcmp.protection import Protection, ResponseTrust
-    from swcmp.transport import Transport
+    from swcmp.cmp.client import CMPClient, Enrollment
+    from swcmp.cmp.protection import Protection, ResponseTrust
+    from swcmp.cmp.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def signature_credentials(session: Session, paths: Paths
 
 
 def mac_protection(session: Session) -> Protection:
-    from swcmp.protection import MacProtection
+    from swcmp.cmp.protection import MacProtection
 
     _need(session.mac_ref, "MAC reference", session, "--mac-ref")
     assert session.mac_ref is not None
@@ -195,7 +196,7 @@ def request_chain(session: Session, paths: Paths, cert: x509.Certificate,
 
 
 def signature_protection(session: Session, paths: Paths) -> Protection:
-    from swcmp.protection import SignatureProtection
+    from swcmp.cmp.protection import SignatureProtection
 
     key, cert, chain = signature_credentials(session, paths)
     return SignatureProtection(key=key, cert=cert,
@@ -204,7 +205,7 @@ def signature_protection(session: Session, paths: Paths) -> Protection:
 
 def response_trust(session: Session, paths: Paths | None = None) -> ResponseTrust:
     """Whom the session believes about signed answers (see ResponseTrust)."""
-    from swcmp.protection import ResponseTrust
+    from swcmp.cmp.protection import ResponseTrust
 
     return ResponseTrust(
         anchors=tuple(load_trust(session)),
@@ -220,8 +221,8 @@ def make_client(session: Session, *, transport: Transport | None = None,
                 sleep: Callable[[float], None] | None = None,
                 paths: Paths | None = None) -> CMPClient:
     """A CMPClient for the session's CA (an HttpTransport unless one is given)."""
-    from swcmp.client import CMPClient
-    from swcmp.transport import HttpTransport
+    from swcmp.cmp.client import CMPClient
+    from swcmp.cmp.transport import HttpTransport
 
     _need(session.server_url, "server URL", session, "--server-url")
     _need(session.ca_name, "CA name", session, "--ca-name")

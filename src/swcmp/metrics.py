@@ -41,7 +41,7 @@ from datetime import datetime
 
 from cryptography import x509
 
-from swcmp import certs
+from swcmp.cmp import certs
 from swcmp.config import Paths, Session
 from swcmp.errors import (
     CertificateError,

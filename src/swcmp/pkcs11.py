@@ -33,7 +33,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from swcmp import keys
+from swcmp.cmp import keys
+from swcmp.cmp.messages import AlgorithmId
 from swcmp.errors import ConfigError, SwcmpError
 
 log = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ class TokenKey:
         """The CKA_ID in hex: charon's ``load-token`` handle."""
         return self.key_id.hex()
 
-    def sign(self, data: bytes, alg: keys.SignatureAlgorithm) -> bytes:
+    def sign(self, data: bytes, alg: AlgorithmId) -> bytes:
         """Sign ``data`` under ``alg`` inside the token."""
         import pkcs11 as p11
 

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from swcmp import certs, fsutil, keys, tokenkeys
+from swcmp import fsutil, tokenkeys
+from swcmp.cmp import certs, keys
 from swcmp.config import ExpireTime, Paths, Session
 from swcmp.deploy import CredentialPair, Deployer, DeployError, DeployUnavailable
 from swcmp.enroll import (
@@ -51,8 +52,8 @@ from swcmp.errors import (
 from swcmp.state import SessionState, StateStore
 
 if TYPE_CHECKING:
-    from swcmp.client import CMPClient, TxEvent
-    from swcmp.transport import Transport
+    from swcmp.cmp.client import CMPClient, TxEvent
+    from swcmp.cmp.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +338,7 @@ class Renewer:
                               f"{session.key}.key is missing").with_hint(
                 "restore the key from the archive in the state directory, or enroll again")
         auth_key, auth_cert, chain = signature_credentials(session, self.paths)
-        from swcmp.protection import SignatureProtection
+        from swcmp.cmp.protection import SignatureProtection
 
         protection = SignatureProtection(
             key=auth_key, cert=auth_cert,
@@ -434,8 +435,8 @@ class Renewer:
                 log.warning("%s: the CA did not take the late confirmation (%s); requesting "
                             "again", session.name, e)
             else:
-                from swcmp.client import Enrollment
-                from swcmp.models import StatusInfo
+                from swcmp.cmp.client import Enrollment
+                from swcmp.cmp.messages import StatusInfo
 
                 return Enrollment(staged, certs.der_of(staged), (), (), (),
                                   bytes.fromhex(entry["transaction_id"]), False, 0,

@@ -34,8 +34,10 @@ from types import FrameType
 
 from cryptography import x509
 
-from swcmp import certs, fsutil
-from swcmp.config import Paths, Session, SessionStore
+from swcmp import fsutil
+from swcmp.cmp import certs
+from swcmp.cmp.text import safe
+from swcmp.config import Paths, Session, SessionStore, hint_for
 from swcmp.deploy import Deployer
 from swcmp.enroll import Outcome
 from swcmp.errors import ConfigError, SwcmpError
@@ -43,7 +45,6 @@ from swcmp.ha import Role, read_role
 from swcmp.metrics import REFRESH, CharonView, failure_key
 from swcmp.renewal import NeedsInitialRequest, Plan, RenewalError, Renewer, plan, retry_delay
 from swcmp.state import SessionState, StateStore
-from swcmp.text import safe
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,11 @@ def _retry_after(e: BaseException) -> float | None:
     return None
 
 
-def _with_hint(e: SwcmpError) -> str:
+def _with_hint(e: SwcmpError, name: str) -> str:
     """The error's message and, when it has one, what to do (once, not twice)."""
     message = str(e.args[0]) if e.args else str(e)
-    return f"{message} (hint: {e.hint})" if e.hint else message
+    hint = hint_for(e, name)
+    return f"{message} (hint: {hint})" if hint else message
 
 
 @dataclass(frozen=True)
@@ -325,7 +327,7 @@ class RenewalService:
                                         retry_after=_retry_after(e))
                     st.next_attempt = (now + delay).isoformat(timespec="seconds")
                     st.state = "needs_ir" if isinstance(e, NeedsInitialRequest) else "failed"
-                    st.record("kur", False, _with_hint(e), now=now)
+                    st.record("kur", False, _with_hint(e, s.name), now=now)
                     st.count_renewal(failure_key(e))
             except SwcmpError as state_error:
                 log.error("%s: cannot record the failure: %s", s.name, state_error)
@@ -334,7 +336,7 @@ class RenewalService:
                     and p.expires - now < (p.expires - p.renew_at) / 2)
             if log_failure:
                 (log.error if loud else log.warning)(
-                    "%s: renewal failed: %s; next try in %s", s.name, _with_hint(e), delay)
+                    "%s: renewal failed: %s; next try in %s", s.name, _with_hint(e, s.name), delay)
             raise
         with states.update(s.name) as st:
             st.failures = 0
@@ -351,7 +353,7 @@ class RenewalService:
         try:
             outcome = self.renew_now(s, p=p)
         except SwcmpError as e:
-            return SessionReport(s.name, "failed", _with_hint(e), plan=p)
+            return SessionReport(s.name, "failed", _with_hint(e, s.name), plan=p)
         return SessionReport(s.name, "renewed", outcome.message, outcome=outcome, plan=p)
 
     def _set_state(self, name: str, state: str) -> None:

@@ -38,10 +38,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from vici.exception import CommandException, DeserializationException, SessionException
 
-from swcmp import certs
+from swcmp.cmp import certs
+from swcmp.cmp.keys import public_key_bits
 from swcmp.deploy import CredentialPair, DeployError, DeployResult, DeployUnavailable
 from swcmp.errors import CertificateError, ConfigError, ProtocolError
-from swcmp.keys import public_key_bits
 from swcmp.swanctl_conf import (
     ConfSection,
     build_load_conn,

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from cryptography import x509
 
-from swcmp import certs
 from swcmp.checks import FAIL, OK, WARN, CheckResult
+from swcmp.cmp import certs
 from swcmp.config import Paths, Session
 from swcmp.errors import SwcmpError
 from swcmp.pkcs11 import TokenKey, TokenStore, _library, read_pin

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from swcmp import certs, fsutil, tokenkeys
+from swcmp import fsutil, tokenkeys
+from swcmp.cmp import certs
 from swcmp.deploy import CredentialPair, DeployError, DeployUnavailable, TokenRef
 from swcmp.enroll import Outcome, load_trust, read_file, write_ca_certs
 from swcmp.errors import CertificateError, StorageError, SwcmpError
@@ -188,7 +189,7 @@ def promote_token(renewer: Renewer, session: Session, j: Journal) -> Outcome:
 
 
 def _spki(key: TokenKey) -> bytes:
-    from swcmp import keys
+    from swcmp.cmp import keys
 
     return keys.spki_der(key.public_key())
 

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from swcmp import certs, fsutil, keys
+from swcmp import fsutil
+from swcmp.cmp import certs, keys
 from swcmp.config import Paths, Session
 from swcmp.deploy import CredentialPair, TokenRef
 from swcmp.errors import ConfigError, StorageError

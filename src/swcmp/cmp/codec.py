@@ -1,7 +1,7 @@
 """Build and parse CMP PKIMessages (RFC 4210, RFC 9480, CRMF RFC 4211).
 
 The only module that touches pyasn1. Builders return DER bytes; the parser
-returns :mod:`swcmp.models` dataclasses. A message is assembled by hand from
+returns :mod:`swcmp.cmp.messages` dataclasses. A message is assembled by hand from
 the encoded header, body, protection and extraCerts, so that certificates are
 sent exactly as they were received and the protection is computed over the
 very bytes that go on the wire.
@@ -18,11 +18,11 @@ from typing import Any
 from pyasn1.codec.der import decoder, encoder
 from pyasn1.error import PyAsn1Error
 from pyasn1.type import char, univ, useful
-from pyasn1_alt_modules import rfc2986, rfc4211, rfc5280, rfc9480
+from pyasn1_alt_modules import rfc2986, rfc4055, rfc4211, rfc5280, rfc8018, rfc9480
 
 from swcmp.cmp import der, oids
-from swcmp.errors import ProtocolError
-from swcmp.models import (
+from swcmp.cmp.errors import ProtectionError, ProtocolError
+from swcmp.cmp.messages import (
     AlgorithmId,
     Body,
     CertRepContent,
@@ -263,7 +263,7 @@ def _small_int(value: Any, what: str) -> int:
 
 def _short(e: BaseException) -> str:
     """An exception's text, shortened and with control characters escaped."""
-    from swcmp.text import safe
+    from swcmp.cmp.text import safe
 
     text = str(e)
     return safe(text if len(text) <= 200 else text[:200] + "...")
@@ -511,6 +511,110 @@ def rp_body(statuses: Sequence[StatusInfo]) -> bytes:
         _status_info(item, st)
         content["status"].append(item)
     return _enc(body)
+
+
+# --------------------------------------------------------------------------- algorithm parameters
+# The parameters of the MAC and signature algorithms, encoded and decoded here so that
+# the protection and key code never touch pyasn1. Decoders only decode; the bounds on
+# what is accepted (sizes, counts) are the caller's.
+
+
+@dataclass(frozen=True)
+class PbmFields:
+    """PBMParameter (RFC 4210 5.1.3.1) as plain values."""
+
+    salt: bytes
+    owf_oid: str
+    iterations: int
+    mac_oid: str
+
+
+@dataclass(frozen=True)
+class Pbmac1Fields:
+    """PBMAC1-params with a PBKDF2 key derivation (RFC 8018, RFC 9481 6.1.2)."""
+
+    kdf_oid: str
+    salt: bytes
+    iterations: int
+    prf_oid: str | None  # None: absent, which means HMAC-SHA1
+    key_length: int | None
+    mac_oid: str
+
+
+def encode_pbm_params(f: PbmFields) -> bytes:
+    params = rfc9480.PBMParameter()
+    params["salt"] = f.salt
+    params["owf"]["algorithm"] = univ.ObjectIdentifier(f.owf_oid)
+    params["iterationCount"] = f.iterations
+    params["mac"]["algorithm"] = univ.ObjectIdentifier(f.mac_oid)
+    return _enc(params)
+
+
+def decode_pbm_params(params_der: bytes) -> PbmFields:
+    """ProtectionError when the DER is not one PBMParameter."""
+    try:
+        params, rest = decoder.decode(params_der, asn1Spec=rfc9480.PBMParameter())
+        if rest:
+            raise ProtectionError("PasswordBasedMac parameters have trailing bytes")
+        return PbmFields(bytes(params["salt"]), str(params["owf"]["algorithm"]),
+                         int(params["iterationCount"]),
+                         str(params["mac"]["algorithm"]))
+    except PyAsn1Error as e:
+        raise ProtectionError("malformed PasswordBasedMac parameters") from e
+
+
+def decode_pbmac1_params(params_der: bytes) -> Pbmac1Fields:
+    """ProtectionError when the DER is not PBMAC1-params (its KDF's are decoded only
+    when the KDF is PBKDF2, the only one RFC 9481 names)."""
+    try:
+        params, rest = decoder.decode(params_der, asn1Spec=rfc8018.PBMAC1_params())
+        if rest:
+            raise ProtectionError("PBMAC1 parameters have trailing bytes")
+        kdf = params["keyDerivationFunc"]
+        kdf_oid = str(kdf["algorithm"])
+        mac_oid = str(params["messageAuthScheme"]["algorithm"])
+        if kdf_oid != oids.PBKDF2:
+            return Pbmac1Fields(kdf_oid, b"", 0, None, None, mac_oid)
+        kparams, _ = decoder.decode(bytes(kdf["parameters"]), asn1Spec=rfc8018.PBKDF2_params())
+        return Pbmac1Fields(
+            kdf_oid,
+            bytes(kparams["salt"]["specified"]),
+            int(kparams["iterationCount"]),
+            str(kparams["prf"]["algorithm"]) if kparams["prf"].isValue else None,
+            int(kparams["keyLength"]) if kparams["keyLength"].isValue else None,
+            mac_oid,
+        )
+    except PyAsn1Error as e:
+        raise ProtectionError("malformed PBMAC1 parameters") from e
+
+
+def encode_pss_params(hash_oid: str, salt_length: int) -> bytes:
+    """RSASSA-PSS-params with MGF1 over the same hash (RFC 4055)."""
+    params = rfc4055.RSASSA_PSS_params()
+    params["hashAlgorithm"]["algorithm"] = univ.ObjectIdentifier(hash_oid)
+    params["maskGenAlgorithm"]["algorithm"] = univ.ObjectIdentifier(oids.MGF1)
+    mgf_hash = rfc5280.AlgorithmIdentifier()
+    mgf_hash["algorithm"] = univ.ObjectIdentifier(hash_oid)
+    params["maskGenAlgorithm"]["parameters"] = encoder.encode(mgf_hash)
+    params["saltLength"] = salt_length
+    return _enc(params)
+
+
+def decode_pss_params(params_der: bytes) -> tuple[str, str | None, int]:
+    """(hash OID, MGF1 hash OID or None when absent, salt length) of RSASSA-PSS-params."""
+    try:
+        params, rest = decoder.decode(params_der, asn1Spec=rfc4055.RSASSA_PSS_params())
+        if rest:
+            raise ProtectionError("RSASSA-PSS parameters have trailing bytes")
+        mgf_params = params["maskGenAlgorithm"]["parameters"]
+        mgf_hash = None
+        if mgf_params.isValue:
+            mgf_alg, _ = decoder.decode(bytes(mgf_params), asn1Spec=rfc5280.AlgorithmIdentifier())
+            mgf_hash = str(mgf_alg["algorithm"])
+        return (str(params["hashAlgorithm"]["algorithm"]), mgf_hash,
+                int(params["saltLength"]))
+    except PyAsn1Error as e:
+        raise ProtectionError("RSASSA-PSS parameters do not decode") from e
 
 
 # --------------------------------------------------------------------------- envelope

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from swcmp.errors import ProtocolError
+from swcmp.cmp.errors import ProtocolError
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from swcmp import certs, keys
+from swcmp.cmp import certs, keys
 from swcmp.errors import ConfigError
 from swcmp.fsutil import PRIVATE_MODE, PUBLIC_MODE, atomic_write
 

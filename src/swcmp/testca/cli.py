@@ -18,7 +18,7 @@ from types import FrameType
 
 import click
 
-from swcmp import keys
+from swcmp.cmp import keys
 from swcmp.errors import FAILURE_BIT, SwcmpError
 from swcmp.testca.config import FAULTS, CAConfig, parse_duration
 

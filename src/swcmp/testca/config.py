@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from swcmp import keys
+from swcmp.cmp import keys
 from swcmp.errors import FAILURE_BIT, ConfigError
 
 #: Faults the CA can inject into its answers; every one must make a careful client refuse.
@@ -43,7 +43,7 @@ class CAConfig:
         mac_ref: the reference value (senderKID) clients use with the shared secret.
         mac_secret: the shared secret for PasswordBasedMac; None disables MAC protection.
         validity: lifetime of issued certificates.
-        key_type: key type of the CA key when it is first created (see ``swcmp.keys``).
+        key_type: key type of the CA key when it is first created (see ``swcmp.cmp.keys``).
         implicit_confirm: grant implicitConfirm when a request asks for it.
         poll: answer 'waiting' and deliver the certificate on the N-th pollReq (0: at once).
         check_after: the checkAfter seconds put in pollRep.

@@ -30,10 +30,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtensionOID
 
-from swcmp import certs, keys
-from swcmp.cmp import codec, oids
-from swcmp.errors import FAILURE_BIT, ProtectionError, ProtocolError, SwcmpError
-from swcmp.models import (
+from swcmp.cmp import certs, codec, keys, oids
+from swcmp.cmp.messages import (
     ACCEPTED,
     GRANTED_WITH_MODS,
     REJECTION,
@@ -49,13 +47,14 @@ from swcmp.models import (
     RevDetailsInfo,
     StatusInfo,
 )
-from swcmp.protection import (
+from swcmp.cmp.protection import (
     MacProtection,
     Protection,
     SignatureProtection,
     pbm_params,
     verify_mac,
 )
+from swcmp.errors import FAILURE_BIT, ProtectionError, ProtocolError, SwcmpError
 from swcmp.testca import derutil
 from swcmp.testca.authority import Authority, is_supported_key
 from swcmp.testca.config import CAConfig
@@ -285,7 +284,7 @@ class CMPEngine:
         except SwcmpError as e:
             raise Refusal("badDataFormat", f"the first extraCert does not load: {e}") from e
         try:
-            keys.verify(signer.public_key(), keys.SignatureAlgorithm(alg.oid, alg.params_der),
+            keys.verify(signer.public_key(), alg,
                         msg.protection, msg.protected_part)
         except ProtectionError as e:
             if isinstance(e.__cause__, InvalidSignature):
@@ -824,7 +823,7 @@ def _check_pop(r: CertRequestInfo, pub: keys.PublicKey) -> None:
     if r.popo_alg is None or r.popo_signature is None:
         raise Refusal("badPOP", "the POP signature is missing")
     try:
-        keys.verify(pub, keys.SignatureAlgorithm(r.popo_alg.oid, r.popo_alg.params_der),
+        keys.verify(pub, r.popo_alg,
                     r.popo_signature, r.request_der)
     except ProtectionError as e:
         raise Refusal("badPOP", "the POP signature does not verify with the requested key "

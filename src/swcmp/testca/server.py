@@ -23,7 +23,7 @@ from typing import Any, Self
 
 from cryptography import x509
 
-from swcmp import certs
+from swcmp.cmp import certs
 from swcmp.fsutil import ensure_dir, exclusive_lock
 from swcmp.testca.authority import CA_CERT_FILE, Authority
 from swcmp.testca.config import CAConfig

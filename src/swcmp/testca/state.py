@@ -20,7 +20,7 @@ from typing import Any
 
 from cryptography import x509
 
-from swcmp import certs
+from swcmp.cmp import certs
 from swcmp.errors import CertificateError, StorageError
 from swcmp.fsutil import PUBLIC_MODE, atomic_write, ensure_dir
 

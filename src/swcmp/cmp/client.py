@@ -24,9 +24,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
-from swcmp import certs, keys, text
-from swcmp.cmp import codec, oids
-from swcmp.errors import (
+from swcmp.cmp import certs, codec, keys, oids, text
+from swcmp.cmp.errors import (
     CertificateError,
     CertificateRejectedError,
     CMPErrorResponse,
@@ -35,7 +34,7 @@ from swcmp.errors import (
     ProtocolError,
     SwcmpError,
 )
-from swcmp.models import (
+from swcmp.cmp.messages import (
     REJECTION,
     WAITING,
     AlgorithmId,
@@ -50,14 +49,14 @@ from swcmp.models import (
     RootCaKeyUpdate,
     StatusInfo,
 )
-from swcmp.protection import (
+from swcmp.cmp.protection import (
     MacProtection,
     Protection,
     ResponseTrust,
     Verified,
     verify_response,
 )
-from swcmp.transport import Transport
+from swcmp.cmp.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -176,10 +175,10 @@ class CMPClient:
     """CMP transactions against one CA.
 
     Args:
-        transport: sends bytes, returns bytes (see :mod:`swcmp.transport`).
+        transport: sends bytes, returns bytes (see :mod:`swcmp.cmp.transport`).
         recipient: the CA's name for the PKIHeader recipient.
         trust: trust anchors for signed responses and issued certificates, or a
-            :class:`~swcmp.protection.ResponseTrust` that also says who may sign answers.
+            :class:`~swcmp.cmp.protection.ResponseTrust` that also says who may sign answers.
         implicit_confirm: ask the CA to skip certConf/pkiConf.
         cert_profile: the certificate profile named in requests (RFC 9483 3.1).
         sender: the end entity's name, sent as sender of MAC-protected messages

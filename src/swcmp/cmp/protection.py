@@ -16,15 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
-from pyasn1.codec.der import decoder, encoder
-from pyasn1.error import PyAsn1Error
-from pyasn1.type import univ
-from pyasn1_alt_modules import rfc8018, rfc9480
 
-from swcmp import certs, keys, text
-from swcmp.cmp import codec, oids
-from swcmp.errors import CertificateError, ConfigError, ProtectionError, ProtocolError
-from swcmp.models import AlgorithmId, PKIMessageInfo
+from swcmp.cmp import certs, codec, keys, oids, text
+from swcmp.cmp.errors import CertificateError, ConfigError, ProtectionError, ProtocolError
+from swcmp.cmp.messages import AlgorithmId, PKIMessageInfo
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +85,8 @@ class MacProtection(Protection):
     def start(self) -> Protected:
         owf, mac = MAC_ALGS[self.mac_alg]
         salt = os.urandom(16)
-        params = rfc9480.PBMParameter()
-        params["salt"] = salt
-        params["owf"]["algorithm"] = univ.ObjectIdentifier(owf)
-        params["iterationCount"] = self.iterations
-        params["mac"]["algorithm"] = univ.ObjectIdentifier(mac)
-        alg = AlgorithmId(oids.PASSWORD_BASED_MAC, bytes(encoder.encode(params)))
+        alg = AlgorithmId(oids.PASSWORD_BASED_MAC, codec.encode_pbm_params(
+            codec.PbmFields(salt, owf, self.iterations, mac)))
         key = _pbm_key(self._secret, salt, _OWF_BY_OID[owf], self.iterations)
         hname = _HMAC_BY_OID[mac]
         return Protected(alg, self.reference, (),
@@ -124,8 +115,8 @@ def verify_mac(secret: bytes, alg: AlgorithmId, data: bytes, mac_value: bytes) -
     if not hmac.compare_digest(expected, mac_value):
         raise ProtectionError(
             "the response's MAC does not verify",
-        ).with_hint("the CA used another shared secret: check the session's MAC secret file "
-                    "and reference")
+        ).with_hint("the CA used another shared secret: check the MAC secret and reference",
+                    setting="mac_secret")
 
 
 @dataclass(frozen=True)
@@ -150,16 +141,8 @@ def pbm_params(params_der: bytes | None) -> PbmParams:
     """Decode and bound-check PBMParameter; ProtectionError for anything not accepted."""
     if not params_der:
         raise ProtectionError("PasswordBasedMac without parameters")
-    try:
-        params, rest = decoder.decode(params_der, asn1Spec=rfc9480.PBMParameter())
-    except PyAsn1Error as e:
-        raise ProtectionError("malformed PasswordBasedMac parameters") from e
-    if rest:
-        raise ProtectionError("PasswordBasedMac parameters have trailing bytes")
-    salt = bytes(params["salt"])
-    iterations = int(params["iterationCount"])
-    owf_oid = str(params["owf"]["algorithm"])
-    mac_oid = str(params["mac"]["algorithm"])
+    f = codec.decode_pbm_params(params_der)
+    salt, iterations, owf_oid, mac_oid = f.salt, f.iterations, f.owf_oid, f.mac_oid
     if not MIN_SALT <= len(salt) <= MAX_SALT:
         raise ProtectionError(f"PasswordBasedMac salt of {len(salt)} bytes refused")
     if not MIN_ITERATIONS <= iterations <= MAX_ITERATIONS:
@@ -183,21 +166,11 @@ def _pbm_compute(secret: bytes, params_der: bytes | None, data: bytes) -> bytes:
 def _pbmac1_compute(secret: bytes, params_der: bytes | None, data: bytes) -> bytes:
     if not params_der:
         raise ProtectionError("PBMAC1 without parameters")
-    try:
-        params, rest = decoder.decode(params_der, asn1Spec=rfc8018.PBMAC1_params())
-        if rest:
-            raise ProtectionError("PBMAC1 parameters have trailing bytes")
-        kdf = params["keyDerivationFunc"]
-        if str(kdf["algorithm"]) != oids.PBKDF2:
-            raise ProtectionError("PBMAC1 with a KDF other than PBKDF2 is not supported")
-        kparams, _ = decoder.decode(bytes(kdf["parameters"]), asn1Spec=rfc8018.PBKDF2_params())
-        salt = bytes(kparams["salt"]["specified"])
-        iterations = int(kparams["iterationCount"])
-        prf = str(kparams["prf"]["algorithm"]) if kparams["prf"].isValue else oids.HMAC_WITH_SHA1
-        mac_oid = str(params["messageAuthScheme"]["algorithm"])
-        key_len = int(kparams["keyLength"]) if kparams["keyLength"].isValue else None
-    except PyAsn1Error as e:
-        raise ProtectionError("malformed PBMAC1 parameters") from e
+    f = codec.decode_pbmac1_params(params_der)
+    if f.kdf_oid != oids.PBKDF2:
+        raise ProtectionError("PBMAC1 with a KDF other than PBKDF2 is not supported")
+    salt, iterations, mac_oid, key_len = f.salt, f.iterations, f.mac_oid, f.key_length
+    prf = f.prf_oid or oids.HMAC_WITH_SHA1
     if not MIN_ITERATIONS <= iterations <= MAX_ITERATIONS * 10:
         raise ProtectionError(f"PBMAC1 iteration count {iterations} refused")
     if prf not in _HMAC_BY_OID or mac_oid not in _HMAC_BY_OID:
@@ -315,7 +288,7 @@ def verify_response(
         mac.verify(alg, msg.protected_part, msg.protection)
         return Verified("mac")
     extra = _extra_certs(msg)
-    sig_alg = keys.SignatureAlgorithm(alg.oid, alg.params_der)
+    sig_alg = alg
     signer = None
     for cand in signer_candidates(msg, extra, policy, known_signer):
         try:
@@ -340,7 +313,7 @@ def verify_response(
                           untrusted=[*extra, *policy.untrusted], now=now)
     except CertificateError as e:
         raise ProtectionError(f"the CA's signing certificate is not trusted: {e}").with_hint(
-            e.hint or "check the session's trust anchors (--trust)") from e
+            e.hint or "check the trust anchors", setting="trust") from e
     authorise_signer(signer, policy)
     return Verified("signature", signer)
 
@@ -399,8 +372,8 @@ def signer_candidates(msg: PKIMessageInfo, extra: Sequence[x509.Certificate],
             raise ProtectionError(
                 f"the response's senderKID {kid.hex()} names no certificate swcmp knows "
                 "(extraCerts, pinned server certificates, trust anchors)"
-            ).with_hint("pin the CA's signing certificate with --server-cert, or ask the CA "
-                        "to send it in extraCerts")
+            ).with_hint("pin the CA's signing certificate, or ask the CA to send it in "
+                        "extraCerts", setting="server_cert")
     else:
         sender = _sender_name(msg)
         for pool in pools:
@@ -413,7 +386,7 @@ def signer_candidates(msg: PKIMessageInfo, extra: Sequence[x509.Certificate],
             raise ProtectionError(
                 "signature-protected response whose signer swcmp cannot find: no senderKID, "
                 "no extraCerts and no known certificate for its sender"
-            ).with_hint("pin the CA's signing certificate with --server-cert")
+            ).with_hint("pin the CA's signing certificate", setting="server_cert")
     return out[:MAX_SIGNER_CANDIDATES]
 
 
@@ -453,8 +426,8 @@ def authorise_signer(signer: x509.Certificate, policy: ResponseTrust) -> None:
             f"the response is signed by {certs.describe(signer)}, which chains to the trust "
             "anchor but may not sign CMP answers: it is neither the CA, a pinned server "
             "certificate nor an RA or CA certificate (extendedKeyUsage cmcRA/cmcCA)"
-        ).with_hint("if this certificate is really the CA's CMP signer, pin it with "
-                    "--server-cert FILE")
+        ).with_hint("if this certificate is really the CA's CMP signer, pin it",
+                    setting="server_cert")
     if policy.ignore_keyusage:
         return
     try:
@@ -465,5 +438,5 @@ def authorise_signer(signer: x509.Certificate, policy: ResponseTrust) -> None:
         raise ProtectionError(
             f"the response is signed by {certs.describe(signer)}, whose keyUsage does not "
             "include digitalSignature"
-        ).with_hint("some CAs sign with a keyCertSign-only certificate; accept that with "
-                    "`swcmp session set NAME --ignore-keyusage`")
+        ).with_hint("some CAs sign with a keyCertSign-only certificate; that can be "
+                    "accepted", setting="ignore_keyusage")

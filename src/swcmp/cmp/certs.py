@@ -18,8 +18,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
-from swcmp.errors import CertificateError
-from swcmp.text import safe
+from swcmp.cmp.errors import CertificateError
+from swcmp.cmp.text import safe
 
 MAX_CHAIN_DEPTH = 8
 #: Distinct (subject, key) certificates considered as intermediates of one chain.
@@ -221,7 +221,7 @@ def build_chain(
     """
     if not anchors:
         raise CertificateError(f"no trust anchor configured to verify {describe(leaf)}").with_hint(
-            "configure the CA certificate as a trust anchor (--trust CA.crt)")
+            "configure the CA certificate as a trust anchor", setting="trust")
     if check_leaf_validity:
         check_validity(leaf, now)
     anchor_list = unique_candidates(anchors)
@@ -285,5 +285,5 @@ def build_chain(
         raise CertificateError(
             f"certificate {describe(leaf)} (issuer '{safe(leaf.issuer.rfc4514_string())}') "
             f"does not chain to the trust anchor(s) {names}{detail}"
-        ).with_hint("check the session's trust anchors (--trust) and the CA's certificates")
+        ).with_hint("check the trust anchors and the CA's certificates", setting="trust")
     return chain

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from swcmp.errors import PKI_STATUS, failure_names
+from swcmp.cmp.errors import PKI_STATUS, failure_names
 
 # PKIStatus values
 ACCEPTED = 0

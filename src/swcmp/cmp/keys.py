@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 
-from swcmp.errors import ConfigError, ProtectionError
+from swcmp.cmp.errors import ConfigError, ProtectionError
+from swcmp.cmp.messages import AlgorithmId
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
-
 
 
 class Signer(Protocol):
@@ -31,7 +30,7 @@ class Signer(Protocol):
         """The public half."""
         ...
 
-    def sign(self, data: bytes, alg: SignatureAlgorithm) -> bytes:
+    def sign(self, data: bytes, alg: AlgorithmId) -> bytes:
         """The signature over ``data`` under ``alg`` (DER-encoded for ECDSA)."""
         ...
 
@@ -73,14 +72,6 @@ def _tables() -> _Tables:
             oids.ECDSA_SHA512: hashes.SHA512,
         },
     )
-
-
-@dataclass(frozen=True)
-class SignatureAlgorithm:
-    """An AlgorithmIdentifier for a signature: OID and DER-encoded parameters (or None)."""
-
-    oid: str
-    params_der: bytes | None = None
 
 
 def generate_key(key_type: str) -> PrivateKey:
@@ -166,7 +157,7 @@ def public_key_bits(spki: bytes) -> bytes:
         ProtocolError: ``spki`` is not a SubjectPublicKeyInfo.
     """
     from swcmp.cmp.der import single
-    from swcmp.errors import ProtocolError
+    from swcmp.cmp.errors import ProtocolError
 
     outer = single(spki)
     fields = outer.children() if outer.tag == 0x30 else []
@@ -183,64 +174,33 @@ def subject_key_id(key: PrivateKey | PublicKey) -> bytes:
     return hashlib.sha1(public_key_bits(spki_der(key))).digest()
 
 
-def default_signature_algorithm(key: SigningKey, *, pss: bool = False) -> SignatureAlgorithm:
+def default_signature_algorithm(key: SigningKey, *, pss: bool = False) -> AlgorithmId:
     """The algorithm swcmp signs with for ``key``: SHA-256 (SHA-384 for P-384)."""
-    from swcmp.cmp import oids
+    from swcmp.cmp import codec, oids
 
     pub = public_key_of(key)
     if isinstance(pub, rsa.RSAPublicKey):
         if pss:
-            return SignatureAlgorithm(oids.RSASSA_PSS, _pss_params_der())
-        return SignatureAlgorithm(oids.SHA256_WITH_RSA, b"\x05\x00")
+            return AlgorithmId(oids.RSASSA_PSS, codec.encode_pss_params(oids.SHA256, 32))
+        return AlgorithmId(oids.SHA256_WITH_RSA, b"\x05\x00")
     if isinstance(pub, ec.EllipticCurvePublicKey):
         if pub.curve.key_size >= 384:
-            return SignatureAlgorithm(oids.ECDSA_SHA384)
-        return SignatureAlgorithm(oids.ECDSA_SHA256)
-    return SignatureAlgorithm(oids.ED25519)
-
-
-def _pss_params_der() -> bytes:
-    """RSASSA-PSS-params for SHA-256, MGF1-SHA-256, salt length 32."""
-    from pyasn1.codec.der import encoder
-    from pyasn1.type import univ
-    from pyasn1_alt_modules import rfc4055, rfc5280
-
-    from swcmp.cmp import oids
-
-    params = rfc4055.RSASSA_PSS_params()
-    params["hashAlgorithm"]["algorithm"] = univ.ObjectIdentifier(oids.SHA256)
-    params["maskGenAlgorithm"]["algorithm"] = univ.ObjectIdentifier(oids.MGF1)
-    mgf_hash = rfc5280.AlgorithmIdentifier()
-    mgf_hash["algorithm"] = univ.ObjectIdentifier(oids.SHA256)
-    params["maskGenAlgorithm"]["parameters"] = encoder.encode(mgf_hash)
-    params["saltLength"] = 32
-    return bytes(encoder.encode(params))
+            return AlgorithmId(oids.ECDSA_SHA384)
+        return AlgorithmId(oids.ECDSA_SHA256)
+    return AlgorithmId(oids.ED25519)
 
 
 def _pss_from_params(params_der: bytes | None) -> tuple[hashes.HashAlgorithm, int]:
-    from pyasn1.codec.der import decoder
-    from pyasn1.error import PyAsn1Error
-    from pyasn1_alt_modules import rfc4055, rfc5280
-
-    from swcmp.cmp import oids
+    from swcmp.cmp import codec, oids
 
     if not params_der:
         raise ProtectionError("RSASSA-PSS without parameters is not accepted")
-    try:
-        params, rest = decoder.decode(params_der, asn1Spec=rfc4055.RSASSA_PSS_params())
-    except PyAsn1Error as e:
-        raise ProtectionError("RSASSA-PSS parameters do not decode") from e
-    if rest:
-        raise ProtectionError("RSASSA-PSS parameters have trailing bytes")
-    hash_oid = str(params["hashAlgorithm"]["algorithm"])
+    hash_oid, mgf_hash, salt_length = codec.decode_pss_params(params_der)
     if hash_oid not in _tables().hash_by_oid or hash_oid == oids.SHA1:
         raise ProtectionError(f"RSASSA-PSS with hash {hash_oid} is not accepted")
-    mgf_params = params["maskGenAlgorithm"]["parameters"]
-    if mgf_params.isValue:
-        mgf_alg, _ = decoder.decode(bytes(mgf_params), asn1Spec=rfc5280.AlgorithmIdentifier())
-        if str(mgf_alg["algorithm"]) != hash_oid:
-            raise ProtectionError("RSASSA-PSS with a different MGF1 hash is not accepted")
-    return _tables().hash_by_oid[hash_oid](), int(params["saltLength"])
+    if mgf_hash is not None and mgf_hash != hash_oid:
+        raise ProtectionError("RSASSA-PSS with a different MGF1 hash is not accepted")
+    return _tables().hash_by_oid[hash_oid](), salt_length
 
 
 def pss_parameters(params_der: bytes | None) -> tuple[hashes.HashAlgorithm, int]:
@@ -248,7 +208,7 @@ def pss_parameters(params_der: bytes | None) -> tuple[hashes.HashAlgorithm, int]
     return _pss_from_params(params_der)
 
 
-def sign(key: SigningKey, alg: SignatureAlgorithm, data: bytes) -> bytes:
+def sign(key: SigningKey, alg: AlgorithmId, data: bytes) -> bytes:
     """Sign ``data`` with ``key`` under ``alg`` (a :class:`Signer` signs it itself)."""
     from swcmp.cmp import oids
 
@@ -264,7 +224,7 @@ def sign(key: SigningKey, alg: SignatureAlgorithm, data: bytes) -> bytes:
     return key.sign(data, alg)
 
 
-def verify(pub: object, alg: SignatureAlgorithm, signature: bytes, data: bytes) -> None:
+def verify(pub: object, alg: AlgorithmId, signature: bytes, data: bytes) -> None:
     """Check ``signature`` over ``data``; raise ProtectionError when it is wrong.
 
     The algorithm must fit the key: an ECDSA OID with an RSA key is refused,

@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Protocol
 from urllib.parse import SplitResult, urlsplit
 
-from swcmp.errors import (
+from swcmp.cmp.errors import (
     ConfigError,
     ConnectError,
     ContentTypeError,
@@ -37,7 +37,7 @@ from swcmp.errors import (
     TimeoutError_,
     TransportError,
 )
-from swcmp.text import safe
+from swcmp.cmp.text import safe
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,7 @@ class _Deadline:
         return TimeoutError_(
             f"{self.url} did not complete the exchange within {self.seconds:g}s",
             url=self.url,
-            hint="the CA is slow, hanging or sending its answer slowly; the session's "
-            "--timeout sets the limit",
+            hint="the CA is slow, hanging or sending its answer slowly", setting="timeout",
         )
 
 
@@ -384,9 +383,10 @@ class HttpTransport:
             err = HTTPStatusError(
                 f"{url} answered HTTP {status} {reason}".rstrip(),
                 url=url, status=status,
-                hint=("the CA does not serve CMP at this path: check server_url"
+                setting="server_url",
+                hint=("the CA does not serve CMP at this path: check the URL"
                       if status in (404, 405) else
-                      "redirects are not followed: set server_url to the final address"
+                      "redirects are not followed: give the final address"
                       if 300 <= status < 400 else
                       "the CA is busy or down for maintenance; retry later"
                       if status == 503 else ""),
@@ -399,7 +399,8 @@ class HttpTransport:
             raise ContentTypeError(
                 f"{url} answered with Content-Type {safe(ctype[:100]) or '(none)'}, "
                 f"not {CONTENT_TYPE}",
-                url=url, hint="server_url probably points at a web page, not a CMP endpoint",
+                url=url, hint="the URL probably points at a web page, not a CMP endpoint",
+                setting="server_url",
             )
 
     def _network_error(self, e: BaseException) -> TransportError:
@@ -410,7 +411,8 @@ class HttpTransport:
                 isinstance(e, OSError) and not isinstance(e, ConnectionResetError)
                 and e.errno is not None):
             return ConnectError(f"cannot connect to {url}: {safe(_text(e))}", url=url,
-                                hint="check server_url, that the CA is up, and firewalls")
+                                hint="check the URL, that the CA is up, and firewalls",
+                                setting="server_url")
         return TransportError(f"HTTP exchange with {url} failed: {safe(_text(e))}", url=url,
                               hint="the CA closed the connection or sent a malformed "
                               "HTTP answer")
@@ -422,7 +424,7 @@ def _tls_context(ca_bundle: str | None, client_cert: str | None,
         ctx = ssl.create_default_context(cafile=ca_bundle)
     except (OSError, ssl.SSLError) as e:
         raise ConfigError(f"cannot use the CA bundle {ca_bundle}: {_text(e)}").with_hint(
-            "give a PEM file of CA certificates (--tls-ca-bundle)") from e
+            "give a PEM file of CA certificates", setting="tls_ca_bundle") from e
     if client_cert is not None:
         try:
             ctx.load_cert_chain(client_cert, client_key)
@@ -430,8 +432,8 @@ def _tls_context(ca_bundle: str | None, client_cert: str | None,
             raise ConfigError(
                 f"cannot use the TLS client certificate {client_cert} with the key "
                 f"{client_key}: {_text(e)}").with_hint(
-                "give the PEM certificate and its unencrypted private key "
-                "(--tls-client-cert FILE --tls-client-key FILE)") from e
+                "give the PEM certificate and its unencrypted private key",
+                setting="tls_client_cert") from e
     return ctx
 
 
@@ -445,16 +447,17 @@ def _tls_error(e: BaseException, url: str, *, client_cert: bool) -> ConnectError
         maybe = "may require" if closed else "requires"
         return ConnectError(f"TLS with {url} failed: the server {maybe} a client certificate"
                             + (" (it closed the connection)" if closed else ""),
-                            url=url, hint="give the session one: swcmp session set NAME "
-                            "--tls-client-cert FILE --tls-client-key FILE")
+                            url=url, hint="give the session a client certificate and key",
+                            setting="tls_client_cert")
     if client_cert and ("BAD_CERTIFICATE" in reason or "UNKNOWN_CA" in reason or closed
                         or "CERTIFICATE_UNKNOWN" in reason or "ACCESS_DENIED" in reason):
         return ConnectError(f"TLS with {url} failed: the server refused our client "
                             f"certificate ({safe(_text(e))})", url=url,
                             hint="ask the CA operator which client certificates the server "
-                            "accepts (--tls-client-cert)")
+                            "accepts", setting="tls_client_cert")
     return ConnectError(f"TLS with {url} failed: {safe(_text(e))}", url=url,
-                        hint="check the CA bundle (tls_ca_bundle) and the server name")
+                        hint="check the CA bundle and the server name",
+                        setting="tls_ca_bundle")
 
 
 def _text(e: BaseException) -> str:
