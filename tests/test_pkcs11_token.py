@@ -20,6 +20,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 import softhsm
+from openssl_mock import OPENSSL, mock_server
+from pki import make_pki, pem_cert
 from swcmp.checks import run_checks
 from swcmp.cmp import certs, keys
 from swcmp.config import Paths, Session, SessionStore
@@ -273,3 +275,36 @@ def test_p10cr_with_a_token_key_is_refused_clearly(tmp_path: Path, ca: TestCA,
     paths, store, session = make_session(tmp_path / "gw", ca, token)
     with pytest.raises(ConfigError, match="PKCS#10"):
         request_certificate(session, paths, store=store, pkcs10=True)
+
+
+# ---------------------------------------------------------------------- an independent peer
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
+def test_kur_signed_in_the_token_is_accepted_by_openssl_cmp(tmp_path: Path,
+                                                             token: softhsm.Token) -> None:
+    """``openssl cmp``'s mock server checks the request's signature protection and its
+    POP, both made by the token (same-key KUR: the 3.0 mock returns one fixed certificate,
+    issued here for the token's public key with the old serial)."""
+    pki = make_pki(tmp_path / "pki")
+    store = _store(token)
+    tk = store.generate("ecdsa:p256", new_key_id())
+    current = pki.issue(tk.public_key(), serial=0x1234)
+    renewed = pki.issue(tk.public_key(), serial=0x1234, days=400)
+    pki.write("rsp.crt", pem_cert(renewed))
+    paths = Paths(tmp_path / "gw" / "etc", tmp_path / "gw" / "var", tmp_path / "gw" / "swanctl")
+    paths.x509_dir.mkdir(parents=True)
+    paths.cert_file("gw1").write_bytes(pem_cert(current))
+    with mock_server(["-srv_cert", "srv.crt", "-srv_key", "srv.key", "-srv_trusted",
+                      "root.crt", "-rsp_cert", "rsp.crt"], cwd=pki.dir) as url:
+        session = SessionStore(paths.config_dir).create("gw1", {
+            "entity": "CN=gw1.example.net", "sans": ("DNS:gw1.example.net",),
+            "ca_name": "CN=swcmp Test Root CA", "server_url": url, "ir_auth": "signature",
+            "trust": (str(pki.dir / "root.crt"),), "key": token.uri(),
+            "pkcs11_module": str(token.module), "pin_file": str(token.pin_file),
+            "auto_update": True})
+        out = Renewer(paths).renew(session)
+    assert out.ok and out.serial == "1234"
+    assert certs.load_certificate(paths.cert_file("gw1").read_bytes()) == renewed
+    assert token.key_ids() == {tk.key_id}  # the same pair, re-certified
+    assert no_key_files(paths.state_dir, paths.swanctl_dir) == []
