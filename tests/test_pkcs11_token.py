@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+import siemens_mock
 import softhsm
 from openssl_mock import OPENSSL, mock_server
 from pki import make_pki, pem_cert
@@ -307,4 +308,48 @@ def test_kur_signed_in_the_token_is_accepted_by_openssl_cmp(tmp_path: Path,
     assert out.ok and out.serial == "1234"
     assert certs.load_certificate(paths.cert_file("gw1").read_bytes()) == renewed
     assert token.key_ids() == {tk.key_id}  # the same pair, re-certified
+    assert no_key_files(paths.state_dir, paths.swanctl_dir) == []
+
+
+@pytest.mark.skipif(siemens_mock.unavailable() is not None,
+                    reason=siemens_mock.unavailable() or "")
+def test_ir_and_kur_with_a_token_key_at_the_siemens_mock_ca(tmp_path: Path,
+                                                             token: softhsm.Token) -> None:
+    """The Siemens Mock CA issues for the key requested: IR (MAC, POP by the token) and
+    a KUR with a new pair made in the token (protection by the old pair, POP by the new)."""
+    from click.testing import CliRunner
+
+    from swcmp.cli import cli
+
+    secret = tmp_path / "mac.secret"
+    secret.write_text(siemens_mock.SECRET + "\n")
+    secret.chmod(0o600)
+    base = ["--config-dir", str(tmp_path / "etc"), "--state-dir", str(tmp_path / "var"),
+            "--swanctl-dir", str(tmp_path / "swanctl"), "--vici", "none"]
+
+    def run(*args: str) -> str:
+        res = CliRunner().invoke(cli, [*base, *args], prog_name="swcmp")
+        assert res.exit_code == 0, res.output
+        assert token.pin not in res.output and siemens_mock.SECRET not in res.output
+        return res.output
+
+    cn = "swcmp-token.example.net"
+    with siemens_mock.mock_ca(tmp_path / "mockca") as mock:
+        run("session", "create", "gw", "--entity", f"/CN={cn}", "--san", f"DNS:{cn}",
+            "--ca-name", siemens_mock.CA_NAME, "--server-url", mock.url, "--mac-ref", cn,
+            "--mac-secret-file", str(secret), "--trust", str(siemens_mock.ROOT_CERT),
+            "--extra-certs", str(siemens_mock.ROOT_CERT), "--key-type", "ecdsa:p256",
+            "--key", token.uri(), "--pkcs11-module", str(token.module),
+            "--pin-file", str(token.pin_file), "--ignore-keyusage")
+        run("request", "initial", "gw")
+        paths = Paths(tmp_path / "etc", tmp_path / "var", tmp_path / "swanctl")
+        (first,) = token.key_ids()
+        first_cert = certs.load_certificate(paths.cert_file("gw").read_bytes())
+        run("request", "keyupdate", "gw", "--regenerate")
+    cert = certs.load_certificate(paths.cert_file("gw").read_bytes())
+    (second,) = token.key_ids()
+    assert second != first and cert.serial_number != first_cert.serial_number
+    assert _store(token).key_for(certs.spki_of(cert)) is not None
+    cert.verify_directly_issued_by(
+        certs.load_certificate(siemens_mock.ROOT_CERT.read_bytes()))
     assert no_key_files(paths.state_dir, paths.swanctl_dir) == []
