@@ -602,7 +602,11 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
                                       + outcome.message, now=datetime.now(UTC),
                                       serial=outcome.serial)
                             st.count_renewal()
-            pair = current_pair(s, paths)
+            try:
+                pair = current_pair(s, paths)
+            except SwcmpError as e:  # e.g. a token that is not there: load the others
+                log.error("%s: not loaded: %s", s.name, e)
+                pair = None
             if pair is not None:
                 pairs.append(pair)
         result = load_current(uri, pairs, timeout=timeout)
