@@ -345,8 +345,11 @@ class CharonNode:
             self.vici_path.unlink()
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
                "STRONGSWAN_CONF": str(self.conf)}
-        if "SOFTHSM2_CONF" in os.environ:  # tokens of tests/softhsm.py, for the pkcs11 plugin
-            env["SOFTHSM2_CONF"] = os.environ["SOFTHSM2_CONF"]
+        # tokens of tests/softhsm.py and tests/tpm.py, for charon's pkcs11 plugin
+        for name in ("SOFTHSM2_CONF", "TPM2_PKCS11_TCTI", "TPM2_PKCS11_STORE",
+                     "DBUS_SESSION_BUS_ADDRESS"):
+            if name in os.environ:
+                env[name] = os.environ[name]
         out = self.stdout.open("ab")
         try:
             self.proc = subprocess.Popen(

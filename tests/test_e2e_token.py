@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 import softhsm
+import tpm
 from charon_net import CharonNet, available, wait_for
 from swcmp.strongswan import key_id_from_cert_pem
 from swcmp.testca import CAConfig, TestCA
@@ -53,10 +54,27 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def e2e(tmp_path: Path) -> Iterator[tuple[E2E, softhsm.Token]]:
-    """Both charons up without credentials (A's with the pkcs11 plugin); B enrolled."""
-    token = softhsm.new_token(tmp_path)
+@pytest.fixture(params=["softhsm", "tpm"])
+def e2e(tmp_path: Path, request: pytest.FixtureRequest
+        ) -> Iterator[tuple[E2E, softhsm.Token]]:
+    """Both charons up without credentials (A's with the pkcs11 plugin); B enrolled.
+
+    A's token is a SoftHSM2 token, or a software TPM 2.0 through tpm2-pkcs11.
+    """
+    if request.param == "tpm":
+        if tpm.unavailable() is not None:
+            pytest.skip(tpm.unavailable() or "")
+        token = tpm.new_token(tmp_path)
+        # swcmp makes, signs with and certifies TPM keys through tpm2-pkcs11
+        # (tests/test_pkcs11_token.py), but charon 5.9.8's pkcs11 plugin cannot
+        # initialise tpm2-pkcs11 1.9.0: its C_Initialize, called with strongSwan's
+        # mutex callbacks, logs "Destroying backends" and returns a garbage value, so
+        # load-token fails. Strict: this turns red on the day that works.
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="charon 5.9.8's pkcs11 plugin cannot initialise "
+            "tpm2-pkcs11 1.9.0 (C_Initialize fails)"))
+    else:
+        token = softhsm.new_token(tmp_path)
     secret_file = tmp_path / "mac.secret"
     secret_file.write_bytes(MAC_SECRET + b"\n")
     secret_file.chmod(0o600)

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 import siemens_mock
 import softhsm
+import tpm
 from openssl_mock import OPENSSL, mock_server
 from pki import make_pki, pem_cert
 from swcmp.checks import run_checks
@@ -82,13 +83,25 @@ def token(tmp_path: Path) -> softhsm.Token:
     return softhsm.new_token(tmp_path)
 
 
+@pytest.fixture(params=["softhsm", "tpm"])
+def any_token(tmp_path: Path, request: pytest.FixtureRequest) -> softhsm.Token:
+    """A SoftHSM2 token, or a software TPM 2.0 through tpm2-pkcs11 (tests/tpm.py)."""
+    if request.param == "tpm":
+        if tpm.unavailable() is not None:
+            pytest.skip(tpm.unavailable() or "")
+        return tpm.new_token(tmp_path)
+    return softhsm.new_token(tmp_path)
+
+
 def _store(token: softhsm.Token, obj: str = "gw") -> TokenStore:
     return TokenStore(TokenConfig("gw", TokenUri.parse(token.uri(obj)), token.module,
                                   token.pin_file))
 
 
 @pytest.mark.parametrize("key_type", ["rsa:2048", "ecdsa:p256", "ecdsa:p384"])
-def test_token_signs_what_cryptography_verifies(token: softhsm.Token, key_type: str) -> None:
+def test_token_signs_what_cryptography_verifies(any_token: softhsm.Token,
+                                                key_type: str) -> None:
+    token = any_token
     store = _store(token)
     key = store.generate(key_type, new_key_id())
     pub = key.public_key()
@@ -178,7 +191,8 @@ def matching(paths: Paths, token: softhsm.Token) -> bool:
 
 
 def test_ir_and_kur_with_keys_made_in_the_token(tmp_path: Path, ca: TestCA,
-                                                token: softhsm.Token) -> None:
+                                                any_token: softhsm.Token) -> None:
+    token = any_token
     paths, _, session = make_session(tmp_path / "gw", ca, token)
     (first,) = token.key_ids()
     assert matching(paths, token)

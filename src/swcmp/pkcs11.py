@@ -391,27 +391,41 @@ class TokenStore:
             raise ConfigError(f"key type {key_type} cannot be made in a token").with_hint(
                 "use one of " + ", ".join(TOKEN_KEY_TYPES))
         private_attrs = {p11.Attribute.SENSITIVE: True, p11.Attribute.EXTRACTABLE: False,
-                         p11.Attribute.SIGN: True, p11.Attribute.TOKEN: True,
-                         p11.Attribute.PRIVATE: True}
-        public_attrs = {p11.Attribute.VERIFY: True, p11.Attribute.TOKEN: True}
+                         p11.Attribute.TOKEN: True, p11.Attribute.PRIVATE: True}
+        public_attrs = {p11.Attribute.TOKEN: True}
+        flag = p11.MechanismFlag
+        # Signing only; tpm2-pkcs11 makes TPM keys that sign and decrypt and refuses a
+        # template that says otherwise, so that is tried second.
+        tries = (flag.SIGN | flag.VERIFY,
+                 flag.SIGN | flag.VERIFY | flag.ENCRYPT | flag.DECRYPT)
         with self.open(rw=True) as s:
-            try:
-                if key_type.startswith("rsa:"):
-                    pub, _ = s.generate_keypair(
-                        p11.KeyType.RSA, int(key_type[4:]), id=key_id, label=self.uri.label,
-                        store=True, public_template=public_attrs,
-                        private_template=private_attrs)
-                else:
-                    params = s.create_domain_parameters(p11.KeyType.EC, {
-                        p11.Attribute.EC_PARAMS: encode_named_curve_parameters(
-                            _CURVES[key_type].dotted_string)}, local=True)
-                    pub, _ = params.generate_keypair(
-                        id=key_id, label=self.uri.label, store=True,
-                        public_template=public_attrs, private_template=private_attrs)
-            except p11.PKCS11Error as e:
+            pub: Any = None
+            error: Exception | None = None
+            for caps in tries:
+                try:
+                    if key_type.startswith("rsa:"):
+                        pub, _ = s.generate_keypair(
+                            p11.KeyType.RSA, int(key_type[4:]), id=key_id,
+                            label=self.uri.label, store=True, capabilities=caps,
+                            public_template=public_attrs, private_template=private_attrs)
+                    else:
+                        params = s.create_domain_parameters(p11.KeyType.EC, {
+                            p11.Attribute.EC_PARAMS: encode_named_curve_parameters(
+                                _CURVES[key_type].dotted_string)}, local=True)
+                        pub, _ = params.generate_keypair(
+                            id=key_id, label=self.uri.label, store=True, capabilities=caps,
+                            public_template=public_attrs, private_template=private_attrs)
+                    break
+                except (p11.GeneralError, p11.TemplateInconsistent,
+                        p11.AttributeValueInvalid) as e:
+                    error = e
+                except p11.PKCS11Error as e:
+                    error = e
+                    break
+            if pub is None:
                 raise TokenError(f"the token could not make a {key_type} key pair: "
-                                 f"{type(e).__name__}").with_hint(
-                    "check that the token has room and supports the key type") from None
+                                 f"{type(error).__name__}").with_hint(
+                    "check that the token has room and supports the key type")
             public = _public_key(pub)
         log.info("generated a %s key pair in %s (CKA_ID %s)", key_type, self.uri.describe(),
                  key_id.hex())
