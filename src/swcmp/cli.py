@@ -519,7 +519,7 @@ def setting_options(f: F) -> F:
         ),
         click.option(
             "--key",
-            metavar="NAME",
+            metavar="NAME|URI",
             help="Key pair name: private/NAME.key under the swanctl directory. An existing "
             "key is used as it is, a missing one is generated at the first request. "
             "`create` defaults it to the session name. Or a PKCS#11 URI "
