@@ -9,7 +9,9 @@ from cryptography import x509
 
 from pki import TestPKI, pem_cert, pem_key
 from swcmp.cmp import certs, keys
-from swcmp.config import Paths, Session, SessionStore
+from swcmp.paths import Paths
+from swcmp.session import Session
+from swcmp.sessionfile import SessionStore
 
 
 @dataclass

@@ -15,9 +15,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from swcmp.checks import CheckResult, all_passed, failed, run_checks, warnings
-from swcmp.config import Paths, Session, set_fields
 from swcmp.errors import ConfigError
 from swcmp.names import SessionName, parse_dn
+from swcmp.paths import Paths
+from swcmp.session import Session, set_fields
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 BUILTIN_ORDER = [
@@ -409,9 +410,10 @@ def test_no_certificate_yet_points_to_initial_request(good: Setup) -> None:
 
 
 def test_lower_layers_import_no_cli_transport_or_protocol() -> None:
-    # names, fsutil, config and checks sit below the CLI, HTTP, VICI and CMP code.
+    # names, fsutil, the session modules and checks sit below the CLI, HTTP, VICI and CMP.
     code = (
-        "import sys; import swcmp.checks, swcmp.config, swcmp.fsutil, swcmp.names; "
+        "import sys; import swcmp.checks, swcmp.session, swcmp.sessionfile, swcmp.fsutil, "
+        "swcmp.names; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('click', 'pyasn1', 'vici') "
         "or m.startswith(('swcmp.cmp.codec', 'swcmp.cmp.client', 'swcmp.cmp.transport', "
         "'swcmp.cmp.protection', 'swcmp.strongswan', 'swcmp.cli'))]; print(','.join(bad))"

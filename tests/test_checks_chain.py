@@ -9,7 +9,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from pki import NOW, make_cert, name, pem_cert
 from swcmp.checks import _check_chain
-from swcmp.config import Paths, Session
+from swcmp.paths import Paths
+from swcmp.session import Session
 
 
 def setup(tmp_path: Path, *, intermediate_is_ca: bool, leaf_expired: bool = False):  # type: ignore[no-untyped-def]

@@ -14,25 +14,27 @@ from cryptography import x509
 from hypothesis import given
 from hypothesis import strategies as st
 
-from swcmp.config import (
+from swcmp.errors import ConfigError, SessionFileError
+from swcmp.names import SessionName, parse_dn
+from swcmp.paths import Paths
+from swcmp.policy import ExpireTime
+from swcmp.session import (
     FIELDS,
-    ExpireTime,
-    Paths,
     Session,
-    SessionStore,
     auth_credentials,
-    dumps_toml,
     field_name,
     read_mac_secret,
-    session_from_toml,
     session_key_file,
-    session_to_toml,
     set_fields,
     unset_fields,
     validate_server_url,
 )
-from swcmp.errors import ConfigError, SessionFileError
-from swcmp.names import SessionName, parse_dn
+from swcmp.sessionfile import (
+    SessionStore,
+    dumps_toml,
+    session_from_toml,
+    session_to_toml,
+)
 
 GW1 = SessionName("gw1")
 
@@ -579,7 +581,7 @@ def test_timeout_default_and_round_trip(tmp_path: Path) -> None:
 
 
 def test_tls_client_files_need_both_and_a_private_key(tmp_path: Path) -> None:
-    from swcmp.config import tls_client_files
+    from swcmp.session import tls_client_files
 
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     cert.write_text("x")

@@ -41,8 +41,8 @@ from hostile_proxy import (
 from swcmp.cmp import codec, keys
 from swcmp.cmp.messages import PollRepEntry
 from swcmp.cmp.protection import SignatureProtection
-from swcmp.renewal import Journal
 from swcmp.state import StateStore
+from swcmp.store import Journal
 from test_renewal_testca import CAHolder, Site, add_session, ca_config, make_site
 from test_serve_testca import DUE_NOW, Serve, enroll_aside, swcmp_cmd
 
@@ -227,7 +227,7 @@ def test_a_huge_check_after_is_clamped_and_the_transaction_kept(field: Field) ->
     assert took < TIMEOUT * 3 + SLACK
     field.assert_unharmed(serial)
     entry = Journal(field.site.paths, "gw1").load()
-    assert entry is not None and entry["phase"] == "waiting"
+    assert entry is not None and entry.phase == "waiting"
     field.assert_next_clean_run_renews(serial)
     assert field.proxy.kinds().count("kur") == 1  # the clean run polled the same transaction
     assert len(field.ca.issued()) == 2  # the IR's certificate and this one
@@ -245,7 +245,7 @@ def test_an_unattributable_error_leaves_the_waiting_transaction_alone(field: Fie
     assert "still processing the kur" in out
     j = Journal(field.site.paths, "gw1")
     waiting = j.load()
-    assert waiting is not None and waiting["phase"] == "waiting"
+    assert waiting is not None and waiting.phase == "waiting"
 
     # someone on the path answers the pollReq with an error: unprotected, or signed by
     # the CA but answering another message (a replay: the recipNonce is not ours)
@@ -272,7 +272,7 @@ def test_transaction_id_in_use_makes_the_next_try_use_a_new_one(field: Field) ->
     out, _ = field.renew()
     assert "transactionIdInUse" in out
     entry = Journal(field.site.paths, "gw1").load()
-    assert entry is None or not entry.get("transaction_id")  # the old one is dropped
+    assert entry is None or not entry.transaction_id  # the old one is dropped
     field.assert_unharmed(serial)
     field.ca.restart(ca_config(validity=timedelta(hours=1)))
     field.assert_next_clean_run_renews(serial)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from swcmp.config import SessionStore
 from swcmp.errors import ConfigError
+from swcmp.sessionfile import SessionStore
 
 
 def test_a_key_cannot_belong_to_two_sessions(tmp_path: Path) -> None:

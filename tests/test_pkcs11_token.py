@@ -26,12 +26,15 @@ from openssl_mock import OPENSSL, mock_server
 from pki import make_pki, pem_cert
 from swcmp.checks import run_checks
 from swcmp.cmp import certs, keys
-from swcmp.config import Paths, Session, SessionStore
 from swcmp.enroll import request_initial
 from swcmp.errors import ConfigError, SwcmpError
 from swcmp.names import format_dn
+from swcmp.paths import Paths
 from swcmp.pkcs11 import TokenConfig, TokenError, TokenStore, TokenUri, new_key_id, read_pin
-from swcmp.renewal import Journal, Renewer
+from swcmp.renewal import Renewer
+from swcmp.session import Session
+from swcmp.sessionfile import SessionStore
+from swcmp.store import Journal
 from swcmp.testca import CAConfig, TestCA
 from swcmp.tokenkeys import secrets_file
 
@@ -232,7 +235,8 @@ def test_check_names_a_token_that_lost_the_key(tmp_path: Path, ca: TestCA,
 CHILD = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from swcmp.config import Paths, SessionStore
+    from swcmp.paths import Paths
+    from swcmp.sessionfile import SessionStore
     from swcmp.renewal import Renewer
 
     root, phase = Path(sys.argv[1]), sys.argv[2]
@@ -269,7 +273,7 @@ def test_kill_9_leaves_a_matching_pair_and_at_most_one_stray_object(
     entry = Journal(paths, "gw1").load()
     if len(after_kill) == 2 and phase != "done":
         assert entry is not None  # the extra pair is on record
-        recorded = {entry.get("token_id"), entry.get("token_old")}
+        recorded = {entry.token_id, entry.token_old}
         assert {k.hex() for k in after_kill} <= recorded | {old.hex()}
 
     out = Renewer(paths).renew(session, regenerate=True)

@@ -12,18 +12,19 @@ from hypothesis import strategies as st
 
 from pki import TestPKI, make_pki
 from swcmp.cmp import keys
-from swcmp.config import ExpireTime, Session
-from swcmp.renewal import (
+from swcmp.policy import (
     JITTER_CAP,
     JITTER_SHARE,
     MIN_AGE_SHARE,
     RETRY_CAP,
     RETRY_START,
+    ExpireTime,
     jitter_fraction,
     plan,
     renew_at,
     retry_delay,
 )
+from swcmp.session import Session
 from swcmp.state import SessionState
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -122,7 +123,7 @@ def test_no_renewal_loop_when_policy_covers_the_whole_lifetime(pki: TestPKI,
 def test_retry_after_replaces_the_backoff_within_bounds(retry_after: float,
                                                        left: dt.timedelta,
                                                        expected: dt.timedelta) -> None:
-    from swcmp.renewal import retry_delay
+    from swcmp.policy import retry_delay
 
     now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
     assert retry_delay(5, now=now, not_after=now + left, retry_after=retry_after) == expected

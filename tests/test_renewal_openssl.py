@@ -19,8 +19,9 @@ import pytest
 from openssl_mock import OPENSSL, mock_server
 from pki import TestPKI, make_pki, pem_cert
 from renewal_env import Gateway, make_gateway
-from swcmp.renewal import Journal, Renewer
+from swcmp.renewal import Renewer
 from swcmp.state import StateStore
+from swcmp.store import Journal
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")]
@@ -67,7 +68,8 @@ CHILD = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, sys.argv[4])
     from pathlib import Path
-    from swcmp.config import Paths, SessionStore
+    from swcmp.paths import Paths
+    from swcmp.sessionfile import SessionStore
     from swcmp.renewal import Renewer
     root = Path(sys.argv[1])
     paths = Paths(root / "etc", root / "var", root / "swanctl")

@@ -29,7 +29,6 @@ import pytest
 from cryptography import x509
 
 from swcmp.cmp import certs, keys
-from swcmp.config import Paths, Session, SessionStore
 from swcmp.enroll import request_initial
 from swcmp.errors import (
     CertificateRejectedError,
@@ -43,9 +42,13 @@ from swcmp.errors import (
     SwcmpError,
 )
 from swcmp.names import format_dn
-from swcmp.renewal import Journal, NeedsInitialRequest, Renewer
+from swcmp.paths import Paths
+from swcmp.renewal import NeedsInitialRequest, Renewer
 from swcmp.service import RenewalService
+from swcmp.session import Session
+from swcmp.sessionfile import SessionStore
 from swcmp.state import StateStore
+from swcmp.store import Journal
 from swcmp.testca import CAConfig, TestCA
 
 pytestmark = pytest.mark.integration
@@ -246,7 +249,7 @@ def test_ca_waits_past_the_deadline_then_next_run_polls_the_same_transaction(
     assert site.key_pem() == old_key and site.pair_ok()
     j = Journal(site.paths, "gw1")
     entry = j.load()
-    assert entry is not None and entry["phase"] == "waiting" and j.key_file.exists()
+    assert entry is not None and entry.phase == "waiting" and j.key_file.exists()
     out = Renewer(site.paths, sleep=no_sleep).renew(session)
     assert out.ok and site.pair_ok() and site.key_pem() != old_key
     # one KUR, one certificate: the second run only polled
@@ -274,8 +277,8 @@ def test_waiting_transaction_the_ca_forgot_is_not_polled_forever(site: Site,
     assert site.pair_ok()
     # the dead transaction is forgotten, the staged key kept: the next run asks again
     entry = Journal(site.paths, "gw1").load()
-    assert entry is not None and entry["phase"] == "key-ready"
-    assert entry.get("transaction_id") is None
+    assert entry is not None and entry.phase == "key-ready"
+    assert entry.transaction_id is None
     Renewer(site.paths, sleep=no_sleep).renew(session)
     assert site.pair_ok() and site.key_pem() == staged_key
     statuses = sorted(r["status"] for s, r in ca.issued().items() if s != ir_serial)
@@ -287,7 +290,8 @@ def test_waiting_transaction_the_ca_forgot_is_not_polled_forever(site: Site,
 CHILD = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from swcmp.config import Paths, SessionStore
+    from swcmp.paths import Paths
+    from swcmp.sessionfile import SessionStore
     from swcmp.renewal import Renewer
     from swcmp.cmp.transport import HttpTransport
 
@@ -376,7 +380,7 @@ def test_kill_9_then_recover_without_a_needless_certificate(site: Site, ca: CAHo
         # KEY.key.next: storage holds the matching pair (swanctl loads every file in
         # private/), and the journal says "committing", so every next run (renew,
         # serve, the charon start hook) finishes with one rename, without the CA.
-        assert entry["phase"] == "committing"
+        assert entry.phase == "committing"
         staged = certs.load_certificate(j.cert_file.read_bytes())
         assert site.cert() == staged
         assert keys.spki_der(keys.load_private_key(next_key.read_bytes())) == \
@@ -432,7 +436,7 @@ def test_ca_rejects_keeps_the_pair_and_names_the_failinfo(site: Site, ca: CAHold
     assert len(ca.issued()) == 1  # nothing issued
     # the staged new key is kept for the next attempt, which certifies it
     j = Journal(site.paths, "gw1")
-    assert (j.load() or {}).get("phase") == "key-ready"
+    assert getattr(j.load(), "phase", None) == "key-ready"
     staged_key = j.key_file.read_bytes()
 
     # through the service, the error is recorded with its failInfo and a retry is planned
@@ -472,7 +476,7 @@ def test_ca_fault_keeps_the_pair(site: Site, ca: CAHolder, fault: str,
     assert ca.issued()[serial]["status"] == status
     # nothing unusable is kept for the next run but the staged key
     j = Journal(site.paths, "gw1")
-    assert (j.load() or {}).get("phase") == "key-ready" and not j.cert_file.exists()
+    assert getattr(j.load(), "phase", None) == "key-ready" and not j.cert_file.exists()
     ca.restart(ca_config())
     Renewer(site.paths).renew(session)
     assert site.pair_ok() and site.cert() != old_cert
@@ -540,7 +544,7 @@ def test_disk_full_while_committing_keeps_a_matching_pair(
     assert site.cert() == old_cert and site.key_pem() == old_key and site.pair_ok()
     # the confirmed certificate and its key stay staged; the next run commits them
     j = Journal(site.paths, "gw1")
-    assert (j.load() or {}).get("phase") == "committing"
+    assert getattr(j.load(), "phase", None) == "committing"
     staged_key = j.key_file.read_bytes()
     sent = _messages_sent(site)
     Renewer(site.paths).renew(session)

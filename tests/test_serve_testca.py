@@ -24,8 +24,10 @@ from typing import IO, Any
 import pytest
 
 from swcmp.cmp import certs
-from swcmp.config import Paths, SessionStore
-from swcmp.renewal import JITTER_SHARE, Journal, renew_at
+from swcmp.paths import Paths
+from swcmp.policy import JITTER_SHARE, renew_at
+from swcmp.sessionfile import SessionStore
+from swcmp.store import Journal
 from swcmp.testca.authority import BACKDATE
 from test_renewal_testca import (
     CAHolder,
@@ -267,7 +269,7 @@ def test_sigterm_in_the_middle_of_a_renewal_finishes_it_then_exits(
     serve = Serve(site, tmp_path / "serve.log")
     serving.append(serve)
     j = Journal(site.paths, "gw1")
-    serve.wait_for(lambda: (j.load() or {}).get("phase") == "sending", 20, "a KUR in flight")
+    serve.wait_for(lambda: getattr(j.load(), "phase", None) == "sending", 20, "a KUR in flight")
     started = time.monotonic()
     code = serve.stop(signal.SIGTERM)
     assert time.monotonic() - started < 10

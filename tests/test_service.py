@@ -119,8 +119,8 @@ def test_metrics_and_hooks(due: tuple[TestPKI, Gateway], tmp_path: Path) -> None
 
 
 def test_host_config_file(tmp_path: Path) -> None:
-    from swcmp.config import Paths
     from swcmp.errors import ConfigError
+    from swcmp.paths import Paths
 
     paths = Paths(tmp_path, tmp_path / "var", tmp_path / "sw")
     assert HostConfig.load(paths) == HostConfig()

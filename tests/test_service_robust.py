@@ -19,10 +19,10 @@ import pytest
 
 from pki import make_pki
 from renewal_env import make_gateway
-from swcmp.config import Session
 from swcmp.enroll import Outcome
 from swcmp.renewal import Renewer
 from swcmp.service import RenewalService, Server
+from swcmp.session import Session
 from swcmp.state import StateStore
 
 
@@ -101,7 +101,7 @@ def test_serve_outlives_a_pass_that_raises(tmp_path: Path,
 def test_a_damaged_journal_is_a_clear_storage_error(tmp_path: Path) -> None:
     """A journal edited by hand (or damaged) is refused by name, not a ValueError later."""
     from swcmp.errors import StorageError
-    from swcmp.renewal import Journal
+    from swcmp.store import Journal
 
     pki = make_pki(tmp_path / "pki")
     gw = make_gateway(tmp_path / "gw", pki, "http://127.0.0.1:9/")

@@ -23,8 +23,9 @@ import siemens_mock
 from siemens_mock import CA_NAME, ROOT_CERT, SECRET, MockCA
 from swcmp.cli import cli
 from swcmp.cmp import certs, keys
-from swcmp.config import Paths, SessionStore
 from swcmp.enroll import mac_protection, make_client, response_trust, signature_protection
+from swcmp.paths import Paths
+from swcmp.sessionfile import SessionStore
 
 pytestmark = [
     pytest.mark.integration,

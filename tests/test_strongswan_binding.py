@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from charon_net import CharonNet, available, pem_cert
-from swcmp.config import Paths, Session
+from swcmp.paths import Paths
+from swcmp.session import Session
 from swcmp.strongswan import binding_check, charon_dn, connection_bindings
 
 _UNAVAILABLE = available()

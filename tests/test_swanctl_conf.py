@@ -1,4 +1,4 @@
-"""swcmp.swanctl_conf: the settings parser and the load-conn messages it builds.
+"""swcmp.strongswan.swanctl_conf: the settings parser and the load-conn messages it builds.
 
 The last tests run the real ``swanctl --load-conns`` against a fake VICI
 socket that records what swanctl sends, and compare those bytes with the
@@ -22,7 +22,7 @@ import pytest
 from vici.protocol import Message
 
 from swcmp.errors import ConfigError
-from swcmp.swanctl_conf import (
+from swcmp.strongswan.swanctl_conf import (
     ConfSyntaxError,
     LoadConnError,
     build_load_conn,

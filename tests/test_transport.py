@@ -10,7 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from swcmp.cmp.transport import HttpTransport, check_url
+from swcmp.cmp.transport import HttpTransport
+from swcmp.cmp.urls import check_server_url as check_url
 from swcmp.errors import (
     ConfigError,
     ConnectError,

@@ -45,10 +45,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from swcmp.cmp import certs
-from swcmp.config import Paths, Session, auth_credentials, hint_for, session_key_file
 from swcmp.errors import CertificateError, SwcmpError
 from swcmp.names import common_name, format_dn
+from swcmp.paths import Paths
 from swcmp.pkcs11 import is_token_uri
+from swcmp.session import Session, auth_credentials, hint_for, session_key_file
 
 __all__ = [
     "FAIL",
@@ -212,7 +213,7 @@ def _check_server_url(session: Session) -> CheckResult:
     fix = _set_cmd(session, "--server-url http://ca.example.net:8080/pkix/")
     if session.server_url is None:
         return _fail("server-url", "no server URL is set", fix)
-    # Session construction already validated the URL (config.validate_server_url).
+    # Session construction already validated the URL (swcmp.cmp.urls).
     bundle = session.tls_ca_bundle
     if session.server_url.lower().startswith("https:") and bundle is not None:
         _, error = _load_certs(bundle)

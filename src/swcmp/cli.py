@@ -36,16 +36,19 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from swcmp import __version__, render
+from swcmp.choices import IR_AUTH_MODES, KEY_TYPES, MAC_ALGS
 from swcmp.cmp.text import safe, safe_lines
 from swcmp.errors import ConfigError, SwcmpError
 
 if TYPE_CHECKING:
     from swcmp.checks import CheckResult
-    from swcmp.config import Paths, Session, SessionStore
     from swcmp.deploy import Deployer
     from swcmp.enroll import Outcome
     from swcmp.ha import Role
+    from swcmp.paths import Paths
     from swcmp.service import SessionReport
+    from swcmp.session import Session
+    from swcmp.sessionfile import SessionStore
 
 __all__ = ["cli", "main"]
 
@@ -54,13 +57,6 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_VICI_URI = "unix:///var/run/charon.vici"
-
-# The choices offered for enumerated settings. They repeat config.KEY_TYPES,
-# IR_AUTH_MODES and MAC_ALGS so that `swcmp --help` need not import config (and
-# cryptography); tests/test_cli.py checks that the lists agree.
-KEY_TYPE_CHOICES = ("rsa:2048", "rsa:3072", "rsa:4096", "ecdsa:p256", "ecdsa:p384", "ed25519")
-IR_AUTH_CHOICES = ("mac", "signature")
-MAC_ALG_CHOICES = ("hmac-sha256", "hmac-sha1")
 
 # Settings that name files which must exist when they are set.
 _FILE_FIELDS = ("mac_secret_file", "auth_cert", "auth_key", "trust", "tls_ca_bundle",
@@ -105,7 +101,7 @@ class CliEnv:
     @cached_property
     def paths(self) -> Paths:
         """The directories: option, else environment variable, else default."""
-        from swcmp.config import Paths
+        from swcmp.paths import Paths
 
         return Paths.from_env(
             config_dir=self.config_dir, state_dir=self.state_dir, swanctl_dir=self.swanctl_dir
@@ -114,7 +110,7 @@ class CliEnv:
     @cached_property
     def store(self) -> SessionStore:
         """The session files under the configuration directory."""
-        from swcmp.config import SessionStore
+        from swcmp.sessionfile import SessionStore
 
         return SessionStore(self.paths.config_dir)
 
@@ -220,7 +216,7 @@ SESSION_NAME = SessionNameType()
 
 def _fail(ctx: click.Context, error: SwcmpError) -> NoReturn:
     """The one place where an expected error becomes output and exit code 1."""
-    from swcmp.config import hint_for
+    from swcmp.session import hint_for
 
     env = ctx.find_object(CliEnv) or CliEnv()
     name = ctx.params.get("name")
@@ -479,7 +475,7 @@ def setting_options(f: F) -> F:
         ),
         click.option(
             "--ir-auth",
-            type=click.Choice(IR_AUTH_CHOICES),
+            type=click.Choice(IR_AUTH_MODES),
             help="How an initial request (IR) is authenticated: mac (reference + shared "
             "secret, default) or signature (--auth-cert/--auth-key from another CA).",
         ),
@@ -496,7 +492,7 @@ def setting_options(f: F) -> F:
         ),
         click.option(
             "--mac-alg",
-            type=click.Choice(MAC_ALG_CHOICES),
+            type=click.Choice(MAC_ALGS),
             help="MAC algorithm: hmac-sha256 (default) or hmac-sha1 (legacy CAs only).",
         ),
         click.option(
@@ -534,7 +530,7 @@ def setting_options(f: F) -> F:
         ),
         click.option(
             "--key-type",
-            type=click.Choice(KEY_TYPE_CHOICES),
+            type=click.Choice(KEY_TYPES),
             help="Type of newly generated keys (default rsa:3072).",
         ),
         click.option(
@@ -652,7 +648,7 @@ def _check_given_files(session: Session, changed: Sequence[str], paths: Paths) -
         ConfigError: naming the option, the file and what to do.
     """
     from swcmp.cmp import certs, keys
-    from swcmp.config import FIELDS, auth_credentials
+    from swcmp.session import FIELDS, auth_credentials
 
     for name in changed:
         if name not in _FILE_FIELDS:
@@ -718,7 +714,7 @@ def _check_given_files(session: Session, changed: Sequence[str], paths: Paths) -
 
 
 def _session_show_text(env: CliEnv, s: Session) -> str:
-    from swcmp.config import auth_credentials, session_key_file
+    from swcmp.session import auth_credentials, session_key_file
 
     cert, key = auth_credentials(s, env.paths)
     own_cert = env.paths.cert_file(s.name)
@@ -762,8 +758,8 @@ def session_create(name: str, **options: Any) -> None:
     The key pair defaults to NAME (private/NAME.key). Nothing is written when a
     value is refused.
     """
-    from swcmp.config import Session, set_fields
     from swcmp.names import SessionName
+    from swcmp.session import Session, set_fields
 
     env = _env()
     values = _setting_values(options)
@@ -788,7 +784,7 @@ def session_set(name: str, **options: Any) -> None:
     Relative paths are taken from the current directory and stored absolute.
     Every value is checked first: on any error nothing is written.
     """
-    from swcmp.config import set_fields
+    from swcmp.session import set_fields
 
     env = _env()
     values = _setting_values(options)
@@ -812,7 +808,7 @@ def session_unset(name: str, fields: tuple[str, ...]) -> None:
     FIELD is a setting as `session show` names it (entity, sans, ca_name,
     mac_ref, trust, ...) or as its option without the dashes (mac-ref, san).
     """
-    from swcmp.config import field_name
+    from swcmp.session import field_name
 
     env = _env()
     names = [field_name(f) for f in fields]
@@ -1186,7 +1182,8 @@ def _cert_info(path: Path, now: datetime) -> dict[str, Any] | None:
 
 def _status_entry(env: CliEnv, s: Session, now: datetime, role: Role | None) -> dict[str, Any]:
     from swcmp.cmp import certs
-    from swcmp.renewal import interrupted, plan
+    from swcmp.policy import plan
+    from swcmp.renewal import interrupted
     from swcmp.state import StateStore
 
     st = StateStore(env.paths).load(s.name)

@@ -1,6 +1,6 @@
 """From a configured session to CMP requests and stored credentials.
 
-This is where a :class:`~swcmp.config.Session` becomes a CMP client with the
+This is where a :class:`~swcmp.session.Session` becomes a CMP client with the
 right protection, and where an issued certificate becomes files in swanctl's
 layout. ``request_initial`` (IR) and ``request_certificate`` (CR) live here;
 key updates go through the staged, crash-safe path in :mod:`swcmp.renewal`.
@@ -20,18 +20,29 @@ from cryptography.hazmat.primitives import hashes
 
 from swcmp import fsutil, tokenkeys
 from swcmp.cmp import certs, keys
-from swcmp.config import (
-    Paths,
+from swcmp.deploy import CredentialPair, Deployer, DeployError, DeployUnavailable
+from swcmp.errors import ConfigError, SwcmpError
+from swcmp.paths import Paths
+from swcmp.session import (
     Session,
-    SessionStore,
     auth_credentials,
     read_mac_secret,
     session_key_file,
     tls_client_files,
 )
-from swcmp.deploy import CredentialPair, Deployer, DeployError, DeployUnavailable
-from swcmp.errors import ConfigError, StorageError, SwcmpError
+from swcmp.sessionfile import SessionStore
 from swcmp.state import StateStore
+from swcmp.store import (
+    current_pair,
+    ensure_session_key,
+    load_cert_files,
+    load_trust,
+    need_setting,
+    read_file,
+    session_ca_certs,
+    write_ca_certs,
+    write_cert,
+)
 
 if TYPE_CHECKING:  # the protocol stack is imported only when a request is made
     from swcmp.cmp.client import CMPClient, Enrollment
@@ -67,60 +78,6 @@ class Outcome:
         }
 
 
-def _need(value: object, what: str, session: Session, option: str) -> None:
-    if value is None or value == "" or value == ():
-        raise ConfigError(f"session {session.name} has no {what}").with_hint(
-            f"swcmp session set {session.name} {option} ...")
-
-
-def read_file(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise StorageError(f"cannot read the {what} {path}: {e.strerror}").with_hint(
-            "check that the file exists and is readable") from e
-
-
-def load_trust(session: Session) -> list[x509.Certificate]:
-    """The session's trust anchors (every certificate in every --trust file)."""
-    out: list[x509.Certificate] = []
-    for p in session.trust:
-        out.extend(certs.load_certificates(read_file(p, "trust anchor file")))
-    return out
-
-
-def load_session_key(session: Session, paths: Paths) -> keys.SigningKey | None:
-    """The session's key pair from ``private/<key>.key`` (or its token); None when not there yet."""
-    _need(session.key, "key pair name", session, "--key")
-    assert session.key is not None
-    if tokenkeys.uses_token(session):
-        return tokenkeys.current_key(session, paths)
-    p = paths.key_file(session.key)
-    if not p.exists():
-        return None
-    return keys.load_private_key(read_file(p, "private key"))
-
-
-def ensure_session_key(session: Session, paths: Paths) -> tuple[keys.SigningKey, bool]:
-    """Load the session's key, or generate one per ``key_type`` and store it (0600).
-
-    The new key is written before any request, so that a crash after the CA
-    issued a certificate never leaves a certificate without its key.
-    """
-    if tokenkeys.uses_token(session):
-        return tokenkeys.ensure_key(session, paths)
-    key = load_session_key(session, paths)
-    if key is not None:
-        return key, False
-    assert session.key is not None
-    key = keys.generate_key(session.key_type)
-    fsutil.ensure_dir(paths.private_dir, mode=0o700)
-    fsutil.atomic_write(paths.key_file(session.key), keys.private_key_pem(key), mode=0o600)
-    log.info("%s: generated a new %s key %s", session.name, session.key_type,
-             paths.key_file(session.key))
-    return key, True
-
-
 def signature_credentials(session: Session, paths: Paths
                           ) -> tuple[keys.SigningKey, x509.Certificate, list[x509.Certificate]]:
     """The key, certificate and intermediates that sign requests for this session."""
@@ -128,11 +85,11 @@ def signature_credentials(session: Session, paths: Paths
     if key_path is None and cert_path is not None and tokenkeys.uses_token(session):
         chain = certs.load_certificates(read_file(cert_path, "authentication certificate"))
         token_key = tokenkeys.current_key(session, paths)
-        _need(token_key, "key pair in its token", session, "--key")
+        need_setting(token_key, "key pair in its token", session, "--key")
         assert token_key is not None
         return token_key, chain[0], [c for c in chain[1:] if c.issuer != c.subject]
-    _need(cert_path, "authentication certificate", session, "--auth-cert")
-    _need(key_path, "authentication key", session, "--auth-key")
+    need_setting(cert_path, "authentication certificate", session, "--auth-cert")
+    need_setting(key_path, "authentication key", session, "--auth-key")
     assert cert_path is not None and key_path is not None
     chain = certs.load_certificates(read_file(cert_path, "authentication certificate"))
     key = keys.load_private_key(read_file(key_path, "authentication key"))
@@ -142,29 +99,10 @@ def signature_credentials(session: Session, paths: Paths
 def mac_protection(session: Session) -> Protection:
     from swcmp.cmp.protection import MacProtection
 
-    _need(session.mac_ref, "MAC reference", session, "--mac-ref")
+    need_setting(session.mac_ref, "MAC reference", session, "--mac-ref")
     assert session.mac_ref is not None
     return MacProtection(reference=session.mac_ref.encode(), secret=read_mac_secret(session),
                          mac_alg=session.mac_alg)
-
-
-def load_cert_files(files: Sequence[Path], what: str) -> list[x509.Certificate]:
-    """Every certificate in every file of ``files``."""
-    out: list[x509.Certificate] = []
-    for p in files:
-        out.extend(certs.load_certificates(read_file(p, what)))
-    return out
-
-
-def session_ca_certs(session: Session, paths: Paths) -> list[x509.Certificate]:
-    """The CA certificates stored for the session (``x509ca/<session>-caN.crt``)."""
-    out: list[x509.Certificate] = []
-    for p in paths.ca_cert_files(session.name):
-        try:
-            out.extend(certs.load_certificates(read_file(p, "CA certificate")))
-        except SwcmpError as e:  # a damaged CA file must not stop a renewal
-            log.warning("%s: ignoring %s: %s", session.name, p, e)
-    return out
 
 
 def request_chain(session: Session, paths: Paths, cert: x509.Certificate,
@@ -224,8 +162,8 @@ def make_client(session: Session, *, transport: Transport | None = None,
     from swcmp.cmp.client import CMPClient
     from swcmp.cmp.transport import HttpTransport
 
-    _need(session.server_url, "server URL", session, "--server-url")
-    _need(session.ca_name, "CA name", session, "--ca-name")
+    need_setting(session.server_url, "server URL", session, "--server-url")
+    need_setting(session.ca_name, "CA name", session, "--ca-name")
     assert session.server_url is not None and session.ca_dn is not None
     if transport is None:
         bundle = str(session.tls_ca_bundle) if session.tls_ca_bundle else None
@@ -272,43 +210,6 @@ def usable_ca_pubs(session: Session, enrolled: Enrollment) -> list[x509.Certific
     return out
 
 
-def write_ca_certs(session: Session, paths: Paths,
-                   ca_certs: Sequence[x509.Certificate]) -> tuple[Path, ...]:
-    """Store CA certificates as ``x509ca/<session>-caN.crt``; drop stale higher N."""
-    unique: list[x509.Certificate] = []
-    for c in ca_certs:
-        if c not in unique:
-            unique.append(c)
-    if not unique:
-        return paths.ca_cert_files(session.name)
-    fsutil.ensure_dir(paths.x509ca_dir)
-    written = []
-    for i, c in enumerate(unique, start=1):
-        p = paths.ca_cert_file(session.name, i)
-        fsutil.atomic_write(p, certs.pem_of(c), mode=0o644)
-        written.append(p)
-    for p in paths.ca_cert_files(session.name)[len(unique):]:
-        fsutil.remove_file(p, missing_ok=True)
-    return tuple(written)
-
-
-def current_pair(session: Session, paths: Paths) -> CredentialPair | None:
-    """The session's live key and certificate as a CredentialPair, if both exist."""
-    if session.key is None:
-        return None
-    if tokenkeys.uses_token(session):
-        return tokenkeys.current_pair(session, paths)
-    kp, cp = paths.key_file(session.key), paths.cert_file(session.name)
-    if not (kp.exists() and cp.exists()):
-        return None
-    return CredentialPair(
-        session=session.name, key_path=kp, cert_path=cp,
-        key_pem=read_file(kp, "private key"), cert_pem=read_file(cp, "certificate"),
-        ca_certs_pem=tuple(read_file(p, "CA certificate")
-                           for p in paths.ca_cert_files(session.name)),
-    )
-
-
 def deploy(deployer: Deployer | None, new: CredentialPair,
            previous: CredentialPair | None) -> str:
     """Hand a committed pair to the deployer; return what happened, in words.
@@ -332,11 +233,10 @@ def _store_and_configure(session: Session, paths: Paths, store: SessionStore | N
                          deployer: Deployer | None) -> Outcome:
     previous = current_pair(session, paths)
     cert_path = paths.cert_file(session.name)
-    fsutil.ensure_dir(paths.x509_dir)
     ca_pubs = usable_ca_pubs(session, enrolled)
     ca_list = list(dict.fromkeys([*enrolled.chain, *ca_pubs]))  # as write_ca_certs stores them
     ca_paths = write_ca_certs(session, paths, ca_list)
-    fsutil.atomic_write(cert_path, certs.pem_of(enrolled.certificate), mode=0o644)
+    write_cert(paths, session, enrolled.certificate)
     if tokenkeys.uses_token(session):
         token_key = tokenkeys.current_key(session, paths)
         assert token_key is not None
@@ -393,7 +293,7 @@ def _request(kind: str, session: Session, paths: Paths, protection: Callable[[],
              transport: Transport | None) -> Outcome:
     """An IR or CR for the session's key (generated if missing), stored and deployed."""
     def work() -> Outcome:
-        _need(session.entity, "entity (subject DN)", session, "--entity")
+        need_setting(session.entity, "entity (subject DN)", session, "--entity")
         assert session.entity_dn is not None and session.key is not None
         prot = protection()
         key, _ = ensure_session_key(session, paths)

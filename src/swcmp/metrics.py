@@ -42,7 +42,6 @@ from datetime import datetime
 from cryptography import x509
 
 from swcmp.cmp import certs
-from swcmp.config import Paths, Session
 from swcmp.errors import (
     CertificateError,
     CMPErrorResponse,
@@ -55,6 +54,8 @@ from swcmp.errors import (
     TransportError,
 )
 from swcmp.ha import Role
+from swcmp.paths import Paths
+from swcmp.session import Session
 from swcmp.state import STATES, SessionState
 
 __all__ = ["REFRESH", "CharonView", "SessionView", "ca_certificates", "failure_key", "render"]

@@ -514,7 +514,7 @@ def format_sans(names: Iterable[x509.GeneralName]) -> tuple[str, ...]:
 # --- session names -------------------------------------------------------------------
 
 # Not starting with "." (hidden files, "..") nor "-" (it would read as an option).
-_SESSION_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+_FILE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
 def validate_session_name(name: str) -> SessionName:
@@ -528,11 +528,28 @@ def validate_session_name(name: str) -> SessionName:
     Raises:
         ConfigError: the name is not acceptable.
     """
-    if isinstance(name, str) and _SESSION_RE.fullmatch(name):
+    if isinstance(name, str) and _FILE_NAME_RE.fullmatch(name):
         return SessionName(name)
     err = ConfigError(f"invalid session name {name!r}")
     err.hint = (
         "use 1-64 letters, digits, '-', '_' or '.', not starting with '.' or '-', "
         "e.g. gw1 or ca-main"
+    )
+    raise err
+
+
+def validate_key_name(name: str) -> str:
+    """Check the name of a session's key pair (``private/NAME.key``): the rules of a
+    session name, and no ``.key`` suffix of its own.
+
+    Raises:
+        ConfigError: the name is not acceptable.
+    """
+    if isinstance(name, str) and _FILE_NAME_RE.fullmatch(name) and not name.endswith(".key"):
+        return name
+    err = ConfigError(f"invalid key name {name!r}")
+    err.hint = (
+        "the key is private/NAME.key under the swanctl directory: use 1-64 letters, digits, "
+        "'-', '_' or '.', not starting with '.' and without the .key suffix"
     )
     raise err

@@ -15,32 +15,18 @@ Steps (journal phases in brackets):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
 from swcmp import fsutil, tokenkeys
 from swcmp.cmp import certs, keys
-from swcmp.config import ExpireTime, Paths, Session
-from swcmp.deploy import CredentialPair, Deployer, DeployError, DeployUnavailable
-from swcmp.enroll import (
-    Outcome,
-    current_pair,
-    load_session_key,
-    load_trust,
-    make_client,
-    read_file,
-    request_chain,
-    signature_credentials,
-    write_ca_certs,
-)
+from swcmp.deploy import Deployer, DeployError, DeployUnavailable
+from swcmp.enroll import Outcome, make_client, request_chain, signature_credentials
 from swcmp.errors import (
     CertificateError,
     CMPErrorResponse,
@@ -49,7 +35,21 @@ from swcmp.errors import (
     StorageError,
     SwcmpError,
 )
-from swcmp.state import SessionState, StateStore
+from swcmp.paths import Paths
+from swcmp.session import Session
+from swcmp.state import StateStore
+from swcmp.store import (
+    Journal,
+    JournalEntry,
+    archive_pair,
+    current_pair,
+    load_session_key,
+    load_trust,
+    read_file,
+    restore_pair,
+    write_ca_certs,
+    write_pair,
+)
 
 if TYPE_CHECKING:
     from swcmp.cmp.client import CMPClient, TxEvent
@@ -57,19 +57,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: No certificate is renewed before this share of its lifetime has passed.
-MIN_AGE_SHARE = 0.1
-#: Jitter: up to this share of the lifetime earlier than the nominal due time...
-JITTER_SHARE = 0.03
-#: ...but never more than this.
-JITTER_CAP = timedelta(hours=6)
-#: Backoff after failures: first retry after RETRY_START, doubling up to RETRY_CAP.
-RETRY_START = timedelta(minutes=1)
-RETRY_CAP = timedelta(hours=4)
-#: A Retry-After shorter than this is taken as this (no hammering a busy CA).
-RETRY_AFTER_MIN = timedelta(seconds=10)
-#: Previous pairs kept for manual rollback.
-ARCHIVE_KEEP = 3
 
 
 class RenewalError(SwcmpError):
@@ -80,189 +67,7 @@ class NeedsInitialRequest(RenewalError):
     """The certificate is missing or expired: a key update cannot work."""
 
 
-# --------------------------------------------------------------------------- when
-
-
-def jitter_fraction(session_name: str, serial: int) -> float:
-    """A stable number in [0, 1) per session and certificate: spreads a fleet's renewals."""
-    digest = hashlib.sha256(f"{session_name}/{serial:x}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def renew_at(cert: x509.Certificate, policy: ExpireTime, session_name: str) -> datetime:
-    """When ``cert`` should be renewed: the policy's time, moved earlier by the jitter.
-
-    Pure: depends only on the certificate, the policy and the session name.
-    """
-    nb, na = cert.not_valid_before_utc, cert.not_valid_after_utc
-    nominal = policy.renew_at(nb, na)
-    spread = min((na - nb) * JITTER_SHARE, JITTER_CAP)
-    # A policy of 100 %, or a duration at least the lifetime, would make every new
-    # certificate due the moment it is issued: a renewal loop. Wait a tenth first.
-    floor = nb + (na - nb) * MIN_AGE_SHARE
-    return max(floor, nominal - spread * jitter_fraction(session_name, cert.serial_number))
-
-
-def retry_delay(failures: int, *, now: datetime, not_after: datetime,
-                retry_after: float | None = None) -> timedelta:
-    """Wait before the next attempt after ``failures`` consecutive failures.
-
-    Doubles from RETRY_START to RETRY_CAP, but never more than an eighth of the
-    validity left, so retries come faster as expiry nears. ``retry_after`` is the
-    time the CA asked for (HTTP 503 Retry-After, seconds): the next try is then at
-    that time instead, but as the value comes from the network it is kept between
-    RETRY_AFTER_MIN and RETRY_CAP and before half of the validity left (a CA, or a
-    man in the middle, cannot put the next try past the certificate's expiry).
-    """
-    remaining = not_after - now
-    if retry_after is not None:
-        delay = min(max(timedelta(seconds=retry_after), RETRY_AFTER_MIN), RETRY_CAP)
-        if remaining > timedelta(0):
-            delay = max(RETRY_AFTER_MIN, min(delay, remaining / 2))
-        return timedelta(seconds=round(delay.total_seconds()))
-    delay = min(RETRY_START * 2 ** max(min(failures, 32) - 1, 0), RETRY_CAP)
-    if remaining > timedelta(0):
-        delay = max(RETRY_START, min(delay, remaining / 8))
-    return timedelta(seconds=round(delay.total_seconds()))
-
-
-def attempt_bound(session: Session, poll_deadline: float) -> float:
-    """Longest wall time, in seconds, one renewal attempt spends waiting for the CA.
-
-    Every exchange ends within the session's ``timeout`` (the transport's
-    watchdog) and polling ends within ``poll_deadline`` plus one exchange. The
-    worst attempt: a late certConf that fails (1), a KUR (1), the polls (the
-    deadline + 1), the certConf or the rejection (1).
-    """
-    return poll_deadline + 4 * session.timeout
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What the scheduler should do about a session now."""
-
-    state: str  # idle, due, needs_ir, disabled, failed (in backoff)
-    due: bool
-    renew_at: datetime | None
-    expires: datetime | None
-    next_check: datetime | None
-    reason: str
-
-
-def plan(session: Session, cert: x509.Certificate | None, st: SessionState,
-         now: datetime) -> Plan:
-    """Decide, without side effects, whether ``session`` is to be renewed at ``now``."""
-    if cert is None:
-        return Plan("needs_ir", False, None, None, None,
-                    f"no certificate yet: run `swcmp request initial {session.name}`")
-    expires = cert.not_valid_after_utc
-    if now >= expires:
-        return Plan("needs_ir", False, None, expires, None,
-                    f"certificate expired {expires:%Y-%m-%d %H:%M}Z; a key update cannot work: "
-                    f"run `swcmp request initial {session.name}`")
-    at = renew_at(cert, session.expire_time, session.name)
-    if not session.auto_update:
-        return Plan("disabled", False, at, expires, None, "auto-update is off")
-    if st.next_attempt:
-        retry = datetime.fromisoformat(st.next_attempt)
-        if now < retry:
-            return Plan("failed", False, at, expires, retry,
-                        f"retrying after {retry:%Y-%m-%d %H:%M:%S}Z ({st.failures} failures)")
-    if now >= at:
-        return Plan("due", True, at, expires, now, "due")
-    return Plan("idle", False, at, expires, at, f"next renewal {at:%Y-%m-%d %H:%M:%S}Z")
-
-
 # --------------------------------------------------------------------------- how
-
-
-class Journal:
-    """The renewal journal and staging area of one session."""
-
-    def __init__(self, paths: Paths, name: str) -> None:
-        self.dir = paths.session_state_dir(name)
-        self.path = self.dir / "journal.json"
-        self.staging = self.dir / "staging"
-        self.archive = self.dir / "archive"
-
-    def load(self) -> dict[str, Any] | None:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as e:
-            raise StorageError(f"renewal journal {self.path} is unreadable: {e}").with_hint(
-                "inspect it; removing it abandons the interrupted renewal (the live pair "
-                "is untouched) and the next run starts a fresh one") from e
-        if not isinstance(data, dict):
-            return None
-        problem = _journal_problem(data)
-        if problem is not None:
-            raise StorageError(f"renewal journal {self.path} is damaged: {problem}").with_hint(
-                "inspect it; removing it abandons the interrupted renewal (the live pair "
-                "is untouched) and the next run starts a fresh one")
-        return data
-
-    def write(self, **fields: Any) -> dict[str, Any]:
-        data = self.load() or {}
-        data.update(fields)
-        fsutil.ensure_dir(self.dir, mode=0o700)
-        fsutil.atomic_write(self.path, json.dumps(data, indent=1).encode(), mode=0o600)
-        return data
-
-    def clear(self) -> None:
-        for p in (self.staging / "new.key", self.staging / "new.crt"):
-            fsutil.remove_file(p, missing_ok=True)
-        for p in sorted(self.staging.glob("ca*.crt")) if self.staging.exists() else []:
-            fsutil.remove_file(p, missing_ok=True)
-        fsutil.remove_file(self.path, missing_ok=True)
-
-    @property
-    def key_file(self) -> Path:
-        return self.staging / "new.key"
-
-    @property
-    def cert_file(self) -> Path:
-        return self.staging / "new.crt"
-
-    def stage_key(self, key: keys.PrivateKey) -> None:
-        fsutil.ensure_dir(self.staging, mode=0o700)
-        fsutil.atomic_write(self.key_file, keys.private_key_pem(key), mode=0o600)
-
-    def stage_cert(self, cert: x509.Certificate, ca_certs: list[x509.Certificate]) -> None:
-        fsutil.ensure_dir(self.staging, mode=0o700)
-        for i, c in enumerate(ca_certs, start=1):
-            fsutil.atomic_write(self.staging / f"ca{i}.crt", certs.pem_of(c), mode=0o644)
-        fsutil.atomic_write(self.cert_file, certs.pem_of(cert), mode=0o644)
-
-    def staged_ca_certs(self) -> list[x509.Certificate]:
-        files = sorted(self.staging.glob("ca*.crt"), key=lambda p: int(p.stem[2:] or 0))
-        return [certs.load_certificate(read_file(p, "staged CA certificate")) for p in files]
-
-
-def _journal_problem(data: dict[str, Any]) -> str | None:
-    """What is wrong with a journal's fields (a hand edit, a damaged disk), or None."""
-    for key in ("transaction_id", "server_nonce"):
-        value = data.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, str) or len(value) > 256:
-            return f"{key} is not a hex string"
-        try:
-            bytes.fromhex(value)
-        except ValueError:
-            return f"{key} is not a hex string"
-    token_id = data.get("token_id")
-    if token_id is not None and (not isinstance(token_id, str) or len(token_id) > 128
-                                 or not all(c in "0123456789abcdef" for c in token_id)):
-        return "token_id is not a hex string"
-    for key in ("phase", "kind", "old_serial", "cert", "started", "token_old", "old_cert_pem"):
-        if data.get(key) is not None and not isinstance(data[key], str):
-            return f"{key} is not text"
-    req_id = data.get("cert_req_id", 0)
-    if isinstance(req_id, bool) or not isinstance(req_id, int) or abs(req_id) >= 2**63:
-        return "cert_req_id is not a 64-bit integer"
-    return None
 
 
 @dataclass
@@ -316,7 +121,7 @@ class Renewer:
     def _renew_locked(self, session: Session, regenerate: bool) -> Outcome:
         j = Journal(self.paths, session.name)
         entry = j.load()
-        if entry and entry.get("phase") in ("confirmed", "committing"):
+        if entry and entry.phase in ("confirmed", "committing"):
             log.info("%s: finishing an interrupted renewal (certificate already confirmed)",
                      session.name)
             return self._promote(session, j)
@@ -405,32 +210,30 @@ class Renewer:
         self._check("confirmed")
         return self._promote(session, j)
 
-    def _transact(self, session: Session, j: Journal, entry: dict[str, Any] | None,
+    def _transact(self, session: Session, j: Journal, entry: JournalEntry | None,
                   client: CMPClient, new_key: keys.SigningKey, old_cert: x509.Certificate,
                   protection: Any, note: Callable[[TxEvent], None],
                   accept: Callable[[x509.Certificate], None]) -> Any:
-        phase = entry.get("phase") if entry else None
-        if entry and phase == "waiting" and entry.get("server_nonce"):
+        phase = entry.phase if entry else None
+        tx = entry.transaction() if entry else None
+        if entry and phase == "waiting" and tx:
             log.info("%s: resuming the CA transaction %s that was waiting", session.name,
-                     entry["transaction_id"])
-            return client.resume(kind="kur", transaction_id=bytes.fromhex(entry["transaction_id"]),
-                                 server_nonce=bytes.fromhex(entry["server_nonce"]),
+                     entry.transaction_id)
+            return client.resume(kind="kur", transaction_id=tx[0], server_nonce=tx[1],
                                  key=new_key, subject=old_cert.subject, protection=protection,
-                                 cert_req_id=int(entry.get("cert_req_id", 0)), journal=note,
+                                 cert_req_id=entry.cert_req_id, journal=note,
                                  accept=accept)
-        if (entry and phase == "received" and not j.cert_file.exists() and entry.get("cert")
-                and entry.get("server_nonce")):
+        if entry and phase == "received" and not j.cert_file.exists() and entry.cert and tx:
             self._stage_journaled(session, j, entry, new_key, old_cert)
-        if entry and phase == "received" and j.cert_file.exists() and entry.get("server_nonce"):
+        if entry and phase == "received" and j.cert_file.exists() and tx:
             staged = certs.load_certificate(read_file(j.cert_file, "staged certificate"))
             log.info("%s: confirming certificate serial %x received before an interruption",
                      session.name, staged.serial_number)
             try:
                 client.confirm_again(
-                    transaction_id=bytes.fromhex(entry["transaction_id"]),
-                    server_nonce=bytes.fromhex(entry["server_nonce"]),
+                    transaction_id=tx[0], server_nonce=tx[1],
                     cert_der=certs.der_of(staged), subject=old_cert.subject,
-                    protection=protection, cert_req_id=int(entry.get("cert_req_id", 0)))
+                    protection=protection, cert_req_id=entry.cert_req_id)
             except SwcmpError as e:
                 log.warning("%s: the CA did not take the late confirmation (%s); requesting "
                             "again", session.name, e)
@@ -438,8 +241,7 @@ class Renewer:
                 from swcmp.cmp.client import Enrollment
                 from swcmp.cmp.messages import StatusInfo
 
-                return Enrollment(staged, certs.der_of(staged), (), (), (),
-                                  bytes.fromhex(entry["transaction_id"]), False, 0,
+                return Enrollment(staged, certs.der_of(staged), (), (), (), tx[0], False, 0,
                                   StatusInfo(0))
             fsutil.remove_file(j.cert_file, missing_ok=True)
         if phase == "sending":
@@ -449,11 +251,11 @@ class Renewer:
         return client.key_update(key=new_key, old_cert=old_cert, protection=protection,
                                  journal=note, accept=accept)
 
-    def _stage_journaled(self, session: Session, j: Journal, entry: dict[str, Any],
+    def _stage_journaled(self, session: Session, j: Journal, entry: JournalEntry,
                          new_key: keys.SigningKey, old_cert: x509.Certificate) -> None:
         """Stage the certificate journaled at "received" if it still passes our checks."""
         try:
-            cert = certs.load_certificate(str(entry["cert"]).encode())
+            cert = certs.load_certificate(str(entry.cert).encode())
             if certs.spki_of(cert) != keys.spki_der(new_key):
                 raise CertificateError("the journaled certificate is for another key")
             self._verify_renewed(session, old_cert, cert, now=self.clock())
@@ -480,10 +282,10 @@ class Renewer:
         if not entry:
             return
         ca_said_no = isinstance(error, CMPErrorResponse) and error.protected
-        if entry.get("phase") == "waiting" and not ca_said_no:
+        if entry.phase == "waiting" and not ca_said_no:
             return
         fsutil.remove_file(j.cert_file, missing_ok=True)
-        if j.key_file.exists() or entry.get("token_id"):  # a staged key, file or token
+        if j.key_file.exists() or entry.token_id:  # a staged key, file or token
             j.write(phase="key-ready", transaction_id=None, server_nonce=None, cert=None)
         else:
             j.clear()
@@ -521,7 +323,7 @@ class Renewer:
         cert_path = self.paths.cert_file(session.name)
         previous = current_pair(session, self.paths)
         if previous is not None and previous.cert_pem != certs.pem_of(staged_cert):
-            self._archive(j, previous)
+            archive_pair(j, previous)
         new_key_pem = (read_file(j.key_file, "staged key") if j.key_file.exists()
                        else read_file(key_path, "private key"))
         if keys.spki_der(keys.load_private_key(new_key_pem)) != certs.spki_of(staged_cert):
@@ -540,13 +342,13 @@ class Renewer:
                     f"inspect {j.dir}; the live pair is untouched. Remove journal.json there "
                     "to abandon this renewal") from e
         try:
-            self._write_pair(key_path, new_key_pem, cert_path, certs.pem_of(staged_cert),
-                             previous_key=previous.key_pem if previous else None,
-                             checkpoints=True)
+            write_pair(key_path, new_key_pem, cert_path, certs.pem_of(staged_cert),
+                       previous_key=previous.key_pem if previous else None,
+                       checkpoint=self._check)
         except StorageError:
             # e.g. the disk filled up: put the previous pair back so the live files
             # match; the staged pair is committed by the next run.
-            self._restore_files(session, previous)
+            restore_pair(session.name, previous)
             raise
         ca_paths = write_ca_certs(session, self.paths, ca_certs) if ca_certs else ()
         new = current_pair(session, self.paths)
@@ -560,7 +362,7 @@ class Renewer:
             log.warning("%s: %s", session.name, detail)
         except DeployError as e:
             if not same:
-                self._restore_files(session, previous)
+                restore_pair(session.name, previous)
             raise RenewalError(
                 f"charon did not take the renewed pair: {e}; the previous key and certificate "
                 "are restored in storage").with_hint(
@@ -577,58 +379,6 @@ class Renewer:
                        not_after=staged_cert.not_valid_after_utc, cert_path=cert_path,
                        key_path=key_path, ca_paths=tuple(ca_paths), charon=detail)
 
-    def _archive(self, j: Journal, pair: CredentialPair) -> None:
-        cert = certs.load_certificate(pair.cert_pem)
-        fsutil.ensure_dir(j.archive, mode=0o700)
-        stem = f"{cert.not_valid_before_utc:%Y%m%d%H%M%S}-{cert.serial_number:x}"
-        fsutil.atomic_write(j.archive / f"{stem}.key", pair.key_pem, mode=0o600)
-        fsutil.atomic_write(j.archive / f"{stem}.crt", pair.cert_pem, mode=0o644)
-        stems = sorted({p.stem for p in j.archive.glob("*.crt")})
-        for old in stems[:-ARCHIVE_KEEP]:
-            for suffix in (".key", ".crt"):
-                fsutil.remove_file(j.archive / f"{old}{suffix}", missing_ok=True)
-
-    def _write_pair(self, key_path: Path, key_pem: bytes, cert_path: Path, cert_pem: bytes,
-                    *, previous_key: bytes | None, checkpoints: bool = False) -> None:
-        """Replace the live key and certificate with no moment of mismatch on disk.
-
-        Two files cannot change in one step, so a changed key first goes in beside
-        the live one (``private/KEY.key.next``, a name no key of swcmp's has, which
-        swanctl loads too): whichever certificate ``x509/`` holds at any moment,
-        its key is in ``private/``. Then the certificate, then one rename puts the
-        key in place.
-        """
-        next_key = key_path.with_name(key_path.name + ".next")
-        key_changes = previous_key != key_pem
-        if key_changes:
-            fsutil.atomic_write(next_key, key_pem, mode=0o600)
-        else:
-            fsutil.remove_file(next_key, missing_ok=True)
-        if checkpoints:
-            self._check("key-written")
-        fsutil.atomic_write(cert_path, cert_pem, mode=0o644)
-        if checkpoints:
-            self._check("cert-written")
-        if key_changes:
-            fsutil.replace(next_key, key_path)
-
-    def _restore_files(self, session: Session, previous: CredentialPair | None) -> None:
-        """Put ``previous`` back as the live pair, in the same safe order; log on failure.
-
-        If that fails too (disk still full), the journal still says "committing":
-        the next run commits the staged pair, and until then the pair on disk is
-        whichever the interrupted sequence left, with both keys present.
-        """
-        if previous is None:
-            return
-        try:
-            live_key = previous.key_path.read_bytes() if previous.key_path.exists() else None
-            self._write_pair(previous.key_path, previous.key_pem, previous.cert_path,
-                             previous.cert_pem, previous_key=live_key)
-        except (OSError, StorageError) as e:
-            log.error("%s: could not restore the previous key and certificate: %s; the next "
-                      "run commits the staged pair", session.name, e)
-
     def _record_stats(self, name: str, client: CMPClient) -> None:
         try:
             with StateStore(self.paths).update(name) as st:
@@ -643,4 +393,4 @@ def interrupted(paths: Paths, name: str) -> str | None:
         entry = Journal(paths, name).load()
     except StorageError:
         return "unreadable"
-    return str(entry.get("phase")) if entry else None
+    return entry.phase if entry else None

@@ -37,14 +37,17 @@ from cryptography import x509
 from swcmp import fsutil
 from swcmp.cmp import certs
 from swcmp.cmp.text import safe
-from swcmp.config import Paths, Session, SessionStore, hint_for
 from swcmp.deploy import Deployer
 from swcmp.enroll import Outcome
 from swcmp.errors import ConfigError, SwcmpError
 from swcmp.ha import Role, read_role
 from swcmp.metrics import REFRESH, CharonView, failure_key
-from swcmp.renewal import NeedsInitialRequest, Plan, RenewalError, Renewer, plan, retry_delay
-from swcmp.state import SessionState, StateStore
+from swcmp.paths import Paths
+from swcmp.policy import Plan, plan, retry_delay
+from swcmp.renewal import NeedsInitialRequest, RenewalError, Renewer
+from swcmp.session import Session, hint_for
+from swcmp.sessionfile import SessionStore
+from swcmp.state import SessionState, SessionStateName, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +269,7 @@ class RenewalService:
         if self.vici is None:
             return
         from swcmp.deploy import DeployError
-        from swcmp.enroll import current_pair
+        from swcmp.store import current_pair
         from swcmp.strongswan import key_id_from_cert_pem, unload_stale_from_file
 
         sessions = self.sessions()
@@ -356,7 +359,7 @@ class RenewalService:
             return SessionReport(s.name, "failed", _with_hint(e, s.name), plan=p)
         return SessionReport(s.name, "renewed", outcome.message, outcome=outcome, plan=p)
 
-    def _set_state(self, name: str, state: str) -> None:
+    def _set_state(self, name: str, state: SessionStateName) -> None:
         try:
             with StateStore(self.paths).update(name) as st:
                 st.state = state
@@ -567,8 +570,7 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
     renewal still holding its lock after ``lock_wait`` seconds deploys its own
     pair when it finishes; the files as they are now are loaded meanwhile.
     """
-    from swcmp.enroll import current_pair
-    from swcmp.renewal import Journal
+    from swcmp.store import Journal, current_pair
     from swcmp.strongswan import load_current, reload_pinned_connections
 
     finished: list[str] = []
@@ -585,7 +587,7 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
                 except SwcmpError as e:
                     log.error("%s: %s", s.name, e)
                     entry = None
-                if entry and entry.get("phase") in ("confirmed", "committing"):
+                if entry and entry.phase in ("confirmed", "committing"):
                     try:
                         # no deployer: this hook loads the result itself, below
                         outcome = Renewer(paths).finish_locked(s)

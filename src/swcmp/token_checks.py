@@ -18,9 +18,10 @@ from cryptography import x509
 
 from swcmp.checks import FAIL, OK, WARN, CheckResult
 from swcmp.cmp import certs
-from swcmp.config import Paths, Session
 from swcmp.errors import SwcmpError
+from swcmp.paths import Paths
 from swcmp.pkcs11 import TokenKey, TokenStore, _library, read_pin
+from swcmp.session import Session
 from swcmp.tokenkeys import secrets_file, swanctl_includes_conf_d, token_config
 
 

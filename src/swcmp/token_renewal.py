@@ -25,16 +25,18 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from swcmp import fsutil, tokenkeys
+from swcmp import tokenkeys
 from swcmp.cmp import certs
 from swcmp.deploy import CredentialPair, DeployError, DeployUnavailable, TokenRef
-from swcmp.enroll import Outcome, load_trust, read_file, write_ca_certs
+from swcmp.enroll import Outcome
 from swcmp.errors import CertificateError, StorageError, SwcmpError
 from swcmp.pkcs11 import TokenKey, new_key_id
+from swcmp.store import JournalEntry, load_trust, read_file, write_ca_certs, write_cert
 
 if TYPE_CHECKING:
-    from swcmp.config import Session
-    from swcmp.renewal import Journal, Renewer
+    from swcmp.renewal import Renewer
+    from swcmp.session import Session
+    from swcmp.store import Journal
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +70,17 @@ def clean_retired(renewer: Renewer, session: Session, keep: list[str]) -> None:
 
 
 def token_key_to_certify(renewer: Renewer, session: Session, j: Journal,
-                         entry: dict[str, Any] | None, live_key: Any,
+                         entry: JournalEntry | None, live_key: Any,
                          old_cert: x509.Certificate, regenerate: bool, now: datetime
-                         ) -> tuple[TokenKey, dict[str, Any] | None]:
+                         ) -> tuple[TokenKey, JournalEntry | None]:
     """The pair to certify: staged by an interrupted run, made now, or the live one."""
     store = tokenkeys.token_store(session)
     assert store is not None and isinstance(live_key, TokenKey)
-    keep = [live_key.handle] + ([str(entry["token_id"])] if entry and entry.get("token_id")
-                                else [])
+    keep = [live_key.handle] + ([entry.token_id] if entry and entry.token_id else [])
     clean_retired(renewer, session, keep)
-    if entry and entry.get("token_id"):
-        kid = bytes.fromhex(str(entry["token_id"]))
-        if entry.get("phase") == "key-making":
+    if entry and entry.token_id:
+        kid = bytes.fromhex(entry.token_id)
+        if entry.phase == "key-making":
             n = store.destroy(kid)
             log.warning("%s: a run was killed while the token made a key pair; %d object(s) "
                         "of it destroyed, starting again", session.name, n)
@@ -124,15 +125,15 @@ def promote_token(renewer: Renewer, session: Session, j: Journal) -> Outcome:
             f"inspect {j.dir} and the token; the live pair is untouched. Remove journal.json "
             "there to abandon this renewal")
     cert_path = paths.cert_file(session.name)
-    if "token_old" not in entry:
+    if entry.old_cert_pem is None and entry.token_old is None:
         live_pem = cert_path.read_bytes() if cert_path.exists() else None
         live = certs.load_certificate(live_pem) if live_pem else None
         old = next((k for k in pairs if live is not None and certs.spki_of(live) == _spki(k)),
                    None)
         entry = j.write(token_old=old.handle if old else None,
                         old_cert_pem=live_pem.decode() if live_pem else None)
-    old_key = next((k for k in pairs if k.handle == entry.get("token_old")), None)
-    old_cert_pem = str(entry["old_cert_pem"]).encode() if entry.get("old_cert_pem") else None
+    old_key = next((k for k in pairs if k.handle == entry.token_old), None)
+    old_cert_pem = entry.old_cert_pem.encode() if entry.old_cert_pem else None
     pin = tokenkeys.token_config(session).pin()
     previous: CredentialPair | None = None
     if old_key is not None and old_key.handle != new_key.handle and old_cert_pem:
@@ -154,8 +155,7 @@ def promote_token(renewer: Renewer, session: Session, j: Journal) -> Outcome:
     if previous is not None and old_key is not None:
         tokenkeys.retire(paths, session, old_key)
     # The commit: from this write on the new pair is the session's current one.
-    fsutil.ensure_dir(paths.x509_dir)
-    fsutil.atomic_write(cert_path, certs.pem_of(staged_cert), mode=0o644)
+    write_cert(paths, session, staged_cert)
     renewer._check("cert-written")
     ca_paths = write_ca_certs(session, paths, ca_certs) if ca_certs else ()
     tokenkeys.write_secrets(paths, session, new_key)
@@ -198,7 +198,7 @@ def _restore(session: Session, renewer: Renewer, previous: CredentialPair,
              old_key: TokenKey) -> None:
     """Put the previous certificate and secrets entry back; the old pair is current again."""
     try:
-        fsutil.atomic_write(previous.cert_path, previous.cert_pem, mode=0o644)
+        write_cert(renewer.paths, session, certs.load_certificate(previous.cert_pem))
         tokenkeys.write_secrets(renewer.paths, session, old_key)
         tokenkeys.unretire(renewer.paths, session, old_key.handle)
     except (OSError, StorageError, SwcmpError) as e:

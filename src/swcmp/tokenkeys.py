@@ -27,10 +27,11 @@ from cryptography import x509
 
 from swcmp import fsutil
 from swcmp.cmp import certs, keys
-from swcmp.config import Paths, Session
 from swcmp.deploy import CredentialPair, TokenRef
 from swcmp.errors import ConfigError, StorageError
+from swcmp.paths import Paths
 from swcmp.pkcs11 import TokenConfig, TokenKey, TokenStore, TokenUri, is_token_uri
+from swcmp.session import Session
 
 log = logging.getLogger(__name__)
 

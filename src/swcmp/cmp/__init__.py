@@ -41,6 +41,11 @@ if TYPE_CHECKING:
     )
     from swcmp.cmp.transport import HttpTransport, Transport
 
+#: The key types the library generates and certifies (``swcmp.cmp.keys``).
+KEY_TYPES = ("rsa:2048", "rsa:3072", "rsa:4096", "ecdsa:p256", "ecdsa:p384", "ed25519")
+#: The MAC algorithms of :class:`MacProtection` (PasswordBasedMac with these HMACs).
+MAC_ALGS = ("hmac-sha256", "hmac-sha1")
+
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("CMPClient", "Enrollment", "TxEvent"), "client"),
     **dict.fromkeys(
@@ -57,6 +62,8 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "KEY_TYPES",
+    "MAC_ALGS",
     "AlgorithmId",
     "CMPClient",
     "CMPErrorResponse",

@@ -14,6 +14,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 
+from swcmp.cmp import KEY_TYPES as KEY_TYPES
 from swcmp.cmp.errors import ConfigError, ProtectionError
 from swcmp.cmp.messages import AlgorithmId
 
@@ -38,7 +39,6 @@ class Signer(Protocol):
 #: What can sign a request: a key in memory or a :class:`Signer`.
 SigningKey = PrivateKey | Signer
 
-KEY_TYPES = ("rsa:2048", "rsa:3072", "rsa:4096", "ecdsa:p256", "ecdsa:p384", "ed25519")
 DEFAULT_KEY_TYPE = "rsa:3072"
 
 class _Tables(NamedTuple):

@@ -40,8 +40,9 @@ _HMAC_BY_OID = {
 }
 _OWF_BY_OID = {oids.SHA1: "sha1", oids.SHA256: "sha256", oids.SHA384: "sha384",
                oids.SHA512: "sha512"}
-MAC_ALGS = {"hmac-sha256": (oids.SHA256, oids.HMAC_WITH_SHA256),
-            "hmac-sha1": (oids.SHA1, oids.HMAC_SHA1)}
+#: One-way function and HMAC OIDs of each of swcmp.cmp.MAC_ALGS.
+MAC_ALGS: dict[str, tuple[str, str]] = {"hmac-sha256": (oids.SHA256, oids.HMAC_WITH_SHA256),
+                                        "hmac-sha1": (oids.SHA1, oids.HMAC_SHA1)}
 
 
 @dataclass(frozen=True)

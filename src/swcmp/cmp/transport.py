@@ -38,6 +38,7 @@ from swcmp.cmp.errors import (
     TransportError,
 )
 from swcmp.cmp.text import safe
+from swcmp.cmp.urls import check_server_url
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +60,6 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def check_url(url: str) -> str:
-    """Validate a CMP server URL; return it unchanged or raise ConfigError."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise ConfigError(f"server URL {url!r} must start with http:// or https://")
-    if not parts.hostname:
-        raise ConfigError(f"server URL {url!r} has no host")
-    try:
-        _ = parts.port
-    except ValueError as e:
-        raise ConfigError(f"server URL {url!r} has a bad port") from e
-    return url
 
 
 class _Watchdog:
@@ -223,7 +210,7 @@ class HttpTransport:
         max_response: int = MAX_RESPONSE_SIZE,
         proxy: str | None = None,
     ) -> None:
-        self.url = check_url(url)
+        self.url = check_server_url(url)
         self._parts = urlsplit(url)
         self.connect_timeout = connect_timeout
         self.total_timeout = total_timeout

@@ -1,0 +1,259 @@
+"""When to renew and when to retry: pure functions of the certificate, the settings
+and the time, with no I/O, so that ``status``, ``serve`` and the tests agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Literal
+
+from cryptography import x509
+
+from swcmp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from swcmp.session import Session
+    from swcmp.state import SessionState
+
+#: No certificate is renewed before this share of its lifetime has passed.
+MIN_AGE_SHARE = 0.1
+#: Jitter: up to this share of the lifetime earlier than the nominal due time...
+JITTER_SHARE = 0.03
+#: ...but never more than this.
+JITTER_CAP = timedelta(hours=6)
+#: Backoff after failures: first retry after RETRY_START, doubling up to RETRY_CAP.
+RETRY_START = timedelta(minutes=1)
+RETRY_CAP = timedelta(hours=4)
+#: A Retry-After shorter than this is taken as this (no hammering a busy CA).
+RETRY_AFTER_MIN = timedelta(seconds=10)
+
+#: What the scheduler does about a session: nothing yet, renew, wait for an initial
+#: request, nothing (auto-update off), or wait out the backoff after failures.
+PlanState = Literal["idle", "due", "needs_ir", "disabled", "failed"]
+
+# --------------------------------------------------------------------------- the policy
+
+_DURATION_RE = re.compile(
+    r"(?:(?P<w>\d+)w)?(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?"
+)
+_MAX_DURATION = timedelta(days=36500)
+
+
+@dataclass(frozen=True)
+class ExpireTime:
+    """When to renew: a share of the validity period still remaining, or a fixed time.
+
+    Exactly one of the attributes is set.
+
+    Attributes:
+        percent: renew when the *remaining* validity falls to this percentage
+            (10-100) of the certificate's total validity period. 50 (the
+            default) renews half-way; 100 renews at once.
+        duration: renew when the remaining validity falls to this duration.
+    """
+
+    percent: int | None = 50
+    duration: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if (self.percent is None) == (self.duration is None):
+            raise ConfigError("expire_time needs exactly one of a percentage or a duration")
+        if self.percent is not None and not 10 <= self.percent <= 100:
+            raise ConfigError(
+                f"expire_time {self.percent}% is out of range",
+            )
+        if self.duration is not None and not timedelta(0) < self.duration <= _MAX_DURATION:
+            raise ConfigError("expire_time duration must be positive and at most 100 years")
+
+    @classmethod
+    def parse(cls, value: object) -> ExpireTime:
+        """Read ``50``, ``"50%"`` or a duration such as ``"30d"``, ``"1d12h"``, ``"90m"``.
+
+        Duration units: ``w`` weeks, ``d`` days, ``h`` hours, ``m`` minutes, ``s`` seconds.
+
+        Raises:
+            ConfigError: anything else, or a percentage outside 10-100.
+        """
+        if isinstance(value, ExpireTime):
+            return value
+        hint = (
+            "give a percentage 10-100 of the validity period that must REMAIN when "
+            "renewing (e.g. 50), or a time before expiry such as 30d, 12h or 90m"
+        )
+        if isinstance(value, int) and not isinstance(value, bool):
+            percent = value
+        elif isinstance(value, str):
+            text = value.strip().lower().replace(" ", "")
+            number = text.removesuffix("%")
+            if number.isdigit() and number.isascii():
+                percent = int(number)
+            else:
+                m = _DURATION_RE.fullmatch(text)
+                if not text or not m:
+                    err = ConfigError(f"invalid expire_time {value!r}")
+                    err.hint = hint
+                    raise err
+                parts = {k: int(v) for k, v in m.groupdict().items() if v is not None}
+                try:
+                    duration = timedelta(
+                        weeks=parts.get("w", 0),
+                        days=parts.get("d", 0),
+                        hours=parts.get("h", 0),
+                        minutes=parts.get("m", 0),
+                        seconds=parts.get("s", 0),
+                    )
+                except OverflowError:
+                    duration = _MAX_DURATION * 2
+                try:
+                    return cls(percent=None, duration=duration)
+                except ConfigError as e:
+                    e.hint = hint
+                    raise
+        else:
+            raise ConfigError(f"invalid expire_time {value!r}: expected a number or text")
+        try:
+            return cls(percent=percent)
+        except ConfigError as e:
+            e.hint = hint
+            raise
+
+    def __str__(self) -> str:
+        """``50%`` or a compact duration such as ``1d12h``."""
+        if self.percent is not None:
+            return f"{self.percent}%"
+        assert self.duration is not None
+        seconds = int(self.duration.total_seconds())
+        out = []
+        for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+            count, seconds = divmod(seconds, size)
+            if count:
+                out.append(f"{count}{unit}")
+        return "".join(out)
+
+    @classmethod
+    def remaining_percent(cls, percent: int) -> ExpireTime:
+        """Renew when ``percent`` of the validity period remains."""
+        return cls(percent=percent)
+
+    @classmethod
+    def before_expiry(cls, duration: timedelta) -> ExpireTime:
+        """Renew ``duration`` before the certificate expires."""
+        return cls(percent=None, duration=duration)
+
+    def to_toml(self) -> int | str:
+        """The value as stored: an integer percentage or a duration string."""
+        return self.percent if self.percent is not None else str(self)
+
+    def renew_at(self, not_before: datetime, not_after: datetime) -> datetime:
+        """The moment a certificate valid from ``not_before`` to ``not_after`` is due.
+
+        For a percentage p this is ``not_after - p% of (not_after - not_before)``,
+        i.e. when only p% of the validity period remains. For a duration it is
+        ``not_after - duration``, but never before ``not_before``.
+        """
+        lifetime = not_after - not_before
+        if self.percent is not None:
+            # Integer microseconds: exact and independent of float rounding.
+            micros = lifetime // timedelta(microseconds=1)
+            remaining = timedelta(microseconds=math.ceil(micros * self.percent / 100))
+        else:
+            assert self.duration is not None
+            remaining = min(self.duration, lifetime)
+        return not_after - remaining
+
+
+# --------------------------------------------------------------------------- when to renew
+
+
+def jitter_fraction(session_name: str, serial: int) -> float:
+    """A stable number in [0, 1) per session and certificate: spreads a fleet's renewals."""
+    digest = hashlib.sha256(f"{session_name}/{serial:x}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def renew_at(cert: x509.Certificate, policy: ExpireTime, session_name: str) -> datetime:
+    """When ``cert`` should be renewed: the policy's time, moved earlier by the jitter.
+
+    Pure: depends only on the certificate, the policy and the session name.
+    """
+    nb, na = cert.not_valid_before_utc, cert.not_valid_after_utc
+    nominal = policy.renew_at(nb, na)
+    spread = min((na - nb) * JITTER_SHARE, JITTER_CAP)
+    # A policy of 100 %, or a duration at least the lifetime, would make every new
+    # certificate due the moment it is issued: a renewal loop. Wait a tenth first.
+    floor = nb + (na - nb) * MIN_AGE_SHARE
+    return max(floor, nominal - spread * jitter_fraction(session_name, cert.serial_number))
+
+
+def retry_delay(failures: int, *, now: datetime, not_after: datetime,
+                retry_after: float | None = None) -> timedelta:
+    """Wait before the next attempt after ``failures`` consecutive failures.
+
+    Doubles from RETRY_START to RETRY_CAP, but never more than an eighth of the
+    validity left, so retries come faster as expiry nears. ``retry_after`` is the
+    time the CA asked for (HTTP 503 Retry-After, seconds): the next try is then at
+    that time instead, but as the value comes from the network it is kept between
+    RETRY_AFTER_MIN and RETRY_CAP and before half of the validity left (a CA, or a
+    man in the middle, cannot put the next try past the certificate's expiry).
+    """
+    remaining = not_after - now
+    if retry_after is not None:
+        delay = min(max(timedelta(seconds=retry_after), RETRY_AFTER_MIN), RETRY_CAP)
+        if remaining > timedelta(0):
+            delay = max(RETRY_AFTER_MIN, min(delay, remaining / 2))
+        return timedelta(seconds=round(delay.total_seconds()))
+    delay = min(RETRY_START * 2 ** max(min(failures, 32) - 1, 0), RETRY_CAP)
+    if remaining > timedelta(0):
+        delay = max(RETRY_START, min(delay, remaining / 8))
+    return timedelta(seconds=round(delay.total_seconds()))
+
+
+def attempt_bound(session: Session, poll_deadline: float) -> float:
+    """Longest wall time, in seconds, one renewal attempt spends waiting for the CA.
+
+    Every exchange ends within the session's ``timeout`` (the transport's
+    watchdog) and polling ends within ``poll_deadline`` plus one exchange. The
+    worst attempt: a late certConf that fails (1), a KUR (1), the polls (the
+    deadline + 1), the certConf or the rejection (1).
+    """
+    return poll_deadline + 4 * session.timeout
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the scheduler should do about a session now."""
+
+    state: PlanState
+    due: bool
+    renew_at: datetime | None
+    expires: datetime | None
+    next_check: datetime | None
+    reason: str
+
+
+def plan(session: Session, cert: x509.Certificate | None, st: SessionState,
+         now: datetime) -> Plan:
+    """Decide, without side effects, whether ``session`` is to be renewed at ``now``."""
+    if cert is None:
+        return Plan("needs_ir", False, None, None, None,
+                    f"no certificate yet: run `swcmp request initial {session.name}`")
+    expires = cert.not_valid_after_utc
+    if now >= expires:
+        return Plan("needs_ir", False, None, expires, None,
+                    f"certificate expired {expires:%Y-%m-%d %H:%M}Z; a key update cannot work: "
+                    f"run `swcmp request initial {session.name}`")
+    at = renew_at(cert, session.expire_time, session.name)
+    if not session.auto_update:
+        return Plan("disabled", False, at, expires, None, "auto-update is off")
+    if st.next_attempt:
+        retry = datetime.fromisoformat(st.next_attempt)
+        if now < retry:
+            return Plan("failed", False, at, expires, retry,
+                        f"retrying after {retry:%Y-%m-%d %H:%M:%S}Z ({st.failures} failures)")
+    if now >= at:
+        return Plan("due", True, at, expires, now, "due")
+    return Plan("idle", False, at, expires, at, f"next renewal {at:%Y-%m-%d %H:%M:%S}Z")

@@ -1,0 +1,385 @@
+"""Sessions on disk: one human-readable TOML file each, written and read back exactly.
+
+The file may be edited by hand: a bad file produces a
+:class:`~swcmp.errors.SessionFileError` naming the file (and the line where known)
+instead of a crash. Files are written atomically, mode 0640, under a lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+from swcmp import fsutil
+from swcmp.errors import ConfigError, SessionFileError, StorageError, StorageIOError
+from swcmp.names import (
+    validate_session_name,
+)
+from swcmp.policy import ExpireTime
+from swcmp.session import (
+    FIELDS,
+    FILE_FORMAT,
+    SESSION_FILE_MODE,
+    Session,
+    _err,
+    _field_error,
+    set_fields,
+    unset_fields,
+)
+
+# --- TOML ------------------------------------------------------------------------------
+
+TomlValue = str | bool | int | list[str]
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+_TOML_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+
+
+def _toml_string(value: str) -> str:
+    out = ['"']
+    for ch in value:
+        if ch in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            # TOML basic strings may not hold raw control characters.
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY_RE.fullmatch(key) else _toml_string(key)
+
+
+def _toml_value(value: TomlValue) -> str:
+    # bool before int: bool is a subclass of int in Python.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise ValueError(f"integer {value} does not fit in TOML's 64 bits")
+        return str(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, list):
+        items = [_toml_string(v) if isinstance(v, str) else _bad_toml(v) for v in value]
+        one_line = "[" + ", ".join(items) + "]"
+        if len(one_line) <= 80:
+            return one_line
+        return "[\n" + "".join(f"    {item},\n" for item in items) + "]"
+    return _bad_toml(value)
+
+
+def _bad_toml(value: object) -> str:
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dumps_toml(values: Mapping[str, TomlValue], *, header: Iterable[str] = ()) -> str:
+    """Write a flat TOML document: top-level keys with strings, bools, ints, lists of strings.
+
+    ``tomllib.loads(dumps_toml(d)) == d`` for every such mapping.
+
+    Args:
+        values: keys and values, written in this order.
+        header: comment lines put at the top (without the ``#``).
+
+    Raises:
+        TypeError: a value of another type.
+        ValueError: text that is not valid Unicode, or an integer beyond 64 bits.
+    """
+    lines = [f"# {line}".rstrip() for text in header for line in text.splitlines() or [""]]
+    for key, value in values.items():
+        lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    doc = "\n".join(lines) + "\n"
+    try:
+        doc.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"text that cannot be written as UTF-8: {e.reason}") from None
+    return doc
+
+
+def session_to_toml(session: Session) -> str:
+    """The TOML text of a session file. Unset (None) settings are left out."""
+    values: dict[str, TomlValue] = {"format": FILE_FORMAT}
+    for name, value in session.values().items():
+        if value is None:
+            continue
+        if isinstance(value, ExpireTime):
+            values[name] = value.to_toml()
+        elif isinstance(value, Path):
+            values[name] = str(value)
+        elif isinstance(value, tuple):
+            values[name] = [str(v) for v in value]
+        else:
+            values[name] = cast(TomlValue, value)
+    header = (
+        f"swcmp CMP session {session.name!r}.",
+        f"Change it with `swcmp session set {session.name} ...`; hand edits are checked on load.",
+        "expire_time: percent of the validity period that REMAINS when renewing, or e.g. 30d.",
+    )
+    return dumps_toml(values, header=header)
+
+
+_TOML_LINE_RE = re.compile(r"at line (\d+)")
+
+
+def _line_of(text: str, key: str) -> int | None:
+    # [ \t]* rather than \s*: \s would run across blank lines and report the wrong one.
+    pattern = re.compile(
+        rf"^[ \t]*(?:{re.escape(key)}|\"{re.escape(key)}\"|'{re.escape(key)}')[ \t]*=",
+        re.MULTILINE,
+    )
+    m = pattern.search(text)
+    return text.count("\n", 0, m.start()) + 1 if m else None
+
+
+def session_from_toml(name: str, text: str, *, path: Path) -> Session:
+    """Parse and check a session file's text.
+
+    Raises:
+        SessionFileError: a TOML syntax error (with its line), an unknown or
+            misspelt setting, a value of the wrong type or an invalid value;
+            the message starts with the file's path.
+    """
+
+    def fail(message: str, line: int | None, hint: str = "") -> SessionFileError:
+        where = f"{path}:{line}" if line else str(path)
+        return SessionFileError(
+            f"{where}: {message}",
+            path=str(path),
+            line=line,
+            hint=hint or f"fix the file, or delete it with `swcmp session delete {name}`",
+        )
+
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = _TOML_LINE_RE.search(str(e))
+        raise fail(f"not valid TOML: {e}", int(m.group(1)) if m else None) from None
+    fmt = data.pop("format", FILE_FORMAT)
+    if fmt != FILE_FORMAT:
+        raise fail(
+            f"format {fmt!r} is not supported (this swcmp reads format {FILE_FORMAT})",
+            _line_of(text, "format"),
+            "the file was written by another swcmp version",
+        )
+    for key in data:
+        if key not in FIELDS:
+            raise fail(
+                f"unknown setting {key!r}",
+                _line_of(text, key),
+                "known settings: " + ", ".join(FIELDS),
+            )
+    try:
+        session_name = validate_session_name(name)
+    except ConfigError as e:
+        raise fail(str(e.args[0]), None, e.hint) from None
+    for key, value in data.items():
+        try:
+            FIELDS[key].coerce(value)
+        except ConfigError as e:
+            raise fail(_field_error(FIELDS[key], e).args[0], _line_of(text, key), e.hint) from None
+    try:
+        return Session(name=session_name, **data)
+    except (ConfigError, TypeError) as e:
+        raise fail(str(e.args[0]) if e.args else str(e), None) from None
+
+
+# --- the store -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionListing:
+    """What :meth:`SessionStore.list` found: good sessions and per-file errors."""
+
+    sessions: tuple[Session, ...]
+    errors: tuple[SessionFileError, ...]
+
+
+class SessionStore:
+    """Sessions as files under ``<config_dir>/sessions``."""
+
+    def __init__(self, config_dir: Path) -> None:
+        """Use ``config_dir`` (the directory need not exist until a session is saved)."""
+        self.config_dir = Path(config_dir)
+        self.sessions_dir = self.config_dir / "sessions"
+
+    def path_for(self, name: str) -> Path:
+        """The file of session ``name`` (after validating the name)."""
+        return self.sessions_dir / f"{validate_session_name(name)}.toml"
+
+    def exists(self, name: str) -> bool:
+        """Whether a file for session ``name`` exists."""
+        return self.path_for(name).exists()
+
+    def create(self, name: str, values: Mapping[str, object] | None = None) -> Session:
+        """Create a new session with default settings (plus ``values``) and save it.
+
+        Raises:
+            ConfigError: invalid name or values, or the session already exists.
+            StorageError: the file cannot be written.
+        """
+        session = Session(name=validate_session_name(name))
+        if values:
+            session = set_fields(session, values)
+        self._check_key_unused(session)
+        fsutil.ensure_dir(self.sessions_dir, mode=0o750)
+        path = self.path_for(name)
+        try:
+            fsutil.atomic_write(
+                path, session_to_toml(session).encode(), mode=SESSION_FILE_MODE, exclusive=True
+            )
+        except StorageError as e:
+            if isinstance(e, StorageIOError) and e.errno == errno.EEXIST:
+                raise _err(
+                    f"session {name} already exists ({path})",
+                    f"change it with `swcmp session set {name} ...` or delete it first",
+                ) from None
+            raise
+        return session
+
+    def load(self, name: str) -> Session:
+        """Read and check session ``name``.
+
+        Raises:
+            ConfigError: invalid name, or no such session.
+            SessionFileError: the file is unreadable or invalid.
+        """
+        path = self.path_for(name)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise _err(
+                f"no session named {name}", f"create it with `swcmp session create {name}`"
+            ) from None
+        except OSError as e:
+            raise SessionFileError(
+                f"{path}: cannot read: {e.strerror}",
+                path=str(path),
+                hint="run swcmp as root or fix the file's permissions",
+            ) from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw.count(b"\n", 0, e.start) + 1
+            raise SessionFileError(
+                f"{path}:{line}: not valid UTF-8", path=str(path), line=line
+            ) from None
+        return session_from_toml(name, text, path=path)
+
+    def save(self, session: Session) -> None:
+        """Write ``session`` atomically, replacing its file.
+
+        Raises:
+            StorageError: the file cannot be written (the old file stays intact).
+        """
+        fsutil.ensure_dir(self.sessions_dir, mode=0o750)
+        fsutil.atomic_write(
+            self.path_for(session.name),
+            session_to_toml(session).encode("utf-8"),
+            mode=SESSION_FILE_MODE,
+        )
+
+    def update(
+        self,
+        name: str,
+        *,
+        set_values: Mapping[str, object] | None = None,
+        unset: Iterable[str] = (),
+        base_dir: Path | None = None,
+    ) -> Session:
+        """Load, change and save session ``name`` under its edit lock.
+
+        ``unset`` is applied first, then ``set_values`` (see :func:`set_fields`).
+        Nothing is written when a value is invalid.
+
+        Returns:
+            The saved session.
+        """
+        fsutil.ensure_dir(self.sessions_dir, mode=0o750)
+        name = validate_session_name(name)
+        with fsutil.exclusive_lock(
+            self.sessions_dir, f".{name}", what=f"the settings of session {name}"
+        ):
+            session = self.load(name)
+            session = unset_fields(session, unset)
+            if set_values:
+                session = set_fields(session, set_values, base_dir=base_dir)
+            self._check_key_unused(session)
+            self.save(session)
+        return session
+
+    def _check_key_unused(self, session: Session) -> None:
+        """One key pair belongs to one session: a renewal with a new key would break
+        any other session that certifies the same key file."""
+        if session.key is None:
+            return
+        for other in self.list().sessions:
+            if other.name != session.name and other.key == session.key:
+                raise _err(
+                    f"key pair {session.key!r} already belongs to session {other.name}",
+                    f"give session {session.name} its own key: "
+                    f"`swcmp session set {session.name} --key {session.name}`",
+                )
+
+    def delete(self, name: str) -> None:
+        """Delete session ``name``'s file (keys, certificates and state are left alone).
+
+        Raises:
+            ConfigError: no such session.
+            StorageError: the file cannot be removed.
+        """
+        path = self.path_for(name)
+        if not fsutil.remove_file(path, missing_ok=True):
+            raise _err(f"no session named {name}", "`swcmp session list` shows the sessions")
+
+    def names(self) -> tuple[str, ...]:
+        """File stems of all ``*.toml`` files in the sessions directory, sorted.
+
+        Hidden files (temporary files, edit locks) are skipped; the names are not
+        validated here (:meth:`list` reports invalid ones).
+        """
+        try:
+            entries = sorted(self.sessions_dir.iterdir())
+        except FileNotFoundError:
+            return ()
+        except OSError as e:
+            raise fsutil.storage_error(e, self.sessions_dir, "list") from e
+        return tuple(
+            p.name.removesuffix(".toml")
+            for p in entries
+            if p.name.endswith(".toml") and not p.name.startswith(".")
+        )
+
+    def list(self) -> SessionListing:
+        """Load every session; a bad file becomes an entry in ``errors``, not an exception.
+
+        Raises:
+            StorageError: only when the sessions directory itself cannot be read.
+        """
+        sessions: list[Session] = []
+        errors: list[SessionFileError] = []
+        for stem in self.names():
+            path = self.sessions_dir / f"{stem}.toml"
+            try:
+                sessions.append(self.load(stem))
+            except SessionFileError as e:
+                errors.append(e)
+            except ConfigError as e:
+                # An invalid file name (e.g. "bad name.toml") or a vanished file.
+                errors.append(SessionFileError(f"{path}: {e.args[0]}", path=str(path), hint=e.hint))
+        return SessionListing(sessions=tuple(sessions), errors=tuple(errors))
