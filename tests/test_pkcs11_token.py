@@ -371,3 +371,28 @@ def test_ir_and_kur_with_a_token_key_at_the_siemens_mock_ca(tmp_path: Path,
     cert.verify_directly_issued_by(
         certs.load_certificate(siemens_mock.ROOT_CERT.read_bytes()))
     assert no_key_files(paths.state_dir, paths.swanctl_dir) == []
+
+
+def test_cli_refuses_a_readable_pin_file_and_never_shows_the_pin(tmp_path: Path,
+                                                                 token: softhsm.Token) -> None:
+    from click.testing import CliRunner
+
+    from swcmp.cli import cli
+
+    base = ["--config-dir", str(tmp_path / "etc"), "--state-dir", str(tmp_path / "var"),
+            "--swanctl-dir", str(tmp_path / "swanctl"), "--vici", "none"]
+    run = CliRunner().invoke
+    res = run(cli, [*base, "session", "create", "gw", "--entity", "CN=gw",
+                    "--key", token.uri(), "--pkcs11-module", str(token.module),
+                    "--pin-file", str(token.pin_file)])
+    assert res.exit_code == 0, res.output
+    show = run(cli, [*base, "session", "show", "gw"])
+    assert str(token.pin_file) in show.output and token.pin not in show.output
+    check = run(cli, [*base, "session", "check", "gw"])
+    assert "token-pin" in check.output and token.pin not in check.output
+    token.pin_file.chmod(0o644)
+    res = run(cli, [*base, "session", "set", "gw", "--pin-file", str(token.pin_file)])
+    assert res.exit_code != 0 and "chmod 600" in res.output and token.pin not in res.output
+    res = run(cli, [*base, "session", "set", "gw", "--key",
+                    f"pkcs11:token={token.label};object=gw?pin-value={token.pin}"])
+    assert res.exit_code != 0 and "0600 file" in res.output and token.pin not in res.output

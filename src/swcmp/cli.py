@@ -60,7 +60,8 @@ DEFAULT_VICI_URI = "unix:///var/run/charon.vici"
 
 # Settings that name files which must exist when they are set.
 _FILE_FIELDS = ("mac_secret_file", "auth_cert", "auth_key", "trust", "tls_ca_bundle",
-                "server_cert", "extra_certs", "tls_client_cert", "tls_client_key")
+                "server_cert", "extra_certs", "tls_client_cert", "tls_client_key",
+                "pkcs11_module", "pin_file")
 _CERT_FIELDS = ("auth_cert", "trust", "tls_ca_bundle", "server_cert", "extra_certs",
                 "tls_client_cert")
 
@@ -693,6 +694,9 @@ def _check_given_files(session: Session, changed: Sequence[str], paths: Paths) -
                 if name == "tls_client_key" and mode & 0o077:
                     raise _refuse(f"{option} {path}: mode {mode:04o} lets others read the key",
                                   f"chmod 600 {path}")
+            elif name == "pin_file" and path.stat().st_mode & 0o077:
+                raise _refuse(f"{option} {path}: mode {path.stat().st_mode & 0o777:04o} lets "
+                              "others read the PIN", f"chmod 600 {path}")
             del data  # a secret file's content is never kept or shown
 
     if "auth_cert" not in changed and "auth_key" not in changed:
