@@ -191,3 +191,37 @@ def test_token_key_ir_serve_kur_load_creds_and_restart(
     warn = env.a.run("session", "check", A_SESSION, code=None)
     assert "token-swanctl" in warn.stdout and "load-creds" in warn.stdout
 
+
+
+def test_pinned_token_key_outlives_the_renewal_until_old_sas_are_gone(
+        e2e: tuple[E2E, softhsm.Token]) -> None:
+    """Pinned mode: the old pair stays in the token (and loaded) while an IKE SA made
+    with the old certificate lives; the pass after it is gone destroys the object."""
+    env, token = e2e
+    if token.module != softhsm.MODULE:
+        pytest.skip("charon cannot use tpm2-pkcs11 keys (see the test above)")
+    env.a.enroll(env.ca, env.secret_file, "--key", token.uri(), "--pkcs11-module",
+                 str(token.module), "--pin-file", str(token.pin_file), "--regenerate")
+    (old_obj,) = token.key_ids()
+    old_id = charon_key_of(env)
+    env.net.a.write_config(pinned=True, cert_file=f"{A_SESSION}.crt",
+                           pkcs11_module=str(token.module))
+    env.net.a.swanctl("--load-conns")
+    old_sa = env.net.a.initiate()
+    result = env.a.json("renew", "--force", A_SESSION)
+    assert result["results"][0]["result"] == "renewed", result
+    new_id = charon_key_of(env)
+    assert env.net.a.key_ids() == {old_id, new_id}
+    assert len(token.key_ids()) == 2 and old_obj in token.key_ids()  # still needed
+    assert env.a.json("renew", A_SESSION)["results"][0]["result"] == "skipped"
+    assert old_obj in token.key_ids()
+    with env.net.a.session() as s:
+        for sa in env.net.a.list_sas():
+            if sa.uniqueid <= old_sa.uniqueid:
+                list(s.terminate({"ike-id": str(sa.uniqueid), "timeout": 3000}))
+    env.a.json("renew", A_SESSION)  # unloads the stale key, then destroys its object
+    assert env.net.a.key_ids() == {new_id}
+    (left,) = token.key_ids()
+    assert left != old_obj
+    assert env.net.serial_b_saw_for_a() == env.a.serial()
+    assert key_files(env.a.state_dir, env.a.swanctl_dir) == []

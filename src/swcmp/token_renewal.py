@@ -34,6 +34,7 @@ from swcmp.pkcs11 import TokenKey, new_key_id
 from swcmp.store import JournalEntry, load_trust, read_file, write_ca_certs, write_cert
 
 if TYPE_CHECKING:
+    from swcmp.paths import Paths
     from swcmp.renewal import Renewer
     from swcmp.session import Session
     from swcmp.store import Journal
@@ -48,6 +49,10 @@ def held_key_ids(renewer: Renewer) -> set[str] | bool | None:
     uri = getattr(renewer.deployer, "uri", None)
     if not isinstance(uri, str):
         return False
+    return _charon_keys(uri)
+
+
+def _charon_keys(uri: str) -> set[str] | bool:
     from swcmp.strongswan import loaded_key_ids
 
     try:
@@ -55,6 +60,24 @@ def held_key_ids(renewer: Renewer) -> set[str] | bool | None:
     except DeployError as e:
         log.info("charon not asked which keys it holds (%s); retired token objects stay", e)
         return False
+
+
+def clean_retired_objects(paths: Paths, session: Session, vici: str | None) -> None:
+    """For ``serve``: destroy the session's retired token objects charon does not hold."""
+    if not tokenkeys.uses_token(session):
+        return
+    try:
+        if not tokenkeys.retired(paths, session):
+            return
+        held = _charon_keys(vici) if vici is not None else None
+        if held is False:
+            return
+        assert not isinstance(held, bool)
+        current = tokenkeys.current_key(session, paths)
+        tokenkeys.destroy_retired(paths, session, loaded=held,
+                                  keep=[current.handle] if current else [])
+    except SwcmpError as e:
+        log.warning("%s: retired token objects not destroyed: %s", session.name, e)
 
 
 def clean_retired(renewer: Renewer, session: Session, keep: list[str]) -> None:
