@@ -25,6 +25,7 @@ from swcmp import cli as cli_module
 from swcmp import session as session_module
 from swcmp import sessionfile
 from swcmp.cli import cli, iter_commands
+from swcmp.cli import options as cli_options
 from swcmp.cmp import keys
 
 SECRET = "S3cret-never-PRINTED-4711"
@@ -156,7 +157,7 @@ def test_choices_agree_with_the_library() -> None:
     from swcmp.cmp import MAC_ALGS, protection
 
     assert set(MAC_ALGS) == set(protection.MAC_ALGS)
-    assert set(cli_module._OPTION_FIELDS.values()) == set(session_module.FIELDS) - {"auto_update"}
+    assert set(cli_options._OPTION_FIELDS.values()) == set(session_module.FIELDS) - {"auto_update"}
 
 
 def test_version() -> None:
@@ -703,7 +704,7 @@ def test_status_with_a_certificate(env: Env) -> None:
 
 def test_testca_is_mounted_when_installed() -> None:
     listing = CliRunner().invoke(cli, ["--help"])
-    if not (Path(cli_module.__file__).parent / "testca" / "cli.py").is_file():
+    if not (Path(cli_module.__file__).parent.parent / "testca" / "cli.py").is_file():
         assert "testca" not in listing.output
         return
     assert "testca" in listing.output

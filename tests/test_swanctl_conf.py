@@ -22,15 +22,17 @@ import pytest
 from vici.protocol import Message
 
 from swcmp.errors import ConfigError
-from swcmp.strongswan.swanctl_conf import (
-    ConfSyntaxError,
+from swcmp.strongswan.load_conn import (
     LoadConnError,
     build_load_conn,
     cert_references,
     connections_using_cert,
+    split_list,
+)
+from swcmp.strongswan.swanctl_conf import (
+    ConfSyntaxError,
     parse_file,
     parse_string,
-    split_list,
 )
 
 SWANCTL = shutil.which("swanctl") or "/usr/sbin/swanctl"

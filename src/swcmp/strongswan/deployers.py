@@ -30,13 +30,9 @@ from pathlib import Path
 
 from swcmp.deploy import CredentialPair, DeployError, DeployResult, DeployUnavailable
 from swcmp.errors import ConfigError
+from swcmp.strongswan.load_conn import build_load_conn, connections_using_cert
 from swcmp.strongswan.stale_keys import StaleKey, ike_sas, load_stale_keys, save_stale_keys
-from swcmp.strongswan.swanctl_conf import (
-    ConfSection,
-    build_load_conn,
-    connections_using_cert,
-    parse_file,
-)
+from swcmp.strongswan.swanctl_conf import ConfSection, parse_file
 from swcmp.strongswan.vici import (
     DEFAULT_TIMEOUT,
     DEFAULT_VICI_URI,
