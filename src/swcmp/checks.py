@@ -48,6 +48,7 @@ from swcmp.cmp import certs, keys
 from swcmp.errors import CertificateError, ConfigError, SwcmpError
 from swcmp.names import common_name, format_dn
 from swcmp.paths import Paths
+from swcmp.pkcs11 import is_token_uri
 from swcmp.session import FIELDS, Session, auth_credentials, hint_for, session_key_file
 
 __all__ = [
@@ -264,7 +265,9 @@ def _check_auth_cert(session: Session, paths: Paths, now: datetime) -> list[Chec
     )
 
     # Does it match its key?
-    if key_path is None:
+    if key_path is None and session.auth_key is None and is_token_uri(session.key):
+        results.append(_pass("auth-cert-key", "the key is in a token: see token-key-cert"))
+    elif key_path is None:
         results.append(
             _fail(
                 "auth-cert-key",
@@ -486,7 +489,12 @@ def run_checks(
         _check_server_url(session),
     ]
     results.extend(_check_auth_cert(session, paths, now))
-    results.append(_check_key_pair(session, paths))
+    if is_token_uri(session.key):
+        from swcmp.token_checks import token_checks
+
+        results.extend(token_checks(session, paths))
+    else:
+        results.append(_check_key_pair(session, paths))
     results.append(_check_trust(session, now))
     if session.ir_auth == "mac":
         results.append(_check_mac_ref(session))
@@ -514,7 +522,8 @@ def all_passed(results: Iterable[CheckResult]) -> bool:
 
 # Settings that name files which must exist when they are set.
 _FILE_FIELDS = ("mac_secret_file", "auth_cert", "auth_key", "trust", "tls_ca_bundle",
-                "server_cert", "extra_certs", "tls_client_cert", "tls_client_key")
+                "server_cert", "extra_certs", "tls_client_cert", "tls_client_key",
+                "pkcs11_module", "pin_file")
 _CERT_FIELDS = ("auth_cert", "trust", "tls_ca_bundle", "server_cert", "extra_certs",
                 "tls_client_cert")
 
@@ -575,6 +584,9 @@ def check_setting_files(session: Session, changed: Sequence[str], paths: Paths) 
                 if name == "tls_client_key" and mode & 0o077:
                     raise _refused(f"{option} {path}: mode {mode:04o} lets others read the key",
                                   f"chmod 600 {path}")
+            elif name == "pin_file" and path.stat().st_mode & 0o077:
+                raise _refused(f"{option} {path}: mode {path.stat().st_mode & 0o777:04o} lets "
+                               "others read the PIN", f"chmod 600 {path}")
             del data  # a secret file's content is never kept or shown
 
     if "auth_cert" not in changed and "auth_key" not in changed:

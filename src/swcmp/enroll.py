@@ -18,15 +18,16 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from swcmp import fsutil
+from swcmp import fsutil, tokenkeys
 from swcmp.cmp import certs, keys
 from swcmp.deploy import CredentialPair, Deployer, DeployError, DeployUnavailable
-from swcmp.errors import SwcmpError
+from swcmp.errors import ConfigError, SwcmpError
 from swcmp.paths import Paths
 from swcmp.session import (
     Session,
     auth_credentials,
     read_mac_secret,
+    session_key_file,
     tls_client_files,
 )
 from swcmp.sessionfile import SessionStore
@@ -78,9 +79,15 @@ class Outcome:
 
 
 def signature_credentials(session: Session, paths: Paths
-                          ) -> tuple[keys.PrivateKey, x509.Certificate, list[x509.Certificate]]:
+                          ) -> tuple[keys.SigningKey, x509.Certificate, list[x509.Certificate]]:
     """The key, certificate and intermediates that sign requests for this session."""
     cert_path, key_path = auth_credentials(session, paths)
+    if key_path is None and cert_path is not None and tokenkeys.uses_token(session):
+        chain = certs.load_certificates(read_file(cert_path, "authentication certificate"))
+        token_key = tokenkeys.current_key(session, paths)
+        need_setting(token_key, "key pair in its token", session, "--key")
+        assert token_key is not None
+        return token_key, chain[0], [c for c in chain[1:] if c.issuer != c.subject]
     need_setting(cert_path, "authentication certificate", session, "--auth-cert")
     need_setting(key_path, "authentication key", session, "--auth-key")
     assert cert_path is not None and key_path is not None
@@ -222,7 +229,7 @@ def deploy(deployer: Deployer | None, new: CredentialPair,
 
 
 def _store_and_configure(session: Session, paths: Paths, store: SessionStore | None,
-                         enrolled: Enrollment, action: str, key_path: Path,
+                         enrolled: Enrollment, action: str, key_path: Path | None,
                          deployer: Deployer | None) -> Outcome:
     previous = current_pair(session, paths)
     cert_path = paths.cert_file(session.name)
@@ -230,6 +237,10 @@ def _store_and_configure(session: Session, paths: Paths, store: SessionStore | N
     ca_list = list(dict.fromkeys([*enrolled.chain, *ca_pubs]))  # as write_ca_certs stores them
     ca_paths = write_ca_certs(session, paths, ca_list)
     write_cert(paths, session, enrolled.certificate)
+    if tokenkeys.uses_token(session):
+        token_key = tokenkeys.current_key(session, paths)
+        assert token_key is not None
+        tokenkeys.write_secrets(paths, session, token_key)
     if store is not None:
         # From now on requests are signed with the session's own certificate; a
         # session that had no trust anchor takes the CA certificates the MAC vouched for.
@@ -298,7 +309,7 @@ def _request(kind: str, session: Session, paths: Paths, protection: Callable[[],
         finally:
             _record_stats(paths, session.name, client)
         return _store_and_configure(session, paths, store, enrolled, kind,
-                                    paths.key_file(session.key), deployer)
+                                    session_key_file(session, paths), deployer)
 
     # The renewal lock: a renewal committing a new key while this request is on the
     # wire would otherwise end with its key beside our certificate for the old one.
@@ -336,9 +347,12 @@ def request_certificate(session: Session, paths: Paths, *, store: SessionStore |
                     lambda: signature_protection(session, paths), store, deployer, transport)
 
 
-def make_csr(key: keys.PrivateKey, subject: x509.Name,
+def make_csr(key: keys.SigningKey, subject: x509.Name,
              sans: Sequence[x509.GeneralName]) -> x509.CertificateSigningRequest:
     """A PKCS#10 request for ``key`` with the session's subject and SANs."""
+    if not isinstance(key, keys.PrivateKey):
+        raise ConfigError("a PKCS#10 request (p10cr) cannot be signed by a key in a token "
+                          "yet").with_hint("use an ir or cr for this session")
     builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)

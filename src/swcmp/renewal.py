@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from swcmp import fsutil
+from swcmp import fsutil, tokenkeys
 from swcmp.cmp import certs, keys
 from swcmp.deploy import Deployer, DeployError, DeployUnavailable
 from swcmp.enroll import Outcome, make_client, request_chain, signature_credentials
@@ -150,7 +150,13 @@ class Renewer:
             chain=request_chain(session, self.paths, auth_cert, chain))
 
         # The key to certify: staged from an interrupted run, fresh, or the live one.
-        if entry and j.key_file.exists():
+        new_key: keys.SigningKey
+        if tokenkeys.uses_token(session):
+            from swcmp.token_renewal import token_key_to_certify
+
+            new_key, entry = token_key_to_certify(self, session, j, entry, live_key, old_cert,
+                                                  regenerate, now)
+        elif entry and j.key_file.exists():
             new_key = keys.load_private_key(read_file(j.key_file, "staged key"))
         elif regenerate:
             new_key = keys.generate_key(session.key_type)
@@ -197,14 +203,15 @@ class Renewer:
         finally:
             self._record_stats(session.name, client)
         j.stage_cert(enrolled.certificate, [*enrolled.chain])
-        if new_key is not live_key and not j.key_file.exists():
+        if (new_key is not live_key and not j.key_file.exists()
+                and isinstance(new_key, keys.PrivateKey)):  # a token keeps its own
             j.stage_key(new_key)
         j.write(phase="confirmed")
         self._check("confirmed")
         return self._promote(session, j)
 
     def _transact(self, session: Session, j: Journal, entry: JournalEntry | None,
-                  client: CMPClient, new_key: keys.PrivateKey, old_cert: x509.Certificate,
+                  client: CMPClient, new_key: keys.SigningKey, old_cert: x509.Certificate,
                   protection: Any, note: Callable[[TxEvent], None],
                   accept: Callable[[x509.Certificate], None]) -> Any:
         phase = entry.phase if entry else None
@@ -245,7 +252,7 @@ class Renewer:
                                  journal=note, accept=accept)
 
     def _stage_journaled(self, session: Session, j: Journal, entry: JournalEntry,
-                         new_key: keys.PrivateKey, old_cert: x509.Certificate) -> None:
+                         new_key: keys.SigningKey, old_cert: x509.Certificate) -> None:
         """Stage the certificate journaled at "received" if it still passes our checks."""
         try:
             cert = certs.load_certificate(str(entry.cert).encode())
@@ -278,7 +285,7 @@ class Renewer:
         if entry.phase == "waiting" and not ca_said_no:
             return
         fsutil.remove_file(j.cert_file, missing_ok=True)
-        if j.key_file.exists():
+        if j.key_file.exists() or entry.token_id:  # a staged key, file or token
             j.write(phase="key-ready", transaction_id=None, server_nonce=None, cert=None)
         else:
             j.clear()
@@ -304,6 +311,10 @@ class Renewer:
 
     def _promote(self, session: Session, j: Journal) -> Outcome:
         """Make the staged pair live in storage, then in charon; roll back on failure."""
+        if tokenkeys.uses_token(session):
+            from swcmp.token_renewal import promote_token
+
+            return promote_token(self, session, j)
         j.write(phase="committing")
         self._check("committing")
         staged_cert = certs.load_certificate(read_file(j.cert_file, "staged certificate"))

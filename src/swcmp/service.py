@@ -234,6 +234,7 @@ class RenewalService:
             reports[i] = report
         if not dry_run and not standby:
             self.unload_stale_keys()
+            self.destroy_retired_token_objects()
         seen = self._survey()  # once, after the renewals: for the metrics and the schedule
         self.write_metrics(seen)
         self.next_check = self._earliest(seen)
@@ -287,6 +288,14 @@ class RenewalService:
             for key_id in done.unloaded:
                 log.info("unloaded the old key %s: no IKE SA uses the old certificate any more",
                          key_id)
+
+    def destroy_retired_token_objects(self) -> None:
+        """Destroy token key pairs replaced by a renewal once charon no longer holds them
+        (pinned mode: after the stale-key cleanup above unloaded the old key)."""
+        from swcmp.token_renewal import clean_retired_objects
+
+        for s in self.sessions():
+            clean_retired_objects(self.paths, s, self.vici)
 
     def renew_now(self, s: Session, *, p: Plan | None = None,
                   regenerate: bool | None = None, log_failure: bool = True) -> Outcome:
@@ -604,7 +613,11 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
                                       + outcome.message, now=datetime.now(UTC),
                                       serial=outcome.serial)
                             st.count_renewal()
-            pair = current_pair(s, paths)
+            try:
+                pair = current_pair(s, paths)
+            except SwcmpError as e:  # e.g. a token that is not there: load the others
+                log.error("%s: not loaded: %s", s.name, e)
+                pair = None
             if pair is not None:
                 pairs.append(pair)
         result = load_current(uri, pairs, timeout=timeout)

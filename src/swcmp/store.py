@@ -26,6 +26,7 @@ from swcmp.cmp import certs, keys
 from swcmp.deploy import CredentialPair
 from swcmp.errors import ConfigError, StorageError, SwcmpError
 from swcmp.paths import Paths
+from swcmp.pkcs11 import is_token_uri
 from swcmp.session import Session
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,14 @@ def session_ca_certs(session: Session, paths: Paths) -> list[x509.Certificate]:
     return out
 
 
-def load_session_key(session: Session, paths: Paths) -> keys.PrivateKey | None:
-    """The session's key pair from ``private/<key>.key``; None when not there yet."""
+def load_session_key(session: Session, paths: Paths) -> keys.SigningKey | None:
+    """The session's key pair from ``private/<key>.key`` (or its token); None when not there yet."""
     need_setting(session.key, "key pair name", session, "--key")
     assert session.key is not None
+    if is_token_uri(session.key):
+        from swcmp import tokenkeys
+
+        return tokenkeys.current_key(session, paths)
     p = paths.key_file(session.key)
     if not p.exists():
         return None
@@ -93,6 +98,10 @@ def current_pair(session: Session, paths: Paths) -> CredentialPair | None:
     """The session's live key and certificate as a CredentialPair, if both exist."""
     if session.key is None:
         return None
+    if is_token_uri(session.key):
+        from swcmp import tokenkeys
+
+        return tokenkeys.current_pair(session, paths)
     kp, cp = paths.key_file(session.key), paths.cert_file(session.name)
     if not (kp.exists() and cp.exists()):
         return None
@@ -106,12 +115,16 @@ def current_pair(session: Session, paths: Paths) -> CredentialPair | None:
 # --------------------------------------------------------------------------- enrolment
 
 
-def ensure_session_key(session: Session, paths: Paths) -> tuple[keys.PrivateKey, bool]:
+def ensure_session_key(session: Session, paths: Paths) -> tuple[keys.SigningKey, bool]:
     """Load the session's key, or generate one per ``key_type`` and store it (0600).
 
     The new key is written before any request, so that a crash after the CA
     issued a certificate never leaves a certificate without its key.
     """
+    if is_token_uri(session.key):  # made in the token, never in a file
+        from swcmp import tokenkeys
+
+        return tokenkeys.ensure_key(session, paths)
     key = load_session_key(session, paths)
     if key is not None:
         return key, False
@@ -157,7 +170,8 @@ def write_ca_certs(session: Session, paths: Paths,
 # The journal and staging area, the commit, the archive and the rollback.
 
 
-JournalPhase = Literal["key-ready", "sending", "waiting", "received", "confirmed", "committing"]
+JournalPhase = Literal["key-making", "key-ready", "sending", "waiting", "received",
+                       "confirmed", "committing"]
 PHASES: tuple[JournalPhase, ...] = get_args(JournalPhase)
 
 
@@ -166,7 +180,9 @@ class JournalEntry:
     """What an unfinished renewal wrote down before its last step (see :mod:`swcmp.renewal`).
 
     ``transaction_id`` and ``server_nonce`` are hex; ``cert`` is the PEM certificate
-    received and checked but not yet staged.
+    received and checked but not yet staged. For a key in a token (see
+    :mod:`swcmp.token_renewal`): ``token_id`` is the CKA_ID (hex) of the staged pair,
+    ``token_old`` that of the pair it replaces and ``old_cert_pem`` its certificate.
     """
 
     phase: JournalPhase
@@ -178,6 +194,9 @@ class JournalEntry:
     server_nonce: str | None = None
     cert_req_id: int = 0
     cert: str | None = None
+    token_id: str | None = None
+    token_old: str | None = None
+    old_cert_pem: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JournalEntry:
@@ -267,7 +286,7 @@ class Journal:
 
 def _journal_problem(data: dict[str, Any]) -> str | None:
     """What is wrong with a journal's fields (a hand edit, a damaged disk), or None."""
-    for key in ("transaction_id", "server_nonce"):
+    for key in ("transaction_id", "server_nonce", "token_id", "token_old"):
         value = data.get(key)
         if value is None:
             continue
@@ -279,7 +298,7 @@ def _journal_problem(data: dict[str, Any]) -> str | None:
             return f"{key} is not a hex string"
     if data.get("phase") not in PHASES:
         return f"phase {data.get('phase')!r} is not one of {', '.join(PHASES)}"
-    for key in ("kind", "old_serial", "cert", "started"):
+    for key in ("kind", "old_serial", "cert", "started", "old_cert_pem"):
         if data.get(key) is not None and not isinstance(data[key], str):
             return f"{key} is not text"
     if not isinstance(data.get("regenerate", False), bool):

@@ -44,6 +44,8 @@ _OPTION_FIELDS = {
     "timeout": "timeout",
     "tls_client_cert": "tls_client_cert",
     "tls_client_key": "tls_client_key",
+    "pkcs11_module": "pkcs11_module",
+    "pin_file": "pin_file",
 }
 
 
@@ -117,10 +119,12 @@ def setting_options(f: F) -> F:
         ),
         click.option(
             "--key",
-            metavar="NAME",
+            metavar="NAME|URI",
             help="Key pair name: private/NAME.key under the swanctl directory. An existing "
             "key is used as it is, a missing one is generated at the first request. "
-            "`create` defaults it to the session name.",
+            "`create` defaults it to the session name. Or a PKCS#11 URI "
+            "(pkcs11:token=LABEL;object=LABEL) for keys made and kept in a token, with "
+            "--pkcs11-module and --pin-file.",
         ),
         click.option(
             "--regenerate/--no-regenerate",
@@ -204,6 +208,18 @@ def setting_options(f: F) -> F:
             "--tls-client-key",
             metavar="FILE",
             help="Private key of --tls-client-cert (PEM, unencrypted, mode 0600).",
+        ),
+        click.option(
+            "--pkcs11-module",
+            metavar="PATH",
+            help="PKCS#11 module of the token that holds a pkcs11: --key (e.g. "
+            "/usr/lib/softhsm/libsofthsm2.so, libtpm2_pkcs11.so).",
+        ),
+        click.option(
+            "--pin-file",
+            metavar="FILE",
+            help="File holding only the token's user PIN (mode 0600). Read when needed, "
+            "never shown or logged.",
         ),
     ]
     for option in reversed(options):

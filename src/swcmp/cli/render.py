@@ -192,6 +192,9 @@ def session_text(
         ("tls_ca_bundle", _shown(desc.get("tls_ca_bundle"), "- (system store)")),
         ("tls_client_cert", _shown(desc.get("tls_client_cert"))),
         ("tls_client_key", _shown(desc.get("tls_client_key"))),
+        ("pkcs11_module", _shown(desc.get("pkcs11_module"))),
+        ("pin_file", _shown(desc.get("pin_file"), "-") + (" (content not shown)"
+                                                          if desc.get("pin_file") else "")),
         ("timeout", f"{desc.get('timeout')}s per exchange with the CA"),
     ]
     width = max(len(k) for k, _ in rows)

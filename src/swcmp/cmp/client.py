@@ -183,7 +183,7 @@ class CMPClient:
 
     # ------------------------------------------------------------------ requests
 
-    def initial(self, *, key: keys.PrivateKey, subject: x509.Name,
+    def initial(self, *, key: keys.SigningKey, subject: x509.Name,
                 sans: Sequence[x509.GeneralName] = (), protection: Protection,
                 journal: Journal | None = None, accept: Accept | None = None) -> Enrollment:
         """IR: a first certificate, protected by MAC or an external certificate.
@@ -195,7 +195,7 @@ class CMPClient:
         return self._enroll("ir", key=key, subject=subject, sans=sans, protection=protection,
                             journal=journal, accept=accept)
 
-    def certificate(self, *, key: keys.PrivateKey, subject: x509.Name,
+    def certificate(self, *, key: keys.SigningKey, subject: x509.Name,
                     sans: Sequence[x509.GeneralName] = (), protection: Protection,
                     journal: Journal | None = None, accept: Accept | None = None
                     ) -> Enrollment:
@@ -203,7 +203,7 @@ class CMPClient:
         return self._enroll("cr", key=key, subject=subject, sans=sans, protection=protection,
                             journal=journal, accept=accept)
 
-    def key_update(self, *, key: keys.PrivateKey, old_cert: x509.Certificate,
+    def key_update(self, *, key: keys.SigningKey, old_cert: x509.Certificate,
                    protection: Protection, subject: x509.Name | None = None,
                    sans: Sequence[x509.GeneralName] | None = None,
                    journal: Journal | None = None, accept: Accept | None = None
@@ -224,7 +224,7 @@ class CMPClient:
                             accept=accept, replaces=old_cert)
 
     def resume(self, *, kind: str, transaction_id: bytes, server_nonce: bytes,
-               key: keys.PrivateKey, subject: x509.Name, protection: Protection,
+               key: keys.SigningKey, subject: x509.Name, protection: Protection,
                cert_req_id: int = 0, journal: Journal | None = None,
                accept: Accept | None = None) -> Enrollment:
         """Continue a transaction the CA answered 'waiting' (e.g. before a crash).
@@ -345,7 +345,7 @@ class CMPClient:
         assert isinstance(msg.body, tuple)
         return tuple(v for v in msg.body if isinstance(v, InfoValue))
 
-    def _enroll(self, kind: str, *, key: keys.PrivateKey, subject: x509.Name,
+    def _enroll(self, kind: str, *, key: keys.SigningKey, subject: x509.Name,
                 sans: Sequence[x509.GeneralName], protection: Protection,
                 old_cert_id: OldCertId | None = None, journal: Journal | None = None,
                 accept: Accept | None = None,

@@ -64,7 +64,7 @@ def load_pair(conn: Vici, pair: CredentialPair, expected: KeyId) -> tuple[KeyId,
     before) when the key is not the certificate's.
     """
     keys_before = conn.get_keys()
-    got = conn.load_key(pair.key_pem)
+    got = conn.load_pair_key(pair)
     if got != expected:
         if got not in keys_before:
             conn.unload_key(got)
@@ -77,7 +77,7 @@ def load_pair(conn: Vici, pair: CredentialPair, expected: KeyId) -> tuple[KeyId,
 
 def _load_again(conn: Vici, pair: CredentialPair) -> KeyId:
     """Re-load a pair that was live before, unchecked (restoring must not stop half-way)."""
-    key_id = conn.load_key(pair.key_pem)
+    key_id = conn.load_pair_key(pair)
     conn.load_cert(pair.cert_pem, ca=False)
     for ca_pem in pair.ca_certs_pem:
         conn.load_cert(ca_pem, ca=True)
