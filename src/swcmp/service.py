@@ -294,8 +294,16 @@ class RenewalService:
         (pinned mode: after the stale-key cleanup above unloaded the old key)."""
         from swcmp.token_renewal import clean_retired_objects
 
+        vici = self.vici
+        if vici is None:
+            ask = None
+        else:
+            from swcmp.strongswan import loaded_key_ids
+
+            def ask() -> tuple[str, ...]:
+                return loaded_key_ids(vici)
         for s in self.sessions():
-            clean_retired_objects(self.paths, s, self.vici)
+            clean_retired_objects(self.paths, s, ask)
 
     def renew_now(self, s: Session, *, p: Plan | None = None,
                   regenerate: bool | None = None, log_failure: bool = True) -> Outcome:

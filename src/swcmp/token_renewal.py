@@ -19,6 +19,7 @@ What differs from key files:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,30 +47,32 @@ def held_key_ids(renewer: Renewer) -> set[str] | bool | None:
     """Key ids charon holds: a set; None with no charon (files only); False when unknown."""
     if renewer.deployer is None:
         return None
-    uri = getattr(renewer.deployer, "uri", None)
-    if not isinstance(uri, str):
+    ask = getattr(renewer.deployer, "loaded_key_ids", None)
+    if not callable(ask):
         return False
-    return _charon_keys(uri)
+    return _charon_keys(ask)
 
 
-def _charon_keys(uri: str) -> set[str] | bool:
-    from swcmp.strongswan import loaded_key_ids
-
+def _charon_keys(ask: Callable[[], Iterable[str]]) -> set[str] | bool:
     try:
-        return set(loaded_key_ids(uri))
+        return set(ask())
     except DeployError as e:
         log.info("charon not asked which keys it holds (%s); retired token objects stay", e)
         return False
 
 
-def clean_retired_objects(paths: Paths, session: Session, vici: str | None) -> None:
-    """For ``serve``: destroy the session's retired token objects charon does not hold."""
+def clean_retired_objects(paths: Paths, session: Session,
+                          ask: Callable[[], Iterable[str]] | None) -> None:
+    """For ``serve``: destroy the session's retired token objects charon does not hold.
+
+    ``ask`` returns the key ids charon holds (None: no charon on this host).
+    """
     if not tokenkeys.uses_token(session):
         return
     try:
         if not tokenkeys.retired(paths, session):
             return
-        held = _charon_keys(vici) if vici is not None else None
+        held = _charon_keys(ask) if ask is not None else None
         if held is False:
             return
         assert not isinstance(held, bool)

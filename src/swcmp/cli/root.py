@@ -141,7 +141,7 @@ class _StderrHandler(logging.Handler):
 
 
 def _setup_logging(verbose: int) -> None:
-    logger = logging.getLogger(__name__)
+    logger = logging.getLogger("swcmp")  # every swcmp logger below it
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("swcmp: %(levelname)s: %(message)s"))

@@ -174,6 +174,15 @@ class _SwapDeployer:
         log.info("session %s deployed to charon%s: %s", new.session, self.mode, detail)
         return DeployResult(deployed=True, detail=detail)
 
+    def loaded_key_ids(self) -> tuple[KeyId, ...]:
+        """The ids of the keys charon holds over VICI (the token renewal asks before it
+        destroys a replaced key pair)."""
+        with open_session(self.uri, self.timeout, self.connect) as conn:
+            try:
+                return conn.get_keys()
+            except (CommandFailed, ConnectionLost) as e:
+                raise query_error(self.uri, e) from None
+
     # -- what the modes do
 
     def _prepare(self, swap: _Swap) -> None:
