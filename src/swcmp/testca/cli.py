@@ -38,10 +38,10 @@ def _setup_logging(verbose: bool) -> None:
     # A CA logs every request by default. Mounted under swcmp's CLI, its handler on the
     # "swcmp" logger prints our records; only our level is raised, the rest of swcmp stays
     # as quiet as the global -v says. Run on its own, we bring a handler.
-    if not logging.getLogger().handlers and not logging.getLogger(__name__).handlers:
+    if not logging.getLogger().handlers and not logging.getLogger("swcmp").handlers:
         logging.basicConfig(stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger(__name__).setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("swcmp.testca").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def _failinfos(_ctx: click.Context, _param: click.Parameter,
