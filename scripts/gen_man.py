@@ -7,7 +7,7 @@
 Every command, argument and option comes from the click tree (help texts,
 usage, defaults), so the page cannot drift from `swcmp --help`; the sections
 around them (exit status, environment, files, see also) are written here.
-tests/test_man.py checks that man/swcmp.8 is what this script makes.
+tests/integration/test_man.py checks that man/swcmp.8 is what this script makes.
 """
 
 from __future__ import annotations

@@ -233,7 +233,7 @@ class CharonNode:
     # -- files
 
     def write_config(self, conn: str = "gw", *, pinned: bool = False, extra: str = "",
-                     cert_file: str | None = None) -> None:
+                     cert_file: str | None = None, pkcs11_module: str | None = None) -> None:
         """Write strongswan.conf and an identity-mode swanctl.conf for this node.
 
         Call again after changing :attr:`start_scripts`; charon reads it on start.
@@ -247,6 +247,8 @@ class CharonNode:
             cert_file: with ``pinned``, the file (relative to ``x509/``) that
                 ``local.certs`` names instead of ``<label>.pem`` (e.g. swcmp's
                 ``<session>.crt``).
+            pkcs11_module: load charon's pkcs11 plugin with this PKCS#11 module
+                (keys in a token, loaded with VICI ``load-token``).
         """
         for sub in ("x509", "x509ca", "private", "pubkey", "conf.d"):
             (self.swanctl_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -255,7 +257,7 @@ class CharonNode:
             # charon for swcmp tests, node {self.label} ({self.netns})
             charon {{
               load_modular = no
-              load = {PLUGINS}
+              load = {PLUGINS}{" pkcs11" if pkcs11_module else ""}
               install_routes = no
               # every initiate makes a new IKE SA (tests count them)
               reuse_ikesa = no
@@ -268,6 +270,7 @@ class CharonNode:
                 vici {{
                   socket = unix://{self.vici_path}
                 }}
+            @PKCS11@
               }}
               syslog {{
                 daemon {{
@@ -288,7 +291,10 @@ class CharonNode:
             swanctl {{
               load = pem pkcs1 pkcs8 x509 openssl
             }}
-            """).replace("@SCRIPTS@\n", scripts))
+            """).replace("@SCRIPTS@\n", scripts).replace("@PKCS11@\n", (
+                f"    pkcs11 {{\n      modules {{\n        token {{\n"
+                f"          path = {pkcs11_module}\n        }}\n      }}\n    }}\n"
+                if pkcs11_module else "")))
         header = ("# pinned mode: local.certs names the certificate file" if pinned
                   else "# identity mode: the local certificate is chosen by local.id")
         certs = f"      certs = {cert_file or self.label + '.pem'}\n" if pinned else ""
@@ -339,6 +345,11 @@ class CharonNode:
             self.vici_path.unlink()
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
                "STRONGSWAN_CONF": str(self.conf)}
+        # tokens of tests/softhsm.py and tests/tpm.py, for charon's pkcs11 plugin
+        for name in ("SOFTHSM2_CONF", "TPM2_PKCS11_TCTI", "TPM2_PKCS11_STORE",
+                     "DBUS_SESSION_BUS_ADDRESS"):
+            if name in os.environ:
+                env[name] = os.environ[name]
         out = self.stdout.open("ab")
         try:
             self.proc = subprocess.Popen(

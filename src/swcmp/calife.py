@@ -57,6 +57,13 @@ from swcmp.names import validate_session_name
 from swcmp.paths import Paths
 from swcmp.session import Session
 from swcmp.sessionfile import SessionStore
+from swcmp.store import (
+    crl_file,
+    drop_root_cert,
+    root_cert_files,
+    write_crl,
+    write_root_cert,
+)
 
 if TYPE_CHECKING:
     from swcmp.cmp.client import CMPClient
@@ -222,32 +229,6 @@ class CaLifeStore:
 # --------------------------------------------------------------------------- files
 
 
-def root_cert_file(paths: Paths, name: str, cert: x509.Certificate) -> Path:
-    """``x509ca/<session>-root-<first 16 hex of SHA-256>.crt``: a root of a rollover."""
-    return paths.x509ca_dir / f"{validate_session_name(name)}-root-{fingerprint(cert)[:16]}.crt"
-
-
-def root_cert_files(paths: Paths, name: str) -> tuple[Path, ...]:
-    """The rollover roots stored for a session (loaded into charon with its CA certificates)."""
-    prefix = f"{validate_session_name(name)}-root-"
-    try:
-        return tuple(sorted(p for p in paths.x509ca_dir.iterdir()
-                            if p.name.startswith(prefix) and p.name.endswith(".crt")))
-    except FileNotFoundError:
-        return ()
-    except OSError as e:
-        raise fsutil.storage_error(e, paths.x509ca_dir, "list") from e
-
-
-def x509crl_dir(paths: Paths) -> Path:
-    """swanctl's ``x509crl/`` directory."""
-    return paths.swanctl_dir / "x509crl"
-
-
-def crl_file(paths: Paths, name: str) -> Path:
-    return x509crl_dir(paths) / f"{validate_session_name(name)}.crl"
-
-
 def _read_certs(files: Sequence[Path]) -> list[x509.Certificate]:
     out: list[x509.Certificate] = []
     for p in files:
@@ -294,13 +275,14 @@ class CaLife:
 
     Args:
         paths: the directories.
-        vici: charon's VICI URI to load CA certificates and CRLs into; None: files only.
+        loader: loads CA certificates (PEM) and CRLs (DER) into charon and says what it
+            did (``service.authorities_loader``); None: files only.
         clock: the current time.
         transport: for tests; normally one HttpTransport per step.
     """
 
     paths: Paths
-    vici: str | None = None
+    loader: Callable[[Sequence[bytes], Sequence[bytes]], str] | None = None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     transport: Transport | None = None
 
@@ -370,20 +352,19 @@ class CaLife:
             "anchors and CRL. If the CA is genuine, ask its operator")
 
     def _load_into_charon(self, ca_pems: Sequence[bytes], crls: Sequence[bytes]) -> str:
-        if self.vici is None:
+        if self.loader is None:
             return "not loaded into charon (--vici none or --no-deploy)"
         from swcmp.deploy import DeployError
-        from swcmp.strongswan import load_authorities
 
         try:
-            return load_authorities(self.vici, ca_pems, crls)
+            return self.loader(ca_pems, crls)
         except DeployError as e:
             log.warning("charon not updated: %s (the files are in place; charon loads them "
                         "when it starts)", e)
             return f"charon not updated: {e}"
 
     def anchors(self, session: Session) -> list[x509.Certificate]:
-        from swcmp.enroll import load_trust
+        from swcmp.store import load_trust
 
         return load_trust(session)
 
@@ -397,7 +378,7 @@ class CaLife:
                 chain (nothing is stored).
             SwcmpError: the exchange failed.
         """
-        from swcmp.enroll import session_ca_certs, write_ca_certs
+        from swcmp.store import session_ca_certs, write_ca_certs
 
         got: tuple[x509.Certificate, ...] = self._ask(
             session, CA_CERTS, lambda c: c.ca_certs(protection=self._protection(session)))
@@ -477,7 +458,7 @@ class CaLife:
         roots = [a for a in anchors if a.subject == a.issuer]
         cert = _current_cert(self.paths, session.name)
         if cert is not None and roots:
-            from swcmp.enroll import session_ca_certs
+            from swcmp.store import session_ca_certs
 
             try:
                 chain = certs.build_chain(cert, anchors=roots,
@@ -515,10 +496,8 @@ class CaLife:
         if any(certs.der_of(a) == certs.der_of(new) for a in anchors):
             return Result(session.name, "rootca", False,
                           f"the new root {certs.describe(new)} is already trusted")
-        fsutil.ensure_dir(self.paths.x509ca_dir)
-        new_path, old_path = (root_cert_file(self.paths, session.name, c) for c in (new, old))
-        fsutil.atomic_write(old_path, certs.pem_of(old), mode=0o644)
-        fsutil.atomic_write(new_path, certs.pem_of(new), mode=0o644)
+        old_path = write_root_cert(self.paths, session.name, old)
+        new_path = write_root_cert(self.paths, session.name, new)
         # Both roots by files of their own: whatever later happens to the file the old
         # anchor came from (an x509ca/ file a caCerts answer may rewrite), both stay.
         trust = [str(p) for p in session.trust]
@@ -615,7 +594,7 @@ class CaLife:
             (store or SessionStore(self.paths.config_dir)).update(
                 session.name, set_values={"trust": tuple(keep)})
         if old_file:
-            fsutil.remove_file(Path(old_file), missing_ok=True)
+            drop_root_cert(self.paths, Path(old_file))
         with cls.update() as st2:
             if st2.rollover is not None:
                 st2.rollover["state"] = "done"
@@ -627,10 +606,9 @@ class CaLife:
     # ---------------------------------------------------------------- revocation
 
     def _archived(self, session: Session, serial: int
-                  ) -> tuple[x509.Certificate, keys.PrivateKey] | None:
+                  ) -> tuple[x509.Certificate, keys.SigningKey] | None:
         """A certificate of this session with ``serial`` and its key: live or archived."""
-        from swcmp.enroll import load_session_key
-        from swcmp.renewal import Journal
+        from swcmp.store import Journal, load_session_key
 
         cert = _current_cert(self.paths, session.name)
         if cert is not None and cert.serial_number == serial:
@@ -796,9 +774,7 @@ class CaLife:
                         session.name, f"{nxt:%Y-%m-%d %H:%M:%S}Z")
         refresh = max(nxt or (now + CRL_DEFAULT_REFRESH), now + CRL_MIN_REFRESH)
         der = crl.public_bytes(serialization.Encoding.DER)
-        path = crl_file(self.paths, session.name)
-        fsutil.ensure_dir(path.parent)
-        fsutil.atomic_write(path, der, mode=0o644)
+        path = write_crl(self.paths, session.name, der)
         with CaLifeStore(self.paths, session.name).update() as st2:
             st2.crl = {"file": str(path), "issuer": crl.issuer.rfc4514_string(),
                        "this_update": _iso(this_update),
@@ -815,7 +791,7 @@ class CaLife:
     def _crl_signer(self, session: Session, crl: x509.CertificateRevocationList
                     ) -> x509.Certificate:
         """The CA certificate of the session that signed ``crl``: its certificate's issuer."""
-        from swcmp.enroll import session_ca_certs
+        from swcmp.store import session_ca_certs
 
         anchors = self.anchors(session)
         pool = [*session_ca_certs(session, self.paths), *anchors,
@@ -1061,5 +1037,5 @@ def roots_check(session: Session, paths: Paths, now: datetime) -> Any:
 roots_check.check_name = "ca-roots"  # type: ignore[attr-defined]
 
 
-__all__ = ["CaLife", "CaLifeError", "CaLifeState", "CaLifeStore", "Result", "reason_code",
-           "root_cert_files", "status_info", "status_rows"]
+__all__ = ["CaLife", "CaLifeError", "CaLifeState", "CaLifeStore", "Result", "crl_file",
+           "reason_code", "root_cert_files", "status_info", "status_rows"]

@@ -44,11 +44,12 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from swcmp.cmp import certs
-from swcmp.errors import CertificateError, SwcmpError
+from swcmp.cmp import certs, keys
+from swcmp.errors import CertificateError, ConfigError, SwcmpError
 from swcmp.names import common_name, format_dn
 from swcmp.paths import Paths
-from swcmp.session import Session, auth_credentials, hint_for, session_key_file
+from swcmp.pkcs11 import is_token_uri
+from swcmp.session import FIELDS, Session, auth_credentials, hint_for, session_key_file
 
 __all__ = [
     "FAIL",
@@ -264,7 +265,9 @@ def _check_auth_cert(session: Session, paths: Paths, now: datetime) -> list[Chec
     )
 
     # Does it match its key?
-    if key_path is None:
+    if key_path is None and session.auth_key is None and is_token_uri(session.key):
+        results.append(_pass("auth-cert-key", "the key is in a token: see token-key-cert"))
+    elif key_path is None:
         results.append(
             _fail(
                 "auth-cert-key",
@@ -486,7 +489,12 @@ def run_checks(
         _check_server_url(session),
     ]
     results.extend(_check_auth_cert(session, paths, now))
-    results.append(_check_key_pair(session, paths))
+    if is_token_uri(session.key):
+        from swcmp.token_checks import token_checks
+
+        results.extend(token_checks(session, paths))
+    else:
+        results.append(_check_key_pair(session, paths))
     results.append(_check_trust(session, now))
     if session.ir_auth == "mac":
         results.append(_check_mac_ref(session))
@@ -508,3 +516,92 @@ def warnings(results: Iterable[CheckResult]) -> list[CheckResult]:
 def all_passed(results: Iterable[CheckResult]) -> bool:
     """Whether no result fails (warnings allowed; True for no results at all)."""
     return not failed(results)
+
+
+# --- the files a `session set` names, checked before the session is written
+
+# Settings that name files which must exist when they are set.
+_FILE_FIELDS = ("mac_secret_file", "auth_cert", "auth_key", "trust", "tls_ca_bundle",
+                "server_cert", "extra_certs", "tls_client_cert", "tls_client_key",
+                "pkcs11_module", "pin_file")
+_CERT_FIELDS = ("auth_cert", "trust", "tls_ca_bundle", "server_cert", "extra_certs",
+                "tls_client_cert")
+
+
+def _refused(message: str, hint: str) -> ConfigError:
+    return ConfigError(message).with_hint(hint)
+
+
+def check_setting_files(session: Session, changed: Sequence[str], paths: Paths) -> None:
+    """Refuse files that are missing, unreadable or not what the setting needs.
+
+    Run before anything is written, so a bad value leaves the session unchanged.
+    Also refuses an authentication certificate that does not belong to its key.
+
+    Raises:
+        ConfigError: naming the option, the file and what to do.
+    """
+    for name in changed:
+        if name not in _FILE_FIELDS:
+            continue
+        option = FIELDS[name].option
+        value = getattr(session, name)
+        files: tuple[Path, ...] = value if isinstance(value, tuple) else (value,)
+        for path in files:
+            if path is None:
+                continue
+            if not path.is_file():
+                why = "is not a regular file" if path.exists() else "does not exist"
+                raise _refused(
+                    f"{option} {path}: the file {why}",
+                    "give the path of an existing file (relative paths are taken from "
+                    "the current directory)",
+                )
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                raise _refused(
+                    f"{option} {path}: cannot read: {e.strerror}",
+                    "run swcmp as root or fix the file's permissions",
+                ) from None
+            if name in _CERT_FIELDS:
+                try:
+                    certs.load_certificates(data)
+                except SwcmpError:
+                    raise _refused(
+                        f"{option} {path}: not a PEM or DER X.509 certificate",
+                        "give the certificate file itself (PEM with BEGIN CERTIFICATE, or DER)",
+                    ) from None
+            elif name in ("auth_key", "tls_client_key"):
+                try:
+                    keys.load_private_key(data)
+                except SwcmpError as e:
+                    raise _refused(
+                        f"{option} {path}: {Exception.__str__(e)}",
+                        "give the certificate's unencrypted private key (PEM or DER)",
+                    ) from None
+                mode = path.stat().st_mode & 0o777
+                if name == "tls_client_key" and mode & 0o077:
+                    raise _refused(f"{option} {path}: mode {mode:04o} lets others read the key",
+                                  f"chmod 600 {path}")
+            elif name == "pin_file" and path.stat().st_mode & 0o077:
+                raise _refused(f"{option} {path}: mode {path.stat().st_mode & 0o777:04o} lets "
+                               "others read the PIN", f"chmod 600 {path}")
+            del data  # a secret file's content is never kept or shown
+
+    if "auth_cert" not in changed and "auth_key" not in changed:
+        return
+    cert_path, key_path = auth_credentials(session, paths)
+    if cert_path is None or key_path is None or not key_path.is_file():
+        return
+    try:
+        cert = certs.load_certificate(cert_path.read_bytes())
+        key = keys.load_private_key(key_path.read_bytes())
+    except (OSError, SwcmpError):
+        return  # the checks report unreadable defaults; only a real mismatch is refused here
+    if keys.spki_der(key) != certs.spki_of(cert):
+        raise _refused(
+            f"the authentication certificate {cert_path} does not belong to the key {key_path}",
+            "give the certificate and its own key together: "
+            f"swcmp session set {session.name} --auth-cert CERT --auth-key KEY",
+        )

@@ -11,7 +11,7 @@ at all and writes the files only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -19,10 +19,23 @@ from swcmp.errors import SwcmpError
 
 
 @dataclass(frozen=True)
+class TokenRef:
+    """A private key that stays in a PKCS#11 token: what charon's ``load-token`` takes.
+
+    ``handle`` is the key pair's CKA_ID in hex; ``pin`` the token's user PIN: never log it.
+    """
+
+    handle: str
+    pin: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class CredentialPair:
     """One session's key and certificate as they are (or will be) on disk.
 
-    ``key_pem`` is an unencrypted PKCS#8 PEM private key: never log it.
+    ``key_pem`` is an unencrypted PKCS#8 PEM private key: never log it. A key kept
+    in a token has ``token`` set instead and an empty ``key_pem``; ``key_path`` is
+    then the session's ``pkcs11:`` URI (for messages; no such file exists).
     ``ca_certs_pem`` holds the CA certificates (issuer chain, trust anchors)
     that go with the certificate, each a single PEM certificate.
     """
@@ -33,6 +46,7 @@ class CredentialPair:
     key_pem: bytes
     cert_pem: bytes
     ca_certs_pem: tuple[bytes, ...] = ()
+    token: TokenRef | None = None
 
     def __repr__(self) -> str:  # never show key material
         return (

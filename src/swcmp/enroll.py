@@ -18,19 +18,31 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from swcmp import fsutil
+from swcmp import fsutil, tokenkeys
 from swcmp.cmp import certs, keys
 from swcmp.deploy import CredentialPair, Deployer, DeployError, DeployUnavailable
-from swcmp.errors import ConfigError, StorageError, SwcmpError
+from swcmp.errors import ConfigError, SwcmpError
 from swcmp.paths import Paths
 from swcmp.session import (
     Session,
     auth_credentials,
     read_mac_secret,
+    session_key_file,
     tls_client_files,
 )
 from swcmp.sessionfile import SessionStore
 from swcmp.state import StateStore
+from swcmp.store import (
+    current_pair,
+    ensure_session_key,
+    load_cert_files,
+    load_trust,
+    need_setting,
+    read_file,
+    session_ca_certs,
+    write_ca_certs,
+    write_cert,
+)
 
 if TYPE_CHECKING:  # the protocol stack is imported only when a request is made
     from swcmp.cmp.client import CMPClient, Enrollment
@@ -66,62 +78,18 @@ class Outcome:
         }
 
 
-def _need(value: object, what: str, session: Session, option: str) -> None:
-    if value is None or value == "" or value == ():
-        raise ConfigError(f"session {session.name} has no {what}").with_hint(
-            f"swcmp session set {session.name} {option} ...")
-
-
-def read_file(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise StorageError(f"cannot read the {what} {path}: {e.strerror}").with_hint(
-            "check that the file exists and is readable") from e
-
-
-def load_trust(session: Session) -> list[x509.Certificate]:
-    """The session's trust anchors (every certificate in every --trust file)."""
-    out: list[x509.Certificate] = []
-    for p in session.trust:
-        out.extend(certs.load_certificates(read_file(p, "trust anchor file")))
-    return out
-
-
-def load_session_key(session: Session, paths: Paths) -> keys.PrivateKey | None:
-    """The session's key pair from ``private/<key>.key``; None when not there yet."""
-    _need(session.key, "key pair name", session, "--key")
-    assert session.key is not None
-    p = paths.key_file(session.key)
-    if not p.exists():
-        return None
-    return keys.load_private_key(read_file(p, "private key"))
-
-
-def ensure_session_key(session: Session, paths: Paths) -> tuple[keys.PrivateKey, bool]:
-    """Load the session's key, or generate one per ``key_type`` and store it (0600).
-
-    The new key is written before any request, so that a crash after the CA
-    issued a certificate never leaves a certificate without its key.
-    """
-    key = load_session_key(session, paths)
-    if key is not None:
-        return key, False
-    assert session.key is not None
-    key = keys.generate_key(session.key_type)
-    fsutil.ensure_dir(paths.private_dir, mode=0o700)
-    fsutil.atomic_write(paths.key_file(session.key), keys.private_key_pem(key), mode=0o600)
-    log.info("%s: generated a new %s key %s", session.name, session.key_type,
-             paths.key_file(session.key))
-    return key, True
-
-
 def signature_credentials(session: Session, paths: Paths
-                          ) -> tuple[keys.PrivateKey, x509.Certificate, list[x509.Certificate]]:
+                          ) -> tuple[keys.SigningKey, x509.Certificate, list[x509.Certificate]]:
     """The key, certificate and intermediates that sign requests for this session."""
     cert_path, key_path = auth_credentials(session, paths)
-    _need(cert_path, "authentication certificate", session, "--auth-cert")
-    _need(key_path, "authentication key", session, "--auth-key")
+    if key_path is None and cert_path is not None and tokenkeys.uses_token(session):
+        chain = certs.load_certificates(read_file(cert_path, "authentication certificate"))
+        token_key = tokenkeys.current_key(session, paths)
+        need_setting(token_key, "key pair in its token", session, "--key")
+        assert token_key is not None
+        return token_key, chain[0], [c for c in chain[1:] if c.issuer != c.subject]
+    need_setting(cert_path, "authentication certificate", session, "--auth-cert")
+    need_setting(key_path, "authentication key", session, "--auth-key")
     assert cert_path is not None and key_path is not None
     chain = certs.load_certificates(read_file(cert_path, "authentication certificate"))
     key = keys.load_private_key(read_file(key_path, "authentication key"))
@@ -131,29 +99,10 @@ def signature_credentials(session: Session, paths: Paths
 def mac_protection(session: Session) -> Protection:
     from swcmp.cmp.protection import MacProtection
 
-    _need(session.mac_ref, "MAC reference", session, "--mac-ref")
+    need_setting(session.mac_ref, "MAC reference", session, "--mac-ref")
     assert session.mac_ref is not None
     return MacProtection(reference=session.mac_ref.encode(), secret=read_mac_secret(session),
                          mac_alg=session.mac_alg)
-
-
-def load_cert_files(files: Sequence[Path], what: str) -> list[x509.Certificate]:
-    """Every certificate in every file of ``files``."""
-    out: list[x509.Certificate] = []
-    for p in files:
-        out.extend(certs.load_certificates(read_file(p, what)))
-    return out
-
-
-def session_ca_certs(session: Session, paths: Paths) -> list[x509.Certificate]:
-    """The CA certificates stored for the session (``x509ca/<session>-caN.crt``)."""
-    out: list[x509.Certificate] = []
-    for p in paths.ca_cert_files(session.name):
-        try:
-            out.extend(certs.load_certificates(read_file(p, "CA certificate")))
-        except SwcmpError as e:  # a damaged CA file must not stop a renewal
-            log.warning("%s: ignoring %s: %s", session.name, p, e)
-    return out
 
 
 def request_chain(session: Session, paths: Paths, cert: x509.Certificate,
@@ -213,8 +162,8 @@ def make_client(session: Session, *, transport: Transport | None = None,
     from swcmp.cmp.client import CMPClient
     from swcmp.cmp.transport import HttpTransport
 
-    _need(session.server_url, "server URL", session, "--server-url")
-    _need(session.ca_name, "CA name", session, "--ca-name")
+    need_setting(session.server_url, "server URL", session, "--server-url")
+    need_setting(session.ca_name, "CA name", session, "--ca-name")
     assert session.server_url is not None and session.ca_dn is not None
     if transport is None:
         bundle = str(session.tls_ca_bundle) if session.tls_ca_bundle else None
@@ -261,44 +210,6 @@ def usable_ca_pubs(session: Session, enrolled: Enrollment) -> list[x509.Certific
     return out
 
 
-def write_ca_certs(session: Session, paths: Paths,
-                   ca_certs: Sequence[x509.Certificate]) -> tuple[Path, ...]:
-    """Store CA certificates as ``x509ca/<session>-caN.crt``; drop stale higher N."""
-    unique: list[x509.Certificate] = []
-    for c in ca_certs:
-        if c not in unique:
-            unique.append(c)
-    if not unique:
-        return paths.ca_cert_files(session.name)
-    fsutil.ensure_dir(paths.x509ca_dir)
-    written = []
-    for i, c in enumerate(unique, start=1):
-        p = paths.ca_cert_file(session.name, i)
-        fsutil.atomic_write(p, certs.pem_of(c), mode=0o644)
-        written.append(p)
-    for p in paths.ca_cert_files(session.name)[len(unique):]:
-        fsutil.remove_file(p, missing_ok=True)
-    return tuple(written)
-
-
-def current_pair(session: Session, paths: Paths) -> CredentialPair | None:
-    """The session's live key and certificate as a CredentialPair, if both exist."""
-    if session.key is None:
-        return None
-    kp, cp = paths.key_file(session.key), paths.cert_file(session.name)
-    if not (kp.exists() and cp.exists()):
-        return None
-    from swcmp.calife import root_cert_files  # the roots of a rollover go with them
-
-    return CredentialPair(
-        session=session.name, key_path=kp, cert_path=cp,
-        key_pem=read_file(kp, "private key"), cert_pem=read_file(cp, "certificate"),
-        ca_certs_pem=tuple(read_file(p, "CA certificate")
-                           for p in (*paths.ca_cert_files(session.name),
-                                     *root_cert_files(paths, session.name))),
-    )
-
-
 def deploy(deployer: Deployer | None, new: CredentialPair,
            previous: CredentialPair | None) -> str:
     """Hand a committed pair to the deployer; return what happened, in words.
@@ -318,15 +229,18 @@ def deploy(deployer: Deployer | None, new: CredentialPair,
 
 
 def _store_and_configure(session: Session, paths: Paths, store: SessionStore | None,
-                         enrolled: Enrollment, action: str, key_path: Path,
+                         enrolled: Enrollment, action: str, key_path: Path | None,
                          deployer: Deployer | None) -> Outcome:
     previous = current_pair(session, paths)
     cert_path = paths.cert_file(session.name)
-    fsutil.ensure_dir(paths.x509_dir)
     ca_pubs = usable_ca_pubs(session, enrolled)
     ca_list = list(dict.fromkeys([*enrolled.chain, *ca_pubs]))  # as write_ca_certs stores them
     ca_paths = write_ca_certs(session, paths, ca_list)
-    fsutil.atomic_write(cert_path, certs.pem_of(enrolled.certificate), mode=0o644)
+    write_cert(paths, session, enrolled.certificate)
+    if tokenkeys.uses_token(session):
+        token_key = tokenkeys.current_key(session, paths)
+        assert token_key is not None
+        tokenkeys.write_secrets(paths, session, token_key)
     if store is not None:
         # From now on requests are signed with the session's own certificate; a
         # session that had no trust anchor takes the CA certificates the MAC vouched for.
@@ -379,7 +293,7 @@ def _request(kind: str, session: Session, paths: Paths, protection: Callable[[],
              transport: Transport | None) -> Outcome:
     """An IR or CR for the session's key (generated if missing), stored and deployed."""
     def work() -> Outcome:
-        _need(session.entity, "entity (subject DN)", session, "--entity")
+        need_setting(session.entity, "entity (subject DN)", session, "--entity")
         assert session.entity_dn is not None and session.key is not None
         prot = protection()
         key, _ = ensure_session_key(session, paths)
@@ -395,7 +309,7 @@ def _request(kind: str, session: Session, paths: Paths, protection: Callable[[],
         finally:
             _record_stats(paths, session.name, client)
         return _store_and_configure(session, paths, store, enrolled, kind,
-                                    paths.key_file(session.key), deployer)
+                                    session_key_file(session, paths), deployer)
 
     # The renewal lock: a renewal committing a new key while this request is on the
     # wire would otherwise end with its key beside our certificate for the old one.
@@ -433,9 +347,12 @@ def request_certificate(session: Session, paths: Paths, *, store: SessionStore |
                     lambda: signature_protection(session, paths), store, deployer, transport)
 
 
-def make_csr(key: keys.PrivateKey, subject: x509.Name,
+def make_csr(key: keys.SigningKey, subject: x509.Name,
              sans: Sequence[x509.GeneralName]) -> x509.CertificateSigningRequest:
     """A PKCS#10 request for ``key`` with the session's subject and SANs."""
+    if not isinstance(key, keys.PrivateKey):
+        raise ConfigError("a PKCS#10 request (p10cr) cannot be signed by a key in a token "
+                          "yet").with_hint("use an ir or cr for this session")
     builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)

@@ -15,30 +15,18 @@ Steps (journal phases in brackets):
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from swcmp import fsutil
+from swcmp import fsutil, tokenkeys
 from swcmp.cmp import certs, keys
-from swcmp.deploy import CredentialPair, Deployer, DeployError, DeployUnavailable
-from swcmp.enroll import (
-    Outcome,
-    current_pair,
-    load_session_key,
-    load_trust,
-    make_client,
-    read_file,
-    request_chain,
-    signature_credentials,
-    write_ca_certs,
-)
+from swcmp.deploy import Deployer, DeployError, DeployUnavailable
+from swcmp.enroll import Outcome, make_client, request_chain, signature_credentials
 from swcmp.errors import (
     CertificateError,
     CMPErrorResponse,
@@ -50,6 +38,18 @@ from swcmp.errors import (
 from swcmp.paths import Paths
 from swcmp.session import Session
 from swcmp.state import StateStore
+from swcmp.store import (
+    Journal,
+    JournalEntry,
+    archive_pair,
+    current_pair,
+    load_session_key,
+    load_trust,
+    read_file,
+    restore_pair,
+    write_ca_certs,
+    write_pair,
+)
 
 if TYPE_CHECKING:
     from swcmp.cmp.client import CMPClient, TxEvent
@@ -57,8 +57,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Previous pairs kept for manual rollback.
-ARCHIVE_KEEP = 3
 
 
 class RenewalError(SwcmpError):
@@ -70,91 +68,6 @@ class NeedsInitialRequest(RenewalError):
 
 
 # --------------------------------------------------------------------------- how
-
-
-class Journal:
-    """The renewal journal and staging area of one session."""
-
-    def __init__(self, paths: Paths, name: str) -> None:
-        self.dir = paths.session_state_dir(name)
-        self.path = self.dir / "journal.json"
-        self.staging = self.dir / "staging"
-        self.archive = self.dir / "archive"
-
-    def load(self) -> dict[str, Any] | None:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as e:
-            raise StorageError(f"renewal journal {self.path} is unreadable: {e}").with_hint(
-                "inspect it; removing it abandons the interrupted renewal (the live pair "
-                "is untouched) and the next run starts a fresh one") from e
-        if not isinstance(data, dict):
-            return None
-        problem = _journal_problem(data)
-        if problem is not None:
-            raise StorageError(f"renewal journal {self.path} is damaged: {problem}").with_hint(
-                "inspect it; removing it abandons the interrupted renewal (the live pair "
-                "is untouched) and the next run starts a fresh one")
-        return data
-
-    def write(self, **fields: Any) -> dict[str, Any]:
-        data = self.load() or {}
-        data.update(fields)
-        fsutil.ensure_dir(self.dir, mode=0o700)
-        fsutil.atomic_write(self.path, json.dumps(data, indent=1).encode(), mode=0o600)
-        return data
-
-    def clear(self) -> None:
-        for p in (self.staging / "new.key", self.staging / "new.crt"):
-            fsutil.remove_file(p, missing_ok=True)
-        for p in sorted(self.staging.glob("ca*.crt")) if self.staging.exists() else []:
-            fsutil.remove_file(p, missing_ok=True)
-        fsutil.remove_file(self.path, missing_ok=True)
-
-    @property
-    def key_file(self) -> Path:
-        return self.staging / "new.key"
-
-    @property
-    def cert_file(self) -> Path:
-        return self.staging / "new.crt"
-
-    def stage_key(self, key: keys.PrivateKey) -> None:
-        fsutil.ensure_dir(self.staging, mode=0o700)
-        fsutil.atomic_write(self.key_file, keys.private_key_pem(key), mode=0o600)
-
-    def stage_cert(self, cert: x509.Certificate, ca_certs: list[x509.Certificate]) -> None:
-        fsutil.ensure_dir(self.staging, mode=0o700)
-        for i, c in enumerate(ca_certs, start=1):
-            fsutil.atomic_write(self.staging / f"ca{i}.crt", certs.pem_of(c), mode=0o644)
-        fsutil.atomic_write(self.cert_file, certs.pem_of(cert), mode=0o644)
-
-    def staged_ca_certs(self) -> list[x509.Certificate]:
-        files = sorted(self.staging.glob("ca*.crt"), key=lambda p: int(p.stem[2:] or 0))
-        return [certs.load_certificate(read_file(p, "staged CA certificate")) for p in files]
-
-
-def _journal_problem(data: dict[str, Any]) -> str | None:
-    """What is wrong with a journal's fields (a hand edit, a damaged disk), or None."""
-    for key in ("transaction_id", "server_nonce"):
-        value = data.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, str) or len(value) > 256:
-            return f"{key} is not a hex string"
-        try:
-            bytes.fromhex(value)
-        except ValueError:
-            return f"{key} is not a hex string"
-    for key in ("phase", "kind", "old_serial", "cert", "started"):
-        if data.get(key) is not None and not isinstance(data[key], str):
-            return f"{key} is not text"
-    req_id = data.get("cert_req_id", 0)
-    if isinstance(req_id, bool) or not isinstance(req_id, int) or abs(req_id) >= 2**63:
-        return "cert_req_id is not a 64-bit integer"
-    return None
 
 
 @dataclass
@@ -208,7 +121,7 @@ class Renewer:
     def _renew_locked(self, session: Session, regenerate: bool) -> Outcome:
         j = Journal(self.paths, session.name)
         entry = j.load()
-        if entry and entry.get("phase") in ("confirmed", "committing"):
+        if entry and entry.phase in ("confirmed", "committing"):
             log.info("%s: finishing an interrupted renewal (certificate already confirmed)",
                      session.name)
             return self._promote(session, j)
@@ -237,7 +150,13 @@ class Renewer:
             chain=request_chain(session, self.paths, auth_cert, chain))
 
         # The key to certify: staged from an interrupted run, fresh, or the live one.
-        if entry and j.key_file.exists():
+        new_key: keys.SigningKey
+        if tokenkeys.uses_token(session):
+            from swcmp.token_renewal import token_key_to_certify
+
+            new_key, entry = token_key_to_certify(self, session, j, entry, live_key, old_cert,
+                                                  regenerate, now)
+        elif entry and j.key_file.exists():
             new_key = keys.load_private_key(read_file(j.key_file, "staged key"))
         elif regenerate:
             new_key = keys.generate_key(session.key_type)
@@ -284,38 +203,37 @@ class Renewer:
         finally:
             self._record_stats(session.name, client)
         j.stage_cert(enrolled.certificate, [*enrolled.chain])
-        if new_key is not live_key and not j.key_file.exists():
+        if (new_key is not live_key and not j.key_file.exists()
+                and isinstance(new_key, keys.PrivateKey)):  # a token keeps its own
             j.stage_key(new_key)
         j.write(phase="confirmed")
         self._check("confirmed")
         return self._promote(session, j)
 
-    def _transact(self, session: Session, j: Journal, entry: dict[str, Any] | None,
-                  client: CMPClient, new_key: keys.PrivateKey, old_cert: x509.Certificate,
+    def _transact(self, session: Session, j: Journal, entry: JournalEntry | None,
+                  client: CMPClient, new_key: keys.SigningKey, old_cert: x509.Certificate,
                   protection: Any, note: Callable[[TxEvent], None],
                   accept: Callable[[x509.Certificate], None]) -> Any:
-        phase = entry.get("phase") if entry else None
-        if entry and phase == "waiting" and entry.get("server_nonce"):
+        phase = entry.phase if entry else None
+        tx = entry.transaction() if entry else None
+        if entry and phase == "waiting" and tx:
             log.info("%s: resuming the CA transaction %s that was waiting", session.name,
-                     entry["transaction_id"])
-            return client.resume(kind="kur", transaction_id=bytes.fromhex(entry["transaction_id"]),
-                                 server_nonce=bytes.fromhex(entry["server_nonce"]),
+                     entry.transaction_id)
+            return client.resume(kind="kur", transaction_id=tx[0], server_nonce=tx[1],
                                  key=new_key, subject=old_cert.subject, protection=protection,
-                                 cert_req_id=int(entry.get("cert_req_id", 0)), journal=note,
+                                 cert_req_id=entry.cert_req_id, journal=note,
                                  accept=accept)
-        if (entry and phase == "received" and not j.cert_file.exists() and entry.get("cert")
-                and entry.get("server_nonce")):
+        if entry and phase == "received" and not j.cert_file.exists() and entry.cert and tx:
             self._stage_journaled(session, j, entry, new_key, old_cert)
-        if entry and phase == "received" and j.cert_file.exists() and entry.get("server_nonce"):
+        if entry and phase == "received" and j.cert_file.exists() and tx:
             staged = certs.load_certificate(read_file(j.cert_file, "staged certificate"))
             log.info("%s: confirming certificate serial %x received before an interruption",
                      session.name, staged.serial_number)
             try:
                 client.confirm_again(
-                    transaction_id=bytes.fromhex(entry["transaction_id"]),
-                    server_nonce=bytes.fromhex(entry["server_nonce"]),
+                    transaction_id=tx[0], server_nonce=tx[1],
                     cert_der=certs.der_of(staged), subject=old_cert.subject,
-                    protection=protection, cert_req_id=int(entry.get("cert_req_id", 0)))
+                    protection=protection, cert_req_id=entry.cert_req_id)
             except SwcmpError as e:
                 log.warning("%s: the CA did not take the late confirmation (%s); requesting "
                             "again", session.name, e)
@@ -323,8 +241,7 @@ class Renewer:
                 from swcmp.cmp.client import Enrollment
                 from swcmp.cmp.messages import StatusInfo
 
-                return Enrollment(staged, certs.der_of(staged), (), (), (),
-                                  bytes.fromhex(entry["transaction_id"]), False, 0,
+                return Enrollment(staged, certs.der_of(staged), (), (), (), tx[0], False, 0,
                                   StatusInfo(0))
             fsutil.remove_file(j.cert_file, missing_ok=True)
         if phase == "sending":
@@ -334,11 +251,11 @@ class Renewer:
         return client.key_update(key=new_key, old_cert=old_cert, protection=protection,
                                  journal=note, accept=accept)
 
-    def _stage_journaled(self, session: Session, j: Journal, entry: dict[str, Any],
-                         new_key: keys.PrivateKey, old_cert: x509.Certificate) -> None:
+    def _stage_journaled(self, session: Session, j: Journal, entry: JournalEntry,
+                         new_key: keys.SigningKey, old_cert: x509.Certificate) -> None:
         """Stage the certificate journaled at "received" if it still passes our checks."""
         try:
-            cert = certs.load_certificate(str(entry["cert"]).encode())
+            cert = certs.load_certificate(str(entry.cert).encode())
             if certs.spki_of(cert) != keys.spki_der(new_key):
                 raise CertificateError("the journaled certificate is for another key")
             self._verify_renewed(session, old_cert, cert, now=self.clock())
@@ -365,10 +282,10 @@ class Renewer:
         if not entry:
             return
         ca_said_no = isinstance(error, CMPErrorResponse) and error.protected
-        if entry.get("phase") == "waiting" and not ca_said_no:
+        if entry.phase == "waiting" and not ca_said_no:
             return
         fsutil.remove_file(j.cert_file, missing_ok=True)
-        if j.key_file.exists():
+        if j.key_file.exists() or entry.token_id:  # a staged key, file or token
             j.write(phase="key-ready", transaction_id=None, server_nonce=None, cert=None)
         else:
             j.clear()
@@ -394,6 +311,10 @@ class Renewer:
 
     def _promote(self, session: Session, j: Journal) -> Outcome:
         """Make the staged pair live in storage, then in charon; roll back on failure."""
+        if tokenkeys.uses_token(session):
+            from swcmp.token_renewal import promote_token
+
+            return promote_token(self, session, j)
         j.write(phase="committing")
         self._check("committing")
         staged_cert = certs.load_certificate(read_file(j.cert_file, "staged certificate"))
@@ -402,7 +323,7 @@ class Renewer:
         cert_path = self.paths.cert_file(session.name)
         previous = current_pair(session, self.paths)
         if previous is not None and previous.cert_pem != certs.pem_of(staged_cert):
-            self._archive(j, previous)
+            archive_pair(j, previous)
         new_key_pem = (read_file(j.key_file, "staged key") if j.key_file.exists()
                        else read_file(key_path, "private key"))
         if keys.spki_der(keys.load_private_key(new_key_pem)) != certs.spki_of(staged_cert):
@@ -421,13 +342,13 @@ class Renewer:
                     f"inspect {j.dir}; the live pair is untouched. Remove journal.json there "
                     "to abandon this renewal") from e
         try:
-            self._write_pair(key_path, new_key_pem, cert_path, certs.pem_of(staged_cert),
-                             previous_key=previous.key_pem if previous else None,
-                             checkpoints=True)
+            write_pair(key_path, new_key_pem, cert_path, certs.pem_of(staged_cert),
+                       previous_key=previous.key_pem if previous else None,
+                       checkpoint=self._check)
         except StorageError:
             # e.g. the disk filled up: put the previous pair back so the live files
             # match; the staged pair is committed by the next run.
-            self._restore_files(session, previous)
+            restore_pair(session.name, previous)
             raise
         ca_paths = write_ca_certs(session, self.paths, ca_certs) if ca_certs else ()
         new = current_pair(session, self.paths)
@@ -441,7 +362,7 @@ class Renewer:
             log.warning("%s: %s", session.name, detail)
         except DeployError as e:
             if not same:
-                self._restore_files(session, previous)
+                restore_pair(session.name, previous)
             raise RenewalError(
                 f"charon did not take the renewed pair: {e}; the previous key and certificate "
                 "are restored in storage").with_hint(
@@ -458,58 +379,6 @@ class Renewer:
                        not_after=staged_cert.not_valid_after_utc, cert_path=cert_path,
                        key_path=key_path, ca_paths=tuple(ca_paths), charon=detail)
 
-    def _archive(self, j: Journal, pair: CredentialPair) -> None:
-        cert = certs.load_certificate(pair.cert_pem)
-        fsutil.ensure_dir(j.archive, mode=0o700)
-        stem = f"{cert.not_valid_before_utc:%Y%m%d%H%M%S}-{cert.serial_number:x}"
-        fsutil.atomic_write(j.archive / f"{stem}.key", pair.key_pem, mode=0o600)
-        fsutil.atomic_write(j.archive / f"{stem}.crt", pair.cert_pem, mode=0o644)
-        stems = sorted({p.stem for p in j.archive.glob("*.crt")})
-        for old in stems[:-ARCHIVE_KEEP]:
-            for suffix in (".key", ".crt"):
-                fsutil.remove_file(j.archive / f"{old}{suffix}", missing_ok=True)
-
-    def _write_pair(self, key_path: Path, key_pem: bytes, cert_path: Path, cert_pem: bytes,
-                    *, previous_key: bytes | None, checkpoints: bool = False) -> None:
-        """Replace the live key and certificate with no moment of mismatch on disk.
-
-        Two files cannot change in one step, so a changed key first goes in beside
-        the live one (``private/KEY.key.next``, a name no key of swcmp's has, which
-        swanctl loads too): whichever certificate ``x509/`` holds at any moment,
-        its key is in ``private/``. Then the certificate, then one rename puts the
-        key in place.
-        """
-        next_key = key_path.with_name(key_path.name + ".next")
-        key_changes = previous_key != key_pem
-        if key_changes:
-            fsutil.atomic_write(next_key, key_pem, mode=0o600)
-        else:
-            fsutil.remove_file(next_key, missing_ok=True)
-        if checkpoints:
-            self._check("key-written")
-        fsutil.atomic_write(cert_path, cert_pem, mode=0o644)
-        if checkpoints:
-            self._check("cert-written")
-        if key_changes:
-            fsutil.replace(next_key, key_path)
-
-    def _restore_files(self, session: Session, previous: CredentialPair | None) -> None:
-        """Put ``previous`` back as the live pair, in the same safe order; log on failure.
-
-        If that fails too (disk still full), the journal still says "committing":
-        the next run commits the staged pair, and until then the pair on disk is
-        whichever the interrupted sequence left, with both keys present.
-        """
-        if previous is None:
-            return
-        try:
-            live_key = previous.key_path.read_bytes() if previous.key_path.exists() else None
-            self._write_pair(previous.key_path, previous.key_pem, previous.cert_path,
-                             previous.cert_pem, previous_key=live_key)
-        except (OSError, StorageError) as e:
-            log.error("%s: could not restore the previous key and certificate: %s; the next "
-                      "run commits the staged pair", session.name, e)
-
     def _record_stats(self, name: str, client: CMPClient) -> None:
         try:
             with StateStore(self.paths).update(name) as st:
@@ -524,4 +393,4 @@ def interrupted(paths: Paths, name: str) -> str | None:
         entry = Journal(paths, name).load()
     except StorageError:
         return "unreadable"
-    return str(entry.get("phase")) if entry else None
+    return entry.phase if entry else None

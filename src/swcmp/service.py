@@ -48,7 +48,7 @@ from swcmp.policy import Plan, plan, retry_delay
 from swcmp.renewal import NeedsInitialRequest, RenewalError, Renewer
 from swcmp.session import Session, hint_for
 from swcmp.sessionfile import SessionStore
-from swcmp.state import SessionState, StateStore
+from swcmp.state import SessionState, SessionStateName, StateStore
 
 if TYPE_CHECKING:
     from swcmp.calife import CaLife
@@ -239,6 +239,7 @@ class RenewalService:
         ca_due: list[datetime] = []
         if not dry_run and not standby:
             self.unload_stale_keys()
+            self.destroy_retired_token_objects()
             if due_only and not names:  # serve and `renew --due`: the CA's weekly questions
                 ca_due = self._ca_life_pass()
         seen = self._survey()  # once, after the renewals: for the metrics and the schedule
@@ -314,7 +315,7 @@ class RenewalService:
         if self.vici is None:
             return
         from swcmp.deploy import DeployError
-        from swcmp.enroll import current_pair
+        from swcmp.store import current_pair
         from swcmp.strongswan import key_id_from_cert_pem, unload_stale_from_file
 
         sessions = self.sessions()
@@ -332,6 +333,22 @@ class RenewalService:
             for key_id in done.unloaded:
                 log.info("unloaded the old key %s: no IKE SA uses the old certificate any more",
                          key_id)
+
+    def destroy_retired_token_objects(self) -> None:
+        """Destroy token key pairs replaced by a renewal once charon no longer holds them
+        (pinned mode: after the stale-key cleanup above unloaded the old key)."""
+        from swcmp.token_renewal import clean_retired_objects
+
+        vici = self.vici
+        if vici is None:
+            ask = None
+        else:
+            from swcmp.strongswan import loaded_key_ids
+
+            def ask() -> tuple[str, ...]:
+                return loaded_key_ids(vici)
+        for s in self.sessions():
+            clean_retired_objects(self.paths, s, ask)
 
     def renew_now(self, s: Session, *, p: Plan | None = None,
                   regenerate: bool | None = None, log_failure: bool = True) -> Outcome:
@@ -403,7 +420,7 @@ class RenewalService:
     def ca_life(self) -> CaLife:
         from swcmp.calife import CaLife
 
-        return CaLife(self.paths, vici=self.vici, clock=self.clock)
+        return CaLife(self.paths, loader=authorities_loader(self.vici), clock=self.clock)
 
     def renew_one(self, s: Session, p: Plan | None = None) -> SessionReport:
         """:meth:`renew_now` for a pass: failures become a report instead of an error."""
@@ -413,7 +430,7 @@ class RenewalService:
             return SessionReport(s.name, "failed", _with_hint(e, s.name), plan=p)
         return SessionReport(s.name, "renewed", outcome.message, outcome=outcome, plan=p)
 
-    def _set_state(self, name: str, state: str) -> None:
+    def _set_state(self, name: str, state: SessionStateName) -> None:
         try:
             with StateStore(self.paths).update(name) as st:
                 st.state = state
@@ -624,8 +641,7 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
     renewal still holding its lock after ``lock_wait`` seconds deploys its own
     pair when it finishes; the files as they are now are loaded meanwhile.
     """
-    from swcmp.enroll import current_pair
-    from swcmp.renewal import Journal
+    from swcmp.store import Journal, current_pair
     from swcmp.strongswan import load_authorities, load_current, reload_pinned_connections
 
     finished: list[str] = []
@@ -642,7 +658,7 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
                 except SwcmpError as e:
                     log.error("%s: %s", s.name, e)
                     entry = None
-                if entry and entry.get("phase") in ("confirmed", "committing"):
+                if entry and entry.phase in ("confirmed", "committing"):
                     try:
                         # no deployer: this hook loads the result itself, below
                         outcome = Renewer(paths).finish_locked(s)
@@ -659,7 +675,11 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
                                       + outcome.message, now=datetime.now(UTC),
                                       serial=outcome.serial)
                             st.count_renewal()
-            pair = current_pair(s, paths)
+            try:
+                pair = current_pair(s, paths)
+            except SwcmpError as e:  # e.g. a token that is not there: load the others
+                log.error("%s: not loaded: %s", s.name, e)
+                pair = None
             if pair is not None:
                 pairs.append(pair)
         result = load_current(uri, pairs, timeout=timeout)
@@ -682,6 +702,16 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
     if resent:
         note += f"; re-sent pinned connection(s) {', '.join(resent)}"
     return f"{result.detail}{note}"
+
+
+def authorities_loader(uri: str | None
+                       ) -> Callable[[Sequence[bytes], Sequence[bytes]], str] | None:
+    """What loads CA certificates and CRLs into charon at ``uri`` (None: no charon)."""
+    if uri is None:
+        return None
+    from swcmp.strongswan import load_authorities
+
+    return lambda cas, crls: load_authorities(uri, cas, crls)
 
 
 def _stored_crls(paths: Paths, sessions: Sequence[Session]) -> list[bytes]:

@@ -151,7 +151,13 @@ def _text_list(value: object, what: str) -> tuple[str, ...]:
 
 
 def _key(value: object) -> object:
-    return validate_key_name(_text(value, "key").strip())
+    text = _text(value, "key").strip()
+    from swcmp.pkcs11 import TokenUri, is_token_uri
+
+    if is_token_uri(text):
+        TokenUri.parse(text)  # refused here, not at the first renewal
+        return text
+    return validate_key_name(text)
 
 
 def _cert_profile(value: object) -> object:
@@ -259,6 +265,8 @@ FIELDS: Final[dict[str, FieldSpec]] = {
         FieldSpec("timeout", "--timeout", _timeout),
         FieldSpec("tls_client_cert", "--tls-client-cert", _opt(_path), path=True),
         FieldSpec("tls_client_key", "--tls-client-key", _opt(_path), path=True),
+        FieldSpec("pkcs11_module", "--pkcs11-module", _opt(_path), path=True),
+        FieldSpec("pin_file", "--pin-file", _opt(_path), path=True),
         FieldSpec("revoke_superseded", "--revoke-superseded", _bool),
     )
 }
@@ -324,7 +332,8 @@ class Session:
             certificate once it has one, see :func:`auth_credentials`).
         auth_key: the key belonging to ``auth_cert``.
         trust: CA certificate files used to verify signed responses.
-        key: the key pair's name in swanctl's ``private/`` directory.
+        key: the key pair's name in swanctl's ``private/`` directory, or an RFC 7512
+            ``pkcs11:`` URI naming the token and object label of keys kept in a token.
         regenerate: make a fresh key at each update instead of re-certifying.
         key_type: the type of a newly generated key.
         expire_time: when to renew; see :class:`ExpireTime`.
@@ -343,6 +352,8 @@ class Session:
             the answer's last byte (polling a waiting CA has its own limit).
         tls_client_cert: TLS client certificate for a CA behind mutual TLS (https).
         tls_client_key: its private key (a 0600 file).
+        pkcs11_module: the PKCS#11 module of the token (with a ``pkcs11:`` key).
+        pin_file: the file holding the token's user PIN (0600); never the PIN.
         revoke_superseded: after a key update, revoke the replaced certificate (rr,
             reason superseded); a failure is retried and never undoes the renewal.
         entity_dn: ``entity`` parsed (derived).
@@ -377,6 +388,8 @@ class Session:
     timeout: int = 60
     tls_client_cert: Path | None = None
     tls_client_key: Path | None = None
+    pkcs11_module: Path | None = None
+    pin_file: Path | None = None
     revoke_superseded: bool = False
     entity_dn: x509.Name | None = field(init=False, repr=False, compare=False)
     ca_dn: x509.Name | None = field(init=False, repr=False, compare=False)
@@ -479,7 +492,10 @@ def unset_fields(session: Session, names: Iterable[str]) -> Session:
 
 
 def session_key_file(session: Session, paths: Paths) -> Path | None:
-    """``private/<key>.key`` for the session's key pair, or None when no key is set."""
+    """``private/<key>.key`` for the session's key pair, or None when no key is set
+    (or the key is in a token: no file)."""
+    if session.key and session.key.lower().startswith("pkcs11:"):
+        return None
     return paths.key_file(session.key) if session.key else None
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from swcmp import fsutil
 from swcmp.paths import Paths
@@ -25,8 +25,10 @@ log = logging.getLogger(__name__)
 REQUEST_TYPES = ("ir", "cr", "kur", "p10cr", "pollReq", "certConf", "genm", "rr")
 
 #: Session states shown by ``swcmp status``.
-STATES = ("idle", "due", "in_progress", "polling", "failed", "standby", "needs_ir",
-          "disabled")
+#: What a session is doing, as ``status`` and the metrics show it.
+SessionStateName = Literal["idle", "due", "in_progress", "polling", "failed", "standby",
+                           "needs_ir", "disabled"]
+STATES: tuple[SessionStateName, ...] = get_args(SessionStateName)
 
 
 #: At most this many distinct failure keys are kept per session (the last place: "other:").
@@ -66,7 +68,7 @@ class SessionState:
             (:func:`swcmp.metrics.failure_key`).
     """
 
-    state: str = "idle"
+    state: SessionStateName = "idle"
     stats: dict[str, dict[str, int]] = field(default_factory=empty_stats)
     last_result: LastResult | None = None
     failures: int = 0
@@ -82,8 +84,9 @@ class SessionState:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SessionState:
         st = cls()
-        if isinstance(data.get("state"), str) and data["state"] in STATES:
-            st.state = data["state"]
+        state = data.get("state")
+        if isinstance(state, str) and state in STATES:
+            st.state = state
         stats = data.get("stats")
         if isinstance(stats, dict):
             for t, counts in stats.items():

@@ -22,7 +22,6 @@ from datetime import UTC, datetime, timedelta
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import NameOID
 
 from swcmp.cmp import certs, codec, keys, oids, text
 from swcmp.cmp.errors import (
@@ -34,6 +33,7 @@ from swcmp.cmp.errors import (
     ProtocolError,
     SwcmpError,
 )
+from swcmp.cmp.issued import cert_hash_algorithm, check_issued_content
 from swcmp.cmp.messages import (
     REJECTION,
     WAITING,
@@ -133,44 +133,6 @@ class _Tx:
     replaces: x509.Certificate | None = None
 
 
-def _check_issued_content(cert: x509.Certificate, tx: _Tx) -> None:
-    """What a gateway certificate may not be: a CA, a holder of names nobody asked
-    for, or (for a renewal) no newer than the certificate it replaces."""
-    if certs.is_ca(cert):
-        raise CertificateError(
-            f"the issued certificate {certs.describe(cert)} is a CA certificate "
-            "(basicConstraints CA:TRUE); a gateway certificate must not be one")
-    if tx.expect_sans is not None:
-        try:
-            got = frozenset(cert.extensions.get_extension_for_class(
-                x509.SubjectAlternativeName).value)
-        except x509.ExtensionNotFound:
-            got = frozenset()
-        # CA profiles commonly copy the subject's CN into a dNSName: that name was
-        # asked for, in the subject (which is checked to be the requested one).
-        cns = {a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)}
-        extra = {g for g in got - tx.expect_sans
-                 if not (isinstance(g, x509.DNSName) and g.value in cns)}
-        if extra:
-            names = ", ".join(sorted(text.safe(str(g.value)) for g in extra))
-            raise CertificateError(
-                f"the issued certificate carries subjectAltNames nobody asked for: {names}")
-        missing = tx.expect_sans - got
-        if missing:
-            log.warning("the issued certificate lacks requested subjectAltNames: %s",
-                        ", ".join(sorted(text.safe(str(g.value)) for g in missing)))
-    old = tx.replaces
-    if old is not None and (
-            cert == old or cert.not_valid_after_utc < old.not_valid_after_utc):
-        # Refused: an older certificate for the same key, replayed as a "renewal".
-        # (An equal notAfter is fine: a CA may renew twice within one second.)
-        raise CertificateError(
-            f"the issued certificate {certs.describe(cert)} (valid "
-            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S}Z to "
-            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z) is not newer than "
-            f"{certs.describe(old)}, which it should replace: it is no renewal")
-
-
 class CMPClient:
     """CMP transactions against one CA.
 
@@ -221,7 +183,7 @@ class CMPClient:
 
     # ------------------------------------------------------------------ requests
 
-    def initial(self, *, key: keys.PrivateKey, subject: x509.Name,
+    def initial(self, *, key: keys.SigningKey, subject: x509.Name,
                 sans: Sequence[x509.GeneralName] = (), protection: Protection,
                 journal: Journal | None = None, accept: Accept | None = None) -> Enrollment:
         """IR: a first certificate, protected by MAC or an external certificate.
@@ -233,7 +195,7 @@ class CMPClient:
         return self._enroll("ir", key=key, subject=subject, sans=sans, protection=protection,
                             journal=journal, accept=accept)
 
-    def certificate(self, *, key: keys.PrivateKey, subject: x509.Name,
+    def certificate(self, *, key: keys.SigningKey, subject: x509.Name,
                     sans: Sequence[x509.GeneralName] = (), protection: Protection,
                     journal: Journal | None = None, accept: Accept | None = None
                     ) -> Enrollment:
@@ -241,7 +203,7 @@ class CMPClient:
         return self._enroll("cr", key=key, subject=subject, sans=sans, protection=protection,
                             journal=journal, accept=accept)
 
-    def key_update(self, *, key: keys.PrivateKey, old_cert: x509.Certificate,
+    def key_update(self, *, key: keys.SigningKey, old_cert: x509.Certificate,
                    protection: Protection, subject: x509.Name | None = None,
                    sans: Sequence[x509.GeneralName] | None = None,
                    journal: Journal | None = None, accept: Accept | None = None
@@ -262,7 +224,7 @@ class CMPClient:
                             accept=accept, replaces=old_cert)
 
     def resume(self, *, kind: str, transaction_id: bytes, server_nonce: bytes,
-               key: keys.PrivateKey, subject: x509.Name, protection: Protection,
+               key: keys.SigningKey, subject: x509.Name, protection: Protection,
                cert_req_id: int = 0, journal: Journal | None = None,
                accept: Accept | None = None) -> Enrollment:
         """Continue a transaction the CA answered 'waiting' (e.g. before a crash).
@@ -395,7 +357,7 @@ class CMPClient:
         assert isinstance(msg.body, tuple)
         return tuple(v for v in msg.body if isinstance(v, InfoValue))
 
-    def _enroll(self, kind: str, *, key: keys.PrivateKey, subject: x509.Name,
+    def _enroll(self, kind: str, *, key: keys.SigningKey, subject: x509.Name,
                 sans: Sequence[x509.GeneralName], protection: Protection,
                 old_cert_id: OldCertId | None = None, journal: Journal | None = None,
                 accept: Accept | None = None,
@@ -456,7 +418,7 @@ class CMPClient:
         try:
             cert = certs.load_certificate(response.cert_der)
             chain = self._check_issued(cert, spki, subject_der, verified, ca_pubs, extra)
-            _check_issued_content(cert, tx)
+            check_issued_content(cert, expect_sans=tx.expect_sans, replaces=tx.replaces)
         except CertificateError as e:
             self.stats["failed", kind] += 1
             self._reject(tx, response.cert_der, req_id, str(e))
@@ -651,25 +613,6 @@ class CMPClient:
             text=st.text + msg.body.details, error_code=msg.body.error_code,
             protected=protected,
         )
-
-
-def cert_hash_algorithm(cert: x509.Certificate
-                        ) -> tuple[hashes.HashAlgorithm, AlgorithmId | None]:
-    """The hash of a certificate for certConf (RFC 9480 2.10), and the hashAlg to name.
-
-    The hash of the certificate's signature algorithm (RSA-PSS: the one in its
-    parameters); for EdDSA, which has none to take, SHA-512 for Ed25519 and SHAKE256
-    (512-bit output) for Ed448 (RFC 9481 2.1), named in hashAlg.
-    """
-    oid = cert.signature_algorithm_oid.dotted_string
-    if oid == oids.ED25519:
-        return hashes.SHA512(), AlgorithmId(oids.SHA512)
-    if oid == oids.ED448:
-        return hashes.SHAKE256(digest_size=64), AlgorithmId(oids.SHAKE256)
-    digest = cert.signature_hash_algorithm
-    if digest is None:
-        raise CertificateError(f"no hash for certConf known for signature algorithm {oid}")
-    return digest, None
 
 
 def _response_for(content: CertRepContent, req_id: int) -> CertResponse:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,6 +20,24 @@ from swcmp.cmp.messages import AlgorithmId
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+
+
+class Signer(Protocol):
+    """A private key held elsewhere (a PKCS#11 token, a TPM): its public half and a
+    signing operation. Wherever swcmp signs (protection, POP) such an object may
+    stand in for a private key in memory."""
+
+    def public_key(self) -> PublicKey:
+        """The public half."""
+        ...
+
+    def sign(self, data: bytes, alg: AlgorithmId) -> bytes:
+        """The signature over ``data`` under ``alg`` (DER-encoded for ECDSA)."""
+        ...
+
+
+#: What can sign a request: a key in memory or a :class:`Signer`.
+SigningKey = PrivateKey | Signer
 
 DEFAULT_KEY_TYPE = "rsa:3072"
 
@@ -110,20 +128,19 @@ def private_key_pem(key: PrivateKey) -> bytes:
     )
 
 
-def spki_der(key: PrivateKey | PublicKey) -> bytes:
-    """The DER SubjectPublicKeyInfo of a key (private keys give their public part)."""
+def spki_der(key: SigningKey | PublicKey) -> bytes:
+    """The DER SubjectPublicKeyInfo of a key (private keys and signers give their public part)."""
     pub: PublicKey
-    if isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-                  | ed25519.Ed25519PrivateKey):
-        pub = public_key_of(key)
-    else:
+    if isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
         pub = key
+    else:
+        pub = public_key_of(key)
     return pub.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
 
-def public_key_of(key: PrivateKey) -> PublicKey:
+def public_key_of(key: SigningKey) -> PublicKey:
     """The public half of ``key``."""
     pub = key.public_key()
     assert isinstance(pub, rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey)
@@ -157,16 +174,17 @@ def subject_key_id(key: PrivateKey | PublicKey) -> bytes:
     return hashlib.sha1(public_key_bits(spki_der(key))).digest()
 
 
-def default_signature_algorithm(key: PrivateKey, *, pss: bool = False) -> AlgorithmId:
+def default_signature_algorithm(key: SigningKey, *, pss: bool = False) -> AlgorithmId:
     """The algorithm swcmp signs with for ``key``: SHA-256 (SHA-384 for P-384)."""
     from swcmp.cmp import codec, oids
 
-    if isinstance(key, rsa.RSAPrivateKey):
+    pub = public_key_of(key)
+    if isinstance(pub, rsa.RSAPublicKey):
         if pss:
             return AlgorithmId(oids.RSASSA_PSS, codec.encode_pss_params(oids.SHA256, 32))
         return AlgorithmId(oids.SHA256_WITH_RSA, b"\x05\x00")
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        if key.curve.key_size >= 384:
+    if isinstance(pub, ec.EllipticCurvePublicKey):
+        if pub.curve.key_size >= 384:
             return AlgorithmId(oids.ECDSA_SHA384)
         return AlgorithmId(oids.ECDSA_SHA256)
     return AlgorithmId(oids.ED25519)
@@ -185,8 +203,13 @@ def _pss_from_params(params_der: bytes | None) -> tuple[hashes.HashAlgorithm, in
     return _tables().hash_by_oid[hash_oid](), salt_length
 
 
-def sign(key: PrivateKey, alg: AlgorithmId, data: bytes) -> bytes:
-    """Sign ``data`` with ``key`` under ``alg``."""
+def pss_parameters(params_der: bytes | None) -> tuple[hashes.HashAlgorithm, int]:
+    """Hash and salt length of accepted RSASSA-PSS parameters (ProtectionError otherwise)."""
+    return _pss_from_params(params_der)
+
+
+def sign(key: SigningKey, alg: AlgorithmId, data: bytes) -> bytes:
+    """Sign ``data`` with ``key`` under ``alg`` (a :class:`Signer` signs it itself)."""
     from swcmp.cmp import oids
 
     if isinstance(key, rsa.RSAPrivateKey):
@@ -196,7 +219,9 @@ def sign(key: PrivateKey, alg: AlgorithmId, data: bytes) -> bytes:
         return key.sign(data, padding.PKCS1v15(), _tables().rsa_pkcs1[alg.oid]())
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return key.sign(data, ec.ECDSA(_tables().ecdsa[alg.oid]()))
-    return key.sign(data)
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(data)
+    return key.sign(data, alg)
 
 
 def verify(pub: object, alg: AlgorithmId, signature: bytes, data: bytes) -> None:

@@ -195,7 +195,7 @@ class SignatureProtection(Protection):
 
     kind = "signature"
 
-    def __init__(self, *, key: keys.PrivateKey, cert: x509.Certificate,
+    def __init__(self, *, key: keys.SigningKey, cert: x509.Certificate,
                  chain: Sequence[x509.Certificate] = (), pss: bool = False,
                  send_cert: bool = True) -> None:
         if certs.spki_of(cert) != keys.spki_der(key):

@@ -30,13 +30,9 @@ from pathlib import Path
 
 from swcmp.deploy import CredentialPair, DeployError, DeployResult, DeployUnavailable
 from swcmp.errors import ConfigError
+from swcmp.strongswan.load_conn import build_load_conn, connections_using_cert
 from swcmp.strongswan.stale_keys import StaleKey, ike_sas, load_stale_keys, save_stale_keys
-from swcmp.strongswan.swanctl_conf import (
-    ConfSection,
-    build_load_conn,
-    connections_using_cert,
-    parse_file,
-)
+from swcmp.strongswan.swanctl_conf import ConfSection, parse_file
 from swcmp.strongswan.vici import (
     DEFAULT_TIMEOUT,
     DEFAULT_VICI_URI,
@@ -55,7 +51,7 @@ from swcmp.strongswan.vici import (
     vici_socket_path,
 )
 
-log = logging.getLogger("swcmp.strongswan")
+log = logging.getLogger(__name__)
 
 DEFAULT_SWANCTL_CONF = "/etc/swanctl/swanctl.conf"
 """swanctl's configuration; its directory is the swanctl directory (``x509/``, ``private/``)."""
@@ -68,7 +64,7 @@ def load_pair(conn: Vici, pair: CredentialPair, expected: KeyId) -> tuple[KeyId,
     before) when the key is not the certificate's.
     """
     keys_before = conn.get_keys()
-    got = conn.load_key(pair.key_pem)
+    got = conn.load_pair_key(pair)
     if got != expected:
         if got not in keys_before:
             conn.unload_key(got)
@@ -81,7 +77,7 @@ def load_pair(conn: Vici, pair: CredentialPair, expected: KeyId) -> tuple[KeyId,
 
 def _load_again(conn: Vici, pair: CredentialPair) -> KeyId:
     """Re-load a pair that was live before, unchecked (restoring must not stop half-way)."""
-    key_id = conn.load_key(pair.key_pem)
+    key_id = conn.load_pair_key(pair)
     conn.load_cert(pair.cert_pem, ca=False)
     for ca_pem in pair.ca_certs_pem:
         conn.load_cert(ca_pem, ca=True)
@@ -177,6 +173,15 @@ class _SwapDeployer:
         detail = self._done(swap)
         log.info("session %s deployed to charon%s: %s", new.session, self.mode, detail)
         return DeployResult(deployed=True, detail=detail)
+
+    def loaded_key_ids(self) -> tuple[KeyId, ...]:
+        """The ids of the keys charon holds over VICI (the token renewal asks before it
+        destroys a replaced key pair)."""
+        with open_session(self.uri, self.timeout, self.connect) as conn:
+            try:
+                return conn.get_keys()
+            except (CommandFailed, ConnectionLost) as e:
+                raise query_error(self.uri, e) from None
 
     # -- what the modes do
 

@@ -22,7 +22,7 @@ from swcmp.strongswan.vici import (
     open_session,
 )
 
-log = logging.getLogger("swcmp.strongswan")
+log = logging.getLogger(__name__)
 
 
 def load_current(

@@ -25,7 +25,7 @@ from swcmp.strongswan.vici import (
     text,
 )
 
-log = logging.getLogger("swcmp.strongswan")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

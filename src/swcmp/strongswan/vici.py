@@ -26,10 +26,10 @@ from vici.exception import CommandException, DeserializationException, SessionEx
 
 from swcmp.cmp import certs
 from swcmp.cmp.keys import public_key_bits
-from swcmp.deploy import DeployError, DeployUnavailable
+from swcmp.deploy import CredentialPair, DeployError, DeployUnavailable
 from swcmp.errors import CertificateError, ConfigError, ProtocolError
 
-log = logging.getLogger("swcmp.strongswan")
+log = logging.getLogger(__name__)
 
 DEFAULT_VICI_URI = "unix:///var/run/charon.vici"
 """Where charon's vici plugin listens unless ``charon.plugins.vici.socket`` says otherwise."""
@@ -240,6 +240,13 @@ class Vici:
 
     def load_key(self, key_pem: bytes) -> KeyId:
         reply = self.call("load-key", {"type": "any", "data": key_pem})
+        return KeyId(text(reply.get("id", b"")).lower())
+
+    def load_pair_key(self, pair: CredentialPair) -> KeyId:
+        """``load-key`` for a key file's PEM, ``load-token`` for a key kept in a token."""
+        if pair.token is None:
+            return self.load_key(pair.key_pem)
+        reply = self.call("load-token", {"handle": pair.token.handle, "pin": pair.token.pin})
         return KeyId(text(reply.get("id", b"")).lower())
 
     def unload_key(self, key_id: KeyId) -> None:

@@ -1,0 +1,129 @@
+"""``swcmp request cacerts | rootca | revoke | crl``: the CA's side of a session, now.
+
+The work is :class:`swcmp.calife.CaLife`'s; these commands parse, call it, record the
+result in the session's state like any request, and render it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import click
+
+from swcmp.cli.requests import _deploy_option, request
+from swcmp.cli.root import CliEnv, _env, _message, _name_argument, _now, _refuse, json_option
+from swcmp.errors import SwcmpError
+
+if TYPE_CHECKING:
+    from swcmp.calife import CaLife, Result
+    from swcmp.session import Session
+
+
+def _ca_life(env: CliEnv, no_deploy: bool) -> CaLife:
+    from swcmp.calife import CaLife
+    from swcmp.service import authorities_loader
+
+    return CaLife(env.paths, loader=authorities_loader(
+        env.vici if env.charon and not no_deploy else None))
+
+
+def _result_text(result: Result) -> str:
+    lines = [f"{result.action} for session {result.session}: {result.message}"]
+    if result.files:
+        lines.append("  files    " + ", ".join(str(p) for p in result.files))
+    if result.charon:
+        lines.append(f"  charon   {result.charon}")
+    return "\n".join(lines)
+
+
+def _ca_step(name: str, action: str, no_deploy: bool,
+             step: Callable[[CaLife, Session], Result]) -> None:
+    """Run one CA-life step for NAME, record it like a request, print the result."""
+    from swcmp.state import StateStore
+
+    env = _env()
+    s = env.store.load(name)
+    now = _now()
+    try:
+        result = step(_ca_life(env, no_deploy), s)
+    except SwcmpError as e:
+        with StateStore(env.paths).update(s.name) as st:
+            st.record(action, False, _message(e), now=now)
+        raise
+    with StateStore(env.paths).update(s.name) as st:
+        st.record(action, True, result.message, now=now)
+    env.emit(result.to_json(), _result_text(result))
+
+
+@request.command("cacerts")
+@_name_argument()
+@_deploy_option
+@json_option
+def request_cacerts(name: str, no_deploy: bool) -> None:
+    """Ask the CA for its CA certificates (genm caCerts, RFC 9483 4.3.1).
+
+    Taken only if every certificate is a CA certificate chaining to the session's
+    trust anchors: they replace x509ca/NAME-caN.crt (one the current certificate
+    still chains through is kept) and are loaded into charon.
+    """
+    _ca_step(name, "cacerts", no_deploy, lambda life, s: life.refresh_ca_certs(s))
+
+
+@request.command("rootca")
+@_name_argument()
+@_deploy_option
+@json_option
+def request_rootca(name: str, no_deploy: bool) -> None:
+    """Ask whether the root CA has a new key (genm rootCaCert, RFC 9483 4.3.2).
+
+    A new root is taken only if newWithOld verifies with the current root (and
+    oldWithNew, when sent, with the new key). It is then a trust anchor beside
+    the old one, both are stored in x509ca/ and loaded into charon; the old root
+    is dropped once it has expired.
+    """
+    env = _env()
+    _ca_step(name, "rootca", no_deploy, lambda life, s: life.update_root(s, store=env.store))
+
+
+@request.command("revoke")
+@_name_argument()
+@click.option("--reason", default="unspecified", show_default=True, metavar="REASON",
+              help="CRL reason: unspecified, keyCompromise, cACompromise, "
+              "affiliationChanged, superseded, cessationOfOperation, certificateHold, "
+              "privilegeWithdrawn, aACompromise.")
+@click.option("--serial", metavar="HEX",
+              help="Revoke this certificate of the session (the current one or one kept in "
+              "the archive) instead of the current one.")
+@json_option
+def request_revoke(name: str, reason: str, serial: str | None) -> None:
+    """Revocation request (rr, RFC 9483 4.2) for NAME's certificate, signed with its key.
+
+    Revoking the current certificate ends key updates with it: the CA refuses
+    them, and `swcmp status` says so; enroll again with `swcmp request initial`.
+    """
+    from swcmp.calife import reason_code
+
+    code = reason_code(reason)
+    try:
+        number = int(serial, 16) if serial is not None else None
+    except ValueError:
+        raise _refuse(f"--serial {serial!r} is not a hexadecimal number",
+                      "give the serial as `swcmp status NAME` shows it") from None
+    _ca_step(name, "rr", True, lambda life, s: life.revoke(s, serial=number, reason=code))
+
+
+@request.command("crl")
+@_name_argument()
+@_deploy_option
+@json_option
+def request_crl(name: str, no_deploy: bool) -> None:
+    """Fetch the CA's CRL (genm currentCRL) into x509crl/NAME.crl and load it into charon.
+
+    Taken only if it is signed by the issuer of the session's certificate and is
+    not older than the cached one. `serve` does this whenever the cached CRL is due.
+    """
+    _ca_step(name, "crl", no_deploy, lambda life, s: life.refresh_crl(s))
+
+
+__all__ = ["request_cacerts", "request_crl", "request_revoke", "request_rootca"]

@@ -1,0 +1,246 @@
+"""The ``swcmp session`` setting options and the checks of the files they name."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from swcmp.choices import IR_AUTH_MODES, KEY_TYPES, MAC_ALGS
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+_OPTION_FIELDS = {
+    "entity": "entity",
+    "san": "sans",
+    "ca_name": "ca_name",
+    "server_url": "server_url",
+    "ir_auth": "ir_auth",
+    "mac_ref": "mac_ref",
+    "mac_secret_file": "mac_secret_file",
+    "mac_alg": "mac_alg",
+    "auth_cert": "auth_cert",
+    "auth_key": "auth_key",
+    "trust": "trust",
+    "key": "key",
+    "regenerate": "regenerate",
+    "key_type": "key_type",
+    "expire_time": "expire_time",
+    "connection": "connections",
+    "tls_ca_bundle": "tls_ca_bundle",
+    "server_cert": "server_cert",
+    "extra_certs": "extra_certs",
+    "ignore_keyusage": "ignore_keyusage",
+    "implicit_confirm": "implicit_confirm",
+    "cert_profile": "cert_profile",
+    "timeout": "timeout",
+    "tls_client_cert": "tls_client_cert",
+    "tls_client_key": "tls_client_key",
+    "revoke_superseded": "revoke_superseded",
+    "pkcs11_module": "pkcs11_module",
+    "pin_file": "pin_file",
+}
+
+
+def setting_options(f: F) -> F:
+    """The options of ``session create`` and ``session set``, one per setting."""
+    options = [
+        click.option(
+            "--entity",
+            metavar="DN",
+            help="Subject DN put in requests; needs a common name. RFC 4514 "
+            "(CN=gw1,O=Example,C=DE) or slash form (/C=DE/O=Example/CN=gw1).",
+        ),
+        click.option(
+            "--san",
+            metavar="TYPE:VALUE",
+            multiple=True,
+            help="subjectAltName: DNS:name, IP:address, EMAIL:address or URI:uri. "
+            "Repeat for several; the names given replace the stored list.",
+        ),
+        click.option(
+            "--ca-name",
+            metavar="DN",
+            help="DN of the CA (request recipient; selects the trust anchor). "
+            "RDN order must match the CA certificate.",
+        ),
+        click.option(
+            "--server-url",
+            metavar="URL",
+            help="Where CMP messages are POSTed, http:// or https:// "
+            "(e.g. http://ca.example.net:8080/pkix/).",
+        ),
+        click.option(
+            "--ir-auth",
+            type=click.Choice(IR_AUTH_MODES),
+            help="How an initial request (IR) is authenticated: mac (reference + shared "
+            "secret, default) or signature (--auth-cert/--auth-key from another CA).",
+        ),
+        click.option(
+            "--mac-ref",
+            metavar="REF",
+            help="MAC reference value (senderKID) the CA operator gave out of band.",
+        ),
+        click.option(
+            "--mac-secret-file",
+            metavar="FILE",
+            help="File holding only the shared MAC secret (mode 0600). "
+            "The secret is read when needed and never shown.",
+        ),
+        click.option(
+            "--mac-alg",
+            type=click.Choice(MAC_ALGS),
+            help="MAC algorithm: hmac-sha256 (default) or hmac-sha1 (legacy CAs only).",
+        ),
+        click.option(
+            "--auth-cert",
+            metavar="FILE",
+            help="Certificate that signs requests (IR with --ir-auth signature, CR). "
+            "Default: the session's own certificate once it has one.",
+        ),
+        click.option(
+            "--auth-key",
+            metavar="FILE",
+            help="Private key of --auth-cert. Default: the session's key pair.",
+        ),
+        click.option(
+            "--trust",
+            metavar="FILE",
+            multiple=True,
+            help="CA certificate(s) that verify signed responses (PEM or DER). "
+            "Repeat for several; the files given replace the stored list.",
+        ),
+        click.option(
+            "--key",
+            metavar="NAME|URI",
+            help="Key pair name: private/NAME.key under the swanctl directory. An existing "
+            "key is used as it is, a missing one is generated at the first request. "
+            "`create` defaults it to the session name. Or a PKCS#11 URI "
+            "(pkcs11:token=LABEL;object=LABEL) for keys made and kept in a token, with "
+            "--pkcs11-module and --pin-file.",
+        ),
+        click.option(
+            "--regenerate/--no-regenerate",
+            default=None,
+            help="Make a fresh key at each update (kept aside until the new certificate is "
+            "verified) instead of re-certifying the same key. Default: no.",
+        ),
+        click.option(
+            "--key-type",
+            type=click.Choice(KEY_TYPES),
+            help="Type of newly generated keys (default rsa:3072).",
+        ),
+        click.option(
+            "--expire-time",
+            metavar="PERCENT|DURATION",
+            help="When to renew. A PERCENT (10-100, default 50) is the share of the "
+            "validity period that must still REMAIN: 50 renews half-way, 20 when a fifth "
+            "is left. Or an absolute DURATION before expiry: 30d, 12h, 1d12h, 90m. "
+            "Never before a tenth of the validity period has passed (no renewal loops).",
+        ),
+        click.option(
+            "--connection",
+            metavar="CONN",
+            multiple=True,
+            help="swanctl.conf connection that uses this certificate. Repeat for several; "
+            "the names given replace the stored list.",
+        ),
+        click.option(
+            "--tls-ca-bundle",
+            metavar="FILE",
+            help="CA bundle that verifies an https:// server (default: the system store).",
+        ),
+        click.option(
+            "--server-cert",
+            metavar="FILE",
+            multiple=True,
+            help="Pin the CMP server's signing certificate: answers it signs are trusted "
+            "without a chain or extendedKeyUsage (like openssl cmp -srvcert). Repeat for "
+            "several; the files given replace the stored list.",
+        ),
+        click.option(
+            "--extra-certs",
+            metavar="FILE",
+            multiple=True,
+            help="Certificates added to the extraCerts of signed requests, after the "
+            "signer's chain (e.g. the root, for CAs that want it). Repeat for several.",
+        ),
+        click.option(
+            "--ignore-keyusage/--no-ignore-keyusage",
+            default=None,
+            help="Accept answers signed by a certificate whose keyUsage lacks "
+            "digitalSignature (CAs signing with a keyCertSign-only root). Default: no.",
+        ),
+        click.option(
+            "--implicit-confirm/--no-implicit-confirm",
+            default=None,
+            help="Ask the CA to grant implicitConfirm (no certConf/pkiConf round trip). "
+            "Default: no.",
+        ),
+        click.option(
+            "--cert-profile",
+            metavar="NAME",
+            help="Certificate profile named in requests (generalInfo certProfile, "
+            "RFC 9483 3.1), for CAs that select the profile per request.",
+        ),
+        click.option(
+            "--timeout",
+            metavar="SECONDS",
+            type=int,
+            help="Total time one exchange with the CA may take, from connecting to the "
+            "last byte of its answer (1-600, default 60). Polling a CA that answered "
+            "'waiting' has its own limit.",
+        ),
+        click.option(
+            "--tls-client-cert",
+            metavar="FILE",
+            help="TLS client certificate (PEM) for a CA behind mutual TLS (https://); "
+            "give --tls-client-key with it.",
+        ),
+        click.option(
+            "--tls-client-key",
+            metavar="FILE",
+            help="Private key of --tls-client-cert (PEM, unencrypted, mode 0600).",
+        ),
+        click.option(
+            "--revoke-superseded/--no-revoke-superseded",
+            default=None,
+            help="After each key update, revoke the replaced certificate (rr, reason "
+            "superseded); a failed revocation is retried and never undoes the renewal. "
+            "Default: no.",
+        ),
+        click.option(
+            "--pkcs11-module",
+            metavar="PATH",
+            help="PKCS#11 module of the token that holds a pkcs11: --key (e.g. "
+            "/usr/lib/softhsm/libsofthsm2.so, libtpm2_pkcs11.so).",
+        ),
+        click.option(
+            "--pin-file",
+            metavar="FILE",
+            help="File holding only the token's user PIN (mode 0600). Read when needed, "
+            "never shown or logged.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _setting_values(params: Mapping[str, Any]) -> dict[str, object]:
+    """The settings given on the command line, by field name (unused options left out)."""
+    values: dict[str, object] = {}
+    for param, field_name in _OPTION_FIELDS.items():
+        value = params.get(param)
+        if value is None or (isinstance(value, tuple) and not value):
+            continue
+        values[field_name] = list(value) if isinstance(value, tuple) else value
+    return values

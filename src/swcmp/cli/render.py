@@ -1,0 +1,415 @@
+"""Turn command results into text for people and JSON for machines.
+
+Every function here takes plain data (dicts from :meth:`Session.describe`,
+:class:`~swcmp.checks.CheckResult` lists, state dicts) and returns a string or a
+JSON-ready dict; nothing is printed and nothing heavy is imported, so the CLI
+can import this module before it knows which command runs.
+
+The JSON shapes built here are part of swcmp's interface and are documented
+in ``docs/cli.md``; change them only compatibly (add keys, never rename).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from swcmp.checks import CheckResult
+
+__all__ = [
+    "WIRE_ORDER_NOTE",
+    "check_json",
+    "check_text",
+    "dump_json",
+    "error_json",
+    "session_list_text",
+    "session_text",
+    "stats_text",
+    "status_table",
+    "status_text",
+    "urgency",
+]
+
+WIRE_ORDER_NOTE = (
+    "DNs are shown in wire order (slash form, most significant RDN first): "
+    "exactly what goes into the request."
+)
+
+# The statistics columns, in the order `swcmp stats` prints them.
+STATS_REQUESTS = ("ir", "cr", "kur", "pollReq")
+STATS_COUNTERS = ("sent", "received", "failed")
+
+
+#: Characters that json.dumps(ensure_ascii=False) leaves raw but a terminal may obey
+#: (DEL, the C1 controls such as CSI, line/paragraph separators, right-to-left override).
+_JSON_RAW_CONTROLS = re.compile("[\x7f-\x9f\u2028\u2029\u202e]")
+
+
+def dump_json(data: object) -> str:
+    """JSON text as swcmp prints it: indented, keys in insertion order, UTF-8 kept.
+
+    C0 controls are escaped by JSON itself; the other controls are escaped here
+    (they can only stand inside strings, where ``\\uNNNN`` means the same).
+    """
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    return _JSON_RAW_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def error_json(message: str, hint: str) -> dict[str, Any]:
+    """The ``--json`` shape of an error: ``{"error": ..., "hint": ... or null}``."""
+    return {"error": message, "hint": hint or None}
+
+
+# --- checks ---------------------------------------------------------------------------
+
+
+def check_json(session: str, results: Sequence[CheckResult]) -> dict[str, Any]:
+    """The ``--json`` shape of ``session check``.
+
+    ``{"session": NAME, "ok": bool, "checks": [{"name", "ok", "level", "detail", "fix"}, ...]}``.
+    ``level`` is ``ok``, ``warn`` or ``fail``; ``ok`` (of an item and of the
+    whole report) is false only for ``fail``: a warning does not block
+    auto-update. ``fix`` is an empty string for a passed check.
+    """
+    return {
+        "session": session,
+        "ok": all(r.ok for r in results),
+        "checks": [
+            {"name": r.name, "ok": r.ok, "level": r.level, "detail": r.detail, "fix": r.fix}
+            for r in results
+        ],
+    }
+
+
+_LEVEL_MARK = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
+
+
+def check_text(session: str, results: Sequence[CheckResult]) -> str:
+    """The check report: one line per check with ``ok``, ``warn`` or ``FAIL``, then the fix."""
+    failed = [r for r in results if r.level == "fail"]
+    warned = [r for r in results if r.level == "warn"]
+    width = max((len(r.name) for r in results), default=0)
+    lines = []
+    warn_note = f", {len(warned)} warning{'s' if len(warned) != 1 else ''}" if warned else ""
+    if failed:
+        lines.append(f"session {session}: {len(failed)} of {len(results)} checks failed"
+                     + warn_note)
+    elif warned:
+        lines.append(f"session {session}: no check failed{warn_note} "
+                     "(warnings do not block auto-update)")
+    else:
+        lines.append(f"session {session}: all {len(results)} checks passed")
+    for r in results:
+        lines.append(f"  {_LEVEL_MARK[r.level]}  {r.name:<{width}}  {r.detail}")
+        if r.level != "ok" and r.fix:
+            lines.append(f"        {'':<{width}}  fix: {r.fix}")
+    return "\n".join(lines)
+
+
+# --- sessions -------------------------------------------------------------------------
+
+
+def _shown(value: object, unset: str = "-") -> str:
+    if value is None or value == "" or value == []:
+        return unset
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def _expire_text(value: object) -> str:
+    text = str(value)
+    if text.endswith("%"):
+        return f"{text} (renew when {text} of the validity period REMAINS)"
+    return f"{text} (renew this long before the certificate expires)"
+
+
+def session_text(
+    desc: Mapping[str, Any],
+    *,
+    path: str,
+    auth_cert: tuple[str, bool] | None = None,
+    auth_key: tuple[str, bool] | None = None,
+    key_file: tuple[str, bool] | None = None,
+) -> str:
+    """``session show`` for people: one line per setting, by field name.
+
+    Field names are those ``swcmp session unset`` takes. DNs are printed in wire
+    (slash) order, and the text says so. The MAC secret is never shown, only its
+    file's path.
+
+    Args:
+        desc: :meth:`Session.describe` of the session.
+        path: the session file.
+        auth_cert: the certificate that will sign requests after defaults, and
+            whether the file exists (None when there is none).
+        auth_key: the same for its key.
+        key_file: the session's key pair file and whether it exists.
+    """
+
+    def presence(item: tuple[str, bool] | None, default: bool) -> str:
+        if item is None:
+            return "-"
+        where, exists = item
+        prefix = "(default) " if default else ""
+        return f"{prefix}{where}" + ("" if exists else " (not present yet)")
+
+    rows: list[tuple[str, str]] = [
+        ("file", path),
+        ("entity", _shown(desc.get("entity_wire"))),
+        ("sans", _shown(desc.get("sans"))),
+        ("ca_name", _shown(desc.get("ca_name_wire"))),
+        ("server_url", _shown(desc.get("server_url"))),
+        ("ir_auth", _shown(desc.get("ir_auth"))),
+    ]
+    if desc.get("ir_auth") == "mac" or desc.get("mac_ref") or desc.get("mac_secret_file"):
+        secret = desc.get("mac_secret_file")
+        rows += [
+            ("mac_ref", _shown(desc.get("mac_ref"))),
+            ("mac_secret_file", f"{secret} (content not shown)" if secret else "-"),
+            ("mac_alg", _shown(desc.get("mac_alg"))),
+        ]
+    rows += [
+        ("auth_cert", presence(auth_cert, desc.get("auth_cert") is None)),
+        ("auth_key", presence(auth_key, desc.get("auth_key") is None)),
+        ("trust", _shown(desc.get("trust"))),
+        (
+            "key",
+            _shown(desc.get("key"))
+            + (f": {presence(key_file, False)}" if key_file is not None else ""),
+        ),
+        ("key_type", f"{desc.get('key_type')} (for newly generated keys)"),
+        ("regenerate", _shown(desc.get("regenerate"))),
+        ("expire_time", _expire_text(desc.get("expire_time"))),
+        ("connections", _shown(desc.get("connections"))),
+        ("auto_update", "on" if desc.get("auto_update") else "off"),
+        ("tls_ca_bundle", _shown(desc.get("tls_ca_bundle"), "- (system store)")),
+        ("tls_client_cert", _shown(desc.get("tls_client_cert"))),
+        ("tls_client_key", _shown(desc.get("tls_client_key"))),
+        ("pkcs11_module", _shown(desc.get("pkcs11_module"))),
+        ("pin_file", _shown(desc.get("pin_file"), "-") + (" (content not shown)"
+                                                          if desc.get("pin_file") else "")),
+        ("timeout", f"{desc.get('timeout')}s per exchange with the CA"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"session {desc.get('name')}"]
+    lines += [f"  {k:<{width}}  {v}" for k, v in rows]
+    lines.append(WIRE_ORDER_NOTE)
+    return "\n".join(lines)
+
+
+def session_list_text(
+    sessions: Sequence[Mapping[str, Any]], errors: Sequence[Mapping[str, Any]]
+) -> str:
+    """``session list`` for people: a table of good sessions, then one line per broken file."""
+    if not sessions and not errors:
+        return "no sessions (create one with `swcmp session create NAME`)"
+    lines: list[str] = []
+    if sessions:
+        header = ("NAME", "AUTO", "ENTITY", "SERVER")
+        rows = [
+            (
+                str(d["name"]),
+                "on" if d.get("auto_update") else "off",
+                _shown(d.get("entity_wire")),
+                _shown(d.get("server_url")),
+            )
+            for d in sessions
+        ]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+        for row in [header, *rows]:
+            cells = [f"{cell:<{width}}" for cell, width in zip(row, widths, strict=False)]
+            lines.append("  ".join([*cells, row[3]]).rstrip())
+    for err in errors:
+        lines.append(f"broken: {err['error']}")
+        if err.get("hint"):
+            lines.append(f"  hint: {err['hint']}")
+    return "\n".join(lines)
+
+
+# --- statistics and status -------------------------------------------------------------
+
+
+def stats_text(per_session: Iterable[tuple[str, Mapping[str, Mapping[str, int]]]]) -> str:
+    """``swcmp stats``: per session, sent/received/failed for IR, CR, KUR and pollReq.
+
+    Other message types (certConf, genm...) are listed once one was counted.
+    """
+    blocks = []
+    for name, stats in per_session:
+        lines = [f"session {name}", f"  {'':<8}" + "".join(f"{c:>10}" for c in STATS_COUNTERS)]
+        # IR, CR, KUR and pollReq always; other message types once they were used.
+        others = [k for k in stats if k not in STATS_REQUESTS and any(stats[k].values())]
+        for kind in [*STATS_REQUESTS, *others]:
+            counts = stats.get(kind, {})
+            lines.append(
+                f"  {kind:<8}" + "".join(f"{int(counts.get(c, 0)):>10}" for c in STATS_COUNTERS)
+            )
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) if blocks else "no sessions"
+
+
+def status_text(entries: Sequence[Mapping[str, Any]]) -> str:
+    """``swcmp status``: state, certificate, next renewal and last result per session.
+
+    Each entry has the shape of one item of ``status --json`` (see docs/cli.md).
+    """
+    if not entries:
+        return "no sessions (create one with `swcmp session create NAME`)"
+    blocks = []
+    for e in entries:
+        if e.get("error"):
+            lines = [f"session {e['session']}: broken", f"  error  {e['error']}"]
+            if e.get("hint"):
+                lines.append(f"  hint   {e['hint']}")
+            blocks.append("\n".join(lines))
+            continue
+        cert = e.get("certificate")
+        if cert is None:
+            cert_text = "none yet"
+        elif cert.get("error"):
+            cert_text = f"unreadable: {cert['error']}"
+        else:
+            cert_text = f"serial {cert['serial']}, valid until {cert['not_after']}" + (
+                " (EXPIRED)" if cert.get("expired") else f" ({cert['days_left']} days left)"
+            )
+        last = e.get("last_result")
+        if last:
+            outcome = "ok" if last.get("ok") else "FAILED"
+            last_text = f"{last.get('action')} {outcome} at {last.get('time')}"
+            if last.get("message"):
+                last_text += f": {last['message']}"
+        else:
+            last_text = "none"
+        rows = [
+            ("state", f"{_shown(e.get('state'))}: {e.get('reason') or ''}".rstrip(": ")),
+            ("auto-update", "on" if e.get("auto_update") else "off"),
+            ("certificate", cert_text),
+            ("next renewal", _shown(e.get("next_renewal"))),
+        ]
+        if e.get("next_attempt"):
+            rows.append(("next retry", f"{e['next_attempt']} ({e.get('failures', 0)} failures)"))
+        rows.append(("last result", last_text))
+        if e.get("charon"):
+            rows.append(("charon", str(e["charon"])))
+        if e.get("ca"):
+            from swcmp.calife import status_rows
+
+            rows += status_rows(e["ca"])
+        width = max(len(k) for k, _ in rows)
+        blocks.append(
+            "\n".join([f"session {e['session']}"] + [f"  {k:<{width}}  {v}" for k, v in rows])
+        )
+    return "\n\n".join(blocks)
+
+
+# --- the status table ------------------------------------------------------------------
+
+#: Urgency groups of ``swcmp status``, most urgent first.
+URGENCY = ("expired", "failing", "due", "ok")
+
+
+def urgency(entry: Mapping[str, Any]) -> str:
+    """The group of one status entry: expired, failing, due or ok.
+
+    expired: the certificate's validity has ended. failing: the session file is
+    broken, the certificate unreadable, renewals are failing, or auto-update is on
+    but there is no valid certificate to renew. due: a renewal is due or running.
+    ok: everything else (idle, auto-update off, standby).
+    """
+    if entry.get("error"):
+        return "failing"
+    cert = entry.get("certificate")
+    if cert and cert.get("expired"):
+        return "expired"
+    state = entry.get("state")
+    if (cert and cert.get("error")) or state == "failed" or entry.get("failures"):
+        return "failing"
+    if state == "needs_ir" and entry.get("auto_update"):
+        return "failing"
+    if state in ("due", "in_progress", "polling"):
+        return "due"
+    return "ok"
+
+
+def _short_time(iso: object, now: datetime | None) -> str:
+    if not isinstance(iso, str) or not iso:
+        return "-"
+    try:
+        when = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    if now is not None and when.tzinfo is not None and when <= now:
+        return "now"
+    return when.strftime("%Y-%m-%d %H:%M") + ("Z" if when.utcoffset() is not None
+                                              and not when.utcoffset() else "")
+
+
+def _days_left(entry: Mapping[str, Any]) -> tuple[str, float]:
+    cert = entry.get("certificate")
+    if not cert:
+        return "-", float("inf")
+    if cert.get("error"):
+        return "unreadable", float("inf")
+    if cert.get("expired"):
+        return "EXPIRED", -1.0
+    return str(cert.get("days_left", "?")), float(cert.get("days_left", 0))
+
+
+def _last_text(entry: Mapping[str, Any], width: int = 100) -> str:
+    if entry.get("error"):
+        width = max(width, 160)  # the last column: the file and line must stay readable
+        text = f"broken session file: {entry['error']}"
+    else:
+        last = entry.get("last_result")
+        if not last:
+            return "-"
+        outcome = "ok" if last.get("ok") else "FAILED"
+        text = f"{last.get('action')} {outcome} {_short_time(last.get('time'), None)}"
+        if not last.get("ok") and last.get("message"):
+            text += f": {last['message']}"
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def status_table(entries: Sequence[Mapping[str, Any]], *, now: datetime | None = None,
+                 notes: Sequence[str] = ()) -> str:
+    """``swcmp status`` for many sessions: one row each, the most urgent first.
+
+    Rows are grouped expired, failing, due, ok (:func:`urgency`), and within a
+    group sorted by days left, then name. Each entry has the shape of one item
+    of ``status --json``; a broken session file is ``{"session", "error", "hint"}``.
+    ``notes`` are printed above the table (e.g. the HA role).
+    """
+    if not entries:
+        return "\n".join([*notes, "no sessions (create one with `swcmp session create NAME`)"])
+
+    def key(e: Mapping[str, Any]) -> tuple[int, float, str]:
+        return (URGENCY.index(urgency(e)), _days_left(e)[1], str(e.get("session")))
+
+    header = ("SESSION", "URGENCY", "STATE", "AUTO", "DAYS LEFT", "NEXT RENEWAL", "LAST RESULT")
+    rows = []
+    for e in sorted(entries, key=key):
+        rows.append((
+            str(e.get("session")),
+            urgency(e),
+            "broken" if e.get("error") else _shown(e.get("state")),
+            "-" if e.get("error") else ("on" if e.get("auto_update") else "off"),
+            _days_left(e)[0],
+            _short_time(e.get("next_renewal"), now),
+            _last_text(e),
+        ))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    lines = list(notes)
+    for row in [header, *rows]:
+        cells = [f"{cell:<{w}}" for cell, w in zip(row, widths, strict=False)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    counts = {g: sum(1 for r in rows if r[1] == g) for g in URGENCY}
+    lines.append(", ".join(f"{n} {g}" for g, n in counts.items() if n)
+                 + " (`swcmp status NAME` for details)")
+    return "\n".join(lines)

@@ -1,0 +1,397 @@
+"""The ``swcmp`` command line: thin click commands that parse, call the core, render.
+
+Exit codes (also in ``docs/cli.md``):
+
+* 0: success.
+* 1: a check or request failed, or swcmp refused a value, a file or a session
+  (bad DN, bad URL, missing file, wrong key for a certificate, broken session
+  file, CA error...). One place, :meth:`_RootGroup.invoke`, turns every
+  :class:`~swcmp.errors.SwcmpError` into ``error: MESSAGE`` and ``hint: HINT`` on
+  stderr, or ``{"error": ..., "hint": ...}`` on stdout with ``--json``; the
+  traceback is shown only with ``-v``.
+* 2: the command line itself is wrong: unknown command or option, missing
+  argument, a value outside the listed choices, or an invalid session name such
+  as ``../x`` (session names are checked while the command line is parsed, before
+  anything is read or written).
+
+Start-up time: before a command runs only click, :mod:`swcmp.errors` and
+:mod:`swcmp.cli.render` are imported. The session modules (and with them
+``cryptography``) are imported by commands that read sessions; the CMP client
+(pyasn1, http.client) only by ``swcmp request``; vici only where charon is asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
+
+from swcmp import __version__
+from swcmp.cli import render
+from swcmp.cmp.text import safe, safe_lines
+from swcmp.errors import ConfigError, SwcmpError
+
+if TYPE_CHECKING:
+    from swcmp.paths import Paths
+    from swcmp.sessionfile import SessionStore
+
+__all__ = ["cli", "json_option"]
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_VICI_URI = "unix:///var/run/charon.vici"
+
+
+
+# --- the state shared by all commands --------------------------------------------------
+
+
+@dataclass
+class CliEnv:
+    """Global options, resolved lazily so that help and completion stay cheap.
+
+    Attributes:
+        config_dir: ``--config-dir`` (None: environment, then default).
+        state_dir: ``--state-dir``.
+        swanctl_dir: ``--swanctl-dir``.
+        vici: charon's VICI URI.
+        json: print JSON instead of text.
+        verbose: ``-v`` count.
+    """
+
+    @cached_property
+    def cwd(self) -> Path:
+        """The directory relative paths on the command line are taken from."""
+        try:
+            return Path.cwd()
+        except OSError as e:
+            raise ConfigError(f"cannot determine the current directory: {e.strerror}").with_hint(
+                "change to an existing directory, or give absolute paths"
+            ) from None
+
+    config_dir: Path | None = None
+    state_dir: Path | None = None
+    swanctl_dir: Path | None = None
+    vici: str = DEFAULT_VICI_URI
+    json: bool = False
+    verbose: int = 0
+
+    @cached_property
+    def paths(self) -> Paths:
+        """The directories: option, else environment variable, else default."""
+        from swcmp.paths import Paths
+
+        return Paths.from_env(
+            config_dir=self.config_dir, state_dir=self.state_dir, swanctl_dir=self.swanctl_dir
+        )
+
+    @cached_property
+    def store(self) -> SessionStore:
+        """The session files under the configuration directory."""
+        from swcmp.sessionfile import SessionStore
+
+        return SessionStore(self.paths.config_dir)
+
+    @property
+    def charon(self) -> bool:
+        """Whether there is a charon to talk to (``--vici none``: files only, no check)."""
+        return self.vici.strip().lower() != "none"
+
+    def emit(self, data: object, text: str) -> None:
+        """Print ``data`` as JSON with ``--json``, else ``text``."""
+        # Text may hold what a CA sent (status text, names): no control characters
+        # reach the terminal, whichever command printed it.
+        click.echo(render.dump_json(data) if self.json else safe_lines(text))
+
+
+def _env() -> CliEnv:
+    return click.get_current_context().ensure_object(CliEnv)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _message(e: BaseException) -> str:
+    # SwcmpError.__str__ appends the hint; the CLI prints the hint on its own line.
+    return Exception.__str__(e)
+
+
+# --- logging ---------------------------------------------------------------------------
+
+
+class _StderrHandler(logging.Handler):
+    """Writes log records to whatever ``sys.stderr`` is at the time (click's runner swaps it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(safe_lines(self.format(record)), err=True)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+def _setup_logging(verbose: int) -> None:
+    logger = logging.getLogger("swcmp")  # every swcmp logger below it
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("swcmp: %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(
+        logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    )
+
+
+# --- parameter types -------------------------------------------------------------------
+
+
+def _sessions_dir_for_completion(ctx: click.Context) -> Path:
+    root = ctx.find_root().params
+    given = root.get("config_dir")
+    base = given or os.environ.get("SWCMP_CONFIG_DIR") or "/etc/swcmp"
+    return Path(base) / "sessions"
+
+
+if TYPE_CHECKING:
+    _TextParamType = click.ParamType[str]
+else:  # click < 8.2 has no generic ParamType
+    _TextParamType = click.ParamType
+
+
+class SessionNameType(_TextParamType):
+    """A session name, checked while the command line is parsed (exit 2 when invalid)."""
+
+    name = "name"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        """Return the valid name or fail as a usage error naming the rule."""
+        from swcmp.names import validate_session_name
+
+        try:
+            return str(validate_session_name(str(value)))
+        except ConfigError as e:
+            self.fail(f"{_message(e)}: {e.hint}" if e.hint else _message(e), param, ctx)
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[click.shell_completion.CompletionItem]:
+        """Complete from the session files (without loading them)."""
+        from click.shell_completion import CompletionItem
+
+        try:
+            stems = sorted(p.stem for p in _sessions_dir_for_completion(ctx).glob("*.toml"))
+        except OSError:
+            return []
+        return [
+            CompletionItem(s) for s in stems if s.startswith(incomplete) and not s.startswith(".")
+        ]
+
+
+SESSION_NAME = SessionNameType()
+
+
+# --- the root group --------------------------------------------------------------------
+
+
+def _fail(ctx: click.Context, error: SwcmpError) -> NoReturn:
+    """The one place where an expected error becomes output and exit code 1."""
+    from swcmp.session import hint_for
+
+    env = ctx.find_object(CliEnv) or CliEnv()
+    name = ctx.params.get("name")
+    message = safe(_message(error))
+    hint = safe(hint_for(error, name if isinstance(name, str) else "NAME"))
+    if env.verbose:
+        click.echo(safe_lines("".join(traceback.format_exception(error)).rstrip()), err=True)
+    if env.json:
+        click.echo(render.dump_json(render.error_json(message, hint)))
+    else:
+        click.echo(f"error: {message}", err=True)
+        if hint:
+            click.echo(f"hint: {hint}", err=True)
+    ctx.exit(1)
+
+
+_TESTCA_MODULE = "swcmp.testca.cli"
+_TESTCA_HELP = "The embedded CMP test CA (for demos and tests)."
+
+
+def _testca_available() -> bool:
+    # A file test, not an import: listing commands must not import the test CA.
+    return (Path(__file__).parent.parent / "testca" / "cli.py").is_file()
+
+
+def _load_testca() -> click.Command | None:
+    import importlib
+
+    try:
+        module = importlib.import_module(_TESTCA_MODULE)
+    except ModuleNotFoundError as e:
+        if e.name and (e.name == _TESTCA_MODULE or _TESTCA_MODULE.startswith(e.name + ".")):
+            return None
+        raise
+    for attr in ("testca", "cli", "group", "main"):
+        command = getattr(module, attr, None)
+        if isinstance(command, click.Command):
+            return command
+    return None
+
+
+class _RootGroup(click.Group):
+    """``swcmp``: catches swcmp errors in one place and mounts ``testca`` lazily."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; render expected errors instead of a traceback."""
+        try:
+            return super().invoke(ctx)
+        except SwcmpError as e:
+            _fail(ctx, e)
+        except click.UsageError as e:
+            env = ctx.find_object(CliEnv)
+            if env is None or not env.json:
+                raise
+            # Machines asked for JSON: give them JSON for a bad command line too.
+            usage = e.ctx.command_path if e.ctx is not None else "swcmp"
+            hint = f"see `{usage} --help`"
+            click.echo(render.dump_json(render.error_json(e.format_message(), hint)))
+            ctx.exit(e.exit_code)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """The built-in commands, plus ``testca`` when the test CA is installed."""
+        names = list(super().list_commands(ctx))
+        if "testca" not in names and _testca_available():
+            names.append("testca")
+        return names
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """Look a command up; ``testca`` is imported only when it is used."""
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name == "testca" and _testca_available():
+            command = _load_testca()
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List the commands without importing the test CA."""
+        rows = [(name, cmd.get_short_help_str(72)) for name, cmd in sorted(self.commands.items())]
+        if "testca" not in self.commands and _testca_available():
+            rows.append(("testca", _TESTCA_HELP))
+            rows.sort()
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(
+    cls=_RootGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=(
+        "Exit codes: 0 success; 1 a check or request failed or a value was refused; "
+        "2 usage error. Shell completion: see docs/cli.md "
+        '(e.g. eval "$(_SWCMP_COMPLETE=bash_source swcmp)").'
+    ),
+)
+@click.option(
+    "--config-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Session settings directory [env SWCMP_CONFIG_DIR; default /etc/swcmp].",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="State directory: statistics, locks, transactions "
+    "[env SWCMP_STATE_DIR; default /var/lib/swcmp].",
+)
+@click.option(
+    "--swanctl-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="strongSwan credential directory with private/, x509/, x509ca/ "
+    "[env SWCMP_SWANCTL_DIR; default /etc/swanctl].",
+)
+@click.option(
+    "--vici",
+    metavar="URI",
+    envvar="SWCMP_VICI",
+    default=DEFAULT_VICI_URI,
+    show_default=True,
+    help="charon's VICI socket, or 'none' on hosts without charon (no loading into charon, "
+    "no strongswan check) [env SWCMP_VICI].",
+)
+@click.option(
+    "--json",
+    "json_",
+    is_flag=True,
+    envvar="SWCMP_JSON",
+    help="Print JSON on stdout (shapes in docs/cli.md); errors too [env SWCMP_JSON].",
+)
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    envvar="SWCMP_VERBOSE",
+    help="Log to stderr: -v progress, -vv debug; also show tracebacks of errors.",
+)
+@click.version_option(
+    __version__, "-V", "--version", prog_name="swcmp", message="%(prog)s %(version)s"
+)
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    config_dir: Path | None,
+    state_dir: Path | None,
+    swanctl_dir: Path | None,
+    vici: str,
+    json_: bool,
+    verbose: int,
+) -> None:
+    """Renew strongSwan gateway certificates over CMPv2 and hot-load them into charon.
+
+    A CMP session names one certificate to keep valid: who it is for (entity),
+    which CA issues it and how to authenticate to that CA. Create one with
+    `swcmp session create`, complete it with `swcmp session set`, prove it with
+    `swcmp session check`, get the first certificate with `swcmp request initial`
+    and turn on renewal with `swcmp session enable-auto-update`.
+    """
+    ctx.obj = CliEnv(
+        config_dir=config_dir,
+        state_dir=state_dir,
+        swanctl_dir=swanctl_dir,
+        vici=vici,
+        json=json_,
+        verbose=verbose,
+    )
+    _setup_logging(verbose)
+
+
+def json_option(f: F) -> F:
+    """``--json`` on a command, the same as the global ``swcmp --json``."""
+
+    def turn_on(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.ensure_object(CliEnv).json = True
+
+    return click.option(
+        "--json",
+        "json_",
+        is_flag=True,
+        expose_value=False,
+        callback=turn_on,
+        help="Print JSON on stdout (same as `swcmp --json`).",
+    )(f)
+
+
+def _name_argument(*, required: bool = True) -> Callable[[F], F]:
+    return click.argument("name", type=SESSION_NAME, required=required,
+                          metavar="NAME" if required else "[NAME]")
+
+
+def _refuse(message: str, hint: str) -> ConfigError:
+    return ConfigError(message).with_hint(hint)

@@ -1,0 +1,95 @@
+"""What ``swcmp status`` reports about a session, computed from its files and state.
+
+Only light modules are imported at the top: ``swcmp status`` must not load the CMP
+client or vici (tests/test_cli.py checks it).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from swcmp.errors import SwcmpError
+
+if TYPE_CHECKING:
+    from swcmp.ha import Role
+    from swcmp.paths import Paths
+    from swcmp.session import Session
+
+
+def cert_info(path: Path, now: datetime) -> dict[str, Any] | None:
+    """The certificate at ``path`` as ``status`` shows it; None when there is none."""
+    from swcmp.cmp import certs
+    from swcmp.names import format_dn
+
+    try:
+        cert = certs.load_certificate(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return {"path": str(path), "error": f"cannot read {path}: {e.strerror}"}
+    except SwcmpError as e:
+        return {"path": str(path), "error": f"{path}: {Exception.__str__(e)}"}
+    not_after = cert.not_valid_after_utc
+    return {
+        "path": str(path),
+        "subject": format_dn(cert.subject),
+        "issuer": format_dn(cert.issuer),
+        "serial": f"{cert.serial_number:x}",
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": not_after.isoformat(),
+        "days_left": max((not_after - now).days, 0),
+        "expired": now >= not_after,
+    }
+
+
+def session_status(paths: Paths, s: Session, now: datetime, role: Role | None
+                   ) -> dict[str, Any]:
+    """What ``swcmp status`` says about one session (the JSON form; the CLI renders it):
+    its state and why, its certificate, the next renewal, the last result."""
+    from swcmp.calife import status_info
+    from swcmp.cmp import certs
+    from swcmp.policy import plan
+    from swcmp.renewal import interrupted
+    from swcmp.state import StateStore
+
+    st = StateStore(paths).load(s.name)
+    cert_path = paths.cert_file(s.name)
+    info = cert_info(cert_path, now)
+    cert = None
+    if info is not None and "error" not in info:
+        cert = certs.load_certificate(cert_path.read_bytes())
+    p = plan(s, cert, st, now)
+    pending = interrupted(paths, s.name)
+    if pending is not None:
+        state = "polling" if pending == "waiting" else "in_progress"
+        reason = f"an interrupted renewal (phase {pending}) is finished by the next run"
+    elif role is not None and role.standby:
+        state, reason = "standby", role.standby_reason()
+    else:
+        state, reason = p.state, p.reason
+    last = st.last_result
+    return {
+        "session": s.name,
+        "auto_update": s.auto_update,
+        "state": state,
+        "reason": reason,
+        "certificate": info,
+        "next_renewal": p.renew_at.isoformat() if p.renew_at else None,
+        "next_attempt": st.next_attempt,
+        "failures": st.failures,
+        "last_result": (
+            {
+                "time": last.time,
+                "action": last.action,
+                "ok": last.ok,
+                "message": last.message,
+                "serial": last.serial,
+            }
+            if last is not None
+            else None
+        ),
+        "charon": st.charon,
+        "ca": status_info(s, paths, now),
+    }

@@ -1,0 +1,18 @@
+"""Fixtures shared by the unit and integration tests.
+
+The helper modules beside this file (pki, charon_net, openssl_mock, siemens_mock,
+hostile_proxy, renewal_env, scripted_charon, dertree, testpaths) are importable from
+every test: pyproject.toml puts this directory on pytest's pythonpath.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pki import TestPKI, make_pki
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
+    """A root CA, the CA's CMP signer (an RA certificate) and a gateway, per module."""
+    return make_pki(tmp_path_factory.mktemp("pki"))

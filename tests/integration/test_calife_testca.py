@@ -1,0 +1,274 @@
+"""The CA's own life through the CLI against the embedded test CA (no charon: files only).
+
+CA certificates (genm caCerts), a root rollover (``swcmp testca rollover`` at the CA, then
+``swcmp request rootca``), revocation (rr, ``--revoke-superseded``, ``session delete
+--revoke``), CRLs (genm currentCRL) and the faults a client must refuse: a caCerts
+certificate that does not chain, a newWithOld the current root did not sign, a CRL
+signed by someone else. The CA runs in this process; each gateway has its own
+directories. The charon side (both roots loaded, CRL enforced) is in
+test_e2e_calife.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from cryptography import x509
+
+from swcmp.calife import CaLife, CaLifeStore, crl_file, root_cert_files
+from swcmp.cli import cli
+from swcmp.cmp import certs
+from swcmp.errors import ConnectError
+from swcmp.store import load_trust
+from swcmp.testca.state import REVOKED
+from test_renewal_testca import MAC_SECRET, CAHolder, Site, add_session, ca_config, make_site
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> Iterator[CAHolder]:
+    holder = CAHolder(tmp_path / "ca", ca_config(validity=timedelta(hours=2)))
+    try:
+        yield holder
+    finally:
+        holder.stop()
+
+
+def run(site: Site, *args: str, code: int | None = 0) -> Result:
+    p = site.paths
+    result = CliRunner().invoke(cli, ["--config-dir", str(p.config_dir), "--state-dir",
+                                      str(p.state_dir), "--swanctl-dir", str(p.swanctl_dir),
+                                      "--vici", "none", *args], prog_name="swcmp")
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"unexpected exception {result.exception!r}\n{result.output}")
+    assert MAC_SECRET not in result.output
+    if code is not None:
+        assert result.exit_code == code, result.output
+    return result
+
+
+def run_json(site: Site, *args: str, code: int = 0) -> Any:
+    return json.loads(run(site, "--json", *args, code=code).stdout)
+
+
+def gateway(tmp_path: Path, ca: CAHolder, name: str) -> Site:
+    site = make_site(tmp_path / name)
+    add_session(site, ca.ca, name, auto_update=False)
+    return site
+
+
+def cert_of(site: Site, name: str) -> x509.Certificate:
+    return certs.load_certificate(site.paths.cert_file(name).read_bytes())
+
+
+def x509ca_bytes(site: Site) -> dict[str, bytes]:
+    d = site.paths.x509ca_dir
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())} if d.exists() else {}
+
+
+def rollover(ca: CAHolder) -> None:
+    result = CliRunner().invoke(cli, ["testca", "rollover", "--dir", str(ca.directory)],
+                                prog_name="swcmp")
+    assert result.exit_code == 0, result.output
+    assert "new root" in result.output
+
+
+# ---------------------------------------------------------------------- caCerts, rr, CRL
+
+
+def test_cacerts_revoke_and_crl(tmp_path: Path, ca: CAHolder) -> None:
+    a, b = gateway(tmp_path, ca, "gwa"), gateway(tmp_path, ca, "gwb")
+    got = run_json(a, "request", "cacerts", "gwa")
+    assert got["ok"] is True and got["changed"] is False, got  # the IR stored the CA already
+    b_serial = cert_of(b, "gwb").serial_number
+    revoked = run_json(b, "request", "revoke", "gwb", "--reason", "keyCompromise")
+    assert "keyCompromise" in revoked["message"], revoked
+    rec = ca.ca.certificate(b_serial)
+    assert rec is not None and rec.status == REVOKED and rec.reason_code == 1
+    # A fetches the CRL: B's serial is on it, signed by the CA both gateways trust.
+    crl_got = run_json(a, "request", "crl", "gwa")
+    assert crl_got["changed"] is True, crl_got
+    crl = x509.load_der_x509_crl(crl_file(a.paths, "gwa").read_bytes())
+    assert crl.is_signature_valid(ca.ca.ca_cert.public_key())  # type: ignore[arg-type]
+    entry = crl.get_revoked_certificate_by_serial_number(b_serial)
+    assert entry is not None
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == \
+        x509.ReasonFlags.key_compromise
+    assert crl.get_revoked_certificate_by_serial_number(cert_of(a, "gwa").serial_number) is None
+    text = run(a, "status", "gwa").stdout
+    assert "CRL" in text and "1 revoked" in text, text
+    # B's key update is refused by the CA now, and status says why
+    result = run(b, "request", "keyupdate", "gwb", code=None)
+    assert result.exit_code != 0 and "certRevoked" in result.output, result.output
+    status = run(b, "status", "gwb").stdout
+    assert f"serial {b_serial:x} was revoked (keyCompromise)" in status, status
+    check = run_json(b, "session", "check", "gwb", code=1)
+    item = next(c for c in check["checks"] if c["name"] == "ca-roots")
+    assert item["level"] == "fail" and "request initial" in item["fix"], item
+
+
+def test_session_delete_revoke_decommissions(tmp_path: Path, ca: CAHolder) -> None:
+    a = gateway(tmp_path, ca, "gwa")
+    serial = cert_of(a, "gwa").serial_number
+    out = run_json(a, "session", "delete", "gwa", "--revoke")
+    assert out["deleted"] is True and "cessationOfOperation" in out["revoked"], out
+    rec = ca.ca.certificate(serial)
+    assert rec is not None and rec.status == REVOKED and rec.reason_code == 5
+    assert not a.store.exists("gwa")
+
+
+def test_session_delete_revoke_keeps_the_session_when_the_ca_refuses(
+        tmp_path: Path, ca: CAHolder) -> None:
+    a = gateway(tmp_path, ca, "gwa")
+    run_json(a, "request", "revoke", "gwa")
+    result = run(a, "session", "delete", "gwa", "--revoke", code=None)
+    assert result.exit_code != 0 and "certRevoked" in result.output, result.output
+    assert a.store.exists("gwa")
+
+
+def test_revoke_superseded_after_kur_and_retry_after_a_failure(
+        tmp_path: Path, ca: CAHolder) -> None:
+    a = gateway(tmp_path, ca, "gwa")
+    run(a, "session", "set", "gwa", "--revoke-superseded")
+    old = cert_of(a, "gwa").serial_number
+    kur = run_json(a, "request", "keyupdate", "gwa", "--regenerate")
+    assert kur["ok"] is True
+    rec = ca.ca.certificate(old)
+    assert rec is not None and rec.status == REVOKED and rec.reason_code == 4  # superseded
+    assert not CaLifeStore(a.paths, "gwa").load().pending_revocations
+
+    # Now the CA is unreachable for the revocation after the next renewal: the renewal
+    # stands, the revocation waits, and a later pass does it.
+    second = cert_of(a, "gwa").serial_number
+    life = CaLife(a.paths, transport=_DeadTransport())
+    notes = life.after_renewal(a.session("gwa"), cert_of(a, "gwa"), "ffff")
+    assert any("failed" in n and "retried later" in n for n in notes), notes
+    pending = CaLifeStore(a.paths, "gwa").load().pending_revocations
+    assert [p["serial"] for p in pending] == [f"{second:x}"] and pending[0]["attempts"] == 1
+    assert cert_of(a, "gwa").serial_number == second  # nothing undone
+    later = CaLife(a.paths, clock=lambda: _in(timedelta(minutes=6)))
+    assert any("revoked" in n for n in later.retry_revocations(a.session("gwa")))
+    rec = ca.ca.certificate(second)
+    assert rec is not None and rec.status == REVOKED
+    assert not CaLifeStore(a.paths, "gwa").load().pending_revocations
+
+
+class _DeadTransport:
+    def post(self, data: bytes) -> bytes:
+        raise ConnectError("connection refused (test)", url="http://127.0.0.1:9/")
+
+
+def _in(delta: timedelta) -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC) + delta
+
+
+# ---------------------------------------------------------------------- root rollover
+
+
+def test_rollover_then_renewal_from_the_new_root(tmp_path: Path, ca: CAHolder) -> None:
+    a, b = gateway(tmp_path, ca, "gwa"), gateway(tmp_path, ca, "gwb")
+    old_root = ca.ca.ca_cert
+    assert run_json(a, "request", "rootca", "gwa")["changed"] is False  # nothing announced
+    rollover(ca)
+    got = run_json(a, "request", "rootca", "gwa")
+    assert got["changed"] is True, got
+    new_root = certs.load_certificate((ca.directory / "ca.crt").read_bytes())
+    assert new_root.subject == old_root.subject and new_root != old_root
+    roots = {certs.der_of(c) for p in root_cert_files(a.paths, "gwa")
+             for c in [certs.load_certificate(p.read_bytes())]}
+    assert roots == {certs.der_of(old_root), certs.der_of(new_root)}
+    anchors = load_trust(a.session("gwa"))
+    assert old_root in anchors and new_root in anchors
+    # asked again with the new root: no update
+    assert run_json(a, "request", "rootca", "gwa")["changed"] is False
+    # A renews: the CA issues with the new key now
+    assert run_json(a, "request", "keyupdate", "gwa", "--regenerate")["ok"] is True
+    cert_of(a, "gwa").verify_directly_issued_by(new_root)
+    # B has not renewed: its old-root certificate still chains in A's trust
+    certs.build_chain(cert_of(b, "gwb"), anchors=load_trust(a.session("gwa")),
+                      now=_in(timedelta(0)))
+    # caCerts now brings the new root (A's own certificate no longer needs the old one:
+    # the answer is taken as it is, beside the anchor file the IR made).
+    cacerts = run_json(a, "request", "cacerts", "gwa")
+    assert cacerts["ok"] is True, cacerts
+    stored = [certs.load_certificate(p.read_bytes()) for p in a.paths.ca_cert_files("gwa")]
+    assert new_root in stored
+    assert old_root in load_trust(a.session("gwa"))  # the anchor file was not rewritten
+    # B's key update (signed with its old-root certificate) is answered by the new key:
+    # B takes the rollover first, then renews.
+    assert run_json(b, "request", "rootca", "gwb")["changed"] is True
+    assert run_json(b, "request", "keyupdate", "gwb")["ok"] is True
+    cert_of(b, "gwb").verify_directly_issued_by(new_root)
+    status = run_json(a, "status", "gwa")["sessions"][0]["ca"]
+    assert status["rollover"]["state"] == "both roots trusted"
+    assert len(status["roots"]) == 2
+    text = run(a, "status", "gwa").stdout
+    assert "root rollover" in text and text.count("  root ") >= 2, text
+
+
+def test_old_root_dropped_after_it_expires(tmp_path: Path, ca: CAHolder) -> None:
+    a = gateway(tmp_path, ca, "gwa")
+    rollover(ca)
+    run_json(a, "request", "rootca", "gwa")
+    roll = CaLifeStore(a.paths, "gwa").load().rollover
+    assert roll is not None
+    from datetime import datetime
+
+    after = datetime.fromisoformat(roll["old_not_after"]) + timedelta(seconds=1)
+    life = CaLife(a.paths, clock=lambda: after)
+    msg = life.drop_expired_roots(a.session("gwa"))
+    assert msg is not None and "dropped" in msg
+    assert not Path(roll["old_file"]).exists()
+    assert roll["old_file"] not in [str(p) for p in a.session("gwa").trust]
+    assert Path(roll["new_file"]).exists()
+    assert CaLifeStore(a.paths, "gwa").load().rollover["state"] == "done"  # type: ignore[index]
+
+
+# ---------------------------------------------------------------------- faults
+
+
+def test_cacerts_that_do_not_chain_are_refused(tmp_path: Path, ca: CAHolder) -> None:
+    a = gateway(tmp_path, ca, "gwa")
+    before = x509ca_bytes(a)
+    ca.restart(ca_config(validity=timedelta(hours=2), fault="foreign-ca-cert"))
+    result = run(a, "request", "cacerts", "gwa", code=None)
+    assert result.exit_code != 0
+    assert "caCerts answer refused" in result.output and "does not chain" in result.output, \
+        result.output
+    assert "nothing was stored" in result.output
+    assert x509ca_bytes(a) == before
+    # swcmp refused it, the CA did not refuse the question: it is asked again next time
+    st = CaLifeStore(a.paths, "gwa").load()
+    assert "caCerts" not in st.unsupported and "caCerts" in st.last_error
+
+
+def test_new_with_old_that_does_not_verify_is_refused(tmp_path: Path, ca: CAHolder) -> None:
+    a = gateway(tmp_path, ca, "gwa")
+    trust = a.session("gwa").trust
+    before = x509ca_bytes(a)
+    rollover(ca)
+    ca.restart(ca_config(validity=timedelta(hours=2), fault="bad-new-with-old"))
+    result = run(a, "request", "rootca", "gwa", code=None)
+    assert result.exit_code != 0
+    assert "newWithOld is not signed by the current root" in result.output, result.output
+    assert x509ca_bytes(a) == before and a.session("gwa").trust == trust
+    assert CaLifeStore(a.paths, "gwa").load().rollover is None
+
+
+def test_crl_signed_by_someone_else_is_refused(tmp_path: Path, ca: CAHolder) -> None:
+    a = gateway(tmp_path, ca, "gwa")
+    ca.restart(ca_config(validity=timedelta(hours=2), fault="foreign-crl"))
+    result = run(a, "request", "crl", "gwa", code=None)
+    assert result.exit_code != 0
+    assert "signed by someone else" in result.output, result.output
+    assert not crl_file(a.paths, "gwa").exists()
+    assert CaLifeStore(a.paths, "gwa").load().crl is None

@@ -1,0 +1,88 @@
+"""The man page swcmp(8): up to date with the click tree, renders with man(1), and the package
+installs it."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from swcmp.cli import iter_commands
+from testpaths import REPO
+
+ROOT = REPO
+PAGE = ROOT / "man" / "swcmp.8"
+MAN = shutil.which("man")
+
+
+def gen_man() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gen_man", ROOT / "scripts" / "gen_man.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_man_page_is_up_to_date() -> None:
+    assert PAGE.read_text() == gen_man().render(), (
+        "man/swcmp.8 is out of date: run python3 scripts/gen_man.py")
+
+
+def test_check_mode_notices_a_stale_page(tmp_path: Path) -> None:
+    stale = tmp_path / "swcmp.8"
+    stale.write_text(PAGE.read_text().replace("auto\\-update", "autoupdate"))
+    module = gen_man()
+    assert module.main(["--check", "--output", str(stale)]) == 1
+    assert module.main(["--check", "--output", str(PAGE)]) == 0
+
+
+def test_every_command_and_option_is_on_the_page() -> None:
+    text = PAGE.read_text().replace("\\-", "-")
+    for path, command in iter_commands():
+        assert f'.SS "{" ".join(path)} ' in text or path == ("swcmp",), path
+        for param in command.params:
+            for opt in getattr(param, "opts", []):
+                if opt.startswith("-") and opt not in ("-h", "--help"):
+                    assert opt in text, (path, opt)
+
+
+@pytest.mark.skipif(MAN is None, reason="man is not installed (Debian man-db; scripts/test "
+                    "installs it)")
+def test_man_renders_the_page_without_warnings() -> None:
+    assert MAN is not None
+    res = subprocess.run([MAN, "--warnings", "-l", "-P", "cat", str(PAGE)],
+                         capture_output=True, text=True, timeout=60, check=False,
+                         env=dict(os.environ, MANWIDTH="100", LC_ALL="C.UTF-8"))
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "", res.stderr  # groff's warnings (bad requests, escapes) go here
+    assert res.stdout.startswith("SWCMP(8)")
+    for words in ("swcmp session enable-auto-update [OPTIONS] NAME", "EXIT STATUS",
+                  "--pid-file FILE", "swcmp status [OPTIONS] [NAME]"):
+        assert words in res.stdout, words
+
+
+def test_systemd_unit_points_to_this_page() -> None:
+    unit = (ROOT / "contrib" / "systemd" / "swcmp.service").read_text()
+    assert "Documentation=man:swcmp(8)" in unit
+    assert '.TH SWCMP 8 ' in PAGE.read_text()
+
+
+@pytest.mark.integration
+def test_the_wheel_installs_the_page(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+                          str(tmp_path), str(ROOT)], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (wheel,) = tmp_path.glob("swcmp-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        name = next(n for n in z.namelist() if n.endswith("/data/share/man/man8/swcmp.8"))
+        assert z.read(name).decode() == PAGE.read_text()
+        metadata = z.read(next(n for n in z.namelist() if n.endswith("METADATA"))).decode()
+    assert "License-Expression: MIT" in metadata.splitlines()  # SPDX form of project.license

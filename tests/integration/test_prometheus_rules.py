@@ -1,0 +1,61 @@
+"""contrib/prometheus/swcmp-rules.yml: valid for Prometheus' own promtool, its unit tests pass,
+and every swcmp metric it names is one swcmp writes."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from swcmp.metrics import _FAMILIES
+from testpaths import REPO
+
+CONTRIB = REPO / "contrib" / "prometheus"
+RULES = CONTRIB / "swcmp-rules.yml"
+RULE_TESTS = CONTRIB / "swcmp-rules.test.yml"
+PROMTOOL = shutil.which("promtool")
+
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed "
+                                    "(Debian package prometheus; scripts/test installs it)")
+
+
+def promtool(*args: str, cwd: Path = CONTRIB) -> subprocess.CompletedProcess[str]:
+    assert PROMTOOL is not None
+    return subprocess.run([PROMTOOL, *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120, check=False)
+
+
+@needs_promtool
+def test_promtool_check_rules() -> None:
+    res = promtool("check", "rules", str(RULES))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SUCCESS: 6 rules found" in res.stdout
+
+
+@needs_promtool
+def test_promtool_test_rules() -> None:
+    res = promtool("test", "rules", str(RULE_TESTS))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SUCCESS" in res.stdout
+
+
+@needs_promtool
+def test_rule_tests_can_fail(tmp_path: Path) -> None:
+    # The same tests against rules whose failing-renewals threshold is off by one: they fail.
+    shutil.copy(RULE_TESTS, tmp_path / RULE_TESTS.name)
+    broken = RULES.read_text().replace("swcmp_consecutive_failures >= 3",
+                                       "swcmp_consecutive_failures >= 4")
+    assert broken != RULES.read_text()
+    (tmp_path / RULES.name).write_text(broken)
+    res = promtool("test", "rules", RULE_TESTS.name, cwd=tmp_path)
+    assert res.returncode != 0 and "SwcmpRenewalsFailing" in res.stdout + res.stderr
+
+
+def test_rules_name_only_metrics_swcmp_writes() -> None:
+    # every swcmp_* word in the file (expressions, annotations, comments)
+    used = set(re.findall(r"\bswcmp_[a-z_]+", RULES.read_text()))
+    written = {name for name, _, _ in _FAMILIES}
+    assert used and used <= written, used - written

@@ -1,0 +1,282 @@
+"""`swcmp serve` as a real process against the embedded test CA, with certificates of seconds.
+
+The test CA runs in this process; `swcmp serve` runs as a subprocess on the same
+directories (`--vici none`: files only). Certificates live 100 s (plus the CA's
+one minute of backdating), so `expire_time 50` makes them due about 20 s after
+issue; sessions that must be due at once are enrolled with 60 s certificates
+(then already at 50 %), and the CA then issues hour-long ones, so that the
+renewed certificate is not due again during the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from swcmp.cmp import certs
+from swcmp.paths import Paths
+from swcmp.policy import JITTER_SHARE, renew_at
+from swcmp.sessionfile import SessionStore
+from swcmp.store import Journal
+from swcmp.testca.authority import BACKDATE
+from test_renewal_testca import (
+    CAHolder,
+    Site,
+    _now,
+    add_session,
+    ca_config,
+    issued,
+    make_site,
+)
+
+pytestmark = pytest.mark.integration
+
+#: Lifetime of the certificates renewed on schedule.
+SHORT = timedelta(seconds=100)
+#: A certificate with this validity is due at once under expire_time 50 (BACKDATE is 60 s).
+DUE_NOW = timedelta(seconds=60)
+#: How late after its due time a renewal may come (serve wakes at the due time, +1 s at most).
+LATE = timedelta(seconds=4)
+
+
+def swcmp_cmd(site: Site, *args: str) -> list[str]:
+    p = site.paths
+    return [sys.executable, "-m", "swcmp", "--config-dir", str(p.config_dir),
+            "--state-dir", str(p.state_dir), "--swanctl-dir", str(p.swanctl_dir),
+            "--vici", "none", *args]
+
+
+def swcmp_json(site: Site, *args: str) -> Any:
+    res = subprocess.run(swcmp_cmd(site, "--json", *args), capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return json.loads(res.stdout)
+
+
+class Serve:
+    """`swcmp -v serve` in the background, its log in a file."""
+
+    def __init__(self, site: Site, log: Path, *, verbose: str = "-v") -> None:
+        self.log_path = log
+        self._log: IO[str] = log.open("w")
+        self.proc = subprocess.Popen(swcmp_cmd(site, verbose, "serve"),
+                                     stdout=subprocess.DEVNULL, stderr=self._log)
+        self.wait_for(lambda: "swcmp serve: watching" in self.log(), 30, "start-up")
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_for(self, cond: Callable[[], bool], timeout: float, what: str) -> float:
+        """Wait for ``cond``; return the time.time() at which it was seen true."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if cond():
+                return time.time()
+            assert self.proc.poll() is None, f"serve exited {self.proc.returncode}:\n{self.log()}"
+            time.sleep(0.05)
+        raise AssertionError(f"no {what} within {timeout}s; serve log:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> Iterator[CAHolder]:
+    holder = CAHolder(tmp_path / "ca", ca_config(validity=SHORT))
+    try:
+        yield holder
+    finally:
+        holder.stop()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    return make_site(tmp_path / "gw")
+
+
+@pytest.fixture
+def serving(site: Site, tmp_path: Path) -> Iterator[list[Serve]]:
+    """Started serve processes, killed at the end whatever happened."""
+    started: list[Serve] = []
+    yield started
+    for s in started:
+        s.kill()
+
+
+def serial_of(site: Site, name: str) -> int:
+    return certs.load_certificate(site.paths.cert_file(name).read_bytes()).serial_number
+
+
+def assert_clean_exit(code: int, serve: Serve) -> str:
+    log = serve.log()
+    assert code == 0, log
+    assert "Traceback" not in log and "ERROR" not in log, log
+    assert "stopping (signal 15)" in log
+    return log
+
+
+def enroll_aside(site: Site, ca: CAHolder, name: str, *, validity: timedelta,
+                 **settings: Any) -> None:
+    """Enroll session ``name`` with certificates of ``validity``, then publish its file.
+
+    The session file is written and the IR made in a side configuration
+    directory (same swanctl and state directories), then renamed into the
+    served one, so that serve never sees the session without its certificate.
+    The CA is set back to hour-long certificates afterwards.
+    """
+    side = Site(site.root, Paths(site.root / "side-etc", site.paths.state_dir,
+                                 site.paths.swanctl_dir),
+                SessionStore(site.root / "side-etc"), site.secret_file)
+    ca.restart(ca_config(validity=validity))
+    add_session(side, ca.ca, name, **settings)
+    ca.restart(ca_config(validity=timedelta(hours=1)))
+    site.paths.sessions_dir.mkdir(parents=True, exist_ok=True)
+    os.replace(side.store.path_for(name), site.store.path_for(name))
+
+
+# ---------------------------------------------------------------------- on time
+
+
+def test_serve_renews_on_time_with_and_without_regenerate(site: Site, ca: CAHolder,
+                                                          serving: list[Serve],
+                                                          tmp_path: Path) -> None:
+    names = {"same": False, "fresh": True}  # session -> regenerate
+    before: dict[str, tuple[int, bytes, datetime]] = {}
+    for name, regen in names.items():
+        s = add_session(site, ca.ca, name, regenerate=regen, expire_time=50)
+        cert = site.cert(name)
+        due = renew_at(cert, s.expire_time, name)
+        # expire_time 50 is *remaining* validity: half of it, earlier by the jitter only
+        nb, na = cert.not_valid_before_utc, cert.not_valid_after_utc
+        nominal = na - (na - nb) / 2
+        assert nominal - (na - nb) * JITTER_SHARE <= due <= nominal
+        assert due > _now() + timedelta(seconds=5)  # not due yet when serve starts
+        before[name] = (cert.serial_number, site.key_pem(name), due)
+
+    serve = Serve(site, tmp_path / "serve.log")
+    serving.append(serve)
+    # nothing is due at start: nothing renewed
+    time.sleep(1)
+    assert all(serial_of(site, n) == before[n][0] for n in names)
+
+    seen: dict[str, datetime] = {}
+    for name in sorted(names, key=lambda n: before[n][2]):
+        # done = the new certificate is live and the commit has finished (journal gone)
+        t = serve.wait_for(lambda n=name: serial_of(site, n) != before[n][0]
+                           and Journal(site.paths, n).load() is None, 60,
+                           f"renewal of {name}")
+        seen[name] = datetime.fromtimestamp(t, tz=before[name][2].tzinfo)
+
+    for name, regen in names.items():
+        _old_serial, old_key, due = before[name]
+        cert = site.cert(name)
+        # on time: not before it was due (serve saw it after the due time; the CA issued
+        # it at notBefore + BACKDATE, to the second) and not long after
+        issued_at = cert.not_valid_before_utc + BACKDATE
+        assert issued_at >= due - timedelta(seconds=1), (name, issued_at, due)
+        assert seen[name] >= due
+        assert seen[name] <= due + LATE, (name, seen[name], due)
+        assert site.pair_ok(name)
+        assert (site.key_pem(name) != old_key) is regen
+        assert Journal(site.paths, name).load() is None
+
+    # status and stats, asked while serve still runs
+    status = {e["session"]: e for e in swcmp_json(site, "status")["sessions"]}
+    stats = {e["session"]: e["stats"] for e in swcmp_json(site, "stats")["sessions"]}
+    for name in names:
+        cert = site.cert(name)
+        st = status[name]
+        assert st["state"] == "idle" and st["failures"] == 0 and st["auto_update"]
+        assert st["certificate"]["serial"] == f"{cert.serial_number:x}"
+        assert st["last_result"]["ok"] is True and st["last_result"]["action"] == "kur"
+        assert st["last_result"]["serial"] == f"{cert.serial_number:x}"
+        assert datetime.fromisoformat(st["last_result"]["time"]) >= \
+            before[name][2] - timedelta(seconds=1)
+        assert datetime.fromisoformat(st["next_renewal"]) == \
+            renew_at(cert, site.session(name).expire_time, name)
+        assert stats[name]["kur"] == {"sent": 1, "received": 1, "failed": 0}
+        assert stats[name]["ir"] == {"sent": 1, "received": 1, "failed": 0}
+        assert stats[name]["certConf"]["sent"] == 2  # the IR's and the KUR's
+    # two IRs, two KURs, all confirmed: nothing renewed twice
+    assert sorted(r["status"] for r in issued(ca.directory).values()) == ["confirmed"] * 4
+
+    log = assert_clean_exit(serve.stop(), serve)
+    assert log.count("renewed:") == 2
+
+
+# ---------------------------------------------------------------------- reloading, stopping
+
+
+def test_serve_picks_up_new_sessions_on_sighup_and_on_its_own(site: Site, ca: CAHolder,
+                                                               serving: list[Serve],
+                                                               tmp_path: Path) -> None:
+    serve = Serve(site, tmp_path / "serve.log")  # no sessions yet: it sleeps 30 s
+    serving.append(serve)
+    time.sleep(0.5)
+
+    enroll_aside(site, ca, "hup", validity=DUE_NOW)
+    first = serial_of(site, "hup")
+    time.sleep(1.5)
+    assert serial_of(site, "hup") == first  # asleep: it has not looked yet
+    hup_at = time.time()
+    serve.proc.send_signal(signal.SIGHUP)
+    done = serve.wait_for(lambda: serial_of(site, "hup") != first
+                          and Journal(site.paths, "hup").load() is None, 10,
+                          "renewal after SIGHUP")
+    assert done - hup_at < 5
+    assert "SIGHUP: re-reading the sessions" in serve.log()
+    assert site.pair_ok("hup")
+
+    # a session file that appears without a signal is found by the periodic look (30 s)
+    enroll_aside(site, ca, "quiet", validity=DUE_NOW)
+    second = serial_of(site, "quiet")
+    serve.wait_for(lambda: serial_of(site, "quiet") != second
+                   and Journal(site.paths, "quiet").load() is None, 40,
+                   "renewal without SIGHUP")
+    assert "configuration changed" in serve.log()
+    assert site.pair_ok("quiet")
+    # the renewed certificates are hour-long: nothing else is due, nothing renewed twice
+    assert site.stats("hup")["kur"]["sent"] == 1 and site.stats("quiet")["kur"]["sent"] == 1
+    assert_clean_exit(serve.stop(), serve)
+
+
+def test_sigterm_in_the_middle_of_a_renewal_finishes_it_then_exits(
+        site: Site, ca: CAHolder, serving: list[Serve], tmp_path: Path) -> None:
+    enroll_aside(site, ca, "gw1", validity=DUE_NOW, regenerate=True)
+    old_serial, old_key = serial_of(site, "gw1"), site.key_pem("gw1")
+    ca.restart(ca_config(validity=timedelta(hours=1), delay=1.5))  # a slow CA
+    serve = Serve(site, tmp_path / "serve.log")
+    serving.append(serve)
+    j = Journal(site.paths, "gw1")
+    serve.wait_for(lambda: getattr(j.load(), "phase", None) == "sending", 20, "a KUR in flight")
+    started = time.monotonic()
+    code = serve.stop(signal.SIGTERM)
+    assert time.monotonic() - started < 10
+    assert_clean_exit(code, serve)
+    # it did not drop the transaction: the renewal was finished and committed
+    assert serial_of(site, "gw1") != old_serial and site.key_pem("gw1") != old_key
+    assert site.pair_ok("gw1") and j.load() is None
+    assert site.stats("gw1")["kur"] == {"sent": 1, "received": 1, "failed": 0}
+    st = swcmp_json(site, "status", "gw1")["sessions"][0]
+    assert st["state"] == "idle" and st["last_result"]["ok"] is True

@@ -1,0 +1,116 @@
+"""A renewal that raises something nobody foresaw: recorded as a failure, never fatal.
+
+The safety net of issue 11 point 3, for bugs that no hostile answer is known to
+trigger any more: the renewer is replaced by one that raises (a unit test; the
+attacks that used to reach this point through the network are in
+test_hostile_cli.py), and the service must log it (traceback at debug level),
+count it as a failure with backoff, leave no session ``in_progress`` and go on
+with the other sessions.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from pki import make_pki
+from renewal_env import make_gateway
+from swcmp.enroll import Outcome
+from swcmp.renewal import Renewer
+from swcmp.service import RenewalService, Server
+from swcmp.session import Session
+from swcmp.state import StateStore
+
+
+@dataclass
+class Exploding(Renewer):
+    """Raises ``error`` for session gw1; pretends to renew any other."""
+
+    error: BaseException | None = None
+
+    def renew(self, session: Session, *, regenerate: bool | None = None) -> Outcome:
+        if session.name == "gw1":
+            assert self.error is not None
+            raise self.error
+        return Outcome(session.name, "kur", True, "renewed (pretend)")
+
+
+@dataclass
+class Service(RenewalService):
+    error: BaseException | None = None
+
+    def renewer(self, s: Session) -> Renewer:
+        return Exploding(self.paths, error=self.error)
+
+
+@pytest.mark.parametrize("error", [RecursionError("maximum recursion depth exceeded"),
+                                   OverflowError("date value out of range"),
+                                   KeyError("x"), AssertionError("bug")],
+                         ids=lambda e: type(e).__name__)
+def test_an_unexpected_exception_is_a_recorded_failure(tmp_path: Path, error: BaseException,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    pki = make_pki(tmp_path / "pki")
+    gw = make_gateway(tmp_path / "gw", pki, "http://127.0.0.1:9/")
+    gw.paths.cert_file("gw2").write_bytes(gw.paths.cert_file("gw1").read_bytes())
+    gw.paths.key_file("gw2").write_bytes(gw.paths.key_file("gw1").read_bytes())
+    gw.store.create("gw2", {**gw.session.values(), "key": "gw2"})
+    svc = Service(gw.paths, error=error)
+    now = datetime.now(UTC)
+    with caplog.at_level(logging.DEBUG, logger="swcmp"):
+        reports = svc.run_pass(force=True)
+    by_name = {r.session: r for r in reports}
+    assert by_name["gw1"].result == "failed"
+    assert f"internal error during the renewal: {type(error).__name__}" in by_name["gw1"].message
+    assert by_name["gw2"].result == "renewed"  # the other session was not stopped
+    st = StateStore(gw.paths).load("gw1")
+    assert st.state == "failed" and st.failures == 1
+    retry = datetime.fromisoformat(str(st.next_attempt))
+    assert timedelta(seconds=50) < retry - now < timedelta(minutes=5)  # backoff's first step
+    assert StateStore(gw.paths).load("gw2").state == "idle"
+    # the traceback is in the debug log (what `serve -v` shows), the summary in the warning
+    assert any(r.levelno == logging.DEBUG and r.exc_info for r in caplog.records)
+    assert any(r.levelno >= logging.WARNING and "gw1: renewal failed" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_serve_outlives_a_pass_that_raises(tmp_path: Path,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    pki = make_pki(tmp_path / "pki")
+    gw = make_gateway(tmp_path / "gw", pki, "http://127.0.0.1:9/")
+    passes: list[int] = []
+
+    class Flaky(RenewalService):
+        def run_pass(self, *args: object, **kwargs: object) -> list:  # type: ignore[override]
+            passes.append(1)
+            if len(passes) == 1:
+                raise MemoryError("the first pass ran out of memory")
+            return []
+
+    server = Server(Flaky(gw.paths), rescan=0.1)
+    with caplog.at_level(logging.DEBUG, logger="swcmp"):
+        server.wake.set()
+        server.run(once_until=datetime.now(UTC) + timedelta(seconds=1.5))
+    assert "renewal pass failed unexpectedly: MemoryError" in caplog.text
+    assert len(passes) >= 2  # it went on serving
+
+
+def test_a_damaged_journal_is_a_clear_storage_error(tmp_path: Path) -> None:
+    """A journal edited by hand (or damaged) is refused by name, not a ValueError later."""
+    from swcmp.errors import StorageError
+    from swcmp.store import Journal
+
+    pki = make_pki(tmp_path / "pki")
+    gw = make_gateway(tmp_path / "gw", pki, "http://127.0.0.1:9/")
+    j = Journal(gw.paths, "gw1")
+    j.write(phase="waiting", kind="kur", transaction_id="zz-not-hex", server_nonce="00",
+            cert_req_id=0)
+    with pytest.raises(StorageError, match=r"journal .* is damaged: transaction_id") as ei:
+        j.load()
+    assert "removing it abandons" in ei.value.hint
+    (r,) = RenewalService(gw.paths).run_pass(force=True)
+    assert r.result == "failed" and "is damaged" in r.message
+    assert StateStore(gw.paths).load("gw1").state == "failed"

@@ -1,0 +1,147 @@
+"""Builders round-trip through the parser; hostile bytes give ProtocolError only."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+
+import pytest
+from cryptography import x509
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from swcmp.cmp import certs, codec, keys, oids
+from swcmp.cmp.messages import (
+    AlgorithmId,
+    CertRepContent,
+    CertRequestInfo,
+    CertResponse,
+    ErrorInfo,
+    InfoValue,
+    OldCertId,
+    PollRepEntry,
+    RevDetailsInfo,
+    RevRepInfo,
+    StatusInfo,
+)
+from swcmp.errors import ProtocolError
+from testpaths import DATA
+
+ROOT_DER = certs.der_of(certs.load_certificate((DATA / "pki" / "root.crt").read_bytes()))
+CN = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "gw1.example.net")]).public_bytes()
+
+
+def header(**kw: object) -> bytes:
+    fields: dict[str, object] = dict(
+        sender_der=CN, recipient_der=CN, transaction_id=os.urandom(16),
+        sender_nonce=os.urandom(16),
+        message_time=dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+    )
+    fields.update(kw)
+    return codec.encode_header(codec.HeaderFields(**fields))  # type: ignore[arg-type]
+
+
+def roundtrip(body: bytes, **kw: object):  # type: ignore[no-untyped-def]
+    msg = codec.assemble(header(**kw), body, b"\x01" * 32, [ROOT_DER])
+    out = codec.decode_message(msg)
+    assert out.extra_certs == (ROOT_DER,)
+    assert out.protection == b"\x01" * 32
+    return out
+
+
+def test_header_fields_roundtrip() -> None:
+    tid, nonce, rn = os.urandom(16), os.urandom(16), os.urandom(16)
+    h = header(transaction_id=tid, sender_nonce=nonce, recip_nonce=rn, sender_kid=b"ref",
+               implicit_confirm=True, protection_alg=AlgorithmId(oids.ECDSA_SHA256))
+    m = codec.decode_message(codec.assemble(h, codec.pkiconf_body(), None))
+    assert m.body_type == "pkiconf" and m.body is None
+    got = (m.header.transaction_id, m.header.sender_nonce, m.header.recip_nonce)
+    assert got == (tid, nonce, rn)
+    assert m.header.implicit_confirm and m.header.sender_kid == b"ref"
+    assert m.header.message_time == dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    assert m.header.sender_der == CN and m.header.pvno == 2
+    assert m.header.protection_alg == AlgorithmId(oids.ECDSA_SHA256)
+
+
+@pytest.mark.parametrize("key_type", ["rsa:2048", "ecdsa:p256", "ecdsa:p384", "ed25519"])
+@pytest.mark.parametrize("kind", ["ir", "cr", "kur"])
+def test_cert_request_roundtrip_with_pop(kind: str, key_type: str) -> None:
+    key = keys.generate_key(key_type)
+    alg = keys.default_signature_algorithm(key)
+    old = OldCertId(CN, 12345) if kind == "kur" else None
+    san = x509.SubjectAlternativeName([x509.DNSName("gw1.example.net")]).public_bytes()
+    spec = codec.CertReqSpec(
+        cert_req_id=0, spki_der=keys.spki_der(key), subject_der=CN,
+        extensions_der=codec.extensions_der([(oids.SUBJECT_ALT_NAME, False, san)]),
+        old_cert_id=old,
+        sign_pop=lambda d: (AlgorithmId(alg.oid, alg.params_der), keys.sign(key, alg, d)))
+    m = roundtrip(codec.cert_req_body(kind, [spec]))
+    assert m.body_type == kind
+    (req,) = m.body  # type: ignore[misc]
+    assert isinstance(req, CertRequestInfo)
+    assert req.public_key_der == keys.spki_der(key)
+    assert req.subject_der == CN and req.old_cert_id == old
+    assert req.popo_kind == "signature" and req.popo_alg is not None
+    keys.verify(keys.public_key_of(key), req.popo_alg, req.popo_signature, req.request_der)  # type: ignore[arg-type]
+
+
+def test_rep_bodies_roundtrip() -> None:
+    ok = StatusInfo(0)
+    rej = StatusInfo(2, frozenset({9, 19}), ("bad pop", "bad template"))
+    m = roundtrip(codec.cert_rep_body("kup", [CertResponse(0, ok, ROOT_DER)], [ROOT_DER]))
+    assert m.body == CertRepContent((CertResponse(0, ok, ROOT_DER),), (ROOT_DER,))
+    m = roundtrip(codec.cert_rep_body("ip", [CertResponse(0, rej, None)]))
+    assert isinstance(m.body, CertRepContent)
+    assert m.body.responses[0].status.fail_names == ("badPOP", "badCertTemplate")
+    m = roundtrip(codec.poll_rep_body([PollRepEntry(0, 7, ("busy",))]))
+    assert m.body == (PollRepEntry(0, 7, ("busy",)),)
+    m = roundtrip(codec.rp_body([ok]))
+    assert m.body == RevRepInfo((ok,))
+    m = roundtrip(codec.error_body(rej, error_code=42, details=("x",)))
+    assert m.body == ErrorInfo(rej, 42, ("x",))
+
+
+def test_req_bodies_roundtrip() -> None:
+    m = roundtrip(codec.poll_req_body([0]))
+    assert m.body == (0,)
+    m = roundtrip(codec.genm_body([InfoValue(oids.IT_CA_CERTS, None)]))
+    assert m.body == (InfoValue(oids.IT_CA_CERTS, None),)
+    seq = codec.cert_seq_der([ROOT_DER])
+    m = roundtrip(codec.genm_body([InfoValue(oids.IT_CA_CERTS, seq)], kind="genp"))
+    assert codec.parse_ca_certs(m.body[0].value_der) == (ROOT_DER,)  # type: ignore[index,union-attr]
+    m = roundtrip(codec.rr_body([(CN, 99, 4)]))
+    assert m.body == (RevDetailsInfo(CN, 99, 4),)
+    cs = (b"h" * 32, 0, StatusInfo(2, frozenset({7}), ("no",)), AlgorithmId(oids.SHA512))
+    m = roundtrip(codec.cert_conf_body([cs]), pvno=3)
+    assert m.header.pvno == 3
+    assert m.body[0].hash_alg == AlgorithmId(oids.SHA512)  # type: ignore[index,union-attr]
+
+
+def test_unsupported_version_refused() -> None:
+    msg = codec.assemble(header(pvno=1), codec.pkiconf_body(), None)
+    with pytest.raises(ProtocolError, match="pvno=1"):
+        codec.decode_message(msg)
+
+
+SAMPLES = [p.read_bytes() for p in sorted(DATA.glob("*.der"))]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(SAMPLES), st.integers(0, 10_000), st.integers(1, 255))
+def test_mutated_messages_raise_only_protocol_error(data: bytes, pos: int, xor: int) -> None:
+    b = bytearray(data)
+    b[pos % len(b)] ^= xor
+    with contextlib.suppress(ProtocolError):
+        codec.decode_message(bytes(b))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_raise_only_protocol_error(data: bytes) -> None:
+    try:
+        codec.decode_message(data)
+    except ProtocolError:
+        pass
+    else:  # random bytes are never a valid PKIMessage
+        pytest.fail("random bytes decoded as a PKIMessage")

@@ -1,0 +1,105 @@
+"""The layers of src/swcmp, as rules on who may import what (every import statement,
+also those inside functions, which is where swcmp imports lazily).
+
+- ``swcmp.cmp`` (the CMP library) imports only its own modules and third-party ones;
+- ``vici`` is imported only by ``swcmp.strongswan.vici``, and ``swcmp.strongswan``
+  only by the CLI and the service, which construct the deployers;
+- ``pyasn1`` only by ``swcmp.cmp.codec`` (``pyasn1_alt_modules`` also by
+  ``swcmp.cmp.oids``, for the OID constants);
+- the HTTP client stack (``http.client``, ``urllib.request``, ``requests``) only by
+  ``swcmp.cmp.transport``;
+- nothing below the CLI imports ``swcmp.cli``.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import swcmp
+
+SRC = Path(swcmp.__file__).parent
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = ("swcmp", *path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(root: Path = SRC) -> Iterator[tuple[str, str, int]]:
+    """(importing module, imported module, line) for every import under ``root``."""
+    for path in sorted(root.rglob("*.py")):
+        module = _module_name(path, root)
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    yield module, alias.name, node.lineno
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: resolve against the package
+                    base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    target = f"{base}.{node.module}" if node.module else base
+                else:
+                    target = node.module or ""
+                yield module, target, node.lineno
+                for alias in node.names:  # `from swcmp import cli` imports swcmp.cli
+                    if target in ("swcmp", "swcmp.cmp", "swcmp.strongswan"):
+                        yield module, f"{target}.{alias.name}", node.lineno
+
+
+def _in(name: str, *packages: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
+def violations(found: Iterator[tuple[str, str, int]]) -> list[str]:
+    bad = []
+    for module, target, line in found:
+        where = f"{module}:{line} imports {target}"
+        if _in(module, "swcmp.cmp") and _in(target, "swcmp") and not _in(target, "swcmp.cmp"):
+            bad.append(f"{where}: the CMP library imports only swcmp.cmp")
+        if _in(target, "vici") and module != "swcmp.strongswan.vici":
+            bad.append(f"{where}: only swcmp.strongswan.vici talks to vici")
+        if (_in(target, "swcmp.strongswan") and not _in(module, "swcmp.strongswan")
+                and not _in(module, "swcmp.cli", "swcmp.service")):
+            bad.append(f"{where}: only the CLI and the service construct deployers")
+        if _in(target, "pyasn1") and module != "swcmp.cmp.codec":
+            bad.append(f"{where}: pyasn1 is the codec's alone")
+        if _in(target, "pyasn1_alt_modules") and module not in ("swcmp.cmp.codec",
+                                                                 "swcmp.cmp.oids"):
+            bad.append(f"{where}: pyasn1-alt-modules only in the codec and the OIDs")
+        if (_in(target, "http.client", "urllib.request", "requests")
+                and module != "swcmp.cmp.transport"):
+            bad.append(f"{where}: HTTP only in swcmp.cmp.transport")
+        if _in(target, "swcmp.cli") and not _in(module, "swcmp.cli", "swcmp.__main__"):
+            bad.append(f"{where}: nothing below the CLI imports it")
+    return bad
+
+
+def test_the_source_tree_keeps_its_layers() -> None:
+    found = list(imports())
+    assert len(found) > 500  # the walk did see the tree
+    assert violations(iter(found)) == []
+
+
+@pytest.mark.parametrize("module, target, rule", [
+    ("swcmp.cmp.client", "swcmp.session", "the CMP library imports only swcmp.cmp"),
+    ("swcmp.session", "vici", "only swcmp.strongswan.vici talks to vici"),
+    ("swcmp.renewal", "swcmp.strongswan.deployers", "only the CLI and the service"),
+    ("swcmp.cmp.protection", "pyasn1.codec.der", "pyasn1 is the codec's alone"),
+    ("swcmp.enroll", "http.client", "HTTP only in swcmp.cmp.transport"),
+    ("swcmp.checks", "swcmp.cli.render", "nothing below the CLI imports it"),
+])
+def test_each_rule_catches_a_breach(module: str, target: str, rule: str) -> None:
+    assert any(rule in v for v in violations(iter([(module, target, 1)])))
+
+
+def test_a_lazy_import_inside_a_function_is_seen(tmp_path: Path) -> None:
+    pkg = tmp_path / "swcmp" / "cmp"
+    pkg.mkdir(parents=True)
+    (pkg / "x.py").write_text("def f():\n    from swcmp import fsutil\n")
+    found = list(imports(tmp_path / "swcmp"))
+    assert ("swcmp.cmp.x", "swcmp.fsutil", 2) in found
+    assert violations(iter(found))

@@ -1,0 +1,65 @@
+"""Audit: a response's PBMAC1 parameters are checked before any work is done.
+
+The PBKDF2 keyLength of a PBMAC1-protected answer was used as given: an
+absurd one (2**70) came out as an OverflowError traceback instead of a
+ProtectionError, and a large one (tens of millions of bytes) made the client
+grind PBKDF2 for hours before the MAC was even compared. Anyone on the path
+of an http:// CMP URL can send such an answer without knowing the secret.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from pyasn1.codec.der import encoder
+from pyasn1.type import univ
+from pyasn1_alt_modules import rfc8018
+
+from pki import TestPKI, name
+from swcmp.cmp import oids
+from swcmp.cmp.client import CMPClient
+from swcmp.cmp.messages import AlgorithmId
+from swcmp.cmp.protection import MacProtection, Protected
+from swcmp.errors import ProtectionError
+from test_client_faults import SECRET, ScriptedCA
+
+
+def pbmac1(key_length: int, *, salt: bytes = b"salt" * 4) -> AlgorithmId:
+    kdf = rfc8018.PBKDF2_params()
+    kdf["salt"]["specified"] = salt
+    kdf["iterationCount"] = 1000
+    der = encoder.encode(kdf)  # prf left at its default (hmacWithSHA1)
+    # keyLength is then the last field: append it by hand (pyasn1 would refuse
+    # absurd values, a hostile CA does not care).
+    body = der[2:] if der[1] < 0x80 else der[3:]
+    n = key_length.to_bytes((key_length.bit_length() + 8) // 8, "big")
+    body += b"\x02" + bytes([len(n)]) + n
+    kdf_der = b"\x30" + bytes([len(body)]) + body
+    params = rfc8018.PBMAC1_params()
+    params["keyDerivationFunc"]["algorithm"] = univ.ObjectIdentifier(oids.PBKDF2)
+    params["keyDerivationFunc"]["parameters"] = kdf_der
+    params["messageAuthScheme"]["algorithm"] = univ.ObjectIdentifier(oids.HMAC_WITH_SHA256)
+    return AlgorithmId(oids.PBMAC1, encoder.encode(params))
+
+
+class HostilePBMAC1(MacProtection):
+    def __init__(self, alg: AlgorithmId) -> None:
+        super().__init__(reference=b"ca", secret=SECRET)
+        self.alg = alg
+
+    def start(self) -> Protected:
+        return Protected(self.alg, b"ca", (), lambda data: b"\0" * 32)
+
+
+@pytest.mark.parametrize("key_length", [2**70, 10**9, 0x7FFFFFFF], ids=["2e70", "1e9", "2e31"])
+def test_hostile_pbmac1_key_length_is_refused_fast(pki: TestPKI, key_length: int) -> None:
+    ca = ScriptedCA(pki, pki.gw)
+    ca.mac = HostilePBMAC1(pbmac1(key_length))
+    client = CMPClient(ca, recipient=pki.root.subject, sleep=lambda s: None)
+    started = time.monotonic()
+    with pytest.raises(ProtectionError):
+        client.initial(key=pki.gw_key, subject=name("gw1.example.net"),
+                       protection=MacProtection(reference=b"ca", secret=SECRET))
+    assert time.monotonic() - started < 5
+
