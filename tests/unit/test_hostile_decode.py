@@ -250,3 +250,28 @@ def test_a_malicious_ca_never_crashes_the_client(pki: TestPKI, change: Callable[
     with contextlib.suppress(SwcmpError):  # refusing is fine, anything else is not
         client.initial(key=pki.gw_key, subject=name("gw1.example.net"),
                        protection=MacProtection(reference=b"ca", secret=SECRET))
+
+
+def test_a_name_attribute_tagged_bit_string_is_a_certificate_error() -> None:
+    # Found by the mutation test above: a commonName whose string tag became BIT STRING
+    # makes cryptography raise TypeError when the name is first read.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from swcmp.errors import CertificateError
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    dn = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test Root CA")])
+    cert = (x509.CertificateBuilder().subject_name(dn).issuer_name(dn)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(datetime(2026, 1, 1, tzinfo=UTC))
+            .not_valid_after(datetime(2027, 1, 1, tzinfo=UTC))
+            .sign(key, hashes.SHA256()))
+    der = cert.public_bytes(serialization.Encoding.DER)
+    at = der.index(b"Test Root CA") - 2
+    assert der[at] in (0x0C, 0x13)  # UTF8String or PrintableString
+    mutated = der[:at] + b"\x03" + der[at + 1:]
+    with pytest.raises(CertificateError, match=r"not a readable X\.509 certificate"):
+        certs.load_certificate(mutated)

@@ -30,8 +30,9 @@ MAX_SIGNATURE_CHECKS = 64
 
 
 #: What cryptography raises for a malformed certificate, at load time or when a
-#: lazily parsed part is first read (an unknown string tag in a name: KeyError).
-_MALFORMED = (ValueError, KeyError, x509.InvalidVersion, x509.DuplicateExtension,
+#: lazily parsed part is first read (an unknown string tag in a name: KeyError; a BIT
+#: STRING value for an attribute other than x500UniqueIdentifier: TypeError).
+_MALFORMED = (ValueError, KeyError, TypeError, x509.InvalidVersion, x509.DuplicateExtension,
               x509.UnsupportedGeneralNameType)
 
 
