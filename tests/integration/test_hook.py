@@ -12,7 +12,7 @@ from pki import make_pki
 from renewal_env import make_gateway
 from swcmp import fsutil
 from swcmp.deploy import DeployResult
-from swcmp.service import charon_start
+from swcmp.start_hook import charon_start
 
 
 @pytest.fixture

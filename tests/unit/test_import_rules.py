@@ -3,7 +3,7 @@ also those inside functions, which is where swcmp imports lazily).
 
 - ``swcmp.cmp`` (the CMP library) imports only its own modules and third-party ones;
 - ``vici`` is imported only by ``swcmp.strongswan.vici``, and ``swcmp.strongswan``
-  only by the CLI and the service, which construct the deployers;
+  only by the CLI, the service and the start hook, which construct the deployers;
 - ``pyasn1`` only by ``swcmp.cmp.codec`` (``pyasn1_alt_modules`` also by
   ``swcmp.cmp.oids``, for the OID constants);
 - the HTTP client stack (``http.client``, ``urllib.request``, ``requests``) only by
@@ -63,7 +63,7 @@ def violations(found: Iterator[tuple[str, str, int]]) -> list[str]:
         if _in(target, "vici") and module != "swcmp.strongswan.vici":
             bad.append(f"{where}: only swcmp.strongswan.vici talks to vici")
         if (_in(target, "swcmp.strongswan") and not _in(module, "swcmp.strongswan")
-                and not _in(module, "swcmp.cli", "swcmp.service")):
+                and not _in(module, "swcmp.cli", "swcmp.service", "swcmp.start_hook")):
             bad.append(f"{where}: only the CLI and the service construct deployers")
         if _in(target, "pyasn1") and module != "swcmp.cmp.codec":
             bad.append(f"{where}: pyasn1 is the codec's alone")

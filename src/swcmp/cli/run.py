@@ -121,7 +121,7 @@ def hook_charon_start() -> None:
     Run from charon's start-scripts. Renewals that were confirmed but not yet
     committed when the node went down are finished first, without asking the CA.
     """
-    from swcmp.service import charon_start
+    from swcmp.start_hook import charon_start
 
     env = _env()
     if not env.charon:
