@@ -7,18 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from swcmp.calife import (
-    CA_CERTS,
-    CHECK_EVERY,
-    CURRENT_CRL,
-    ROOT_UPDATE,
-    UNSUPPORTED_RETRY,
-    CaLifeState,
-    CaLifeStore,
-    reason_code,
-    reason_name,
-    status_rows,
-)
+from swcmp.calife import CaLifeState, CaLifeStore, reason_code, reason_name, status_rows
+from swcmp.calife.state import CA_CERTS, CHECK_EVERY, CURRENT_CRL, ROOT_UPDATE, UNSUPPORTED_RETRY
 from swcmp.errors import ConfigError
 from swcmp.paths import Paths
 

@@ -1,0 +1,171 @@
+"""CRLs (genm currentCRL): fetched when due, checked, stored and loaded."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+
+from swcmp.calife.base import _Base
+from swcmp.calife.state import (
+    CRL_DEFAULT_REFRESH,
+    CRL_MIN_REFRESH,
+    CURRENT_CRL,
+    CaLifeState,
+    CaLifeStore,
+    Result,
+    _current_cert,
+    _iso,
+    _read_certs,
+    _time,
+    fingerprint,
+)
+from swcmp.cmp import certs
+from swcmp.cmp.text import safe
+from swcmp.errors import (
+    CertificateError,
+)
+from swcmp.session import Session
+from swcmp.store import (
+    crl_file,
+    root_cert_files,
+    write_crl,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Crls(_Base):
+    """CRLs (genm currentCRL): fetched when due, checked, stored and loaded."""
+
+    # ---------------------------------------------------------------- CRL
+
+    def crl_due(self, session: Session, st: CaLifeState | None = None) -> bool:
+        st = st or CaLifeStore(self.paths, session.name).load()
+        now = self.clock()
+        if st.is_unsupported(CURRENT_CRL, now):
+            return False
+        nxt = _time((st.crl or {}).get("refresh_at"))
+        return nxt is None or now >= nxt or not crl_file(self.paths, session.name).exists()
+
+    def refresh_crl(self, session: Session) -> Result:
+        """genm currentCRL; store and load a CRL signed by the session's issuer.
+
+        Raises:
+            CaLifeError: the CRL is signed by someone else or older than the cached one.
+        """
+        crl = self._ask(session, CURRENT_CRL,
+                        lambda c: c.current_crl(protection=self._protection(session)))
+        if crl is None:
+            with CaLifeStore(self.paths, session.name).update() as st:
+                st.unsupported[CURRENT_CRL] = {"since": _iso(self.clock()),
+                                               "error": "the CA sent no CRL"}
+            return Result(session.name, "crl", False, "the CA sent no CRL")
+        issuer = self._crl_signer(session, crl)
+        st = CaLifeStore(self.paths, session.name).load()
+        cached = st.crl or {}
+        now = self.clock()
+        this_update = crl.last_update_utc
+        old_this = _time(cached.get("this_update"))
+        if old_this is not None and this_update < old_this and crl_file(
+                self.paths, session.name).exists():
+            raise self._refused(session, CURRENT_CRL,
+                                f"CRL refused: issued {this_update:%Y-%m-%d %H:%M:%S}Z, older "
+                                f"than the cached one ({old_this:%Y-%m-%d %H:%M:%S}Z): a "
+                                "replay?")
+        if this_update > now + timedelta(minutes=10):
+            raise self._refused(session, CURRENT_CRL,
+                                f"CRL refused: issued in the future "
+                                f"({this_update:%Y-%m-%d %H:%M:%S}Z; check the clocks)")
+        number = _crl_number(crl)
+        nxt = crl.next_update_utc
+        if nxt is not None and nxt < now:
+            log.warning("%s: the CA's CRL is past its nextUpdate (%s); stored anyway",
+                        session.name, f"{nxt:%Y-%m-%d %H:%M:%S}Z")
+        refresh = max(nxt or (now + CRL_DEFAULT_REFRESH), now + CRL_MIN_REFRESH)
+        der = crl.public_bytes(serialization.Encoding.DER)
+        path = write_crl(self.paths, session.name, der)
+        with CaLifeStore(self.paths, session.name).update() as st2:
+            st2.crl = {"file": str(path), "issuer": crl.issuer.rfc4514_string(),
+                       "this_update": _iso(this_update),
+                       "next_update": _iso(nxt) if nxt else None,
+                       "number": number, "entries": len(crl), "refresh_at": _iso(refresh),
+                       "signer": fingerprint(issuer)}
+        charon = self._load_into_charon([], [der])
+        msg = (f"CRL of '{safe(crl.issuer.rfc4514_string())}' stored ({len(crl)} revoked, "
+               f"issued {this_update:%Y-%m-%d %H:%M:%S}Z"
+               + (f", next update {nxt:%Y-%m-%d %H:%M:%S}Z" if nxt else "") + ")")
+        log.info("%s: %s", session.name, msg)
+        return Result(session.name, "crl", True, msg, files=(path,), charon=charon)
+
+    def _crl_signer(self, session: Session, crl: x509.CertificateRevocationList
+                    ) -> x509.Certificate:
+        """The CA certificate of the session that signed ``crl``: its certificate's issuer."""
+        from swcmp.store import session_ca_certs
+
+        anchors = self.anchors(session)
+        pool = [*session_ca_certs(session, self.paths), *anchors,
+                *_read_certs(root_cert_files(self.paths, session.name))]
+        cert = _current_cert(self.paths, session.name)
+        if cert is not None and crl.issuer != cert.issuer:
+            raise self._refused(session, CURRENT_CRL,
+                                f"CRL refused: its issuer '{safe(crl.issuer.rfc4514_string())}'"
+                                " is not the issuer of the session's certificate "
+                                f"'{safe(cert.issuer.rfc4514_string())}'")
+        for c in certs.unique_candidates(pool):
+            if c.subject != crl.issuer:
+                continue
+            try:
+                ok = crl.is_signature_valid(c.public_key())  # type: ignore[arg-type]
+            except (TypeError, ValueError, UnsupportedAlgorithm):
+                ok = False
+            if not ok:
+                continue
+            ku = _key_usage(c)
+            if ku is not None and not ku.crl_sign:
+                raise self._refused(session, CURRENT_CRL,
+                                    f"CRL refused: its signer {certs.describe(c)} may not sign "
+                                    "CRLs (keyUsage without cRLSign)")
+            if c not in anchors:
+                try:
+                    certs.build_chain(c, anchors=anchors, untrusted=pool, now=self.clock())
+                except CertificateError as e:
+                    raise self._refused(session, CURRENT_CRL, f"CRL refused: {e}") from e
+            return c
+        raise self._refused(session, CURRENT_CRL,
+                            f"CRL refused: its signature does not verify with any CA "
+                            f"certificate named '{safe(crl.issuer.rfc4514_string())}' that "
+                            "the session holds (signed by someone else)")
+
+
+def _key_usage(cert: x509.Certificate) -> x509.KeyUsage | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _check_signature(cert: x509.Certificate, issuer: x509.Certificate) -> bool | None:
+    """Whether ``issuer``'s key signed ``cert``: True, False, or None when it cannot tell
+    (a key or signature type this cryptography does not support)."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except UnsupportedAlgorithm:
+        return None
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    return _check_signature(cert, issuer) is True
+
+
+def _crl_number(crl: x509.CertificateRevocationList) -> int | None:
+    try:
+        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except x509.ExtensionNotFound:
+        return None

@@ -1,0 +1,124 @@
+"""The CA-life steps of a session put together, and when they run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from cryptography import x509
+
+from swcmp.calife.cacerts import CaCerts
+from swcmp.calife.crl import Crls
+from swcmp.calife.revocation import Revocation
+from swcmp.calife.roots import RootUpdate
+from swcmp.calife.state import (
+    CA_CERTS,
+    CHECK_EVERY,
+    CURRENT_CRL,
+    ROOT_UPDATE,
+    UNSUPPORTED_RETRY,
+    CaLifeStore,
+    _current_cert,
+    _time,
+    reason_code,
+)
+from swcmp.errors import (
+    SwcmpError,
+    TransportError,
+)
+from swcmp.session import Session
+from swcmp.sessionfile import SessionStore
+
+log = logging.getLogger(__name__)
+
+
+class CaLife(CaCerts, RootUpdate, Revocation, Crls):
+    """The CA-life steps for sessions under ``paths`` (see :class:`~swcmp.calife.base._Base`
+    for the arguments)."""
+
+    # ---------------------------------------------------------------- the rhythm
+
+    def after_renewal(self, session: Session, old_cert: x509.Certificate | None,
+                      new_serial: str | None) -> list[str]:
+        """What follows a committed renewal: revoke the superseded certificate (if the
+        session says so) and refresh the CA certificates. Failures are reported, and
+        never undo the renewal."""
+        notes: list[str] = []
+        if (session.revoke_superseded and old_cert is not None and new_serial is not None
+                and f"{old_cert.serial_number:x}" != new_serial):
+            self.queue_revocation(session, old_cert.serial_number, reason_code("superseded"))
+            try:
+                notes += self.retry_revocations(session)
+            except SwcmpError as e:  # never let this end the renewal's report
+                notes.append(f"revocation of the superseded certificate failed: {e}")
+        if not CaLifeStore(self.paths, session.name).load().is_unsupported(
+                CA_CERTS, self.clock()):
+            try:
+                notes.append(self.refresh_ca_certs(session).message)
+            except SwcmpError as e:
+                log.warning("%s: CA certificates not refreshed: %s", session.name, e)
+                notes.append(f"CA certificates not refreshed: {e}")
+        return notes
+
+    def maintain(self, session: Session) -> list[str]:
+        """serve's pass over one session: old roots, retries, and what is due."""
+        notes: list[str] = []
+        if _current_cert(self.paths, session.name) is None:
+            return notes
+        steps: list[tuple[str, Callable[[], Any]]] = []
+        st = CaLifeStore(self.paths, session.name).load()
+        now = self.clock()
+        # each step sees the session as the steps before left it (late binding of `session`)
+        steps.append(("old roots", lambda: self.drop_expired_roots(session)))
+        if st.pending_revocations:
+            steps.append(("revocations", lambda: self.retry_revocations(session)))
+        if st.due(ROOT_UPDATE, now):
+            steps.append(("root CA update", lambda: self.update_root(session).message))
+        if st.due(CA_CERTS, now):
+            steps.append(("CA certificates", lambda: self.refresh_ca_certs(session).message))
+        if self.crl_due(session, st):
+            steps.append(("CRL", lambda: self.refresh_crl(session).message))
+        for what, step in steps:
+            try:
+                out = step()
+                if what == "root CA update":  # it may have added trust anchors
+                    session = SessionStore(self.paths.config_dir).load(session.name)
+            except SwcmpError as e:
+                log.warning("%s: %s: %s", session.name, what, e)
+                notes.append(f"{what}: {e}")
+                if isinstance(e, TransportError):
+                    break  # a CA that cannot be reached is not asked the next question
+                continue
+            if isinstance(out, list):
+                notes.extend(out)
+            elif out:
+                notes.append(str(out))
+        return notes
+
+    def next_due(self, session: Session) -> datetime | None:
+        """When :meth:`maintain` has something to do for ``session`` next."""
+        if _current_cert(self.paths, session.name) is None:
+            return None
+        st = CaLifeStore(self.paths, session.name).load()
+        times: list[datetime] = []
+        for q in (ROOT_UPDATE, CA_CERTS):
+            since = _time(st.unsupported.get(q, {}).get("since"))
+            if since is not None and st.is_unsupported(q, self.clock()):
+                times.append(since + UNSUPPORTED_RETRY)
+                continue
+            last = _time(st.checked.get(q))
+            times.append(last + CHECK_EVERY if last else self.clock())
+        refresh = _time((st.crl or {}).get("refresh_at"))
+        since = _time(st.unsupported.get(CURRENT_CRL, {}).get("since"))
+        if since is not None and st.is_unsupported(CURRENT_CRL, self.clock()):
+            times.append(since + UNSUPPORTED_RETRY)
+        else:
+            times.append(refresh or self.clock())
+        times += [t for p in st.pending_revocations if (t := _time(p.get("next_try")))]
+        if st.rollover and st.rollover.get("state") != "done":
+            t = _time(st.rollover.get("old_not_after"))
+            if t is not None:
+                times.append(t)
+        return min(times) if times else None

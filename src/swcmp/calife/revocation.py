@@ -1,0 +1,159 @@
+"""Revocation (rr, RFC 9483 4.2), now or queued and retried."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from cryptography import x509
+
+from swcmp.calife.base import _Base
+from swcmp.calife.state import (
+    REVOKE_RETRY_CAP,
+    REVOKE_RETRY_START,
+    REVOKED_KEEP,
+    CaLifeStore,
+    Result,
+    _current_cert,
+    _iso,
+    _time,
+    reason_name,
+)
+from swcmp.cmp import certs, keys
+from swcmp.errors import (
+    CMPErrorResponse,
+    ConfigError,
+    SwcmpError,
+)
+from swcmp.session import Session
+
+log = logging.getLogger(__name__)
+
+
+class Revocation(_Base):
+    """Revocation (rr, RFC 9483 4.2), now or queued and retried."""
+
+    # ---------------------------------------------------------------- revocation
+
+    def _archived(self, session: Session, serial: int
+                  ) -> tuple[x509.Certificate, keys.SigningKey] | None:
+        """A certificate of this session with ``serial`` and its key: live or archived."""
+        from swcmp.store import Journal, load_session_key
+
+        cert = _current_cert(self.paths, session.name)
+        if cert is not None and cert.serial_number == serial:
+            key = load_session_key(session, self.paths)
+            return (cert, key) if key is not None else None
+        archive = Journal(self.paths, session.name).archive
+        for p in sorted(archive.glob(f"*-{serial:x}.crt")) if archive.exists() else []:
+            k = p.with_suffix(".key")
+            try:
+                c = certs.load_certificate(p.read_bytes())
+                key = keys.load_private_key(k.read_bytes())
+            except (OSError, SwcmpError) as e:
+                log.warning("%s: archived %s unusable: %s", session.name, p, e)
+                continue
+            if c.serial_number == serial and certs.spki_of(c) == keys.spki_der(key):
+                return c, key
+        return None
+
+    def revoke(self, session: Session, *, serial: int | None = None,
+               reason: int = 0) -> Result:
+        """rr for the current certificate (or ``serial``, live or archived), signed with it.
+
+        Raises:
+            ConfigError: no such certificate (or no key for it) in storage.
+            SwcmpError: the CA refused (CMPErrorResponse names why) or the exchange failed.
+        """
+        from swcmp.cmp.protection import SignatureProtection
+        from swcmp.enroll import request_chain
+
+        cur = _current_cert(self.paths, session.name)
+        if serial is None:
+            if cur is None:
+                raise ConfigError(f"session {session.name} has no certificate to revoke")
+            serial = cur.serial_number
+        found = self._archived(session, serial)
+        if found is None:
+            raise ConfigError(f"session {session.name} holds no certificate with serial "
+                              f"{serial:x} (with its key)").with_hint(
+                f"see `swcmp status {session.name}` for the current serial; the archive in "
+                "the state directory keeps the last replaced ones")
+        cert, key = found
+        prot = SignatureProtection(key=key, cert=cert,
+                                   chain=request_chain(session, self.paths, cert, []))
+        self._ask(session, "rr", lambda c: c.revoke(cert=cert, protection=prot, reason=reason),
+                  remember=False)
+        now = self.clock()
+        current = cur is not None and cur.serial_number == serial
+        with CaLifeStore(self.paths, session.name).update() as st:
+            st.revoked = [{"serial": f"{serial:x}", "reason": reason_name(reason),
+                           "time": _iso(now), "current": current}, *st.revoked][:REVOKED_KEEP]
+            st.pending_revocations = [p for p in st.pending_revocations
+                                      if p.get("serial") != f"{serial:x}"]
+        msg = f"certificate {certs.describe(cert)} revoked (reason {reason_name(reason)})"
+        if current:
+            msg += ("; it is the session's current certificate: a key update with it will be "
+                    f"refused, enroll again with `swcmp request initial {session.name}`")
+        log.warning("%s: %s", session.name, msg)
+        return Result(session.name, "revoke", True, msg)
+
+    def queue_revocation(self, session: Session, serial: int, reason: int) -> None:
+        with CaLifeStore(self.paths, session.name).update() as st:
+            if not any(p.get("serial") == f"{serial:x}" for p in st.pending_revocations):
+                st.pending_revocations.append({"serial": f"{serial:x}", "reason": reason,
+                                               "attempts": 0, "next_try": _iso(self.clock())})
+
+    def retry_revocations(self, session: Session) -> list[str]:
+        """Try the pending revocations that are due; return what happened, in words."""
+        notes: list[str] = []
+        store = CaLifeStore(self.paths, session.name)
+        now = self.clock()
+        for p in list(store.load().pending_revocations):
+            nxt = _time(p.get("next_try"))
+            if nxt is not None and now < nxt:
+                continue
+            try:
+                serial = int(str(p.get("serial")), 16)
+                reason = int(p.get("reason", 0))
+            except ValueError:
+                serial, reason = -1, 0
+            found = self._archived(session, serial) if serial >= 0 else None
+            if found is None or found[0].not_valid_after_utc <= now:
+                self._drop_pending(session, p, "the certificate is gone or expired")
+                notes.append(f"revocation of serial {p.get('serial')} abandoned: the "
+                             "certificate is no longer stored or has expired")
+                continue
+            try:
+                self.revoke(session, serial=serial, reason=reason)
+                notes.append(f"serial {serial:x} revoked ({reason_name(reason)})")
+            except CMPErrorResponse as e:
+                if "certRevoked" in e.fail_info:
+                    self._drop_pending(session, p, "already revoked")
+                    notes.append(f"serial {serial:x} was already revoked")
+                    continue
+                notes.append(self._postpone(session, p, e))
+            except SwcmpError as e:
+                notes.append(self._postpone(session, p, e))
+        return notes
+
+    def _drop_pending(self, session: Session, p: dict[str, Any], why: str) -> None:
+        with CaLifeStore(self.paths, session.name).update() as st:
+            st.pending_revocations = [q for q in st.pending_revocations
+                                      if q.get("serial") != p.get("serial")]
+        log.info("%s: revocation of serial %s dropped: %s", session.name, p.get("serial"), why)
+
+    def _postpone(self, session: Session, p: dict[str, Any], e: SwcmpError) -> str:
+        now = self.clock()
+        with CaLifeStore(self.paths, session.name).update() as st:
+            for q in st.pending_revocations:
+                if q.get("serial") == p.get("serial"):
+                    attempts = int(q.get("attempts", 0)) + 1
+                    delay = min(REVOKE_RETRY_START * 2 ** min(attempts - 1, 20),
+                                REVOKE_RETRY_CAP)
+                    q.update(attempts=attempts, next_try=_iso(now + delay),
+                             last_error=str(e)[:300])
+        msg = (f"revocation of the superseded certificate serial {p.get('serial')} failed: "
+               f"{e}; retried later (the renewed certificate is in use regardless)")
+        log.warning("%s: %s", session.name, msg)
+        return msg

@@ -1,0 +1,223 @@
+"""What a session remembers of its CA's life (``calife.json``), and the small pieces
+the CA-life steps share."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from swcmp import fsutil
+from swcmp.cmp import certs
+from swcmp.errors import (
+    ConfigError,
+    SwcmpError,
+)
+from swcmp.names import validate_session_name
+from swcmp.paths import Paths
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "calife.json"
+#: How often serve asks for CA certificates and a root CA update (cert-enroll's habit).
+CHECK_EVERY = timedelta(days=7)
+#: A question the CA answered with an error is not asked again for this long.
+UNSUPPORTED_RETRY = timedelta(days=30)
+#: A CRL without nextUpdate is fetched again after this long.
+CRL_DEFAULT_REFRESH = timedelta(days=1)
+#: ...and never sooner than this after a fetch (a CRL already past its nextUpdate).
+CRL_MIN_REFRESH = timedelta(hours=1)
+#: A failed revocation is retried after this, doubling up to REVOKE_RETRY_CAP.
+REVOKE_RETRY_START = timedelta(minutes=5)
+REVOKE_RETRY_CAP = timedelta(days=1)
+#: Revocations remembered for status.
+REVOKED_KEEP = 8
+#: The questions, as named in the state file and in messages.
+CA_CERTS, ROOT_UPDATE, CURRENT_CRL = "caCerts", "rootCaCert", "currentCRL"
+
+
+class CaLifeError(SwcmpError):
+    """An answer about the CA's certificates, root or CRL was refused; nothing was stored."""
+
+
+def reason_code(name: str) -> int:
+    """The CRLReason code of ``name`` (``superseded``, ``keyCompromise``...; any case)."""
+    from swcmp.cmp.codec import CRL_REASONS
+
+    for known, code in CRL_REASONS.items():
+        if known.lower() == name.strip().lower():
+            return code
+    raise ConfigError(f"unknown revocation reason {name!r}").with_hint(
+        "use one of: " + ", ".join(CRL_REASONS))
+
+
+def reason_name(code: int) -> str:
+    from swcmp.cmp.codec import CRL_REASONS
+
+    return next((n for n, c in CRL_REASONS.items() if c == code), str(code))
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class CaLifeState:
+    """What a session remembers about its CA (``calife.json``).
+
+    Attributes:
+        checked: per question (caCerts, rootCaCert, currentCRL), when it was last answered.
+        unsupported: per question, when the CA answered it with an error, and the error.
+        rollover: the root CA rollover in progress: old/new fingerprint, subject and
+            notAfter, the time it was taken; None when there is none.
+        pending_revocations: revocations to retry: serial (hex), reason code, attempts,
+            next try, last error.
+        revoked: the last revocations done: serial, reason name, time, whether it was the
+            session's current certificate.
+        crl: the cached CRL: file, issuer, thisUpdate, nextUpdate, CRL number, entries.
+        last_error: per question, the last failure (for status).
+    """
+
+    checked: dict[str, str] = field(default_factory=dict)
+    unsupported: dict[str, dict[str, str]] = field(default_factory=dict)
+    rollover: dict[str, str] | None = None
+    pending_revocations: list[dict[str, Any]] = field(default_factory=list)
+    revoked: list[dict[str, Any]] = field(default_factory=list)
+    crl: dict[str, Any] | None = None
+    last_error: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CaLifeState:
+        st = cls()
+        for name in ("checked", "last_error"):
+            v = data.get(name)
+            if isinstance(v, dict):
+                setattr(st, name, {str(k): str(x) for k, x in v.items()
+                                   if isinstance(x, str)})
+        v = data.get("unsupported")
+        if isinstance(v, dict):
+            st.unsupported = {str(k): {"since": str(x.get("since", "")),
+                                       "error": str(x.get("error", ""))}
+                              for k, x in v.items() if isinstance(x, dict)}
+        v = data.get("rollover")
+        if isinstance(v, dict):
+            st.rollover = {str(k): str(x) for k, x in v.items()}
+        for name in ("pending_revocations", "revoked"):
+            v = data.get(name)
+            if isinstance(v, list):
+                setattr(st, name, [dict(x) for x in v if isinstance(x, dict)][:64])
+        v = data.get("crl")
+        if isinstance(v, dict):
+            st.crl = dict(v)
+        return st
+
+    def is_unsupported(self, question: str, now: datetime) -> bool:
+        since = _time(self.unsupported.get(question, {}).get("since"))
+        return since is not None and now < since + UNSUPPORTED_RETRY
+
+    def due(self, question: str, now: datetime) -> bool:
+        """Whether serve should ask ``question`` now (weekly, not if recently refused)."""
+        if self.is_unsupported(question, now):
+            return False
+        last = _time(self.checked.get(question))
+        return last is None or now >= last + CHECK_EVERY
+
+
+class CaLifeStore:
+    """Reads and writes a session's ``calife.json`` under its own lock."""
+
+    def __init__(self, paths: Paths, name: str) -> None:
+        self.paths = paths
+        self.name = validate_session_name(name)
+        self.path = paths.session_state_dir(name) / STATE_FILE
+
+    def load(self) -> CaLifeState:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return CaLifeState()
+        except (OSError, ValueError) as e:
+            log.warning("%s: %s is unreadable (%s): starting afresh (CA certificates, root "
+                        "and CRL are asked for again)", self.name, self.path, e)
+            return CaLifeState()
+        return CaLifeState.from_json(data) if isinstance(data, dict) else CaLifeState()
+
+    @contextmanager
+    def update(self) -> Iterator[CaLifeState]:
+        fsutil.ensure_dir(self.paths.lock_dir, mode=0o700)
+        with fsutil.exclusive_lock(self.paths.lock_dir, f"{self.name}.calife",
+                                   what=f"CA state of {self.name}"):
+            st = self.load()
+            yield st
+            fsutil.ensure_dir(self.path.parent, mode=0o700)
+            fsutil.atomic_write(self.path, json.dumps(asdict(st), indent=1,
+                                                      sort_keys=True).encode() + b"\n",
+                                mode=0o600)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _read_certs(files: Sequence[Path]) -> list[x509.Certificate]:
+    out: list[x509.Certificate] = []
+    for p in files:
+        try:
+            out.extend(certs.load_certificates(p.read_bytes()))
+        except (OSError, SwcmpError) as e:
+            log.warning("ignoring %s: %s", p, e)
+    return out
+
+
+def _current_cert(paths: Paths, name: str) -> x509.Certificate | None:
+    try:
+        return certs.load_certificate(paths.cert_file(name).read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, SwcmpError) as e:
+        log.warning("%s: cannot read its certificate: %s", name, e)
+        return None
+
+
+# --------------------------------------------------------------------------- talking
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one CA-life step did, for the CLI and the log."""
+
+    session: str
+    action: str  # cacerts, rootca, revoke, crl
+    changed: bool
+    message: str
+    files: tuple[Path, ...] = ()
+    charon: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {"session": self.session, "action": self.action, "ok": True,
+                "changed": self.changed, "message": self.message,
+                "files": [str(p) for p in self.files], "charon": self.charon}
