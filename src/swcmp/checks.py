@@ -34,16 +34,15 @@ import os
 import shlex
 import stat
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from swcmp.checkresult import FAIL, LEVELS, OK, WARN, CheckResult
 from swcmp.cmp import certs, keys
 from swcmp.errors import CertificateError, ConfigError, SwcmpError
 from swcmp.names import common_name, format_dn
@@ -63,41 +62,6 @@ __all__ = [
     "run_checks",
     "warnings",
 ]
-
-Level = Literal["ok", "warn", "fail"]
-OK: Level = "ok"
-WARN: Level = "warn"
-FAIL: Level = "fail"
-#: The levels, least severe first.
-LEVELS: tuple[Level, ...] = (OK, WARN, FAIL)
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """The outcome of one check.
-
-    Attributes:
-        name: a stable identifier such as ``entity`` or ``auth-cert-chain``.
-        level: ``ok`` (passed), ``warn`` (a problem that does not block
-            auto-update, e.g. charon is not running now) or ``fail`` (blocks it).
-        detail: what was found, for people (never secret material).
-        fix: what to run to fix it; empty when the level is ``ok``.
-    """
-
-    name: str
-    level: Level
-    detail: str
-    fix: str = ""
-
-    def __post_init__(self) -> None:
-        if self.level not in LEVELS:
-            raise ValueError(f"check level must be one of {LEVELS}, not {self.level!r}")
-
-    @property
-    def ok(self) -> bool:
-        """Whether this result lets auto-update be enabled (``ok`` or ``warn``)."""
-        return self.level != FAIL
-
 
 # An extra check gets the same inputs as the built-in ones. It may raise a
 # SwcmpError, which becomes a failed result named after the check.
@@ -584,9 +548,14 @@ def check_setting_files(session: Session, changed: Sequence[str], paths: Paths) 
                 if name == "tls_client_key" and mode & 0o077:
                     raise _refused(f"{option} {path}: mode {mode:04o} lets others read the key",
                                   f"chmod 600 {path}")
-            elif name == "pin_file" and path.stat().st_mode & 0o077:
-                raise _refused(f"{option} {path}: mode {path.stat().st_mode & 0o777:04o} lets "
-                               "others read the PIN", f"chmod 600 {path}")
+            elif name == "pin_file":
+                # the rules of use (0600, no symlink, not empty), applied when it is set
+                from swcmp.pkcs11 import read_pin
+
+                try:
+                    read_pin(path, session=session.name)
+                except ConfigError as e:
+                    raise _refused(f"{option} {path}: {Exception.__str__(e)}", e.hint) from None
             del data  # a secret file's content is never kept or shown
 
     if "auth_cert" not in changed and "auth_key" not in changed:

@@ -112,3 +112,11 @@ class LockHeldError(StorageError):
         self.holder_pid = holder_pid
         if hint:
             self.hint = hint
+
+
+class RenewalError(SwcmpError):
+    """A renewal failed; the live pair is unchanged (or was restored)."""
+
+
+class NeedsInitialRequest(RenewalError):
+    """The certificate is missing or expired: a key update cannot work."""

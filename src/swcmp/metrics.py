@@ -72,7 +72,7 @@ def failure_key(e: BaseException) -> str:
     config, other); ``fail_info`` the CA's failInfo names, comma-separated.
     """
     from swcmp.deploy import DeployError
-    from swcmp.renewal import NeedsInitialRequest
+    from swcmp.errors import NeedsInitialRequest
 
     kinds: Sequence[tuple[type[BaseException], str]] = (
         (NeedsInitialRequest, "needs_ir"),

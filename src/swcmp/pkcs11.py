@@ -101,6 +101,7 @@ class TokenUri:
             raise ConfigError(f"unsupported query in the key URI: {', '.join(sorted(names))}"
                               ).with_hint("give the module with --pkcs11-module PATH")
         seen: dict[str, str] = {}
+        raw_of: dict[str, str] = {}
         for part in (p for p in path.split(";") if p):
             name, eq, raw = part.partition("=")
             name = name.lower()
@@ -110,13 +111,14 @@ class TokenUri:
             if name in seen:
                 raise ConfigError(f"attribute {name!r} appears twice in the key URI")
             seen[name] = urllib.parse.unquote(raw)
+            raw_of[name] = raw
         if seen.get("type", "private") != "private":
             raise ConfigError("the key URI must name a private key (type=private or no type)")
         if not seen.get("object"):
             raise ConfigError("the key URI has no object= label").with_hint(fix)
         key_id = None
         if "id" in seen:
-            key_id = urllib.parse.unquote_to_bytes(path.split("id=", 1)[1].split(";")[0])
+            key_id = urllib.parse.unquote_to_bytes(raw_of["id"])  # CKA_ID is bytes
         return cls(token=seen.get("token"), manufacturer=seen.get("manufacturer"),
                    serial=seen.get("serial"), model=seen.get("model"), label=seen["object"],
                    key_id=key_id)

@@ -31,7 +31,9 @@ from swcmp.errors import (
     CertificateError,
     CMPErrorResponse,
     ConfigError,
+    NeedsInitialRequest,
     PollingTimeoutError,
+    RenewalError,
     StorageError,
     SwcmpError,
 )
@@ -59,14 +61,6 @@ log = logging.getLogger(__name__)
 
 
 
-class RenewalError(SwcmpError):
-    """A renewal failed; the live pair is unchanged (or was restored)."""
-
-
-class NeedsInitialRequest(RenewalError):
-    """The certificate is missing or expired: a key update cannot work."""
-
-
 # --------------------------------------------------------------------------- how
 
 
@@ -89,6 +83,9 @@ class Renewer:
     transport: Transport | None = None
     poll_deadline: float = 300.0
     sleep: Callable[[float], None] | None = None
+    #: charon exists but is deliberately not updated (``--no-deploy``): a replaced token
+    #: key pair it may still use is kept.
+    charon_untouched: bool = False
     #: Test hook: called with the phase name at each step (kill -9 tests).
     checkpoint: Callable[[str], None] | None = None
 

@@ -39,12 +39,12 @@ from swcmp.cmp import certs
 from swcmp.cmp.text import safe
 from swcmp.deploy import Deployer
 from swcmp.enroll import Outcome
-from swcmp.errors import ConfigError, SwcmpError
+from swcmp.errors import ConfigError, NeedsInitialRequest, RenewalError, SwcmpError
 from swcmp.ha import Role, read_role
 from swcmp.metrics import REFRESH, CharonView, failure_key
 from swcmp.paths import Paths
 from swcmp.policy import Plan, plan, retry_delay
-from swcmp.renewal import NeedsInitialRequest, RenewalError, Renewer
+from swcmp.renewal import Renewer
 from swcmp.session import Session, hint_for
 from swcmp.sessionfile import SessionStore
 from swcmp.state import SessionState, SessionStateName, StateStore
@@ -173,6 +173,9 @@ class RenewalService:
     host: HostConfig = field(default_factory=HostConfig)
     #: charon's VICI URI, for unloading old pinned-mode keys after each pass.
     vici: str | None = None
+    #: charon is deliberately left as it is (--no-deploy): it may still use a replaced
+    #: token key, so replaced token key pairs are kept for a later pass.
+    no_deploy: bool = False
     #: After a pass: when the next session needs attention (None: none does).
     next_check: datetime | None = None
     #: The HA role read by the last pass.
@@ -180,7 +183,8 @@ class RenewalService:
 
     def renewer(self, s: Session) -> Renewer:
         deployer = self.deployer_for(s) if self.deployer_for is not None else self.deployer
-        return Renewer(self.paths, deployer=deployer, clock=self.clock)
+        return Renewer(self.paths, deployer=deployer, clock=self.clock,
+                       charon_untouched=self.no_deploy)
 
     def sessions(self, names: Sequence[str] = ()) -> list[Session]:
         store = SessionStore(self.paths.config_dir)
@@ -314,15 +318,24 @@ class RenewalService:
         if self.vici is None:
             return
         from swcmp.deploy import DeployError
-        from swcmp.store import current_pair
-        from swcmp.strongswan import key_id_from_cert_pem, unload_stale_from_file
+        from swcmp.strongswan import KeyId, key_id_from_cert_pem, unload_stale_from_file
 
         sessions = self.sessions()
         files = [f for s in sessions if (f := stale_keys_file(self.paths, s.name)).exists()]
         if not files:
             return
-        keep = [key_id_from_cert_pem(pair.cert_pem) for s in sessions
-                if (pair := current_pair(s, self.paths)) is not None]
+        # Every session's current key stays, known from its certificate alone: a token
+        # that cannot be opened now must not stop the cleanup of the others.
+        keep: list[KeyId] = []
+        for s in sessions:
+            try:
+                keep.append(key_id_from_cert_pem(self.paths.cert_file(s.name).read_bytes()))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as e:
+                log.warning("%s: certificate unreadable (%s); stale keys left for later",
+                            s.name, e)
+                return
         for f in files:
             try:
                 done = unload_stale_from_file(self.vici, f, keep=keep)
@@ -338,6 +351,8 @@ class RenewalService:
         (pinned mode: after the stale-key cleanup above unloaded the old key)."""
         from swcmp.token_renewal import clean_retired_objects
 
+        if self.no_deploy:
+            return
         vici = self.vici
         if vici is None:
             ask = None

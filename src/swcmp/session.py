@@ -408,6 +408,15 @@ class Session:
         object.__setattr__(self, "entity_dn", entity)
         object.__setattr__(self, "ca_dn", ca_dn)
         object.__setattr__(self, "san_names", tuple(parse_san(s) for s in self.sans))
+        if self.regenerate and self.key is not None and self.key.lower().startswith("pkcs11:"):
+            from swcmp.pkcs11 import TokenUri
+
+            if TokenUri.parse(self.key).key_id is not None:
+                # a new pair gets a fresh CKA_ID, which a URI fixing id= would not find
+                raise ConfigError("a key URI with id= names one key pair for good, so it "
+                                  "cannot be combined with regenerate").with_hint(
+                    "drop id= from the URI (the object= label is enough), or "
+                    f"`swcmp session set {self.name} --regenerate false`")
 
     def values(self) -> dict[str, object]:
         """The settings by field name (not the derived attributes, not ``name``)."""

@@ -104,7 +104,7 @@ def current_pair(session: Session, paths: Paths) -> CredentialPair | None:
     if is_token_uri(session.key):
         from swcmp import tokenkeys
 
-        return tokenkeys.current_pair(session, paths)
+        return tokenkeys.current_pair(session, paths, ca_certs_pem(session, paths))
     kp, cp = paths.key_file(session.key), paths.cert_file(session.name)
     if not (kp.exists() and cp.exists()):
         return None

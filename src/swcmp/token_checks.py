@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from cryptography import x509
 
-from swcmp.checks import FAIL, OK, WARN, CheckResult
+from swcmp.checkresult import FAIL, OK, WARN, CheckResult
 from swcmp.cmp import certs
 from swcmp.errors import SwcmpError
 from swcmp.paths import Paths

@@ -30,9 +30,16 @@ from swcmp import tokenkeys
 from swcmp.cmp import certs
 from swcmp.deploy import CredentialPair, DeployError, DeployUnavailable, TokenRef
 from swcmp.enroll import Outcome
-from swcmp.errors import CertificateError, StorageError, SwcmpError
+from swcmp.errors import CertificateError, ConfigError, StorageError, SwcmpError
 from swcmp.pkcs11 import TokenKey, new_key_id
-from swcmp.store import JournalEntry, load_trust, read_file, write_ca_certs, write_cert
+from swcmp.store import (
+    JournalEntry,
+    ca_certs_pem,
+    load_trust,
+    read_file,
+    write_ca_certs,
+    write_cert,
+)
 
 if TYPE_CHECKING:
     from swcmp.paths import Paths
@@ -44,9 +51,11 @@ log = logging.getLogger(__name__)
 
 
 def held_key_ids(renewer: Renewer) -> set[str] | bool | None:
-    """Key ids charon holds: a set; None with no charon (files only); False when unknown."""
+    """Key ids charon holds: a set; None with no charon (files only); False when unknown,
+    as after ``--no-deploy``: charon was not updated and may still sign with the replaced
+    pair, which a later ``serve`` pass destroys once charon lets go of it."""
     if renewer.deployer is None:
-        return None
+        return False if renewer.charon_untouched else None
     ask = getattr(renewer.deployer, "loaded_key_ids", None)
     if not callable(ask):
         return False
@@ -123,6 +132,10 @@ def token_key_to_certify(renewer: Renewer, session: Session, j: Journal,
             entry = None
     if not regenerate:
         return live_key, entry
+    if store.uri.key_id is not None:  # the session refuses this; a hand edit may not
+        raise ConfigError(f"session {session.name}: a key URI with id= cannot be renewed "
+                          "with a new key pair; nothing was asked of the CA").with_hint(
+            "drop id= from the key URI")
     kid = new_key_id()
     entry = j.write(phase="key-making", token_id=kid.hex(),
                     old_serial=f"{old_cert.serial_number:x}",
@@ -136,7 +149,7 @@ def token_key_to_certify(renewer: Renewer, session: Session, j: Journal,
 
 def promote_token(renewer: Renewer, session: Session, j: Journal) -> Outcome:
     """Make the staged certificate live: it names the token pair that becomes current."""
-    from swcmp.renewal import RenewalError
+    from swcmp.errors import RenewalError
 
     paths = renewer.paths
     entry = j.write(phase="committing")
@@ -186,7 +199,8 @@ def promote_token(renewer: Renewer, session: Session, j: Journal) -> Outcome:
     ca_paths = write_ca_certs(session, paths, ca_certs) if ca_certs else ()
     tokenkeys.write_secrets(paths, session, new_key)
     renewer._check("secrets-written")
-    new = tokenkeys.pair_for(session, paths, new_key, certs.pem_of(staged_cert))
+    new = tokenkeys.pair_for(session, paths, new_key, certs.pem_of(staged_cert),
+                             ca_certs_pem(session, paths))
     try:
         detail = (renewer.deployer.deploy(new, previous).detail
                   if renewer.deployer is not None else "files written")

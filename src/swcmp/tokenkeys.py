@@ -121,19 +121,19 @@ def ensure_key(session: Session, paths: Paths) -> tuple[TokenKey, bool]:
     return store.generate(session.key_type, new_key_id()), True
 
 
-def pair_for(session: Session, paths: Paths, key: TokenKey, cert_pem: bytes
-             ) -> CredentialPair:
-    """A CredentialPair for a token key and certificate (no key file, no key bytes)."""
-    from swcmp.store import ca_certs_pem
-
+def pair_for(session: Session, paths: Paths, key: TokenKey, cert_pem: bytes,
+             ca_certs_pem: tuple[bytes, ...]) -> CredentialPair:
+    """A CredentialPair for a token key and certificate (no key file, no key bytes);
+    ``ca_certs_pem`` as the credential store reads them."""
     return CredentialPair(
         session=session.name, key_path=Path(str(session.key)),
         cert_path=paths.cert_file(session.name), key_pem=b"", cert_pem=cert_pem,
-        ca_certs_pem=ca_certs_pem(session, paths),
+        ca_certs_pem=ca_certs_pem,
         token=TokenRef(key.handle, token_config(session).pin()))
 
 
-def current_pair(session: Session, paths: Paths) -> CredentialPair | None:
+def current_pair(session: Session, paths: Paths, ca_certs_pem: tuple[bytes, ...]
+                 ) -> CredentialPair | None:
     """The session's live token key and certificate, if both exist."""
     cp = paths.cert_file(session.name)
     if not cp.exists():
@@ -141,7 +141,7 @@ def current_pair(session: Session, paths: Paths) -> CredentialPair | None:
     key = current_key(session, paths)
     if key is None:
         return None
-    return pair_for(session, paths, key, cp.read_bytes())
+    return pair_for(session, paths, key, cp.read_bytes(), ca_certs_pem)
 
 
 # --------------------------------------------------------------------------- swanctl

@@ -810,3 +810,12 @@ def test_status_says_standby_when_the_role_source_is_unreadable(env: Env) -> Non
     entry = env.json("status", "gw1")["sessions"][0]
     assert entry["state"] != "standby"
     assert "HA role MASTER" in env.run("status").stdout
+
+
+def test_an_error_hint_names_the_session_in_the_command(env: Env) -> None:
+    # the CMP library says which setting (server_url); the CLI names the session
+    env.complete_session()
+    env.run("session", "set", "gw1", "--server-url", "http://127.0.0.1:1/")
+    result = env.run("request", "initial", "gw1")
+    assert result.exit_code == 1, result.output
+    assert "swcmp session set gw1 --server-url URL" in result.output, result.output

@@ -396,3 +396,86 @@ def test_cli_refuses_a_readable_pin_file_and_never_shows_the_pin(tmp_path: Path,
     res = run(cli, [*base, "session", "set", "gw", "--key",
                     f"pkcs11:token={token.label};object=gw?pin-value={token.pin}"])
     assert res.exit_code != 0 and "0600 file" in res.output and token.pin not in res.output
+
+
+# --------------------------------------------------------------------------- review mends
+
+
+def test_the_id_attribute_is_read_from_its_own_attribute() -> None:
+    # `=` is legal inside an RFC 7512 value: object=vpnid=1 is a label, not an id
+    assert TokenUri.parse("pkcs11:token=gw;object=vpnid=1;id=%02").key_id == b"\x02"
+    assert TokenUri.parse("pkcs11:token=gw;object=x;ID=%0a%0b").key_id == b"\x0a\x0b"
+
+
+def test_regenerate_with_a_fixed_id_is_refused_before_the_ca_is_asked(
+        tmp_path: Path, token: softhsm.Token) -> None:
+    ca = TestCA(tmp_path / "ca", config=CAConfig(mac_ref=MAC_REF.encode(),
+                mac_secret=MAC_SECRET.encode(), validity=timedelta(minutes=5))).start()
+    try:
+        paths, store, _ = make_session(tmp_path / "gw", ca, token)
+        (kid,) = token.key_ids()
+        fixed = token.uri() + ";id=" + "".join(f"%{b:02x}" for b in kid)
+        with pytest.raises(ConfigError, match="cannot be combined with regenerate"):
+            store.update("gw1", set_values={"key": fixed})  # the session refuses it
+        store.update("gw1", set_values={"key": fixed, "regenerate": False})
+        objects = token.objects()
+        requests_before = dict(ca.engine.requests)
+        with pytest.raises(ConfigError, match="nothing was asked of the CA"):
+            Renewer(paths).renew(store.load("gw1"), regenerate=True)
+        assert token.objects() == objects and Journal(paths, "gw1").load() is None
+        assert dict(ca.engine.requests) == requests_before
+    finally:
+        ca.stop()
+
+
+def test_no_deploy_keeps_the_replaced_pair_charon_may_still_use(
+        tmp_path: Path, token: softhsm.Token) -> None:
+    from swcmp.token_renewal import clean_retired_objects
+
+    ca = TestCA(tmp_path / "ca", config=CAConfig(mac_ref=MAC_REF.encode(),
+                mac_secret=MAC_SECRET.encode(), validity=timedelta(minutes=5))).start()
+    try:
+        paths, _, session = make_session(tmp_path / "gw", ca, token)
+        (old,) = token.key_ids()
+        Renewer(paths, charon_untouched=True).renew(session, regenerate=True)
+        assert old in token.key_ids() and len(token.key_ids()) == 2  # charon may sign with it
+        clean_retired_objects(paths, session, None)  # a later pass, no charon on this host
+        assert old not in token.key_ids() and len(token.key_ids()) == 1
+    finally:
+        ca.stop()
+
+
+def test_a_symlinked_pin_file_is_refused_when_it_is_set(tmp_path: Path,
+                                                        token: softhsm.Token) -> None:
+    from swcmp.checks import check_setting_files
+
+    link = tmp_path / "pin-link"
+    link.symlink_to(token.pin_file)
+    session = Session(name="gw1", key=token.uri(), pkcs11_module=token.module, pin_file=link)
+    with pytest.raises(ConfigError, match="cannot read the PIN file"):
+        check_setting_files(session, ["pin_file"], Paths(tmp_path, tmp_path, tmp_path))
+
+
+def test_a_token_that_cannot_be_opened_does_not_stop_the_stale_key_cleanup(
+        tmp_path: Path) -> None:
+    from swcmp.service import RenewalService, stale_keys_file
+
+    paths = Paths(tmp_path / "etc", tmp_path / "var", tmp_path / "swanctl")
+    notlib = tmp_path / "not-a-module.so"
+    notlib.write_text("x")
+    pin = tmp_path / "pin"
+    pin.write_text("1234")
+    pin.chmod(0o600)
+    store = SessionStore(paths.config_dir)
+    store.create("tok", {"entity": "CN=tok", "key": "pkcs11:token=gw;object=tok",
+                         "pkcs11_module": str(notlib), "pin_file": str(pin)})
+    store.create("filekey", {"entity": "CN=filekey"})
+    paths.cert_file("tok").parent.mkdir(parents=True)
+    pki = make_pki(tmp_path / "pki")
+    paths.cert_file("tok").write_bytes(pem_cert(pki.issue(ec.generate_private_key(
+        ec.SECP256R1()))))
+    stale = stale_keys_file(paths, "filekey")
+    stale.parent.mkdir(parents=True)
+    stale.write_text("[]")
+    # charon is not there: the cleanup waits for it, but nothing escapes the pass
+    RenewalService(paths, vici="unix:///nonexistent/charon.vici").unload_stale_keys()

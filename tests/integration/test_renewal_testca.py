@@ -35,6 +35,7 @@ from swcmp.errors import (
     CMPErrorResponse,
     ConnectError,
     LockHeldError,
+    NeedsInitialRequest,
     PollingTimeoutError,
     ProtectionError,
     ProtocolError,
@@ -43,7 +44,7 @@ from swcmp.errors import (
 )
 from swcmp.names import format_dn
 from swcmp.paths import Paths
-from swcmp.renewal import NeedsInitialRequest, Renewer
+from swcmp.renewal import Renewer
 from swcmp.service import RenewalService
 from swcmp.session import Session
 from swcmp.sessionfile import SessionStore
@@ -560,7 +561,7 @@ def test_charon_refuses_then_disk_full_during_rollback_keeps_a_matching_pair(
 
     from swcmp import fsutil
     from swcmp.deploy import DeployError
-    from swcmp.renewal import RenewalError
+    from swcmp.errors import RenewalError
 
     session = add_session(site, ca.ca, regenerate=True)
     old_key = site.key_pem()
@@ -690,7 +691,7 @@ def test_a_forged_staged_pair_is_not_committed(site: Site, ca: CAHolder, tmp_pat
     import json as _json
 
     from pki import make_pki, pem_cert, pem_key
-    from swcmp.renewal import RenewalError
+    from swcmp.errors import RenewalError
 
     session = add_session(site, ca.ca, regenerate=True)
     old_cert, old_key = site.cert(), site.key_pem()

@@ -10,9 +10,11 @@ the one charon can use.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pki import TestPKI, make_pki, pem_cert, pem_key
@@ -126,18 +128,63 @@ def test_pinned_swap_resends_the_connection_and_keeps_the_old_key_for_old_sas(
 
 
 @pytest.mark.parametrize("fault", ["refuse", "drop"])
-def test_pinned_failure_after_load_conn_sends_the_previous_certificate_again(
-        pairs: tuple, tmp_path: Path, fault: str) -> None:
+@pytest.mark.parametrize("step", ["load-cert", "list-certs", "list-sas", "load-conn",
+                                  "flush-certs"])
+def test_pinned_failure_at_each_step_leaves_the_previous_certificate_in_use(
+        pairs: tuple, tmp_path: Path, fault: str, step: str) -> None:
     _, old, new = pairs
     conf = _pinned_tree(tmp_path, new)
-    charon = ScriptedCharon(**({"refuse": {"flush-certs": "busy"}} if fault == "refuse"
-                               else {"drop_at": "flush-certs"}))
+    charon = ScriptedCharon(**({"refuse": {step: "busy"}} if fault == "refuse"
+                               else {"drop_at": step}))
     _live(charon, old)
     with pytest.raises(DeployError, match="pinned mode") as info:
         PinnedDeployer(URI, swanctl_conf=conf, connect=charon.connect).deploy(new, old)
-    sent = charon.conns["gw"]["local"]["certs"][0]
-    assert x509.load_pem_x509_certificate(sent).serial_number == 1, str(info.value)
+    if "gw" in charon.conns:  # it was re-sent: then with the previous certificate again
+        sent = charon.conns["gw"]["local"]["certs"][0]
+        assert x509.load_pem_x509_certificate(sent).serial_number == 1, str(info.value)
     assert not _usable(charon, new) and _usable(charon, old)
+
+
+@pytest.mark.parametrize("fault", ["refuse", "drop"])
+def test_pinned_restore_keeps_a_new_key_that_was_loaded_before_the_swap(
+        pairs: tuple, tmp_path: Path, fault: str) -> None:
+    # the new key was already loaded (another session's, or re-certified): a failed
+    # deploy must not take it out of charon
+    _, old, new = pairs
+    conf = _pinned_tree(tmp_path, new)
+    charon = ScriptedCharon(**({"refuse": {"load-cert": "no"}} if fault == "refuse"
+                               else {"drop_at": "load-cert"}))
+    _live(charon, old)
+    charon._answer("load-key", {"data": new.key_pem})
+    with pytest.raises(DeployError):
+        PinnedDeployer(URI, swanctl_conf=conf, connect=charon.connect).deploy(new, old)
+    assert _usable(charon, new) and _usable(charon, old), charon.log
+
+
+def test_identity_same_key_refused_ca_cert_says_the_new_certificate_stays(
+        pairs: tuple, tmp_path: Path) -> None:
+    pki, old, _ = pairs
+    key = serialization.load_pem_private_key(old.key_pem, None)
+    same_key = _pair(pki, tmp_path, key, pki.issue(key, serial=3))  # type: ignore[arg-type]
+    charon = _RefuseCaCert()
+    charon._answer("load-key", {"data": old.key_pem})  # the old pair's key (the same)
+    with pytest.raises(DeployError) as info:
+        ViciDeployer(URI, connect=charon.connect).deploy(same_key, old)
+    assert "charon refused load-cert: CA refused" in str(info.value)
+    assert "the new certificate (same key) stays loaded" in str(info.value)
+
+
+class _RefuseCaCert(ScriptedCharon):
+    """Takes the first end-entity certificate, then refuses the next load-cert (a CA's)."""
+
+    armed = False
+
+    def _answer(self, command: str, msg: dict[str, Any]) -> dict[str, Any]:
+        answer = super()._answer(command, msg)
+        if command == "load-cert" and msg["flag"] == b"NONE" and not self.armed:
+            self.armed = True
+            self.refuse["load-cert"] = "CA refused"
+        return answer
 
 
 def test_start_hook_loads_every_pair_and_names_the_one_charon_cannot_use(

@@ -8,7 +8,9 @@ also those inside functions, which is where swcmp imports lazily).
   ``swcmp.cmp.oids``, for the OID constants);
 - the HTTP client stack (``http.client``, ``urllib.request``, ``requests``) only by
   ``swcmp.cmp.transport``;
-- nothing below the CLI imports ``swcmp.cli``.
+- nothing below the CLI imports ``swcmp.cli``;
+- no import cycles between modules at run time (imports under ``TYPE_CHECKING`` are
+  for the type checker only): a helper two modules need lives below both.
 """
 
 from __future__ import annotations
@@ -46,8 +48,81 @@ def imports(root: Path = SRC) -> Iterator[tuple[str, str, int]]:
                     target = node.module or ""
                 yield module, target, node.lineno
                 for alias in node.names:  # `from swcmp import cli` imports swcmp.cli
-                    if target in ("swcmp", "swcmp.cmp", "swcmp.strongswan"):
+                    if target.split(".")[0] == "swcmp":
                         yield module, f"{target}.{alias.name}", node.lineno
+
+
+def _type_checking_lines(tree: ast.AST) -> set[int]:
+    """Line numbers of the imports inside ``if TYPE_CHECKING:`` blocks."""
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+                and node.test.id == "TYPE_CHECKING"):
+            for inner in node.body:
+                for sub in ast.walk(inner):
+                    if isinstance(sub, ast.Import | ast.ImportFrom):
+                        lines.add(sub.lineno)
+    return lines
+
+
+def runtime_edges(root: Path = SRC) -> dict[str, set[str]]:
+    """module -> the swcmp modules it imports at run time (``from pkg import submodule``
+    counts as the submodule, not the package)."""
+    modules = {_module_name(p, root) for p in root.rglob("*.py")}
+    skip = {(_module_name(p, root), n) for p in root.rglob("*.py")
+            for n in _type_checking_lines(ast.parse(p.read_text()))}
+    edges: dict[str, set[str]] = {m: set() for m in modules}
+    per_statement: dict[tuple[str, int], set[str]] = {}
+    for module, target, line in imports(root):
+        per_statement.setdefault((module, line), set()).add(target)
+    for (module, line), targets in per_statement.items():
+        if (module, line) in skip:
+            continue
+        hit = {t for t in targets if t in modules and t != module}
+        # `from swcmp.cmp import certs` imports swcmp.cmp.certs, not the package's names
+        subs = {t for t in hit if any(t.startswith(o + ".") for o in hit)}
+        edges[module] |= subs or hit
+    return edges
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles_at_run_time() -> None:
+    assert cycles(runtime_edges()) == []
+
+
+def test_the_cycle_check_sees_a_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
 def _in(name: str, *packages: str) -> bool:

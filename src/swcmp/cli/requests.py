@@ -142,6 +142,7 @@ def request_keyupdate(name: str, regenerate: bool | None, no_deploy: bool) -> No
         deployer_for=lambda sess: _deployer(env, no_deploy, sess),
         host=HostConfig.load(env.paths),
         vici=env.vici if env.charon and not no_deploy else None,
+        no_deploy=no_deploy and env.charon,
     )
     outcome = service.renew_now(s, regenerate=regenerate, log_failure=False)
     env.emit(outcome.to_json(), _outcome_text(outcome))

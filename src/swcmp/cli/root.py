@@ -85,6 +85,8 @@ class CliEnv:
     vici: str = DEFAULT_VICI_URI
     json: bool = False
     verbose: int = 0
+    #: the session the command is about, once its name is parsed
+    session_name: str | None = None
 
     @cached_property
     def paths(self) -> Paths:
@@ -177,9 +179,13 @@ class SessionNameType(_TextParamType):
         from swcmp.names import validate_session_name
 
         try:
-            return str(validate_session_name(str(value)))
+            name = str(validate_session_name(str(value)))
         except ConfigError as e:
             self.fail(f"{_message(e)}: {e.hint}" if e.hint else _message(e), param, ctx)
+        env = ctx.find_object(CliEnv) if ctx is not None else None
+        if env is not None:
+            env.session_name = name  # for the hint of an error (swcmp session set gw1 ...)
+        return name
 
     def shell_complete(
         self, ctx: click.Context, param: click.Parameter, incomplete: str
@@ -207,9 +213,8 @@ def _fail(ctx: click.Context, error: SwcmpError) -> NoReturn:
     from swcmp.session import hint_for
 
     env = ctx.find_object(CliEnv) or CliEnv()
-    name = ctx.params.get("name")
     message = safe(_message(error))
-    hint = safe(hint_for(error, name if isinstance(name, str) else "NAME"))
+    hint = safe(hint_for(error, env.session_name or "NAME"))
     if env.verbose:
         click.echo(safe_lines("".join(traceback.format_exception(error)).rstrip()), err=True)
     if env.json:

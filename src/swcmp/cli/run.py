@@ -54,6 +54,7 @@ def renew(
         deployer_for=lambda s: _deployer(env, no_deploy, s),
         host=HostConfig.load(env.paths),
         vici=env.vici if env.charon and not no_deploy else None,
+        no_deploy=no_deploy and env.charon,
     )
     reports = service.run_pass(names, due_only=due_only, force=force, dry_run=dry_run)
     env.emit(
@@ -88,6 +89,7 @@ def serve(no_deploy: bool, more: int, pid_file: Path | None) -> None:
         deployer_for=lambda s: _deployer(env, no_deploy, s),
         host=HostConfig.load(env.paths),
         vici=env.vici if env.charon and not no_deploy else None,
+        no_deploy=no_deploy and env.charon,
     )
     server = Server(service)
     server.install_signals()

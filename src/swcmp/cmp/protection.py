@@ -302,7 +302,7 @@ def verify_response(
         raise ProtectionError(
             "the response's signature does not verify with the certificate it names"
         ).with_hint("the answer was altered on the way, or the CA signs with a key swcmp "
-                    "was not given: pin the CA's signing certificate with --server-cert")
+                    "was not given: pin the CA's signing certificate", setting="server_cert")
     _check_sender(msg, signer)
     if signer == known_signer:
         return Verified("signature", signer)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,19 +57,27 @@ DEFAULT_SWANCTL_CONF = "/etc/swanctl/swanctl.conf"
 """swanctl's configuration; its directory is the swanctl directory (``x509/``, ``private/``)."""
 
 
-def load_pair(conn: Vici, pair: CredentialPair, expected: KeyId) -> tuple[KeyId, ...]:
+def load_pair(conn: Vici, pair: CredentialPair, expected: KeyId, *,
+              keys_before: tuple[KeyId, ...] | None = None,
+              cert_loaded: Callable[[], None] | None = None) -> tuple[KeyId, ...]:
     """Load ``pair``'s key, certificate and CA certificates; the key ids loaded before.
 
-    Raises CheckFailed (after unloading the stray key again, unless it was loaded
-    before) when the key is not the certificate's.
+    ``keys_before``: charon's keys, when the caller already asked (so that it knows
+    them even if a later step fails); ``cert_loaded`` is called as soon as the
+    end-entity certificate is in charon (VICI cannot take it out again). Raises
+    CheckFailed (after unloading the stray key again, unless it was loaded before)
+    when the key is not the certificate's.
     """
-    keys_before = conn.get_keys()
+    if keys_before is None:
+        keys_before = conn.get_keys()
     got = conn.load_pair_key(pair)
     if got != expected:
         if got not in keys_before:
             conn.unload_key(got)
         raise CheckFailed("load-key", f"the key {pair.key_path} does not match {pair.cert_path}")
     conn.load_cert(pair.cert_pem, ca=False)
+    if cert_loaded is not None:
+        cert_loaded()
     for ca_pem in pair.ca_certs_pem:
         conn.load_cert(ca_pem, ca=True)
     return keys_before
@@ -142,8 +150,11 @@ class _SwapDeployer:
         try:
             with open_session(self.uri, self.timeout, self.connect) as conn:
                 try:
-                    swap.keys_before = load_pair(conn, new, swap.new_id)
-                    swap.progress.append("load-cert new")
+                    # Known before anything changes, so that a restore after any
+                    # later step knows which keys were there already.
+                    swap.keys_before = conn.get_keys()
+                    load_pair(conn, new, swap.new_id, keys_before=swap.keys_before,
+                              cert_loaded=lambda: swap.progress.append("load-cert new"))
                     if not any(der == swap.new_der and cert.has_privkey
                                for der, cert in conn.list_certs()):
                         raise CheckFailed(
