@@ -166,7 +166,8 @@ def test_version() -> None:
     assert result.output.strip() == "swcmp 0.1.0"
 
 
-HEAVY = ("pyasn1", "pyasn1_alt_modules", "requests", "vici", "pkcs11", "swcmp.cmp.client", "swcmp.cmp.codec")
+HEAVY = ("pyasn1", "pyasn1_alt_modules", "requests", "vici", "pkcs11", "swcmp.cmp.client",
+         "swcmp.cmp.codec")
 
 
 def _modules_after(args: list[str], env: Env) -> set[str]:
