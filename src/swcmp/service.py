@@ -275,6 +275,10 @@ class RenewalService:
                 except SwcmpError as e:
                     log.warning("%s: CA maintenance failed: %s", s.name, e)
                     continue
+                except Exception as e:  # noqa: BLE001 - one session must not end the pass
+                    log.error("%s: CA maintenance failed unexpectedly: %s", s.name, e,
+                              exc_info=log.isEnabledFor(logging.DEBUG))
+                    continue
                 if t is not None:
                     due.append(max(t, self.clock() + timedelta(minutes=1)))
             return due
@@ -426,8 +430,12 @@ class RenewalService:
             st.record("kur", True, outcome.message, now=now, serial=outcome.serial)
             st.count_renewal()
         # The CA's side of a renewal: its certificates, the superseded one's revocation.
-        # Reported, never undoing the renewal (calife catches its own failures).
-        self.ca_life().after_renewal(s, replaced, outcome.serial)
+        # Reported, never undoing the renewal: whatever it raises is logged here.
+        try:
+            self.ca_life().after_renewal(s, replaced, outcome.serial)
+        except Exception as e:  # noqa: BLE001 - the renewal is committed: keep its report
+            log.error("%s: the CA steps after the renewal failed: %s", s.name, e,
+                      exc_info=log.isEnabledFor(logging.DEBUG))
         self._run_hooks(s, outcome)
         return outcome
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -155,24 +156,40 @@ def write_cert(paths: Paths, session: Session, cert: x509.Certificate) -> Path:
     return path
 
 
-def write_ca_certs(session: Session, paths: Paths,
-                   ca_certs: Sequence[x509.Certificate]) -> tuple[Path, ...]:
-    """Store CA certificates as ``x509ca/<session>-caN.crt``; drop stale higher N."""
-    unique: list[x509.Certificate] = []
-    for c in ca_certs:
-        if c not in unique:
-            unique.append(c)
-    if not unique:
-        return paths.ca_cert_files(session.name)
+def write_ca_certs(session: Session, paths: Paths, ca_certs: Sequence[x509.Certificate], *,
+                   keep: Collection[Path] = ()) -> tuple[Path, ...]:
+    """Store CA certificates as ``x509ca/<session>-caN.crt``; drop stale ones.
+
+    A file in ``keep`` (a trust anchor the session names: an IR may have made one) is
+    never rewritten or removed; its certificate is not written again and the others
+    take the free numbers. An empty ``ca_certs`` changes nothing.
+    """
+    existing = paths.ca_cert_files(session.name)
+    if not ca_certs:
+        return existing
+    kept = {p.resolve() for p in keep}
+    kept_files = [p for p in existing if p.resolve() in kept]
+    kept_certs: set[x509.Certificate] = set()
+    for p in kept_files:
+        try:
+            kept_certs.update(certs.load_certificates(read_file(p, "trust anchor file")))
+        except SwcmpError as e:
+            log.warning("%s: trust anchor file %s unreadable: %s", session.name, p, e)
+    unique = [c for c in dict.fromkeys(ca_certs) if c not in kept_certs]
     fsutil.ensure_dir(paths.x509ca_dir)
-    written = []
-    for i, c in enumerate(unique, start=1):
-        p = paths.ca_cert_file(session.name, i)
+    written: list[Path] = []
+    n = 1
+    for c in unique:
+        while paths.ca_cert_file(session.name, n).resolve() in kept:
+            n += 1
+        p = paths.ca_cert_file(session.name, n)
         fsutil.atomic_write(p, certs.pem_of(c), mode=0o644)
         written.append(p)
-    for p in paths.ca_cert_files(session.name)[len(unique):]:
-        fsutil.remove_file(p, missing_ok=True)
-    return tuple(written)
+        n += 1
+    for p in existing:
+        if p not in written and p.resolve() not in kept:
+            fsutil.remove_file(p, missing_ok=True)
+    return tuple(p for p in paths.ca_cert_files(session.name) if p in written or p in kept_files)
 
 
 # --------------------------------------------------------------------------- the CA's
@@ -187,10 +204,11 @@ def root_cert_file(paths: Paths, name: str, cert: x509.Certificate) -> Path:
 
 def root_cert_files(paths: Paths, name: str) -> tuple[Path, ...]:
     """The rollover roots stored for a session (loaded into charon with its CA certificates)."""
-    prefix = f"{validate_session_name(name)}-root-"
+    # exactly <name>-root-<16 hex>.crt: session gw must not take gw-root-x's files
+    pattern = re.compile(re.escape(validate_session_name(name)) + r"-root-[0-9a-f]{16}\.crt")
     try:
         return tuple(sorted(p for p in paths.x509ca_dir.iterdir()
-                            if p.name.startswith(prefix) and p.name.endswith(".crt")))
+                            if pattern.fullmatch(p.name)))
     except FileNotFoundError:
         return ()
     except OSError as e:

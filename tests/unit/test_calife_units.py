@@ -46,7 +46,8 @@ def test_damaged_state_starts_afresh_and_odd_fields_are_dropped(tmp_path: Path) 
                           ' "pending_revocations": ["x", {"serial": "1f"}], "crl": []}')
     st = store.load()
     assert st.checked == {"rootCaCert": "2026-01-01T00:00:00"}
-    assert st.pending_revocations == [{"serial": "1f"}] and st.crl is None
+    assert st.pending_revocations == [{"serial": "1f", "reason": 0, "attempts": 0}]
+    assert st.crl is None
     with store.update() as st2:
         st2.unsupported[CURRENT_CRL] = {"since": NOW.isoformat(), "error": "none"}
     assert oct(store.path.stat().st_mode & 0o777) == "0o600"

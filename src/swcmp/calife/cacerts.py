@@ -58,7 +58,7 @@ class CaCerts(_Base):
             return Result(session.name, "cacerts", False,
                           f"CA certificates unchanged ({len(new_set)})",
                           files=self.paths.ca_cert_files(session.name))
-        files = write_ca_certs(session, self.paths, new_set)
+        files = write_ca_certs(session, self.paths, new_set, keep=session.trust)
         charon = self._load_into_charon([certs.pem_of(c) for c in new_set], [])
         added = [c for c in new_set if c not in stored]
         log.info("%s: CA certificates updated: %s", session.name,
@@ -71,12 +71,13 @@ class CaCerts(_Base):
     def _arrange(self, session: Session, wanted: Sequence[x509.Certificate]
                  ) -> list[x509.Certificate]:
         """``wanted`` in x509ca order, a file that is a trust anchor of the session (an IR
-        may have made one) keeping its place and content: caCerts never rewrites trust."""
+        may have made one) keeping its place and content: caCerts never rewrites trust
+        (``write_ca_certs`` is told which files those are)."""
         files = self.paths.ca_cert_files(session.name)
-        trust = set(session.trust)
+        trust = {t.resolve() for t in session.trust}
         pinned: dict[int, x509.Certificate] = {}
         for i, p in enumerate(files):
-            if p in trust:
+            if p.resolve() in trust:
                 got = _read_certs([p])
                 if got:
                     pinned[i] = got[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -69,18 +70,35 @@ class Crls(_Base):
         cached = st.crl or {}
         now = self.clock()
         this_update = crl.last_update_utc
-        old_this = _time(cached.get("this_update"))
-        if old_this is not None and this_update < old_this and crl_file(
-                self.paths, session.name).exists():
+        number = _crl_number(crl)
+        scope = _partial_scope(crl)
+        if scope is not None:
+            # only a complete CRL replaces the session's one: a delta or a partition
+            # would take every revocation outside it out of charon
+            raise self._refused(session, CURRENT_CRL, f"CRL refused: it is {scope}, not a "
+                                "complete CRL of the issuer")
+        # Not older than what is stored, judged by the stored CRL itself (the state file
+        # may be lost or damaged) and by the state: an old CRL would un-revoke peers.
+        stored = _stored_crl(crl_file(self.paths, session.name))
+        old_this = max((t for t in (_time(cached.get("this_update")),
+                                    stored.last_update_utc if stored else None)
+                        if t is not None), default=None)
+        old_number = max((n for n in (cached.get("number") if isinstance(
+            cached.get("number"), int) else None, _crl_number(stored) if stored else None)
+                          if n is not None), default=None)
+        if old_this is not None and this_update < old_this:
             raise self._refused(session, CURRENT_CRL,
                                 f"CRL refused: issued {this_update:%Y-%m-%d %H:%M:%S}Z, older "
-                                f"than the cached one ({old_this:%Y-%m-%d %H:%M:%S}Z): a "
+                                f"than the stored one ({old_this:%Y-%m-%d %H:%M:%S}Z): a "
                                 "replay?")
+        if old_number is not None and number is not None and number < old_number:
+            raise self._refused(session, CURRENT_CRL,
+                                f"CRL refused: cRLNumber {number} is lower than the stored "
+                                f"one's ({old_number}): a replay?")
         if this_update > now + timedelta(minutes=10):
             raise self._refused(session, CURRENT_CRL,
                                 f"CRL refused: issued in the future "
                                 f"({this_update:%Y-%m-%d %H:%M:%S}Z; check the clocks)")
-        number = _crl_number(crl)
         nxt = crl.next_update_utc
         if nxt is not None and nxt < now:
             log.warning("%s: the CA's CRL is past its nextUpdate (%s); stored anyway",
@@ -169,3 +187,30 @@ def _crl_number(crl: x509.CertificateRevocationList) -> int | None:
         return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
     except x509.ExtensionNotFound:
         return None
+
+
+def _stored_crl(path: Path) -> x509.CertificateRevocationList | None:
+    """The CRL stored for the session, if there is one that parses."""
+    try:
+        return x509.load_der_x509_crl(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _partial_scope(crl: x509.CertificateRevocationList) -> str | None:
+    """What makes ``crl`` less than the issuer's complete CRL, or None."""
+    exts = crl.extensions
+    try:
+        exts.get_extension_for_class(x509.DeltaCRLIndicator)
+        return "a delta CRL"
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        idp = exts.get_extension_for_class(x509.IssuingDistributionPoint).value
+    except x509.ExtensionNotFound:
+        return None
+    if (idp.only_contains_user_certs or idp.only_contains_ca_certs
+            or idp.only_contains_attribute_certs or idp.only_some_reasons is not None
+            or idp.indirect_crl):  # a distribution point name alone is common on full CRLs
+        return "a partitioned CRL (issuingDistributionPoint)"
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,14 @@ class RootUpdate(_Base):
             fail = "oldWithNew certifies another key than the current root's"
         elif owner is not None and _check_signature(owner, new) is False:
             fail = "oldWithNew does not verify with the new root's key"
+        elif owner is not None and owner.subject != old.subject:
+            fail = "oldWithNew names another subject than the current root"
+        elif not _valid_at(link, self.clock()):
+            # an old, withdrawn rollover replayed by whoever can still answer
+            fail = (f"newWithOld is not valid now (valid {link.not_valid_before_utc:%Y-%m-%d}"
+                    f" to {link.not_valid_after_utc:%Y-%m-%d})")
+        elif owner is not None and not _valid_at(owner, self.clock()):
+            fail = "oldWithNew is not valid now"
         if fail is None:
             if _check_signature(new, new) is None:
                 log.warning("%s: cannot check the self-signature of the new root %s (its key "
@@ -191,3 +200,7 @@ class RootUpdate(_Base):
                " dropped; the new root remains")
         log.info("%s: %s", session.name, msg)
         return msg
+
+
+def _valid_at(cert: x509.Certificate, now: datetime) -> bool:
+    return cert.not_valid_before_utc - timedelta(minutes=10) <= now <= cert.not_valid_after_utc

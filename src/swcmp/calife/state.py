@@ -69,6 +69,30 @@ def _iso(t: datetime) -> str:
     return t.astimezone(UTC).isoformat(timespec="seconds")
 
 
+_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _pending(entry: object) -> dict[str, Any] | None:
+    """A pending revocation as written by queue_revocation, or None for anything else."""
+    if not isinstance(entry, dict):
+        return None
+    serial, reason, attempts = entry.get("serial"), entry.get("reason", 0), entry.get(
+        "attempts", 0)
+    if not (isinstance(serial, str) and 0 < len(serial) <= 64
+            and all(c in "0123456789abcdefABCDEF" for c in serial)):
+        return None
+    if isinstance(reason, bool) or not isinstance(reason, int) or not 0 <= reason <= 10:
+        return None
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 0 <= attempts < 10**6:
+        return None
+    out = {"serial": serial, "reason": reason, "attempts": attempts}
+    for k in ("next_try", "last_error"):
+        if isinstance(entry.get(k), str):
+            out[k] = str(entry[k])[:300]
+    return out
+
+
 def _time(value: object) -> datetime | None:
     if not isinstance(value, str):
         return None
@@ -76,7 +100,9 @@ def _time(value: object) -> datetime | None:
         t = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+    t = t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+    # a hand-edited or damaged file: a time that no schedule can add a week to is none
+    return t if _EARLIEST <= t <= _LATEST else None
 
 
 def fingerprint(cert: x509.Certificate) -> str:
@@ -127,10 +153,13 @@ class CaLifeState:
         v = data.get("rollover")
         if isinstance(v, dict):
             st.rollover = {str(k): str(x) for k, x in v.items()}
-        for name in ("pending_revocations", "revoked"):
-            v = data.get(name)
-            if isinstance(v, list):
-                setattr(st, name, [dict(x) for x in v if isinstance(x, dict)][:64])
+        v = data.get("pending_revocations")
+        if isinstance(v, list):  # each entry checked: a bad one is dropped, not a crash
+            st.pending_revocations = [q for q in map(_pending, v[:64]) if q is not None]
+        v = data.get("revoked")
+        if isinstance(v, list):
+            st.revoked = [{str(k): x for k, x in r.items() if isinstance(x, str | int | bool)}
+                          for r in v[:64] if isinstance(r, dict)]
         v = data.get("crl")
         if isinstance(v, dict):
             st.crl = dict(v)

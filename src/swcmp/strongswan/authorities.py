@@ -21,23 +21,34 @@ def load_authorities(uri: str, ca_certs_pem: Iterable[bytes], crls_der: Iterable
                      timeout: float = DEFAULT_TIMEOUT) -> str:
     """Load CA certificates (``load-cert`` flag CA) and CRLs (type X509_CRL) into charon.
 
+    One that charon refuses does not keep the others out.
+
     Returns what was loaded, in words.
 
     Raises:
         DeployUnavailable: charon cannot be reached.
-        DeployError: charon refused one of them.
+        DeployError: charon refused one of them (the others are loaded).
     """
     cas, crls = tuple(ca_certs_pem), tuple(crls_der)
+    refused: list[CommandFailed] = []
     with open_session(uri, timeout) as conn:
         try:
             for pem in cas:
-                conn.load_cert(pem, ca=True)
+                try:
+                    conn.load_cert(pem, ca=True)
+                except CommandFailed as e:
+                    refused.append(e)
             for der in crls:
-                conn.call("load-cert", {"type": "X509_CRL", "data": der})
+                try:
+                    conn.call("load-cert", {"type": "X509_CRL", "data": der})
+                except CommandFailed as e:
+                    refused.append(e)
             if cas:
                 conn.flush_certs()
         except (CommandFailed, ConnectionLost) as e:
             raise query_error(uri, e) from None
+    if refused:
+        raise query_error(uri, refused[0])
     parts = []
     if cas:
         parts.append(f"{len(cas)} CA certificate(s)")
