@@ -275,7 +275,7 @@ class RenewalService:
                 except SwcmpError as e:
                     log.warning("%s: CA maintenance failed: %s", s.name, e)
                     continue
-                except Exception as e:
+                except Exception as e:  # one session's surprise must not end the pass
                     log.error("%s: CA maintenance failed unexpectedly: %s", s.name, e,
                               exc_info=log.isEnabledFor(logging.DEBUG))
                     continue
@@ -433,7 +433,7 @@ class RenewalService:
         # Reported, never undoing the renewal: whatever it raises is logged here.
         try:
             self.ca_life().after_renewal(s, replaced, outcome.serial)
-        except Exception as e:
+        except Exception as e:  # the renewal is committed: its report stands
             log.error("%s: the CA steps after the renewal failed: %s", s.name, e,
                       exc_info=log.isEnabledFor(logging.DEBUG))
         self._run_hooks(s, outcome)
