@@ -27,7 +27,7 @@ from swcmp.cmp import certs
 from swcmp.errors import ConnectError
 from swcmp.store import load_trust
 from swcmp.testca.state import REVOKED
-from test_renewal_testca import MAC_SECRET, CAHolder, Site, add_session, ca_config, make_site
+from testca_site import MAC_SECRET, CAHolder, Site, add_session, ca_config, make_site
 
 pytestmark = pytest.mark.integration
 
@@ -272,3 +272,11 @@ def test_crl_signed_by_someone_else_is_refused(tmp_path: Path, ca: CAHolder) -> 
     assert "signed by someone else" in result.output, result.output
     assert not crl_file(a.paths, "gwa").exists()
     assert CaLifeStore(a.paths, "gwa").load().crl is None
+    # with the CA's own CRL stored, a foreign one leaves it as it is
+    ca.restart(ca_config(validity=timedelta(hours=2)))
+    run(a, "request", "crl", "gwa")
+    stored, state = crl_file(a.paths, "gwa").read_bytes(), CaLifeStore(a.paths, "gwa").load().crl
+    ca.restart(ca_config(validity=timedelta(hours=2), fault="foreign-crl"))
+    assert run(a, "request", "crl", "gwa", code=None).exit_code != 0
+    assert crl_file(a.paths, "gwa").read_bytes() == stored
+    assert CaLifeStore(a.paths, "gwa").load().crl == state

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from openssl_gateway import GW, MAC_ARGS, SIG_ARGS, Gateway
 from openssl_mock import OPENSSL
 from pki import make_cert, name
-from test_cli_requests import GW, MAC_ARGS, SIG_ARGS, Gateway
 
 pytestmark = [
     pytest.mark.integration,

@@ -20,7 +20,7 @@ from swcmp.errors import CMPErrorResponse, ConnectError, SwcmpError
 from swcmp.ha import Role
 from swcmp.metrics import failure_key
 from swcmp.service import HostConfig, RenewalService
-from test_renewal_testca import CAHolder, Site, add_session, ca_config, make_site
+from testca_site import CAHolder, Site, add_session, ca_config, make_site
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from swcmp.cmp.transport import HttpTransport
 from swcmp.enroll import request_certificate
 from swcmp.errors import LockHeldError
 from swcmp.renewal import Renewer
-from test_renewal_testca import CAHolder, Site, add_session, ca_config, make_site
+from testca_site import CAHolder, Site, add_session, ca_config, make_site
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from swcmp.policy import JITTER_SHARE, renew_at
 from swcmp.sessionfile import SessionStore
 from swcmp.store import Journal
 from swcmp.testca.authority import BACKDATE
-from test_renewal_testca import (
+from testca_site import (
     CAHolder,
     Site,
     _now,

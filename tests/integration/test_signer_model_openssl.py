@@ -16,9 +16,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from openssl_gateway import GW, MAC_ARGS, Gateway
 from openssl_mock import OPENSSL
 from pki import make_cert, name, pem_cert, pem_key
-from test_cli_requests import GW, MAC_ARGS, Gateway
 
 pytestmark = [
     pytest.mark.integration,

@@ -26,12 +26,12 @@ from hypothesis import strategies as st
 
 import dertree as d
 from pki import TestPKI, name
+from scripted_ca import SECRET, ScriptedCA
 from swcmp.cmp import certs, codec, der, protection
 from swcmp.cmp.client import CMPClient
 from swcmp.cmp.messages import PKIMessageInfo
 from swcmp.cmp.protection import MacProtection, ResponseTrust
 from swcmp.errors import ProtocolError, SwcmpError
-from test_client_faults import SECRET, ScriptedCA
 from testpaths import DATA
 
 VECTORS = {p.name: p.read_bytes() for p in sorted(DATA.glob("*.der"))}

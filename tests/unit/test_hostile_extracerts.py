@@ -18,11 +18,11 @@ import datetime as dt
 import pytest
 
 from pki import TestPKI, name
+from scripted_ca import SECRET, ScriptedCA
 from swcmp.cmp import certs, codec, protection
 from swcmp.cmp.client import CMPClient
 from swcmp.cmp.protection import MacProtection
 from swcmp.errors import CertificateError, SwcmpError
-from test_client_faults import SECRET, ScriptedCA
 from testpaths import DATA
 
 ROOT = certs.load_certificate((DATA / "pki" / "root.crt").read_bytes())

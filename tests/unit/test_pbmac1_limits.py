@@ -17,12 +17,12 @@ from pyasn1.type import univ
 from pyasn1_alt_modules import rfc8018
 
 from pki import TestPKI, name
+from scripted_ca import SECRET, ScriptedCA
 from swcmp.cmp import oids
 from swcmp.cmp.client import CMPClient
 from swcmp.cmp.messages import AlgorithmId
 from swcmp.cmp.protection import MacProtection, Protected
 from swcmp.errors import ProtectionError
-from test_client_faults import SECRET, ScriptedCA
 
 
 def pbmac1(key_length: int, *, salt: bytes = b"salt" * 4) -> AlgorithmId:

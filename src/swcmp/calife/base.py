@@ -68,7 +68,9 @@ class _Base:
             except SwcmpError as e:
                 if not session.mac_ref:
                     raise
-                log.debug("%s: no signing credentials (%s); using the MAC", session.name, e)
+                # visible: under the MAC, anyone holding the shared secret may answer
+                log.warning("%s: the session's signing credentials are unusable (%s); the CA "
+                            "questions are MAC-protected instead", session.name, e)
         return mac_protection(session)
 
     def _ask(self, session: Session, question: str, work: Callable[[CMPClient], Any], *,
