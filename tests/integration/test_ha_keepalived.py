@@ -28,8 +28,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from charon_net import NS_PREFIX, cleanup_stale_namespaces
-from test_serve_testca import swcmp_cmd, swcmp_json
-from testca_site import CAHolder, Site, add_session, ca_config, make_site
+from testca_site import CAHolder, Site, add_session, ca_config, make_site, swcmp_cmd, swcmp_json
 from testpaths import REPO
 
 KEEPALIVED = shutil.which("keepalived") or "/usr/sbin/keepalived"

@@ -43,8 +43,17 @@ from swcmp.cmp.messages import PollRepEntry
 from swcmp.cmp.protection import SignatureProtection
 from swcmp.state import StateStore
 from swcmp.store import Journal
-from test_serve_testca import DUE_NOW, Serve, enroll_aside, swcmp_cmd
-from testca_site import CAHolder, Site, add_session, ca_config, make_site
+from testca_site import (
+    DUE_NOW,
+    CAHolder,
+    Serve,
+    Site,
+    add_session,
+    ca_config,
+    enroll_aside,
+    make_site,
+    swcmp_cmd,
+)
 
 pytestmark = pytest.mark.integration
 

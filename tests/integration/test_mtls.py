@@ -27,8 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from swcmp.names import format_dn
-from test_serve_testca import swcmp_cmd
-from testca_site import MAC_REF, CAHolder, ca_config, make_site
+from testca_site import MAC_REF, CAHolder, ca_config, make_site, swcmp_cmd
 
 pytestmark = pytest.mark.integration
 

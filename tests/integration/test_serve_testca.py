@@ -10,95 +10,38 @@ renewed certificate is not due again during the test.
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
 
 import pytest
 
 from swcmp.cmp import certs
-from swcmp.paths import Paths
 from swcmp.policy import JITTER_SHARE, renew_at
-from swcmp.sessionfile import SessionStore
 from swcmp.store import Journal
 from swcmp.testca.authority import BACKDATE
 from testca_site import (
+    DUE_NOW,
     CAHolder,
+    Serve,
     Site,
     _now,
     add_session,
     ca_config,
+    enroll_aside,
     issued,
     make_site,
+    swcmp_json,
 )
 
 pytestmark = pytest.mark.integration
 
 #: Lifetime of the certificates renewed on schedule.
 SHORT = timedelta(seconds=100)
-#: A certificate with this validity is due at once under expire_time 50 (BACKDATE is 60 s).
-DUE_NOW = timedelta(seconds=60)
 #: How late after its due time a renewal may come (serve wakes at the due time, +1 s at most).
 LATE = timedelta(seconds=4)
-
-
-def swcmp_cmd(site: Site, *args: str) -> list[str]:
-    p = site.paths
-    return [sys.executable, "-m", "swcmp", "--config-dir", str(p.config_dir),
-            "--state-dir", str(p.state_dir), "--swanctl-dir", str(p.swanctl_dir),
-            "--vici", "none", *args]
-
-
-def swcmp_json(site: Site, *args: str) -> Any:
-    res = subprocess.run(swcmp_cmd(site, "--json", *args), capture_output=True, text=True,
-                         timeout=60)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return json.loads(res.stdout)
-
-
-class Serve:
-    """`swcmp -v serve` in the background, its log in a file."""
-
-    def __init__(self, site: Site, log: Path, *, verbose: str = "-v") -> None:
-        self.log_path = log
-        self._log: IO[str] = log.open("w")
-        self.proc = subprocess.Popen(swcmp_cmd(site, verbose, "serve"),
-                                     stdout=subprocess.DEVNULL, stderr=self._log)
-        self.wait_for(lambda: "swcmp serve: watching" in self.log(), 30, "start-up")
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def wait_for(self, cond: Callable[[], bool], timeout: float, what: str) -> float:
-        """Wait for ``cond``; return the time.time() at which it was seen true."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if cond():
-                return time.time()
-            assert self.proc.poll() is None, f"serve exited {self.proc.returncode}:\n{self.log()}"
-            time.sleep(0.05)
-        raise AssertionError(f"no {what} within {timeout}s; serve log:\n{self.log()}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self._log.close()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
 
 
 @pytest.fixture
@@ -134,25 +77,6 @@ def assert_clean_exit(code: int, serve: Serve) -> str:
     assert "Traceback" not in log and "ERROR" not in log, log
     assert "stopping (signal 15)" in log
     return log
-
-
-def enroll_aside(site: Site, ca: CAHolder, name: str, *, validity: timedelta,
-                 **settings: Any) -> None:
-    """Enroll session ``name`` with certificates of ``validity``, then publish its file.
-
-    The session file is written and the IR made in a side configuration
-    directory (same swanctl and state directories), then renamed into the
-    served one, so that serve never sees the session without its certificate.
-    The CA is set back to hour-long certificates afterwards.
-    """
-    side = Site(site.root, Paths(site.root / "side-etc", site.paths.state_dir,
-                                 site.paths.swanctl_dir),
-                SessionStore(site.root / "side-etc"), site.secret_file)
-    ca.restart(ca_config(validity=validity))
-    add_session(side, ca.ca, name, **settings)
-    ca.restart(ca_config(validity=timedelta(hours=1)))
-    site.paths.sessions_dir.mkdir(parents=True, exist_ok=True)
-    os.replace(side.store.path_for(name), site.store.path_for(name))
 
 
 # ---------------------------------------------------------------------- on time
