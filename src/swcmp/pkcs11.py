@@ -22,6 +22,7 @@ import logging
 import os
 import secrets
 import stat
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -174,6 +175,12 @@ class TokenConfig:
         return read_pin(self.pin_file, session=self.session)
 
 
+#: One token operation at a time in this process. ``serve`` renews the sessions of
+#: different CAs on parallel threads; a PKCS#11 login is per application and token, and
+#: C_Finalize (``reinitialize``, below) would end every other thread's session.
+_TOKEN_LOCK = threading.RLock()
+
+
 @functools.cache
 def _library(module: str) -> Any:
     import pkcs11 as p11
@@ -287,6 +294,10 @@ class TokenStore:
 
     def token(self) -> Any:
         """The token the URI names (exactly one must match)."""
+        with _TOKEN_LOCK:
+            return self._token()
+
+    def _token(self) -> Any:
         import pkcs11 as p11
 
         lib = _library(str(self.config.module))
@@ -316,7 +327,13 @@ class TokenStore:
 
     @contextmanager
     def open(self, *, rw: bool = False) -> Iterator[Any]:
-        """A logged-in session with the token, closed afterwards."""
+        """A logged-in session with the token, closed afterwards (under the process's
+        token lock: one token session at a time)."""
+        with _TOKEN_LOCK, self._open(rw=rw) as session:
+            yield session
+
+    @contextmanager
+    def _open(self, *, rw: bool) -> Iterator[Any]:
         import pkcs11 as p11
 
         token = self.token()

@@ -479,3 +479,35 @@ def test_a_token_that_cannot_be_opened_does_not_stop_the_stale_key_cleanup(
     stale.write_text("[]")
     # charon is not there: the cleanup waits for it, but nothing escapes the pass
     RenewalService(paths, vici="unix:///nonexistent/charon.vici").unload_stale_keys()
+
+
+def test_threads_signing_with_one_token_at_once_do_not_crash_the_process(
+        token: softhsm.Token) -> None:
+    # serve renews different CAs' sessions on parallel threads; unserialised token
+    # sessions crashed the whole process (SIGSEGV inside the PKCS#11 module)
+    child = textwrap.dedent(f"""
+        import threading
+        from pathlib import Path
+        from swcmp.cmp import keys
+        from swcmp.pkcs11 import TokenConfig, TokenStore, TokenUri, new_key_id
+        store = TokenStore(TokenConfig("gw1", TokenUri.parse({token.uri()!r}),
+                                       Path({str(token.module)!r}),
+                                       Path({str(token.pin_file)!r})))
+        key = store.generate("ecdsa:p256", new_key_id())
+        alg = keys.default_signature_algorithm(key)
+        errors = []
+        def work():
+            for _ in range(60):
+                try:
+                    key.sign(b"x" * 100, alg)
+                except Exception as e:
+                    errors.append(repr(e))
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        print(len(errors), errors[:2])
+    """)
+    res = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                         timeout=120)  # inherits SOFTHSM2_CONF from the fixture
+    assert res.returncode == 0, (res.returncode, res.stderr[-1000:])
+    assert res.stdout.startswith("0 "), res.stdout
