@@ -44,9 +44,9 @@ from swcmp.store import (
     Journal,
     JournalEntry,
     archive_pair,
+    check_staged,
     current_pair,
     load_session_key,
-    load_trust,
     read_file,
     restore_pair,
     write_ca_certs,
@@ -327,17 +327,7 @@ class Renewer:
             raise RenewalError("the staged key does not match the staged certificate").with_hint(
                 f"inspect {j.dir}; the live pair is untouched")
         ca_certs = j.staged_ca_certs()
-        # The staging area is checked again before it becomes live: what the client
-        # verified is on disk now, and only a certificate our CA issued may be committed.
-        anchors = load_trust(session)
-        if anchors:
-            try:
-                certs.build_chain(staged_cert, anchors=anchors, untrusted=ca_certs,
-                                  now=self.clock())
-            except CertificateError as e:
-                raise RenewalError(f"the staged certificate fails verification: {e}").with_hint(
-                    f"inspect {j.dir}; the live pair is untouched. Remove journal.json there "
-                    "to abandon this renewal") from e
+        check_staged(session, staged_cert, ca_certs, now=self.clock(), where=j.dir)
         try:
             write_pair(key_path, new_key_pem, cert_path, certs.pem_of(staged_cert),
                        previous_key=previous.key_pem if previous else None,

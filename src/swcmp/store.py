@@ -18,6 +18,7 @@ import logging
 import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from swcmp import fsutil
 from swcmp.cmp import certs, keys
 from swcmp.deploy import CredentialPair
-from swcmp.errors import ConfigError, StorageError, SwcmpError
+from swcmp.errors import CertificateError, ConfigError, RenewalError, StorageError, SwcmpError
 from swcmp.names import validate_session_name
 from swcmp.paths import Paths
 from swcmp.pkcs11 import is_token_uri
@@ -121,6 +122,25 @@ def ca_certs_pem(session: Session, paths: Paths) -> tuple[bytes, ...]:
     return tuple(read_file(p, "CA certificate")
                  for p in (*paths.ca_cert_files(session.name),
                            *root_cert_files(paths, session.name)))
+
+def check_staged(session: Session, cert: x509.Certificate, ca_certs: Sequence[x509.Certificate],
+                 *, now: datetime, where: Path) -> None:
+    """The staging area checked again before it becomes live: what the client verified is
+    on disk now, and only a certificate the session's CA issued may be committed.
+
+    Raises:
+        RenewalError: it does not chain to the trust anchors (the live pair is untouched).
+    """
+    anchors = load_trust(session)
+    if not anchors:
+        return
+    try:
+        certs.build_chain(cert, anchors=anchors, untrusted=ca_certs, now=now)
+    except CertificateError as e:
+        raise RenewalError(f"the staged certificate fails verification: {e}").with_hint(
+            f"inspect {where}; the live pair is untouched. Remove journal.json there "
+            "to abandon this renewal") from e
+
 
 # --------------------------------------------------------------------------- enrolment
 

@@ -21,21 +21,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
 from swcmp import tokenkeys
 from swcmp.cmp import certs
-from swcmp.deploy import CredentialPair, DeployError, DeployUnavailable, TokenRef
+from swcmp.deploy import CredentialPair, DeployError, DeployUnavailable
 from swcmp.enroll import Outcome
-from swcmp.errors import CertificateError, ConfigError, StorageError, SwcmpError
+from swcmp.errors import ConfigError, StorageError, SwcmpError
 from swcmp.pkcs11 import TokenKey, new_key_id
 from swcmp.store import (
     JournalEntry,
     ca_certs_pem,
-    load_trust,
+    check_staged,
     read_file,
     write_ca_certs,
     write_cert,
@@ -173,24 +172,12 @@ def promote_token(renewer: Renewer, session: Session, j: Journal) -> Outcome:
                         old_cert_pem=live_pem.decode() if live_pem else None)
     old_key = next((k for k in pairs if k.handle == entry.token_old), None)
     old_cert_pem = entry.old_cert_pem.encode() if entry.old_cert_pem else None
-    pin = tokenkeys.token_config(session).pin()
     previous: CredentialPair | None = None
     if old_key is not None and old_key.handle != new_key.handle and old_cert_pem:
-        previous = CredentialPair(
-            session=session.name, key_path=Path(str(session.key)),
-            cert_path=cert_path, key_pem=b"", cert_pem=old_cert_pem,
-            ca_certs_pem=tuple(p.read_bytes() for p in paths.ca_cert_files(session.name)),
-            token=TokenRef(old_key.handle, pin))
+        previous = tokenkeys.pair_for(session, paths, old_key, old_cert_pem,
+                                      ca_certs_pem(session, paths))
     ca_certs = j.staged_ca_certs()
-    anchors = load_trust(session)
-    if anchors:
-        try:
-            certs.build_chain(staged_cert, anchors=anchors, untrusted=ca_certs,
-                              now=renewer.clock())
-        except CertificateError as e:
-            raise RenewalError(f"the staged certificate fails verification: {e}").with_hint(
-                f"inspect {j.dir}; the live pair is untouched. Remove journal.json there "
-                "to abandon this renewal") from e
+    check_staged(session, staged_cert, ca_certs, now=renewer.clock(), where=j.dir)
     if previous is not None and old_key is not None:
         tokenkeys.retire(paths, session, old_key)
     # The commit: from this write on the new pair is the session's current one.
