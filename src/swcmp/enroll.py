@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes
 
 from swcmp import fsutil, tokenkeys
 from swcmp.cmp import certs, keys
-from swcmp.deploy import CredentialPair, Deployer, DeployError, DeployUnavailable
+from swcmp.deploy import Charon, CredentialPair, DeployError, DeployUnavailable
 from swcmp.errors import ConfigError, SwcmpError
 from swcmp.paths import Paths
 from swcmp.session import (
@@ -210,17 +210,17 @@ def usable_ca_pubs(session: Session, enrolled: Enrollment) -> list[x509.Certific
     return out
 
 
-def deploy(deployer: Deployer | None, new: CredentialPair,
+def deploy(charon: Charon | None, session: Session, new: CredentialPair,
            previous: CredentialPair | None) -> str:
-    """Hand a committed pair to the deployer; return what happened, in words.
+    """Hand a committed pair to charon; return what happened, in words.
 
     An unreachable charon is not a failure: the files are committed and the
     charon start hook loads them. A DeployError propagates.
     """
-    if deployer is None:
+    if charon is None:
         return "not loaded into charon (--vici none or --no-deploy)"
     try:
-        return deployer.deploy(new, previous).detail
+        return charon.deploy(session, new, previous).detail
     except DeployUnavailable as e:
         reason = str(e.args[0]) if e.args else str(e)
         log.warning("%s: charon not updated: %s (the files are in place; charon loads them "
@@ -230,7 +230,7 @@ def deploy(deployer: Deployer | None, new: CredentialPair,
 
 def _store_and_configure(session: Session, paths: Paths, store: SessionStore | None,
                          enrolled: Enrollment, action: str, key_path: Path | None,
-                         deployer: Deployer | None) -> Outcome:
+                         charon: Charon | None) -> Outcome:
     previous = current_pair(session, paths)
     cert_path = paths.cert_file(session.name)
     ca_pubs = usable_ca_pubs(session, enrolled)
@@ -261,14 +261,14 @@ def _store_and_configure(session: Session, paths: Paths, store: SessionStore | N
             store.update(session.name, set_values=set_values, unset=unset)
     new = current_pair(session, paths)
     assert new is not None
-    charon = deploy(deployer, new, previous if previous and previous.cert_pem != new.cert_pem
-                    else None)
+    detail = deploy(charon, session, new,
+                    previous if previous and previous.cert_pem != new.cert_pem else None)
     cert = enrolled.certificate
     return Outcome(session.name, action, True,
                    f"certificate {certs.describe(cert)} issued, valid until "
                    f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z",
                    serial=f"{cert.serial_number:x}", not_after=cert.not_valid_after_utc,
-                   cert_path=cert_path, key_path=key_path, ca_paths=ca_paths, charon=charon)
+                   cert_path=cert_path, key_path=key_path, ca_paths=ca_paths, charon=detail)
 
 
 def _run_request(session: Session, paths: Paths, action: str,
@@ -289,7 +289,7 @@ def _run_request(session: Session, paths: Paths, action: str,
 
 
 def _request(kind: str, session: Session, paths: Paths, protection: Callable[[], Protection],
-             store: SessionStore | None, deployer: Deployer | None,
+             store: SessionStore | None, charon: Charon | None,
              transport: Transport | None) -> Outcome:
     """An IR or CR for the session's key (generated if missing), stored and deployed."""
     def work() -> Outcome:
@@ -309,7 +309,7 @@ def _request(kind: str, session: Session, paths: Paths, protection: Callable[[],
         finally:
             _record_stats(paths, session.name, client)
         return _store_and_configure(session, paths, store, enrolled, kind,
-                                    session_key_file(session, paths), deployer)
+                                    session_key_file(session, paths), charon)
 
     # The renewal lock: a renewal committing a new key while this request is on the
     # wire would otherwise end with its key beside our certificate for the old one.
@@ -319,7 +319,7 @@ def _request(kind: str, session: Session, paths: Paths, protection: Callable[[],
 
 
 def request_initial(session: Session, paths: Paths, *, store: SessionStore | None = None,
-                    deployer: Deployer | None = None,
+                    charon: Charon | None = None,
                     transport: Transport | None = None) -> Outcome:
     """IR: enroll the session's key (generated if missing), MAC or signature protected.
 
@@ -333,18 +333,18 @@ def request_initial(session: Session, paths: Paths, *, store: SessionStore | Non
             return mac_protection(session)
         return signature_protection(session, paths)
 
-    return _request("ir", session, paths, protection, store, deployer, transport)
+    return _request("ir", session, paths, protection, store, charon, transport)
 
 
 def request_certificate(session: Session, paths: Paths, *, store: SessionStore | None = None,
-                        deployer: Deployer | None = None, transport: Transport | None = None,
+                        charon: Charon | None = None, transport: Transport | None = None,
                         pkcs10: bool = False) -> Outcome:
     """CR: a certificate for the session's key, signed with a certificate this CA issued.
 
     ``pkcs10``: send the request as a PKCS#10 CSR in a p10cr (RFC 9483 4.1.4) instead.
     """
     return _request("p10cr" if pkcs10 else "cr", session, paths,
-                    lambda: signature_protection(session, paths), store, deployer, transport)
+                    lambda: signature_protection(session, paths), store, charon, transport)
 
 
 def make_csr(key: keys.SigningKey, subject: x509.Name,

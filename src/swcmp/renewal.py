@@ -25,7 +25,7 @@ from cryptography import x509
 
 from swcmp import fsutil, tokenkeys
 from swcmp.cmp import certs, keys
-from swcmp.deploy import Deployer, DeployError, DeployUnavailable
+from swcmp.deploy import Charon, DeployError, DeployUnavailable
 from swcmp.enroll import Outcome, make_client, request_chain, signature_credentials
 from swcmp.errors import (
     CertificateError,
@@ -70,7 +70,7 @@ class Renewer:
 
     Args:
         paths: the directories.
-        deployer: makes the new pair live (charon); None writes files only.
+        charon: where the new pair is made live; None writes files only.
         clock: the current time (UTC).
         transport: for tests; normally an HttpTransport per renewal.
         poll_deadline: seconds to wait for a 'waiting' CA within one run.
@@ -78,7 +78,7 @@ class Renewer:
     """
 
     paths: Paths
-    deployer: Deployer | None = None
+    charon: Charon | None = None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     transport: Transport | None = None
     poll_deadline: float = 300.0
@@ -343,8 +343,8 @@ class Renewer:
         assert new is not None
         same = previous is not None and previous.cert_pem == new.cert_pem
         try:
-            detail = (self.deployer.deploy(new, None if same else previous).detail
-                      if self.deployer is not None else "files written")
+            detail = (self.charon.deploy(session, new, None if same else previous).detail
+                      if self.charon is not None else "files written")
         except DeployUnavailable as e:
             detail = f"charon not updated ({e}); it loads the new pair when it starts"
             log.warning("%s: %s", session.name, detail)

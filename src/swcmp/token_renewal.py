@@ -27,7 +27,7 @@ from cryptography import x509
 
 from swcmp import tokenkeys
 from swcmp.cmp import certs
-from swcmp.deploy import CredentialPair, Deployer, DeployError, DeployUnavailable
+from swcmp.deploy import Charon, CredentialPair, DeployError, DeployUnavailable
 from swcmp.enroll import Outcome
 from swcmp.errors import ConfigError, StorageError, SwcmpError
 from swcmp.pkcs11 import TokenKey, new_key_id
@@ -53,7 +53,7 @@ class Renewer(Protocol):
     there, and does not import it)."""
 
     paths: Paths
-    deployer: Deployer | None
+    charon: Charon | None
     charon_untouched: bool
 
     def clock(self) -> datetime: ...
@@ -65,12 +65,9 @@ def held_key_ids(renewer: Renewer) -> set[str] | bool | None:
     """Key ids charon holds: a set; None with no charon (files only); False when unknown,
     as after ``--no-deploy``: charon was not updated and may still sign with the replaced
     pair, which a later ``serve`` pass destroys once charon lets go of it."""
-    if renewer.deployer is None:
+    if renewer.charon is None:
         return False if renewer.charon_untouched else None
-    ask = getattr(renewer.deployer, "loaded_key_ids", None)
-    if not callable(ask):
-        return False
-    return _charon_keys(ask)
+    return _charon_keys(renewer.charon.held_key_ids)
 
 
 def _charon_keys(ask: Callable[[], Iterable[str]]) -> set[str] | bool:
@@ -201,8 +198,8 @@ def promote_token(renewer: Renewer, session: Session, j: Journal) -> Outcome:
     new = tokenkeys.pair_for(session, paths, new_key, certs.pem_of(staged_cert),
                              ca_certs_pem(session, paths))
     try:
-        detail = (renewer.deployer.deploy(new, previous).detail
-                  if renewer.deployer is not None else "files written")
+        detail = (renewer.charon.deploy(session, new, previous).detail
+                  if renewer.charon is not None else "files written")
     except DeployUnavailable as e:
         detail = f"charon not updated ({e}); it loads the new pair when it starts"
         log.warning("%s: %s", session.name, detail)

@@ -458,7 +458,8 @@ def test_a_symlinked_pin_file_is_refused_when_it_is_set(tmp_path: Path,
 
 def test_a_token_that_cannot_be_opened_does_not_stop_the_stale_key_cleanup(
         tmp_path: Path) -> None:
-    from swcmp.service import RenewalService, stale_keys_file
+    from swcmp.service import RenewalService
+    from swcmp.strongswan import ViciCharon, stale_keys_file
 
     paths = Paths(tmp_path / "etc", tmp_path / "var", tmp_path / "swanctl")
     notlib = tmp_path / "not-a-module.so"
@@ -478,7 +479,8 @@ def test_a_token_that_cannot_be_opened_does_not_stop_the_stale_key_cleanup(
     stale.parent.mkdir(parents=True)
     stale.write_text("[]")
     # charon is not there: the cleanup waits for it, but nothing escapes the pass
-    RenewalService(paths, vici="unix:///nonexistent/charon.vici").unload_stale_keys()
+    RenewalService(paths, charon=ViciCharon("unix:///nonexistent/charon.vici", paths)
+                   ).unload_stale_keys()
 
 
 def test_threads_signing_with_one_token_at_once_do_not_crash_the_process(

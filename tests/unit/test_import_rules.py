@@ -3,7 +3,8 @@ also those inside functions, which is where swcmp imports lazily).
 
 - ``swcmp.cmp`` (the CMP library) imports only its own modules and third-party ones;
 - ``vici`` is imported only by ``swcmp.strongswan.vici``, and ``swcmp.strongswan``
-  only by the CLI, the service and the start hook, which construct the deployers;
+  only by the CLI, which constructs the charon port (``ViciCharon``) and hands it to
+  the renewal, the service, the CA's life and the start hook;
 - ``pyasn1`` only by ``swcmp.cmp.codec`` (``pyasn1_alt_modules`` also by
   ``swcmp.cmp.oids``, for the OID constants);
 - the HTTP client stack (``http.client``, ``urllib.request``, ``requests``) only by
@@ -131,8 +132,8 @@ def violations(found: Iterator[tuple[str, str, int]]) -> list[str]:
         if _in(target, "vici") and module != "swcmp.strongswan.vici":
             bad.append(f"{where}: only swcmp.strongswan.vici talks to vici")
         if (_in(target, "swcmp.strongswan") and not _in(module, "swcmp.strongswan")
-                and not _in(module, "swcmp.cli", "swcmp.service", "swcmp.start_hook")):
-            bad.append(f"{where}: only the CLI and the service construct deployers")
+                and not _in(module, "swcmp.cli")):
+            bad.append(f"{where}: only the CLI constructs the charon port")
         if _in(target, "pyasn1") and module != "swcmp.cmp.codec":
             bad.append(f"{where}: pyasn1 is the codec's alone")
         if _in(target, "pyasn1_alt_modules") and module not in ("swcmp.cmp.codec",
@@ -155,7 +156,9 @@ def test_the_source_tree_keeps_its_layers() -> None:
 @pytest.mark.parametrize("module, target, rule", [
     ("swcmp.cmp.client", "swcmp.session", "the CMP library imports only swcmp.cmp"),
     ("swcmp.session", "vici", "only swcmp.strongswan.vici talks to vici"),
-    ("swcmp.renewal", "swcmp.strongswan.deployers", "only the CLI and the service"),
+    ("swcmp.renewal", "swcmp.strongswan.deployers", "only the CLI constructs the charon port"),
+    ("swcmp.service.passes", "swcmp.strongswan", "only the CLI constructs the charon port"),
+    ("swcmp.start_hook", "swcmp.strongswan.hook", "only the CLI constructs the charon port"),
     ("swcmp.cmp.protection", "pyasn1.codec.der", "pyasn1 is the codec's alone"),
     ("swcmp.enroll", "http.client", "HTTP only in swcmp.cmp.transport"),
     ("swcmp.checks", "swcmp.cli.render", "nothing below the CLI imports it"),
