@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 
-from swcmp import fsutil
+from swcmp import fsutil, keystore
 from swcmp.deploy import Charon
 from swcmp.errors import SwcmpError
 from swcmp.paths import Paths
@@ -51,7 +51,7 @@ def charon_start(paths: Paths, charon: Charon, *, lock_wait: float = 20.0) -> st
     renewal still holding its lock after ``lock_wait`` seconds deploys its own
     pair when it finishes; the files as they are now are loaded meanwhile.
     """
-    from swcmp.store import Journal, current_pair
+    from swcmp.store import Journal
 
     finished: list[str] = []
     pairs = []
@@ -85,7 +85,7 @@ def charon_start(paths: Paths, charon: Charon, *, lock_wait: float = 20.0) -> st
                                       serial=outcome.serial)
                             st.count_renewal()
             try:
-                pair = current_pair(s, paths)
+                pair = keystore.open(s, paths).live_pair()
             except SwcmpError as e:  # e.g. a token that is not there: load the others
                 log.error("%s: not loaded: %s", s.name, e)
                 pair = None

@@ -477,6 +477,9 @@ def test_charon_refuses_then_disk_full_during_rollback_keeps_a_matching_pair(
         def deploy(self, session: Any, new: Any, previous: Any) -> Any:
             raise DeployError("charon refused the key (test)")
 
+        def held_key_ids(self) -> tuple[str, ...]:
+            return ()
+
     def full_on_restore(path: Path, data: bytes, **kw: Any) -> None:
         if Path(path) == live_cert:
             writes["cert"] += 1

@@ -174,3 +174,62 @@ def test_a_lazy_import_inside_a_function_is_seen(tmp_path: Path) -> None:
     found = list(imports(tmp_path / "swcmp"))
     assert ("swcmp.cmp.x", "swcmp.fsutil", 2) in found
     assert violations(iter(found))
+
+
+# --------------------------------------------------------------------------- key storage
+
+
+def _asks_for_a_token(tree: ast.AST) -> list[int]:
+    """Lines that ask whether a key is in a token: the helpers that answer it, a
+    ``pkcs11:`` literal in code (docstrings aside), ``isinstance(x, ...PrivateKey)``."""
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef)
+                  and n.body and isinstance(n.body[0], ast.Expr)
+                  and isinstance(n.body[0].value, ast.Constant)}
+    lines = []
+    for node in ast.walk(tree):
+        literal = (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                   and "pkcs11:" in node.value.lower() and id(node) not in docstrings)
+        if literal or _names_a_token_helper(node) or _is_instance_of_private_key(node):
+            lines.append(node.lineno)
+    return lines
+
+
+def _names_a_token_helper(node: ast.AST) -> bool:
+    name = (node.id if isinstance(node, ast.Name)
+            else node.attr if isinstance(node, ast.Attribute) else None)
+    return name in ("uses_token", "is_token_uri")
+
+
+def _is_instance_of_private_key(node: ast.AST) -> bool:
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            and node.func.id == "isinstance" and len(node.args) == 2):
+        return False
+    kind = node.args[1]
+    return (kind.attr if isinstance(kind, ast.Attribute)
+            else kind.id if isinstance(kind, ast.Name) else None) == "PrivateKey"
+
+
+def test_only_the_key_store_asks_whether_a_key_is_in_a_token() -> None:
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        module = _module_name(path, SRC)
+        if _in(module, "swcmp.keystore", "swcmp.strongswan.vici", "swcmp.cli.options"):
+            continue  # vici: load-key or load-token; options: the --key help text
+        found += [f"{module}:{n}" for n in _asks_for_a_token(ast.parse(path.read_text()))]
+    assert found == []
+
+
+def test_the_token_question_is_seen() -> None:
+    code = ('def f(s, k):\n    "a pkcs11: docstring is fine"\n'
+            '    return uses_token(s) or s.key.startswith("pkcs11:") '
+            'or isinstance(k, keys.PrivateKey)\n')
+    assert _asks_for_a_token(ast.parse(code)) == [3, 3, 3]
+
+
+def test_no_function_in_the_renewal_is_longer_than_60_lines() -> None:
+    tree = ast.parse((SRC / "renewal.py").read_text())
+    long = [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(tree)
+            if isinstance(n, ast.FunctionDef) and n.end_lineno
+            and n.end_lineno - n.lineno + 1 > 60]
+    assert long == []

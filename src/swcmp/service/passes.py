@@ -110,7 +110,7 @@ class RenewalService:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     host: HostConfig = field(default_factory=HostConfig)
     #: charon is deliberately left as it is (--no-deploy): it may still use a replaced
-    #: token key, so replaced token key pairs are kept for a later pass.
+    #: key, so replaced key pairs are kept for a later pass.
     no_deploy: bool = False
     #: After a pass: when the next session needs attention (None: none does).
     next_check: datetime | None = None
@@ -177,7 +177,7 @@ class RenewalService:
         ca_due: list[datetime] = []
         if not dry_run and not standby:
             self.unload_stale_keys()
-            self.destroy_retired_token_objects()
+            self.collect_replaced_keys()
             if due_only and not names:  # serve and `renew --due`: the CA's weekly questions
                 ca_due = self._ca_life_pass()
         seen = self._survey()  # once, after the renewals: for the metrics and the schedule
@@ -258,16 +258,22 @@ class RenewalService:
             return
         self.charon.unload_stale_keys(self.sessions())
 
-    def destroy_retired_token_objects(self) -> None:
-        """Destroy token key pairs replaced by a renewal once charon no longer holds them
-        (pinned mode: after the stale-key cleanup above unloaded the old key)."""
-        from swcmp.token_renewal import clean_retired_objects
+    def collect_replaced_keys(self) -> None:
+        """Let each session's key store forget key pairs replaced by a renewal once charon
+        no longer holds them (pinned mode: after the stale-key cleanup above unloaded the
+        old key) and no queued revocation needs them."""
+        from swcmp import keystore
+        from swcmp.renewal import revocations_waiting
 
         if self.no_deploy:
             return
-        ask = self.charon.held_key_ids if self.charon is not None else None
+        held = self.charon.held_key_ids if self.charon is not None else None
         for s in self.sessions():
-            clean_retired_objects(self.paths, s, ask)
+            try:
+                keystore.open(s, self.paths).collect(
+                    held, keep_serials=revocations_waiting(self.paths, s.name))
+            except SwcmpError as e:
+                log.warning("%s: replaced key pairs not collected: %s", s.name, e)
 
     def renew_now(self, s: Session, *, p: Plan | None = None,
                   regenerate: bool | None = None, log_failure: bool = True) -> Outcome:
