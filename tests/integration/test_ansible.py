@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testca_site import MAC_REF, MAC_SECRET, ca_config, issued
 
 from swcmp.names import format_dn
 from swcmp.testca import TestCA
+from testca_site import MAC_REF, MAC_SECRET, ca_config, issued
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +87,7 @@ class Fleet:
                    ANSIBLE_LOCAL_TEMP=str(self.root / "ansible-tmp"),
                    ANSIBLE_REMOTE_TEMP=str(self.root / "ansible-tmp"),
                    ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0",
-                   ANSIBLE_DEPRECATION_WARNINGS="0", ANSIBLE_FORKS="3",
+                   ANSIBLE_DEPRECATION_WARNINGS="0", ANSIBLE_FORKS="3", ANSIBLE_PIPELINING="1",
                    LC_ALL="C.UTF-8", SWCMP_ANSIBLE_RECORD=str(record))
         argv = [str(BIN / "ansible-playbook"), "-i", str(self.inventory), "-v", *args,
                 str(playbook)]
@@ -202,6 +202,53 @@ def test_changed_setting_is_applied_and_shown_in_diff(fleet: Fleet) -> None:
     assert '+    "expire_time": "20d"' in run.log
     again = fleet.play(FLEET, "-e", "swcmp_expire_time=20d", limit="gw1")
     assert again.recap["gw1"]["changed"] == 0, again.log
+
+
+def test_role_installs_the_command_hook_unit_and_metrics_textfile(fleet: Fleet) -> None:
+    """The role from source, into this test's own venv (already holding swcmp, so pip
+    changes nothing), every file under the gateway's directory; systemd left alone."""
+    base = fleet.root / "gw1"
+    textfile = base / "metrics" / "swcmp.prom"
+    play = fleet.write_play("role.yml", f"""
+- hosts: gw1
+  gather_facts: false
+  roles:
+    - role: swcmp.gateway.swcmp
+      vars:
+        swcmp_venv: {BIN.parent}
+        swcmp_source: swcmp
+        swcmp_system_packages: false
+        swcmp_bin_link: {base}/bin/swcmp
+        swcmp_systemd_dir: {base}/systemd
+        swcmp_strongswan_dir: {base}/strongswan.d
+        swcmp_service: false
+        swcmp_config_dir: {base}/etc
+        swcmp_metrics_textfile: {textfile}
+""")
+    (base / "bin").mkdir()
+    (base / "systemd").mkdir()
+    (base / "strongswan.d").mkdir()
+    run = fleet.play(play)
+    assert run.rc == 0, run.log
+    assert run.recap["gw1"]["changed"] >= 5, run.recap
+    link = base / "bin" / "swcmp"
+    assert link.resolve() == (BIN / "swcmp").resolve()
+    unit = (base / "systemd" / "swcmp.service").read_text()
+    # the inventory's swcmp_vici (none: no charon in this test) reaches the unit and the hook
+    assert f"ExecStart={link} --config-dir {base}/etc --vici none serve" in unit, unit
+    assert f" {textfile.parent}" in unit.split("ReadWritePaths=")[1].splitlines()[0]
+    hook = (base / "strongswan.d" / "swcmp.conf").read_text()
+    assert f"swcmp = {link} --config-dir {base}/etc --vici none hook charon-start" in hook, hook
+    # swcmp, called through the link, writes its metrics where the role told it to
+    d = fleet.dirs("gw1")
+    res = subprocess.run([str(link), "--config-dir", str(d["config"]), "--state-dir",
+                          str(d["state"]), "--swanctl-dir", str(d["swanctl"]), "--vici", "none",
+                          "renew"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert 'swcmp_session_state{session="gw1",state="idle"} 1' in textfile.read_text()
+
+    again = fleet.play(play)
+    assert again.rc == 0 and again.recap["gw1"]["changed"] == 0, again.log
 
 
 def test_request_revoke_and_absent_with_and_without_revoke(fleet: Fleet) -> None:

@@ -428,7 +428,7 @@ def main():
         if module.check_mode and current is None:
             result["ansible_facts"] = dict(swcmp_status=swcmp.status())
             module.exit_json(**result)
-        result["session"] = swcmp.run("session", "show", name)
+        result["session"] = swcmp.run("session", "show", name) if changes else current
         facts = swcmp.status()
         result["status"] = facts.get(name)
         result["ansible_facts"] = dict(swcmp_status=facts)
