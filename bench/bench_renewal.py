@@ -182,7 +182,11 @@ def serve_rss(site: Site, root: Path) -> dict[str, int]:
             return status_kib(proc.pid)
         finally:
             proc.terminate()
-            proc.wait(30)
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 #: Sessions enrolled for real; the others are copies of these under their own names.

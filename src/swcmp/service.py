@@ -46,7 +46,7 @@ from swcmp.paths import Paths
 from swcmp.policy import Plan, plan, retry_delay
 from swcmp.renewal import Renewer
 from swcmp.session import Session, hint_for
-from swcmp.sessionfile import SessionStore
+from swcmp.sessionfile import SessionStore, reads_sessions_once
 from swcmp.state import SessionState, SessionStateName, StateStore
 
 if TYPE_CHECKING:
@@ -195,6 +195,7 @@ class RenewalService:
             log.error("skipping a broken session file: %s", err)
         return list(listing.sessions)
 
+    @reads_sessions_once
     def run_pass(self, names: Sequence[str] = (), *, due_only: bool = True,
                  force: bool = False, dry_run: bool = False) -> list[SessionReport]:
         """One pass over the sessions: renew what is due (or everything with ``force``)."""
