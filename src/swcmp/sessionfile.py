@@ -23,7 +23,6 @@ from swcmp.errors import ConfigError, SessionFileError, StorageError, StorageIOE
 from swcmp.names import (
     validate_session_name,
 )
-from swcmp.policy import ExpireTime
 from swcmp.session import (
     FIELDS,
     FILE_FORMAT,
@@ -34,6 +33,7 @@ from swcmp.session import (
     set_fields,
     unset_fields,
 )
+from swcmp.values import ExpireTime
 
 # --- TOML ------------------------------------------------------------------------------
 
