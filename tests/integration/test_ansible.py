@@ -318,3 +318,8 @@ def test_the_secret_is_in_no_output_and_no_log(fleet: Fleet) -> None:
     assert secret.stat().st_mode & 0o777 == 0o600
     leaked = [i for i, log in enumerate(fleet.logs) if MAC_SECRET in log]
     assert leaked == []
+
+
+def test_the_fleet_page_shows_the_play_that_is_tested() -> None:
+    play = FLEET.read_text().removeprefix("---\n").rstrip("\n")
+    assert f"```yaml\n{play}\n```" in (REPO / "docs" / "fleet.md").read_text()
