@@ -149,6 +149,18 @@ def _certs_issued(f: Fleet) -> int:
     return len(issued(f.root / "ca"))
 
 
+def test_check_mode_on_new_gateways_reports_and_writes_nothing(fleet: Fleet) -> None:
+    run = fleet.play(FLEET, "--check")
+    assert run.rc == 0, run.log
+    for gw in GATEWAYS:
+        declared, auto = run.results(gw, "swcmp_session")
+        assert declared["changes"][0] == "created" and "server_url" in declared["changes"]
+        assert auto["changes"] == ["created", "auto_update"]
+        assert run.results(gw, "swcmp_request")[0]["changed"] is True
+        assert not fleet.session_file(gw).exists()
+    assert not (fleet.root / "ca" / "state.json").exists() or _certs_issued(fleet) == 0
+
+
 def test_first_run_creates_enrols_and_enables_auto_update(fleet: Fleet) -> None:
     run = fleet.play(FLEET)
     assert run.rc == 0, run.log
@@ -200,8 +212,6 @@ def test_changed_setting_is_applied_and_shown_in_diff(fleet: Fleet) -> None:
     assert fleet.swcmp("gw2", "session", "show", "gw2")["expire_time"] == "50%"
     assert '-    "expire_time": "50%"' in run.log
     assert '+    "expire_time": "20d"' in run.log
-    again = fleet.play(FLEET, "-e", "swcmp_expire_time=20d", limit="gw1")
-    assert again.recap["gw1"]["changed"] == 0, again.log
 
 
 def test_role_installs_the_command_hook_unit_and_metrics_textfile(fleet: Fleet) -> None:
@@ -275,11 +285,6 @@ def test_request_revoke_and_absent_with_and_without_revoke(fleet: Fleet) -> None
       swcmp.gateway.swcmp_request: {name: gw1, request: revoke, reason: keyCompromise}
       when: inventory_hostname == "gw1"
 """)
-    check = fleet.play(play, "--check")
-    assert check.rc == 0, check.log
-    assert {gw: check.recap[gw]["changed"] for gw in GATEWAYS} == dict.fromkeys(GATEWAYS, 1)
-    assert all(fleet.session_file(gw).exists() for gw in GATEWAYS)
-
     run = fleet.play(play)
     assert run.rc == 0, run.log
     assert {gw: run.recap[gw]["changed"] for gw in GATEWAYS} == dict.fromkeys(GATEWAYS, 1)
@@ -311,7 +316,7 @@ def test_every_session_setting_is_a_module_option(fleet: Fleet) -> None:
 
 
 def test_the_secret_is_in_no_output_and_no_log(fleet: Fleet) -> None:
-    assert len(fleet.logs) >= 10
+    assert len(fleet.logs) >= 16  # every run's log and record
     # the secret file itself is in place, root's only
     secret = fleet.dirs("gw1")["config"] / "gw1.secret"
     assert secret.read_text().strip() == MAC_SECRET
