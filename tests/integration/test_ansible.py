@@ -246,7 +246,8 @@ def test_role_installs_the_command_hook_unit_and_metrics_textfile(fleet: Fleet) 
     unit = (base / "systemd" / "swcmp.service").read_text()
     # the inventory's swcmp_vici (none: no charon in this test) reaches the unit and the hook
     assert f"ExecStart={link} --config-dir {base}/etc --vici none serve" in unit, unit
-    assert f" {textfile.parent}" in unit.split("ReadWritePaths=")[1].splitlines()[0]
+    rw = next(line for line in unit.splitlines() if line.startswith("ReadWritePaths="))
+    assert rw.split()[-2:] == [f"{base}/etc", str(textfile.parent)], rw
     hook = (base / "strongswan.d" / "swcmp.conf").read_text()
     assert f"swcmp = {link} --config-dir {base}/etc --vici none hook charon-start" in hook, hook
     # swcmp, called through the link, writes its metrics where the role told it to
