@@ -313,8 +313,6 @@ def _wanted(params):
             value = [normalize_san(v) for v in value]
         elif field == "expire_time":
             value = normalize_expire_time(value) if str(value).strip() else ""
-        elif kind == "str" and value == "":
-            value = ""
         out[field] = value
     return out
 
