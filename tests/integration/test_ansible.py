@@ -285,10 +285,22 @@ def test_request_revoke_and_absent_with_and_without_revoke(fleet: Fleet) -> None
     - name: gw1 revokes its certificate (key compromise) and keeps the session
       swcmp.gateway.swcmp_request: {name: gw1, request: revoke, reason: keyCompromise}
       when: inventory_hostname == "gw1"
+    - name: gw1 gets a certificate profile
+      swcmp.gateway.swcmp_session: {name: gw1, cert_profile: gateway, connections: [a, b]}
+      when: inventory_hostname == "gw1"
+    - name: and loses it again (an empty value is swcmp's default)
+      swcmp.gateway.swcmp_session: {name: gw1, cert_profile: "", connections: []}
+      when: inventory_hostname == "gw1"
 """)
     run = fleet.play(play)
     assert run.rc == 0, run.log
-    assert {gw: run.recap[gw]["changed"] for gw in GATEWAYS} == dict.fromkeys(GATEWAYS, 1)
+    assert {gw: run.recap[gw]["changed"] for gw in GATEWAYS} == {"gw1": 3, "gw2": 1, "gw3": 1}
+    set_, unset = run.results("gw1", "swcmp_session")
+    assert set_["session"]["cert_profile"] == "gateway" and set_["session"]["connections"] == [
+        "a", "b"]
+    assert unset["changes"] == ["connections", "cert_profile"] and unset["changed"]
+    shown = fleet.swcmp("gw1", "session", "show", "gw1")
+    assert (shown["cert_profile"], shown["connections"]) == (None, [])
     assert not fleet.session_file("gw3").exists()
     assert not fleet.session_file("gw2").exists()
     assert fleet.session_file("gw1").exists()
@@ -300,7 +312,8 @@ def test_request_revoke_and_absent_with_and_without_revoke(fleet: Fleet) -> None
 
     again = fleet.play(play)
     assert again.rc == 0, again.log
-    assert {gw: again.recap[gw]["changed"] for gw in GATEWAYS} == dict.fromkeys(GATEWAYS, 0)
+    assert {gw: again.recap[gw]["changed"] for gw in ("gw2", "gw3")} == {"gw2": 0, "gw3": 0}
+    assert again.results("gw1", "swcmp_request")[0]["changed"] is False  # already revoked
 
 
 def test_every_session_setting_is_a_module_option(fleet: Fleet) -> None:
