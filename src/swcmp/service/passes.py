@@ -28,7 +28,7 @@ from swcmp.renewal import Renewer
 from swcmp.service import metrics_file
 from swcmp.service.host import HostConfig, host_role
 from swcmp.session import Session, hint_for
-from swcmp.sessionfile import SessionStore
+from swcmp.sessionfile import SessionStore, reads_sessions_once
 from swcmp.state import SessionState, SessionStateName, StateStore
 
 if TYPE_CHECKING:
@@ -130,6 +130,7 @@ class RenewalService:
             log.error("skipping a broken session file: %s", err)
         return list(listing.sessions)
 
+    @reads_sessions_once
     def run_pass(self, names: Sequence[str] = (), *, due_only: bool = True,
                  force: bool = False, dry_run: bool = False) -> list[SessionReport]:
         """One pass over the sessions: renew what is due (or everything with ``force``)."""
