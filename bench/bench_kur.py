@@ -54,7 +54,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--key-type", default="ecdsa:p256")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run with tiny parameters (CI runs every bench script so)")
     args = ap.parse_args()
+    if args.quick:
+        args.rounds = 2
     d = Path(tempfile.mkdtemp(prefix="swcmp-bench-"))
     pki = make_pki(d, key_type=args.key_type)
     # The 3.0 mock answers KUR only with the old certificate's issuer and serial.
