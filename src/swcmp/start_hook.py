@@ -1,5 +1,6 @@
 """``swcmp hook charon-start``: after charon (re)starts, finish any renewal a crash
-interrupted, then load every session's current pair into it.
+interrupted, then load every session's current pair into it (except pairs whose certificate
+expired or was revoked: those are skipped and named).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 
-from swcmp import fsutil
+from swcmp import fsutil, keystore
+from swcmp.deploy import Charon, CredentialPair
 from swcmp.errors import SwcmpError
 from swcmp.paths import Paths
 from swcmp.renewal import Renewer
@@ -41,8 +43,7 @@ def _session_lock(paths: Paths, name: str, timeout: float) -> Iterator[bool]:
             time.sleep(0.2)
 
 
-def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
-                 lock_wait: float = 20.0) -> str:
+def charon_start(paths: Paths, charon: Charon, *, lock_wait: float = 20.0) -> str:
     """What ``swcmp hook charon-start`` does: finish commits, then load every pair.
 
     Each session's renewal lock is held from finishing an interrupted commit to
@@ -51,10 +52,10 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
     renewal still holding its lock after ``lock_wait`` seconds deploys its own
     pair when it finishes; the files as they are now are loaded meanwhile.
     """
-    from swcmp.store import Journal, current_pair
-    from swcmp.strongswan import load_authorities, load_current, reload_pinned_connections
+    from swcmp.store import Journal
 
     finished: list[str] = []
+    skipped: list[str] = []
     pairs = []
     sessions = SessionStore(paths.config_dir).list().sessions
     with ExitStack() as locks:
@@ -86,32 +87,73 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
                                       serial=outcome.serial)
                             st.count_renewal()
             try:
-                pair = current_pair(s, paths)
+                pair = keystore.open(s, paths).live_pair()
             except SwcmpError as e:  # e.g. a token that is not there: load the others
                 log.error("%s: not loaded: %s", s.name, e)
                 pair = None
-            if pair is not None:
+            why = _unusable(paths, s, pair, datetime.now(UTC)) if pair is not None else None
+            if why is not None:
+                log.error("%s: not loaded: %s", s.name, why)
+                skipped.append(f"{s.name} ({why})")
+            elif pair is not None:
                 pairs.append(pair)
-        result = load_current(uri, pairs, timeout=timeout)
+        result = charon.load_current(pairs)
         crls = _stored_crls(paths, sessions)
         if crls:
             try:
-                load_authorities(uri, [], crls, timeout=timeout)
+                charon.load_authorities([], crls)
             except SwcmpError as e:
                 log.error("could not load the stored CRLs: %s", e)
         resent: list[str] = []
         for s in sessions:
             # pinned connections carry the certificate in their config: re-send them
             try:
-                resent += reload_pinned_connections(
-                    uri, paths.cert_file(s.name), swanctl_conf=paths.swanctl_dir / "swanctl.conf",
-                    swanctl_dir=paths.swanctl_dir, connections=s.connections, timeout=timeout)
+                resent += charon.reload_pinned(s)
             except SwcmpError as e:
                 log.error("%s: could not re-send its pinned connections: %s", s.name, e)
     note = f"; finished interrupted renewals of {', '.join(finished)}" if finished else ""
     if resent:
         note += f"; re-sent pinned connection(s) {', '.join(resent)}"
+    if skipped:
+        note += f"; not loaded: {'; '.join(skipped)}"
     return f"{result.detail}{note}"
+
+
+def _unusable(paths: Paths, session: Session, pair: CredentialPair,
+              now: datetime) -> str | None:
+    """Why ``pair`` must not go into charon (expired, revoked), or None.
+
+    Revoked means: swcmp revoked this certificate itself (``calife.json``), or the
+    stored CRL of its issuer lists its serial. A peer would refuse such a
+    certificate anyway; loading it only hides that the session needs a new one.
+    """
+    from cryptography import x509
+
+    from swcmp.calife.state import CaLifeStore
+    from swcmp.cmp import certs
+    from swcmp.store import crl_file
+
+    try:
+        cert = certs.load_certificate(pair.cert_pem)
+    except SwcmpError as e:
+        return f"its certificate is unreadable: {e}"
+    fix = f"get a new one: swcmp request initial {session.name}"
+    if now > cert.not_valid_after_utc:
+        return f"its certificate expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; {fix}"
+    serial = f"{cert.serial_number:x}"
+    if any(r.get("serial") == serial for r in CaLifeStore(paths, session.name).load().revoked):
+        return f"its certificate (serial {serial}) was revoked by swcmp; {fix}"
+    try:
+        crl = x509.load_der_x509_crl(crl_file(paths, session.name).read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("%s: cannot read its CRL: %s", session.name, e)
+        return None
+    if crl.issuer == cert.issuer and \
+            crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+        return f"its certificate (serial {serial}) is listed in its CA's CRL; {fix}"
+    return None
 
 
 def _stored_crls(paths: Paths, sessions: Sequence[Session]) -> list[bytes]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import stat
 import tomllib
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +19,6 @@ from hypothesis import strategies as st
 from swcmp.errors import ConfigError, SessionFileError
 from swcmp.names import SessionName, parse_dn
 from swcmp.paths import Paths
-from swcmp.policy import ExpireTime
 from swcmp.session import (
     FIELDS,
     Session,
@@ -35,6 +36,7 @@ from swcmp.sessionfile import (
     session_from_toml,
     session_to_toml,
 )
+from swcmp.values import ExpireTime
 
 GW1 = SessionName("gw1")
 
@@ -338,6 +340,26 @@ class TestSession:
 
 
 class TestMacSecret:
+    @pytest.fixture(autouse=True)
+    def _private_files(self) -> Iterator[None]:
+        """Files written here are 0600, as a MAC secret file must be."""
+        old = os.umask(0o077)
+        yield
+        os.umask(old)
+
+    @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620])
+    def test_a_file_others_may_read_is_refused(self, tmp_path: Path, mode: int) -> None:
+        secret = tmp_path / "secret"
+        secret.write_bytes(b"TOPSECRET\n")
+        secret.chmod(mode)
+        s = set_fields(Session(name=GW1), {"mac_secret_file": str(secret)})
+        with pytest.raises(ConfigError) as info:
+            read_mac_secret(s)
+        assert f"{mode:04o}" in str(info.value) and info.value.hint == f"chmod 600 {secret}"
+        assert "TOPSECRET" not in str(info.value)
+        secret.chmod(0o400)
+        assert read_mac_secret(s) == b"TOPSECRET"
+
     def test_read_strips_one_newline(self, tmp_path: Path) -> None:
         secret = tmp_path / "secret"
         secret.write_bytes(b"s3cr3t\n")
@@ -597,3 +619,52 @@ def test_tls_client_files_need_both_and_a_private_key(tmp_path: Path) -> None:
     assert ei.value.hint == f"chmod 600 {key}"
     key.chmod(0o600)
     assert tls_client_files(both) == (cert, key)
+
+
+# ---------------------------------------------------------------------- one reading per pass
+
+
+def test_inside_one_reading_an_unchanged_file_is_checked_once(tmp_path: Path) -> None:
+    from swcmp import sessionfile
+
+    store = SessionStore(tmp_path / "etc")
+    store.create("gw1", {"entity": "/CN=gw1"})
+    calls: list[str] = []
+    real = sessionfile.session_from_toml
+
+    def counting(name: str, text: str, *, path: Path) -> Session:
+        calls.append(name)
+        return real(name, text, path=path)
+
+    sessionfile.session_from_toml = counting  # type: ignore[assignment]
+    try:
+        store.load("gw1")
+        store.load("gw1")
+        assert len(calls) == 2  # outside a pass, every load checks the file
+        with sessionfile.one_reading():
+            first = store.load("gw1")
+            assert store.load("gw1") is first
+            assert [s.name for s in store.list().sessions] == ["gw1"]
+            assert len(calls) == 3
+            store.update("gw1", set_values={"entity": "/CN=gw1-renamed"})
+            changed = store.load("gw1")  # new bytes: read and checked again
+            assert changed.entity == "/CN=gw1-renamed" and changed is not first
+        after = store.load("gw1")
+        assert after is not changed  # nothing is kept once the pass is over
+        assert sessionfile._reading is None
+    finally:
+        sessionfile.session_from_toml = real  # type: ignore[assignment]
+
+
+def test_a_pass_method_reads_sessions_once() -> None:
+    from swcmp import sessionfile
+
+    seen: list[object] = []
+
+    @sessionfile.reads_sessions_once
+    def pass_(x: int) -> int:
+        seen.append(sessionfile._reading)
+        return x + 1
+
+    assert pass_(1) == 2 and seen == [{}]
+    assert sessionfile._reading is None
