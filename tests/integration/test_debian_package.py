@@ -215,3 +215,15 @@ def test_enrol_and_renew_from_the_installed_package(installed: Installed) -> Non
     assert first["serial"] != second["serial"]
     assert key1 != key2  # --regenerate: the renewal brought a new key
     assert on_disk == second["serial"].replace(":", "").lower().lstrip("0")
+
+
+def test_purge_leaves_nothing_under_opt(installed: Installed) -> None:
+    """Last (it removes the package): the byte code postinst made goes with the package."""
+    key = "/etc/swanctl/private/gw1.key"  # made by the enrolment test, if it ran
+    had_key = installed.sh(f"test -e {key}", check=False).returncode == 0
+    installed.sh(f"apt-get {apt_options(installed.release)} -qq -y purge swcmp >/dev/null",
+                 timeout=300)
+    installed.sh("test ! -e /opt/swcmp && test ! -e /usr/bin/swcmp && "
+                 "test ! -e /etc/swcmp/swcmp.toml")
+    if had_key:  # what swcmp made is the operator's: keys and certificates stay
+        installed.sh(f"test -s {key}")
