@@ -6,7 +6,8 @@ renewal (KUR) against `swcmp testca serve`, all inside that root.
 scripts/build-deb builds the package inside a build root of the release and fails when
 lintian reports an error. The clean root (scripts/rootfs RELEASE clean, no package beyond
 Debian's required and apt) is cached and never changed: each run installs into an overlay
-of it, with apt's package lists and downloaded .debs kept under .cache/apt/RELEASE.
+of it, with apt's package lists and downloaded .debs kept in the machine's test cache
+(debian_root.TEST_CACHE).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from debian_root import DebianRoot
+from debian_root import TEST_CACHE, DebianRoot
 from swcmp import __version__
 from testpaths import REPO
 
@@ -65,7 +66,7 @@ def _skip_reason() -> str | None:
 
 def apt_options(release: str) -> str:
     """apt's package lists and downloaded packages kept for the next run; no fsync."""
-    cache = REPO / ".cache" / "apt" / release
+    cache = TEST_CACHE / "apt" / release
     return (f"-o Dir::Cache::Archives={cache}/archives/ -o Dir::State::Lists={cache}/lists/ "
             "-o APT::Keep-Downloaded-Packages=true -o Dpkg::Options::=--force-unsafe-io")
 
@@ -88,7 +89,7 @@ def installed(request: pytest.FixtureRequest) -> Iterator[Installed]:
 
     t = time.monotonic()
     clean = DebianRoot.build(release, "clean")
-    cache = REPO / ".cache" / "apt" / release
+    cache = TEST_CACHE / "apt" / release
     for d in (cache / "archives" / "partial", cache / "lists" / "partial"):
         d.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"swcmp-deb-{release}-"))
