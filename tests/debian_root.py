@@ -5,8 +5,8 @@ Debian releases. ``DebianRoot.build("trixie", "peers", *TRIXIE_PEERS)`` makes (o
 under ``$SWCMP_TEST_CACHE/rootfs``, by default ``/var/cache/swcmp-tests``) a Debian 13 root
 file system; ``run`` and ``popen`` start a program inside it with ``chroot`` in a private
 mount namespace, with ``/proc``, ``/dev`` and ``/sys`` and the given host directories bound
-at the same paths, so that files a test writes in its ``tmp_path`` are seen inside under the same name. The network is the
-caller's: loopback of the host, or a test namespace with ``netns=``.
+at the same paths, so that files a test writes in its ``tmp_path`` are seen inside under
+the same name. The network is the caller's: loopback of the host, or a test namespace with ``netns=``.
 """
 
 from __future__ import annotations
