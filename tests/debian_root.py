@@ -6,7 +6,8 @@ under ``$SWCMP_TEST_CACHE/rootfs``, by default ``/var/cache/swcmp-tests``) a Deb
 file system; ``run`` and ``popen`` start a program inside it with ``chroot`` in a private
 mount namespace, with ``/proc``, ``/dev`` and ``/sys`` and the given host directories bound
 at the same paths, so that files a test writes in its ``tmp_path`` are seen inside under
-the same name. The network is the caller's: loopback of the host, or a test namespace with ``netns=``.
+the same name. The network is the caller's: loopback of the host, or a test namespace
+with ``netns=``.
 """
 
 from __future__ import annotations
