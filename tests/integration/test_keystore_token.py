@@ -3,6 +3,7 @@ TokenKeys on a SoftHSM2 token (tests/softhsm.py)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -90,5 +91,9 @@ def test_a_queued_revocation_waits_while_the_token_cannot_be_opened(tmp_path: Pa
     pending = CaLifeStore(paths, session.name).load().pending_revocations
     assert [p["serial"] for p in pending] == [f"{old.serial_number:x}"], notes
     assert "gone" not in " ".join(notes)
+    # once the certificate has expired the revocation is dropped, token or not
+    after_expiry = old.not_valid_after_utc + timedelta(days=1)
+    CaLife(paths, clock=lambda: after_expiry).retry_revocations(session)
+    assert not CaLifeStore(paths, session.name).load().pending_revocations
     token.pin_file.chmod(0o600)
     assert TokenKeys(session, paths).key_for(old) is not None
