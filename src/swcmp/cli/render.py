@@ -71,9 +71,10 @@ def check_json(session: str, results: Sequence[CheckResult]) -> dict[str, Any]:
     """The ``--json`` shape of ``session check``.
 
     ``{"session": NAME, "ok": bool, "checks": [{"name", "ok", "level", "detail", "fix"}, ...]}``.
-    ``level`` is ``ok``, ``warn`` or ``fail``; ``ok`` (of an item and of the
-    whole report) is false only for ``fail``: a warning does not block
-    auto-update. ``fix`` is an empty string for a passed check.
+    ``level`` is ``ok``, ``warn``, ``pending`` or ``fail``; ``ok`` (of an item and
+    of the whole report) is false for ``fail`` and ``pending`` (what the first
+    request makes is not there yet): both block auto-update, a warning does not.
+    ``fix`` is an empty string for a passed check.
     """
     return {
         "session": session,
@@ -85,19 +86,25 @@ def check_json(session: str, results: Sequence[CheckResult]) -> dict[str, Any]:
     }
 
 
-_LEVEL_MARK = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
+_LEVEL_MARK = {"ok": "ok     ", "warn": "warn   ", "pending": "pending", "fail": "FAIL   "}
 
 
 def check_text(session: str, results: Sequence[CheckResult]) -> str:
     """The check report: one line per check with ``ok``, ``warn`` or ``FAIL``, then the fix."""
     failed = [r for r in results if r.level == "fail"]
     warned = [r for r in results if r.level == "warn"]
+    pending = [r for r in results if r.level == "pending"]
     width = max((len(r.name) for r in results), default=0)
     lines = []
     warn_note = f", {len(warned)} warning{'s' if len(warned) != 1 else ''}" if warned else ""
+    if pending:
+        warn_note += (f", {len(pending)} pending until the first request "
+                      f"(swcmp request initial {session})")
     if failed:
         lines.append(f"session {session}: {len(failed)} of {len(results)} checks failed"
                      + warn_note)
+    elif pending:
+        lines.append(f"session {session}: no check failed{warn_note}")
     elif warned:
         lines.append(f"session {session}: no check failed{warn_note} "
                      "(warnings do not block auto-update)")
@@ -106,7 +113,7 @@ def check_text(session: str, results: Sequence[CheckResult]) -> str:
     for r in results:
         lines.append(f"  {_LEVEL_MARK[r.level]}  {r.name:<{width}}  {r.detail}")
         if r.level != "ok" and r.fix:
-            lines.append(f"        {'':<{width}}  fix: {r.fix}")
+            lines.append(f"           {'':<{width}}  fix: {r.fix}")
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from swcmp.cli.root import CliEnv, _env, _name_argument, cli, json_option
+from swcmp.cli.root import CliEnv, _env, _name_argument, _refuse, cli, json_option
 
 if TYPE_CHECKING:
     from swcmp.deploy import Deployer
@@ -69,6 +69,25 @@ def _outcome_text(outcome: Outcome) -> str:
     ]
     lines += [f"  {k:<15}  {v}" for k, v in rows]
     return "\n".join(lines)
+
+
+def _refuse_changed_names(env: CliEnv, s: Session) -> None:
+    """A KUR copies the names of the certificate it updates: refuse when the session's differ."""
+    from swcmp.checks import names_changed
+    from swcmp.cmp import certs
+    from swcmp.errors import CertificateError
+
+    try:
+        current = certs.load_certificate(env.paths.cert_file(s.name).read_bytes())
+    except (OSError, CertificateError):
+        return  # the key update itself says what is missing
+    changed = names_changed(s, current)
+    if changed:
+        raise _refuse(
+            f"session {s.name} was changed since its certificate was issued: {changed}; a key "
+            "update would keep the certificate's names",
+            f"run `swcmp request certificate {s.name}` (a CR carries the new names)",
+        )
 
 
 @request.command("initial")
@@ -137,6 +156,7 @@ def request_keyupdate(name: str, regenerate: bool | None, no_deploy: bool) -> No
 
     env = _env()
     s = env.store.load(name)
+    _refuse_changed_names(env, s)
     service = RenewalService(
         env.paths,
         deployer_for=lambda sess: _deployer(env, no_deploy, sess),

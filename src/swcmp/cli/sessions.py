@@ -63,6 +63,17 @@ def _warn_if_auto_update_breaks(env: CliEnv, s: Session) -> None:
         )
 
 
+def _warn_about_names(env: CliEnv, s: Session, changed: list[str]) -> None:
+    """Warn when a new CA name matches no known CA, or new names miss the certificate."""
+    from swcmp.checks import name_checks
+
+    if not {"ca_name", "trust", "entity", "sans"} & set(changed):
+        return
+    for result in name_checks(s, env.paths):
+        if result.level in ("warn", "fail"):
+            click.echo(f"warning: {result.name}: {result.detail}\n  fix: {result.fix}", err=True)
+
+
 @session.command("create")
 @_name_argument()
 @setting_options
@@ -88,6 +99,7 @@ def session_create(name: str, **options: Any) -> None:
         created.describe(),
         f"created session {name} ({env.store.path_for(name)})\n" + _session_show_text(env, created),
     )
+    _warn_about_names(env, created, list(values))
 
 
 @session.command("set")
@@ -112,6 +124,7 @@ def session_set(name: str, **options: Any) -> None:
     check_setting_files(draft, list(values), env.paths)
     saved = env.store.update(name, set_values=values, base_dir=env.cwd)
     env.emit(saved.describe(), _session_show_text(env, saved))
+    _warn_about_names(env, saved, list(values))
     _warn_if_auto_update_breaks(env, saved)
 
 
@@ -213,12 +226,14 @@ def session_check(name: str) -> None:
 
     These are the checks that guard enable-auto-update: a FAIL blocks it, a
     warning (charon not reachable, no connection uses the certificate yet) does
-    not. Exit code 1 if any check fails, 0 with warnings alone.
+    not. Items the first request makes (the certificate, a generated key) are
+    `pending` before it: they block auto-update but are no failure. Exit code 1
+    if any check fails, 0 with warnings and pending items alone.
     """
     env = _env()
     results = _run_checks(env, env.store.load(name))
     env.emit(render.check_json(name, results), render.check_text(name, results))
-    if not all(r.ok for r in results):
+    if any(r.level == "fail" for r in results):
         click.get_current_context().exit(1)
 
 
@@ -247,7 +262,7 @@ def session_enable(name: str) -> None:
         if not env.json:
             click.echo(
                 f"error: auto-update not enabled for session {name}: "
-                f"{sum(not r.ok for r in results)} check(s) failed",
+                f"{sum(not r.ok for r in results)} check(s) failed or pending",
                 err=True,
             )
             click.echo("hint: apply the fixes above, then run this command again", err=True)
