@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from swcmp.errors import ConfigError, SessionFileError
 from swcmp.names import SessionName, parse_dn
 from swcmp.paths import Paths
-from swcmp.policy import ExpireTime
 from swcmp.session import (
     FIELDS,
     Session,
@@ -35,6 +34,7 @@ from swcmp.sessionfile import (
     session_from_toml,
     session_to_toml,
 )
+from swcmp.values import ExpireTime
 
 GW1 = SessionName("gw1")
 
