@@ -69,6 +69,14 @@ def session_status(paths: Paths, s: Session, now: datetime, role: Role | None
         state, reason = "standby", role.standby_reason()
     else:
         state, reason = p.state, p.reason
+    ca = status_info(s, paths, now)
+    revoked = ca.get("current_revoked") if isinstance(ca, dict) else None
+    if revoked and pending is None:
+        # A revoked certificate is no certificate to rank ok: the CA refuses its key
+        # update and peers that check revocation refuse it.
+        state = "revoked"
+        reason = (f"the current certificate (serial {revoked.get('serial')}) was revoked; "
+                  f"enroll again with `swcmp request initial {s.name}`")
     last = st.last_result
     return {
         "session": s.name,
@@ -91,5 +99,5 @@ def session_status(paths: Paths, s: Session, now: datetime, role: Role | None
             else None
         ),
         "charon": st.charon,
-        "ca": status_info(s, paths, now),
+        "ca": ca,
     }

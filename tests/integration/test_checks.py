@@ -203,11 +203,20 @@ def test_ca_name_not_among_anchors_warns_before_enrolment(good: Setup) -> None:
     assert "/C=DE/O=Example/CN=Example CA" in _by_name(results)["ca-name"].detail
 
 
-def test_ca_name_that_did_not_issue_the_certificate_fails(good: Setup) -> None:
-    session = set_fields(good.session, {"ca_name": "/C=DE/O=Example/CN=Issuing CA"})
+def test_ca_name_one_typo_away_from_a_known_ca_fails(good: Setup) -> None:
+    session = set_fields(good.session, {"ca_name": "/C=DE/O=Example/CN=Exmaple CA"})
     results = run_checks(session, good.paths, now=NOW)
     assert _failing(results) == ["ca-name"]
+    assert "(a typo?)" in _by_name(results)["ca-name"].detail
     assert "--ca-name '/C=DE/O=Example/CN=Example CA'" in _by_name(results)["ca-name"].fix
+
+
+def test_ca_name_of_a_server_that_is_not_the_issuer_warns(good: Setup) -> None:
+    # A CMP server may name itself otherwise than the CA that issues (Siemens Mock CA).
+    session = set_fields(good.session, {"ca_name": "/C=DE/O=Example/CN=CMP Server"})
+    results = run_checks(session, good.paths, now=NOW)
+    assert _failing(results) == []
+    assert _by_name(results)["ca-name"].level == "warn"
 
 
 def test_auth_cert_configured_but_missing(good: Setup, tmp_path: Path) -> None:

@@ -123,3 +123,87 @@ def test_entity_changed_after_enrolment_is_not_dropped_by_the_key_update(gw: Gat
     assert cr.exit_code == 0, cr.output
     assert x509.load_pem_x509_certificate(gw.cert_file.read_bytes()).subject == wanted
     assert _check(gw)["entity"]["level"] == "ok"
+
+
+# --- dangerous or misleading commands ---------------------------------------------------
+
+
+def _enrolled(gw: Gateway) -> x509.Certificate:
+    """Session gw1 with a certificate from the mock (IR with MAC)."""
+    issued = gw.pki.issue(gw.key, GW)
+    with gw.ca(MAC_ARGS, issued) as url:
+        gw.create_session(url)
+        result = gw.run("request", "initial", "gw1", "--no-deploy")
+        assert result.exit_code == 0, result.output
+    return issued
+
+
+def _rr_sent(gw: Gateway) -> int:
+    stats = gw.json("stats", "gw1")["sessions"][0]["stats"]
+    return int(stats.get("rr", {}).get("sent", 0))
+
+
+@needs_openssl
+def test_revoking_the_live_certificate_asks_and_status_stops_ranking_it_ok(
+        gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    issued = _enrolled(gw)
+    assert gw.json("status", "gw1")["sessions"][0]["state"] == "disabled"  # auto-update off
+    with gw.ca(SIG_ARGS, issued):
+        # No terminal, no --yes: refused before anything is sent.
+        refused = gw.run("request", "revoke", "gw1")
+        assert refused.exit_code == 1
+        assert "this revokes session gw1's live certificate" in refused.stderr
+        assert "needs confirmation and stdin is not a terminal" in refused.stderr
+        assert "hint: run `swcmp request revoke gw1 --yes`" in refused.stderr
+        # On a terminal it asks; "no" changes nothing.
+        monkeypatch.setattr("swcmp.cli.root._stdin_is_tty", lambda: True)
+        from click.testing import CliRunner
+
+        from swcmp.cli import cli
+
+        said_no = CliRunner().invoke(cli, [*gw.options(), "request", "revoke", "gw1"],
+                                     input="n\n", prog_name="swcmp")
+        assert said_no.exit_code == 1
+        assert "Continue? [y/N]" in said_no.stderr and "not confirmed" in said_no.stderr
+        assert _rr_sent(gw) == 0
+        said_yes = CliRunner().invoke(cli, [*gw.options(), "request", "revoke", "gw1"],
+                                      input="y\n", prog_name="swcmp")
+        assert said_yes.exit_code == 0, said_yes.output
+    assert _rr_sent(gw) == 1
+    entry = gw.json("status", "gw1")["sessions"][0]
+    assert entry["state"] == "revoked"
+    assert "swcmp request initial gw1" in entry["reason"]
+    row = next(line for line in gw.run("status").stdout.splitlines()
+               if line.startswith("gw1 "))
+    assert row.split()[1] == "failing" and row.split()[2] == "revoked"
+
+
+@needs_openssl
+def test_initial_request_over_a_valid_certificate_needs_yes(gw: Gateway) -> None:
+    issued = _enrolled(gw)
+    again = gw.pki.issue(gw.key, GW)
+    with gw.ca(MAC_ARGS, again):
+        refused = gw.run("request", "initial", "gw1", "--no-deploy")
+        assert refused.exit_code == 1
+        assert "session gw1 has a valid certificate" in refused.stderr
+        assert "hint: run `swcmp request initial gw1 --yes`" in refused.stderr
+        assert x509.load_pem_x509_certificate(gw.cert_file.read_bytes()) == issued
+        assert gw.json("stats", "gw1")["sessions"][0]["stats"]["ir"]["sent"] == 1
+        replaced = gw.run("request", "initial", "gw1", "--no-deploy", "--yes")
+        assert replaced.exit_code == 0, replaced.output
+    assert x509.load_pem_x509_certificate(gw.cert_file.read_bytes()) == again
+
+
+@needs_openssl
+def test_delete_with_revoke_removes_the_revoked_pair(gw: Gateway) -> None:
+    issued = _enrolled(gw)
+    key_file = gw.swanctl_dir / "private" / "gw1.key"
+    assert key_file.exists() and gw.cert_file.exists()
+    with gw.ca(SIG_ARGS, issued):
+        result = gw.run("session", "delete", "gw1", "--revoke")
+    assert result.exit_code == 0, result.output
+    assert "cessationOfOperation" in result.stdout
+    assert "request initial" not in result.stdout + result.stderr  # nothing to re-enroll
+    assert not gw.cert_file.exists() and not key_file.exists()
+    assert f"removed {gw.cert_file}, {key_file}" in result.stdout
+    assert not _session_file(gw).exists()

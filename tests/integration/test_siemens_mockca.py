@@ -288,7 +288,7 @@ def test_cli_revoke_with_reason_then_kur_refused(mock: MockCA, tmp_path: Path) -
     gw = enrolled(mock, tmp_path, "swcmp-cli-rr.example.net")
     gw.run("session", "set", "gw", "--ignore-keyusage")
     serial = f"{gw.cert.serial_number:x}"
-    got = gw.json("request", "revoke", "gw", "--reason", "keyCompromise")
+    got = gw.json("request", "revoke", "gw", "--reason", "keyCompromise", "--yes")
     assert got["ok"] is True and "keyCompromise" in got["message"], got
     result = gw.run("request", "keyupdate", "gw", "--regenerate", code=None)
     assert result.exit_code != 0 and "certRevoked" in result.output, result.output
@@ -308,7 +308,7 @@ def test_cli_unknown_reason_is_refused_before_sending(mock: MockCA, tmp_path: Pa
 def test_cli_crl_into_x509crl(mock: MockCA, tmp_path: Path) -> None:
     gw = enrolled(mock, tmp_path, "swcmp-cli-crl.example.net")
     gw.run("session", "set", "gw", "--ignore-keyusage")
-    gw.json("request", "revoke", "gw", "--reason", "superseded")
+    gw.json("request", "revoke", "gw", "--reason", "superseded", "--yes")
     serial = gw.cert.serial_number
     got = gw.json("request", "crl", "gw")
     assert got["ok"] is True and got["changed"] is True, got

@@ -59,6 +59,13 @@ def dump_json(data: object) -> str:
     return _JSON_RAW_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
+def format_serial(serial: int) -> str:
+    """A certificate serial as swanctl prints it: colon-separated hex bytes (``69:17:0a``)."""
+    digits = f"{serial:x}"
+    digits = digits.zfill(len(digits) + len(digits) % 2)
+    return ":".join(digits[i:i + 2] for i in range(0, len(digits), 2))
+
+
 def error_json(message: str, hint: str) -> dict[str, Any]:
     """The ``--json`` shape of an error: ``{"error": ..., "hint": ... or null}``."""
     return {"error": message, "hint": hint or None}
@@ -326,8 +333,8 @@ def urgency(entry: Mapping[str, Any]) -> str:
     """The group of one status entry: expired, failing, due or ok.
 
     expired: the certificate's validity has ended. failing: the session file is
-    broken, the certificate unreadable, renewals are failing, or auto-update is on
-    but there is no valid certificate to renew. due: a renewal is due or running.
+    broken, the certificate unreadable or revoked, renewals are failing, or
+    auto-update is on but there is no valid certificate to renew. due: a renewal is due or running.
     ok: everything else (idle, auto-update off, standby).
     """
     if entry.get("error"):
@@ -339,6 +346,8 @@ def urgency(entry: Mapping[str, Any]) -> str:
     if (cert and cert.get("error")) or state == "failed" or entry.get("failures"):
         return "failing"
     if state == "needs_ir" and entry.get("auto_update"):
+        return "failing"
+    if state == "revoked":
         return "failing"
     if state in ("due", "in_progress", "polling"):
         return "due"

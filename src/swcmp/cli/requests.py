@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from swcmp.cli.root import CliEnv, _env, _name_argument, _refuse, cli, json_option
+from swcmp.cli.root import (
+    CliEnv,
+    _env,
+    _name_argument,
+    _refuse,
+    cli,
+    confirm,
+    json_option,
+    yes_option,
+)
 
 if TYPE_CHECKING:
     from swcmp.deploy import Deployer
@@ -71,6 +80,26 @@ def _outcome_text(outcome: Outcome) -> str:
     return "\n".join(lines)
 
 
+def _confirm_replacing_a_valid_certificate(env: CliEnv, name: str, yes: bool) -> None:
+    from datetime import UTC, datetime
+
+    from swcmp.cli.render import format_serial
+    from swcmp.cmp import certs
+    from swcmp.errors import SwcmpError
+
+    try:
+        current = certs.load_certificate(env.paths.cert_file(name).read_bytes())
+    except (OSError, SwcmpError):
+        return
+    if current.not_valid_after_utc <= datetime.now(UTC):
+        return
+    confirm(env, yes, f"session {name} has a valid certificate (serial "
+            f"{format_serial(current.serial_number)}, until "
+            f"{current.not_valid_after_utc:%Y-%m-%dT%H:%MZ}); an initial request replaces it "
+            "(and a CA often accepts a MAC reference only once); `swcmp request keyupdate "
+            f"{name}` renews it instead", f"swcmp request initial {name}")
+
+
 def _refuse_changed_names(env: CliEnv, s: Session) -> None:
     """A KUR copies the names of the certificate it updates: refuse when the session's differ."""
     from swcmp.checks import names_changed
@@ -93,19 +122,23 @@ def _refuse_changed_names(env: CliEnv, s: Session) -> None:
 @request.command("initial")
 @_name_argument()
 @_deploy_option
+@yes_option
 @json_option
-def request_initial(name: str, no_deploy: bool) -> None:
+def request_initial(name: str, no_deploy: bool, yes: bool) -> None:
     """Initial request (IR) for NAME, authenticated per its ir_auth (mac or signature).
 
     The session's key is used, or generated per key_type when it does not exist
     yet. The certificate goes to x509/NAME.crt, the CA certificates to x509ca/,
     the pair is loaded into charon, and the session's authentication certificate
-    becomes this new certificate (so enable-auto-update can pass next).
+    becomes this new certificate (so enable-auto-update can pass next). Over a
+    certificate that is still valid it asks for confirmation on a terminal and
+    needs --yes otherwise (a CA often accepts a MAC reference only once).
     """
     from swcmp import enroll
 
     env = _env()
     s = env.store.load(name)
+    _confirm_replacing_a_valid_certificate(env, name, yes)
     outcome = enroll.request_initial(
         s, env.paths, store=env.store, deployer=_deployer(env, no_deploy, s)
     )

@@ -400,3 +400,36 @@ def _name_argument(*, required: bool = True) -> Callable[[F], F]:
 
 def _refuse(message: str, hint: str) -> ConfigError:
     return ConfigError(message).with_hint(hint)
+
+
+def yes_option(f: F) -> F:
+    """``--yes``: do what would otherwise ask for confirmation (needed without a TTY)."""
+    return click.option("-y", "--yes", is_flag=True,
+                        help="Do not ask for confirmation (required when stdin is not a "
+                        "terminal).")(f)
+
+
+def _stdin_is_tty() -> bool:
+    import sys
+
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def confirm(env: CliEnv, yes: bool, what: str, command: str) -> None:
+    """Ask before ``what`` (a dangerous step): on a terminal a y/N question, else ``--yes``.
+
+    Raises:
+        ConfigError: not confirmed (the answer was no, or no terminal and no ``--yes``).
+    """
+    if yes:
+        return
+    if _stdin_is_tty() and not env.json:
+        if click.confirm(f"{what}. Continue?", default=False, err=True):
+            return
+        raise _refuse("not confirmed; nothing was changed", f"run `{command} --yes` to skip "
+                      "the question")
+    raise _refuse(f"{what}; this needs confirmation and stdin is not a terminal",
+                  f"run `{command} --yes` if that is what you want")

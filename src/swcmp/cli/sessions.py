@@ -183,24 +183,52 @@ def session_list() -> None:
 @_name_argument()
 @click.option("--revoke", is_flag=True,
               help="Decommissioning: first revoke the session's current certificate at the "
-              "CA (rr, reason cessationOfOperation); the session is kept if that fails.")
+              "CA (rr, reason cessationOfOperation), then remove that certificate and its key "
+              "from the swanctl directory; the session is kept if the revocation fails.")
 @json_option
 def session_delete(name: str, revoke: bool) -> None:
-    """Delete session NAME's settings; its key, certificates and state stay on disk."""
+    """Delete session NAME's settings; its key, certificates and state stay on disk.
+
+    With --revoke the revoked certificate (x509/NAME.crt) and its key file
+    (private/KEY.key, unless another session uses the same key) are removed too,
+    so `swanctl --load-creds` no longer loads them.
+    """
     env = _env()
     path = env.store.path_for(name)
     revoked = None
+    removed: list[str] = []
     if revoke:
         from swcmp.calife import CaLife, reason_code
 
+        s = env.store.load(name)
         revoked = CaLife(env.paths).revoke(
-            env.store.load(name), reason=reason_code("cessationOfOperation")).message
+            s, reason=reason_code("cessationOfOperation"), advise=False).message
+        removed = _remove_revoked_pair(env, s)
     env.store.delete(name)
-    text = f"deleted session {name} ({path}); its key, certificates and state are left in place"
+    if revoke:
+        text = (f"deleted session {name} ({path}); removed "
+                f"{', '.join(removed) or 'no files'}; its state is left in place")
+    else:
+        text = (f"deleted session {name} ({path}); its key, certificates and state are left "
+                "in place")
     data: dict[str, object] = {"session": name, "deleted": True, "path": str(path)}
     if revoked is not None:
         data["revoked"] = revoked
+        data["removed"] = removed
     env.emit(data, f"{revoked}\n{text}" if revoked else text)
+
+
+def _remove_revoked_pair(env: CliEnv, s: Session) -> list[str]:
+    """Remove the revoked certificate and its key file (kept if another session uses it)."""
+    from swcmp import fsutil
+    from swcmp.session import session_key_file
+
+    files = [env.paths.cert_file(s.name)]
+    key_file = session_key_file(s, env.paths)
+    shared = any(o.name != s.name and o.key == s.key for o in env.store.list().sessions)
+    if key_file is not None and not shared:
+        files.append(key_file)
+    return [str(f) for f in files if fsutil.remove_file(f, missing_ok=True)]
 
 
 def _run_checks(env: CliEnv, s: Session) -> list[CheckResult]:
