@@ -402,7 +402,8 @@ def test_bad_settings_are_refused_and_nothing_is_written(
     as_json = env.run("--json", "session", command, name, *options)
     assert as_json.exit_code == 1
     data = json.loads(as_json.stdout)
-    assert set(data) == {"error", "hint"} and expected in data["error"]
+    assert set(data) == {"error", "hint", "code"} and expected in data["error"]
+    assert data["code"] in ("refused", "session_file", "certificate")
     assert env.snapshot() == before
 
 
@@ -435,6 +436,7 @@ def test_invalid_name_with_json_gives_json(env: Env) -> None:
     data = json.loads(result.stdout)
     assert "invalid session name '../x'" in data["error"]
     assert data["hint"] == "see `swcmp session show --help`"
+    assert data["code"] == "usage"
     stats = env.run("stats", "../x")
     assert stats.exit_code == 2 and "invalid session name" in stats.stderr
 
@@ -636,6 +638,7 @@ def test_errors_have_message_and_hint_traceback_only_with_verbose(env: Env) -> N
     assert json.loads(as_json.stdout) == {
         "error": "no session named nosuch",
         "hint": "create it with `swcmp session create nosuch`",
+        "code": "refused",
     }
 
 

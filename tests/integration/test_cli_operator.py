@@ -7,6 +7,11 @@ Requests go to OpenSSL's CMP mock server (tests/openssl_gateway.py).
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -207,3 +212,69 @@ def test_delete_with_revoke_removes_the_revoked_pair(gw: Gateway) -> None:
     assert not gw.cert_file.exists() and not key_file.exists()
     assert f"removed {gw.cert_file}, {key_file}" in result.stdout
     assert not _session_file(gw).exists()
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def _swcmp(gw: Gateway, *args: str) -> list[str]:
+    return [sys.executable, "-m", "swcmp", *gw.options(), *args]
+
+
+def test_with_json_usage_errors_are_json_and_every_error_has_a_code(gw: Gateway) -> None:
+    cases = [
+        (["session", "show", "--json"], {}),  # --json after the missing argument
+        (["--json", "--no-such-option"], {}),  # a bad global option
+        (["no-such-command"], {"SWCMP_JSON": "1"}),
+    ]
+    for args, extra in cases:
+        result = subprocess.run(_swcmp(gw, *args), capture_output=True, text=True,
+                                env={**os.environ, **extra}, timeout=60)
+        assert result.returncode == 2, (args, result.stderr)
+        data = json.loads(result.stdout)
+        assert data["code"] == "usage" and data["error"] and data["hint"], data
+        assert result.stderr == ""
+    gw.create_session("http://127.0.0.1:9/pkix/")  # nothing listens on port 9
+    failed = gw.json("request", "initial", "gw1", "--no-deploy", code=1)
+    assert failed["code"] == "connect", failed
+    refused = gw.json("session", "set", "gw1", "--trust", str(gw.pki.dir / "gw.crt"), code=1)
+    assert refused["code"] == "refused"
+
+
+def test_sigint_exits_130(gw: Gateway) -> None:
+    # A CA that accepts the connection and never answers: the request waits (timeout 60 s).
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        gw.create_session(f"http://127.0.0.1:{port}/pkix/")
+        proc = subprocess.Popen(_swcmp(gw, "request", "initial", "gw1", "--no-deploy"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            conn, _ = server.accept()  # the request is on its way
+            with conn:
+                proc.send_signal(signal.SIGINT)
+                out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 130, (out, err)
+    assert "error: interrupted" in err and "Traceback" not in err
+
+
+def test_errors_carry_a_syslog_priority_when_stderr_is_the_journal(
+        gw: Gateway, tmp_path: Path) -> None:
+    log_file = tmp_path / "journal"
+    with log_file.open("w") as stderr:
+        info = os.fstat(stderr.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"}
+        result = subprocess.run(_swcmp(gw, "session", "show", "nosuch"), stderr=stderr,
+                                stdout=subprocess.PIPE, env=env, timeout=60)
+    assert result.returncode == 1
+    lines = log_file.read_text().splitlines()
+    assert lines == ["<3>error: no session named nosuch",
+                     "<3>hint: create it with `swcmp session create nosuch`"]
+    # Anywhere else (a terminal, a file that is not the journal): no prefix.
+    plain = subprocess.run(_swcmp(gw, "session", "show", "nosuch"), capture_output=True,
+                           text=True, env={**os.environ, "JOURNAL_STREAM": "1:2"}, timeout=60)
+    assert plain.stderr.startswith("error: no session named nosuch")

@@ -121,7 +121,7 @@ def test_ir_with_wrong_secret_is_a_clear_error(gw: Gateway) -> None:
     assert result.exit_code == 1
     first, second = result.stderr.splitlines()[-2:]
     assert first.startswith("error: ") and second.startswith("hint: ")
-    assert set(as_json) == {"error", "hint"}
+    assert set(as_json) == {"error", "hint", "code"} and as_json["code"] == "ca_error"
     assert sorted(p.name for p in gw.swanctl_dir.rglob("*")) == before  # no certificate
     assert not gw.cert_file.exists()
     stats = gw.json("stats", "gw1")["sessions"][0]["stats"]

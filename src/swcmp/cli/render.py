@@ -68,9 +68,50 @@ def format_serial(serial: int) -> str:
     return ":".join(digits[i:i + 2] for i in range(0, len(digits), 2))
 
 
-def error_json(message: str, hint: str) -> dict[str, Any]:
-    """The ``--json`` shape of an error: ``{"error": ..., "hint": ... or null}``."""
-    return {"error": message, "hint": hint or None}
+#: The stable ``code`` of a ``--json`` error, by exception class (the first class of the
+#: error's MRO found here); docs/cli.md lists them. Names, not imports: render stays light.
+ERROR_CODES: dict[str, str] = {
+    "NeedsInitialRequest": "needs_initial_request",
+    "RenewalError": "renewal_failed",
+    "SessionFileError": "session_file",
+    "LockHeldError": "locked",
+    "StorageIOError": "storage",
+    "StorageError": "storage",
+    "ConfigError": "refused",
+    "CMPErrorResponse": "ca_error",
+    "PollingTimeoutError": "polling_timeout",
+    "ProtectionError": "protection",
+    "ProtocolError": "protocol",
+    "CertificateRejectedError": "certificate_rejected",
+    "CertificateError": "certificate",
+    "ConnectError": "connect",
+    "TimeoutError_": "timeout",
+    "HTTPStatusError": "http_status",
+    "ContentTypeError": "content_type",
+    "ResponseTooLargeError": "response_too_large",
+    "TransportError": "transport",
+}
+
+
+def error_code(error: BaseException) -> str:
+    """The stable ``code`` of ``error`` in ``--json`` output (``error`` for anything else)."""
+    given = getattr(error, "json_code", None)
+    if isinstance(given, str):
+        return given
+    for cls in type(error).__mro__:
+        code = ERROR_CODES.get(cls.__name__)
+        if code is not None:
+            return code
+    return "error"
+
+
+def error_json(message: str, hint: str, code: str = "error") -> dict[str, Any]:
+    """The ``--json`` shape of an error: ``{"error": ..., "hint": ... or null, "code": ...}``.
+
+    ``code`` is stable (scripts may branch on it): ``usage`` for a bad command line,
+    ``interrupted`` for SIGINT, else :func:`error_code`'s name for the error.
+    """
+    return {"error": message, "hint": hint or None, "code": code}
 
 
 # --- checks ---------------------------------------------------------------------------

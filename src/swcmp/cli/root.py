@@ -132,12 +132,43 @@ def _message(e: BaseException) -> str:
 # --- logging ---------------------------------------------------------------------------
 
 
+def stderr_is_journal() -> bool:
+    """Whether stderr is the systemd journal: ``JOURNAL_STREAM`` names its device and inode."""
+    import sys
+
+    wanted = os.environ.get("JOURNAL_STREAM", "")
+    if not wanted:
+        return False
+    try:
+        info = os.fstat(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return wanted == f"{info.st_dev}:{info.st_ino}"
+
+
+def syslog_prefix(level: int) -> str:
+    """``<N>``, the syslog priority of a log level, when stderr is the journal; else ``""``.
+
+    The journal reads it from the start of each line (sd-daemon(3)), so
+    ``journalctl -p err`` finds failures.
+    """
+    if not stderr_is_journal():
+        return ""
+    priority = (2 if level >= logging.CRITICAL else 3 if level >= logging.ERROR else
+                4 if level >= logging.WARNING else 6 if level >= logging.INFO else 7)
+    return f"<{priority}>"
+
+
 class _StderrHandler(logging.Handler):
     """Writes log records to whatever ``sys.stderr`` is at the time (click's runner swaps it)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            click.echo(safe_lines(self.format(record)), err=True)
+            prefix = syslog_prefix(record.levelno)
+            text = safe_lines(self.format(record))
+            if prefix:
+                text = "\n".join(prefix + line for line in text.splitlines())
+            click.echo(text, err=True)
         except Exception:  # pragma: no cover - logging must never raise
             self.handleError(record)
 
@@ -218,12 +249,35 @@ def _fail(ctx: click.Context, error: SwcmpError) -> NoReturn:
     if env.verbose:
         click.echo(safe_lines("".join(traceback.format_exception(error)).rstrip()), err=True)
     if env.json:
-        click.echo(render.dump_json(render.error_json(message, hint)))
+        click.echo(render.dump_json(render.error_json(message, hint, render.error_code(error))))
     else:
-        click.echo(f"error: {message}", err=True)
+        prefix = syslog_prefix(logging.ERROR)
+        click.echo(f"{prefix}error: {message}", err=True)
         if hint:
-            click.echo(f"hint: {hint}", err=True)
+            click.echo(f"{prefix}hint: {hint}", err=True)
     ctx.exit(1)
+
+
+#: Exit code of a command interrupted by SIGINT (Ctrl-C): 128 + the signal number.
+EXIT_INTERRUPTED = 130
+_ARGV = "swcmp.argv"
+
+
+def _wants_json(ctx: click.Context) -> bool:
+    env = ctx.find_object(CliEnv)
+    if env is not None and env.json:
+        return True
+    args = ctx.find_root().meta.get(_ARGV, [])
+    args = args[: args.index("--")] if "--" in args else args
+    return "--json" in args or os.environ.get("SWCMP_JSON", "").strip().lower() in (
+        "1", "true", "t", "yes", "y", "on")
+
+
+def _usage_json(ctx: click.Context, e: click.UsageError) -> NoReturn:
+    usage = e.ctx.command_path if e.ctx is not None else "swcmp"
+    click.echo(render.dump_json(render.error_json(e.format_message(), f"see `{usage} --help`",
+                                                  "usage")))
+    ctx.exit(e.exit_code)
 
 
 _TESTCA_MODULE = "swcmp.testca.cli"
@@ -254,6 +308,16 @@ def _load_testca() -> click.Command | None:
 class _RootGroup(click.Group):
     """``swcmp``: catches swcmp errors in one place and mounts ``testca`` lazily."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Parse the global options; a bad one is a JSON error too when JSON was asked for."""
+        ctx.meta[_ARGV] = list(args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            if not _wants_json(ctx):
+                raise
+            _usage_json(ctx, e)
+
     def invoke(self, ctx: click.Context) -> Any:
         """Run the command; render expected errors instead of a traceback."""
         try:
@@ -261,14 +325,19 @@ class _RootGroup(click.Group):
         except SwcmpError as e:
             _fail(ctx, e)
         except click.UsageError as e:
-            env = ctx.find_object(CliEnv)
-            if env is None or not env.json:
+            if not _wants_json(ctx):
                 raise
             # Machines asked for JSON: give them JSON for a bad command line too.
-            usage = e.ctx.command_path if e.ctx is not None else "swcmp"
-            hint = f"see `{usage} --help`"
-            click.echo(render.dump_json(render.error_json(e.format_message(), hint)))
-            ctx.exit(e.exit_code)
+            _usage_json(ctx, e)
+        except KeyboardInterrupt:
+            # Ctrl-C is no refusal: 130 like a shell, and what was interrupted is safe
+            # (renewals are journaled; the next run finishes them).
+            if _wants_json(ctx):
+                click.echo(render.dump_json(render.error_json(
+                    "interrupted", "run the command again to finish", "interrupted")))
+            else:
+                click.echo(f"\n{syslog_prefix(logging.ERROR)}error: interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         """The built-in commands, plus ``testca`` when the test CA is installed."""
@@ -300,7 +369,7 @@ class _RootGroup(click.Group):
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=(
         "Exit codes: 0 success; 1 a check or request failed or a value was refused; "
-        "2 usage error. Shell completion: see docs/cli.md "
+        "2 usage error; 130 interrupted (SIGINT). Shell completion: see docs/cli.md "
         '(e.g. eval "$(_SWCMP_COMPLETE=bash_source swcmp)").'
     ),
 )
@@ -429,7 +498,10 @@ def confirm(env: CliEnv, yes: bool, what: str, command: str) -> None:
     if _stdin_is_tty() and not env.json:
         if click.confirm(f"{what}. Continue?", default=False, err=True):
             return
-        raise _refuse("not confirmed; nothing was changed", f"run `{command} --yes` to skip "
-                      "the question")
-    raise _refuse(f"{what}; this needs confirmation and stdin is not a terminal",
-                  f"run `{command} --yes` if that is what you want")
+        error = _refuse("not confirmed; nothing was changed", f"run `{command} --yes` to skip "
+                        "the question")
+    else:
+        error = _refuse(f"{what}; this needs confirmation and stdin is not a terminal",
+                        f"run `{command} --yes` if that is what you want")
+    error.json_code = "not_confirmed"  # type: ignore[attr-defined]
+    raise error
