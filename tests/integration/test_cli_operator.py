@@ -12,6 +12,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -278,3 +280,72 @@ def test_errors_carry_a_syslog_priority_when_stderr_is_the_journal(
     plain = subprocess.run(_swcmp(gw, "session", "show", "nosuch"), capture_output=True,
                            text=True, env={**os.environ, "JOURNAL_STREAM": "1:2"}, timeout=60)
     assert plain.stderr.startswith("error: no session named nosuch")
+
+
+def _run_on_a_tty(cmd: list[str], timeout: float = 60) -> tuple[int, str]:
+    """Run ``cmd`` with stderr on a pseudo terminal; its exit code and what the terminal got."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=slave)
+    os.close(slave)
+    out = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], timeout)
+            if not ready:
+                raise AssertionError(f"no output for {timeout} s: {out!r}")
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(master)
+        code = proc.wait(timeout=timeout)
+    return code, out.decode(errors="replace")
+
+
+def test_a_slow_ca_shows_a_progress_line_on_a_terminal(gw: Gateway) -> None:
+    # A CA that takes its time and then hangs up: the line names what was sent, where,
+    # and counts the seconds.
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/pkix/"
+        gw.create_session(url)
+
+        def slow() -> None:
+            conn, _ = server.accept()
+            time.sleep(2.5)
+            conn.close()
+
+        threading.Thread(target=slow, daemon=True).start()
+        code, tty = _run_on_a_tty(_swcmp(gw, "request", "initial", "gw1", "--no-deploy"))
+    assert code == 1
+    assert f"swcmp: ir to {url}: sending" in tty
+    assert f"swcmp: ir to {url}: waiting for the answer, 2 s" in tty
+    assert f"swcmp: ir to {url}: no usable answer after 2." in tty
+    assert "error: " in tty
+
+
+@needs_openssl
+def test_each_exchange_gets_a_progress_line_on_a_terminal_and_none_in_a_pipe(
+        gw: Gateway) -> None:
+    issued = gw.pki.issue(gw.key, GW)
+    with gw.ca(MAC_ARGS, issued) as url:
+        gw.create_session(url)
+        code, tty = _run_on_a_tty(_swcmp(gw, "request", "initial", "gw1", "--no-deploy"))
+        assert code == 0, tty
+        lines = tty.replace("\r\x1b[K", "\n").splitlines()
+        assert any(line.startswith(f"swcmp: ir to {url}: answered in ") for line in lines), lines
+        assert any(line.startswith(f"swcmp: certConf to {url}: answered in ")
+                   for line in lines), lines
+        piped = subprocess.run(_swcmp(gw, "request", "initial", "gw1", "--no-deploy", "--yes"),
+                               capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0, piped.stderr
+    assert "answered in" not in piped.stderr

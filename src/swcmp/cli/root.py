@@ -173,6 +173,61 @@ class _StderrHandler(logging.Handler):
             self.handleError(record)
 
 
+class _TtyProgress:
+    """One line on a terminal's stderr per exchange with the CA: what, where, how long.
+
+    The line is rewritten every second while the CA thinks and ends with the time
+    the answer took (or that it did not come).
+    """
+
+    def __init__(self, what: str, url: str) -> None:
+        import threading
+        import time
+
+        self._time = time.monotonic
+        self._label = f"swcmp: {what} to {safe(url)}"
+        self._start = self._time()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._tick, daemon=True)
+
+    def _line(self, text: str, end: str = "") -> None:
+        click.echo(f"\r\033[K{self._label}: {text}", err=True, nl=False)
+        if end:
+            click.echo(end, err=True, nl=False)
+
+    def _tick(self) -> None:
+        while not self._done.wait(1.0):
+            self._line(f"waiting for the answer, {self._time() - self._start:.0f} s")
+
+    def __enter__(self) -> None:
+        self._line("sending")
+        self._thread.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: object) -> None:
+        self._done.set()
+        self._thread.join()
+        took = self._time() - self._start
+        self._line(f"answered in {took:.1f} s" if et is None else
+                   f"no usable answer after {took:.1f} s", "\n")
+
+
+def _stderr_is_tty() -> bool:
+    import sys
+
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _setup_progress(json_output: bool) -> None:
+    """A progress line per CA exchange when a person watches stderr (not with --json)."""
+    from swcmp.cmp import progress
+
+    progress.install(_TtyProgress if _stderr_is_tty() and not json_output else None)
+
+
 def _setup_logging(verbose: int) -> None:
     logger = logging.getLogger("swcmp")  # every swcmp logger below it
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
@@ -443,6 +498,7 @@ def cli(
         verbose=verbose,
     )
     _setup_logging(verbose)
+    _setup_progress(json_)
 
 
 def json_option(f: F) -> F:
@@ -451,6 +507,7 @@ def json_option(f: F) -> F:
     def turn_on(ctx: click.Context, param: click.Parameter, value: bool) -> None:
         if value:
             ctx.ensure_object(CliEnv).json = True
+            _setup_progress(True)
 
     return click.option(
         "--json",

@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 
-from swcmp.cmp import certs, codec, keys, oids, text
+from swcmp.cmp import certs, codec, keys, oids, progress, text
 from swcmp.cmp.errors import (
     CertificateError,
     CertificateRejectedError,
@@ -557,7 +557,8 @@ class CMPClient:
                   tx.transaction_id.hex())
         self.stats["sent", kind] += 1
         try:
-            raw = self.transport.post(data)
+            with progress.exchange(kind, getattr(self.transport, "url", None)):
+                raw = self.transport.post(data)
         except HTTPStatusError as e:
             if e.body:
                 self._raise_if_error(tx, codec.decode_message(e.body), nonce)
