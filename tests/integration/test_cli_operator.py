@@ -349,3 +349,23 @@ def test_each_exchange_gets_a_progress_line_on_a_terminal_and_none_in_a_pipe(
                                capture_output=True, text=True, timeout=60)
     assert piped.returncode == 0, piped.stderr
     assert "answered in" not in piped.stderr
+
+
+def test_session_show_prints_every_setting(gw: Gateway) -> None:
+    from swcmp.session import FIELDS
+
+    gw.create_session("http://127.0.0.1:9/pkix/")
+    result = gw.run("session", "set", "gw1", "--server-cert", str(gw.pki.dir / "srv.crt"),
+                    "--extra-certs", str(gw.pki.dir / "root.crt"), "--ignore-keyusage",
+                    "--implicit-confirm", "--cert-profile", "gateway",
+                    "--revoke-superseded", "--ir-auth", "signature")
+    assert result.exit_code == 0, result.output
+    shown = {line.split()[0]: line.split(None, 1)[1] for line in
+             gw.run("session", "show", "gw1").stdout.splitlines()[1:] if line.startswith("  ")}
+    assert set(FIELDS) <= set(shown), set(FIELDS) - set(shown)
+    assert shown["server_cert"] == str(gw.pki.dir / "srv.crt")
+    assert shown["extra_certs"] == str(gw.pki.dir / "root.crt")
+    assert shown["cert_profile"] == "gateway"
+    for flag in ("ignore_keyusage", "implicit_confirm", "revoke_superseded"):
+        assert shown[flag] == "yes", flag
+    assert shown["mac_ref"] == "1234"  # kept although ir_auth is signature now

@@ -225,13 +225,12 @@ def session_text(
         ("server_url", _shown(desc.get("server_url"))),
         ("ir_auth", _shown(desc.get("ir_auth"))),
     ]
-    if desc.get("ir_auth") == "mac" or desc.get("mac_ref") or desc.get("mac_secret_file"):
-        secret = desc.get("mac_secret_file")
-        rows += [
-            ("mac_ref", _shown(desc.get("mac_ref"))),
-            ("mac_secret_file", f"{secret} (content not shown)" if secret else "-"),
-            ("mac_alg", _shown(desc.get("mac_alg"))),
-        ]
+    secret = desc.get("mac_secret_file")
+    rows += [
+        ("mac_ref", _shown(desc.get("mac_ref"))),
+        ("mac_secret_file", f"{secret} (content not shown)" if secret else "-"),
+        ("mac_alg", _shown(desc.get("mac_alg"))),
+    ]
     rows += [
         ("auth_cert", presence(auth_cert, desc.get("auth_cert") is None)),
         ("auth_key", presence(auth_key, desc.get("auth_key") is None)),
@@ -254,6 +253,11 @@ def session_text(
                                                           if desc.get("pin_file") else "")),
         ("timeout", f"{desc.get('timeout')}s per exchange with the CA"),
     ]
+    # Every other setting too (server_cert, extra_certs, ignore_keyusage, implicit_confirm,
+    # cert_profile, revoke_superseded, ...): nothing a session holds is left out.
+    shown = {k for k, _ in rows} | {"name"}
+    rows += [(k, _shown(v)) for k, v in desc.items()
+             if k not in shown and not k.endswith("_wire")]
     width = max(len(k) for k, _ in rows)
     lines = [f"session {desc.get('name')}"]
     lines += [f"  {k:<{width}}  {v}" for k, v in rows]
