@@ -369,3 +369,20 @@ def test_session_show_prints_every_setting(gw: Gateway) -> None:
     for flag in ("ignore_keyusage", "implicit_confirm", "revoke_superseded"):
         assert shown[flag] == "yes", flag
     assert shown["mac_ref"] == "1234"  # kept although ir_auth is signature now
+
+
+def _complete(*words: str) -> list[str]:
+    env = {**os.environ, "COMP_WORDS": " ".join(["swcmp", *words]),
+           "COMP_CWORD": str(len(words)), "_SWCMP_COMPLETE": "bash_complete"}
+    result = subprocess.run([sys.executable, "-m", "swcmp"], capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [line.split(",", 1)[1] for line in result.stdout.splitlines()]
+
+
+def test_shell_completion_of_field_names_and_revocation_reasons() -> None:
+    assert _complete("request", "revoke", "gw1", "--reason", "key") == ["keyCompromise"]
+    assert "cessationOfOperation" in _complete("request", "revoke", "gw1", "--reason", "")
+    assert _complete("session", "unset", "gw1", "i") == [
+        "ir_auth", "ignore_keyusage", "implicit_confirm"]
+    assert "auto_update" not in _complete("session", "unset", "gw1", "")

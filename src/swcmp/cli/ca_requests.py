@@ -27,6 +27,8 @@ from swcmp.cli.root import (
 from swcmp.errors import SwcmpError
 
 if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
+
     from swcmp.calife import CaLife, Result
     from swcmp.session import Session
 
@@ -100,6 +102,7 @@ def request_rootca(name: str, no_deploy: bool) -> None:
 @request.command("revoke")
 @_name_argument()
 @click.option("--reason", default="unspecified", show_default=True, metavar="REASON",
+              shell_complete=lambda ctx, param, incomplete: _complete_reasons(incomplete),
               help="CRL reason: unspecified, keyCompromise, cACompromise, "
               "affiliationChanged, superseded, cessationOfOperation, certificateHold, "
               "privilegeWithdrawn, aACompromise.")
@@ -133,6 +136,15 @@ def request_revoke(name: str, reason: str, serial: str | None, yes: bool) -> Non
                 f"swcmp request revoke {name}" + (f" --reason {reason}" if reason !=
                                                    "unspecified" else ""))
     _ca_step(name, "rr", True, lambda life, s: life.revoke(s, serial=number, reason=code))
+
+
+def _complete_reasons(incomplete: str) -> list[CompletionItem]:
+    """The CRL reasons by their RFC 5280 names, for shell completion of --reason."""
+    from click.shell_completion import CompletionItem
+
+    from swcmp.cmp.codec import CRL_REASONS
+
+    return [CompletionItem(n) for n in CRL_REASONS if n.lower().startswith(incomplete.lower())]
 
 
 def _live_serial(env: CliEnv, name: str) -> int | None:

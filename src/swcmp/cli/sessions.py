@@ -12,6 +12,8 @@ from swcmp.cli.options import _setting_values, setting_options
 from swcmp.cli.root import CliEnv, _env, _message, _name_argument, _now, _refuse, cli, json_option
 
 if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
+
     from swcmp.checks import CheckResult
     from swcmp.session import Session
 
@@ -128,9 +130,19 @@ def session_set(name: str, **options: Any) -> None:
     _warn_if_auto_update_breaks(env, saved)
 
 
+def _complete_fields(incomplete: str) -> list[CompletionItem]:
+    """The settings `session unset` takes (field names as `session show` prints them)."""
+    from click.shell_completion import CompletionItem
+
+    from swcmp.session import FIELDS
+
+    return [CompletionItem(f) for f in FIELDS if f.startswith(incomplete) and f != "auto_update"]
+
+
 @session.command("unset")
 @_name_argument()
-@click.argument("fields", nargs=-1, required=True, metavar="FIELD...")
+@click.argument("fields", nargs=-1, required=True, metavar="FIELD...",
+                shell_complete=lambda ctx, param, incomplete: _complete_fields(incomplete))
 @json_option
 def session_unset(name: str, fields: tuple[str, ...]) -> None:
     """Reset settings of session NAME to their defaults (the router's "undo").
