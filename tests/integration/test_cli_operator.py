@@ -386,3 +386,24 @@ def test_shell_completion_of_field_names_and_revocation_reasons() -> None:
     assert _complete("session", "unset", "gw1", "i") == [
         "ir_auth", "ignore_keyusage", "implicit_confirm"]
     assert "auto_update" not in _complete("session", "unset", "gw1", "")
+
+
+@needs_openssl
+def test_hints_for_a_wrong_mac_secret_and_for_https_on_an_http_port(gw: Gateway) -> None:
+    issued = gw.pki.issue(gw.key, GW)
+    with gw.ca(["-srv_ref", "1234", "-srv_secret", "pass:not-what-the-gateway-has"],
+               issued) as url:
+        gw.create_session(url)
+        wrong = gw.run("request", "initial", "gw1", "--no-deploy")
+        assert wrong.exit_code == 1
+        hint = wrong.stderr.splitlines()[-1]
+        assert hint == ("hint: the CA could not verify the request's MAC: check the reference "
+                        "value and the secret in the MAC secret file: "
+                        "`swcmp session set gw1 --mac-secret-file FILE`")
+        https = url.replace("http://", "https://")
+        assert gw.run("session", "set", "gw1", "--server-url", https).exit_code == 0
+        tls = gw.run("request", "initial", "gw1", "--no-deploy")
+    assert tls.exit_code == 1
+    assert "the server does not speak TLS on this port" in tls.stderr
+    assert f"hint: this is probably an http port: use {url}, or the CA's https port" in (
+        tls.stderr)
