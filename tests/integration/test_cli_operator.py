@@ -407,3 +407,30 @@ def test_hints_for_a_wrong_mac_secret_and_for_https_on_an_http_port(gw: Gateway)
     assert "the server does not speak TLS on this port" in tls.stderr
     assert f"hint: this is probably an http port: use {url}, or the CA's https port" in (
         tls.stderr)
+
+
+@needs_openssl
+def test_status_does_not_call_a_running_renewal_interrupted(gw: Gateway) -> None:
+    _enrolled(gw)
+    with socket.socket() as server:  # a CA that takes the request and thinks
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/pkix/"
+        assert gw.run("session", "set", "gw1", "--server-url", url).exit_code == 0
+        proc = subprocess.Popen(_swcmp(gw, "request", "keyupdate", "gw1", "--no-deploy"),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            conn, _ = server.accept()
+            with conn:
+                entry = gw.json("status", "gw1")["sessions"][0]
+                assert entry["state"] == "in_progress", entry
+                assert f"running now (pid {proc.pid})" in entry["reason"], entry
+                assert "interrupted" not in entry["reason"]
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    # Killed mid-request: now it is an interrupted renewal, finished by the next run.
+    entry = gw.json("status", "gw1")["sessions"][0]
+    assert "an interrupted renewal (phase sending)" in entry["reason"], entry
