@@ -87,6 +87,13 @@ def session_status(paths: Paths, s: Session, now: datetime, role: Role | None
         reason = (f"the current certificate (serial {revoked.get('serial')}) was revoked; "
                   f"enroll again with `swcmp request initial {s.name}`")
     last = st.last_result
+
+    def result(r: Any) -> dict[str, Any] | None:
+        if r is None:
+            return None
+        return {"time": r.time, "action": r.action, "ok": r.ok, "message": r.message,
+                "serial": r.serial}
+
     return {
         "session": s.name,
         "auto_update": s.auto_update,
@@ -107,6 +114,8 @@ def session_status(paths: Paths, s: Session, now: datetime, role: Role | None
             if last is not None
             else None
         ),
+        "other_results": {kind: result(st.other_results.get(kind))
+                          for kind in ("ca", "manual")},
         "charon": st.charon,
         "ca": ca,
     }

@@ -434,3 +434,41 @@ def test_status_does_not_call_a_running_renewal_interrupted(gw: Gateway) -> None
     # Killed mid-request: now it is an interrupted renewal, finished by the next run.
     entry = gw.json("status", "gw1")["sessions"][0]
     assert "an interrupted renewal (phase sending)" in entry["reason"], entry
+
+
+@needs_openssl
+def test_last_result_per_operation_metrics_and_hooks_after_manual_requests(
+        gw: Gateway, tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics" / "swcmp.prom"
+    hooked = tmp_path / "hooked"
+    issued = gw.pki.issue(gw.key, GW)
+    with gw.ca(MAC_ARGS, issued) as url:
+        gw.create_session(url)
+        (gw.config_dir / "swcmp.toml").write_text(
+            f'[metrics]\ntextfile = "{metrics}"\n'
+            f'[hooks]\npost_renew = ["echo $SWCMP_SESSION $SWCMP_SERIAL >> {hooked}"]\n')
+        assert gw.run("request", "initial", "gw1", "--no-deploy").exit_code == 0
+    # A request by hand runs the post-renew hooks and rewrites the metrics, like a renewal.
+    assert hooked.read_text() == f"gw1 {issued.serial_number:x}\n"
+    assert 'swcmp_last_result_success{session="gw1"} 1' in metrics.read_text()
+
+    # A mistyped manual revocation and a CA question fail: the renewal stays healthy.
+    typo = gw.run("request", "revoke", "gw1", "--serial", "1234")
+    assert typo.exit_code == 1 and "holds no certificate with serial 1234" in typo.stderr
+    with gw.ca(SIG_ARGS, issued):
+        crl = gw.run("request", "crl", "gw1", "--no-deploy")
+    entry = gw.json("status", "gw1")["sessions"][0]
+    assert entry["last_result"]["action"] == "ir" and entry["last_result"]["ok"] is True
+    assert entry["state"] != "failed"
+    manual, ca = entry["other_results"]["manual"], entry["other_results"]["ca"]
+    assert manual["action"] == "rr" and manual["ok"] is False
+    assert ca["action"] == "crl" and ca["ok"] is (crl.exit_code == 0)
+    text = metrics.read_text()
+    assert 'swcmp_last_result_success{session="gw1"} 1' in text
+    assert 'swcmp_last_operation_success{session="gw1",operation="manual"} 0' in text
+    assert (f'swcmp_last_operation_success{{session="gw1",operation="ca"}} '
+            f'{int(crl.exit_code == 0)}') in text
+    row = next(line for line in gw.run("status").stdout.splitlines() if line.startswith("gw1 "))
+    assert row.split()[1] == "ok" and "ir ok" in row
+    detail = gw.run("status", "gw1").stdout
+    assert "last manual request  rr FAILED" in detail and "last CA question" in detail

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from swcmp.cli.render import format_serial
-from swcmp.cli.requests import _deploy_option, request
+from swcmp.cli.requests import _deploy_option, after_request, request
 from swcmp.cli.root import (
     CliEnv,
     _env,
@@ -63,9 +63,11 @@ def _ca_step(name: str, action: str, no_deploy: bool,
     except SwcmpError as e:
         with StateStore(env.paths).update(s.name) as st:
             st.record(action, False, _message(e), now=now)
+        after_request(env, no_deploy=no_deploy)
         raise
     with StateStore(env.paths).update(s.name) as st:
         st.record(action, True, result.message, now=now)
+    after_request(env, no_deploy=no_deploy)
     env.emit(result.to_json(), _result_text(result))
 
 

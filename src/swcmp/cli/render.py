@@ -357,6 +357,14 @@ def status_text(entries: Sequence[Mapping[str, Any]]) -> str:
         if e.get("next_attempt"):
             rows.append(("next retry", f"{e['next_attempt']} ({e.get('failures', 0)} failures)"))
         rows.append(("last result", last_text))
+        others = e.get("other_results") or {}
+        for kind, label in (("ca", "last CA question"), ("manual", "last manual request")):
+            other = others.get(kind)
+            if other:
+                text = (f"{other.get('action')} {'ok' if other.get('ok') else 'FAILED'} at "
+                        f"{other.get('time')}")
+                rows.append((label, text + (f": {other['message']}" if other.get("message")
+                                            else "")))
         if e.get("charon"):
             rows.append(("charon", str(e["charon"])))
         if e.get("ca"):

@@ -22,6 +22,7 @@ from swcmp.cli.root import (
 if TYPE_CHECKING:
     from swcmp.deploy import Deployer
     from swcmp.enroll import Outcome
+    from swcmp.service import RenewalService
     from swcmp.session import Session
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,36 @@ def _deployer(env: CliEnv, no_deploy: bool, session: Session | None = None) -> D
         connections=session.connections,
         stale_file=stale_keys_file(env.paths, session.name),
     )
+
+
+def _service(env: CliEnv, no_deploy: bool) -> RenewalService:
+    from swcmp.service import HostConfig, RenewalService
+
+    return RenewalService(
+        env.paths,
+        deployer_for=lambda sess: _deployer(env, no_deploy, sess),
+        host=HostConfig.load(env.paths),
+        vici=env.vici if env.charon and not no_deploy else None,
+        no_deploy=no_deploy and env.charon,
+    )
+
+
+def after_request(env: CliEnv, s: Session | None = None, outcome: Outcome | None = None,
+                  *, no_deploy: bool = False) -> None:
+    """What a request run by hand owes the rest of the host, like a renewal by the service:
+    the post-renew hooks for a new certificate (``outcome``), and a fresh metrics file.
+
+    Neither can fail the request: problems are logged.
+    """
+    from swcmp.errors import SwcmpError
+
+    try:
+        service = _service(env, no_deploy)
+        if s is not None and outcome is not None:
+            service.run_hooks(s, outcome)
+        service.refresh_metrics()
+    except SwcmpError as e:
+        log.warning("after the request: %s", e)
 
 
 def _outcome_text(outcome: Outcome) -> str:
@@ -139,9 +170,14 @@ def request_initial(name: str, no_deploy: bool, yes: bool) -> None:
     env = _env()
     s = env.store.load(name)
     _confirm_replacing_a_valid_certificate(env, name, yes)
-    outcome = enroll.request_initial(
-        s, env.paths, store=env.store, deployer=_deployer(env, no_deploy, s)
-    )
+    try:
+        outcome = enroll.request_initial(
+            s, env.paths, store=env.store, deployer=_deployer(env, no_deploy, s)
+        )
+    except Exception:
+        after_request(env, no_deploy=no_deploy)
+        raise
+    after_request(env, s, outcome, no_deploy=no_deploy)
     env.emit(outcome.to_json(), _outcome_text(outcome))
 
 
@@ -162,9 +198,14 @@ def request_certificate(name: str, pkcs10: bool, no_deploy: bool) -> None:
 
     env = _env()
     s = env.store.load(name)
-    outcome = enroll.request_certificate(
-        s, env.paths, store=env.store, deployer=_deployer(env, no_deploy, s), pkcs10=pkcs10
-    )
+    try:
+        outcome = enroll.request_certificate(
+            s, env.paths, store=env.store, deployer=_deployer(env, no_deploy, s),
+            pkcs10=pkcs10)
+    except Exception:
+        after_request(env, no_deploy=no_deploy)
+        raise
+    after_request(env, s, outcome, no_deploy=no_deploy)
     env.emit(outcome.to_json(), _outcome_text(outcome))
 
 
@@ -185,17 +226,12 @@ def request_keyupdate(name: str, regenerate: bool | None, no_deploy: bool) -> No
     certificate stay until the new pair is issued, verified and confirmed. An
     interrupted earlier renewal is finished instead of starting a new one.
     """
-    from swcmp.service import HostConfig, RenewalService
-
     env = _env()
     s = env.store.load(name)
     _refuse_changed_names(env, s)
-    service = RenewalService(
-        env.paths,
-        deployer_for=lambda sess: _deployer(env, no_deploy, sess),
-        host=HostConfig.load(env.paths),
-        vici=env.vici if env.charon and not no_deploy else None,
-        no_deploy=no_deploy and env.charon,
-    )
-    outcome = service.renew_now(s, regenerate=regenerate, log_failure=False)
+    service = _service(env, no_deploy)
+    try:  # renew_now runs the post-renew hooks itself
+        outcome = service.renew_now(s, regenerate=regenerate, log_failure=False)
+    finally:
+        after_request(env, no_deploy=no_deploy)
     env.emit(outcome.to_json(), _outcome_text(outcome))
