@@ -20,7 +20,7 @@ from swcmp.cli.root import (
 )
 
 if TYPE_CHECKING:
-    from swcmp.deploy import Deployer
+    from swcmp.deploy import Charon
     from swcmp.enroll import Outcome
     from swcmp.service import RenewalService
     from swcmp.session import Session
@@ -45,28 +45,18 @@ def _deploy_option(f: F) -> F:
     )(f)
 
 
-def _deployer(env: CliEnv, no_deploy: bool, session: Session | None = None) -> Deployer | None:
-    """What loads new pairs into charon: None with --no-deploy or --vici none.
+def _charon(env: CliEnv, no_deploy: bool) -> Charon | None:
+    """The charon port new pairs, CA certificates and CRLs go to: None with --no-deploy or
+    --vici none.
 
-    For one session the deployer follows its swanctl.conf (pinned mode when a
-    connection's ``local.certs`` names the session's certificate file, identity
-    mode otherwise); for several sessions it is identity mode.
+    For each session the port follows its swanctl.conf (pinned mode when a connection's
+    ``local.certs`` names the session's certificate file, identity mode otherwise).
     """
     if no_deploy or not env.charon:
         return None
-    from swcmp.service import stale_keys_file
-    from swcmp.strongswan import ViciDeployer, choose_deployer
+    from swcmp.strongswan import ViciCharon
 
-    if session is None:
-        return ViciDeployer(env.vici)
-    return choose_deployer(
-        env.vici,
-        env.paths.cert_file(session.name),
-        swanctl_conf=env.paths.swanctl_dir / "swanctl.conf",
-        swanctl_dir=env.paths.swanctl_dir,
-        connections=session.connections,
-        stale_file=stale_keys_file(env.paths, session.name),
-    )
+    return ViciCharon(env.vici, env.paths)
 
 
 def _service(env: CliEnv, no_deploy: bool) -> RenewalService:
@@ -74,9 +64,8 @@ def _service(env: CliEnv, no_deploy: bool) -> RenewalService:
 
     return RenewalService(
         env.paths,
-        deployer_for=lambda sess: _deployer(env, no_deploy, sess),
+        charon=_charon(env, no_deploy),
         host=HostConfig.load(env.paths),
-        vici=env.vici if env.charon and not no_deploy else None,
         no_deploy=no_deploy and env.charon,
     )
 
@@ -97,18 +86,6 @@ def after_request(env: CliEnv, s: Session | None = None, outcome: Outcome | None
         service.refresh_metrics()
     except SwcmpError as e:
         log.warning("after the request: %s", e)
-
-
-def _outcome_text(outcome: Outcome) -> str:
-    lines = [f"{outcome.action} for session {outcome.session}: {outcome.message}"]
-    rows = [
-        ("certificate", str(outcome.cert_path or "-")),
-        ("key", str(outcome.key_path or "-")),
-        ("CA certificates", ", ".join(str(p) for p in outcome.ca_paths) or "-"),
-        ("charon", outcome.charon or "-"),
-    ]
-    lines += [f"  {k:<15}  {v}" for k, v in rows]
-    return "\n".join(lines)
 
 
 def _confirm_replacing_a_valid_certificate(env: CliEnv, name: str, yes: bool) -> None:
@@ -150,6 +127,18 @@ def _refuse_changed_names(env: CliEnv, s: Session) -> None:
         )
 
 
+def _outcome_text(outcome: Outcome) -> str:
+    lines = [f"{outcome.action} for session {outcome.session}: {outcome.message}"]
+    rows = [
+        ("certificate", str(outcome.cert_path or "-")),
+        ("key", str(outcome.key_path or "-")),
+        ("CA certificates", ", ".join(str(p) for p in outcome.ca_paths) or "-"),
+        ("charon", outcome.charon or "-"),
+    ]
+    lines += [f"  {k:<15}  {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
 @request.command("initial")
 @_name_argument()
 @_deploy_option
@@ -172,7 +161,7 @@ def request_initial(name: str, no_deploy: bool, yes: bool) -> None:
     _confirm_replacing_a_valid_certificate(env, name, yes)
     try:
         outcome = enroll.request_initial(
-            s, env.paths, store=env.store, deployer=_deployer(env, no_deploy, s)
+            s, env.paths, store=env.store, charon=_charon(env, no_deploy)
         )
     except Exception:
         after_request(env, no_deploy=no_deploy)
@@ -200,8 +189,8 @@ def request_certificate(name: str, pkcs10: bool, no_deploy: bool) -> None:
     s = env.store.load(name)
     try:
         outcome = enroll.request_certificate(
-            s, env.paths, store=env.store, deployer=_deployer(env, no_deploy, s),
-            pkcs10=pkcs10)
+            s, env.paths, store=env.store, charon=_charon(env, no_deploy), pkcs10=pkcs10
+        )
     except Exception:
         after_request(env, no_deploy=no_deploy)
         raise
