@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from openssl_gateway import GW, MAC_ARGS, SIG_ARGS, Gateway
 from openssl_mock import OPENSSL
-from pki import make_cert
+from pki import make_cert, name, pem_cert
 
 pytestmark = pytest.mark.integration
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
@@ -472,3 +473,30 @@ def test_last_result_per_operation_metrics_and_hooks_after_manual_requests(
     assert row.split()[1] == "ok" and "ir ok" in row
     detail = gw.run("status", "gw1").stdout
     assert "last manual request  rr FAILED" in detail and "last CA question" in detail
+
+
+@needs_openssl
+def test_renew_dry_run_checks_the_ca_for_real(gw: Gateway, tmp_path: Path) -> None:
+    issued = _enrolled(gw)
+    live = gw.cert_file.read_bytes()
+    with gw.ca(SIG_ARGS, issued) as url:
+        ok = gw.run("renew", "--dry-run", "--force", "gw1")
+        assert ok.exit_code == 0, ok.output
+        assert "gw1: dry-run: would renew" in ok.stdout
+        assert f"CA check passed: the CA at {url} answered a genm (caCerts) signed with the " \
+               "current certificate (serial " in ok.stdout
+        assert gw.json("stats", "gw1")["sessions"][0]["stats"]["genm"]["sent"] == 1
+        # A wrong trust anchor is found now, not at the renewal months later.
+        key = ec.generate_private_key(ec.SECP256R1())
+        other = gw.pki.write("other-ca.crt", pem_cert(make_cert(
+            name("Other CA"), key.public_key(), key, ca=True)))
+        assert gw.run("session", "set", "gw1", "--trust", str(other)).exit_code == 0
+        bad = gw.run("renew", "--dry-run", "--force", "gw1")
+        assert bad.exit_code == 1
+        assert "gw1: failed: would renew" in bad.stdout and "CA check failed: " in bad.stdout
+    # A wrong URL too.
+    assert gw.run("session", "set", "gw1", "--trust", str(gw.pki.dir / "root.crt"),
+                  "--server-url", "http://127.0.0.1:9/pkix/").exit_code == 0
+    down = gw.run("renew", "--dry-run", "--force", "gw1")
+    assert down.exit_code == 1 and "CA check failed: " in down.stdout
+    assert gw.cert_file.read_bytes() == live  # nothing renewed
