@@ -192,8 +192,10 @@ def test_renew_pass_skips_what_is_not_due_and_forces_a_kur(gw: Gateway) -> None:
     due = gw.json("renew", "--due", "--no-deploy")
     assert [(r["session"], r["result"]) for r in due["results"]] == [("gw1", "skipped")]
     assert due["results"][0]["renew_at"] is not None
-    dry = gw.run("renew", "--force", "--dry-run", "gw1")
+    with gw.ca(SIG_ARGS, issued):  # the dry run asks the CA (a signed genm)
+        dry = gw.run("renew", "--force", "--dry-run", "gw1")
     assert dry.exit_code == 0 and dry.stdout.startswith("gw1: dry-run: would renew")
+    assert "CA check passed" in dry.stdout
     assert gw.cert_file.read_bytes() == pem_cert(issued)
 
     renewed = gw.pki.issue(gw.key, GW, serial=issued.serial_number, days=400)
