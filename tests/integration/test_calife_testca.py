@@ -23,6 +23,7 @@ from cryptography import x509
 
 from swcmp.calife import CaLife, CaLifeStore, crl_file, root_cert_files
 from swcmp.cli import cli
+from swcmp.cli.render import format_serial
 from swcmp.cmp import certs
 from swcmp.errors import ConnectError
 from swcmp.names import format_dn
@@ -109,7 +110,7 @@ def test_cacerts_revoke_and_crl(tmp_path: Path, ca: CAHolder) -> None:
     result = run(b, "request", "keyupdate", "gwb", code=None)
     assert result.exit_code != 0 and "certRevoked" in result.output, result.output
     status = run(b, "status", "gwb").stdout
-    assert f"serial {b_serial:x} was revoked (keyCompromise)" in status, status
+    assert f"serial {format_serial(b_serial)} was revoked (keyCompromise)" in status, status
     check = run_json(b, "session", "check", "gwb", code=1)
     item = next(c for c in check["checks"] if c["name"] == "ca-roots")
     assert item["level"] == "fail" and "request initial" in item["fix"], item

@@ -28,6 +28,7 @@ from swcmp import session as session_module
 from swcmp import sessionfile
 from swcmp.cli import cli, iter_commands
 from swcmp.cli import options as cli_options
+from swcmp.cli.render import format_serial
 from swcmp.cmp import keys
 
 SECRET = "S3cret-never-PRINTED-4711"
@@ -716,7 +717,9 @@ def test_status_with_a_certificate(env: Env) -> None:
     assert entry["certificate"]["days_left"] in (363, 364)
     assert entry["next_renewal"] is not None
     text = env.run("status", "gw1").stdout
-    assert f"serial {env.pki.gw.serial_number:x}" in text and "days left" in text
+    # text: swanctl's serial form and ISO 8601 to the minute, UTC
+    assert f"serial {format_serial(env.pki.gw.serial_number)}, valid until " \
+        f"{env.pki.gw.not_valid_after_utc:%Y-%m-%dT%H:%MZ}" in text and "days left" in text
 
 
 def test_testca_is_mounted_when_installed() -> None:

@@ -455,7 +455,7 @@ def test_last_result_per_operation_metrics_and_hooks_after_manual_requests(
 
     # A mistyped manual revocation and a CA question fail: the renewal stays healthy.
     typo = gw.run("request", "revoke", "gw1", "--serial", "1234")
-    assert typo.exit_code == 1 and "holds no certificate with serial 1234" in typo.stderr
+    assert typo.exit_code == 1 and "holds no certificate with serial 12:34" in typo.stderr
     with gw.ca(SIG_ARGS, issued):
         crl = gw.run("request", "crl", "gw1", "--no-deploy")
     entry = gw.json("status", "gw1")["sessions"][0]
@@ -500,3 +500,29 @@ def test_renew_dry_run_checks_the_ca_for_real(gw: Gateway, tmp_path: Path) -> No
     down = gw.run("renew", "--dry-run", "--force", "gw1")
     assert down.exit_code == 1 and "CA check failed: " in down.stdout
     assert gw.cert_file.read_bytes() == live  # nothing renewed
+
+
+@needs_openssl
+def test_one_time_format_one_serial_format_and_local_time(gw: Gateway) -> None:
+    import re
+
+    from swcmp.cli.render import format_serial
+
+    issued = _enrolled(gw)
+    serial = format_serial(issued.serial_number)
+    texts = [gw.run("status", "gw1").stdout, gw.run("status").stdout,
+             gw.run("--vici", "none", "session", "check", "gw1").stdout]
+    for text in texts:
+        assert not re.search(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d", text), text  # to the minute
+        assert "+00:00" not in text and " UTC" not in text, text
+    detail = texts[0]
+    until = f"{issued.not_valid_after_utc:%Y-%m-%dT%H:%MZ}"
+    assert f"serial {serial}, valid until {until}" in detail
+    assert f"valid until {until}" in texts[2]  # the check says it the same way
+    assert f"serial {issued.serial_number:x}" not in detail  # no second serial form
+    # --local-time: the local zone (TZ) with its offset.
+    local = subprocess.run(_swcmp(gw, "--local-time", "status", "gw1"), capture_output=True,
+                           text=True, env={**os.environ, "TZ": "Asia/Tokyo"}, timeout=60)
+    assert local.returncode == 0, local.stderr
+    tokyo = issued.not_valid_after_utc.astimezone(__import__("zoneinfo").ZoneInfo("Asia/Tokyo"))
+    assert f"valid until {tokyo:%Y-%m-%dT%H:%M}+09:00" in local.stdout

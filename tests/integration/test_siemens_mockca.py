@@ -22,6 +22,7 @@ from cryptography.x509.oid import ExtensionOID
 import siemens_mock
 from siemens_mock import CA_NAME, ROOT_CERT, SECRET, MockCA
 from swcmp.cli import cli
+from swcmp.cli.render import format_serial
 from swcmp.cmp import certs, keys
 from swcmp.enroll import mac_protection, make_client, response_trust, signature_protection
 from swcmp.paths import Paths
@@ -293,7 +294,7 @@ def test_cli_revoke_with_reason_then_kur_refused(mock: MockCA, tmp_path: Path) -
     result = gw.run("request", "keyupdate", "gw", "--regenerate", code=None)
     assert result.exit_code != 0 and "certRevoked" in result.output, result.output
     status = gw.run("status", "gw").stdout
-    assert f"serial {serial} was revoked (keyCompromise)" in status, status
+    assert f"serial {format_serial(int(serial, 16))} was revoked (keyCompromise)" in status, status
     assert "certRevoked" in status, status  # the refused key update, from the CA's words
     gw.assert_pair()  # the refused renewal left the pair alone
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from swcmp.cmp.text import INVISIBLE_CONTROLS
@@ -59,6 +59,51 @@ def dump_json(data: object) -> str:
     """
     text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
     return _JSON_RAW_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+#: ``--local-time``: show times in the local time zone (``TZ``) instead of UTC.
+LOCAL_TIME = False
+
+_TIME_RE = re.compile(
+    r"\b(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2})(?::\d{2}(?:\.\d+)?)?(Z|[+-]\d{2}:?\d{2}| UTC)")
+_SERIAL_RE = re.compile(r"\b(serial (?:number )?)(?:0x)?([0-9a-fA-F]+)\b(?!:)")
+
+
+def format_time(when: datetime) -> str:
+    """One time format for people: ISO 8601 to the minute, UTC (``2026-06-01T12:00Z``), or
+    with ``--local-time`` the local time with its offset (``2026-06-01T14:00+02:00``)."""
+    if when.tzinfo is None:
+        return when.strftime("%Y-%m-%dT%H:%M")
+    if LOCAL_TIME:
+        local = when.astimezone()
+        return local.strftime("%Y-%m-%dT%H:%M") + local.strftime("%z")[:3] + ":" + \
+            local.strftime("%z")[3:]
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def _time_match(m: re.Match[str]) -> str:
+    zone = m.group(3).strip()
+    zone = "+00:00" if zone in ("Z", "UTC") else zone
+    if ":" not in zone:
+        zone = zone[:3] + ":" + zone[3:]
+    try:
+        when = datetime.fromisoformat(f"{m.group(1)}T{m.group(2)}{zone}")
+    except ValueError:
+        return m.group(0)
+    return format_time(when)
+
+
+def _serial_match(m: re.Match[str]) -> str:
+    digits = m.group(2)
+    if not any(c.isdigit() for c in digits):
+        return m.group(0)  # a word, not a serial
+    return m.group(1) + format_serial(int(digits, 16))
+
+
+def human(text: str) -> str:
+    """Text for people in one format: every zoned time as :func:`format_time`, every
+    certificate serial as swanctl prints it (:func:`format_serial`). JSON is left alone."""
+    return _SERIAL_RE.sub(_serial_match, _TIME_RE.sub(_time_match, text))
 
 
 def format_serial(serial: int) -> str:

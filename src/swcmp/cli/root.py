@@ -113,7 +113,7 @@ class CliEnv:
         """Print ``data`` as JSON with ``--json``, else ``text``."""
         # Text may hold what a CA sent (status text, names): no control characters
         # reach the terminal, whichever command printed it.
-        click.echo(render.dump_json(data) if self.json else safe_lines(text))
+        click.echo(render.dump_json(data) if self.json else render.human(safe_lines(text)))
 
 
 def _env() -> CliEnv:
@@ -165,7 +165,7 @@ class _StderrHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             prefix = syslog_prefix(record.levelno)
-            text = safe_lines(self.format(record))
+            text = render.human(safe_lines(self.format(record)))
             if prefix:
                 text = "\n".join(prefix + line for line in text.splitlines())
             click.echo(text, err=True)
@@ -301,6 +301,8 @@ def _fail(ctx: click.Context, error: SwcmpError) -> NoReturn:
     env = ctx.find_object(CliEnv) or CliEnv()
     message = safe(_message(error))
     hint = safe(hint_for(error, env.session_name or "NAME"))
+    if not env.json:
+        message, hint = render.human(message), render.human(hint)
     if env.verbose:
         click.echo(safe_lines("".join(traceback.format_exception(error)).rstrip()), err=True)
     if env.json:
@@ -468,6 +470,12 @@ class _RootGroup(click.Group):
     envvar="SWCMP_VERBOSE",
     help="Log to stderr: -v progress, -vv debug; also show tracebacks of errors.",
 )
+@click.option(
+    "--local-time",
+    is_flag=True,
+    envvar="SWCMP_LOCAL_TIME",
+    help="Show times in the local time zone (TZ) instead of UTC [env SWCMP_LOCAL_TIME].",
+)
 @click.version_option(
     __version__, "-V", "--version", prog_name="swcmp", message="%(prog)s %(version)s"
 )
@@ -480,6 +488,7 @@ def cli(
     vici: str,
     json_: bool,
     verbose: int,
+    local_time: bool,
 ) -> None:
     """Renew strongSwan gateway certificates over CMPv2 and hot-load them into charon.
 
@@ -499,6 +508,7 @@ def cli(
     )
     _setup_logging(verbose)
     _setup_progress(json_)
+    render.LOCAL_TIME = local_time
 
 
 def json_option(f: F) -> F:

@@ -70,8 +70,8 @@ def _probe(env: CliEnv, report: SessionReport, named: bool) -> SessionReport:
             # The CA answered, and its protection verified: URL and trust anchors work;
             # whether it takes our signature for a KUR is not proven.
             note = (f"CA check: the CA at {s.server_url} answered a genm signed with {signer} "
-                    f"with a verified error ({_message(e)}): the URL and the trust anchors work, the "
-                    "signature was not accepted for this question")
+                    f"with a verified error ({_message(e)}): the URL and the trust anchors "
+                    "work, the signature was not accepted for this question")
             return dataclasses.replace(report, message=f"{report.message}; {note}")
         return dataclasses.replace(report, result="failed",
                                    message=f"{report.message}; CA check failed: {_message(e)}")
