@@ -526,3 +526,24 @@ def test_one_time_format_one_serial_format_and_local_time(gw: Gateway) -> None:
     assert local.returncode == 0, local.stderr
     tokyo = issued.not_valid_after_utc.astimezone(__import__("zoneinfo").ZoneInfo("Asia/Tokyo"))
     assert f"valid until {tokyo:%Y-%m-%dT%H:%M}+09:00" in local.stdout
+
+
+@needs_openssl
+def test_status_table_fits_columns(gw: Gateway) -> None:
+    from click.testing import CliRunner
+
+    from swcmp.cli import cli
+
+    _enrolled(gw)
+    assert gw.run("session", "set", "gw1", "--server-url",
+                  "http://127.0.0.1:9/a/long/path/that/makes/the/error/longer/").exit_code == 0
+    assert gw.run("request", "keyupdate", "gw1", "--no-deploy").exit_code == 1
+    wide = gw.run("status").stdout
+    assert max(len(line) for line in wide.splitlines()) > 100  # piped: the whole message
+    for columns in ("80", "100"):
+        result = CliRunner().invoke(cli, [*gw.options(), "status"], env={"COLUMNS": columns})
+        assert result.exit_code == 0, result.output
+        lines = result.stdout.splitlines()
+        assert all(len(line) <= int(columns) for line in lines[:-1]), lines
+        row = next(line for line in lines if line.startswith("gw1 "))
+        assert row.endswith("...") and "kur FAILED" in row

@@ -493,14 +493,33 @@ def _last_text(entry: Mapping[str, Any], width: int = 100) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def output_width() -> int | None:
+    """The columns text tables may use: ``COLUMNS``, else the terminal's width when stdout
+    is one; None (no limit) for pipes and files, which scripts read whole."""
+    import os
+    import shutil
+    import sys
+
+    given = os.environ.get("COLUMNS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    try:
+        if sys.stdout.isatty():
+            return shutil.get_terminal_size().columns
+    except (AttributeError, ValueError, OSError):
+        pass
+    return None
+
+
 def status_table(entries: Sequence[Mapping[str, Any]], *, now: datetime | None = None,
-                 notes: Sequence[str] = ()) -> str:
+                 notes: Sequence[str] = (), width: int | None = None) -> str:
     """``swcmp status`` for many sessions: one row each, the most urgent first.
 
     Rows are grouped expired, failing, due, ok (:func:`urgency`), and within a
     group sorted by days left, then name. Each entry has the shape of one item
     of ``status --json``; a broken session file is ``{"session", "error", "hint"}``.
-    ``notes`` are printed above the table (e.g. the HA role).
+    ``notes`` are printed above the table (e.g. the HA role). With ``width`` the
+    last column (the last result, the longest) is shortened so that rows fit.
     """
     if not entries:
         return "\n".join([*notes, "no sessions (create one with `swcmp session create NAME`)"])
@@ -520,11 +539,16 @@ def status_table(entries: Sequence[Mapping[str, Any]], *, now: datetime | None =
             _short_time(e.get("next_renewal"), now),
             _last_text(e),
         ))
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    shown: list[tuple[str, ...]] = [tuple(human(cell) for cell in row) for row in rows]
+    widths = [max(len(r[i]) for r in [header, *shown]) for i in range(len(header) - 1)]
+    room = None if width is None else max(width - sum(widths) - 2 * len(widths), 12)
     lines = list(notes)
-    for row in [header, *rows]:
+    for row in [header, *shown]:
         cells = [f"{cell:<{w}}" for cell, w in zip(row, widths, strict=False)]
-        lines.append("  ".join([*cells, row[-1]]).rstrip())
+        last = row[-1]
+        if room is not None and len(last) > room:
+            last = last[: room - 3] + "..."
+        lines.append("  ".join([*cells, last]).rstrip())
     counts = {g: sum(1 for r in rows if r[1] == g) for g in URGENCY}
     lines.append(", ".join(f"{n} {g}" for g, n in counts.items() if n)
                  + " (`swcmp status NAME` for details)")
