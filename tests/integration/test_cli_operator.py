@@ -547,3 +547,22 @@ def test_status_table_fits_columns(gw: Gateway) -> None:
         assert all(len(line) <= int(columns) for line in lines[:-1]), lines
         row = next(line for line in lines if line.startswith("gw1 "))
         assert row.endswith("...") and "kur FAILED" in row
+
+
+@needs_openssl
+def test_each_message_once(gw: Gateway) -> None:
+    issued = gw.pki.issue(gw.key, GW)
+    with gw.ca(MAC_ARGS, issued) as url:
+        gw.create_session(url)
+        ir = gw.run("request", "initial", "gw1")  # charon is not running (gw.vici)
+    assert ir.exit_code == 0, ir.output
+    said = ir.stdout + ir.stderr
+    assert said.count("charon not updated") == 1, said
+    with gw.ca(SIG_ARGS, issued):
+        rr = gw.run("request", "revoke", "gw1", "--yes")
+    assert rr.exit_code == 0, rr.output
+    assert (rr.stdout + rr.stderr).count("revoked (reason unspecified)") == 1, rr.output
+    # -v asks for the log: then it is there too.
+    with gw.ca(MAC_ARGS, issued):
+        loud = gw.run("-v", "request", "initial", "gw1", "--yes")
+    assert "charon not updated" in loud.stderr and "charon not updated" in loud.stdout

@@ -99,7 +99,7 @@ class Revocation(_Base):
         if current and advise:
             msg += ("; it is the session's current certificate: a key update with it will be "
                     f"refused, enroll again with `swcmp request initial {session.name}`")
-        log.warning("%s: %s", session.name, msg)
+        log.warning("%s: %s", session.name, msg, extra={"in_outcome": True})
         return Result(session.name, "revoke", True, msg)
 
     def queue_revocation(self, session: Session, serial: int, reason: int) -> None:

@@ -160,9 +160,19 @@ def syslog_prefix(level: int) -> str:
 
 
 class _StderrHandler(logging.Handler):
-    """Writes log records to whatever ``sys.stderr`` is at the time (click's runner swaps it)."""
+    """Writes log records to whatever ``sys.stderr`` is at the time (click's runner swaps it).
+
+    A record logged with ``extra={"in_outcome": True}`` says what the command also
+    returns as its result, which a one-shot command prints: it is left out there (each
+    message once), unless ``-v`` asks for the log or the command is ``serve``, whose
+    log is its only voice (:attr:`show_outcomes`).
+    """
+
+    show_outcomes = False
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "in_outcome", False) and not self.show_outcomes:
+            return
         try:
             prefix = syslog_prefix(record.levelno)
             text = render.human(safe_lines(self.format(record)))
@@ -237,6 +247,9 @@ def _setup_logging(verbose: int) -> None:
     logger.setLevel(
         logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     )
+    for h in logger.handlers:
+        if isinstance(h, _StderrHandler):
+            h.show_outcomes = verbose > 0
 
 
 # --- parameter types -------------------------------------------------------------------
