@@ -228,8 +228,9 @@ def deploy(charon: Charon | None, session: Session, new: CredentialPair,
         return charon.deploy(session, new, previous).detail
     except DeployUnavailable as e:
         reason = str(e.args[0]) if e.args else str(e)
+        # in_outcome: the returned text is the command's output too (shown once there)
         log.warning("%s: charon not updated: %s (the files are in place; charon loads them "
-                    "when it starts)", new.session, reason)
+                    "when it starts)", new.session, reason, extra={"in_outcome": True})
         return f"charon not updated: {reason}"
 
 

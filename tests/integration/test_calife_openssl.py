@@ -59,7 +59,7 @@ def pki(tmp_path: Path) -> TestPKI:
 def test_revoke_and_genm_against_the_mock(tmp_path: Path, pki: TestPKI) -> None:
     with mock_server([*SIG_ARGS, "-rsp_cert", "rsp.crt"], cwd=pki.dir) as url:
         gw = make_gateway(tmp_path / "gw", pki, url)
-        got = run(gw, "request", "revoke", "gw1", "--reason", "superseded")
+        got = run(gw, "request", "revoke", "gw1", "--reason", "superseded", "--yes")
         assert got["ok"] is True and "superseded" in got["message"], got
         cacerts = run(gw, "request", "cacerts", "gw1")
         assert cacerts["changed"] is False and "no CA certificates" in cacerts["message"]

@@ -23,6 +23,7 @@ from cryptography import x509
 
 from swcmp.calife import CaLife, CaLifeStore, crl_file, root_cert_files
 from swcmp.cli import cli
+from swcmp.cli.render import format_serial
 from swcmp.cmp import certs
 from swcmp.errors import ConnectError
 from swcmp.names import format_dn
@@ -89,7 +90,7 @@ def test_cacerts_revoke_and_crl(tmp_path: Path, ca: CAHolder) -> None:
     got = run_json(a, "request", "cacerts", "gwa")
     assert got["ok"] is True and got["changed"] is False, got  # the IR stored the CA already
     b_serial = cert_of(b, "gwb").serial_number
-    revoked = run_json(b, "request", "revoke", "gwb", "--reason", "keyCompromise")
+    revoked = run_json(b, "request", "revoke", "gwb", "--reason", "keyCompromise", "--yes")
     assert "keyCompromise" in revoked["message"], revoked
     rec = ca.ca.certificate(b_serial)
     assert rec is not None and rec.status == REVOKED and rec.reason_code == 1
@@ -109,7 +110,7 @@ def test_cacerts_revoke_and_crl(tmp_path: Path, ca: CAHolder) -> None:
     result = run(b, "request", "keyupdate", "gwb", code=None)
     assert result.exit_code != 0 and "certRevoked" in result.output, result.output
     status = run(b, "status", "gwb").stdout
-    assert f"serial {b_serial:x} was revoked (keyCompromise)" in status, status
+    assert f"serial {format_serial(b_serial)} was revoked (keyCompromise)" in status, status
     check = run_json(b, "session", "check", "gwb", code=1)
     item = next(c for c in check["checks"] if c["name"] == "ca-roots")
     assert item["level"] == "fail" and "request initial" in item["fix"], item
@@ -128,7 +129,7 @@ def test_session_delete_revoke_decommissions(tmp_path: Path, ca: CAHolder) -> No
 def test_session_delete_revoke_keeps_the_session_when_the_ca_refuses(
         tmp_path: Path, ca: CAHolder) -> None:
     a = gateway(tmp_path, ca, "gwa")
-    run_json(a, "request", "revoke", "gwa")
+    run_json(a, "request", "revoke", "gwa", "--yes")
     result = run(a, "session", "delete", "gwa", "--revoke", code=None)
     assert result.exit_code != 0 and "certRevoked" in result.output, result.output
     assert a.store.exists("gwa")

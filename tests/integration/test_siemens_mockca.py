@@ -22,6 +22,7 @@ from cryptography.x509.oid import ExtensionOID
 import siemens_mock
 from siemens_mock import CA_NAME, ROOT_CERT, SECRET, MockCA
 from swcmp.cli import cli
+from swcmp.cli.render import format_serial
 from swcmp.cmp import certs, keys
 from swcmp.enroll import mac_protection, make_client, response_trust, signature_protection
 from swcmp.paths import Paths
@@ -288,12 +289,12 @@ def test_cli_revoke_with_reason_then_kur_refused(mock: MockCA, tmp_path: Path) -
     gw = enrolled(mock, tmp_path, "swcmp-cli-rr.example.net")
     gw.run("session", "set", "gw", "--ignore-keyusage")
     serial = f"{gw.cert.serial_number:x}"
-    got = gw.json("request", "revoke", "gw", "--reason", "keyCompromise")
+    got = gw.json("request", "revoke", "gw", "--reason", "keyCompromise", "--yes")
     assert got["ok"] is True and "keyCompromise" in got["message"], got
     result = gw.run("request", "keyupdate", "gw", "--regenerate", code=None)
     assert result.exit_code != 0 and "certRevoked" in result.output, result.output
     status = gw.run("status", "gw").stdout
-    assert f"serial {serial} was revoked (keyCompromise)" in status, status
+    assert f"serial {format_serial(int(serial, 16))} was revoked (keyCompromise)" in status, status
     assert "certRevoked" in status, status  # the refused key update, from the CA's words
     gw.assert_pair()  # the refused renewal left the pair alone
 
@@ -308,7 +309,7 @@ def test_cli_unknown_reason_is_refused_before_sending(mock: MockCA, tmp_path: Pa
 def test_cli_crl_into_x509crl(mock: MockCA, tmp_path: Path) -> None:
     gw = enrolled(mock, tmp_path, "swcmp-cli-crl.example.net")
     gw.run("session", "set", "gw", "--ignore-keyusage")
-    gw.json("request", "revoke", "gw", "--reason", "superseded")
+    gw.json("request", "revoke", "gw", "--reason", "superseded", "--yes")
     serial = gw.cert.serial_number
     got = gw.json("request", "crl", "gw")
     assert got["ok"] is True and got["changed"] is True, got

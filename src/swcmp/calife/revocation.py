@@ -73,8 +73,11 @@ class Revocation(_Base):
         return None
 
     def revoke(self, session: Session, *, serial: int | None = None,
-               reason: int = 0) -> Result:
+               reason: int = 0, advise: bool = True) -> Result:
         """rr for the current certificate (or ``serial``, live or archived), signed with it.
+
+        ``advise``: say how to enroll again when the current certificate was revoked
+        (not when the session is being deleted).
 
         Raises:
             ConfigError: no such certificate (or no key for it) in storage.
@@ -107,10 +110,10 @@ class Revocation(_Base):
             st.pending_revocations = [p for p in st.pending_revocations
                                       if p.get("serial") != f"{serial:x}"]
         msg = f"certificate {certs.describe(cert)} revoked (reason {reason_name(reason)})"
-        if current:
+        if current and advise:
             msg += ("; it is the session's current certificate: a key update with it will be "
                     f"refused, enroll again with `swcmp request initial {session.name}`")
-        log.warning("%s: %s", session.name, msg)
+        log.warning("%s: %s", session.name, msg, extra={"in_outcome": True})
         return Result(session.name, "revoke", True, msg)
 
     def queue_revocation(self, session: Session, serial: int, reason: int) -> None:

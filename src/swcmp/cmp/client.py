@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 
-from swcmp.cmp import certs, codec, keys, oids, text
+from swcmp.cmp import certs, codec, keys, oids, progress, text
 from swcmp.cmp.errors import (
     CertificateError,
     CertificateRejectedError,
@@ -557,7 +557,8 @@ class CMPClient:
                   tx.transaction_id.hex())
         self.stats["sent", kind] += 1
         try:
-            raw = self.transport.post(data)
+            with progress.exchange(kind, getattr(self.transport, "url", None)):
+                raw = self.transport.post(data)
         except HTTPStatusError as e:
             if e.body:
                 self._raise_if_error(tx, codec.decode_message(e.body), nonce)
@@ -608,11 +609,19 @@ class CMPClient:
         except (ProtocolError, CertificateError):
             protected = False
         st = msg.body.status
-        raise CMPErrorResponse(
+        error = CMPErrorResponse(
             status=st.status_name, fail_info=st.fail_names,
             text=st.text + msg.body.details, error_code=msg.body.error_code,
             protected=protected,
         )
+        if mac is not None and (not protected or "badMessageCheck" in st.fail_names):
+            # A CA that shares our MAC secret protects its error with it; one that cannot
+            # (or says the check failed) did not get the secret or reference we used,
+            # whatever failInfo it chose (OpenSSL's mock says badRequest).
+            error.hint = ("the CA could not verify the request's MAC: check the reference "
+                          "value and the secret in the MAC secret file")
+            error.setting = "mac_secret"
+        raise error
 
 
 def _response_for(content: CertRepContent, req_id: int) -> CertResponse:

@@ -449,6 +449,14 @@ def _tls_error(e: BaseException, url: str, *, client_cert: bool) -> ConnectError
                             f"certificate ({safe(_text(e))})", url=url,
                             hint="ask the CA operator which client certificates the server "
                             "accepts", setting="tls_client_cert")
+    if "WRONG_VERSION_NUMBER" in reason or "HTTP_REQUEST" in reason or (
+            "wrong version number" in _text(e)):
+        # The server answered the TLS hello in plain text: an http:// port.
+        plain = "http:" + url.split(":", 1)[1] if ":" in url else url
+        return ConnectError(f"TLS with {url} failed: the server does not speak TLS on this "
+                            "port (it answered in plain text)", url=url,
+                            hint=f"this is probably an http port: use {plain}, or the "
+                            "CA's https port", setting="server_url")
     return ConnectError(f"TLS with {url} failed: {safe(_text(e))}", url=url,
                         hint="check the CA bundle and the server name",
                         setting="tls_ca_bundle")

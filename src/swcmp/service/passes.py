@@ -383,6 +383,10 @@ class RenewalService:
         except SwcmpError as e:
             log.warning("%s: cannot record state: %s", name, e)
 
+    def run_hooks(self, s: Session, outcome: Outcome) -> None:
+        """The post-renew hooks for a new certificate of ``s`` (also after a manual IR/CR)."""
+        self._run_hooks(s, outcome)
+
     def _run_hooks(self, s: Session, outcome: Outcome) -> None:
         env = dict(os.environ, SWCMP_SESSION=s.name, SWCMP_SERIAL=outcome.serial or "",
                    SWCMP_CERT=str(outcome.cert_path or ""), SWCMP_KEY=str(outcome.key_path or ""))
