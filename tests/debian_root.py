@@ -2,15 +2,17 @@
 
 swcmp is tested on the machine's Debian 12 and against the OpenSSL and strongSwan of newer
 Debian releases. ``DebianRoot.build("trixie", "peers", *TRIXIE_PEERS)`` makes (once, cached
-under the checkout's ``.cache/rootfs``) a Debian 13 root file system; ``run`` and ``popen``
-start a program inside it with ``chroot`` in a private mount namespace, with ``/proc``,
-``/dev`` and ``/sys`` and the given host directories bound at the same paths, so that files
-a test writes in its ``tmp_path`` are seen inside under the same name. The network is the
-caller's: loopback of the host, or a test namespace with ``netns=``.
+under ``$SWCMP_TEST_CACHE/rootfs``, by default ``/var/cache/swcmp-tests``) a Debian 13 root
+file system; ``run`` and ``popen`` start a program inside it with ``chroot`` in a private
+mount namespace, with ``/proc``, ``/dev`` and ``/sys`` and the given host directories bound
+at the same paths, so that files a test writes in its ``tmp_path`` are seen inside under
+the same name. The network is the caller's: loopback of the host, or a test namespace
+with ``netns=``.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from collections.abc import Iterable, Sequence
@@ -18,6 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from testpaths import REPO
+
+#: Where scripts/rootfs and scripts/build-deb keep what every checkout of the machine
+#: can share (root file systems, wheels, apt's downloads).
+TEST_CACHE = Path(os.environ.get("SWCMP_TEST_CACHE", "/var/cache/swcmp-tests"))
 
 #: Debian 13's peers: OpenSSL 3.5 (openssl cmp), strongSwan 6.0 (charon, swanctl, pki)
 #: and Python 3.13 with venv.
@@ -51,7 +57,7 @@ class DebianRoot:
 
     @classmethod
     def build(cls, release: str, name: str, *packages: str) -> DebianRoot:
-        """Build (or reuse) ``.cache/rootfs/RELEASE-NAME`` with ``packages``."""
+        """Build (or reuse) the root ``RELEASE-NAME`` with ``packages`` (scripts/rootfs)."""
         out = subprocess.run(
             [str(REPO / "scripts" / "rootfs"), release, name, *packages],
             check=True, stdout=subprocess.PIPE, text=True, timeout=900,
