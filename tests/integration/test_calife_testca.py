@@ -294,6 +294,30 @@ def test_old_root_dropped_after_it_expires(tmp_path: Path, ca: CAHolder) -> None
     assert CaLifeStore(a.paths, "gwa").load().rollover["state"] == "done"  # type: ignore[index]
 
 
+def test_maintain_then_next_due_reads_state_again_only_after_a_change(
+        tmp_path: Path, ca: CAHolder) -> None:
+    """serve's pass asks both at once: the answer is next_due's, before and after the
+    pass changed the state (here: a rollover's old root dropped once it expired)."""
+    from datetime import UTC, datetime
+
+    a = gateway(tmp_path, ca, "gwa")
+    now = datetime.now(UTC).replace(microsecond=0)
+    CaLife(a.paths, clock=lambda: now).maintain(a.session("gwa"))  # the weekly questions
+    old_until = now + timedelta(minutes=10)
+    with CaLifeStore(a.paths, "gwa").update() as st:
+        st.rollover = {"state": "both", "old_not_after": old_until.isoformat()}
+    life = CaLife(a.paths, clock=lambda: now + timedelta(minutes=5))
+    notes, t = life.maintain_then_next_due(a.session("gwa"))
+    assert (notes, t) == ([], old_until)  # nothing to do: the rollover's end comes first
+    assert t == life.next_due(a.session("gwa"))
+    late = CaLife(a.paths, clock=lambda: old_until + timedelta(seconds=1))
+    notes, t = late.maintain_then_next_due(a.session("gwa"))
+    assert len(notes) == 1 and "dropped" in notes[0], notes
+    assert CaLifeStore(a.paths, "gwa").load().rollover == {"state": "done",
+                                                           "old_not_after": old_until.isoformat()}
+    assert t is not None and t > old_until and t == late.next_due(a.session("gwa"))
+
+
 # ---------------------------------------------------------------------- faults
 
 

@@ -4,10 +4,11 @@ once), record the outcome, then the CA's side and the cleanups."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -70,6 +71,29 @@ def _with_hint(e: SwcmpError, name: str) -> str:
     hint = hint_for(e, name)
     return f"{message} (hint: {hint})" if hint else message
 
+
+
+class _Serials(Collection[int]):
+    """Certificate serials read only when first asked for: a key store with nothing to
+    collect (the file store, a token without retired objects) never asks."""
+
+    def __init__(self, read: Callable[[], list[int]]) -> None:
+        self._read = read
+        self._serials: list[int] | None = None
+
+    def _get(self) -> list[int]:
+        if self._serials is None:
+            self._serials = self._read()
+        return self._serials
+
+    def __contains__(self, x: object) -> bool:
+        return x in self._get()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
 
 
 @dataclass
@@ -217,8 +241,8 @@ class RenewalService:
             due: list[datetime] = []
             for s in group:
                 try:
-                    life.maintain(s)  # logs what it did and what failed
-                    t = life.next_due(s)
+                    # logs what it did and what failed
+                    t = life.maintain_then_next_due(s)[1]
                 except SwcmpError as e:
                     log.warning("%s: CA maintenance failed: %s", s.name, e)
                     continue
@@ -283,7 +307,8 @@ class RenewalService:
         for s in self.sessions():
             try:
                 keystore.open(s, self.paths).collect(
-                    held, keep_serials=revocations_waiting(self.paths, s.name))
+                    held, keep_serials=_Serials(functools.partial(revocations_waiting,
+                                                                  self.paths, s.name)))
             except SwcmpError as e:
                 log.warning("%s: replaced key pairs not collected: %s", s.name, e)
 
