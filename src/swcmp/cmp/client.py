@@ -64,6 +64,9 @@ log = logging.getLogger(__name__)
 CLOCK_SKEW_WARNING = timedelta(minutes=10)
 #: Shortest wait between polls, whatever checkAfter says (0 would spin).
 MIN_POLL_INTERVAL = 0.2
+#: The certReqId of a pollReq/pollRep for an answer that is not a certificate (a
+#: pkiConf, genp or rp delayed by an error with status waiting; RFC 9483 4.4).
+NO_CERT_REQ_ID = -1
 #: failInfo incorrectData: what we put in a certConf that rejects a certificate.
 _INCORRECT_DATA = 7
 #: CRLReason unspecified (RFC 5280 5.3.1): what an rr says when no reason is given.
@@ -108,6 +111,9 @@ class TxEvent:
     cert_req_id: int
     server_nonce: bytes | None = None
     cert_der: bytes | None = None
+    #: with phase "received": our certConf was answered 'waiting' (RFC 9483 4.4); the
+    #: pkiConf must then be polled for, and may echo this senderNonce of the certConf
+    confirm_nonce: bytes | None = None
 
 
 Journal = Callable[[TxEvent], None]
@@ -131,6 +137,8 @@ class _Tx:
     expect_sans: frozenset[x509.GeneralName] | None = None
     #: the certificate a kur replaces: the new one may not be older
     replaces: x509.Certificate | None = None
+    #: the senderNonce of our last request
+    sent_nonce: bytes | None = None
 
 
 class CMPClient:
@@ -241,16 +249,30 @@ class CMPClient:
                 journal=journal, accept=accept)
 
     def confirm_again(self, *, transaction_id: bytes, server_nonce: bytes, cert_der: bytes,
-                      subject: x509.Name, protection: Protection, cert_req_id: int = 0) -> None:
+                      subject: x509.Name, protection: Protection, cert_req_id: int = 0,
+                      confirm_nonce: bytes | None = None,
+                      journal: Journal | None = None) -> None:
         """Send certConf for a certificate received before an interruption.
 
+        With ``confirm_nonce`` (the CA had answered our certConf 'waiting'), the
+        pkiConf is polled for in the same transaction instead (RFC 9483 4.4).
         Raises if the CA does not answer pkiConf (it may have given up waiting
         for the confirmation; the certificate must then not be used).
         """
         tx = _Tx(protection, self._sender_for(protection, subject.public_bytes()),
                  transaction_id=transaction_id, server_nonce=server_nonce)
+        note = journal or (lambda event: None)
+
+        def waiting(nonce: bytes) -> None:
+            note(TxEvent("received", "certConf", tx.transaction_id, cert_req_id,
+                         tx.server_nonce, cert_der, nonce))
+
         with self._transaction():
-            self._confirm(tx, cert_der, cert_req_id, None)
+            if confirm_nonce is None:
+                self._confirm(tx, cert_der, cert_req_id, None, note=waiting)
+            else:
+                self._poll_delayed(tx, "certConf", ("pkiconf",), confirm_nonce, 0.0,
+                                   lambda: waiting(confirm_nonce))
 
     def p10(self, *, csr: x509.CertificateSigningRequest, protection: Protection) -> Enrollment:
         """p10cr: a certificate for a PKCS#10 request (certReqId -1)."""
@@ -306,7 +328,7 @@ class CMPClient:
         tx = self._tx(protection, self._sender_for(protection, None))
         body = codec.rr_body([(cert.issuer.public_bytes(), cert.serial_number, reason)])
         with self._transaction():
-            msg, _ = self._exchange(tx, "rr", body, ("rp",))
+            msg, _ = self._exchange_delayed(tx, "rr", body, ("rp",))
         assert isinstance(msg.body, RevRepInfo)
         if not msg.body.statuses:
             raise ProtocolError("the CA's revocation response has no status")
@@ -353,7 +375,7 @@ class CMPClient:
         tx = self._tx(protection, self._sender_for(protection, None))
         tx.implicit_confirm = False
         with self._transaction():
-            msg, _ = self._exchange(tx, "genm", codec.genm_body(items), ("genp",))
+            msg, _ = self._exchange_delayed(tx, "genm", codec.genm_body(items), ("genp",))
         assert isinstance(msg.body, tuple)
         return tuple(v for v in msg.body if isinstance(v, InfoValue))
 
@@ -439,7 +461,13 @@ class CMPClient:
         implicit = tx.implicit_confirm and msg.header.implicit_confirm
         if not implicit:
             try:
-                self._confirm(tx, response.cert_der, req_id, None)
+                cert_der = response.cert_der
+
+                def confirm_waiting(nonce: bytes) -> None:
+                    note(TxEvent("received", kind, tx.transaction_id, req_id, tx.server_nonce,
+                                 cert_der, nonce))
+
+                self._confirm(tx, response.cert_der, req_id, None, note=confirm_waiting)
             except Exception:
                 self.stats["failed", kind] += 1
                 raise
@@ -514,7 +542,10 @@ class CMPClient:
                                  now=self.clock())
 
     def _confirm(self, tx: _Tx, cert_der: bytes, req_id: int,
-                 status: StatusInfo | None) -> None:
+                 status: StatusInfo | None,
+                 note: Callable[[bytes], None] | None = None) -> None:
+        """certConf, waiting for the pkiConf if the CA delays it; ``note`` is told the
+        certConf's senderNonce each time before waiting (to journal it)."""
         cert = certs.load_certificate(cert_der)
         digest, hash_alg = cert_hash_algorithm(cert)
         if hash_alg is not None:
@@ -522,7 +553,59 @@ class CMPClient:
         h = hashes.Hash(digest)
         h.update(cert_der)
         body = codec.cert_conf_body([(h.finalize(), req_id, status, hash_alg)])
-        self._exchange(tx, "certConf", body, ("pkiconf",))
+        self._exchange_delayed(tx, "certConf", body, ("pkiconf",), note=note)
+
+    def _exchange_delayed(self, tx: _Tx, kind: str, body: bytes, expected: tuple[str, ...],
+                          note: Callable[[bytes], None] | None = None
+                          ) -> tuple[PKIMessageInfo, Verified]:
+        """Send a request that is not for a certificate (certConf, genm, rr) and see
+        delayed delivery through: a CA that answers with an error of status waiting
+        is polled (pollReq certReqId -1) until the answer comes (RFC 9483 4.4), with
+        the deadline of certificate polling. ``note(nonce)`` is called before each wait."""
+        msg, verified = self._exchange(tx, kind, body, expected, delayed=True)
+        if msg.body_type != "error":
+            return msg, verified
+        first = tx.sent_nonce
+        assert first is not None
+        log.info("%s: the CA delays its answer (status waiting); polling", kind)
+        return self._poll_delayed(tx, kind, expected, first, 1.0,
+                                  (lambda: note(first)) if note is not None else None)
+
+    def _poll_delayed(self, tx: _Tx, kind: str, expected: tuple[str, ...],
+                      first_nonce: bytes, wait: float,
+                      note: Callable[[], None] | None) -> tuple[PKIMessageInfo, Verified]:
+        """Poll for the delayed answer to ``kind`` until it comes or the deadline passes.
+
+        The answer may echo the senderNonce of the pollReq it answers or that of the
+        delayed request itself (``first_nonce``); either is ours in this transaction.
+        """
+        start = self.monotonic()
+        polls = 0
+        while True:
+            wait = max(wait, MIN_POLL_INTERVAL)
+            if note is not None:
+                note()  # the CA's latest nonce, written down before anything can end the wait
+            if self.monotonic() - start + wait > self.poll_deadline:
+                raise PollingTimeoutError(
+                    f"the CA still delays its answer to the {kind} after {polls} polls; it "
+                    f"asked to come back in {wait:g}s, past the {self.poll_deadline:g}s "
+                    f"deadline (transaction {tx.transaction_id.hex()})"
+                ).with_hint("retry later; the CA may need an operator to act")
+            log.info("%s: CA is waiting; polling again in %gs", kind, wait)
+            self.sleep(wait)
+            polls += 1
+            msg, verified = self._exchange(tx, "pollReq", codec.poll_req_body([NO_CERT_REQ_ID]),
+                                           ("pollRep", *expected), first_nonce=first_nonce)
+            if msg.body_type != "pollRep":
+                return msg, verified
+            assert isinstance(msg.body, tuple)
+            entry = next((e for e in msg.body if isinstance(e, PollRepEntry)
+                          and e.cert_req_id == NO_CERT_REQ_ID), None)
+            if entry is None:
+                raise ProtocolError(f"pollRep does not mention certReqId {NO_CERT_REQ_ID}")
+            wait = float(entry.check_after)
+            if entry.reason:
+                log.info("CA says: %s", text.safe(" / ".join(entry.reason)))
 
     def _reject(self, tx: _Tx, cert_der: bytes, req_id: int, reason: str) -> None:
         status = StatusInfo(REJECTION, frozenset({_INCORRECT_DATA}), (reason,))
@@ -531,9 +614,17 @@ class CMPClient:
         except Exception as e:  # the rejection is what matters; report the rest in the log
             log.warning("the CA did not acknowledge our rejection: %s", e)
 
-    def _exchange(self, tx: _Tx, kind: str, body: bytes,
-                  expected: tuple[str, ...]) -> tuple[PKIMessageInfo, Verified]:
+    def _exchange(self, tx: _Tx, kind: str, body: bytes, expected: tuple[str, ...], *,
+                  delayed: bool = False, first_nonce: bytes | None = None
+                  ) -> tuple[PKIMessageInfo, Verified]:
+        """One request and its checked answer.
+
+        ``delayed``: an error with status waiting is returned (checked like any answer)
+        instead of raised. ``first_nonce``: the answer may also echo this senderNonce
+        (the delayed request's, when its answer comes after polling).
+        """
         nonce = os.urandom(16)
+        tx.sent_nonce = nonce
         prot = tx.protection.start()
         header = codec.HeaderFields(
             sender_der=tx.sender_der,
@@ -566,7 +657,9 @@ class CMPClient:
         # Counted per request answered: a certificate delivered after polling answers a
         # pollReq, not the kur again.
         self.stats["received", kind] += 1
-        self._raise_if_error(tx, msg, nonce)
+        waiting = delayed and _is_waiting(msg)
+        if not waiting:
+            self._raise_if_error(tx, msg, nonce)
         mac = tx.protection if isinstance(tx.protection, MacProtection) else None
         verified = verify_response(msg, mac=mac, trust=self.policy, now=self.clock(),
                                    known_signer=tx.signer)
@@ -575,11 +668,11 @@ class CMPClient:
         h = msg.header
         if h.transaction_id != tx.transaction_id:
             raise ProtocolError("the response carries another transactionID")
-        if h.recip_nonce != nonce:
+        if h.recip_nonce != nonce and (first_nonce is None or h.recip_nonce != first_nonce):
             raise ProtocolError("the response's recipNonce does not match our senderNonce")
         if not h.sender_nonce or len(h.sender_nonce) < 16:
             raise ProtocolError("the response has no 128-bit senderNonce")
-        if msg.body_type not in expected:
+        if msg.body_type not in expected and not waiting:
             raise ProtocolError(
                 f"expected {' or '.join(expected)} from the CA, got {msg.body_type}")
         if h.message_time is not None and abs(h.message_time - self.clock()) > CLOCK_SKEW_WARNING:
@@ -613,6 +706,12 @@ class CMPClient:
             text=st.text + msg.body.details, error_code=msg.body.error_code,
             protected=protected,
         )
+
+
+def _is_waiting(msg: PKIMessageInfo) -> bool:
+    """An error message whose status is waiting: delayed delivery (RFC 9483 4.4)."""
+    return (msg.body_type == "error" and isinstance(msg.body, ErrorInfo)
+            and msg.body.status.status == WAITING)
 
 
 def _response_for(content: CertRepContent, req_id: int) -> CertResponse:
