@@ -548,6 +548,12 @@ def check_setting_files(session: Session, changed: Sequence[str], paths: Paths) 
                 if name == "tls_client_key" and mode & 0o077:
                     raise _refused(f"{option} {path}: mode {mode:04o} lets others read the key",
                                   f"chmod 600 {path}")
+            elif name == "mac_secret_file":
+                mode = path.stat().st_mode & 0o777
+                if mode & 0o077:
+                    raise _refused(
+                        f"{option} {path}: mode {mode:04o} lets others read the MAC secret",
+                        f"chmod 600 {path}")
             elif name == "pin_file":
                 # the rules of use (0600, no symlink, not empty), applied when it is set
                 from swcmp.pkcs11 import read_pin

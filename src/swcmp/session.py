@@ -37,7 +37,7 @@ from swcmp.names import (
     validate_session_name,
 )
 from swcmp.paths import Paths
-from swcmp.policy import ExpireTime
+from swcmp.values import ExpireTime
 
 FILE_FORMAT: Final = 1
 SESSION_FILE_MODE: Final = 0o640
@@ -560,8 +560,8 @@ def read_mac_secret(session: Session) -> bytes:
 
     Raises:
         ConfigError: no secret file is configured, or it is missing, unreadable,
-            not a regular file, too large or empty. The message names the file
-            and never includes its content.
+            not a regular file, readable by group or others, too large or empty.
+            The message names the file and never includes its content.
     """
     path = session.mac_secret_file
     fix = f"swcmp session set {session.name} --mac-secret-file FILE"
@@ -578,6 +578,10 @@ def read_mac_secret(session: Session) -> bytes:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise _err(f"the MAC secret file {path} is not a regular file", fix)
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            raise _err(
+                f"the MAC secret file {path} has mode {stat.S_IMODE(info.st_mode):04o}: "
+                "others may read the secret", f"chmod 600 {path}")
         if info.st_size > _MAX_SECRET_FILE:
             raise _err(
                 f"the MAC secret file {path} is larger than {_MAX_SECRET_FILE} bytes",

@@ -1,5 +1,6 @@
 """``swcmp hook charon-start``: after charon (re)starts, finish any renewal a crash
-interrupted, then load every session's current pair into it.
+interrupted, then load every session's current pair into it (except pairs whose certificate
+expired or was revoked: those are skipped and named).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 
 from swcmp import fsutil
+from swcmp.deploy import CredentialPair
 from swcmp.errors import SwcmpError
 from swcmp.paths import Paths
 from swcmp.renewal import Renewer
@@ -55,6 +57,7 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
     from swcmp.strongswan import load_authorities, load_current, reload_pinned_connections
 
     finished: list[str] = []
+    skipped: list[str] = []
     pairs = []
     sessions = SessionStore(paths.config_dir).list().sessions
     with ExitStack() as locks:
@@ -90,7 +93,11 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
             except SwcmpError as e:  # e.g. a token that is not there: load the others
                 log.error("%s: not loaded: %s", s.name, e)
                 pair = None
-            if pair is not None:
+            why = _unusable(paths, s, pair, datetime.now(UTC)) if pair is not None else None
+            if why is not None:
+                log.error("%s: not loaded: %s", s.name, why)
+                skipped.append(f"{s.name} ({why})")
+            elif pair is not None:
                 pairs.append(pair)
         result = load_current(uri, pairs, timeout=timeout)
         crls = _stored_crls(paths, sessions)
@@ -111,7 +118,46 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
     note = f"; finished interrupted renewals of {', '.join(finished)}" if finished else ""
     if resent:
         note += f"; re-sent pinned connection(s) {', '.join(resent)}"
+    if skipped:
+        note += f"; not loaded: {'; '.join(skipped)}"
     return f"{result.detail}{note}"
+
+
+def _unusable(paths: Paths, session: Session, pair: CredentialPair,
+              now: datetime) -> str | None:
+    """Why ``pair`` must not go into charon (expired, revoked), or None.
+
+    Revoked means: swcmp revoked this certificate itself (``calife.json``), or the
+    stored CRL of its issuer lists its serial. A peer would refuse such a
+    certificate anyway; loading it only hides that the session needs a new one.
+    """
+    from cryptography import x509
+
+    from swcmp.calife.state import CaLifeStore
+    from swcmp.cmp import certs
+    from swcmp.store import crl_file
+
+    try:
+        cert = certs.load_certificate(pair.cert_pem)
+    except SwcmpError as e:
+        return f"its certificate is unreadable: {e}"
+    fix = f"get a new one: swcmp request initial {session.name}"
+    if now > cert.not_valid_after_utc:
+        return f"its certificate expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; {fix}"
+    serial = f"{cert.serial_number:x}"
+    if any(r.get("serial") == serial for r in CaLifeStore(paths, session.name).load().revoked):
+        return f"its certificate (serial {serial}) was revoked by swcmp; {fix}"
+    try:
+        crl = x509.load_der_x509_crl(crl_file(paths, session.name).read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("%s: cannot read its CRL: %s", session.name, e)
+        return None
+    if crl.issuer == cert.issuer and \
+            crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+        return f"its certificate (serial {serial}) is listed in its CA's CRL; {fix}"
+    return None
 
 
 def _stored_crls(paths: Paths, sessions: Sequence[Session]) -> list[bytes]:

@@ -357,6 +357,8 @@ BAD_SETTINGS = {
     "bad expire duration": (["--expire-time", "3 fortnights"], "expire_time"),
     "missing trust file": (["--trust", "pki/nope.crt"], "does not exist"),
     "missing secret file": (["--mac-secret-file", "nope"], "does not exist"),
+    "secret file others may read": (["--mac-secret-file", "pki/root.crt"],
+                                    "lets others read the MAC secret"),
     "directory as file": (["--auth-cert", "pki"], "not a regular file"),
     "trust is not a certificate": (["--trust", "pki/gw.key"], "not a PEM or DER X.509"),
     "auth key is not a key": (["--auth-key", "pki/root.crt"], "private key"),
@@ -811,6 +813,18 @@ def test_status_says_standby_when_the_role_source_is_unreadable(env: Env) -> Non
     entry = env.json("status", "gw1")["sessions"][0]
     assert entry["state"] != "standby"
     assert "HA role MASTER" in env.run("status").stdout
+
+
+def test_request_initial_refuses_a_mac_secret_file_others_may_read(env: Env) -> None:
+    env.complete_session()
+    env.secret_file.chmod(0o644)
+    before = env.snapshot()
+    result = env.run("request", "initial", "gw1")
+    assert result.exit_code == 1, result.output
+    assert "others may read the secret" in result.stderr and "chmod 600" in result.stderr
+    assert SECRET not in result.output
+    # nothing sent, nothing stored (the state directory holds only locks and the result)
+    assert {k: v for k, v in env.snapshot().items() if not k.startswith("var")} == before
 
 
 def test_an_error_hint_names_the_session_in_the_command(env: Env) -> None:

@@ -1,18 +1,24 @@
-"""`swcmp hook charon-start` waits for a renewal in progress before loading pairs."""
+"""`swcmp hook charon-start` waits for a renewal in progress before loading pairs, and
+leaves out pairs whose certificate expired or was revoked, saying so."""
 
 from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
-from pki import make_pki
+from pki import make_pki, name, pem_cert, pem_key
 from renewal_env import make_gateway
 from swcmp import fsutil
+from swcmp.calife.state import CaLifeStore
 from swcmp.deploy import DeployResult
 from swcmp.start_hook import charon_start
+from swcmp.store import write_crl
 
 
 @pytest.fixture
@@ -62,3 +68,61 @@ def test_hook_gives_up_waiting_and_loads_current_files(gw, monkeypatch: pytest.M
     assert time.monotonic() - t0 < 1.5
     assert "a renewal is running" in caplog.text
     t.join()
+
+
+def _loaded_sessions(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    loaded: list[list[str]] = []
+
+    def record(uri: str, pairs, *, timeout: float) -> DeployResult:  # type: ignore[no-untyped-def]
+        loaded.append([p.session for p in pairs])
+        return DeployResult(True, f"{len(pairs)} pair(s) loaded")
+
+    monkeypatch.setattr("swcmp.strongswan.load_current", record)
+    return loaded
+
+
+def test_hook_skips_an_expired_pair_and_says_so(gw, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    loaded = _loaded_sessions(monkeypatch)
+    pki = make_pki(tmp_path / "pki2")
+    old = pki.issue(pki.gw_key, not_before=datetime.now(UTC) - timedelta(days=3), days=1)
+    gw.paths.key_file("gw1").write_bytes(pem_key(pki.gw_key))
+    gw.paths.cert_file("gw1").write_bytes(pem_cert(old))
+    note = charon_start(gw.paths, "unix:///nonexistent")
+    assert loaded == [[]]
+    assert "not loaded: gw1 (its certificate expired on" in note
+    assert "swcmp request initial gw1" in note and "gw1: not loaded" in caplog.text
+
+
+def test_hook_skips_a_revoked_pair_and_says_so(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = _loaded_sessions(monkeypatch)
+    pki = make_pki(tmp_path / "pki")
+    gw = make_gateway(tmp_path / "gw", pki, "http://127.0.0.1:9/")
+    assert charon_start(gw.paths, "unix:///nonexistent").startswith("1 pair(s)")
+    cert = gw.cert
+    now = datetime.now(UTC)
+    # a CRL of another issuer listing the serial changes nothing
+    other = make_pki(tmp_path / "other")  # its key signs as "Another CA"
+    for issuer_key, issuer, skipped in ((other.root_key, name("Another CA"), False),
+                                        (pki.root_key, pki.root.subject, True)):
+        crl = (x509.CertificateRevocationListBuilder().issuer_name(issuer)
+               .last_update(now).next_update(now + timedelta(days=1))
+               .add_revoked_certificate(x509.RevokedCertificateBuilder()
+                                        .serial_number(cert.serial_number)
+                                        .revocation_date(now).build())
+               .sign(issuer_key, hashes.SHA256()))  # type: ignore[arg-type]
+        write_crl(gw.paths, "gw1", crl.public_bytes(serialization.Encoding.DER))
+        note = charon_start(gw.paths, "unix:///nonexistent")
+        assert ("listed in its CA's CRL" in note) is skipped, note
+        assert loaded[-1] == ([] if skipped else ["gw1"])
+
+
+def test_hook_skips_a_pair_swcmp_revoked(gw, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    loaded = _loaded_sessions(monkeypatch)
+    with CaLifeStore(gw.paths, "gw1").update() as st:
+        st.revoked = [{"serial": f"{gw.cert.serial_number:x}", "reason": "keyCompromise",
+                       "time": "2026-01-01T00:00:00+00:00", "current": True}]
+    note = charon_start(gw.paths, "unix:///nonexistent")
+    assert loaded == [[]] and "was revoked by swcmp" in note

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import stat
 import tomllib
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +19,6 @@ from hypothesis import strategies as st
 from swcmp.errors import ConfigError, SessionFileError
 from swcmp.names import SessionName, parse_dn
 from swcmp.paths import Paths
-from swcmp.policy import ExpireTime
 from swcmp.session import (
     FIELDS,
     Session,
@@ -35,6 +36,7 @@ from swcmp.sessionfile import (
     session_from_toml,
     session_to_toml,
 )
+from swcmp.values import ExpireTime
 
 GW1 = SessionName("gw1")
 
@@ -338,6 +340,26 @@ class TestSession:
 
 
 class TestMacSecret:
+    @pytest.fixture(autouse=True)
+    def _private_files(self) -> Iterator[None]:
+        """Files written here are 0600, as a MAC secret file must be."""
+        old = os.umask(0o077)
+        yield
+        os.umask(old)
+
+    @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620])
+    def test_a_file_others_may_read_is_refused(self, tmp_path: Path, mode: int) -> None:
+        secret = tmp_path / "secret"
+        secret.write_bytes(b"TOPSECRET\n")
+        secret.chmod(mode)
+        s = set_fields(Session(name=GW1), {"mac_secret_file": str(secret)})
+        with pytest.raises(ConfigError) as info:
+            read_mac_secret(s)
+        assert f"{mode:04o}" in str(info.value) and info.value.hint == f"chmod 600 {secret}"
+        assert "TOPSECRET" not in str(info.value)
+        secret.chmod(0o400)
+        assert read_mac_secret(s) == b"TOPSECRET"
+
     def test_read_strips_one_newline(self, tmp_path: Path) -> None:
         secret = tmp_path / "secret"
         secret.write_bytes(b"s3cr3t\n")

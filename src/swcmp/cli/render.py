@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from swcmp.cmp.text import INVISIBLE_CONTROLS
+
 if TYPE_CHECKING:
     from swcmp.checks import CheckResult
 
@@ -45,8 +47,8 @@ STATS_COUNTERS = ("sent", "received", "failed")
 
 
 #: Characters that json.dumps(ensure_ascii=False) leaves raw but a terminal may obey
-#: (DEL, the C1 controls such as CSI, line/paragraph separators, right-to-left override).
-_JSON_RAW_CONTROLS = re.compile("[\x7f-\x9f\u2028\u2029\u202e]")
+#: (DEL, the C1 controls such as CSI, line/paragraph separators, bidirectional controls).
+_JSON_RAW_CONTROLS = re.compile(f"[\x7f-\x9f{INVISIBLE_CONTROLS}]")
 
 
 def dump_json(data: object) -> str:

@@ -122,6 +122,8 @@ def hook_charon_start() -> None:
 
     Run from charon's start-scripts. Renewals that were confirmed but not yet
     committed when the node went down are finished first, without asking the CA.
+    A pair whose certificate expired or was revoked (by swcmp, or listed in the
+    stored CRL of its CA) is not loaded; the output and the log name it.
     """
     from swcmp.start_hook import charon_start
 
