@@ -1,4 +1,5 @@
-"""`swcmp request`, `stats` and `status` against OpenSSL's CMP mock server.
+"""`swcmp request`, `stats` and `status` against OpenSSL's CMP mock servers, each test
+once with OpenSSL 3.0's (the machine's) and once with 3.5's (Debian 13's).
 
 The 3.0 mock answers every request with the fixed `-rsp_cert`, so each test
 makes the session's key first and issues `-rsp_cert` for it; for a KUR the
@@ -18,7 +19,7 @@ import pytest
 from cryptography import x509
 
 from openssl_gateway import GW, MAC_ARGS, SECRET, SIG_ARGS, Gateway
-from openssl_mock import OPENSSL
+from openssl_mock import OPENSSL, OpenSSL
 from pki import pem_cert
 
 pytestmark = [
@@ -27,8 +28,8 @@ pytestmark = [
 ]
 
 @pytest.fixture
-def gw(tmp_path: Path) -> Gateway:
-    return Gateway(tmp_path)
+def gw(tmp_path: Path, openssl_peer: OpenSSL) -> Gateway:
+    return Gateway(tmp_path, openssl_peer)
 
 
 def test_ir_with_mac_then_checks_pass_then_kur(gw: Gateway) -> None:
@@ -213,3 +214,30 @@ def test_charon_start_hook_without_charon(gw: Gateway) -> None:
     assert result.stderr.startswith("error: ") and "not reachable" in result.stderr
     none = gw.run("--vici", "none", "hook", "charon-start")
     assert none.exit_code == 1 and "needs charon" in none.stderr
+
+
+def test_delayed_delivery_of_every_message_through_the_cli(tmp_path: Path) -> None:
+    """OpenSSL 3.5's mock with -poll_count delays the ip, the pkiConf, the genp and the rp
+    (RFC 9483 4.4): `swcmp request initial`, `cacerts` and `revoke` wait them out."""
+    gw = Gateway(tmp_path, OpenSSL.of("3.5"))
+    issued = gw.pki.issue(gw.key, GW)
+    delayed = ["-poll_count", "1", "-check_after", "1"]
+    with gw.ca([*MAC_ARGS, *delayed], issued) as url:
+        gw.create_session(url)
+        ir = gw.json("request", "initial", "gw1", "--no-deploy")
+        assert ir["serial"] == f"{issued.serial_number:x}"
+    stats = gw.json("stats", "gw1")["sessions"][0]["stats"]
+    assert stats["ir"] == {"sent": 1, "received": 1, "failed": 0}
+    assert stats["certConf"]["sent"] == 1
+    assert stats["pollReq"]["sent"] == 2  # one for the ip, one for the pkiConf
+    assert x509.load_pem_x509_certificate(gw.cert_file.read_bytes()) == issued
+
+    # caCerts and rr, signed with the new certificate; the mock expects it in the rr
+    gw.pki.write("ref.crt", pem_cert(issued))
+    with gw.ca([*SIG_ARGS, *delayed, "-ref_cert", "ref.crt"], issued):
+        cacerts = gw.json("request", "cacerts", "gw1", "--no-deploy")
+        assert cacerts["ok"] is True, cacerts
+        revoked = gw.json("request", "revoke", "gw1", "--reason", "superseded")
+        assert revoked["ok"] is True, revoked
+    stats = gw.json("stats", "gw1")["sessions"][0]["stats"]
+    assert stats["pollReq"]["sent"] == 4

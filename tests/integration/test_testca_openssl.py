@@ -1,4 +1,5 @@
-"""`openssl cmp` (OpenSSL 3.0) as the client against the embedded test CA.
+"""`openssl cmp` as the client against the embedded test CA, each test once with
+OpenSSL 3.0 (the machine's) and once with OpenSSL 3.5 (Debian 13's, tests/debian_root.py).
 
 OpenSSL checks every answer strictly (protection, nonces, transactionID,
 certificate against its key and trust); each positive flow must end with exit
@@ -16,7 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from openssl_mock import OPENSSL
+from openssl_mock import OPENSSL, OpenSSL
 from pki import name
 from swcmp.cmp import certs, keys
 from swcmp.cmp.client import CMPClient
@@ -35,6 +36,17 @@ MAC_CONFIG = CAConfig(mac_ref=REF.encode(), mac_secret=SECRET.encode())
 MAC_ARGS = ["-ref", REF, "-secret", f"pass:{SECRET}"]
 
 
+#: The OpenSSL release of the running test (set by the autouse fixture below).
+_PEER: list[OpenSSL] = []
+
+
+@pytest.fixture(autouse=True)
+def _openssl_release(openssl_peer: OpenSSL) -> Iterator[None]:
+    _PEER[:] = [openssl_peer]
+    yield
+    _PEER.clear()
+
+
 @pytest.fixture
 def ca(tmp_path: Path) -> Iterator[TestCA]:
     with TestCA(tmp_path / "ca", config=MAC_CONFIG) as running:
@@ -43,11 +55,9 @@ def ca(tmp_path: Path) -> Iterator[TestCA]:
 
 def openssl(ca: TestCA, *args: str | Path) -> subprocess.CompletedProcess[str]:
     """Run `openssl cmp` against ``ca``; output is stdout and stderr together."""
-    assert OPENSSL is not None
-    cmd = [OPENSSL, "cmp", "-server", f"127.0.0.1:{ca.port}", "-path", "pkix/",
+    cmd = ["cmp", "-server", f"127.0.0.1:{ca.port}", "-path", "pkix/",
            "-msg_timeout", "20", *map(str, args)]
-    return subprocess.run(cmd, cwd=ca.directory.parent, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=60)
+    return _PEER[0].run(cmd, cwd=ca.directory.parent)
 
 
 def ok(res: subprocess.CompletedProcess[str]) -> str:
