@@ -124,3 +124,71 @@ def trixie() -> DebianRoot:
             pytest.skip("mmdebstrap is not installed (scripts/test installs it)")
         _TRIXIE.append(DebianRoot.build("trixie", "peers", *TRIXIE_PEERS))
     return _TRIXIE[0]
+
+
+CACHE = REPO / ".cache" / "py313"
+WHEELS = CACHE / "wheels"
+VENV = CACHE / "venv"
+#: What the unit tests need beside swcmp's own dependencies.
+TEST_TOOLS = ("pytest>=8", "hypothesis>=6", "setuptools>=77", "wheel")
+#: manylinux tags Debian 13 (glibc 2.41) takes, newest first; "any" for pure Python.
+PLATFORMS = ("manylinux_2_34_x86_64", "manylinux_2_28_x86_64", "manylinux_2_17_x86_64",
+             "manylinux2014_x86_64", "any")
+
+
+def _requirements() -> list[str]:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return [*project["dependencies"], *TEST_TOOLS]
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment without the machine's pip settings (its mirrors, certificates)."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+
+
+def trixie_venv() -> str:
+    """Debian 13's Python 3.13 in a virtual environment with swcmp (from this checkout,
+    editable) and pytest; returns its python, a host path that runs inside the root with
+    ``binds=[REPO]``.
+
+    The wheels (pyproject's dependencies, pytest, hypothesis, the build backend) are
+    fetched once by the machine's pip for Python 3.13 into the checkout's ignored
+    ``.cache/py313/wheels``; inside the root Debian 13's python3 makes the environment
+    ``.cache/py313/venv`` from those wheels only. Both are made again when
+    pyproject.toml changes.
+    """
+    import hashlib
+    import os
+    import sys
+
+    import pytest
+
+    root = trixie()
+    if os.uname().machine != "x86_64":
+        pytest.skip("the wheel list is for x86_64")
+    want = hashlib.sha256((REPO / "pyproject.toml").read_bytes()
+                          + " ".join(TEST_TOOLS).encode()).hexdigest()
+    stamp = CACHE / "stamp"
+    python = str(VENV / "bin" / "python")
+    if stamp.exists() and stamp.read_text() == want and (VENV / "bin" / "python").exists():
+        return python
+    WHEELS.mkdir(parents=True, exist_ok=True)
+    platforms = [a for p in PLATFORMS for a in ("--platform", p)]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "-d", str(WHEELS),
+         "--python-version", "3.13", "--only-binary=:all:", *platforms, *_requirements()],
+        check=True, timeout=600)
+    subprocess.run(["rm", "-rf", str(VENV)], check=True)
+    env = {**_clean_env(), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    made = root.run(
+        ["sh", "-c", 'python3 -m venv "$0" && "$0/bin/pip" install -q --no-index '
+                     '--find-links "$1" -e "$2" pytest hypothesis',
+         str(VENV), str(WHEELS), str(REPO)],
+        binds=[REPO], check=False, timeout=600, env=env)
+    assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-3000:]
+    stamp.write_text(want)
+    return python
