@@ -241,3 +241,42 @@ def test_delayed_delivery_of_every_message_through_the_cli(tmp_path: Path) -> No
         assert revoked["ok"] is True, revoked
     stats = gw.json("stats", "gw1")["sessions"][0]["stats"]
     assert stats["pollReq"]["sent"] == 4
+
+
+def test_request_crl_asks_crl_status_list_then_remembers_a_ca_without_it(
+        gw: Gateway) -> None:
+    """`swcmp request crl`: OpenSSL 3.5's mock answers crlStatusList (RFC 9483 4.3.4) with
+    its -rsp_crl; 3.0's does not know it, so swcmp asks currentCRL and remembers that."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    issued = gw.pki.issue(gw.key, GW)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(gw.pki.root.subject)
+           .last_update(now - dt.timedelta(minutes=5)).next_update(now + dt.timedelta(days=1))
+           .sign(gw.pki.root_key, hashes.SHA256()))  # type: ignore[arg-type]
+    gw.pki.write("crl.pem", crl.public_bytes(serialization.Encoding.PEM))
+    newer = gw.openssl is not None and gw.openssl.newer
+    extra = ["-rsp_crl", "crl.pem"] if newer else []
+    with gw.ca(MAC_ARGS, issued) as url:
+        gw.create_session(url)
+        assert gw.run("request", "initial", "gw1", "--no-deploy").exit_code == 0
+    with gw.ca([*SIG_ARGS, *extra], issued):  # genm signed with the new certificate
+        first = gw.json("request", "crl", "gw1", "--no-deploy")
+        second = gw.json("request", "crl", "gw1", "--no-deploy")
+    genm = gw.json("stats", "gw1")["sessions"][0]["stats"]["genm"]["sent"]
+    unsupported = set(gw.json("status", "gw1")["sessions"][0]["ca"]["unsupported"])
+    crl_file = gw.swanctl_dir / "x509crl" / "gw1.crl"
+    if newer:
+        assert first["ok"] is True and "stored" in first["message"], first
+        assert x509.load_der_x509_crl(crl_file.read_bytes()) == crl
+        # asked again with the stored CRL's thisUpdate: the mock still sends its CRL
+        # (it does not compare), which is not older, so it is taken again
+        assert second["ok"] is True, second
+        assert genm == 2 and "crlStatusList" not in unsupported
+    else:
+        assert first["changed"] is False and "no CRL" in first["message"], first
+        assert genm == 3  # crlStatusList once (remembered as unknown), currentCRL twice
+        assert "crlStatusList" in unsupported, unsupported
+        assert not crl_file.exists()

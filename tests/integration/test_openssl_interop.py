@@ -306,3 +306,30 @@ def test_dead_ca_is_a_connect_error(pki: TestPKI) -> None:
         c = CMPClient(tr, recipient=pki.root.subject, trust=[pki.root])
         with pytest.raises(ConnectError, match="cannot connect"):
             c.certificate(key=pki.gw_key, subject=name(GW), protection=sig(pki))
+
+
+def _crl(pki: TestPKI, this_update: dt.datetime) -> x509.CertificateRevocationList:
+    from cryptography.hazmat.primitives import hashes
+
+    return (x509.CertificateRevocationListBuilder().issuer_name(pki.root.subject)
+            .last_update(this_update).next_update(this_update + dt.timedelta(days=7))
+            .sign(pki.root_key, hashes.SHA256()))  # type: ignore[arg-type]
+
+
+def test_crl_status_list(pki: TestPKI) -> None:
+    """genm crlStatusList (RFC 9483 4.3.4): OpenSSL 3.5's mock answers it with -rsp_crl."""
+    if not peer(pki).newer:
+        pytest.skip("OpenSSL 3.0's mock does not know crlStatusList")
+    from cryptography.hazmat.primitives import serialization
+
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    crl = _crl(pki, now - dt.timedelta(hours=1))
+    pki.write("crl.pem", crl.public_bytes(serialization.Encoding.PEM))
+    with client(pki, [*SIG_ARGS, *rsp(pki, pki.gw), "-rsp_crl", "crl.pem"]) as (c, _):
+        got = c.crl_status(protection=sig(pki), issuer=pki.root.subject,
+                           this_update=now - dt.timedelta(days=1))
+        # the CRL we hold is as new as the CA's: it has nothing newer to send
+        same = c.crl_status(protection=sig(pki), issuer=pki.root.subject,
+                            this_update=crl.last_update_utc)
+    assert got == (crl,)
+    assert same == ()

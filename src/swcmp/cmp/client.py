@@ -319,6 +319,27 @@ class CMPClient:
                     raise ProtocolError(f"the CA's currentCRL does not parse: {e}") from e
         return None
 
+    def crl_status(self, *, protection: Protection, issuer: x509.Name,
+                   this_update: datetime | None = None
+                   ) -> tuple[x509.CertificateRevocationList, ...] | None:
+        """genm id-it-crlStatusList (RFC 9483 4.3.4): the CRL of ``issuer`` if the CA has
+        one newer than ``this_update`` (that of the CRL we hold).
+
+        Returns the CRLs of the answer's id-it-crls, () when the CA says it has none newer,
+        None when the answer has no id-it-crls at all (a CA that does not know the
+        question). The CRLs are not checked here: their signer is the caller's question.
+        """
+        value = codec.crl_status_list_value(issuer.public_bytes(), this_update)
+        values = self._genm(protection, [InfoValue(oids.IT_CRL_STATUS_LIST, value)])
+        for v in values:
+            if v.oid == oids.IT_CRLS:
+                try:
+                    return tuple(x509.load_der_x509_crl(c)
+                                 for c in codec.parse_crls(v.value_der))
+                except ValueError as e:
+                    raise ProtocolError(f"a CRL in the CA's crls does not parse: {e}") from e
+        return None
+
     def revoke(self, *, cert: x509.Certificate, protection: Protection,
                reason: int = REASON_UNSPECIFIED) -> StatusInfo:
         """rr: revoke ``cert`` (e.g. the one a key update superseded).
