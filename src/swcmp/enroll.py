@@ -102,7 +102,7 @@ def mac_protection(session: Session) -> Protection:
     need_setting(session.mac_ref, "MAC reference", session, "--mac-ref")
     assert session.mac_ref is not None
     return MacProtection(reference=session.mac_ref.encode(), secret=read_mac_secret(session),
-                         mac_alg=session.mac_alg)
+                         mac_alg=session.mac_alg, iterations=session.mac_iterations)
 
 
 def request_chain(session: Session, paths: Paths, cert: x509.Certificate,

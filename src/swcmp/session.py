@@ -44,7 +44,7 @@ SESSION_FILE_MODE: Final = 0o640
 _MAX_SECRET_FILE = 4096
 
 IrAuth = Literal["mac", "signature"]
-MacAlg = Literal["hmac-sha256", "hmac-sha1"]
+MacAlg = Literal["hmac-sha256", "hmac-sha1", "pbmac1"]
 
 
 _CONN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -170,6 +170,24 @@ def _cert_profile(value: object) -> object:
     return text
 
 
+#: Bounds of the session's ``mac_iterations`` (the MAC key derivation's iteration count;
+#: the same bounds swcmp accepts in a CA's answer).
+MAC_ITERATIONS_RANGE = (100, 100_000)
+
+
+def _mac_iterations(value: object) -> object:
+    low, high = MAC_ITERATIONS_RANGE
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _err(
+            f"invalid mac_iterations {value!r}: give a whole number from {low} to {high}",
+            "the iteration count of the MAC key derivation (PasswordBasedMac or PBMAC1's "
+            "PBKDF2; default 10000)",
+        )
+    return value
+
+
 #: Bounds of the session's ``timeout`` (seconds for one exchange with the CA).
 TIMEOUT_RANGE = (1, 600)
 
@@ -247,6 +265,7 @@ FIELDS: Final[dict[str, FieldSpec]] = {
         FieldSpec("mac_ref", "--mac-ref", _opt(_mac_ref)),
         FieldSpec("mac_secret_file", "--mac-secret-file", _opt(_path), path=True),
         FieldSpec("mac_alg", "--mac-alg", _choice("mac_alg", MAC_ALGS)),
+        FieldSpec("mac_iterations", "--mac-iterations", _mac_iterations),
         FieldSpec("auth_cert", "--auth-cert", _opt(_path), path=True),
         FieldSpec("auth_key", "--auth-key", _opt(_path), path=True),
         FieldSpec("trust", "--trust", _paths, multi=True, path=True),
@@ -327,7 +346,9 @@ class Session:
         ir_auth: how an initial request is protected: ``mac`` or ``signature``.
         mac_ref: the reference value (senderKID) the CA gave out of band.
         mac_secret_file: the file holding the shared secret (0600); never the secret.
-        mac_alg: ``hmac-sha256`` or ``hmac-sha1`` (legacy CAs only).
+        mac_alg: ``hmac-sha256``, ``hmac-sha1`` (legacy CAs only), both PasswordBasedMac,
+            or ``pbmac1`` (PBMAC1 with PBKDF2 and HMAC-SHA256, RFC 9481 6.1.2).
+        mac_iterations: the iteration count of the MAC key derivation (100-100000).
         auth_cert: the certificate that signs requests (None: the session's own
             certificate once it has one, see :func:`auth_credentials`).
         auth_key: the key belonging to ``auth_cert``.
@@ -370,6 +391,7 @@ class Session:
     mac_ref: str | None = None
     mac_secret_file: Path | None = None
     mac_alg: MacAlg = "hmac-sha256"
+    mac_iterations: int = 10_000
     auth_cert: Path | None = None
     auth_key: Path | None = None
     trust: tuple[Path, ...] = ()

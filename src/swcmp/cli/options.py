@@ -27,6 +27,7 @@ _OPTION_FIELDS = {
     "mac_ref": "mac_ref",
     "mac_secret_file": "mac_secret_file",
     "mac_alg": "mac_alg",
+    "mac_iterations": "mac_iterations",
     "auth_cert": "auth_cert",
     "auth_key": "auth_key",
     "trust": "trust",
@@ -98,7 +99,14 @@ def setting_options(f: F) -> F:
         click.option(
             "--mac-alg",
             type=click.Choice(MAC_ALGS),
-            help="MAC algorithm: hmac-sha256 (default) or hmac-sha1 (legacy CAs only).",
+            help="MAC algorithm: hmac-sha256 (default) or hmac-sha1 (legacy CAs only), "
+            "both PasswordBasedMac, or pbmac1 (PBMAC1: PBKDF2 and HMAC-SHA256, RFC 9481).",
+        ),
+        click.option(
+            "--mac-iterations",
+            metavar="N",
+            type=int,
+            help="Iteration count of the MAC key derivation (100-100000, default 10000).",
         ),
         click.option(
             "--auth-cert",

@@ -176,6 +176,7 @@ def session_text(
             ("mac_ref", _shown(desc.get("mac_ref"))),
             ("mac_secret_file", f"{secret} (content not shown)" if secret else "-"),
             ("mac_alg", _shown(desc.get("mac_alg"))),
+            ("mac_iterations", _shown(desc.get("mac_iterations"))),
         ]
     rows += [
         ("auth_cert", presence(auth_cert, desc.get("auth_cert") is None)),

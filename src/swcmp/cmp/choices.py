@@ -4,4 +4,4 @@
 #: The key types the library generates and certifies (``swcmp.cmp.keys``).
 KEY_TYPES = ("rsa:2048", "rsa:3072", "rsa:4096", "ecdsa:p256", "ecdsa:p384", "ed25519")
 #: The MAC algorithms of :class:`MacProtection` (PasswordBasedMac with these HMACs).
-MAC_ALGS = ("hmac-sha256", "hmac-sha1")
+MAC_ALGS = ("hmac-sha256", "hmac-sha1", "pbmac1")

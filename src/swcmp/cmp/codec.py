@@ -597,6 +597,26 @@ def decode_pbm_params(params_der: bytes) -> PbmFields:
         raise ProtectionError("malformed PasswordBasedMac parameters") from e
 
 
+def encode_pbmac1_params(f: Pbmac1Fields) -> bytes:
+    """PBMAC1-params with PBKDF2 (salt specified, the PRF and the MAC with NULL
+    parameters, as RFC 8018's HMAC algorithm identifiers have)."""
+    null = _enc(univ.Null(""))
+    kdf = asn1.PBKDF2Params()
+    kdf["salt"]["specified"] = f.salt
+    kdf["iterationCount"] = f.iterations
+    if f.key_length is not None:
+        kdf["keyLength"] = f.key_length
+    if f.prf_oid is not None:
+        kdf["prf"]["algorithm"] = univ.ObjectIdentifier(f.prf_oid)
+        kdf["prf"]["parameters"] = univ.Any(null)
+    params = asn1.PBMAC1Params()
+    params["keyDerivationFunc"]["algorithm"] = univ.ObjectIdentifier(f.kdf_oid)
+    params["keyDerivationFunc"]["parameters"] = univ.Any(_enc(kdf))
+    params["messageAuthScheme"]["algorithm"] = univ.ObjectIdentifier(f.mac_oid)
+    params["messageAuthScheme"]["parameters"] = univ.Any(null)
+    return _enc(params)
+
+
 def decode_pbmac1_params(params_der: bytes) -> Pbmac1Fields:
     """ProtectionError when the DER is not PBMAC1-params (its KDF's are decoded only
     when the KDF is PBKDF2, the only one RFC 9481 names)."""
