@@ -280,3 +280,32 @@ def test_request_crl_asks_crl_status_list_then_remembers_a_ca_without_it(
         assert genm == 3  # crlStatusList once (remembered as unknown), currentCRL twice
         assert "crlStatusList" in unsupported, unsupported
         assert not crl_file.exists()
+
+
+def test_trace_writes_every_request_and_answer_as_der(tmp_path: Path) -> None:
+    """`--trace DIR` on `request` and `renew`: each message in the order it crossed the
+    wire, as DER that decodes, 0600, and no MAC secret in any of them."""
+    from swcmp.cmp import codec
+
+    gw = Gateway(tmp_path)
+    issued = gw.pki.issue(gw.key, GW)
+    trace = tmp_path / "trace"
+    with gw.ca(MAC_ARGS, issued) as url:
+        gw.create_session(url)
+        assert gw.run("request", "initial", "gw1", "--no-deploy",
+                      "--trace", str(trace)).exit_code == 0
+    files = sorted(trace.iterdir())
+    assert [f.name.rsplit("-", 1)[1] for f in files] == [
+        "request.der", "answer.der", "request.der", "answer.der"]  # ir, ip, certConf, pkiConf
+    kinds = [codec.decode_message(f.read_bytes()).body_type for f in files]
+    assert kinds == ["ir", "ip", "certConf", "pkiconf"]
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+    assert trace.stat().st_mode & 0o777 == 0o700
+    assert not any(SECRET.encode() in f.read_bytes() for f in files)
+
+    renewed = gw.pki.issue(gw.key, GW, serial=issued.serial_number, days=400)
+    with gw.ca(SIG_ARGS, renewed):
+        forced = gw.run("renew", "--force", "--no-deploy", "--trace", str(trace), "gw1")
+    assert forced.exit_code == 0, forced.output
+    kinds = [codec.decode_message(f.read_bytes()).body_type for f in sorted(trace.iterdir())]
+    assert kinds[4:8] == ["kur", "kup", "certConf", "pkiconf"]  # then caCerts, as always

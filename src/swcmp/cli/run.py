@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from swcmp.cli.requests import _charon, _deploy_option
+from swcmp.cli.requests import _charon, _deploy_option, _trace_option
 from swcmp.cli.root import SESSION_NAME, _env, _refuse, _setup_logging, cli, json_option
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ def _report_text(report: SessionReport) -> str:
 @click.option("--force", is_flag=True, help="Renew now even when not due.")
 @click.option("--dry-run", is_flag=True, help="Say what would be renewed; change nothing.")
 @_deploy_option
+@_trace_option
 @json_option
 def renew(
     names: tuple[str, ...], due_only: bool, force: bool, dry_run: bool, no_deploy: bool
