@@ -179,7 +179,8 @@ def make_client(session: Session, *, transport: Transport | None = None,
                        implicit_confirm=(session.implicit_confirm if implicit_confirm is None
                                          else implicit_confirm),
                        poll_deadline=poll_deadline, cert_profile=session.cert_profile,
-                       sender=session.entity_dn)
+                       sender=session.entity_dn,
+                       granted_with_mods=session.granted_with_mods)
     if sleep is not None:
         client.sleep = sleep
     return client

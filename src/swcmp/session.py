@@ -23,7 +23,7 @@ from typing import Final, Literal, cast
 
 from cryptography import x509
 
-from swcmp.choices import IR_AUTH_MODES, KEY_TYPES, MAC_ALGS
+from swcmp.choices import GRANTED_WITH_MODS, IR_AUTH_MODES, KEY_TYPES, MAC_ALGS
 from swcmp.cmp.urls import check_server_url as validate_server_url
 from swcmp.errors import ConfigError, SwcmpError
 from swcmp.names import (
@@ -282,6 +282,8 @@ FIELDS: Final[dict[str, FieldSpec]] = {
         FieldSpec("pkcs11_module", "--pkcs11-module", _opt(_path), path=True),
         FieldSpec("pin_file", "--pin-file", _opt(_path), path=True),
         FieldSpec("revoke_superseded", "--revoke-superseded", _bool),
+        FieldSpec("granted_with_mods", "--granted-with-mods",
+                  _choice("granted_with_mods", GRANTED_WITH_MODS)),
     )
 }
 
@@ -370,6 +372,9 @@ class Session:
         tls_client_key: its private key (a 0600 file).
         pkcs11_module: the PKCS#11 module of the token (with a ``pkcs11:`` key).
         pin_file: the file holding the token's user PIN (0600); never the PIN.
+        granted_with_mods: a certificate granted with modifications is taken when its
+            subject, SANs and key are the ones asked (``check``, default), always
+            (``accept``, logged; the key must still be ours) or never (``reject``).
         revoke_superseded: after a key update, revoke the replaced certificate (rr,
             reason superseded); a failure is retried and never undoes the renewal.
         entity_dn: ``entity`` parsed (derived).
@@ -408,6 +413,7 @@ class Session:
     pkcs11_module: Path | None = None
     pin_file: Path | None = None
     revoke_superseded: bool = False
+    granted_with_mods: str = "check"
     entity_dn: x509.Name | None = field(init=False, repr=False, compare=False)
     ca_dn: x509.Name | None = field(init=False, repr=False, compare=False)
     san_names: tuple[x509.GeneralName, ...] = field(init=False, repr=False, compare=False)

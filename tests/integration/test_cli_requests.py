@@ -309,3 +309,32 @@ def test_trace_writes_every_request_and_answer_as_der(tmp_path: Path) -> None:
     assert forced.exit_code == 0, forced.output
     kinds = [codec.decode_message(f.read_bytes()).body_type for f in sorted(trace.iterdir())]
     assert kinds[4:8] == ["kur", "kup", "certConf", "pkiconf"]  # then caCerts, as always
+
+
+@pytest.mark.parametrize("setting", ["check", "accept", "reject"])
+def test_granted_with_mods(tmp_path: Path, setting: str) -> None:
+    """A certificate the CA granted with modifications (`-pkistatus 1`): `check` takes it
+    when subject, SANs and key are as asked and refuses one with another subject, saying
+    what changed; `accept` takes both (logged); `reject` refuses both in certConf."""
+    gw = Gateway(tmp_path)
+    same = gw.pki.issue(gw.key, GW)
+    renamed = gw.pki.issue(gw.key, "other.example.net")
+    with gw.ca(MAC_ARGS, same) as url:
+        gw.create_session(url)
+        assert gw.run("session", "set", "gw1", "--granted-with-mods", setting).exit_code == 0
+        assert gw.json("session", "show", "gw1")["granted_with_mods"] == setting
+    for issued, ok in ((same, setting != "reject"), (renamed, setting == "accept")):
+        with gw.ca([*MAC_ARGS, "-pkistatus", "1"], issued):
+            result = gw.run("request", "initial", "gw1", "--no-deploy")
+        assert (result.exit_code == 0) is ok, result.output
+        if ok:
+            assert "granted with modifications" in result.stderr
+            assert x509.load_pem_x509_certificate(gw.cert_file.read_bytes()) == issued
+        else:
+            assert "granted the ir with modifications" in result.stderr, result.stderr
+            assert "granted_with_mods setting is " + setting in result.stderr
+            if issued is renamed:
+                assert "subject 'CN=other.example.net'" in result.stderr
+            assert not gw.cert_file.exists() or gw.cert_file.read_bytes() != pem_cert(issued)
+    stats = gw.json("stats", "gw1")["sessions"][0]["stats"]
+    assert stats["certConf"]["sent"] == 2  # a refusal is told to the CA in certConf too

@@ -199,6 +199,7 @@ def session_text(
         ("pin_file", _shown(desc.get("pin_file"), "-") + (" (content not shown)"
                                                           if desc.get("pin_file") else "")),
         ("timeout", f"{desc.get('timeout')}s per exchange with the CA"),
+        ("granted_with_mods", _shown(desc.get("granted_with_mods"))),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"session {desc.get('name')}"]

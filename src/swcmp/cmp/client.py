@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 
 from swcmp.cmp import certs, codec, keys, oids, text
+from swcmp.cmp.choices import GRANTED_WITH_MODS as GRANTED_WITH_MODS_POLICIES
 from swcmp.cmp.errors import (
     CertificateError,
     CertificateRejectedError,
@@ -33,8 +34,9 @@ from swcmp.cmp.errors import (
     ProtocolError,
     SwcmpError,
 )
-from swcmp.cmp.issued import cert_hash_algorithm, check_issued_content
+from swcmp.cmp.issued import cert_hash_algorithm, check_issued_content, modifications
 from swcmp.cmp.messages import (
+    GRANTED_WITH_MODS,
     REJECTION,
     WAITING,
     AlgorithmId,
@@ -62,6 +64,11 @@ log = logging.getLogger(__name__)
 
 #: Allowed difference between our clock and the CA's messageTime before we warn.
 CLOCK_SKEW_WARNING = timedelta(minutes=10)
+#: What to do with a certificate granted with modifications (PKIStatus grantedWithMods):
+#: "check" (default) takes it only when its subject, subjectAltNames and key are the ones
+#: asked for; "accept" takes it whatever they are (the key must still be ours), logged;
+#: "reject" refuses it in certConf.
+GRANTED_WITH_MODS_CHOICES = GRANTED_WITH_MODS_POLICIES
 #: Shortest wait between polls, whatever checkAfter says (0 would spin).
 MIN_POLL_INTERVAL = 0.2
 #: The certReqId of a pollReq/pollRep for an answer that is not a certificate (a
@@ -154,6 +161,7 @@ class CMPClient:
         sender: the end entity's name, sent as sender of MAC-protected messages
             that carry no subject of their own (genm, rr); NULL-DN when None.
         poll_deadline: seconds to keep polling a 'waiting' CA in one call.
+        granted_with_mods: one of :data:`GRANTED_WITH_MODS_CHOICES`.
         clock: returns the current UTC time (tests pass a fixed one).
         sleep: waits between polls (tests pass a fake).
     """
@@ -168,6 +176,7 @@ class CMPClient:
         cert_profile: str | None = None,
         sender: x509.Name | None = None,
         poll_deadline: float = 300.0,
+        granted_with_mods: str = "check",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
@@ -182,6 +191,9 @@ class CMPClient:
         #: The sender of MAC-protected messages that name no subject (genm, rr).
         self.sender_der = sender.public_bytes() if sender is not None else None
         self.poll_deadline = poll_deadline
+        if granted_with_mods not in GRANTED_WITH_MODS_CHOICES:
+            raise ValueError(f"granted_with_mods {granted_with_mods!r}")
+        self.granted_with_mods = granted_with_mods
         self.clock = clock
         self.sleep = sleep
         self.monotonic = monotonic
@@ -460,8 +472,12 @@ class CMPClient:
         extra = tuple(certs.load_certificate(c) for c in msg.extra_certs)
         try:
             cert = certs.load_certificate(response.cert_der)
+            expect_sans = tx.expect_sans
+            if response.status.status == GRANTED_WITH_MODS:
+                subject_der, expect_sans = self._granted_with_mods(
+                    kind, cert, spki, subject_der, expect_sans)
             chain = self._check_issued(cert, spki, subject_der, verified, ca_pubs, extra)
-            check_issued_content(cert, expect_sans=tx.expect_sans, replaces=tx.replaces)
+            check_issued_content(cert, expect_sans=expect_sans, replaces=tx.replaces)
         except CertificateError as e:
             self.stats["failed", kind] += 1
             self._reject(tx, response.cert_der, req_id, str(e))
@@ -500,6 +516,30 @@ class CMPClient:
             transaction_id=tx.transaction_id, implicit_confirm=implicit, polls=polls,
             status=response.status,
         )
+
+    def _granted_with_mods(self, kind: str, cert: x509.Certificate, spki: bytes,
+                           subject_der: bytes,
+                           expect_sans: frozenset[x509.GeneralName] | None
+                           ) -> tuple[bytes, frozenset[x509.GeneralName] | None]:
+        """Apply the grantedWithMods setting; returns the subject and SANs the issued
+        certificate is then checked against (CertificateError refuses it)."""
+        asked_subject = subject_der if subject_der != codec.NULL_DN_DER else \
+            cert.subject.public_bytes()
+        changes = modifications(cert, spki_der=spki, subject_der=asked_subject,
+                                expect_sans=expect_sans)
+        what = "; ".join(changes) if changes else "subject, subjectAltNames and key as asked"
+        policy = self.granted_with_mods
+        if policy == "reject" or (policy == "check" and changes):
+            raise CertificateError(
+                f"the CA granted the {kind} with modifications ({what}), and the session's "
+                f"granted_with_mods setting is {policy}; accept such certificates with "
+                "--granted-with-mods accept, or ask the CA operator why the request was "
+                "changed")
+        log.warning("%s granted with modifications (%s); accepted (granted_with_mods %s)",
+                    kind, what, policy)
+        if policy == "accept":
+            return codec.NULL_DN_DER, None  # the key is still checked; names may differ
+        return subject_der, expect_sans
 
     def _await_certificate(self, tx: _Tx, kind: str, rep_kind: str, msg: PKIMessageInfo,
                            verified: Verified, req_id: int, note: Journal
