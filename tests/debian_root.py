@@ -136,11 +136,18 @@ PLATFORMS = ("manylinux_2_34_x86_64", "manylinux_2_28_x86_64", "manylinux_2_17_x
              "manylinux2014_x86_64", "any")
 
 
+#: Of pyproject's test extra, what the unit tests do not need (linters, type stubs, the
+#: PKCS#11 binding whose tests are integration tests).
+NOT_FOR_UNIT_TESTS = ("mypy", "ruff", "types-", "python-pkcs11")
+
+
 def _requirements() -> list[str]:
     import tomllib
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    return [*project["dependencies"], *TEST_TOOLS]
+    extra = [r for r in project["optional-dependencies"]["test"]
+             if not r.startswith(NOT_FOR_UNIT_TESTS)]
+    return [*project["dependencies"], *extra, *TEST_TOOLS]
 
 
 def _clean_env() -> dict[str, str]:
@@ -171,7 +178,7 @@ def trixie_venv() -> str:
     if os.uname().machine != "x86_64":
         pytest.skip("the wheel list is for x86_64")
     want = hashlib.sha256((REPO / "pyproject.toml").read_bytes()
-                          + " ".join(TEST_TOOLS).encode()).hexdigest()
+                          + " ".join(_requirements()).encode()).hexdigest()
     stamp = CACHE / "stamp"
     python = str(VENV / "bin" / "python")
     if stamp.exists() and stamp.read_text() == want and (VENV / "bin" / "python").exists():
@@ -185,9 +192,10 @@ def trixie_venv() -> str:
     subprocess.run(["rm", "-rf", str(VENV)], check=True)
     env = {**_clean_env(), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     made = root.run(
-        ["sh", "-c", 'python3 -m venv "$0" && "$0/bin/pip" install -q --no-index '
-                     '--find-links "$1" -e "$2" pytest hypothesis',
-         str(VENV), str(WHEELS), str(REPO)],
+        ["sh", "-c", 'v=$0 w=$1 r=$2; shift 3; python3 -m venv "$v" && "$v/bin/pip" install '
+                     '-q --no-index --find-links "$w" -e "$r" "$@"',
+         str(VENV), str(WHEELS), str(REPO),
+         *(r for r in _requirements() if not r.startswith(("setuptools", "wheel")))],
         binds=[REPO], check=False, timeout=600, env=env)
     assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-3000:]
     stamp.write_text(want)
