@@ -2,15 +2,17 @@
 
 swcmp is tested on the machine's Debian 12 and against the OpenSSL and strongSwan of newer
 Debian releases. ``DebianRoot.build("trixie", "peers", *TRIXIE_PEERS)`` makes (once, cached
-under the checkout's ``.cache/rootfs``) a Debian 13 root file system; ``run`` and ``popen``
-start a program inside it with ``chroot`` in a private mount namespace, with ``/proc``,
-``/dev`` and ``/sys`` and the given host directories bound at the same paths, so that files
-a test writes in its ``tmp_path`` are seen inside under the same name. The network is the
-caller's: loopback of the host, or a test namespace with ``netns=``.
+under ``$SWCMP_TEST_CACHE/rootfs``, by default ``/var/cache/swcmp-tests``) a Debian 13 root
+file system; ``run`` and ``popen`` start a program inside it with ``chroot`` in a private
+mount namespace, with ``/proc``, ``/dev`` and ``/sys`` and the given host directories bound
+at the same paths, so that files a test writes in its ``tmp_path`` are seen inside under
+the same name. The network is the caller's: loopback of the host, or a test namespace
+with ``netns=``.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from collections.abc import Iterable, Sequence
@@ -18,6 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from testpaths import REPO
+
+#: Where scripts/rootfs and scripts/build-deb keep what every checkout of the machine
+#: can share (root file systems, wheels, apt's downloads).
+TEST_CACHE = Path(os.environ.get("SWCMP_TEST_CACHE", "/var/cache/swcmp-tests"))
 
 #: Debian 13's peers: OpenSSL 3.5 (openssl cmp), strongSwan 6.0 (charon, swanctl, pki)
 #: and Python 3.13 with venv.
@@ -57,7 +63,7 @@ class DebianRoot:
 
     @classmethod
     def build(cls, release: str, name: str, *packages: str) -> DebianRoot:
-        """Build (or reuse) ``.cache/rootfs/RELEASE-NAME`` with ``packages``."""
+        """Build (or reuse) the root ``RELEASE-NAME`` with ``packages`` (scripts/rootfs)."""
         out = subprocess.run(
             [str(REPO / "scripts" / "rootfs"), release, name, *packages],
             check=True, stdout=subprocess.PIPE, text=True, timeout=900,
@@ -120,14 +126,15 @@ def trixie() -> DebianRoot:
         if os.geteuid() != 0:
             pytest.skip("the Debian 13 root file system needs root (mmdebstrap, chroot)")
         if shutil.which("mmdebstrap") is None and not (
-                REPO / ".cache" / "rootfs" / "trixie-peers.stamp").exists():
+                TEST_CACHE / "rootfs" / "trixie-peers.stamp").exists():
             pytest.skip("mmdebstrap is not installed (scripts/test installs it)")
         _TRIXIE.append(DebianRoot.build("trixie", "peers", *TRIXIE_PEERS))
     return _TRIXIE[0]
 
 
 CACHE = REPO / ".cache" / "py313"
-WHEELS = CACHE / "wheels"
+#: downloads are shared by the machine's checkouts, like the root file systems
+WHEELS = TEST_CACHE / "wheels-py313"
 VENV = CACHE / "venv"
 #: What the unit tests need beside swcmp's own dependencies.
 TEST_TOOLS = ("pytest>=8", "hypothesis>=6", "setuptools>=77", "wheel")
@@ -163,10 +170,10 @@ def trixie_venv() -> str:
     ``binds=[REPO]``.
 
     The wheels (pyproject's dependencies, pytest, hypothesis, the build backend) are
-    fetched once by the machine's pip for Python 3.13 into the checkout's ignored
-    ``.cache/py313/wheels``; inside the root Debian 13's python3 makes the environment
-    ``.cache/py313/venv`` from those wheels only. Both are made again when
-    pyproject.toml changes.
+    fetched once by the machine's pip for Python 3.13 into ``$SWCMP_TEST_CACHE/wheels-py313``;
+    inside the root Debian 13's python3 makes the environment (the checkout's ignored
+    ``.cache/py313/venv``: it installs this checkout) from those wheels only. Both are
+    made again when pyproject.toml changes.
     """
     import hashlib
     import os
@@ -196,7 +203,7 @@ def trixie_venv() -> str:
                      '-q --no-index --find-links "$w" -e "$r" "$@"',
          str(VENV), str(WHEELS), str(REPO),
          *(r for r in _requirements() if not r.startswith(("setuptools", "wheel")))],
-        binds=[REPO], check=False, timeout=600, env=env)
+        binds=[REPO, WHEELS], check=False, timeout=600, env=env)
     assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-3000:]
     stamp.write_text(want)
     return python

@@ -64,6 +64,9 @@ class Outcome:
     key_path: Path | None = None
     ca_paths: tuple[Path, ...] = ()
     charon: str | None = None
+    #: A renewal: the serial (hex) of the certificate it replaced, known also to a run
+    #: that finished a commit an earlier run was killed in (None: nothing replaced).
+    replaced_serial: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {

@@ -327,7 +327,7 @@ class Renewer:
 
     def _promote(self, session: Session, store: KeyStore, j: Journal) -> Outcome:
         """Make the staged pair live in storage, then in charon; roll back on failure."""
-        j.write(phase="committing")
+        entry = j.write(phase="committing")
         self.test_checkpoint("committing")
         staged_cert = certs.load_certificate(read_file(j.cert_file, "staged certificate"))
         ca_certs = j.staged_ca_certs()
@@ -349,7 +349,8 @@ class Renewer:
                 "are restored in storage").with_hint(
                 "the new certificate is kept staged; the next run tries to deploy it again"
             ) from e
-        self._collect(session, store, replaced=installed.replaced_serial)
+        replaced = _replaced_serial(installed, entry, staged_cert)
+        self._collect(session, store, replaced=replaced)
         j.clear()
         self.test_checkpoint("done")
         log.info("%s: renewed: %s, valid until %s (%s)", session.name,
@@ -360,7 +361,8 @@ class Renewer:
                        serial=f"{staged_cert.serial_number:x}",
                        not_after=staged_cert.not_valid_after_utc,
                        cert_path=self.paths.cert_file(session.name), key_path=store.key_file,
-                       ca_paths=tuple(ca_paths), charon=detail)
+                       ca_paths=tuple(ca_paths), charon=detail,
+                       replaced_serial=f"{replaced:x}" if replaced is not None else None)
 
     def _collect(self, session: Session, store: KeyStore, *, replaced: int | None = None
                  ) -> None:
@@ -383,6 +385,20 @@ class Renewer:
                 st.add_stats(client.stats)
         except SwcmpError as e:
             log.warning("%s: could not record statistics: %s", name, e)
+
+
+def _replaced_serial(installed: keystore.Installed, entry: JournalEntry,
+                     new: x509.Certificate) -> int | None:
+    """The serial of the certificate a commit replaced: what the install replaced, or,
+    when a killed run had already written the new certificate, the one the journal
+    names as live when the renewal began."""
+    if installed.replaced_serial is not None:
+        return installed.replaced_serial
+    try:
+        old = int(entry.old_serial, 16) if entry.old_serial else None
+    except ValueError:
+        return None
+    return old if old != new.serial_number else None
 
 
 def revocations_waiting(paths: Paths, name: str) -> list[int]:

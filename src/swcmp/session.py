@@ -351,7 +351,7 @@ class Session:
         auth_key: the key belonging to ``auth_cert``.
         trust: CA certificate files used to verify signed responses.
         key: the key pair's name in swanctl's ``private/`` directory, or an RFC 7512
-            ``pkcs11:`` URI naming the token and object label of keys kept in a token.
+            PKCS#11 URI naming the token and object label of keys kept in a token.
         regenerate: make a fresh key at each update instead of re-certifying.
         key_type: the type of a newly generated key.
         expire_time: when to renew; see :class:`ExpireTime`.
@@ -370,7 +370,7 @@ class Session:
             the answer's last byte (polling a waiting CA has its own limit).
         tls_client_cert: TLS client certificate for a CA behind mutual TLS (https).
         tls_client_key: its private key (a 0600 file).
-        pkcs11_module: the PKCS#11 module of the token (with a ``pkcs11:`` key).
+        pkcs11_module: the PKCS#11 module of the token (with a key URI).
         pin_file: the file holding the token's user PIN (0600); never the PIN.
         granted_with_mods: a certificate granted with modifications is taken when its
             subject, SANs and key are the ones asked (``check``, default), always

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes
 
 from swcmp import fsutil
 from swcmp.cmp import certs, keys
-from swcmp.deploy import CredentialPair
+from swcmp.deploy import CredentialPair, KeyFile
 from swcmp.errors import CertificateError, ConfigError, RenewalError, StorageError, SwcmpError
 from swcmp.names import validate_session_name
 from swcmp.paths import Paths
@@ -420,9 +420,11 @@ def restore_pair(session_name: str, previous: CredentialPair | None) -> None:
     """
     if previous is None:
         return
+    assert isinstance(previous.key, KeyFile)  # a pair of key files
+    key = previous.key
     try:
-        live_key = previous.key_path.read_bytes() if previous.key_path.exists() else None
-        write_pair(previous.key_path, previous.key_pem, previous.cert_path,
+        live_key = key.path.read_bytes() if key.path.exists() else None
+        write_pair(key.path, key.pem, previous.cert_path,
                    previous.cert_pem, previous_key=live_key)
     except (OSError, StorageError) as e:
         log.error("%s: could not restore the previous key and certificate: %s; the next "

@@ -161,6 +161,37 @@ def test_revoke_superseded_after_kur_and_retry_after_a_failure(
     assert not CaLifeStore(a.paths, "gwa").load().pending_revocations
 
 
+class _Crash(BaseException):
+    """kill -9 at a checkpoint: nothing after it runs."""
+
+
+def test_revoke_superseded_after_a_crash_once_the_certificate_was_written(
+        tmp_path: Path, ca: CAHolder) -> None:
+    # The run that finishes the commit is the one that knows which certificate the
+    # renewal replaced: the live file already names the new one.
+    from swcmp.renewal import Renewer
+    from swcmp.service import RenewalService
+
+    a = gateway(tmp_path, ca, "gwa")
+    run(a, "session", "set", "gwa", "--revoke-superseded")
+    old = cert_of(a, "gwa").serial_number
+
+    def crash(phase: str) -> None:
+        if phase == "cert-written":
+            raise _Crash(phase)
+
+    killed = RenewalService(a.paths)
+    killed.renewer = lambda s: Renewer(a.paths, checkpoint=crash)  # type: ignore[method-assign]
+    with pytest.raises(_Crash):
+        killed.renew_now(a.session("gwa"), regenerate=True)
+    assert cert_of(a, "gwa").serial_number != old  # the crash came after the commit point
+    outcome = RenewalService(a.paths).renew_now(a.session("gwa"))
+    assert outcome.ok and outcome.serial == f"{cert_of(a, 'gwa').serial_number:x}"
+    rec = ca.ca.certificate(old)
+    assert rec is not None and rec.status == REVOKED and rec.reason_code == 4  # superseded
+    assert not CaLifeStore(a.paths, "gwa").load().pending_revocations
+
+
 def test_revoke_superseded_with_a_token_key(tmp_path: Path, ca: CAHolder) -> None:
     # The key is in a SoftHSM2 token: the replaced pair stays in the token until the
     # revocation of its certificate, signed with it, is done; then a pass destroys it.

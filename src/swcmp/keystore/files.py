@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from swcmp import fsutil
 from swcmp.checkresult import FAIL, OK, CheckResult
 from swcmp.cmp import certs, keys
-from swcmp.deploy import CredentialPair
+from swcmp.deploy import CredentialPair, KeyFile
 from swcmp.errors import RenewalError, StorageError, SwcmpError
 from swcmp.keystore.base import HeldKeys, Installed
 from swcmp.paths import Paths
@@ -62,6 +62,14 @@ def load_key_file(path: Path) -> tuple[PrivateKeyTypes | None, str]:
         return None, f"{path} does not hold a private key swcmp can read"
 
 
+def _pem(pair: CredentialPair | None) -> bytes | None:
+    """The key file content of a pair this store made (None: no pair)."""
+    if pair is None:
+        return None
+    assert isinstance(pair.key, KeyFile)
+    return pair.key.pem
+
+
 class FileKeys:
     """The key store of a session whose key is a file (see the module docstring)."""
 
@@ -90,11 +98,9 @@ class FileKeys:
         kp, cp = self.key_file, self.paths.cert_file(self.session.name)
         if kp is None or not (kp.exists() and cp.exists()):
             return None
-        return CredentialPair(
-            session=self.session.name, key_path=kp, cert_path=cp,
-            key_pem=read_file(kp, "private key"), cert_pem=read_file(cp, "certificate"),
-            ca_certs_pem=ca_certs_pem(self.session, self.paths),
-        )
+        return CredentialPair.of_files(
+            self.session.name, kp, cp, read_file(kp, "private key"),
+            read_file(cp, "certificate"), ca_certs_pem(self.session, self.paths))
 
     # -- enrolment
 
@@ -149,8 +155,9 @@ class FileKeys:
         assert key_path is not None
         cert_pem = certs.pem_of(cert)
         previous = self.live_pair()
+        previous_key = _pem(previous)
         if previous is not None and previous.cert_pem != cert_pem:
-            archive_pair(j, previous.cert_pem, previous.key_pem)
+            archive_pair(j, previous.cert_pem, previous_key)
         new_key_pem = (read_file(j.key_file, "staged key") if j.key_file.exists()
                        else read_file(key_path, "private key"))
         if keys.spki_der(keys.load_private_key(new_key_pem)) != certs.spki_of(cert):
@@ -158,7 +165,7 @@ class FileKeys:
                 f"inspect {j.dir}; the live pair is untouched")
         try:
             write_pair(key_path, new_key_pem, self.paths.cert_file(self.session.name),
-                       cert_pem, previous_key=previous.key_pem if previous else None,
+                       cert_pem, previous_key=previous_key,
                        checkpoint=checkpoint)
         except StorageError:
             # e.g. the disk filled up: put the previous pair back so the live files

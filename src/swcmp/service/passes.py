@@ -100,6 +100,17 @@ def load_cert(paths: Paths, name: str) -> x509.Certificate | None:
         return None
 
 
+def _archived_cert(paths: Paths, name: str, serial: str) -> x509.Certificate | None:
+    """The session's replaced certificate with ``serial`` (hex) from its archive."""
+    from swcmp.store import Journal, archived_pairs
+
+    try:
+        found = archived_pairs(Journal(paths, name), int(serial, 16))
+    except ValueError:
+        return None
+    return found[0][0] if found else None
+
+
 @dataclass
 class RenewalService:
     """Decides and runs renewals for all sessions; shared by ``renew`` and ``serve``."""
@@ -339,6 +350,11 @@ class RenewalService:
             st.count_renewal()
         # The CA's side of a renewal: its certificates, the superseded one's revocation.
         # Reported, never undoing the renewal: whatever it raises is logged here.
+        if outcome.replaced_serial is not None and (
+                replaced is None or f"{replaced.serial_number:x}" != outcome.replaced_serial):
+            # an earlier run was killed after it wrote the new certificate: the one it
+            # replaced is in the archive
+            replaced = _archived_cert(self.paths, s.name, outcome.replaced_serial) or replaced
         try:
             self.ca_life().after_renewal(s, replaced, outcome.serial)
         except Exception as e:  # the renewal is committed: its report stands
