@@ -905,9 +905,11 @@ def _parse_cert_rep(content: Any, inner: der.TLV) -> CertRepContent:
             if len(raw_fields) < 3 or raw_fields[2].tag != 0x30:
                 raise ProtocolError("malformed CertResponse")
             raw_coe = raw_fields[2].children()[0]
-            if raw_coe.tag != 0xA0:
-                raise ProtocolError("malformed certOrEncCert")
-            cert_der = raw_coe.children()[0].raw
+            cert_slot = raw_coe.children() if raw_coe.tag == 0xA0 else []
+            # [0] CMPCertificate: exactly one element, a SEQUENCE (cryptography reads it).
+            if len(cert_slot) != 1:
+                raise ProtocolError("malformed certOrEncCert: not one certificate")
+            cert_der = _whole_sequence(cert_slot[0].raw, "certificate in certOrEncCert")
         responses.append(
             CertResponse(_small_int(cr["certReqId"], "certReqId"), _parse_status(cr["status"]),
                          cert_der)
