@@ -107,7 +107,7 @@ def mac_protection(session: Session) -> Protection:
     need_setting(session.mac_ref, "MAC reference", session, "--mac-ref")
     assert session.mac_ref is not None
     return MacProtection(reference=session.mac_ref.encode(), secret=read_mac_secret(session),
-                         mac_alg=session.mac_alg)
+                         mac_alg=session.mac_alg, iterations=session.mac_iterations)
 
 
 def request_chain(session: Session, paths: Paths, cert: x509.Certificate,
@@ -182,7 +182,8 @@ def make_client(session: Session, *, transport: Transport | None = None,
                        implicit_confirm=(session.implicit_confirm if implicit_confirm is None
                                          else implicit_confirm),
                        poll_deadline=poll_deadline, cert_profile=session.cert_profile,
-                       sender=session.entity_dn)
+                       sender=session.entity_dn,
+                       granted_with_mods=session.granted_with_mods)
     if sleep is not None:
         client.sleep = sleep
     return client

@@ -212,7 +212,12 @@ class Renewer:
                 client.confirm_again(
                     transaction_id=tx[0], server_nonce=tx[1],
                     cert_der=certs.der_of(staged), subject=old_cert.subject,
-                    protection=protection, cert_req_id=entry.cert_req_id)
+                    protection=protection, cert_req_id=entry.cert_req_id,
+                    confirm_nonce=(bytes.fromhex(entry.confirm_nonce)
+                                   if entry.confirm_nonce else None),
+                    journal=note)
+            except PollingTimeoutError:
+                raise  # the CA still delays the pkiConf: the next run polls again
             except SwcmpError as e:
                 log.warning("%s: the CA did not take the late confirmation (%s); requesting "
                             "again", session.name, e)
@@ -245,9 +250,13 @@ class Renewer:
             # confirm it late instead of asking for another one.
             fields["cert"] = (certs.pem_of(certs.load_certificate(ev.cert_der)).decode()
                               if ev.phase == "received" and ev.cert_der else None)
+            # the CA delays the pkiConf: the next run polls for it in this transaction
+            fields["confirm_nonce"] = ev.confirm_nonce.hex() if ev.confirm_nonce else None
+            if ev.kind == "certConf":  # a resumed confirmation: the request's kind stays
+                del fields["kind"]
             fields.setdefault("old_serial", f"{old_cert.serial_number:x}")
             j.write(**fields, regenerate=regenerated)
-            self.test_checkpoint(ev.phase)
+            self.test_checkpoint("confirm-waiting" if ev.confirm_nonce else ev.phase)
 
         def accept(cert: x509.Certificate) -> None:
             self._verify_renewed(session, old_cert, cert, now=self.clock())
@@ -289,6 +298,8 @@ class Renewer:
         ca_said_no = isinstance(error, CMPErrorResponse) and error.protected
         if entry.phase == "waiting" and not ca_said_no:
             return
+        if entry.phase == "received" and entry.confirm_nonce and not ca_said_no:
+            return  # the certConf is waiting at the CA: the next run polls for the pkiConf
         fsutil.remove_file(j.cert_file, missing_ok=True)
         if store.has_staged(j, entry):
             j.write(phase="key-ready", transaction_id=None, server_nonce=None, cert=None)

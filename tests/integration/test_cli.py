@@ -159,7 +159,7 @@ def test_expire_time_help_says_remaining_share() -> None:
 def test_choices_agree_with_the_library() -> None:
     from swcmp.cmp import MAC_ALGS, protection
 
-    assert set(MAC_ALGS) == set(protection.MAC_ALGS)
+    assert set(MAC_ALGS) == {*protection.MAC_ALGS, protection.PBMAC1}
     assert set(cli_options._OPTION_FIELDS.values()) == set(session_module.FIELDS) - {"auto_update"}
 
 

@@ -119,6 +119,23 @@ def test_ir_with_mac_then_check_passes(mock: MockCA, tmp_path: Path) -> None:
     assert check["ok"] is True, [c for c in check["checks"] if not c["ok"]]
 
 
+def test_ir_with_pbmac1(mock: MockCA, tmp_path: Path) -> None:
+    """--mac-alg pbmac1: PBMAC1 (PBKDF2, HMAC-SHA256; RFC 9481 6.1.2) that the Mock CA
+    verifies; with a wrong secret the same request is refused."""
+    gw = Gateway(tmp_path, "swcmp-ir-pbmac1.example.net", mock.url)
+    gw.create("--mac-alg", "pbmac1", "--mac-iterations", "2000")
+    shown = gw.json("session", "show", "gw")
+    assert shown["mac_alg"] == "pbmac1" and shown["mac_iterations"] == 2000, shown
+    ir = gw.json("request", "initial", "gw")
+    assert ir["ok"] is True and ir["action"] == "ir"
+    gw.assert_pair()
+    (tmp_path / "bad").mkdir()
+    bad = Gateway(tmp_path / "bad", "swcmp-ir-pbmac1-bad.example.net", mock.url)
+    bad.create("--mac-alg", "pbmac1")
+    bad.secret.write_text("not-the-secret\n")
+    assert bad.run("request", "initial", "gw", code=None).exit_code != 0
+
+
 def test_ir_wrong_secret_is_refused_and_nothing_stored(mock: MockCA, tmp_path: Path) -> None:
     gw = Gateway(tmp_path, "swcmp-ir-bad.example.net", mock.url)
     gw.create()
@@ -318,6 +335,13 @@ def test_cli_crl_into_x509crl(mock: MockCA, tmp_path: Path) -> None:
     assert crl.get_revoked_certificate_by_serial_number(serial) is not None
     status = gw.json("status", "gw")["sessions"][0]["ca"]
     assert status["crl"]["entries"] == len(crl)
+    # crlStatusList (RFC 9483 4.3.4) first: the Mock CA reads CRLSource's [1] implicitly
+    # tagged, so it cannot parse the explicit tagging of RFC 9480's module (which OpenSSL
+    # 3.5 and pyasn1-alt-modules use) and refuses; swcmp remembers that and asks
+    # currentCRL, which brought the CRL above
+    assert "crlStatusList" in status["unsupported"], status
+    assert "parse" in status["unsupported"]["crlStatusList"]["error"], status
+    assert "currentCRL" not in status["unsupported"], status
 
 
 def test_cli_revoke_superseded_with_a_token_key(mock: MockCA, tmp_path: Path) -> None:

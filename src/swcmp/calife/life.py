@@ -16,6 +16,7 @@ from swcmp.calife.roots import RootUpdate
 from swcmp.calife.state import (
     CA_CERTS,
     CHECK_EVERY,
+    CRL_STATUS_LIST,
     CURRENT_CRL,
     ROOT_UPDATE,
     UNSUPPORTED_RETRY,
@@ -123,9 +124,12 @@ class CaLife(CaCerts, RootUpdate, Revocation, Crls):
             last = _time(st.checked.get(q))
             times.append(last + CHECK_EVERY if last else self.clock())
         refresh = _time((st.crl or {}).get("refresh_at"))
-        since = _time(st.unsupported.get(CURRENT_CRL, {}).get("since"))
-        if since is not None and st.is_unsupported(CURRENT_CRL, self.clock()):
-            times.append(since + UNSUPPORTED_RETRY)
+        # a CRL is asked by crlStatusList or currentCRL: due again when either is
+        crl_since = [_time(st.unsupported.get(q, {}).get("since"))
+                     for q in (CRL_STATUS_LIST, CURRENT_CRL)]
+        if all(t is not None for t in crl_since) and all(
+                st.is_unsupported(q, self.clock()) for q in (CRL_STATUS_LIST, CURRENT_CRL)):
+            times.append(min(t for t in crl_since if t is not None) + UNSUPPORTED_RETRY)
         else:
             times.append(refresh or self.clock())
         times += [t for p in st.pending_revocations if (t := _time(p.get("next_try")))]

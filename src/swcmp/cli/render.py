@@ -275,6 +275,7 @@ def session_text(
         ("mac_ref", _shown(desc.get("mac_ref"))),
         ("mac_secret_file", f"{secret} (content not shown)" if secret else "-"),
         ("mac_alg", _shown(desc.get("mac_alg"))),
+        ("mac_iterations", _shown(desc.get("mac_iterations"))),
     ]
     rows += [
         ("auth_cert", presence(auth_cert, desc.get("auth_cert") is None)),
@@ -297,6 +298,7 @@ def session_text(
         ("pin_file", _shown(desc.get("pin_file"), "-") + (" (content not shown)"
                                                           if desc.get("pin_file") else "")),
         ("timeout", f"{desc.get('timeout')}s per exchange with the CA"),
+        ("granted_with_mods", _shown(desc.get("granted_with_mods"))),
     ]
     # Every other setting too (server_cert, extra_certs, ignore_keyusage, implicit_confirm,
     # cert_profile, revoke_superseded, ...): nothing a session holds is left out.

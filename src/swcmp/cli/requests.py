@@ -45,6 +45,27 @@ def _deploy_option(f: F) -> F:
     )(f)
 
 
+def _trace_option(f: F) -> F:
+    """``--trace DIR``: every request and answer of the command as DER files (see
+    :mod:`swcmp.cmp.trace`)."""
+    import functools
+    from pathlib import Path
+
+    @functools.wraps(f)
+    def traced(*args: Any, trace: Path | None = None, **kwargs: Any) -> Any:
+        from swcmp.cmp.trace import tracing
+
+        with tracing(trace):
+            return f(*args, **kwargs)
+
+    return click.option(
+        "--trace", metavar="DIR", default=None,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Write every CMP request and answer to DIR as DER files with a timestamp, for "
+        "the CA's vendor (the MAC secret is not in them).",
+    )(traced)  # type: ignore[return-value]
+
+
 def _charon(env: CliEnv, no_deploy: bool) -> Charon | None:
     """The charon port new pairs, CA certificates and CRLs go to: None with --no-deploy or
     --vici none.
@@ -143,6 +164,7 @@ def _outcome_text(outcome: Outcome) -> str:
 @_name_argument()
 @_deploy_option
 @yes_option
+@_trace_option
 @json_option
 def request_initial(name: str, no_deploy: bool, yes: bool) -> None:
     """Initial request (IR) for NAME, authenticated per its ir_auth (mac or signature).
@@ -176,6 +198,7 @@ def request_initial(name: str, no_deploy: bool, yes: bool) -> None:
               help="Send the request as a PKCS#10 CSR (p10cr) instead of a CRMF CR, for "
               "CAs or RAs that only take CSRs.")
 @_deploy_option
+@_trace_option
 @json_option
 def request_certificate(name: str, pkcs10: bool, no_deploy: bool) -> None:
     """Certificate request (CR) for NAME, signed with a certificate this CA issued.
@@ -207,6 +230,7 @@ def request_certificate(name: str, pkcs10: bool, no_deploy: bool) -> None:
     "current one. Default: the session's regenerate setting.",
 )
 @_deploy_option
+@_trace_option
 @json_option
 def request_keyupdate(name: str, regenerate: bool | None, no_deploy: bool) -> None:
     """Key update request (KUR) for NAME, signed with its current, unexpired certificate.

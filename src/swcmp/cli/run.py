@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from swcmp.cli.requests import _charon, _deploy_option
+from swcmp.cli.requests import _charon, _deploy_option, _trace_option
 from swcmp.cli.root import (
     SESSION_NAME,
     CliEnv,
@@ -104,6 +104,7 @@ def _probe(env: CliEnv, report: SessionReport, named: bool) -> SessionReport:
               "(caCerts) signed with the current certificate, its answer verified with the "
               "trust anchors; nothing is stored or renewed.")
 @_deploy_option
+@_trace_option
 @json_option
 def renew(
     names: tuple[str, ...], due_only: bool, force: bool, dry_run: bool, no_deploy: bool

@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Protocol
 from urllib.parse import SplitResult, urlsplit
 
+from swcmp.cmp import trace
 from swcmp.cmp.errors import (
     ConfigError,
     ConnectError,
@@ -261,6 +262,7 @@ class HttpTransport:
 
     def post(self, data: bytes) -> bytes:
         """POST ``data``, return the answer; TransportError subclasses for every failure."""
+        trace.record("request", data)
         deadline = _Deadline(self.total_timeout, self.url)
         watchdog = _Watchdog(self.total_timeout)
         conn: http.client.HTTPConnection | None = None
@@ -291,6 +293,7 @@ class HttpTransport:
             watchdog.stop()
             if conn is not None:
                 conn.close()
+        trace.record("answer", body)
         self._check_answer(resp, body)
         log.debug("received %d bytes from %s", len(body), self.url)
         return body
