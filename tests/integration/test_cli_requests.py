@@ -240,7 +240,7 @@ def test_delayed_delivery_of_every_message_through_the_cli(tmp_path: Path) -> No
     with gw.ca([*SIG_ARGS, *delayed, "-ref_cert", "ref.crt"], issued):
         cacerts = gw.json("request", "cacerts", "gw1", "--no-deploy")
         assert cacerts["ok"] is True, cacerts
-        revoked = gw.json("request", "revoke", "gw1", "--reason", "superseded")
+        revoked = gw.json("request", "revoke", "gw1", "--reason", "superseded", "--yes")
         assert revoked["ok"] is True, revoked
     stats = gw.json("stats", "gw1")["sessions"][0]["stats"]
     assert stats["pollReq"]["sent"] == 4
@@ -328,7 +328,7 @@ def test_granted_with_mods(tmp_path: Path, setting: str) -> None:
         assert gw.json("session", "show", "gw1")["granted_with_mods"] == setting
     for issued, ok in ((same, setting != "reject"), (renamed, setting == "accept")):
         with gw.ca([*MAC_ARGS, "-pkistatus", "1"], issued):
-            result = gw.run("request", "initial", "gw1", "--no-deploy")
+            result = gw.run("request", "initial", "gw1", "--no-deploy", "--yes")
         assert (result.exit_code == 0) is ok, result.output
         if ok:
             assert "granted with modifications" in result.stderr
