@@ -66,6 +66,9 @@ class SessionState:
             every counter, never reset (``stats reset`` leaves them alone).
         renewal_failures: failed renewals by ``error:fail_info`` key
             (:func:`swcmp.metrics.failure_key`).
+        received: the serial (hex) of the last certificate swcmp received and the
+            ISO time it arrived: the renewal floor counts from then
+            (:func:`swcmp.policy.renewal_floor`).
     """
 
     state: SessionStateName = "idle"
@@ -77,6 +80,17 @@ class SessionState:
     last_success: str | None = None
     renewals: dict[str, int] = field(default_factory=lambda: {"success": 0, "failure": 0})
     renewal_failures: dict[str, int] = field(default_factory=dict)
+    received: dict[str, str] | None = None
+
+    def received_at(self, serial: str) -> datetime | None:
+        """When the certificate with ``serial`` (hex) arrived, if it is the last one."""
+        if not self.received or self.received.get("serial") != serial:
+            return None
+        try:
+            when = datetime.fromisoformat(self.received.get("time", ""))
+        except ValueError:
+            return None
+        return when if when.tzinfo is not None else None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,6 +134,10 @@ class SessionState:
             for k, v in list(failures.items())[:MAX_FAILURE_KEYS]:
                 if isinstance(k, str) and ":" in k and isinstance(v, int) and v >= 0:
                     st.renewal_failures[k[:200]] = v
+        received = data.get("received")
+        if isinstance(received, dict) and isinstance(received.get("serial"), str) and \
+                isinstance(received.get("time"), str):
+            st.received = {"serial": received["serial"][:80], "time": received["time"][:40]}
         return st
 
     def count_renewal(self, failure: str | None = None) -> None:
@@ -149,6 +167,8 @@ class SessionState:
                                       message, serial)
         if ok:
             self.last_success = self.last_result.time
+            if serial:
+                self.received = {"serial": serial, "time": now.isoformat()}
 
 
 class StateStore:

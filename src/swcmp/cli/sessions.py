@@ -63,6 +63,21 @@ def _warn_if_auto_update_breaks(env: CliEnv, s: Session) -> None:
         )
 
 
+def _warn_if_below_floor(env: CliEnv, s: Session) -> None:
+    """Say when expire_time asks for renewals sooner than swcmp's renewal floor allows."""
+    from swcmp.cmp import certs
+    from swcmp.errors import SwcmpError
+    from swcmp.policy import floor_warning
+
+    try:
+        cert = certs.load_certificate(env.paths.cert_file(s.name).read_bytes())
+    except (OSError, SwcmpError):
+        cert = None
+    why = floor_warning(s.expire_time, cert)
+    if why:
+        click.echo(f"warning: {why}", err=True)
+
+
 @session.command("create")
 @_name_argument()
 @setting_options
@@ -113,6 +128,8 @@ def session_set(name: str, **options: Any) -> None:
     saved = env.store.update(name, set_values=values, base_dir=env.cwd)
     env.emit(saved.describe(), _session_show_text(env, saved))
     _warn_if_auto_update_breaks(env, saved)
+    if "expire_time" in values:
+        _warn_if_below_floor(env, saved)
 
 
 @session.command("unset")
