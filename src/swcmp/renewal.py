@@ -89,7 +89,8 @@ class Renewer:
     #: Test hook: called with the phase name at each step (kill -9 tests).
     checkpoint: Callable[[str], None] | None = None
 
-    def _check(self, phase: str) -> None:
+    def test_checkpoint(self, phase: str) -> None:
+        """Test hook: tell ``checkpoint`` (kill -9 tests) which step is next."""
         if self.checkpoint is not None:
             self.checkpoint(phase)
 
@@ -160,7 +161,7 @@ class Renewer:
             j.stage_key(new_key)
             entry = j.write(phase="key-ready", old_serial=f"{old_cert.serial_number:x}",
                             started=now.isoformat(timespec="seconds"), regenerate=True)
-            self._check("key-ready")
+            self.test_checkpoint("key-ready")
         else:
             new_key = live_key
 
@@ -179,12 +180,12 @@ class Renewer:
                               if ev.phase == "received" and ev.cert_der else None)
             fields.setdefault("old_serial", f"{old_cert.serial_number:x}")
             j.write(**fields, regenerate=new_key is not live_key)
-            self._check(ev.phase)
+            self.test_checkpoint(ev.phase)
 
         def accept(cert: x509.Certificate) -> None:
             self._verify_renewed(session, old_cert, cert, now=self.clock())
             j.stage_cert(cert, [])  # CA certificates are staged after the transaction
-            self._check("staged")
+            self.test_checkpoint("staged")
 
         try:
             enrolled = self._transact(session, j, entry, client, new_key, old_cert,
@@ -204,7 +205,7 @@ class Renewer:
                 and isinstance(new_key, keys.PrivateKey)):  # a token keeps its own
             j.stage_key(new_key)
         j.write(phase="confirmed")
-        self._check("confirmed")
+        self.test_checkpoint("confirmed")
         return self._promote(session, j)
 
     def _transact(self, session: Session, j: Journal, entry: JournalEntry | None,
@@ -313,7 +314,7 @@ class Renewer:
 
             return promote_token(self, session, j)
         j.write(phase="committing")
-        self._check("committing")
+        self.test_checkpoint("committing")
         staged_cert = certs.load_certificate(read_file(j.cert_file, "staged certificate"))
         assert session.key is not None
         key_path = self.paths.key_file(session.key)
@@ -331,7 +332,7 @@ class Renewer:
         try:
             write_pair(key_path, new_key_pem, cert_path, certs.pem_of(staged_cert),
                        previous_key=previous.key_pem if previous else None,
-                       checkpoint=self._check)
+                       checkpoint=self.test_checkpoint)
         except StorageError:
             # e.g. the disk filled up: put the previous pair back so the live files
             # match; the staged pair is committed by the next run.
@@ -356,7 +357,7 @@ class Renewer:
                 "the new certificate is kept staged; the next run tries to deploy it again"
             ) from e
         j.clear()
-        self._check("done")
+        self.test_checkpoint("done")
         log.info("%s: renewed: %s, valid until %s (%s)", session.name,
                  certs.describe(staged_cert), staged_cert.not_valid_after_utc, detail)
         return Outcome(session.name, "kur", True,

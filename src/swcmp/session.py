@@ -37,7 +37,7 @@ from swcmp.names import (
     validate_session_name,
 )
 from swcmp.paths import Paths
-from swcmp.policy import ExpireTime
+from swcmp.values import ExpireTime
 
 FILE_FORMAT: Final = 1
 SESSION_FILE_MODE: Final = 0o640

@@ -20,7 +20,6 @@ from swcmp.errors import ConfigError, SessionFileError, StorageError, StorageIOE
 from swcmp.names import (
     validate_session_name,
 )
-from swcmp.policy import ExpireTime
 from swcmp.session import (
     FIELDS,
     FILE_FORMAT,
@@ -31,6 +30,7 @@ from swcmp.session import (
     set_fields,
     unset_fields,
 )
+from swcmp.values import ExpireTime
 
 # --- TOML ------------------------------------------------------------------------------
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography import x509
 
 from swcmp import tokenkeys
 from swcmp.cmp import certs
-from swcmp.deploy import CredentialPair, DeployError, DeployUnavailable
+from swcmp.deploy import CredentialPair, Deployer, DeployError, DeployUnavailable
 from swcmp.enroll import Outcome
 from swcmp.errors import ConfigError, StorageError, SwcmpError
 from swcmp.pkcs11 import TokenKey, new_key_id
@@ -42,11 +42,23 @@ from swcmp.store import (
 
 if TYPE_CHECKING:
     from swcmp.paths import Paths
-    from swcmp.renewal import Renewer
     from swcmp.session import Session
     from swcmp.store import Journal
 
 log = logging.getLogger(__name__)
+
+
+class Renewer(Protocol):
+    """What of :class:`swcmp.renewal.Renewer` a token renewal uses (it is called from
+    there, and does not import it)."""
+
+    paths: Paths
+    deployer: Deployer | None
+    charon_untouched: bool
+
+    def clock(self) -> datetime: ...
+
+    def test_checkpoint(self, phase: str) -> None: ...
 
 
 def held_key_ids(renewer: Renewer) -> set[str] | bool | None:
@@ -139,10 +151,10 @@ def token_key_to_certify(renewer: Renewer, session: Session, j: Journal,
     entry = j.write(phase="key-making", token_id=kid.hex(),
                     old_serial=f"{old_cert.serial_number:x}",
                     started=now.isoformat(timespec="seconds"), regenerate=True)
-    renewer._check("key-making")
+    renewer.test_checkpoint("key-making")
     new = store.generate(session.key_type, kid)
     entry = j.write(phase="key-ready")
-    renewer._check("key-ready")
+    renewer.test_checkpoint("key-ready")
     return new, entry
 
 
@@ -152,7 +164,7 @@ def promote_token(renewer: Renewer, session: Session, j: Journal) -> Outcome:
 
     paths = renewer.paths
     entry = j.write(phase="committing")
-    renewer._check("committing")
+    renewer.test_checkpoint("committing")
     staged_cert = certs.load_certificate(read_file(j.cert_file, "staged certificate"))
     store = tokenkeys.token_store(session)
     assert store is not None
@@ -182,10 +194,10 @@ def promote_token(renewer: Renewer, session: Session, j: Journal) -> Outcome:
         tokenkeys.retire(paths, session, old_key)
     # The commit: from this write on the new pair is the session's current one.
     write_cert(paths, session, staged_cert)
-    renewer._check("cert-written")
+    renewer.test_checkpoint("cert-written")
     ca_paths = write_ca_certs(session, paths, ca_certs) if ca_certs else ()
     tokenkeys.write_secrets(paths, session, new_key)
-    renewer._check("secrets-written")
+    renewer.test_checkpoint("secrets-written")
     new = tokenkeys.pair_for(session, paths, new_key, certs.pem_of(staged_cert),
                              ca_certs_pem(session, paths))
     try:
@@ -203,7 +215,7 @@ def promote_token(renewer: Renewer, session: Session, j: Journal) -> Outcome:
             "the new certificate is kept staged; the next run tries to deploy it again") from e
     clean_retired(renewer, session, [new_key.handle])
     j.clear()
-    renewer._check("done")
+    renewer.test_checkpoint("done")
     log.info("%s: renewed: %s, valid until %s, key in token CKA_ID %s (%s)", session.name,
              certs.describe(staged_cert), staged_cert.not_valid_after_utc, new_key.handle,
              detail)

@@ -16,13 +16,45 @@ from testpaths import REPO
 pytestmark = pytest.mark.integration
 
 
+#: Commands that stop, start or restart host services.
+SERVICE_COMMANDS = ("systemctl", "service", "invoke-rc.d", "deb-systemd-invoke", "ipsec")
+
+
+def service_spies(tmp_path: Path) -> tuple[Path, Path]:
+    """A directory of wrappers, first on PATH, that record every call of a service command
+    and then run the real one (if any), and the file they record into."""
+    spies, calls = tmp_path / "spies", tmp_path / "service-calls"
+    spies.mkdir()
+    for name in SERVICE_COMMANDS:
+        spy = spies / name
+        spy.write_text('#!/bin/sh\n'
+                       f'echo "{name} $*" >> {calls}\n'
+                       f'PATH="${{PATH#{spies}:}}"; exec {name} "$@"\n')
+        spy.chmod(0o755)
+    return spies, calls
+
+
+def running_units() -> str | None:
+    """The host's running systemd units, where systemd runs."""
+    if not Path("/run/systemd/system").is_dir():
+        return None
+    return subprocess.run(["systemctl", "list-units", "--state=running", "--no-legend",
+                           "--plain"], capture_output=True, text=True, timeout=30).stdout
+
+
 def run_demo(tmp_path: Path, *args: str) -> dict[str, object]:
     result = tmp_path / "demo.json"
-    env = dict(os.environ, SWCMP_VENV=sys.prefix)
+    spies, calls = service_spies(tmp_path)
+    units = running_units()
+    env = dict(os.environ, SWCMP_VENV=sys.prefix,
+               PATH=f"{spies}:{os.environ.get('PATH', '/usr/bin:/bin')}")
     proc = subprocess.run([str(REPO / "scripts" / "demo"), "--result", str(result), *args],
                           capture_output=True, text=True, env=env, timeout=240)
     print(proc.stdout[-6000:], proc.stderr[-3000:])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # the host's services are as the demo found them: it never stopped or started one
+    assert not calls.exists(), calls.read_text()
+    assert running_units() == units
     out: dict[str, object] = json.loads(result.read_text())
     return out
 

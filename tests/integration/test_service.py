@@ -143,7 +143,7 @@ def test_serve_refreshes_metrics_while_idle(fresh: tuple[TestPKI, Gateway], tmp_
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    import swcmp.service
+    import swcmp.service.serve
 
     _, gw = fresh
     metrics = tmp_path / "swcmp.prom"
@@ -151,7 +151,7 @@ def test_serve_refreshes_metrics_while_idle(fresh: tuple[TestPKI, Gateway], tmp_
     role.write_text("MASTER\n")
     (gw.paths.config_dir / "swcmp.toml").write_text(
         f'[metrics]\ntextfile = "{metrics}"\n[ha]\nrole_file = "{role}"\n')
-    monkeypatch.setattr(swcmp.service, "REFRESH", 0.3)
+    monkeypatch.setattr(swcmp.service.serve, "REFRESH", 0.3)
     server = Server(RenewalService(gw.paths), rescan=0.1)
     until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=4)
     thread = threading.Thread(target=server.run, kwargs={"once_until": until})

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from swcmp.errors import ConfigError, SessionFileError
 from swcmp.names import SessionName, parse_dn
 from swcmp.paths import Paths
-from swcmp.policy import ExpireTime
 from swcmp.session import (
     FIELDS,
     Session,
@@ -37,6 +36,7 @@ from swcmp.sessionfile import (
     session_from_toml,
     session_to_toml,
 )
+from swcmp.values import ExpireTime
 
 GW1 = SessionName("gw1")
 

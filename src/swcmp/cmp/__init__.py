@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from swcmp.cmp.choices import KEY_TYPES, MAC_ALGS
+
 if TYPE_CHECKING:
     from swcmp.cmp.client import CMPClient, Enrollment, TxEvent
     from swcmp.cmp.errors import (
@@ -41,10 +43,6 @@ if TYPE_CHECKING:
     )
     from swcmp.cmp.transport import HttpTransport, Transport
 
-#: The key types the library generates and certifies (``swcmp.cmp.keys``).
-KEY_TYPES = ("rsa:2048", "rsa:3072", "rsa:4096", "ecdsa:p256", "ecdsa:p384", "ed25519")
-#: The MAC algorithms of :class:`MacProtection` (PasswordBasedMac with these HMACs).
-MAC_ALGS = ("hmac-sha256", "hmac-sha1")
 
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("CMPClient", "Enrollment", "TxEvent"), "client"),

@@ -1,10 +1,12 @@
 """Build and parse CMP PKIMessages (RFC 4210, RFC 9480, CRMF RFC 4211).
 
-The only module that touches pyasn1. Builders return DER bytes; the parser
-returns :mod:`swcmp.cmp.messages` dataclasses. A message is assembled by hand from
-the encoded header, body, protection and extraCerts, so that certificates are
-sent exactly as they were received and the protection is computed over the
-very bytes that go on the wire.
+With :mod:`swcmp.cmp.asn1` (its schemas), the only module that touches pyasn1.
+Builders return DER bytes; the parser returns :mod:`swcmp.cmp.messages` dataclasses.
+A message is assembled by hand from the encoded header, body, protection and
+extraCerts, so that certificates are sent exactly as they were received and the
+protection is computed over the very bytes that go on the wire. Certificates, CRLs
+and PKCS#10 requests are never decoded here: they travel as bytes, cut out by
+:mod:`swcmp.cmp.der` and parsed by cryptography.
 """
 
 from __future__ import annotations
@@ -18,9 +20,8 @@ from typing import Any
 from pyasn1.codec.der import decoder, encoder
 from pyasn1.error import PyAsn1Error
 from pyasn1.type import char, univ, useful
-from pyasn1_alt_modules import rfc2986, rfc4055, rfc4211, rfc5280, rfc8018, rfc9480
 
-from swcmp.cmp import der, oids
+from swcmp.cmp import asn1, der, oids
 from swcmp.cmp.errors import ProtectionError, ProtocolError
 from swcmp.cmp.messages import (
     AlgorithmId,
@@ -63,6 +64,7 @@ BODY_TAGS: dict[int, str] = {
     15: "ckuann", 16: "cann", 17: "rann", 18: "crlann", 19: "pkiconf", 20: "nested",
     21: "genm", 22: "genp", 23: "error", 24: "certConf", 25: "pollReq", 26: "pollRep",
 }
+BODY_NUMBERS: dict[str, int] = {name: n for n, name in BODY_TAGS.items()}
 CERT_REQ_BODIES = ("ir", "cr", "kur")
 CERT_REP_BODIES = ("ip", "cp", "kup")
 
@@ -136,7 +138,7 @@ def _status_info(target: Any, st: StatusInfo) -> None:
     if st.fail_info:
         top = max(st.fail_info)
         bits = "".join("1" if i in st.fail_info else "0" for i in range(top + 1))
-        target["failInfo"] = rfc9480.PKIFailureInfo(binValue=bits)
+        target["failInfo"] = asn1.PKIFailureInfo(binValue=bits)
 
 
 #: failInfo bits looked at: RFC 9480 names 27; a longer BIT STRING is cut here.
@@ -159,21 +161,35 @@ def _gtime(dt: datetime) -> useful.GeneralizedTime:
     return useful.GeneralizedTime(dt.astimezone(UTC).strftime("%Y%m%d%H%M%SZ"))
 
 
+#: GeneralName alternatives by tag (RFC 5280 4.2.1.6): directoryName [4] is explicitly
+#: tagged (a Name is a CHOICE); otherName, x400Address and ediPartyName are constructed.
+_DIRECTORY_NAME = 0xA4
+_GENERAL_NAME_TAGS = frozenset({0xA0, 0x81, 0x82, 0xA3, 0xA5, 0x86, 0x87, 0x88})
+
+
 def _name_der_of_general_name(gn: Any) -> bytes | None:
-    if gn.getName() != "directoryName":
-        return None
-    name = rfc5280.Name()
-    name["rdnSequence"] = gn.getComponent()["rdnSequence"]
-    return _enc(name)
+    """The DER Name of a GeneralName that is a directoryName, as received; None for the
+    other alternatives; ProtocolError when it is no GeneralName."""
+    tlv = der.single(bytes(gn))
+    if tlv.tag == _DIRECTORY_NAME:
+        inner = tlv.children()
+        if len(inner) != 1:
+            raise ProtocolError("malformed directoryName in a GeneralName")
+        _decode(inner[0].raw, asn1.Name(), "distinguished name")
+        return inner[0].raw
+    if tlv.tag not in _GENERAL_NAME_TAGS:
+        raise ProtocolError(f"malformed GeneralName (tag 0x{tlv.tag:x})")
+    return None
 
 
-def _set_directory_name(target: Any, name_der: bytes) -> None:
-    name = _decode(name_der, rfc5280.Name(), "distinguished name")
-    target["directoryName"]["rdnSequence"] = name["rdnSequence"]
+def _directory_name(name_der: bytes) -> univ.Any:
+    """A GeneralName directoryName around a DER Name (checked to be one)."""
+    _decode(name_der, asn1.Name(), "distinguished name")
+    return univ.Any(bytes([_DIRECTORY_NAME]) + der.encode_length(len(name_der)) + name_der)
 
 
 def _itav(oid: str, value_der: bytes | None) -> Any:
-    itav = rfc9480.InfoTypeAndValue()
+    itav = asn1.InfoTypeAndValue()
     itav["infoType"] = univ.ObjectIdentifier(oid)
     if value_der is not None:
         itav["infoValue"] = univ.Any(value_der)
@@ -209,10 +225,10 @@ class HeaderFields:
 
 def encode_header(h: HeaderFields) -> bytes:
     """DER of a PKIHeader."""
-    hdr = rfc9480.PKIHeader()
+    hdr = asn1.PKIHeader()
     hdr["pvno"] = h.pvno
-    _set_directory_name(hdr["sender"], h.sender_der)
-    _set_directory_name(hdr["recipient"], h.recipient_der)
+    hdr["sender"] = _directory_name(h.sender_der)
+    hdr["recipient"] = _directory_name(h.recipient_der)
     if h.message_time is not None:
         _put(hdr, "messageTime", str(_gtime(h.message_time)))
     if h.protection_alg is not None:
@@ -234,7 +250,7 @@ def encode_header(h: HeaderFields) -> bytes:
         if h.confirm_wait_time is not None:
             gi.append(_itav(oids.IT_CONFIRM_WAIT_TIME, _enc(_gtime(h.confirm_wait_time))))
         if h.cert_profile is not None:  # RFC 9483 3.1: SEQUENCE OF UTF8String, one profile
-            profile = rfc9480.CertProfileValue()
+            profile = asn1.CertProfileValue()
             profile.append(char.UTF8String(h.cert_profile))
             gi.append(_itav(oids.IT_CERT_PROFILE, _enc(profile)))
     return _enc(hdr)
@@ -310,9 +326,15 @@ def _parse_header(hdr: Any) -> Header:
 # --------------------------------------------------------------------------- bodies (build)
 
 
-def _body(kind: str) -> tuple[Any, Any]:
-    body = rfc9480.PKIBody()
-    return body, body[kind]
+def _content(kind: str) -> Any:
+    """An empty schema object for the content of a PKIBody alternative."""
+    return asn1.BODY_CONTENT[kind]()
+
+
+def _body(kind: str, content: Any) -> bytes:
+    """DER of a PKIBody: the content (a schema object or DER) under its explicit tag."""
+    content_der = content if isinstance(content, bytes) else _enc(content)
+    return bytes([0xA0 | BODY_NUMBERS[kind]]) + der.encode_length(len(content_der)) + content_der
 
 
 @dataclass(frozen=True)
@@ -335,8 +357,8 @@ class CertReqSpec:
 
 def cert_id_der(cid: OldCertId) -> bytes:
     """DER of a CRMF CertId (issuer as a directoryName GeneralName)."""
-    obj = rfc4211.CertId()
-    _set_directory_name(obj["issuer"], cid.issuer_der)
+    obj = asn1.CertId()
+    obj["issuer"] = _directory_name(cid.issuer_der)
     obj["serialNumber"] = cid.serial
     return _enc(obj)
 
@@ -345,35 +367,35 @@ def cert_req_body(kind: str, requests: Sequence[CertReqSpec]) -> bytes:
     """An ir, cr or kur body with signature POP."""
     if kind not in CERT_REQ_BODIES:
         raise ValueError(kind)
-    body, msgs = _body(kind)
+    msgs = _content(kind)
     for spec in requests:
-        req = rfc4211.CertRequest()
+        req = asn1.CertRequest()
         req["certReqId"] = spec.cert_req_id
         tmpl = req["certTemplate"]
         if spec.issuer_der is not None:
             tmpl["issuer"]["rdnSequence"] = _decode(
-                spec.issuer_der, rfc5280.Name(), "issuer name"
+                spec.issuer_der, asn1.Name(), "issuer name"
             )["rdnSequence"]
         if spec.subject_der is not None:
             tmpl["subject"]["rdnSequence"] = _decode(
-                spec.subject_der, rfc5280.Name(), "subject name"
+                spec.subject_der, asn1.Name(), "subject name"
             )["rdnSequence"]
         _copy_into(
             tmpl["publicKey"],
-            _decode(spec.spki_der, rfc5280.SubjectPublicKeyInfo(), "public key"),
+            _decode(spec.spki_der, asn1.SubjectPublicKeyInfo(), "public key"),
         )
         if spec.extensions_der is not None:
             _copy_into(
                 tmpl["extensions"],
-                _decode(spec.extensions_der, rfc5280.Extensions(), "extensions"),
+                _decode(spec.extensions_der, asn1.Extensions(), "extensions"),
             )
         if spec.old_cert_id is not None:
-            ctrl = rfc4211.AttributeTypeAndValue()
+            ctrl = asn1.AttributeTypeAndValue()
             ctrl["type"] = univ.ObjectIdentifier(oids.REG_CTRL_OLD_CERT_ID)
             ctrl["value"] = univ.Any(cert_id_der(spec.old_cert_id))
             req["controls"].append(ctrl)
         req_der = _enc(req)
-        msg = rfc4211.CertReqMsg()
+        msg = asn1.CertReqMsg()
         msg["certReq"] = req
         if spec.sign_pop is None:
             _put(msg["popo"], "raVerified", "")
@@ -383,23 +405,37 @@ def cert_req_body(kind: str, requests: Sequence[CertReqSpec]) -> bytes:
             _alg(popo["algorithmIdentifier"], alg)
             popo["signature"] = univ.BitString.fromOctetString(sig)
         msgs.append(msg)
-    return _enc(body)
+    return _body(kind, msgs)
+
+
+def _whole_sequence(data: bytes, what: str) -> bytes:
+    """``data`` when it is one DER SEQUENCE (a certificate or request passed as bytes)."""
+    try:
+        if der.single(data).tag == 0x30:
+            return data
+    except ProtocolError:
+        pass
+    raise ProtocolError(f"malformed {what}: not one DER SEQUENCE")
 
 
 def p10cr_body(csr_der: bytes) -> bytes:
-    """A p10cr body around a PKCS#10 request."""
-    body, slot = _body("p10cr")
-    _copy_into(slot, _decode(csr_der, rfc2986.CertificationRequest(), "PKCS#10 request"))
-    return _enc(body)
+    """A p10cr body around a PKCS#10 request (checked by cryptography, sent as given)."""
+    from cryptography import x509
+
+    try:
+        x509.load_der_x509_csr(_whole_sequence(csr_der, "PKCS#10 request"))
+    except ValueError as e:
+        raise ProtocolError("malformed PKCS#10 request") from e
+    return _body("p10cr", csr_der)
 
 
 def cert_conf_body(
     entries: Sequence[tuple[bytes, int, StatusInfo | None, AlgorithmId | None]],
 ) -> bytes:
     """A certConf: per certificate (certHash, certReqId, statusInfo, hashAlg)."""
-    body, content = _body("certConf")
+    content = _content("certConf")
     for cert_hash, req_id, status, hash_alg in entries:
-        cs = rfc9480.CertStatus()
+        cs = asn1.CertStatus()
         cs["certHash"] = cert_hash
         cs["certReqId"] = req_id
         if status is not None:
@@ -407,25 +443,25 @@ def cert_conf_body(
         if hash_alg is not None:
             _alg(cs["hashAlg"], hash_alg)
         content.append(cs)
-    return _enc(body)
+    return _body("certConf", content)
 
 
 def poll_req_body(cert_req_ids: Sequence[int]) -> bytes:
     """A pollReq for the given certReqIds."""
-    body, content = _body("pollReq")
+    content = _content("pollReq")
     for rid in cert_req_ids:
-        item = content.componentType.clone()
+        item = asn1.PollReqEntry()
         item["certReqId"] = rid
         content.append(item)
-    return _enc(body)
+    return _body("pollReq", content)
 
 
 def genm_body(items: Sequence[InfoValue], *, kind: str = "genm") -> bytes:
     """A genm (or, for a CA, genp) with the given InfoTypeAndValues."""
-    body, content = _body(kind)
+    content = _content(kind)
     for item in items:
         content.append(_itav(item.oid, item.value_der))
-    return _enc(body)
+    return _body(kind, content)
 
 
 def cert_seq_der(certs: Sequence[bytes]) -> bytes:
@@ -435,40 +471,38 @@ def cert_seq_der(certs: Sequence[bytes]) -> bytes:
 
 def rr_body(entries: Sequence[tuple[bytes, int, int | None]]) -> bytes:
     """An rr: per certificate (issuer Name DER, serial, CRL reason code or None)."""
-    body, content = _body("rr")
+    content = _content("rr")
     for issuer_der, serial, reason in entries:
-        rd = rfc9480.RevDetails()
+        rd = asn1.RevDetails()
         tmpl = rd["certDetails"]
-        tmpl["issuer"]["rdnSequence"] = _decode(issuer_der, rfc5280.Name(), "issuer")[
+        tmpl["issuer"]["rdnSequence"] = _decode(issuer_der, asn1.Name(), "issuer")[
             "rdnSequence"
         ]
         _put(tmpl, "serialNumber", serial)
         if reason is not None:
-            ext = rfc5280.Extension()
+            ext = asn1.Extension()
             ext["extnID"] = univ.ObjectIdentifier(oids.CRL_REASON)
             ext["extnValue"] = _enc(univ.Enumerated(reason))
             rd["crlEntryDetails"].append(ext)
         content.append(rd)
-    return _enc(body)
+    return _body("rr", content)
 
 
 def error_body(status: StatusInfo, *, error_code: int | None = None,
                details: Sequence[str] = ()) -> bytes:
     """An error message body."""
-    body, content = _body("error")
+    content = _content("error")
     _status_info(content["pKIStatusInfo"], status)
     if error_code is not None:
         content["errorCode"] = error_code
     if details:
         _free_text(content["errorDetails"], details)
-    return _enc(body)
+    return _body("error", content)
 
 
 def pkiconf_body() -> bytes:
     """A pkiconf body (NULL)."""
-    body = rfc9480.PKIBody()
-    _put(body, "pkiconf", "")
-    return _enc(body)
+    return _body("pkiconf", _enc(univ.Null("")))
 
 
 def cert_rep_body(kind: str, responses: Sequence[CertResponse],
@@ -476,41 +510,41 @@ def cert_rep_body(kind: str, responses: Sequence[CertResponse],
     """An ip, cp or kup body (for the test CA)."""
     if kind not in CERT_REP_BODIES:
         raise ValueError(kind)
-    body, content = _body(kind)
+    content = _content(kind)
     for cert in ca_pubs:
-        content["caPubs"].append(_decode(cert, rfc9480.CMPCertificate(), "CA certificate"))
+        content["caPubs"].append(univ.Any(_whole_sequence(cert, "CA certificate")))
     for r in responses:
-        cr = rfc9480.CertResponse()
+        cr = asn1.CertResponse()
         cr["certReqId"] = r.cert_req_id
         _status_info(cr["status"], r.status)
         if r.cert_der is not None:
-            cert = _decode(r.cert_der, rfc9480.CMPCertificate(), "certificate")
-            _copy_into(cr["certifiedKeyPair"]["certOrEncCert"]["certificate"], cert)
+            _put(cr["certifiedKeyPair"]["certOrEncCert"], "certificate",
+                 _whole_sequence(r.cert_der, "certificate"))
         content["response"].append(cr)
-    return _enc(body)
+    return _body(kind, content)
 
 
 def poll_rep_body(entries: Sequence[PollRepEntry]) -> bytes:
     """A pollRep (for the test CA)."""
-    body, content = _body("pollRep")
+    content = _content("pollRep")
     for e in entries:
-        item = content.componentType.clone()
+        item = asn1.PollRepEntry()
         item["certReqId"] = e.cert_req_id
         item["checkAfter"] = e.check_after
         if e.reason:
             _free_text(item["reason"], e.reason)
         content.append(item)
-    return _enc(body)
+    return _body("pollRep", content)
 
 
 def rp_body(statuses: Sequence[StatusInfo]) -> bytes:
     """An rp (for the test CA)."""
-    body, content = _body("rp")
+    content = _content("rp")
     for st in statuses:
-        item = rfc9480.PKIStatusInfo()
+        item = asn1.PKIStatusInfo()
         _status_info(item, st)
         content["status"].append(item)
-    return _enc(body)
+    return _body("rp", content)
 
 
 # --------------------------------------------------------------------------- algorithm parameters
@@ -542,7 +576,7 @@ class Pbmac1Fields:
 
 
 def encode_pbm_params(f: PbmFields) -> bytes:
-    params = rfc9480.PBMParameter()
+    params = asn1.PBMParameter()
     params["salt"] = f.salt
     params["owf"]["algorithm"] = univ.ObjectIdentifier(f.owf_oid)
     params["iterationCount"] = f.iterations
@@ -553,7 +587,7 @@ def encode_pbm_params(f: PbmFields) -> bytes:
 def decode_pbm_params(params_der: bytes) -> PbmFields:
     """ProtectionError when the DER is not one PBMParameter."""
     try:
-        params, rest = decoder.decode(params_der, asn1Spec=rfc9480.PBMParameter())
+        params, rest = decoder.decode(params_der, asn1Spec=asn1.PBMParameter())
         if rest:
             raise ProtectionError("PasswordBasedMac parameters have trailing bytes")
         return PbmFields(bytes(params["salt"]), str(params["owf"]["algorithm"]),
@@ -567,7 +601,7 @@ def decode_pbmac1_params(params_der: bytes) -> Pbmac1Fields:
     """ProtectionError when the DER is not PBMAC1-params (its KDF's are decoded only
     when the KDF is PBKDF2, the only one RFC 9481 names)."""
     try:
-        params, rest = decoder.decode(params_der, asn1Spec=rfc8018.PBMAC1_params())
+        params, rest = decoder.decode(params_der, asn1Spec=asn1.PBMAC1Params())
         if rest:
             raise ProtectionError("PBMAC1 parameters have trailing bytes")
         kdf = params["keyDerivationFunc"]
@@ -575,7 +609,7 @@ def decode_pbmac1_params(params_der: bytes) -> Pbmac1Fields:
         mac_oid = str(params["messageAuthScheme"]["algorithm"])
         if kdf_oid != oids.PBKDF2:
             return Pbmac1Fields(kdf_oid, b"", 0, None, None, mac_oid)
-        kparams, _ = decoder.decode(bytes(kdf["parameters"]), asn1Spec=rfc8018.PBKDF2_params())
+        kparams, _ = decoder.decode(bytes(kdf["parameters"]), asn1Spec=asn1.PBKDF2Params())
         return Pbmac1Fields(
             kdf_oid,
             bytes(kparams["salt"]["specified"]),
@@ -590,10 +624,10 @@ def decode_pbmac1_params(params_der: bytes) -> Pbmac1Fields:
 
 def encode_pss_params(hash_oid: str, salt_length: int) -> bytes:
     """RSASSA-PSS-params with MGF1 over the same hash (RFC 4055)."""
-    params = rfc4055.RSASSA_PSS_params()
+    params = asn1.RSASSAPSSParams()
     params["hashAlgorithm"]["algorithm"] = univ.ObjectIdentifier(hash_oid)
     params["maskGenAlgorithm"]["algorithm"] = univ.ObjectIdentifier(oids.MGF1)
-    mgf_hash = rfc5280.AlgorithmIdentifier()
+    mgf_hash = asn1.AlgorithmIdentifier()
     mgf_hash["algorithm"] = univ.ObjectIdentifier(hash_oid)
     params["maskGenAlgorithm"]["parameters"] = encoder.encode(mgf_hash)
     params["saltLength"] = salt_length
@@ -603,13 +637,13 @@ def encode_pss_params(hash_oid: str, salt_length: int) -> bytes:
 def decode_pss_params(params_der: bytes) -> tuple[str, str | None, int]:
     """(hash OID, MGF1 hash OID or None when absent, salt length) of RSASSA-PSS-params."""
     try:
-        params, rest = decoder.decode(params_der, asn1Spec=rfc4055.RSASSA_PSS_params())
+        params, rest = decoder.decode(params_der, asn1Spec=asn1.RSASSAPSSParams())
         if rest:
             raise ProtectionError("RSASSA-PSS parameters have trailing bytes")
         mgf_params = params["maskGenAlgorithm"]["parameters"]
         mgf_hash = None
         if mgf_params.isValue:
-            mgf_alg, _ = decoder.decode(bytes(mgf_params), asn1Spec=rfc5280.AlgorithmIdentifier())
+            mgf_alg, _ = decoder.decode(bytes(mgf_params), asn1Spec=asn1.AlgorithmIdentifier())
             mgf_hash = str(mgf_alg["algorithm"])
         return (str(params["hashAlgorithm"]["algorithm"]), mgf_hash,
                 int(params["saltLength"]))
@@ -698,23 +732,31 @@ def _decode_message(data: bytes) -> PKIMessageInfo:
     # protection, so anyone's to add) are left to cryptography, a few at a time.
     core = der.sequence(header_tlv.raw, body_tlv.raw)
     der.census(core, max_elements=MAX_ELEMENTS, max_depth=MAX_DEPTH)
-    msg = _decode(core, rfc9480.PKIMessage(), "CMP message")
-    header = _parse_header(msg["header"])
-    body = msg["body"]
-    kind = body.getName()
+    if header_tlv.tag != 0x30:
+        raise ProtocolError("malformed CMP message: the header is not a SEQUENCE")
+    header = _parse_header(_decode(header_tlv.raw, asn1.PKIHeader(), "CMP message"))
+    # The PKIBody is a CHOICE of explicitly tagged alternatives: [n] around the content.
+    number = body_tlv.tag - 0xA0
+    kind = BODY_TAGS.get(number, "") if body_tlv.tag & 0xE0 == 0xA0 else ""
+    inner_tlvs = body_tlv.children() if kind else []
+    if len(inner_tlvs) != 1:
+        raise ProtocolError("malformed CMP message: its body is not a PKIBody")
     # Some CAs answer with pvno 1 (cmp1999) in error messages; their status and text
     # are still worth showing. Anything else must be CMPv2 (2) or v3 (3).
     if header.pvno not in (2, 3) and not (header.pvno == 1 and kind == "error"):
         raise ProtocolError(f"unsupported CMP version pvno={header.pvno}")
-    content = body.getComponent()
-    inner = body_tlv.children()[0]
+    spec = asn1.BODY_CONTENT.get(kind)
+    if spec is None:
+        raise ProtocolError(f"unsupported CMP message type {kind}")
+    inner = inner_tlvs[0]
+    content = _decode(inner.raw, spec(), "CMP message")
     parsed: Body
     if kind in CERT_REQ_BODIES:
         parsed = _parse_cert_req(content, inner)
     elif kind in CERT_REP_BODIES:
         parsed = _parse_cert_rep(content, inner)
     elif kind == "p10cr":
-        parsed = inner.raw
+        parsed = _whole_sequence(inner.raw, "PKCS#10 request")
     elif kind == "certConf":
         parsed = tuple(
             CertStatusInfo(
@@ -770,24 +812,24 @@ def _parse_cert_req(content: Any, inner: der.TLV) -> tuple[CertRequestInfo, ...]
         tmpl = req["certTemplate"]
         subject_der = None
         if tmpl["subject"].isValue:
-            name = rfc5280.Name()
+            name = asn1.Name()
             name["rdnSequence"] = tmpl["subject"]["rdnSequence"]
             subject_der = _enc(name)
         spki_der = None
         if tmpl["publicKey"].isValue:
-            spki = rfc5280.SubjectPublicKeyInfo()
+            spki = asn1.SubjectPublicKeyInfo()
             _copy_into(spki, tmpl["publicKey"])
             spki_der = _enc(spki)
         ext_der = None
         if tmpl["extensions"].isValue:
-            exts = rfc5280.Extensions()
+            exts = asn1.Extensions()
             _copy_into(exts, tmpl["extensions"])
             ext_der = _enc(exts)
         old = None
         if req["controls"].isValue:
             for ctrl in req["controls"]:
                 if str(ctrl["type"]) == oids.REG_CTRL_OLD_CERT_ID:
-                    cid = _decode(bytes(ctrl["value"]), rfc4211.CertId(), "oldCertID")
+                    cid = _decode(bytes(ctrl["value"]), asn1.CertId(), "oldCertID")
                     issuer = _name_der_of_general_name(cid["issuer"])
                     if issuer is None:
                         raise ProtocolError("oldCertID issuer is not a directoryName")
@@ -868,7 +910,7 @@ def _parse_rev_details(rd: Any) -> RevDetailsInfo:
     tmpl = rd["certDetails"]
     issuer = None
     if tmpl["issuer"].isValue:
-        name = rfc5280.Name()
+        name = asn1.Name()
         name["rdnSequence"] = tmpl["issuer"]["rdnSequence"]
         issuer = _enc(name)
     serial = int(tmpl["serialNumber"]) if tmpl["serialNumber"].isValue else None
@@ -911,9 +953,9 @@ def parse_root_ca_key_update(value_der: bytes | None) -> RootCaKeyUpdate | None:
 
 
 #: CRLReason codes by name (RFC 5280 5.3.1: unspecified 0, keyCompromise 1, ...), from
-#: pyasn1-alt-modules' transcription of the ASN.1 module.
+#: the schema (checked against pyasn1-alt-modules' transcription by the tests).
 CRL_REASONS: dict[str, int] = {str(name): int(value)
-                               for name, value in rfc5280.CRLReason.namedValues.items()}
+                               for name, value in asn1.CRLReason.namedValues.items()}
 
 
 def root_ca_key_update_der(update: RootCaKeyUpdate) -> bytes:
@@ -928,9 +970,9 @@ def root_ca_key_update_der(update: RootCaKeyUpdate) -> bytes:
 
 def extensions_der(entries: Sequence[tuple[str, bool, bytes]]) -> bytes:
     """DER Extensions from (OID, critical, extnValue DER) triples."""
-    exts = rfc5280.Extensions()
+    exts = asn1.Extensions()
     for oid, critical, value in entries:
-        ext = rfc5280.Extension()
+        ext = asn1.Extension()
         ext["extnID"] = univ.ObjectIdentifier(oid)
         if critical:
             ext["critical"] = True

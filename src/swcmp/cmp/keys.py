@@ -14,7 +14,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 
-from swcmp.cmp import KEY_TYPES as KEY_TYPES
+from swcmp.cmp.choices import KEY_TYPES as KEY_TYPES
 from swcmp.cmp.errors import ConfigError, ProtectionError
 from swcmp.cmp.messages import AlgorithmId
 

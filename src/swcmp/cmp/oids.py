@@ -1,71 +1,102 @@
 """Object identifiers swcmp uses, as dotted strings.
 
-Every value comes from pyasn1-alt-modules, which transcribes the RFCs' ASN.1 modules;
-none is typed here by hand (a swap of two of them once went unnoticed because swcmp's
-client and its test CA shared the same typo). tests/test_oids.py checks the table.
+Every value is the one pyasn1-alt-modules (the RFCs' ASN.1 modules, transcribed and
+maintained) defines under the name in ``LIBRARY_NAMES``; tests/unit/test_oids.py checks
+each against the library, which is imported by the tests only: building its module tree
+would cost every swcmp process several hundred milliseconds at start-up. (A swap of two
+OIDs once went unnoticed because swcmp's client and its test CA shared the same typo;
+the test is what keeps them right.)
 """
 
 from __future__ import annotations
 
-from pyasn1_alt_modules import (
-    rfc3279,
-    rfc3370,
-    rfc4055,
-    rfc4211,
-    rfc5280,
-    rfc5480,
-    rfc6402,
-    rfc8018,
-    rfc8410,
-    rfc9480,
-    rfc9481,
-)
-
 # Protection and MAC (RFC 4210 5.1.3.1, RFC 9481)
-PASSWORD_BASED_MAC = str(rfc9480.id_PasswordBasedMac)
-PBMAC1 = str(rfc8018.id_PBMAC1)
-PBKDF2 = str(rfc8018.id_PBKDF2)
-HMAC_SHA1 = str(rfc3370.hMAC_SHA1)  # hmac-sha1 from RFC 2202's arc, what OpenSSL sends
-HMAC_WITH_SHA1 = str(rfc8018.id_hmacWithSHA1)
-HMAC_WITH_SHA256 = str(rfc8018.id_hmacWithSHA256)
-HMAC_WITH_SHA384 = str(rfc8018.id_hmacWithSHA384)
-HMAC_WITH_SHA512 = str(rfc8018.id_hmacWithSHA512)
-SHA1 = str(rfc3279.id_sha1)
-SHA256 = str(rfc4055.id_sha256)
-SHA384 = str(rfc4055.id_sha384)
-SHA512 = str(rfc4055.id_sha512)
-SHAKE256 = str(rfc9481.id_shake256)
+PASSWORD_BASED_MAC = "1.2.840.113533.7.66.13"
+PBMAC1 = "1.2.840.113549.1.5.14"
+PBKDF2 = "1.2.840.113549.1.5.12"
+HMAC_SHA1 = "1.3.6.1.5.5.8.1.2"  # hmac-sha1 from RFC 2202's arc, what OpenSSL sends
+HMAC_WITH_SHA1 = "1.2.840.113549.2.7"
+HMAC_WITH_SHA256 = "1.2.840.113549.2.9"
+HMAC_WITH_SHA384 = "1.2.840.113549.2.10"
+HMAC_WITH_SHA512 = "1.2.840.113549.2.11"
+SHA1 = "1.3.14.3.2.26"
+SHA256 = "2.16.840.1.101.3.4.2.1"
+SHA384 = "2.16.840.1.101.3.4.2.2"
+SHA512 = "2.16.840.1.101.3.4.2.3"
+SHAKE256 = "2.16.840.1.101.3.4.2.12"
 
 # Signatures
-RSA_ENCRYPTION = str(rfc3279.rsaEncryption)
-SHA1_WITH_RSA = str(rfc3279.sha1WithRSAEncryption)
-SHA256_WITH_RSA = str(rfc4055.sha256WithRSAEncryption)
-SHA384_WITH_RSA = str(rfc4055.sha384WithRSAEncryption)
-SHA512_WITH_RSA = str(rfc4055.sha512WithRSAEncryption)
-RSASSA_PSS = str(rfc4055.id_RSASSA_PSS)
-MGF1 = str(rfc4055.id_mgf1)
-ECDSA_SHA256 = str(rfc5480.ecdsa_with_SHA256)
-ECDSA_SHA384 = str(rfc5480.ecdsa_with_SHA384)
-ECDSA_SHA512 = str(rfc5480.ecdsa_with_SHA512)
-ED25519 = str(rfc8410.id_Ed25519)
-ED448 = str(rfc8410.id_Ed448)
+RSA_ENCRYPTION = "1.2.840.113549.1.1.1"
+SHA1_WITH_RSA = "1.2.840.113549.1.1.5"
+SHA256_WITH_RSA = "1.2.840.113549.1.1.11"
+SHA384_WITH_RSA = "1.2.840.113549.1.1.12"
+SHA512_WITH_RSA = "1.2.840.113549.1.1.13"
+RSASSA_PSS = "1.2.840.113549.1.1.10"
+MGF1 = "1.2.840.113549.1.1.8"
+ECDSA_SHA256 = "1.2.840.10045.4.3.2"
+ECDSA_SHA384 = "1.2.840.10045.4.3.3"
+ECDSA_SHA512 = "1.2.840.10045.4.3.4"
+ED25519 = "1.3.101.112"
+ED448 = "1.3.101.113"
 
 # CRMF (RFC 4211)
-REG_CTRL_OLD_CERT_ID = str(rfc4211.id_regCtrl_oldCertID)
+REG_CTRL_OLD_CERT_ID = "1.3.6.1.5.5.7.5.1.5"
 
 # InfoTypeAndValue types (RFC 4210, RFC 9480 2.4 and 2.9)
-IT_IMPLICIT_CONFIRM = str(rfc9480.id_it_implicitConfirm)
-IT_CONFIRM_WAIT_TIME = str(rfc9480.id_it_confirmWaitTime)
-IT_CA_CERTS = str(rfc9480.id_it_caCerts)
-IT_ROOT_CA_KEY_UPDATE = str(rfc9480.id_it_rootCaKeyUpdate)
-IT_ROOT_CA_CERT = str(rfc9480.id_it_rootCaCert)
-IT_CERT_PROFILE = str(rfc9480.id_it_certProfile)
-IT_CURRENT_CRL = str(rfc9480.id_it_currentCRL)
+IT_IMPLICIT_CONFIRM = "1.3.6.1.5.5.7.4.13"
+IT_CONFIRM_WAIT_TIME = "1.3.6.1.5.5.7.4.14"
+IT_CA_CERTS = "1.3.6.1.5.5.7.4.17"
+IT_ROOT_CA_KEY_UPDATE = "1.3.6.1.5.5.7.4.18"
+IT_ROOT_CA_CERT = "1.3.6.1.5.5.7.4.20"
+IT_CERT_PROFILE = "1.3.6.1.5.5.7.4.21"
+IT_CURRENT_CRL = "1.3.6.1.5.5.7.4.6"
 
 # Extended key usages of CMP servers (RFC 6402 2.10)
-KP_CMC_CA = str(rfc6402.id_kp_cmcCA)
-KP_CMC_RA = str(rfc6402.id_kp_cmcRA)
+KP_CMC_CA = "1.3.6.1.5.5.7.3.27"
+KP_CMC_RA = "1.3.6.1.5.5.7.3.28"
 
 # Extensions
-SUBJECT_ALT_NAME = str(rfc5280.id_ce_subjectAltName)
-CRL_REASON = str(rfc5280.id_ce_cRLReasons)
+SUBJECT_ALT_NAME = "2.5.29.17"
+CRL_REASON = "2.5.29.21"
+
+
+#: The pyasn1-alt-modules name (module.attribute) each constant must equal.
+LIBRARY_NAMES: dict[str, str] = {
+    "PASSWORD_BASED_MAC": "rfc9480.id_PasswordBasedMac",
+    "PBMAC1": "rfc8018.id_PBMAC1",
+    "PBKDF2": "rfc8018.id_PBKDF2",
+    "HMAC_SHA1": "rfc3370.hMAC_SHA1",
+    "HMAC_WITH_SHA1": "rfc8018.id_hmacWithSHA1",
+    "HMAC_WITH_SHA256": "rfc8018.id_hmacWithSHA256",
+    "HMAC_WITH_SHA384": "rfc8018.id_hmacWithSHA384",
+    "HMAC_WITH_SHA512": "rfc8018.id_hmacWithSHA512",
+    "SHA1": "rfc3279.id_sha1",
+    "SHA256": "rfc4055.id_sha256",
+    "SHA384": "rfc4055.id_sha384",
+    "SHA512": "rfc4055.id_sha512",
+    "SHAKE256": "rfc9481.id_shake256",
+    "RSA_ENCRYPTION": "rfc3279.rsaEncryption",
+    "SHA1_WITH_RSA": "rfc3279.sha1WithRSAEncryption",
+    "SHA256_WITH_RSA": "rfc4055.sha256WithRSAEncryption",
+    "SHA384_WITH_RSA": "rfc4055.sha384WithRSAEncryption",
+    "SHA512_WITH_RSA": "rfc4055.sha512WithRSAEncryption",
+    "RSASSA_PSS": "rfc4055.id_RSASSA_PSS",
+    "MGF1": "rfc4055.id_mgf1",
+    "ECDSA_SHA256": "rfc5480.ecdsa_with_SHA256",
+    "ECDSA_SHA384": "rfc5480.ecdsa_with_SHA384",
+    "ECDSA_SHA512": "rfc5480.ecdsa_with_SHA512",
+    "ED25519": "rfc8410.id_Ed25519",
+    "ED448": "rfc8410.id_Ed448",
+    "REG_CTRL_OLD_CERT_ID": "rfc4211.id_regCtrl_oldCertID",
+    "IT_IMPLICIT_CONFIRM": "rfc9480.id_it_implicitConfirm",
+    "IT_CONFIRM_WAIT_TIME": "rfc9480.id_it_confirmWaitTime",
+    "IT_CA_CERTS": "rfc9480.id_it_caCerts",
+    "IT_ROOT_CA_KEY_UPDATE": "rfc9480.id_it_rootCaKeyUpdate",
+    "IT_ROOT_CA_CERT": "rfc9480.id_it_rootCaCert",
+    "IT_CERT_PROFILE": "rfc9480.id_it_certProfile",
+    "IT_CURRENT_CRL": "rfc9480.id_it_currentCRL",
+    "KP_CMC_CA": "rfc6402.id_kp_cmcCA",
+    "KP_CMC_RA": "rfc6402.id_kp_cmcRA",
+    "SUBJECT_ALT_NAME": "rfc5280.id_ce_subjectAltName",
+    "CRL_REASON": "rfc5280.id_ce_cRLReasons",
+}

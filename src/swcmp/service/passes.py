@@ -1,50 +1,33 @@
-"""Running renewals: one pass (``swcmp renew``) and the service (``swcmp serve``).
-
-Host-wide settings live in ``<config_dir>/swcmp.toml`` (all optional)::
-
-    [ha]
-    role_file = "/run/swcmp/role"     # written by a keepalived notify script
-    role_command = "/usr/local/bin/ha-role"   # prints MASTER/BACKUP/...
-    [hooks]
-    post_renew = ["/usr/local/sbin/notify-renewed"]
-    [metrics]
-    textfile = "/var/lib/node_exporter/swcmp.prom"
-
-A node renews only while its role is MASTER/ACTIVE (or no role source is set);
-BACKUP, FAULT, STOP..., and a role source that cannot be read, request nothing
-and report ``standby`` (see :mod:`swcmp.ha`).
-"""
+"""One renewal pass over the sessions (``swcmp renew``, and each pass of ``serve``):
+decide what is due, renew it (one CA's sessions one after another, different CAs at
+once), record the outcome, then the CA's side and the cleanups."""
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
-import threading
-import time
-import tomllib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 from cryptography import x509
 
-from swcmp import fsutil
 from swcmp.cmp import certs
 from swcmp.cmp.text import safe
 from swcmp.deploy import Deployer
 from swcmp.enroll import Outcome
-from swcmp.errors import ConfigError, NeedsInitialRequest, RenewalError, SwcmpError
-from swcmp.ha import Role, read_role
-from swcmp.metrics import REFRESH, CharonView, failure_key
+from swcmp.errors import NeedsInitialRequest, RenewalError, SwcmpError
+from swcmp.ha import Role
+from swcmp.metrics import CharonView, failure_key
 from swcmp.paths import Paths
 from swcmp.policy import Plan, plan, retry_delay
 from swcmp.renewal import Renewer
+from swcmp.service import metrics_file
+from swcmp.service.host import HostConfig, host_role
 from swcmp.session import Session, hint_for
 from swcmp.sessionfile import SessionStore
 from swcmp.state import SessionState, SessionStateName, StateStore
@@ -54,8 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: How often serve looks for changed session files while otherwise asleep.
-RESCAN = 30.0
 #: Sessions of this many different CAs are renewed at the same time in one pass.
 MAX_PARALLEL_CAS = 4
 
@@ -95,42 +76,6 @@ def _with_hint(e: SwcmpError, name: str) -> str:
     hint = hint_for(e, name)
     return f"{message} (hint: {hint})" if hint else message
 
-
-@dataclass(frozen=True)
-class HostConfig:
-    """Host-wide settings (see the module docstring)."""
-
-    role_file: Path | None = None
-    role_command: str | None = None
-    post_renew: tuple[str, ...] = ()
-    metrics_file: Path | None = None
-
-    @classmethod
-    def load(cls, paths: Paths) -> HostConfig:
-        p = paths.config_dir / "swcmp.toml"
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return cls()
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot read host settings {p}: {e}").with_hint(
-                "fix the file or remove it (all its settings are optional)") from e
-        ha, hooks, metrics = (data.get(k, {}) for k in ("ha", "hooks", "metrics"))
-        try:
-            return cls(
-                role_file=Path(ha["role_file"]) if ha.get("role_file") else None,
-                role_command=str(ha["role_command"]) if ha.get("role_command") else None,
-                post_renew=tuple(str(c) for c in hooks.get("post_renew", [])),
-                metrics_file=Path(metrics["textfile"]) if metrics.get("textfile") else None,
-            )
-        except (TypeError, AttributeError) as e:
-            raise ConfigError(f"host settings {p} have a value of the wrong type").with_hint(
-                "see the example in contrib/swcmp.toml") from e
-
-
-def host_role(host: HostConfig) -> Role:
-    """This node's HA role per the host settings (see :mod:`swcmp.ha`)."""
-    return read_role(host.role_file, host.role_command)
 
 
 @dataclass
@@ -496,24 +441,8 @@ class RenewalService:
         """The Prometheus textfile (see :mod:`swcmp.metrics`), written atomically."""
         if self.host.metrics_file is None:
             return
-        from swcmp import metrics
-        from swcmp.renewal import interrupted
-
-        views = []
-        for s, cert, st, p in seen if seen is not None else self._survey():
-            pending = interrupted(self.paths, s.name)
-            state = ("polling" if pending == "waiting" else "in_progress") if pending else (
-                "standby" if self.role.standby else p.state)
-            views.append(metrics.SessionView(
-                session=s, cert=cert, state=st, state_name=state,
-                renew_at_ts=p.renew_at.timestamp() if p.renew_at else None,
-                ca_certs=metrics.ca_certificates(s, self.paths)))
-        text = metrics.render(views, role=self.role, charon=self._charon_view())
-        try:
-            fsutil.ensure_dir(self.host.metrics_file.parent, mode=0o755)
-            fsutil.atomic_write(self.host.metrics_file, text.encode(), mode=0o644)
-        except SwcmpError as e:
-            log.warning("cannot write metrics: %s", e)
+        metrics_file.write(self.host.metrics_file, self.paths, self.role,
+                           seen if seen is not None else self._survey(), self._charon_view)
 
     def refresh_metrics(self) -> None:
         """Re-read the role, the sessions and charon, and rewrite the metrics file."""
@@ -524,113 +453,7 @@ class RenewalService:
 
     def _charon_view(self) -> CharonView | None:
         """Which certificates charon holds keys for; None when swcmp does not talk to it."""
-        if self.vici is None:
-            return None
-        from swcmp.deploy import DeployError
-        from swcmp.strongswan import list_loaded_certs
-
-        try:
-            loaded = list_loaded_certs(self.vici, timeout=5.0)
-        except DeployError as e:
-            log.debug("charon not asked for the metrics: %s", e)
-            return CharonView(up=False)
-        return CharonView(up=True, with_key=frozenset(
-            (c.subject, c.serial) for c in loaded if c.has_privkey and c.flag == "NONE"))
-
-
-class Server:
-    """``swcmp serve``: sleep until something is due, renew it, repeat.
-
-    SIGHUP (or a changed session file) makes it look again at once; SIGTERM and
-    SIGINT stop it after the session being renewed, if any, is finished (the
-    journal would also recover a hard stop).
-    """
-
-    def __init__(self, service: RenewalService, *, rescan: float = RESCAN) -> None:
-        self.service = service
-        self.rescan = rescan
-        self.wake = threading.Event()
-        self.stopping = threading.Event()
-        self._mtime: float | None = None
-
-    def install_signals(self) -> None:
-        def on_term(signum: int, frame: FrameType | None) -> None:
-            log.info("stopping (signal %d)", signum)
-            self.stopping.set()
-            self.wake.set()
-
-        def on_hup(signum: int, frame: FrameType | None) -> None:
-            log.info("SIGHUP: re-reading the sessions")
-            self.wake.set()
-
-        signal.signal(signal.SIGTERM, on_term)
-        signal.signal(signal.SIGINT, on_term)
-        signal.signal(signal.SIGHUP, on_hup)
-
-    def _config_stamp(self) -> float:
-        """Newest mtime of the session files, the host settings and the HA role file."""
-        d = self.service.paths.sessions_dir
-        files = [d, self.service.paths.config_dir / "swcmp.toml", *d.glob("*.toml")]
-        if self.service.host.role_file is not None:
-            files.append(self.service.host.role_file)
-        stamp = 0.0
-        for f in files:
-            try:
-                stamp = max(stamp, f.stat().st_mtime)
-            except OSError:
-                continue
-        return stamp
-
-    def run(self, *, once_until: datetime | None = None) -> None:
-        """Serve until stopped (or until ``once_until``, for tests and the demo).
-
-        Between passes it sleeps until the next session is due, waking every
-        ``rescan`` seconds only to stat the configuration (cheap), so an idle
-        service costs next to nothing.
-        """
-        log.info("swcmp serve: watching %s", self.service.paths.sessions_dir)
-        self._mtime = self._config_stamp()
-        due_pass = True
-        nxt: datetime | None = None
-        last_metrics = time.monotonic()
-        while not self.stopping.is_set():
-            if due_pass:
-                try:
-                    self.service.host = HostConfig.load(self.service.paths)
-                    for r in self.service.run_pass(due_only=True):
-                        # renewals and failures are logged where they happen
-                        if r.result == "standby":
-                            log.info("%s: %s", r.session, r.message)
-                    nxt = self.service.next_check
-                except SwcmpError as e:
-                    log.error("renewal pass failed: %s", e)
-                    nxt = None
-                except Exception as e:  # the service outlives one bad pass
-                    log.error("renewal pass failed unexpectedly: %s: %s (-v shows the "
-                              "traceback)", type(e).__name__, safe(str(e))[:300])
-                    log.debug("the renewal pass raised:", exc_info=True)
-                    nxt = None
-                last_metrics = time.monotonic()
-            elif time.monotonic() - last_metrics >= REFRESH:
-                self.service.refresh_metrics()  # charon's view and the role can change anytime
-                last_metrics = time.monotonic()
-            now = self.service.clock()
-            if once_until is not None and now >= once_until:
-                return
-            wait = self.rescan
-            if nxt is not None:
-                wait = min(wait, max((nxt - now).total_seconds(), 1.0))
-            if once_until is not None:
-                wait = min(wait, max((once_until - now).total_seconds(), 0.1))
-            log.debug("sleeping %.1fs", wait)
-            woke = self.wake.wait(wait)
-            self.wake.clear()
-            stamp = self._config_stamp()
-            changed = stamp != self._mtime
-            if changed:
-                log.info("configuration changed: re-reading the sessions")
-                self._mtime = stamp
-            due_pass = woke or changed or (nxt is not None and self.service.clock() >= nxt)
+        return metrics_file.charon_view(self.vici)
 
 
 def authorities_loader(uri: str | None

@@ -1,0 +1,7 @@
+"""The library's choices as plain names, importable without loading anything else
+(the CLI lists them in its options)."""
+
+#: The key types the library generates and certifies (``swcmp.cmp.keys``).
+KEY_TYPES = ("rsa:2048", "rsa:3072", "rsa:4096", "ecdsa:p256", "ecdsa:p384", "ed25519")
+#: The MAC algorithms of :class:`MacProtection` (PasswordBasedMac with these HMACs).
+MAC_ALGS = ("hmac-sha256", "hmac-sha1")

@@ -1,0 +1,47 @@
+"""Running renewals: one pass (``swcmp renew``) and the service (``swcmp serve``).
+
+Split by job:
+
+* :mod:`swcmp.service.passes`: one pass over the sessions (:class:`RenewalService`);
+* :mod:`swcmp.service.serve`: the serve loop (:class:`Server`);
+* :mod:`swcmp.service.host`: host-wide settings and the HA role (:class:`HostConfig`);
+* :mod:`swcmp.service.metrics_file`: writing the Prometheus textfile.
+
+Host-wide settings live in ``<config_dir>/swcmp.toml`` (all optional)::
+
+    [ha]
+    role_file = "/run/swcmp/role"     # written by a keepalived notify script
+    role_command = "/usr/local/bin/ha-role"   # prints MASTER/BACKUP/...
+    [hooks]
+    post_renew = ["/usr/local/sbin/notify-renewed"]
+    [metrics]
+    textfile = "/var/lib/node_exporter/swcmp.prom"
+
+A node renews only while its role is MASTER/ACTIVE (or no role source is set);
+BACKUP, FAULT, STOP..., and a role source that cannot be read, request nothing
+and report ``standby`` (see :mod:`swcmp.ha`).
+"""
+
+from swcmp.service.host import HostConfig, host_role
+from swcmp.service.passes import (
+    MAX_PARALLEL_CAS,
+    RenewalService,
+    SessionReport,
+    authorities_loader,
+    load_cert,
+    stale_keys_file,
+)
+from swcmp.service.serve import RESCAN, Server
+
+__all__ = [
+    "MAX_PARALLEL_CAS",
+    "RESCAN",
+    "HostConfig",
+    "RenewalService",
+    "Server",
+    "SessionReport",
+    "authorities_loader",
+    "host_role",
+    "load_cert",
+    "stale_keys_file",
+]
