@@ -29,6 +29,7 @@ from swcmp import fsutil
 from swcmp.cmp import certs, keys
 from swcmp.deploy import CredentialPair, TokenRef
 from swcmp.errors import ConfigError, StorageError
+from swcmp.names import swanctl_section_name
 from swcmp.paths import Paths
 from swcmp.pkcs11 import TokenConfig, TokenKey, TokenStore, TokenUri, is_token_uri
 from swcmp.session import Session
@@ -158,23 +159,35 @@ def write_secrets(paths: Paths, session: Session, key: TokenKey) -> Path:
     swanctl.conf must include ``conf.d/*.conf`` (Debian's does) for swanctl to
     read it; ``session check`` says so when it does not.
     """
-    pin = token_config(session).pin()
+    text = secrets_text(session.name, key.handle, token_config(session).pin())
+    path = secrets_file(paths, session)
+    fsutil.ensure_dir(path.parent, mode=0o755)
+    fsutil.atomic_write(path, text.encode(), mode=0o600)
+    return path
+
+
+def secrets_text(session_name: str, handle: str, pin: str) -> str:
+    """The ``secrets`` entry of a token session as swanctl.conf text.
+
+    The section is ``token-swcmp-`` and the session name as swanctl can read it
+    (:func:`swcmp.names.swanctl_section_name`: ``gw1.example.net`` becomes
+    ``token-swcmp-gw1_2eexample_2enet``).
+
+    Raises:
+        ConfigError: the PIN holds a character swanctl.conf cannot quote.
+    """
     if any(c in pin for c in '"\\\n'):
         raise ConfigError("the PIN contains a quote, backslash or line break, which "
                           "swanctl.conf cannot hold").with_hint(
             "use a PIN without them, or write the secrets entry by hand")
-    path = secrets_file(paths, session)
-    text = (f"# Written by swcmp for session {session.name}: the key is in a PKCS#11 token\n"
+    return (f"# Written by swcmp for session {session_name}: the key is in a PKCS#11 token\n"
             "# (CKA_ID below). Rewritten at each renewal; do not edit.\n"
             "secrets {\n"
-            f"  {SECRETS_PREFIX}{session.name} {{\n"
-            f"    handle = {key.handle}\n"
+            f"  {SECRETS_PREFIX}{swanctl_section_name(session_name)} {{\n"
+            f"    handle = {handle}\n"
             f'    pin = "{pin}"\n'
             "  }\n"
             "}\n")
-    fsutil.ensure_dir(path.parent, mode=0o755)
-    fsutil.atomic_write(path, text.encode(), mode=0o600)
-    return path
 
 
 def swanctl_includes_conf_d(swanctl_conf: Path) -> bool:
