@@ -47,7 +47,7 @@ class Crls(_Base):
     def crl_due(self, session: Session, st: CaLifeState | None = None) -> bool:
         st = st or CaLifeStore(self.paths, session.name).load()
         now = self.clock()
-        if st.is_unsupported(CURRENT_CRL, now):
+        if st.is_unsupported(CURRENT_CRL, now) or st.backing_off(CURRENT_CRL, now):
             return False
         nxt = _time((st.crl or {}).get("refresh_at"))
         return nxt is None or now >= nxt or not crl_file(self.paths, session.name).exists()
