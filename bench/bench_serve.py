@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from swcmp.testca import TestCA
-from test_renewal_testca import add_session, ca_config, make_site
+from testca_site import add_session, ca_config, make_site
 
 TICK = os.sysconf("SC_CLK_TCK")
 

@@ -35,7 +35,7 @@ from swcmp.cmp import keys
 from swcmp.cmp.client import CMPClient
 from swcmp.cmp.protection import SignatureProtection
 from swcmp.cmp.transport import HttpTransport
-from swcmp.pkcs11 import TokenConfig, TokenStore, TokenUri, new_key_id
+from swcmp.keystore.pkcs11 import TokenConfig, TokenStore, TokenUri, new_key_id
 
 
 def timed(rounds: int, f: Callable[[], object]) -> list[float]:

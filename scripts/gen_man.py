@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Generate the man page swcmp(8) from the click command tree.
+"""Generate the man pages swcmp(8) (from the click command tree) and swcmp.toml(5).
 
-    python3 scripts/gen_man.py            # writes man/swcmp.8
-    python3 scripts/gen_man.py --check    # exit 1 if man/swcmp.8 is not up to date
+    python3 scripts/gen_man.py            # writes man/swcmp.8 and man/swcmp.toml.5
+    python3 scripts/gen_man.py --check    # exit 1 if either page is not up to date
 
 Every command, argument and option comes from the click tree (help texts,
 usage, defaults), so the page cannot drift from `swcmp --help`; the sections
-around them (exit status, environment, files, see also) are written here.
-tests/integration/test_man.py checks that man/swcmp.8 is what this script makes.
+around them (exit status, environment, files, examples, see also) are written here,
+and so is swcmp.toml(5), whose settings tests/integration/test_man.py compares with
+the ones contrib/swcmp.toml shows. The same test checks that both pages are what this
+script makes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,28 @@ from swcmp.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "man" / "swcmp.8"
+TOML_OUTPUT = ROOT / "man" / "swcmp.toml.5"
+
+#: The settings of /etc/swcmp/swcmp.toml: (table, key, value form, what it does).
+HOST_SETTINGS = (
+    ("ha", "role_file", "PATH",
+     "A file whose first word is this node's role in an active/standby pair (MASTER, "
+     "BACKUP, FAULT, STOP), as a keepalived notify script writes it "
+     "(/usr/share/swcmp/keepalived\\-notify.sh). swcmp renews only while the role is "
+     "MASTER or ACTIVE; any other role, or a file that cannot be read, means standby: "
+     "nothing is requested and status says \\fBstandby\\fR."),
+    ("ha", "role_command", "COMMAND",
+     "Instead of role_file, a command that prints the role; it is run before each "
+     "renewal pass."),
+    ("hooks", "post_renew", "[COMMAND, ...]",
+     "Commands run after each successful renewal, with SWCMP_SESSION, SWCMP_SERIAL, "
+     "SWCMP_CERT and SWCMP_KEY in their environment. A failing hook is logged and does "
+     "not undo the renewal."),
+    ("metrics", "textfile", "PATH",
+     "Where swcmp writes its Prometheus metrics for the node_exporter textfile collector "
+     "(atomically, after each pass; \\fBswcmp serve\\fR refreshes it every minute). "
+     "Alerting rules: /usr/share/swcmp/prometheus/swcmp\\-rules.yml."),
+)
 
 
 def esc(text: str) -> str:
@@ -130,12 +154,67 @@ def render() -> str:
         ".SH FILES",
         ".TP", ".I /etc/swcmp/sessions/NAME.toml", "one session's settings (never the secret)",
         ".TP", ".I /etc/swcmp/swcmp.toml",
-        "host settings: HA role source, post\\-renew hooks, Prometheus textfile",
+        "host settings: HA role source, post\\-renew hooks, Prometheus textfile; see "
+        "\\fBswcmp.toml\\fR(5)",
         ".TP", ".I /etc/swanctl/private/KEY.key, /etc/swanctl/x509/NAME.crt, "
         "/etc/swanctl/x509ca/",
         "the session's key (0600), certificate and CA certificates, as swanctl loads them",
         ".TP", ".I /var/lib/swcmp/", "statistics, state, renewal journals, archive, locks",
+        ".TP", ".I /lib/systemd/system/swcmp.service",
+        "runs \\fBswcmp serve\\fR (the Debian package enables it); "
+        "\\fIswcmp\\-renew.timer\\fR with \\fIswcmp\\-renew.service\\fR is the "
+        "alternative: one \\fBswcmp renew \\-\\-due\\fR twice a day",
+        ".TP", ".I /etc/strongswan.d/swcmp.conf",
+        "the charon start script: \\fBswcmp hook charon\\-start\\fR loads every "
+        "session's current key and certificate when charon (re)starts",
+        ".TP", ".I /etc/cron.d/swcmp",
+        "twice a day \\fBswcmp renew \\-\\-due\\fR, on hosts without systemd only",
+        ".TP", ".I /usr/share/swcmp/",
+        "Prometheus alerting rules with their promtool tests, the keepalived notify script",
+        ".TP", ".I /opt/swcmp/",
+        "the Debian package's virtual environment (swcmp and its Python libraries); "
+        "\\fI/usr/bin/swcmp\\fR links to \\fI/opt/swcmp/bin/swcmp\\fR",
+        ".SH EXAMPLES",
+        "Enroll a gateway with a reference value and secret from the CA operator, check "
+        "it, and let \\fBswcmp serve\\fR renew it:",
+        ".PP",
+        ".nf",
+        ".RS",
+        "install \\-d \\-m 700 /etc/swcmp",
+        "install \\-m 600 /dev/null /etc/swcmp/gw1.secret   # put the secret in",
+        "swcmp session create gw1 \\e",
+        "    \\-\\-entity /C=DE/O=Example/CN=gw1.example.net \\e",
+        "    \\-\\-san DNS:gw1.example.net \\e",
+        "    \\-\\-ca\\-name \"/C=DE/O=Example/CN=Example Issuing CA\" \\e",
+        "    \\-\\-server\\-url http://ca.example.net/pkix/ \\e",
+        "    \\-\\-trust /root/issuing\\-ca.pem \\e",
+        "    \\-\\-mac\\-ref 4711 \\-\\-mac\\-secret\\-file /etc/swcmp/gw1.secret",
+        "swcmp session check gw1",
+        "swcmp request initial gw1",
+        "swcmp session enable\\-auto\\-update gw1",
+        "swcmp status",
+        ".RE",
+        ".fi",
+        ".PP",
+        "Renew one session now with a new key, without waiting until it is due:",
+        ".PP",
+        ".nf",
+        ".RS",
+        "swcmp request keyupdate gw1 \\-\\-regenerate",
+        ".RE",
+        ".fi",
+        ".PP",
+        "Try it all against the embedded test CA, on loopback:",
+        ".PP",
+        ".nf",
+        ".RS",
+        "swcmp testca init \\-\\-dir /tmp/ca",
+        "swcmp testca serve \\-\\-dir /tmp/ca \\-\\-port 8080 \\-\\-mac\\-ref 4711 \\e",
+        "    \\-\\-mac\\-secret\\-file /etc/swcmp/gw1.secret &",
+        ".RE",
+        ".fi",
         ".SH SEE ALSO",
+        ".BR swcmp.toml (5),",
         ".BR swanctl (8),",
         ".BR swanctl.conf (5),",
         ".BR charon (8),",
@@ -148,23 +227,74 @@ def render() -> str:
     return "\n".join(line for line in lines if line != "") + "\n"
 
 
+def render_toml() -> str:
+    """swcmp.toml(5): the host settings file."""
+    lines = [
+        '.\\" Generated by scripts/gen_man.py: do not edit.',
+        f'.TH SWCMP.TOML 5 "" "swcmp {esc(__version__)}" "File Formats"',
+        ".SH NAME",
+        "swcmp.toml \\- host\\-wide settings of swcmp",
+        ".SH SYNOPSIS",
+        ".I /etc/swcmp/swcmp.toml",
+        ".SH DESCRIPTION",
+        "\\fBswcmp\\fR(8) reads this TOML file (in the directory of \\fB\\-\\-config\\-dir\\fR, "
+        "default /etc/swcmp) at the start of each command that renews or reports, and "
+        "\\fBswcmp serve\\fR reads it again before each renewal pass (SIGHUP, "
+        "\\fBsystemctl reload swcmp\\fR, starts one at once). Every setting is optional "
+        "and the file may be missing; a file that is not valid TOML, or a value of the "
+        "wrong type, stops the command with an error naming the file. The settings of "
+        "each CMP session are not here but in /etc/swcmp/sessions/NAME.toml, written by "
+        "\\fBswcmp session create\\fR and \\fBswcmp session set\\fR.",
+    ]
+    table = ""
+    for section, key, form, text in HOST_SETTINGS:
+        if section != table:
+            lines += [f".SH [{section}]"]
+            table = section
+        lines += [".TP", f"\\fB{esc(key)}\\fR = \\fI{esc(form)}\\fR", text]
+    lines += [
+        ".SH EXAMPLE",
+        ".nf",
+        ".RS",
+        "[ha]",
+        'role_file = "/run/swcmp/role"',
+        "",
+        "[hooks]",
+        'post_renew = ["/usr/local/sbin/notify\\-renewed"]',
+        "",
+        "[metrics]",
+        'textfile = "/var/lib/prometheus/node\\-exporter/swcmp.prom"',
+        ".RE",
+        ".fi",
+        ".SH FILES",
+        ".TP", ".I /etc/swcmp/swcmp.toml",
+        "this file; the Debian package installs it, every setting commented out, as a "
+        "configuration file that upgrades keep",
+        ".SH SEE ALSO",
+        ".BR swcmp (8),",
+        ".BR keepalived.conf (5)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true",
                         help="do not write; exit 1 if the page is not up to date")
     parser.add_argument("--output", type=Path, default=OUTPUT)
+    parser.add_argument("--toml-output", type=Path, default=TOML_OUTPUT)
     args = parser.parse_args(argv)
-    text = render()
+    pages = ((args.output, render()), (args.toml_output, render_toml()))
     if args.check:
-        current = args.output.read_text() if args.output.exists() else ""
-        if current != text:
-            print(f"{args.output} is out of date: run python3 scripts/gen_man.py",
-                  file=sys.stderr)
-            return 1
-        return 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print(f"wrote {args.output}")
+        stale = [path for path, text in pages
+                 if not path.exists() or path.read_text() != text]
+        for path in stale:
+            print(f"{path} is out of date: run python3 scripts/gen_man.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in pages:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
     return 0
 
 

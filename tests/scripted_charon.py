@@ -54,6 +54,7 @@ class ScriptedCharon:
 
     keys: dict[str, bytes] = field(default_factory=dict)
     certs: list[tuple[bytes, str]] = field(default_factory=list)  # (DER, flag)
+    crls: list[bytes] = field(default_factory=list)  # DER, as loaded
     conns: dict[str, dict[str, Any]] = field(default_factory=dict)
     sas: dict[int, str] = field(default_factory=dict)  # uniqueid -> connection
     refuse: dict[str, str] = field(default_factory=dict)
@@ -78,6 +79,9 @@ class ScriptedCharon:
             return {"success": "yes", "id": kid}
         if command == "unload-key":
             self.keys.pop(msg["id"].decode(), None)
+            return {"success": "yes"}
+        if command == "load-cert" and msg.get("type") == b"X509_CRL":
+            self.crls.append(bytes(msg["data"]))
             return {"success": "yes"}
         if command == "load-cert":
             der = x509.load_pem_x509_certificate(bytes(msg["data"])).public_bytes(

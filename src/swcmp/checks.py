@@ -38,17 +38,17 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from swcmp import keystore
 from swcmp.checkresult import FAIL, LEVELS, OK, WARN, CheckResult
 from swcmp.cmp import certs, keys
 from swcmp.errors import CertificateError, ConfigError, SwcmpError
+from swcmp.keystore.files import load_key_file
 from swcmp.names import common_name, format_dn
 from swcmp.paths import Paths
-from swcmp.pkcs11 import is_token_uri
-from swcmp.session import FIELDS, Session, auth_credentials, hint_for, session_key_file
+from swcmp.session import FIELDS, Session, auth_credentials, hint_for
 
 __all__ = [
     "FAIL",
@@ -99,28 +99,6 @@ def _load_certs(path: Path) -> tuple[list[x509.Certificate], str]:
         return certs.load_certificates(data), ""
     except CertificateError:
         return [], f"{path} does not hold a PEM or DER X.509 certificate"
-
-
-def _load_key(path: Path) -> tuple[PrivateKeyTypes | None, str]:
-    """The private key in ``path`` (unencrypted PEM or DER) and an error text.
-
-    The error text never includes file content.
-    """
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None, f"{path} does not exist"
-    except OSError as e:
-        return None, f"cannot read {path}: {e.strerror}"
-    try:
-        if b"-----BEGIN" in data:
-            return serialization.load_pem_private_key(data, password=None), ""
-        return serialization.load_der_private_key(data, password=None), ""
-    except TypeError:
-        # cryptography raises TypeError for an encrypted key without password.
-        return None, f"{path} is encrypted; swanctl and swcmp need an unencrypted key file"
-    except (ValueError, UnsupportedAlgorithm):
-        return None, f"{path} does not hold a private key swcmp can read"
 
 
 def _spki(key: PrivateKeyTypes | x509.Certificate) -> bytes:
@@ -229,7 +207,8 @@ def _check_auth_cert(session: Session, paths: Paths, now: datetime) -> list[Chec
     )
 
     # Does it match its key?
-    if key_path is None and session.auth_key is None and is_token_uri(session.key):
+    if key_path is None and session.auth_key is None and session.key is not None:
+        # the session's key is no file (a token's): the key store's items check it
         results.append(_pass("auth-cert-key", "the key is in a token: see token-key-cert"))
     elif key_path is None:
         results.append(
@@ -240,7 +219,7 @@ def _check_auth_cert(session: Session, paths: Paths, now: datetime) -> list[Chec
             )
         )
     else:
-        key, error = _load_key(key_path)
+        key, error = load_key_file(key_path)
         if key is None:
             results.append(
                 _fail(
@@ -317,38 +296,6 @@ def _check_chain(session: Session, paths: Paths, cert: x509.Certificate,
     through = f" via {', '.join(via)}" if via else ""
     return _pass("auth-cert-chain", f"issued by trust anchor {format_dn(chain[-1].subject)}"
                  f"{through}")
-
-
-def _check_key_pair(session: Session, paths: Paths) -> CheckResult:
-    key_file = session_key_file(session, paths)
-    if key_file is None:
-        return _fail(
-            "key-pair",
-            "no key pair is set",
-            _set_cmd(session, f"--key {session.name}")
-            + " (an existing key private/NAME.key is used as is, a missing one is generated)",
-        )
-    request = f"run `swcmp request initial {session.name}` to generate and certify it, or "
-    try:
-        info = os.stat(key_file)
-    except FileNotFoundError:
-        return _fail(
-            "key-pair",
-            f"the key pair {session.key!r} does not exist ({key_file})",
-            request + _set_cmd(session, "--key NAME") + " for a key in private/",
-        )
-    except OSError as e:
-        return _fail("key-pair", f"cannot access {key_file}: {e.strerror}", "run swcmp as root")
-    key, error = _load_key(key_file)
-    if key is None:
-        return _fail("key-pair", error, request + _set_cmd(session, "--key NAME"))
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        return _fail(
-            "key-pair",
-            f"{key_file} has mode {stat.S_IMODE(info.st_mode):04o}: others may read the key",
-            f"chmod 600 {_q(key_file)}",
-        )
-    return _pass("key-pair", f"key pair {session.key!r} ({key_file})")
 
 
 def _check_trust(session: Session, now: datetime) -> CheckResult:
@@ -453,12 +400,7 @@ def run_checks(
         _check_server_url(session),
     ]
     results.extend(_check_auth_cert(session, paths, now))
-    if is_token_uri(session.key):
-        from swcmp.token_checks import token_checks
-
-        results.extend(token_checks(session, paths))
-    else:
-        results.append(_check_key_pair(session, paths))
+    results.extend(keystore.open(session, paths).checks())
     results.append(_check_trust(session, now))
     if session.ir_auth == "mac":
         results.append(_check_mac_ref(session))
@@ -556,7 +498,7 @@ def check_setting_files(session: Session, changed: Sequence[str], paths: Paths) 
                         f"chmod 600 {path}")
             elif name == "pin_file":
                 # the rules of use (0600, no symlink, not empty), applied when it is set
-                from swcmp.pkcs11 import read_pin
+                from swcmp.keystore.pkcs11 import read_pin
 
                 try:
                     read_pin(path, session=session.name)

@@ -1,21 +1,30 @@
-"""The seam between the renewal engine and whatever uses the credentials.
+"""The seam between the renewal engine and whatever uses the credentials: the
+:class:`Charon` port, the one way swcmp reaches charon.
 
 The renewal engine commits a new key and certificate to storage and then hands
 them to a :class:`Deployer`. A deployer must either make the new pair live or
 leave the previous pair live and raise :class:`DeployError`. When the consumer
 (charon) is not reachable at all, it raises :class:`DeployUnavailable`: the
 files are committed and the consumer picks them up when it next starts.
-Where there is no consumer (``--vici none``), the renewal is given no deployer
+Where there is no consumer (``--vici none``), the renewal is given no charon
 at all and writes the files only.
+
+The renewal, enrolment, the service, the CA's life and the start hook are handed a
+:class:`Charon` (``swcmp.strongswan.ViciCharon`` implements it over VICI); none of
+them talks VICI or knows charon's URI.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from swcmp.errors import SwcmpError
+
+if TYPE_CHECKING:
+    from swcmp.session import Session
 
 
 @dataclass(frozen=True)
@@ -76,4 +85,44 @@ class Deployer(Protocol):
 
     def deploy(self, new: CredentialPair, previous: CredentialPair | None) -> DeployResult:
         """Activate ``new``; on failure restore ``previous`` and raise DeployError."""
+        ...
+
+
+class Charon(Protocol):
+    """charon as swcmp uses it: the one port (see the module docstring).
+
+    Every method raises :class:`DeployUnavailable` when charon cannot be reached and
+    :class:`DeployError` when it refuses.
+    """
+
+    def deploy(self, session: Session, new: CredentialPair,
+               previous: CredentialPair | None) -> DeployResult:
+        """Make ``new`` live for ``session`` (identity or pinned mode, as its
+        swanctl.conf says); on failure restore ``previous`` and raise DeployError."""
+        ...
+
+    def held_key_ids(self) -> tuple[str, ...]:
+        """The ids of the private keys charon holds now (loaded over VICI)."""
+        ...
+
+    def certs_with_key(self) -> frozenset[tuple[str, int]]:
+        """(subject, serial) of the certificates charon holds a private key for."""
+        ...
+
+    def load_authorities(self, ca_certs_pem: Sequence[bytes],
+                         crls_der: Sequence[bytes]) -> str:
+        """Load CA certificates and CRLs; say what was loaded, in words."""
+        ...
+
+    def load_current(self, pairs: Sequence[CredentialPair]) -> DeployResult:
+        """After a (re)start: load every session's current pair (one refused pair does
+        not keep the others out)."""
+        ...
+
+    def reload_pinned(self, session: Session) -> tuple[str, ...]:
+        """Re-send the connections that pin ``session``'s certificate file; their names."""
+        ...
+
+    def unload_stale_keys(self, sessions: Sequence[Session]) -> None:
+        """Unload old pinned-mode keys that no IKE SA made with the old config needs."""
         ...

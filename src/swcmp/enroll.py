@@ -18,23 +18,21 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from swcmp import fsutil, tokenkeys
+from swcmp import fsutil, keystore
 from swcmp.cmp import certs, keys
-from swcmp.deploy import CredentialPair, Deployer, DeployError, DeployUnavailable
+from swcmp.deploy import Charon, CredentialPair, DeployError, DeployUnavailable
 from swcmp.errors import ConfigError, SwcmpError
+from swcmp.keystore import KeyStore
 from swcmp.paths import Paths
 from swcmp.session import (
     Session,
     auth_credentials,
     read_mac_secret,
-    session_key_file,
     tls_client_files,
 )
 from swcmp.sessionfile import SessionStore
 from swcmp.state import StateStore
 from swcmp.store import (
-    current_pair,
-    ensure_session_key,
     load_cert_files,
     load_trust,
     need_setting,
@@ -78,16 +76,20 @@ class Outcome:
         }
 
 
-def signature_credentials(session: Session, paths: Paths
+def signature_credentials(session: Session, paths: Paths, store: KeyStore | None = None
                           ) -> tuple[keys.SigningKey, x509.Certificate, list[x509.Certificate]]:
-    """The key, certificate and intermediates that sign requests for this session."""
+    """The key, certificate and intermediates that sign requests for this session.
+
+    With no key file to name (``auth_key`` unset and the session's key not a file), the
+    session's own live key signs: ``store``'s, or its key store opened now.
+    """
     cert_path, key_path = auth_credentials(session, paths)
-    if key_path is None and cert_path is not None and tokenkeys.uses_token(session):
+    if key_path is None and cert_path is not None and session.key is not None:
         chain = certs.load_certificates(read_file(cert_path, "authentication certificate"))
-        token_key = tokenkeys.current_key(session, paths)
-        need_setting(token_key, "key pair in its token", session, "--key")
-        assert token_key is not None
-        return token_key, chain[0], [c for c in chain[1:] if c.issuer != c.subject]
+        own = (store if store is not None else keystore.open(session, paths)).live_key()
+        need_setting(own, "key pair in its key store", session, "--key")
+        assert own is not None
+        return own, chain[0], [c for c in chain[1:] if c.issuer != c.subject]
     need_setting(cert_path, "authentication certificate", session, "--auth-cert")
     need_setting(key_path, "authentication key", session, "--auth-key")
     assert cert_path is not None and key_path is not None
@@ -210,17 +212,17 @@ def usable_ca_pubs(session: Session, enrolled: Enrollment) -> list[x509.Certific
     return out
 
 
-def deploy(deployer: Deployer | None, new: CredentialPair,
+def deploy(charon: Charon | None, session: Session, new: CredentialPair,
            previous: CredentialPair | None) -> str:
-    """Hand a committed pair to the deployer; return what happened, in words.
+    """Hand a committed pair to charon; return what happened, in words.
 
     An unreachable charon is not a failure: the files are committed and the
     charon start hook loads them. A DeployError propagates.
     """
-    if deployer is None:
+    if charon is None:
         return "not loaded into charon (--vici none or --no-deploy)"
     try:
-        return deployer.deploy(new, previous).detail
+        return charon.deploy(session, new, previous).detail
     except DeployUnavailable as e:
         reason = str(e.args[0]) if e.args else str(e)
         log.warning("%s: charon not updated: %s (the files are in place; charon loads them "
@@ -229,18 +231,15 @@ def deploy(deployer: Deployer | None, new: CredentialPair,
 
 
 def _store_and_configure(session: Session, paths: Paths, store: SessionStore | None,
-                         enrolled: Enrollment, action: str, key_path: Path | None,
-                         deployer: Deployer | None) -> Outcome:
-    previous = current_pair(session, paths)
+                         keys_: KeyStore, enrolled: Enrollment, action: str,
+                         charon: Charon | None) -> Outcome:
+    previous = keys_.live_pair()
     cert_path = paths.cert_file(session.name)
     ca_pubs = usable_ca_pubs(session, enrolled)
     ca_list = list(dict.fromkeys([*enrolled.chain, *ca_pubs]))  # as write_ca_certs stores them
     ca_paths = write_ca_certs(session, paths, ca_list)
     write_cert(paths, session, enrolled.certificate)
-    if tokenkeys.uses_token(session):
-        token_key = tokenkeys.current_key(session, paths)
-        assert token_key is not None
-        tokenkeys.write_secrets(paths, session, token_key)
+    keys_.enrolled()
     if store is not None:
         # From now on requests are signed with the session's own certificate; a
         # session that had no trust anchor takes the CA certificates the MAC vouched for.
@@ -259,16 +258,17 @@ def _store_and_configure(session: Session, paths: Paths, store: SessionStore | N
                             c.fingerprint(hashes.SHA256()).hex(":"))
         if unset or set_values:
             store.update(session.name, set_values=set_values, unset=unset)
-    new = current_pair(session, paths)
+    new = keys_.live_pair()
     assert new is not None
-    charon = deploy(deployer, new, previous if previous and previous.cert_pem != new.cert_pem
-                    else None)
+    detail = deploy(charon, session, new,
+                    previous if previous and previous.cert_pem != new.cert_pem else None)
     cert = enrolled.certificate
     return Outcome(session.name, action, True,
                    f"certificate {certs.describe(cert)} issued, valid until "
                    f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z",
                    serial=f"{cert.serial_number:x}", not_after=cert.not_valid_after_utc,
-                   cert_path=cert_path, key_path=key_path, ca_paths=ca_paths, charon=charon)
+                   cert_path=cert_path, key_path=keys_.key_file, ca_paths=ca_paths,
+                   charon=detail)
 
 
 def _run_request(session: Session, paths: Paths, action: str,
@@ -289,14 +289,15 @@ def _run_request(session: Session, paths: Paths, action: str,
 
 
 def _request(kind: str, session: Session, paths: Paths, protection: Callable[[], Protection],
-             store: SessionStore | None, deployer: Deployer | None,
+             store: SessionStore | None, charon: Charon | None,
              transport: Transport | None) -> Outcome:
     """An IR or CR for the session's key (generated if missing), stored and deployed."""
     def work() -> Outcome:
         need_setting(session.entity, "entity (subject DN)", session, "--entity")
         assert session.entity_dn is not None and session.key is not None
         prot = protection()
-        key, _ = ensure_session_key(session, paths)
+        keys_ = keystore.open(session, paths)
+        key, _ = keys_.ensure_key()
         client = make_client(session, transport=transport, paths=paths)
         try:
             if kind == "p10cr":
@@ -308,8 +309,7 @@ def _request(kind: str, session: Session, paths: Paths, protection: Callable[[],
                                 protection=prot)
         finally:
             _record_stats(paths, session.name, client)
-        return _store_and_configure(session, paths, store, enrolled, kind,
-                                    session_key_file(session, paths), deployer)
+        return _store_and_configure(session, paths, store, keys_, enrolled, kind, charon)
 
     # The renewal lock: a renewal committing a new key while this request is on the
     # wire would otherwise end with its key beside our certificate for the old one.
@@ -319,7 +319,7 @@ def _request(kind: str, session: Session, paths: Paths, protection: Callable[[],
 
 
 def request_initial(session: Session, paths: Paths, *, store: SessionStore | None = None,
-                    deployer: Deployer | None = None,
+                    charon: Charon | None = None,
                     transport: Transport | None = None) -> Outcome:
     """IR: enroll the session's key (generated if missing), MAC or signature protected.
 
@@ -333,31 +333,32 @@ def request_initial(session: Session, paths: Paths, *, store: SessionStore | Non
             return mac_protection(session)
         return signature_protection(session, paths)
 
-    return _request("ir", session, paths, protection, store, deployer, transport)
+    return _request("ir", session, paths, protection, store, charon, transport)
 
 
 def request_certificate(session: Session, paths: Paths, *, store: SessionStore | None = None,
-                        deployer: Deployer | None = None, transport: Transport | None = None,
+                        charon: Charon | None = None, transport: Transport | None = None,
                         pkcs10: bool = False) -> Outcome:
     """CR: a certificate for the session's key, signed with a certificate this CA issued.
 
     ``pkcs10``: send the request as a PKCS#10 CSR in a p10cr (RFC 9483 4.1.4) instead.
     """
     return _request("p10cr" if pkcs10 else "cr", session, paths,
-                    lambda: signature_protection(session, paths), store, deployer, transport)
+                    lambda: signature_protection(session, paths), store, charon, transport)
 
 
 def make_csr(key: keys.SigningKey, subject: x509.Name,
              sans: Sequence[x509.GeneralName]) -> x509.CertificateSigningRequest:
     """A PKCS#10 request for ``key`` with the session's subject and SANs."""
-    if not isinstance(key, keys.PrivateKey):
-        raise ConfigError("a PKCS#10 request (p10cr) cannot be signed by a key in a token "
-                          "yet").with_hint("use an ir or cr for this session")
     builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
     alg = keys.default_signature_algorithm(key)
-    return builder.sign(key, keys.hash_for_cert_signature(alg.oid))  # type: ignore[arg-type]
+    try:
+        return builder.sign(key, keys.hash_for_cert_signature(alg.oid))  # type: ignore[arg-type]
+    except TypeError:  # cryptography signs CSRs only with keys it holds in memory
+        raise ConfigError("a PKCS#10 request (p10cr) cannot be signed by a key in a token "
+                          "yet").with_hint("use an ir or cr for this session") from None
 
 
 def _record_stats(paths: Paths, name: str, client: CMPClient) -> None:

@@ -23,6 +23,7 @@ order, so that what a user sees is what the CA will see.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -301,6 +302,13 @@ def parse_dn(text: str) -> x509.Name:
     """
     if not isinstance(text, str):
         raise ConfigError(f"a distinguished name must be text, not {type(text).__name__}")
+    return _parse_dn(text)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_dn(text: str) -> x509.Name:
+    # Cached: a session file names its entity and CA, and checking a session parses
+    # them more than once (a Name is immutable; failures are not cached).
     # Only real blanks: str.strip() would also eat control characters such as
     # U+001F, which are legal (if odd) in a value.
     stripped = text.strip(_BLANKS)

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from swcmp import fsutil, tokenkeys
+from swcmp import fsutil, keystore
 from swcmp.cmp import certs, keys
-from swcmp.deploy import Deployer, DeployError, DeployUnavailable
+from swcmp.deploy import Charon, DeployError, DeployUnavailable
 from swcmp.enroll import Outcome, make_client, request_chain, signature_credentials
 from swcmp.errors import (
     CertificateError,
@@ -37,20 +37,16 @@ from swcmp.errors import (
     StorageError,
     SwcmpError,
 )
+from swcmp.keystore import KeyStore
 from swcmp.paths import Paths
 from swcmp.session import Session
 from swcmp.state import StateStore
 from swcmp.store import (
     Journal,
     JournalEntry,
-    archive_pair,
     check_staged,
-    current_pair,
-    load_session_key,
     read_file,
-    restore_pair,
     write_ca_certs,
-    write_pair,
 )
 
 if TYPE_CHECKING:
@@ -58,7 +54,6 @@ if TYPE_CHECKING:
     from swcmp.cmp.transport import Transport
 
 log = logging.getLogger(__name__)
-
 
 
 # --------------------------------------------------------------------------- how
@@ -70,7 +65,7 @@ class Renewer:
 
     Args:
         paths: the directories.
-        deployer: makes the new pair live (charon); None writes files only.
+        charon: where the new pair is made live; None writes files only.
         clock: the current time (UTC).
         transport: for tests; normally an HttpTransport per renewal.
         poll_deadline: seconds to wait for a 'waiting' CA within one run.
@@ -78,13 +73,13 @@ class Renewer:
     """
 
     paths: Paths
-    deployer: Deployer | None = None
+    charon: Charon | None = None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     transport: Transport | None = None
     poll_deadline: float = 300.0
     sleep: Callable[[float], None] | None = None
-    #: charon exists but is deliberately not updated (``--no-deploy``): a replaced token
-    #: key pair it may still use is kept.
+    #: charon exists but is deliberately not updated (``--no-deploy``): a replaced key
+    #: pair it may still use is kept.
     charon_untouched: bool = False
     #: Test hook: called with the phase name at each step (kill -9 tests).
     checkpoint: Callable[[str], None] | None = None
@@ -105,8 +100,8 @@ class Renewer:
         fsutil.ensure_dir(self.paths.lock_dir, mode=0o700)
         with fsutil.exclusive_lock(self.paths.lock_dir, session.name, blocking=False,
                                    what=f"renewal of session {session.name}"):
-            return self._renew_locked(session, session.regenerate if regenerate is None
-                                      else regenerate)
+            return self._renew_locked(session, keystore.open(session, self.paths),
+                                      session.regenerate if regenerate is None else regenerate)
 
     def finish_locked(self, session: Session) -> Outcome:
         """Commit a renewal the CA already confirmed; the caller holds the session lock.
@@ -114,104 +109,90 @@ class Renewer:
         For the charon start hook, which holds every session's lock while it
         loads pairs. No CA contact.
         """
-        return self._promote(session, Journal(self.paths, session.name))
+        return self._promote(session, keystore.open(session, self.paths),
+                             Journal(self.paths, session.name))
 
-    def _renew_locked(self, session: Session, regenerate: bool) -> Outcome:
+    def _renew_locked(self, session: Session, store: KeyStore, regenerate: bool) -> Outcome:
         j = Journal(self.paths, session.name)
         entry = j.load()
         if entry and entry.phase in ("confirmed", "committing"):
             log.info("%s: finishing an interrupted renewal (certificate already confirmed)",
                      session.name)
-            return self._promote(session, j)
-
-        cert_path = self.paths.cert_file(session.name)
-        if not cert_path.exists():
-            raise NeedsInitialRequest(f"session {session.name} has no certificate yet").with_hint(
-                f"run `swcmp request initial {session.name}`")
-        old_cert = certs.load_certificate(read_file(cert_path, "certificate"))
-        now = self.clock()
-        if now >= old_cert.not_valid_after_utc:
-            raise NeedsInitialRequest(
-                f"the certificate of session {session.name} expired "
-                f"{old_cert.not_valid_after_utc:%Y-%m-%d %H:%M}Z; a key update needs a valid "
-                "one").with_hint(f"enroll again: `swcmp request initial {session.name}`")
-        live_key = load_session_key(session, self.paths)
+            return self._promote(session, store, j)
+        old_cert = self._valid_cert(session)
+        live_key = store.live_key()
         if live_key is None:
             raise ConfigError(f"session {session.name} has a certificate but its key "
-                              f"{session.key}.key is missing").with_hint(
+                              f"{session.key} is missing").with_hint(
                 "restore the key from the archive in the state directory, or enroll again")
-        auth_key, auth_cert, chain = signature_credentials(session, self.paths)
+        auth_key, auth_cert, chain = signature_credentials(session, self.paths, store)
         from swcmp.cmp.protection import SignatureProtection
 
         protection = SignatureProtection(
             key=auth_key, cert=auth_cert,
             chain=request_chain(session, self.paths, auth_cert, chain))
-
-        # The key to certify: staged from an interrupted run, fresh, or the live one.
-        new_key: keys.SigningKey
-        if tokenkeys.uses_token(session):
-            from swcmp.token_renewal import token_key_to_certify
-
-            new_key, entry = token_key_to_certify(self, session, j, entry, live_key, old_cert,
-                                                  regenerate, now)
-        elif entry and j.key_file.exists():
-            new_key = keys.load_private_key(read_file(j.key_file, "staged key"))
-        elif regenerate:
-            new_key = keys.generate_key(session.key_type)
-            j.stage_key(new_key)
-            entry = j.write(phase="key-ready", old_serial=f"{old_cert.serial_number:x}",
-                            started=now.isoformat(timespec="seconds"), regenerate=True)
-            self.test_checkpoint("key-ready")
-        else:
-            new_key = live_key
-
+        self._collect(session, store)
+        new_key, entry = self._key_to_certify(store, j, entry, live_key, old_cert, regenerate)
         client = make_client(session, transport=self.transport, poll_deadline=self.poll_deadline,
                              sleep=self.sleep, paths=self.paths)
-
-        def note(ev: TxEvent) -> None:
-            fields: dict[str, Any] = {"phase": ev.phase, "kind": ev.kind,
-                                      "transaction_id": ev.transaction_id.hex(),
-                                      "cert_req_id": ev.cert_req_id}
-            if ev.server_nonce is not None:
-                fields["server_nonce"] = ev.server_nonce.hex()
-            # The checked certificate, so that a run killed before staging it can still
-            # confirm it late instead of asking for another one.
-            fields["cert"] = (certs.pem_of(certs.load_certificate(ev.cert_der)).decode()
-                              if ev.phase == "received" and ev.cert_der else None)
-            fields.setdefault("old_serial", f"{old_cert.serial_number:x}")
-            j.write(**fields, regenerate=new_key is not live_key)
-            self.test_checkpoint(ev.phase)
-
-        def accept(cert: x509.Certificate) -> None:
-            self._verify_renewed(session, old_cert, cert, now=self.clock())
-            j.stage_cert(cert, [])  # CA certificates are staged after the transaction
-            self.test_checkpoint("staged")
-
         try:
-            enrolled = self._transact(session, j, entry, client, new_key, old_cert,
-                                      protection, note, accept)
+            enrolled = self._transact(session, j, entry, client, new_key, old_cert, protection,
+                                      regenerated=new_key is not live_key)
         except PollingTimeoutError as e:
-            self._after_failure(j, e)
+            self._after_failure(store, j, e)
             e.hint = ("the next run polls the same transaction; the CA may need an operator "
                       "to approve the request")
             raise
         except SwcmpError as e:
-            self._after_failure(j, e)
+            self._after_failure(store, j, e)
             raise
         finally:
             self._record_stats(session.name, client)
         j.stage_cert(enrolled.certificate, [*enrolled.chain])
-        if (new_key is not live_key and not j.key_file.exists()
-                and isinstance(new_key, keys.PrivateKey)):  # a token keeps its own
-            j.stage_key(new_key)
         j.write(phase="confirmed")
         self.test_checkpoint("confirmed")
-        return self._promote(session, j)
+        return self._promote(session, store, j)
+
+    def _valid_cert(self, session: Session) -> x509.Certificate:
+        """The session's certificate, which a key update needs unexpired."""
+        cert_path = self.paths.cert_file(session.name)
+        if not cert_path.exists():
+            raise NeedsInitialRequest(f"session {session.name} has no certificate yet").with_hint(
+                f"run `swcmp request initial {session.name}`")
+        old_cert = certs.load_certificate(read_file(cert_path, "certificate"))
+        if self.clock() >= old_cert.not_valid_after_utc:
+            raise NeedsInitialRequest(
+                f"the certificate of session {session.name} expired "
+                f"{old_cert.not_valid_after_utc:%Y-%m-%d %H:%M}Z; a key update needs a valid "
+                "one").with_hint(f"enroll again: `swcmp request initial {session.name}`")
+        return old_cert
+
+    def _key_to_certify(self, store: KeyStore, j: Journal, entry: JournalEntry | None,
+                        live_key: keys.SigningKey, old_cert: x509.Certificate,
+                        regenerate: bool) -> tuple[keys.SigningKey, JournalEntry | None]:
+        """The key to certify: staged by an interrupted run, made now, or the live one."""
+        if entry is not None:
+            staged, entry = store.recover(j, entry)
+            if staged is not None:
+                return staged, entry
+        if not regenerate:
+            return live_key, entry
+        # The journal names the new key before it is made: a run killed while it is made
+        # leaves only what the next run's recover() cleans up.
+        entry = j.write(phase="key-making", **store.reserve(),
+                        old_serial=f"{old_cert.serial_number:x}",
+                        started=self.clock().isoformat(timespec="seconds"), regenerate=True)
+        self.test_checkpoint("key-making")
+        new_key = store.make_staged(j, entry)
+        entry = j.write(phase="key-ready")
+        self.test_checkpoint("key-ready")
+        return new_key, entry
 
     def _transact(self, session: Session, j: Journal, entry: JournalEntry | None,
                   client: CMPClient, new_key: keys.SigningKey, old_cert: x509.Certificate,
-                  protection: Any, note: Callable[[TxEvent], None],
-                  accept: Callable[[x509.Certificate], None]) -> Any:
+                  protection: Any, *, regenerated: bool) -> Any:
+        """The CA transaction: resumed, confirmed late, or a new key update."""
+        note, accept = self._journaling(session, j, old_cert, regenerated=regenerated)
         phase = entry.phase if entry else None
         tx = entry.transaction() if entry else None
         if entry and phase == "waiting" and tx:
@@ -249,6 +230,32 @@ class Renewer:
         return client.key_update(key=new_key, old_cert=old_cert, protection=protection,
                                  journal=note, accept=accept)
 
+    def _journaling(self, session: Session, j: Journal, old_cert: x509.Certificate, *,
+                    regenerated: bool) -> tuple[Callable[[TxEvent], None],
+                                                Callable[[x509.Certificate], None]]:
+        """What the client calls at each step (the journal) and for the issued certificate
+        (our own checks, then staging)."""
+        def note(ev: TxEvent) -> None:
+            fields: dict[str, Any] = {"phase": ev.phase, "kind": ev.kind,
+                                      "transaction_id": ev.transaction_id.hex(),
+                                      "cert_req_id": ev.cert_req_id}
+            if ev.server_nonce is not None:
+                fields["server_nonce"] = ev.server_nonce.hex()
+            # The checked certificate, so that a run killed before staging it can still
+            # confirm it late instead of asking for another one.
+            fields["cert"] = (certs.pem_of(certs.load_certificate(ev.cert_der)).decode()
+                              if ev.phase == "received" and ev.cert_der else None)
+            fields.setdefault("old_serial", f"{old_cert.serial_number:x}")
+            j.write(**fields, regenerate=regenerated)
+            self.test_checkpoint(ev.phase)
+
+        def accept(cert: x509.Certificate) -> None:
+            self._verify_renewed(session, old_cert, cert, now=self.clock())
+            j.stage_cert(cert, [])  # CA certificates are staged after the transaction
+            self.test_checkpoint("staged")
+
+        return note, accept
+
     def _stage_journaled(self, session: Session, j: Journal, entry: JournalEntry,
                          new_key: keys.SigningKey, old_cert: x509.Certificate) -> None:
         """Stage the certificate journaled at "received" if it still passes our checks."""
@@ -264,7 +271,7 @@ class Renewer:
         j.stage_cert(cert, [])
 
     @staticmethod
-    def _after_failure(j: Journal, error: SwcmpError | None = None) -> None:
+    def _after_failure(store: KeyStore, j: Journal, error: SwcmpError | None = None) -> None:
         """Keep from a failed attempt only what the next one can use.
 
         A transaction the CA left 'waiting' is kept to be polled again, unless
@@ -283,7 +290,7 @@ class Renewer:
         if entry.phase == "waiting" and not ca_said_no:
             return
         fsutil.remove_file(j.cert_file, missing_ok=True)
-        if j.key_file.exists() or entry.token_id:  # a staged key, file or token
+        if store.has_staged(j, entry):
             j.write(phase="key-ready", transaction_id=None, server_nonce=None, cert=None)
         else:
             j.clear()
@@ -307,55 +314,31 @@ class Renewer:
         if new.not_valid_before_utc > now + timedelta(minutes=10):
             raise CertificateError("the renewed certificate is not valid yet (clock skew?)")
 
-    def _promote(self, session: Session, j: Journal) -> Outcome:
+    def _promote(self, session: Session, store: KeyStore, j: Journal) -> Outcome:
         """Make the staged pair live in storage, then in charon; roll back on failure."""
-        if tokenkeys.uses_token(session):
-            from swcmp.token_renewal import promote_token
-
-            return promote_token(self, session, j)
         j.write(phase="committing")
         self.test_checkpoint("committing")
         staged_cert = certs.load_certificate(read_file(j.cert_file, "staged certificate"))
-        assert session.key is not None
-        key_path = self.paths.key_file(session.key)
-        cert_path = self.paths.cert_file(session.name)
-        previous = current_pair(session, self.paths)
-        if previous is not None and previous.cert_pem != certs.pem_of(staged_cert):
-            archive_pair(j, previous)
-        new_key_pem = (read_file(j.key_file, "staged key") if j.key_file.exists()
-                       else read_file(key_path, "private key"))
-        if keys.spki_der(keys.load_private_key(new_key_pem)) != certs.spki_of(staged_cert):
-            raise RenewalError("the staged key does not match the staged certificate").with_hint(
-                f"inspect {j.dir}; the live pair is untouched")
         ca_certs = j.staged_ca_certs()
         check_staged(session, staged_cert, ca_certs, now=self.clock(), where=j.dir)
-        try:
-            write_pair(key_path, new_key_pem, cert_path, certs.pem_of(staged_cert),
-                       previous_key=previous.key_pem if previous else None,
-                       checkpoint=self.test_checkpoint)
-        except StorageError:
-            # e.g. the disk filled up: put the previous pair back so the live files
-            # match; the staged pair is committed by the next run.
-            restore_pair(session.name, previous)
-            raise
+        installed = store.install(j, staged_cert, self.test_checkpoint)
         ca_paths = write_ca_certs(session, self.paths, ca_certs) if ca_certs else ()
-        new = current_pair(session, self.paths)
+        new = store.live_pair()
         assert new is not None
-        same = previous is not None and previous.cert_pem == new.cert_pem
         try:
-            detail = (self.deployer.deploy(new, None if same else previous).detail
-                      if self.deployer is not None else "files written")
+            detail = (self.charon.deploy(session, new, installed.previous).detail
+                      if self.charon is not None else "files written")
         except DeployUnavailable as e:
             detail = f"charon not updated ({e}); it loads the new pair when it starts"
             log.warning("%s: %s", session.name, detail)
         except DeployError as e:
-            if not same:
-                restore_pair(session.name, previous)
+            store.undo(installed)
             raise RenewalError(
                 f"charon did not take the renewed pair: {e}; the previous key and certificate "
                 "are restored in storage").with_hint(
                 "the new certificate is kept staged; the next run tries to deploy it again"
             ) from e
+        self._collect(session, store, replaced=installed.replaced_serial)
         j.clear()
         self.test_checkpoint("done")
         log.info("%s: renewed: %s, valid until %s (%s)", session.name,
@@ -364,8 +347,24 @@ class Renewer:
                        f"renewed: {certs.describe(staged_cert)}, valid until "
                        f"{staged_cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z",
                        serial=f"{staged_cert.serial_number:x}",
-                       not_after=staged_cert.not_valid_after_utc, cert_path=cert_path,
-                       key_path=key_path, ca_paths=tuple(ca_paths), charon=detail)
+                       not_after=staged_cert.not_valid_after_utc,
+                       cert_path=self.paths.cert_file(session.name), key_path=store.key_file,
+                       ca_paths=tuple(ca_paths), charon=detail)
+
+    def _collect(self, session: Session, store: KeyStore, *, replaced: int | None = None
+                 ) -> None:
+        """Let the store forget replaced pairs charon no longer holds, keeping those whose
+        certificate a revocation still needs (``replaced``, with revoke_superseded)."""
+        if self.charon is None and self.charon_untouched:
+            return  # --no-deploy: charon may still sign with a replaced key
+        held = self.charon.held_key_ids if self.charon is not None else None
+        try:
+            keep = set(revocations_waiting(self.paths, session.name))
+            if replaced is not None and session.revoke_superseded:
+                keep.add(replaced)
+            store.collect(held, keep_serials=keep)
+        except SwcmpError as e:  # never stops the renewal
+            log.warning("%s: replaced key pairs not collected: %s", session.name, e)
 
     def _record_stats(self, name: str, client: CMPClient) -> None:
         try:
@@ -373,6 +372,20 @@ class Renewer:
                 st.add_stats(client.stats)
         except SwcmpError as e:
             log.warning("%s: could not record statistics: %s", name, e)
+
+
+def revocations_waiting(paths: Paths, name: str) -> list[int]:
+    """Serials of the session's certificates whose revocation is queued (their keys are
+    needed to sign it)."""
+    from swcmp.calife.state import CaLifeStore
+
+    out = []
+    for p in CaLifeStore(paths, name).load().pending_revocations:
+        try:
+            out.append(int(str(p.get("serial")), 16))
+        except ValueError:
+            continue
+    return out
 
 
 def interrupted(paths: Paths, name: str) -> str | None:

@@ -33,7 +33,6 @@ from swcmp.names import (
     parse_dn,
     parse_san,
     parse_sans,
-    validate_key_name,
     validate_session_name,
 )
 from swcmp.paths import Paths
@@ -151,13 +150,9 @@ def _text_list(value: object, what: str) -> tuple[str, ...]:
 
 
 def _key(value: object) -> object:
-    text = _text(value, "key").strip()
-    from swcmp.pkcs11 import TokenUri, is_token_uri
+    from swcmp.keystore.keyref import check_key_setting
 
-    if is_token_uri(text):
-        TokenUri.parse(text)  # refused here, not at the first renewal
-        return text
-    return validate_key_name(text)
+    return check_key_setting(_text(value, "key").strip())
 
 
 def _cert_profile(value: object) -> object:
@@ -408,10 +403,10 @@ class Session:
         object.__setattr__(self, "entity_dn", entity)
         object.__setattr__(self, "ca_dn", ca_dn)
         object.__setattr__(self, "san_names", tuple(parse_san(s) for s in self.sans))
-        if self.regenerate and self.key is not None and self.key.lower().startswith("pkcs11:"):
-            from swcmp.pkcs11 import TokenUri
+        if self.regenerate and self.key is not None:
+            from swcmp.keystore.keyref import names_one_pair
 
-            if TokenUri.parse(self.key).key_id is not None:
+            if names_one_pair(self.key):
                 # a new pair gets a fresh CKA_ID, which a URI fixing id= would not find
                 raise ConfigError("a key URI with id= names one key pair for good, so it "
                                   "cannot be combined with regenerate").with_hint(
@@ -503,9 +498,10 @@ def unset_fields(session: Session, names: Iterable[str]) -> Session:
 def session_key_file(session: Session, paths: Paths) -> Path | None:
     """``private/<key>.key`` for the session's key pair, or None when no key is set
     (or the key is in a token: no file)."""
-    if session.key and session.key.lower().startswith("pkcs11:"):
-        return None
-    return paths.key_file(session.key) if session.key else None
+    from swcmp.keystore.keyref import key_file_name
+
+    name = key_file_name(session.key)
+    return paths.key_file(name) if name else None
 
 
 def auth_credentials(session: Session, paths: Paths) -> tuple[Path | None, Path | None]:

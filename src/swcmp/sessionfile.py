@@ -8,12 +8,15 @@ instead of a crash. Files are written atomically, mode 0640, under a lock.
 from __future__ import annotations
 
 import errno
+import functools
 import re
+import threading
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import ParamSpec, TypeVar, cast
 
 from swcmp import fsutil
 from swcmp.errors import ConfigError, SessionFileError, StorageError, StorageIOError
@@ -272,6 +275,9 @@ class SessionStore:
                 path=str(path),
                 hint="run swcmp as root or fix the file's permissions",
             ) from None
+        cache = _reading
+        if cache is not None and (hit := cache.get((path, raw))) is not None:
+            return hit
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -279,7 +285,10 @@ class SessionStore:
             raise SessionFileError(
                 f"{path}:{line}: not valid UTF-8", path=str(path), line=line
             ) from None
-        return session_from_toml(name, text, path=path)
+        session = session_from_toml(name, text, path=path)
+        if cache is not None:
+            cache[(path, raw)] = session
+        return session
 
     def save(self, session: Session) -> None:
         """Write ``session`` atomically, replacing its file.
@@ -383,3 +392,43 @@ class SessionStore:
                 # An invalid file name (e.g. "bad name.toml") or a vanished file.
                 errors.append(SessionFileError(f"{path}: {e.args[0]}", path=str(path), hint=e.hint))
         return SessionListing(sessions=tuple(sessions), errors=tuple(errors))
+
+
+# ---------------------------------------------------------------------- one reading per pass
+# A renewal pass looks at every session several times (plan, CA maintenance, clean-up,
+# metrics). Checking a session file costs far more than reading it, so within a pass a
+# file whose bytes are unchanged is checked once; between passes nothing is kept.
+
+_reading: dict[tuple[Path, bytes], Session] | None = None
+_reading_depth = 0
+_reading_lock = threading.Lock()
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+@contextmanager
+def one_reading() -> Iterator[None]:
+    """While inside, :meth:`SessionStore.load` checks a file with the same bytes once
+    (a changed file is read and checked again). Nests; threads share it."""
+    global _reading, _reading_depth
+    with _reading_lock:
+        _reading_depth += 1
+        if _reading is None:
+            _reading = {}
+    try:
+        yield
+    finally:
+        with _reading_lock:
+            _reading_depth -= 1
+            if _reading_depth == 0:
+                _reading = None
+
+
+def reads_sessions_once(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Decorator: run ``fn`` inside :func:`one_reading`."""
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with one_reading():
+            return fn(*args, **kwargs)
+    return wrapper

@@ -11,8 +11,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 
-from swcmp import fsutil
-from swcmp.deploy import CredentialPair
+from swcmp import fsutil, keystore
+from swcmp.deploy import Charon, CredentialPair
 from swcmp.errors import SwcmpError
 from swcmp.paths import Paths
 from swcmp.renewal import Renewer
@@ -43,8 +43,7 @@ def _session_lock(paths: Paths, name: str, timeout: float) -> Iterator[bool]:
             time.sleep(0.2)
 
 
-def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
-                 lock_wait: float = 20.0) -> str:
+def charon_start(paths: Paths, charon: Charon, *, lock_wait: float = 20.0) -> str:
     """What ``swcmp hook charon-start`` does: finish commits, then load every pair.
 
     Each session's renewal lock is held from finishing an interrupted commit to
@@ -53,8 +52,7 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
     renewal still holding its lock after ``lock_wait`` seconds deploys its own
     pair when it finishes; the files as they are now are loaded meanwhile.
     """
-    from swcmp.store import Journal, current_pair
-    from swcmp.strongswan import load_authorities, load_current, reload_pinned_connections
+    from swcmp.store import Journal
 
     finished: list[str] = []
     skipped: list[str] = []
@@ -89,7 +87,7 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
                                       serial=outcome.serial)
                             st.count_renewal()
             try:
-                pair = current_pair(s, paths)
+                pair = keystore.open(s, paths).live_pair()
             except SwcmpError as e:  # e.g. a token that is not there: load the others
                 log.error("%s: not loaded: %s", s.name, e)
                 pair = None
@@ -99,20 +97,18 @@ def charon_start(paths: Paths, uri: str, *, timeout: float = 10.0,
                 skipped.append(f"{s.name} ({why})")
             elif pair is not None:
                 pairs.append(pair)
-        result = load_current(uri, pairs, timeout=timeout)
+        result = charon.load_current(pairs)
         crls = _stored_crls(paths, sessions)
         if crls:
             try:
-                load_authorities(uri, [], crls, timeout=timeout)
+                charon.load_authorities([], crls)
             except SwcmpError as e:
                 log.error("could not load the stored CRLs: %s", e)
         resent: list[str] = []
         for s in sessions:
             # pinned connections carry the certificate in their config: re-send them
             try:
-                resent += reload_pinned_connections(
-                    uri, paths.cert_file(s.name), swanctl_conf=paths.swanctl_dir / "swanctl.conf",
-                    swanctl_dir=paths.swanctl_dir, connections=s.connections, timeout=timeout)
+                resent += charon.reload_pinned(s)
             except SwcmpError as e:
                 log.error("%s: could not re-send its pinned connections: %s", s.name, e)
     note = f"; finished interrupted renewals of {', '.join(finished)}" if finished else ""

@@ -31,7 +31,6 @@ from swcmp.deploy import CredentialPair
 from swcmp.errors import CertificateError, ConfigError, RenewalError, StorageError, SwcmpError
 from swcmp.names import validate_session_name
 from swcmp.paths import Paths
-from swcmp.pkcs11 import is_token_uri
 from swcmp.session import Session
 
 log = logging.getLogger(__name__)
@@ -85,43 +84,12 @@ def session_ca_certs(session: Session, paths: Paths) -> list[x509.Certificate]:
     return out
 
 
-def load_session_key(session: Session, paths: Paths) -> keys.SigningKey | None:
-    """The session's key pair from ``private/<key>.key`` (or its token); None when not there yet."""
-    need_setting(session.key, "key pair name", session, "--key")
-    assert session.key is not None
-    if is_token_uri(session.key):
-        from swcmp import tokenkeys
-
-        return tokenkeys.current_key(session, paths)
-    p = paths.key_file(session.key)
-    if not p.exists():
-        return None
-    return keys.load_private_key(read_file(p, "private key"))
-
-
-def current_pair(session: Session, paths: Paths) -> CredentialPair | None:
-    """The session's live key and certificate as a CredentialPair, if both exist."""
-    if session.key is None:
-        return None
-    if is_token_uri(session.key):
-        from swcmp import tokenkeys
-
-        return tokenkeys.current_pair(session, paths, ca_certs_pem(session, paths))
-    kp, cp = paths.key_file(session.key), paths.cert_file(session.name)
-    if not (kp.exists() and cp.exists()):
-        return None
-    return CredentialPair(
-        session=session.name, key_path=kp, cert_path=cp,
-        key_pem=read_file(kp, "private key"), cert_pem=read_file(cp, "certificate"),
-        ca_certs_pem=ca_certs_pem(session, paths),
-    )
-
-
 def ca_certs_pem(session: Session, paths: Paths) -> tuple[bytes, ...]:
     """What goes into charon with the pair: the CA certificates and rollover roots."""
     return tuple(read_file(p, "CA certificate")
                  for p in (*paths.ca_cert_files(session.name),
                            *root_cert_files(paths, session.name)))
+
 
 def check_staged(session: Session, cert: x509.Certificate, ca_certs: Sequence[x509.Certificate],
                  *, now: datetime, where: Path) -> None:
@@ -143,28 +111,6 @@ def check_staged(session: Session, cert: x509.Certificate, ca_certs: Sequence[x5
 
 
 # --------------------------------------------------------------------------- enrolment
-
-
-def ensure_session_key(session: Session, paths: Paths) -> tuple[keys.SigningKey, bool]:
-    """Load the session's key, or generate one per ``key_type`` and store it (0600).
-
-    The new key is written before any request, so that a crash after the CA
-    issued a certificate never leaves a certificate without its key.
-    """
-    if is_token_uri(session.key):  # made in the token, never in a file
-        from swcmp import tokenkeys
-
-        return tokenkeys.ensure_key(session, paths)
-    key = load_session_key(session, paths)
-    if key is not None:
-        return key, False
-    assert session.key is not None
-    key = keys.generate_key(session.key_type)
-    fsutil.ensure_dir(paths.private_dir, mode=0o700)
-    fsutil.atomic_write(paths.key_file(session.key), keys.private_key_pem(key), mode=0o600)
-    log.info("%s: generated a new %s key %s", session.name, session.key_type,
-             paths.key_file(session.key))
-    return key, True
 
 
 def write_cert(paths: Paths, session: Session, cert: x509.Certificate) -> Path:
@@ -275,7 +221,7 @@ class JournalEntry:
 
     ``transaction_id`` and ``server_nonce`` are hex; ``cert`` is the PEM certificate
     received and checked but not yet staged. For a key in a token (see
-    :mod:`swcmp.token_renewal`): ``token_id`` is the CKA_ID (hex) of the staged pair,
+    :mod:`swcmp.keystore.token`): ``token_id`` is the CKA_ID (hex) of the staged pair,
     ``token_old`` that of the pair it replaces and ``old_cert_pem`` its certificate.
     """
 
@@ -429,17 +375,36 @@ def write_pair(key_path: Path, key_pem: bytes, cert_path: Path, cert_pem: bytes,
         fsutil.replace(next_key, key_path)
 
 
-def archive_pair(j: Journal, pair: CredentialPair) -> None:
-    """Keep ``pair`` (the one a renewal replaces) in the archive; the newest ARCHIVE_KEEP stay."""
-    cert = certs.load_certificate(pair.cert_pem)
+def archive_pair(j: Journal, cert_pem: bytes, key_pem: bytes | None) -> None:
+    """Keep the certificate a renewal replaces, and its key when it is a file (a token
+    keeps its own), in the archive; the newest ARCHIVE_KEEP stay."""
+    cert = certs.load_certificate(cert_pem)
     fsutil.ensure_dir(j.archive, mode=0o700)
     stem = f"{cert.not_valid_before_utc:%Y%m%d%H%M%S}-{cert.serial_number:x}"
-    fsutil.atomic_write(j.archive / f"{stem}.key", pair.key_pem, mode=0o600)
-    fsutil.atomic_write(j.archive / f"{stem}.crt", pair.cert_pem, mode=0o644)
+    if key_pem is not None:
+        fsutil.atomic_write(j.archive / f"{stem}.key", key_pem, mode=0o600)
+    fsutil.atomic_write(j.archive / f"{stem}.crt", cert_pem, mode=0o644)
     stems = sorted({p.stem for p in j.archive.glob("*.crt")})
     for old in stems[:-ARCHIVE_KEEP]:
         for suffix in (".key", ".crt"):
             fsutil.remove_file(j.archive / f"{old}{suffix}", missing_ok=True)
+
+
+def archived_pairs(j: Journal, serial: int) -> list[tuple[x509.Certificate, bytes]]:
+    """The archived certificates with ``serial`` and their key files' PEM, when the key
+    was a file (see :func:`archive_pair`)."""
+    out: list[tuple[x509.Certificate, bytes]] = []
+    for p in sorted(j.archive.glob(f"*-{serial:x}.crt")) if j.archive.exists() else []:
+        try:
+            cert = certs.load_certificate(p.read_bytes())
+            key = p.with_suffix(".key")
+            key_pem = key.read_bytes() if key.exists() else b""
+        except (OSError, SwcmpError) as e:
+            log.warning("archived %s unusable: %s", p, e)
+            continue
+        if cert.serial_number == serial:
+            out.append((cert, key_pem))
+    return out
 
 
 def restore_pair(session_name: str, previous: CredentialPair | None) -> None:

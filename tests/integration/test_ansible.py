@@ -149,6 +149,18 @@ def _certs_issued(f: Fleet) -> int:
     return len(issued(f.root / "ca"))
 
 
+def test_check_mode_on_new_gateways_reports_and_writes_nothing(fleet: Fleet) -> None:
+    run = fleet.play(FLEET, "--check")
+    assert run.rc == 0, run.log
+    for gw in GATEWAYS:
+        declared, auto = run.results(gw, "swcmp_session")
+        assert declared["changes"][0] == "created" and "server_url" in declared["changes"]
+        assert auto["changes"] == ["created", "auto_update"]
+        assert run.results(gw, "swcmp_request")[0]["changed"] is True
+        assert not fleet.session_file(gw).exists()
+    assert not (fleet.root / "ca" / "state.json").exists() or _certs_issued(fleet) == 0
+
+
 def test_first_run_creates_enrols_and_enables_auto_update(fleet: Fleet) -> None:
     run = fleet.play(FLEET)
     assert run.rc == 0, run.log
@@ -200,8 +212,6 @@ def test_changed_setting_is_applied_and_shown_in_diff(fleet: Fleet) -> None:
     assert fleet.swcmp("gw2", "session", "show", "gw2")["expire_time"] == "50%"
     assert '-    "expire_time": "50%"' in run.log
     assert '+    "expire_time": "20d"' in run.log
-    again = fleet.play(FLEET, "-e", "swcmp_expire_time=20d", limit="gw1")
-    assert again.recap["gw1"]["changed"] == 0, again.log
 
 
 def test_role_installs_the_command_hook_unit_and_metrics_textfile(fleet: Fleet) -> None:
@@ -236,7 +246,8 @@ def test_role_installs_the_command_hook_unit_and_metrics_textfile(fleet: Fleet) 
     unit = (base / "systemd" / "swcmp.service").read_text()
     # the inventory's swcmp_vici (none: no charon in this test) reaches the unit and the hook
     assert f"ExecStart={link} --config-dir {base}/etc --vici none serve" in unit, unit
-    assert f" {textfile.parent}" in unit.split("ReadWritePaths=")[1].splitlines()[0]
+    rw = next(line for line in unit.splitlines() if line.startswith("ReadWritePaths="))
+    assert rw.split()[-2:] == [f"{base}/etc", str(textfile.parent)], rw
     hook = (base / "strongswan.d" / "swcmp.conf").read_text()
     assert f"swcmp = {link} --config-dir {base}/etc --vici none hook charon-start" in hook, hook
     # swcmp, called through the link, writes its metrics where the role told it to
@@ -274,15 +285,22 @@ def test_request_revoke_and_absent_with_and_without_revoke(fleet: Fleet) -> None
     - name: gw1 revokes its certificate (key compromise) and keeps the session
       swcmp.gateway.swcmp_request: {name: gw1, request: revoke, reason: keyCompromise}
       when: inventory_hostname == "gw1"
+    - name: gw1 gets a certificate profile
+      swcmp.gateway.swcmp_session: {name: gw1, cert_profile: gateway, connections: [a, b]}
+      when: inventory_hostname == "gw1"
+    - name: and loses it again (an empty value is swcmp's default)
+      swcmp.gateway.swcmp_session: {name: gw1, cert_profile: "", connections: []}
+      when: inventory_hostname == "gw1"
 """)
-    check = fleet.play(play, "--check")
-    assert check.rc == 0, check.log
-    assert {gw: check.recap[gw]["changed"] for gw in GATEWAYS} == dict.fromkeys(GATEWAYS, 1)
-    assert all(fleet.session_file(gw).exists() for gw in GATEWAYS)
-
     run = fleet.play(play)
     assert run.rc == 0, run.log
-    assert {gw: run.recap[gw]["changed"] for gw in GATEWAYS} == dict.fromkeys(GATEWAYS, 1)
+    assert {gw: run.recap[gw]["changed"] for gw in GATEWAYS} == {"gw1": 3, "gw2": 1, "gw3": 1}
+    set_, unset = run.results("gw1", "swcmp_session")
+    assert set_["session"]["cert_profile"] == "gateway" and set_["session"]["connections"] == [
+        "a", "b"]
+    assert unset["changes"] == ["connections", "cert_profile"] and unset["changed"]
+    shown = fleet.swcmp("gw1", "session", "show", "gw1")
+    assert (shown["cert_profile"], shown["connections"]) == (None, [])
     assert not fleet.session_file("gw3").exists()
     assert not fleet.session_file("gw2").exists()
     assert fleet.session_file("gw1").exists()
@@ -294,7 +312,8 @@ def test_request_revoke_and_absent_with_and_without_revoke(fleet: Fleet) -> None
 
     again = fleet.play(play)
     assert again.rc == 0, again.log
-    assert {gw: again.recap[gw]["changed"] for gw in GATEWAYS} == dict.fromkeys(GATEWAYS, 0)
+    assert {gw: again.recap[gw]["changed"] for gw in ("gw2", "gw3")} == {"gw2": 0, "gw3": 0}
+    assert again.results("gw1", "swcmp_request")[0]["changed"] is False  # already revoked
 
 
 def test_every_session_setting_is_a_module_option(fleet: Fleet) -> None:
@@ -311,10 +330,15 @@ def test_every_session_setting_is_a_module_option(fleet: Fleet) -> None:
 
 
 def test_the_secret_is_in_no_output_and_no_log(fleet: Fleet) -> None:
-    assert len(fleet.logs) >= 10
+    assert len(fleet.logs) >= 16  # every run's log and record
     # the secret file itself is in place, root's only
     secret = fleet.dirs("gw1")["config"] / "gw1.secret"
     assert secret.read_text().strip() == MAC_SECRET
     assert secret.stat().st_mode & 0o777 == 0o600
     leaked = [i for i, log in enumerate(fleet.logs) if MAC_SECRET in log]
     assert leaked == []
+
+
+def test_the_fleet_page_shows_the_play_that_is_tested() -> None:
+    play = FLEET.read_text().removeprefix("---\n").rstrip("\n")
+    assert f"```yaml\n{play}\n```" in (REPO / "docs" / "fleet.md").read_text()

@@ -25,9 +25,10 @@ from swcmp.calife import CaLife, CaLifeStore, crl_file, root_cert_files
 from swcmp.cli import cli
 from swcmp.cmp import certs
 from swcmp.errors import ConnectError
+from swcmp.names import format_dn
 from swcmp.store import load_trust
 from swcmp.testca.state import REVOKED
-from testca_site import MAC_SECRET, CAHolder, Site, add_session, ca_config, make_site
+from testca_site import MAC_REF, MAC_SECRET, CAHolder, Site, add_session, ca_config, make_site
 
 pytestmark = pytest.mark.integration
 
@@ -158,6 +159,34 @@ def test_revoke_superseded_after_kur_and_retry_after_a_failure(
     rec = ca.ca.certificate(second)
     assert rec is not None and rec.status == REVOKED
     assert not CaLifeStore(a.paths, "gwa").load().pending_revocations
+
+
+def test_revoke_superseded_with_a_token_key(tmp_path: Path, ca: CAHolder) -> None:
+    # The key is in a SoftHSM2 token: the replaced pair stays in the token until the
+    # revocation of its certificate, signed with it, is done; then a pass destroys it.
+    import softhsm
+
+    if softhsm.unavailable() is not None:
+        pytest.skip(softhsm.unavailable() or "")
+    token = softhsm.new_token(tmp_path)
+    a = make_site(tmp_path / "gwa")
+    cn = "gwa.example.net"
+    run(a, "session", "create", "gwa", "--entity", f"CN={cn}", "--san", f"DNS:{cn}",
+        "--ca-name", format_dn(ca.ca.ca_cert.subject), "--server-url", ca.ca.url,
+        "--mac-ref", MAC_REF, "--mac-secret-file", str(a.secret_file), "--key", token.uri(),
+        "--pkcs11-module", str(token.module), "--pin-file", str(token.pin_file),
+        "--revoke-superseded")
+    assert run_json(a, "request", "initial", "gwa")["ok"] is True
+    old = cert_of(a, "gwa").serial_number
+    (old_object,) = token.key_ids()
+    kur = run_json(a, "request", "keyupdate", "gwa", "--regenerate")
+    assert kur["ok"] is True
+    rec = ca.ca.certificate(old)
+    assert rec is not None and rec.status == REVOKED and rec.reason_code == 4  # superseded
+    assert not CaLifeStore(a.paths, "gwa").load().pending_revocations
+    assert old_object in token.key_ids()  # collected by the next pass, not before
+    run(a, "renew", "gwa")
+    assert old_object not in token.key_ids() and len(token.key_ids()) == 1
 
 
 class _DeadTransport:

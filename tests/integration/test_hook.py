@@ -27,6 +27,25 @@ def gw(tmp_path: Path):  # type: ignore[no-untyped-def]
     return make_gateway(tmp_path / "gw", pki, "http://127.0.0.1:9/")
 
 
+class LoadingCharon:
+    """The start hook's side of the charon port, recording when the pairs were loaded
+    (unit-test fake: the real charon's loads are tested in test_strongswan_integration)."""
+
+    def __init__(self, detail: str = "loaded") -> None:
+        self.detail = detail
+        self.loaded: list[tuple[float, list[str]]] = []
+
+    def load_current(self, pairs):  # type: ignore[no-untyped-def]
+        self.loaded.append((time.monotonic(), [p.session for p in pairs]))
+        return DeployResult(True, self.detail.format(n=len(pairs)))
+
+    def load_authorities(self, cas, crls):  # type: ignore[no-untyped-def]
+        return "nothing to load"
+
+    def reload_pinned(self, session):  # type: ignore[no-untyped-def]
+        return ()
+
+
 def hold_lock(gw, seconds: float, held: threading.Event) -> threading.Thread:  # type: ignore[no-untyped-def]
     def run() -> None:
         gw.paths.lock_dir.mkdir(parents=True, exist_ok=True)
@@ -41,66 +60,60 @@ def hold_lock(gw, seconds: float, held: threading.Event) -> threading.Thread:  #
 
 
 def test_hook_waits_for_a_running_renewal(gw, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    loaded: list[tuple[float, list[str]]] = []
-
-    def fake_load(uri: str, pairs, *, timeout: float) -> DeployResult:  # type: ignore[no-untyped-def]
-        loaded.append((time.monotonic(), [p.session for p in pairs]))
-        return DeployResult(True, "loaded")
-
-    monkeypatch.setattr("swcmp.strongswan.load_current", fake_load)
+    charon = LoadingCharon()
     held = threading.Event()
     start = time.monotonic()
     t = hold_lock(gw, 0.8, held)
-    assert charon_start(gw.paths, "unix:///nonexistent", lock_wait=10) == "loaded"
+    assert charon_start(gw.paths, charon, lock_wait=10) == "loaded"  # type: ignore[arg-type]
     t.join()
+    loaded = charon.loaded
     assert loaded and loaded[0][1] == ["gw1"]
     assert loaded[0][0] - start >= 0.7  # it waited for the lock
 
 
 def test_hook_gives_up_waiting_and_loads_current_files(gw, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
                                                       caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr("swcmp.strongswan.load_current",
-                        lambda uri, pairs, timeout: DeployResult(True, f"{len(pairs)} pair"))
+    charon = LoadingCharon("{n} pair")
     held = threading.Event()
     t = hold_lock(gw, 2.0, held)
     t0 = time.monotonic()
-    assert charon_start(gw.paths, "unix:///nonexistent", lock_wait=0.3) == "1 pair"
+    assert charon_start(gw.paths, charon, lock_wait=0.3) == "1 pair"  # type: ignore[arg-type]
     assert time.monotonic() - t0 < 1.5
     assert "a renewal is running" in caplog.text
     t.join()
 
 
-def _loaded_sessions(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    loaded: list[list[str]] = []
+class _Recording(LoadingCharon):
+    """The pairs the hook loaded, by call (the port's start-hook side)."""
 
-    def record(uri: str, pairs, *, timeout: float) -> DeployResult:  # type: ignore[no-untyped-def]
-        loaded.append([p.session for p in pairs])
-        return DeployResult(True, f"{len(pairs)} pair(s) loaded")
+    def __init__(self) -> None:
+        super().__init__("{n} pair(s) loaded")
 
-    monkeypatch.setattr("swcmp.strongswan.load_current", record)
-    return loaded
+    @property
+    def sessions(self) -> list[list[str]]:
+        return [names for _, names in self.loaded]
 
 
 def test_hook_skips_an_expired_pair_and_says_so(gw, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                 monkeypatch: pytest.MonkeyPatch,
                                                 caplog: pytest.LogCaptureFixture) -> None:
-    loaded = _loaded_sessions(monkeypatch)
+    charon = _Recording()
     pki = make_pki(tmp_path / "pki2")
     old = pki.issue(pki.gw_key, not_before=datetime.now(UTC) - timedelta(days=3), days=1)
     gw.paths.key_file("gw1").write_bytes(pem_key(pki.gw_key))
     gw.paths.cert_file("gw1").write_bytes(pem_cert(old))
-    note = charon_start(gw.paths, "unix:///nonexistent")
-    assert loaded == [[]]
+    note = charon_start(gw.paths, charon)  # type: ignore[arg-type]
+    assert charon.sessions == [[]]
     assert "not loaded: gw1 (its certificate expired on" in note
     assert "swcmp request initial gw1" in note and "gw1: not loaded" in caplog.text
 
 
 def test_hook_skips_a_revoked_pair_and_says_so(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    loaded = _loaded_sessions(monkeypatch)
+    charon = _Recording()
     pki = make_pki(tmp_path / "pki")
     gw = make_gateway(tmp_path / "gw", pki, "http://127.0.0.1:9/")
-    assert charon_start(gw.paths, "unix:///nonexistent").startswith("1 pair(s)")
+    assert charon_start(gw.paths, charon).startswith("1 pair(s)")  # type: ignore[arg-type]
     cert = gw.cert
     now = datetime.now(UTC)
     # a CRL of another issuer listing the serial changes nothing
@@ -114,15 +127,15 @@ def test_hook_skips_a_revoked_pair_and_says_so(tmp_path: Path,
                                         .revocation_date(now).build())
                .sign(issuer_key, hashes.SHA256()))  # type: ignore[arg-type]
         write_crl(gw.paths, "gw1", crl.public_bytes(serialization.Encoding.DER))
-        note = charon_start(gw.paths, "unix:///nonexistent")
+        note = charon_start(gw.paths, charon)  # type: ignore[arg-type]
         assert ("listed in its CA's CRL" in note) is skipped, note
-        assert loaded[-1] == ([] if skipped else ["gw1"])
+        assert charon.sessions[-1] == ([] if skipped else ["gw1"])
 
 
 def test_hook_skips_a_pair_swcmp_revoked(gw, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    loaded = _loaded_sessions(monkeypatch)
+    charon = _Recording()
     with CaLifeStore(gw.paths, "gw1").update() as st:
         st.revoked = [{"serial": f"{gw.cert.serial_number:x}", "reason": "keyCompromise",
                        "time": "2026-01-01T00:00:00+00:00", "current": True}]
-    note = charon_start(gw.paths, "unix:///nonexistent")
-    assert loaded == [[]] and "was revoked by swcmp" in note
+    note = charon_start(gw.paths, charon)  # type: ignore[arg-type]
+    assert charon.sessions == [[]] and "was revoked by swcmp" in note

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from testpaths import REPO
 
 ROOT = REPO
 PAGE = ROOT / "man" / "swcmp.8"
+TOML_PAGE = ROOT / "man" / "swcmp.toml.5"
 MAN = shutil.which("man")
 
 
@@ -41,6 +43,47 @@ def test_check_mode_notices_a_stale_page(tmp_path: Path) -> None:
     module = gen_man()
     assert module.main(["--check", "--output", str(stale)]) == 1
     assert module.main(["--check", "--output", str(PAGE)]) == 0
+    stale_toml = tmp_path / "swcmp.toml.5"
+    stale_toml.write_text(TOML_PAGE.read_text().replace("role_file", "rolefile"))
+    assert module.main(["--check", "--toml-output", str(stale_toml)]) == 1
+
+
+def test_swcmp_toml_page_is_up_to_date() -> None:
+    assert TOML_PAGE.read_text() == gen_man().render_toml(), (
+        "man/swcmp.toml.5 is out of date: run python3 scripts/gen_man.py")
+
+
+def test_swcmp_toml_page_documents_every_setting_of_the_example() -> None:
+    """The settings contrib/swcmp.toml shows (commented out) are the page's, table by table."""
+    shown: set[tuple[str, str]] = set()
+    table = ""
+    for line in (ROOT / "contrib" / "swcmp.toml").read_text().splitlines():
+        m = re.match(r"^\[(\w+)\]", line)
+        if m:
+            table = m.group(1)
+        m = re.match(r"^# (\w+) = ", line)
+        if m:
+            shown.add((table, m.group(1)))
+    assert shown == {(t, k) for t, k, _, _ in gen_man().HOST_SETTINGS}
+    # and the settings swcmp reads are those (HostConfig.load)
+    source = (ROOT / "src" / "swcmp" / "service.py").read_text()
+    for _table, key in shown:
+        assert f'"{key}"' in source, key
+
+
+def test_pages_have_examples_and_files() -> None:
+    page = PAGE.read_text()
+    for section in (".SH FILES", ".SH EXAMPLES"):
+        assert section in page, section
+    examples = page.split(".SH EXAMPLES", 1)[1].split(".SH ", 1)[0].replace("\\-", "-")
+    for command in ("swcmp session create gw1", "swcmp request initial gw1",
+                    "swcmp request keyupdate gw1", "swcmp testca serve"):
+        assert command in examples, command
+    files = page.split(".SH FILES", 1)[1].split(".SH ", 1)[0].replace("\\-", "-")
+    for path in ("/etc/swcmp/swcmp.toml", "/lib/systemd/system/swcmp.service",
+                 "/etc/strongswan.d/swcmp.conf", "/opt/swcmp/", "/usr/share/swcmp/"):
+        assert path in files, path
+    assert ".SH EXAMPLE" in TOML_PAGE.read_text() and ".SH FILES" in TOML_PAGE.read_text()
 
 
 def test_every_command_and_option_is_on_the_page() -> None:
@@ -63,6 +106,11 @@ def test_man_renders_the_page_without_warnings() -> None:
     assert res.returncode == 0, res.stderr
     assert res.stderr == "", res.stderr  # groff's warnings (bad requests, escapes) go here
     assert res.stdout.startswith("SWCMP(8)")
+    toml = subprocess.run([MAN, "--warnings", "-l", "-P", "cat", str(TOML_PAGE)],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env=dict(os.environ, MANWIDTH="100", LC_ALL="C.UTF-8"))
+    assert toml.returncode == 0 and toml.stderr == "", toml.stderr
+    assert toml.stdout.startswith("SWCMP.TOML(5)") and "role_file = PATH" in toml.stdout
     for words in ("swcmp session enable-auto-update [OPTIONS] NAME", "EXIT STATUS",
                   "--pid-file FILE", "swcmp status [OPTIONS] [NAME]"):
         assert words in res.stdout, words

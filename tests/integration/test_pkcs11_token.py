@@ -28,15 +28,22 @@ from swcmp.checks import run_checks
 from swcmp.cmp import certs, keys
 from swcmp.enroll import request_initial
 from swcmp.errors import ConfigError, SwcmpError
+from swcmp.keystore.pkcs11 import (
+    TokenConfig,
+    TokenError,
+    TokenStore,
+    TokenUri,
+    new_key_id,
+    read_pin,
+)
+from swcmp.keystore.token import secrets_file
 from swcmp.names import format_dn
 from swcmp.paths import Paths
-from swcmp.pkcs11 import TokenConfig, TokenError, TokenStore, TokenUri, new_key_id, read_pin
 from swcmp.renewal import Renewer
 from swcmp.session import Session
 from swcmp.sessionfile import SessionStore
 from swcmp.store import Journal
 from swcmp.testca import CAConfig, TestCA
-from swcmp.tokenkeys import secrets_file
 
 _UNAVAILABLE = softhsm.unavailable()
 pytestmark = [pytest.mark.integration,
@@ -430,7 +437,7 @@ def test_regenerate_with_a_fixed_id_is_refused_before_the_ca_is_asked(
 
 def test_no_deploy_keeps_the_replaced_pair_charon_may_still_use(
         tmp_path: Path, token: softhsm.Token) -> None:
-    from swcmp.token_renewal import clean_retired_objects
+    from swcmp import keystore
 
     ca = TestCA(tmp_path / "ca", config=CAConfig(mac_ref=MAC_REF.encode(),
                 mac_secret=MAC_SECRET.encode(), validity=timedelta(minutes=5))).start()
@@ -439,7 +446,7 @@ def test_no_deploy_keeps_the_replaced_pair_charon_may_still_use(
         (old,) = token.key_ids()
         Renewer(paths, charon_untouched=True).renew(session, regenerate=True)
         assert old in token.key_ids() and len(token.key_ids()) == 2  # charon may sign with it
-        clean_retired_objects(paths, session, None)  # a later pass, no charon on this host
+        keystore.open(session, paths).collect(None)  # a later pass, no charon on this host
         assert old not in token.key_ids() and len(token.key_ids()) == 1
     finally:
         ca.stop()
@@ -458,7 +465,8 @@ def test_a_symlinked_pin_file_is_refused_when_it_is_set(tmp_path: Path,
 
 def test_a_token_that_cannot_be_opened_does_not_stop_the_stale_key_cleanup(
         tmp_path: Path) -> None:
-    from swcmp.service import RenewalService, stale_keys_file
+    from swcmp.service import RenewalService
+    from swcmp.strongswan import ViciCharon, stale_keys_file
 
     paths = Paths(tmp_path / "etc", tmp_path / "var", tmp_path / "swanctl")
     notlib = tmp_path / "not-a-module.so"
@@ -478,7 +486,8 @@ def test_a_token_that_cannot_be_opened_does_not_stop_the_stale_key_cleanup(
     stale.parent.mkdir(parents=True)
     stale.write_text("[]")
     # charon is not there: the cleanup waits for it, but nothing escapes the pass
-    RenewalService(paths, vici="unix:///nonexistent/charon.vici").unload_stale_keys()
+    RenewalService(paths, charon=ViciCharon("unix:///nonexistent/charon.vici", paths)
+                   ).unload_stale_keys()
 
 
 def test_threads_signing_with_one_token_at_once_do_not_crash_the_process(
@@ -489,7 +498,7 @@ def test_threads_signing_with_one_token_at_once_do_not_crash_the_process(
         import threading
         from pathlib import Path
         from swcmp.cmp import keys
-        from swcmp.pkcs11 import TokenConfig, TokenStore, TokenUri, new_key_id
+        from swcmp.keystore.pkcs11 import TokenConfig, TokenStore, TokenUri, new_key_id
         store = TokenStore(TokenConfig("gw1", TokenUri.parse({token.uri()!r}),
                                        Path({str(token.module)!r}),
                                        Path({str(token.pin_file)!r})))

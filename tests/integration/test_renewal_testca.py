@@ -474,8 +474,11 @@ def test_charon_refuses_then_disk_full_during_rollback_keeps_a_matching_pair(
     writes = {"cert": 0}
 
     class Refusing:
-        def deploy(self, new: Any, previous: Any) -> Any:
+        def deploy(self, session: Any, new: Any, previous: Any) -> Any:
             raise DeployError("charon refused the key (test)")
+
+        def held_key_ids(self) -> tuple[str, ...]:
+            return ()
 
     def full_on_restore(path: Path, data: bytes, **kw: Any) -> None:
         if Path(path) == live_cert:
@@ -487,7 +490,7 @@ def test_charon_refuses_then_disk_full_during_rollback_keeps_a_matching_pair(
 
     monkeypatch.setattr(fsutil, "atomic_write", full_on_restore)
     with pytest.raises(RenewalError, match="charon did not take"):
-        Renewer(site.paths, deployer=Refusing()).renew(session)
+        Renewer(site.paths, charon=Refusing()).renew(session)  # type: ignore[arg-type]
     monkeypatch.setattr(fsutil, "atomic_write", real)
     assert writes["cert"] == 2
     # the restore stopped half-way, yet the live key and certificate match (the new

@@ -317,3 +317,32 @@ def test_cli_crl_into_x509crl(mock: MockCA, tmp_path: Path) -> None:
     assert crl.get_revoked_certificate_by_serial_number(serial) is not None
     status = gw.json("status", "gw")["sessions"][0]["ca"]
     assert status["crl"]["entries"] == len(crl)
+
+
+def test_cli_revoke_superseded_with_a_token_key(mock: MockCA, tmp_path: Path) -> None:
+    # The replaced certificate's key is in a SoftHSM2 token: the rr is signed there
+    # (the key store keeps the replaced pair until its revocation is done).
+    import softhsm
+
+    if softhsm.unavailable() is not None:
+        pytest.skip(softhsm.unavailable() or "")
+    token = softhsm.new_token(tmp_path)
+    gw = Gateway(tmp_path, "swcmp-rr-token.example.net", mock.url)
+    gw.create("--extra-certs", str(ROOT_CERT), "--key", token.uri(), "--pkcs11-module",
+              str(token.module), "--pin-file", str(token.pin_file), "--ignore-keyusage",
+              "--revoke-superseded")
+    assert gw.json("request", "initial", "gw")["ok"] is True
+    old = gw.cert
+    (old_object,) = token.key_ids()
+    kur = gw.json("request", "keyupdate", "gw", "--regenerate")
+    assert kur["ok"] is True and gw.cert.serial_number != old.serial_number, kur
+    stats = gw.json("stats", "gw")["sessions"][0]["stats"]
+    # The Mock CA revokes what a KUR replaced by itself, so it answers swcmp's rr with
+    # certRevoked: an answer to a request it verified, signed with the old token key.
+    assert stats["rr"]["sent"] == 1 and stats["rr"]["received"] == 1, stats
+    ca = gw.json("status", "gw")["sessions"][0]["ca"]
+    assert not ca["pending_revocations"], ca
+    # the revocation is done: the next pass destroys the replaced object
+    assert old_object in token.key_ids()
+    gw.run("renew", "gw")
+    assert old_object not in token.key_ids() and len(token.key_ids()) == 1

@@ -38,6 +38,7 @@ from charon_net import (
 )
 from swcmp.deploy import CredentialPair, DeployError, DeployUnavailable
 from swcmp.errors import ConfigError
+from swcmp.keystore.token import secrets_text
 from swcmp.names import validate_session_name
 from swcmp.strongswan import (
     ViciDeployer,
@@ -48,7 +49,6 @@ from swcmp.strongswan import (
     load_current,
     vici_socket_path,
 )
-from swcmp.tokenkeys import secrets_text
 
 _UNAVAILABLE = available()
 charon_test = pytest.mark.skipif(_UNAVAILABLE is not None, reason=_UNAVAILABLE or "")

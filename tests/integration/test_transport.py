@@ -256,3 +256,23 @@ def test_an_http_proxy_from_the_environment_is_used(url: str,
     with HttpTransport("http://ca.invalid:8080/pkix/", total_timeout=5) as t, \
             pytest.raises(ConnectError):
         t.post(b"\x30\x00")
+
+
+def test_without_proxy_variables_urllib_request_is_not_imported() -> None:
+    # urllib.request (with tempfile, shutil and the compression modules) is only needed
+    # to read *_proxy variables; a renewal process without any spares importing it.
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom swcmp.cmp.transport import HttpTransport\n"
+            "HttpTransport('http://127.0.0.1:1/pkix/')\n"
+            "print('urllib.request' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split() == ["False"]
+    env["no_proxy"] = "example.net"  # any proxy variable: urllib.request reads them all
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split() == ["True"]

@@ -3,7 +3,8 @@ also those inside functions, which is where swcmp imports lazily).
 
 - ``swcmp.cmp`` (the CMP library) imports only its own modules and third-party ones;
 - ``vici`` is imported only by ``swcmp.strongswan.vici``, and ``swcmp.strongswan``
-  only by the CLI, the service and the start hook, which construct the deployers;
+  only by the CLI, which constructs the charon port (``ViciCharon``) and hands it to
+  the renewal, the service, the CA's life and the start hook;
 - ``pyasn1`` only by ``swcmp.cmp.codec`` and its schemas, ``swcmp.cmp.asn1``;
   ``pyasn1_alt_modules`` by nothing at run time (it costs a process several hundred
   milliseconds to import; the tests check swcmp's OIDs and schemas against it);
@@ -132,8 +133,8 @@ def violations(found: Iterator[tuple[str, str, int]]) -> list[str]:
         if _in(target, "vici") and module != "swcmp.strongswan.vici":
             bad.append(f"{where}: only swcmp.strongswan.vici talks to vici")
         if (_in(target, "swcmp.strongswan") and not _in(module, "swcmp.strongswan")
-                and not _in(module, "swcmp.cli", "swcmp.service", "swcmp.start_hook")):
-            bad.append(f"{where}: only the CLI and the service construct deployers")
+                and not _in(module, "swcmp.cli")):
+            bad.append(f"{where}: only the CLI constructs the charon port")
         if _in(target, "pyasn1") and module not in ("swcmp.cmp.codec", "swcmp.cmp.asn1"):
             bad.append(f"{where}: pyasn1 is the codec's alone")
         if _in(target, "pyasn1_alt_modules"):
@@ -155,7 +156,9 @@ def test_the_source_tree_keeps_its_layers() -> None:
 @pytest.mark.parametrize("module, target, rule", [
     ("swcmp.cmp.client", "swcmp.session", "the CMP library imports only swcmp.cmp"),
     ("swcmp.session", "vici", "only swcmp.strongswan.vici talks to vici"),
-    ("swcmp.renewal", "swcmp.strongswan.deployers", "only the CLI and the service"),
+    ("swcmp.renewal", "swcmp.strongswan.deployers", "only the CLI constructs the charon port"),
+    ("swcmp.service.passes", "swcmp.strongswan", "only the CLI constructs the charon port"),
+    ("swcmp.start_hook", "swcmp.strongswan.hook", "only the CLI constructs the charon port"),
     ("swcmp.cmp.protection", "pyasn1.codec.der", "pyasn1 is the codec's alone"),
     ("swcmp.cmp.codec", "pyasn1_alt_modules", "pyasn1-alt-modules only in the tests"),
     ("swcmp.enroll", "http.client", "HTTP only in swcmp.cmp.transport"),
@@ -172,3 +175,62 @@ def test_a_lazy_import_inside_a_function_is_seen(tmp_path: Path) -> None:
     found = list(imports(tmp_path / "swcmp"))
     assert ("swcmp.cmp.x", "swcmp.fsutil", 2) in found
     assert violations(iter(found))
+
+
+# --------------------------------------------------------------------------- key storage
+
+
+def _asks_for_a_token(tree: ast.AST) -> list[int]:
+    """Lines that ask whether a key is in a token: the helpers that answer it, a
+    ``pkcs11:`` literal in code (docstrings aside), ``isinstance(x, ...PrivateKey)``."""
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef)
+                  and n.body and isinstance(n.body[0], ast.Expr)
+                  and isinstance(n.body[0].value, ast.Constant)}
+    lines = []
+    for node in ast.walk(tree):
+        literal = (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                   and "pkcs11:" in node.value.lower() and id(node) not in docstrings)
+        if literal or _names_a_token_helper(node) or _is_instance_of_private_key(node):
+            lines.append(node.lineno)
+    return lines
+
+
+def _names_a_token_helper(node: ast.AST) -> bool:
+    name = (node.id if isinstance(node, ast.Name)
+            else node.attr if isinstance(node, ast.Attribute) else None)
+    return name in ("uses_token", "is_token_uri")
+
+
+def _is_instance_of_private_key(node: ast.AST) -> bool:
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            and node.func.id == "isinstance" and len(node.args) == 2):
+        return False
+    kind = node.args[1]
+    return (kind.attr if isinstance(kind, ast.Attribute)
+            else kind.id if isinstance(kind, ast.Name) else None) == "PrivateKey"
+
+
+def test_only_the_key_store_asks_whether_a_key_is_in_a_token() -> None:
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        module = _module_name(path, SRC)
+        if _in(module, "swcmp.keystore", "swcmp.strongswan.vici", "swcmp.cli.options"):
+            continue  # vici: load-key or load-token; options: the --key help text
+        found += [f"{module}:{n}" for n in _asks_for_a_token(ast.parse(path.read_text()))]
+    assert found == []
+
+
+def test_the_token_question_is_seen() -> None:
+    code = ('def f(s, k):\n    "a pkcs11: docstring is fine"\n'
+            '    return uses_token(s) or s.key.startswith("pkcs11:") '
+            'or isinstance(k, keys.PrivateKey)\n')
+    assert _asks_for_a_token(ast.parse(code)) == [3, 3, 3]
+
+
+def test_no_function_in_the_renewal_is_longer_than_60_lines() -> None:
+    tree = ast.parse((SRC / "renewal.py").read_text())
+    long = [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(tree)
+            if isinstance(n, ast.FunctionDef) and n.end_lineno
+            and n.end_lineno - n.lineno + 1 > 60]
+    assert long == []

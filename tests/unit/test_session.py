@@ -619,3 +619,52 @@ def test_tls_client_files_need_both_and_a_private_key(tmp_path: Path) -> None:
     assert ei.value.hint == f"chmod 600 {key}"
     key.chmod(0o600)
     assert tls_client_files(both) == (cert, key)
+
+
+# ---------------------------------------------------------------------- one reading per pass
+
+
+def test_inside_one_reading_an_unchanged_file_is_checked_once(tmp_path: Path) -> None:
+    from swcmp import sessionfile
+
+    store = SessionStore(tmp_path / "etc")
+    store.create("gw1", {"entity": "/CN=gw1"})
+    calls: list[str] = []
+    real = sessionfile.session_from_toml
+
+    def counting(name: str, text: str, *, path: Path) -> Session:
+        calls.append(name)
+        return real(name, text, path=path)
+
+    sessionfile.session_from_toml = counting  # type: ignore[assignment]
+    try:
+        store.load("gw1")
+        store.load("gw1")
+        assert len(calls) == 2  # outside a pass, every load checks the file
+        with sessionfile.one_reading():
+            first = store.load("gw1")
+            assert store.load("gw1") is first
+            assert [s.name for s in store.list().sessions] == ["gw1"]
+            assert len(calls) == 3
+            store.update("gw1", set_values={"entity": "/CN=gw1-renamed"})
+            changed = store.load("gw1")  # new bytes: read and checked again
+            assert changed.entity == "/CN=gw1-renamed" and changed is not first
+        after = store.load("gw1")
+        assert after is not changed  # nothing is kept once the pass is over
+        assert sessionfile._reading is None
+    finally:
+        sessionfile.session_from_toml = real  # type: ignore[assignment]
+
+
+def test_a_pass_method_reads_sessions_once() -> None:
+    from swcmp import sessionfile
+
+    seen: list[object] = []
+
+    @sessionfile.reads_sessions_once
+    def pass_(x: int) -> int:
+        seen.append(sessionfile._reading)
+        return x + 1
+
+    assert pass_(1) == 2 and seen == [{}]
+    assert sessionfile._reading is None

@@ -17,7 +17,7 @@ description:
     C(swcmp request revoke), unless swcmp has already revoked that serial.
   - Uses the installed C(swcmp) with C(--json) and returns the session's status as facts.
 version_added: "0.1.0"
-author: swcmp contributors
+author: swcmp contributors (!UNKNOWN)
 options:
   name:
     description: The session's name.
@@ -65,6 +65,7 @@ attributes:
     description: Says whether it would send the request and sends nothing.
   diff_mode:
     support: none
+    description: A request has nothing to show as a diff; the result says what was sent.
 notes:
   - The session's settings (CA, MAC reference and secret file) come from M(swcmp.gateway.swcmp_session).
 """
@@ -142,6 +143,10 @@ def main():
     try:
         facts = swcmp.status()
         entry = facts.get(name)
+        if entry is None and module.check_mode and p["request"] == "initial":
+            # a check run of a play that creates the session in an earlier task
+            module.exit_json(changed=True, status=None, ansible_facts=dict(swcmp_status=facts),
+                             msg="no session %s yet: it would be enrolled once created" % name)
         if entry is None:
             swcmp.run("session", "show", name)  # fails with swcmp's "no session named ..."
         if p["request"] == "initial":

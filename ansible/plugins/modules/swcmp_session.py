@@ -23,7 +23,7 @@ description:
   - Turning auto-update on runs swcmp's checks (C(swcmp session enable-auto-update)); the
     session needs a certificate first, see M(swcmp.gateway.swcmp_request).
 version_added: "0.1.0"
-author: swcmp contributors
+author: swcmp contributors (!UNKNOWN)
 options:
   name:
     description: The session's name (1-64 letters, digits, C(-), C(_), C(.)).
@@ -292,6 +292,7 @@ def _argument_spec():
             spec[field] = dict(type=kind)
         if field in _CHOICES:
             spec[field]["choices"] = _CHOICES[field]
+    spec["key"]["no_log"] = False  # the key pair's name or pkcs11: URI, never key material
     spec.update(COMMON_ARGS)
     return spec
 
@@ -312,8 +313,6 @@ def _wanted(params):
             value = [normalize_san(v) for v in value]
         elif field == "expire_time":
             value = normalize_expire_time(value) if str(value).strip() else ""
-        elif kind == "str" and value == "":
-            value = ""
         out[field] = value
     return out
 

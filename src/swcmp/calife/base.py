@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from swcmp.cmp.client import CMPClient
     from swcmp.cmp.protection import Protection
     from swcmp.cmp.transport import Transport
+    from swcmp.deploy import Charon
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,13 @@ class _Base:
 
     Args:
         paths: the directories.
-        loader: loads CA certificates (PEM) and CRLs (DER) into charon and says what it
-            did (``service.authorities_loader``); None: files only.
+        charon: where CA certificates (PEM) and CRLs (DER) are loaded; None: files only.
         clock: the current time.
         transport: for tests; normally one HttpTransport per step.
     """
 
     paths: Paths
-    loader: Callable[[Sequence[bytes], Sequence[bytes]], str] | None = None
+    charon: Charon | None = None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     transport: Transport | None = None
 
@@ -129,12 +129,12 @@ class _Base:
             "anchors and CRL. If the CA is genuine, ask its operator")
 
     def _load_into_charon(self, ca_pems: Sequence[bytes], crls: Sequence[bytes]) -> str:
-        if self.loader is None:
+        if self.charon is None:
             return "not loaded into charon (--vici none or --no-deploy)"
         from swcmp.deploy import DeployError
 
         try:
-            return self.loader(ca_pems, crls)
+            return self.charon.load_authorities(ca_pems, crls)
         except DeployError as e:
             log.warning("charon not updated: %s (the files are in place; charon loads them "
                         "when it starts)", e)

@@ -37,24 +37,25 @@ class Revocation(_Base):
 
     def _archived(self, session: Session, serial: int
                   ) -> tuple[x509.Certificate, keys.SigningKey] | None:
-        """A certificate of this session with ``serial`` and its key: live or archived."""
-        from swcmp.store import Journal, load_session_key
+        """A certificate of this session with ``serial`` and its key: live or replaced
+        (the archive keeps replaced certificates; the session's key store their keys)."""
+        from swcmp import keystore
+        from swcmp.store import Journal, archived_pairs
 
-        cert = _current_cert(self.paths, session.name)
-        if cert is not None and cert.serial_number == serial:
-            key = load_session_key(session, self.paths)
-            return (cert, key) if key is not None else None
-        archive = Journal(self.paths, session.name).archive
-        for p in sorted(archive.glob(f"*-{serial:x}.crt")) if archive.exists() else []:
-            k = p.with_suffix(".key")
+        cur = _current_cert(self.paths, session.name)
+        found = ([cur] if cur is not None and cur.serial_number == serial else
+                 [c for c, _ in archived_pairs(Journal(self.paths, session.name), serial)])
+        if not found:
+            return None
+        store = keystore.open(session, self.paths)
+        for cert in found:
             try:
-                c = certs.load_certificate(p.read_bytes())
-                key = keys.load_private_key(k.read_bytes())
-            except (OSError, SwcmpError) as e:
-                log.warning("%s: archived %s unusable: %s", session.name, p, e)
+                key = store.key_for(cert)
+            except SwcmpError as e:
+                log.warning("%s: no key for certificate serial %x: %s", session.name, serial, e)
                 continue
-            if c.serial_number == serial and certs.spki_of(c) == keys.spki_der(key):
-                return c, key
+            if key is not None:
+                return cert, key
         return None
 
     def revoke(self, session: Session, *, serial: int | None = None,

@@ -22,10 +22,9 @@ if TYPE_CHECKING:
 
 def _ca_life(env: CliEnv, no_deploy: bool) -> CaLife:
     from swcmp.calife import CaLife
-    from swcmp.service import authorities_loader
+    from swcmp.cli.requests import _charon
 
-    return CaLife(env.paths, loader=authorities_loader(
-        env.vici if env.charon and not no_deploy else None))
+    return CaLife(env.paths, charon=_charon(env, no_deploy))
 
 
 def _result_text(result: Result) -> str:

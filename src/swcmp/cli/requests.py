@@ -11,9 +11,8 @@ import click
 from swcmp.cli.root import CliEnv, _env, _name_argument, cli, json_option
 
 if TYPE_CHECKING:
-    from swcmp.deploy import Deployer
+    from swcmp.deploy import Charon
     from swcmp.enroll import Outcome
-    from swcmp.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -35,28 +34,18 @@ def _deploy_option(f: F) -> F:
     )(f)
 
 
-def _deployer(env: CliEnv, no_deploy: bool, session: Session | None = None) -> Deployer | None:
-    """What loads new pairs into charon: None with --no-deploy or --vici none.
+def _charon(env: CliEnv, no_deploy: bool) -> Charon | None:
+    """The charon port new pairs, CA certificates and CRLs go to: None with --no-deploy or
+    --vici none.
 
-    For one session the deployer follows its swanctl.conf (pinned mode when a
-    connection's ``local.certs`` names the session's certificate file, identity
-    mode otherwise); for several sessions it is identity mode.
+    For each session the port follows its swanctl.conf (pinned mode when a connection's
+    ``local.certs`` names the session's certificate file, identity mode otherwise).
     """
     if no_deploy or not env.charon:
         return None
-    from swcmp.service import stale_keys_file
-    from swcmp.strongswan import ViciDeployer, choose_deployer
+    from swcmp.strongswan import ViciCharon
 
-    if session is None:
-        return ViciDeployer(env.vici)
-    return choose_deployer(
-        env.vici,
-        env.paths.cert_file(session.name),
-        swanctl_conf=env.paths.swanctl_dir / "swanctl.conf",
-        swanctl_dir=env.paths.swanctl_dir,
-        connections=session.connections,
-        stale_file=stale_keys_file(env.paths, session.name),
-    )
+    return ViciCharon(env.vici, env.paths)
 
 
 def _outcome_text(outcome: Outcome) -> str:
@@ -88,7 +77,7 @@ def request_initial(name: str, no_deploy: bool) -> None:
     env = _env()
     s = env.store.load(name)
     outcome = enroll.request_initial(
-        s, env.paths, store=env.store, deployer=_deployer(env, no_deploy, s)
+        s, env.paths, store=env.store, charon=_charon(env, no_deploy)
     )
     env.emit(outcome.to_json(), _outcome_text(outcome))
 
@@ -111,7 +100,7 @@ def request_certificate(name: str, pkcs10: bool, no_deploy: bool) -> None:
     env = _env()
     s = env.store.load(name)
     outcome = enroll.request_certificate(
-        s, env.paths, store=env.store, deployer=_deployer(env, no_deploy, s), pkcs10=pkcs10
+        s, env.paths, store=env.store, charon=_charon(env, no_deploy), pkcs10=pkcs10
     )
     env.emit(outcome.to_json(), _outcome_text(outcome))
 
@@ -139,9 +128,8 @@ def request_keyupdate(name: str, regenerate: bool | None, no_deploy: bool) -> No
     s = env.store.load(name)
     service = RenewalService(
         env.paths,
-        deployer_for=lambda sess: _deployer(env, no_deploy, sess),
+        charon=_charon(env, no_deploy),
         host=HostConfig.load(env.paths),
-        vici=env.vici if env.charon and not no_deploy else None,
         no_deploy=no_deploy and env.charon,
     )
     outcome = service.renew_now(s, regenerate=regenerate, log_failure=False)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from swcmp.cli.requests import _deploy_option, _deployer
+from swcmp.cli.requests import _charon, _deploy_option
 from swcmp.cli.root import SESSION_NAME, _env, _refuse, _setup_logging, cli, json_option
 
 if TYPE_CHECKING:
@@ -51,9 +51,8 @@ def renew(
     env = _env()
     service = RenewalService(
         env.paths,
-        deployer_for=lambda s: _deployer(env, no_deploy, s),
+        charon=_charon(env, no_deploy),
         host=HostConfig.load(env.paths),
-        vici=env.vici if env.charon and not no_deploy else None,
         no_deploy=no_deploy and env.charon,
     )
     reports = service.run_pass(names, due_only=due_only, force=force, dry_run=dry_run)
@@ -86,9 +85,8 @@ def serve(no_deploy: bool, more: int, pid_file: Path | None) -> None:
     _setup_logging(max(1, env.verbose) + more)
     service = RenewalService(
         env.paths,
-        deployer_for=lambda s: _deployer(env, no_deploy, s),
+        charon=_charon(env, no_deploy),
         host=HostConfig.load(env.paths),
-        vici=env.vici if env.charon and not no_deploy else None,
         no_deploy=no_deploy and env.charon,
     )
     server = Server(service)
@@ -130,5 +128,7 @@ def hook_charon_start() -> None:
     env = _env()
     if not env.charon:
         raise _refuse("hook charon-start needs charon", "give --vici URI (not 'none')")
-    detail = charon_start(env.paths, env.vici)
+    from swcmp.strongswan import ViciCharon
+
+    detail = charon_start(env.paths, ViciCharon(env.vici, env.paths, timeout=10.0))
     env.emit({"loaded": True, "detail": detail}, detail)

@@ -10,6 +10,7 @@ policies, no revocation).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
@@ -47,6 +48,13 @@ def _parsed(cert: x509.Certificate) -> x509.Certificate:
 
 def load_certificate(data: bytes) -> x509.Certificate:
     """One certificate from DER or the first PEM block."""
+    return _load_certificate(bytes(data))
+
+
+@functools.lru_cache(maxsize=16)
+def _load_certificate(data: bytes) -> x509.Certificate:
+    # Cached (a few): a renewal pass reads a session's certificate file more than once,
+    # and a Certificate is immutable. Only successes are cached.
     try:
         if b"-----BEGIN" in data:
             return _parsed(x509.load_pem_x509_certificate(data))

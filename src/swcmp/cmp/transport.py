@@ -17,11 +17,11 @@ import contextlib
 import email.utils
 import http.client
 import logging
+import os
 import socket
 import ssl
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
@@ -240,6 +240,13 @@ class HttpTransport:
     def _proxy_for(self, proxy: str | None) -> SplitResult | None:
         host = self._parts.hostname or ""
         if proxy is None:
+            # urllib.request reads the *_proxy variables; without any there is no proxy,
+            # and a process spares importing it (urllib.request pulls in tempfile, shutil
+            # and the compression modules).
+            if not any(k.lower().endswith("_proxy") for k in os.environ):
+                return None
+            import urllib.request
+
             found = urllib.request.getproxies_environment().get(self._parts.scheme)
             if not found or urllib.request.proxy_bypass(host):
                 return None

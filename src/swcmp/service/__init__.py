@@ -27,9 +27,7 @@ from swcmp.service.passes import (
     MAX_PARALLEL_CAS,
     RenewalService,
     SessionReport,
-    authorities_loader,
     load_cert,
-    stale_keys_file,
 )
 from swcmp.service.serve import RESCAN, Server
 
@@ -40,8 +38,6 @@ __all__ = [
     "RenewalService",
     "Server",
     "SessionReport",
-    "authorities_loader",
     "host_role",
     "load_cert",
-    "stale_keys_file",
 ]

@@ -9,6 +9,7 @@ from pathlib import Path
 from cryptography import x509
 
 from swcmp import fsutil
+from swcmp.deploy import Charon, DeployError
 from swcmp.errors import SwcmpError
 from swcmp.ha import Role
 from swcmp.metrics import CharonView
@@ -44,17 +45,13 @@ def write(target: Path, paths: Paths, role: Role,
         log.warning("cannot write metrics: %s", e)
 
 
-def charon_view(vici: str | None) -> CharonView | None:
+def charon_view(charon: Charon | None) -> CharonView | None:
     """Which certificates charon holds keys for; None when swcmp does not talk to it."""
-    if vici is None:
+    if charon is None:
         return None
-    from swcmp.deploy import DeployError
-    from swcmp.strongswan import list_loaded_certs
-
     try:
-        loaded = list_loaded_certs(vici, timeout=5.0)
+        with_key = charon.certs_with_key()
     except DeployError as e:
         log.debug("charon not asked for the metrics: %s", e)
         return CharonView(up=False)
-    return CharonView(up=True, with_key=frozenset(
-        (c.subject, c.serial) for c in loaded if c.has_privkey and c.flag == "NONE"))
+    return CharonView(up=True, with_key=with_key)

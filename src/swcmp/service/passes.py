@@ -11,14 +11,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
 
 from swcmp.cmp import certs
 from swcmp.cmp.text import safe
-from swcmp.deploy import Deployer
+from swcmp.deploy import Charon
 from swcmp.enroll import Outcome
 from swcmp.errors import NeedsInitialRequest, RenewalError, SwcmpError
 from swcmp.ha import Role
@@ -29,7 +28,7 @@ from swcmp.renewal import Renewer
 from swcmp.service import metrics_file
 from swcmp.service.host import HostConfig, host_role
 from swcmp.session import Session, hint_for
-from swcmp.sessionfile import SessionStore
+from swcmp.sessionfile import SessionStore, reads_sessions_once
 from swcmp.state import SessionState, SessionStateName, StateStore
 
 if TYPE_CHECKING:
@@ -39,11 +38,6 @@ log = logging.getLogger(__name__)
 
 #: Sessions of this many different CAs are renewed at the same time in one pass.
 MAX_PARALLEL_CAS = 4
-
-
-def stale_keys_file(paths: Paths, name: str) -> Path:
-    """Where old pinned-mode keys still loaded in charon are recorded for a session."""
-    return paths.session_state_dir(name) / "stale-keys.json"
 
 
 def _ca_endpoint(s: Session) -> str:
@@ -111,15 +105,12 @@ class RenewalService:
     """Decides and runs renewals for all sessions; shared by ``renew`` and ``serve``."""
 
     paths: Paths
-    deployer: Deployer | None = None
+    #: Where renewed pairs, CA certificates and CRLs go (None: files only).
+    charon: Charon | None = None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-    #: Per-session deployer (pinned or identity mode); overrides ``deployer``.
-    deployer_for: Callable[[Session], Deployer | None] | None = None
     host: HostConfig = field(default_factory=HostConfig)
-    #: charon's VICI URI, for unloading old pinned-mode keys after each pass.
-    vici: str | None = None
     #: charon is deliberately left as it is (--no-deploy): it may still use a replaced
-    #: token key, so replaced token key pairs are kept for a later pass.
+    #: key, so replaced key pairs are kept for a later pass.
     no_deploy: bool = False
     #: After a pass: when the next session needs attention (None: none does).
     next_check: datetime | None = None
@@ -127,8 +118,7 @@ class RenewalService:
     role: Role = field(default_factory=lambda: Role(None, False))
 
     def renewer(self, s: Session) -> Renewer:
-        deployer = self.deployer_for(s) if self.deployer_for is not None else self.deployer
-        return Renewer(self.paths, deployer=deployer, clock=self.clock,
+        return Renewer(self.paths, charon=self.charon, clock=self.clock,
                        charon_untouched=self.no_deploy)
 
     def sessions(self, names: Sequence[str] = ()) -> list[Session]:
@@ -140,6 +130,7 @@ class RenewalService:
             log.error("skipping a broken session file: %s", err)
         return list(listing.sessions)
 
+    @reads_sessions_once
     def run_pass(self, names: Sequence[str] = (), *, due_only: bool = True,
                  force: bool = False, dry_run: bool = False) -> list[SessionReport]:
         """One pass over the sessions: renew what is due (or everything with ``force``)."""
@@ -187,7 +178,7 @@ class RenewalService:
         ca_due: list[datetime] = []
         if not dry_run and not standby:
             self.unload_stale_keys()
-            self.destroy_retired_token_objects()
+            self.collect_replaced_keys()
             if due_only and not names:  # serve and `renew --due`: the CA's weekly questions
                 ca_due = self._ca_life_pass()
         seen = self._survey()  # once, after the renewals: for the metrics and the schedule
@@ -264,54 +255,26 @@ class RenewalService:
 
     def unload_stale_keys(self) -> None:
         """Unload old pinned-mode keys that no IKE SA made with the old config needs."""
-        if self.vici is None:
+        if self.charon is None:
             return
-        from swcmp.deploy import DeployError
-        from swcmp.strongswan import KeyId, key_id_from_cert_pem, unload_stale_from_file
+        self.charon.unload_stale_keys(self.sessions())
 
-        sessions = self.sessions()
-        files = [f for s in sessions if (f := stale_keys_file(self.paths, s.name)).exists()]
-        if not files:
-            return
-        # Every session's current key stays, known from its certificate alone: a token
-        # that cannot be opened now must not stop the cleanup of the others.
-        keep: list[KeyId] = []
-        for s in sessions:
-            try:
-                keep.append(key_id_from_cert_pem(self.paths.cert_file(s.name).read_bytes()))
-            except FileNotFoundError:
-                continue
-            except (OSError, ValueError) as e:
-                log.warning("%s: certificate unreadable (%s); stale keys left for later",
-                            s.name, e)
-                return
-        for f in files:
-            try:
-                done = unload_stale_from_file(self.vici, f, keep=keep)
-            except DeployError as e:  # charon down: try again next pass
-                log.debug("stale keys in %s left for later: %s", f, e)
-                continue
-            for key_id in done.unloaded:
-                log.info("unloaded the old key %s: no IKE SA uses the old certificate any more",
-                         key_id)
-
-    def destroy_retired_token_objects(self) -> None:
-        """Destroy token key pairs replaced by a renewal once charon no longer holds them
-        (pinned mode: after the stale-key cleanup above unloaded the old key)."""
-        from swcmp.token_renewal import clean_retired_objects
+    def collect_replaced_keys(self) -> None:
+        """Let each session's key store forget key pairs replaced by a renewal once charon
+        no longer holds them (pinned mode: after the stale-key cleanup above unloaded the
+        old key) and no queued revocation needs them."""
+        from swcmp import keystore
+        from swcmp.renewal import revocations_waiting
 
         if self.no_deploy:
             return
-        vici = self.vici
-        if vici is None:
-            ask = None
-        else:
-            from swcmp.strongswan import loaded_key_ids
-
-            def ask() -> tuple[str, ...]:
-                return loaded_key_ids(vici)
+        held = self.charon.held_key_ids if self.charon is not None else None
         for s in self.sessions():
-            clean_retired_objects(self.paths, s, ask)
+            try:
+                keystore.open(s, self.paths).collect(
+                    held, keep_serials=revocations_waiting(self.paths, s.name))
+            except SwcmpError as e:
+                log.warning("%s: replaced key pairs not collected: %s", s.name, e)
 
     def renew_now(self, s: Session, *, p: Plan | None = None,
                   regenerate: bool | None = None, log_failure: bool = True) -> Outcome:
@@ -387,7 +350,7 @@ class RenewalService:
     def ca_life(self) -> CaLife:
         from swcmp.calife import CaLife
 
-        return CaLife(self.paths, loader=authorities_loader(self.vici), clock=self.clock)
+        return CaLife(self.paths, charon=self.charon, clock=self.clock)
 
     def renew_one(self, s: Session, p: Plan | None = None) -> SessionReport:
         """:meth:`renew_now` for a pass: failures become a report instead of an error."""
@@ -453,14 +416,4 @@ class RenewalService:
 
     def _charon_view(self) -> CharonView | None:
         """Which certificates charon holds keys for; None when swcmp does not talk to it."""
-        return metrics_file.charon_view(self.vici)
-
-
-def authorities_loader(uri: str | None
-                       ) -> Callable[[Sequence[bytes], Sequence[bytes]], str] | None:
-    """What loads CA certificates and CRLs into charon at ``uri`` (None: no charon)."""
-    if uri is None:
-        return None
-    from swcmp.strongswan import load_authorities
-
-    return lambda cas, crls: load_authorities(uri, cas, crls)
+        return metrics_file.charon_view(self.charon)

@@ -2,6 +2,8 @@
 
 The only package that imports :mod:`vici` (in :mod:`swcmp.strongswan.vici`):
 
+- :mod:`~swcmp.strongswan.charon`: :class:`ViciCharon`, the charon port
+  (:class:`swcmp.deploy.Charon`) the rest of swcmp is handed;
 - :mod:`~swcmp.strongswan.vici`: VICI sessions, charon's key ids, queries;
 - :mod:`~swcmp.strongswan.deployers`: identity and pinned mode on one shared swap;
 - :mod:`~swcmp.strongswan.hook`: loading every pair into a charon that just started;
@@ -20,6 +22,7 @@ from swcmp.strongswan.bindings import (
     charon_dn,
     connection_bindings,
 )
+from swcmp.strongswan.charon import ViciCharon, stale_keys_file
 from swcmp.strongswan.deployers import (
     DEFAULT_SWANCTL_CONF,
     PinnedDeployer,
@@ -62,6 +65,7 @@ __all__ = [
     "PinnedDeployer",
     "StaleCleanup",
     "StaleKey",
+    "ViciCharon",
     "ViciDeployer",
     "binding_check",
     "charon_dn",
@@ -78,6 +82,7 @@ __all__ = [
     "loaded_key_ids",
     "reload_pinned_connections",
     "save_stale_keys",
+    "stale_keys_file",
     "unload_stale_from_file",
     "unload_stale_keys",
     "vici_socket_path",

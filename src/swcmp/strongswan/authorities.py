@@ -12,13 +12,15 @@ from swcmp.strongswan.vici import (
     DEFAULT_TIMEOUT,
     CommandFailed,
     ConnectionLost,
+    SocketFactory,
     open_session,
     query_error,
 )
 
 
 def load_authorities(uri: str, ca_certs_pem: Iterable[bytes], crls_der: Iterable[bytes], *,
-                     timeout: float = DEFAULT_TIMEOUT) -> str:
+                     timeout: float = DEFAULT_TIMEOUT,
+                     connect: SocketFactory | None = None) -> str:
     """Load CA certificates (``load-cert`` flag CA) and CRLs (type X509_CRL) into charon.
 
     One that charon refuses does not keep the others out.
@@ -31,7 +33,7 @@ def load_authorities(uri: str, ca_certs_pem: Iterable[bytes], crls_der: Iterable
     """
     cas, crls = tuple(ca_certs_pem), tuple(crls_der)
     refused: list[CommandFailed] = []
-    with open_session(uri, timeout) as conn:
+    with open_session(uri, timeout, connect) as conn:
         try:
             for pem in cas:
                 try:

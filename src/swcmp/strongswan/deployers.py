@@ -185,15 +185,6 @@ class _SwapDeployer:
         log.info("session %s deployed to charon%s: %s", new.session, self.mode, detail)
         return DeployResult(deployed=True, detail=detail)
 
-    def loaded_key_ids(self) -> tuple[KeyId, ...]:
-        """The ids of the keys charon holds over VICI (the token renewal asks before it
-        destroys a replaced key pair)."""
-        with open_session(self.uri, self.timeout, self.connect) as conn:
-            try:
-                return conn.get_keys()
-            except (CommandFailed, ConnectionLost) as e:
-                raise query_error(self.uri, e) from None
-
     # -- what the modes do
 
     def _prepare(self, swap: _Swap) -> None:
@@ -545,6 +536,7 @@ def choose_deployer(
     connections: Iterable[str] = (),
     timeout: float = DEFAULT_TIMEOUT,
     stale_file: Path | None = None,
+    connect: SocketFactory | None = None,
 ) -> ViciDeployer | PinnedDeployer:
     """The deployer for a certificate: pinned mode when swanctl.conf pins the file.
 
@@ -563,5 +555,6 @@ def choose_deployer(
         wanted = tuple(connections)
         if pinned and (not wanted or set(pinned) & set(wanted)):
             return PinnedDeployer(uri, swanctl_conf=conf_path, swanctl_dir=base,
-                                  connections=wanted, timeout=timeout, stale_file=stale_file)
-    return ViciDeployer(uri, timeout=timeout)
+                                  connections=wanted, timeout=timeout, stale_file=stale_file,
+                                  connect=connect)
+    return ViciDeployer(uri, timeout=timeout, connect=connect)

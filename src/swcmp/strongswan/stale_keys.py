@@ -19,6 +19,7 @@ from swcmp.strongswan.vici import (
     CommandFailed,
     ConnectionLost,
     KeyId,
+    SocketFactory,
     Vici,
     open_session,
     query_error,
@@ -99,6 +100,7 @@ def unload_stale_keys(
     *,
     keep: Iterable[KeyId] = (),
     timeout: float = DEFAULT_TIMEOUT,
+    connect: SocketFactory | None = None,
 ) -> StaleCleanup:
     """Unload old keys that no IKE SA with the old pinned config can need any more.
 
@@ -124,7 +126,7 @@ def unload_stale_keys(
     records = tuple(stale)
     unloaded: list[KeyId] = []
     kept: list[tuple[StaleKey, str]] = []
-    with open_session(uri, timeout) as conn:
+    with open_session(uri, timeout, connect) as conn:
         try:
             up = ike_sas(conn, {c for s in records for c in s.connections})
             loaded = set(conn.get_keys())
@@ -176,7 +178,8 @@ def save_stale_keys(path: Path, records: Iterable[StaleKey]) -> None:
 
 
 def unload_stale_from_file(uri: str, path: Path, *, keep: Iterable[KeyId] = (),
-                           timeout: float = DEFAULT_TIMEOUT) -> StaleCleanup:
+                           timeout: float = DEFAULT_TIMEOUT,
+                           connect: SocketFactory | None = None) -> StaleCleanup:
     """:func:`unload_stale_keys` for the records in ``path``; keeps only those still needed.
 
     ``swcmp serve`` runs this on every pass, so an old pinned-mode key leaves
@@ -185,6 +188,6 @@ def unload_stale_from_file(uri: str, path: Path, *, keep: Iterable[KeyId] = (),
     records = load_stale_keys(path)
     if not records:
         return StaleCleanup((), ())
-    result = unload_stale_keys(uri, records, keep=keep, timeout=timeout)
+    result = unload_stale_keys(uri, records, keep=keep, timeout=timeout, connect=connect)
     save_stale_keys(path, [record for record, _ in result.kept])
     return result

@@ -341,7 +341,8 @@ def query_error(uri: str, e: CommandFailed | ConnectionLost) -> DeployError:
 
 
 def list_loaded_certs(
-    uri: str = DEFAULT_VICI_URI, *, timeout: float = DEFAULT_TIMEOUT
+    uri: str = DEFAULT_VICI_URI, *, timeout: float = DEFAULT_TIMEOUT,
+    connect: SocketFactory | None = None,
 ) -> tuple[LoadedCert, ...]:
     """List the X.509 certificates in charon's credential sets (``list-certs``).
 
@@ -353,22 +354,22 @@ def list_loaded_certs(
         DeployUnavailable: charon cannot be reached.
         DeployError: charon refused the command.
     """
-    with open_session(uri, timeout) as conn:
+    with open_session(uri, timeout, connect) as conn:
         try:
             return tuple(cert for _, cert in conn.list_certs())
         except (CommandFailed, ConnectionLost) as e:
             raise query_error(uri, e) from None
 
 
-def loaded_key_ids(uri: str = DEFAULT_VICI_URI, *, timeout: float = DEFAULT_TIMEOUT
-                   ) -> tuple[KeyId, ...]:
+def loaded_key_ids(uri: str = DEFAULT_VICI_URI, *, timeout: float = DEFAULT_TIMEOUT,
+                   connect: SocketFactory | None = None) -> tuple[KeyId, ...]:
     """Return the ids of the private keys loaded over VICI (``get-keys``).
 
     Raises:
         DeployUnavailable: charon cannot be reached.
         DeployError: charon refused the command.
     """
-    with open_session(uri, timeout) as conn:
+    with open_session(uri, timeout, connect) as conn:
         try:
             return conn.get_keys()
         except (CommandFailed, ConnectionLost) as e:

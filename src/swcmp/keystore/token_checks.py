@@ -14,32 +14,54 @@ In this order, each stopping the ones after it when it fails:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from cryptography import x509
 
 from swcmp.checkresult import FAIL, OK, WARN, CheckResult
 from swcmp.cmp import certs
 from swcmp.errors import SwcmpError
+from swcmp.keystore.pkcs11 import TokenKey, TokenStore, _library, read_pin
 from swcmp.paths import Paths
-from swcmp.pkcs11 import TokenKey, TokenStore, _library, read_pin
 from swcmp.session import Session
-from swcmp.tokenkeys import secrets_file, swanctl_includes_conf_d, token_config
 
 
 def _set(session: Session, option: str) -> str:
     return f"swcmp session set {session.name} {option}"
 
 
-def token_checks(session: Session, paths: Paths) -> list[CheckResult]:
-    """The token items, in the order of the module docstring."""
+def secrets_file(paths: Paths, session: Session) -> Path:
+    """``conf.d/swcmp-<session>.conf`` under the swanctl directory."""
+    return paths.swanctl_dir / "conf.d" / f"swcmp-{session.name}.conf"
+
+
+def swanctl_includes_conf_d(swanctl_conf: Path) -> bool:
+    """True when swanctl.conf has an ``include conf.d/*.conf`` line (or an absolute one)."""
+    try:
+        text = swanctl_conf.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) == 2 and words[0] == "include" and words[1].endswith("conf.d/*.conf"):
+            return True
+    return False
+
+
+def token_checks(session: Session, paths: Paths,
+                 store: TokenStore | SwcmpError) -> list[CheckResult]:
+    """The token items, in the order of the module docstring (``store`` is the error
+    when the session's token settings are incomplete)."""
     out: list[CheckResult] = []
     try:
-        config = token_config(session)
+        if isinstance(store, SwcmpError):
+            raise store
+        config = store.config
         _library(str(config.module))
     except SwcmpError as e:
         return [CheckResult("token-module", FAIL, str(e), e.hint or
                             _set(session, "--pkcs11-module PATH"))]
     out.append(CheckResult("token-module", OK, f"PKCS#11 module {config.module} loads"))
-    store = TokenStore(config)
     try:
         token = store.token()
     except SwcmpError as e:

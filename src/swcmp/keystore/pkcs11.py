@@ -288,6 +288,13 @@ class TokenStore:
     def __init__(self, config: TokenConfig) -> None:
         self.config = config
         self.uri = config.uri
+        self._pin: str | None = None
+
+    def pin(self) -> str:
+        """The user PIN, read from the PIN file once for this store (never logged)."""
+        if self._pin is None:
+            self._pin = self.config.pin()
+        return self._pin
 
     def __repr__(self) -> str:
         return f"TokenStore({self.uri.describe()}, module={str(self.config.module)!r})"
@@ -337,7 +344,7 @@ class TokenStore:
         import pkcs11 as p11
 
         token = self.token()
-        pin = self.config.pin()
+        pin = self.pin()
         try:
             session = token.open(user_pin=pin, rw=rw)
         except p11.PinIncorrect:
