@@ -86,11 +86,7 @@ class SessionState:
         """When the certificate with ``serial`` (hex) arrived, if it is the last one."""
         if not self.received or self.received.get("serial") != serial:
             return None
-        try:
-            when = datetime.fromisoformat(self.received.get("time", ""))
-        except ValueError:
-            return None
-        return when if when.tzinfo is not None else None
+        return _aware_time(self.received.get("time", ""))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,7 +114,12 @@ class SessionState:
         if isinstance(data.get("failures"), int):
             st.failures = max(0, data["failures"])
         if isinstance(data.get("next_attempt"), str):
-            st.next_attempt = data["next_attempt"]
+            # a time swcmp can compare, or none: a damaged value must not stop serve
+            if _aware_time(data["next_attempt"]) is not None:
+                st.next_attempt = data["next_attempt"]
+            else:
+                log.warning("state: next_attempt %r is not a time: retrying now",
+                            data["next_attempt"][:40])
         if isinstance(data.get("charon"), str):
             st.charon = data["charon"]
         if isinstance(data.get("last_success"), str):
@@ -171,6 +172,15 @@ class SessionState:
                 self.received = {"serial": serial, "time": now.isoformat()}
 
 
+def _aware_time(value: str) -> datetime | None:
+    """``value`` as an ISO 8601 time with an offset, or None."""
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else None
+
+
 class StateStore:
     """Reads and writes :class:`SessionState` files."""
 
@@ -183,7 +193,7 @@ class StateStore:
     def load(self, name: str) -> SessionState:
         p = self.path(name)
         try:
-            raw = p.read_text(encoding="utf-8")
+            raw = p.read_bytes()
         except FileNotFoundError:
             return SessionState()
         except OSError as e:

@@ -66,7 +66,7 @@ def test_swcmp_toml_page_documents_every_setting_of_the_example() -> None:
             shown.add((table, m.group(1)))
     assert shown == {(t, k) for t, k, _, _ in gen_man().HOST_SETTINGS}
     # and the settings swcmp reads are those (HostConfig.load)
-    source = (ROOT / "src" / "swcmp" / "service.py").read_text()
+    source = (ROOT / "src" / "swcmp" / "service" / "host.py").read_text()
     for _table, key in shown:
         assert f'"{key}"' in source, key
 
