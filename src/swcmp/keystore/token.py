@@ -221,6 +221,10 @@ class TokenKeys:
     def has_staged(self, j: Journal, entry: JournalEntry) -> bool:
         return entry.token_id is not None
 
+    def discard_staged(self, j: Journal, entry: JournalEntry) -> None:
+        if entry.token_id:
+            self.store.destroy(bytes.fromhex(entry.token_id))
+
     def install(self, j: Journal, cert: x509.Certificate,
                 checkpoint: Callable[[str], None]) -> Installed:
         """The certificate write is the commit: from then on the pair it certifies is
