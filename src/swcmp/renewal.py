@@ -134,7 +134,7 @@ class Renewer:
         self._collect(session, store)
         new_key, entry = self._key_to_certify(store, j, entry, live_key, old_cert, regenerate)
         client = make_client(session, transport=self.transport, poll_deadline=self.poll_deadline,
-                             sleep=self.sleep, paths=self.paths)
+                             sleep=self.sleep, paths=self.paths, clock=self.clock)
         try:
             enrolled = self._transact(session, j, entry, client, new_key, old_cert, protection,
                                       regenerated=new_key is not live_key)

@@ -57,7 +57,8 @@ class _Base:
     def _client(self, session: Session) -> CMPClient:
         from swcmp.enroll import make_client
 
-        return make_client(session, transport=self.transport, paths=self.paths)
+        return make_client(session, transport=self.transport, paths=self.paths,
+                           clock=self.clock)
 
     def _protection(self, session: Session) -> Protection:
         """Signed with the session's certificate when it has one (and it is not revoked),

@@ -554,15 +554,19 @@ class CMPEngine:
 
     def _check_unique_key(self, plan: _Plan) -> None:
         """Refuse a public key this CA certified before (EJBCA's "enforce unique public
-        keys", on by default there): for another subject, or in a certificate that was
-        never confirmed (a transaction that failed). The key of the subject's confirmed
-        certificate may be certified again (a key update or cr with the same key)."""
+        keys", on by default there): for another subject, or one that was only ever in
+        certificates never confirmed (a transaction that failed). The key of the
+        subject's confirmed certificate may be certified again (a key update or cr with
+        the same key)."""
         digest = _key_digest(plan.public_key)
         subject = plan.subject.rfc4514_string()
         with self.store.lock:
-            clash = next((r for r in self.store.issued.values()
-                          if r.key_sha256 == digest and r.serial != plan.old_serial
-                          and (r.subject != subject or r.status != CONFIRMED)), None)
+            same = [r for r in self.store.issued.values()
+                    if r.key_sha256 == digest and r.serial != plan.old_serial]
+            confirmed_here = plan.old_serial is not None or any(
+                r.subject == subject and r.status == CONFIRMED for r in same)
+            clash = next((r for r in same if r.subject != subject or not confirmed_here),
+                         None)
         if clash is not None:
             raise Refusal("badCertTemplate", "the public key is already defined for the "
                           f"certificate serial {clash.serial:x} ('{clash.subject}'): this CA "
