@@ -49,8 +49,9 @@ class Run:
         return next(r["recap"] for r in self.records if "recap" in r)
 
     def results(self, host: str, action: str) -> list[dict[str, Any]]:
-        return [r["result"] for r in self.records
-                if r.get("host") == host and r.get("action", "").endswith(action)]
+        """The results of the tasks of ``action`` that ran on ``host`` (not skipped)."""
+        return [r["result"] for r in self.records if r.get("host") == host
+                and r.get("action", "").endswith(action) and r["status"] != "skipped"]
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The role swcmp.gateway.swcmp renders swcmp's own contrib/ files: with the command at
-/usr/local/bin/swcmp, the default directories and no metrics textfile, the unit and the
+/usr/bin/swcmp, the default directories and no metrics textfile, the unit and the
 charon start hook are exactly contrib/systemd/swcmp.service and contrib/strongswan/swcmp.conf
 (after the role's one header line), so a change to contrib/ that the role misses fails here."""
 
@@ -15,7 +15,7 @@ import jinja2
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "ansible" / "roles" / "swcmp" / "templates"
-DEFAULTS = {"swcmp_executable": "/usr/local/bin/swcmp", "swcmp_config_dir": "/etc/swcmp",
+DEFAULTS = {"swcmp_executable": "/usr/bin/swcmp", "swcmp_config_dir": "/etc/swcmp",
             "swcmp_vici": "", "swcmp_metrics_textfile": "", "swcmp_ha_role_file": "",
             "swcmp_ha_role_command": "", "swcmp_post_renew": [],
             "ansible_managed": "Ansible managed"}
@@ -39,7 +39,7 @@ def test_unit_and_hook_are_contrib_files() -> None:
 def test_metrics_directory_is_writable_for_the_service() -> None:
     unit = render("swcmp.service.j2", swcmp_metrics_textfile="/var/lib/node/swcmp.prom",
                   swcmp_vici="unix:///run/charon.vici")
-    assert "ExecStart=/usr/local/bin/swcmp --vici unix:///run/charon.vici serve" in unit
+    assert "ExecStart=/usr/bin/swcmp --vici unix:///run/charon.vici serve" in unit
     rw = next(line for line in unit.splitlines() if line.startswith("ReadWritePaths="))
     assert rw.split()[-1] == "/var/lib/node"
 

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pyasn1.codec.der import decoder, encoder
 from pyasn1.type import base, constraint, namedtype, univ
 from pyasn1_alt_modules import rfc4055, rfc4211, rfc5280, rfc8018, rfc9480
@@ -246,3 +248,28 @@ def test_certificates_are_not_decoded_through_the_schema() -> None:
     assert bytes(obj["caPubs"][0]) == not_a_cert
     assert bytes(obj["response"][0]["certifiedKeyPair"]["certOrEncCert"]["certificate"]) \
         == not_a_cert
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(min_size=0, max_size=12))
+def test_oid_text_reads_object_identifiers_as_pyasn1_does(content: bytes) -> None:
+    # der.oid_text reads the attribute types of Names without pyasn1: same dotted text,
+    # same refusals (empty, cut short, an arc not in its shortest form).
+    from swcmp.errors import ProtocolError
+
+    try:
+        expected: str | None = str(decoder.decode(
+            bytes([6, len(content)]) + content, asn1Spec=univ.ObjectIdentifier())[0])
+    except Exception:
+        expected = None
+    try:
+        got: str | None = der.oid_text(content)
+    except ProtocolError:
+        got = None
+    assert got == expected
+
+
+def test_oid_text_of_known_identifiers() -> None:
+    for oid in (rfc5280.id_at_commonName, rfc9480.id_it_rootCaKeyUpdate,
+                rfc8018.id_hmacWithSHA256, univ.ObjectIdentifier("2.999.3")):
+        assert der.oid_text(der.single(encoder.encode(oid)).value) == str(oid)

@@ -179,7 +179,7 @@ def _name_der_of_general_name(gn: Any) -> bytes | None:
         inner = tlv.children()
         if len(inner) != 1:
             raise ProtocolError("malformed directoryName in a GeneralName")
-        _decode(inner[0].raw, asn1.Name(), "distinguished name")
+        name_key(inner[0].raw)  # a Name: SEQUENCE OF SET OF (OID, value), else ProtocolError
         return inner[0].raw
     if tlv.tag not in _GENERAL_NAME_TAGS:
         raise ProtocolError(f"malformed GeneralName (tag 0x{tlv.tag:x})")
@@ -1034,7 +1034,7 @@ def name_key(name_der: bytes) -> NameKey:
                 fields = atv.children() if atv.tag == 0x30 else []
                 if len(fields) != 2 or fields[0].tag != 0x06:
                     raise ProtocolError("malformed attribute in a Name")
-                oid = str(_decode(fields[0].raw, univ.ObjectIdentifier(), "attribute type"))
+                oid = der.oid_text(fields[0].value)
                 codec_name = _NAME_STRING_CODECS.get(fields[1].tag)
                 if codec_name is None:
                     value = "#" + fields[1].raw.hex()

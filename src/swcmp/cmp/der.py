@@ -93,6 +93,27 @@ def single(data: bytes) -> TLV:
     return tlv
 
 
+def oid_text(value: bytes) -> str:
+    """The dotted form of an OBJECT IDENTIFIER's content octets (DER: every
+    subidentifier in its shortest form); ProtocolError when malformed."""
+    if not value or value[-1] & 0x80:
+        raise ProtocolError("DER: malformed OBJECT IDENTIFIER")
+    arcs: list[int] = []
+    n = 0
+    start = True
+    for b in value:
+        if start and b == 0x80:
+            raise ProtocolError("DER: OBJECT IDENTIFIER arc not in minimal form")
+        n = (n << 7) | (b & 0x7F)
+        start = not b & 0x80
+        if start:
+            arcs.append(n)
+            n = 0
+    first = arcs[0]
+    head = [0, first] if first < 40 else [1, first - 40] if first < 80 else [2, first - 80]
+    return ".".join(str(a) for a in head + arcs[1:])
+
+
 def encode_length(length: int) -> bytes:
     """DER length octets."""
     if length < 0x80:
