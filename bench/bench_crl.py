@@ -7,7 +7,7 @@ size: the CRL's bytes, the answer's bytes, and the CPU and wall time (the worst 
 ``--rounds`` runs) from the answer arriving to the CRL checked and in hand (MAC and
 signature verified), then to a serial looked up in it.
 
-Run: python3 bench/bench_crl.py [--rounds N] [--entries N ...]
+Run: python3 bench/bench_crl.py [--rounds N] [--entries N ...] [--quick]
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--entries", type=int, nargs="*", default=[1_000, 8_000, 20_000])
+    ap.add_argument("--quick", action="store_true", help="a smoke run: one round, 2 000 entries")
     args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.entries = 1, [2_000]
     pki = make_pki(Path(tempfile.mkdtemp(prefix="swcmp-bench-")))
     print(f"{'entries':>8} {'CRL bytes':>10} {'answer':>10} {'CPU ms':>8} {'wall ms':>8} "
           f"{'lookup ms':>9}")

@@ -113,7 +113,11 @@ def answer(req: PKIMessageInfo, body: bytes, *, mac: bool = False,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run with tiny parameters (CI runs every bench script so)")
     args = ap.parse_args()
+    if args.quick:
+        args.rounds = 1
     pki = make_pki(Path(tempfile.mkdtemp(prefix="swcmp-bench-")))
     gw_prot = SignatureProtection(key=pki.gw_key, cert=pki.gw)
 

@@ -65,7 +65,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0, help="idle measurement window")
     ap.add_argument("--key-type", default="ecdsa:p256")
     ap.add_argument("--regenerate", action="store_true", help="renew with fresh keys")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run with tiny parameters (CI runs every bench script so)")
     args = ap.parse_args()
+    if args.quick:
+        args.sessions, args.seconds = 2, 1.0
 
     root = Path(tempfile.mkdtemp(prefix="swcmp-bench-serve-"))
     site = make_site(root / "gw")

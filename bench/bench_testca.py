@@ -211,7 +211,11 @@ def main() -> None:
     ap.add_argument("--new-key", action="store_true", help="each KUR certifies a fresh key")
     ap.add_argument("--subprocess", action="store_true",
                     help="run the CA as a child process and report its own peak RSS")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run with tiny parameters (CI runs every bench script so)")
     args = ap.parse_args()
+    if args.quick:
+        args.n = 2
     if args.n < 1:
         ap.error("-n must be at least 1")
     run(args.n, args.key_type, args.new_key, args.subprocess)

@@ -61,7 +61,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--key-type", default="ecdsa:p256")
     ap.add_argument("--tpm", action="store_true", help="also a software TPM 2.0")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run with tiny parameters (CI runs every bench script so)")
     args = ap.parse_args()
+    if args.quick:
+        args.rounds = 2
     d = Path(tempfile.mkdtemp(prefix="swcmp-bench-token-"))
     pki = make_pki(d, key_type=args.key_type)
     file_key = pki.gw_key

@@ -57,6 +57,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
+from debian_root import DebianRoot
+
 CHARON = Path("/usr/lib/ipsec/charon")
 SWANCTL = shutil.which("swanctl") or "/usr/sbin/swanctl"
 PLUGINS = (
@@ -351,12 +353,19 @@ class CharonNode:
             if name in os.environ:
                 env[name] = os.environ[name]
         out = self.stdout.open("ab")
+        if self.net.root is not None:
+            # another Debian release's charon, in the same namespaces, from its root file
+            # system: the node's directory and the caller's binds seen at the same paths
+            argv = self.net.root.argv([str(CHARON)], binds=[self.net.base, *self.net.binds],
+                                      netns=self.netns, tmpfs=["/run"])
+        else:
+            argv = ["ip", "netns", "exec", self.netns,
+                    "unshare", "--mount", "--propagation", "private",
+                    "sh", "-c", 'mount -t tmpfs -o size=8m,mode=0755 swcmp-run /run && exec "$0"',
+                    str(CHARON)]
         try:
             self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.netns,
-                 "unshare", "--mount", "--propagation", "private",
-                 "sh", "-c", 'mount -t tmpfs -o size=8m,mode=0755 swcmp-run /run && exec "$0"',
-                 str(CHARON)],
+                argv,
                 env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
@@ -568,8 +577,14 @@ class CharonNet:
     """
 
     def __init__(self, base: Path, *, pki: TestPKI | None = None,
-                 credentials: bool = True) -> None:
+                 credentials: bool = True, root: DebianRoot | None = None,
+                 binds: tuple[Path, ...] = ()) -> None:
         self.base = base
+        #: run the charons of this Debian root file system (e.g. Debian 13's strongSwan
+        #: 6.0) instead of the machine's; ``binds`` are host directories they must see
+        #: (the start scripts' swcmp directories and virtual environment)
+        self.root = root
+        self.binds = binds
         #: False: start both charons with connections only; credentials come
         #: from elsewhere (the demo enrolls both gateways with swcmp).
         self.credentials = credentials

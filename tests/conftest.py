@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import pytest
 
+from openssl_mock import VERSIONS, OpenSSL
 from pki import TestPKI, make_pki
+
+
+@pytest.fixture(params=VERSIONS, ids=[f"openssl-{v}" for v in VERSIONS])
+def openssl_peer(request: pytest.FixtureRequest) -> OpenSSL:
+    """The machine's OpenSSL (3.0) and Debian 13's (3.5, from tests/debian_root.py)."""
+    return OpenSSL.of(request.param)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from typing import Any
 from click.testing import CliRunner, Result
 from cryptography import x509
 
-from openssl_mock import mock_server
+from openssl_mock import OpenSSL, mock_server
 from pki import TestPKI, make_pki, pem_cert, pem_key
 from swcmp.cli import cli
 from swcmp.cmp import keys
@@ -25,8 +25,10 @@ GW = "gw1.example.net"
 class Gateway:
     """A gateway's swcmp directories, session gw1 and its pre-made key."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, openssl: OpenSSL | None = None) -> None:
         self.root = root
+        #: whose `openssl cmp` mock answers (the machine's OpenSSL 3.0 by default)
+        self.openssl = openssl
         self.pki: TestPKI = make_pki(root / "pki")
         self.config_dir = root / "etc"
         self.state_dir = root / "var"
@@ -78,7 +80,7 @@ class Gateway:
         """The mock CA answering with ``cert``; the session is pointed at it."""
         self.pki.write("rsp.crt", pem_cert(cert))
         with mock_server([*args, "-rsp_cert", "rsp.crt", "-rsp_capubs", "root.crt"],
-                         cwd=self.pki.dir) as url:  # fmt: skip
+                         cwd=self.pki.dir, openssl=self.openssl) as url:  # fmt: skip
             if (self.config_dir / "sessions" / "gw1.toml").exists():
                 assert self.run("session", "set", "gw1", "--server-url", url).exit_code == 0
             yield url

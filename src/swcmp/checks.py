@@ -42,11 +42,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from swcmp import keystore
-from swcmp.checkresult import FAIL, LEVELS, OK, WARN, CheckResult
+from swcmp.checkresult import FAIL, LEVELS, OK, PENDING, WARN, CheckResult
 from swcmp.cmp import certs, keys
 from swcmp.errors import CertificateError, ConfigError, SwcmpError
 from swcmp.keystore.files import load_key_file
-from swcmp.names import common_name, format_dn
+from swcmp.names import common_name, format_dn, format_sans
 from swcmp.paths import Paths
 from swcmp.session import FIELDS, Session, auth_credentials, hint_for
 
@@ -54,6 +54,7 @@ __all__ = [
     "FAIL",
     "LEVELS",
     "OK",
+    "PENDING",
     "WARN",
     "CheckResult",
     "ExtraCheck",
@@ -108,6 +109,14 @@ def _spki(key: PrivateKeyTypes | x509.Certificate) -> bytes:
     )
 
 
+def certs_is_ca(cert: x509.Certificate) -> bool:
+    """Whether ``cert`` is a CA certificate (basicConstraints with cA true)."""
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
 def _anchors(session: Session) -> list[x509.Certificate]:
     anchors: list[x509.Certificate] = []
     for path in session.trust:
@@ -119,7 +128,32 @@ def _anchors(session: Session) -> list[x509.Certificate]:
 # --- the checks --------------------------------------------------------------------------
 
 
-def _check_entity(session: Session) -> CheckResult:
+def _san_set(cert: x509.Certificate) -> set[x509.GeneralName]:
+    try:
+        return set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        return set()
+
+
+def names_changed(session: Session, cert: x509.Certificate) -> str:
+    """What differs between the session's entity and SANs and ``cert``'s ("" if nothing).
+
+    A key update (KUR) copies the subject and subjectAltNames of the certificate it
+    updates, so a change made with ``session set`` after the first request needs a
+    certificate request (CR) that carries the new names.
+    """
+    changed = []
+    if session.entity_dn is not None and session.entity_dn != cert.subject:
+        changed.append(f"entity {format_dn(session.entity_dn)} (certificate: "
+                       f"{format_dn(cert.subject)})")
+    if session.san_names and set(session.san_names) != _san_set(cert):
+        wanted = ", ".join(format_sans(session.san_names)) or "none"
+        has = ", ".join(format_sans(_san_set(cert))) or "none"
+        changed.append(f"SANs {wanted} (certificate: {has})")
+    return "; ".join(changed)
+
+
+def _check_entity(session: Session, paths: Paths) -> CheckResult:
     fix = _set_cmd(session, "--entity '/C=DE/O=Example/CN=gw1.example.net'")
     if session.entity_dn is None:
         return _fail("entity", "no entity (subject DN) is set", fix)
@@ -127,16 +161,67 @@ def _check_entity(session: Session) -> CheckResult:
     cn = common_name(session.entity_dn)
     if not cn:
         return _fail("entity", f"the entity {shown} has no common name (CN)", fix)
+    own = _own_cert(session, paths)
+    changed = names_changed(session, own) if own is not None else ""
+    if changed and own is not None:
+        return _fail(
+            "entity",
+            f"changed since the certificate was issued: {changed}; a key update keeps the "
+            "certificate's names",
+            f"run `swcmp request certificate {session.name}` (a CR with the new names); "
+            f"if the CA rewrites the names, set them as issued: "
+            f"{_set_cmd(session, '--entity ' + shlex.quote(format_dn(own.subject)))}",
+        )
     return _pass("entity", f"entity {shown}")
 
 
-def _check_ca_name(session: Session) -> CheckResult:
+def _known_cas(session: Session, paths: Paths) -> list[x509.Certificate]:
+    """The CA certificates a session knows: anchors, then those its CA sent (x509ca/)."""
+    known = _anchors(session)
+    for path in paths.ca_cert_files(session.name):
+        found, _ = _load_certs(path)
+        known.extend(found)
+    return known
+
+
+def _own_cert(session: Session, paths: Paths) -> x509.Certificate | None:
+    """The session's current certificate (x509/NAME.crt), None before the first request."""
+    found, _ = _load_certs(paths.cert_file(session.name))
+    return found[0] if found else None
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Insertions, deletions, substitutions and swaps of neighbours from ``a`` to ``b``."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            d = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                d = min(d, prev2[j - 2] + 1)
+            cur.append(d)
+        prev2, prev = prev, cur
+    return prev[-1]
+
+
+def _typo_of(typed: str, known: str) -> bool:
+    """Whether ``typed`` looks like a slip of ``known``: other case, or one edit (two in a
+    long name)."""
+    if typed == known:
+        return False
+    a, b = typed.lower(), known.lower()
+    return _edit_distance(a, b) <= (2 if len(b) >= 24 else 1)
+
+
+def _check_ca_name(session: Session, paths: Paths) -> CheckResult:
     fix = _set_cmd(session, "--ca-name '/C=DE/O=Example/CN=Example Issuing CA'")
     if session.ca_dn is None:
         return _fail("ca-name", "no CA name is set", fix)
     shown = format_dn(session.ca_dn)
     wanted = sorted(a.rfc4514_string() for a in session.ca_dn)
-    for anchor in _anchors(session):
+    anchors = _anchors(session)
+    for anchor in anchors:
         if anchor.subject == session.ca_dn:
             return _pass("ca-name", f"CA name {shown} (matches trust anchor)")
         if sorted(a.rfc4514_string() for a in anchor.subject) == wanted:
@@ -148,7 +233,39 @@ def _check_ca_name(session: Session) -> CheckResult:
                 f"CA name {shown} has the RDNs of trust anchor {right} in another order",
                 _set_cmd(session, f"--ca-name {shlex.quote(right)}"),
             )
-    return _pass("ca-name", f"CA name {shown}")
+    own = _own_cert(session, paths)
+    known = _known_cas(session, paths)
+    if any(c.subject == session.ca_dn for c in known) or (
+            own is not None and own.issuer == session.ca_dn):
+        return _pass("ca-name", f"CA name {shown} (the CA that issued the certificate)")
+    candidates = [format_dn(c.subject) for c in known]
+    if own is not None:
+        candidates.append(format_dn(own.issuer))
+    close = [c for c in candidates if _typo_of(shown, c)]
+    if close:
+        return _fail(
+            "ca-name",
+            f"CA name {shown} is the subject of no trust anchor or CA certificate; "
+            f"{close[0]} is (a typo?)",
+            _set_cmd(session, f"--ca-name {shlex.quote(close[0])}"),
+        )
+    if not anchors:
+        return _pass("ca-name", f"CA name {shown}")
+    # Not a typo of a known CA: an issuing CA below the anchor, or a CMP server that
+    # names itself otherwise than the issuer (the Siemens Mock CA does): only a warning.
+    known_text = "; ".join(dict.fromkeys(candidates))
+    return CheckResult(
+        name="ca-name",
+        level=WARN,
+        detail=f"CA name {shown} is the subject of no trust anchor or CA certificate known "
+        f"to the session ({known_text}); right for a CA that is no anchor, wrong if mistyped",
+        fix=f"compare it with the CA certificate; {_set_cmd(session, '--ca-name DN')}",
+    )
+
+
+def name_checks(session: Session, paths: Paths) -> list[CheckResult]:
+    """The ``entity`` and ``ca-name`` checks alone (``session set`` warns with them)."""
+    return [_check_entity(session, paths), _check_ca_name(session, paths)]
 
 
 def _check_server_url(session: Session) -> CheckResult:
@@ -179,6 +296,17 @@ def _check_auth_cert(session: Session, paths: Paths, now: datetime) -> list[Chec
     def skipped(reason: str) -> list[CheckResult]:
         return [_fail(n, f"not checked: {reason}", f"fix {names[0]!r} first") for n in names[1:]]
 
+    own = paths.cert_file(session.name)
+    if session.auth_cert is None and (cert_path is None or cert_path == own) and not own.exists():
+        # Before the first request: the certificate is what `request initial` makes.
+        ir = (f"run `swcmp request initial {session.name}` (it sets the certificate), "
+              f"or `{set_both}` for one from elsewhere")
+        return [
+            CheckResult(name="auth-cert", level=PENDING,
+                        detail=f"no certificate yet ({own}); the first request gets it", fix=ir),
+            *(CheckResult(name=n, level=PENDING, detail="checked once there is a certificate",
+                          fix=ir) for n in names[1:]),
+        ]
     if cert_path is None:
         results.append(
             _fail(
@@ -315,6 +443,14 @@ def _check_trust(session: Session, now: datetime) -> CheckResult:
                     f"{cert.not_valid_after_utc:%Y-%m-%d} UTC",
                     fix.replace("the CA certificate", "the CA's current certificate"),
                 )
+            if not certs_is_ca(cert):
+                return _fail(
+                    "trust-anchor",
+                    f"{path} holds {format_dn(cert.subject)}, which is not a CA certificate "
+                    "(no basicConstraints cA): an end-entity certificate cannot verify the "
+                    "CA's answers",
+                    fix,
+                )
             subjects.append(format_dn(cert.subject))
     return _pass("trust-anchor", "trust anchors: " + "; ".join(subjects))
 
@@ -395,8 +531,8 @@ def run_checks(
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("run_checks needs a timezone-aware 'now'")
     results = [
-        _check_entity(session),
-        _check_ca_name(session),
+        _check_entity(session, paths),
+        _check_ca_name(session, paths),
         _check_server_url(session),
     ]
     results.extend(_check_auth_cert(session, paths, now))
@@ -472,12 +608,21 @@ def check_setting_files(session: Session, changed: Sequence[str], paths: Paths) 
                 ) from None
             if name in _CERT_FIELDS:
                 try:
-                    certs.load_certificates(data)
+                    loaded = certs.load_certificates(data)
                 except SwcmpError:
                     raise _refused(
                         f"{option} {path}: not a PEM or DER X.509 certificate",
                         "give the certificate file itself (PEM with BEGIN CERTIFICATE, or DER)",
                     ) from None
+                not_ca = [c for c in loaded if not certs_is_ca(c)]
+                if name == "trust" and not_ca:
+                    raise _refused(
+                        f"{option} {path}: {format_dn(not_ca[0].subject)} is not a CA "
+                        "certificate (no basicConstraints cA); a trust anchor verifies the "
+                        "CA's answers and must be the CA's own certificate",
+                        "give the certificate of the CA (or its root) the CA operator "
+                        "gave you, not the gateway's",
+                    )
             elif name in ("auth_key", "tls_client_key"):
                 try:
                     keys.load_private_key(data)

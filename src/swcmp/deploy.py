@@ -28,40 +28,62 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class KeyFile:
+    """A private key in a file: charon's ``load-key`` takes its content.
+
+    ``pem`` is an unencrypted PKCS#8 PEM private key: never log it.
+    """
+
+    path: Path
+    pem: bytes = field(repr=False)
+
+    def describe(self) -> str:
+        return str(self.path)
+
+
+@dataclass(frozen=True)
 class TokenRef:
     """A private key that stays in a PKCS#11 token: what charon's ``load-token`` takes.
 
-    ``handle`` is the key pair's CKA_ID in hex; ``pin`` the token's user PIN: never log it.
+    ``handle`` is the key pair's CKA_ID in hex; ``pin`` the token's user PIN: never log
+    it; ``where`` names the token and label, for messages.
     """
 
     handle: str
     pin: str = field(repr=False)
+    where: str = "the token"
+
+    def describe(self) -> str:
+        return f"CKA_ID {self.handle} in {self.where}"
+
+
+#: What charon is given for a pair's private key: a key file's content or a token handle.
+CharonKey = KeyFile | TokenRef
 
 
 @dataclass(frozen=True)
 class CredentialPair:
-    """One session's key and certificate as they are (or will be) on disk.
+    """One session's key and certificate as charon is given them.
 
-    ``key_pem`` is an unencrypted PKCS#8 PEM private key: never log it. A key kept
-    in a token has ``token`` set instead and an empty ``key_pem``; ``key_path`` is
-    then the session's ``pkcs11:`` URI (for messages; no such file exists).
-    ``ca_certs_pem`` holds the CA certificates (issuer chain, trust anchors)
-    that go with the certificate, each a single PEM certificate.
+    ``ca_certs_pem`` holds the CA certificates (issuer chain, trust anchors) that go
+    with the certificate, each a single PEM certificate.
     """
 
     session: str
-    key_path: Path
+    key: CharonKey
     cert_path: Path
-    key_pem: bytes
     cert_pem: bytes
     ca_certs_pem: tuple[bytes, ...] = ()
-    token: TokenRef | None = None
+
+    @classmethod
+    def of_files(cls, session: str, key_path: Path, cert_path: Path, key_pem: bytes,
+                 cert_pem: bytes, ca_certs_pem: tuple[bytes, ...] = ()) -> CredentialPair:
+        """A pair whose key is the file ``key_path`` holding ``key_pem``."""
+        return cls(session, KeyFile(key_path, key_pem), cert_path, cert_pem, ca_certs_pem)
 
     def __repr__(self) -> str:  # never show key material
-        return (
-            f"CredentialPair(session={self.session!r}, key_path={str(self.key_path)!r}, "
-            f"cert_path={str(self.cert_path)!r})"
-        )
+        return (f"CredentialPair(session={self.session!r}, key={self.key.describe()!r}, "
+                f"cert_path={str(self.cert_path)!r})")
 
 
 @dataclass(frozen=True)

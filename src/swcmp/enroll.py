@@ -64,6 +64,9 @@ class Outcome:
     key_path: Path | None = None
     ca_paths: tuple[Path, ...] = ()
     charon: str | None = None
+    #: A renewal: the serial (hex) of the certificate it replaced, known also to a run
+    #: that finished a commit an earlier run was killed in (None: nothing replaced).
+    replaced_serial: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -104,7 +107,7 @@ def mac_protection(session: Session) -> Protection:
     need_setting(session.mac_ref, "MAC reference", session, "--mac-ref")
     assert session.mac_ref is not None
     return MacProtection(reference=session.mac_ref.encode(), secret=read_mac_secret(session),
-                         mac_alg=session.mac_alg)
+                         mac_alg=session.mac_alg, iterations=session.mac_iterations)
 
 
 def request_chain(session: Session, paths: Paths, cert: x509.Certificate,
@@ -181,7 +184,8 @@ def make_client(session: Session, *, transport: Transport | None = None,
                        implicit_confirm=(session.implicit_confirm if implicit_confirm is None
                                          else implicit_confirm),
                        poll_deadline=poll_deadline, cert_profile=session.cert_profile,
-                       sender=session.entity_dn)
+                       sender=session.entity_dn,
+                       granted_with_mods=session.granted_with_mods)
     if sleep is not None:
         client.sleep = sleep
     if clock is not None:
@@ -229,8 +233,9 @@ def deploy(charon: Charon | None, session: Session, new: CredentialPair,
         return charon.deploy(session, new, previous).detail
     except DeployUnavailable as e:
         reason = str(e.args[0]) if e.args else str(e)
+        # in_outcome: the returned text is the command's output too (shown once there)
         log.warning("%s: charon not updated: %s (the files are in place; charon loads them "
-                    "when it starts)", new.session, reason)
+                    "when it starts)", new.session, reason, extra={"in_outcome": True})
         return f"charon not updated: {reason}"
 
 

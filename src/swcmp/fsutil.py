@@ -220,6 +220,30 @@ def _read_pid(fd: int) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def lock_holder(lock_dir: Path, name: str) -> int | None:
+    """Whether another process holds ``lock_dir/NAME.lock`` now: its pid (0 if it wrote
+    none), or None when the lock is free or was never made.
+
+    Read-only: the lock file is opened for reading and probed with a shared,
+    non-blocking ``flock`` that is released at once; nothing is created.
+    """
+    try:
+        fd = os.open(Path(lock_dir) / f"{name}.lock", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_pid(fd) or 0
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def exclusive_lock(
     lock_dir: Path, name: str, *, blocking: bool = True, what: str | None = None

@@ -2,17 +2,23 @@
 
 Names follow Prometheus' conventions: the unit is in the name
 (``_timestamp_seconds`` for points in time as Unix seconds), counters end in
-``_total`` and never go down, 0/1 gauges say what 1 means. ``swcmp renew`` and
-``swcmp serve`` write the file atomically (temporary file, rename) after each
-pass, and ``serve`` refreshes it every :data:`REFRESH` seconds, so that
-node_exporter never reads half a file. The families, with their labels:
+``_total`` and never go down, 0/1 gauges say what 1 means. ``swcmp renew``,
+``swcmp serve`` and the ``swcmp request`` commands write the file atomically
+(temporary file, rename) after each pass or request, and ``serve`` refreshes it
+every :data:`REFRESH` seconds, so that node_exporter never reads half a file.
+The families, with their labels:
 
 per session (``session``):
     ``swcmp_certificate_not_before_timestamp_seconds``,
     ``swcmp_certificate_not_after_timestamp_seconds``: the current certificate;
     ``swcmp_next_renewal_timestamp_seconds``: when it is due;
-    ``swcmp_last_success_timestamp_seconds``: the last successful request;
-    ``swcmp_last_result_success``: 1 if the last request succeeded;
+    ``swcmp_last_success_timestamp_seconds``: the last successful certificate
+    request or renewal (IR, CR, KUR);
+    ``swcmp_last_result_success``: 1 if the last of those succeeded;
+    ``swcmp_last_operation_success{operation="ca"|"manual"}``: the same for the
+    other operations, kept apart so that a failed CA question (``ca``: CA
+    certificates, root update, CRL) or a mistyped revocation (``manual``) never
+    turns a healthy renewal's series to 0;
     ``swcmp_renewals_total{result="success"|"failure"}``;
     ``swcmp_renewal_failures_total{error, fail_info}``: failures by kind and
     the CA's failInfo names (``error="ca_refused"``) or ``fail_info=""``;
@@ -168,7 +174,11 @@ _FAMILIES = (
      "When the current certificate is due for renewal (Unix time)."),
     ("swcmp_last_success_timestamp_seconds", "gauge",
      "When the last request or renewal succeeded (Unix time)."),
-    ("swcmp_last_result_success", "gauge", "1 if the last request or renewal succeeded."),
+    ("swcmp_last_result_success", "gauge",
+     "1 if the last certificate request or renewal (IR, CR, KUR) succeeded."),
+    ("swcmp_last_operation_success", "gauge",
+     "1 if the last operation of this kind succeeded: ca (questions to the CA: CA "
+     "certificates, root update, CRL) or manual (revocations)."),
     ("swcmp_renewals_total", "counter", "Renewals attempted, by result."),
     ("swcmp_renewal_failures_total", "counter",
      "Failed renewals by kind of error and the CA's failInfo names."),
@@ -224,6 +234,8 @@ def render(views: Iterable[SessionView], *, role: Role | None = None,
             out.sample("swcmp_last_success_timestamp_seconds", s, int(success_ts))
         if st.last_result is not None:
             out.sample("swcmp_last_result_success", s, int(st.last_result.ok))
+        for kind, other in sorted(st.other_results.items()):
+            out.sample("swcmp_last_operation_success", s | {"operation": kind}, int(other.ok))
         for result in ("success", "failure"):
             out.sample("swcmp_renewals_total", s | {"result": result},
                        st.renewals.get(result, 0))

@@ -140,11 +140,14 @@ _IA5_OIDS = frozenset({NameOID.EMAIL_ADDRESS, NameOID.DOMAIN_COMPONENT})
 _PRINTABLE_RE = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]*")
 _OID_RE = re.compile(r"(?:oid\.)?([0-2](?:\.(?:0|[1-9][0-9]*))+)", re.IGNORECASE)
 _HEX = frozenset("0123456789abcdefABCDEF")
+# An attribute type followed by '=' (a name such as O or emailAddress, or a dotted OID).
+_TYPE_START_RE = re.compile(r" *(?:[A-Za-z][A-Za-z0-9-]*|(?:oid\.)?[0-2](?:\.[0-9]+)+) *=")
 # Only spaces surround a DN: a tab or line break is part of a value (RFC 4514 does not
 # escape them, so cryptography prints them bare and they must read back the same).
 _BLANKS = " "
 
-_DN_EXAMPLE = "/C=DE/O=Example/CN=gw1.example.net or CN=gw1.example.net,O=Example,C=DE"
+_DN_EXAMPLE = ("/C=DE/O=Example/CN=gw1.example.net (slash form, most significant first) or "
+               "CN=gw1.example.net,O=Example,C=DE (RFC 4514)")
 
 
 def _dn_error(text: str, why: str) -> ConfigError:
@@ -216,6 +219,16 @@ def _split_dn(text: str, body: str, rdn_sep: str, *, rfc4514: bool) -> list[list
                 raise _dn_error(text, "text after a quoted value")
         else:
             while i < n and body[i] not in rdn_sep + "+":
+                if rfc4514 and body[i] in ";/" and _TYPE_START_RE.match(body, i + 1):
+                    # CN=gw1;O=Example (RFC 1779's ';') or C=DE/O=... (slash form
+                    # without its leading '/'): not one value, and not a form we read.
+                    raise _dn_error(
+                        text,
+                        f"{body[i]!r} before {body[i + 1:].split('=')[0].strip()}= is not an "
+                        "RDN separator: RFC 4514 separates RDNs with ',', and the slash form "
+                        "starts with '/' (escape it as '\\" + body[i] + "' if it is part of "
+                        "the value)",
+                    )
                 if body[i] == "\\":
                     i = _escape(text, body, i, buf)
                     keep = len(buf)

@@ -220,7 +220,12 @@ class Renewer:
                 client.confirm_again(
                     transaction_id=tx[0], server_nonce=tx[1],
                     cert_der=certs.der_of(staged), subject=old_cert.subject,
-                    protection=protection, cert_req_id=entry.cert_req_id)
+                    protection=protection, cert_req_id=entry.cert_req_id,
+                    confirm_nonce=(bytes.fromhex(entry.confirm_nonce)
+                                   if entry.confirm_nonce else None),
+                    journal=note)
+            except PollingTimeoutError:
+                raise  # the CA still delays the pkiConf: the next run polls again
             except SwcmpError as e:
                 log.warning("%s: the CA did not take the late confirmation (%s); requesting "
                             "again", session.name, e)
@@ -253,9 +258,13 @@ class Renewer:
             # confirm it late instead of asking for another one.
             fields["cert"] = (certs.pem_of(certs.load_certificate(ev.cert_der)).decode()
                               if ev.phase == "received" and ev.cert_der else None)
+            # the CA delays the pkiConf: the next run polls for it in this transaction
+            fields["confirm_nonce"] = ev.confirm_nonce.hex() if ev.confirm_nonce else None
+            if ev.kind == "certConf":  # a resumed confirmation: the request's kind stays
+                del fields["kind"]
             fields.setdefault("old_serial", f"{old_cert.serial_number:x}")
             j.write(**fields, regenerate=regenerated)
-            self.test_checkpoint(ev.phase)
+            self.test_checkpoint("confirm-waiting" if ev.confirm_nonce else ev.phase)
 
         def accept(cert: x509.Certificate) -> None:
             self._verify_renewed(session, old_cert, cert, now=self.clock())
@@ -301,6 +310,8 @@ class Renewer:
         ca_said_no = isinstance(error, CMPErrorResponse) and error.protected
         if entry.phase == "waiting" and not ca_said_no:
             return
+        if entry.phase == "received" and entry.confirm_nonce and not ca_said_no:
+            return  # the certConf is waiting at the CA: the next run polls for the pkiConf
         fsutil.remove_file(j.cert_file, missing_ok=True)
         if store.has_staged(j, entry) and entry.phase == "key-ready":
             return  # nothing was sent: the same key serves the next attempt
@@ -329,7 +340,7 @@ class Renewer:
 
     def _promote(self, session: Session, store: KeyStore, j: Journal) -> Outcome:
         """Make the staged pair live in storage, then in charon; roll back on failure."""
-        j.write(phase="committing")
+        entry = j.write(phase="committing")
         self.test_checkpoint("committing")
         staged_cert = certs.load_certificate(read_file(j.cert_file, "staged certificate"))
         ca_certs = j.staged_ca_certs()
@@ -351,7 +362,8 @@ class Renewer:
                 "are restored in storage").with_hint(
                 "the new certificate is kept staged; the next run tries to deploy it again"
             ) from e
-        self._collect(session, store, replaced=installed.replaced_serial)
+        replaced = _replaced_serial(installed, entry, staged_cert)
+        self._collect(session, store, replaced=replaced)
         j.clear()
         self.test_checkpoint("done")
         log.info("%s: renewed: %s, valid until %s (%s)", session.name,
@@ -362,7 +374,8 @@ class Renewer:
                        serial=f"{staged_cert.serial_number:x}",
                        not_after=staged_cert.not_valid_after_utc,
                        cert_path=self.paths.cert_file(session.name), key_path=store.key_file,
-                       ca_paths=tuple(ca_paths), charon=detail)
+                       ca_paths=tuple(ca_paths), charon=detail,
+                       replaced_serial=f"{replaced:x}" if replaced is not None else None)
 
     def _collect(self, session: Session, store: KeyStore, *, replaced: int | None = None
                  ) -> None:
@@ -385,6 +398,20 @@ class Renewer:
                 st.add_stats(client.stats)
         except SwcmpError as e:
             log.warning("%s: could not record statistics: %s", name, e)
+
+
+def _replaced_serial(installed: keystore.Installed, entry: JournalEntry,
+                     new: x509.Certificate) -> int | None:
+    """The serial of the certificate a commit replaced: what the install replaced, or,
+    when a killed run had already written the new certificate, the one the journal
+    names as live when the renewal began."""
+    if installed.replaced_serial is not None:
+        return installed.replaced_serial
+    try:
+        old = int(entry.old_serial, 16) if entry.old_serial else None
+    except ValueError:
+        return None
+    return old if old != new.serial_number else None
 
 
 def revocations_waiting(paths: Paths, name: str) -> list[int]:

@@ -23,7 +23,7 @@ from typing import Final, Literal, cast
 
 from cryptography import x509
 
-from swcmp.choices import IR_AUTH_MODES, KEY_TYPES, MAC_ALGS
+from swcmp.choices import GRANTED_WITH_MODS, IR_AUTH_MODES, KEY_TYPES, MAC_ALGS
 from swcmp.cmp.urls import check_server_url as validate_server_url
 from swcmp.errors import ConfigError, SwcmpError
 from swcmp.names import (
@@ -43,7 +43,7 @@ SESSION_FILE_MODE: Final = 0o640
 _MAX_SECRET_FILE = 4096
 
 IrAuth = Literal["mac", "signature"]
-MacAlg = Literal["hmac-sha256", "hmac-sha1"]
+MacAlg = Literal["hmac-sha256", "hmac-sha1", "pbmac1"]
 
 
 _CONN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -165,6 +165,24 @@ def _cert_profile(value: object) -> object:
     return text
 
 
+#: Bounds of the session's ``mac_iterations`` (the MAC key derivation's iteration count;
+#: the same bounds swcmp accepts in a CA's answer).
+MAC_ITERATIONS_RANGE = (100, 100_000)
+
+
+def _mac_iterations(value: object) -> object:
+    low, high = MAC_ITERATIONS_RANGE
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _err(
+            f"invalid mac_iterations {value!r}: give a whole number from {low} to {high}",
+            "the iteration count of the MAC key derivation (PasswordBasedMac or PBMAC1's "
+            "PBKDF2; default 10000)",
+        )
+    return value
+
+
 #: Bounds of the session's ``timeout`` (seconds for one exchange with the CA).
 TIMEOUT_RANGE = (1, 600)
 
@@ -242,6 +260,7 @@ FIELDS: Final[dict[str, FieldSpec]] = {
         FieldSpec("mac_ref", "--mac-ref", _opt(_mac_ref)),
         FieldSpec("mac_secret_file", "--mac-secret-file", _opt(_path), path=True),
         FieldSpec("mac_alg", "--mac-alg", _choice("mac_alg", MAC_ALGS)),
+        FieldSpec("mac_iterations", "--mac-iterations", _mac_iterations),
         FieldSpec("auth_cert", "--auth-cert", _opt(_path), path=True),
         FieldSpec("auth_key", "--auth-key", _opt(_path), path=True),
         FieldSpec("trust", "--trust", _paths, multi=True, path=True),
@@ -263,6 +282,8 @@ FIELDS: Final[dict[str, FieldSpec]] = {
         FieldSpec("pkcs11_module", "--pkcs11-module", _opt(_path), path=True),
         FieldSpec("pin_file", "--pin-file", _opt(_path), path=True),
         FieldSpec("revoke_superseded", "--revoke-superseded", _bool),
+        FieldSpec("granted_with_mods", "--granted-with-mods",
+                  _choice("granted_with_mods", GRANTED_WITH_MODS)),
     )
 }
 
@@ -322,13 +343,15 @@ class Session:
         ir_auth: how an initial request is protected: ``mac`` or ``signature``.
         mac_ref: the reference value (senderKID) the CA gave out of band.
         mac_secret_file: the file holding the shared secret (0600); never the secret.
-        mac_alg: ``hmac-sha256`` or ``hmac-sha1`` (legacy CAs only).
+        mac_alg: ``hmac-sha256``, ``hmac-sha1`` (legacy CAs only), both PasswordBasedMac,
+            or ``pbmac1`` (PBMAC1 with PBKDF2 and HMAC-SHA256, RFC 9481 6.1.2).
+        mac_iterations: the iteration count of the MAC key derivation (100-100000).
         auth_cert: the certificate that signs requests (None: the session's own
             certificate once it has one, see :func:`auth_credentials`).
         auth_key: the key belonging to ``auth_cert``.
         trust: CA certificate files used to verify signed responses.
         key: the key pair's name in swanctl's ``private/`` directory, or an RFC 7512
-            ``pkcs11:`` URI naming the token and object label of keys kept in a token.
+            PKCS#11 URI naming the token and object label of keys kept in a token.
         regenerate: make a fresh key at each update instead of re-certifying.
         key_type: the type of a newly generated key.
         expire_time: when to renew; see :class:`ExpireTime`.
@@ -347,8 +370,11 @@ class Session:
             the answer's last byte (polling a waiting CA has its own limit).
         tls_client_cert: TLS client certificate for a CA behind mutual TLS (https).
         tls_client_key: its private key (a 0600 file).
-        pkcs11_module: the PKCS#11 module of the token (with a ``pkcs11:`` key).
+        pkcs11_module: the PKCS#11 module of the token (with a key URI).
         pin_file: the file holding the token's user PIN (0600); never the PIN.
+        granted_with_mods: a certificate granted with modifications is taken when its
+            subject, SANs and key are the ones asked (``check``, default), always
+            (``accept``, logged; the key must still be ours) or never (``reject``).
         revoke_superseded: after a key update, revoke the replaced certificate (rr,
             reason superseded); a failure is retried and never undoes the renewal.
         entity_dn: ``entity`` parsed (derived).
@@ -365,6 +391,7 @@ class Session:
     mac_ref: str | None = None
     mac_secret_file: Path | None = None
     mac_alg: MacAlg = "hmac-sha256"
+    mac_iterations: int = 10_000
     auth_cert: Path | None = None
     auth_key: Path | None = None
     trust: tuple[Path, ...] = ()
@@ -386,6 +413,7 @@ class Session:
     pkcs11_module: Path | None = None
     pin_file: Path | None = None
     revoke_superseded: bool = False
+    granted_with_mods: str = "check"
     entity_dn: x509.Name | None = field(init=False, repr=False, compare=False)
     ca_dn: x509.Name | None = field(init=False, repr=False, compare=False)
     san_names: tuple[x509.GeneralName, ...] = field(init=False, repr=False, compare=False)

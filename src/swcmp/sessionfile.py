@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import re
 import threading
 import tomllib
@@ -363,15 +364,17 @@ class SessionStore:
         validated here (:meth:`list` reports invalid ones).
         """
         try:
-            entries = sorted(self.sessions_dir.iterdir())
+            # plain names, sorted as strings: the order of sorted paths in one
+            # directory, without building and comparing a Path per file
+            entries = sorted(os.listdir(self.sessions_dir))
         except FileNotFoundError:
             return ()
         except OSError as e:
             raise fsutil.storage_error(e, self.sessions_dir, "list") from e
         return tuple(
-            p.name.removesuffix(".toml")
-            for p in entries
-            if p.name.endswith(".toml") and not p.name.startswith(".")
+            n.removesuffix(".toml")
+            for n in entries
+            if n.endswith(".toml") and not n.startswith(".")
         )
 
     def list(self) -> SessionListing:

@@ -86,6 +86,7 @@ def charon_start(paths: Paths, charon: Charon, *, lock_wait: float = 20.0) -> st
                                       + outcome.message, now=datetime.now(UTC),
                                       serial=outcome.serial)
                             st.count_renewal()
+                        _queue_superseded(paths, s, outcome.replaced_serial)
             try:
                 pair = keystore.open(s, paths).live_pair()
             except SwcmpError as e:  # e.g. a token that is not there: load the others
@@ -117,6 +118,22 @@ def charon_start(paths: Paths, charon: Charon, *, lock_wait: float = 20.0) -> st
     if skipped:
         note += f"; not loaded: {'; '.join(skipped)}"
     return f"{result.detail}{note}"
+
+
+def _queue_superseded(paths: Paths, session: Session, serial: str | None) -> None:
+    """With revoke_superseded: queue the revocation of the certificate a finished commit
+    replaced; the next pass of ``serve`` (or ``renew``) sends it (this hook never asks the
+    CA, and the replaced key pair is kept while the revocation waits)."""
+    if not session.revoke_superseded or serial is None:
+        return
+    from swcmp.calife import CaLife
+    from swcmp.calife.state import reason_code
+
+    try:
+        CaLife(paths).queue_revocation(session, int(serial, 16), reason_code("superseded"))
+    except SwcmpError as e:
+        log.error("%s: the revocation of the superseded certificate serial %s was not "
+                  "queued: %s", session.name, serial, e)
 
 
 def _unusable(paths: Paths, session: Session, pair: CredentialPair,

@@ -50,6 +50,23 @@ class LastResult:
     serial: str | None = None
 
 
+#: Which "last result" an action is kept as: ``renewal`` (the certificate's own
+#: requests: IR, CR, KUR; ``last_result``, which status and the renewal metrics
+#: show), ``ca`` (questions to the CA: genm caCerts, rootCaCert, currentCRL) or
+#: ``manual`` (revocations and anything else run by hand). A failed CA question or a
+#: mistyped revocation thus never makes a healthy renewal look failing.
+RESULT_KINDS: Mapping[str, str] = {
+    "ir": "renewal", "cr": "renewal", "p10cr": "renewal", "kur": "renewal",
+    "cacerts": "ca", "rootca": "ca", "crl": "ca", "rr": "manual",
+}
+OTHER_RESULTS = ("ca", "manual")
+
+
+def result_kind(action: str) -> str:
+    """The "last result" ``action`` belongs to (see :data:`RESULT_KINDS`)."""
+    return RESULT_KINDS.get(action, "manual")
+
+
 @dataclass
 class SessionState:
     """Everything swcmp remembers about a session between runs.
@@ -57,7 +74,10 @@ class SessionState:
     Attributes:
         state: one of :data:`STATES`.
         stats: per request type, how many were sent, answered and failed.
-        last_result: what the last request or renewal did.
+        last_result: what the last certificate request (IR, CR, KUR: the renewal)
+            did.
+        other_results: the last result of the other operations, by kind (``ca``
+            for CA questions, ``manual`` for revocations; :data:`RESULT_KINDS`).
         failures: consecutive failed renewals (drives the backoff).
         next_attempt: ISO time before which no retry is made after a failure.
         charon: what the last deployment into charon did.
@@ -74,6 +94,7 @@ class SessionState:
     state: SessionStateName = "idle"
     stats: dict[str, dict[str, int]] = field(default_factory=empty_stats)
     last_result: LastResult | None = None
+    other_results: dict[str, LastResult] = field(default_factory=dict)
     failures: int = 0
     next_attempt: str | None = None
     charon: str | None = None
@@ -105,12 +126,21 @@ class SessionState:
                         v = counts.get(k)
                         if isinstance(v, int) and v >= 0:
                             st.stats[t][k] = v
-        lr = data.get("last_result")
-        if isinstance(lr, dict) and all(k in lr for k in ("time", "action", "ok", "message")):
-            st.last_result = LastResult(
-                time=str(lr["time"]), action=str(lr["action"]), ok=bool(lr["ok"]),
-                message=str(lr["message"]),
-                serial=str(lr["serial"]) if lr.get("serial") else None)
+        last = _last_result(data.get("last_result"))
+        if last is not None:
+            # Before results were kept per kind, a CA question or a revocation was the
+            # last_result too: it moves to its own place.
+            kind = result_kind(last.action)
+            if kind == "renewal":
+                st.last_result = last
+            else:
+                st.other_results[kind] = last
+        others = data.get("other_results")
+        if isinstance(others, dict):
+            for kind in OTHER_RESULTS:
+                other = _last_result(others.get(kind))
+                if other is not None:
+                    st.other_results[kind] = other
         if isinstance(data.get("failures"), int):
             st.failures = max(0, data["failures"])
         if isinstance(data.get("next_attempt"), str):
@@ -164,12 +194,17 @@ class SessionState:
 
     def record(self, action: str, ok: bool, message: str, *, now: datetime,
                serial: str | None = None) -> None:
-        self.last_result = LastResult(now.isoformat(timespec="seconds"), action, ok,
-                                      message, serial)
+        """Keep the outcome of ``action`` as the last result of its kind."""
+        result = LastResult(now.isoformat(timespec="seconds"), action, ok, message, serial)
+        if ok and serial:  # a certificate arrived (any request): the renewal floor counts
+            self.received = {"serial": serial, "time": now.isoformat()}
+        kind = result_kind(action)
+        if kind != "renewal":
+            self.other_results[kind] = result
+            return
+        self.last_result = result
         if ok:
-            self.last_success = self.last_result.time
-            if serial:
-                self.received = {"serial": serial, "time": now.isoformat()}
+            self.last_success = result.time
 
 
 def _aware_time(value: str) -> datetime | None:
@@ -179,6 +214,15 @@ def _aware_time(value: str) -> datetime | None:
     except ValueError:
         return None
     return t if t.tzinfo is not None else None
+
+
+def _last_result(data: object) -> LastResult | None:
+    if not isinstance(data, dict) or not all(k in data for k in ("time", "action", "ok",
+                                                                    "message")):
+        return None
+    return LastResult(time=str(data["time"]), action=str(data["action"]), ok=bool(data["ok"]),
+                      message=str(data["message"]),
+                      serial=str(data["serial"]) if data.get("serial") else None)
 
 
 class StateStore:

@@ -48,6 +48,7 @@ def session_status(paths: Paths, s: Session, now: datetime, role: Role | None
                    ) -> dict[str, Any]:
     """What ``swcmp status`` says about one session (the JSON form; the CLI renders it):
     its state and why, its certificate, the next renewal, the last result."""
+    from swcmp import fsutil
     from swcmp.calife import status_info
     from swcmp.cmp import certs
     from swcmp.policy import plan
@@ -62,14 +63,37 @@ def session_status(paths: Paths, s: Session, now: datetime, role: Role | None
         cert = certs.load_certificate(cert_path.read_bytes())
     p = plan(s, cert, st, now)
     pending = interrupted(paths, s.name)
-    if pending is not None:
+    holder = fsutil.lock_holder(paths.lock_dir, s.name)
+    if holder is not None:
+        # Another process holds the session's lock: a renewal or request running now,
+        # not an interrupted one.
+        state = "polling" if pending == "waiting" else "in_progress"
+        by = f"pid {holder}" if holder else "another swcmp process"
+        reason = f"a renewal or request is running now ({by})" + (
+            f", phase {pending}" if pending else "")
+    elif pending is not None:
         state = "polling" if pending == "waiting" else "in_progress"
         reason = f"an interrupted renewal (phase {pending}) is finished by the next run"
     elif role is not None and role.standby:
         state, reason = "standby", role.standby_reason()
     else:
         state, reason = p.state, p.reason
+    ca = status_info(s, paths, now)
+    revoked = ca.get("current_revoked") if isinstance(ca, dict) else None
+    if revoked and pending is None and holder is None:
+        # A revoked certificate is no certificate to rank ok: the CA refuses its key
+        # update and peers that check revocation refuse it.
+        state = "revoked"
+        reason = (f"the current certificate (serial {revoked.get('serial')}) was revoked; "
+                  f"enroll again with `swcmp request initial {s.name}`")
     last = st.last_result
+
+    def result(r: Any) -> dict[str, Any] | None:
+        if r is None:
+            return None
+        return {"time": r.time, "action": r.action, "ok": r.ok, "message": r.message,
+                "serial": r.serial}
+
     return {
         "session": s.name,
         "auto_update": s.auto_update,
@@ -90,6 +114,8 @@ def session_status(paths: Paths, s: Session, now: datetime, role: Role | None
             if last is not None
             else None
         ),
+        "other_results": {kind: result(st.other_results.get(kind))
+                          for kind in ("ca", "manual")},
         "charon": st.charon,
-        "ca": status_info(s, paths, now),
+        "ca": ca,
     }

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes
 
 from swcmp import fsutil
 from swcmp.cmp import certs, keys
-from swcmp.deploy import CredentialPair
+from swcmp.deploy import CredentialPair, KeyFile
 from swcmp.errors import CertificateError, ConfigError, RenewalError, StorageError, SwcmpError
 from swcmp.names import validate_session_name
 from swcmp.paths import Paths
@@ -220,9 +220,12 @@ class JournalEntry:
     """What an unfinished renewal wrote down before its last step (see :mod:`swcmp.renewal`).
 
     ``transaction_id`` and ``server_nonce`` are hex; ``cert`` is the PEM certificate
-    received and checked but not yet staged. For a key in a token (see
-    :mod:`swcmp.keystore.token`): ``token_id`` is the CKA_ID (hex) of the staged pair,
-    ``token_old`` that of the pair it replaces and ``old_cert_pem`` its certificate.
+    received and checked but not yet staged. ``confirm_nonce`` (hex), at "received": the
+    CA answered our certConf 'waiting'; the next run polls for its pkiConf (RFC 9483
+    4.4) instead of confirming again, and the pkiConf may echo this certConf's nonce.
+    For a key in a token (see :mod:`swcmp.keystore.token`): ``token_id`` is the CKA_ID
+    (hex) of the staged pair, ``token_old`` that of the pair it replaces and
+    ``old_cert_pem`` its certificate.
     """
 
     phase: JournalPhase
@@ -234,6 +237,7 @@ class JournalEntry:
     server_nonce: str | None = None
     cert_req_id: int = 0
     cert: str | None = None
+    confirm_nonce: str | None = None
     token_id: str | None = None
     token_old: str | None = None
     old_cert_pem: str | None = None
@@ -326,7 +330,7 @@ class Journal:
 
 def _journal_problem(data: dict[str, Any]) -> str | None:
     """What is wrong with a journal's fields (a hand edit, a damaged disk), or None."""
-    for key in ("transaction_id", "server_nonce", "token_id", "token_old"):
+    for key in ("transaction_id", "server_nonce", "token_id", "token_old", "confirm_nonce"):
         value = data.get(key)
         if value is None:
             continue
@@ -416,9 +420,11 @@ def restore_pair(session_name: str, previous: CredentialPair | None) -> None:
     """
     if previous is None:
         return
+    assert isinstance(previous.key, KeyFile)  # a pair of key files
+    key = previous.key
     try:
-        live_key = previous.key_path.read_bytes() if previous.key_path.exists() else None
-        write_pair(previous.key_path, previous.key_pem, previous.cert_path,
+        live_key = key.path.read_bytes() if key.path.exists() else None
+        write_pair(key.path, key.pem, previous.cert_path,
                    previous.cert_pem, previous_key=live_key)
     except (OSError, StorageError) as e:
         log.error("%s: could not restore the previous key and certificate: %s; the next "

@@ -59,7 +59,7 @@ def pki(tmp_path: Path) -> TestPKI:
 def test_revoke_and_genm_against_the_mock(tmp_path: Path, pki: TestPKI) -> None:
     with mock_server([*SIG_ARGS, "-rsp_cert", "rsp.crt"], cwd=pki.dir) as url:
         gw = make_gateway(tmp_path / "gw", pki, url)
-        got = run(gw, "request", "revoke", "gw1", "--reason", "superseded")
+        got = run(gw, "request", "revoke", "gw1", "--reason", "superseded", "--yes")
         assert got["ok"] is True and "superseded" in got["message"], got
         cacerts = run(gw, "request", "cacerts", "gw1")
         assert cacerts["changed"] is False and "no CA certificates" in cacerts["message"]
@@ -79,15 +79,17 @@ def test_a_ca_that_answers_genm_with_an_error_is_not_asked_every_pass(
         st = CaLifeStore(gw.paths, "gw1").load()
         assert "caCerts" in st.unsupported, st
         life = CaLife(gw.paths)
-        life.maintain(gw.session)  # asks rootCaCert and currentCRL once, not caCerts
+        # asks rootCaCert, crlStatusList and then currentCRL once, not caCerts
+        life.maintain(gw.session)
         sent = StateStore(gw.paths).load("gw1").stats["genm"]["sent"]
-        assert sent == 3, sent
+        assert sent == 4, sent
         st = CaLifeStore(gw.paths, "gw1").load()
-        assert set(st.unsupported) == {"caCerts", "rootCaCert", "currentCRL"}, st
+        refused = {"caCerts", "rootCaCert", "crlStatusList", "currentCRL"}
+        assert set(st.unsupported) == refused, st
         life.maintain(gw.session)  # the next pass asks nothing
-        assert StateStore(gw.paths).load("gw1").stats["genm"]["sent"] == 3
+        assert StateStore(gw.paths).load("gw1").stats["genm"]["sent"] == 4
         status = run(gw, "status", "gw1")["sessions"][0]["ca"]
-        assert set(status["unsupported"]) == {"caCerts", "rootCaCert", "currentCRL"}
+        assert set(status["unsupported"]) == refused
         nxt = life.next_due(gw.session)
         assert nxt is not None and (nxt - life.clock()).days >= 29
 

@@ -23,6 +23,7 @@ from cryptography import x509
 
 from swcmp.calife import CaLife, CaLifeStore, crl_file, root_cert_files
 from swcmp.cli import cli
+from swcmp.cli.render import format_serial
 from swcmp.cmp import certs
 from swcmp.errors import ConnectError
 from swcmp.names import format_dn
@@ -89,7 +90,7 @@ def test_cacerts_revoke_and_crl(tmp_path: Path, ca: CAHolder) -> None:
     got = run_json(a, "request", "cacerts", "gwa")
     assert got["ok"] is True and got["changed"] is False, got  # the IR stored the CA already
     b_serial = cert_of(b, "gwb").serial_number
-    revoked = run_json(b, "request", "revoke", "gwb", "--reason", "keyCompromise")
+    revoked = run_json(b, "request", "revoke", "gwb", "--reason", "keyCompromise", "--yes")
     assert "keyCompromise" in revoked["message"], revoked
     rec = ca.ca.certificate(b_serial)
     assert rec is not None and rec.status == REVOKED and rec.reason_code == 1
@@ -109,7 +110,7 @@ def test_cacerts_revoke_and_crl(tmp_path: Path, ca: CAHolder) -> None:
     result = run(b, "request", "keyupdate", "gwb", code=None)
     assert result.exit_code != 0 and "certRevoked" in result.output, result.output
     status = run(b, "status", "gwb").stdout
-    assert f"serial {b_serial:x} was revoked (keyCompromise)" in status, status
+    assert f"serial {format_serial(b_serial)} was revoked (keyCompromise)" in status, status
     check = run_json(b, "session", "check", "gwb", code=1)
     item = next(c for c in check["checks"] if c["name"] == "ca-roots")
     assert item["level"] == "fail" and "request initial" in item["fix"], item
@@ -128,7 +129,7 @@ def test_session_delete_revoke_decommissions(tmp_path: Path, ca: CAHolder) -> No
 def test_session_delete_revoke_keeps_the_session_when_the_ca_refuses(
         tmp_path: Path, ca: CAHolder) -> None:
     a = gateway(tmp_path, ca, "gwa")
-    run_json(a, "request", "revoke", "gwa")
+    run_json(a, "request", "revoke", "gwa", "--yes")
     result = run(a, "session", "delete", "gwa", "--revoke", code=None)
     assert result.exit_code != 0 and "certRevoked" in result.output, result.output
     assert a.store.exists("gwa")
@@ -158,6 +159,37 @@ def test_revoke_superseded_after_kur_and_retry_after_a_failure(
     assert any("revoked" in n for n in later.retry_revocations(a.session("gwa")))
     rec = ca.ca.certificate(second)
     assert rec is not None and rec.status == REVOKED
+    assert not CaLifeStore(a.paths, "gwa").load().pending_revocations
+
+
+class _Crash(BaseException):
+    """kill -9 at a checkpoint: nothing after it runs."""
+
+
+def test_revoke_superseded_after_a_crash_once_the_certificate_was_written(
+        tmp_path: Path, ca: CAHolder) -> None:
+    # The run that finishes the commit is the one that knows which certificate the
+    # renewal replaced: the live file already names the new one.
+    from swcmp.renewal import Renewer
+    from swcmp.service import RenewalService
+
+    a = gateway(tmp_path, ca, "gwa")
+    run(a, "session", "set", "gwa", "--revoke-superseded")
+    old = cert_of(a, "gwa").serial_number
+
+    def crash(phase: str) -> None:
+        if phase == "cert-written":
+            raise _Crash(phase)
+
+    killed = RenewalService(a.paths)
+    killed.renewer = lambda s: Renewer(a.paths, checkpoint=crash)  # type: ignore[method-assign]
+    with pytest.raises(_Crash):
+        killed.renew_now(a.session("gwa"), regenerate=True)
+    assert cert_of(a, "gwa").serial_number != old  # the crash came after the commit point
+    outcome = RenewalService(a.paths).renew_now(a.session("gwa"))
+    assert outcome.ok and outcome.serial == f"{cert_of(a, 'gwa').serial_number:x}"
+    rec = ca.ca.certificate(old)
+    assert rec is not None and rec.status == REVOKED and rec.reason_code == 4  # superseded
     assert not CaLifeStore(a.paths, "gwa").load().pending_revocations
 
 
@@ -260,6 +292,30 @@ def test_old_root_dropped_after_it_expires(tmp_path: Path, ca: CAHolder) -> None
     assert roll["old_file"] not in [str(p) for p in a.session("gwa").trust]
     assert Path(roll["new_file"]).exists()
     assert CaLifeStore(a.paths, "gwa").load().rollover["state"] == "done"  # type: ignore[index]
+
+
+def test_maintain_then_next_due_reads_state_again_only_after_a_change(
+        tmp_path: Path, ca: CAHolder) -> None:
+    """serve's pass asks both at once: the answer is next_due's, before and after the
+    pass changed the state (here: a rollover's old root dropped once it expired)."""
+    from datetime import UTC, datetime
+
+    a = gateway(tmp_path, ca, "gwa")
+    now = datetime.now(UTC).replace(microsecond=0)
+    CaLife(a.paths, clock=lambda: now).maintain(a.session("gwa"))  # the weekly questions
+    old_until = now + timedelta(minutes=10)
+    with CaLifeStore(a.paths, "gwa").update() as st:
+        st.rollover = {"state": "both", "old_not_after": old_until.isoformat()}
+    life = CaLife(a.paths, clock=lambda: now + timedelta(minutes=5))
+    notes, t = life.maintain_then_next_due(a.session("gwa"))
+    assert (notes, t) == ([], old_until)  # nothing to do: the rollover's end comes first
+    assert t == life.next_due(a.session("gwa"))
+    late = CaLife(a.paths, clock=lambda: old_until + timedelta(seconds=1))
+    notes, t = late.maintain_then_next_due(a.session("gwa"))
+    assert len(notes) == 1 and "dropped" in notes[0], notes
+    assert CaLifeStore(a.paths, "gwa").load().rollover == {"state": "done",
+                                                           "old_not_after": old_until.isoformat()}
+    assert t is not None and t > old_until and t == late.next_due(a.session("gwa"))
 
 
 # ---------------------------------------------------------------------- faults

@@ -148,7 +148,8 @@ def test_empty_session_fails_everything_with_fixes(tmp_path: Path) -> None:
     assert "swcmp session set gw9 --server-url" in by["server-url"].fix
     assert "swcmp request initial gw9" in by["auth-cert"].fix
     assert "swcmp session set gw9 --auth-cert" in by["auth-cert"].fix
-    assert by["auth-cert-key"].detail.startswith("not checked")
+    assert by["auth-cert-key"].level == "pending"  # made by the first request
+    assert by["auth-cert-key"].detail.startswith("checked once there is a certificate")
     assert "swcmp session set gw9 --key gw9" in by["key-pair"].fix
     assert "swcmp session set gw9 --trust" in by["trust-anchor"].fix
     assert "swcmp session set gw9 --mac-ref" in by["mac-ref"].fix
@@ -191,10 +192,31 @@ def test_ca_name_in_wrong_rdn_order(good: Setup) -> None:
     assert "--ca-name '/C=DE/O=Example/CN=Example CA'" in result.fix
 
 
-def test_ca_name_not_among_anchors_is_accepted(good: Setup) -> None:
-    # The issuing CA may be an intermediate that is not a trust anchor.
+def test_ca_name_not_among_anchors_warns_before_enrolment(good: Setup) -> None:
+    # The issuing CA may be an intermediate that is not a trust anchor: before the first
+    # request nothing tells a typo from an intermediate, so it warns (does not block).
+    os.unlink(good.paths.cert_file("gw1"))
     session = set_fields(good.session, {"ca_name": "/C=DE/O=Example/CN=Issuing CA"})
-    assert all_passed(run_checks(session, good.paths, now=NOW))
+    results = run_checks(session, good.paths, now=NOW)
+    assert _failing(results) == []
+    assert _by_name(results)["ca-name"].level == "warn"
+    assert "/C=DE/O=Example/CN=Example CA" in _by_name(results)["ca-name"].detail
+
+
+def test_ca_name_one_typo_away_from_a_known_ca_fails(good: Setup) -> None:
+    session = set_fields(good.session, {"ca_name": "/C=DE/O=Example/CN=Exmaple CA"})
+    results = run_checks(session, good.paths, now=NOW)
+    assert _failing(results) == ["ca-name"]
+    assert "(a typo?)" in _by_name(results)["ca-name"].detail
+    assert "--ca-name '/C=DE/O=Example/CN=Example CA'" in _by_name(results)["ca-name"].fix
+
+
+def test_ca_name_of_a_server_that_is_not_the_issuer_warns(good: Setup) -> None:
+    # A CMP server may name itself otherwise than the CA that issues (Siemens Mock CA).
+    session = set_fields(good.session, {"ca_name": "/C=DE/O=Example/CN=CMP Server"})
+    results = run_checks(session, good.paths, now=NOW)
+    assert _failing(results) == []
+    assert _by_name(results)["ca-name"].level == "warn"
 
 
 def test_auth_cert_configured_but_missing(good: Setup, tmp_path: Path) -> None:
@@ -405,7 +427,11 @@ def test_naive_now_refused(good: Setup) -> None:
 def test_no_certificate_yet_points_to_initial_request(good: Setup) -> None:
     os.unlink(good.paths.cert_file("gw1"))
     results = run_checks(good.session, good.paths, now=NOW)
-    assert _failing(results)[0] == "auth-cert"
+    # What the first request makes is pending before it: not a failure, but not ok either.
+    assert _failing(results) == []
+    pending = [r.name for r in results if r.level == "pending"]
+    assert pending == ["auth-cert", "auth-cert-key", "auth-cert-chain", "auth-cert-validity"]
+    assert not any(r.ok for r in results if r.level == "pending")
     assert "swcmp request initial gw1" in _by_name(results)["auth-cert"].fix
 
 

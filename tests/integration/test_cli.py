@@ -19,13 +19,16 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner, Result
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from pki import TestPKI, make_pki, pem_key
+from pki import TestPKI, make_cert, make_pki, pem_cert, pem_key
+from pki import name as dn_name
 from swcmp import cli as cli_module
 from swcmp import session as session_module
 from swcmp import sessionfile
 from swcmp.cli import cli, iter_commands
 from swcmp.cli import options as cli_options
+from swcmp.cli.render import format_serial
 from swcmp.cmp import keys
 
 SECRET = "S3cret-never-PRINTED-4711"
@@ -96,7 +99,7 @@ class Env:
         self.install_key(self.pki.gw_key, name)
         result = self.run(
             "session", "create", name,
-            "--entity", ENTITY, "--san", "DNS:gw1.example.net",
+            "--entity", "/CN=gw1.example.net", "--san", "DNS:gw1.example.net",
             "--ca-name", CA_NAME, "--server-url", "http://127.0.0.1:9/pkix/",
             "--mac-ref", "1234", "--mac-secret-file", "secret",
             "--auth-cert", "pki/gw.crt", "--auth-key", "pki/gw.key",
@@ -156,7 +159,7 @@ def test_expire_time_help_says_remaining_share() -> None:
 def test_choices_agree_with_the_library() -> None:
     from swcmp.cmp import MAC_ALGS, protection
 
-    assert set(MAC_ALGS) == set(protection.MAC_ALGS)
+    assert set(MAC_ALGS) == {*protection.MAC_ALGS, protection.PBMAC1}
     assert set(cli_options._OPTION_FIELDS.values()) == set(session_module.FIELDS) - {"auto_update"}
 
 
@@ -271,16 +274,24 @@ def test_create_with_key_option_and_existing_session(env: Env) -> None:
     assert env.snapshot() == before
 
 
+def _other_ca(env: Env, fname: str = "other-ca.crt") -> Path:
+    """A second, unrelated CA certificate in the test PKI's directory."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return env.pki.write(fname, pem_cert(make_cert(dn_name("Other CA"), key.public_key(), key,
+                                                   ca=True)))
+
+
 def test_set_stores_relative_paths_absolute_and_keeps_other_settings(env: Env) -> None:
+    _other_ca(env)
     env.run("session", "create", "gw1", "--entity", ENTITY, "--mac-ref", "1234")
     result = env.run(
-        "session", "set", "gw1", "--trust", "pki/root.crt", "--trust", "pki/srv.crt",
+        "session", "set", "gw1", "--trust", "pki/root.crt", "--trust", "pki/other-ca.crt",
         "--san", "DNS:gw1.example.net", "--san", "IP:192.0.2.1", "--expire-time", "30d",
         "--regenerate", "--key-type", "ecdsa:p256", "--connection", "site-a",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     data = env.json("session", "show", "gw1")
-    assert data["trust"] == [str(env.root / "pki/root.crt"), str(env.root / "pki/srv.crt")]
+    assert data["trust"] == [str(env.root / "pki/root.crt"), str(env.root / "pki/other-ca.crt")]
     assert data["sans"] == ["DNS:gw1.example.net", "IP:192.0.2.1"]
     assert data["expire_time"] == "30d"
     assert data["regenerate"] is True
@@ -392,7 +403,8 @@ def test_bad_settings_are_refused_and_nothing_is_written(
     as_json = env.run("--json", "session", command, name, *options)
     assert as_json.exit_code == 1
     data = json.loads(as_json.stdout)
-    assert set(data) == {"error", "hint"} and expected in data["error"]
+    assert set(data) == {"error", "hint", "code"} and expected in data["error"]
+    assert data["code"] in ("refused", "session_file", "certificate")
     assert env.snapshot() == before
 
 
@@ -442,6 +454,7 @@ def test_invalid_name_with_json_gives_json(env: Env) -> None:
     data = json.loads(result.stdout)
     assert "invalid session name '../x'" in data["error"]
     assert data["hint"] == "see `swcmp session show --help`"
+    assert data["code"] == "usage"
     stats = env.run("stats", "../x")
     assert stats.exit_code == 2 and "invalid session name" in stats.stderr
 
@@ -499,10 +512,10 @@ def test_check_fails_then_passes_and_enable_is_refused_then_accepted(env: Env) -
     env.run("session", "create", "gw1", "--entity", ENTITY)
     check = env.run("session", "check", "gw1")
     assert check.exit_code == 1
-    assert "FAIL  ca-name" in check.stdout and "fix: swcmp session set gw1 --ca-name" in (
+    assert "FAIL     ca-name" in check.stdout and "fix: swcmp session set gw1 --ca-name" in (
         check.stdout
     )
-    assert "ok    entity" in check.stdout
+    assert "ok       entity" in check.stdout
 
     before = env.snapshot()
     refused = env.run("session", "enable-auto-update", "gw1")
@@ -523,7 +536,7 @@ def test_check_fails_then_passes_and_enable_is_refused_then_accepted(env: Env) -
     assert env.json("session", "show", "gw1")["auto_update"] is True
 
     # A change that breaks a check is saved, with a warning.
-    (env.root / "pki" / "other.crt").write_bytes((env.root / "pki" / "srv.crt").read_bytes())
+    _other_ca(env, "other.crt")
     changed = env.run("session", "set", "gw1", "--trust", "pki/other.crt")
     assert changed.exit_code == 0
     assert "warning: auto-update is on but these checks now fail: auth-cert-chain" in (
@@ -545,8 +558,9 @@ def test_check_json_shape(env: Env) -> None:
     assert names[:5] == ["entity", "ca-name", "server-url", "auth-cert", "auth-cert-key"]
     for item in data["checks"]:
         assert set(item) == {"name", "ok", "level", "detail", "fix"}
-        assert isinstance(item["ok"], bool) and item["level"] in ("ok", "warn", "fail")
-        assert item["ok"] == (item["level"] != "fail")
+        assert isinstance(item["ok"], bool)
+        assert item["level"] in ("ok", "warn", "pending", "fail")
+        assert item["ok"] == (item["level"] in ("ok", "warn"))
         assert bool(item["fix"]) == (item["level"] != "ok")
     refused = json.loads(env.run("--json", "session", "enable-auto-update", "gw1").stdout)
     assert refused == data | {"auto_update": False}
@@ -569,7 +583,7 @@ def test_charon_down_warns_and_enable_is_accepted(env: Env) -> None:
     dead = f"unix://{env.root / 'no-charon.vici'}"
     check = _run_with_vici(env, dead, "session", "check", "gw1")
     assert check.exit_code == 0, check.output  # warnings alone: exit 0
-    assert "warn  strongswan" in check.stdout and "FAIL" not in check.stdout
+    assert "warn     strongswan" in check.stdout and "FAIL" not in check.stdout
     assert "1 warning" in check.stdout and "fix: start charon" in check.stdout
     data = json.loads(_run_with_vici(env, dead, "--json", "session", "check", "gw1").stdout)
     assert data["ok"] is True
@@ -593,7 +607,7 @@ def test_key_mismatch_fails_and_enable_is_refused(env: Env) -> None:
     assert levels["auth-cert-key"] == "fail" and levels["strongswan"] == "warn"
     refused = _run_with_vici(env, dead, "session", "enable-auto-update", "gw1")
     assert refused.exit_code == 1
-    assert "FAIL  auth-cert-key" in refused.stdout and "warn  strongswan" in refused.stdout
+    assert "FAIL     auth-cert-key" in refused.stdout and "warn     strongswan" in refused.stdout
     assert "error: auto-update not enabled for session gw1: 1 check(s) failed" in refused.stderr
     assert env.json("session", "show", "gw1")["auto_update"] is False
 
@@ -642,6 +656,7 @@ def test_errors_have_message_and_hint_traceback_only_with_verbose(env: Env) -> N
     assert json.loads(as_json.stdout) == {
         "error": "no session named nosuch",
         "hint": "create it with `swcmp session create nosuch`",
+        "code": "refused",
     }
 
 
@@ -719,7 +734,9 @@ def test_status_with_a_certificate(env: Env) -> None:
     assert entry["certificate"]["days_left"] in (363, 364)
     assert entry["next_renewal"] is not None
     text = env.run("status", "gw1").stdout
-    assert f"serial {env.pki.gw.serial_number:x}" in text and "days left" in text
+    # text: swanctl's serial form and ISO 8601 to the minute, UTC
+    assert f"serial {format_serial(env.pki.gw.serial_number)}, valid until " \
+        f"{env.pki.gw.not_valid_after_utc:%Y-%m-%dT%H:%MZ}" in text and "days left" in text
 
 
 def test_testca_is_mounted_when_installed() -> None:
@@ -807,7 +824,7 @@ def test_status_table_sorted_by_urgency(env: Env) -> None:
     assert [e["session"] for e in data["sessions"]] == sorted(certs)
     assert set(data["sessions"][0]) == {
         "session", "auto_update", "state", "reason", "certificate", "next_renewal",
-        "next_attempt", "failures", "last_result", "charon", "ca"}
+        "next_attempt", "failures", "last_result", "other_results", "charon", "ca"}
     assert data["errors"][0]["path"].endswith("e-broken.toml")
 
 

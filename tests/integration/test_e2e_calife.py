@@ -135,7 +135,7 @@ def test_revoked_peer_is_refused_once_the_crl_is_loaded(
     enroll_a(e2e)
     b_serial = e2e.b.serial()
     e2e.net.a.initiate()
-    revoked = e2e.b.json("request", "revoke", B_SESSION, "--reason", "keyCompromise")
+    revoked = e2e.b.json("request", "revoke", B_SESSION, "--reason", "keyCompromise", "--yes")
     assert "keyCompromise" in revoked["message"], revoked
     # charon has no CRL yet (and B's certificate names no distribution point): still taken
     e2e.net.a.initiate()

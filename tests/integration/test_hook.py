@@ -139,3 +139,28 @@ def test_hook_skips_a_pair_swcmp_revoked(gw, monkeypatch: pytest.MonkeyPatch) ->
                        "time": "2026-01-01T00:00:00+00:00", "current": True}]
     note = charon_start(gw.paths, charon)  # type: ignore[arg-type]
     assert charon.sessions == [[]] and "was revoked by swcmp" in note
+
+
+def test_hook_that_finishes_a_commit_queues_the_superseded_revocation(
+        tmp_path: Path) -> None:
+    # A renewal killed after the CA confirmed its certificate is finished by the hook when
+    # charon restarts; with --revoke-superseded the replaced certificate's revocation is
+    # queued for the next pass (the hook itself never asks the CA).
+    from swcmp.cmp import keys
+    from swcmp.store import Journal
+
+    pki = make_pki(tmp_path / "pki")
+    gw = make_gateway(tmp_path / "gw", pki, "http://127.0.0.1:9/", revoke_superseded=True)
+    old = gw.cert
+    j = Journal(gw.paths, "gw1")
+    new_key = keys.generate_key("ecdsa:p256")
+    j.stage_key(new_key)
+    new = pki.issue(new_key, serial=old.serial_number + 1)
+    j.stage_cert(new, [])
+    j.write(phase="confirmed", old_serial=f"{old.serial_number:x}", regenerate=True)
+    charon = LoadingCharon()
+    note = charon_start(gw.paths, charon)  # type: ignore[arg-type]
+    assert "finished interrupted renewals of gw1" in note and gw.cert == new
+    pending = CaLifeStore(gw.paths, "gw1").load().pending_revocations
+    assert [p["serial"] for p in pending] == [f"{old.serial_number:x}"]
+    assert pending[0]["reason"] == 4  # superseded

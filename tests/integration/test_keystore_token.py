@@ -3,6 +3,7 @@ TokenKeys on a SoftHSM2 token (tests/softhsm.py)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,34 @@ def test_one_store_reads_the_pin_file_once(tmp_path: Path,
     store.live_key()
     store.store.pairs()
     assert reads == [token.pin_file]
+
+
+def test_a_queued_revocation_waits_while_the_token_cannot_be_opened(tmp_path: Path) -> None:
+    """A superseded certificate's revocation is kept queued (retried later) when the token
+    holding its key cannot be opened for now; it is not dropped as if the certificate
+    were gone (its retired key pair would then be destroyed and never revoke it)."""
+    from keystore_contract import installed
+    from swcmp.calife import CaLife, CaLifeStore
+    from swcmp.calife.state import reason_code
+
+    token = softhsm.new_token(tmp_path)
+    paths = tmp_paths(tmp_path / "gw")
+    session = Session(name="gw1", key=token.uri(), pkcs11_module=token.module,
+                      pin_file=token.pin_file)
+    h = TokenHarness(TokenKeys(session, paths), session, paths, make_pki(tmp_path / "pki"),
+                     lambda: TokenKeys(session, paths))
+    h.token = token
+    old, _, _ = installed(h)
+    life = CaLife(paths)
+    life.queue_revocation(session, old.serial_number, reason_code("superseded"))
+    token.pin_file.chmod(0o644)  # the token cannot be logged into until this is fixed
+    notes = life.retry_revocations(session)
+    pending = CaLifeStore(paths, session.name).load().pending_revocations
+    assert [p["serial"] for p in pending] == [f"{old.serial_number:x}"], notes
+    assert "gone" not in " ".join(notes)
+    # once the certificate has expired the revocation is dropped, token or not
+    after_expiry = old.not_valid_after_utc + timedelta(days=1)
+    CaLife(paths, clock=lambda: after_expiry).retry_revocations(session)
+    assert not CaLifeStore(paths, session.name).load().pending_revocations
+    token.pin_file.chmod(0o600)
+    assert TokenKeys(session, paths).key_for(old) is not None

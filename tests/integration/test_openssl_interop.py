@@ -1,4 +1,5 @@
-"""swcmp's client against the real OpenSSL 3.0 CMP mock server (`openssl cmp -port`).
+"""swcmp's client against the real OpenSSL CMP mock servers (`openssl cmp -port`) of
+OpenSSL 3.0 (Debian 12) and 3.5 (Debian 13), each test once per release.
 
 Every request swcmp sends here is accepted by OpenSSL's server side and decodes
 with `openssl asn1parse`; every answer is checked by swcmp's client.
@@ -16,7 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from openssl_mock import OPENSSL, mock_server
+from openssl_mock import OPENSSL, OpenSSL, mock_server
 from pki import TestPKI, make_pki, name, pem_cert
 from swcmp.cmp import keys
 from swcmp.cmp.client import CMPClient
@@ -59,13 +60,20 @@ class Recorder:
 
 
 @pytest.fixture
-def pki(tmp_path: Path) -> TestPKI:
-    return make_pki(tmp_path)
+def pki(tmp_path: Path, openssl_peer: OpenSSL) -> TestPKI:
+    made = make_pki(tmp_path)
+    made.openssl = openssl_peer  # type: ignore[attr-defined]
+    return made
+
+
+def peer(pki: TestPKI) -> OpenSSL:
+    """The OpenSSL release this test runs against."""
+    return pki.openssl  # type: ignore[attr-defined,no-any-return]
 
 
 @contextmanager
 def client(pki: TestPKI, args: list[str], **kw: object) -> Iterator[tuple[CMPClient, Recorder]]:
-    with mock_server(args, cwd=pki.dir) as url:
+    with mock_server(args, cwd=pki.dir, openssl=peer(pki)) as url:
         rec = Recorder(HttpTransport(url, total_timeout=20))
         c = CMPClient(rec, recipient=pki.root.subject, trust=kw.pop("trust", [pki.root]),
                       sleep=lambda s: None, **kw)  # type: ignore[arg-type]
@@ -139,6 +147,8 @@ def test_kur(pki: TestPKI, new_key: bool) -> None:
 
 def test_kur_with_wrong_certid_reports_openssl_text(pki: TestPKI) -> None:
     key = keys.generate_key("ecdsa:p256")
+    if peer(pki).newer:
+        pytest.skip("OpenSSL 3.5's mock takes a KUR for any oldCertId (-ref_cert or not)")
     issued = pki.issue(key)  # another serial: the mock refuses
     with client(pki, [*SIG_ARGS, *rsp(pki, issued)]) as (c, _), \
             pytest.raises(CMPErrorResponse) as ei:
@@ -170,12 +180,31 @@ def test_polling(pki: TestPKI) -> None:
     issued = pki.issue(key)
     waits: list[float] = []
     args = [*SIG_ARGS, *rsp(pki, issued), "-poll_count", "2", "-check_after", "3"]
-    with mock_server(args, cwd=pki.dir) as url, HttpTransport(url) as tr:
+    with mock_server(args, cwd=pki.dir, openssl=peer(pki)) as url, HttpTransport(url) as tr:
         c = CMPClient(tr, recipient=pki.root.subject, trust=[pki.root], sleep=waits.append)
         e = c.certificate(key=key, subject=name(GW), protection=sig(pki))
     assert e.certificate == issued and e.polls == 2
-    assert c.stats["sent", "pollReq"] == 2
-    assert waits[1:] == [3.0]  # the second wait is the pollRep's checkAfter
+    assert waits[1:2] == [3.0]  # the second wait is the pollRep's checkAfter
+    if peer(pki).newer:
+        # OpenSSL 3.5's mock also delays the pkiConf: the certConf is answered with an
+        # error of status waiting and polled for with certReqId -1 (RFC 9483 4.4)
+        assert c.stats["sent", "pollReq"] == 4 and c.stats["sent", "certConf"] == 1
+        assert waits[2:] == [1.0, 3.0]
+    else:
+        assert c.stats["sent", "pollReq"] == 2
+
+
+def test_delayed_genm_and_rr(pki: TestPKI) -> None:
+    if not peer(pki).newer:
+        pytest.skip("OpenSSL 3.0's mock delays only certificate requests")
+    args = [*SIG_ARGS, *rsp(pki, pki.gw), "-ref_cert", "rsp.crt", "-rsp_capubs", "root.crt",
+            "-poll_count", "1", "-check_after", "1"]
+    with client(pki, args) as (c, _):
+        assert c.ca_certs(protection=sig(pki)) == (pki.root,)
+        st = c.revoke(cert=pki.gw, protection=sig(pki), reason=4)
+    assert st.granted
+    assert c.stats["sent", "genm"] == 1 and c.stats["sent", "rr"] == 1
+    assert c.stats["sent", "pollReq"] == 2 and c.stats["received", "pollReq"] == 2
 
 
 def test_polling_deadline(pki: TestPKI) -> None:
@@ -277,3 +306,30 @@ def test_dead_ca_is_a_connect_error(pki: TestPKI) -> None:
         c = CMPClient(tr, recipient=pki.root.subject, trust=[pki.root])
         with pytest.raises(ConnectError, match="cannot connect"):
             c.certificate(key=pki.gw_key, subject=name(GW), protection=sig(pki))
+
+
+def _crl(pki: TestPKI, this_update: dt.datetime) -> x509.CertificateRevocationList:
+    from cryptography.hazmat.primitives import hashes
+
+    return (x509.CertificateRevocationListBuilder().issuer_name(pki.root.subject)
+            .last_update(this_update).next_update(this_update + dt.timedelta(days=7))
+            .sign(pki.root_key, hashes.SHA256()))  # type: ignore[arg-type]
+
+
+def test_crl_status_list(pki: TestPKI) -> None:
+    """genm crlStatusList (RFC 9483 4.3.4): OpenSSL 3.5's mock answers it with -rsp_crl."""
+    if not peer(pki).newer:
+        pytest.skip("OpenSSL 3.0's mock does not know crlStatusList")
+    from cryptography.hazmat.primitives import serialization
+
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    crl = _crl(pki, now - dt.timedelta(hours=1))
+    pki.write("crl.pem", crl.public_bytes(serialization.Encoding.PEM))
+    with client(pki, [*SIG_ARGS, *rsp(pki, pki.gw), "-rsp_crl", "crl.pem"]) as (c, _):
+        got = c.crl_status(protection=sig(pki), issuer=pki.root.subject,
+                           this_update=now - dt.timedelta(days=1))
+        # the CRL we hold is as new as the CA's: it has nothing newer to send
+        same = c.crl_status(protection=sig(pki), issuer=pki.root.subject,
+                            this_update=crl.last_update_utc)
+    assert got == (crl,)
+    assert same == ()

@@ -115,6 +115,38 @@ def test_kill_9_at_each_step_then_recover(setup: tuple[TestPKI, Gateway, object]
     assert Journal(gw.paths, "gw1").load() is None
 
 
+@pytest.mark.parametrize("phase", ["waiting", "confirm-waiting"])
+def test_kill_9_while_the_ca_delays_resumes_the_same_transaction(
+        tmp_path: Path, phase: str) -> None:
+    """OpenSSL 3.5's mock delays the kup and then the pkiConf (RFC 9483 4.4); a run
+    killed while waiting for either is finished by the next one in the same transaction:
+    no second KUR, no second certConf, the same certificate confirmed."""
+    from openssl_mock import OpenSSL
+
+    pki = make_pki(tmp_path / "pki")
+    renewed = pki.issue(pki.gw_key, serial=pki.gw.serial_number, days=400)
+    pki.write("rsp.crt", pem_cert(renewed))
+    args = [*SIG_ARGS, "-rsp_cert", "rsp.crt", "-poll_count", "1", "-check_after", "1"]
+    with mock_server(args, cwd=pki.dir, openssl=OpenSSL.of("3.5")) as url:
+        gw = make_gateway(tmp_path / "gw", pki, url)
+        root = gw.paths.config_dir.parent
+        res = subprocess.run([sys.executable, "-c", CHILD, str(root), phase, "",
+                              str(TESTS)], capture_output=True, text=True, timeout=60)
+        assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+        entry = Journal(gw.paths, "gw1").load()
+        assert entry is not None and entry.kind == "kur"
+        assert (entry.phase, entry.confirm_nonce is not None) == (
+            ("waiting", False) if phase == "waiting" else ("received", True))
+        assert gw.cert == pki.gw and gw.pair_matches()
+        Renewer(gw.paths, sleep=lambda s: None).renew(gw.session)
+    stats = StateStore(gw.paths).load("gw1").stats
+    assert stats["kur"]["sent"] == 0  # the killed run's KUR is not counted; none new
+    assert stats["certConf"]["sent"] == (1 if phase == "waiting" else 0)
+    assert stats["pollReq"]["sent"] >= 1
+    assert gw.cert == renewed and gw.pair_matches()
+    assert Journal(gw.paths, "gw1").load() is None
+
+
 def test_ca_down_leaves_pair_and_reports(tmp_path: Path) -> None:
     import socket
 

@@ -64,7 +64,7 @@ def net(tmp_path: Path) -> Iterator[CharonNet]:
 
 def _pair(node: CharonNode, key_pem: bytes, cert: x509.Certificate, ca_pem: bytes
           ) -> CredentialPair:
-    return CredentialPair(
+    return CredentialPair.of_files(
         session="gw-a",
         key_path=node.swanctl_dir / "private" / f"{node.label}.pem",
         cert_path=node.swanctl_dir / "x509" / f"{node.label}.pem",
@@ -135,7 +135,8 @@ def test_vici_uri() -> None:
 def test_missing_socket_is_unavailable(tmp_path: Path) -> None:
     pki = TestPKI()
     key, cert = pki.issue("a.swcmp.test")
-    pair = CredentialPair("s", tmp_path / "k", tmp_path / "c", pem_key(key), pem_cert(cert))
+    pair = CredentialPair.of_files("s", tmp_path / "k", tmp_path / "c", pem_key(key),
+                                   pem_cert(cert))
     with pytest.raises(DeployUnavailable) as info:
         ViciDeployer(f"unix://{tmp_path}/nothing.vici").deploy(pair, None)
     assert "not reachable" in str(info.value)
@@ -240,7 +241,7 @@ _HOOK = textwrap.dedent("""\
     from swcmp.strongswan import load_current
     uri, base = sys.argv[1], Path(sys.argv[2])
     key, cert = base / "private" / "a.pem", base / "x509" / "a.pem"
-    pair = CredentialPair("gw-a", key, cert, key.read_bytes(), cert.read_bytes(),
+    pair = CredentialPair.of_files("gw-a", key, cert, key.read_bytes(), cert.read_bytes(),
                           ((base / "x509ca" / "ca.pem").read_bytes(),))
     print(load_current(uri, [pair]).detail)
     """)
@@ -319,7 +320,7 @@ def test_failure_after_new_pair_loaded_rolls_back(net: CharonNet) -> None:
     previous = _current(net)
     good, key, cert = _renew(net, new_key=True)
     # charon takes the new key and cert, then refuses the CA certificate
-    new = CredentialPair(good.session, good.key_path, good.cert_path, good.key_pem,
+    new = CredentialPair.of_files(good.session, good.key.path, good.cert_path, good.key.pem,
                          good.cert_pem, (b"-----BEGIN CERTIFICATE-----\nAAAA\n"
                                          b"-----END CERTIFICATE-----\n",))
     with pytest.raises(DeployError, match="load-cert"):
@@ -351,7 +352,8 @@ def test_connection_lost_midway_is_unavailable(tmp_path: Path) -> None:
     thread.start()
     pki = TestPKI()
     key, cert = pki.issue("a.swcmp.test")
-    pair = CredentialPair("s", tmp_path / "k", tmp_path / "c", pem_key(key), pem_cert(cert))
+    pair = CredentialPair.of_files("s", tmp_path / "k", tmp_path / "c", pem_key(key),
+                                   pem_cert(cert))
     with pytest.raises(DeployUnavailable, match="stopped answering"):
         ViciDeployer(f"unix://{path}", timeout=5).deploy(pair, None)
     thread.join(5)

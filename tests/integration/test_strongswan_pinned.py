@@ -53,7 +53,7 @@ charon_test = pytest.mark.skipif(_UNAVAILABLE is not None, reason=_UNAVAILABLE o
 
 def _pair(node: CharonNode, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate,
           ca_pem: bytes) -> CredentialPair:
-    return CredentialPair(
+    return CredentialPair.of_files(
         session="gw-a",
         key_path=node.swanctl_dir / "private" / f"{node.label}.pem",
         cert_path=node.swanctl_dir / "x509" / f"{node.label}.pem",
@@ -107,7 +107,7 @@ def _offline_tree(tmp_path: Path, extra: str = "") -> tuple[Path, CredentialPair
         """).replace("@EXTRA@", extra))
 
     def pair(key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> CredentialPair:
-        return CredentialPair("gw-a", base / "private" / "a.pem", base / "x509" / "a.pem",
+        return CredentialPair.of_files("gw-a", base / "private" / "a.pem", base / "x509" / "a.pem",
                               pem_key(key), pem_cert(cert), (pki.cert_pem,))
 
     return base, pair(old_key, old_cert), pair(new_key, new_cert)
@@ -303,7 +303,7 @@ def test_refused_key_changes_no_connection(net: CharonNet) -> None:
     replaced = _replaced(net.a)
     previous, good, _ = _renew(net)
     other = ec.generate_private_key(ec.SECP256R1())
-    bad = CredentialPair(good.session, good.key_path, good.cert_path, pem_key(other),
+    bad = CredentialPair.of_files(good.session, good.key.path, good.cert_path, pem_key(other),
                          good.cert_pem, good.ca_certs_pem)
     with pytest.raises(DeployError, match="does not match"):
         PinnedDeployer(net.a.uri, swanctl_conf=net.a.swanctl_conf).deploy(bad, previous)

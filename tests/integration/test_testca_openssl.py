@@ -1,4 +1,5 @@
-"""`openssl cmp` (OpenSSL 3.0) as the client against the embedded test CA.
+"""`openssl cmp` as the client against the embedded test CA, each test once with
+OpenSSL 3.0 (the machine's) and once with OpenSSL 3.5 (Debian 13's, tests/debian_root.py).
 
 OpenSSL checks every answer strictly (protection, nonces, transactionID,
 certificate against its key and trust); each positive flow must end with exit
@@ -16,7 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from openssl_mock import OPENSSL
+from openssl_mock import OPENSSL, OpenSSL
 from pki import name
 from swcmp.cmp import certs, keys
 from swcmp.cmp.client import CMPClient
@@ -35,6 +36,17 @@ MAC_CONFIG = CAConfig(mac_ref=REF.encode(), mac_secret=SECRET.encode())
 MAC_ARGS = ["-ref", REF, "-secret", f"pass:{SECRET}"]
 
 
+#: The OpenSSL release of the running test (set by the autouse fixture below).
+_PEER: list[OpenSSL] = []
+
+
+@pytest.fixture(autouse=True)
+def _openssl_release(openssl_peer: OpenSSL) -> Iterator[None]:
+    _PEER[:] = [openssl_peer]
+    yield
+    _PEER.clear()
+
+
 @pytest.fixture
 def ca(tmp_path: Path) -> Iterator[TestCA]:
     with TestCA(tmp_path / "ca", config=MAC_CONFIG) as running:
@@ -42,12 +54,12 @@ def ca(tmp_path: Path) -> Iterator[TestCA]:
 
 
 def openssl(ca: TestCA, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    """Run `openssl cmp` against ``ca``; output is stdout and stderr together."""
-    assert OPENSSL is not None
-    cmd = [OPENSSL, "cmp", "-server", f"127.0.0.1:{ca.port}", "-path", "pkix/",
+    """Run `openssl cmp` of this test's OpenSSL against ``ca``; output is stdout and stderr
+    together."""
+    cmd = ["cmp", "-server", f"127.0.0.1:{ca.port}", "-path", "pkix/",
            "-msg_timeout", "20", *map(str, args)]
-    return subprocess.run(cmd, cwd=ca.directory.parent, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=60)
+    peer = _PEER[0] if _PEER else OpenSSL("3.0")  # modules that import this: the machine's
+    return peer.run(cmd, cwd=ca.directory.parent)
 
 
 def ok(res: subprocess.CompletedProcess[str]) -> str:
@@ -218,3 +230,26 @@ def test_genm(ca: TestCA) -> None:
             protection=SignatureProtection(key=key,
                                            cert=certs.load_certificate(gw_crt.read_bytes())))
     assert got == (ca.ca_cert,)
+
+
+def test_crl_status_list(ca: TestCA) -> None:
+    """OpenSSL 3.5's client asks the test CA for its CRL by crlStatusList (RFC 9483 4.3.4)
+    and takes the genp with id-it-crls; with that CRL as -oldcrl the CA has none newer."""
+    if not _PEER[0].newer:
+        pytest.skip("OpenSSL 3.0's client does not know crlStatusList")
+    _, gw_key, gw_crt = swcmp_enroll(ca)
+    ok(openssl(ca, "-cmd", "rr", "-cert", gw_crt, "-key", gw_key, "-oldcert", gw_crt,
+               "-trusted", ca.ca_cert_path, "-revreason", "4"))
+    out = ok(openssl(ca, "-cmd", "genm", *MAC_ARGS, "-trusted", ca.ca_cert_path,
+                     "-infotype", "crlStatusList", "-crlcert", gw_crt, "-crlout", "new.crl"))
+    assert "received GENP" in out
+    crl = x509.load_der_x509_crl((ca.directory.parent / "new.crl").read_bytes())
+    assert crl.is_signature_valid(ca.ca_cert.public_key())  # type: ignore[arg-type]
+    serial = certs.load_certificate(gw_crt.read_bytes()).serial_number
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+    # the swcmp client asks the same by issuer name and its CRL's thisUpdate
+    with HttpTransport(ca.url) as tr:
+        got = CMPClient(tr, recipient=ca.ca_cert.subject, trust=[ca.ca_cert]).crl_status(
+            protection=MacProtection(reference=REF.encode(), secret=SECRET.encode()),
+            issuer=ca.ca_cert.subject, this_update=crl.last_update_utc)
+    assert got == ()

@@ -171,3 +171,29 @@ def test_elements_outside_genp_values_are_still_counted() -> None:
     items = [InfoValue(oids.IT_CA_CERTS, None)] * (codec.MAX_ELEMENTS // 2)
     with pytest.raises(ProtocolError, match="DER elements"):
         roundtrip(codec.genm_body(items, kind="genp"))
+
+
+def test_crl_status_list_value_decodes_with_pyasn1_alt_modules() -> None:
+    from datetime import UTC, datetime
+
+    from cryptography import x509 as cx509
+    from cryptography.x509.oid import NameOID
+    from pyasn1.codec.der import decoder as der_decoder
+    from pyasn1.codec.der import encoder as der_encoder
+    from pyasn1_alt_modules import rfc9480
+
+    issuer = cx509.Name([cx509.NameAttribute(NameOID.COMMON_NAME, "swcmp CRL issuer")])
+    when = datetime(2026, 12, 7, 3, 4, 5, tzinfo=UTC)
+    for this_update in (when, None, datetime(2051, 1, 1, tzinfo=UTC)):
+        value = codec.crl_status_list_value(issuer.public_bytes(), this_update)
+        decoded, rest = der_decoder.decode(value, asn1Spec=rfc9480.CRLStatusListValue())
+        assert rest == b"" and der_encoder.encode(decoded) == value
+        (status,) = list(decoded)
+        names = status["source"]["issuer"]
+        dn = der_encoder.encode(names[0]["directoryName"])  # [4] EXPLICIT Name
+        assert dn[:1] == b"\xa4" and dn[2:] == issuer.public_bytes()
+        if this_update is None:
+            assert not status["thisUpdate"].isValue
+        else:
+            assert status["thisUpdate"].getComponent().asDateTime == this_update
+    assert codec.parse_crls(None) == ()

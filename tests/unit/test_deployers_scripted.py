@@ -45,7 +45,7 @@ def _port(charon: ScriptedCharon, base: Path) -> Charon:
 def _pair(pki: TestPKI, base: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate,
           session: str = "gw-a") -> CredentialPair:
     paths = _paths(base)
-    return CredentialPair(session, paths.key_file(session), paths.cert_file(session),
+    return CredentialPair.of_files(session, paths.key_file(session), paths.cert_file(session),
                           pem_key(key), pem_cert(cert), (pem_cert(pki.root),))
 
 
@@ -61,7 +61,7 @@ def pairs(tmp_path: Path) -> tuple[TestPKI, CredentialPair, CredentialPair]:
 
 def _live(charon: ScriptedCharon, old: CredentialPair) -> None:
     """charon as the previous deployment left it: the old pair loaded."""
-    charon._answer("load-key", {"data": old.key_pem})
+    charon._answer("load-key", {"data": old.key.pem})
     charon._answer("load-cert", {"data": old.cert_pem, "flag": b"NONE"})
 
 
@@ -110,7 +110,7 @@ def test_a_key_that_is_not_the_certificates_is_unloaded_again(pairs: tuple,
                                                               tmp_path: Path) -> None:
     _, old, new = pairs
     stray = pem_key(ec.generate_private_key(ec.SECP256R1()))
-    wrong = CredentialPair(new.session, new.key_path, new.cert_path, stray, new.cert_pem)
+    wrong = CredentialPair.of_files(new.session, new.key.path, new.cert_path, stray, new.cert_pem)
     charon = ScriptedCharon()
     _live(charon, old)
     with pytest.raises(DeployError, match="does not match"):
@@ -170,7 +170,7 @@ def test_pinned_restore_keeps_a_new_key_that_was_loaded_before_the_swap(
     charon = ScriptedCharon(**({"refuse": {"load-cert": "no"}} if fault == "refuse"
                                else {"drop_at": "load-cert"}))
     _live(charon, old)
-    charon._answer("load-key", {"data": new.key_pem})
+    charon._answer("load-key", {"data": new.key.pem})
     with pytest.raises(DeployError):
         _port(charon, tmp_path).deploy(SESSION, new, old)
     assert _usable(charon, new) and _usable(charon, old), charon.log
@@ -179,10 +179,10 @@ def test_pinned_restore_keeps_a_new_key_that_was_loaded_before_the_swap(
 def test_identity_same_key_refused_ca_cert_says_the_new_certificate_stays(
         pairs: tuple, tmp_path: Path) -> None:
     pki, old, _ = pairs
-    key = serialization.load_pem_private_key(old.key_pem, None)
+    key = serialization.load_pem_private_key(old.key.pem, None)
     same_key = _pair(pki, tmp_path, key, pki.issue(key, serial=3))  # type: ignore[arg-type]
     charon = _RefuseCaCert()
-    charon._answer("load-key", {"data": old.key_pem})  # the old pair's key (the same)
+    charon._answer("load-key", {"data": old.key.pem})  # the old pair's key (the same)
     with pytest.raises(DeployError) as info:
         _port(charon, tmp_path).deploy(SESSION, same_key, old)
     assert "charon refused load-cert: CA refused" in str(info.value)
@@ -206,7 +206,7 @@ def test_start_hook_loads_every_pair_and_names_the_one_charon_cannot_use(
         pairs: tuple, tmp_path: Path) -> None:
     _, old, new = pairs
     other_key = ec.generate_private_key(ec.SECP256R1())
-    broken = CredentialPair("gw-b", tmp_path / "b.key", tmp_path / "b.crt",
+    broken = CredentialPair.of_files("gw-b", tmp_path / "b.key", tmp_path / "b.crt",
                             pem_key(other_key), old.cert_pem)  # key of another certificate
     charon = ScriptedCharon()
     with pytest.raises(DeployError, match=r"1 of 2 pairs: gw-b: the key .*b\.key does not match"):

@@ -275,3 +275,36 @@ def test_a_name_attribute_tagged_bit_string_is_a_certificate_error() -> None:
     mutated = der[:at] + b"\x03" + der[at + 1:]
     with pytest.raises(CertificateError, match=r"not a readable X\.509 certificate"):
         certs.load_certificate(mutated)
+
+
+def test_a_name_attribute_type_with_a_huge_arc_is_a_protocol_error() -> None:
+    # The attribute types of the header's directoryNames are read by der.oid_text: a CA
+    # that sends one arc of thousands of octets gets a ProtocolError (not the ValueError
+    # of an integer too long to print), and the arc is refused before it is summed up
+    # (the sum grows quadratically with its length).
+    root = d.parse(VECTORS["ip_pbm.der"])
+    sender_oids = [p for p in d.find(root, lambda n: n.tag_byte == d.OID) if p[:2] == (0, 1)]
+    assert sender_oids
+    for arc_octets in (5000, 30):
+        huge = d.Node(b"\x06", b"\x55" + b"\xff" * arc_octets + b"\x7f")
+        data = d.replaced(root, sender_oids[0], huge).encode()
+        with pytest.raises(ProtocolError, match="OBJECT IDENTIFIER"):
+            codec.decode_message(data)
+
+
+@pytest.mark.parametrize("inside", ["cert+junk", "integer", "two certs"])
+def test_the_certificate_slot_holds_exactly_one_sequence(inside: str) -> None:
+    # certOrEncCert certificate [0] is one CMPCertificate, kept as bytes: an element
+    # after it (not covered by certHash, never looked at) or a non-SEQUENCE in its
+    # place is refused at decoding, as the full schema refused it.
+    root = d.parse(VECTORS["ip_pbm.der"])
+    (p,) = d.find(root, lambda n: n.tag == b"\xa0" and len(n.children or []) == 1
+                  and len(n.children[0].children or []) == 3
+                  and n.children[0].children[0].tag == b"\x30")
+    cert = d.at(root, (*p, 0))
+    content = {"cert+junk": [cert, d.Node(b"\x02", b"\x01")],
+               "integer": [d.Node(b"\x02", b"\x01")],
+               "two certs": [cert, cert]}[inside]
+    data = d.replaced(root, p, d.Node(b"\xa0", b"", content)).encode()
+    with pytest.raises(ProtocolError, match="certOrEncCert"):
+        codec.decode_message(data)

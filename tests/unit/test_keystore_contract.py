@@ -19,7 +19,7 @@ from keystore_contract import Harness, KeyStoreContract, tmp_paths
 from pki import make_pki
 from swcmp.checkresult import FAIL, OK, CheckResult
 from swcmp.cmp import certs, keys
-from swcmp.deploy import CredentialPair, DeployError
+from swcmp.deploy import CredentialPair, DeployError, TokenRef
 from swcmp.errors import RenewalError
 from swcmp.keystore import HeldKeys, Installed, KeyStore
 from swcmp.keystore.files import FileKeys
@@ -86,7 +86,8 @@ class MemoryKeys:
         cert, key = self.shelf.get("cert"), self.live_key()
         if cert is None or key is None:
             return None
-        return CredentialPair("gw1", Path("memory"), Path("memory"), b"", certs.pem_of(cert))
+        return CredentialPair("gw1", TokenRef("00", "pin", "memory"), Path("memory"),
+                              certs.pem_of(cert))
 
     def ensure_key(self) -> tuple[keys.SigningKey, bool]:
         key = self.live_key()
@@ -133,8 +134,8 @@ class MemoryKeys:
                       if keys.spki_der(k) == certs.spki_of(old))
         self.shelf["replaced"][handle] = old.serial_number
         self.shelf.setdefault("old_certs", []).append(old)
-        return Installed(CredentialPair("gw1", Path("memory"), Path("memory"), b"",
-                                        certs.pem_of(old)), old.serial_number,
+        return Installed(CredentialPair("gw1", TokenRef(handle, "pin", "memory"),
+                                        Path("memory"), certs.pem_of(old)), old.serial_number,
                          {"cert": old, "handle": handle})
 
     def undo(self, installed: Installed) -> None:

@@ -63,3 +63,26 @@ def test_hostile_pbmac1_key_length_is_refused_fast(pki: TestPKI, key_length: int
                        protection=MacProtection(reference=b"ca", secret=SECRET))
     assert time.monotonic() - started < 5
 
+
+
+def test_pbmac1_requests_verify_and_iterations_are_bounded() -> None:
+    from swcmp.cmp import codec as cmp_codec
+    from swcmp.cmp import oids as cmp_oids
+    from swcmp.cmp.protection import MacProtection, verify_mac
+    from swcmp.errors import ConfigError, ProtectionError
+
+    prot = MacProtection(reference=b"ref", secret=b"s3cret", mac_alg="pbmac1", iterations=1234)
+    started = prot.start()
+    assert started.alg.oid == cmp_oids.PBMAC1
+    assert started.alg.params_der is not None
+    f = cmp_codec.decode_pbmac1_params(started.alg.params_der)
+    assert (f.kdf_oid, f.iterations, f.prf_oid, f.key_length, f.mac_oid) == (
+        cmp_oids.PBKDF2, 1234, cmp_oids.HMAC_WITH_SHA256, 32, cmp_oids.HMAC_WITH_SHA256)
+    assert len(f.salt) == 16
+    mac = started.protect(b"protected part")
+    verify_mac(b"s3cret", started.alg, b"protected part", mac)  # our own verifier agrees
+    with pytest.raises(ProtectionError):
+        verify_mac(b"other", started.alg, b"protected part", mac)
+    for bad in (99, 100_001):
+        with pytest.raises(ConfigError, match="out of bounds"):
+            MacProtection(reference=b"ref", secret=b"s", mac_alg="pbmac1", iterations=bad)

@@ -151,10 +151,13 @@ def main():
             swcmp.run("session", "show", name)  # fails with swcmp's "no session named ..."
         if p["request"] == "initial":
             due = p["force"] or needs_initial(entry)
-            args = ["request", "initial", name] + ([] if p["deploy"] else ["--no-deploy"])
+            # --yes: the play is the confirmation (swcmp asks before replacing a valid
+            # certificate or revoking the live one, and refuses without a terminal)
+            args = ["request", "initial", name, "--yes"] + (
+                [] if p["deploy"] else ["--no-deploy"])
         else:
             due = not _already_revoked(entry, p["serial"])
-            args = ["request", "revoke", name, "--reason", p["reason"]]
+            args = ["request", "revoke", name, "--reason", p["reason"], "--yes"]
             if p["serial"]:
                 args += ["--serial", p["serial"]]
         if due:

@@ -72,9 +72,12 @@ options:
     description: File holding only the MAC secret (mode 0600). Only its path is used.
     type: path
   mac_alg:
-    description: MAC algorithm.
+    description: MAC algorithm (PasswordBasedMac with HMAC-SHA256 or HMAC-SHA1, or PBMAC1).
     type: str
-    choices: [hmac-sha256, hmac-sha1]
+    choices: [hmac-sha256, hmac-sha1, pbmac1]
+  mac_iterations:
+    description: Iteration count of the MAC key derivation (100-100000, default 10000).
+    type: int
   auth_cert:
     description: Certificate that signs requests (default the session's own certificate).
     type: path
@@ -133,6 +136,13 @@ options:
   revoke_superseded:
     description: After each key update, revoke the replaced certificate.
     type: bool
+  granted_with_mods:
+    description:
+      - A certificate the CA granted with modifications. V(check) takes it only when its
+        subject, SANs and key are the ones asked; V(accept) takes it (logged); V(reject)
+        refuses it.
+    type: str
+    choices: [check, accept, reject]
   pkcs11_module:
     description: PKCS#11 module of the token that holds a C(pkcs11:) O(key).
     type: path
@@ -253,6 +263,7 @@ SETTINGS = {
     "mac_ref": ("--mac-ref", "str"),
     "mac_secret_file": ("--mac-secret-file", "path"),
     "mac_alg": ("--mac-alg", "str"),
+    "mac_iterations": ("--mac-iterations", "int"),
     "auth_cert": ("--auth-cert", "path"),
     "auth_key": ("--auth-key", "path"),
     "trust": ("--trust", "paths"),
@@ -271,11 +282,13 @@ SETTINGS = {
     "tls_client_cert": ("--tls-client-cert", "path"),
     "tls_client_key": ("--tls-client-key", "path"),
     "revoke_superseded": ("--revoke-superseded", "bool"),
+    "granted_with_mods": ("--granted-with-mods", "str"),
     "pkcs11_module": ("--pkcs11-module", "path"),
     "pin_file": ("--pin-file", "path"),
 }
 
-_CHOICES = {"ir_auth": ["mac", "signature"], "mac_alg": ["hmac-sha256", "hmac-sha1"]}
+_CHOICES = {"ir_auth": ["mac", "signature"], "mac_alg": ["hmac-sha256", "hmac-sha1", "pbmac1"],
+            "granted_with_mods": ["check", "accept", "reject"]}
 
 
 def _argument_spec():

@@ -138,7 +138,7 @@ class _Base:
             return self.charon.load_authorities(ca_pems, crls)
         except DeployError as e:
             log.warning("charon not updated: %s (the files are in place; charon loads them "
-                        "when it starts)", e)
+                        "when it starts)", e, extra={"in_outcome": True})
             return f"charon not updated: {e}"
 
     def anchors(self, session: Session) -> list[x509.Certificate]:

@@ -1,4 +1,5 @@
-"""CRLs (genm currentCRL): fetched when due, checked, stored and loaded."""
+"""CRLs (genm crlStatusList, or currentCRL for CAs that only know that one): fetched
+when due, checked, stored and loaded."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from swcmp.calife.base import _Base
 from swcmp.calife.state import (
     CRL_DEFAULT_REFRESH,
     CRL_MIN_REFRESH,
+    CRL_STATUS_LIST,
     CURRENT_CRL,
     CaLifeState,
     CaLifeStore,
@@ -28,6 +30,7 @@ from swcmp.cmp import certs
 from swcmp.cmp.text import safe
 from swcmp.errors import (
     CertificateError,
+    CMPErrorResponse,
 )
 from swcmp.session import Session
 from swcmp.store import (
@@ -47,19 +50,30 @@ class Crls(_Base):
     def crl_due(self, session: Session, st: CaLifeState | None = None) -> bool:
         st = st or CaLifeStore(self.paths, session.name).load()
         now = self.clock()
-        if st.is_unsupported(CURRENT_CRL, now) or st.backing_off(CURRENT_CRL, now):
+        if (st.is_unsupported(CURRENT_CRL, now) and st.is_unsupported(CRL_STATUS_LIST, now)) \
+                or st.backing_off(CURRENT_CRL, now):
             return False
         nxt = _time((st.crl or {}).get("refresh_at"))
         return nxt is None or now >= nxt or not crl_file(self.paths, session.name).exists()
 
     def refresh_crl(self, session: Session) -> Result:
-        """genm currentCRL; store and load a CRL signed by the session's issuer.
+        """genm crlStatusList (RFC 9483 4.3.4) naming the cached CRL's issuer and
+        thisUpdate, or currentCRL for a CA that does not know crlStatusList (remembered);
+        store and load a CRL signed by the session's issuer.
 
         Raises:
             CaLifeError: the CRL is signed by someone else or older than the cached one.
         """
-        crl = self._ask(session, CURRENT_CRL,
-                        lambda c: c.current_crl(protection=self._protection(session)))
+        st0 = CaLifeStore(self.paths, session.name).load()
+        crl: x509.CertificateRevocationList | None = None
+        if not st0.is_unsupported(CRL_STATUS_LIST, self.clock()):
+            answer = self._ask_crl_status(session)
+            if isinstance(answer, str):
+                return self._crl_is_current(session)
+            crl = answer
+        if crl is None:
+            crl = self._ask(session, CURRENT_CRL,
+                            lambda c: c.current_crl(protection=self._protection(session)))
         if crl is None:
             with CaLifeStore(self.paths, session.name).update() as st:
                 st.unsupported[CURRENT_CRL] = {"since": _iso(self.clock()),
@@ -118,6 +132,56 @@ class Crls(_Base):
                + (f", next update {nxt:%Y-%m-%d %H:%M:%S}Z" if nxt else "") + ")")
         log.info("%s: %s", session.name, msg)
         return Result(session.name, "crl", True, msg, files=(path,), charon=charon)
+
+    def _ask_crl_status(self, session: Session) -> x509.CertificateRevocationList | str | None:
+        """crlStatusList for the cached CRL (its issuer and thisUpdate), or for the
+        issuer of the session's certificate when none is cached. Returns the CRL the CA
+        sent, "current" when it has none newer, None when it does not know the question
+        (then remembered, and currentCRL is asked)."""
+        stored = _stored_crl(crl_file(self.paths, session.name))
+        if stored is not None:
+            issuer, this_update = stored.issuer, stored.last_update_utc
+        else:
+            cert = _current_cert(self.paths, session.name)
+            if cert is None:
+                return None
+            issuer, this_update = cert.issuer, None
+        try:
+            crls = self._ask(session, CRL_STATUS_LIST, lambda c: c.crl_status(
+                protection=self._protection(session), issuer=issuer, this_update=this_update))
+        except CMPErrorResponse as e:
+            if not e.protected:
+                raise
+            log.info("%s: the CA refuses crlStatusList (%s); asking currentCRL",
+                     session.name, e)
+            return None  # remembered by _ask as not supported
+        if crls is None:
+            with CaLifeStore(self.paths, session.name).update() as st:
+                st.unsupported[CRL_STATUS_LIST] = {
+                    "since": _iso(self.clock()), "error": "the CA's genp has no crls"}
+            log.info("%s: the CA does not answer crlStatusList; asking currentCRL",
+                     session.name)
+            return None
+        if not crls:
+            return "current" if stored is not None else None
+        if len(crls) > 1:
+            log.info("%s: the CA sent %d CRLs; the first is taken", session.name, len(crls))
+        crl: x509.CertificateRevocationList = crls[0]
+        return crl
+
+    def _crl_is_current(self, session: Session) -> Result:
+        """The CA has no CRL newer than the cached one: ask again at its nextUpdate."""
+        now = self.clock()
+        stored = _stored_crl(crl_file(self.paths, session.name))
+        nxt = stored.next_update_utc if stored is not None else None
+        refresh = max(nxt or (now + CRL_DEFAULT_REFRESH), now + CRL_MIN_REFRESH)
+        with CaLifeStore(self.paths, session.name).update() as st:
+            crl = dict(st.crl or {})
+            crl["refresh_at"] = _iso(refresh)
+            st.crl = crl
+        msg = "the stored CRL is current (the CA has none newer)"
+        log.info("%s: %s", session.name, msg)
+        return Result(session.name, "crl", True, msg)
 
     def _crl_signer(self, session: Session, crl: x509.CertificateRevocationList
                     ) -> x509.Certificate:

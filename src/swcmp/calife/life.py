@@ -16,9 +16,11 @@ from swcmp.calife.roots import RootUpdate
 from swcmp.calife.state import (
     CA_CERTS,
     CHECK_EVERY,
+    CRL_STATUS_LIST,
     CURRENT_CRL,
     ROOT_UPDATE,
     UNSUPPORTED_RETRY,
+    CaLifeState,
     CaLifeStore,
     _current_cert,
     _time,
@@ -64,15 +66,20 @@ class CaLife(CaCerts, RootUpdate, Revocation, Crls):
 
     def maintain(self, session: Session) -> list[str]:
         """serve's pass over one session: old roots, retries, and what is due."""
+        return self.maintain_then_next_due(session)[0]
+
+    def maintain_then_next_due(self, session: Session) -> tuple[list[str], datetime | None]:
+        """:meth:`maintain`, then :meth:`next_due`, reading the certificate and the
+        state once when the pass changed nothing (the common case: nothing was due)."""
         notes: list[str] = []
         if _current_cert(self.paths, session.name) is None:
-            return notes
+            return notes, None
         steps: list[tuple[str, str, Callable[[], Any]]] = []
         store = CaLifeStore(self.paths, session.name)
         st = store.load()
         now = self.clock()
         # each step sees the session as the steps before left it (late binding of `session`)
-        steps.append(("old roots", "", lambda: self.drop_expired_roots(session)))
+        steps.append(("old roots", "", lambda: self.drop_expired_roots(session, st=st)))
         if st.pending_revocations:
             steps.append(("revocations", "", lambda: self.retry_revocations(session)))
         if st.due(ROOT_UPDATE, now):
@@ -83,6 +90,7 @@ class CaLife(CaCerts, RootUpdate, Revocation, Crls):
                           lambda: self.refresh_ca_certs(session).message))
         if self.crl_due(session, st):
             steps.append(("CRL", CURRENT_CRL, lambda: self.refresh_crl(session).message))
+        out: Any = None
         for i, (what, question, step) in enumerate(steps):
             try:
                 out = step()
@@ -106,13 +114,18 @@ class CaLife(CaCerts, RootUpdate, Revocation, Crls):
                 notes.extend(out)
             elif out:
                 notes.append(str(out))
-        return notes
+        # Only "old roots" ran and it dropped nothing: the state read above is current.
+        unchanged = len(steps) == 1 and not notes and out is None
+        return notes, self._next_due_of(st if unchanged else
+                                        CaLifeStore(self.paths, session.name).load())
 
     def next_due(self, session: Session) -> datetime | None:
         """When :meth:`maintain` has something to do for ``session`` next."""
         if _current_cert(self.paths, session.name) is None:
             return None
-        st = CaLifeStore(self.paths, session.name).load()
+        return self._next_due_of(CaLifeStore(self.paths, session.name).load())
+
+    def _next_due_of(self, st: CaLifeState) -> datetime | None:
         times: list[datetime] = []
         for q in (ROOT_UPDATE, CA_CERTS):
             since = _time(st.unsupported.get(q, {}).get("since"))
@@ -123,9 +136,12 @@ class CaLife(CaCerts, RootUpdate, Revocation, Crls):
             due = last + CHECK_EVERY if last else self.clock()
             times.append(max(due, _time(st.next_try.get(q)) or due))
         refresh = _time((st.crl or {}).get("refresh_at"))
-        since = _time(st.unsupported.get(CURRENT_CRL, {}).get("since"))
-        if since is not None and st.is_unsupported(CURRENT_CRL, self.clock()):
-            times.append(since + UNSUPPORTED_RETRY)
+        # a CRL is asked by crlStatusList or currentCRL: due again when either is
+        crl_since = [_time(st.unsupported.get(q, {}).get("since"))
+                     for q in (CRL_STATUS_LIST, CURRENT_CRL)]
+        if all(t is not None for t in crl_since) and all(
+                st.is_unsupported(q, self.clock()) for q in (CRL_STATUS_LIST, CURRENT_CRL)):
+            times.append(min(t for t in crl_since if t is not None) + UNSUPPORTED_RETRY)
         else:
             due = refresh or self.clock()
             times.append(max(due, _time(st.next_try.get(CURRENT_CRL)) or due))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from cryptography import x509
@@ -35,32 +36,48 @@ class Revocation(_Base):
 
     # ---------------------------------------------------------------- revocation
 
-    def _archived(self, session: Session, serial: int
+    def _archived(self, session: Session, serial: int, *, valid_at: datetime | None = None
                   ) -> tuple[x509.Certificate, keys.SigningKey] | None:
         """A certificate of this session with ``serial`` and its key: live or replaced
-        (the archive keeps replaced certificates; the session's key store their keys)."""
+        (the archive keeps replaced certificates; the session's key store their keys).
+        With ``valid_at``: only a certificate not expired then (the key store is not asked
+        for an expired one).
+
+        Raises:
+            SwcmpError: the key store could not be asked (a token that cannot be opened
+                now): the certificate is not known to be gone.
+        """
         from swcmp import keystore
         from swcmp.store import Journal, archived_pairs
 
         cur = _current_cert(self.paths, session.name)
         found = ([cur] if cur is not None and cur.serial_number == serial else
                  [c for c, _ in archived_pairs(Journal(self.paths, session.name), serial)])
+        if valid_at is not None:
+            found = [c for c in found if c.not_valid_after_utc > valid_at]
         if not found:
             return None
         store = keystore.open(session, self.paths)
+        problem: SwcmpError | None = None
         for cert in found:
             try:
                 key = store.key_for(cert)
             except SwcmpError as e:
                 log.warning("%s: no key for certificate serial %x: %s", session.name, serial, e)
+                problem = e
                 continue
             if key is not None:
                 return cert, key
+        if problem is not None:
+            raise problem
         return None
 
     def revoke(self, session: Session, *, serial: int | None = None,
-               reason: int = 0) -> Result:
+               reason: int = 0, advise: bool = True) -> Result:
         """rr for the current certificate (or ``serial``, live or archived), signed with it.
+
+        ``advise``: say how to enroll again when the current certificate was revoked
+        (not when the session is being deleted).
 
         Raises:
             ConfigError: no such certificate (or no key for it) in storage.
@@ -93,10 +110,10 @@ class Revocation(_Base):
             st.pending_revocations = [p for p in st.pending_revocations
                                       if p.get("serial") != f"{serial:x}"]
         msg = f"certificate {certs.describe(cert)} revoked (reason {reason_name(reason)})"
-        if current:
+        if current and advise:
             msg += ("; it is the session's current certificate: a key update with it will be "
                     f"refused, enroll again with `swcmp request initial {session.name}`")
-        log.warning("%s: %s", session.name, msg)
+        log.warning("%s: %s", session.name, msg, extra={"in_outcome": True})
         return Result(session.name, "revoke", True, msg)
 
     def queue_revocation(self, session: Session, serial: int, reason: int) -> None:
@@ -119,7 +136,11 @@ class Revocation(_Base):
                 reason = int(p.get("reason", 0))
             except ValueError:
                 serial, reason = -1, 0
-            found = self._archived(session, serial) if serial >= 0 else None
+            try:
+                found = self._archived(session, serial, valid_at=now) if serial >= 0 else None
+            except SwcmpError as e:  # e.g. the token cannot be opened now: try again later
+                notes.append(self._postpone(session, p, e))
+                continue
             if found is None or found[0].not_valid_after_utc <= now:
                 self._drop_pending(session, p, "the certificate is gone or expired")
                 notes.append(f"revocation of serial {p.get('serial')} abandoned: the "

@@ -14,6 +14,7 @@ from swcmp.calife.base import _Base
 from swcmp.calife.crl import _check_signature, _signed_by
 from swcmp.calife.state import (
     ROOT_UPDATE,
+    CaLifeState,
     CaLifeStore,
     Result,
     _current_cert,
@@ -174,11 +175,12 @@ class RootUpdate(_Base):
             raise self._refused(session, ROOT_UPDATE, f"root CA update refused: {fail}")
         return new
 
-    def drop_expired_roots(self, session: Session, *, store: SessionStore | None = None
-                           ) -> str | None:
-        """After a rollover, forget the old root once it has expired."""
+    def drop_expired_roots(self, session: Session, *, store: SessionStore | None = None,
+                           st: CaLifeState | None = None) -> str | None:
+        """After a rollover, forget the old root once it has expired (``st``: the
+        session's CA-life state when the caller has just read it)."""
         cls = CaLifeStore(self.paths, session.name)
-        st = cls.load()
+        st = st or cls.load()
         roll = st.rollover
         if not roll or roll.get("state") == "done":
             return None

@@ -48,6 +48,9 @@ REVOKE_RETRY_CAP = timedelta(days=1)
 REVOKED_KEEP = 8
 #: The questions, as named in the state file and in messages.
 CA_CERTS, ROOT_UPDATE, CURRENT_CRL = "caCerts", "rootCaCert", "currentCRL"
+#: genm crlStatusList (RFC 9483 4.3.4), asked before currentCRL; a CA that does not
+#: know it is remembered (``unsupported``) and asked currentCRL instead
+CRL_STATUS_LIST = "crlStatusList"
 
 
 class CaLifeError(SwcmpError):

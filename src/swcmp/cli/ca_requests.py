@@ -11,11 +11,24 @@ from typing import TYPE_CHECKING
 
 import click
 
-from swcmp.cli.requests import _deploy_option, request
-from swcmp.cli.root import CliEnv, _env, _message, _name_argument, _now, _refuse, json_option
+from swcmp.cli.render import format_serial
+from swcmp.cli.requests import _deploy_option, after_request, request
+from swcmp.cli.root import (
+    CliEnv,
+    _env,
+    _message,
+    _name_argument,
+    _now,
+    _refuse,
+    confirm,
+    json_option,
+    yes_option,
+)
 from swcmp.errors import SwcmpError
 
 if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
+
     from swcmp.calife import CaLife, Result
     from swcmp.session import Session
 
@@ -49,9 +62,11 @@ def _ca_step(name: str, action: str, no_deploy: bool,
     except SwcmpError as e:
         with StateStore(env.paths).update(s.name) as st:
             st.record(action, False, _message(e), now=now)
+        after_request(env, no_deploy=no_deploy)
         raise
     with StateStore(env.paths).update(s.name) as st:
         st.record(action, True, result.message, now=now)
+    after_request(env, no_deploy=no_deploy)
     env.emit(result.to_json(), _result_text(result))
 
 
@@ -88,28 +103,59 @@ def request_rootca(name: str, no_deploy: bool) -> None:
 @request.command("revoke")
 @_name_argument()
 @click.option("--reason", default="unspecified", show_default=True, metavar="REASON",
+              shell_complete=lambda ctx, param, incomplete: _complete_reasons(incomplete),
               help="CRL reason: unspecified, keyCompromise, cACompromise, "
               "affiliationChanged, superseded, cessationOfOperation, certificateHold, "
               "privilegeWithdrawn, aACompromise.")
 @click.option("--serial", metavar="HEX",
               help="Revoke this certificate of the session (the current one or one kept in "
               "the archive) instead of the current one.")
+@yes_option
 @json_option
-def request_revoke(name: str, reason: str, serial: str | None) -> None:
+def request_revoke(name: str, reason: str, serial: str | None, yes: bool) -> None:
     """Revocation request (rr, RFC 9483 4.2) for NAME's certificate, signed with its key.
 
     Revoking the current certificate ends key updates with it: the CA refuses
     them, and `swcmp status` says so; enroll again with `swcmp request initial`.
+    It asks for confirmation on a terminal and needs --yes otherwise.
     """
     from swcmp.calife import reason_code
 
     code = reason_code(reason)
     try:
-        number = int(serial, 16) if serial is not None else None
+        number = int(serial.lower().replace(":", "").removeprefix("0x"), 16) \
+            if serial is not None else None
     except ValueError:
         raise _refuse(f"--serial {serial!r} is not a hexadecimal number",
                       "give the serial as `swcmp status NAME` shows it") from None
+    env = _env()
+    live = _live_serial(env, name)
+    if live is not None and number in (None, live):
+        confirm(env, yes, f"this revokes session {name}'s live certificate (serial "
+                f"{format_serial(live)}): charon keeps using it until it expires, but peers "
+                "that check revocation refuse it and the CA refuses key updates with it",
+                f"swcmp request revoke {name}" + (f" --reason {reason}" if reason !=
+                                                   "unspecified" else ""))
     _ca_step(name, "rr", True, lambda life, s: life.revoke(s, serial=number, reason=code))
+
+
+def _complete_reasons(incomplete: str) -> list[CompletionItem]:
+    """The CRL reasons by their RFC 5280 names, for shell completion of --reason."""
+    from click.shell_completion import CompletionItem
+
+    from swcmp.cmp.codec import CRL_REASONS
+
+    return [CompletionItem(n) for n in CRL_REASONS if n.lower().startswith(incomplete.lower())]
+
+
+def _live_serial(env: CliEnv, name: str) -> int | None:
+    """The serial of NAME's current certificate, None when there is none (or it is unreadable)."""
+    from swcmp.cmp import certs
+
+    try:
+        return certs.load_certificate(env.paths.cert_file(name).read_bytes()).serial_number
+    except (OSError, SwcmpError):
+        return None
 
 
 @request.command("crl")

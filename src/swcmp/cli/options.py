@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from swcmp.choices import IR_AUTH_MODES, KEY_TYPES, MAC_ALGS
+from swcmp.choices import GRANTED_WITH_MODS, IR_AUTH_MODES, KEY_TYPES, MAC_ALGS
 
 if TYPE_CHECKING:
     pass
@@ -27,6 +27,7 @@ _OPTION_FIELDS = {
     "mac_ref": "mac_ref",
     "mac_secret_file": "mac_secret_file",
     "mac_alg": "mac_alg",
+    "mac_iterations": "mac_iterations",
     "auth_cert": "auth_cert",
     "auth_key": "auth_key",
     "trust": "trust",
@@ -45,6 +46,7 @@ _OPTION_FIELDS = {
     "tls_client_cert": "tls_client_cert",
     "tls_client_key": "tls_client_key",
     "revoke_superseded": "revoke_superseded",
+    "granted_with_mods": "granted_with_mods",
     "pkcs11_module": "pkcs11_module",
     "pin_file": "pin_file",
 }
@@ -98,7 +100,21 @@ def setting_options(f: F) -> F:
         click.option(
             "--mac-alg",
             type=click.Choice(MAC_ALGS),
-            help="MAC algorithm: hmac-sha256 (default) or hmac-sha1 (legacy CAs only).",
+            help="MAC algorithm: hmac-sha256 (default) or hmac-sha1 (legacy CAs only), "
+            "both PasswordBasedMac, or pbmac1 (PBMAC1: PBKDF2 and HMAC-SHA256, RFC 9481).",
+        ),
+        click.option(
+            "--granted-with-mods",
+            type=click.Choice(GRANTED_WITH_MODS),
+            help="A certificate the CA granted with modifications: check (default: taken "
+            "only when subject, SANs and key are the ones asked), accept (taken, logged; "
+            "the key must still be ours) or reject (refused in certConf).",
+        ),
+        click.option(
+            "--mac-iterations",
+            metavar="N",
+            type=int,
+            help="Iteration count of the MAC key derivation (100-100000, default 10000).",
         ),
         click.option(
             "--auth-cert",

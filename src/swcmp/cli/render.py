@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from swcmp.cmp.text import INVISIBLE_CONTROLS
@@ -61,9 +61,102 @@ def dump_json(data: object) -> str:
     return _JSON_RAW_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-def error_json(message: str, hint: str) -> dict[str, Any]:
-    """The ``--json`` shape of an error: ``{"error": ..., "hint": ... or null}``."""
-    return {"error": message, "hint": hint or None}
+#: ``--local-time``: show times in the local time zone (``TZ``) instead of UTC.
+LOCAL_TIME = False
+
+_TIME_RE = re.compile(
+    r"\b(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2})(?::\d{2}(?:\.\d+)?)?(Z|[+-]\d{2}:?\d{2}| UTC)")
+_SERIAL_RE = re.compile(r"\b(serial (?:number )?)(?:0x)?([0-9a-fA-F]+)\b(?!:)")
+
+
+def format_time(when: datetime) -> str:
+    """One time format for people: ISO 8601 to the minute, UTC (``2026-06-01T12:00Z``), or
+    with ``--local-time`` the local time with its offset (``2026-06-01T14:00+02:00``)."""
+    if when.tzinfo is None:
+        return when.strftime("%Y-%m-%dT%H:%M")
+    if LOCAL_TIME:
+        local = when.astimezone()
+        return local.strftime("%Y-%m-%dT%H:%M") + local.strftime("%z")[:3] + ":" + \
+            local.strftime("%z")[3:]
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def _time_match(m: re.Match[str]) -> str:
+    zone = m.group(3).strip()
+    zone = "+00:00" if zone in ("Z", "UTC") else zone
+    if ":" not in zone:
+        zone = zone[:3] + ":" + zone[3:]
+    try:
+        when = datetime.fromisoformat(f"{m.group(1)}T{m.group(2)}{zone}")
+    except ValueError:
+        return m.group(0)
+    return format_time(when)
+
+
+def _serial_match(m: re.Match[str]) -> str:
+    digits = m.group(2)
+    if not any(c.isdigit() for c in digits):
+        return m.group(0)  # a word, not a serial
+    return m.group(1) + format_serial(int(digits, 16))
+
+
+def human(text: str) -> str:
+    """Text for people in one format: every zoned time as :func:`format_time`, every
+    certificate serial as swanctl prints it (:func:`format_serial`). JSON is left alone."""
+    return _SERIAL_RE.sub(_serial_match, _TIME_RE.sub(_time_match, text))
+
+
+def format_serial(serial: int) -> str:
+    """A certificate serial as swanctl prints it: colon-separated hex bytes (``69:17:0a``)."""
+    digits = f"{serial:x}"
+    digits = digits.zfill(len(digits) + len(digits) % 2)
+    return ":".join(digits[i:i + 2] for i in range(0, len(digits), 2))
+
+
+#: The stable ``code`` of a ``--json`` error, by exception class (the first class of the
+#: error's MRO found here); docs/cli.md lists them. Names, not imports: render stays light.
+ERROR_CODES: dict[str, str] = {
+    "NeedsInitialRequest": "needs_initial_request",
+    "RenewalError": "renewal_failed",
+    "SessionFileError": "session_file",
+    "LockHeldError": "locked",
+    "StorageIOError": "storage",
+    "StorageError": "storage",
+    "ConfigError": "refused",
+    "CMPErrorResponse": "ca_error",
+    "PollingTimeoutError": "polling_timeout",
+    "ProtectionError": "protection",
+    "ProtocolError": "protocol",
+    "CertificateRejectedError": "certificate_rejected",
+    "CertificateError": "certificate",
+    "ConnectError": "connect",
+    "TimeoutError_": "timeout",
+    "HTTPStatusError": "http_status",
+    "ContentTypeError": "content_type",
+    "ResponseTooLargeError": "response_too_large",
+    "TransportError": "transport",
+}
+
+
+def error_code(error: BaseException) -> str:
+    """The stable ``code`` of ``error`` in ``--json`` output (``error`` for anything else)."""
+    given = getattr(error, "json_code", None)
+    if isinstance(given, str):
+        return given
+    for cls in type(error).__mro__:
+        code = ERROR_CODES.get(cls.__name__)
+        if code is not None:
+            return code
+    return "error"
+
+
+def error_json(message: str, hint: str, code: str = "error") -> dict[str, Any]:
+    """The ``--json`` shape of an error: ``{"error": ..., "hint": ... or null, "code": ...}``.
+
+    ``code`` is stable (scripts may branch on it): ``usage`` for a bad command line,
+    ``interrupted`` for SIGINT, else :func:`error_code`'s name for the error.
+    """
+    return {"error": message, "hint": hint or None, "code": code}
 
 
 # --- checks ---------------------------------------------------------------------------
@@ -73,9 +166,10 @@ def check_json(session: str, results: Sequence[CheckResult]) -> dict[str, Any]:
     """The ``--json`` shape of ``session check``.
 
     ``{"session": NAME, "ok": bool, "checks": [{"name", "ok", "level", "detail", "fix"}, ...]}``.
-    ``level`` is ``ok``, ``warn`` or ``fail``; ``ok`` (of an item and of the
-    whole report) is false only for ``fail``: a warning does not block
-    auto-update. ``fix`` is an empty string for a passed check.
+    ``level`` is ``ok``, ``warn``, ``pending`` or ``fail``; ``ok`` (of an item and
+    of the whole report) is false for ``fail`` and ``pending`` (what the first
+    request makes is not there yet): both block auto-update, a warning does not.
+    ``fix`` is an empty string for a passed check.
     """
     return {
         "session": session,
@@ -87,19 +181,25 @@ def check_json(session: str, results: Sequence[CheckResult]) -> dict[str, Any]:
     }
 
 
-_LEVEL_MARK = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
+_LEVEL_MARK = {"ok": "ok     ", "warn": "warn   ", "pending": "pending", "fail": "FAIL   "}
 
 
 def check_text(session: str, results: Sequence[CheckResult]) -> str:
     """The check report: one line per check with ``ok``, ``warn`` or ``FAIL``, then the fix."""
     failed = [r for r in results if r.level == "fail"]
     warned = [r for r in results if r.level == "warn"]
+    pending = [r for r in results if r.level == "pending"]
     width = max((len(r.name) for r in results), default=0)
     lines = []
     warn_note = f", {len(warned)} warning{'s' if len(warned) != 1 else ''}" if warned else ""
+    if pending:
+        warn_note += (f", {len(pending)} pending until the first request "
+                      f"(swcmp request initial {session})")
     if failed:
         lines.append(f"session {session}: {len(failed)} of {len(results)} checks failed"
                      + warn_note)
+    elif pending:
+        lines.append(f"session {session}: no check failed{warn_note}")
     elif warned:
         lines.append(f"session {session}: no check failed{warn_note} "
                      "(warnings do not block auto-update)")
@@ -108,7 +208,7 @@ def check_text(session: str, results: Sequence[CheckResult]) -> str:
     for r in results:
         lines.append(f"  {_LEVEL_MARK[r.level]}  {r.name:<{width}}  {r.detail}")
         if r.level != "ok" and r.fix:
-            lines.append(f"        {'':<{width}}  fix: {r.fix}")
+            lines.append(f"           {'':<{width}}  fix: {r.fix}")
     return "\n".join(lines)
 
 
@@ -170,13 +270,13 @@ def session_text(
         ("server_url", _shown(desc.get("server_url"))),
         ("ir_auth", _shown(desc.get("ir_auth"))),
     ]
-    if desc.get("ir_auth") == "mac" or desc.get("mac_ref") or desc.get("mac_secret_file"):
-        secret = desc.get("mac_secret_file")
-        rows += [
-            ("mac_ref", _shown(desc.get("mac_ref"))),
-            ("mac_secret_file", f"{secret} (content not shown)" if secret else "-"),
-            ("mac_alg", _shown(desc.get("mac_alg"))),
-        ]
+    secret = desc.get("mac_secret_file")
+    rows += [
+        ("mac_ref", _shown(desc.get("mac_ref"))),
+        ("mac_secret_file", f"{secret} (content not shown)" if secret else "-"),
+        ("mac_alg", _shown(desc.get("mac_alg"))),
+        ("mac_iterations", _shown(desc.get("mac_iterations"))),
+    ]
     rows += [
         ("auth_cert", presence(auth_cert, desc.get("auth_cert") is None)),
         ("auth_key", presence(auth_key, desc.get("auth_key") is None)),
@@ -198,7 +298,13 @@ def session_text(
         ("pin_file", _shown(desc.get("pin_file"), "-") + (" (content not shown)"
                                                           if desc.get("pin_file") else "")),
         ("timeout", f"{desc.get('timeout')}s per exchange with the CA"),
+        ("granted_with_mods", _shown(desc.get("granted_with_mods"))),
     ]
+    # Every other setting too (server_cert, extra_certs, ignore_keyusage, implicit_confirm,
+    # cert_profile, revoke_superseded, ...): nothing a session holds is left out.
+    shown = {k for k, _ in rows} | {"name"}
+    rows += [(k, _shown(v)) for k, v in desc.items()
+             if k not in shown and not k.endswith("_wire")]
     width = max(len(k) for k, _ in rows)
     lines = [f"session {desc.get('name')}"]
     lines += [f"  {k:<{width}}  {v}" for k, v in rows]
@@ -298,6 +404,14 @@ def status_text(entries: Sequence[Mapping[str, Any]]) -> str:
         if e.get("next_attempt"):
             rows.append(("next retry", f"{e['next_attempt']} ({e.get('failures', 0)} failures)"))
         rows.append(("last result", last_text))
+        others = e.get("other_results") or {}
+        for kind, label in (("ca", "last CA question"), ("manual", "last manual request")):
+            other = others.get(kind)
+            if other:
+                text = (f"{other.get('action')} {'ok' if other.get('ok') else 'FAILED'} at "
+                        f"{other.get('time')}")
+                rows.append((label, text + (f": {other['message']}" if other.get("message")
+                                            else "")))
         if e.get("charon"):
             rows.append(("charon", str(e["charon"])))
         if e.get("ca"):
@@ -321,8 +435,8 @@ def urgency(entry: Mapping[str, Any]) -> str:
     """The group of one status entry: expired, failing, due or ok.
 
     expired: the certificate's validity has ended. failing: the session file is
-    broken, the certificate unreadable, renewals are failing, or auto-update is on
-    but there is no valid certificate to renew. due: a renewal is due or running.
+    broken, the certificate unreadable or revoked, renewals are failing, or
+    auto-update is on but there is no valid certificate to renew. due: a renewal is due or running.
     ok: everything else (idle, auto-update off, standby).
     """
     if entry.get("error"):
@@ -334,6 +448,8 @@ def urgency(entry: Mapping[str, Any]) -> str:
     if (cert and cert.get("error")) or state == "failed" or entry.get("failures"):
         return "failing"
     if state == "needs_ir" and entry.get("auto_update"):
+        return "failing"
+    if state == "revoked":
         return "failing"
     if state in ("due", "in_progress", "polling"):
         return "due"
@@ -379,14 +495,33 @@ def _last_text(entry: Mapping[str, Any], width: int = 100) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def output_width() -> int | None:
+    """The columns text tables may use: ``COLUMNS``, else the terminal's width when stdout
+    is one; None (no limit) for pipes and files, which scripts read whole."""
+    import os
+    import shutil
+    import sys
+
+    given = os.environ.get("COLUMNS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    try:
+        if sys.stdout.isatty():
+            return shutil.get_terminal_size().columns
+    except (AttributeError, ValueError, OSError):
+        pass
+    return None
+
+
 def status_table(entries: Sequence[Mapping[str, Any]], *, now: datetime | None = None,
-                 notes: Sequence[str] = ()) -> str:
+                 notes: Sequence[str] = (), width: int | None = None) -> str:
     """``swcmp status`` for many sessions: one row each, the most urgent first.
 
     Rows are grouped expired, failing, due, ok (:func:`urgency`), and within a
     group sorted by days left, then name. Each entry has the shape of one item
     of ``status --json``; a broken session file is ``{"session", "error", "hint"}``.
-    ``notes`` are printed above the table (e.g. the HA role).
+    ``notes`` are printed above the table (e.g. the HA role). With ``width`` the
+    last column (the last result, the longest) is shortened so that rows fit.
     """
     if not entries:
         return "\n".join([*notes, "no sessions (create one with `swcmp session create NAME`)"])
@@ -406,11 +541,16 @@ def status_table(entries: Sequence[Mapping[str, Any]], *, now: datetime | None =
             _short_time(e.get("next_renewal"), now),
             _last_text(e),
         ))
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    shown: list[tuple[str, ...]] = [tuple(human(cell) for cell in row) for row in rows]
+    widths = [max(len(r[i]) for r in [header, *shown]) for i in range(len(header) - 1)]
+    room = None if width is None else max(width - sum(widths) - 2 * len(widths), 12)
     lines = list(notes)
-    for row in [header, *rows]:
+    for row in [header, *shown]:
         cells = [f"{cell:<{w}}" for cell, w in zip(row, widths, strict=False)]
-        lines.append("  ".join([*cells, row[-1]]).rstrip())
+        last = row[-1]
+        if room is not None and len(last) > room:
+            last = last[: room - 3] + "..."
+        lines.append("  ".join([*cells, last]).rstrip())
     counts = {g: sum(1 for r in rows if r[1] == g) for g in URGENCY}
     lines.append(", ".join(f"{n} {g}" for g, n in counts.items() if n)
                  + " (`swcmp status NAME` for details)")

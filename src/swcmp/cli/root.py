@@ -113,7 +113,7 @@ class CliEnv:
         """Print ``data`` as JSON with ``--json``, else ``text``."""
         # Text may hold what a CA sent (status text, names): no control characters
         # reach the terminal, whichever command printed it.
-        click.echo(render.dump_json(data) if self.json else safe_lines(text))
+        click.echo(render.dump_json(data) if self.json else render.human(safe_lines(text)))
 
 
 def _env() -> CliEnv:
@@ -132,14 +132,110 @@ def _message(e: BaseException) -> str:
 # --- logging ---------------------------------------------------------------------------
 
 
+def stderr_is_journal() -> bool:
+    """Whether stderr is the systemd journal: ``JOURNAL_STREAM`` names its device and inode."""
+    import sys
+
+    wanted = os.environ.get("JOURNAL_STREAM", "")
+    if not wanted:
+        return False
+    try:
+        info = os.fstat(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return wanted == f"{info.st_dev}:{info.st_ino}"
+
+
+def syslog_prefix(level: int) -> str:
+    """``<N>``, the syslog priority of a log level, when stderr is the journal; else ``""``.
+
+    The journal reads it from the start of each line (sd-daemon(3)), so
+    ``journalctl -p err`` finds failures.
+    """
+    if not stderr_is_journal():
+        return ""
+    priority = (2 if level >= logging.CRITICAL else 3 if level >= logging.ERROR else
+                4 if level >= logging.WARNING else 6 if level >= logging.INFO else 7)
+    return f"<{priority}>"
+
+
 class _StderrHandler(logging.Handler):
-    """Writes log records to whatever ``sys.stderr`` is at the time (click's runner swaps it)."""
+    """Writes log records to whatever ``sys.stderr`` is at the time (click's runner swaps it).
+
+    A record logged with ``extra={"in_outcome": True}`` says what the command also
+    returns as its result, which a one-shot command prints: it is left out there (each
+    message once), unless ``-v`` asks for the log or the command is ``serve``, whose
+    log is its only voice (:attr:`show_outcomes`).
+    """
+
+    show_outcomes = False
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "in_outcome", False) and not self.show_outcomes:
+            return
         try:
-            click.echo(safe_lines(self.format(record)), err=True)
+            prefix = syslog_prefix(record.levelno)
+            text = render.human(safe_lines(self.format(record)))
+            if prefix:
+                text = "\n".join(prefix + line for line in text.splitlines())
+            click.echo(text, err=True)
         except Exception:  # pragma: no cover - logging must never raise
             self.handleError(record)
+
+
+class _TtyProgress:
+    """One line on a terminal's stderr per exchange with the CA: what, where, how long.
+
+    The line is rewritten every second while the CA thinks and ends with the time
+    the answer took (or that it did not come).
+    """
+
+    def __init__(self, what: str, url: str) -> None:
+        import threading
+        import time
+
+        self._time = time.monotonic
+        self._label = f"swcmp: {what} to {safe(url)}"
+        self._start = self._time()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._tick, daemon=True)
+
+    def _line(self, text: str, end: str = "") -> None:
+        click.echo(f"\r\033[K{self._label}: {text}", err=True, nl=False)
+        if end:
+            click.echo(end, err=True, nl=False)
+
+    def _tick(self) -> None:
+        while not self._done.wait(1.0):
+            self._line(f"waiting for the answer, {self._time() - self._start:.0f} s")
+
+    def __enter__(self) -> None:
+        self._line("sending")
+        self._thread.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: object) -> None:
+        self._done.set()
+        self._thread.join()
+        took = self._time() - self._start
+        self._line(f"answered in {took:.1f} s" if et is None else
+                   f"no usable answer after {took:.1f} s", "\n")
+
+
+def _stderr_is_tty() -> bool:
+    import sys
+
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _setup_progress(json_output: bool) -> None:
+    """A progress line per CA exchange when a person watches stderr (not with --json)."""
+    from swcmp.cmp import progress
+
+    progress.install(_TtyProgress if _stderr_is_tty() and not json_output else None)
 
 
 def _setup_logging(verbose: int) -> None:
@@ -151,6 +247,9 @@ def _setup_logging(verbose: int) -> None:
     logger.setLevel(
         logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     )
+    for h in logger.handlers:
+        if isinstance(h, _StderrHandler):
+            h.show_outcomes = verbose > 0
 
 
 # --- parameter types -------------------------------------------------------------------
@@ -215,15 +314,40 @@ def _fail(ctx: click.Context, error: SwcmpError) -> NoReturn:
     env = ctx.find_object(CliEnv) or CliEnv()
     message = safe(_message(error))
     hint = safe(hint_for(error, env.session_name or "NAME"))
+    if not env.json:
+        message, hint = render.human(message), render.human(hint)
     if env.verbose:
         click.echo(safe_lines("".join(traceback.format_exception(error)).rstrip()), err=True)
     if env.json:
-        click.echo(render.dump_json(render.error_json(message, hint)))
+        click.echo(render.dump_json(render.error_json(message, hint, render.error_code(error))))
     else:
-        click.echo(f"error: {message}", err=True)
+        prefix = syslog_prefix(logging.ERROR)
+        click.echo(f"{prefix}error: {message}", err=True)
         if hint:
-            click.echo(f"hint: {hint}", err=True)
+            click.echo(f"{prefix}hint: {hint}", err=True)
     ctx.exit(1)
+
+
+#: Exit code of a command interrupted by SIGINT (Ctrl-C): 128 + the signal number.
+EXIT_INTERRUPTED = 130
+_ARGV = "swcmp.argv"
+
+
+def _wants_json(ctx: click.Context) -> bool:
+    env = ctx.find_object(CliEnv)
+    if env is not None and env.json:
+        return True
+    args = ctx.find_root().meta.get(_ARGV, [])
+    args = args[: args.index("--")] if "--" in args else args
+    return "--json" in args or os.environ.get("SWCMP_JSON", "").strip().lower() in (
+        "1", "true", "t", "yes", "y", "on")
+
+
+def _usage_json(ctx: click.Context, e: click.UsageError) -> NoReturn:
+    usage = e.ctx.command_path if e.ctx is not None else "swcmp"
+    click.echo(render.dump_json(render.error_json(e.format_message(), f"see `{usage} --help`",
+                                                  "usage")))
+    ctx.exit(e.exit_code)
 
 
 _TESTCA_MODULE = "swcmp.testca.cli"
@@ -254,6 +378,16 @@ def _load_testca() -> click.Command | None:
 class _RootGroup(click.Group):
     """``swcmp``: catches swcmp errors in one place and mounts ``testca`` lazily."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Parse the global options; a bad one is a JSON error too when JSON was asked for."""
+        ctx.meta[_ARGV] = list(args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            if not _wants_json(ctx):
+                raise
+            _usage_json(ctx, e)
+
     def invoke(self, ctx: click.Context) -> Any:
         """Run the command; render expected errors instead of a traceback."""
         try:
@@ -261,14 +395,19 @@ class _RootGroup(click.Group):
         except SwcmpError as e:
             _fail(ctx, e)
         except click.UsageError as e:
-            env = ctx.find_object(CliEnv)
-            if env is None or not env.json:
+            if not _wants_json(ctx):
                 raise
             # Machines asked for JSON: give them JSON for a bad command line too.
-            usage = e.ctx.command_path if e.ctx is not None else "swcmp"
-            hint = f"see `{usage} --help`"
-            click.echo(render.dump_json(render.error_json(e.format_message(), hint)))
-            ctx.exit(e.exit_code)
+            _usage_json(ctx, e)
+        except KeyboardInterrupt:
+            # Ctrl-C is no refusal: 130 like a shell, and what was interrupted is safe
+            # (renewals are journaled; the next run finishes them).
+            if _wants_json(ctx):
+                click.echo(render.dump_json(render.error_json(
+                    "interrupted", "run the command again to finish", "interrupted")))
+            else:
+                click.echo(f"\n{syslog_prefix(logging.ERROR)}error: interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         """The built-in commands, plus ``testca`` when the test CA is installed."""
@@ -300,7 +439,7 @@ class _RootGroup(click.Group):
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=(
         "Exit codes: 0 success; 1 a check or request failed or a value was refused; "
-        "2 usage error. Shell completion: see docs/cli.md "
+        "2 usage error; 130 interrupted (SIGINT). Shell completion: see docs/cli.md "
         '(e.g. eval "$(_SWCMP_COMPLETE=bash_source swcmp)").'
     ),
 )
@@ -344,6 +483,12 @@ class _RootGroup(click.Group):
     envvar="SWCMP_VERBOSE",
     help="Log to stderr: -v progress, -vv debug; also show tracebacks of errors.",
 )
+@click.option(
+    "--local-time",
+    is_flag=True,
+    envvar="SWCMP_LOCAL_TIME",
+    help="Show times in the local time zone (TZ) instead of UTC [env SWCMP_LOCAL_TIME].",
+)
 @click.version_option(
     __version__, "-V", "--version", prog_name="swcmp", message="%(prog)s %(version)s"
 )
@@ -356,6 +501,7 @@ def cli(
     vici: str,
     json_: bool,
     verbose: int,
+    local_time: bool,
 ) -> None:
     """Renew strongSwan gateway certificates over CMPv2 and hot-load them into charon.
 
@@ -374,6 +520,8 @@ def cli(
         verbose=verbose,
     )
     _setup_logging(verbose)
+    _setup_progress(json_)
+    render.LOCAL_TIME = local_time
 
 
 def json_option(f: F) -> F:
@@ -382,6 +530,7 @@ def json_option(f: F) -> F:
     def turn_on(ctx: click.Context, param: click.Parameter, value: bool) -> None:
         if value:
             ctx.ensure_object(CliEnv).json = True
+            _setup_progress(True)
 
     return click.option(
         "--json",
@@ -400,3 +549,39 @@ def _name_argument(*, required: bool = True) -> Callable[[F], F]:
 
 def _refuse(message: str, hint: str) -> ConfigError:
     return ConfigError(message).with_hint(hint)
+
+
+def yes_option(f: F) -> F:
+    """``--yes``: do what would otherwise ask for confirmation (needed without a TTY)."""
+    return click.option("-y", "--yes", is_flag=True,
+                        help="Do not ask for confirmation (required when stdin is not a "
+                        "terminal).")(f)
+
+
+def _stdin_is_tty() -> bool:
+    import sys
+
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def confirm(env: CliEnv, yes: bool, what: str, command: str) -> None:
+    """Ask before ``what`` (a dangerous step): on a terminal a y/N question, else ``--yes``.
+
+    Raises:
+        ConfigError: not confirmed (the answer was no, or no terminal and no ``--yes``).
+    """
+    if yes:
+        return
+    if _stdin_is_tty() and not env.json:
+        if click.confirm(f"{what}. Continue?", default=False, err=True):
+            return
+        error = _refuse("not confirmed; nothing was changed", f"run `{command} --yes` to skip "
+                        "the question")
+    else:
+        error = _refuse(f"{what}; this needs confirmation and stdin is not a terminal",
+                        f"run `{command} --yes` if that is what you want")
+    error.json_code = "not_confirmed"  # type: ignore[attr-defined]
+    raise error

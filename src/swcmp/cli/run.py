@@ -9,8 +9,17 @@ from typing import TYPE_CHECKING
 
 import click
 
-from swcmp.cli.requests import _charon, _deploy_option
-from swcmp.cli.root import SESSION_NAME, _env, _refuse, _setup_logging, cli, json_option
+from swcmp.cli.requests import _charon, _deploy_option, _trace_option
+from swcmp.cli.root import (
+    SESSION_NAME,
+    CliEnv,
+    _env,
+    _message,
+    _refuse,
+    _setup_logging,
+    cli,
+    json_option,
+)
 
 if TYPE_CHECKING:
     from swcmp.service import SessionReport
@@ -24,6 +33,62 @@ def _report_text(report: SessionReport) -> str:
     return f"{report.session}: {report.result}: {report.message}"
 
 
+def _probe(env: CliEnv, report: SessionReport, named: bool) -> SessionReport:
+    """``renew --dry-run``: ask the session's CA a question the way a renewal would.
+
+    A genm caCerts signed with the session's current certificate and key, to its
+    server URL, its answer verified like a renewal's: it proves the URL, the signing
+    credentials and the trust anchors, without a certificate being issued. Sessions
+    that would not be renewed anyway (no certificate, standby, auto-update off and
+    not named) are left alone.
+    """
+    import dataclasses
+
+    from swcmp.enroll import _record_stats, make_client, signature_protection
+    from swcmp.errors import CMPErrorResponse, SwcmpError
+    from swcmp.service import load_cert
+    from swcmp.session import hint_for
+
+    if report.result not in ("dry-run", "skipped"):
+        return report
+    try:
+        s = env.store.load(report.session)
+    except SwcmpError:
+        return report
+    cert = load_cert(env.paths, s.name)
+    if cert is None or not (s.auto_update or named):
+        return report
+    from swcmp.cli.render import format_serial
+
+    signer = f"the current certificate (serial {format_serial(cert.serial_number)})"
+    client = None
+    try:
+        client = make_client(s, paths=env.paths)
+        client.ca_certs(protection=signature_protection(s, env.paths))
+    except CMPErrorResponse as e:
+        if e.protected:
+            # The CA answered, and its protection verified: URL and trust anchors work;
+            # whether it takes our signature for a KUR is not proven.
+            note = (f"CA check: the CA at {s.server_url} answered a genm signed with {signer} "
+                    f"with a verified error ({_message(e)}): the URL and the trust anchors "
+                    "work, the signature was not accepted for this question")
+            return dataclasses.replace(report, message=f"{report.message}; {note}")
+        return dataclasses.replace(report, result="failed",
+                                   message=f"{report.message}; CA check failed: {_message(e)}")
+    except SwcmpError as e:
+        hint = hint_for(e, s.name)
+        return dataclasses.replace(report, result="failed", message=(
+            f"{report.message}; CA check failed: {_message(e)}" + (f" ({hint})" if hint
+                                                                    else "")))
+    finally:
+        if client is not None:
+            _record_stats(env.paths, s.name, client)
+    note = (f"CA check passed: the CA at {s.server_url} answered a genm (caCerts) signed with "
+            f"{signer}, and its answer verified with the trust anchors: the URL, the "
+            "signing credentials and the trust anchors work (no certificate was requested)")
+    return dataclasses.replace(report, message=f"{report.message}; {note}")
+
+
 @cli.command("renew")
 @click.argument("names", nargs=-1, type=SESSION_NAME, metavar="[NAME]...")
 @click.option(
@@ -34,8 +99,12 @@ def _report_text(report: SessionReport) -> str:
     "session with a valid certificate.",
 )
 @click.option("--force", is_flag=True, help="Renew now even when not due.")
-@click.option("--dry-run", is_flag=True, help="Say what would be renewed; change nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Say what would be renewed and test each session's CA for real: a genm "
+              "(caCerts) signed with the current certificate, its answer verified with the "
+              "trust anchors; nothing is stored or renewed.")
 @_deploy_option
+@_trace_option
 @json_option
 def renew(
     names: tuple[str, ...], due_only: bool, force: bool, dry_run: bool, no_deploy: bool
@@ -56,6 +125,8 @@ def renew(
         no_deploy=no_deploy and env.charon,
     )
     reports = service.run_pass(names, due_only=due_only, force=force, dry_run=dry_run)
+    if dry_run:
+        reports = [_probe(env, r, bool(names)) for r in reports]
     env.emit(
         {"results": [r.to_json() for r in reports]},
         "\n".join(_report_text(r) for r in reports) or "no sessions",

@@ -12,6 +12,8 @@ from swcmp.cli.options import _setting_values, setting_options
 from swcmp.cli.root import CliEnv, _env, _message, _name_argument, _now, _refuse, cli, json_option
 
 if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
+
     from swcmp.checks import CheckResult
     from swcmp.session import Session
 
@@ -78,6 +80,17 @@ def _warn_if_below_floor(env: CliEnv, s: Session) -> None:
         click.echo(f"warning: {why}", err=True)
 
 
+def _warn_about_names(env: CliEnv, s: Session, changed: list[str]) -> None:
+    """Warn when a new CA name matches no known CA, or new names miss the certificate."""
+    from swcmp.checks import name_checks
+
+    if not {"ca_name", "trust", "entity", "sans"} & set(changed):
+        return
+    for result in name_checks(s, env.paths):
+        if result.level in ("warn", "fail"):
+            click.echo(f"warning: {result.name}: {result.detail}\n  fix: {result.fix}", err=True)
+
+
 @session.command("create")
 @_name_argument()
 @setting_options
@@ -103,6 +116,7 @@ def session_create(name: str, **options: Any) -> None:
         created.describe(),
         f"created session {name} ({env.store.path_for(name)})\n" + _session_show_text(env, created),
     )
+    _warn_about_names(env, created, list(values))
 
 
 @session.command("set")
@@ -127,14 +141,25 @@ def session_set(name: str, **options: Any) -> None:
     check_setting_files(draft, list(values), env.paths)
     saved = env.store.update(name, set_values=values, base_dir=env.cwd)
     env.emit(saved.describe(), _session_show_text(env, saved))
+    _warn_about_names(env, saved, list(values))
     _warn_if_auto_update_breaks(env, saved)
     if "expire_time" in values:
         _warn_if_below_floor(env, saved)
 
 
+def _complete_fields(incomplete: str) -> list[CompletionItem]:
+    """The settings `session unset` takes (field names as `session show` prints them)."""
+    from click.shell_completion import CompletionItem
+
+    from swcmp.session import FIELDS
+
+    return [CompletionItem(f) for f in FIELDS if f.startswith(incomplete) and f != "auto_update"]
+
+
 @session.command("unset")
 @_name_argument()
-@click.argument("fields", nargs=-1, required=True, metavar="FIELD...")
+@click.argument("fields", nargs=-1, required=True, metavar="FIELD...",
+                shell_complete=lambda ctx, param, incomplete: _complete_fields(incomplete))
 @json_option
 def session_unset(name: str, fields: tuple[str, ...]) -> None:
     """Reset settings of session NAME to their defaults (the router's "undo").
@@ -187,24 +212,52 @@ def session_list() -> None:
 @_name_argument()
 @click.option("--revoke", is_flag=True,
               help="Decommissioning: first revoke the session's current certificate at the "
-              "CA (rr, reason cessationOfOperation); the session is kept if that fails.")
+              "CA (rr, reason cessationOfOperation), then remove that certificate and its key "
+              "from the swanctl directory; the session is kept if the revocation fails.")
 @json_option
 def session_delete(name: str, revoke: bool) -> None:
-    """Delete session NAME's settings; its key, certificates and state stay on disk."""
+    """Delete session NAME's settings; its key, certificates and state stay on disk.
+
+    With --revoke the revoked certificate (x509/NAME.crt) and its key file
+    (private/KEY.key, unless another session uses the same key) are removed too,
+    so `swanctl --load-creds` no longer loads them.
+    """
     env = _env()
     path = env.store.path_for(name)
     revoked = None
+    removed: list[str] = []
     if revoke:
         from swcmp.calife import CaLife, reason_code
 
+        s = env.store.load(name)
         revoked = CaLife(env.paths).revoke(
-            env.store.load(name), reason=reason_code("cessationOfOperation")).message
+            s, reason=reason_code("cessationOfOperation"), advise=False).message
+        removed = _remove_revoked_pair(env, s)
     env.store.delete(name)
-    text = f"deleted session {name} ({path}); its key, certificates and state are left in place"
+    if revoke:
+        text = (f"deleted session {name} ({path}); removed "
+                f"{', '.join(removed) or 'no files'}; its state is left in place")
+    else:
+        text = (f"deleted session {name} ({path}); its key, certificates and state are left "
+                "in place")
     data: dict[str, object] = {"session": name, "deleted": True, "path": str(path)}
     if revoked is not None:
         data["revoked"] = revoked
+        data["removed"] = removed
     env.emit(data, f"{revoked}\n{text}" if revoked else text)
+
+
+def _remove_revoked_pair(env: CliEnv, s: Session) -> list[str]:
+    """Remove the revoked certificate and its key file (kept if another session uses it)."""
+    from swcmp import fsutil
+    from swcmp.session import session_key_file
+
+    files = [env.paths.cert_file(s.name)]
+    key_file = session_key_file(s, env.paths)
+    shared = any(o.name != s.name and o.key == s.key for o in env.store.list().sessions)
+    if key_file is not None and not shared:
+        files.append(key_file)
+    return [str(f) for f in files if fsutil.remove_file(f, missing_ok=True)]
 
 
 def _run_checks(env: CliEnv, s: Session) -> list[CheckResult]:
@@ -230,12 +283,14 @@ def session_check(name: str) -> None:
 
     These are the checks that guard enable-auto-update: a FAIL blocks it, a
     warning (charon not reachable, no connection uses the certificate yet) does
-    not. Exit code 1 if any check fails, 0 with warnings alone.
+    not. Items the first request makes (the certificate, a generated key) are
+    `pending` before it: they block auto-update but are no failure. Exit code 1
+    if any check fails, 0 with warnings and pending items alone.
     """
     env = _env()
     results = _run_checks(env, env.store.load(name))
     env.emit(render.check_json(name, results), render.check_text(name, results))
-    if not all(r.ok for r in results):
+    if any(r.level == "fail" for r in results):
         click.get_current_context().exit(1)
 
 
@@ -264,7 +319,7 @@ def session_enable(name: str) -> None:
         if not env.json:
             click.echo(
                 f"error: auto-update not enabled for session {name}: "
-                f"{sum(not r.ok for r in results)} check(s) failed",
+                f"{sum(not r.ok for r in results)} check(s) failed or pending",
                 err=True,
             )
             click.echo("hint: apply the fixes above, then run this command again", err=True)

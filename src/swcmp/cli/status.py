@@ -156,7 +156,8 @@ def status(name: str | None) -> None:
     if name is not None:
         text = "\n".join([*notes, render.status_text(text_entries)])
     else:
-        text = render.status_table(text_entries, now=now, notes=notes)
+        text = render.status_table(text_entries, now=now, notes=notes,
+                                   width=render.output_width())
     env.emit({"sessions": entries, "errors": errors}, text)
     if errors:  # a broken session file renews nothing: never silent
         click.get_current_context().exit(1)

@@ -3,5 +3,7 @@
 
 #: The key types the library generates and certifies (``swcmp.cmp.keys``).
 KEY_TYPES = ("rsa:2048", "rsa:3072", "rsa:4096", "ecdsa:p256", "ecdsa:p384", "ed25519")
-#: The MAC algorithms of :class:`MacProtection` (PasswordBasedMac with these HMACs).
-MAC_ALGS = ("hmac-sha256", "hmac-sha1")
+#: The MAC algorithms of :class:`MacProtection` (PasswordBasedMac with these HMACs, PBMAC1).
+MAC_ALGS = ("hmac-sha256", "hmac-sha1", "pbmac1")
+#: What to do with a certificate granted with modifications (see swcmp.cmp.client).
+GRANTED_WITH_MODS = ("check", "accept", "reject")

@@ -23,7 +23,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 
-from swcmp.cmp import certs, codec, keys, oids, text
+from swcmp.cmp import certs, codec, keys, oids, progress, text
+from swcmp.cmp.choices import GRANTED_WITH_MODS as GRANTED_WITH_MODS_POLICIES
 from swcmp.cmp.errors import (
     CertificateError,
     CertificateRejectedError,
@@ -33,8 +34,9 @@ from swcmp.cmp.errors import (
     ProtocolError,
     SwcmpError,
 )
-from swcmp.cmp.issued import cert_hash_algorithm, check_issued_content
+from swcmp.cmp.issued import cert_hash_algorithm, check_issued_content, modifications
 from swcmp.cmp.messages import (
+    GRANTED_WITH_MODS,
     REJECTION,
     WAITING,
     AlgorithmId,
@@ -62,8 +64,16 @@ log = logging.getLogger(__name__)
 
 #: Allowed difference between our clock and the CA's messageTime before we warn.
 CLOCK_SKEW_WARNING = timedelta(minutes=10)
+#: What to do with a certificate granted with modifications (PKIStatus grantedWithMods):
+#: "check" (default) takes it only when its subject, subjectAltNames and key are the ones
+#: asked for; "accept" takes it whatever they are (the key must still be ours), logged;
+#: "reject" refuses it in certConf.
+GRANTED_WITH_MODS_CHOICES = GRANTED_WITH_MODS_POLICIES
 #: Shortest wait between polls, whatever checkAfter says (0 would spin).
 MIN_POLL_INTERVAL = 0.2
+#: The certReqId of a pollReq/pollRep for an answer that is not a certificate (a
+#: pkiConf, genp or rp delayed by an error with status waiting; RFC 9483 4.4).
+NO_CERT_REQ_ID = -1
 #: failInfo incorrectData: what we put in a certConf that rejects a certificate.
 _INCORRECT_DATA = 7
 #: CRLReason unspecified (RFC 5280 5.3.1): what an rr says when no reason is given.
@@ -108,6 +118,9 @@ class TxEvent:
     cert_req_id: int
     server_nonce: bytes | None = None
     cert_der: bytes | None = None
+    #: with phase "received": our certConf was answered 'waiting' (RFC 9483 4.4); the
+    #: pkiConf must then be polled for, and may echo this senderNonce of the certConf
+    confirm_nonce: bytes | None = None
 
 
 Journal = Callable[[TxEvent], None]
@@ -131,6 +144,8 @@ class _Tx:
     expect_sans: frozenset[x509.GeneralName] | None = None
     #: the certificate a kur replaces: the new one may not be older
     replaces: x509.Certificate | None = None
+    #: the senderNonce of our last request
+    sent_nonce: bytes | None = None
 
 
 class CMPClient:
@@ -146,6 +161,7 @@ class CMPClient:
         sender: the end entity's name, sent as sender of MAC-protected messages
             that carry no subject of their own (genm, rr); NULL-DN when None.
         poll_deadline: seconds to keep polling a 'waiting' CA in one call.
+        granted_with_mods: one of :data:`GRANTED_WITH_MODS_CHOICES`.
         clock: returns the current UTC time (tests pass a fixed one).
         sleep: waits between polls (tests pass a fake).
     """
@@ -160,6 +176,7 @@ class CMPClient:
         cert_profile: str | None = None,
         sender: x509.Name | None = None,
         poll_deadline: float = 300.0,
+        granted_with_mods: str = "check",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
@@ -174,6 +191,9 @@ class CMPClient:
         #: The sender of MAC-protected messages that name no subject (genm, rr).
         self.sender_der = sender.public_bytes() if sender is not None else None
         self.poll_deadline = poll_deadline
+        if granted_with_mods not in GRANTED_WITH_MODS_CHOICES:
+            raise ValueError(f"granted_with_mods {granted_with_mods!r}")
+        self.granted_with_mods = granted_with_mods
         self.clock = clock
         self.sleep = sleep
         self.monotonic = monotonic
@@ -241,16 +261,30 @@ class CMPClient:
                 journal=journal, accept=accept)
 
     def confirm_again(self, *, transaction_id: bytes, server_nonce: bytes, cert_der: bytes,
-                      subject: x509.Name, protection: Protection, cert_req_id: int = 0) -> None:
+                      subject: x509.Name, protection: Protection, cert_req_id: int = 0,
+                      confirm_nonce: bytes | None = None,
+                      journal: Journal | None = None) -> None:
         """Send certConf for a certificate received before an interruption.
 
+        With ``confirm_nonce`` (the CA had answered our certConf 'waiting'), the
+        pkiConf is polled for in the same transaction instead (RFC 9483 4.4).
         Raises if the CA does not answer pkiConf (it may have given up waiting
         for the confirmation; the certificate must then not be used).
         """
         tx = _Tx(protection, self._sender_for(protection, subject.public_bytes()),
                  transaction_id=transaction_id, server_nonce=server_nonce)
+        note = journal or (lambda event: None)
+
+        def waiting(nonce: bytes) -> None:
+            note(TxEvent("received", "certConf", tx.transaction_id, cert_req_id,
+                         tx.server_nonce, cert_der, nonce))
+
         with self._transaction():
-            self._confirm(tx, cert_der, cert_req_id, None)
+            if confirm_nonce is None:
+                self._confirm(tx, cert_der, cert_req_id, None, note=waiting)
+            else:
+                self._poll_delayed(tx, "certConf", ("pkiconf",), confirm_nonce, 0.0,
+                                   lambda: waiting(confirm_nonce))
 
     def p10(self, *, csr: x509.CertificateSigningRequest, protection: Protection) -> Enrollment:
         """p10cr: a certificate for a PKCS#10 request (certReqId -1)."""
@@ -297,6 +331,27 @@ class CMPClient:
                     raise ProtocolError(f"the CA's currentCRL does not parse: {e}") from e
         return None
 
+    def crl_status(self, *, protection: Protection, issuer: x509.Name,
+                   this_update: datetime | None = None
+                   ) -> tuple[x509.CertificateRevocationList, ...] | None:
+        """genm id-it-crlStatusList (RFC 9483 4.3.4): the CRL of ``issuer`` if the CA has
+        one newer than ``this_update`` (that of the CRL we hold).
+
+        Returns the CRLs of the answer's id-it-crls, () when the CA says it has none newer,
+        None when the answer has no id-it-crls at all (a CA that does not know the
+        question). The CRLs are not checked here: their signer is the caller's question.
+        """
+        value = codec.crl_status_list_value(issuer.public_bytes(), this_update)
+        values = self._genm(protection, [InfoValue(oids.IT_CRL_STATUS_LIST, value)])
+        for v in values:
+            if v.oid == oids.IT_CRLS:
+                try:
+                    return tuple(x509.load_der_x509_crl(c)
+                                 for c in codec.parse_crls(v.value_der))
+                except ValueError as e:
+                    raise ProtocolError(f"a CRL in the CA's crls does not parse: {e}") from e
+        return None
+
     def revoke(self, *, cert: x509.Certificate, protection: Protection,
                reason: int = REASON_UNSPECIFIED) -> StatusInfo:
         """rr: revoke ``cert`` (e.g. the one a key update superseded).
@@ -306,7 +361,7 @@ class CMPClient:
         tx = self._tx(protection, self._sender_for(protection, None))
         body = codec.rr_body([(cert.issuer.public_bytes(), cert.serial_number, reason)])
         with self._transaction():
-            msg, _ = self._exchange(tx, "rr", body, ("rp",))
+            msg, _ = self._exchange_delayed(tx, "rr", body, ("rp",))
         assert isinstance(msg.body, RevRepInfo)
         if not msg.body.statuses:
             raise ProtocolError("the CA's revocation response has no status")
@@ -353,7 +408,7 @@ class CMPClient:
         tx = self._tx(protection, self._sender_for(protection, None))
         tx.implicit_confirm = False
         with self._transaction():
-            msg, _ = self._exchange(tx, "genm", codec.genm_body(items), ("genp",))
+            msg, _ = self._exchange_delayed(tx, "genm", codec.genm_body(items), ("genp",))
         assert isinstance(msg.body, tuple)
         return tuple(v for v in msg.body if isinstance(v, InfoValue))
 
@@ -417,8 +472,12 @@ class CMPClient:
         extra = tuple(certs.load_certificate(c) for c in msg.extra_certs)
         try:
             cert = certs.load_certificate(response.cert_der)
+            expect_sans = tx.expect_sans
+            if response.status.status == GRANTED_WITH_MODS:
+                subject_der, expect_sans = self._granted_with_mods(
+                    kind, cert, spki, subject_der, expect_sans)
             chain = self._check_issued(cert, spki, subject_der, verified, ca_pubs, extra)
-            check_issued_content(cert, expect_sans=tx.expect_sans, replaces=tx.replaces)
+            check_issued_content(cert, expect_sans=expect_sans, replaces=tx.replaces)
         except CertificateError as e:
             self.stats["failed", kind] += 1
             self._reject(tx, response.cert_der, req_id, str(e))
@@ -439,7 +498,13 @@ class CMPClient:
         implicit = tx.implicit_confirm and msg.header.implicit_confirm
         if not implicit:
             try:
-                self._confirm(tx, response.cert_der, req_id, None)
+                cert_der = response.cert_der
+
+                def confirm_waiting(nonce: bytes) -> None:
+                    note(TxEvent("received", kind, tx.transaction_id, req_id, tx.server_nonce,
+                                 cert_der, nonce))
+
+                self._confirm(tx, response.cert_der, req_id, None, note=confirm_waiting)
             except Exception:
                 self.stats["failed", kind] += 1
                 raise
@@ -451,6 +516,30 @@ class CMPClient:
             transaction_id=tx.transaction_id, implicit_confirm=implicit, polls=polls,
             status=response.status,
         )
+
+    def _granted_with_mods(self, kind: str, cert: x509.Certificate, spki: bytes,
+                           subject_der: bytes,
+                           expect_sans: frozenset[x509.GeneralName] | None
+                           ) -> tuple[bytes, frozenset[x509.GeneralName] | None]:
+        """Apply the grantedWithMods setting; returns the subject and SANs the issued
+        certificate is then checked against (CertificateError refuses it)."""
+        asked_subject = subject_der if subject_der != codec.NULL_DN_DER else \
+            cert.subject.public_bytes()
+        changes = modifications(cert, spki_der=spki, subject_der=asked_subject,
+                                expect_sans=expect_sans)
+        what = "; ".join(changes) if changes else "subject, subjectAltNames and key as asked"
+        policy = self.granted_with_mods
+        if policy == "reject" or (policy == "check" and changes):
+            raise CertificateError(
+                f"the CA granted the {kind} with modifications ({what}), and the session's "
+                f"granted_with_mods setting is {policy}; accept such certificates with "
+                "--granted-with-mods accept, or ask the CA operator why the request was "
+                "changed")
+        log.warning("%s granted with modifications (%s); accepted (granted_with_mods %s)",
+                    kind, what, policy)
+        if policy == "accept":
+            return codec.NULL_DN_DER, None  # the key is still checked; names may differ
+        return subject_der, expect_sans
 
     def _await_certificate(self, tx: _Tx, kind: str, rep_kind: str, msg: PKIMessageInfo,
                            verified: Verified, req_id: int, note: Journal
@@ -517,7 +606,10 @@ class CMPClient:
                                  now=self.clock())
 
     def _confirm(self, tx: _Tx, cert_der: bytes, req_id: int,
-                 status: StatusInfo | None) -> None:
+                 status: StatusInfo | None,
+                 note: Callable[[bytes], None] | None = None) -> None:
+        """certConf, waiting for the pkiConf if the CA delays it; ``note`` is told the
+        certConf's senderNonce each time before waiting (to journal it)."""
         cert = certs.load_certificate(cert_der)
         digest, hash_alg = cert_hash_algorithm(cert)
         if hash_alg is not None:
@@ -525,7 +617,59 @@ class CMPClient:
         h = hashes.Hash(digest)
         h.update(cert_der)
         body = codec.cert_conf_body([(h.finalize(), req_id, status, hash_alg)])
-        self._exchange(tx, "certConf", body, ("pkiconf",))
+        self._exchange_delayed(tx, "certConf", body, ("pkiconf",), note=note)
+
+    def _exchange_delayed(self, tx: _Tx, kind: str, body: bytes, expected: tuple[str, ...],
+                          note: Callable[[bytes], None] | None = None
+                          ) -> tuple[PKIMessageInfo, Verified]:
+        """Send a request that is not for a certificate (certConf, genm, rr) and see
+        delayed delivery through: a CA that answers with an error of status waiting
+        is polled (pollReq certReqId -1) until the answer comes (RFC 9483 4.4), with
+        the deadline of certificate polling. ``note(nonce)`` is called before each wait."""
+        msg, verified = self._exchange(tx, kind, body, expected, delayed=True)
+        if msg.body_type != "error":
+            return msg, verified
+        first = tx.sent_nonce
+        assert first is not None
+        log.info("%s: the CA delays its answer (status waiting); polling", kind)
+        return self._poll_delayed(tx, kind, expected, first, 1.0,
+                                  (lambda: note(first)) if note is not None else None)
+
+    def _poll_delayed(self, tx: _Tx, kind: str, expected: tuple[str, ...],
+                      first_nonce: bytes, wait: float,
+                      note: Callable[[], None] | None) -> tuple[PKIMessageInfo, Verified]:
+        """Poll for the delayed answer to ``kind`` until it comes or the deadline passes.
+
+        The answer may echo the senderNonce of the pollReq it answers or that of the
+        delayed request itself (``first_nonce``); either is ours in this transaction.
+        """
+        start = self.monotonic()
+        polls = 0
+        while True:
+            wait = max(wait, MIN_POLL_INTERVAL)
+            if note is not None:
+                note()  # the CA's latest nonce, written down before anything can end the wait
+            if self.monotonic() - start + wait > self.poll_deadline:
+                raise PollingTimeoutError(
+                    f"the CA still delays its answer to the {kind} after {polls} polls; it "
+                    f"asked to come back in {wait:g}s, past the {self.poll_deadline:g}s "
+                    f"deadline (transaction {tx.transaction_id.hex()})"
+                ).with_hint("retry later; the CA may need an operator to act")
+            log.info("%s: CA is waiting; polling again in %gs", kind, wait)
+            self.sleep(wait)
+            polls += 1
+            msg, verified = self._exchange(tx, "pollReq", codec.poll_req_body([NO_CERT_REQ_ID]),
+                                           ("pollRep", *expected), first_nonce=first_nonce)
+            if msg.body_type != "pollRep":
+                return msg, verified
+            assert isinstance(msg.body, tuple)
+            entry = next((e for e in msg.body if isinstance(e, PollRepEntry)
+                          and e.cert_req_id == NO_CERT_REQ_ID), None)
+            if entry is None:
+                raise ProtocolError(f"pollRep does not mention certReqId {NO_CERT_REQ_ID}")
+            wait = float(entry.check_after)
+            if entry.reason:
+                log.info("CA says: %s", text.safe(" / ".join(entry.reason)))
 
     def _reject(self, tx: _Tx, cert_der: bytes, req_id: int, reason: str) -> None:
         status = StatusInfo(REJECTION, frozenset({_INCORRECT_DATA}), (reason,))
@@ -534,9 +678,17 @@ class CMPClient:
         except Exception as e:  # the rejection is what matters; report the rest in the log
             log.warning("the CA did not acknowledge our rejection: %s", e)
 
-    def _exchange(self, tx: _Tx, kind: str, body: bytes,
-                  expected: tuple[str, ...]) -> tuple[PKIMessageInfo, Verified]:
+    def _exchange(self, tx: _Tx, kind: str, body: bytes, expected: tuple[str, ...], *,
+                  delayed: bool = False, first_nonce: bytes | None = None
+                  ) -> tuple[PKIMessageInfo, Verified]:
+        """One request and its checked answer.
+
+        ``delayed``: an error with status waiting is returned (checked like any answer)
+        instead of raised. ``first_nonce``: the answer may also echo this senderNonce
+        (the delayed request's, when its answer comes after polling).
+        """
         nonce = os.urandom(16)
+        tx.sent_nonce = nonce
         prot = tx.protection.start()
         header = codec.HeaderFields(
             sender_der=tx.sender_der,
@@ -560,7 +712,8 @@ class CMPClient:
                   tx.transaction_id.hex())
         self.stats["sent", kind] += 1
         try:
-            raw = self.transport.post(data)
+            with progress.exchange(kind, getattr(self.transport, "url", None)):
+                raw = self.transport.post(data)
         except HTTPStatusError as e:
             if e.body:
                 self._raise_if_error(tx, codec.decode_message(e.body), nonce)
@@ -569,7 +722,9 @@ class CMPClient:
         # Counted per request answered: a certificate delivered after polling answers a
         # pollReq, not the kur again.
         self.stats["received", kind] += 1
-        self._raise_if_error(tx, msg, nonce)
+        waiting = delayed and _is_waiting(msg)
+        if not waiting:
+            self._raise_if_error(tx, msg, nonce)
         mac = tx.protection if isinstance(tx.protection, MacProtection) else None
         verified = verify_response(msg, mac=mac, trust=self.policy, now=self.clock(),
                                    known_signer=tx.signer)
@@ -578,11 +733,11 @@ class CMPClient:
         h = msg.header
         if h.transaction_id != tx.transaction_id:
             raise ProtocolError("the response carries another transactionID")
-        if h.recip_nonce != nonce:
+        if h.recip_nonce != nonce and (first_nonce is None or h.recip_nonce != first_nonce):
             raise ProtocolError("the response's recipNonce does not match our senderNonce")
         if not h.sender_nonce or len(h.sender_nonce) < 16:
             raise ProtocolError("the response has no 128-bit senderNonce")
-        if msg.body_type not in expected:
+        if msg.body_type not in expected and not waiting:
             raise ProtocolError(
                 f"expected {' or '.join(expected)} from the CA, got {msg.body_type}")
         if h.message_time is not None and abs(h.message_time - self.clock()) > CLOCK_SKEW_WARNING:
@@ -611,11 +766,25 @@ class CMPClient:
         except (ProtocolError, CertificateError):
             protected = False
         st = msg.body.status
-        raise CMPErrorResponse(
+        error = CMPErrorResponse(
             status=st.status_name, fail_info=st.fail_names,
             text=st.text + msg.body.details, error_code=msg.body.error_code,
             protected=protected,
         )
+        if mac is not None and (not protected or "badMessageCheck" in st.fail_names):
+            # A CA that shares our MAC secret protects its error with it; one that cannot
+            # (or says the check failed) did not get the secret or reference we used,
+            # whatever failInfo it chose (OpenSSL's mock says badRequest).
+            error.hint = ("the CA could not verify the request's MAC: check the reference "
+                          "value and the secret in the MAC secret file")
+            error.setting = "mac_secret"
+        raise error
+
+
+def _is_waiting(msg: PKIMessageInfo) -> bool:
+    """An error message whose status is waiting: delayed delivery (RFC 9483 4.4)."""
+    return (msg.body_type == "error" and isinstance(msg.body, ErrorInfo)
+            and msg.body.status.status == WAITING)
 
 
 def _response_for(content: CertRepContent, req_id: int) -> CertResponse:

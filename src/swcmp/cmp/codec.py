@@ -601,6 +601,26 @@ def decode_pbm_params(params_der: bytes) -> PbmFields:
         raise ProtectionError("malformed PasswordBasedMac parameters") from e
 
 
+def encode_pbmac1_params(f: Pbmac1Fields) -> bytes:
+    """PBMAC1-params with PBKDF2 (salt specified, the PRF and the MAC with NULL
+    parameters, as RFC 8018's HMAC algorithm identifiers have)."""
+    null = _enc(univ.Null(""))
+    kdf = asn1.PBKDF2Params()
+    kdf["salt"]["specified"] = f.salt
+    kdf["iterationCount"] = f.iterations
+    if f.key_length is not None:
+        kdf["keyLength"] = f.key_length
+    if f.prf_oid is not None:
+        kdf["prf"]["algorithm"] = univ.ObjectIdentifier(f.prf_oid)
+        kdf["prf"]["parameters"] = univ.Any(null)
+    params = asn1.PBMAC1Params()
+    params["keyDerivationFunc"]["algorithm"] = univ.ObjectIdentifier(f.kdf_oid)
+    params["keyDerivationFunc"]["parameters"] = univ.Any(_enc(kdf))
+    params["messageAuthScheme"]["algorithm"] = univ.ObjectIdentifier(f.mac_oid)
+    params["messageAuthScheme"]["parameters"] = univ.Any(null)
+    return _enc(params)
+
+
 def decode_pbmac1_params(params_der: bytes) -> Pbmac1Fields:
     """ProtectionError when the DER is not PBMAC1-params (its KDF's are decoded only
     when the KDF is PBKDF2, the only one RFC 9481 names)."""
@@ -910,9 +930,11 @@ def _parse_cert_rep(content: Any, inner: der.TLV) -> CertRepContent:
             if len(raw_fields) < 3 or raw_fields[2].tag != 0x30:
                 raise ProtocolError("malformed CertResponse")
             raw_coe = raw_fields[2].children()[0]
-            if raw_coe.tag != 0xA0:
-                raise ProtocolError("malformed certOrEncCert")
-            cert_der = raw_coe.children()[0].raw
+            cert_slot = raw_coe.children() if raw_coe.tag == 0xA0 else []
+            # [0] CMPCertificate: exactly one element, a SEQUENCE (cryptography reads it).
+            if len(cert_slot) != 1:
+                raise ProtocolError("malformed certOrEncCert: not one certificate")
+            cert_der = _whole_sequence(cert_slot[0].raw, "certificate in certOrEncCert")
         responses.append(
             CertResponse(_small_int(cr["certReqId"], "certReqId"), _parse_status(cr["status"]),
                          cert_der)
@@ -975,6 +997,87 @@ def parse_root_ca_key_update(value_der: bytes | None) -> RootCaKeyUpdate | None:
         elif k.tag == 0xA1:
             old_with_new = k.children()[0].raw
     return RootCaKeyUpdate(kids[0].raw, new_with_old, old_with_new)
+
+
+def _tlv(tag: int, content: bytes) -> bytes:
+    """One DER element of a one-octet ``tag`` around ``content``."""
+    n = len(content)
+    if n < 0x80:
+        return bytes((tag, n)) + content
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(size))) + size + content
+
+
+def _time_der(when: datetime) -> bytes:
+    """RFC 5280 Time: UTCTime through 2049, GeneralizedTime after."""
+    when = when.astimezone(UTC)
+    if when.year < 2050:
+        return _tlv(0x17, when.strftime("%y%m%d%H%M%SZ").encode())
+    return _tlv(0x18, when.strftime("%Y%m%d%H%M%SZ").encode())
+
+
+def crl_status_list_value(issuer_der: bytes, this_update: datetime | None) -> bytes:
+    """An id-it-crlStatusList value (RFC 9483 4.3.4) asking for the CRL of the issuer
+    named ``issuer_der`` (a Name's DER), newer than ``this_update`` when given.
+
+    CRLStatusListValue ::= SEQUENCE SIZE (1..MAX) OF CRLStatus; CRLStatus ::= SEQUENCE {
+    source CRLSource, thisUpdate Time OPTIONAL }; the source is ``issuer [1] GeneralNames``
+    holding one directoryName (CHOICE types under tags are tagged explicitly).
+    """
+    source = _tlv(0xA1, _tlv(0x30, _tlv(0xA4, issuer_der)))
+    status = _tlv(0x30, source + (_time_der(this_update) if this_update is not None else b""))
+    return _tlv(0x30, status)
+
+
+def parse_crl_status_list(value_der: bytes | None
+                          ) -> tuple[tuple[bytes | None, datetime | None], ...]:
+    """What an id-it-crlStatusList value asks: per CRLStatus, the issuer's Name DER (None
+    for a source given as distributionPoint) and the thisUpdate of the CRL held."""
+    if value_der is None:
+        raise ProtocolError("crlStatusList without a value")
+    seq = der.single(value_der)
+    if seq.tag != 0x30 or not seq.children():
+        raise ProtocolError("crlStatusList value is not a non-empty SEQUENCE")
+    out: list[tuple[bytes | None, datetime | None]] = []
+    for status in seq.children():
+        fields = status.children() if status.tag == 0x30 else []
+        if not fields or fields[0].tag not in (0xA0, 0xA1):
+            raise ProtocolError("malformed CRLStatus")
+        issuer = None
+        if fields[0].tag == 0xA1:
+            names = fields[0].children()
+            dns = [g for g in (names[0].children() if names and names[0].tag == 0x30 else [])
+                   if g.tag == 0xA4]
+            issuer = dns[0].children()[0].raw if dns else None
+        when = None
+        if len(fields) > 1:
+            t = fields[1]
+            text = t.value.decode("ascii", "replace")
+            try:
+                if t.tag == 0x17:
+                    when = datetime.strptime(text, "%y%m%d%H%M%SZ").replace(tzinfo=UTC)
+                elif t.tag == 0x18:
+                    when = datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=UTC)
+                else:
+                    raise ProtocolError("CRLStatus thisUpdate is not a Time")
+            except ValueError as e:
+                raise ProtocolError(f"CRLStatus thisUpdate does not parse: {e}") from e
+        out.append((issuer, when))
+    return tuple(out)
+
+
+def parse_crls(value_der: bytes | None) -> tuple[bytes, ...]:
+    """The CRLs of an id-it-crls value (SEQUENCE SIZE (1..MAX) OF CertificateList), as
+    DER; () when the value is absent (the CA has no newer CRL than the one named)."""
+    if value_der is None:
+        return ()
+    seq = der.single(value_der)
+    if seq.tag != 0x30:
+        raise ProtocolError("crls value is not a SEQUENCE")
+    crls = tuple(c.raw for c in seq.children())
+    if any(not c.startswith(b"\x30") for c in crls):
+        raise ProtocolError("crls value holds something that is not a CRL")
+    return crls
 
 
 #: CRLReason codes by name (RFC 5280 5.3.1: unspecified 0, keyCompromise 1, ...), from

@@ -93,22 +93,35 @@ def single(data: bytes) -> TLV:
     return tlv
 
 
+#: The longest subidentifier :func:`oid_text` reads, in octets: 140 bits, room for
+#: the 128-bit UUID arcs under 2.25. Summing an arc costs time quadratic in its
+#: length, and a hostile CA could send one arc filling a whole message.
+MAX_OID_ARC_OCTETS = 20
+
+
 def oid_text(value: bytes) -> str:
     """The dotted form of an OBJECT IDENTIFIER's content octets (DER: every
-    subidentifier in its shortest form); ProtocolError when malformed."""
+    subidentifier in its shortest form, none longer than :data:`MAX_OID_ARC_OCTETS`);
+    ProtocolError when malformed."""
     if not value or value[-1] & 0x80:
         raise ProtocolError("DER: malformed OBJECT IDENTIFIER")
     arcs: list[int] = []
     n = 0
     start = True
+    octets = 0
     for b in value:
         if start and b == 0x80:
             raise ProtocolError("DER: OBJECT IDENTIFIER arc not in minimal form")
+        octets += 1
+        if octets > MAX_OID_ARC_OCTETS:
+            raise ProtocolError(
+                f"DER: OBJECT IDENTIFIER arc longer than {MAX_OID_ARC_OCTETS} octets")
         n = (n << 7) | (b & 0x7F)
         start = not b & 0x80
         if start:
             arcs.append(n)
             n = 0
+            octets = 0
     first = arcs[0]
     head = [0, first] if first < 40 else [1, first - 40] if first < 80 else [2, first - 80]
     return ".".join(str(a) for a in head + arcs[1:])

@@ -20,6 +20,30 @@ from swcmp.cmp.messages import AlgorithmId
 log = logging.getLogger(__name__)
 
 
+def modifications(cert: x509.Certificate, *, spki_der: bytes, subject_der: bytes,
+                  expect_sans: frozenset[x509.GeneralName] | None) -> list[str]:
+    """What a certificate granted with modifications changed of what was asked: its
+    subject, its subjectAltNames (None: not known) or its key; [] when none of those."""
+    changes: list[str] = []
+    if certs.spki_of(cert) != spki_der:
+        changes.append("another public key")
+    if cert.subject.public_bytes() != subject_der:
+        changes.append(f"subject '{text.safe(cert.subject.rfc4514_string())}'")
+    if expect_sans is not None:
+        try:
+            got = frozenset(cert.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName).value)
+        except x509.ExtensionNotFound:
+            got = frozenset()
+        if got - expect_sans:
+            changes.append("subjectAltNames added: " + ", ".join(
+                sorted(text.safe(str(g.value)) for g in got - expect_sans)))
+        if expect_sans - got:
+            changes.append("subjectAltNames left out: " + ", ".join(
+                sorted(text.safe(str(g.value)) for g in expect_sans - got)))
+    return changes
+
+
 def check_issued_content(cert: x509.Certificate, *,
                          expect_sans: frozenset[x509.GeneralName] | None,
                          replaces: x509.Certificate | None) -> None:

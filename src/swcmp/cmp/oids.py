@@ -50,6 +50,8 @@ IT_ROOT_CA_KEY_UPDATE = "1.3.6.1.5.5.7.4.18"
 IT_ROOT_CA_CERT = "1.3.6.1.5.5.7.4.20"
 IT_CERT_PROFILE = "1.3.6.1.5.5.7.4.21"
 IT_CURRENT_CRL = "1.3.6.1.5.5.7.4.6"
+IT_CRL_STATUS_LIST = "1.3.6.1.5.5.7.4.22"
+IT_CRLS = "1.3.6.1.5.5.7.4.23"
 
 # Extended key usages of CMP servers (RFC 6402 2.10)
 KP_CMC_CA = "1.3.6.1.5.5.7.3.27"
@@ -95,6 +97,8 @@ LIBRARY_NAMES: dict[str, str] = {
     "IT_ROOT_CA_CERT": "rfc9480.id_it_rootCaCert",
     "IT_CERT_PROFILE": "rfc9480.id_it_certProfile",
     "IT_CURRENT_CRL": "rfc9480.id_it_currentCRL",
+    "IT_CRL_STATUS_LIST": "rfc9480.id_it_crlStatusList",
+    "IT_CRLS": "rfc9480.id_it_crls",
     "KP_CMC_CA": "rfc6402.id_kp_cmcCA",
     "KP_CMC_RA": "rfc6402.id_kp_cmcRA",
     "SUBJECT_ALT_NAME": "rfc5280.id_ce_subjectAltName",

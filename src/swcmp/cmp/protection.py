@@ -40,7 +40,10 @@ _HMAC_BY_OID = {
 }
 _OWF_BY_OID = {oids.SHA1: "sha1", oids.SHA256: "sha256", oids.SHA384: "sha384",
                oids.SHA512: "sha512"}
-#: One-way function and HMAC OIDs of each of swcmp.cmp.MAC_ALGS.
+#: The ``mac_alg`` of PBMAC1 (RFC 9481 6.1.2) and its key length (HMAC-SHA256's output).
+PBMAC1 = "pbmac1"
+PBMAC1_KEY_LENGTH = 32
+#: One-way function and HMAC OIDs of each PasswordBasedMac of swcmp.cmp.MAC_ALGS.
 MAC_ALGS: dict[str, tuple[str, str]] = {"hmac-sha256": (oids.SHA256, oids.HMAC_WITH_SHA256),
                                         "hmac-sha1": (oids.SHA1, oids.HMAC_SHA1)}
 
@@ -71,8 +74,12 @@ class MacProtection(Protection):
 
     def __init__(self, *, reference: bytes, secret: bytes, mac_alg: str = "hmac-sha256",
                  iterations: int = DEFAULT_ITERATIONS) -> None:
-        if mac_alg not in MAC_ALGS:
-            raise ConfigError(f"unknown MAC algorithm {mac_alg!r}: use hmac-sha256 or hmac-sha1")
+        if mac_alg not in (*MAC_ALGS, PBMAC1):
+            raise ConfigError(f"unknown MAC algorithm {mac_alg!r}: use hmac-sha256, "
+                              "hmac-sha1 or pbmac1")
+        if not MIN_ITERATIONS <= iterations <= MAX_ITERATIONS:
+            raise ConfigError(f"MAC iteration count {iterations} is out of bounds: use "
+                              f"{MIN_ITERATIONS} to {MAX_ITERATIONS}")
         if not secret:
             raise ConfigError("the MAC secret is empty: put the CA's shared secret in the file")
         self.reference = reference
@@ -84,14 +91,27 @@ class MacProtection(Protection):
         return f"MacProtection(reference={self.reference!r}, mac_alg={self.mac_alg!r})"
 
     def start(self) -> Protected:
-        owf, mac = MAC_ALGS[self.mac_alg]
         salt = os.urandom(16)
+        if self.mac_alg == PBMAC1:
+            return self._start_pbmac1(salt)
+        owf, mac = MAC_ALGS[self.mac_alg]
         alg = AlgorithmId(oids.PASSWORD_BASED_MAC, codec.encode_pbm_params(
             codec.PbmFields(salt, owf, self.iterations, mac)))
         key = _pbm_key(self._secret, salt, _OWF_BY_OID[owf], self.iterations)
         hname = _HMAC_BY_OID[mac]
         return Protected(alg, self.reference, (),
                          lambda data: hmac.new(key, data, hname).digest())
+
+    def _start_pbmac1(self, salt: bytes) -> Protected:
+        """PBMAC1 (RFC 9481 6.1.2): PBKDF2 with HMAC-SHA256 makes a 32-byte key for
+        HMAC-SHA256; keyLength is stated."""
+        alg = AlgorithmId(oids.PBMAC1, codec.encode_pbmac1_params(codec.Pbmac1Fields(
+            oids.PBKDF2, salt, self.iterations, oids.HMAC_WITH_SHA256, PBMAC1_KEY_LENGTH,
+            oids.HMAC_WITH_SHA256)))
+        key = hashlib.pbkdf2_hmac("sha256", self._secret, salt, self.iterations,
+                                  PBMAC1_KEY_LENGTH)
+        return Protected(alg, self.reference, (),
+                         lambda data: hmac.new(key, data, "sha256").digest())
 
     def verify(self, alg: AlgorithmId, data: bytes, mac_value: bytes) -> None:
         """Check a received MAC; ProtectionError when wrong or its parameters are absurd."""

@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Protocol
 from urllib.parse import SplitResult, urlsplit
 
+from swcmp.cmp import trace
 from swcmp.cmp.errors import (
     ConfigError,
     ConnectError,
@@ -262,6 +263,7 @@ class HttpTransport:
 
     def post(self, data: bytes) -> bytes:
         """POST ``data``, return the answer; TransportError subclasses for every failure."""
+        trace.record("request", data)
         deadline = _Deadline(self.total_timeout, self.url)
         watchdog = _Watchdog(self.total_timeout)
         conn: http.client.HTTPConnection | None = None
@@ -292,6 +294,7 @@ class HttpTransport:
             watchdog.stop()
             if conn is not None:
                 conn.close()
+        trace.record("answer", body)
         self._check_answer(resp, body)
         log.debug("received %d bytes from %s", len(body), self.url)
         return body
@@ -450,6 +453,14 @@ def _tls_error(e: BaseException, url: str, *, client_cert: bool) -> ConnectError
                             f"certificate ({safe(_text(e))})", url=url,
                             hint="ask the CA operator which client certificates the server "
                             "accepts", setting="tls_client_cert")
+    if "WRONG_VERSION_NUMBER" in reason or "HTTP_REQUEST" in reason or (
+            "wrong version number" in _text(e)):
+        # The server answered the TLS hello in plain text: an http:// port.
+        plain = "http:" + url.split(":", 1)[1] if ":" in url else url
+        return ConnectError(f"TLS with {url} failed: the server does not speak TLS on this "
+                            "port (it answered in plain text)", url=url,
+                            hint=f"this is probably an http port: use {plain}, or the "
+                            "CA's https port", setting="server_url")
     return ConnectError(f"TLS with {url} failed: {safe(_text(e))}", url=url,
                         hint="check the CA bundle and the server name",
                         setting="tls_ca_bundle")

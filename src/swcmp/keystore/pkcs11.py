@@ -181,9 +181,23 @@ class TokenConfig:
 _TOKEN_LOCK = threading.RLock()
 
 
+def _pkcs11() -> Any:
+    """The python-pkcs11 module, or a TokenError that says how to install it."""
+    try:
+        import pkcs11
+    except ImportError:
+        raise TokenError(
+            "keys in PKCS#11 tokens need the Python library python-pkcs11, which is not "
+            "installed beside swcmp").with_hint(
+            "install swcmp's pkcs11 extra into its environment: pip install 'swcmp[pkcs11]' "
+            "(in a checkout: pip install '.[pkcs11]'; pipx: pipx inject swcmp "
+            "python-pkcs11); the Debian package includes it") from None
+    return pkcs11
+
+
 @functools.cache
 def _library(module: str) -> Any:
-    import pkcs11 as p11
+    p11 = _pkcs11()
 
     try:
         return p11.lib(module)
@@ -195,7 +209,7 @@ def _library(module: str) -> Any:
 
 def _public_key(pub: Any) -> keys.PublicKey:
     """The cryptography public key of a token public key object."""
-    import pkcs11 as p11
+    p11 = _pkcs11()
     from pkcs11.util.ec import encode_ec_public_key
 
     if pub.key_type == p11.KeyType.RSA:
@@ -233,7 +247,7 @@ class TokenKey:
 
     def sign(self, data: bytes, alg: AlgorithmId) -> bytes:
         """Sign ``data`` under ``alg`` inside the token."""
-        import pkcs11 as p11
+        p11 = _pkcs11()
 
         from swcmp.cmp import oids
 
@@ -268,7 +282,7 @@ class TokenKey:
 @functools.cache
 def _mechanisms() -> tuple[dict[str, Any], dict[str, tuple[Any, Any, Any]]]:
     """RSA mechanisms by hash name: PKCS#1 v1.5, and PSS with its MGF1 and hash."""
-    import pkcs11 as p11
+    p11 = _pkcs11()
 
     m, g = p11.Mechanism, p11.MGF
     return ({"sha256": m.SHA256_RSA_PKCS, "sha384": m.SHA384_RSA_PKCS,
@@ -305,7 +319,7 @@ class TokenStore:
             return self._token()
 
     def _token(self) -> Any:
-        import pkcs11 as p11
+        p11 = _pkcs11()
 
         lib = _library(str(self.config.module))
         wanted = {k: v for k, v in (("token_label", self.uri.token),
@@ -341,7 +355,7 @@ class TokenStore:
 
     @contextmanager
     def _open(self, *, rw: bool) -> Iterator[Any]:
-        import pkcs11 as p11
+        p11 = _pkcs11()
 
         token = self.token()
         pin = self.pin()
@@ -364,7 +378,7 @@ class TokenStore:
                 log.debug("closing the token session failed: %s", type(e).__name__)
 
     def private_object(self, s: Any, key_id: bytes) -> Any:
-        import pkcs11 as p11
+        p11 = _pkcs11()
 
         found = list(s.get_objects({p11.Attribute.CLASS: p11.ObjectClass.PRIVATE_KEY,
                                     p11.Attribute.ID: key_id}))
@@ -375,7 +389,7 @@ class TokenStore:
 
     def pairs(self) -> list[TokenKey]:
         """Every key pair with the URI's label (and id, when given): both halves present."""
-        import pkcs11 as p11
+        p11 = _pkcs11()
 
         attrs: dict[Any, Any] = {p11.Attribute.LABEL: self.uri.label}
         if self.uri.key_id is not None:
@@ -392,7 +406,7 @@ class TokenStore:
 
     def object_ids(self) -> set[bytes]:
         """CKA_IDs of every object (public, private, or a half pair) with the label."""
-        import pkcs11 as p11
+        p11 = _pkcs11()
 
         with self.open() as s:
             return {bytes(o[p11.Attribute.ID])
@@ -410,7 +424,7 @@ class TokenStore:
 
         The private half is sensitive and not extractable: it never leaves the token.
         """
-        import pkcs11 as p11
+        p11 = _pkcs11()
         from pkcs11.util.ec import encode_named_curve_parameters
 
         if key_type not in TOKEN_KEY_TYPES:
@@ -459,7 +473,7 @@ class TokenStore:
 
     def destroy(self, key_id: bytes) -> int:
         """Destroy every object with the URI's label and ``key_id``; return how many."""
-        import pkcs11 as p11
+        p11 = _pkcs11()
 
         n = 0
         with self.open(rw=True) as s:

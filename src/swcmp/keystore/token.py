@@ -140,10 +140,9 @@ class TokenKeys:
     def _pair(self, key: TokenKey, cert_pem: bytes) -> CredentialPair:
         """A CredentialPair for a token key and certificate (no key file, no key bytes)."""
         return CredentialPair(
-            session=self.session.name, key_path=Path(str(self.session.key)),
-            cert_path=self.paths.cert_file(self.session.name), key_pem=b"", cert_pem=cert_pem,
-            ca_certs_pem=ca_certs_pem(self.session, self.paths),
-            token=TokenRef(key.handle, self.store.pin()))
+            self.session.name, TokenRef(key.handle, self.store.pin(), self.store.uri.describe()),
+            self.paths.cert_file(self.session.name), cert_pem,
+            ca_certs_pem(self.session, self.paths))
 
     def live_pair(self) -> CredentialPair | None:
         cp = self.paths.cert_file(self.session.name)

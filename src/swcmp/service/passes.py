@@ -4,10 +4,11 @@ once), record the outcome, then the CA's side and the cleanups."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -73,6 +74,29 @@ def _with_hint(e: SwcmpError, name: str) -> str:
 
 
 
+class _Serials(Collection[int]):
+    """Certificate serials read only when first asked for: a key store with nothing to
+    collect (the file store, a token without retired objects) never asks."""
+
+    def __init__(self, read: Callable[[], list[int]]) -> None:
+        self._read = read
+        self._serials: list[int] | None = None
+
+    def _get(self) -> list[int]:
+        if self._serials is None:
+            self._serials = self._read()
+        return self._serials
+
+    def __contains__(self, x: object) -> bool:
+        return x in self._get()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
 @dataclass
 class SessionReport:
     """One session's outcome in a pass."""
@@ -99,6 +123,17 @@ def load_cert(paths: Paths, name: str) -> x509.Certificate | None:
     except (OSError, SwcmpError) as e:
         log.warning("%s: cannot read %s: %s", name, p, e)
         return None
+
+
+def _archived_cert(paths: Paths, name: str, serial: str) -> x509.Certificate | None:
+    """The session's replaced certificate with ``serial`` (hex) from its archive."""
+    from swcmp.store import Journal, archived_pairs
+
+    try:
+        found = archived_pairs(Journal(paths, name), int(serial, 16))
+    except ValueError:
+        return None
+    return found[0][0] if found else None
 
 
 @dataclass
@@ -224,8 +259,8 @@ class RenewalService:
             due: list[datetime] = []
             for s in group:
                 try:
-                    life.maintain(s)  # logs what it did and what failed
-                    t = life.next_due(s)
+                    # logs what it did and what failed
+                    t = life.maintain_then_next_due(s)[1]
                 except SwcmpError as e:
                     log.warning("%s: CA maintenance failed: %s", s.name, e)
                     continue
@@ -290,7 +325,8 @@ class RenewalService:
         for s in self.sessions():
             try:
                 keystore.open(s, self.paths).collect(
-                    held, keep_serials=revocations_waiting(self.paths, s.name))
+                    held, keep_serials=_Serials(functools.partial(revocations_waiting,
+                                                                  self.paths, s.name)))
             except SwcmpError as e:
                 log.warning("%s: replaced key pairs not collected: %s", s.name, e)
 
@@ -357,6 +393,11 @@ class RenewalService:
             st.count_renewal()
         # The CA's side of a renewal: its certificates, the superseded one's revocation.
         # Reported, never undoing the renewal: whatever it raises is logged here.
+        if outcome.replaced_serial is not None and (
+                replaced is None or f"{replaced.serial_number:x}" != outcome.replaced_serial):
+            # an earlier run was killed after it wrote the new certificate: the one it
+            # replaced is in the archive
+            replaced = _archived_cert(self.paths, s.name, outcome.replaced_serial) or replaced
         try:
             self.ca_life().after_renewal(s, replaced, outcome.serial)
         except Exception as e:  # the renewal is committed: its report stands
@@ -384,6 +425,10 @@ class RenewalService:
                 st.state = state
         except SwcmpError as e:
             log.warning("%s: cannot record state: %s", name, e)
+
+    def run_hooks(self, s: Session, outcome: Outcome) -> None:
+        """The post-renew hooks for a new certificate of ``s`` (also after a manual IR/CR)."""
+        self._run_hooks(s, outcome)
 
     def _run_hooks(self, s: Session, outcome: Outcome) -> None:
         env = dict(os.environ, SWCMP_SESSION=s.name, SWCMP_SERIAL=outcome.serial or "",

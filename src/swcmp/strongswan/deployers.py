@@ -74,7 +74,8 @@ def load_pair(conn: Vici, pair: CredentialPair, expected: KeyId, *,
     if got != expected:
         if got not in keys_before:
             conn.unload_key(got)
-        raise CheckFailed("load-key", f"the key {pair.key_path} does not match {pair.cert_path}")
+        raise CheckFailed("load-key", f"the key {pair.key.describe()} does not match "
+                                      f"{pair.cert_path}")
     conn.load_cert(pair.cert_pem, ca=False)
     if cert_loaded is not None:
         cert_loaded()

@@ -26,7 +26,7 @@ from vici.exception import CommandException, DeserializationException, SessionEx
 
 from swcmp.cmp import certs
 from swcmp.cmp.keys import public_key_bits
-from swcmp.deploy import CredentialPair, DeployError, DeployUnavailable
+from swcmp.deploy import CredentialPair, DeployError, DeployUnavailable, TokenRef
 from swcmp.errors import CertificateError, ConfigError, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -244,9 +244,9 @@ class Vici:
 
     def load_pair_key(self, pair: CredentialPair) -> KeyId:
         """``load-key`` for a key file's PEM, ``load-token`` for a key kept in a token."""
-        if pair.token is None:
-            return self.load_key(pair.key_pem)
-        reply = self.call("load-token", {"handle": pair.token.handle, "pin": pair.token.pin})
+        if not isinstance(pair.key, TokenRef):
+            return self.load_key(pair.key.pem)
+        reply = self.call("load-token", {"handle": pair.key.handle, "pin": pair.key.pin})
         return KeyId(text(reply.get("id", b"")).lower())
 
     def unload_key(self, key_id: KeyId) -> None:

@@ -58,7 +58,7 @@ from swcmp.cmp.protection import (
 )
 from swcmp.errors import FAILURE_BIT, ProtectionError, ProtocolError, SwcmpError
 from swcmp.testca import derutil
-from swcmp.testca.authority import Authority, is_supported_key, rollover_stamp
+from swcmp.testca.authority import BACKDATE, Authority, is_supported_key, rollover_stamp
 from swcmp.testca.config import CAConfig
 from swcmp.testca.state import (
     AWAITING_CONF,
@@ -754,6 +754,8 @@ class CMPEngine:
                 out.append(InfoValue(oids.IT_ROOT_CA_KEY_UPDATE, self._root_update(item)))
             elif item.oid == oids.IT_CURRENT_CRL:
                 out.append(InfoValue(oids.IT_CURRENT_CRL, self._current_crl()))
+            elif item.oid == oids.IT_CRL_STATUS_LIST:
+                out.append(InfoValue(oids.IT_CRLS, self._crls_for(item.value_der)))
             else:
                 # RFC 4210 5.3.19: an infoType we cannot answer comes back without a value.
                 out.append(InfoValue(item.oid, None))
@@ -779,6 +781,30 @@ class CMPEngine:
         return codec.root_ca_key_update_der(RootCaKeyUpdate(
             a.cert_der, certs.der_of(link),
             certs.der_of(a.old_with_new) if a.old_with_new is not None else None))
+
+    def _crls_for(self, value_der: bytes | None) -> bytes | None:
+        """The id-it-crls value answering a crlStatusList (RFC 9483 4.3.4): this CA's CRL
+        when it is asked for (by issuer name, or by a distribution point: this CA has one
+        CRL) and has changed since the thisUpdate named (a revocation since); no value
+        otherwise."""
+        try:
+            asked = codec.parse_crl_status_list(value_der)
+        except ProtocolError as e:
+            raise Refusal("badDataFormat", f"crlStatusList: {e}") from e
+        with self.store.lock:
+            changed = max((r.revoked_at for r in self.store.issued.values()
+                           if r.status == REVOKED and r.revoked_at is not None), default=None)
+        for issuer, this_update in asked:
+            if issuer is not None and issuer != self.authority.subject_der:
+                continue
+            # a CRL's thisUpdate is its making time less BACKDATE: one made after the
+            # last revocation is as new as ours
+            if this_update is not None and self.config.fault != "foreign-crl" and (
+                    changed is None or this_update >= (changed - BACKDATE).replace(
+                        microsecond=0)):
+                continue  # nothing revoked since the CRL the client holds was made
+            return codec.cert_seq_der([self._current_crl()])
+        return None
 
     def _current_crl(self) -> bytes:
         """The CRL of every certificate this CA revoked, signed by its current key."""
