@@ -123,5 +123,22 @@ def make_pki(tmp: Path, *, key_type: str = "ecdsa:p256") -> TestPKI:
     return pki
 
 
-__all__ = ["CMC_RA", "NOW", "TestPKI", "make_cert", "make_pki", "name", "pem_cert", "pem_key",
-           "rsa"]
+def big_crl(issuer: x509.Name, key: keys.PrivateKey, entries: int, *,
+            serial_bytes: int = 19) -> x509.CertificateRevocationList:
+    """A CRL of ``entries`` revoked serials (of ``serial_bytes`` bytes) with a reason code
+    each: about 52 bytes an entry, so 20,000 entries make a CRL just under 1 MiB."""
+    b = (x509.CertificateRevocationListBuilder().issuer_name(issuer)
+         .last_update(NOW - dt.timedelta(hours=1)).next_update(NOW + dt.timedelta(days=7))
+         .add_extension(x509.CRLNumber(1), critical=False))
+    when = NOW - dt.timedelta(days=1)
+    reason = x509.CRLReason(x509.ReasonFlags.superseded)
+    top = 1 << (8 * serial_bytes - 2)
+    for i in range(entries):
+        b = b.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(top + i).revocation_date(when)
+            .add_extension(reason, critical=False).build())
+    return b.sign(key, hashes.SHA256())  # type: ignore[arg-type]
+
+
+__all__ = ["CMC_RA", "NOW", "TestPKI", "big_crl", "make_cert", "make_pki", "name", "pem_cert",
+           "pem_key", "rsa"]

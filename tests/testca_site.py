@@ -21,6 +21,7 @@ from swcmp.cmp import certs, keys
 from swcmp.enroll import request_initial
 from swcmp.names import format_dn
 from swcmp.paths import Paths
+from swcmp.policy import renewal_floor
 from swcmp.session import Session
 from swcmp.sessionfile import SessionStore
 from swcmp.state import StateStore
@@ -179,6 +180,16 @@ class Serve:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
+
+
+def wait_past_floor(site: Site, name: str) -> None:
+    """Sleep until ``name``'s certificate may be renewed (swcmp's renewal floor: a
+    tenth of the validity left when it arrived), so that serve renews it at once."""
+    cert = certs.load_certificate(site.paths.cert_file(name).read_bytes())
+    st = StateStore(site.paths).load(name)
+    floor = renewal_floor(cert.not_valid_before_utc, cert.not_valid_after_utc,
+                          st.received_at(f"{cert.serial_number:x}"))
+    time.sleep(max(0.0, (floor - datetime.now(UTC)).total_seconds()) + 0.2)
 
 
 def enroll_aside(site: Site, ca: CAHolder, name: str, *, validity: timedelta,

@@ -162,8 +162,10 @@ def response_trust(session: Session, paths: Paths | None = None) -> ResponseTrus
 def make_client(session: Session, *, transport: Transport | None = None,
                 implicit_confirm: bool | None = None, poll_deadline: float = 300.0,
                 sleep: Callable[[float], None] | None = None,
-                paths: Paths | None = None) -> CMPClient:
-    """A CMPClient for the session's CA (an HttpTransport unless one is given)."""
+                paths: Paths | None = None,
+                clock: Callable[[], datetime] | None = None) -> CMPClient:
+    """A CMPClient for the session's CA (an HttpTransport unless one is given);
+    ``clock`` is the client's time (the renewal's, so that an injected clock holds)."""
     from swcmp.cmp.client import CMPClient
     from swcmp.cmp.transport import HttpTransport
 
@@ -186,6 +188,8 @@ def make_client(session: Session, *, transport: Transport | None = None,
                        granted_with_mods=session.granted_with_mods)
     if sleep is not None:
         client.sleep = sleep
+    if clock is not None:
+        client.clock = clock
     return client
 
 

@@ -24,6 +24,8 @@ per session (``session``):
     the CA's failInfo names (``error="ca_refused"``) or ``fail_info=""``;
     ``swcmp_consecutive_failures``; ``swcmp_auto_update_enabled``;
     ``swcmp_session_state{state}``: 1 for the current state, 0 for the others;
+    ``swcmp_session_readable``: 1, or 0 for a session whose file swcmp cannot read
+    (its only series then);
     ``swcmp_ca_certificate_not_after_timestamp_seconds{subject, serial}``:
     the trust anchors and CA certificates that came with the certificate;
     ``swcmp_charon_certificate_current``: 1 if charon holds the certificate
@@ -183,6 +185,9 @@ _FAMILIES = (
     ("swcmp_consecutive_failures", "gauge", "Failed renewals since the last success."),
     ("swcmp_auto_update_enabled", "gauge", "1 if auto-update is on for the session."),
     ("swcmp_session_state", "gauge", "1 for the session's current state, 0 for the others."),
+    ("swcmp_session_readable", "gauge",
+     "1 if swcmp could read the session's files; 0 for a broken session file (the "
+     "session renews nothing until it is fixed)."),
     ("swcmp_ca_certificate_not_after_timestamp_seconds", "gauge",
      "End of validity of a CA certificate the session relies on (Unix time)."),
     ("swcmp_charon_up", "gauge", "1 if charon answered over VICI."),
@@ -198,8 +203,13 @@ _FAMILIES = (
 
 
 def render(views: Iterable[SessionView], *, role: Role | None = None,
-           charon: CharonView | None = None) -> str:
-    """The metrics text for ``views``; ``charon`` None when swcmp does not talk to charon."""
+           charon: CharonView | None = None, unreadable: Sequence[str] = ()) -> str:
+    """The metrics text for ``views``; ``charon`` None when swcmp does not talk to charon.
+
+    ``unreadable``: sessions whose files swcmp could not read (a broken session file):
+    their other series are missing, ``swcmp_session_readable`` 0 stays.
+    """
+    views = list(views)
     out = _Exposition()
     for name, kind, help_text in _FAMILIES:
         out.family(name, kind, help_text)
@@ -237,6 +247,7 @@ def render(views: Iterable[SessionView], *, role: Role | None = None,
         out.sample("swcmp_auto_update_enabled", s, int(v.session.auto_update))
         for state in STATES:
             out.sample("swcmp_session_state", s | {"state": state}, int(state == v.state_name))
+        out.sample("swcmp_session_readable", s, 1)
         for ca in v.ca_certs:
             out.sample("swcmp_ca_certificate_not_after_timestamp_seconds",
                        s | {"subject": ca.subject.rfc4514_string(),
@@ -249,6 +260,8 @@ def render(views: Iterable[SessionView], *, role: Role | None = None,
                          if subj == subject and serial != v.cert.serial_number)
             out.sample("swcmp_charon_certificate_current", s, int(current))
             out.sample("swcmp_charon_stale_certificates", s, others)
+    for name in unreadable:
+        out.sample("swcmp_session_readable", {"session": name}, 0)
     return out.text()
 
 

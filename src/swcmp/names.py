@@ -559,6 +559,18 @@ def validate_session_name(name: str) -> SessionName:
     raise err
 
 
+def swanctl_section_name(name: str) -> str:
+    """``name`` (a session name) as a swanctl.conf section name.
+
+    swanctl.conf reads a ``.`` in a section name as a path separator (a syntax
+    error in a ``secrets`` entry: swanctl then loads nothing at all), so a session
+    name such as ``gw1.example.net`` cannot be used as it is. The mapping escapes
+    ``_`` as ``__`` and ``.`` as ``_2e``: names without either stay as they are, and
+    two session names never map to the same section.
+    """
+    return name.replace("_", "__").replace(".", "_2e")
+
+
 def validate_key_name(name: str) -> str:
     """Check the name of a session's key pair (``private/NAME.key``): the rules of a
     session name, and no ``.key`` suffix of its own.

@@ -17,8 +17,12 @@ if TYPE_CHECKING:
     from swcmp.session import Session
     from swcmp.state import SessionState
 
-#: No certificate is renewed before this share of its lifetime has passed.
+#: No certificate is renewed before this share of its lifetime has passed, counted
+#: from its notBefore and also from the moment swcmp received it (of the validity it
+#: had left then): a CA that back-dates notBefore cannot make a new certificate due.
 MIN_AGE_SHARE = 0.1
+#: ...and never sooner than this after swcmp received it, whatever the dates say.
+MIN_RENEW_INTERVAL = timedelta(seconds=5)
 #: Jitter: up to this share of the lifetime earlier than the nominal due time...
 JITTER_SHARE = 0.03
 #: ...but never more than this.
@@ -42,18 +46,55 @@ def jitter_fraction(session_name: str, serial: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def renew_at(cert: x509.Certificate, policy: ExpireTime, session_name: str) -> datetime:
-    """When ``cert`` should be renewed: the policy's time, moved earlier by the jitter.
+def renewal_floor(not_before: datetime, not_after: datetime,
+                  received: datetime | None) -> datetime:
+    """The earliest moment a certificate may be renewed, whatever the policy says.
 
-    Pure: depends only on the certificate, the policy and the session name.
+    A tenth of its lifetime after ``not_before`` and, when swcmp knows when it
+    received the certificate, a tenth of the validity it had left then (at least
+    MIN_RENEW_INTERVAL) after ``received``. A policy of 100 %, a duration at least
+    the lifetime, or a CA that back-dates notBefore would otherwise make every new
+    certificate due the moment it arrives: a renewal loop.
+    """
+    floor = not_before + (not_after - not_before) * MIN_AGE_SHARE
+    if received is not None:
+        left = max(not_after - received, timedelta(0))
+        floor = max(floor, received + max(left * MIN_AGE_SHARE, MIN_RENEW_INTERVAL))
+    return floor
+
+
+def renew_at(cert: x509.Certificate, policy: ExpireTime, session_name: str,
+             received: datetime | None = None) -> datetime:
+    """When ``cert`` should be renewed: the policy's time, moved earlier by the jitter,
+    but not before :func:`renewal_floor` (``received``: when swcmp received ``cert``).
+
+    Pure: depends only on the certificate, the policy, the session name and ``received``.
     """
     nb, na = cert.not_valid_before_utc, cert.not_valid_after_utc
     nominal = policy.renew_at(nb, na)
     spread = min((na - nb) * JITTER_SHARE, JITTER_CAP)
-    # A policy of 100 %, or a duration at least the lifetime, would make every new
-    # certificate due the moment it is issued: a renewal loop. Wait a tenth first.
-    floor = nb + (na - nb) * MIN_AGE_SHARE
-    return max(floor, nominal - spread * jitter_fraction(session_name, cert.serial_number))
+    return max(renewal_floor(nb, na, received),
+               nominal - spread * jitter_fraction(session_name, cert.serial_number))
+
+
+def floor_warning(policy: ExpireTime, cert: x509.Certificate | None) -> str | None:
+    """Why ``policy`` asks for renewals sooner than :func:`renewal_floor` allows, or None.
+
+    Such a policy is not a loop (the floor holds), but the operator asked for
+    something swcmp will not do: ``session set`` says so.
+    """
+    if policy.percent is not None and policy.percent > 100 - MIN_AGE_SHARE * 100:
+        return (f"expire_time {policy} leaves less than {100 - MIN_AGE_SHARE * 100:.0f}% of "
+                f"the validity before renewing: swcmp renews no sooner than "
+                f"{MIN_AGE_SHARE * 100:.0f}% of the validity after it received a certificate")
+    if cert is None or policy.duration is None:
+        return None
+    nb, na = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if policy.renew_at(nb, na) < renewal_floor(nb, na, None):
+        return (f"expire_time {policy} is {MIN_AGE_SHARE * 100:.0f}% or more of the current "
+                f"certificate's validity ({na - nb}): swcmp renews no sooner than "
+                f"{MIN_AGE_SHARE * 100:.0f}% of the validity after it received a certificate")
+    return None
 
 
 def retry_delay(failures: int, *, now: datetime, not_after: datetime,
@@ -113,7 +154,8 @@ def plan(session: Session, cert: x509.Certificate | None, st: SessionState,
         return Plan("needs_ir", False, None, expires, None,
                     f"certificate expired {expires:%Y-%m-%d %H:%M}Z; a key update cannot work: "
                     f"run `swcmp request initial {session.name}`")
-    at = renew_at(cert, session.expire_time, session.name)
+    at = renew_at(cert, session.expire_time, session.name,
+                  st.received_at(f"{cert.serial_number:x}"))
     if not session.auto_update:
         return Plan("disabled", False, at, expires, None, "auto-update is off")
     if st.next_attempt:

@@ -134,7 +134,7 @@ class Renewer:
         self._collect(session, store)
         new_key, entry = self._key_to_certify(store, j, entry, live_key, old_cert, regenerate)
         client = make_client(session, transport=self.transport, poll_deadline=self.poll_deadline,
-                             sleep=self.sleep, paths=self.paths)
+                             sleep=self.sleep, paths=self.paths, clock=self.clock)
         try:
             enrolled = self._transact(session, j, entry, client, new_key, old_cert, protection,
                                       regenerated=new_key is not live_key)
@@ -173,6 +173,14 @@ class Renewer:
         """The key to certify: staged by an interrupted run, made now, or the live one."""
         if entry is not None:
             staged, entry = store.recover(j, entry)
+            if staged is not None and entry is not None and entry.phase == "sending":
+                # its request may have reached the CA, and that transaction cannot be
+                # continued: a CA enforcing unique public keys would refuse the key again
+                log.warning("%s: the staged key's transaction was interrupted after its "
+                            "request was sent; a new key is made", j.dir.name)
+                store.discard_staged(j, entry)
+                j.clear()
+                entry, staged = None, None
             if staged is not None:
                 return staged, entry
         if not regenerate:
@@ -287,10 +295,14 @@ class Renewer:
         the CA itself answered with an error (it ended or forgot the transaction:
         polling it again would fail forever). An error that cannot be attributed
         to the CA (unprotected, or with another recipNonce: anyone on the path can
-        send one) changes nothing. A staged new key is kept to be certified next
-        time; anything else (a request that got no usable answer, a refused
-        certificate) is forgotten, so the next try uses a new transactionID (as
-        the CA's failInfo transactionIdInUse asks).
+        send one) changes nothing. A staged new key is kept only while its
+        transaction can still finish: before anything was sent (``key-ready``).
+        Once a transaction ended without a committed certificate, the staged key is
+        destroyed and the next attempt makes a new one (a CA that enforces unique
+        public keys, like EJBCA by default, refuses a key it has seen, for ever).
+        Anything else (a request that got no usable answer, a refused certificate)
+        is forgotten, so the next try uses a new transactionID (as the CA's failInfo
+        transactionIdInUse asks).
         """
         entry = j.load()
         if not entry:
@@ -301,10 +313,11 @@ class Renewer:
         if entry.phase == "received" and entry.confirm_nonce and not ca_said_no:
             return  # the certConf is waiting at the CA: the next run polls for the pkiConf
         fsutil.remove_file(j.cert_file, missing_ok=True)
+        if store.has_staged(j, entry) and entry.phase == "key-ready":
+            return  # nothing was sent: the same key serves the next attempt
         if store.has_staged(j, entry):
-            j.write(phase="key-ready", transaction_id=None, server_nonce=None, cert=None)
-        else:
-            j.clear()
+            store.discard_staged(j, entry)
+        j.clear()
 
     @staticmethod
     def _verify_renewed(session: Session, old: x509.Certificate, new: x509.Certificate,

@@ -86,6 +86,9 @@ class SessionState:
             every counter, never reset (``stats reset`` leaves them alone).
         renewal_failures: failed renewals by ``error:fail_info`` key
             (:func:`swcmp.metrics.failure_key`).
+        received: the serial (hex) of the last certificate swcmp received and the
+            ISO time it arrived: the renewal floor counts from then
+            (:func:`swcmp.policy.renewal_floor`).
     """
 
     state: SessionStateName = "idle"
@@ -98,6 +101,13 @@ class SessionState:
     last_success: str | None = None
     renewals: dict[str, int] = field(default_factory=lambda: {"success": 0, "failure": 0})
     renewal_failures: dict[str, int] = field(default_factory=dict)
+    received: dict[str, str] | None = None
+
+    def received_at(self, serial: str) -> datetime | None:
+        """When the certificate with ``serial`` (hex) arrived, if it is the last one."""
+        if not self.received or self.received.get("serial") != serial:
+            return None
+        return _aware_time(self.received.get("time", ""))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,7 +144,12 @@ class SessionState:
         if isinstance(data.get("failures"), int):
             st.failures = max(0, data["failures"])
         if isinstance(data.get("next_attempt"), str):
-            st.next_attempt = data["next_attempt"]
+            # a time swcmp can compare, or none: a damaged value must not stop serve
+            if _aware_time(data["next_attempt"]) is not None:
+                st.next_attempt = data["next_attempt"]
+            else:
+                log.warning("state: next_attempt %r is not a time: retrying now",
+                            data["next_attempt"][:40])
         if isinstance(data.get("charon"), str):
             st.charon = data["charon"]
         if isinstance(data.get("last_success"), str):
@@ -150,6 +165,10 @@ class SessionState:
             for k, v in list(failures.items())[:MAX_FAILURE_KEYS]:
                 if isinstance(k, str) and ":" in k and isinstance(v, int) and v >= 0:
                     st.renewal_failures[k[:200]] = v
+        received = data.get("received")
+        if isinstance(received, dict) and isinstance(received.get("serial"), str) and \
+                isinstance(received.get("time"), str):
+            st.received = {"serial": received["serial"][:80], "time": received["time"][:40]}
         return st
 
     def count_renewal(self, failure: str | None = None) -> None:
@@ -177,6 +196,8 @@ class SessionState:
                serial: str | None = None) -> None:
         """Keep the outcome of ``action`` as the last result of its kind."""
         result = LastResult(now.isoformat(timespec="seconds"), action, ok, message, serial)
+        if ok and serial:  # a certificate arrived (any request): the renewal floor counts
+            self.received = {"serial": serial, "time": now.isoformat()}
         kind = result_kind(action)
         if kind != "renewal":
             self.other_results[kind] = result
@@ -184,6 +205,15 @@ class SessionState:
         self.last_result = result
         if ok:
             self.last_success = result.time
+
+
+def _aware_time(value: str) -> datetime | None:
+    """``value`` as an ISO 8601 time with an offset, or None."""
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else None
 
 
 def _last_result(data: object) -> LastResult | None:
@@ -207,7 +237,7 @@ class StateStore:
     def load(self, name: str) -> SessionState:
         p = self.path(name)
         try:
-            raw = p.read_text(encoding="utf-8")
+            raw = p.read_bytes()
         except FileNotFoundError:
             return SessionState()
         except OSError as e:

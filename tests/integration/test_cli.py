@@ -408,6 +408,23 @@ def test_bad_settings_are_refused_and_nothing_is_written(
     assert env.snapshot() == before
 
 
+def test_set_warns_when_expire_time_leaves_less_than_the_renewal_floor(env: Env) -> None:
+    env.run("session", "create", "gw1", "--entity", ENTITY)
+    result = env.run("session", "set", "gw1", "--expire-time", "95")
+    assert result.exit_code == 0, result.output
+    assert "warning: expire_time 95% leaves less than 90%" in result.stderr
+    assert env.json("session", "show", "gw1")["expire_time"] == "95%"  # set all the same
+    ok = env.run("session", "set", "gw1", "--expire-time", "90")
+    assert ok.exit_code == 0 and "warning: expire_time" not in ok.stderr
+    # a duration is judged against the current certificate (a year-long one here)
+    (env.swanctl_dir / "x509").mkdir(parents=True, exist_ok=True)
+    (env.swanctl_dir / "x509" / "gw1.crt").write_bytes((env.root / "pki" / "gw.crt").read_bytes())
+    long = env.run("session", "set", "gw1", "--expire-time", "340d")
+    assert "warning: expire_time 340d is 10% or more" in long.stderr, long.stderr
+    short = env.run("session", "set", "gw1", "--expire-time", "30d")
+    assert "warning: expire_time" not in short.stderr
+
+
 def test_wrong_key_for_the_existing_session_key_is_refused(env: Env) -> None:
     env.run("session", "create", "gw1")
     env.install_key(keys.generate_key("ecdsa:p256"))  # the session's own key, another one
@@ -478,7 +495,7 @@ def test_corrupted_session_file_does_not_break_other_commands(env: Env) -> None:
     assert typo_error["line"] == 2 and typo_error["hint"]
 
     status = env.run("status")
-    assert status.exit_code == 0
+    assert status.exit_code == 1  # a broken session file renews nothing: never silent
     rows = {line.split()[0]: line for line in status.stdout.splitlines()[1:-1]}
     assert set(rows) == {"gw1", "broken", "typo"}
     assert f"broken session file: {sessions / 'broken.toml'}" in rows["broken"]
@@ -787,7 +804,7 @@ def test_status_table_sorted_by_urgency(env: Env) -> None:
     before = env.json("status")
 
     result = env.run("status")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # e-broken's session file is broken
     lines = result.stdout.splitlines()
     assert lines[0].split()[:7] == ["SESSION", "URGENCY", "STATE", "AUTO", "DAYS", "LEFT",
                                     "NEXT"]

@@ -20,7 +20,7 @@ from cryptography import x509
 
 from openssl_gateway import GW, MAC_ARGS, SECRET, SIG_ARGS, Gateway
 from openssl_mock import OPENSSL, OpenSSL
-from pki import pem_cert
+from pki import make_pki, pem_cert
 
 pytestmark = [
     pytest.mark.integration,
@@ -217,6 +217,25 @@ def test_charon_start_hook_without_charon(gw: Gateway) -> None:
     assert result.stderr.startswith("error: ") and "not reachable" in result.stderr
     none = gw.run("--vici", "none", "hook", "charon-start")
     assert none.exit_code == 1 and "needs charon" in none.stderr
+
+
+def test_ir_whose_certificate_chains_only_to_a_capubs_root_is_not_committed(
+        gw: Gateway, tmp_path: Path) -> None:
+    # OpenSSL's mock sends its root in caPubs (MAC-protected); the session trusts
+    # another root: the certificate does not chain to the configured anchor
+    other = make_pki(tmp_path / "other-pki")
+    issued = gw.pki.issue(gw.key, GW)
+    with gw.ca(MAC_ARGS, issued) as url:
+        gw.create_session(url)
+        assert gw.run("session", "set", "gw1", "--trust",
+                      str(other.dir / "root.crt")).exit_code == 0
+        result = gw.run("request", "initial", "gw1", "--no-deploy")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.stderr and result.stderr.startswith("error: ")
+    assert not gw.cert_file.exists()
+    assert not list((gw.swanctl_dir / "x509ca").glob("gw1-*")) \
+        if (gw.swanctl_dir / "x509ca").exists() else True
+    assert gw.json("session", "show", "gw1")["trust"] == [str(other.dir / "root.crt")]
 
 
 def test_delayed_delivery_of_every_message_through_the_cli(tmp_path: Path) -> None:

@@ -206,3 +206,23 @@ def test_node_exporter_serves_the_textfile(enrolled: tuple[Site, CAHolder],
     assert datetime.fromtimestamp(
         value(found, "swcmp_last_success_timestamp_seconds", session="gw1") or 0).year >= 2025
     assert certs.describe(cert)  # the certificate on disk is the one the metrics describe
+
+
+def test_a_broken_session_file_keeps_a_series_that_says_so(enrolled: tuple[Site, CAHolder],
+                                                           tmp_path: Path) -> None:
+    site, _ = enrolled
+    prom = tmp_path / "swcmp.prom"
+    svc = RenewalService(site.paths, host=HostConfig(metrics_file=prom))
+    svc.run_pass()
+    found = samples(prom.read_text())
+    assert value(found, "swcmp_session_readable", session="gw1") == 1
+    assert value(found, "swcmp_certificate_not_after_timestamp_seconds", session="gw1")
+    # one broken character: the session is a failure of the pass, and its series stays
+    toml = site.store.path_for("gw1")
+    toml.write_text(toml.read_text().replace("expire_time = 50", "expire_time = 5O", 1))
+    reports = svc.run_pass()
+    assert [(r.session, r.result) for r in reports] == [("gw1", "failed")]
+    assert "broken" in reports[0].message
+    found = samples(prom.read_text())
+    assert value(found, "swcmp_session_readable", session="gw1") == 0
+    assert value(found, "swcmp_certificate_not_after_timestamp_seconds", session="gw1") is None

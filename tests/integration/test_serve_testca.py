@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from swcmp.cmp import certs
-from swcmp.policy import JITTER_SHARE, renew_at
+from swcmp.policy import JITTER_SHARE, MIN_AGE_SHARE, renew_at
 from swcmp.store import Journal
 from swcmp.testca.authority import BACKDATE
 from testca_site import (
@@ -152,6 +152,26 @@ def test_serve_renews_on_time_with_and_without_regenerate(site: Site, ca: CAHold
 # ---------------------------------------------------------------------- reloading, stopping
 
 
+def test_a_backdated_certificate_with_expire_time_95_is_not_renewed_in_a_loop(
+        site: Site, ca: CAHolder, serving: list[Serve], tmp_path: Path) -> None:
+    # 10-minute certificates back-dated 60 s: under 95 % each one is due 27 s before it
+    # arrives; with the floor counted from notBefore, serve renewed every 6 s
+    ca.restart(ca_config(validity=timedelta(minutes=10)))
+    add_session(site, ca.ca, "gw1", expire_time=95)
+    first = serial_of(site, "gw1")
+    serve = Serve(site, tmp_path / "serve.log")
+    serving.append(serve)
+    time.sleep(15)
+    assert serial_of(site, "gw1") == first, serve.log()
+    assert site.stats("gw1")["kur"]["sent"] == 0
+    entry = swcmp_json(site, "status", "gw1")["sessions"][0]
+    cert = certs.load_certificate(site.paths.cert_file("gw1").read_bytes())
+    # not before a tenth of the validity left at arrival (540 s -> 54 s) has passed
+    assert datetime.fromisoformat(entry["next_renewal"]) >= \
+        cert.not_valid_before_utc + BACKDATE + timedelta(seconds=50), entry
+    assert_clean_exit(serve.stop(), serve)
+
+
 def test_serve_picks_up_new_sessions_on_sighup_and_on_its_own(site: Site, ca: CAHolder,
                                                                serving: list[Serve],
                                                                tmp_path: Path) -> None:
@@ -161,14 +181,19 @@ def test_serve_picks_up_new_sessions_on_sighup_and_on_its_own(site: Site, ca: CA
 
     enroll_aside(site, ca, "hup", validity=DUE_NOW)
     first = serial_of(site, "hup")
+    # the renewal floor: a tenth of the validity left when the certificate arrived
+    arrived = site.paths.cert_file("hup").stat().st_mtime
+    not_after = certs.load_certificate(site.paths.cert_file("hup").read_bytes()
+                                       ).not_valid_after_utc.timestamp()
+    floor = arrived + (not_after - arrived) * MIN_AGE_SHARE
     time.sleep(1.5)
     assert serial_of(site, "hup") == first  # asleep: it has not looked yet
     hup_at = time.time()
     serve.proc.send_signal(signal.SIGHUP)
     done = serve.wait_for(lambda: serial_of(site, "hup") != first
-                          and Journal(site.paths, "hup").load() is None, 10,
+                          and Journal(site.paths, "hup").load() is None, 15,
                           "renewal after SIGHUP")
-    assert done - hup_at < 5
+    assert done - max(hup_at, floor) < 5
     assert "SIGHUP: re-reading the sessions" in serve.log()
     assert site.pair_ok("hup")
 

@@ -10,6 +10,7 @@ Each test enrolls its own subject, so the tests share one Mock CA (start-up take
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from swcmp.cmp import certs, keys
 from swcmp.enroll import mac_protection, make_client, response_trust, signature_protection
 from swcmp.paths import Paths
 from swcmp.sessionfile import SessionStore
+from swcmp.store import Journal
 
 pytestmark = [
     pytest.mark.integration,
@@ -371,3 +373,24 @@ def test_cli_revoke_superseded_with_a_token_key(mock: MockCA, tmp_path: Path) ->
     assert old_object in token.key_ids()
     gw.run("renew", "gw")
     assert old_object not in token.key_ids() and len(token.key_ids()) == 1
+
+
+def test_a_refused_key_update_is_retried_with_a_new_key(mock: MockCA, tmp_path: Path) -> None:
+    # The Mock CA certifies the new key, but signs its answer without digitalSignature:
+    # swcmp refuses the answer. Like EJBCA with "enforce unique public keys", the Mock CA
+    # then refuses that key for ever ("The public key is already defined for the user"):
+    # the next attempt must make a new key, not send the staged one again.
+    gw = enrolled(mock, tmp_path, "swcmp-kur-retry.example.net")
+    before_cert, before_key = gw.cert, gw.key
+    refused = gw.run("request", "keyupdate", "gw", "--regenerate", code=None)
+    assert refused.exit_code != 0 and "--ignore-keyusage" in refused.output, refused.output
+    assert gw.cert == before_cert and keys.spki_der(gw.key) == keys.spki_der(before_key)
+    staged = Journal(gw.paths(), "gw")
+    assert staged.load() is None and not staged.key_file.exists()  # destroyed, not kept
+    gw.run("session", "set", "gw", "--ignore-keyusage")
+    # the Mock CA takes no KUR of this subject until its unconfirmed one times out (10 s)
+    time.sleep(11)
+    kur = gw.json("request", "keyupdate", "gw", "--regenerate")
+    assert kur["ok"] is True, kur
+    gw.assert_pair()
+    assert keys.spki_der(gw.key) != keys.spki_der(before_key)

@@ -12,7 +12,9 @@ missing. The unit tests at the top run anywhere.
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
+import subprocess
 import sys
 import textwrap
 import threading
@@ -36,6 +38,8 @@ from charon_net import (
 )
 from swcmp.deploy import CredentialPair, DeployError, DeployUnavailable
 from swcmp.errors import ConfigError
+from swcmp.keystore.token import secrets_text
+from swcmp.names import validate_session_name
 from swcmp.strongswan import (
     ViciDeployer,
     key_id_from_cert_pem,
@@ -366,3 +370,30 @@ def test_first_enrolment_without_previous_pair(net: CharonNet) -> None:
     assert result.deployed and f"{cert.serial_number:#x}" in result.detail
     assert net.a.key_ids() == {key_id_from_public_key(key.public_key())}
     assert net.serial_b_saw_for_a() == cert.serial_number
+
+
+@charon_test
+@pytest.mark.parametrize("session_name", ["gw1.example.net", "gw_1", "a.b_c-d", "gw1"])
+def test_every_session_name_gives_a_secrets_entry_swanctl_loads(net: CharonNet,
+                                                                 session_name: str) -> None:
+    # a token session's secrets entry in conf.d: with the name as it is, a '.' made
+    # `swanctl --load-all` stop at a syntax error and load no connection at all
+    validate_session_name(session_name)  # a name swcmp accepts
+    node = net.a
+    conf_d = node.swanctl_dir / "conf.d"
+    (conf_d / f"swcmp-{session_name}.conf").write_text(
+        secrets_text(session_name, "0123456789abcdef", "1234"))
+    with node.session() as s:
+        for conn in list(s.get_conns()["conns"]):
+            s.unload_conn({"name": conn})
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin"),
+           "STRONGSWAN_CONF": str(node.conf), "SWANCTL_DIR": str(node.swanctl_dir)}
+    proc = subprocess.run(["swanctl", "--load-all", "--noprompt", "--uri", node.uri,
+                           "--file", str(node.swanctl_conf)], capture_output=True, text=True,
+                          env=env, timeout=30, check=False)
+    out = proc.stdout + proc.stderr
+    assert "syntax error" not in out and "parsing" not in out.lower(), out
+    # the connections were loaded (the token itself is absent: its key fails to load)
+    with node.session() as s:
+        assert "gw" in [c.decode() if isinstance(c, bytes) else c
+                        for c in s.get_conns()["conns"]], out

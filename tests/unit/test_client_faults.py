@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from pki import TestPKI, name
+from pki import TestPKI, make_pki, name
 from scripted_ca import SECRET, ScriptedCA
 from swcmp.cmp import keys
 from swcmp.cmp.client import CMPClient
@@ -93,3 +93,21 @@ def test_poll_timeout_names_transaction(tmp_path: Path, pki: TestPKI) -> None:
     with pytest.raises(PollingTimeoutError, match="transaction"):
         c.initial(key=pki.gw_key, subject=name("gw1.example.net"),
                   protection=MacProtection(reference=b"ca", secret=SECRET))
+
+
+def test_with_trust_anchors_a_certificate_chaining_only_to_a_capubs_root_is_refused(
+        pki: TestPKI, tmp_path: Path) -> None:
+    # the CA (MAC-protected) issues under a root it sends in caPubs; the session trusts
+    # another root: the certificate must chain to the configured anchor
+    other = make_pki(tmp_path / "other")
+    ca = ScriptedCA(pki, pki.gw)
+    c = CMPClient(ca, recipient=pki.root.subject, sleep=lambda s: None, trust=[other.root])
+    with pytest.raises(CertificateRejectedError, match=r"trust anchor|chain|issuer"):
+        c.initial(key=pki.gw_key, subject=name("gw1.example.net"),
+                  protection=MacProtection(reference=b"ca", secret=SECRET))
+    assert [m.body_type for m in ca.seen] == ["ir", "certConf"]  # the certConf rejects it
+    # trusting the root the CA uses, the same answer is accepted
+    ca = ScriptedCA(pki, pki.gw)
+    CMPClient(ca, recipient=pki.root.subject, sleep=lambda s: None, trust=[pki.root]).initial(
+        key=pki.gw_key, subject=name("gw1.example.net"),
+        protection=MacProtection(reference=b"ca", secret=SECRET))

@@ -8,9 +8,11 @@ import os
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pki import big_crl, make_pki
 from swcmp.cmp import certs, codec, keys, oids
 from swcmp.cmp.messages import (
     AlgorithmId,
@@ -145,6 +147,30 @@ def test_random_bytes_raise_only_protocol_error(data: bytes) -> None:
         pass
     else:  # random bytes are never a valid PKIMessage
         pytest.fail("random bytes decoded as a PKIMessage")
+
+
+def test_a_genp_with_a_crl_of_1_mib_and_20000_entries_is_accepted(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # legitimate data: a CA's CRL of 20,000 entries (140,000 DER elements) just under
+    # 1 MiB. The bound is the size (and the CPU it costs, bench/bench_crl.py), not the
+    # number of elements inside a value pyasn1 takes in one piece.
+    pki = make_pki(tmp_path)
+    crl = big_crl(pki.root.subject, pki.root_key, 20_000)
+    crl_der = crl.public_bytes(serialization.Encoding.DER)
+    assert 1_000_000 < len(crl_der) <= 1024 * 1024
+    m = roundtrip(codec.genm_body([InfoValue(oids.IT_CURRENT_CRL, crl_der)], kind="genp"))
+    assert m.body == (InfoValue(oids.IT_CURRENT_CRL, crl_der),)
+    assert len(x509.load_der_x509_crl(m.body[0].value_der)) == 20_000  # type: ignore[index,union-attr,arg-type]
+
+
+def test_elements_outside_genp_values_are_still_counted() -> None:
+    # the same number of elements as free text of an error is refused before pyasn1
+    texts = tuple("x" for _ in range(codec.MAX_ELEMENTS))
+    with pytest.raises(ProtocolError, match="DER elements"):
+        roundtrip(codec.error_body(StatusInfo(2, frozenset(), texts)))
+    # and so is a genp whose items (not their values) are too many
+    items = [InfoValue(oids.IT_CA_CERTS, None)] * (codec.MAX_ELEMENTS // 2)
+    with pytest.raises(ProtocolError, match="DER elements"):
+        roundtrip(codec.genm_body(items, kind="genp"))
 
 
 def test_crl_status_list_value_decodes_with_pyasn1_alt_modules() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import pytest
 from cryptography import x509
@@ -19,6 +20,7 @@ from swcmp.names import (
     parse_dn,
     parse_san,
     parse_sans,
+    swanctl_section_name,
     validate_session_name,
 )
 
@@ -282,3 +284,14 @@ class TestSessionName:
     def test_bad(self, name: str) -> None:
         with pytest.raises(ConfigError, match="invalid session name"):
             validate_session_name(name)
+
+
+@given(st.lists(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", fullmatch=True),
+                min_size=2, max_size=2, unique=True))
+def test_swanctl_section_names_are_distinct_and_dot_free(pair: list[str]) -> None:
+    a, b = (swanctl_section_name(n) for n in pair)
+    assert a != b
+    assert "." not in a + b
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", a + b)
+    assert swanctl_section_name("gw1") == "gw1"
+    assert swanctl_section_name("gw1.example.net") == "gw1_2eexample_2enet"

@@ -16,12 +16,15 @@ from swcmp.policy import (
     JITTER_CAP,
     JITTER_SHARE,
     MIN_AGE_SHARE,
+    MIN_RENEW_INTERVAL,
     RETRY_CAP,
     RETRY_START,
     ExpireTime,
+    floor_warning,
     jitter_fraction,
     plan,
     renew_at,
+    renewal_floor,
     retry_delay,
 )
 from swcmp.session import Session
@@ -122,3 +125,48 @@ def test_retry_after_replaces_the_backoff_within_bounds(retry_after: float,
 
     now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
     assert retry_delay(5, now=now, not_after=now + left, retry_after=retry_after) == expected
+
+
+def test_a_backdated_certificate_is_not_due_the_moment_it_arrives(pki: TestPKI) -> None:
+    # a 10-minute certificate whose notBefore the CA put 60 s in the past, with
+    # expire_time 95%: due 33 s after notBefore, i.e. 27 s before it arrived. Counted
+    # from notBefore alone the floor (66 s) lets it be renewed 6 s after arrival, again
+    # and again; counted from its arrival, not before a tenth of what was left (60 s).
+    arrived = T0 + dt.timedelta(seconds=60)
+    cert = pki.issue(keys.generate_key("ecdsa:p256"), not_before=T0,
+                     days=11 / (24 * 60))
+    s = session(expire_time=ExpireTime(percent=95))
+    st = SessionState()
+    st.record("kur", True, "renewed", now=arrived, serial=f"{cert.serial_number:x}")
+    floor = arrived + (cert.not_valid_after_utc - arrived) * MIN_AGE_SHARE
+    assert renew_at(cert, s.expire_time, "gw1", arrived) == floor
+    assert floor - arrived == dt.timedelta(seconds=60)
+    assert not plan(s, cert, st, arrived + dt.timedelta(seconds=6)).due
+    assert not plan(s, cert, st, floor - dt.timedelta(seconds=1)).due
+    assert plan(s, cert, st, floor).due
+    # a state that records another certificate's arrival does not count for this one
+    other = SessionState()
+    other.record("kur", True, "renewed", now=arrived, serial="abc")
+    assert plan(s, cert, other, arrived + dt.timedelta(seconds=6)).due
+
+
+@given(lifetime=st.integers(60, 10**9), late=st.integers(0, 10**9),
+       percent=st.integers(10, 100))
+def test_the_floor_is_at_least_the_minimum_interval_after_arrival(lifetime: int, late: int,
+                                                                  percent: int) -> None:
+    nb = T0
+    na = nb + dt.timedelta(seconds=lifetime)
+    arrived = nb + dt.timedelta(seconds=min(late, lifetime - 1))
+    floor = renewal_floor(nb, na, arrived)
+    assert floor >= arrived + MIN_RENEW_INTERVAL
+    assert floor >= nb + (na - nb) * MIN_AGE_SHARE
+
+
+def test_floor_warning_for_policies_that_ask_for_less_than_the_floor(pki: TestPKI) -> None:
+    cert = pki.issue(keys.generate_key("ecdsa:p256"), not_before=T0, days=10)
+    assert floor_warning(ExpireTime(percent=95), None) is not None
+    assert floor_warning(ExpireTime(percent=90), cert) is None
+    assert floor_warning(ExpireTime.before_expiry(dt.timedelta(days=9, hours=12)),
+                         cert) is not None
+    assert floor_warning(ExpireTime.before_expiry(dt.timedelta(days=9, hours=12)), None) is None
+    assert floor_warning(ExpireTime.before_expiry(dt.timedelta(days=5)), cert) is None

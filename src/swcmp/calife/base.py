@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from swcmp.calife.state import CaLifeError, CaLifeStore, _current_cert, _iso
+from swcmp.calife.state import (
+    CA_CERTS,
+    CURRENT_CRL,
+    ROOT_UPDATE,
+    CaLifeError,
+    CaLifeStore,
+    _current_cert,
+    _iso,
+)
 from swcmp.errors import (
     CMPErrorResponse,
     SwcmpError,
@@ -49,7 +57,8 @@ class _Base:
     def _client(self, session: Session) -> CMPClient:
         from swcmp.enroll import make_client
 
-        return make_client(session, transport=self.transport, paths=self.paths)
+        return make_client(session, transport=self.transport, paths=self.paths,
+                           clock=self.clock)
 
     def _protection(self, session: Session) -> Protection:
         """Signed with the session's certificate when it has one (and it is not revoked),
@@ -89,10 +98,15 @@ class _Base:
                 if e.protected and remember:
                     # The CA itself said no: do not ask it every pass.
                     st.unsupported[question] = {"since": _iso(now), "error": str(e)[:300]}
+                elif remember:
+                    st.failed(question, now, _retry_after(e))
                 st.last_error[question] = f"{_iso(now)}: {str(e)[:300]}"
             raise
         except SwcmpError as e:
             with store.update() as st:
+                if remember:
+                    # unreachable, HTTP errors, a bad answer: asked again after the backoff
+                    st.failed(question, now, _retry_after(e))
                 st.last_error[question] = f"{_iso(now)}: {str(e)[:300]}"
             raise
         finally:
@@ -100,13 +114,17 @@ class _Base:
         with store.update() as st:
             st.unsupported.pop(question, None)
             st.last_error.pop(question, None)
+            st.answered(question)
             if remember:
                 st.checked[question] = _iso(now)
         return answer
 
     def _refused(self, session: Session, question: str, message: str) -> CaLifeError:
         with CaLifeStore(self.paths, session.name).update() as st:
-            st.last_error[question] = f"{_iso(self.clock())}: {message[:300]}"
+            now = self.clock()
+            st.last_error[question] = f"{_iso(now)}: {message[:300]}"
+            if question in (CA_CERTS, ROOT_UPDATE, CURRENT_CRL):
+                st.failed(question, now, None)  # an answer refused is a failure too
         return CaLifeError(message).with_hint(
             "nothing was stored; the session keeps its current CA certificates, trust "
             "anchors and CRL. If the CA is genuine, ask its operator")
@@ -127,3 +145,17 @@ class _Base:
         from swcmp.store import load_trust
 
         return load_trust(session)
+
+
+def _retry_after(e: BaseException) -> float | None:
+    """The Retry-After (seconds) of an HTTP 503/429 behind ``e``, if there is one."""
+    from swcmp.errors import HTTPStatusError
+
+    cur: BaseException | None = e
+    for _ in range(8):
+        if cur is None:
+            break
+        if isinstance(cur, HTTPStatusError) and cur.retry_after is not None:
+            return cur.retry_after
+        cur = cur.__cause__
+    return None

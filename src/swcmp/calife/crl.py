@@ -50,7 +50,8 @@ class Crls(_Base):
     def crl_due(self, session: Session, st: CaLifeState | None = None) -> bool:
         st = st or CaLifeStore(self.paths, session.name).load()
         now = self.clock()
-        if st.is_unsupported(CURRENT_CRL, now) and st.is_unsupported(CRL_STATUS_LIST, now):
+        if (st.is_unsupported(CURRENT_CRL, now) and st.is_unsupported(CRL_STATUS_LIST, now)) \
+                or st.backing_off(CURRENT_CRL, now):
             return False
         nxt = _time((st.crl or {}).get("refresh_at"))
         return nxt is None or now >= nxt or not crl_file(self.paths, session.name).exists()

@@ -74,21 +74,24 @@ class CaLife(CaCerts, RootUpdate, Revocation, Crls):
         notes: list[str] = []
         if _current_cert(self.paths, session.name) is None:
             return notes, None
-        steps: list[tuple[str, Callable[[], Any]]] = []
-        st = CaLifeStore(self.paths, session.name).load()
+        steps: list[tuple[str, str, Callable[[], Any]]] = []
+        store = CaLifeStore(self.paths, session.name)
+        st = store.load()
         now = self.clock()
         # each step sees the session as the steps before left it (late binding of `session`)
-        steps.append(("old roots", lambda: self.drop_expired_roots(session, st=st)))
+        steps.append(("old roots", "", lambda: self.drop_expired_roots(session, st=st)))
         if st.pending_revocations:
-            steps.append(("revocations", lambda: self.retry_revocations(session)))
+            steps.append(("revocations", "", lambda: self.retry_revocations(session)))
         if st.due(ROOT_UPDATE, now):
-            steps.append(("root CA update", lambda: self.update_root(session).message))
+            steps.append(("root CA update", ROOT_UPDATE,
+                          lambda: self.update_root(session).message))
         if st.due(CA_CERTS, now):
-            steps.append(("CA certificates", lambda: self.refresh_ca_certs(session).message))
+            steps.append(("CA certificates", CA_CERTS,
+                          lambda: self.refresh_ca_certs(session).message))
         if self.crl_due(session, st):
-            steps.append(("CRL", lambda: self.refresh_crl(session).message))
+            steps.append(("CRL", CURRENT_CRL, lambda: self.refresh_crl(session).message))
         out: Any = None
-        for what, step in steps:
+        for i, (what, question, step) in enumerate(steps):
             try:
                 out = step()
                 if what == "root CA update":  # it may have added trust anchors
@@ -97,7 +100,15 @@ class CaLife(CaCerts, RootUpdate, Revocation, Crls):
                 log.warning("%s: %s: %s", session.name, what, e)
                 notes.append(f"{what}: {e}")
                 if isinstance(e, TransportError):
-                    break  # a CA that cannot be reached is not asked the next question
+                    # a CA that cannot be reached is not asked the next questions: they
+                    # wait as long as this one (not counted as failures: never asked)
+                    with store.update() as now_st:
+                        until = now_st.next_try.get(question)
+                        for _what, later, _step in steps[i + 1:]:
+                            if later and until:
+                                now_st.next_try[later] = max(until,
+                                                             now_st.next_try.get(later, ""))
+                    break
                 continue
             if isinstance(out, list):
                 notes.extend(out)
@@ -122,7 +133,8 @@ class CaLife(CaCerts, RootUpdate, Revocation, Crls):
                 times.append(since + UNSUPPORTED_RETRY)
                 continue
             last = _time(st.checked.get(q))
-            times.append(last + CHECK_EVERY if last else self.clock())
+            due = last + CHECK_EVERY if last else self.clock()
+            times.append(max(due, _time(st.next_try.get(q)) or due))
         refresh = _time((st.crl or {}).get("refresh_at"))
         # a CRL is asked by crlStatusList or currentCRL: due again when either is
         crl_since = [_time(st.unsupported.get(q, {}).get("since"))
@@ -131,7 +143,8 @@ class CaLife(CaCerts, RootUpdate, Revocation, Crls):
                 st.is_unsupported(q, self.clock()) for q in (CRL_STATUS_LIST, CURRENT_CRL)):
             times.append(min(t for t in crl_since if t is not None) + UNSUPPORTED_RETRY)
         else:
-            times.append(refresh or self.clock())
+            due = refresh or self.clock()
+            times.append(max(due, _time(st.next_try.get(CURRENT_CRL)) or due))
         times += [t for p in st.pending_revocations if (t := _time(p.get("next_try")))]
         if st.rollover and st.rollover.get("state") != "done":
             t = _time(st.rollover.get("old_not_after"))

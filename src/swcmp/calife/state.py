@@ -35,6 +35,12 @@ UNSUPPORTED_RETRY = timedelta(days=30)
 CRL_DEFAULT_REFRESH = timedelta(days=1)
 #: ...and never sooner than this after a fetch (a CRL already past its nextUpdate).
 CRL_MIN_REFRESH = timedelta(hours=1)
+#: A CA-life question that failed (the CA unreachable, HTTP errors, a refused answer) is
+#: asked again after this, doubling with each consecutive failure up to FAILED_RETRY_CAP,
+#: or after the CA's Retry-After when that is longer: a failing CA is asked a few times
+#: on the first day per session and question, then once a day.
+FAILED_RETRY_START = timedelta(hours=1)
+FAILED_RETRY_CAP = timedelta(days=1)
 #: A failed revocation is retried after this, doubling up to REVOKE_RETRY_CAP.
 REVOKE_RETRY_START = timedelta(minutes=5)
 REVOKE_RETRY_CAP = timedelta(days=1)
@@ -130,6 +136,8 @@ class CaLifeState:
             session's current certificate.
         crl: the cached CRL: file, issuer, thisUpdate, nextUpdate, CRL number, entries.
         last_error: per question, the last failure (for status).
+        failures: per question, the failures since it was last answered.
+        next_try: per question that failed, the time before which it is not asked again.
     """
 
     checked: dict[str, str] = field(default_factory=dict)
@@ -139,11 +147,17 @@ class CaLifeState:
     revoked: list[dict[str, Any]] = field(default_factory=list)
     crl: dict[str, Any] | None = None
     last_error: dict[str, str] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    next_try: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CaLifeState:
         st = cls()
-        for name in ("checked", "last_error"):
+        v = data.get("failures")
+        if isinstance(v, dict):
+            st.failures = {str(k)[:40]: x for k, x in list(v.items())[:16]
+                           if isinstance(x, int) and not isinstance(x, bool) and x >= 0}
+        for name in ("checked", "last_error", "next_try"):
             v = data.get(name)
             if isinstance(v, dict):
                 setattr(st, name, {str(k): str(x) for k, x in v.items()
@@ -172,9 +186,31 @@ class CaLifeState:
         since = _time(self.unsupported.get(question, {}).get("since"))
         return since is not None and now < since + UNSUPPORTED_RETRY
 
+    def backing_off(self, question: str, now: datetime) -> bool:
+        """Whether ``question`` failed lately and its next try has not come yet."""
+        nxt = _time(self.next_try.get(question))
+        return nxt is not None and now < nxt
+
+    def failed(self, question: str, now: datetime, retry_after: float | None) -> datetime:
+        """Count a failure of ``question``; return (and keep) when to ask it next."""
+        n = self.failures.get(question, 0) + 1
+        self.failures[question] = n
+        delay = min(FAILED_RETRY_START * (1 << min(n - 1, 16)), FAILED_RETRY_CAP)
+        if retry_after is not None:  # the CA's time when it is longer, never past the cap
+            delay = max(delay, min(timedelta(seconds=retry_after), FAILED_RETRY_CAP))
+        nxt = now + delay
+        self.next_try[question] = _iso(nxt)
+        return nxt
+
+    def answered(self, question: str) -> None:
+        """``question`` was answered: its failures and backoff are over."""
+        self.failures.pop(question, None)
+        self.next_try.pop(question, None)
+
     def due(self, question: str, now: datetime) -> bool:
-        """Whether serve should ask ``question`` now (weekly, not if recently refused)."""
-        if self.is_unsupported(question, now):
+        """Whether serve should ask ``question`` now (weekly, not if recently refused,
+        not before the backoff after failures ends)."""
+        if self.is_unsupported(question, now) or self.backing_off(question, now):
             return False
         last = _time(self.checked.get(question))
         return last is None or now >= last + CHECK_EVERY

@@ -48,7 +48,8 @@ def status_info(session: Session, paths: Paths, now: datetime) -> dict[str, Any]
     return {"roots": roots, "rollover": rollover, "crl": st.crl,
             "unsupported": st.unsupported, "checked": st.checked,
             "pending_revocations": st.pending_revocations, "revoked": st.revoked,
-            "current_revoked": revoked_current, "last_error": st.last_error}
+            "current_revoked": revoked_current, "last_error": st.last_error,
+            "failures": st.failures, "next_try": st.next_try}
 
 
 def status_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
@@ -77,6 +78,10 @@ def status_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
                                        f"attempts; {p.get('last_error', 'not tried yet')})"))
     for q, u in info.get("unsupported", {}).items():
         rows.append(("CA lacks", f"{q} (answered {u.get('since')}: {u.get('error')})"))
+    for q, n in info.get("failures", {}).items():
+        rows.append(("CA failing", f"{q}: {n} failure(s), next try "
+                                   f"{info.get('next_try', {}).get(q, '-')}; last: "
+                                   f"{info.get('last_error', {}).get(q, '')}"))
     return rows
 
 

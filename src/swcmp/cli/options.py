@@ -160,7 +160,9 @@ def setting_options(f: F) -> F:
             help="When to renew. A PERCENT (10-100, default 50) is the share of the "
             "validity period that must still REMAIN: 50 renews half-way, 20 when a fifth "
             "is left. Or an absolute DURATION before expiry: 30d, 12h, 1d12h, 90m. "
-            "Never before a tenth of the validity period has passed (no renewal loops).",
+            "Never before a tenth of the validity period has passed, counted from "
+            "notBefore and from when swcmp received the certificate (at least 5 s): no "
+            "renewal loops; `session set` warns about values that ask for sooner.",
         ),
         click.option(
             "--connection",

@@ -65,6 +65,21 @@ def _warn_if_auto_update_breaks(env: CliEnv, s: Session) -> None:
         )
 
 
+def _warn_if_below_floor(env: CliEnv, s: Session) -> None:
+    """Say when expire_time asks for renewals sooner than swcmp's renewal floor allows."""
+    from swcmp.cmp import certs
+    from swcmp.errors import SwcmpError
+    from swcmp.policy import floor_warning
+
+    try:
+        cert = certs.load_certificate(env.paths.cert_file(s.name).read_bytes())
+    except (OSError, SwcmpError):
+        cert = None
+    why = floor_warning(s.expire_time, cert)
+    if why:
+        click.echo(f"warning: {why}", err=True)
+
+
 def _warn_about_names(env: CliEnv, s: Session, changed: list[str]) -> None:
     """Warn when a new CA name matches no known CA, or new names miss the certificate."""
     from swcmp.checks import name_checks
@@ -128,6 +143,8 @@ def session_set(name: str, **options: Any) -> None:
     env.emit(saved.describe(), _session_show_text(env, saved))
     _warn_about_names(env, saved, list(values))
     _warn_if_auto_update_breaks(env, saved)
+    if "expire_time" in values:
+        _warn_if_below_floor(env, saved)
 
 
 def _complete_fields(incomplete: str) -> list[CompletionItem]:

@@ -133,7 +133,8 @@ def status(name: str | None) -> None:
     States: idle, due, in_progress, polling, failed (waiting to retry), standby
     (this node's HA role is not active, or its role source cannot be read),
     needs_ir (no valid certificate: run `swcmp request initial`), disabled
-    (auto-update off).
+    (auto-update off). Exit code 1 when a session file cannot be read (listed
+    under "errors").
     """
     env = _env()
     now = _now()
@@ -158,6 +159,8 @@ def status(name: str | None) -> None:
         text = render.status_table(text_entries, now=now, notes=notes,
                                    width=render.output_width())
     env.emit({"sessions": entries, "errors": errors}, text)
+    if errors:  # a broken session file renews nothing: never silent
+        click.get_current_context().exit(1)
 
 
 def _status_role(env: CliEnv) -> tuple[Role | None, list[str]]:

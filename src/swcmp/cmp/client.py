@@ -597,8 +597,11 @@ class CMPClient:
                 f"the issued certificate's subject '{text.safe(cert.subject.rfc4514_string())}' "
                 "is not the one requested")
         anchors = list(self.trust)
-        if verified.kind == "mac":
-            anchors.extend(ca_pubs)  # the MAC with our secret vouches for them
+        if verified.kind == "mac" and not anchors:
+            # the MAC with our secret vouches for them, when nothing else is trusted;
+            # with trust anchors configured, the certificate must chain to those (a
+            # root sent only in caPubs is at most an intermediate on the way)
+            anchors.extend(ca_pubs)
         return certs.build_chain(cert, anchors=anchors, untrusted=[*extra, *ca_pubs],
                                  now=self.clock())
 

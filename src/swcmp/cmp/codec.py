@@ -44,10 +44,14 @@ from swcmp.cmp.messages import (
 
 log = logging.getLogger(__name__)
 
-#: Largest message swcmp decodes; CMP messages with a few certificates are a few KiB.
-MAX_MESSAGE_SIZE = 1024 * 1024
+#: Largest message swcmp decodes; CMP messages with a few certificates are a few KiB, a
+#: genp with a CA's CRL may hold a CRL of 1 MiB (20,000 entries or more) and its envelope.
+MAX_MESSAGE_SIZE = 2 * 1024 * 1024
 #: DER elements in a message's header and body that swcmp hands to pyasn1 (a certificate
 #: has a few hundred; pyasn1 needs about 4 microseconds each), and how deep they may nest.
+#: The values of genm/genp items (CA certificates, a CRL, a root update) are not counted:
+#: pyasn1 takes them as ANY (their bytes, in one piece) and cryptography parses them, at a
+#: cost bounded by their size (bench/bench_hostile.py measures a 1 MiB CRL).
 MAX_ELEMENTS = 50_000
 MAX_DEPTH = 48
 #: extraCerts one message may carry (more is refused; they are not decoded by pyasn1).
@@ -716,6 +720,27 @@ def decode_message(data: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> PKIMessa
             "-v shows details") from e
 
 
+def _pyasn1_view(body_tlv: der.TLV) -> bytes:
+    """The body as pyasn1 walks it, for counting its elements.
+
+    In a genm or genp, each InfoTypeAndValue's value is an ANY: pyasn1 takes its
+    bytes without looking inside, so it stands here as one element (a NULL). Any
+    other body is counted as it is.
+    """
+    if BODY_TAGS.get(body_tlv.tag - 0xA0) not in ("genm", "genp") or body_tlv.tag & 0xE0 != 0xA0:
+        return body_tlv.raw
+    inner_tlvs = body_tlv.children()
+    if len(inner_tlvs) != 1 or inner_tlvs[0].tag != 0x30:
+        return body_tlv.raw  # refused by the decoder; counted as it is meanwhile
+    items = []
+    for item in inner_tlvs[0].children():
+        fields = item.children() if item.constructed else []
+        items.append(der.sequence(*(f.raw for f in fields[:1]), *([b"\x05\x00"] * (
+            len(fields) > 1)), *(f.raw for f in fields[2:])))
+    inner = der.sequence(*items)
+    return bytes([body_tlv.tag]) + der.encode_length(len(inner)) + inner
+
+
 def _decode_message(data: bytes) -> PKIMessageInfo:
     outer = der.single(data)
     if outer.tag != 0x30:
@@ -750,7 +775,7 @@ def _decode_message(data: bytes) -> PKIMessageInfo:
     # pyasn1 sees only the header and the body, and only after they were counted:
     # its cost grows with the number of elements, and extraCerts (outside the
     # protection, so anyone's to add) are left to cryptography, a few at a time.
-    core = der.sequence(header_tlv.raw, body_tlv.raw)
+    core = der.sequence(header_tlv.raw, _pyasn1_view(body_tlv))
     der.census(core, max_elements=MAX_ELEMENTS, max_depth=MAX_DEPTH)
     if header_tlv.tag != 0x30:
         raise ProtocolError("malformed CMP message: the header is not a SEQUENCE")

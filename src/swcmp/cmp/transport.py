@@ -44,7 +44,8 @@ from swcmp.cmp.urls import check_server_url
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/pkixcmp"
-MAX_RESPONSE_SIZE = 1024 * 1024
+#: Largest answer read (a genp may carry a CRL of 1 MiB; see codec.MAX_MESSAGE_SIZE).
+MAX_RESPONSE_SIZE = 2 * 1024 * 1024
 #: Default total time of one exchange, connect to last byte (session setting ``timeout``).
 DEFAULT_TIMEOUT = 60.0
 #: Longest Retry-After honoured (seconds); a later one is taken as this.

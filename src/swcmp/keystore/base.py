@@ -86,6 +86,11 @@ class KeyStore(Protocol):
         """True when a staged key waits to be certified."""
         ...
 
+    def discard_staged(self, j: Journal, entry: JournalEntry) -> None:
+        """Destroy the staged key: its transaction ended without a certificate, and a CA
+        that enforces unique public keys would refuse it in every later one."""
+        ...
+
     def install(self, j: Journal, cert: x509.Certificate,
                 checkpoint: Callable[[str], None]) -> Installed:
         """Make the staged (or live) key and ``cert`` the session's live pair, keeping

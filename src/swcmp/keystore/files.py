@@ -147,6 +147,9 @@ class FileKeys:
     def has_staged(self, j: Journal, entry: JournalEntry) -> bool:
         return j.key_file.exists()
 
+    def discard_staged(self, j: Journal, entry: JournalEntry) -> None:
+        fsutil.remove_file(j.key_file, missing_ok=True)
+
     def install(self, j: Journal, cert: x509.Certificate,
                 checkpoint: Callable[[str], None]) -> Installed:
         """Write the staged (or live) key and ``cert`` in the order that never leaves a

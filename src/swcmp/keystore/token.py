@@ -46,6 +46,7 @@ from swcmp.errors import ConfigError, RenewalError, StorageError, SwcmpError
 from swcmp.keystore.base import HeldKeys, Installed
 from swcmp.keystore.pkcs11 import TokenConfig, TokenKey, TokenStore, TokenUri, new_key_id
 from swcmp.keystore.token_checks import secrets_file
+from swcmp.names import swanctl_section_name
 from swcmp.paths import Paths
 from swcmp.session import Session
 from swcmp.store import Journal, JournalEntry, archive_pair, ca_certs_pem, write_cert
@@ -177,21 +178,8 @@ class TokenKeys:
         swanctl.conf must include ``conf.d/*.conf`` (Debian's does) for swanctl to
         read it; ``session check`` says so when it does not.
         """
-        pin = self.store.pin()
-        if any(c in pin for c in '"\\\n'):
-            raise ConfigError("the PIN contains a quote, backslash or line break, which "
-                              "swanctl.conf cannot hold").with_hint(
-                "use a PIN without them, or write the secrets entry by hand")
-        name = self.session.name
+        text = secrets_text(self.session.name, key.handle, self.store.pin())
         path = secrets_file(self.paths, self.session)
-        text = (f"# Written by swcmp for session {name}: the key is in a PKCS#11 token\n"
-                "# (CKA_ID below). Rewritten at each renewal; do not edit.\n"
-                "secrets {\n"
-                f"  {SECRETS_PREFIX}{name} {{\n"
-                f"    handle = {key.handle}\n"
-                f'    pin = "{pin}"\n'
-                "  }\n"
-                "}\n")
         fsutil.ensure_dir(path.parent, mode=0o755)
         fsutil.atomic_write(path, text.encode(), mode=0o600)
         return path
@@ -231,6 +219,10 @@ class TokenKeys:
 
     def has_staged(self, j: Journal, entry: JournalEntry) -> bool:
         return entry.token_id is not None
+
+    def discard_staged(self, j: Journal, entry: JournalEntry) -> None:
+        if entry.token_id:
+            self.store.destroy(bytes.fromhex(entry.token_id))
 
     def install(self, j: Journal, cert: x509.Certificate,
                 checkpoint: Callable[[str], None]) -> Installed:
@@ -381,3 +373,27 @@ class TokenKeys:
         except SwcmpError as e:
             return token_checks(self.session, self.paths, e)
         return token_checks(self.session, self.paths, store)
+
+
+def secrets_text(session_name: str, handle: str, pin: str) -> str:
+    """The ``secrets`` entry of a token session as swanctl.conf text.
+
+    The section is ``token-swcmp-`` and the session name as swanctl can read it
+    (:func:`swcmp.names.swanctl_section_name`: ``gw1.example.net`` becomes
+    ``token-swcmp-gw1_2eexample_2enet``).
+
+    Raises:
+        ConfigError: the PIN holds a character swanctl.conf cannot quote.
+    """
+    if any(c in pin for c in '"\\\n'):
+        raise ConfigError("the PIN contains a quote, backslash or line break, which "
+                          "swanctl.conf cannot hold").with_hint(
+            "use a PIN without them, or write the secrets entry by hand")
+    return (f"# Written by swcmp for session {session_name}: the key is in a PKCS#11 token\n"
+            "# (CKA_ID below). Rewritten at each renewal; do not edit.\n"
+            "secrets {\n"
+            f"  {SECRETS_PREFIX}{swanctl_section_name(session_name)} {{\n"
+            f"    handle = {handle}\n"
+            f'    pin = "{pin}"\n'
+            "  }\n"
+            "}\n")

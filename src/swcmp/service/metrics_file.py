@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def write(target: Path, paths: Paths, role: Role,
           seen: Sequence[tuple[Session, x509.Certificate | None, SessionState, Plan]],
-          charon: Callable[[], CharonView | None]) -> None:
+          charon: Callable[[], CharonView | None], unreadable: Sequence[str] = ()) -> None:
     """Render the sessions ``seen`` in a pass and charon's view into ``target``, atomically."""
     from swcmp import metrics
     from swcmp.renewal import interrupted
@@ -37,7 +37,7 @@ def write(target: Path, paths: Paths, role: Role,
             session=s, cert=cert, state=st, state_name=state,
             renew_at_ts=p.renew_at.timestamp() if p.renew_at else None,
             ca_certs=metrics.ca_certificates(s, paths)))
-    text = metrics.render(views, role=role, charon=charon())
+    text = metrics.render(views, role=role, charon=charon(), unreadable=unreadable)
     try:
         fsutil.ensure_dir(target.parent, mode=0o755)
         fsutil.atomic_write(target, text.encode(), mode=0o644)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
@@ -20,7 +21,7 @@ from swcmp.cmp import certs
 from swcmp.cmp.text import safe
 from swcmp.deploy import Charon
 from swcmp.enroll import Outcome
-from swcmp.errors import NeedsInitialRequest, RenewalError, SwcmpError
+from swcmp.errors import NeedsInitialRequest, RenewalError, SessionFileError, SwcmpError
 from swcmp.ha import Role
 from swcmp.metrics import CharonView, failure_key
 from swcmp.paths import Paths
@@ -151,6 +152,8 @@ class RenewalService:
     next_check: datetime | None = None
     #: The HA role read by the last pass.
     role: Role = field(default_factory=lambda: Role(None, False))
+    #: Session files the last listing could not read: each is that session's failure.
+    broken: tuple[SessionFileError, ...] = ()
 
     def renewer(self, s: Session) -> Renewer:
         return Renewer(self.paths, charon=self.charon, clock=self.clock,
@@ -163,6 +166,7 @@ class RenewalService:
         listing = store.list()
         for err in listing.errors:
             log.error("skipping a broken session file: %s", err)
+        self.broken = listing.errors
         return list(listing.sessions)
 
     @reads_sessions_once
@@ -178,11 +182,17 @@ class RenewalService:
         states = StateStore(self.paths)
         for s in self.sessions(names):
             now = self.clock()
-            st = states.load(s.name)
-            p = plan(s, load_cert(self.paths, s.name), st, now)
-            # A renewal confirmed at the CA but not yet committed is finished at
-            # once, whatever the schedule says (it needs no CA contact).
-            pending = interrupted(self.paths, s.name)
+            try:
+                st = states.load(s.name)
+                p = plan(s, load_cert(self.paths, s.name), st, now)
+                # A renewal confirmed at the CA but not yet committed is finished at
+                # once, whatever the schedule says (it needs no CA contact).
+                pending = interrupted(self.paths, s.name)
+            except Exception as e:  # a damaged file of one session is that session's failure
+                log.error("%s: cannot plan its renewal: %s: %s", s.name, type(e).__name__, e)
+                reports.append(SessionReport(s.name, "failed",
+                                             f"cannot read its files: {type(e).__name__}: {e}"))
+                continue
             if pending not in ("confirmed", "committing"):
                 pending = None
             if standby:
@@ -210,6 +220,14 @@ class RenewalService:
             todo.append((len(reports) - 1, s, p))
         for i, report in self._renew_by_ca(todo):
             reports[i] = report
+        if not names:
+            # a typo in a session file is never silent: the session failed, not skipped
+            for err in self.broken:
+                where = f" (line {err.line})" if err.line else ""
+                reports.append(SessionReport(
+                    Path(err.path).stem, "failed",
+                    f"its session file {err.path}{where} is broken: "
+                    f"{err.args[0] if err.args else err}"))
         ca_due: list[datetime] = []
         if not dry_run and not standby:
             self.unload_stale_keys()
@@ -432,8 +450,11 @@ class RenewalService:
         states = StateStore(self.paths)
         seen = []
         for s in self.sessions():
-            cert, st = load_cert(self.paths, s.name), states.load(s.name)
-            seen.append((s, cert, st, plan(s, cert, st, now)))
+            try:
+                cert, st = load_cert(self.paths, s.name), states.load(s.name)
+                seen.append((s, cert, st, plan(s, cert, st, now)))
+            except Exception as e:  # one session's damaged files must not end serve
+                log.error("%s: cannot read its state: %s: %s", s.name, type(e).__name__, e)
         return seen
 
     @staticmethod
@@ -449,8 +470,10 @@ class RenewalService:
         """The Prometheus textfile (see :mod:`swcmp.metrics`), written atomically."""
         if self.host.metrics_file is None:
             return
-        metrics_file.write(self.host.metrics_file, self.paths, self.role,
-                           seen if seen is not None else self._survey(), self._charon_view)
+        seen = seen if seen is not None else self._survey()
+        metrics_file.write(self.host.metrics_file, self.paths, self.role, seen,
+                           self._charon_view,
+                           unreadable=[Path(e.path).stem for e in self.broken])
 
     def refresh_metrics(self) -> None:
         """Re-read the role, the sessions and charon, and rewrite the metrics file."""

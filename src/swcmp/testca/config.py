@@ -61,6 +61,10 @@ class CAConfig:
         signer_in_extra_certs: put the CA certificate that signs answers into their
             extraCerts; False sends answers whose signer the client must already hold
             (as OpenSSL's CMP server does with a self-signed signer).
+        unique_public_keys: refuse (badCertTemplate) a public key this CA certified
+            before for another subject, or in a certificate never confirmed (like
+            EJBCA's "enforce unique public keys", on by default); the key of a
+            subject's confirmed certificate may be certified again.
     """
 
     mac_ref: bytes | None = None
@@ -77,6 +81,7 @@ class CAConfig:
     max_skew: timedelta = timedelta(minutes=10)
     max_request_size: int = DEFAULT_MAX_REQUEST
     signer_in_extra_certs: bool = True
+    unique_public_keys: bool = True
 
     def __post_init__(self) -> None:
         if (self.mac_ref is None) != (self.mac_secret is None):

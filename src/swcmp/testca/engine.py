@@ -150,6 +150,8 @@ class _Plan:
     subject: x509.Name
     san: x509.ExtensionType | None
     ignored: tuple[str, ...]
+    #: the certificate a kur updates (its key may be certified again)
+    old_serial: int | None = None
 
 
 class CMPEngine:
@@ -446,6 +448,8 @@ class CMPEngine:
             return Answer(reply, body, note="rejection (--reject " +
                           ",".join(self.config.reject) + ")")
 
+        if self.config.unique_public_keys:
+            self._check_unique_key(plan)
         public_key = plan.public_key
         if self.config.fault == "other-key":
             public_key = keys.public_key_of(keys.generate_key("ecdsa:p256"))
@@ -474,7 +478,7 @@ class CMPEngine:
             self.store.issued[serial] = CertRecord(
                 serial=serial, subject=cert.subject.rfc4514_string(),
                 status=CONFIRMED if done else PENDING, not_after=cert.not_valid_after_utc,
-                issued_at=now, transaction=tid.hex())
+                issued_at=now, transaction=tid.hex(), key_sha256=_key_digest(public_key))
             if done:
                 self.store.finish(tid, now)
             else:
@@ -545,7 +549,28 @@ class CMPEngine:
         if len(subject) == 0 and san is None:
             raise Refusal("badCertTemplate", "the template has neither a subject nor "
                           "subjectAltNames")
-        return _Plan(r.cert_req_id, pub, subject, san, ignored)
+        return _Plan(r.cert_req_id, pub, subject, san, ignored,
+                     old.serial_number if old is not None else None)
+
+    def _check_unique_key(self, plan: _Plan) -> None:
+        """Refuse a public key this CA certified before (EJBCA's "enforce unique public
+        keys", on by default there): for another subject, or one that was only ever in
+        certificates never confirmed (a transaction that failed). The key of the
+        subject's confirmed certificate may be certified again (a key update or cr with
+        the same key)."""
+        digest = _key_digest(plan.public_key)
+        subject = plan.subject.rfc4514_string()
+        with self.store.lock:
+            same = [r for r in self.store.issued.values()
+                    if r.key_sha256 == digest and r.serial != plan.old_serial]
+            confirmed_here = plan.old_serial is not None or any(
+                r.subject == subject and r.status == CONFIRMED for r in same)
+            clash = next((r for r in same if r.subject != subject or not confirmed_here),
+                         None)
+        if clash is not None:
+            raise Refusal("badCertTemplate", "the public key is already defined for the "
+                          f"certificate serial {clash.serial:x} ('{clash.subject}'): this CA "
+                          "enforces unique public keys")
 
     def _old_certificate(self, cid: OldCertId | None, auth: Auth) -> x509.Certificate:
         """The certificate a kur updates: named in oldCertID, confirmed, the request's signer."""
@@ -1006,3 +1031,8 @@ def _check_cert_hash(e: CertStatusInfo, cert: x509.Certificate, pvno: int) -> No
     if not hmac.compare_digest(value, e.cert_hash):
         raise Refusal("badCertId", "certHash does not match the certificate issued in this "
                       "transaction")
+
+
+def _key_digest(public_key: keys.PublicKey) -> str:
+    """SHA-256 of the SubjectPublicKeyInfo, hex: how the unique-key rule compares keys."""
+    return hashlib.sha256(keys.spki_der(public_key)).hexdigest()

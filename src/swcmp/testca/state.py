@@ -60,6 +60,8 @@ class CertRecord:
     #: for a revoked certificate: when, and the CRL reason code the rr gave
     revoked_at: datetime | None = None
     reason_code: int | None = None
+    #: SHA-256 of the certified SubjectPublicKeyInfo (the unique-public-key rule)
+    key_sha256: str = ""
 
     def to_json(self) -> dict[str, Any]:
         # By hand, not dataclasses.asdict: the whole state is written after every change.
@@ -67,7 +69,7 @@ class CertRecord:
                 "not_after": self.not_after.isoformat(), "issued_at": self.issued_at.isoformat(),
                 "transaction": self.transaction, "reason": self.reason,
                 "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
-                "reason_code": self.reason_code}
+                "reason_code": self.reason_code, "key_sha256": self.key_sha256}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> CertRecord:
@@ -80,7 +82,8 @@ class CertRecord:
                    revoked_at=(datetime.fromisoformat(d["revoked_at"])
                                if d.get("revoked_at") else None),
                    reason_code=(int(d["reason_code"]) if isinstance(d.get("reason_code"), int)
-                                else None))
+                                else None),
+                   key_sha256=str(d.get("key_sha256", "")))
 
 
 @dataclass

@@ -1,0 +1,105 @@
+"""A failing CA is not asked the CA-life questions every serve pass.
+
+The CA answers every request with HTTP 500 (or 503 with Retry-After). serve's CA-life
+pass (``CaLife.maintain``) runs every minute of a simulated day (the clock is passed
+in); each question is asked again only after its persisted backoff (1 h doubling to a
+day, or the CA's longer Retry-After), and the failure count goes up.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from pki import make_pki
+from renewal_env import make_gateway
+from swcmp.calife import CaLife, CaLifeStore
+from swcmp.calife.state import CA_CERTS, CURRENT_CRL, ROOT_UPDATE
+
+pytestmark = pytest.mark.integration
+
+
+class FailingCA:
+    """An HTTP server that answers every POST with ``status`` and counts them."""
+
+    def __init__(self, status: int, retry_after: str | None = None) -> None:
+        self.requests = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                outer.requests += 1
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.send_response(status)
+                if retry_after is not None:
+                    self.send_header("Retry-After", retry_after)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/pkix/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def failing_500() -> Iterator[FailingCA]:
+    ca = FailingCA(500)
+    yield ca
+    ca.close()
+
+
+def _a_day_of_passes(tmp_path: Path, url: str) -> tuple[int, CaLifeStore, list[datetime]]:
+    pki = make_pki(tmp_path / "pki")
+    gw = make_gateway(tmp_path / "gw", pki, url)
+    now = [datetime(2026, 12, 1, tzinfo=UTC)]
+    life = CaLife(gw.paths, clock=lambda: now[0])
+    store = CaLifeStore(gw.paths, "gw1")
+    failures_seen: list[datetime] = []
+    for _minute in range(24 * 60):
+        life.maintain(gw.session)
+        nd = life.next_due(gw.session)
+        assert nd is not None
+        failures_seen.append(nd)
+        now[0] += timedelta(minutes=1)
+    return 0, store, failures_seen
+
+
+def test_a_ca_answering_500_is_asked_a_few_times_a_day_not_every_minute(
+        tmp_path: Path, failing_500: FailingCA) -> None:
+    _, store, next_due = _a_day_of_passes(tmp_path, failing_500.url)
+    st = store.load()
+    # 1 h, 2 h, 4 h, 8 h after the first failure: 5 attempts in the first day, and one
+    # request each (a CA that cannot be reached is not asked the next question)
+    print(f"requests in a day: {failing_500.requests}, failures: {st.failures}")
+    assert failing_500.requests <= 6, failing_500.requests
+    assert sum(st.failures.values()) >= 3, st.failures
+    assert max(st.failures.values()) >= 4, st.failures
+    assert set(st.failures) <= {CA_CERTS, ROOT_UPDATE, CURRENT_CRL}
+    assert all(q in st.next_try for q in st.failures)
+    assert "HTTP 500" in " ".join(st.last_error.values())
+    # serve is told to come back at the next try, not in a minute
+    assert next_due[0] - datetime(2026, 12, 1, tzinfo=UTC) >= timedelta(minutes=59)
+
+
+def test_a_longer_retry_after_is_honoured(tmp_path: Path) -> None:
+    ca = FailingCA(503, retry_after="43200")  # 12 hours
+    try:
+        _, store, _ = _a_day_of_passes(tmp_path, ca.url)
+    finally:
+        ca.close()
+    st = store.load()
+    assert ca.requests <= 3 * 2, ca.requests  # at the start, and 12 h later
+    assert max(st.failures.values()) <= 2
