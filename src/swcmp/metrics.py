@@ -33,6 +33,11 @@ per session (``session``):
     manual ``swanctl --load-creds``, a lost hook or a files-only renewal);
     ``swcmp_charon_stale_certificates``: other certificates of the same
     subject charon holds a key for;
+    ``swcmp_ca_life_consecutive_failures{question}``: how many times in a row
+    the CA failed a CA-life question (``caCerts``, ``rootCaCert``,
+    ``currentCRL``, and any other question that failed), 0 when it answered;
+    ``swcmp_ca_life_next_try_timestamp_seconds{question}``: when a failing
+    question is asked again (its persisted backoff), 0 when it is not failing;
 host-wide: ``swcmp_charon_up`` (charon answered over VICI; only when swcmp
 talks to charon), ``swcmp_ha_standby``, ``swcmp_ha_role_source_ok`` and
 ``swcmp_ha_role_info{role}`` (only with an HA role source).
@@ -49,6 +54,7 @@ from datetime import datetime
 
 from cryptography import x509
 
+from swcmp.calife.state import CA_CERTS, CURRENT_CRL, ROOT_UPDATE
 from swcmp.cmp import certs
 from swcmp.errors import (
     CertificateError,
@@ -66,7 +72,12 @@ from swcmp.paths import Paths
 from swcmp.session import Session
 from swcmp.state import STATES, SessionState
 
-__all__ = ["REFRESH", "CharonView", "SessionView", "ca_certificates", "failure_key", "render"]
+__all__ = ["CA_LIFE_QUESTIONS", "REFRESH", "CharonView", "SessionView", "ca_certificates",
+           "failure_key", "render"]
+
+#: The CA-life questions whose failure series are written for every session (0 when
+#: healthy); others appear once they fail.
+CA_LIFE_QUESTIONS = (CA_CERTS, ROOT_UPDATE, CURRENT_CRL)
 
 #: How often ``swcmp serve`` rewrites the metrics while nothing else happens (seconds).
 REFRESH = 60.0
@@ -111,6 +122,8 @@ class SessionView:
     state_name: str
     renew_at_ts: float | None
     ca_certs: Sequence[x509.Certificate] = ()
+    #: per CA-life question that failed: (consecutive failures, next try as Unix time)
+    ca_life_failures: Mapping[str, tuple[int, float | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -190,6 +203,12 @@ _FAMILIES = (
      "session renews nothing until it is fixed)."),
     ("swcmp_ca_certificate_not_after_timestamp_seconds", "gauge",
      "End of validity of a CA certificate the session relies on (Unix time)."),
+    ("swcmp_ca_life_consecutive_failures", "gauge",
+     "CA-life questions (CA certificates, root update, CRL) the CA failed in a row; "
+     "0 when it answered."),
+    ("swcmp_ca_life_next_try_timestamp_seconds", "gauge",
+     "When a failing CA-life question is asked again (Unix time); 0 when it is not "
+     "failing."),
     ("swcmp_charon_up", "gauge", "1 if charon answered over VICI."),
     ("swcmp_charon_certificate_current", "gauge",
      "1 if charon holds the certificate on disk with its private key."),
@@ -253,6 +272,13 @@ def render(views: Iterable[SessionView], *, role: Role | None = None,
                        s | {"subject": ca.subject.rfc4514_string(),
                             "serial": f"{ca.serial_number:x}"},
                        int(ca.not_valid_after_utc.timestamp()))
+        failing = dict(v.ca_life_failures)
+        for question in sorted(set(CA_LIFE_QUESTIONS) | set(failing)):
+            n, next_try = failing.get(question, (0, None))
+            q = s | {"question": question}
+            out.sample("swcmp_ca_life_consecutive_failures", q, n)
+            out.sample("swcmp_ca_life_next_try_timestamp_seconds", q,
+                       int(next_try) if n and next_try is not None else 0)
         if charon is not None and charon.up and v.cert is not None:
             subject = v.cert.subject.rfc4514_string()
             current = (subject, v.cert.serial_number) in charon.with_key

@@ -103,3 +103,48 @@ def test_a_longer_retry_after_is_honoured(tmp_path: Path) -> None:
     st = store.load()
     assert ca.requests <= 3 * 2, ca.requests  # at the start, and 12 h later
     assert max(st.failures.values()) <= 2
+
+
+def test_a_failing_ca_life_question_is_a_metric_series_that_stays(
+        tmp_path: Path, failing_500: FailingCA) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from swcmp.service import HostConfig, RenewalService
+
+    pki = make_pki(tmp_path / "pki")
+    gw = make_gateway(tmp_path / "gw", pki, failing_500.url)
+    prom = tmp_path / "textfile" / "swcmp.prom"
+    svc = RenewalService(gw.paths, host=HostConfig(metrics_file=prom))
+
+    def series() -> dict[tuple[str, str], float]:
+        return {(s.name, s.labels["question"]): float(s.value)
+                for f in text_string_to_metric_families(prom.read_text())
+                for s in f.samples if s.name.startswith("swcmp_ca_life_")
+                and s.labels.get("session") == "gw1"}
+
+    # healthy (never asked): present, at 0
+    svc.write_metrics()
+    healthy = series()
+    for q in (CA_CERTS, ROOT_UPDATE, CURRENT_CRL):
+        assert healthy[("swcmp_ca_life_consecutive_failures", q)] == 0
+        assert healthy[("swcmp_ca_life_next_try_timestamp_seconds", q)] == 0
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    now = [start]
+    life = CaLife(gw.paths, clock=lambda: now[0])
+    for _hour in range(4):  # asked at 0 h and 1 h (then backed off to 3 h): 2 failures
+        life.maintain(gw.session)
+        now[0] += timedelta(hours=1)
+        svc.write_metrics()
+    st = CaLifeStore(gw.paths, "gw1").load()
+    found = series()
+    for q, n in st.failures.items():
+        assert n >= 2
+        assert found[("swcmp_ca_life_consecutive_failures", q)] == n
+        next_try = datetime.fromisoformat(st.next_try[q])
+        assert found[("swcmp_ca_life_next_try_timestamp_seconds", q)] == \
+            int(next_try.timestamp())
+        assert next_try > start + timedelta(hours=1)
+    # every question keeps its series, failing or not, across rewrites
+    assert {q for _, q in found} >= {CA_CERTS, ROOT_UPDATE, CURRENT_CRL}
+    svc.refresh_metrics()
+    assert series() == found

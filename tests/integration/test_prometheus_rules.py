@@ -32,7 +32,7 @@ def promtool(*args: str, cwd: Path = CONTRIB) -> subprocess.CompletedProcess[str
 def test_promtool_check_rules() -> None:
     res = promtool("check", "rules", str(RULES))
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "SUCCESS: 7 rules found" in res.stdout
+    assert "SUCCESS: 8 rules found" in res.stdout
 
 
 @needs_promtool
@@ -43,15 +43,22 @@ def test_promtool_test_rules() -> None:
 
 
 @needs_promtool
-def test_rule_tests_can_fail(tmp_path: Path) -> None:
-    # The same tests against rules whose failing-renewals threshold is off by one: they fail.
+@pytest.mark.parametrize(("alert", "good", "bad"), [
+    # the failing-renewals threshold off by one
+    ("SwcmpRenewalsFailing", "swcmp_consecutive_failures >= 3",
+     "swcmp_consecutive_failures >= 4"),
+    # the CA-life alert waiting a day longer, or firing at the first failure
+    ("SwcmpCALifeFailing", "        for: 2d\n", "        for: 3d\n"),
+    ("SwcmpCALifeFailing", "        for: 2d\n", "        for: 1h\n"),
+])
+def test_rule_tests_can_fail(tmp_path: Path, alert: str, good: str, bad: str) -> None:
+    # The same tests against rules with a changed threshold: they fail.
     shutil.copy(RULE_TESTS, tmp_path / RULE_TESTS.name)
-    broken = RULES.read_text().replace("swcmp_consecutive_failures >= 3",
-                                       "swcmp_consecutive_failures >= 4")
+    broken = RULES.read_text().replace(good, bad)
     assert broken != RULES.read_text()
     (tmp_path / RULES.name).write_text(broken)
     res = promtool("test", "rules", RULE_TESTS.name, cwd=tmp_path)
-    assert res.returncode != 0 and "SwcmpRenewalsFailing" in res.stdout + res.stderr
+    assert res.returncode != 0 and alert in res.stdout + res.stderr
 
 
 def test_rules_name_only_metrics_swcmp_writes() -> None:

@@ -36,13 +36,30 @@ def write(target: Path, paths: Paths, role: Role,
         views.append(metrics.SessionView(
             session=s, cert=cert, state=st, state_name=state,
             renew_at_ts=p.renew_at.timestamp() if p.renew_at else None,
-            ca_certs=metrics.ca_certificates(s, paths)))
+            ca_certs=metrics.ca_certificates(s, paths),
+            ca_life_failures=ca_life_failures(paths, s.name)))
     text = metrics.render(views, role=role, charon=charon(), unreadable=unreadable)
     try:
         fsutil.ensure_dir(target.parent, mode=0o755)
         fsutil.atomic_write(target, text.encode(), mode=0o644)
     except SwcmpError as e:
         log.warning("cannot write metrics: %s", e)
+
+
+def ca_life_failures(paths: Paths, name: str) -> dict[str, tuple[int, float | None]]:
+    """Per CA-life question that failed: the failures in a row and the next try (Unix
+    time), from the session's ``calife.json`` (a damaged file reads as no failures)."""
+    from swcmp.calife import CaLifeStore
+    from swcmp.calife.state import _time
+
+    st = CaLifeStore(paths, name).load()
+    out: dict[str, tuple[int, float | None]] = {}
+    for question, n in st.failures.items():
+        if n <= 0:
+            continue
+        when = _time(st.next_try.get(question))
+        out[question] = (n, when.timestamp() if when is not None else None)
+    return out
 
 
 def charon_view(charon: Charon | None) -> CharonView | None:
