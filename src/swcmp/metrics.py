@@ -26,6 +26,8 @@ per session (``session``):
     ``swcmp_session_state{state}``: 1 for the current state, 0 for the others;
     ``swcmp_session_readable``: 1, or 0 for a session whose file swcmp cannot read
     (its only series then);
+    ``swcmp_renewal_journal_damaged``: 1 when the session's renewal journal cannot
+    be read (no renewal runs until it is inspected and removed), else 0;
     ``swcmp_ca_certificate_not_after_timestamp_seconds{subject, serial}``:
     the trust anchors and CA certificates that came with the certificate;
     ``swcmp_charon_certificate_current``: 1 if charon holds the certificate
@@ -124,6 +126,8 @@ class SessionView:
     ca_certs: Sequence[x509.Certificate] = ()
     #: per CA-life question that failed: (consecutive failures, next try as Unix time)
     ca_life_failures: Mapping[str, tuple[int, float | None]] = field(default_factory=dict)
+    #: the renewal journal cannot be read (no renewal can run until it is removed)
+    journal_damaged: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,9 @@ _FAMILIES = (
     ("swcmp_session_readable", "gauge",
      "1 if swcmp could read the session's files; 0 for a broken session file (the "
      "session renews nothing until it is fixed)."),
+    ("swcmp_renewal_journal_damaged", "gauge",
+     "1 if the session's renewal journal cannot be read: no renewal runs until it is "
+     "inspected and removed."),
     ("swcmp_ca_certificate_not_after_timestamp_seconds", "gauge",
      "End of validity of a CA certificate the session relies on (Unix time)."),
     ("swcmp_ca_life_consecutive_failures", "gauge",
@@ -267,6 +274,7 @@ def render(views: Iterable[SessionView], *, role: Role | None = None,
         for state in STATES:
             out.sample("swcmp_session_state", s | {"state": state}, int(state == v.state_name))
         out.sample("swcmp_session_readable", s, 1)
+        out.sample("swcmp_renewal_journal_damaged", s, int(v.journal_damaged))
         for ca in v.ca_certs:
             out.sample("swcmp_ca_certificate_not_after_timestamp_seconds",
                        s | {"subject": ca.subject.rfc4514_string(),

@@ -435,3 +435,15 @@ def interrupted(paths: Paths, name: str) -> str | None:
     except StorageError:
         return "unreadable"
     return entry.phase if entry else None
+
+
+def damaged_journal(paths: Paths, name: str) -> str | None:
+    """What is wrong with the renewal journal of ``name`` (with what to do), or None when
+    it is readable or absent. A damaged journal stops the session's renewals (the
+    interrupted renewal it describes cannot be finished, nor a new one started) until
+    an operator inspects and removes it."""
+    try:
+        Journal(paths, name).load()
+    except StorageError as e:
+        return str(e)  # says what to do
+    return None

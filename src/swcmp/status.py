@@ -52,7 +52,7 @@ def session_status(paths: Paths, s: Session, now: datetime, role: Role | None
     from swcmp.calife import status_info
     from swcmp.cmp import certs
     from swcmp.policy import plan
-    from swcmp.renewal import interrupted
+    from swcmp.renewal import damaged_journal, interrupted
     from swcmp.state import StateStore
 
     st = StateStore(paths).load(s.name)
@@ -71,6 +71,10 @@ def session_status(paths: Paths, s: Session, now: datetime, role: Role | None
         by = f"pid {holder}" if holder else "another swcmp process"
         reason = f"a renewal or request is running now ({by})" + (
             f", phase {pending}" if pending else "")
+    elif pending == "unreadable":
+        state = "failed"
+        reason = (f"its renewal journal is damaged, no renewal can run: "
+                  f"{damaged_journal(paths, s.name)}")
     elif pending is not None:
         state = "polling" if pending == "waiting" else "in_progress"
         reason = f"an interrupted renewal (phase {pending}) is finished by the next run"
@@ -103,6 +107,7 @@ def session_status(paths: Paths, s: Session, now: datetime, role: Role | None
         "next_renewal": p.renew_at.isoformat() if p.renew_at else None,
         "next_attempt": st.next_attempt,
         "failures": st.failures,
+        "journal_damaged": pending == "unreadable",
         "last_result": (
             {
                 "time": last.time,

@@ -81,3 +81,61 @@ def test_one_sessions_damaged_files_do_not_stop_the_others(tmp_path: Path,
     assert [Path(e["path"]).stem for e in out["errors"]] == ["typo"]
     text = _cli(site, "status")
     assert text.returncode == 1 and "typo" in text.stdout + text.stderr
+
+
+def test_a_damaged_renewal_journal_is_a_failure_in_renew_status_and_metrics(
+        tmp_path: Path, ca: CAHolder) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from swcmp.service import HostConfig, RenewalService
+    from swcmp.store import Journal
+
+    site = make_site(tmp_path / "gw")
+    add_session(site, ca.ca, "calm")  # not due for a while
+    enroll_aside(site, ca, "due", validity=DUE_NOW)
+    wait_past_floor(site, "due")
+    serials = {n: site.cert(n).serial_number for n in ("calm", "due")}
+    for n in ("calm", "due"):  # cut short by a full disk, or edited by hand
+        j = Journal(site.paths, n)
+        j.dir.mkdir(parents=True, exist_ok=True)
+        j.path.write_text('{"phase": "sending", "transaction_id": "zz"')
+
+    status = _cli(site, "--json", "status")
+    assert status.returncode == 1, status.stdout + status.stderr
+    by_name = {s["session"]: s for s in json.loads(status.stdout)["sessions"]}
+    for n in ("calm", "due"):
+        assert by_name[n]["state"] == "failed" and by_name[n]["journal_damaged"], by_name[n]
+        assert "journal" in by_name[n]["reason"] and "removing it" in by_name[n]["reason"]
+
+    renew = _cli(site, "--json", "renew", "--due")
+    assert renew.returncode == 1, renew.stdout + renew.stderr
+    results = {r["session"]: r for r in json.loads(renew.stdout)["results"]}
+    assert {n: r["result"] for n, r in results.items()} == {"calm": "failed", "due": "failed"}
+    assert all("journal" in r["message"] for r in results.values())
+    named = _cli(site, "renew", "calm")
+    assert named.returncode == 1 and "journal" in named.stderr + named.stdout
+    # nothing was lost: both pairs are the ones enrolled
+    assert {n: site.cert(n).serial_number for n in serials} == serials
+
+    prom = tmp_path / "swcmp.prom"
+    svc = RenewalService(site.paths, host=HostConfig(metrics_file=prom))
+
+    def series() -> dict[tuple[str, str, str], float]:
+        return {(s.name, s.labels["session"], s.labels.get("state", "")): float(s.value)
+                for f in text_string_to_metric_families(prom.read_text())
+                for s in f.samples if s.name in ("swcmp_renewal_journal_damaged",
+                                                 "swcmp_session_state")}
+
+    svc.write_metrics()
+    found = series()
+    for n in ("calm", "due"):
+        assert found[("swcmp_renewal_journal_damaged", n, "")] == 1
+        assert found[("swcmp_session_state", n, "failed")] == 1
+    # removed by the operator: the series stays, at 0, and status is clean again
+    Journal(site.paths, "calm").path.unlink()
+    svc.write_metrics()
+    found = series()
+    assert found[("swcmp_renewal_journal_damaged", "calm", "")] == 0
+    assert found[("swcmp_renewal_journal_damaged", "due", "")] == 1
+    calm = _cli(site, "--json", "status", "calm")
+    assert calm.returncode == 0 and json.loads(calm.stdout)["sessions"][0]["state"] != "failed"

@@ -32,7 +32,7 @@ def promtool(*args: str, cwd: Path = CONTRIB) -> subprocess.CompletedProcess[str
 def test_promtool_check_rules() -> None:
     res = promtool("check", "rules", str(RULES))
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "SUCCESS: 8 rules found" in res.stdout
+    assert "SUCCESS: 9 rules found" in res.stdout
 
 
 @needs_promtool
@@ -50,6 +50,9 @@ def test_promtool_test_rules() -> None:
     # the CA-life alert waiting a day longer, or firing at the first failure
     ("SwcmpCALifeFailing", "        for: 2d\n", "        for: 3d\n"),
     ("SwcmpCALifeFailing", "        for: 2d\n", "        for: 1h\n"),
+    # the damaged-journal alert looking at the wrong value
+    ("SwcmpRenewalJournalDamaged", "swcmp_renewal_journal_damaged == 1",
+     "swcmp_renewal_journal_damaged == 2"),
 ])
 def test_rule_tests_can_fail(tmp_path: Path, alert: str, good: str, bad: str) -> None:
     # The same tests against rules with a changed threshold: they fail.

@@ -134,7 +134,7 @@ def status(name: str | None) -> None:
     (this node's HA role is not active, or its role source cannot be read),
     needs_ir (no valid certificate: run `swcmp request initial`), disabled
     (auto-update off). Exit code 1 when a session file cannot be read (listed
-    under "errors").
+    under "errors") or a session's renewal journal is damaged (state failed).
     """
     env = _env()
     now = _now()
@@ -159,7 +159,8 @@ def status(name: str | None) -> None:
         text = render.status_table(text_entries, now=now, notes=notes,
                                    width=render.output_width())
     env.emit({"sessions": entries, "errors": errors}, text)
-    if errors:  # a broken session file renews nothing: never silent
+    if errors or any(e.get("journal_damaged") for e in entries):
+        # a broken session file or a damaged renewal journal renews nothing: never silent
         click.get_current_context().exit(1)
 
 

@@ -33,11 +33,14 @@ def write(target: Path, paths: Paths, role: Role,
         pending = interrupted(paths, s.name)
         state = ("polling" if pending == "waiting" else "in_progress") if pending else (
             "standby" if role.standby else p.state)
+        if pending == "unreadable":
+            state = "failed"  # a damaged journal: no renewal can run
         views.append(metrics.SessionView(
             session=s, cert=cert, state=st, state_name=state,
             renew_at_ts=p.renew_at.timestamp() if p.renew_at else None,
             ca_certs=metrics.ca_certificates(s, paths),
-            ca_life_failures=ca_life_failures(paths, s.name)))
+            ca_life_failures=ca_life_failures(paths, s.name),
+            journal_damaged=pending == "unreadable"))
     text = metrics.render(views, role=role, charon=charon(), unreadable=unreadable)
     try:
         fsutil.ensure_dir(target.parent, mode=0o755)

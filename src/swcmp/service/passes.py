@@ -173,7 +173,7 @@ class RenewalService:
     def run_pass(self, names: Sequence[str] = (), *, due_only: bool = True,
                  force: bool = False, dry_run: bool = False) -> list[SessionReport]:
         """One pass over the sessions: renew what is due (or everything with ``force``)."""
-        from swcmp.renewal import interrupted
+        from swcmp.renewal import damaged_journal, interrupted
 
         reports: list[SessionReport] = []
         todo: list[tuple[int, Session, Plan]] = []
@@ -193,6 +193,7 @@ class RenewalService:
                 reports.append(SessionReport(s.name, "failed",
                                              f"cannot read its files: {type(e).__name__}: {e}"))
                 continue
+            damaged = pending == "unreadable"
             if pending not in ("confirmed", "committing"):
                 pending = None
             if standby:
@@ -208,6 +209,15 @@ class RenewalService:
                 reports.append(SessionReport(s.name, "failed" if s.auto_update else "skipped",
                                              p.reason, plan=p))
                 self._set_state(s.name, "needs_ir")
+                continue
+            if not wanted and damaged and (s.auto_update or names):
+                # not due yet, but no renewal can run: never silent (when due, the
+                # renewal itself fails on the journal and backs off)
+                problem = damaged_journal(self.paths, s.name)
+                log.error("%s: %s", s.name, problem)
+                reports.append(SessionReport(
+                    s.name, "failed",
+                    f"its renewal journal is damaged, no renewal can run: {problem}", plan=p))
                 continue
             if not wanted:
                 reports.append(SessionReport(s.name, "skipped", p.reason, plan=p))
