@@ -69,6 +69,7 @@ def test_the_panels_the_fleet_page_describes() -> None:
         "CA certificate expiry (days)": "swcmp_ca_certificate_not_after_timestamp_seconds",
         "charon drift": "swcmp_charon_certificate_current",
         "HA role": "swcmp_ha_role_info",
+        "CA-life failures and damaged journals": "swcmp_ca_life_consecutive_failures",
     }
     for title, metric in wanted.items():
         assert metric in by_title.get(title, ""), title
