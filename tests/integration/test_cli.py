@@ -824,7 +824,8 @@ def test_status_table_sorted_by_urgency(env: Env) -> None:
     assert [e["session"] for e in data["sessions"]] == sorted(certs)
     assert set(data["sessions"][0]) == {
         "session", "auto_update", "state", "reason", "certificate", "next_renewal",
-        "next_attempt", "failures", "last_result", "other_results", "charon", "ca"}
+        "next_attempt", "failures", "journal_damaged", "last_result", "other_results",
+        "charon", "ca"}
     assert data["errors"][0]["path"].endswith("e-broken.toml")
 
 
