@@ -86,3 +86,25 @@ def test_pbmac1_requests_verify_and_iterations_are_bounded() -> None:
     for bad in (99, 100_001):
         with pytest.raises(ConfigError, match="out of bounds"):
             MacProtection(reference=b"ref", secret=b"s", mac_alg="pbmac1", iterations=bad)
+
+
+def test_pbmac1_short_key_length_in_an_answer_is_refused() -> None:
+    """A PBMAC1 keyLength of one byte leaves 256 possible HMAC keys: anyone on the
+    path forges a MAC-protected answer without the secret by trying them all. The
+    answer's keyLength must give a key of at least 128 bits."""
+    import hmac
+
+    from swcmp.cmp.protection import verify_mac
+
+    data = b"a forged answer's protected part"
+    forged = 0
+    for guess in range(256):
+        mac = hmac.new(bytes([guess]), data, "sha256").digest()
+        try:
+            verify_mac(SECRET, pbmac1(1), data, mac)
+        except ProtectionError:
+            continue
+        forged += 1
+    assert forged == 0
+    with pytest.raises(ProtectionError, match="key length 15 refused"):
+        verify_mac(SECRET, pbmac1(15), data, b"x" * 32)

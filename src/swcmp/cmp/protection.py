@@ -43,6 +43,9 @@ _OWF_BY_OID = {oids.SHA1: "sha1", oids.SHA256: "sha256", oids.SHA384: "sha384",
 #: The ``mac_alg`` of PBMAC1 (RFC 9481 6.1.2) and its key length (HMAC-SHA256's output).
 PBMAC1 = "pbmac1"
 PBMAC1_KEY_LENGTH = 32
+#: The shortest PBKDF2 keyLength accepted in an answer's PBMAC1 (128 bits): with a
+#: shorter key anyone could forge the MAC by trying every key, without the secret.
+MIN_PBMAC1_KEY_LENGTH = 16
 #: One-way function and HMAC OIDs of each PasswordBasedMac of swcmp.cmp.MAC_ALGS.
 MAC_ALGS: dict[str, tuple[str, str]] = {"hmac-sha256": (oids.SHA256, oids.HMAC_WITH_SHA256),
                                         "hmac-sha1": (oids.SHA1, oids.HMAC_SHA1)}
@@ -196,10 +199,12 @@ def _pbmac1_compute(secret: bytes, params_der: bytes | None, data: bytes) -> byt
         raise ProtectionError(f"PBMAC1 iteration count {iterations} refused")
     if prf not in _HMAC_BY_OID or mac_oid not in _HMAC_BY_OID:
         raise ProtectionError("PBMAC1 with an unsupported PRF or MAC")
-    if key_len is not None and not 1 <= key_len <= 64:
+    if key_len is not None and not MIN_PBMAC1_KEY_LENGTH <= key_len <= 64:
         # the MAC key of an HMAC needs no more than a block; a hostile answer must not
-        # make us derive gigabytes (or overflow) before its MAC is even compared
-        raise ProtectionError(f"PBMAC1 key length {key_len} refused (accepted: 1..64)")
+        # make us derive gigabytes (or overflow) before its MAC is even compared, nor
+        # name a key so short that the MAC can be forged by trying every key
+        raise ProtectionError(f"PBMAC1 key length {key_len} refused "
+                              f"(accepted: {MIN_PBMAC1_KEY_LENGTH}..64)")
     hname = _HMAC_BY_OID[mac_oid]
     length = key_len or hashlib.new(hname).digest_size
     key = hashlib.pbkdf2_hmac(_HMAC_BY_OID[prf], secret, salt, iterations, length)
