@@ -46,6 +46,10 @@ PBMAC1_KEY_LENGTH = 32
 #: The shortest PBKDF2 keyLength accepted in an answer's PBMAC1 (128 bits): with a
 #: shorter key anyone could forge the MAC by trying every key, without the secret.
 MIN_PBMAC1_KEY_LENGTH = 16
+#: The most PBKDF2 work an answer's PBMAC1 may ask: iterations times blocks of the
+#: PRF's output (one block of HMAC-SHA512 at 1 000 000 iterations: bench_hostile's
+#: worst case).
+MAX_PBMAC1_WORK = 1_000_000
 #: One-way function and HMAC OIDs of each PasswordBasedMac of swcmp.cmp.MAC_ALGS.
 MAC_ALGS: dict[str, tuple[str, str]] = {"hmac-sha256": (oids.SHA256, oids.HMAC_WITH_SHA256),
                                         "hmac-sha1": (oids.SHA1, oids.HMAC_SHA1)}
@@ -195,7 +199,7 @@ def _pbmac1_compute(secret: bytes, params_der: bytes | None, data: bytes) -> byt
         raise ProtectionError("PBMAC1 with a KDF other than PBKDF2 is not supported")
     salt, iterations, mac_oid, key_len = f.salt, f.iterations, f.mac_oid, f.key_length
     prf = f.prf_oid or oids.HMAC_WITH_SHA1
-    if not MIN_ITERATIONS <= iterations <= MAX_ITERATIONS * 10:
+    if not MIN_ITERATIONS <= iterations <= MAX_PBMAC1_WORK:
         raise ProtectionError(f"PBMAC1 iteration count {iterations} refused")
     if prf not in _HMAC_BY_OID or mac_oid not in _HMAC_BY_OID:
         raise ProtectionError("PBMAC1 with an unsupported PRF or MAC")
@@ -207,6 +211,13 @@ def _pbmac1_compute(secret: bytes, params_der: bytes | None, data: bytes) -> byt
                               f"(accepted: {MIN_PBMAC1_KEY_LENGTH}..64)")
     hname = _HMAC_BY_OID[mac_oid]
     length = key_len or hashlib.new(hname).digest_size
+    # PBKDF2 runs all its iterations once per block of the PRF's output: a short PRF
+    # and a long key multiply the work the iteration bound alone allows
+    blocks = -(-length // hashlib.new(_HMAC_BY_OID[prf]).digest_size)
+    if iterations * blocks > MAX_PBMAC1_WORK:
+        raise ProtectionError(
+            f"PBMAC1 iteration count {iterations} for a {length}-byte key ({blocks} PBKDF2 "
+            f"blocks) refused (accepted: iterations times blocks up to {MAX_PBMAC1_WORK})")
     key = hashlib.pbkdf2_hmac(_HMAC_BY_OID[prf], secret, salt, iterations, length)
     return hmac.new(key, data, hname).digest()
 
