@@ -215,6 +215,9 @@ def test_delete_with_revoke_removes_the_revoked_pair(gw: Gateway) -> None:
     assert not gw.cert_file.exists() and not key_file.exists()
     assert f"removed {gw.cert_file}, {key_file}" in result.stdout
     assert not _session_file(gw).exists()
+    # no charon at the VICI socket: said so, with what to run when it does run
+    assert "charon could not be reached" in result.stdout
+    assert "run `swanctl --load-creds`" in result.stdout
 
 
 # --- output -------------------------------------------------------------------------------
