@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -221,6 +222,28 @@ def test_delete_with_revoke_removes_the_revoked_pair(gw: Gateway) -> None:
 
 
 # --- output -------------------------------------------------------------------------------
+
+
+@needs_openssl
+def test_every_dn_in_text_output_is_in_the_slash_form_entity_takes(gw: Gateway) -> None:
+    """One DN form on screen: the slash form, which --entity and --ca-name take back."""
+    issued = gw.pki.issue(gw.key, GW)
+    with gw.ca(MAC_ARGS, issued) as url:
+        gw.create_session(url)
+        request = gw.run("request", "initial", "gw1", "--no-deploy")
+        assert request.exit_code == 0, request.output
+    outputs = {"request": request.output}
+    for args in (["status"], ["status", "gw1"], ["session", "check", "gw1"],
+                 ["session", "show", "gw1"]):
+        outputs[" ".join(args)] = re.sub(r" +", " ", gw.run(*args).output)
+    root = "/CN=swcmp Test Root CA"
+    assert f"root {root} sha256" in outputs["status gw1"]
+    assert f"roots: {root} until" in outputs["session check gw1"]
+    assert f"ca_name {root}" in outputs["session show gw1"]
+    for what, text in outputs.items():
+        # an RFC 4514 DN (CN=...,O=... or a bare CN=...) has no slash before its attributes
+        bare = [m.group(0) for m in re.finditer(r"(?<![/+\\w])(?:CN|O|C|OU)=[^ ,/]*", text)]
+        assert not bare, (what, bare, text)
 
 
 def _swcmp(gw: Gateway, *args: str) -> list[str]:
