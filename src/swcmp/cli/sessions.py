@@ -213,7 +213,8 @@ def session_list() -> None:
 @click.option("--revoke", is_flag=True,
               help="Decommissioning: first revoke the session's current certificate at the "
               "CA (rr, reason cessationOfOperation), then remove that certificate and its key "
-              "from the swanctl directory; the session is kept if the revocation fails.")
+              "from the swanctl directory and unload the key from a running charon; the "
+              "session is kept if the revocation fails.")
 @json_option
 def session_delete(name: str, revoke: bool) -> None:
     """Delete session NAME's settings; its key, certificates and state stay on disk.
