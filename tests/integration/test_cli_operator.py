@@ -575,6 +575,28 @@ def test_status_table_fits_columns(gw: Gateway) -> None:
         assert row.endswith("...") and "kur FAILED" in row
 
 
+def test_session_list_fits_columns(gw: Gateway) -> None:
+    from click.testing import CliRunner
+
+    from swcmp.cli import cli
+
+    url = "http://127.0.0.1:9/a/long/path/to/the/certificate/management/service/"
+    gw.create_session(url)
+    entity = f"/C=DE/O=Example Organisation of Gateways/OU=Remote Access/CN={GW}"
+    assert gw.run("session", "set", "gw1", "--entity", entity).exit_code == 0
+    wide = gw.run("session", "list").stdout
+    assert entity in wide and url in wide  # piped: every cell whole
+    for columns in ("80", "60"):
+        result = CliRunner().invoke(cli, [*gw.options(), "session", "list"],
+                                    env={"COLUMNS": columns})
+        assert result.exit_code == 0, result.output
+        lines = result.stdout.splitlines()
+        assert all(len(line) <= int(columns) for line in lines), lines
+        row = next(line for line in lines if line.startswith("gw1 "))
+        assert row.endswith("...") and "http://" in row
+        assert f"CN={GW}" in row and "..." in row.split("http")[0]  # the CN stays
+
+
 @needs_openssl
 def test_each_message_once(gw: Gateway) -> None:
     issued = gw.pki.issue(gw.key, GW)

@@ -205,7 +205,8 @@ def session_list() -> None:
         {"path": e.path, "line": e.line, "error": _message(e), "hint": e.hint or None}
         for e in listing.errors
     ]
-    env.emit({"sessions": sessions, "errors": errors}, render.session_list_text(sessions, errors))
+    env.emit({"sessions": sessions, "errors": errors}, render.session_list_text(sessions, errors,
+                                                           width=render.output_width()))
 
 
 @session.command("delete")
