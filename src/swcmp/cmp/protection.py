@@ -18,6 +18,7 @@ from datetime import datetime
 from cryptography import x509
 
 from swcmp.cmp import certs, codec, keys, oids, text
+from swcmp.cmp.dn import format_dn
 from swcmp.cmp.errors import CertificateError, ConfigError, ProtectionError, ProtocolError
 from swcmp.cmp.messages import AlgorithmId, PKIMessageInfo
 
@@ -437,7 +438,7 @@ def _check_sender(msg: PKIMessageInfo, signer: x509.Certificate) -> None:
             "the response's sender does not match the subject of its signing certificate")
     if match == "reversed":
         log.warning("the CA's sender name lists the RDNs of its certificate's subject %s in "
-                    "reverse order; accepted", text.safe(signer.subject.rfc4514_string()))
+                    "reverse order; accepted", text.safe(format_dn(signer.subject)))
 
 
 def authorise_signer(signer: x509.Certificate, policy: ResponseTrust) -> None:
