@@ -164,7 +164,9 @@ def plan(session: Session, cert: x509.Certificate | None, st: SessionState,
         return Plan("disabled", False, at, expires, None, "auto-update is off")
     if st.next_attempt:
         retry = datetime.fromisoformat(st.next_attempt)
-        if now < retry:
+        # no backoff sets a retry further than RETRY_CAP ahead: a later one (a damaged
+        # state.json, a clock put back since) would stop renewals until expiry
+        if now < retry <= now + RETRY_CAP:
             return Plan("failed", False, at, expires, retry,
                         f"retrying after {retry:%Y-%m-%d %H:%M:%S}Z ({st.failures} failures)")
     if now >= at:

@@ -184,3 +184,12 @@ def test_an_arrival_time_in_the_future_does_not_hold_the_renewal_past_expiry(
     p = plan(s, cert, st, T0 + dt.timedelta(days=9))
     assert p.due, p.reason
 
+
+def test_a_retry_time_beyond_any_backoff_does_not_stop_renewals(pki: TestPKI) -> None:
+    # next_attempt can be at most RETRY_CAP after the failure that set it; one years
+    # ahead (a damaged state.json, a clock put back) would keep the session 'failed'
+    # without another attempt until its certificate expired
+    cert = pki.issue(keys.generate_key("ecdsa:p256"), not_before=T0, days=10)
+    st = SessionState(failures=1, next_attempt="2099-01-01T00:00:00+00:00")
+    p = plan(session(), cert, st, T0 + dt.timedelta(days=9))
+    assert p.due, p.reason
