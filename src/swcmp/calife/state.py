@@ -184,12 +184,15 @@ class CaLifeState:
 
     def is_unsupported(self, question: str, now: datetime) -> bool:
         since = _time(self.unsupported.get(question, {}).get("since"))
-        return since is not None and now < since + UNSUPPORTED_RETRY
+        # a time in the future (a damaged calife.json, a clock put back) is no refusal
+        return since is not None and since <= now < since + UNSUPPORTED_RETRY
 
     def backing_off(self, question: str, now: datetime) -> bool:
         """Whether ``question`` failed lately and its next try has not come yet."""
         nxt = _time(self.next_try.get(question))
-        return nxt is not None and now < nxt
+        # never further ahead than failed() sets it: a later time (a damaged calife.json,
+        # a clock put back) would stop the question for good
+        return nxt is not None and now < nxt <= now + FAILED_RETRY_CAP
 
     def failed(self, question: str, now: datetime, retry_after: float | None) -> datetime:
         """Count a failure of ``question``; return (and keep) when to ask it next."""
@@ -213,7 +216,7 @@ class CaLifeState:
         if self.is_unsupported(question, now) or self.backing_off(question, now):
             return False
         last = _time(self.checked.get(question))
-        return last is None or now >= last + CHECK_EVERY
+        return last is None or last > now or now >= last + CHECK_EVERY
 
 
 class CaLifeStore:
