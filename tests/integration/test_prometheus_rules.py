@@ -32,7 +32,7 @@ def promtool(*args: str, cwd: Path = CONTRIB) -> subprocess.CompletedProcess[str
 def test_promtool_check_rules() -> None:
     res = promtool("check", "rules", str(RULES))
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "SUCCESS: 7 rules found" in res.stdout
+    assert "SUCCESS: 8 rules found" in res.stdout
 
 
 @needs_promtool
