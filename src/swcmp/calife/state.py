@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -292,3 +292,13 @@ class Result:
         return {"session": self.session, "action": self.action, "ok": True,
                 "changed": self.changed, "message": self.message,
                 "files": [str(p) for p in self.files], "charon": self.charon}
+
+
+def revoked_record(revoked: Sequence[Mapping[str, object]],
+                   cert: x509.Certificate) -> Mapping[str, object] | None:
+    """The record of ``cert``'s revocation by swcmp, if any: the same serial and, when
+    the record names one (older records do not), the same issuer (serials are unique
+    per issuer only: a session that moved to another CA can meet a revoked serial)."""
+    serial, issuer = f"{cert.serial_number:x}", cert.issuer.rfc4514_string()
+    return next((r for r in revoked if r.get("serial") == serial
+                 and r.get("issuer", issuer) == issuer), None)
