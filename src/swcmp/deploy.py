@@ -148,3 +148,9 @@ class Charon(Protocol):
     def unload_stale_keys(self, sessions: Sequence[Session]) -> None:
         """Unload old pinned-mode keys that no IKE SA made with the old config needs."""
         ...
+
+    def unload_key(self, key_id: str) -> bool:
+        """Unload the private key ``key_id`` (a decommissioned pair); False when charon
+        does not hold it. Its certificate stays loaded: VICI cannot unload certificates,
+        and without the key charon cannot authenticate with it."""
+        ...

@@ -227,6 +227,13 @@ class Renewer:
             except PollingTimeoutError:
                 raise  # the CA still delays the pkiConf: the next run polls again
             except SwcmpError as e:
+                if entry.confirm_nonce and not (isinstance(e, CMPErrorResponse)
+                                                and e.protected):
+                    # The CA holds our certConf; only its own (protected) error ends that
+                    # transaction. A CA out of reach, or an answer anyone on the path
+                    # could send, leaves it for the next run: a new KUR would ask for a
+                    # second certificate and lose the one already issued.
+                    raise
                 log.warning("%s: the CA did not take the late confirmation (%s); requesting "
                             "again", session.name, e)
             else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -215,9 +216,34 @@ def test_delete_with_revoke_removes_the_revoked_pair(gw: Gateway) -> None:
     assert not gw.cert_file.exists() and not key_file.exists()
     assert f"removed {gw.cert_file}, {key_file}" in result.stdout
     assert not _session_file(gw).exists()
+    # no charon at the VICI socket: said so, with what to run when it does run
+    assert "charon could not be reached" in result.stdout
+    assert "run `swanctl --load-creds`" in result.stdout
 
 
 # --- output -------------------------------------------------------------------------------
+
+
+@needs_openssl
+def test_every_dn_in_text_output_is_in_the_slash_form_entity_takes(gw: Gateway) -> None:
+    """One DN form on screen: the slash form, which --entity and --ca-name take back."""
+    issued = gw.pki.issue(gw.key, GW)
+    with gw.ca(MAC_ARGS, issued) as url:
+        gw.create_session(url)
+        request = gw.run("request", "initial", "gw1", "--no-deploy")
+        assert request.exit_code == 0, request.output
+    outputs = {"request": request.output}
+    for args in (["status"], ["status", "gw1"], ["session", "check", "gw1"],
+                 ["session", "show", "gw1"]):
+        outputs[" ".join(args)] = re.sub(r" +", " ", gw.run(*args).output)
+    root = "/CN=swcmp Test Root CA"
+    assert f"root {root} sha256" in outputs["status gw1"]
+    assert f"roots: {root} until" in outputs["session check gw1"]
+    assert f"ca_name {root}" in outputs["session show gw1"]
+    for what, text in outputs.items():
+        # an RFC 4514 DN (CN=...,O=... or a bare CN=...) has no slash before its attributes
+        bare = [m.group(0) for m in re.finditer(r"(?<![/+\\w])(?:CN|O|C|OU)=[^ ,/]*", text)]
+        assert not bare, (what, bare, text)
 
 
 def _swcmp(gw: Gateway, *args: str) -> list[str]:
@@ -547,6 +573,28 @@ def test_status_table_fits_columns(gw: Gateway) -> None:
         assert all(len(line) <= int(columns) for line in lines[:-1]), lines
         row = next(line for line in lines if line.startswith("gw1 "))
         assert row.endswith("...") and "kur FAILED" in row
+
+
+def test_session_list_fits_columns(gw: Gateway) -> None:
+    from click.testing import CliRunner
+
+    from swcmp.cli import cli
+
+    url = "http://127.0.0.1:9/a/long/path/to/the/certificate/management/service/"
+    gw.create_session(url)
+    entity = f"/C=DE/O=Example Organisation of Gateways/OU=Remote Access/CN={GW}"
+    assert gw.run("session", "set", "gw1", "--entity", entity).exit_code == 0
+    wide = gw.run("session", "list").stdout
+    assert entity in wide and url in wide  # piped: every cell whole
+    for columns in ("80", "60"):
+        result = CliRunner().invoke(cli, [*gw.options(), "session", "list"],
+                                    env={"COLUMNS": columns})
+        assert result.exit_code == 0, result.output
+        lines = result.stdout.splitlines()
+        assert all(len(line) <= int(columns) for line in lines), lines
+        row = next(line for line in lines if line.startswith("gw1 "))
+        assert row.endswith("...") and "http://" in row
+        assert f"CN={GW}" in row and "..." in row.split("http")[0]  # the CN stays
 
 
 @needs_openssl

@@ -682,6 +682,23 @@ def test_charon_unreachable_renewal_commits_and_hook_loads(e2e: E2E, how: str) -
     assert_restart_restores(e2e, new_serial)  # charon starts: the hook loads the new pair
 
 
+def test_session_delete_revoke_unloads_the_key_from_charon(e2e: E2E) -> None:
+    """Decommissioning through the CLI: the revoked pair's files are removed and its key
+    leaves the running charon, so charon can no longer authenticate with it."""
+    cert = enroll_a(e2e)
+    key_id = e2e.a.key_id()
+    assert key_id in e2e.net.a.key_ids()
+    result = e2e.a.run("session", "delete", A_SESSION, "--revoke")
+    assert f"unloaded the revoked key {key_id} from charon" in result.stdout, result.stdout
+    assert key_id not in e2e.net.a.key_ids()
+    assert not e2e.a.cert_file.exists() and not e2e.a.key_file.exists()
+    # the certificate stays listed (VICI has no unload-cert), but without its key
+    assert cert.serial_number not in e2e.net.a.cert_serials(e2e.net.a.identity,
+                                                            with_privkey=True)
+    # B's charon and key are untouched
+    assert e2e.net.b.key_ids() == {e2e.b.key_id()}
+
+
 @pytest.mark.parametrize("mode", ["identity", "pinned"])
 def test_charon_refusing_the_new_key_keeps_old_pair(e2e: E2E, mode: str) -> None:
     """charon answers load-key of the new key with its refusal (injected by the proxy):

@@ -202,3 +202,36 @@ def test_disk_full_while_staging_rejects_and_keeps_pair(
     assert StateStore(gw.paths).load("gw1").stats["certConf"]["sent"] == 1
 
 
+
+
+def test_ca_unreachable_while_resuming_a_delayed_confirmation_keeps_the_transaction(
+        tmp_path: Path) -> None:
+    """A run killed while the CA delayed its pkiConf left a certificate the CA issued and
+    a certConf the CA holds. If the next run cannot reach the CA (or gets an answer that
+    is not the CA's), it must keep that transaction for the run after: not drop it and
+    send a new KUR, which asks for a second certificate and loses the journaled one."""
+    from openssl_mock import OpenSSL
+    from swcmp.errors import SwcmpError
+
+    pki = make_pki(tmp_path / "pki")
+    renewed = pki.issue(pki.gw_key, serial=pki.gw.serial_number, days=400)
+    pki.write("rsp.crt", pem_cert(renewed))
+    args = [*SIG_ARGS, "-rsp_cert", "rsp.crt", "-poll_count", "1", "-check_after", "1"]
+    with mock_server(args, cwd=pki.dir, openssl=OpenSSL.of("3.5")) as url:
+        gw = make_gateway(tmp_path / "gw", pki, url)
+        root = gw.paths.config_dir.parent
+        res = subprocess.run([sys.executable, "-c", CHILD, str(root), "confirm-waiting", "",
+                              str(TESTS)], capture_output=True, text=True, timeout=60)
+        assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    before = Journal(gw.paths, "gw1").load()
+    assert before is not None and before.confirm_nonce is not None
+    # the mock is gone: the CA cannot be reached
+    with pytest.raises(SwcmpError):
+        Renewer(gw.paths, sleep=lambda s: None).renew(gw.session)
+    after = Journal(gw.paths, "gw1").load()
+    assert after is not None
+    assert (after.phase, after.transaction_id, after.confirm_nonce, after.cert) == (
+        "received", before.transaction_id, before.confirm_nonce, before.cert)
+    assert Journal(gw.paths, "gw1").cert_file.exists()
+    assert StateStore(gw.paths).load("gw1").stats.get("kur", {}).get("sent", 0) == 0
+    assert gw.cert == pki.gw and gw.pair_matches()

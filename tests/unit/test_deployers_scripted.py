@@ -279,3 +279,21 @@ def test_an_unreachable_charon_is_unavailable_through_every_operation(tmp_path: 
                 lambda: port.load_authorities([], []), lambda: port.load_current([])):
         with pytest.raises(DeployUnavailable):
             ask()
+
+
+def test_unload_key_removes_one_key_and_says_when_charon_did_not_hold_it(
+        pairs: tuple, tmp_path: Path) -> None:
+    _, old, new = pairs
+    charon = ScriptedCharon()
+    _live(charon, old)
+    charon._answer("load-key", {"data": new.key.pem})
+    port = _port(charon, tmp_path)
+    old_id = key_id_from_cert_pem(old.cert_pem)
+    assert port.unload_key(old_id) is True
+    assert not _usable(charon, old) and _usable(charon, new)  # only that key left
+    assert port.unload_key(old_id) is False  # not held any more: nothing sent
+    assert charon.log.count("unload-key") == 1
+    charon.refuse["unload-key"] = "key busy"
+    with pytest.raises(DeployError, match="refused unload-key: key busy"):
+        port.unload_key(key_id_from_cert_pem(new.cert_pem))
+    assert _usable(charon, new)

@@ -86,3 +86,55 @@ def test_pbmac1_requests_verify_and_iterations_are_bounded() -> None:
     for bad in (99, 100_001):
         with pytest.raises(ConfigError, match="out of bounds"):
             MacProtection(reference=b"ref", secret=b"s", mac_alg="pbmac1", iterations=bad)
+
+
+def test_pbmac1_short_key_length_in_an_answer_is_refused() -> None:
+    """A PBMAC1 keyLength of one byte leaves 256 possible HMAC keys: anyone on the
+    path forges a MAC-protected answer without the secret by trying them all. The
+    answer's keyLength must give a key of at least 128 bits."""
+    import hmac
+
+    from swcmp.cmp.protection import verify_mac
+
+    data = b"a forged answer's protected part"
+    forged = 0
+    for guess in range(256):
+        mac = hmac.new(bytes([guess]), data, "sha256").digest()
+        try:
+            verify_mac(SECRET, pbmac1(1), data, mac)
+        except ProtectionError:
+            continue
+        forged += 1
+    assert forged == 0
+    with pytest.raises(ProtectionError, match="key length 15 refused"):
+        verify_mac(SECRET, pbmac1(15), data, b"x" * 32)
+
+
+def _pbmac1_sha1_prf(iterations: int, key_length: int) -> AlgorithmId:
+    kdf = rfc8018.PBKDF2_params()
+    kdf["salt"]["specified"] = b"salt" * 4
+    kdf["iterationCount"] = iterations
+    kdf["keyLength"] = key_length  # prf left at its default, hmacWithSHA1 (20 bytes)
+    params = rfc8018.PBMAC1_params()
+    params["keyDerivationFunc"]["algorithm"] = univ.ObjectIdentifier(oids.PBKDF2)
+    params["keyDerivationFunc"]["parameters"] = encoder.encode(kdf)
+    params["messageAuthScheme"]["algorithm"] = univ.ObjectIdentifier(oids.HMAC_WITH_SHA256)
+    return AlgorithmId(oids.PBMAC1, encoder.encode(params))
+
+
+def test_pbmac1_work_counts_every_pbkdf2_block() -> None:
+    """PBKDF2 runs its iterations once per block of the PRF's output: 1 000 000
+    iterations of hmacWithSHA1 for a 64-byte key are 4 000 000, four times the worst
+    case bench_hostile measures. Such an answer (anyone on an http:// path can send it)
+    is refused before any derivation; the bound is on iterations times blocks."""
+    import hashlib
+    import hmac
+
+    from swcmp.cmp.protection import verify_mac
+
+    with pytest.raises(ProtectionError, match="refused"):
+        verify_mac(SECRET, _pbmac1_sha1_prf(1_000_000, 64), b"data", b"x" * 32)
+    # an ordinary one (two blocks of SHA-1 for a 32-byte key) still verifies
+    alg = _pbmac1_sha1_prf(10_000, 32)
+    key = hashlib.pbkdf2_hmac("sha1", SECRET, b"salt" * 4, 10_000, 32)
+    verify_mac(SECRET, alg, b"data", hmac.new(key, b"data", "sha256").digest())

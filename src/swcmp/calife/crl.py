@@ -27,6 +27,7 @@ from swcmp.calife.state import (
     fingerprint,
 )
 from swcmp.cmp import certs
+from swcmp.cmp.dn import format_dn
 from swcmp.cmp.text import safe
 from swcmp.errors import (
     CertificateError,
@@ -127,7 +128,7 @@ class Crls(_Base):
                        "number": number, "entries": len(crl), "refresh_at": _iso(refresh),
                        "signer": fingerprint(issuer)}
         charon = self._load_into_charon([], [der])
-        msg = (f"CRL of '{safe(crl.issuer.rfc4514_string())}' stored ({len(crl)} revoked, "
+        msg = (f"CRL of {safe(format_dn(crl.issuer))} stored ({len(crl)} revoked, "
                f"issued {this_update:%Y-%m-%d %H:%M:%S}Z"
                + (f", next update {nxt:%Y-%m-%d %H:%M:%S}Z" if nxt else "") + ")")
         log.info("%s: %s", session.name, msg)
@@ -194,9 +195,9 @@ class Crls(_Base):
         cert = _current_cert(self.paths, session.name)
         if cert is not None and crl.issuer != cert.issuer:
             raise self._refused(session, CURRENT_CRL,
-                                f"CRL refused: its issuer '{safe(crl.issuer.rfc4514_string())}'"
+                                f"CRL refused: its issuer {safe(format_dn(crl.issuer))}"
                                 " is not the issuer of the session's certificate "
-                                f"'{safe(cert.issuer.rfc4514_string())}'")
+                                f"{safe(format_dn(cert.issuer))}")
         for c in certs.unique_candidates(pool):
             if c.subject != crl.issuer:
                 continue
@@ -219,7 +220,7 @@ class Crls(_Base):
             return c
         raise self._refused(session, CURRENT_CRL,
                             f"CRL refused: its signature does not verify with any CA "
-                            f"certificate named '{safe(crl.issuer.rfc4514_string())}' that "
+                            f"certificate named {safe(format_dn(crl.issuer))} that "
                             "the session holds (signed by someone else)")
 
 

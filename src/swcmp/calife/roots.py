@@ -28,6 +28,7 @@ from swcmp.errors import (
     ConfigError,
     SwcmpError,
 )
+from swcmp.names import shown_dn
 from swcmp.session import Session
 from swcmp.sessionfile import SessionStore
 from swcmp.store import (
@@ -198,8 +199,8 @@ class RootUpdate(_Base):
         with cls.update() as st2:
             if st2.rollover is not None:
                 st2.rollover["state"] = "done"
-        msg = (f"the old root {roll.get('old_subject', '')} expired {roll.get('old_not_after')}:"
-               " dropped; the new root remains")
+        msg = (f"the old root {shown_dn(roll.get('old_subject', ''))} expired "
+               f"{roll.get('old_not_after')}: dropped; the new root remains")
         log.info("%s: %s", session.name, msg)
         return msg
 

@@ -15,6 +15,7 @@ from swcmp.calife.state import (
     fingerprint,
     revoked_record,
 )
+from swcmp.names import shown_dn
 from swcmp.paths import Paths
 from swcmp.session import Session
 from swcmp.store import (
@@ -64,7 +65,7 @@ def status_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
     """``status`` text rows for :func:`status_info`'s dictionary."""
     rows: list[tuple[str, str]] = []
     for r in info.get("roots", []):
-        rows.append(("root", f"{r['subject']} sha256 {r['sha256'][:16]}... until "
+        rows.append(("root", f"{shown_dn(r['subject'])} sha256 {r['sha256'][:16]}... until "
                              f"{r['not_after']}" + (" (EXPIRED)" if r.get("expired") else "")))
     roll = info.get("rollover")
     if roll:
@@ -102,8 +103,8 @@ def roots_check(session: Session, paths: Paths, now: datetime) -> Any:
     if not roots:
         return CheckResult("ca-roots", "ok", "no self-signed trust anchor (nothing to roll "
                            "over)")
-    parts = [f"{r['subject']} until {r['not_after'][:10]}" + (" EXPIRED" if r["expired"] else "")
-             for r in roots]
+    parts = [f"{shown_dn(r['subject'])} until {r['not_after'][:10]}"
+             + (" EXPIRED" if r["expired"] else "") for r in roots]
     detail = "roots: " + "; ".join(parts)
     if info["rollover"]:
         detail += f"; rollover: {info['rollover']['state']}"

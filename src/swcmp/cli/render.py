@@ -313,9 +313,14 @@ def session_text(
 
 
 def session_list_text(
-    sessions: Sequence[Mapping[str, Any]], errors: Sequence[Mapping[str, Any]]
+    sessions: Sequence[Mapping[str, Any]], errors: Sequence[Mapping[str, Any]], *,
+    width: int | None = None,
 ) -> str:
-    """``session list`` for people: a table of good sessions, then one line per broken file."""
+    """``session list`` for people: a table of good sessions, then one line per broken file.
+
+    With ``width`` the SERVER column is shortened first (its end), then the ENTITY column
+    (its start, so that the CN stays), down to 12 characters each, so that rows fit.
+    """
     if not sessions and not errors:
         return "no sessions (create one with `swcmp session create NAME`)"
     lines: list[str] = []
@@ -325,20 +330,33 @@ def session_list_text(
             (
                 str(d["name"]),
                 "on" if d.get("auto_update") else "off",
-                _shown(d.get("entity_wire")),
-                _shown(d.get("server_url")),
+                human(_shown(d.get("entity_wire"))),
+                human(_shown(d.get("server_url"))),
             )
             for d in sessions
         ]
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+        if width is not None:
+            room = width - widths[0] - widths[1] - 6  # for ENTITY and SERVER
+            if widths[2] + widths[3] > room:
+                widths[3] = max(room - widths[2], _MIN_CELL)
+            if widths[2] + widths[3] > room:
+                widths[2] = max(room - widths[3], _MIN_CELL)
         for row in [header, *rows]:
-            cells = [f"{cell:<{width}}" for cell, width in zip(row, widths, strict=False)]
-            lines.append("  ".join([*cells, row[3]]).rstrip())
+            entity = row[2] if len(row[2]) <= widths[2] else "..." + row[2][3 - widths[2]:]
+            server = row[3] if len(row[3]) <= widths[3] else row[3][: widths[3] - 3] + "..."
+            cells = [f"{cell:<{w}}" for cell, w in zip((*row[:2], entity), widths,
+                                                        strict=False)]
+            lines.append("  ".join([*cells, server]).rstrip())
     for err in errors:
         lines.append(f"broken: {err['error']}")
         if err.get("hint"):
             lines.append(f"  hint: {err['hint']}")
     return "\n".join(lines)
+
+
+#: The narrowest a shortened table cell gets (with its "...").
+_MIN_CELL = 12
 
 
 # --- statistics and status -------------------------------------------------------------

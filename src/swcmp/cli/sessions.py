@@ -205,7 +205,8 @@ def session_list() -> None:
         {"path": e.path, "line": e.line, "error": _message(e), "hint": e.hint or None}
         for e in listing.errors
     ]
-    env.emit({"sessions": sessions, "errors": errors}, render.session_list_text(sessions, errors))
+    env.emit({"sessions": sessions, "errors": errors}, render.session_list_text(sessions, errors,
+                                                           width=render.output_width()))
 
 
 @session.command("delete")
@@ -213,30 +214,37 @@ def session_list() -> None:
 @click.option("--revoke", is_flag=True,
               help="Decommissioning: first revoke the session's current certificate at the "
               "CA (rr, reason cessationOfOperation), then remove that certificate and its key "
-              "from the swanctl directory; the session is kept if the revocation fails.")
+              "from the swanctl directory and unload the key from a running charon; the "
+              "session is kept if the revocation fails.")
 @json_option
 def session_delete(name: str, revoke: bool) -> None:
     """Delete session NAME's settings; its key, certificates and state stay on disk.
 
     With --revoke the revoked certificate (x509/NAME.crt) and its key file
     (private/KEY.key, unless another session uses the same key) are removed too,
-    so `swanctl --load-creds` no longer loads them.
+    so `swanctl --load-creds` no longer loads them, and the key is unloaded from a
+    running charon (the certificate stays listed until charon restarts: VICI cannot
+    unload certificates, and without its key charon cannot use it).
     """
     env = _env()
     path = env.store.path_for(name)
     revoked = None
     removed: list[str] = []
+    unloaded = None
     if revoke:
         from swcmp.calife import CaLife, reason_code
 
         s = env.store.load(name)
         revoked = CaLife(env.paths).revoke(
             s, reason=reason_code("cessationOfOperation"), advise=False).message
+        unloaded = _unload_revoked_key(env, s)
         removed = _remove_revoked_pair(env, s)
     env.store.delete(name)
     if revoke:
         text = (f"deleted session {name} ({path}); removed "
                 f"{', '.join(removed) or 'no files'}; its state is left in place")
+        if unloaded:
+            text += f"\n{unloaded}"
     else:
         text = (f"deleted session {name} ({path}); its key, certificates and state are left "
                 "in place")
@@ -244,7 +252,41 @@ def session_delete(name: str, revoke: bool) -> None:
     if revoked is not None:
         data["revoked"] = revoked
         data["removed"] = removed
+        data["charon"] = unloaded
     env.emit(data, f"{revoked}\n{text}" if revoked else text)
+
+
+def _unload_revoked_key(env: CliEnv, s: Session) -> str | None:
+    """Unload the revoked certificate's key from charon, if reachable; say what happened.
+
+    None with --vici none or without a certificate. A key another session uses stays.
+    """
+    if not env.charon:
+        return None
+    from swcmp.deploy import DeployError, DeployUnavailable
+    from swcmp.strongswan import ViciCharon, key_id_from_cert_pem
+
+    try:
+        key_id = key_id_from_cert_pem(env.paths.cert_file(s.name).read_bytes())
+    except (OSError, ValueError):
+        return None
+    others = [o.name for o in env.store.list().sessions if o.name != s.name and o.key == s.key]
+    if others:
+        return (f"its key {key_id} stays loaded in charon: session {others[0]} uses the "
+                "same key")
+    try:
+        held = ViciCharon(env.vici, env.paths).unload_key(key_id)
+    except DeployUnavailable as e:
+        return (f"charon could not be reached ({_message(e)}), so the revoked key {key_id} "
+                "may still be loaded in it: when charon runs, run `swanctl --load-creds` "
+                "(it unloads keys whose files are gone)")
+    except DeployError as e:
+        return (f"charon did not unload the revoked key {key_id}: {_message(e)}; run "
+                "`swanctl --load-creds` (it unloads keys whose files are gone)")
+    if not held:
+        return f"charon did not hold the revoked key {key_id}"
+    return (f"unloaded the revoked key {key_id} from charon (the certificate stays listed "
+            "until charon restarts; without its key charon cannot use it)")
 
 
 def _remove_revoked_pair(env: CliEnv, s: Session) -> list[str]:

@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
+from swcmp.cmp.dn import format_dn
 from swcmp.cmp.errors import CertificateError
 from swcmp.cmp.text import safe
 
@@ -106,7 +107,7 @@ def _spki_or_none(cert: x509.Certificate) -> bytes | None:
 
 def describe(cert: x509.Certificate) -> str:
     """Short text for messages: subject and serial in hex."""
-    return f"'{safe(cert.subject.rfc4514_string())}' serial {cert.serial_number:x}"
+    return f"{safe(format_dn(cert.subject))} serial {cert.serial_number:x}"
 
 
 def subject_key_id(cert: x509.Certificate) -> bytes | None:
@@ -289,10 +290,10 @@ def build_chain(
 
     chain = walk(leaf, [leaf], {spki_of(leaf)}, 0)
     if chain is None:
-        names = ", ".join(f"'{safe(a.subject.rfc4514_string())}'" for a in anchor_list)
+        names = ", ".join(safe(format_dn(a.subject)) for a in anchor_list)
         detail = f" ({'; '.join(dict.fromkeys(refused))})" if refused else ""
         raise CertificateError(
-            f"certificate {describe(leaf)} (issuer '{safe(leaf.issuer.rfc4514_string())}') "
+            f"certificate {describe(leaf)} (issuer {safe(format_dn(leaf.issuer))}) "
             f"does not chain to the trust anchor(s) {names}{detail}"
         ).with_hint("check the trust anchors and the CA's certificates", setting="trust")
     return chain

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes
 
 from swcmp.cmp import certs, codec, keys, oids, progress, text
 from swcmp.cmp.choices import GRANTED_WITH_MODS as GRANTED_WITH_MODS_POLICIES
+from swcmp.cmp.dn import format_dn
 from swcmp.cmp.errors import (
     CertificateError,
     CertificateRejectedError,
@@ -594,7 +595,7 @@ class CMPClient:
             raise CertificateError("the issued certificate is for another public key")
         if subject_der != codec.NULL_DN_DER and cert.subject.public_bytes() != subject_der:
             raise CertificateError(
-                f"the issued certificate's subject '{text.safe(cert.subject.rfc4514_string())}' "
+                f"the issued certificate's subject {text.safe(format_dn(cert.subject))} "
                 "is not the one requested")
         anchors = list(self.trust)
         if verified.kind == "mac" and not anchors:

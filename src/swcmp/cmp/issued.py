@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from swcmp.cmp import certs, oids, text
+from swcmp.cmp.dn import format_dn
 from swcmp.cmp.errors import CertificateError
 from swcmp.cmp.messages import AlgorithmId
 
@@ -28,7 +29,7 @@ def modifications(cert: x509.Certificate, *, spki_der: bytes, subject_der: bytes
     if certs.spki_of(cert) != spki_der:
         changes.append("another public key")
     if cert.subject.public_bytes() != subject_der:
-        changes.append(f"subject '{text.safe(cert.subject.rfc4514_string())}'")
+        changes.append(f"subject {text.safe(format_dn(cert.subject))}")
     if expect_sans is not None:
         try:
             got = frozenset(cert.extensions.get_extension_for_class(

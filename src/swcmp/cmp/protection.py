@@ -18,6 +18,7 @@ from datetime import datetime
 from cryptography import x509
 
 from swcmp.cmp import certs, codec, keys, oids, text
+from swcmp.cmp.dn import format_dn
 from swcmp.cmp.errors import CertificateError, ConfigError, ProtectionError, ProtocolError
 from swcmp.cmp.messages import AlgorithmId, PKIMessageInfo
 
@@ -43,6 +44,13 @@ _OWF_BY_OID = {oids.SHA1: "sha1", oids.SHA256: "sha256", oids.SHA384: "sha384",
 #: The ``mac_alg`` of PBMAC1 (RFC 9481 6.1.2) and its key length (HMAC-SHA256's output).
 PBMAC1 = "pbmac1"
 PBMAC1_KEY_LENGTH = 32
+#: The shortest PBKDF2 keyLength accepted in an answer's PBMAC1 (128 bits): with a
+#: shorter key anyone could forge the MAC by trying every key, without the secret.
+MIN_PBMAC1_KEY_LENGTH = 16
+#: The most PBKDF2 work an answer's PBMAC1 may ask: iterations times blocks of the
+#: PRF's output (one block of HMAC-SHA512 at 1 000 000 iterations: bench_hostile's
+#: worst case).
+MAX_PBMAC1_WORK = 1_000_000
 #: One-way function and HMAC OIDs of each PasswordBasedMac of swcmp.cmp.MAC_ALGS.
 MAC_ALGS: dict[str, tuple[str, str]] = {"hmac-sha256": (oids.SHA256, oids.HMAC_WITH_SHA256),
                                         "hmac-sha1": (oids.SHA1, oids.HMAC_SHA1)}
@@ -192,16 +200,25 @@ def _pbmac1_compute(secret: bytes, params_der: bytes | None, data: bytes) -> byt
         raise ProtectionError("PBMAC1 with a KDF other than PBKDF2 is not supported")
     salt, iterations, mac_oid, key_len = f.salt, f.iterations, f.mac_oid, f.key_length
     prf = f.prf_oid or oids.HMAC_WITH_SHA1
-    if not MIN_ITERATIONS <= iterations <= MAX_ITERATIONS * 10:
+    if not MIN_ITERATIONS <= iterations <= MAX_PBMAC1_WORK:
         raise ProtectionError(f"PBMAC1 iteration count {iterations} refused")
     if prf not in _HMAC_BY_OID or mac_oid not in _HMAC_BY_OID:
         raise ProtectionError("PBMAC1 with an unsupported PRF or MAC")
-    if key_len is not None and not 1 <= key_len <= 64:
+    if key_len is not None and not MIN_PBMAC1_KEY_LENGTH <= key_len <= 64:
         # the MAC key of an HMAC needs no more than a block; a hostile answer must not
-        # make us derive gigabytes (or overflow) before its MAC is even compared
-        raise ProtectionError(f"PBMAC1 key length {key_len} refused (accepted: 1..64)")
+        # make us derive gigabytes (or overflow) before its MAC is even compared, nor
+        # name a key so short that the MAC can be forged by trying every key
+        raise ProtectionError(f"PBMAC1 key length {key_len} refused "
+                              f"(accepted: {MIN_PBMAC1_KEY_LENGTH}..64)")
     hname = _HMAC_BY_OID[mac_oid]
     length = key_len or hashlib.new(hname).digest_size
+    # PBKDF2 runs all its iterations once per block of the PRF's output: a short PRF
+    # and a long key multiply the work the iteration bound alone allows
+    blocks = -(-length // hashlib.new(_HMAC_BY_OID[prf]).digest_size)
+    if iterations * blocks > MAX_PBMAC1_WORK:
+        raise ProtectionError(
+            f"PBMAC1 iteration count {iterations} for a {length}-byte key ({blocks} PBKDF2 "
+            f"blocks) refused (accepted: iterations times blocks up to {MAX_PBMAC1_WORK})")
     key = hashlib.pbkdf2_hmac(_HMAC_BY_OID[prf], secret, salt, iterations, length)
     return hmac.new(key, data, hname).digest()
 
@@ -421,7 +438,7 @@ def _check_sender(msg: PKIMessageInfo, signer: x509.Certificate) -> None:
             "the response's sender does not match the subject of its signing certificate")
     if match == "reversed":
         log.warning("the CA's sender name lists the RDNs of its certificate's subject %s in "
-                    "reverse order; accepted", text.safe(signer.subject.rfc4514_string()))
+                    "reverse order; accepted", text.safe(format_dn(signer.subject)))
 
 
 def authorise_signer(signer: x509.Certificate, policy: ResponseTrust) -> None:

@@ -16,11 +16,15 @@ from swcmp.strongswan.hook import load_current
 from swcmp.strongswan.stale_keys import unload_stale_from_file
 from swcmp.strongswan.vici import (
     DEFAULT_TIMEOUT,
+    CommandFailed,
+    ConnectionLost,
     KeyId,
     SocketFactory,
     key_id_from_cert_pem,
     list_loaded_certs,
     loaded_key_ids,
+    open_session,
+    query_error,
     vici_socket_path,
 )
 
@@ -96,6 +100,17 @@ class ViciCharon:
             swanctl_conf=self.paths.swanctl_dir / "swanctl.conf",
             swanctl_dir=self.paths.swanctl_dir, connections=session.connections,
             timeout=self.timeout, connect=self.connect)
+
+    def unload_key(self, key_id: str) -> bool:
+        with open_session(self.uri, self.timeout, self.connect) as conn:
+            try:
+                if KeyId(key_id.lower()) not in conn.get_keys():
+                    return False
+                conn.unload_key(KeyId(key_id.lower()))
+            except (CommandFailed, ConnectionLost) as e:
+                raise query_error(self.uri, e) from None
+        log.info("unloaded the key %s from charon", key_id)
+        return True
 
     def unload_stale_keys(self, sessions: Sequence[Session]) -> None:
         files = [f for s in sessions if (f := stale_keys_file(self.paths, s.name)).exists()]
