@@ -154,13 +154,19 @@ def plan(session: Session, cert: x509.Certificate | None, st: SessionState,
         return Plan("needs_ir", False, None, expires, None,
                     f"certificate expired {expires:%Y-%m-%d %H:%M}Z; a key update cannot work: "
                     f"run `swcmp request initial {session.name}`")
-    at = renew_at(cert, session.expire_time, session.name,
-                  st.received_at(f"{cert.serial_number:x}"))
+    received = st.received_at(f"{cert.serial_number:x}")
+    if received is not None and received > now:
+        # an arrival in the future (a damaged state.json, a clock put back since) would
+        # put the floor past the expiry: counted from notBefore alone instead
+        received = None
+    at = renew_at(cert, session.expire_time, session.name, received)
     if not session.auto_update:
         return Plan("disabled", False, at, expires, None, "auto-update is off")
     if st.next_attempt:
         retry = datetime.fromisoformat(st.next_attempt)
-        if now < retry:
+        # no backoff sets a retry further than RETRY_CAP ahead: a later one (a damaged
+        # state.json, a clock put back since) would stop renewals until expiry
+        if now < retry <= now + RETRY_CAP:
             return Plan("failed", False, at, expires, retry,
                         f"retrying after {retry:%Y-%m-%d %H:%M:%S}Z ({st.failures} failures)")
     if now >= at:

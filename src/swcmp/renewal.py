@@ -361,7 +361,8 @@ class Renewer:
                       if self.charon is not None else "files written")
         except DeployUnavailable as e:
             detail = f"charon not updated ({e}); it loads the new pair when it starts"
-            log.warning("%s: %s", session.name, detail)
+            # in_outcome: a one-shot command prints the detail as its result (shown once)
+            log.warning("%s: %s", session.name, detail, extra={"in_outcome": True})
         except DeployError as e:
             store.undo(installed)
             raise RenewalError(

@@ -592,7 +592,8 @@ def read_mac_secret(session: Session) -> bytes:
     if path is None:
         raise _err(f"session {session.name} has no MAC secret file", f"set one: {fix}")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO in its place is refused below instead of waiting for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
         raise _err(
             f"cannot read the MAC secret file {path}: {e.strerror}",

@@ -146,7 +146,7 @@ def _unusable(paths: Paths, session: Session, pair: CredentialPair,
     """
     from cryptography import x509
 
-    from swcmp.calife.state import CaLifeStore
+    from swcmp.calife.state import CaLifeStore, revoked_record
     from swcmp.cmp import certs
     from swcmp.store import crl_file
 
@@ -158,7 +158,7 @@ def _unusable(paths: Paths, session: Session, pair: CredentialPair,
     if now > cert.not_valid_after_utc:
         return f"its certificate expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; {fix}"
     serial = f"{cert.serial_number:x}"
-    if any(r.get("serial") == serial for r in CaLifeStore(paths, session.name).load().revoked):
+    if revoked_record(CaLifeStore(paths, session.name).load().revoked, cert) is not None:
         return f"its certificate (serial {serial}) was revoked by swcmp; {fix}"
     try:
         crl = x509.load_der_x509_crl(crl_file(paths, session.name).read_bytes())

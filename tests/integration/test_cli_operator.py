@@ -610,6 +610,23 @@ def test_each_message_once(gw: Gateway) -> None:
         rr = gw.run("request", "revoke", "gw1", "--yes")
     assert rr.exit_code == 0, rr.output
     assert (rr.stdout + rr.stderr).count("revoked (reason unspecified)") == 1, rr.output
+    # a key update whose charon cannot be reached says so once too
+    renewed = gw.pki.issue(gw.key, GW)
+    with gw.ca(MAC_ARGS, renewed):
+        assert gw.run("request", "initial", "gw1", "--yes").exit_code == 0
+    # the mock answers a KUR that names the old certificate's issuer and serial
+    updated = gw.pki.issue(gw.key, GW, serial=renewed.serial_number, days=400)
+    with gw.ca(SIG_ARGS, updated):
+        kur = gw.run("request", "keyupdate", "gw1", "--no-regenerate")
+    assert kur.exit_code == 0, kur.output
+    assert (kur.stdout + kur.stderr).count("charon not updated") == 1, kur.output
+    # and so does a renewal pass (cron's swcmp renew): in its report line, not lost
+    assert gw.run("session", "set", "gw1", "--no-regenerate").exit_code == 0
+    with gw.ca(SIG_ARGS, gw.pki.issue(gw.key, GW, serial=updated.serial_number, days=401)):
+        again = gw.run("renew", "--force", "gw1")
+    assert again.exit_code == 0, again.output
+    assert (again.stdout + again.stderr).count("charon not updated") == 1, again.output
+    assert "charon not updated" in again.stdout, again.output
     # -v asks for the log: then it is there too.
     with gw.ca(MAC_ARGS, issued):
         loud = gw.run("-v", "request", "initial", "gw1", "--yes")

@@ -141,6 +141,23 @@ def test_hook_skips_a_pair_swcmp_revoked(gw, monkeypatch: pytest.MonkeyPatch) ->
     assert charon.sessions == [[]] and "was revoked by swcmp" in note
 
 
+def test_hook_loads_a_pair_whose_serial_swcmp_revoked_under_another_issuer(gw) -> None:  # type: ignore[no-untyped-def]
+    # The session moved to another CA (or its CA was re-keyed under a new name) whose
+    # serials happen to meet one swcmp revoked before: serials are unique per issuer
+    # only, so the valid current pair must still be loaded at charon's start.
+    charon = _Recording()
+    with CaLifeStore(gw.paths, "gw1").update() as st:
+        st.revoked = [{"serial": f"{gw.cert.serial_number:x}", "reason": "superseded",
+                       "time": "2026-01-01T00:00:00+00:00", "current": False,
+                       "issuer": "CN=Old CA,O=elsewhere"}]
+    note = charon_start(gw.paths, charon)  # type: ignore[arg-type]
+    assert charon.sessions == [["gw1"]], note
+    with CaLifeStore(gw.paths, "gw1").update() as st:
+        st.revoked[0]["issuer"] = gw.cert.issuer.rfc4514_string()
+    note = charon_start(gw.paths, charon)  # type: ignore[arg-type]
+    assert charon.sessions[-1] == [] and "was revoked by swcmp" in note
+
+
 def test_hook_that_finishes_a_commit_queues_the_superseded_revocation(
         tmp_path: Path) -> None:
     # A renewal killed after the CA confirmed its certificate is finished by the hook when

@@ -97,3 +97,34 @@ def test_a_queued_revocation_waits_while_the_token_cannot_be_opened(tmp_path: Pa
     assert not CaLifeStore(paths, session.name).load().pending_revocations
     token.pin_file.chmod(0o600)
     assert TokenKeys(session, paths).key_for(old) is not None
+
+
+def test_discarding_a_staged_key_never_destroys_the_live_pair(tmp_path: Path) -> None:
+    # A journal whose reserved CKA_ID is the live pair's (damaged, or written by hand)
+    # and whose transaction ended: the renewal discards "the staged key". In the token
+    # that is the current pair, which the live certificate needs; collect() never takes
+    # it, and neither may discard_staged().
+    from pki import make_pki
+    from swcmp.store import Journal, write_cert
+
+    token = softhsm.new_token(tmp_path)
+    session = Session(name="gw1", key=token.uri(), pkcs11_module=token.module,
+                      pin_file=token.pin_file)
+    paths = tmp_paths(tmp_path / "gw")
+    store = TokenKeys(session, paths)
+    key, _ = store.ensure_key()
+    cert = make_pki(tmp_path / "pki").issue(keys.public_key_of(key), cn="gw1.example.net")
+    write_cert(paths, session, cert)
+    store.enrolled()
+    live = store.live_key()
+    assert live is not None
+    j = Journal(paths, "gw1")
+    entry = j.write(phase="sending", token_id=live.handle, regenerate=True)
+    TokenKeys(session, paths).discard_staged(j, entry)
+    after = TokenKeys(session, paths).live_key()
+    assert after is not None and after.handle == live.handle
+    # nor the recovery of a run "killed while making" that key
+    entry = j.write(phase="key-making", token_id=live.handle, regenerate=True)
+    TokenKeys(session, paths).recover(j, entry)
+    after = TokenKeys(session, paths).live_key()
+    assert after is not None and after.handle == live.handle

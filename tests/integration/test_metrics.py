@@ -226,3 +226,21 @@ def test_a_broken_session_file_keeps_a_series_that_says_so(enrolled: tuple[Site,
     found = samples(prom.read_text())
     assert value(found, "swcmp_session_readable", session="gw1") == 0
     assert value(found, "swcmp_certificate_not_after_timestamp_seconds", session="gw1") is None
+
+
+def test_an_unreadable_certificate_leaves_the_series_its_alert_reads(
+        enrolled: tuple[Site, CAHolder], tmp_path: Path) -> None:
+    # the session file reads, but its certificate file does not parse: the pass fails
+    # the session (needs_ir) and no certificate series is left, so neither expiry alert
+    # can fire; SwcmpSessionNeedsInitialRequest reads exactly these series
+    site, _ = enrolled
+    prom = tmp_path / "swcmp.prom"
+    svc = RenewalService(site.paths, host=HostConfig(metrics_file=prom))
+    svc.run_pass()
+    site.paths.cert_file("gw1").write_bytes(b"-----BEGIN CERTIFICATE-----\nbroken\n")
+    reports = svc.run_pass()
+    assert [(r.session, r.result) for r in reports] == [("gw1", "failed")]
+    found = samples(prom.read_text())
+    assert value(found, "swcmp_certificate_not_after_timestamp_seconds", session="gw1") is None
+    assert value(found, "swcmp_session_state", session="gw1", state="needs_ir") == 1
+    assert value(found, "swcmp_auto_update_enabled", session="gw1") == 1

@@ -32,7 +32,7 @@ def promtool(*args: str, cwd: Path = CONTRIB) -> subprocess.CompletedProcess[str
 def test_promtool_check_rules() -> None:
     res = promtool("check", "rules", str(RULES))
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "SUCCESS: 9 rules found" in res.stdout
+    assert "SUCCESS: 10 rules found" in res.stdout
 
 
 @needs_promtool

@@ -66,3 +66,22 @@ def test_status_rows_name_revocation_and_rollover() -> None:
     assert "serial 1f was revoked (keyCompromise)" in rows["REVOKED"]
     assert "request initial" in rows["REVOKED"]
     assert rows["CA lacks"].startswith("caCerts")
+
+
+def test_times_in_a_damaged_calife_json_never_stop_the_ca_questions_for_good() -> None:
+    # a calife.json damaged (or written while the clock was years ahead) with a next
+    # try, a last check or a refusal in 2099: the CA's certificates, root update and
+    # CRL were never asked for again (a root rollover missed without a word)
+    far = "2099-01-01T00:00:00+00:00"
+    st = CaLifeState.from_json({
+        "next_try": {CA_CERTS: far, CURRENT_CRL: far},
+        "failures": {CA_CERTS: 1, CURRENT_CRL: 1},
+        "checked": {ROOT_UPDATE: far},
+        "unsupported": {CURRENT_CRL: {"since": far, "error": "badRequest"}},
+    })
+    assert not st.backing_off(CA_CERTS, NOW) and st.due(CA_CERTS, NOW)
+    assert st.due(ROOT_UPDATE, NOW)
+    assert not st.is_unsupported(CURRENT_CRL, NOW) and not st.backing_off(CURRENT_CRL, NOW)
+    # a backoff within its bounds still holds
+    st.failed(CA_CERTS, NOW, retry_after=10**9)
+    assert st.backing_off(CA_CERTS, NOW + timedelta(hours=23))

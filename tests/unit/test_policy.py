@@ -170,3 +170,26 @@ def test_floor_warning_for_policies_that_ask_for_less_than_the_floor(pki: TestPK
                          cert) is not None
     assert floor_warning(ExpireTime.before_expiry(dt.timedelta(days=9, hours=12)), None) is None
     assert floor_warning(ExpireTime.before_expiry(dt.timedelta(days=5)), cert) is None
+
+
+def test_an_arrival_time_in_the_future_does_not_hold_the_renewal_past_expiry(
+        pki: TestPKI) -> None:
+    # a damaged state.json, or a clock that was years ahead when the certificate
+    # arrived and was put right since: the floor counted from that arrival lies past
+    # the certificate's expiry, and the session would wait, 'idle', until it expired
+    cert = pki.issue(keys.generate_key("ecdsa:p256"), not_before=T0, days=10)
+    s = session()
+    st = SessionState(received={"serial": f"{cert.serial_number:x}",
+                                "time": "2099-01-01T00:00:00+00:00"})
+    p = plan(s, cert, st, T0 + dt.timedelta(days=9))
+    assert p.due, p.reason
+
+
+def test_a_retry_time_beyond_any_backoff_does_not_stop_renewals(pki: TestPKI) -> None:
+    # next_attempt can be at most RETRY_CAP after the failure that set it; one years
+    # ahead (a damaged state.json, a clock put back) would keep the session 'failed'
+    # without another attempt until its certificate expired
+    cert = pki.issue(keys.generate_key("ecdsa:p256"), not_before=T0, days=10)
+    st = SessionState(failures=1, next_attempt="2099-01-01T00:00:00+00:00")
+    p = plan(session(), cert, st, T0 + dt.timedelta(days=9))
+    assert p.due, p.reason

@@ -7,7 +7,7 @@ import json
 import os
 import stat
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -360,6 +360,45 @@ class TestMacSecret:
         secret.chmod(0o400)
         assert read_mac_secret(s) == b"TOPSECRET"
 
+    def test_a_fifo_is_refused_without_waiting_for_a_writer(self, tmp_path: Path) -> None:
+        # opening a FIFO for reading waits for a writer: serve would hang, every session
+        # with it, on a secret path someone replaced with a FIFO
+        import threading
+
+        secret = tmp_path / "secret"
+        os.mkfifo(secret, 0o600)
+        outcome: list[BaseException | bytes] = []
+
+        def read() -> None:
+            try:
+                s = set_fields(Session(name=GW1), {"mac_secret_file": str(secret)})
+                outcome.append(read_mac_secret(s))
+            except BaseException as e:
+                outcome.append(e)
+
+        t = threading.Thread(target=read, daemon=True)
+        t.start()
+        t.join(5)
+        if t.is_alive():  # release the reader before failing
+            fd = os.open(secret, os.O_WRONLY)
+            os.close(fd)
+            t.join(5)
+            pytest.fail("reading a FIFO as the MAC secret file waited for a writer")
+        (e,) = outcome
+        assert isinstance(e, ConfigError) and "not a regular file" in str(e), e
+        # the token's PIN file is read the same way
+        from swcmp.keystore.pkcs11 import read_pin
+
+        t = threading.Thread(target=lambda: outcome.append(
+            _raised(lambda: read_pin(secret, session="gw1"))), daemon=True)
+        t.start()
+        t.join(5)
+        if t.is_alive():
+            os.close(os.open(secret, os.O_WRONLY))
+            t.join(5)
+            pytest.fail("reading a FIFO as the PIN file waited for a writer")
+        assert isinstance(outcome[-1], ConfigError) and "not a regular file" in str(outcome[-1])
+
     def test_read_strips_one_newline(self, tmp_path: Path) -> None:
         secret = tmp_path / "secret"
         secret.write_bytes(b"s3cr3t\n")
@@ -668,3 +707,11 @@ def test_a_pass_method_reads_sessions_once() -> None:
 
     assert pass_(1) == 2 and seen == [{}]
     assert sessionfile._reading is None
+
+
+def _raised(f: Callable[[], object]) -> BaseException | None:
+    try:
+        f()
+    except BaseException as e:
+        return e
+    return None

@@ -15,8 +15,10 @@ from swcmp.cli.render import dump_json
 from swcmp.cmp.text import safe, safe_lines
 
 #: Written out here, not taken from swcmp: the test must fail if swcmp forgets one.
+#: Unicode's Bidi_Control property: U+061C ARABIC LETTER MARK, U+200E/F, U+202A-202E,
+#: U+2066-2069.
 BIDI = [*(chr(c) for c in range(0x202A, 0x202F)), *(chr(c) for c in range(0x2066, 0x206A)),
-        "\u200e", "\u200f"]
+        "\u200e", "\u200f", "\u061c"]
 OTHER = ["\x1b", "\x07", "\x7f", "\x9b", "\u2028", "\u2029"]
 
 

@@ -106,7 +106,9 @@ class Revocation(_Base):
         current = cur is not None and cur.serial_number == serial
         with CaLifeStore(self.paths, session.name).update() as st:
             st.revoked = [{"serial": f"{serial:x}", "reason": reason_name(reason),
-                           "time": _iso(now), "current": current}, *st.revoked][:REVOKED_KEEP]
+                           "time": _iso(now), "current": current,
+                           "issuer": cert.issuer.rfc4514_string()},
+                          *st.revoked][:REVOKED_KEEP]
             st.pending_revocations = [p for p in st.pending_revocations
                                       if p.get("serial") != f"{serial:x}"]
         msg = f"certificate {certs.describe(cert)} revoked (reason {reason_name(reason)})"

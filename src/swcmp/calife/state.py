@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -184,12 +184,15 @@ class CaLifeState:
 
     def is_unsupported(self, question: str, now: datetime) -> bool:
         since = _time(self.unsupported.get(question, {}).get("since"))
-        return since is not None and now < since + UNSUPPORTED_RETRY
+        # a time in the future (a damaged calife.json, a clock put back) is no refusal
+        return since is not None and since <= now < since + UNSUPPORTED_RETRY
 
     def backing_off(self, question: str, now: datetime) -> bool:
         """Whether ``question`` failed lately and its next try has not come yet."""
         nxt = _time(self.next_try.get(question))
-        return nxt is not None and now < nxt
+        # never further ahead than failed() sets it: a later time (a damaged calife.json,
+        # a clock put back) would stop the question for good
+        return nxt is not None and now < nxt <= now + FAILED_RETRY_CAP
 
     def failed(self, question: str, now: datetime, retry_after: float | None) -> datetime:
         """Count a failure of ``question``; return (and keep) when to ask it next."""
@@ -213,7 +216,7 @@ class CaLifeState:
         if self.is_unsupported(question, now) or self.backing_off(question, now):
             return False
         last = _time(self.checked.get(question))
-        return last is None or now >= last + CHECK_EVERY
+        return last is None or last > now or now >= last + CHECK_EVERY
 
 
 class CaLifeStore:
@@ -289,3 +292,13 @@ class Result:
         return {"session": self.session, "action": self.action, "ok": True,
                 "changed": self.changed, "message": self.message,
                 "files": [str(p) for p in self.files], "charon": self.charon}
+
+
+def revoked_record(revoked: Sequence[Mapping[str, object]],
+                   cert: x509.Certificate) -> Mapping[str, object] | None:
+    """The record of ``cert``'s revocation by swcmp, if any: the same serial and, when
+    the record names one (older records do not), the same issuer (serials are unique
+    per issuer only: a session that moved to another CA can meet a revoked serial)."""
+    serial, issuer = f"{cert.serial_number:x}", cert.issuer.rfc4514_string()
+    return next((r for r in revoked if r.get("serial") == serial
+                 and r.get("issuer", issuer) == issuer), None)

@@ -6,7 +6,15 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from swcmp.calife.state import CaLifeStore, _current_cert, _iso, _read_certs, _time, fingerprint
+from swcmp.calife.state import (
+    CaLifeStore,
+    _current_cert,
+    _iso,
+    _read_certs,
+    _time,
+    fingerprint,
+    revoked_record,
+)
 from swcmp.names import shown_dn
 from swcmp.paths import Paths
 from swcmp.session import Session
@@ -43,8 +51,8 @@ def status_info(session: Session, paths: Paths, now: datetime) -> dict[str, Any]
             "old root expired" if old_until and now >= old_until else "both roots trusted")}
     revoked_current = next((r for r in st.revoked if r.get("current")), None)
     cur = _current_cert(paths, session.name)
-    if revoked_current and cur is not None and revoked_current.get("serial") != \
-            f"{cur.serial_number:x}":
+    if revoked_current and cur is not None and \
+            revoked_record([revoked_current], cur) is None:
         revoked_current = None
     return {"roots": roots, "rollover": rollover, "crl": st.crl,
             "unsupported": st.unsupported, "checked": st.checked,

@@ -30,7 +30,11 @@ log = logging.getLogger(__name__)
 
 
 def _report_text(report: SessionReport) -> str:
-    return f"{report.session}: {report.result}: {report.message}"
+    text = f"{report.session}: {report.result}: {report.message}"
+    if report.outcome is not None and report.outcome.charon:
+        # what charon did with the new pair (or why it was not updated): said here only
+        text += f"; {report.outcome.charon}"
+    return text
 
 
 def _probe(env: CliEnv, report: SessionReport, named: bool) -> SessionReport:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 #: Characters outside C0/C1 that a terminal or a text viewer obeys: the line and
 #: paragraph separators, and the bidirectional formatting controls (embeddings and
-#: overrides U+202A-202E, isolates U+2066-2069, the marks U+200E/U+200F), with which a
+#: overrides U+202A-202E, isolates U+2066-2069, the marks U+200E/U+200F and U+061C:
+#: Unicode's Bidi_Control property), with which a
 #: CA could show a name reversed or hide part of it.
 INVISIBLE_CONTROLS = (
     "\u2028\u2029"
     "\u202a\u202b\u202c\u202d\u202e"
     "\u2066\u2067\u2068\u2069"
-    "\u200e\u200f"
+    "\u200e\u200f\u061c"
 )
 
 

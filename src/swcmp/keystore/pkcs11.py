@@ -139,7 +139,8 @@ def read_pin(path: Path, *, session: str) -> str:
     """
     fix = f"swcmp session set {session} --pin-file FILE (mode 0600, only the PIN)"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO in its place is refused below instead of waiting for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as e:
         raise ConfigError(f"cannot read the PIN file {path}: {e.strerror}").with_hint(
             fix) from None

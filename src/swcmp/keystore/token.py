@@ -192,7 +192,7 @@ class TokenKeys:
             return None, entry
         kid = bytes.fromhex(entry.token_id)
         if entry.phase == "key-making":
-            n = self.store.destroy(kid)
+            n = self._destroy_staged(kid)
             log.warning("%s: a run was killed while the token made a key pair; %d object(s) "
                         "of it destroyed, starting again", self.session.name, n)
             j.clear()
@@ -222,7 +222,20 @@ class TokenKeys:
 
     def discard_staged(self, j: Journal, entry: JournalEntry) -> None:
         if entry.token_id:
-            self.store.destroy(bytes.fromhex(entry.token_id))
+            self._destroy_staged(bytes.fromhex(entry.token_id))
+
+    def _destroy_staged(self, kid: bytes) -> int:
+        """Destroy the staged pair ``kid``, unless it is the current pair (a journal
+        damaged or edited to name it): that one the live certificate needs."""
+        try:
+            current = self.live_key()
+        except ConfigError:
+            current = None  # no live pair to protect
+        if current is not None and current.key_id == kid:
+            log.error("%s: the journal's staged key pair (CKA_ID %s) is the current one; "
+                      "it is kept", self.session.name, kid.hex())
+            return 0
+        return self.store.destroy(kid)
 
     def install(self, j: Journal, cert: x509.Certificate,
                 checkpoint: Callable[[str], None]) -> Installed:
