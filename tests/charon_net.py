@@ -536,7 +536,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "
         time.sleep(0.05)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -555,7 +555,7 @@ def cleanup_stale_namespaces() -> list[str]:
         parts = name.split("-")
         if not name.startswith(NS_PREFIX) or len(parts) != 4 or not parts[1].isdigit():
             continue
-        if _pid_alive(int(parts[1])):
+        if pid_alive(int(parts[1])):
             continue
         _kill_netns_pids(name)
         _run("ip", "netns", "del", name, check=False)

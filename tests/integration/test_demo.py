@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from charon_net import available
+from charon_net import available, pid_alive
 from testpaths import REPO
 
 pytestmark = pytest.mark.integration
@@ -59,16 +59,6 @@ def run_demo(tmp_path: Path, *args: str) -> dict[str, object]:
     return out
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def namespaces() -> set[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return {line.split()[0] for line in out.splitlines() if line.startswith("swcmp-")}
@@ -90,7 +80,7 @@ def test_demo_with_two_gateways(tmp_path: Path) -> None:
     assert float(out["seconds"]) < 120  # type: ignore[arg-type]
     # nothing left behind: the demo's namespaces are gone (swcmp-<pid>-...: the demo's
     # processes have exited; a namespace of a live process is another test's, running now)
-    assert not {ns for ns in namespaces() - before if not alive(int(ns.split("-")[1]))}
+    assert not {ns for ns in namespaces() - before if not pid_alive(int(ns.split("-")[1]))}
 
 
 def test_demo_files_only(tmp_path: Path) -> None:
