@@ -261,10 +261,13 @@ def _unload_revoked_key(env: CliEnv, s: Session) -> str | None:
 
     None with --vici none or without a certificate. A key another session uses stays.
     """
-    if not env.charon:
+    from swcmp.cli.requests import _charon
+
+    charon = _charon(env, no_deploy=False)
+    if charon is None:
         return None
     from swcmp.deploy import DeployError, DeployUnavailable
-    from swcmp.strongswan import ViciCharon, key_id_from_cert_pem
+    from swcmp.strongswan import key_id_from_cert_pem
 
     try:
         key_id = key_id_from_cert_pem(env.paths.cert_file(s.name).read_bytes())
@@ -275,7 +278,7 @@ def _unload_revoked_key(env: CliEnv, s: Session) -> str | None:
         return (f"its key {key_id} stays loaded in charon: session {others[0]} uses the "
                 "same key")
     try:
-        held = ViciCharon(env.vici, env.paths).unload_key(key_id)
+        held = charon.unload_key(key_id)
     except DeployUnavailable as e:
         return (f"charon could not be reached ({_message(e)}), so the revoked key {key_id} "
                 "may still be loaded in it: when charon runs, run `swanctl --load-creds` "
