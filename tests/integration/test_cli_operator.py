@@ -75,6 +75,20 @@ def test_ca_name_typo_warns_on_set_and_fails_check(gw: Gateway) -> None:
     assert "--ca-name '/CN=swcmp Test Root CA'" in str(item["fix"])
 
 
+def test_a_ca_name_warning_escapes_what_a_ca_certificate_says(gw: Gateway) -> None:
+    # x509ca/ holds CA certificates the CA sent: their names reach the set warning
+    gw.create_session("http://127.0.0.1:9/pkix/")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    evil = make_cert(name("Evil\x1b[2J CA"), ca_key.public_key(), ca_key, ca=True)
+    (gw.swanctl_dir / "x509ca").mkdir(exist_ok=True)
+    (gw.swanctl_dir / "x509ca" / "gw1-ca1.crt").write_bytes(pem_cert(evil))
+    result = gw.run("session", "set", "gw1", "--ca-name", "/CN=Evil CA")
+    assert result.exit_code == 0, result.output
+    assert "warning: ca-name" in result.stderr, result.stderr
+    assert "\x1b" not in result.stderr, repr(result.stderr)
+    assert "/CN=Evil\\1B[2J CA" in result.stderr, result.stderr  # the DN form escapes it
+
+
 def test_dn_forms_that_cannot_be_parsed_are_refused_with_the_accepted_forms(
         gw: Gateway) -> None:
     for dn, sep in [("CN=gw1;O=Example", "';' before O="),
