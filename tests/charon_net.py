@@ -259,7 +259,7 @@ class CharonNode:
             # charon for swcmp tests, node {self.label} ({self.netns})
             charon {{
               load_modular = no
-              load = {PLUGINS}{" pkcs11" if pkcs11_module else ""}
+              load = {self.net.plugins}{" pkcs11" if pkcs11_module else ""}
               install_routes = no
               # every initiate makes a new IKE SA (tests count them)
               reuse_ikesa = no
@@ -471,6 +471,27 @@ class CharonNode:
             raise RuntimeError(f"expected one new IKE SA on {self.label}, found {new}")
         return new[0]
 
+    def initiate_child(self, child: str, timeout_ms: int = 10000) -> IkeSa:
+        """Initiate CHILD_SA ``child`` in a new IKE SA (``reuse_ikesa = no``); that IKE SA.
+
+        Needs a CharonNet with ``userspace_esp``: this kernel has no XFRM.
+        """
+        before = {sa.uniqueid for sa in self.list_sas()}
+        try:
+            with self.session(timeout=timeout_ms / 1000 + 5) as s:
+                for _ in s.initiate({"child": child, "timeout": timeout_ms,
+                                     "init-limits": "no", "loglevel": 1}):
+                    pass
+        except Exception as e:
+            raise RuntimeError(f"initiate {child} on {self.label} failed: {e}\n"
+                               + self.log_text()[-3000:]) from e
+        new = [sa for sa in self.list_sas() if sa.uniqueid not in before
+               and sa.state == "ESTABLISHED" and sa.children]
+        if len(new) != 1:
+            raise RuntimeError(f"expected one new IKE SA with a CHILD_SA on {self.label}, "
+                               f"found {new}")
+        return new[0]
+
     def list_sas(self) -> list[IkeSa]:
         """Every IKE SA with its SPIs, identities and state."""
         found: list[IkeSa] = []
@@ -578,8 +599,14 @@ class CharonNet:
 
     def __init__(self, base: Path, *, pki: TestPKI | None = None,
                  credentials: bool = True, root: DebianRoot | None = None,
-                 binds: tuple[Path, ...] = ()) -> None:
+                 binds: tuple[Path, ...] = (), userspace_esp: bool = False) -> None:
         self.base = base
+        #: charon's plugins; with ``userspace_esp`` kernel-libipsec (ESP in charon, over a
+        #: TUN device) comes before kernel-netlink and so handles the SAs: CHILD_SAs can
+        #: be set up although this kernel has no XFRM (their traffic selectors must not
+        #: cover the IKE addresses)
+        self.plugins = PLUGINS.replace("kernel-netlink", "kernel-libipsec kernel-netlink") if (
+            userspace_esp) else PLUGINS
         #: run the charons of this Debian root file system (e.g. Debian 13's strongSwan
         #: 6.0) instead of the machine's; ``binds`` are host directories they must see
         #: (the start scripts' swcmp directories and virtual environment)

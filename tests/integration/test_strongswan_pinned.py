@@ -44,6 +44,7 @@ from swcmp.strongswan import (
     ViciDeployer,
     choose_deployer,
     key_id_from_public_key,
+    pinned_release_warning,
     unload_stale_keys,
 )
 
@@ -310,3 +311,78 @@ def test_refused_key_changes_no_connection(net: CharonNet) -> None:
     assert _replaced(net.a) == replaced
     assert net.a.key_ids() == _ids(net.a_cert)
     assert net.serial_b_saw_for_a() == net.a_cert.serial_number
+
+
+# --------------------------------------------------------------------------- charon 6.0
+
+# CHILD_SAs between two subnets that are not the IKE addresses (kernel-libipsec routes
+# them through its TUN device; a route over the IKE addresses is refused)
+_CHILD = """\
+    children {
+      net {
+        local_ts = @LOCAL@
+        remote_ts = @REMOTE@
+        esp_proposals = aes256-sha256
+      }
+    }
+    """
+
+
+def _child(local: str, remote: str) -> str:
+    return _CHILD.replace("@LOCAL@", local).replace("@REMOTE@", remote)
+
+
+@charon_test
+@pytest.mark.integration
+@pytest.mark.root
+def test_charon_6_pinned_renewal_closes_only_ike_sas_without_child_sa(tmp_path: Path) -> None:
+    """What strongSwan 6.0.1 does to a pinned connection's IKE SAs, and what swcmp says.
+
+    charon 6.0 closes the IKE SAs of a replaced connection that have no CHILD_SA
+    (``vici closing IKE_SA``, swcmp.strongswan.releases); 5.9.8 kept them (see
+    test_pinned_renewal). An IKE SA with a CHILD_SA stays up with the old config. ESP
+    runs in charon (kernel-libipsec): this kernel has no XFRM.
+    """
+    from debian_root import trixie
+
+    with CharonNet(tmp_path, root=trixie(), userspace_esp=True) as net:
+        print(f"charon logs: {net.a.log} {net.b.log}")
+        assert "(strongSwan 6.0." in net.a.log_text()
+        assert "kernel-libipsec" in net.a.log_text()  # from libcharon-extra-plugins
+        net.a.write_config(pinned=True, extra=_child("10.252.1.0/24", "10.252.2.0/24"))
+        net.b.write_config(extra=_child("10.252.2.0/24", "10.252.1.0/24"))
+        for node in (net.a, net.b):
+            node.swanctl("--load-conns")
+        childless = net.a.initiate()
+        tunnel = net.a.initiate_child("net")
+        assert childless.children == 0 and tunnel.children == 1
+
+        # session check / session set's warning: this charon costs IKE SAs in pinned mode
+        why = pinned_release_warning(net.a.uri, pem_cert(net.a_cert))
+        assert why is not None and "charon 6.0.1" in why and "replaces gw" in why, why
+        assert pinned_release_warning(net.b.uri, pem_cert(net.b_cert)) is None  # identity
+
+        previous, new, cert = _renew(net)
+        deployer = PinnedDeployer(net.a.uri, swanctl_conf=net.a.swanctl_conf)
+        result = deployer.deploy(new, previous)
+        assert "re-sent connection(s) gw" in result.detail
+        assert "closing 1 IKE SA(s) without CHILD_SA" in result.detail, result.detail
+        assert "stays loaded for 1 IKE SA(s)" in result.detail, result.detail
+
+        # charon closed the childless IKE SA, on both ends ...
+        wait_for(lambda: childless.uniqueid not in {sa.uniqueid for sa in net.a.list_sas()},
+                 10, "charon 6.0 to close the childless IKE SA")
+        assert f"vici closing IKE_SA 'gw' #{childless.uniqueid}" in net.a.log_text()
+        wait_for(lambda: childless.spis not in {sa.spis for sa in net.b.list_sas()}, 10,
+                 "B to see the childless IKE SA go")
+        # ... and kept the one with a CHILD_SA: same SPIs, both ends, its CHILD_SA up
+        after = {sa.uniqueid: sa for sa in net.a.list_sas()}
+        assert after[tunnel.uniqueid].spis == tunnel.spis
+        assert after[tunnel.uniqueid].children == 1
+        assert [(sa.state, sa.children) for sa in net.b.list_sas()
+                if sa.spis == tunnel.spis] == [("ESTABLISHED", 1)]
+        # the old key waits for that IKE SA only; new IKE SAs use the new certificate
+        [stale] = deployer.stale_keys
+        assert stale.ike_sas == frozenset({tunnel.uniqueid})
+        assert net.a.key_ids() == _ids(net.a_cert, cert)
+        assert net.serial_b_saw_for_a() == cert.serial_number
