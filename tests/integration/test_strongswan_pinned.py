@@ -25,6 +25,7 @@ missing. The unit tests at the top run anywhere.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import socket
 import textwrap
@@ -38,10 +39,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from charon_net import CharonNet, CharonNode, TestPKI, available, pem_cert, pem_key, wait_for
+from swcmp.checks import CheckResult
 from swcmp.deploy import CredentialPair, DeployError, DeployUnavailable
+from swcmp.paths import Paths
+from swcmp.session import Session
 from swcmp.strongswan import (
     PinnedDeployer,
     ViciDeployer,
+    binding_check,
     choose_deployer,
     key_id_from_public_key,
     pinned_release_warning,
@@ -209,9 +214,13 @@ def test_pinned_renewal(net: CharonNet) -> None:
     replaced = _replaced(net.a)
     previous, new, cert = _renew(net)
 
+    # charon 5.9.8 keeps every IKE SA: session check does not warn about pinned mode
+    assert pinned_release_warning(net.a.uri, pem_cert(net.a_cert)) is None
+    assert _binding_check(net.a, net.a_cert, net.base / "check").level == "ok"
     deployer = PinnedDeployer(net.a.uri, swanctl_conf=net.a.swanctl_conf)
     result = deployer.deploy(new, previous)
     assert result.deployed and "re-sent connection(s) gw" in result.detail
+    assert "without CHILD_SA" not in result.detail
     assert _replaced(net.a) == replaced + 1
 
     # (a) a new IKE SA authenticates A with the new certificate, as B sees it
@@ -328,6 +337,33 @@ _CHILD = """\
     """
 
 
+def _binding_check(node: CharonNode, cert: x509.Certificate, base: Path) -> CheckResult:
+    """``swcmp session check``'s strongswan item for a session with ``cert``."""
+    paths = Paths(base / "etc", base / "var", base / "swanctl")
+    paths.x509_dir.mkdir(parents=True)
+    paths.cert_file("gw1").write_bytes(pem_cert(cert))
+    return binding_check(node.uri)(Session(name="gw1", key="gw1"), paths, dt.datetime.now(dt.UTC))
+
+
+def _session_set(node: CharonNode, cert: x509.Certificate, base: Path) -> str:
+    """What ``swcmp session set`` says on stderr for a session whose certificate is ``cert``."""
+    from click.testing import CliRunner
+
+    from swcmp.cli import cli
+
+    options = ["--config-dir", str(base / "etc"), "--state-dir", str(base / "var"),
+               "--swanctl-dir", str(base / "swanctl"), "--vici", node.uri]
+    runner = CliRunner()
+    created = runner.invoke(cli, [*options, "session", "create", "gw1"], prog_name="swcmp")
+    assert created.exit_code == 0, created.output
+    (base / "swanctl" / "x509").mkdir(parents=True, exist_ok=True)
+    (base / "swanctl" / "x509" / "gw1.crt").write_bytes(pem_cert(cert))
+    result = runner.invoke(cli, [*options, "session", "set", "gw1", "--connection", "gw"],
+                           prog_name="swcmp")
+    assert result.exit_code == 0, result.output
+    return result.stderr
+
+
 def _child(local: str, remote: str) -> str:
     return _CHILD.replace("@LOCAL@", local).replace("@REMOTE@", remote)
 
@@ -361,6 +397,14 @@ def test_charon_6_pinned_renewal_closes_only_ike_sas_without_child_sa(tmp_path: 
         why = pinned_release_warning(net.a.uri, pem_cert(net.a_cert))
         assert why is not None and "charon 6.0.1" in why and "replaces gw" in why, why
         assert pinned_release_warning(net.b.uri, pem_cert(net.b_cert)) is None  # identity
+        check = _binding_check(net.a, net.a_cert, tmp_path / "check-a")
+        assert check.level == "warn" and "charon 6.0.1" in check.detail, check
+        assert "identity mode" in check.fix, check
+        assert _binding_check(net.b, net.b_cert, tmp_path / "check-b").level == "ok"
+        said = _session_set(net.a, net.a_cert, tmp_path / "cli-a")
+        assert "warning: charon 6.0.1 (strongSwan 6.0 or later)" in said, said
+        assert "fix: use identity mode" in said, said
+        assert "warning" not in _session_set(net.b, net.b_cert, tmp_path / "cli-b")
 
         previous, new, cert = _renew(net)
         deployer = PinnedDeployer(net.a.uri, swanctl_conf=net.a.swanctl_conf)
