@@ -68,6 +68,9 @@ PLUGINS = (
 NS_PREFIX = "swcmp-"
 SUBNET = ipaddress.ip_network("10.251.0.0/24")
 IKE_PROPOSALS = "aes256-sha256-ecp256"
+#: with ``userspace_esp``, each node's connection has a child ``net`` from its subnet to the
+#: other's: not the IKE addresses, which kernel-libipsec refuses to route through its TUN
+ESP_SUBNETS = {"a": "10.252.1.0/24", "b": "10.252.2.0/24"}
 
 
 def available() -> str | None:
@@ -245,7 +248,7 @@ class CharonNode:
             pinned: pinned mode: ``local.certs = <label>.pem`` names the certificate
                 file (``local.id`` stays set).
             extra: swanctl.conf lines added inside the connection section (e.g. a
-                ``children { ... }`` block).
+                ``children { ... }`` block; default with ``userspace_esp``: child ``net``).
             cert_file: with ``pinned``, the file (relative to ``x509/``) that
                 ``local.certs`` names instead of ``<label>.pem`` (e.g. swcmp's
                 ``<session>.crt``).
@@ -300,6 +303,11 @@ class CharonNode:
         header = ("# pinned mode: local.certs names the certificate file" if pinned
                   else "# identity mode: the local certificate is chosen by local.id")
         certs = f"      certs = {cert_file or self.label + '.pem'}\n" if pinned else ""
+        if not extra.strip() and self.net.userspace_esp:
+            other = "b" if self.label == "a" else "a"
+            extra = (f"children {{\n  net {{\n    local_ts = {ESP_SUBNETS[self.label]}\n"
+                     f"    remote_ts = {ESP_SUBNETS[other]}\n"
+                     "    esp_proposals = aes256-sha256\n  }\n}\n")
         extra_lines = textwrap.indent(textwrap.dedent(extra).strip() + "\n", " " * 4) if (
             extra.strip()) else ""
         self.swanctl_conf.write_text(textwrap.dedent(f"""\
@@ -604,7 +612,9 @@ class CharonNet:
         #: charon's plugins; with ``userspace_esp`` kernel-libipsec (ESP in charon, over a
         #: TUN device) comes before kernel-netlink and so handles the SAs: CHILD_SAs can
         #: be set up although this kernel has no XFRM (their traffic selectors must not
-        #: cover the IKE addresses)
+        #: cover the IKE addresses); each connection then has the child ``net`` between
+        #: :data:`ESP_SUBNETS` unless ``write_config(extra=...)`` says otherwise
+        self.userspace_esp = userspace_esp
         self.plugins = PLUGINS.replace("kernel-netlink", "kernel-libipsec kernel-netlink") if (
             userspace_esp) else PLUGINS
         #: run the charons of this Debian root file system (e.g. Debian 13's strongSwan
