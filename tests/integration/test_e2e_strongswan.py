@@ -10,7 +10,9 @@ process, on loopback):
 * B (session ``gw-b``) and A (session ``gw-a``) enroll with ``swcmp request
   initial`` (IR protected by a MAC; the CA certificate comes with the answer),
   which writes the files and hot-loads them into each charon;
-* A establishes childless IKE SAs with B (this kernel has no ESP);
+* A establishes childless IKE SAs with B (this kernel has no ESP); with charon 6.0 in
+  pinned mode, IKE SAs with CHILD_SAs (ESP in charon: kernel-libipsec), since 6.0
+  closes the childless IKE SAs of a connection that load-conn replaces;
 * A's certificate is renewed by a KUR, re-certifying the same key or a fresh
   one (``--regenerate``), under ``swcmp renew --force`` and under ``swcmp
   serve`` with a short certificate lifetime; in identity mode (``local.id``)

@@ -18,6 +18,9 @@ What charon 5.9.8 does, as these tests show:
   does not set up a new one. This sandbox's kernel has no XFRM (ESP), so
   CHILD_SAs, ``start_action = start`` re-initiation and the re-authentication
   of an old-config IKE SA with the old certificate cannot be exercised here.
+* charon 6.0.1 (Debian 13's, with ESP in charon through kernel-libipsec so that
+  IKE SAs can carry CHILD_SAs) closes the replaced connection's IKE SAs without
+  CHILD_SA and keeps the others (the last test).
 
 The integration tests need root and charon; they skip only when either is
 missing. The unit tests at the top run anywhere.
