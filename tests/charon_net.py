@@ -683,17 +683,21 @@ class CharonNet:
         self._namespaces.clear()
         _LIVE.discard(self)
 
-    def serial_b_saw_for_a(self) -> int:
+    def serial_b_saw_for_a(self, child: str | None = None) -> int:
         """Establish a new IKE SA from A and return the serial of the cert A presented to B.
 
         B's certificate cache is flushed first, so the only A certificate in B's
-        ``list-certs`` afterwards is the one B verified for this IKE SA.
+        ``list-certs`` afterwards is the one B verified for this IKE SA. With ``child``
+        the IKE SA carries that CHILD_SA (needs ``userspace_esp``).
         """
         self.b.flush_cert_cache()
         stale = self.b.peer_cert_serials()
         if stale:
             raise AssertionError(f"flush-certs left A's certificates on B: {stale}")
-        self.a.initiate()
+        if child is None:
+            self.a.initiate()
+        else:
+            self.a.initiate_child(child)
         serials = self.b.peer_cert_serials()
         if len(serials) != 1:
             raise AssertionError(f"B holds {len(serials)} certificates of A: {serials}")
