@@ -414,3 +414,13 @@ def test_charon_6_pinned_renewal_closes_only_ike_sas_without_child_sa(tmp_path: 
         assert stale.ike_sas == frozenset({tunnel.uniqueid})
         assert net.a.key_ids() == _ids(net.a_cert, cert)
         assert net.serial_b_saw_for_a() == cert.serial_number
+
+        # charon 6.0 does the same when the connection is loaded again unchanged, as
+        # `swanctl --load-conns` does (docs/interop.md): not swcmp's doing
+        again = net.a.initiate()
+        updated = net.a.log_text().count("updated vici connection: gw\n")
+        net.a.swanctl("--load-conns")
+        assert net.a.log_text().count("updated vici connection: gw\n") == updated + 1
+        wait_for(lambda: again.uniqueid not in {sa.uniqueid for sa in net.a.list_sas()}, 10,
+                 "charon 6.0 to close the childless IKE SA on an unchanged reload")
+        assert tunnel.uniqueid in {sa.uniqueid for sa in net.a.list_sas()}

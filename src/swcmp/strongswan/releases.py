@@ -11,17 +11,21 @@ strongSwan's ``src/libcharon/plugins/vici/vici_config.c``, ``merge_config``):
   start`` (their CHILD_SAs are closed and initiated again; an IKE SA left with
   no other CHILD_SA is closed). Every other IKE SA keeps the old config.
 - since 6.0.0 (``terminate_for_action``, from the change "vici: Improve handling
-  of start action when reloading configs"): every IKE SA of the replaced
-  connection is looked at, whatever the children's start actions. One that has
-  no CHILD_SA besides those of ``start_action = start`` children (and no
-  CHILD_SA being created for another child) is closed (log: ``vici closing
+  of start action when reloading configs"): every IKE SA of the connection is
+  looked at, whatever the children's start actions, each time the connection is
+  loaded again: replaced, and also re-sent unchanged (log: ``updated vici
+  connection``; ``replace_children`` runs the same check unless an added child
+  is to be started), or unloaded. One that has no CHILD_SA besides those of
+  ``start_action = start`` children (and no CHILD_SA being created for another
+  child) is closed, even while it is still connecting (log: ``vici closing
   IKE_SA``). IKE SAs that carry a CHILD_SA of another child stay up with the old
   config, as before.
 
-There is no option or ``load-conn`` field that keeps them, and no way to change
-a pinned certificate without a changed config; identity mode (``local.id``
-without ``local.certs``) never re-sends the connection and so keeps every IKE SA
-on every release.
+There is no option or ``load-conn`` field that keeps them, and no way to make
+charon use a renewed pinned certificate without loading the connection again;
+identity mode (``local.id`` without ``local.certs``) never re-sends the
+connection and so keeps every IKE SA on every release (``swanctl --load-conns``
+run by hand closes them on 6.0 all the same).
 """
 
 from __future__ import annotations
