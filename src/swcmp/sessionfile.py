@@ -192,14 +192,17 @@ def session_from_toml(name: str, text: str, *, path: Path) -> Session:
         session_name = validate_session_name(name)
     except ConfigError as e:
         raise fail(str(e.args[0]), None, e.hint) from None
-    for key, value in data.items():
-        try:
-            FIELDS[key].coerce(value)
-        except ConfigError as e:
-            raise fail(_field_error(FIELDS[key], e).args[0], _line_of(text, key), e.hint) from None
     try:
         return Session(name=session_name, **data)
     except (ConfigError, TypeError) as e:
+        # Session checks every value; only when one is wrong is each checked again on
+        # its own, in the file's order, to say which line is wrong.
+        for key, value in data.items():
+            try:
+                FIELDS[key].coerce(value)
+            except ConfigError as bad:
+                raise fail(_field_error(FIELDS[key], bad).args[0], _line_of(text, key),
+                           bad.hint) from None
         raise fail(str(e.args[0]) if e.args else str(e), None) from None
 
 
