@@ -116,6 +116,58 @@ def dumps_toml(values: Mapping[str, TomlValue], *, header: Iterable[str] = ()) -
     return doc
 
 
+#: What the fast reader below takes, and nothing else: a basic string without escapes
+#: (nor the control characters TOML forbids in one), a bare key.
+_PLAIN_STR = r'"[^"\\\x00-\x1f\x7f]*"'
+_PLAIN_LINE_RE = re.compile(
+    rf"([A-Za-z0-9_-]+) = (?:({_PLAIN_STR})|(true|false)|(0|-?[1-9][0-9]{{0,17}})"
+    rf"|\[((?:{_PLAIN_STR}(?:, {_PLAIN_STR})*)?)\]|(\[))")
+_PLAIN_ITEM_RE = re.compile(rf"    ({_PLAIN_STR}),")
+_PLAIN_STR_RE = re.compile(_PLAIN_STR)
+#: Control characters TOML forbids anywhere outside escapes (tab aside), and tab and CR,
+#: which the fast reader leaves to tomllib.
+_TOML_CONTROL_RE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
+
+
+def _loads_plain(text: str) -> dict[str, TomlValue] | None:
+    """The document as :func:`dumps_toml` writes it, read without tomllib (several times
+    faster); None for anything else (a comment after a value, an escape, a table...),
+    which tomllib then reads and checks. Where this returns a mapping, it is exactly
+    ``tomllib.loads(text)`` (tests/unit/test_session.py compares the two)."""
+    if _TOML_CONTROL_RE.search(text):
+        return None
+    out: dict[str, TomlValue] = {}
+    lines = iter(text.split("\n"))
+    for line in lines:
+        if not line or line[0] == "#":
+            continue
+        m = _PLAIN_LINE_RE.fullmatch(line)
+        if m is None or m[1] in out:
+            return None
+        key, string, boolean, integer, items, opened = m.groups()
+        if string is not None:
+            out[key] = string[1:-1]
+        elif boolean is not None:
+            out[key] = boolean == "true"
+        elif integer is not None:
+            out[key] = int(integer)
+        elif items is not None:
+            out[key] = [item[1:-1] for item in _PLAIN_STR_RE.findall(items)]
+        elif opened:  # the writer's long list: one item a line, then "]"
+            values: list[str] = []
+            for item_line in lines:
+                if item_line == "]":
+                    break
+                item = _PLAIN_ITEM_RE.fullmatch(item_line)
+                if item is None:
+                    return None
+                values.append(item[1][1:-1])
+            else:
+                return None
+            out[key] = values
+    return out
+
+
 def session_to_toml(session: Session) -> str:
     """The TOML text of a session file. Unset (None) settings are left out."""
     values: dict[str, TomlValue] = {"format": FILE_FORMAT}
@@ -170,7 +222,9 @@ def session_from_toml(name: str, text: str, *, path: Path) -> Session:
         )
 
     try:
-        data = tomllib.loads(text)
+        data = _loads_plain(text)
+        if data is None:
+            data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = _TOML_LINE_RE.search(str(e))
         raise fail(f"not valid TOML: {e}", int(m.group(1)) if m else None) from None
