@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 from swcmp import fsutil
 from swcmp.errors import ConfigError, SessionFileError, StorageError, StorageIOError
@@ -222,9 +222,8 @@ def session_from_toml(name: str, text: str, *, path: Path) -> Session:
         )
 
     try:
-        data = _loads_plain(text)
-        if data is None:
-            data = tomllib.loads(text)
+        plain = _loads_plain(text)
+        data: dict[str, Any] = tomllib.loads(text) if plain is None else cast(dict[str, Any], plain)
     except tomllib.TOMLDecodeError as e:
         m = _TOML_LINE_RE.search(str(e))
         raise fail(f"not valid TOML: {e}", int(m.group(1)) if m else None) from None
@@ -271,6 +270,12 @@ class SessionListing:
     errors: tuple[SessionFileError, ...]
 
 
+@functools.lru_cache(maxsize=4096)
+def _session_file(sessions_dir: Path, name: str) -> Path:
+    # a pass asks for each session's file several times; a Path costs more to build
+    return sessions_dir / f"{validate_session_name(name)}.toml"
+
+
 class SessionStore:
     """Sessions as files under ``<config_dir>/sessions``."""
 
@@ -281,7 +286,7 @@ class SessionStore:
 
     def path_for(self, name: str) -> Path:
         """The file of session ``name`` (after validating the name)."""
-        return self.sessions_dir / f"{validate_session_name(name)}.toml"
+        return _session_file(self.sessions_dir, name)
 
     def exists(self, name: str) -> bool:
         """Whether a file for session ``name`` exists."""
@@ -443,13 +448,13 @@ class SessionStore:
         sessions: list[Session] = []
         errors: list[SessionFileError] = []
         for stem in self.names():
-            path = self.sessions_dir / f"{stem}.toml"
             try:
                 sessions.append(self.load(stem))
             except SessionFileError as e:
                 errors.append(e)
             except ConfigError as e:
                 # An invalid file name (e.g. "bad name.toml") or a vanished file.
+                path = self.sessions_dir / f"{stem}.toml"
                 errors.append(SessionFileError(f"{path}: {e.args[0]}", path=str(path), hint=e.hint))
         return SessionListing(sessions=tuple(sessions), errors=tuple(errors))
 
