@@ -68,3 +68,19 @@ def test_a_pass_reads_each_state_file_once(tmp_path: Path,
     assert sorted(r.session for r in reports) == list(names)
     assert all(r.result == "skipped" for r in reports)  # auto_update is off: nothing asked
     assert sorted(loads) == sorted(certs) == list(names)
+
+
+def test_a_session_with_a_key_file_loads_no_token_code() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from swcmp import keystore\n"
+            "from swcmp.paths import Paths\n"
+            "from swcmp.session import Session\n"
+            "s = Session(name='gw1', key='gw1', regenerate=True)\n"
+            "keystore.open(s, Paths())\n"
+            "print(sorted(m for m in sys.modules if 'pkcs11' in m))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
