@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 
@@ -197,3 +198,14 @@ def test_crl_status_list_value_decodes_with_pyasn1_alt_modules() -> None:
         else:
             assert status["thisUpdate"].getComponent().asDateTime == this_update
     assert codec.parse_crls(None) == ()
+
+
+def test_a_header_with_a_malformed_name_is_refused_every_time() -> None:
+    good = x509.Name.from_rfc4514_string("CN=gw1").public_bytes()
+    fields = codec.HeaderFields(sender_der=good, recipient_der=codec.NULL_DN_DER,
+                                transaction_id=b"t" * 16, sender_nonce=b"n" * 16)
+    assert codec.encode_header(fields) == codec.encode_header(fields)  # a checked name again
+    for bad in (b"\x30\x03\x02\x01\x00", b"\x31\x00", good + b"\x00"):
+        for _ in range(2):  # only a good name is remembered as checked
+            with pytest.raises(ProtocolError, match=r"distinguished name|trailing"):
+                codec.encode_header(dataclasses.replace(fields, sender_der=bad))

@@ -11,6 +11,7 @@ and PKCS#10 requests are never decoded here: they travel as bytes, cut out by
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -188,8 +189,15 @@ def _name_der_of_general_name(gn: Any) -> bytes | None:
 
 def _directory_name(name_der: bytes) -> univ.Any:
     """A GeneralName directoryName around a DER Name (checked to be one)."""
-    _decode(name_der, asn1.Name(), "distinguished name")
+    _check_name(bytes(name_der))
     return univ.Any(bytes([_DIRECTORY_NAME]) + der.encode_length(len(name_der)) + name_der)
+
+
+@functools.lru_cache(maxsize=64)
+def _check_name(name_der: bytes) -> None:
+    # Every message of a transaction names the same sender and recipient: a Name is
+    # checked once (only a good one is remembered; a bad one raises every time).
+    _decode(name_der, asn1.Name(), "distinguished name")
 
 
 def _itav(oid: str, value_der: bytes | None) -> Any:
