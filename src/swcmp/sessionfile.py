@@ -276,6 +276,11 @@ def _session_file(sessions_dir: Path, name: str) -> Path:
     return sessions_dir / f"{validate_session_name(name)}.toml"
 
 
+def forget_built_paths() -> None:
+    """Drop the session file paths built so far (serve, after each pass)."""
+    _session_file.cache_clear()
+
+
 class SessionStore:
     """Sessions as files under ``<config_dir>/sessions``."""
 
