@@ -384,12 +384,15 @@ class RenewalService:
             return
         held = self.charon.held_key_ids if self.charon is not None else None
         for s in self.sessions():
+            store = keystore.open(s, self.paths)  # reads nothing yet
+            if not store.collects:
+                continue  # a key file's archive: nothing to collect, no lock to take
             try:
                 # under the session's renewal lock: a renewal of another process could
                 # otherwise retire, stage or roll back a pair while this reads the lists
                 with fsutil.exclusive_lock(self.paths.lock_dir, s.name, blocking=False,
                                            what=f"renewal of session {s.name}"):
-                    keystore.open(s, self.paths).collect(
+                    store.collect(
                         held, keep_serials=_Serials(functools.partial(revocations_waiting,
                                                                       self.paths, s.name)))
             except LockHeldError:
