@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import heapq
 import http.client
 import logging
 import os
@@ -70,6 +71,8 @@ class _Watchdog:
     ``shutdown(2)`` rather than ``close(2)``: it wakes a read blocked in another
     thread at once, and the descriptor stays ours until the owner closes it, so the
     timer can never hit a descriptor that was meanwhile reused for something else.
+    All watchdogs of the process share one timer thread (:class:`_Timers`): starting
+    a thread for each exchange cost more CPU than the rest of the exchange's overhead.
     """
 
     def __init__(self, seconds: float) -> None:
@@ -77,9 +80,7 @@ class _Watchdog:
         self._done = False
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
-        self._timer.daemon = True
-        self._timer.start()
+        _TIMERS.add(time.monotonic() + max(seconds, 0.0), self)
 
     def watch(self, sock: socket.socket) -> None:
         with self._lock:
@@ -97,9 +98,63 @@ class _Watchdog:
 
     def stop(self) -> None:
         """Disarm; after this returns the timer touches no socket."""
-        self._timer.cancel()
         with self._lock:
             self._done = True
+        _TIMERS.forget(self)
+
+
+class _Timers:
+    """One daemon thread that fires each armed watchdog at its time (a heap of them),
+    started at the first exchange and again in a forked child."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, _Watchdog]] = []
+        self._armed: set[_Watchdog] = set()
+        self._count = 0
+        self._thread: threading.Thread | None = None
+
+    def add(self, when: float, dog: _Watchdog) -> None:
+        with self._cond:
+            self._count += 1
+            heapq.heappush(self._heap, (when, self._count, dog))
+            self._armed.add(dog)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="swcmp-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            elif self._heap[0][2] is dog:
+                self._cond.notify()
+
+    def forget(self, dog: _Watchdog) -> None:
+        with self._cond:
+            self._armed.discard(dog)
+            if not self._armed:
+                self._heap.clear()  # nothing armed: drop the stopped ones at once
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                when, _, dog = self._heap[0]
+                wait = when - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                due = dog in self._armed
+                self._armed.discard(dog)
+            if due:
+                dog._fire()
+
+    def reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap, self._armed, self._thread = [], set(), None
+
+
+_TIMERS = _Timers()
+os.register_at_fork(after_in_child=_TIMERS.reset)
 
 
 def _shutdown(sock: socket.socket) -> None:
@@ -137,6 +192,13 @@ _AddrInfo = list[tuple[socket.AddressFamily, socket.SocketKind, int, str,
 
 def _resolve(host: str, port: int, deadline: _Deadline) -> _AddrInfo:
     """getaddrinfo within the deadline (it has no timeout of its own)."""
+    try:  # an IP address needs no look-up, nor a thread to bound one
+        numeric: _AddrInfo = []
+        numeric.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                          flags=socket.AI_NUMERICHOST))
+        return numeric
+    except OSError:
+        pass
     found: _AddrInfo = []
     failed: list[OSError] = []
 
