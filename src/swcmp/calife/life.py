@@ -135,7 +135,7 @@ class CaLife(CaCerts, RootUpdate, Revocation, Crls):
             last = _time(st.checked.get(q))
             due = last + CHECK_EVERY if last else self.clock()
             times.append(max(due, _time(st.next_try.get(q)) or due))
-        refresh = _time((st.crl or {}).get("refresh_at"))
+        refresh = st.crl_refresh_at(self.clock())
         # a CRL is asked by crlStatusList or currentCRL: due again when either is
         crl_since = [_time(st.unsupported.get(q, {}).get("since"))
                      for q in (CRL_STATUS_LIST, CURRENT_CRL)]
