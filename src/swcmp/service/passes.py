@@ -21,7 +21,13 @@ from swcmp.cmp import certs
 from swcmp.cmp.text import safe
 from swcmp.deploy import Charon
 from swcmp.enroll import Outcome
-from swcmp.errors import NeedsInitialRequest, RenewalError, SessionFileError, SwcmpError
+from swcmp.errors import (
+    CertificateError,
+    NeedsInitialRequest,
+    RenewalError,
+    SessionFileError,
+    SwcmpError,
+)
 from swcmp.ha import Role
 from swcmp.metrics import CharonView, failure_key
 from swcmp.paths import Paths
@@ -387,6 +393,8 @@ class RenewalService:
                     st.count_renewal(failure_key(e))
             except SwcmpError as state_error:
                 log.error("%s: cannot record the failure: %s", s.name, state_error)
+            if isinstance(e, CertificateError):
+                self._ask_root_update(s)
             # Louder as expiry nears: past half of the time between due and expiry.
             loud = (p.expires is not None and p.renew_at is not None
                     and p.expires - now < (p.expires - p.renew_at) / 2)
@@ -415,6 +423,17 @@ class RenewalService:
                       exc_info=log.isEnabledFor(logging.DEBUG))
         self._run_hooks(s, outcome)
         return outcome
+
+    def _ask_root_update(self, s: Session) -> None:
+        """After the CA's certificate was refused: a root rollover the weekly question
+        has not heard of yet would refuse every retry (see CaLife.after_refused_certificate)."""
+        try:
+            found = self.ca_life().after_refused_certificate(s)
+        except SwcmpError as e:
+            log.warning("%s: root CA update after the refused certificate: %s", s.name, e)
+            return
+        if found is not None:
+            log.info("%s: root CA update after the refused certificate: %s", s.name, found)
 
     def ca_life(self) -> CaLife:
         from swcmp.calife import CaLife
