@@ -52,8 +52,9 @@ from hostile_proxy import HostileProxy, http_status, mutate
 from swcmp.calife import CaLifeStore, crl_file
 from swcmp.calife.state import CHECK_EVERY, CRL_MAX_REFRESH
 from swcmp.cmp import certs, keys
+from swcmp.enroll import request_initial
 from swcmp.errors import SwcmpError
-from swcmp.policy import RETRY_CAP
+from swcmp.policy import RETRY_CAP, plan
 from swcmp.renewal import Renewer, damaged_journal
 from swcmp.service import RenewalService
 from swcmp.session import Session
@@ -98,6 +99,7 @@ class SoakReport:
     worst_rollover_lag: timedelta = timedelta(0)
     rollover_lags_over_bound: int = 0
     disk_full: str = "on"
+    reenrolled: int = 0
     wall_seconds: float = 0.0
 
     def lines(self) -> list[str]:
@@ -108,7 +110,8 @@ class SoakReport:
             f"faults injected: {sum(self.faults.values())} ({dict(sorted(self.faults.items()))})",
             f"kill -9 at: {dict(sorted(self.kill_phases.items()))}",
             f"disk-full faults: {self.disk_full}",
-            f"expiries without an earlier alert: {self.expiries_without_alert}",
+            f"expiries without an earlier alert: {self.expiries_without_alert}; expired "
+            f"sessions enrolled again by the operator: {self.reenrolled}",
             f"broken pairs seen: {self.broken_pairs}",
             f"pairs not chaining to the session's anchors: {self.unchained_pairs}",
             f"damaged files not reported as the session's failure: {self.silent_failures}",
@@ -253,6 +256,8 @@ class _Watch:
     alert_since: datetime | None = None
     broken_toml: tuple[datetime, bytes] | None = None  # repaired at, the original
     broken_journal: datetime | None = None  # removed at
+    expired_since: datetime | None = None  # the operator enrols it again a day later
+    judged: int | None = None  # the serial whose expiry was judged
 
 
 def run_soak(*, sessions: int = 4, days: int = 365, step: timedelta = timedelta(hours=12),
@@ -420,6 +425,14 @@ class _Soak:
     def file_faults(self) -> None:
         rng, paths = self.rng, self.site.paths
         for n, w in self.watch.items():  # the operator repairs what the alerts name
+            if w.expired_since is not None and self.now - w.expired_since >= timedelta(days=1):
+                try:
+                    if request_initial(self.site.store.load(n), paths, store=self.site.store,
+                                       clock=lambda: self.now).ok:
+                        w.expired_since = None
+                        self.report.reenrolled += 1
+                except SwcmpError:
+                    pass  # the CA is down too: again tomorrow
             if w.broken_toml is not None and self.now >= w.broken_toml[0]:
                 self.site.store.path_for(n).write_bytes(w.broken_toml[1])
                 w.broken_toml = None
@@ -500,14 +513,23 @@ class _Soak:
                     reports.get(n) != "failed":
                 r.silent_failures += 1  # a damaged file must be the session's failure
             st = self.states.load(n)
-            if st.failures >= 3 or w.broken_toml is not None or journal_bad:
+            # the shipped rules: SwcmpRenewalsFailing, SwcmpSessionFileBroken,
+            # SwcmpRenewalJournalDamaged, SwcmpCertificateExpiringWithoutRenewal (due for
+            # over an hour, under 7 days left; the metric is the plan's renew_at)
+            p = plan(w.session, cert, st, now)
+            expiring = p.renew_at is not None and now - p.renew_at > timedelta(hours=1) \
+                and cert.not_valid_after_utc - now < timedelta(days=7)
+            if st.failures >= 3 or w.broken_toml is not None or journal_bad or expiring:
                 w.alert_since = w.alert_since or now
             elif st.failures == 0:
                 w.alert_since = None
             if now >= cert.not_valid_after_utc:
+                w.expired_since = w.expired_since or now
                 fired = w.alert_since
-                if fired is None or cert.not_valid_after_utc - fired < timedelta(days=1):
+                if w.judged != cert.serial_number and (
+                        fired is None or cert.not_valid_after_utc - fired < timedelta(days=1)):
                     r.expiries_without_alert += 1
+                w.judged = cert.serial_number  # each certificate's expiry is judged once
             else:
                 try:
                     certs.build_chain(cert, anchors=load_trust(w.session), now=now,
@@ -524,8 +546,11 @@ class _Soak:
         self.check_rollover()
 
     def check_crls(self) -> None:
+        # a session whose alert fires has the operator's attention: the bound is the
+        # healthy sessions'
+        healthy = [n for n, w in self.watch.items() if w.alert_since is None]
         for serial, when in list(self.revoked.items()):
-            if all(self._crl_names(n, serial) for n in self.names):
+            if all(self._crl_names(n, serial) for n in healthy):
                 del self.revoked[serial]
                 self._lag(self.now - when, CRL_BOUND, "crl")
             elif self.now - when > CRL_BOUND * 3:
@@ -543,7 +568,8 @@ class _Soak:
         if self.new_root is None:
             return
         root, when = self.new_root
-        if all(root in load_trust(w.session) for w in self.watch.values()) or \
+        if all(root in load_trust(w.session) for w in self.watch.values()
+               if w.alert_since is None) or \
                 self.now - when > ROLLOVER_BOUND * 3:
             self.new_root = None
             self._lag(self.now - when, ROLLOVER_BOUND, "rollover")
