@@ -276,6 +276,22 @@ def test_rollover_then_renewal_from_the_new_root(tmp_path: Path, ca: CAHolder) -
     assert "root rollover" in text and text.count("  root ") >= 2, text
 
 
+def test_a_renewal_refused_after_a_rollover_asks_for_the_root_update(
+        tmp_path: Path, ca: CAHolder) -> None:
+    # The CA rolled over before the session's weekly root CA update: it issues from the
+    # new root, which the session does not trust yet. The refused renewal asks for the
+    # root update at once (a session whose renewals fail is left out of the CA-life
+    # pass: without this it stayed refused until its certificate expired).
+    a = gateway(tmp_path, ca, "gwa")
+    rollover(ca)
+    new_root = certs.load_certificate((ca.directory / "ca.crt").read_bytes())
+    first = run(a, "renew", "gwa", "--force", code=1)
+    assert "does not chain" in first.output, first.output
+    assert new_root in load_trust(a.session("gwa"))  # the root update came with it
+    assert run_json(a, "renew", "gwa", "--force")["results"][0]["result"] == "renewed"
+    cert_of(a, "gwa").verify_directly_issued_by(new_root)
+
+
 def test_old_root_dropped_after_it_expires(tmp_path: Path, ca: CAHolder) -> None:
     a = gateway(tmp_path, ca, "gwa")
     rollover(ca)
