@@ -519,10 +519,10 @@ class _Soak:
             p = plan(w.session, cert, st, now)
             expiring = p.renew_at is not None and now - p.renew_at > timedelta(hours=1) \
                 and cert.not_valid_after_utc - now < timedelta(days=7)
-            if st.failures >= 3 or w.broken_toml is not None or journal_bad or expiring:
+            alerting = st.failures >= 3 or w.broken_toml is not None or journal_bad \
+                or expiring
+            if alerting:
                 w.alert_since = w.alert_since or now
-            elif st.failures == 0:
-                w.alert_since = None
             if now >= cert.not_valid_after_utc:
                 w.expired_since = w.expired_since or now
                 fired = w.alert_since
@@ -530,7 +530,9 @@ class _Soak:
                         fired is None or cert.not_valid_after_utc - fired < timedelta(days=1)):
                     r.expiries_without_alert += 1
                 w.judged = cert.serial_number  # each certificate's expiry is judged once
-            else:
+            elif not alerting and st.failures == 0:
+                w.alert_since = None  # resolved (an expired certificate's alert stays)
+            if now < cert.not_valid_after_utc:
                 try:
                     certs.build_chain(cert, anchors=load_trust(w.session), now=now,
                                       untrusted=load_cert_files(

@@ -295,6 +295,10 @@ def _run_request(session: Session, paths: Paths, action: str,
         st.record(action, True, outcome.message, now=now, serial=outcome.serial)
         if outcome.charon:
             st.charon = outcome.charon
+        # a new certificate ends the failures of the renewals before it (the operator's
+        # `request initial` after an expiry): their count, backoff and state go, or
+        # SwcmpRenewalsFailing kept firing and status kept saying needs_ir
+        st.failures, st.next_attempt, st.state = 0, None, "idle"
     return outcome
 
 

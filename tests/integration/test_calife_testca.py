@@ -408,3 +408,19 @@ def test_crl_signed_by_someone_else_is_refused(tmp_path: Path, ca: CAHolder) -> 
     assert run(a, "request", "crl", "gwa", code=None).exit_code != 0
     assert crl_file(a.paths, "gwa").read_bytes() == stored
     assert CaLifeStore(a.paths, "gwa").load().crl == state
+
+
+def test_request_initial_ends_the_failures_of_the_renewals_before_it(
+        tmp_path: Path, ca: CAHolder) -> None:
+    # The certificate expired after failed renewals (needs_ir, 4 failures, a retry
+    # planned); the operator enrols again. The failures were kept: SwcmpRenewalsFailing
+    # fired on and status said needs_ir with a fresh certificate in place.
+    from swcmp.state import StateStore
+
+    a = gateway(tmp_path, ca, "gwa")
+    with StateStore(a.paths).update("gwa") as st:
+        st.failures, st.state, st.next_attempt = 4, "needs_ir", "2099-01-01T00:00:00+00:00"
+    run(a, "request", "initial", "gwa", "--yes")
+    got = run_json(a, "status", "gwa")["sessions"][0]
+    assert got["failures"] == 0 and got["next_attempt"] is None, got
+    assert got["state"] not in ("needs_ir", "failed"), got
