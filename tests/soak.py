@@ -280,9 +280,11 @@ def run_soak(*, sessions: int = 4, days: int = 365, step: timedelta = timedelta(
         report.disk_full = "off"
     elif not mounted:
         report.disk_full = "skipped (mounting a small tmpfs needs root)"
-    ca = TestCA(root / "ca", config=ca_config(validity=validity), clock=clock).start()
-    proxy = HostileProxy(ca.url)
+    ca: TestCA | None = None
+    proxy: HostileProxy | None = None
     try:
+        ca = TestCA(root / "ca", config=ca_config(validity=validity), clock=clock).start()
+        proxy = HostileProxy(ca.url)
         site = make_site(gw)
         names = [f"gw{i}" for i in range(sessions)]
         for n in names:
@@ -293,8 +295,10 @@ def run_soak(*, sessions: int = 4, days: int = 365, step: timedelta = timedelta(
               rollover_every=rollover_every, revoke_every=revoke_every,
               disk_full=mounted).run(RenewalService(site.paths, clock=clock))
     finally:
-        proxy.close()
-        ca.stop()
+        if proxy is not None:
+            proxy.close()
+        if ca is not None:
+            ca.stop()
         if mounted:
             subprocess.run(["umount", "-l", str(gw)], check=False)
         if own_root:
