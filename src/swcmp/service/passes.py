@@ -23,9 +23,9 @@ from swcmp.cmp.text import safe
 from swcmp.deploy import Charon
 from swcmp.enroll import Outcome
 from swcmp.errors import (
-    CertificateError,
     LockHeldError,
     NeedsInitialRequest,
+    NoChainError,
     RenewalError,
     SessionFileError,
     SwcmpError,
@@ -72,6 +72,17 @@ def _retry_after(e: BaseException) -> float | None:
             return cur.retry_after
         cur, seen = cur.__cause__, seen + 1
     return None
+
+
+def _no_chain(e: BaseException) -> bool:
+    """Whether ``e`` (or what it was raised from) says a certificate the CA issued does
+    not chain to the session's anchors."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, NoChainError):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _with_hint(e: SwcmpError, name: str) -> str:
@@ -402,7 +413,7 @@ class RenewalService:
                     st.count_renewal(failure_key(e))
             except SwcmpError as state_error:
                 log.error("%s: cannot record the failure: %s", s.name, state_error)
-            if isinstance(e, CertificateError):
+            if _no_chain(e):
                 self._ask_root_update(s)
             # Louder as expiry nears: past half of the time between due and expiry.
             loud = (p.expires is not None and p.renew_at is not None
