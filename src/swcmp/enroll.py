@@ -281,9 +281,10 @@ def _store_and_configure(session: Session, paths: Paths, store: SessionStore | N
 
 
 def _run_request(session: Session, paths: Paths, action: str,
-                 work: Callable[[], Outcome]) -> Outcome:
+                 work: Callable[[], Outcome],
+                 clock: Callable[[], datetime] | None = None) -> Outcome:
     states = StateStore(paths)
-    now = datetime.now(UTC)
+    now = (clock or (lambda: datetime.now(UTC)))()
     try:
         outcome = work()
     except SwcmpError as e:
@@ -294,12 +295,17 @@ def _run_request(session: Session, paths: Paths, action: str,
         st.record(action, True, outcome.message, now=now, serial=outcome.serial)
         if outcome.charon:
             st.charon = outcome.charon
+        # a new certificate ends the failures of the renewals before it (the operator's
+        # `request initial` after an expiry): their count, backoff and state go, or
+        # SwcmpRenewalsFailing kept firing and status kept saying needs_ir
+        st.failures, st.next_attempt, st.state = 0, None, "idle"
     return outcome
 
 
 def _request(kind: str, session: Session, paths: Paths, protection: Callable[[], Protection],
              store: SessionStore | None, charon: Charon | None,
-             transport: Transport | None) -> Outcome:
+             transport: Transport | None,
+             clock: Callable[[], datetime] | None = None) -> Outcome:
     """An IR or CR for the session's key (generated if missing), stored and deployed."""
     def work() -> Outcome:
         need_setting(session.entity, "entity (subject DN)", session, "--entity")
@@ -307,7 +313,7 @@ def _request(kind: str, session: Session, paths: Paths, protection: Callable[[],
         prot = protection()
         keys_ = keystore.open(session, paths)
         key, _ = keys_.ensure_key()
-        client = make_client(session, transport=transport, paths=paths)
+        client = make_client(session, transport=transport, paths=paths, clock=clock)
         try:
             if kind == "p10cr":
                 enrolled = client.p10(csr=make_csr(key, session.entity_dn, session.san_names),
@@ -324,25 +330,26 @@ def _request(kind: str, session: Session, paths: Paths, protection: Callable[[],
     # wire would otherwise end with its key beside our certificate for the old one.
     with fsutil.exclusive_lock(paths.lock_dir, session.name, blocking=False,
                                what=f"session {session.name}"):
-        return _run_request(session, paths, kind, work)
+        return _run_request(session, paths, kind, work, clock)
 
 
 def request_initial(session: Session, paths: Paths, *, store: SessionStore | None = None,
                     charon: Charon | None = None,
-                    transport: Transport | None = None) -> Outcome:
+                    transport: Transport | None = None,
+                    clock: Callable[[], datetime] | None = None) -> Outcome:
     """IR: enroll the session's key (generated if missing), MAC or signature protected.
 
     Stores the certificate as ``x509/<session>.crt``, CA certificates in
     ``x509ca/``, points the session's authentication at its own certificate
     and, under MAC with no trust anchor configured, trusts the CA certificates
-    the MAC-protected answer carried.
+    the MAC-protected answer carried. ``clock``: the time (tests inject one).
     """
     def protection() -> Protection:
         if session.ir_auth == "mac":
             return mac_protection(session)
         return signature_protection(session, paths)
 
-    return _request("ir", session, paths, protection, store, charon, transport)
+    return _request("ir", session, paths, protection, store, charon, transport, clock)
 
 
 def request_certificate(session: Session, paths: Paths, *, store: SessionStore | None = None,

@@ -38,6 +38,9 @@ from swcmp.cmp.errors import (
     HTTPStatusError as HTTPStatusError,
 )
 from swcmp.cmp.errors import (
+    NoChainError as NoChainError,
+)
+from swcmp.cmp.errors import (
     PollingTimeoutError as PollingTimeoutError,
 )
 from swcmp.cmp.errors import (
