@@ -747,9 +747,18 @@ class CMPClient:
                 raw = (self.transport.post(data) if url is None
                        else self.transport.post(data, url))
         except HTTPStatusError as e:
-            if e.body:
-                self._raise_if_error(tx, codec.decode_message(e.body), nonce)
-            if url is not None and e.status in (400, 404, 405):
+            wrong_path = url is not None and e.status in (400, 404, 405)
+            try:
+                if e.body:
+                    self._raise_if_error(tx, codec.decode_message(e.body), nonce)
+            except CMPErrorResponse as refused:
+                if wrong_path:  # a CA that routes by path may refuse a body at a path
+                    refused.hint = (f"the CA answered HTTP {e.status} at {url}; if it "
+                                    "routes messages by path, check the session's "
+                                    "operation paths and operation URLs")
+                    refused.setting = "operation_paths"
+                raise
+            if wrong_path:
                 e.hint = (f"the CA refused the path of this {kind}: check the session's "
                           "operation paths and operation URLs")
                 e.setting = "operation_paths"
