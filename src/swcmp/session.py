@@ -460,7 +460,8 @@ class Session:
                 with_profile(self.server_url, self.profile_label)
             except ConfigError as e:
                 raise e.with_hint(f"{e.hint}: `swcmp session set {self.name} --server-url "
-                                  "URL` or `--profile-label ''`") from None
+                                  f"URL`, or `swcmp session unset {self.name} "
+                                  "profile_label`") from None
         if self.regenerate and self.key is not None:
             from swcmp.keystore.keyref import names_one_pair
 

@@ -3,6 +3,8 @@ operation labels, body-type paths and explicit per-operation URLs."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from swcmp.cmp import oids
@@ -15,7 +17,10 @@ from swcmp.cmp.urls import (
     parse_operation_urls,
     with_profile,
 )
+from swcmp.enroll import session_endpoints
 from swcmp.errors import ConfigError
+from swcmp.session import Session, field_name, set_fields, unset_fields
+from swcmp.sessionfile import SessionStore
 
 
 @pytest.mark.parametrize("url", [
@@ -116,3 +121,44 @@ def test_operation_url_items() -> None:
                 ["kur=http://ca/a", "keyupdate=http://ca/b"]):
         with pytest.raises(ConfigError):
             parse_operation_urls(bad)
+
+
+# --- the session settings -------------------------------------------------------------
+
+def test_session_settings_are_checked_stored_and_reloaded(tmp_path: Path) -> None:
+    store = SessionStore(tmp_path)
+    s = store.create("gw", {"server_url": "https://ca.example.net", "profile_label": "gw",
+                            "operation_paths": "LABELS",
+                            "operation_url": ["kur=https://ca.example.net/kur"]})
+    assert s.operation_paths == "labels"
+    assert s.operation_urls == ("keyupdate=https://ca.example.net/kur",)
+    again = store.load("gw")
+    assert again == s
+    text = (tmp_path / "sessions" / "gw.toml").read_text()
+    assert 'operation_urls = ["keyupdate=https://ca.example.net/kur"]' in text, text
+    ep = session_endpoints(again)
+    assert ep.route("initialization", "ir").url == \
+        "https://ca.example.net/.well-known/cmp/p/gw/initialization"
+    assert ep.route("keyupdate", "kur").url == "https://ca.example.net/kur"
+    assert field_name("--operation-url") == "operation_urls"
+    back = unset_fields(again, ["operation_urls", "profile_label", "operation_paths"])
+    assert session_endpoints(back).single
+
+
+def test_a_profile_label_needs_a_server_url_without_path() -> None:
+    with pytest.raises(ConfigError) as e:
+        Session(name="gw", server_url="https://ca.example.net/pkix/", profile_label="gw")
+    assert "swcmp session unset gw profile_label" in e.value.hint
+    s = Session(name="gw", server_url="https://ca.example.net/pkix/")
+    with pytest.raises(ConfigError):
+        set_fields(s, {"profile_label": "gw"})
+    for bad in ({"operation_paths": "path"}, {"profile_label": ""},
+                {"operation_urls": ["kur=ftp://ca/"]}):
+        with pytest.raises(ConfigError):
+            set_fields(s, bad)
+
+
+def test_default_session_routes_nothing() -> None:
+    s = Session(name="gw", server_url="http://ca/pkix/")
+    assert s.operation_paths == "none" and s.operation_urls == ()
+    assert session_endpoints(s).single
