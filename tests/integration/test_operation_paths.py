@@ -47,6 +47,8 @@ def test_labels_under_a_profile_through_the_cli(tmp_path: Path,
         assert set_.exit_code == 0, set_.output
         shown = gw.json("session", "show", "gw1")
         assert shown["profile_label"] == "gw" and shown["operation_paths"] == "labels"
+        check = gw.run("--vici", "none", "session", "check", "gw1").stdout
+        assert f"messages to {router.url}{BASE}/<operation label>" in check, check
         ir = gw.json("request", "initial", "gw1", "--no-deploy")
         assert ir["serial"] == f"{issued.serial_number:x}"
     assert x509.load_pem_x509_certificate(gw.cert_file.read_bytes()) == issued
