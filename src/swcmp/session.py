@@ -459,9 +459,9 @@ class Session:
             try:
                 with_profile(self.server_url, self.profile_label)
             except ConfigError as e:
-                raise e.with_hint(f"{e.hint}: `swcmp session set {self.name} --server-url "
-                                  f"URL`, or `swcmp session unset {self.name} "
-                                  "profile_label`") from None
+                raise _err(str(e.args[0]), f"{e.hint}: `swcmp session set {self.name} "
+                           f"--server-url URL`, or `swcmp session unset {self.name} "
+                           "profile_label`") from None
         if self.regenerate and self.key is not None:
             from swcmp.keystore.keyref import names_one_pair
 

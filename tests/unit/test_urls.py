@@ -104,7 +104,6 @@ def test_explicit_urls_win_and_genm_covers_every_general_message() -> None:
     assert ep.route("getcacerts", "genm").url == "https://ejbca/cmp/genm"
     assert ep.route("getcrls", "genm").url == "https://ejbca/cmp/crl"
     assert ep.route("initialization", "ir").url == "https://ejbca/cmp/ir-mac/initialization"
-    assert dict(ep.describe())["keyupdate"] == "https://ejbca/cmp/kur-sig"
 
 
 def test_default_is_one_url() -> None:

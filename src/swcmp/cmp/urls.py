@@ -220,14 +220,6 @@ class Endpoints:
             return Route(self.base, per_body=True)
         return Route(self.base)
 
-    def describe(self) -> list[tuple[str, str]]:
-        """(operation, URL of its request) for every operation, for ``session show``."""
-        out = []
-        for op in OPERATIONS:
-            body = next((b for b, o in BODY_OPERATIONS.items() if o == op), "genm")
-            out.append((op, self.route(op, body).message_url(body)))
-        return out
-
 
 def operation_of(body: str, info_oid: str | None = None) -> str | None:
     """RFC 9483's operation label of a transaction started by ``body`` (with the id-it of
