@@ -276,3 +276,24 @@ def test_without_proxy_variables_urllib_request_is_not_imported() -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True).stdout
     assert out.split() == ["True"]
+
+
+def test_post_to_another_url_per_message(url: str) -> None:
+    """A CA that routes by path: each post may name its URL; errors name that URL, and
+    a post without one goes to the URL given last."""
+    BEHAVIOUR["mode"] = "echo"
+    other = url + "keyupdate"
+    with HttpTransport(url) as t:
+        assert t.post(b"\x30\x00", other) == b"\x30\x00"
+        assert BEHAVIOUR["last_path"] == "/pkix/keyupdate"
+        t.post(b"\x30\x00", url)
+        assert BEHAVIOUR["last_path"] == "/pkix/"
+        BEHAVIOUR["mode"] = "404"
+        with pytest.raises(HTTPStatusError) as e:
+            t.post(b"\x30\x00", other)
+        assert other in str(e.value)
+        BEHAVIOUR["mode"] = "echo"
+        t.post(b"\x30\x00")
+        assert BEHAVIOUR["last_path"] == "/pkix/keyupdate"
+        with pytest.raises(ConfigError):
+            t.post(b"\x30\x00", "http://user:pw@127.0.0.1/")
