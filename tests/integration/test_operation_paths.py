@@ -19,10 +19,16 @@ from openssl_gateway import GW, MAC_ARGS, SIG_ARGS, Gateway
 from openssl_mock import OPENSSL, OpenSSL, mock_server
 from pki import make_pki, pem_cert
 from renewal_env import make_gateway
+from swcmp.cmp.transport import HttpTransport
+from swcmp.enroll import request_initial
+from swcmp.errors import SwcmpError
+from swcmp.names import format_dn
 from swcmp.renewal import Renewer
+from swcmp.session import Session
 from swcmp.sessionfile import SessionStore
 from swcmp.state import StateStore
 from swcmp.store import Journal
+from testca_site import MAC_REF, CAHolder, Site, ca_config, make_site
 from testpaths import TESTS
 
 pytestmark = [
@@ -171,3 +177,69 @@ def test_a_resumed_transaction_goes_where_it_began(tmp_path: Path, phase: str) -
     assert stats["kur"]["sent"] == 0 and stats["pollReq"]["sent"] >= 1
     assert gw.cert == renewed and gw.pair_matches()
     assert Journal(gw.paths, "gw1").load() is None
+
+
+# swcmp's own test CA with --label-paths: the same routing rules, no Debian 13 needed.
+
+def label_session(site: Site, ca: CAHolder) -> Session:
+    cn = "gw1.example.net"
+    return site.store.create("gw1", {
+        "entity": f"CN={cn}", "sans": (f"DNS:{cn}",),
+        "ca_name": format_dn(ca.ca.ca_cert.subject),
+        "server_url": f"http://127.0.0.1:{ca.port}", "profile_label": "gw",
+        "operation_paths": "labels", "ir_auth": "mac", "mac_ref": MAC_REF,
+        "mac_secret_file": str(site.secret_file), "key": "gw1", "key_type": "ecdsa:p256",
+        "regenerate": True})
+
+
+class Misroute:
+    """An HttpTransport that sends the n-th message to the wrong path (a broken client)."""
+
+    def __init__(self, url: str, n: int) -> None:
+        self.inner, self.n, self.count = HttpTransport(url), n, 0
+
+    def post(self, data: bytes, url: str | None = None) -> bytes:
+        self.count += 1
+        if self.count == self.n and url is not None:
+            url = url.rsplit("/", 1)[0] + "/elsewhere"
+        return self.inner.post(data, url)
+
+    def end_transaction(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_test_ca_with_label_paths(tmp_path: Path) -> None:
+    """An IR through the test CA's label routing; a certConf sent elsewhere is refused;
+    a renewal killed while the CA delays the kup resumes at the journaled URL after the
+    profile label changed, and the CA issued no second certificate."""
+    site = make_site(tmp_path / "gw")
+    # the refused certConf leaves the key certified but unconfirmed: allow it again
+    ca = CAHolder(tmp_path / "ca", ca_config(label_paths=True, unique_public_keys=False))
+    try:
+        session = label_session(site, ca)
+        with pytest.raises(SwcmpError, match="404"):
+            request_initial(session, site.paths, store=site.store,
+                            transport=Misroute(ca.ca.url, 2))  # the certConf
+        assert not site.paths.cert_file("gw1").exists()
+        assert request_initial(session, site.paths, store=site.store).ok
+        before = len(ca.issued())
+        ca.restart(ca_config(label_paths=True, poll=1, check_after=1))
+        res = subprocess.run([sys.executable, "-c", CHILD, str(site.root), "waiting",
+                              str(TESTS)], capture_output=True, text=True, timeout=60)
+        assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+        entry = Journal(site.paths, "gw1").load()
+        base = f"http://127.0.0.1:{ca.port}/.well-known/cmp/p"
+        assert entry is not None and entry.url == f"{base}/gw/keyupdate"
+        from swcmp.session import set_fields
+
+        session = set_fields(site.store.load("gw1"), {"profile_label": "other"})
+        site.store.save(session)
+        out = Renewer(site.paths, sleep=lambda s: None).renew(session)
+        assert out.ok
+        assert len(ca.issued()) == before + 1  # the killed run's kur, confirmed late
+        assert Journal(site.paths, "gw1").load() is None
+    finally:
+        ca.stop()
