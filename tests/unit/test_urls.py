@@ -161,3 +161,18 @@ def test_default_session_routes_nothing() -> None:
     s = Session(name="gw", server_url="http://ca/pkix/")
     assert s.operation_paths == "none" and s.operation_urls == ()
     assert session_endpoints(s).single
+
+
+def test_the_ansible_module_normalizes_operation_urls_as_swcmp_stores_them() -> None:
+    """The module compares declared and shown values: its normalization must be swcmp's,
+    or a play declaring ``kur=...`` would change the session on every run."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "ansible/plugins/module_utils/swcmp_cli.py"
+    spec = importlib.util.spec_from_file_location("swcmp_cli", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name in ("ir", "CR", "kur", "p10cr", "rr", "genm", "keyupdate", "GetCRLs"):
+        item = f" {name} =https://ca.example.net/{name}"
+        assert module.normalize_operation_url(item) == parse_operation_urls([item])[0]
