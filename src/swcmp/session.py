@@ -306,6 +306,7 @@ _ALIASES = {"san": "sans", "connection": "connections", "operation_url": "operat
 _HINT_VALUE: Final[dict[str, str]] = {
     "mac_secret": "FILE", "trust": "CA.crt", "server_cert": "FILE", "server_url": "URL",
     "tls_ca_bundle": "FILE", "timeout": "SECONDS", "operation_paths": "none|labels|body",
+    "operation_urls": "OPERATION=URL", "profile_label": "LABEL",
     "tls_client_cert": "FILE --tls-client-key FILE",
 }
 _HINT_FIELD: Final[dict[str, str]] = {"mac_secret": "mac_secret_file"}
