@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # the protocol stack is imported only when a request is made
     from swcmp.cmp.client import CMPClient, Enrollment
     from swcmp.cmp.protection import Protection, ResponseTrust
     from swcmp.cmp.transport import Transport
+    from swcmp.cmp.urls import Endpoints
 
 log = logging.getLogger(__name__)
 
@@ -185,12 +186,23 @@ def make_client(session: Session, *, transport: Transport | None = None,
                                          else implicit_confirm),
                        poll_deadline=poll_deadline, cert_profile=session.cert_profile,
                        sender=session.entity_dn,
-                       granted_with_mods=session.granted_with_mods)
+                       granted_with_mods=session.granted_with_mods,
+                       endpoints=session_endpoints(session))
     if sleep is not None:
         client.sleep = sleep
     if clock is not None:
         client.clock = clock
     return client
+
+
+def session_endpoints(session: Session) -> Endpoints:
+    """The session's URL of each operation (see :mod:`swcmp.cmp.urls`)."""
+    from swcmp.cmp.urls import Endpoints
+
+    assert session.server_url is not None
+    return Endpoints.build(session.server_url, paths=session.operation_paths,
+                           profile_label=session.profile_label,
+                           operation_urls=session.operation_urls)
 
 
 def usable_ca_pubs(session: Session, enrolled: Enrollment) -> list[x509.Certificate]:

@@ -52,6 +52,7 @@ from swcmp.store import (
 if TYPE_CHECKING:
     from swcmp.cmp.client import CMPClient, TxEvent
     from swcmp.cmp.transport import Transport
+    from swcmp.cmp.urls import Route
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ class Renewer:
             return client.resume(kind="kur", transaction_id=tx[0], server_nonce=tx[1],
                                  key=new_key, subject=old_cert.subject, protection=protection,
                                  cert_req_id=entry.cert_req_id, journal=note,
-                                 accept=accept)
+                                 accept=accept, route=_journaled_route(entry))
         if entry and phase == "received" and not j.cert_file.exists() and entry.cert and tx:
             self._stage_journaled(session, j, entry, new_key, old_cert)
         if entry and phase == "received" and j.cert_file.exists() and tx:
@@ -223,7 +224,7 @@ class Renewer:
                     protection=protection, cert_req_id=entry.cert_req_id,
                     confirm_nonce=(bytes.fromhex(entry.confirm_nonce)
                                    if entry.confirm_nonce else None),
-                    journal=note)
+                    journal=note, kind=entry.kind or "kur", route=_journaled_route(entry))
             except PollingTimeoutError:
                 raise  # the CA still delays the pkiConf: the next run polls again
             except SwcmpError as e:
@@ -267,6 +268,9 @@ class Renewer:
                               if ev.phase == "received" and ev.cert_der else None)
             # the CA delays the pkiConf: the next run polls for it in this transaction
             fields["confirm_nonce"] = ev.confirm_nonce.hex() if ev.confirm_nonce else None
+            # where the transaction went: its pollReq and certConf go there after a restart
+            fields["url"] = ev.route.url if ev.route is not None else None
+            fields["url_per_body"] = ev.route.per_body if ev.route is not None else False
             if ev.kind == "certConf":  # a resumed confirmation: the request's kind stays
                 del fields["kind"]
             fields.setdefault("old_serial", f"{old_cert.serial_number:x}")
@@ -406,6 +410,14 @@ class Renewer:
                 st.add_stats(client.stats)
         except SwcmpError as e:
             log.warning("%s: could not record statistics: %s", name, e)
+
+
+def _journaled_route(entry: JournalEntry) -> Route | None:
+    """Where the journaled transaction sent its request (None: not journaled, the
+    session's server URL then, as before per-operation URLs existed)."""
+    from swcmp.cmp.urls import Route
+
+    return Route(entry.url, entry.url_per_body) if entry.url is not None else None
 
 
 def _replaced_serial(installed: keystore.Installed, entry: JournalEntry,

@@ -23,7 +23,8 @@ from typing import Final, Literal, cast
 
 from cryptography import x509
 
-from swcmp.choices import GRANTED_WITH_MODS, IR_AUTH_MODES, KEY_TYPES, MAC_ALGS
+from swcmp.choices import GRANTED_WITH_MODS, IR_AUTH_MODES, KEY_TYPES, MAC_ALGS, OPERATION_PATHS
+from swcmp.cmp.urls import check_profile_label, parse_operation_urls, with_profile
 from swcmp.cmp.urls import check_server_url as validate_server_url
 from swcmp.errors import ConfigError, SwcmpError
 from swcmp.names import (
@@ -92,6 +93,14 @@ def _sans(value: object) -> object:
 
 def _url(value: object) -> object:
     return validate_server_url(_text(value, "server_url"))
+
+
+def _operation_urls(value: object) -> object:
+    return parse_operation_urls(_text_list(value, "operation_urls"))
+
+
+def _profile_label(value: object) -> object:
+    return check_profile_label(_text(value, "profile_label"))
 
 
 def _choice(what: str, choices: tuple[str, ...]) -> Coercer:
@@ -256,6 +265,10 @@ FIELDS: Final[dict[str, FieldSpec]] = {
         FieldSpec("sans", "--san", _sans, multi=True),
         FieldSpec("ca_name", "--ca-name", _opt(_dn)),
         FieldSpec("server_url", "--server-url", _opt(_url)),
+        FieldSpec("profile_label", "--profile-label", _opt(_profile_label)),
+        FieldSpec("operation_paths", "--operation-paths",
+                  _choice("operation_paths", OPERATION_PATHS)),
+        FieldSpec("operation_urls", "--operation-url", _operation_urls, multi=True),
         FieldSpec("ir_auth", "--ir-auth", _choice("ir_auth", IR_AUTH_MODES)),
         FieldSpec("mac_ref", "--mac-ref", _opt(_mac_ref)),
         FieldSpec("mac_secret_file", "--mac-secret-file", _opt(_path), path=True),
@@ -287,12 +300,13 @@ FIELDS: Final[dict[str, FieldSpec]] = {
     )
 }
 
-_ALIASES = {"san": "sans", "connection": "connections"}
+_ALIASES = {"san": "sans", "connection": "connections", "operation_url": "operation_urls"}
 
 # What follows an option in a hint: its value, or the option that goes with it.
 _HINT_VALUE: Final[dict[str, str]] = {
     "mac_secret": "FILE", "trust": "CA.crt", "server_cert": "FILE", "server_url": "URL",
-    "tls_ca_bundle": "FILE", "timeout": "SECONDS",
+    "tls_ca_bundle": "FILE", "timeout": "SECONDS", "operation_paths": "none|labels|body",
+    "operation_urls": "OPERATION=URL", "profile_label": "LABEL",
     "tls_client_cert": "FILE --tls-client-key FILE",
 }
 _HINT_FIELD: Final[dict[str, str]] = {"mac_secret": "mac_secret_file"}
@@ -340,6 +354,14 @@ class Session:
         sans: subjectAltNames as ``DNS:x``, ``IP:x``, ``EMAIL:x`` or ``URI:x``.
         ca_name: the CA's DN as the user wrote it.
         server_url: where CMP messages are POSTed (http or https).
+        profile_label: the RFC 9811 path ``/.well-known/cmp/p/<label>`` put on
+            ``server_url`` (which then has no path of its own).
+        operation_paths: ``none`` (every message to the server URL), ``labels`` (RFC
+            9483 3.3 operation labels added to its path: ``.../initialization``,
+            ``.../keyupdate``, ...) or ``body`` (each message's body type added:
+            ``.../ir``, ``.../certConf``; the Siemens Mock CA's ``/issuing/<body>``).
+        operation_urls: ``OPERATION=URL`` items, one URL per operation for CAs with an
+            alias per operation (EJBCA); they win over ``operation_paths``.
         ir_auth: how an initial request is protected: ``mac`` or ``signature``.
         mac_ref: the reference value (senderKID) the CA gave out of band.
         mac_secret_file: the file holding the shared secret (0600); never the secret.
@@ -387,6 +409,9 @@ class Session:
     sans: tuple[str, ...] = ()
     ca_name: str | None = None
     server_url: str | None = None
+    profile_label: str | None = None
+    operation_paths: str = "none"
+    operation_urls: tuple[str, ...] = ()
     ir_auth: IrAuth = "mac"
     mac_ref: str | None = None
     mac_secret_file: Path | None = None
@@ -431,6 +456,13 @@ class Session:
         object.__setattr__(self, "entity_dn", entity)
         object.__setattr__(self, "ca_dn", ca_dn)
         object.__setattr__(self, "san_names", tuple(parse_san(s) for s in self.sans))
+        if self.profile_label is not None and self.server_url is not None:
+            try:
+                with_profile(self.server_url, self.profile_label)
+            except ConfigError as e:
+                raise _err(str(e.args[0]), f"{e.hint}: `swcmp session set {self.name} "
+                           f"--server-url URL`, or `swcmp session unset {self.name} "
+                           "profile_label`") from None
         if self.regenerate and self.key is not None:
             from swcmp.keystore.keyref import names_one_pair
 

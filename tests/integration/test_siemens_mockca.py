@@ -10,6 +10,7 @@ Each test enrolls its own subject, so the tests share one Mock CA (start-up take
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -394,3 +395,55 @@ def test_a_refused_key_update_is_retried_with_a_new_key(mock: MockCA, tmp_path: 
     assert kur["ok"] is True, kur
     gw.assert_pair()
     assert keys.spki_der(gw.key) != keys.spki_der(before_key)
+
+
+# Per-operation paths: the Mock CA serves /issuing/<body> and refuses (HTTP 400) a
+# message whose body type is not the one its path names.
+
+def posts_since(mock: MockCA, mark: int, last: tuple[str, str]) -> list[tuple[str, str]]:
+    """The (path, HTTP status) of the POSTs the Mock CA logged after ``mark``, up to
+    ``last``."""
+    deadline = time.monotonic() + 10
+    while True:  # its log arrives through a pipe: wait for the last line
+        text = re.sub(r"\x1b\[[0-9;]*m", "", bytes(mock.log[mark:]).decode(errors="replace"))
+        found = re.findall(r'"POST (\S+) HTTP/1\.[01]" (\d+)', text)
+        if last in found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def test_body_paths_through_the_cli(mock: MockCA, tmp_path: Path) -> None:
+    """`--operation-paths body`: ir, kur, genm and rr at /issuing/<body>, and each certConf
+    at /issuing/certConf, where the Mock CA checks the body type against the path."""
+    gw = Gateway(tmp_path, "swcmp-paths.example.net", mock.url)
+    gw.create("--extra-certs", str(ROOT_CERT), "--ignore-keyusage",
+              "--operation-paths", "body")
+    mark = len(mock.log)
+    assert gw.json("request", "initial", "gw")["ok"] is True
+    assert gw.json("request", "keyupdate", "gw", "--regenerate")["ok"] is True
+    gw.assert_pair()
+    assert gw.json("request", "cacerts", "gw")["ok"] is True
+    got = gw.json("request", "revoke", "gw", "--reason", "superseded", "--yes")
+    assert got["ok"] is True, got
+    posts = posts_since(mock, mark, ("/issuing/rr", "200"))
+    assert posts[:4] == [("/issuing/ir", "200"), ("/issuing/certConf", "200"),
+                         ("/issuing/kur", "200"), ("/issuing/certConf", "200")], posts
+    # `request cacerts` asks one genm or more; the rr comes last
+    assert set(posts[4:-1]) == {("/issuing/genm", "200")}, posts
+    assert posts[-1] == ("/issuing/rr", "200"), posts
+
+
+def test_certconf_at_the_ir_path_is_refused(mock: MockCA, tmp_path: Path) -> None:
+    """An explicit URL for the ir takes its certConf along (RFC 9483 3.3); the Mock CA,
+    which routes by body type, refuses that certConf, and nothing is stored: why it
+    needs `--operation-paths body`."""
+    gw = Gateway(tmp_path, "swcmp-paths-ir.example.net", mock.url)
+    gw.create("--operation-url", f"ir={mock.url}/ir")
+    mark = len(mock.log)
+    result = gw.run("request", "initial", "gw", code=None)
+    assert result.exit_code != 0
+    assert "certConf" in result.output, result.output
+    assert "--operation-paths" in result.output, result.output
+    assert not (gw.swanctl_dir / "x509" / "gw.crt").exists()
+    assert posts_since(mock, mark, ("/issuing/ir", "400")) == [
+        ("/issuing/ir", "200"), ("/issuing/ir", "400")]

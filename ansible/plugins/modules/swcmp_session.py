@@ -61,6 +61,25 @@ options:
   server_url:
     description: Where CMP messages are POSTed (http or https).
     type: str
+  profile_label:
+    description:
+      - RFC 9811 profile label; messages go to C(/.well-known/cmp/p/LABEL) on the server
+        URL's host (the server URL then has no path). V("") removes it.
+    type: str
+  operation_paths:
+    description:
+      - How each message's path is formed. V(none) sends every message to the server URL;
+        V(labels) adds RFC 9483 operation labels (C(.../initialization), C(.../keyupdate));
+        V(body) adds each message's body type (C(.../ir), C(.../certConf)).
+    type: str
+    choices: [none, labels, body]
+  operation_urls:
+    description:
+      - C(OPERATION=URL) items, one URL per operation (C(ir), C(cr), C(kur), C(p10cr), C(rr),
+        C(genm) or an RFC 9483 label), for CAs with an alias per operation; replaces the
+        stored list.
+    type: list
+    elements: str
   ir_auth:
     description: How an initial request is authenticated.
     type: str
@@ -250,6 +269,7 @@ from ansible_collections.swcmp.gateway.plugins.module_utils.swcmp_cli import (
     Swcmp,
     SwcmpError,
     normalize_expire_time,
+    normalize_operation_url,
     normalize_san,
 )
 
@@ -259,6 +279,9 @@ SETTINGS = {
     "sans": ("--san", "list"),
     "ca_name": ("--ca-name", "str"),
     "server_url": ("--server-url", "str"),
+    "profile_label": ("--profile-label", "str"),
+    "operation_paths": ("--operation-paths", "str"),
+    "operation_urls": ("--operation-url", "list"),
     "ir_auth": ("--ir-auth", "str"),
     "mac_ref": ("--mac-ref", "str"),
     "mac_secret_file": ("--mac-secret-file", "path"),
@@ -288,7 +311,8 @@ SETTINGS = {
 }
 
 _CHOICES = {"ir_auth": ["mac", "signature"], "mac_alg": ["hmac-sha256", "hmac-sha1", "pbmac1"],
-            "granted_with_mods": ["check", "accept", "reject"]}
+            "granted_with_mods": ["check", "accept", "reject"],
+            "operation_paths": ["none", "labels", "body"]}
 
 
 def _argument_spec():
@@ -324,6 +348,8 @@ def _wanted(params):
             value = [os.path.abspath(v) for v in value]
         elif field == "sans":
             value = [normalize_san(v) for v in value]
+        elif field == "operation_urls":
+            value = [normalize_operation_url(v) for v in value]
         elif field == "expire_time":
             value = normalize_expire_time(value) if str(value).strip() else ""
         out[field] = value

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from swcmp.choices import GRANTED_WITH_MODS, IR_AUTH_MODES, KEY_TYPES, MAC_ALGS
+from swcmp.choices import GRANTED_WITH_MODS, IR_AUTH_MODES, KEY_TYPES, MAC_ALGS, OPERATION_PATHS
 
 if TYPE_CHECKING:
     pass
@@ -23,6 +23,9 @@ _OPTION_FIELDS = {
     "san": "sans",
     "ca_name": "ca_name",
     "server_url": "server_url",
+    "profile_label": "profile_label",
+    "operation_paths": "operation_paths",
+    "operation_url": "operation_urls",
     "ir_auth": "ir_auth",
     "mac_ref": "mac_ref",
     "mac_secret_file": "mac_secret_file",
@@ -79,6 +82,29 @@ def setting_options(f: F) -> F:
             metavar="URL",
             help="Where CMP messages are POSTed, http:// or https:// "
             "(e.g. http://ca.example.net:8080/pkix/).",
+        ),
+        click.option(
+            "--profile-label",
+            metavar="LABEL",
+            help="RFC 9811 profile label: messages go to /.well-known/cmp/p/LABEL on the "
+            "server URL's host (the server URL then has no path of its own).",
+        ),
+        click.option(
+            "--operation-paths",
+            type=click.Choice(OPERATION_PATHS),
+            help="How each message's path is formed: none (default: every message to the "
+            "server URL), labels (RFC 9483 operation labels added: .../initialization, "
+            ".../keyupdate, .../getcacerts; certConf and pollReq go where their request "
+            "went) or body (the body type added: .../ir, .../certConf; Siemens Mock CA).",
+        ),
+        click.option(
+            "--operation-url",
+            metavar="OPERATION=URL",
+            multiple=True,
+            help="The URL of one operation (ir, cr, kur, p10cr, rr, genm or an RFC 9483 "
+            "label such as keyupdate or getcacerts), for CAs with an alias per operation; "
+            "wins over --operation-paths. Repeat for several; the ones given replace the "
+            "stored list.",
         ),
         click.option(
             "--ir-auth",

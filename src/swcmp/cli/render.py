@@ -268,6 +268,9 @@ def session_text(
         ("sans", _shown(desc.get("sans"))),
         ("ca_name", _shown(desc.get("ca_name_wire"))),
         ("server_url", _shown(desc.get("server_url"))),
+        ("profile_label", _shown(desc.get("profile_label"))),
+        ("operation_paths", _shown(desc.get("operation_paths"))),
+        ("operation_urls", _shown(desc.get("operation_urls"))),
         ("ir_auth", _shown(desc.get("ir_auth"))),
     ]
     secret = desc.get("mac_secret_file")

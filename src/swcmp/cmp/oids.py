@@ -49,6 +49,7 @@ IT_CA_CERTS = "1.3.6.1.5.5.7.4.17"
 IT_ROOT_CA_KEY_UPDATE = "1.3.6.1.5.5.7.4.18"
 IT_ROOT_CA_CERT = "1.3.6.1.5.5.7.4.20"
 IT_CERT_PROFILE = "1.3.6.1.5.5.7.4.21"
+IT_CERT_REQ_TEMPLATE = "1.3.6.1.5.5.7.4.19"
 IT_CURRENT_CRL = "1.3.6.1.5.5.7.4.6"
 IT_CRL_STATUS_LIST = "1.3.6.1.5.5.7.4.22"
 IT_CRLS = "1.3.6.1.5.5.7.4.23"
@@ -96,6 +97,7 @@ LIBRARY_NAMES: dict[str, str] = {
     "IT_ROOT_CA_KEY_UPDATE": "rfc9480.id_it_rootCaKeyUpdate",
     "IT_ROOT_CA_CERT": "rfc9480.id_it_rootCaCert",
     "IT_CERT_PROFILE": "rfc9480.id_it_certProfile",
+    "IT_CERT_REQ_TEMPLATE": "rfc9480.id_it_certReqTemplate",
     "IT_CURRENT_CRL": "rfc9480.id_it_currentCRL",
     "IT_CRL_STATUS_LIST": "rfc9480.id_it_crlStatusList",
     "IT_CRLS": "rfc9480.id_it_crls",

@@ -90,11 +90,16 @@ def testca() -> None:
 @click.option("--unique-keys/--no-unique-keys", default=True, show_default=True,
               help="Refuse a public key certified before for another subject or in a "
                    "certificate never confirmed, as EJBCA does by default.")
+@click.option("--label-paths", is_flag=True,
+              help="Route by RFC 9483 operation labels: a request only at a path ending in "
+                   "its label (.../initialization, .../keyupdate, .../getcacerts), a certConf "
+                   "or pollReq only where its transaction began; HTTP 404 otherwise.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 def serve(directory: Path, host: str, port: int, mac_ref: str | None,
           mac_secret_file: Path | None, validity: str, key_type: str, implicit_confirm: bool,
           poll: int, check_after: int, reject: tuple[str, ...], delay: float, fault: str | None,
-          signer_in_extracerts: bool, unique_keys: bool, verbose: bool) -> None:
+          signer_in_extracerts: bool, unique_keys: bool, label_paths: bool,
+          verbose: bool) -> None:
     """Serve CMP until stopped (Ctrl-C or SIGTERM); create the CA in DIR on the first run."""
     from swcmp.testca.server import TestCA
 
@@ -108,7 +113,8 @@ def serve(directory: Path, host: str, port: int, mac_ref: str | None,
             validity=parse_duration(validity), key_type=key_type,
             implicit_confirm=implicit_confirm, poll=poll, check_after=check_after,
             reject=reject, delay=delay, fault=fault,
-            signer_in_extra_certs=signer_in_extracerts, unique_public_keys=unique_keys)
+            signer_in_extra_certs=signer_in_extracerts, unique_public_keys=unique_keys,
+            label_paths=label_paths)
         ca = TestCA(directory, config=config, host=host, port=port).start()
     except (SwcmpError, OSError) as e:
         raise click.ClickException(str(e)) from e

@@ -65,6 +65,11 @@ class CAConfig:
             before for another subject, or in a certificate never confirmed (like
             EJBCA's "enforce unique public keys", on by default); the key of a
             subject's confirmed certificate may be certified again.
+        label_paths: route by RFC 9483 3.3 operation labels: a request is taken only at
+            a path ending in its label (``.../initialization`` for an ir,
+            ``.../getcacerts`` for a genm asking caCerts, ...), and a certConf or pollReq
+            only at the path where its transaction began; anything else gets HTTP 404.
+            Off: every message at ``/`` or ``/pkix/``.
     """
 
     mac_ref: bytes | None = None
@@ -82,6 +87,7 @@ class CAConfig:
     max_request_size: int = DEFAULT_MAX_REQUEST
     signer_in_extra_certs: bool = True
     unique_public_keys: bool = True
+    label_paths: bool = False
 
     def __post_init__(self) -> None:
         if (self.mac_ref is None) != (self.mac_secret is None):
