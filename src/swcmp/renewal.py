@@ -182,8 +182,8 @@ class Renewer:
                 self._abandon(session, store, j, waiting,
                               f"is still waiting at the end of the session's poll_limit "
                               f"({session.poll_limit}s from its request)", cause=e)
-            e.hint = ("the next run polls the same transaction; the CA may need an operator "
-                      "to approve the request")
+            e.hint = ("the next run polls the same transaction (within the session's "
+                      "poll_limit); the CA may need an operator to approve the request")
             raise
         except SwcmpError as e:
             self._after_failure(store, j, e)
