@@ -461,6 +461,13 @@ class Session:
         object.__setattr__(self, "entity_dn", entity)
         object.__setattr__(self, "ca_dn", ca_dn)
         object.__setattr__(self, "san_names", tuple(parse_san(s) for s in self.sans))
+        if self.renew_with == "p10cr" and self.key is not None:
+            from swcmp.keystore.keyref import names_token
+
+            if names_token(self.key):
+                raise ConfigError("a p10cr renewal signs a PKCS#10 request with the key, which "
+                                  "swcmp cannot do for a key in a token").with_hint(
+                    f"renew with a cr instead: `swcmp session set {self.name} --renew-with cr`")
         if self.regenerate and self.key is not None:
             from swcmp.keystore.keyref import names_one_pair
 
