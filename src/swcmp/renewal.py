@@ -237,7 +237,6 @@ class Renewer:
             f"the next run sends a new request; ask the CA operator why the request is not "
             f"answered, or allow longer: `swcmp session set {session.name} --poll-limit "
             f"DURATION`")
-        log.warning("%s: %s", session.name, error)
         if cause is not None:
             raise error from cause
         raise error
