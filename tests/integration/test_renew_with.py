@@ -15,16 +15,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
 
+from hostile_proxy import HostileProxy, error_body, forge
 from openssl_gateway import GW, MAC_ARGS, SIG_ARGS, Gateway
 from openssl_mock import OPENSSL, OpenSSL
 from swcmp.cmp import certs, keys
-from swcmp.errors import PollingTimeoutError, TransactionAbandoned
+from swcmp.errors import (
+    CMPErrorResponse,
+    PollingTimeoutError,
+    SwcmpError,
+    TransactionAbandoned,
+)
 from swcmp.paths import Paths
 from swcmp.renewal import Renewer, max_resumes
 from swcmp.sessionfile import SessionStore
@@ -170,6 +177,12 @@ def _no_sleep(seconds: float) -> None:
     pass
 
 
+@pytest.fixture
+def stack() -> Iterator[ExitStack]:
+    with ExitStack() as s:
+        yield s
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_test_ca_takes_a_cr_or_p10cr_renewal_with_a_new_key(site: Site, ca: CAHolder,
                                                                  kind: str) -> None:
@@ -230,12 +243,14 @@ def test_a_transaction_waiting_past_the_poll_limit_is_abandoned_and_the_next_run
     assert x509.load_pem_x509_certificate(gw.cert_file.read_bytes()) == first
 
 
+@pytest.mark.parametrize("answers", ["waiting", "unprotected"])
 def test_a_transaction_resumed_by_too_many_runs_is_abandoned_with_its_staged_key(
-        site: Site, ca: CAHolder) -> None:
-    """Runs that each resume a waiting transaction and give up before the CA answers (as
-    runs killed again and again, or meeting only unprotected errors, do) are counted in
-    the journal: past max_resumes the transaction is abandoned, its staged key destroyed
-    through the key store, and the next run certifies a new key in a new transaction."""
+        site: Site, ca: CAHolder, answers: str, stack: ExitStack) -> None:
+    """Runs that each resume a waiting transaction and end without the CA's answer (the CA
+    still waiting, or answers that are not provably the CA's, which end nothing; runs
+    killed again and again count the same) are counted in the journal: past max_resumes
+    the transaction is abandoned, its staged key destroyed through the key store, and the
+    next run certifies a new key in a new transaction."""
     add_session(site, ca.ca, regenerate=True)
     site.store.update("gw1", set_values={"poll_limit": "1h"})
     session = site.session()
@@ -245,8 +260,18 @@ def test_a_transaction_resumed_by_too_many_runs_is_abandoned_with_its_staged_key
     with pytest.raises(PollingTimeoutError):
         Renewer(site.paths, sleep=_no_sleep, poll_deadline=1).renew(session)
     staged = j.key_file.read_bytes()
+    failure: type[SwcmpError] = PollingTimeoutError
+    if answers == "unprotected":
+        # someone on the path answers every pollReq with an unprotected error
+        proxy = stack.enter_context(HostileProxy(ca.ca.url))
+        proxy.on("pollReq", forge(lambda ex: error_body("transaction unknown", 2),
+                                  sender_der=ca.ca.ca_cert.subject.public_bytes()),
+                 times=None)
+        site.store.update("gw1", set_values={"server_url": proxy.url})
+        session = site.session()
+        failure = CMPErrorResponse
     for n in range(1, max_resumes(session) + 1):
-        with pytest.raises(PollingTimeoutError):
+        with pytest.raises(failure):
             Renewer(site.paths, sleep=_no_sleep, poll_deadline=1).renew(session)
         entry = j.load()
         assert entry is not None and entry.resumes == n and entry.phase == "waiting"
@@ -258,6 +283,8 @@ def test_a_transaction_resumed_by_too_many_runs_is_abandoned_with_its_staged_key
     assert site.stats()["kur"]["sent"] == 1
 
     ca.restart(ca_config())
+    if answers == "unprotected":
+        proxy.clear()
     out = Renewer(site.paths, sleep=_no_sleep).renew(session)
     assert out.ok and site.pair_ok()
     assert site.key_pem() not in (live_key, staged)
