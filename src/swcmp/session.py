@@ -23,7 +23,14 @@ from typing import Final, Literal, cast
 
 from cryptography import x509
 
-from swcmp.choices import GRANTED_WITH_MODS, IR_AUTH_MODES, KEY_TYPES, MAC_ALGS, OPERATION_PATHS
+from swcmp.choices import (
+    GRANTED_WITH_MODS,
+    IR_AUTH_MODES,
+    KEY_TYPES,
+    MAC_ALGS,
+    OPERATION_PATHS,
+    RENEW_WITH,
+)
 from swcmp.cmp.urls import check_profile_label, parse_operation_urls, with_profile
 from swcmp.cmp.urls import check_server_url as validate_server_url
 from swcmp.errors import ConfigError, SwcmpError
@@ -37,7 +44,7 @@ from swcmp.names import (
     validate_session_name,
 )
 from swcmp.paths import Paths
-from swcmp.values import ExpireTime
+from swcmp.values import ExpireTime, duration_seconds, format_seconds
 
 FILE_FORMAT: Final = 1
 SESSION_FILE_MODE: Final = 0o640
@@ -208,6 +215,25 @@ def _timeout(value: object) -> object:
     return value
 
 
+#: Bounds of the session's ``poll_limit`` (seconds a CA transaction may stay waiting, across
+#: runs, from its first request) and its default (a day: time for a CA operator to approve).
+POLL_LIMIT_RANGE = (1, 30 * 86400)
+POLL_LIMIT_DEFAULT = 86400
+
+
+def _poll_limit(value: object) -> object:
+    low, high = POLL_LIMIT_RANGE
+    seconds = duration_seconds(value)
+    if seconds is None or not low <= seconds <= high:
+        raise _err(
+            f"invalid poll_limit {value!r}: give a duration from {format_seconds(low)} to "
+            f"{format_seconds(high)}, e.g. 1d, 12h, 90m or seconds",
+            "how long a CA transaction that the CA keeps answering 'waiting' is polled, "
+            "across runs, counted from its request, before it is abandoned (default 1d)",
+        )
+    return seconds
+
+
 def _bool(value: object) -> object:
     if isinstance(value, bool):
         return value
@@ -297,6 +323,8 @@ FIELDS: Final[dict[str, FieldSpec]] = {
         FieldSpec("revoke_superseded", "--revoke-superseded", _bool),
         FieldSpec("granted_with_mods", "--granted-with-mods",
                   _choice("granted_with_mods", GRANTED_WITH_MODS)),
+        FieldSpec("renew_with", "--renew-with", _choice("renew_with", RENEW_WITH)),
+        FieldSpec("poll_limit", "--poll-limit", _poll_limit),
     )
 }
 
@@ -399,6 +427,13 @@ class Session:
             (``accept``, logged; the key must still be ours) or never (``reject``).
         revoke_superseded: after a key update, revoke the replaced certificate (rr,
             reason superseded); a failure is retried and never undoes the renewal.
+        renew_with: how a renewal asks for the new certificate: ``kur`` (default), ``cr``
+            (a certificate request signed with the current certificate) or ``p10cr`` (a
+            PKCS#10 request signed by the new key, in a message signed with the current
+            certificate), for CAs whose policy refuses key updates.
+        poll_limit: seconds a renewal's CA transaction may stay waiting (answered
+            'waiting', or resumed after an interruption), across runs, counted from its
+            request; then it is abandoned and the next attempt starts a new one.
         entity_dn: ``entity`` parsed (derived).
         ca_dn: ``ca_name`` parsed (derived).
         san_names: ``sans`` parsed (derived).
@@ -439,6 +474,8 @@ class Session:
     pin_file: Path | None = None
     revoke_superseded: bool = False
     granted_with_mods: str = "check"
+    renew_with: str = "kur"
+    poll_limit: int = POLL_LIMIT_DEFAULT
     entity_dn: x509.Name | None = field(init=False, repr=False, compare=False)
     ca_dn: x509.Name | None = field(init=False, repr=False, compare=False)
     san_names: tuple[x509.GeneralName, ...] = field(init=False, repr=False, compare=False)
@@ -463,6 +500,13 @@ class Session:
                 raise _err(str(e.args[0]), f"{e.hint}: `swcmp session set {self.name} "
                            f"--server-url URL`, or `swcmp session unset {self.name} "
                            "profile_label`") from None
+        if self.renew_with == "p10cr" and self.key is not None:
+            from swcmp.keystore.keyref import names_token
+
+            if names_token(self.key):
+                raise ConfigError("a p10cr renewal signs a PKCS#10 request with the key, which "
+                                  "swcmp cannot do for a key in a token").with_hint(
+                    f"renew with a cr instead: `swcmp session set {self.name} --renew-with cr`")
         if self.regenerate and self.key is not None:
             from swcmp.keystore.keyref import names_one_pair
 

@@ -228,7 +228,9 @@ class JournalEntry:
     ``old_cert_pem`` its certificate. ``url`` is where the transaction's request went
     when the session routes operations by path (with ``url_per_body``, the URL to which
     each message's body type is added); its pollReq and certConf go there too. None:
-    the session's server URL.
+    the session's server URL. ``tx_started`` (ISO time) is when the transaction's
+    request was sent and ``resumes`` how many runs continued it: a transaction is resumed
+    only within the session's poll_limit (see :mod:`swcmp.renewal`).
     """
 
     phase: JournalPhase
@@ -246,6 +248,8 @@ class JournalEntry:
     old_cert_pem: str | None = None
     url: str | None = None
     url_per_body: bool = False
+    tx_started: str | None = None
+    resumes: int = 0
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JournalEntry:
@@ -360,6 +364,16 @@ def _journal_problem(data: dict[str, Any]) -> str | None:
             check_server_url(data["url"])
         except SwcmpError as e:
             return f"url: {e}"
+    started = data.get("tx_started")
+    if started is not None:
+        try:
+            if not isinstance(started, str) or datetime.fromisoformat(started).tzinfo is None:
+                raise ValueError
+        except ValueError:
+            return "tx_started is not a time with its time zone"
+    resumes = data.get("resumes", 0)
+    if isinstance(resumes, bool) or not isinstance(resumes, int) or not 0 <= resumes < 2**31:
+        return "resumes is not a count"
     req_id = data.get("cert_req_id", 0)
     if isinstance(req_id, bool) or not isinstance(req_id, int) or abs(req_id) >= 2**63:
         return "cert_req_id is not a 64-bit integer"

@@ -204,6 +204,36 @@ def test_kur_with_new_key(mock: MockCA, tmp_path: Path) -> None:
     gw.assert_pair()
 
 
+def test_renewal_with_a_new_key_by_cr(mock: MockCA, tmp_path: Path) -> None:
+    """`--renew-with cr`: the staged renewal (`request keyupdate --regenerate`) asks for the
+    new key's certificate with a cr signed with the current certificate."""
+    gw = enrolled(mock, tmp_path, "swcmp-renew-cr.example.net")
+    gw.run("session", "set", "gw", "--ignore-keyusage", "--renew-with", "cr")
+    old_cert, old_key = gw.cert, gw.key
+    renewed = gw.json("request", "keyupdate", "gw", "--regenerate")
+    assert renewed["ok"] is True and renewed["action"] == "cr", renewed
+    gw.assert_pair()
+    assert keys.spki_der(gw.key) != keys.spki_der(old_key)
+    assert gw.cert.serial_number != old_cert.serial_number
+    assert gw.cert.subject == old_cert.subject
+
+
+def test_renewal_by_p10cr_whose_certificate_is_no_renewal_is_refused(mock: MockCA,
+                                                                      tmp_path: Path) -> None:
+    """`--renew-with p10cr`: the Mock CA issues for a p10cr a certificate without the
+    requested subjectAltNames and ending before the current one; swcmp refuses it in
+    certConf and keeps the live pair."""
+    gw = enrolled(mock, tmp_path, "swcmp-renew-p10cr.example.net")
+    gw.run("session", "set", "gw", "--ignore-keyusage", "--renew-with", "p10cr")
+    old_cert, old_key = gw.cert, gw.key
+    refused = gw.run("--json", "request", "keyupdate", "gw", "--regenerate", code=None)
+    assert refused.exit_code == 1
+    assert "lacks requested subjectAltNames" in refused.stderr
+    assert json.loads(refused.stdout)["code"] == "certificate_rejected"
+    assert gw.cert == old_cert and keys.spki_der(gw.key) == keys.spki_der(old_key)
+    gw.assert_pair()
+
+
 def test_kur_without_root_in_extracerts_is_refused(mock: MockCA, tmp_path: Path) -> None:
     gw = enrolled(mock, tmp_path, "swcmp-kur-noroot.example.net")
     gw.run("session", "set", "gw", "--ignore-keyusage")

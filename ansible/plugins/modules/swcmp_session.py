@@ -162,6 +162,19 @@ options:
         refuses it.
     type: str
     choices: [check, accept, reject]
+  renew_with:
+    description:
+      - How a renewal asks for the new certificate. V(kur) (key update, default), V(cr) (a
+        certificate request signed with the current certificate) or V(p10cr) (a PKCS#10
+        request signed by the new key), for CAs whose policy refuses key updates.
+    type: str
+    choices: [kur, cr, p10cr]
+  poll_limit:
+    description:
+      - Seconds a renewal's CA transaction that the CA keeps answering waiting is continued,
+        across runs, from its request (1-2592000; swcmp's default is a day); then it is
+        abandoned and the next attempt sends a new request.
+    type: int
   pkcs11_module:
     description: PKCS#11 module of the token that holds a C(pkcs11:) O(key).
     type: path
@@ -306,13 +319,16 @@ SETTINGS = {
     "tls_client_key": ("--tls-client-key", "path"),
     "revoke_superseded": ("--revoke-superseded", "bool"),
     "granted_with_mods": ("--granted-with-mods", "str"),
+    "renew_with": ("--renew-with", "str"),
+    "poll_limit": ("--poll-limit", "int"),
     "pkcs11_module": ("--pkcs11-module", "path"),
     "pin_file": ("--pin-file", "path"),
 }
 
 _CHOICES = {"ir_auth": ["mac", "signature"], "mac_alg": ["hmac-sha256", "hmac-sha1", "pbmac1"],
             "granted_with_mods": ["check", "accept", "reject"],
-            "operation_paths": ["none", "labels", "body"]}
+            "operation_paths": ["none", "labels", "body"],
+            "renew_with": ["kur", "cr", "p10cr"]}
 
 
 def _argument_spec():

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from swcmp.choices import GRANTED_WITH_MODS, IR_AUTH_MODES, KEY_TYPES, MAC_ALGS, OPERATION_PATHS
+from swcmp.choices import (
+    GRANTED_WITH_MODS,
+    IR_AUTH_MODES,
+    KEY_TYPES,
+    MAC_ALGS,
+    OPERATION_PATHS,
+    RENEW_WITH,
+)
 
 if TYPE_CHECKING:
     pass
@@ -50,6 +57,8 @@ _OPTION_FIELDS = {
     "tls_client_key": "tls_client_key",
     "revoke_superseded": "revoke_superseded",
     "granted_with_mods": "granted_with_mods",
+    "renew_with": "renew_with",
+    "poll_limit": "poll_limit",
     "pkcs11_module": "pkcs11_module",
     "pin_file": "pin_file",
 }
@@ -135,6 +144,21 @@ def setting_options(f: F) -> F:
             help="A certificate the CA granted with modifications: check (default: taken "
             "only when subject, SANs and key are the ones asked), accept (taken, logged; "
             "the key must still be ours) or reject (refused in certConf).",
+        ),
+        click.option(
+            "--renew-with",
+            type=click.Choice(RENEW_WITH),
+            help="How a renewal asks for the new certificate: kur (key update, default), cr "
+            "(a certificate request signed with the current certificate) or p10cr (a PKCS#10 "
+            "request signed by the new key, the message signed with the current certificate), "
+            "for CAs whose policy refuses key updates.",
+        ),
+        click.option(
+            "--poll-limit",
+            metavar="DURATION",
+            help="How long a renewal's CA transaction that the CA keeps answering 'waiting' "
+            "is polled, across runs, counted from its request (1s-30d, default 1d); then it "
+            "is abandoned (its new key destroyed) and the next attempt starts a new one.",
         ),
         click.option(
             "--mac-iterations",

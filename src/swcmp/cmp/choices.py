@@ -11,3 +11,7 @@ GRANTED_WITH_MODS = ("check", "accept", "reject")
 #: message to the server URL), ``labels`` (RFC 9483 3.3 operation labels added) or
 #: ``body`` (each message's body type added, as the Siemens Mock CA routes).
 OPERATION_PATHS = ("none", "labels", "body")
+#: How a renewal asks for its certificate: a key update (kur), a certificate request
+#: signed with the current certificate (cr), or a PKCS#10 request signed by the new key in
+#: a message signed with the current certificate (p10cr).
+RENEW_WITH = ("kur", "cr", "p10cr")

@@ -229,11 +229,14 @@ class CMPClient:
 
     def certificate(self, *, key: keys.SigningKey, subject: x509.Name,
                     sans: Sequence[x509.GeneralName] = (), protection: Protection,
-                    journal: Journal | None = None, accept: Accept | None = None
-                    ) -> Enrollment:
-        """CR: an additional certificate, signed with a certificate this CA issued."""
+                    journal: Journal | None = None, accept: Accept | None = None,
+                    replaces: x509.Certificate | None = None) -> Enrollment:
+        """CR: an additional certificate, signed with a certificate this CA issued.
+
+        ``replaces``: a renewal by cr; the new certificate may not be older than this one.
+        """
         return self._enroll("cr", key=key, subject=subject, sans=sans, protection=protection,
-                            journal=journal, accept=accept)
+                            journal=journal, accept=accept, replaces=replaces)
 
     def key_update(self, *, key: keys.SigningKey, old_cert: x509.Certificate,
                    protection: Protection, subject: x509.Name | None = None,
@@ -302,8 +305,14 @@ class CMPClient:
                 self._poll_delayed(tx, "certConf", ("pkiconf",), confirm_nonce, 0.0,
                                    lambda: waiting(confirm_nonce))
 
-    def p10(self, *, csr: x509.CertificateSigningRequest, protection: Protection) -> Enrollment:
-        """p10cr: a certificate for a PKCS#10 request (certReqId -1)."""
+    def p10(self, *, csr: x509.CertificateSigningRequest, protection: Protection,
+            journal: Journal | None = None, accept: Accept | None = None,
+            replaces: x509.Certificate | None = None) -> Enrollment:
+        """p10cr: a certificate for a PKCS#10 request (certReqId -1).
+
+        ``journal``, ``accept`` as for :meth:`initial`; ``replaces`` as for
+        :meth:`certificate`.
+        """
         from cryptography.hazmat.primitives import serialization
 
         body = codec.p10cr_body(csr.public_bytes(serialization.Encoding.DER))
@@ -316,7 +325,9 @@ class CMPClient:
                 x509.SubjectAlternativeName).value)
         except x509.ExtensionNotFound:
             tx.expect_sans = frozenset()
-        return self._finish_enrollment(tx, "p10cr", body, -1, spki, csr.subject.public_bytes())
+        tx.replaces = replaces
+        return self._finish_enrollment(tx, "p10cr", body, -1, spki, csr.subject.public_bytes(),
+                                       journal=journal, accept=accept)
 
     def ca_certs(self, *, protection: Protection) -> tuple[x509.Certificate, ...]:
         """genm id-it-caCerts: the CA certificates the CA wants us to have."""
