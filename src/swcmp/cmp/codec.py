@@ -1080,6 +1080,45 @@ def parse_crls(value_der: bytes | None) -> tuple[bytes, ...]:
     return crls
 
 
+@dataclass(frozen=True)
+class TemplateParts:
+    """A CertReqTemplateContent (RFC 9480 2.9) as pieces: the subject's attributes as
+    (OID, the value's DER) or None without a subject, the extensions' OIDs, the names of
+    the other CertTemplate fields present, and the keySpec controls as (OID, value DER)."""
+
+    subject: tuple[tuple[str, bytes], ...] | None
+    extensions: tuple[str, ...]
+    fields: tuple[str, ...]
+    controls: tuple[tuple[str, bytes], ...]
+
+
+def parse_cert_req_template(value_der: bytes) -> TemplateParts:
+    """The pieces of an id-it-certReqTemplate value (its size and elements are the
+    caller's to bound: a genp value is not counted with the message)."""
+    content = _decode(value_der, asn1.CertReqTemplateContent(), "CertReqTemplateContent")
+    tmpl = content["certTemplate"]
+    subject = None
+    if tmpl["subject"].isValue:
+        subject = tuple((str(atv["type"]), bytes(atv["value"]))
+                        for rdn in tmpl["subject"]["rdnSequence"] for atv in rdn)
+    extensions = (tuple(str(e["extnID"]) for e in tmpl["extensions"])
+                  if tmpl["extensions"].isValue else ())
+    fields = tuple(n for n in tmpl if n not in ("subject", "extensions") and tmpl[n].isValue)
+    controls = (tuple((str(c["type"]), bytes(c["value"])) for c in content["keySpec"])
+                if content["keySpec"].isValue else ())
+    return TemplateParts(subject, extensions, fields, controls)
+
+
+def parse_rsa_key_len(value_der: bytes) -> int:
+    """An id-regCtrl-rsaKeyLen value (RsaKeyLenCtrl, INTEGER (1..MAX))."""
+    return int(_decode(value_der, asn1.RsaKeyLenCtrl(), "RsaKeyLenCtrl"))
+
+
+def parse_algorithm(value_der: bytes) -> AlgorithmId:
+    """An AlgorithmIdentifier on its own (e.g. an id-regCtrl-algId value)."""
+    return _alg_of(_decode(value_der, asn1.AlgorithmIdentifier(), "AlgorithmIdentifier"))
+
+
 #: CRLReason codes by name (RFC 5280 5.3.1: unspecified 0, keyCompromise 1, ...), from
 #: the schema (checked against pyasn1-alt-modules' transcription by the tests).
 CRL_REASONS: dict[str, int] = {str(name): int(value)
