@@ -132,9 +132,11 @@ class Renewer:
             key=auth_key, cert=auth_cert,
             chain=request_chain(session, self.paths, auth_cert, chain))
         self._collect(session, store)
-        new_key, entry = self._key_to_certify(store, j, entry, live_key, old_cert, regenerate)
         client = make_client(session, transport=self.transport, poll_deadline=self.poll_deadline,
                              sleep=self.sleep, paths=self.paths, clock=self.clock)
+        if regenerate and entry is None:
+            self._check_template(session, client, protection)
+        new_key, entry = self._key_to_certify(store, j, entry, live_key, old_cert, regenerate)
         try:
             enrolled = self._transact(session, j, entry, client, new_key, old_cert, protection,
                                       regenerated=new_key is not live_key)
@@ -152,6 +154,20 @@ class Renewer:
         j.write(phase="confirmed")
         self.test_checkpoint("confirmed")
         return self._promote(session, store, j)
+
+    def _check_template(self, session: Session, client: CMPClient, protection: Any) -> None:
+        """genm certReqTemplate before a new key is made: a key type the CA's template
+        forbids is refused before the key is made and anything else is sent (a key update
+        repeats the certificate's subject, so only the key type is checked)."""
+        from swcmp.calife.template import check_request, key_of_session
+
+        try:
+            check_request(session, self.paths, client, protection, now=self.clock(),
+                          key=key_of_session(session), key_is_new=True, subject=None,
+                          what="key update")
+        except SwcmpError:
+            self._record_stats(session.name, client)
+            raise
 
     def _valid_cert(self, session: Session) -> x509.Certificate:
         """The session's certificate, which a key update needs unexpired."""

@@ -1097,16 +1097,57 @@ def parse_cert_req_template(value_der: bytes) -> TemplateParts:
     caller's to bound: a genp value is not counted with the message)."""
     content = _decode(value_der, asn1.CertReqTemplateContent(), "CertReqTemplateContent")
     tmpl = content["certTemplate"]
+
+    def present(seq: Any, name: str) -> Any:
+        # without instantiating it: an absent SEQUENCE of optional fields would read as set
+        value = seq.getComponentByName(name, instantiate=False)
+        return value if value is not univ.noValue and value.isValue else None
+
+    subject_value = present(tmpl, "subject")
     subject = None
-    if tmpl["subject"].isValue:
+    if subject_value is not None:
         subject = tuple((str(atv["type"]), bytes(atv["value"]))
-                        for rdn in tmpl["subject"]["rdnSequence"] for atv in rdn)
-    extensions = (tuple(str(e["extnID"]) for e in tmpl["extensions"])
-                  if tmpl["extensions"].isValue else ())
-    fields = tuple(n for n in tmpl if n not in ("subject", "extensions") and tmpl[n].isValue)
-    controls = (tuple((str(c["type"]), bytes(c["value"])) for c in content["keySpec"])
-                if content["keySpec"].isValue else ())
+                        for rdn in subject_value["rdnSequence"] for atv in rdn)
+    ext_value = present(tmpl, "extensions")
+    extensions = tuple(str(e["extnID"]) for e in ext_value) if ext_value is not None else ()
+    fields = tuple(n for n in ("version", "serialNumber", "signingAlg", "issuer", "validity",
+                               "publicKey", "issuerUID", "subjectUID")
+                   if present(tmpl, n) is not None)
+    spec = present(content, "keySpec")
+    controls = (tuple((str(c["type"]), bytes(c["value"])) for c in spec)
+                if spec is not None else ())
     return TemplateParts(subject, extensions, fields, controls)
+
+
+def cert_req_template_value(subject_der: bytes | None,
+                            controls: Sequence[tuple[str, bytes]]) -> bytes:
+    """An id-it-certReqTemplate value, for a CA: a CertTemplate with only a subject (a
+    Name's DER) or nothing, and keySpec controls as (OID, value DER); none: no keySpec."""
+    content = asn1.CertReqTemplateContent()
+    tmpl = content["certTemplate"]
+    if subject_der is not None:
+        name = _decode(subject_der, asn1.Name(), "Name")
+        _copy_into(tmpl["subject"], name)
+    else:
+        tmpl.setComponents()  # an empty CertTemplate: every field is the requester's
+    for oid, value_der in controls:
+        atv = asn1.AttributeTypeAndValue()
+        atv["type"] = univ.ObjectIdentifier(oid)
+        atv["value"] = univ.Any(value_der)
+        content["keySpec"].append(atv)
+    return _enc(content)
+
+
+def rsa_key_len_der(bits: int) -> bytes:
+    """An id-regCtrl-rsaKeyLen value."""
+    return _enc(asn1.RsaKeyLenCtrl(bits))
+
+
+def algorithm_der(alg: AlgorithmId) -> bytes:
+    """An AlgorithmIdentifier's DER (e.g. an id-regCtrl-algId value)."""
+    obj = asn1.AlgorithmIdentifier()
+    _alg(obj, alg)
+    return _enc(obj)
 
 
 def parse_rsa_key_len(value_der: bytes) -> int:
