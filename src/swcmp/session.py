@@ -284,6 +284,7 @@ FIELDS: Final[dict[str, FieldSpec]] = {
         FieldSpec("revoke_superseded", "--revoke-superseded", _bool),
         FieldSpec("granted_with_mods", "--granted-with-mods",
                   _choice("granted_with_mods", GRANTED_WITH_MODS)),
+        FieldSpec("ask_template", "--ask-template", _bool),
     )
 }
 
@@ -375,6 +376,10 @@ class Session:
         granted_with_mods: a certificate granted with modifications is taken when its
             subject, SANs and key are the ones asked (``check``, default), always
             (``accept``, logged; the key must still be ours) or never (``reject``).
+        ask_template: ask the CA's certificate request template (genm certReqTemplate)
+            before an IR and before a key update that makes a new key, and refuse a
+            request it forbids before sending it (off for a CA that cannot take the
+            question).
         revoke_superseded: after a key update, revoke the replaced certificate (rr,
             reason superseded); a failure is retried and never undoes the renewal.
         entity_dn: ``entity`` parsed (derived).
@@ -414,6 +419,7 @@ class Session:
     pin_file: Path | None = None
     revoke_superseded: bool = False
     granted_with_mods: str = "check"
+    ask_template: bool = True
     entity_dn: x509.Name | None = field(init=False, repr=False, compare=False)
     ca_dn: x509.Name | None = field(init=False, repr=False, compare=False)
     san_names: tuple[x509.GeneralName, ...] = field(init=False, repr=False, compare=False)

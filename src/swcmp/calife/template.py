@@ -92,6 +92,9 @@ def check_request(session: Session, paths: Paths, client: CMPClient, protection:
     """
     from swcmp.cmp import template
 
+    if not session.ask_template:
+        log.debug("%s: the template is not asked (ask_template off)", session.name)
+        return
     try:
         tmpl = ask_template(session, paths, client, protection, now=now)
     except SwcmpError as e:

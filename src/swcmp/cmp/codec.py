@@ -1143,6 +1143,11 @@ def rsa_key_len_der(bits: int) -> bytes:
     return _enc(asn1.RsaKeyLenCtrl(bits))
 
 
+def oid_der(oid: str) -> bytes:
+    """An OBJECT IDENTIFIER's DER (e.g. a named curve as id-ecPublicKey parameters)."""
+    return _enc(univ.ObjectIdentifier(oid))
+
+
 def algorithm_der(alg: AlgorithmId) -> bytes:
     """An AlgorithmIdentifier's DER (e.g. an id-regCtrl-algId value)."""
     obj = asn1.AlgorithmIdentifier()
