@@ -338,8 +338,9 @@ def check(template: CertReqTemplate, *, key: KeyChoice | None = None,
     if key is not None and template.key_spec and readable_spec \
             and not any(k.allows(key) for k in template.key_spec):
         problems.append(Problem("key", (
-            f"the CA's certificate request template does not allow a {key.describe()} key: "
-            f"it allows {', '.join(k.describe() for k in template.key_spec)}")))
+            f"the CA's certificate request template does not allow the key type "
+            f"{key.describe()}: it allows {', '.join(k.describe() for k in template.key_spec)}"
+        )))
     if subject is not None and template.subject:
         have: dict[str, list[str]] = {}
         for attr in subject:
