@@ -73,7 +73,7 @@ class Gateway:
             "--mac-ref", "1234", "--mac-secret-file", str(self.secret),
             "--trust", str(self.pki.dir / "root.crt"), "--key-type", "ecdsa:p256",
             # OpenSSL 3.5's mock ends its process on genm certReqTemplate (its own client
-            # gets no answer either): it is not asked (test_template_openssl.py)
+            # gets no answer either): it is not asked (test_cli_requests.py)
             *(["--no-ask-template"] if self.openssl is not None and self.openssl.newer
               else []),
         )  # fmt: skip

@@ -364,3 +364,26 @@ def test_granted_with_mods(tmp_path: Path, setting: str) -> None:
             assert not gw.cert_file.exists() or gw.cert_file.read_bytes() != pem_cert(issued)
     stats = gw.json("stats", "gw1")["sessions"][0]["stats"]
     assert stats["certConf"]["sent"] == 2  # a refusal is told to the CA in certConf too
+
+
+def test_request_template_against_the_openssl_mocks(gw: Gateway) -> None:
+    """genm certReqTemplate (RFC 9483 4.3.3): OpenSSL 3.0's mock echoes the question
+    without a value, which is "no template" (nothing remembered, the IR goes on); 3.5's
+    mock ends its process on the question (its own client gets no answer either), which
+    is why its sessions are made with --no-ask-template (openssl_gateway.py)."""
+    issued = gw.pki.issue(gw.key, GW)
+    with gw.ca(MAC_ARGS, issued) as url:
+        gw.create_session(url)
+        if gw.openssl is not None and gw.openssl.newer:
+            first = gw.json("request", "template", "gw1", code=1)
+            assert "closed the connection" in first["hint"], first
+            gone = gw.json("request", "template", "gw1", code=1)
+            assert gone["code"] == "connect", gone  # the mock is no more
+            return
+        shown = gw.json("request", "template", "gw1")
+        assert shown["known"] is True and shown["template"]["offered"] is False, shown
+        assert gw.json("request", "initial", "gw1", "--no-deploy")["ok"] is True
+    stats = gw.json("stats", "gw1")["sessions"][0]["stats"]
+    assert stats["genm"]["sent"] == 2  # asked again before the IR: no template is no refusal
+    assert "certReqTemplate" not in gw.json("status", "gw1")["sessions"][0]["ca"].get(
+        "unsupported", {})
