@@ -221,6 +221,33 @@ def test_revoke_superseded_with_a_token_key(tmp_path: Path, ca: CAHolder) -> Non
     assert old_object not in token.key_ids() and len(token.key_ids()) == 1
 
 
+def test_session_delete_revoke_removes_a_token_sessions_secrets(
+        tmp_path: Path, ca: CAHolder) -> None:
+    # conf.d/swcmp-NAME.conf holds the token's PIN and makes `swanctl --load-creds`
+    # load the revoked certificate's key again: decommissioning removes it.
+    import softhsm
+    from swcmp.keystore.token_checks import secrets_file
+
+    if softhsm.unavailable() is not None:
+        pytest.skip(softhsm.unavailable() or "")
+    token = softhsm.new_token(tmp_path)
+    a = make_site(tmp_path / "gwa")
+    cn = "gwa.example.net"
+    run(a, "session", "create", "gwa", "--entity", f"CN={cn}", "--san", f"DNS:{cn}",
+        "--ca-name", format_dn(ca.ca.ca_cert.subject), "--server-url", ca.ca.url,
+        "--mac-ref", MAC_REF, "--mac-secret-file", str(a.secret_file), "--key", token.uri(),
+        "--pkcs11-module", str(token.module), "--pin-file", str(token.pin_file))
+    assert run_json(a, "request", "initial", "gwa")["ok"] is True
+    secrets = secrets_file(a.paths, a.store.load("gwa"))
+    assert secrets.exists()
+    serial = cert_of(a, "gwa").serial_number
+    out = run_json(a, "session", "delete", "gwa", "--revoke")
+    assert str(secrets) in out["removed"], out
+    assert not secrets.exists()
+    rec = ca.ca.certificate(serial)
+    assert rec is not None and rec.status == REVOKED
+
+
 class _DeadTransport:
     def post(self, data: bytes) -> bytes:
         raise ConnectError("connection refused (test)", url="http://127.0.0.1:9/")

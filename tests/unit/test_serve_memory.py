@@ -26,3 +26,4 @@ def test_serve_gives_memory_back_after_each_pass(tmp_path: Path,
     server = serve_mod.Server(RenewalService(paths), rescan=0.05)
     server.run(once_until=datetime.now(UTC))
     assert calls == [1]
+

@@ -293,11 +293,14 @@ def _unload_revoked_key(env: CliEnv, s: Session) -> str | None:
 
 
 def _remove_revoked_pair(env: CliEnv, s: Session) -> list[str]:
-    """Remove the revoked certificate and its key file (kept if another session uses it)."""
+    """Remove the revoked certificate, its key file (kept if another session uses it) and,
+    for a key in a token, the secrets entry in swanctl's conf.d (it holds the PIN and
+    would make `swanctl --load-creds` load the token's key again)."""
     from swcmp import fsutil
+    from swcmp.keystore.token_checks import secrets_file
     from swcmp.session import session_key_file
 
-    files = [env.paths.cert_file(s.name)]
+    files = [env.paths.cert_file(s.name), secrets_file(env.paths, s)]
     key_file = session_key_file(s, env.paths)
     shared = any(o.name != s.name and o.key == s.key for o in env.store.list().sessions)
     if key_file is not None and not shared:

@@ -17,11 +17,18 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 
+from swcmp import fsutil
 from swcmp.cmp import certs
 from swcmp.cmp.text import safe
 from swcmp.deploy import Charon
 from swcmp.enroll import Outcome
-from swcmp.errors import NeedsInitialRequest, RenewalError, SessionFileError, SwcmpError
+from swcmp.errors import (
+    LockHeldError,
+    NeedsInitialRequest,
+    RenewalError,
+    SessionFileError,
+    SwcmpError,
+)
 from swcmp.ha import Role
 from swcmp.metrics import CharonView, failure_key
 from swcmp.paths import Paths
@@ -334,9 +341,16 @@ class RenewalService:
         held = self.charon.held_key_ids if self.charon is not None else None
         for s in self.sessions():
             try:
-                keystore.open(s, self.paths).collect(
-                    held, keep_serials=_Serials(functools.partial(revocations_waiting,
-                                                                  self.paths, s.name)))
+                # under the session's renewal lock: a renewal of another process could
+                # otherwise retire, stage or roll back a pair while this reads the lists
+                with fsutil.exclusive_lock(self.paths.lock_dir, s.name, blocking=False,
+                                           what=f"renewal of session {s.name}"):
+                    keystore.open(s, self.paths).collect(
+                        held, keep_serials=_Serials(functools.partial(revocations_waiting,
+                                                                      self.paths, s.name)))
+            except LockHeldError:
+                log.debug("%s: a renewal runs; replaced key pairs are collected by a later "
+                          "pass", s.name)
             except SwcmpError as e:
                 log.warning("%s: replaced key pairs not collected: %s", s.name, e)
 
