@@ -224,10 +224,11 @@ def parse(value_der: bytes | None) -> CertReqTemplate:
     if len(value_der) > MAX_TEMPLATE_SIZE:
         raise ProtocolError(f"the certificate request template has {len(value_der)} bytes, "
                             f"more than the {MAX_TEMPLATE_SIZE} swcmp reads")
-    der.census(value_der, max_elements=MAX_TEMPLATE_ELEMENTS, max_depth=MAX_TEMPLATE_DEPTH)
     from swcmp.cmp import codec
 
     try:
+        der.census(value_der, max_elements=MAX_TEMPLATE_ELEMENTS,
+                   max_depth=MAX_TEMPLATE_DEPTH)
         parts = codec.parse_cert_req_template(value_der)
         return _read(parts)
     except ProtocolError as e:
