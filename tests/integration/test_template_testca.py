@@ -144,3 +144,18 @@ def test_a_template_that_cannot_be_read_is_logged_and_the_request_goes_on(
     assert "the initial request goes on without it" in result.stderr
     assert gw.proxy.kinds() == ["genm", "ir", "certConf"]
     assert "certReqTemplate" not in gw.unsupported()  # asked again next time
+
+
+def test_a_template_anyone_on_the_path_could_send_forbids_nothing(site: Gateway) -> None:
+    """An unprotected genp whose template would forbid the session's key type: its
+    protection is checked like any answer's, so it is not believed and the IR goes on."""
+    gw = site
+    gw.create()
+    rsa_only = codec.cert_req_template_value(
+        None, [(oids.REG_CTRL_RSA_KEY_LEN, codec.rsa_key_len_der(4096))])
+    forbidding = codec.genm_body([InfoValue(oids.IT_CERT_REQ_TEMPLATE, rsa_only)], kind="genp")
+    gw.proxy.on("genm", forge(lambda ex: forbidding,
+                              sender_der=gw.ca.ca_cert.subject.public_bytes()))
+    result = gw.run("request", "initial", "gw1")
+    assert "could not be had" in result.stderr, result.stderr
+    assert gw.proxy.kinds() == ["genm", "ir", "certConf"]
