@@ -134,9 +134,9 @@ class Renewer:
         self._collect(session, store)
         client = make_client(session, transport=self.transport, poll_deadline=self.poll_deadline,
                              sleep=self.sleep, paths=self.paths, clock=self.clock)
-        if regenerate and entry is None:
-            self._check_template(session, client, protection)
-        new_key, entry = self._key_to_certify(store, j, entry, live_key, old_cert, regenerate)
+        new_key, entry = self._key_to_certify(
+            store, j, entry, live_key, old_cert, regenerate,
+            before_new_key=lambda: self._check_template(session, client, protection))
         try:
             enrolled = self._transact(session, j, entry, client, new_key, old_cert, protection,
                                       regenerated=new_key is not live_key)
@@ -185,8 +185,12 @@ class Renewer:
 
     def _key_to_certify(self, store: KeyStore, j: Journal, entry: JournalEntry | None,
                         live_key: keys.SigningKey, old_cert: x509.Certificate,
-                        regenerate: bool) -> tuple[keys.SigningKey, JournalEntry | None]:
-        """The key to certify: staged by an interrupted run, made now, or the live one."""
+                        regenerate: bool, *, before_new_key: Callable[[], None] = lambda: None
+                        ) -> tuple[keys.SigningKey, JournalEntry | None]:
+        """The key to certify: staged by an interrupted run, made now, or the live one.
+
+        ``before_new_key`` runs once a new key is to be made and the key store agreed to
+        make one, before anything is journaled (the certificate request template)."""
         if entry is not None:
             staged, entry = store.recover(j, entry)
             if staged is not None and entry is not None and entry.phase == "sending":
@@ -203,7 +207,9 @@ class Renewer:
             return live_key, entry
         # The journal names the new key before it is made: a run killed while it is made
         # leaves only what the next run's recover() cleans up.
-        entry = j.write(phase="key-making", **store.reserve(),
+        reserved = store.reserve()
+        before_new_key()
+        entry = j.write(phase="key-making", **reserved,
                         old_serial=f"{old_cert.serial_number:x}",
                         started=self.clock().isoformat(timespec="seconds"), regenerate=True)
         self.test_checkpoint("key-making")

@@ -159,3 +159,21 @@ def test_a_template_anyone_on_the_path_could_send_forbids_nothing(site: Gateway)
     result = gw.run("request", "initial", "gw1")
     assert "could not be had" in result.stderr, result.stderr
     assert gw.proxy.kinds() == ["genm", "ir", "certConf"]
+
+
+def test_a_ca_that_hangs_on_the_question_fails_the_request_there(site: Gateway) -> None:
+    """No answer within the session's timeout: the IR would fare no better, so it is not
+    sent (one timeout, not two); an HTTP error instead is no answer about the template,
+    and the IR goes on."""
+    from hostile_proxy import hang, http_status
+
+    gw = site
+    gw.create("--timeout", "2")
+    gw.proxy.on("genm", hang())
+    failed = gw.json("request", "initial", "gw1", code=1)
+    assert "within 2s" in failed["error"], failed
+    assert gw.proxy.kinds() == ["genm"]
+    gw.proxy.on("genm", http_status(400, "Bad Request"))
+    result = gw.run("request", "initial", "gw1")
+    assert "could not be had" in result.stderr, result.stderr
+    assert gw.proxy.kinds() == ["genm", "genm", "ir", "certConf"]

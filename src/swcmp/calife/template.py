@@ -4,10 +4,11 @@ the CA does not take is refused before anything is sent, with the setting to cha
 
 A CA that does not know the question (its genp has no certReqTemplate, or it answers
 with an error it protected) is remembered in ``calife.json`` like a CA without
-crlStatusList, and not asked again for UNSUPPORTED_RETRY. Whatever else goes wrong
-with the question (the CA out of reach, an answer that fails its checks, a template
-swcmp cannot read) is logged and the request goes on: the template only ever spares
-the CA a request it would refuse.
+crlStatusList, and not asked again for UNSUPPORTED_RETRY. A CA that cannot be reached
+(no connection, no answer within the session's timeout) fails the request there, as the
+request itself would. Whatever else goes wrong with the question (an HTTP error, an
+answer that fails its checks or comes delayed, a template swcmp cannot read) is logged
+and the request goes on: the template only ever spares the CA a request it would refuse.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 
 from swcmp.calife.state import CERT_REQ_TEMPLATE, CaLifeStore, _iso
-from swcmp.errors import CMPErrorResponse, ConfigError, SwcmpError
+from swcmp.errors import CMPErrorResponse, ConfigError, ConnectError, SwcmpError, TimeoutError_
 from swcmp.paths import Paths
 from swcmp.session import Session
 
@@ -30,9 +31,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Seconds a CA that delays its answer to the template question is polled before the
-#: request goes on without it (a request's own polling has the session's deadline).
-TEMPLATE_POLL_DEADLINE = 30.0
+#: Seconds a CA that delays its answer to the template question (RFC 9483 4.4) is polled:
+#: none, the request goes on without the template. So the question costs one exchange at
+#: most, and a renewal attempt stays within policy.attempt_bound (the question is asked
+#: only when a new key is made, never in a run that confirms a certificate late).
+TEMPLATE_POLL_DEADLINE = 0.0
 
 
 def ask_template(session: Session, paths: Paths, client: CMPClient, protection: Protection,
@@ -97,6 +100,8 @@ def check_request(session: Session, paths: Paths, client: CMPClient, protection:
         return
     try:
         tmpl = ask_template(session, paths, client, protection, now=now)
+    except (ConnectError, TimeoutError_):
+        raise  # the CA cannot be reached now: the request would fare no better
     except SwcmpError as e:
         log.warning("%s: the CA's certificate request template could not be had (%s); the "
                     "%s goes on without it", session.name, e, what)
