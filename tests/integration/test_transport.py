@@ -316,3 +316,24 @@ def test_watchdogs_fire_in_deadline_order_and_a_stopped_one_never() -> None:
     finally:
         for s in (a, b, c, d):
             s.close()
+
+
+def test_post_to_another_url_per_message(url: str) -> None:
+    """A CA that routes by path: each post may name its URL; errors name that URL, and
+    a post without one goes to the URL given last."""
+    BEHAVIOUR["mode"] = "echo"
+    other = url + "keyupdate"
+    with HttpTransport(url) as t:
+        assert t.post(b"\x30\x00", other) == b"\x30\x00"
+        assert BEHAVIOUR["last_path"] == "/pkix/keyupdate"
+        t.post(b"\x30\x00", url)
+        assert BEHAVIOUR["last_path"] == "/pkix/"
+        BEHAVIOUR["mode"] = "404"
+        with pytest.raises(HTTPStatusError) as e:
+            t.post(b"\x30\x00", other)
+        assert other in str(e.value)
+        BEHAVIOUR["mode"] = "echo"
+        t.post(b"\x30\x00")
+        assert BEHAVIOUR["last_path"] == "/pkix/keyupdate"
+        with pytest.raises(ConfigError):
+            t.post(b"\x30\x00", "http://user:pw@127.0.0.1/")

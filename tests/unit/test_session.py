@@ -261,12 +261,32 @@ class TestSession:
             ("connection", ["a.b"], "connection name"),
             ("connection", ["a", "a"], "twice"),
             ("auto_update", 1, "yes/no"),
+            ("renew_with", "ir", "renew_with"),
+            ("poll_limit", "0", "poll_limit"),
+            ("poll_limit", "31d", "poll_limit"),
+            ("poll_limit", "soon", "poll_limit"),
+            ("poll_limit", True, "poll_limit"),
         ],
     )
     def test_bad_values(self, field: str, value: object, words: str) -> None:
         with pytest.raises(ConfigError) as info:
             set_fields(Session(name=GW1), {field: value})
         assert words in str(info.value)
+
+    def test_renew_with_and_poll_limit(self) -> None:
+        s = Session(name=GW1)
+        assert (s.renew_with, s.poll_limit) == ("kur", 86400)
+        s = set_fields(s, {"renew-with": "P10CR", "poll-limit": "1d12h"})
+        assert (s.renew_with, s.poll_limit) == ("p10cr", 129600)
+        assert set_fields(s, {"poll_limit": "90"}).poll_limit == 90
+        assert set_fields(s, {"poll_limit": 3600}).poll_limit == 3600
+
+    def test_p10cr_renewal_with_a_token_key_is_refused(self) -> None:
+        token = "pkcs11:token=gw;object=gw1"
+        with pytest.raises(ConfigError, match="p10cr") as info:
+            set_fields(Session(name=GW1), {"key": token, "renew_with": "p10cr"})
+        assert "--renew-with cr" in info.value.hint
+        assert set_fields(Session(name=GW1), {"key": token, "renew_with": "cr"}).key == token
 
     def test_bad_name(self) -> None:
         with pytest.raises(ConfigError, match="invalid session name"):

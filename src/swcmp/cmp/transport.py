@@ -24,6 +24,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Protocol
@@ -56,7 +57,9 @@ MAX_RETRY_AFTER = 7 * 86400.0
 class Transport(Protocol):
     """Sends one CMP message and returns the answer's bytes."""
 
-    def post(self, data: bytes) -> bytes: ...
+    def post(self, data: bytes, url: str | None = None) -> bytes:
+        """POST ``data`` to ``url`` (None: the transport's own URL)."""
+        ...
 
     def end_transaction(self) -> None:
         """Called after each CMP transaction (successful or not)."""
@@ -247,7 +250,8 @@ class HttpTransport:
     """HTTP POST transport: one connection per message, one deadline per exchange.
 
     Args:
-        url: the CMP server URL (http:// or https://).
+        url: the CMP server URL (http:// or https://); :meth:`post` may name another
+            one per message (a CA that routes operations by path).
         ca_bundle: verifies an https server (None: the system store).
         client_cert, client_key: a TLS client certificate and its key (files), for
             CAs behind mutual TLS.
@@ -274,16 +278,20 @@ class HttpTransport:
         max_response: int = MAX_RESPONSE_SIZE,
         proxy: str | None = None,
     ) -> None:
-        self.url = check_server_url(url)
-        self._parts = urlsplit(url)
         self.connect_timeout = connect_timeout
         self.total_timeout = total_timeout
         self.max_response = max_response
         self.client_cert = client_cert
+        self._tls_files = (ca_bundle, client_cert, client_key)
+        self._tls_context: ssl.SSLContext | None = None
+        self._proxy_setting = proxy
+        self._targets: dict[str, _Target] = {}
+        #: The URL of the current (or next) exchange, and its parts, TLS context and proxy.
+        self.url = ""
+        self._parts = urlsplit("")
         self._tls: ssl.SSLContext | None = None
-        if self._parts.scheme == "https":
-            self._tls = _tls_context(ca_bundle, client_cert, client_key)
-        self._proxy = self._proxy_for(proxy)
+        self._proxy: SplitResult | None = None
+        self._use(url)
         #: The current time, for Retry-After given as a date.
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
@@ -300,8 +308,24 @@ class HttpTransport:
     def end_transaction(self) -> None:
         """Nothing is carried from one transaction to the next."""
 
-    def _proxy_for(self, proxy: str | None) -> SplitResult | None:
-        host = self._parts.hostname or ""
+    def _use(self, url: str) -> None:
+        """Make ``url`` the one the next exchange talks to (checked and set up once)."""
+        target = self._targets.get(url)
+        if target is None:
+            checked = check_server_url(url)
+            parts = urlsplit(checked)
+            tls = None
+            if parts.scheme.lower() == "https":
+                if self._tls_context is None:
+                    self._tls_context = _tls_context(*self._tls_files)
+                tls = self._tls_context
+            target = _Target(checked, parts, tls, self._proxy_for(self._proxy_setting, parts))
+            self._targets[url] = target
+        self.url, self._parts, self._tls, self._proxy = (
+            target.url, target.parts, target.tls, target.proxy)
+
+    def _proxy_for(self, proxy: str | None, parts: SplitResult) -> SplitResult | None:
+        host = parts.hostname or ""
         if proxy is None:
             # urllib.request reads the *_proxy variables; without any there is no proxy,
             # and a process spares importing it (urllib.request pulls in tempfile, shutil
@@ -310,7 +334,7 @@ class HttpTransport:
                 return None
             import urllib.request
 
-            found = urllib.request.getproxies_environment().get(self._parts.scheme)
+            found = urllib.request.getproxies_environment().get(parts.scheme)
             if not found or urllib.request.proxy_bypass(host):
                 return None
             proxy = found
@@ -323,8 +347,11 @@ class HttpTransport:
 
     # ------------------------------------------------------------------ one exchange
 
-    def post(self, data: bytes) -> bytes:
-        """POST ``data``, return the answer; TransportError subclasses for every failure."""
+    def post(self, data: bytes, url: str | None = None) -> bytes:
+        """POST ``data`` (to ``url``, or the URL given last), return the answer;
+        TransportError subclasses for every failure."""
+        if url is not None:
+            self._use(url)
         trace.record("request", data)
         deadline = _Deadline(self.total_timeout, self.url)
         watchdog = _Watchdog(self.total_timeout)
@@ -476,6 +503,16 @@ class HttpTransport:
         return TransportError(f"HTTP exchange with {url} failed: {safe(_text(e))}", url=url,
                               hint="the CA closed the connection or sent a malformed "
                               "HTTP answer")
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One URL's parts, TLS context and proxy."""
+
+    url: str
+    parts: SplitResult
+    tls: ssl.SSLContext | None
+    proxy: SplitResult | None
 
 
 def _tls_context(ca_bundle: str | None, client_cert: str | None,

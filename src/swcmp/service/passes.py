@@ -25,6 +25,7 @@ from swcmp.enroll import Outcome
 from swcmp.errors import (
     LockHeldError,
     NeedsInitialRequest,
+    NoChainError,
     RenewalError,
     SessionFileError,
     SwcmpError,
@@ -71,6 +72,17 @@ def _retry_after(e: BaseException) -> float | None:
             return cur.retry_after
         cur, seen = cur.__cause__, seen + 1
     return None
+
+
+def _no_chain(e: BaseException) -> bool:
+    """Whether ``e`` (or what it was raised from) says a certificate the CA issued does
+    not chain to the session's anchors."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, NoChainError):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _with_hint(e: SwcmpError, name: str) -> str:
@@ -448,6 +460,8 @@ class RenewalService:
                     st.count_renewal(failure_key(e))
             except SwcmpError as state_error:
                 log.error("%s: cannot record the failure: %s", s.name, state_error)
+            if _no_chain(e):
+                self._ask_root_update(s)
             # Louder as expiry nears: past half of the time between due and expiry.
             loud = (p.expires is not None and p.renew_at is not None
                     and p.expires - now < (p.expires - p.renew_at) / 2)
@@ -476,6 +490,17 @@ class RenewalService:
                       exc_info=log.isEnabledFor(logging.DEBUG))
         self._run_hooks(s, outcome)
         return outcome
+
+    def _ask_root_update(self, s: Session) -> None:
+        """After the CA's certificate was refused: a root rollover the weekly question
+        has not heard of yet would refuse every retry (see CaLife.after_refused_certificate)."""
+        try:
+            found = self.ca_life().after_refused_certificate(s)
+        except SwcmpError as e:
+            log.warning("%s: root CA update after the refused certificate: %s", s.name, e)
+            return
+        if found is not None:
+            log.info("%s: root CA update after the refused certificate: %s", s.name, found)
 
     def ca_life(self) -> CaLife:
         from swcmp.calife import CaLife
