@@ -7,10 +7,19 @@ every test: pyproject.toml puts this directory on pytest's pythonpath.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from openssl_mock import VERSIONS, OpenSSL
 from pki import TestPKI, make_pki
+
+# pytest-xdist's workers (scripts/test runs them) start with COLUMNS=80 and LINES=24 in
+# their environment, a terminal that is not there: swcmp's text tables take their width
+# from COLUMNS, and the tests that mean a width set it themselves.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("COLUMNS", "LINES"):
+        os.environ.pop(_var, None)
 
 
 @pytest.fixture(params=VERSIONS, ids=[f"openssl-{v}" for v in VERSIONS])

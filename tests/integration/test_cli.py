@@ -752,6 +752,7 @@ def test_testca_is_mounted_when_installed() -> None:
 
 def test_serve_logs_progress_by_default(tmp_path: Path) -> None:
     """A service's log is what the journal shows: INFO lines without any -v."""
+    import select
     import signal
     import subprocess
     import sys
@@ -762,9 +763,19 @@ def test_serve_logs_progress_by_default(tmp_path: Path) -> None:
                SWCMP_VICI="none")
     proc = subprocess.Popen([sys.executable, "-m", "swcmp", "serve"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+    # SIGTERM once serve watches (its handlers are installed by then), however long the
+    # start takes on a busy machine (a minute at most; the wait ends at EOF too)
+    assert proc.stderr is not None
+    first: list[str] = []
+    deadline = time.monotonic() + 60
+    while select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))[0]:
+        line = proc.stderr.readline()
+        first.append(line)
+        if not line or "swcmp serve: watching" in line:
+            break
     proc.send_signal(signal.SIGTERM)
-    _out, err = proc.communicate(timeout=15)
+    _out, rest = proc.communicate(timeout=15)
+    err = "".join(first) + rest
     assert proc.returncode == 0, err
     assert "INFO: swcmp serve: watching" in err
     assert "Traceback" not in err

@@ -71,6 +71,12 @@ def apt_options(release: str) -> str:
             "-o APT::Keep-Downloaded-Packages=true -o Dpkg::Options::=--force-unsafe-io")
 
 
+def apt_get(release: str) -> str:
+    """apt-get with :func:`apt_options`, waiting its turn for the shared cache (apt itself
+    gives up at once when another checkout's test holds the cache's lock)."""
+    return f"flock {TEST_CACHE / 'apt' / release}/turn apt-get {apt_options(release)}"
+
+
 @pytest.fixture(scope="module", params=sorted(RELEASES))
 def installed(request: pytest.FixtureRequest) -> Iterator[Installed]:
     why = _skip_reason()
@@ -105,7 +111,7 @@ def installed(request: pytest.FixtureRequest) -> Iterator[Installed]:
         # root: dpkg skips fsync, and man-db does not index every page at install (man
         # finds swcmp's pages by their path without the index)
         inst.sh("echo 'man-db man-db/auto-update boolean false' | debconf-set-selections")
-        inst.sh(f"apt-get {apt_options(release)} -qq update && apt-get {apt_options(release)} "
+        inst.sh(f"{apt_get(release)} -qq update && {apt_get(release)} "
                 f"-qq -y install {deb} >/dev/null", timeout=600)
         seconds["install"] = time.monotonic() - t
         yield inst
@@ -156,8 +162,8 @@ def test_the_package_puts_every_file_in_place(installed: Installed) -> None:
 
 
 def test_systemd_analyze_verify_accepts_the_units(installed: Installed) -> None:
-    installed.sh("command -v systemd-analyze >/dev/null || apt-get "
-                 f"{apt_options(installed.release)} -qq -y install --no-install-recommends "
+    installed.sh("command -v systemd-analyze >/dev/null || "
+                 f"{apt_get(installed.release)} -qq -y install --no-install-recommends "
                  "systemd >/dev/null", timeout=600)
     res = installed.sh("systemd-analyze verify /lib/systemd/system/swcmp.service "
                        "/lib/systemd/system/swcmp-renew.service "
@@ -222,7 +228,7 @@ def test_purge_leaves_nothing_under_opt(installed: Installed) -> None:
     """Last (it removes the package): the byte code postinst made goes with the package."""
     key = "/etc/swanctl/private/gw1.key"  # made by the enrolment test, if it ran
     had_key = installed.sh(f"test -e {key}", check=False).returncode == 0
-    installed.sh(f"apt-get {apt_options(installed.release)} -qq -y purge swcmp >/dev/null",
+    installed.sh(f"{apt_get(installed.release)} -qq -y purge swcmp >/dev/null",
                  timeout=300)
     installed.sh("test ! -e /opt/swcmp && test ! -e /usr/bin/swcmp && "
                  "test ! -e /etc/swcmp/swcmp.toml")
