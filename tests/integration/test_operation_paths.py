@@ -89,8 +89,8 @@ def test_a_wrong_path_is_refused_and_named(tmp_path: Path) -> None:
         result = gw.run("request", "initial", "gw1", "--no-deploy")
     assert result.exit_code != 0
     assert "404" in result.output and "--operation-paths" in result.output, result.output
-    # the template question first (its body type is not a label either; the IR goes on
-    # without a template), then the ir
+    # the genm certReqTemplate asked before the IR (at .../genm) is refused too; the IR
+    # goes on without a template and is refused at .../ir
     assert router.refused() == [(f"{BASE}/genm", "genm"), (f"{BASE}/ir", "ir")]
     assert not gw.cert_file.exists()
 
@@ -103,13 +103,15 @@ def test_explicit_operation_urls(tmp_path: Path) -> None:
     with gw.ca(MAC_ARGS, issued) as url, label_router(url) as router:
         gw.create_session(router.url + "/refused")
         result = gw.run("session", "set", "gw1",
-                        "--operation-url", f"ir={router.url}{BASE}/initialization")
+                        "--operation-url", f"ir={router.url}{BASE}/initialization",
+                        "--operation-url",
+                        f"getcertreqtemplate={router.url}{BASE}/getcertreqtemplate")
         assert result.exit_code == 0, result.output
         assert gw.json("request", "initial", "gw1", "--no-deploy")["ok"] is True
-    # the template question has no URL of its own: it goes to the server URL (refused
-    # here, so the IR goes on without a template)
-    assert router.refused() == [("/refused", "genm")]
+    assert router.refused() == []
     assert router.paths_of("certConf") == [f"{BASE}/initialization"]
+    # the template asked before the IR went to its own URL
+    assert router.paths_of("genm") == [f"{BASE}/getcertreqtemplate"]
 
     renewed = gw.pki.issue(gw.key, GW, serial=issued.serial_number, days=400)
     # gw.ca() points the server URL at the mock itself: the kur must not go there
