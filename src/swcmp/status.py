@@ -6,7 +6,7 @@ client or vici (tests/test_cli.py checks it).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,21 @@ def cert_info(path: Path, now: datetime) -> dict[str, Any] | None:
     }
 
 
+def poll_limit_end(paths: Paths, s: Session) -> datetime | None:
+    """When the session's journaled CA transaction reaches its poll_limit (None: no
+    transaction, or its start unknown)."""
+    from swcmp.errors import StorageError
+    from swcmp.store import Journal
+
+    try:
+        entry = Journal(paths, s.name).load()
+    except StorageError:
+        return None
+    if entry is None or entry.tx_started is None or entry.transaction() is None:
+        return None
+    return datetime.fromisoformat(entry.tx_started) + timedelta(seconds=s.poll_limit)
+
+
 def session_status(paths: Paths, s: Session, now: datetime, role: Role | None
                    ) -> dict[str, Any]:
     """What ``swcmp status`` says about one session (the JSON form; the CLI renders it):
@@ -78,6 +93,10 @@ def session_status(paths: Paths, s: Session, now: datetime, role: Role | None
     elif pending is not None:
         state = "polling" if pending == "waiting" else "in_progress"
         reason = f"an interrupted renewal (phase {pending}) is finished by the next run"
+        ends = poll_limit_end(paths, s)
+        if ends is not None:
+            reason += (f", or abandoned if the CA still keeps it waiting at "
+                       f"{ends:%Y-%m-%d %H:%M:%S}Z (poll_limit)")
     elif role is not None and role.standby:
         state, reason = "standby", role.standby_reason()
     else:

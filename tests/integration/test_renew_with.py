@@ -141,6 +141,9 @@ def test_kill_9_while_the_ca_delays_a_cr_or_p10cr_resumes_the_same_transaction(
         killed = _kill_when(gw, proc, phase)
         assert proc.returncode == -signal.SIGKILL
         assert killed["kind"] == kind
+        status = gw.json("status", "gw1")["sessions"][0]
+        assert status["state"] == ("polling" if phase == "waiting" else "in_progress")
+        assert "abandoned if the CA still keeps it waiting at" in status["reason"], status
         assert x509.load_pem_x509_certificate(gw.cert_file.read_bytes()) != renewed
         before = _stats(gw)
         out = gw.json("renew", "--force", "--no-deploy", "gw1")
