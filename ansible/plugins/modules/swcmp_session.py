@@ -143,6 +143,12 @@ options:
         refuses it.
     type: str
     choices: [check, accept, reject]
+  ask_template:
+    description:
+      - Ask the CA's certificate request template (genm certReqTemplate) before an IR and
+        before a key update with a new key, and refuse a request it forbids before
+        sending it. Default yes.
+    type: bool
   pkcs11_module:
     description: PKCS#11 module of the token that holds a C(pkcs11:) O(key).
     type: path
@@ -283,6 +289,7 @@ SETTINGS = {
     "tls_client_key": ("--tls-client-key", "path"),
     "revoke_superseded": ("--revoke-superseded", "bool"),
     "granted_with_mods": ("--granted-with-mods", "str"),
+    "ask_template": ("--ask-template", "bool"),
     "pkcs11_module": ("--pkcs11-module", "path"),
     "pin_file": ("--pin-file", "path"),
 }
