@@ -204,6 +204,20 @@ def render() -> str:
         ".RE",
         ".fi",
         ".PP",
+        "A CA that routes by RFC 9483 operation labels under a profile (the key update "
+        "and its certConf go to .../.well\\-known/cmp/p/gw/keyupdate), and one with a CMP "
+        "alias per operation:",
+        ".PP",
+        ".nf",
+        ".RS",
+        "swcmp session set gw1 \\-\\-server\\-url https://ca.example.net \\e",
+        "    \\-\\-profile\\-label gw \\-\\-operation\\-paths labels",
+        "swcmp session set gw2 \\-\\-server\\-url https://ca/ejbca/publicweb/cmp/gw\\-ir "
+        "\\e",
+        "    \\-\\-operation\\-url kur=https://ca/ejbca/publicweb/cmp/gw\\-kur",
+        ".RE",
+        ".fi",
+        ".PP",
         "Try it all against the embedded test CA, on loopback:",
         ".PP",
         ".nf",

@@ -68,6 +68,9 @@ PLUGINS = (
 NS_PREFIX = "swcmp-"
 SUBNET = ipaddress.ip_network("10.251.0.0/24")
 IKE_PROPOSALS = "aes256-sha256-ecp256"
+#: with ``userspace_esp``, each node's connection has a child ``net`` from its subnet to the
+#: other's: not the IKE addresses, which kernel-libipsec refuses to route through its TUN
+ESP_SUBNETS = {"a": "10.252.1.0/24", "b": "10.252.2.0/24"}
 
 
 def available() -> str | None:
@@ -245,7 +248,7 @@ class CharonNode:
             pinned: pinned mode: ``local.certs = <label>.pem`` names the certificate
                 file (``local.id`` stays set).
             extra: swanctl.conf lines added inside the connection section (e.g. a
-                ``children { ... }`` block).
+                ``children { ... }`` block; default with ``userspace_esp``: child ``net``).
             cert_file: with ``pinned``, the file (relative to ``x509/``) that
                 ``local.certs`` names instead of ``<label>.pem`` (e.g. swcmp's
                 ``<session>.crt``).
@@ -259,7 +262,7 @@ class CharonNode:
             # charon for swcmp tests, node {self.label} ({self.netns})
             charon {{
               load_modular = no
-              load = {PLUGINS}{" pkcs11" if pkcs11_module else ""}
+              load = {self.net.plugins}{" pkcs11" if pkcs11_module else ""}
               install_routes = no
               # every initiate makes a new IKE SA (tests count them)
               reuse_ikesa = no
@@ -300,6 +303,11 @@ class CharonNode:
         header = ("# pinned mode: local.certs names the certificate file" if pinned
                   else "# identity mode: the local certificate is chosen by local.id")
         certs = f"      certs = {cert_file or self.label + '.pem'}\n" if pinned else ""
+        if not extra.strip() and self.net.userspace_esp:
+            other = "b" if self.label == "a" else "a"
+            extra = (f"children {{\n  net {{\n    local_ts = {ESP_SUBNETS[self.label]}\n"
+                     f"    remote_ts = {ESP_SUBNETS[other]}\n"
+                     "    esp_proposals = aes256-sha256\n  }\n}\n")
         extra_lines = textwrap.indent(textwrap.dedent(extra).strip() + "\n", " " * 4) if (
             extra.strip()) else ""
         self.swanctl_conf.write_text(textwrap.dedent(f"""\
@@ -471,6 +479,27 @@ class CharonNode:
             raise RuntimeError(f"expected one new IKE SA on {self.label}, found {new}")
         return new[0]
 
+    def initiate_child(self, child: str, timeout_ms: int = 10000) -> IkeSa:
+        """Initiate CHILD_SA ``child`` in a new IKE SA (``reuse_ikesa = no``); that IKE SA.
+
+        Needs a CharonNet with ``userspace_esp``: this kernel has no XFRM.
+        """
+        before = {sa.uniqueid for sa in self.list_sas()}
+        try:
+            with self.session(timeout=timeout_ms / 1000 + 5) as s:
+                for _ in s.initiate({"child": child, "timeout": timeout_ms,
+                                     "init-limits": "no", "loglevel": 1}):
+                    pass
+        except Exception as e:
+            raise RuntimeError(f"initiate {child} on {self.label} failed: {e}\n"
+                               + self.log_text()[-3000:]) from e
+        new = [sa for sa in self.list_sas() if sa.uniqueid not in before
+               and sa.state == "ESTABLISHED" and sa.children]
+        if len(new) != 1:
+            raise RuntimeError(f"expected one new IKE SA with a CHILD_SA on {self.label}, "
+                               f"found {new}")
+        return new[0]
+
     def list_sas(self) -> list[IkeSa]:
         """Every IKE SA with its SPIs, identities and state."""
         found: list[IkeSa] = []
@@ -578,8 +607,16 @@ class CharonNet:
 
     def __init__(self, base: Path, *, pki: TestPKI | None = None,
                  credentials: bool = True, root: DebianRoot | None = None,
-                 binds: tuple[Path, ...] = ()) -> None:
+                 binds: tuple[Path, ...] = (), userspace_esp: bool = False) -> None:
         self.base = base
+        #: charon's plugins; with ``userspace_esp`` kernel-libipsec (ESP in charon, over a
+        #: TUN device) comes before kernel-netlink and so handles the SAs: CHILD_SAs can
+        #: be set up although this kernel has no XFRM (their traffic selectors must not
+        #: cover the IKE addresses); each connection then has the child ``net`` between
+        #: :data:`ESP_SUBNETS` unless ``write_config(extra=...)`` says otherwise
+        self.userspace_esp = userspace_esp
+        self.plugins = PLUGINS.replace("kernel-netlink", "kernel-libipsec kernel-netlink") if (
+            userspace_esp) else PLUGINS
         #: run the charons of this Debian root file system (e.g. Debian 13's strongSwan
         #: 6.0) instead of the machine's; ``binds`` are host directories they must see
         #: (the start scripts' swcmp directories and virtual environment)
@@ -646,17 +683,21 @@ class CharonNet:
         self._namespaces.clear()
         _LIVE.discard(self)
 
-    def serial_b_saw_for_a(self) -> int:
+    def serial_b_saw_for_a(self, child: str | None = None) -> int:
         """Establish a new IKE SA from A and return the serial of the cert A presented to B.
 
         B's certificate cache is flushed first, so the only A certificate in B's
-        ``list-certs`` afterwards is the one B verified for this IKE SA.
+        ``list-certs`` afterwards is the one B verified for this IKE SA. With ``child``
+        the IKE SA carries that CHILD_SA (needs ``userspace_esp``).
         """
         self.b.flush_cert_cache()
         stale = self.b.peer_cert_serials()
         if stale:
             raise AssertionError(f"flush-certs left A's certificates on B: {stale}")
-        self.a.initiate()
+        if child is None:
+            self.a.initiate()
+        else:
+            self.a.initiate_child(child)
         serials = self.b.peer_cert_serials()
         if len(serials) != 1:
             raise AssertionError(f"B holds {len(serials)} certificates of A: {serials}")

@@ -222,6 +222,7 @@ class KeyStoreContract:
         h.opened().collect(None)  # no charon on this host, no revocation waiting
         later = h.opened()
         assert _spki(later.live_key()) == _spki(key)
+        assert later.collects == h.collect_forgets  # what a pass asks before the lock
         if h.collect_forgets:
             assert later.key_for(old) is None
         else:  # kept (bounded) where charon never loads it: a file archive

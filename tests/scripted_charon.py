@@ -57,6 +57,10 @@ class ScriptedCharon:
     crls: list[bytes] = field(default_factory=list)  # DER, as loaded
     conns: dict[str, dict[str, Any]] = field(default_factory=dict)
     sas: dict[int, str] = field(default_factory=dict)  # uniqueid -> connection
+    #: CHILD_SAs per IKE SA (uniqueid -> names); IKE SAs not named here have none
+    children: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    #: what ``version`` answers
+    version: str = "5.9.8"
     refuse: dict[str, str] = field(default_factory=dict)
     drop_at: str | None = None
     log: list[str] = field(default_factory=list)
@@ -72,6 +76,8 @@ class ScriptedCharon:
     def _answer(self, command: str, msg: dict[str, Any]) -> dict[str, Any]:
         if command == "get-keys":
             return {"keys": list(self.keys)}
+        if command == "version":
+            return {"daemon": "charon", "version": self.version, "sysname": "Linux"}
         if command == "load-key":
             key = serialization.load_pem_private_key(bytes(msg["data"]), None)
             kid = key_id_from_public_key(key.public_key())
@@ -107,7 +113,10 @@ class ScriptedCharon:
                             "data": der})
             return out
         if command == "list-sas":
-            return [{conn: {"uniqueid": str(uid)}} for uid, conn in self.sas.items()]
+            return [{conn: {"uniqueid": str(uid), "child-sas": {
+                f"{child}-{n}": {"name": child, "uniqueid": str(n)}
+                for n, child in enumerate(self.children.get(uid, ()), 1)}}}
+                for uid, conn in self.sas.items()]
         if command == "list-conns":
             return [{name: cfg} for name, cfg in self.conns.items()]
         raise KeyError(command)

@@ -274,7 +274,8 @@ def _check_server_url(session: Session) -> CheckResult:
         return _fail("server-url", "no server URL is set", fix)
     # Session construction already validated the URL (swcmp.cmp.urls).
     bundle = session.tls_ca_bundle
-    if session.server_url.lower().startswith("https:") and bundle is not None:
+    urls = [session.server_url, *(i.split("=", 1)[1] for i in session.operation_urls)]
+    if any(u.lower().startswith("https:") for u in urls) and bundle is not None:
         _, error = _load_certs(bundle)
         if error:
             return _fail(
@@ -283,7 +284,19 @@ def _check_server_url(session: Session) -> CheckResult:
                 _set_cmd(session, "--tls-ca-bundle FILE")
                 + f" (or `swcmp session unset {session.name} tls_ca_bundle` for the system store)",
             )
-    return _pass("server-url", f"server URL {session.server_url}")
+    routing = ""
+    if session.profile_label is not None or session.operation_paths != "none":
+        from swcmp.cmp.urls import with_profile
+
+        base = (with_profile(session.server_url, session.profile_label)
+                if session.profile_label is not None else session.server_url)
+        routing = f"; messages to {base}" + {
+            "labels": "/<operation label>", "body": "/<body type>"}.get(
+            session.operation_paths, "")
+    if session.operation_urls:
+        routing += "; own URLs for " + ", ".join(
+            i.split("=", 1)[0] for i in session.operation_urls)
+    return _pass("server-url", f"server URL {session.server_url}{routing}")
 
 
 def _check_auth_cert(session: Session, paths: Paths, now: datetime) -> list[CheckResult]:

@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # the protocol stack is imported only when a request is made
     from swcmp.cmp.client import CMPClient, Enrollment
     from swcmp.cmp.protection import Protection, ResponseTrust
     from swcmp.cmp.transport import Transport
+    from swcmp.cmp.urls import Endpoints
 
 log = logging.getLogger(__name__)
 
@@ -185,12 +186,23 @@ def make_client(session: Session, *, transport: Transport | None = None,
                                          else implicit_confirm),
                        poll_deadline=poll_deadline, cert_profile=session.cert_profile,
                        sender=session.entity_dn,
-                       granted_with_mods=session.granted_with_mods)
+                       granted_with_mods=session.granted_with_mods,
+                       endpoints=session_endpoints(session))
     if sleep is not None:
         client.sleep = sleep
     if clock is not None:
         client.clock = clock
     return client
+
+
+def session_endpoints(session: Session) -> Endpoints:
+    """The session's URL of each operation (see :mod:`swcmp.cmp.urls`)."""
+    from swcmp.cmp.urls import Endpoints
+
+    assert session.server_url is not None
+    return Endpoints.build(session.server_url, paths=session.operation_paths,
+                           profile_label=session.profile_label,
+                           operation_urls=session.operation_urls)
 
 
 def usable_ca_pubs(session: Session, enrolled: Enrollment) -> list[x509.Certificate]:
@@ -281,9 +293,10 @@ def _store_and_configure(session: Session, paths: Paths, store: SessionStore | N
 
 
 def _run_request(session: Session, paths: Paths, action: str,
-                 work: Callable[[], Outcome]) -> Outcome:
+                 work: Callable[[], Outcome],
+                 clock: Callable[[], datetime] | None = None) -> Outcome:
     states = StateStore(paths)
-    now = datetime.now(UTC)
+    now = (clock or (lambda: datetime.now(UTC)))()
     try:
         outcome = work()
     except SwcmpError as e:
@@ -294,22 +307,28 @@ def _run_request(session: Session, paths: Paths, action: str,
         st.record(action, True, outcome.message, now=now, serial=outcome.serial)
         if outcome.charon:
             st.charon = outcome.charon
+        # a new certificate ends the failures of the renewals before it (the operator's
+        # `request initial` after an expiry): their count, backoff and state go, or
+        # SwcmpRenewalsFailing kept firing and status kept saying needs_ir
+        st.failures, st.next_attempt, st.state = 0, None, "idle"
     return outcome
 
 
 def _request(kind: str, session: Session, paths: Paths, protection: Callable[[], Protection],
              store: SessionStore | None, charon: Charon | None,
-             transport: Transport | None) -> Outcome:
+             transport: Transport | None,
+             clock: Callable[[], datetime] | None = None) -> Outcome:
     """An IR or CR for the session's key (generated if missing), stored and deployed."""
     def work() -> Outcome:
         need_setting(session.entity, "entity (subject DN)", session, "--entity")
         assert session.entity_dn is not None and session.key is not None
         prot = protection()
         keys_ = keystore.open(session, paths)
-        client = make_client(session, transport=transport, paths=paths)
+        client = make_client(session, transport=transport, paths=paths, clock=clock)
         if kind == "ir":
             # Before a key is made: a key type the CA's template forbids is not generated
-            _check_template(session, paths, client, prot, keys_)
+            _check_template(session, paths, client, prot, keys_,
+                            now=clock() if clock is not None else datetime.now(UTC))
         key, _ = keys_.ensure_key()
         try:
             if kind == "p10cr":
@@ -327,11 +346,11 @@ def _request(kind: str, session: Session, paths: Paths, protection: Callable[[],
     # wire would otherwise end with its key beside our certificate for the old one.
     with fsutil.exclusive_lock(paths.lock_dir, session.name, blocking=False,
                                what=f"session {session.name}"):
-        return _run_request(session, paths, kind, work)
+        return _run_request(session, paths, kind, work, clock)
 
 
 def _check_template(session: Session, paths: Paths, client: CMPClient, prot: Protection,
-                    keys_: KeyStore) -> None:
+                    keys_: KeyStore, *, now: datetime) -> None:
     """genm certReqTemplate before an IR: refuse a key type or subject the CA's template
     forbids before anything else is sent (see swcmp.calife.template)."""
     from swcmp.calife.template import check_request, key_of, key_of_session
@@ -339,7 +358,7 @@ def _check_template(session: Session, paths: Paths, client: CMPClient, prot: Pro
     assert session.entity_dn is not None
     live = keys_.live_key()
     try:
-        check_request(session, paths, client, prot, now=datetime.now(UTC),
+        check_request(session, paths, client, prot, now=now,
                       key=key_of(keys.public_key_of(live)) if live is not None
                       else key_of_session(session), key_is_new=live is None,
                       subject=session.entity_dn, what="initial request")
@@ -350,20 +369,21 @@ def _check_template(session: Session, paths: Paths, client: CMPClient, prot: Pro
 
 def request_initial(session: Session, paths: Paths, *, store: SessionStore | None = None,
                     charon: Charon | None = None,
-                    transport: Transport | None = None) -> Outcome:
+                    transport: Transport | None = None,
+                    clock: Callable[[], datetime] | None = None) -> Outcome:
     """IR: enroll the session's key (generated if missing), MAC or signature protected.
 
     Stores the certificate as ``x509/<session>.crt``, CA certificates in
     ``x509ca/``, points the session's authentication at its own certificate
     and, under MAC with no trust anchor configured, trusts the CA certificates
-    the MAC-protected answer carried.
+    the MAC-protected answer carried. ``clock``: the time (tests inject one).
     """
     def protection() -> Protection:
         if session.ir_auth == "mac":
             return mac_protection(session)
         return signature_protection(session, paths)
 
-    return _request("ir", session, paths, protection, store, charon, transport)
+    return _request("ir", session, paths, protection, store, charon, transport, clock)
 
 
 def request_certificate(session: Session, paths: Paths, *, store: SessionStore | None = None,

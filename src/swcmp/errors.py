@@ -38,6 +38,9 @@ from swcmp.cmp.errors import (
     HTTPStatusError as HTTPStatusError,
 )
 from swcmp.cmp.errors import (
+    NoChainError as NoChainError,
+)
+from swcmp.cmp.errors import (
     PollingTimeoutError as PollingTimeoutError,
 )
 from swcmp.cmp.errors import (
@@ -120,3 +123,8 @@ class RenewalError(SwcmpError):
 
 class NeedsInitialRequest(RenewalError):
     """The certificate is missing or expired: a key update cannot work."""
+
+
+class TransactionAbandoned(RenewalError):
+    """A CA transaction waited past the session's poll_limit (or was resumed too often)
+    and was abandoned: its staged key is destroyed; the next run starts a new one."""

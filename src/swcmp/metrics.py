@@ -89,14 +89,16 @@ def failure_key(e: BaseException) -> str:
     """The ``error:fail_info`` key under which a failed renewal is counted.
 
     ``error`` is a small fixed vocabulary (ca_refused, transport, protocol,
-    protection, polling_timeout, certificate, charon, needs_ir, storage,
+    protection, polling_timeout, abandoned, certificate, charon, needs_ir, storage,
     config, other); ``fail_info`` the CA's failInfo names, comma-separated.
+    ``abandoned``: a CA transaction waited past the session's poll_limit.
     """
     from swcmp.deploy import DeployError
-    from swcmp.errors import NeedsInitialRequest
+    from swcmp.errors import NeedsInitialRequest, TransactionAbandoned
 
     kinds: Sequence[tuple[type[BaseException], str]] = (
         (NeedsInitialRequest, "needs_ir"),
+        (TransactionAbandoned, "abandoned"),
         (CMPErrorResponse, "ca_refused"),
         (PollingTimeoutError, "polling_timeout"),
         (ProtectionError, "protection"),

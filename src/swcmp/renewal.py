@@ -8,9 +8,18 @@ run killed at any point is finished by the next one, which polls or confirms
 the same CA transaction instead of asking for a second certificate.
 
 Steps (journal phases in brackets):
-    lock -> key (``key-ready``) -> KUR (``sending``, ``waiting``) -> verify and
-    stage (``received``) -> certConf (``confirmed``) -> promote (``committing``)
+    lock -> key (``key-ready``) -> KUR, CR or p10cr (``sending``, ``waiting``) -> verify
+    and stage (``received``) -> certConf (``confirmed``) -> promote (``committing``)
     -> deploy -> clear.
+
+The request is the session's ``renew_with``: a KUR, a CR signed with the current
+certificate, or a p10cr (PKCS#10 signed by the new key, the message signed with the
+current certificate); a resumed transaction keeps the kind it was started with.
+
+A transaction the CA keeps waiting is resumed by later runs only within the
+session's ``poll_limit``, counted from its request, and for a bounded number of
+runs (:func:`max_resumes`); past either it is abandoned: its staged key is destroyed,
+the run fails with :class:`TransactionAbandoned`, and the next one starts afresh.
 """
 
 from __future__ import annotations
@@ -19,14 +28,21 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from cryptography import x509
 
 from swcmp import fsutil, keystore
 from swcmp.cmp import certs, keys
+from swcmp.cmp.choices import RENEW_WITH
 from swcmp.deploy import Charon, DeployError, DeployUnavailable
-from swcmp.enroll import Outcome, make_client, request_chain, signature_credentials
+from swcmp.enroll import (
+    Outcome,
+    make_client,
+    make_csr,
+    request_chain,
+    signature_credentials,
+)
 from swcmp.errors import (
     CertificateError,
     CMPErrorResponse,
@@ -36,6 +52,7 @@ from swcmp.errors import (
     RenewalError,
     StorageError,
     SwcmpError,
+    TransactionAbandoned,
 )
 from swcmp.keystore import KeyStore
 from swcmp.paths import Paths
@@ -52,8 +69,24 @@ from swcmp.store import (
 if TYPE_CHECKING:
     from swcmp.cmp.client import CMPClient, TxEvent
     from swcmp.cmp.transport import Transport
+    from swcmp.cmp.urls import Route
 
 log = logging.getLogger(__name__)
+
+#: Runs that may resume one waiting transaction: this many, plus one per hour of the
+#: session's poll_limit (serve's backoff retries a waiting CA about 13 times a day).
+RESUMES_BASE = 12
+
+
+def max_resumes(session: Session) -> int:
+    """How many runs may resume one waiting transaction of ``session``."""
+    return RESUMES_BASE + session.poll_limit // 3600
+
+
+def _resumable(entry: JournalEntry | None) -> bool:
+    """A journaled transaction a run would continue (poll, or confirm late)."""
+    return (entry is not None and entry.phase in ("waiting", "received")
+            and entry.transaction() is not None)
 
 
 # --------------------------------------------------------------------------- how
@@ -137,13 +170,23 @@ class Renewer:
         new_key, entry = self._key_to_certify(
             store, j, entry, live_key, old_cert, regenerate,
             before_new_key=lambda: self._check_template(session, client, protection))
+        entry = self._within_limit(session, store, j, entry)
+        # Polling in this run ends at the poll_limit of the transaction.
+        left = float(session.poll_limit) - (self._age(entry) if _resumable(entry) else 0.0)
+        client.poll_deadline = deadline = max(0.0, min(self.poll_deadline, left))
         try:
             enrolled = self._transact(session, j, entry, client, new_key, old_cert, protection,
                                       regenerated=new_key is not live_key)
         except PollingTimeoutError as e:
             self._after_failure(store, j, e)
-            e.hint = ("the next run polls the same transaction; the CA may need an operator "
-                      "to approve the request")
+            waiting = j.load()
+            if deadline < self.poll_deadline and _resumable(waiting):
+                assert waiting is not None
+                self._abandon(session, store, j, waiting,
+                              f"is still waiting at the end of the session's poll_limit "
+                              f"({session.poll_limit}s from its request)", cause=e)
+            e.hint = ("the next run polls the same transaction (within the session's "
+                      "poll_limit); the CA may need an operator to approve the request")
             raise
         except SwcmpError as e:
             self._after_failure(store, j, e)
@@ -154,6 +197,52 @@ class Renewer:
         j.write(phase="confirmed")
         self.test_checkpoint("confirmed")
         return self._promote(session, store, j)
+
+    def _age(self, entry: JournalEntry | None) -> float:
+        """Seconds since the journaled transaction's request (0 when not known)."""
+        if entry is None or entry.tx_started is None:
+            return 0.0
+        return (self.clock() - datetime.fromisoformat(entry.tx_started)).total_seconds()
+
+    def _within_limit(self, session: Session, store: KeyStore, j: Journal,
+                      entry: JournalEntry | None) -> JournalEntry | None:
+        """Count a run that resumes the journaled transaction, or abandon it when it has
+        waited past the session's poll_limit or was resumed too often."""
+        if not _resumable(entry):
+            return entry
+        assert entry is not None
+        if entry.tx_started is None:  # journaled before the limit existed: counted from now
+            entry = j.write(tx_started=self.clock().isoformat(timespec="seconds"))
+        age = self._age(entry)
+        if age >= session.poll_limit:
+            self._abandon(session, store, j, entry,
+                          f"has waited {age:.0f}s since its request, past the session's "
+                          f"poll_limit of {session.poll_limit}s")
+        if entry.resumes >= max_resumes(session):
+            self._abandon(session, store, j, entry,
+                          f"was resumed by {entry.resumes} runs without an answer, the most "
+                          f"the session's poll_limit allows ({max_resumes(session)})")
+        return j.write(resumes=entry.resumes + 1)
+
+    def _abandon(self, session: Session, store: KeyStore, j: Journal, entry: JournalEntry,
+                 why: str, cause: SwcmpError | None = None) -> NoReturn:
+        """Forget a transaction that cannot finish in time: destroy its staged key (through
+        the key store) and the journal, then fail; the next run starts a new request."""
+        fsutil.remove_file(j.cert_file, missing_ok=True)
+        if store.has_staged(j, entry):
+            store.discard_staged(j, entry)
+        j.clear()
+        state = ("certificate issued, its confirmation waiting" if entry.phase == "received"
+                 else "waiting")
+        error = TransactionAbandoned(
+            f"the CA transaction {entry.transaction_id} ({entry.kind or 'kur'}, {state}) "
+            f"{why}; it is abandoned (a new key made for it is destroyed)").with_hint(
+            f"the next run sends a new request; ask the CA operator why the request is not "
+            f"answered, or allow longer: `swcmp session set {session.name} --poll-limit "
+            f"DURATION`")
+        if cause is not None:
+            raise error from cause
+        raise error
 
     def _check_template(self, session: Session, client: CMPClient, protection: Any) -> None:
         """genm certReqTemplate before a new key is made: a key type the CA's template
@@ -226,12 +315,13 @@ class Renewer:
         phase = entry.phase if entry else None
         tx = entry.transaction() if entry else None
         if entry and phase == "waiting" and tx:
-            log.info("%s: resuming the CA transaction %s that was waiting", session.name,
-                     entry.transaction_id)
-            return client.resume(kind="kur", transaction_id=tx[0], server_nonce=tx[1],
+            kind = entry.kind if entry.kind in RENEW_WITH else "kur"
+            log.info("%s: resuming the CA transaction %s (%s) that was waiting", session.name,
+                     entry.transaction_id, kind)
+            return client.resume(kind=kind, transaction_id=tx[0], server_nonce=tx[1],
                                  key=new_key, subject=old_cert.subject, protection=protection,
                                  cert_req_id=entry.cert_req_id, journal=note,
-                                 accept=accept)
+                                 accept=accept, route=_journaled_route(entry))
         if entry and phase == "received" and not j.cert_file.exists() and entry.cert and tx:
             self._stage_journaled(session, j, entry, new_key, old_cert)
         if entry and phase == "received" and j.cert_file.exists() and tx:
@@ -245,7 +335,7 @@ class Renewer:
                     protection=protection, cert_req_id=entry.cert_req_id,
                     confirm_nonce=(bytes.fromhex(entry.confirm_nonce)
                                    if entry.confirm_nonce else None),
-                    journal=note)
+                    journal=note, kind=entry.kind or "kur", route=_journaled_route(entry))
             except PollingTimeoutError:
                 raise  # the CA still delays the pkiConf: the next run polls again
             except SwcmpError as e:
@@ -268,9 +358,35 @@ class Renewer:
         if phase == "sending":
             log.warning("%s: an earlier run was interrupted after sending its request and "
                         "before any answer; that transaction cannot be continued, so a new "
-                        "key update is sent", session.name)
-        return client.key_update(key=new_key, old_cert=old_cert, protection=protection,
-                                 journal=note, accept=accept)
+                        "request is sent", session.name)
+        return self._request(session, client, new_key, old_cert, protection, note, accept)
+
+    @staticmethod
+    def _request(session: Session, client: CMPClient, new_key: keys.SigningKey,
+                 old_cert: x509.Certificate, protection: Any, note: Callable[[TxEvent], None],
+                 accept: Callable[[x509.Certificate], None]) -> Any:
+        """A new renewal request of the session's kind (renew_with) for ``new_key``, with
+        the current certificate's subject and SANs, signed with the current certificate."""
+        if session.renew_with == "kur":
+            return client.key_update(key=new_key, old_cert=old_cert, protection=protection,
+                                     journal=note, accept=accept)
+        try:
+            sans = list(old_cert.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName).value)
+        except x509.ExtensionNotFound:
+            sans = []
+        if session.renew_with == "cr":
+            return client.certificate(key=new_key, subject=old_cert.subject, sans=sans,
+                                      protection=protection, journal=note, accept=accept,
+                                      replaces=old_cert)
+        try:
+            csr = make_csr(new_key, old_cert.subject, sans)
+        except ConfigError as e:
+            e.hint = (f"renew with a cr instead: `swcmp session set {session.name} "
+                      "--renew-with cr`")
+            raise
+        return client.p10(csr=csr, protection=protection, journal=note, accept=accept,
+                          replaces=old_cert)
 
     def _journaling(self, session: Session, j: Journal, old_cert: x509.Certificate, *,
                     regenerated: bool) -> tuple[Callable[[TxEvent], None],
@@ -289,8 +405,14 @@ class Renewer:
                               if ev.phase == "received" and ev.cert_der else None)
             # the CA delays the pkiConf: the next run polls for it in this transaction
             fields["confirm_nonce"] = ev.confirm_nonce.hex() if ev.confirm_nonce else None
+            # where the transaction went: its pollReq and certConf go there after a restart
+            fields["url"] = ev.route.url if ev.route is not None else None
+            fields["url_per_body"] = ev.route.per_body if ev.route is not None else False
             if ev.kind == "certConf":  # a resumed confirmation: the request's kind stays
                 del fields["kind"]
+            if ev.phase == "sending":  # a new transaction: its poll_limit counts from now
+                fields["tx_started"] = self.clock().isoformat(timespec="seconds")
+                fields["resumes"] = 0
             fields.setdefault("old_serial", f"{old_cert.serial_number:x}")
             j.write(**fields, regenerate=regenerated)
             self.test_checkpoint("confirm-waiting" if ev.confirm_nonce else ev.phase)
@@ -398,7 +520,7 @@ class Renewer:
         self.test_checkpoint("done")
         log.info("%s: renewed: %s, valid until %s (%s)", session.name,
                  certs.describe(staged_cert), staged_cert.not_valid_after_utc, detail)
-        return Outcome(session.name, "kur", True,
+        return Outcome(session.name, entry.kind if entry.kind in RENEW_WITH else "kur", True,
                        f"renewed: {certs.describe(staged_cert)}, valid until "
                        f"{staged_cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z",
                        serial=f"{staged_cert.serial_number:x}",
@@ -428,6 +550,14 @@ class Renewer:
                 st.add_stats(client.stats)
         except SwcmpError as e:
             log.warning("%s: could not record statistics: %s", name, e)
+
+
+def _journaled_route(entry: JournalEntry) -> Route | None:
+    """Where the journaled transaction sent its request (None: not journaled, the
+    session's server URL then, as before per-operation URLs existed)."""
+    from swcmp.cmp.urls import Route
+
+    return Route(entry.url, entry.url_per_body) if entry.url is not None else None
 
 
 def _replaced_serial(installed: keystore.Installed, entry: JournalEntry,

@@ -23,7 +23,15 @@ from typing import Final, Literal, cast
 
 from cryptography import x509
 
-from swcmp.choices import GRANTED_WITH_MODS, IR_AUTH_MODES, KEY_TYPES, MAC_ALGS
+from swcmp.choices import (
+    GRANTED_WITH_MODS,
+    IR_AUTH_MODES,
+    KEY_TYPES,
+    MAC_ALGS,
+    OPERATION_PATHS,
+    RENEW_WITH,
+)
+from swcmp.cmp.urls import check_profile_label, parse_operation_urls, with_profile
 from swcmp.cmp.urls import check_server_url as validate_server_url
 from swcmp.errors import ConfigError, SwcmpError
 from swcmp.names import (
@@ -36,7 +44,7 @@ from swcmp.names import (
     validate_session_name,
 )
 from swcmp.paths import Paths
-from swcmp.values import ExpireTime
+from swcmp.values import ExpireTime, duration_seconds, format_seconds
 
 FILE_FORMAT: Final = 1
 SESSION_FILE_MODE: Final = 0o640
@@ -92,6 +100,14 @@ def _sans(value: object) -> object:
 
 def _url(value: object) -> object:
     return validate_server_url(_text(value, "server_url"))
+
+
+def _operation_urls(value: object) -> object:
+    return parse_operation_urls(_text_list(value, "operation_urls"))
+
+
+def _profile_label(value: object) -> object:
+    return check_profile_label(_text(value, "profile_label"))
 
 
 def _choice(what: str, choices: tuple[str, ...]) -> Coercer:
@@ -199,6 +215,25 @@ def _timeout(value: object) -> object:
     return value
 
 
+#: Bounds of the session's ``poll_limit`` (seconds a CA transaction may stay waiting, across
+#: runs, from its first request) and its default (a day: time for a CA operator to approve).
+POLL_LIMIT_RANGE = (1, 30 * 86400)
+POLL_LIMIT_DEFAULT = 86400
+
+
+def _poll_limit(value: object) -> object:
+    low, high = POLL_LIMIT_RANGE
+    seconds = duration_seconds(value)
+    if seconds is None or not low <= seconds <= high:
+        raise _err(
+            f"invalid poll_limit {value!r}: give a duration from {format_seconds(low)} to "
+            f"{format_seconds(high)}, e.g. 1d, 12h, 90m or seconds",
+            "how long a CA transaction that the CA keeps answering 'waiting' is polled, "
+            "across runs, counted from its request, before it is abandoned (default 1d)",
+        )
+    return seconds
+
+
 def _bool(value: object) -> object:
     if isinstance(value, bool):
         return value
@@ -256,6 +291,10 @@ FIELDS: Final[dict[str, FieldSpec]] = {
         FieldSpec("sans", "--san", _sans, multi=True),
         FieldSpec("ca_name", "--ca-name", _opt(_dn)),
         FieldSpec("server_url", "--server-url", _opt(_url)),
+        FieldSpec("profile_label", "--profile-label", _opt(_profile_label)),
+        FieldSpec("operation_paths", "--operation-paths",
+                  _choice("operation_paths", OPERATION_PATHS)),
+        FieldSpec("operation_urls", "--operation-url", _operation_urls, multi=True),
         FieldSpec("ir_auth", "--ir-auth", _choice("ir_auth", IR_AUTH_MODES)),
         FieldSpec("mac_ref", "--mac-ref", _opt(_mac_ref)),
         FieldSpec("mac_secret_file", "--mac-secret-file", _opt(_path), path=True),
@@ -284,16 +323,19 @@ FIELDS: Final[dict[str, FieldSpec]] = {
         FieldSpec("revoke_superseded", "--revoke-superseded", _bool),
         FieldSpec("granted_with_mods", "--granted-with-mods",
                   _choice("granted_with_mods", GRANTED_WITH_MODS)),
+        FieldSpec("renew_with", "--renew-with", _choice("renew_with", RENEW_WITH)),
+        FieldSpec("poll_limit", "--poll-limit", _poll_limit),
         FieldSpec("ask_template", "--ask-template", _bool),
     )
 }
 
-_ALIASES = {"san": "sans", "connection": "connections"}
+_ALIASES = {"san": "sans", "connection": "connections", "operation_url": "operation_urls"}
 
 # What follows an option in a hint: its value, or the option that goes with it.
 _HINT_VALUE: Final[dict[str, str]] = {
     "mac_secret": "FILE", "trust": "CA.crt", "server_cert": "FILE", "server_url": "URL",
-    "tls_ca_bundle": "FILE", "timeout": "SECONDS",
+    "tls_ca_bundle": "FILE", "timeout": "SECONDS", "operation_paths": "none|labels|body",
+    "operation_urls": "OPERATION=URL", "profile_label": "LABEL",
     "tls_client_cert": "FILE --tls-client-key FILE",
 }
 _HINT_FIELD: Final[dict[str, str]] = {"mac_secret": "mac_secret_file"}
@@ -341,6 +383,14 @@ class Session:
         sans: subjectAltNames as ``DNS:x``, ``IP:x``, ``EMAIL:x`` or ``URI:x``.
         ca_name: the CA's DN as the user wrote it.
         server_url: where CMP messages are POSTed (http or https).
+        profile_label: the RFC 9811 path ``/.well-known/cmp/p/<label>`` put on
+            ``server_url`` (which then has no path of its own).
+        operation_paths: ``none`` (every message to the server URL), ``labels`` (RFC
+            9483 3.3 operation labels added to its path: ``.../initialization``,
+            ``.../keyupdate``, ...) or ``body`` (each message's body type added:
+            ``.../ir``, ``.../certConf``; the Siemens Mock CA's ``/issuing/<body>``).
+        operation_urls: ``OPERATION=URL`` items, one URL per operation for CAs with an
+            alias per operation (EJBCA); they win over ``operation_paths``.
         ir_auth: how an initial request is protected: ``mac`` or ``signature``.
         mac_ref: the reference value (senderKID) the CA gave out of band.
         mac_secret_file: the file holding the shared secret (0600); never the secret.
@@ -382,6 +432,13 @@ class Session:
             question).
         revoke_superseded: after a key update, revoke the replaced certificate (rr,
             reason superseded); a failure is retried and never undoes the renewal.
+        renew_with: how a renewal asks for the new certificate: ``kur`` (default), ``cr``
+            (a certificate request signed with the current certificate) or ``p10cr`` (a
+            PKCS#10 request signed by the new key, in a message signed with the current
+            certificate), for CAs whose policy refuses key updates.
+        poll_limit: seconds a renewal's CA transaction may stay waiting (answered
+            'waiting', or resumed after an interruption), across runs, counted from its
+            request; then it is abandoned and the next attempt starts a new one.
         entity_dn: ``entity`` parsed (derived).
         ca_dn: ``ca_name`` parsed (derived).
         san_names: ``sans`` parsed (derived).
@@ -392,6 +449,9 @@ class Session:
     sans: tuple[str, ...] = ()
     ca_name: str | None = None
     server_url: str | None = None
+    profile_label: str | None = None
+    operation_paths: str = "none"
+    operation_urls: tuple[str, ...] = ()
     ir_auth: IrAuth = "mac"
     mac_ref: str | None = None
     mac_secret_file: Path | None = None
@@ -419,6 +479,8 @@ class Session:
     pin_file: Path | None = None
     revoke_superseded: bool = False
     granted_with_mods: str = "check"
+    renew_with: str = "kur"
+    poll_limit: int = POLL_LIMIT_DEFAULT
     ask_template: bool = True
     entity_dn: x509.Name | None = field(init=False, repr=False, compare=False)
     ca_dn: x509.Name | None = field(init=False, repr=False, compare=False)
@@ -437,6 +499,20 @@ class Session:
         object.__setattr__(self, "entity_dn", entity)
         object.__setattr__(self, "ca_dn", ca_dn)
         object.__setattr__(self, "san_names", tuple(parse_san(s) for s in self.sans))
+        if self.profile_label is not None and self.server_url is not None:
+            try:
+                with_profile(self.server_url, self.profile_label)
+            except ConfigError as e:
+                raise _err(str(e.args[0]), f"{e.hint}: `swcmp session set {self.name} "
+                           f"--server-url URL`, or `swcmp session unset {self.name} "
+                           "profile_label`") from None
+        if self.renew_with == "p10cr" and self.key is not None:
+            from swcmp.keystore.keyref import names_token
+
+            if names_token(self.key):
+                raise ConfigError("a p10cr renewal signs a PKCS#10 request with the key, which "
+                                  "swcmp cannot do for a key in a token").with_hint(
+                    f"renew with a cr instead: `swcmp session set {self.name} --renew-with cr`")
         if self.regenerate and self.key is not None:
             from swcmp.keystore.keyref import names_one_pair
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 from swcmp import fsutil
 from swcmp.errors import ConfigError, SessionFileError, StorageError, StorageIOError
@@ -116,6 +116,58 @@ def dumps_toml(values: Mapping[str, TomlValue], *, header: Iterable[str] = ()) -
     return doc
 
 
+#: What the fast reader below takes, and nothing else: a basic string without escapes
+#: (nor the control characters TOML forbids in one), a bare key.
+_PLAIN_STR = r'"[^"\\\x00-\x1f\x7f]*"'
+_PLAIN_LINE_RE = re.compile(
+    rf"([A-Za-z0-9_-]+) = (?:({_PLAIN_STR})|(true|false)|(0|-?[1-9][0-9]{{0,17}})"
+    rf"|\[((?:{_PLAIN_STR}(?:, {_PLAIN_STR})*)?)\]|(\[))")
+_PLAIN_ITEM_RE = re.compile(rf"    ({_PLAIN_STR}),")
+_PLAIN_STR_RE = re.compile(_PLAIN_STR)
+#: Control characters TOML forbids anywhere outside escapes (tab aside), and tab and CR,
+#: which the fast reader leaves to tomllib.
+_TOML_CONTROL_RE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
+
+
+def _loads_plain(text: str) -> dict[str, TomlValue] | None:
+    """The document as :func:`dumps_toml` writes it, read without tomllib (several times
+    faster); None for anything else (a comment after a value, an escape, a table...),
+    which tomllib then reads and checks. Where this returns a mapping, it is exactly
+    ``tomllib.loads(text)`` (tests/unit/test_session.py compares the two)."""
+    if _TOML_CONTROL_RE.search(text):
+        return None
+    out: dict[str, TomlValue] = {}
+    lines = iter(text.split("\n"))
+    for line in lines:
+        if not line or line[0] == "#":
+            continue
+        m = _PLAIN_LINE_RE.fullmatch(line)
+        if m is None or m[1] in out:
+            return None
+        key, string, boolean, integer, items, opened = m.groups()
+        if string is not None:
+            out[key] = string[1:-1]
+        elif boolean is not None:
+            out[key] = boolean == "true"
+        elif integer is not None:
+            out[key] = int(integer)
+        elif items is not None:
+            out[key] = [item[1:-1] for item in _PLAIN_STR_RE.findall(items)]
+        elif opened:  # the writer's long list: one item a line, then "]"
+            values: list[str] = []
+            for item_line in lines:
+                if item_line == "]":
+                    break
+                item = _PLAIN_ITEM_RE.fullmatch(item_line)
+                if item is None:
+                    return None
+                values.append(item[1][1:-1])
+            else:
+                return None
+            out[key] = values
+    return out
+
+
 def session_to_toml(session: Session) -> str:
     """The TOML text of a session file. Unset (None) settings are left out."""
     values: dict[str, TomlValue] = {"format": FILE_FORMAT}
@@ -170,7 +222,8 @@ def session_from_toml(name: str, text: str, *, path: Path) -> Session:
         )
 
     try:
-        data = tomllib.loads(text)
+        plain = _loads_plain(text)
+        data: dict[str, Any] = tomllib.loads(text) if plain is None else cast(dict[str, Any], plain)
     except tomllib.TOMLDecodeError as e:
         m = _TOML_LINE_RE.search(str(e))
         raise fail(f"not valid TOML: {e}", int(m.group(1)) if m else None) from None
@@ -192,14 +245,17 @@ def session_from_toml(name: str, text: str, *, path: Path) -> Session:
         session_name = validate_session_name(name)
     except ConfigError as e:
         raise fail(str(e.args[0]), None, e.hint) from None
-    for key, value in data.items():
-        try:
-            FIELDS[key].coerce(value)
-        except ConfigError as e:
-            raise fail(_field_error(FIELDS[key], e).args[0], _line_of(text, key), e.hint) from None
     try:
         return Session(name=session_name, **data)
     except (ConfigError, TypeError) as e:
+        # Session checks every value; only when one is wrong is each checked again on
+        # its own, in the file's order, to say which line is wrong.
+        for key, value in data.items():
+            try:
+                FIELDS[key].coerce(value)
+            except ConfigError as bad:
+                raise fail(_field_error(FIELDS[key], bad).args[0], _line_of(text, key),
+                           bad.hint) from None
         raise fail(str(e.args[0]) if e.args else str(e), None) from None
 
 
@@ -214,6 +270,17 @@ class SessionListing:
     errors: tuple[SessionFileError, ...]
 
 
+@functools.lru_cache(maxsize=4096)
+def _session_file(sessions_dir: Path, name: str) -> Path:
+    # a pass asks for each session's file several times; a Path costs more to build
+    return sessions_dir / f"{validate_session_name(name)}.toml"
+
+
+def forget_built_paths() -> None:
+    """Drop the session file paths built so far (serve, after each pass)."""
+    _session_file.cache_clear()
+
+
 class SessionStore:
     """Sessions as files under ``<config_dir>/sessions``."""
 
@@ -224,7 +291,7 @@ class SessionStore:
 
     def path_for(self, name: str) -> Path:
         """The file of session ``name`` (after validating the name)."""
-        return self.sessions_dir / f"{validate_session_name(name)}.toml"
+        return _session_file(self.sessions_dir, name)
 
     def exists(self, name: str) -> bool:
         """Whether a file for session ``name`` exists."""
@@ -386,13 +453,13 @@ class SessionStore:
         sessions: list[Session] = []
         errors: list[SessionFileError] = []
         for stem in self.names():
-            path = self.sessions_dir / f"{stem}.toml"
             try:
                 sessions.append(self.load(stem))
             except SessionFileError as e:
                 errors.append(e)
             except ConfigError as e:
                 # An invalid file name (e.g. "bad name.toml") or a vanished file.
+                path = self.sessions_dir / f"{stem}.toml"
                 errors.append(SessionFileError(f"{path}: {e.args[0]}", path=str(path), hint=e.hint))
         return SessionListing(sessions=tuple(sessions), errors=tuple(errors))
 

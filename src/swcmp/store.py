@@ -225,7 +225,12 @@ class JournalEntry:
     4.4) instead of confirming again, and the pkiConf may echo this certConf's nonce.
     For a key in a token (see :mod:`swcmp.keystore.token`): ``token_id`` is the CKA_ID
     (hex) of the staged pair, ``token_old`` that of the pair it replaces and
-    ``old_cert_pem`` its certificate.
+    ``old_cert_pem`` its certificate. ``url`` is where the transaction's request went
+    when the session routes operations by path (with ``url_per_body``, the URL to which
+    each message's body type is added); its pollReq and certConf go there too. None:
+    the session's server URL. ``tx_started`` (ISO time) is when the transaction's
+    request was sent and ``resumes`` how many runs continued it: a transaction is resumed
+    only within the session's poll_limit (see :mod:`swcmp.renewal`).
     """
 
     phase: JournalPhase
@@ -241,6 +246,10 @@ class JournalEntry:
     token_id: str | None = None
     token_old: str | None = None
     old_cert_pem: str | None = None
+    url: str | None = None
+    url_per_body: bool = False
+    tx_started: str | None = None
+    resumes: int = 0
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JournalEntry:
@@ -342,11 +351,29 @@ def _journal_problem(data: dict[str, Any]) -> str | None:
             return f"{key} is not a hex string"
     if data.get("phase") not in PHASES:
         return f"phase {data.get('phase')!r} is not one of {', '.join(PHASES)}"
-    for key in ("kind", "old_serial", "cert", "started", "old_cert_pem"):
+    for key in ("kind", "old_serial", "cert", "started", "old_cert_pem", "url"):
         if data.get(key) is not None and not isinstance(data[key], str):
             return f"{key} is not text"
-    if not isinstance(data.get("regenerate", False), bool):
-        return "regenerate is not true or false"
+    for key in ("regenerate", "url_per_body"):
+        if not isinstance(data.get(key, False), bool):
+            return f"{key} is not true or false"
+    if data.get("url") is not None:
+        from swcmp.cmp.urls import check_server_url
+
+        try:
+            check_server_url(data["url"])
+        except SwcmpError as e:
+            return f"url: {e}"
+    started = data.get("tx_started")
+    if started is not None:
+        try:
+            if not isinstance(started, str) or datetime.fromisoformat(started).tzinfo is None:
+                raise ValueError
+        except ValueError:
+            return "tx_started is not a time with its time zone"
+    resumes = data.get("resumes", 0)
+    if isinstance(resumes, bool) or not isinstance(resumes, int) or not 0 <= resumes < 2**31:
+        return "resumes is not a count"
     req_id = data.get("cert_req_id", 0)
     if isinstance(req_id, bool) or not isinstance(req_id, int) or abs(req_id) >= 2**63:
         return "cert_req_id is not a 64-bit integer"

@@ -138,3 +138,33 @@ class ExpireTime:
             assert self.duration is not None
             remaining = min(self.duration, lifetime)
         return not_after - remaining
+
+
+def duration_seconds(value: object) -> int | None:
+    """Whole seconds from ``3600``, ``"3600"``, ``"90m"``, ``"1d12h"`` (units w, d, h, m,
+    s); None for anything else (the caller says what is wrong)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if not isinstance(value, str):
+        return None
+    text = value.strip().lower().replace(" ", "")
+    if text.isdigit() and text.isascii():
+        return int(text)
+    m = _DURATION_RE.fullmatch(text)
+    if not text or not m:
+        return None
+    parts = {k: int(v) for k, v in m.groupdict().items() if v is not None}
+    sizes = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+    return sum(n * sizes[unit] for unit, n in parts.items())
+
+
+def format_seconds(seconds: int) -> str:
+    """A compact duration such as ``1d12h`` (``0s`` for nothing)."""
+    out = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            out.append(f"{count}{unit}")
+    return "".join(out) or "0s"

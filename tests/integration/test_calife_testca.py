@@ -303,6 +303,22 @@ def test_rollover_then_renewal_from_the_new_root(tmp_path: Path, ca: CAHolder) -
     assert "root rollover" in text and text.count("  root ") >= 2, text
 
 
+def test_a_renewal_refused_after_a_rollover_asks_for_the_root_update(
+        tmp_path: Path, ca: CAHolder) -> None:
+    # The CA rolled over before the session's weekly root CA update: it issues from the
+    # new root, which the session does not trust yet. The refused renewal asks for the
+    # root update at once (a session whose renewals fail is left out of the CA-life
+    # pass: without this it stayed refused until its certificate expired).
+    a = gateway(tmp_path, ca, "gwa")
+    rollover(ca)
+    new_root = certs.load_certificate((ca.directory / "ca.crt").read_bytes())
+    first = run(a, "renew", "gwa", "--force", code=1)
+    assert "does not chain" in first.output, first.output
+    assert new_root in load_trust(a.session("gwa"))  # the root update came with it
+    assert run_json(a, "renew", "gwa", "--force")["results"][0]["result"] == "renewed"
+    cert_of(a, "gwa").verify_directly_issued_by(new_root)
+
+
 def test_old_root_dropped_after_it_expires(tmp_path: Path, ca: CAHolder) -> None:
     a = gateway(tmp_path, ca, "gwa")
     rollover(ca)
@@ -392,3 +408,19 @@ def test_crl_signed_by_someone_else_is_refused(tmp_path: Path, ca: CAHolder) -> 
     assert run(a, "request", "crl", "gwa", code=None).exit_code != 0
     assert crl_file(a.paths, "gwa").read_bytes() == stored
     assert CaLifeStore(a.paths, "gwa").load().crl == state
+
+
+def test_request_initial_ends_the_failures_of_the_renewals_before_it(
+        tmp_path: Path, ca: CAHolder) -> None:
+    # The certificate expired after failed renewals (needs_ir, 4 failures, a retry
+    # planned); the operator enrols again. The failures were kept: SwcmpRenewalsFailing
+    # fired on and status said needs_ir with a fresh certificate in place.
+    from swcmp.state import StateStore
+
+    a = gateway(tmp_path, ca, "gwa")
+    with StateStore(a.paths).update("gwa") as st:
+        st.failures, st.state, st.next_attempt = 4, "needs_ir", "2099-01-01T00:00:00+00:00"
+    run(a, "request", "initial", "gwa", "--yes")
+    got = run_json(a, "status", "gwa")["sessions"][0]
+    assert got["failures"] == 0 and got["next_attempt"] is None, got
+    assert got["state"] not in ("needs_ir", "failed"), got

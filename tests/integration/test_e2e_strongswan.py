@@ -10,7 +10,9 @@ process, on loopback):
 * B (session ``gw-b``) and A (session ``gw-a``) enroll with ``swcmp request
   initial`` (IR protected by a MAC; the CA certificate comes with the answer),
   which writes the files and hot-loads them into each charon;
-* A establishes childless IKE SAs with B (this kernel has no ESP);
+* A establishes childless IKE SAs with B (this kernel has no ESP); with charon 6.0 in
+  pinned mode, IKE SAs with CHILD_SAs (ESP in charon: kernel-libipsec), since 6.0
+  closes the childless IKE SAs of a connection that load-conn replaces;
 * A's certificate is renewed by a KUR, re-certifying the same key or a fresh
   one (``--regenerate``), under ``swcmp renew --force`` and under ``swcmp
   serve`` with a short certificate lifetime; in identity mode (``local.id``)
@@ -37,6 +39,7 @@ back during the renewal for this.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import signal
 import socket
@@ -227,8 +230,9 @@ def e2e(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[E2E]:
                                                  validity=LONG))
     ca.start()
     try:
+        # 6.0: ESP in charon (kernel-libipsec), so that IKE SAs can carry CHILD_SAs
         with CharonNet(tmp_path / "net", credentials=False, root=root,
-                       binds=(tmp_path, REPO)) as net:
+                       binds=(tmp_path, REPO), userspace_esp=release == "6.0") as net:
             print(f"charon logs: {net.a.log} {net.b.log}")
             for node in (net.a, net.b):  # the release asked for is the one running
                 assert f"(strongSwan {release}." in node.log_text(), node.log_text()[:500]
@@ -283,9 +287,11 @@ class Probe:
 class Prober:
     """Sets up IKE SAs from A back to back and records which serial B saw for each."""
 
-    def __init__(self, net: CharonNet, pause: float = 0.01) -> None:
+    def __init__(self, net: CharonNet, pause: float = 0.01, child: str | None = None) -> None:
         self.net = net
         self.pause = pause
+        #: probe with IKE SAs that carry this CHILD_SA (needs ``userspace_esp``)
+        self.child = child
         self.probes: list[Probe] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prober", daemon=True)
@@ -294,7 +300,7 @@ class Prober:
         while not self._stop.is_set():
             start = time.time()
             try:
-                serial: int | None = self.net.serial_b_saw_for_a()
+                serial: int | None = self.net.serial_b_saw_for_a(self.child)
                 error = ""
             except (RuntimeError, AssertionError, OSError) as e:
                 serial, error = None, str(e).splitlines()[0]
@@ -348,8 +354,13 @@ def assert_keys_in_step(e2e: E2E, *, stale: Iterable[str] = ()) -> None:
 
 def assert_restart_restores(e2e: E2E, serial: int) -> None:
     """Restart A's charon: the start-scripts hook loads the files; a new IKE SA works."""
+    hooked = e2e.net.a.log_text().count("swcmp: loaded ")
     e2e.net.a.restart()  # start (start-scripts run the hook), then swanctl --load-conns
-    wait_for(lambda: e2e.net.a.key_ids() == {e2e.a.key_id()}, 15,
+    # Wait for the hook to finish: it re-sends pinned connections last, and charon 6.0
+    # closes the connection's IKE SAs without CHILD_SA (even connecting ones) whenever
+    # one is loaded again, changed or not (swcmp.strongswan.releases).
+    wait_for(lambda: e2e.net.a.key_ids() == {e2e.a.key_id()}
+             and e2e.net.a.log_text().count("swcmp: loaded ") > hooked, 15,
              "the start hook to load A's key")
     assert "executing start script 'swcmp'" in e2e.net.a.log_text()
     assert e2e.net.serial_b_saw_for_a() == serial
@@ -363,15 +374,14 @@ def assert_restart_restores(e2e: E2E, serial: int) -> None:
 @pytest.mark.parametrize("mode", ["identity", "pinned"])
 @pytest.mark.parametrize("regenerate", [False, True], ids=["same-key", "new-key"])
 def test_renew_force_keeps_sas_and_switches_to_new_cert(e2e: E2E, mode: str,
-                                                        regenerate: bool,
-                                                        request: pytest.FixtureRequest) -> None:
+                                                        regenerate: bool) -> None:
     pinned = mode == "pinned"
-    if pinned and e2e.release == "6.0":
-        # Found here: charon 6.0 closes the IKE SAs of a connection that load-conn replaces
-        # with a changed config ("vici closing IKE_SA"); 5.9.8 kept them. Pinned mode
-        # re-sends the connection with the new certificate, so on 6.0 it drops them.
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="strongSwan 6.0 closes the IKE SAs of a replaced connection"))
+    # charon 6.0 closes the IKE SAs without CHILD_SA of a connection that load-conn
+    # replaces ("vici closing IKE_SA", swcmp.strongswan.releases); 5.9.8 kept them. Pinned
+    # mode re-sends the connection with the new certificate, so on 6.0 the tunnels are IKE
+    # SAs with a CHILD_SA (ESP in charon: this kernel has none), and one childless IKE SA
+    # shows what 6.0 closes and that swcmp says so.
+    closes_childless = pinned and e2e.release == "6.0"
     old = enroll_a(e2e, *(["--regenerate"] if regenerate else []))
     old_id = e2e.a.key_id()
     e2e.use_hook(pinned=pinned)
@@ -380,11 +390,19 @@ def test_renew_force_keeps_sas_and_switches_to_new_cert(e2e: E2E, mode: str,
         assert e2e.net.serial_b_saw_for_a() == old.serial_number
     check = e2e.a.run("session", "check", A_SESSION)
     assert ("pinned" if pinned else "identity") in check.stdout
-    ours = [e2e.net.a.initiate() for _ in range(3)]
+    # session check warns where pinned mode costs the IKE SAs without CHILD_SA
+    assert ("(strongSwan 6.0 or later)" in " ".join(check.stdout.split())) is closes_childless
+    if closes_childless:
+        ours = [e2e.net.a.initiate_child("net") for _ in range(3)]
+        mine = e2e.net.a.initiate()
+    else:
+        ours = [e2e.net.a.initiate() for _ in range(3)]
     before = established(e2e.net.a)
     assert all(sa.spis in before for sa in ours)
 
-    with Prober(e2e.net) as prober:
+    # 6.0, pinned: the probes' IKE SAs carry a CHILD_SA too, or charon would close one
+    # established just before the connection is replaced
+    with Prober(e2e.net, child="net" if closes_childless else None) as prober:
         result = e2e.a.json("renew", "--force", A_SESSION)
         committed = e2e.a.cert_file.stat().st_mtime
         new_serial = e2e.a.serial()
@@ -398,10 +416,20 @@ def test_renew_force_keeps_sas_and_switches_to_new_cert(e2e: E2E, mode: str,
     assert ("re-sent connection(s) gw" in charon) is pinned, entry  # PinnedDeployer's load-conn
 
     # (1) every IKE SA established before the renewal is still up, same SPIs, both ends
+    # (6.0, pinned: every IKE SA with a CHILD_SA; the childless ones are closed, and said)
+    childless = sorted(spis for spis, sa in before.items() if not sa.children)
+    if closes_childless:
+        assert mine.spis in childless
+        wait_for(lambda: dropped(e2e.net, before) == childless, 10,
+                 "charon 6.0 to close the childless IKE SAs")
+        assert re.search(r"closing \d+ IKE SA\(s\) without CHILD_SA", charon), entry
     lost = dropped(e2e.net, before)
     report(f"renew --force, {mode} mode, {'new' if regenerate else 'same'} key", committed,
            prober, new_serial, lost, len(before))
-    assert lost == []
+    assert lost == (childless if closes_childless else [])
+    if closes_childless:  # the tunnels still carry their CHILD_SA
+        after = {sa.spis: sa for sa in e2e.net.a.list_sas()}
+        assert [after[sa.spis].children for sa in ours] == [1, 1, 1]
     assert prober.failures() == []
     # (2) a new IKE SA authenticates A with the new certificate, as B sees it
     assert e2e.net.serial_b_saw_for_a() == new_serial

@@ -303,6 +303,39 @@ def test_p10cr_with_a_token_key_is_refused_clearly(tmp_path: Path, ca: TestCA,
         request_certificate(session, paths, store=store, pkcs10=True)
 
 
+def test_a_cr_renewal_abandoned_at_its_poll_limit_destroys_its_new_pair_in_the_token(
+        tmp_path: Path, token: softhsm.Token) -> None:
+    """A renewal by cr with a new pair made in the token, which the CA keeps waiting past
+    the session's poll_limit: the transaction is abandoned and that pair destroyed in the
+    token (the live one stays); the next run makes another and is certified by a cr."""
+    from swcmp.errors import TransactionAbandoned
+
+    def config(**knobs: object) -> CAConfig:
+        return CAConfig(mac_ref=MAC_REF.encode(), mac_secret=MAC_SECRET.encode(),
+                        validity=timedelta(minutes=5), **knobs)  # type: ignore[arg-type]
+
+    ca = TestCA(tmp_path / "ca", config=config()).start()
+    try:
+        paths, store, _ = make_session(tmp_path / "gw", ca, token)
+        store.update("gw1", set_values={"renew_with": "cr", "poll_limit": 2})
+        (live,) = token.key_ids()
+        port = ca.port
+        ca.stop()
+        ca = TestCA(tmp_path / "ca", config=config(poll=1000, check_after=1), port=port).start()
+        with pytest.raises(TransactionAbandoned, match="poll_limit"):
+            Renewer(paths).renew(store.load("gw1"))
+        assert token.key_ids() == {live} and len(token.objects()) == 2
+        assert Journal(paths, "gw1").load() is None and matching(paths, token)
+        ca.stop()
+        ca = TestCA(tmp_path / "ca", config=config(), port=port).start()
+        out = Renewer(paths).renew(store.load("gw1"))
+        assert out.ok and out.action == "cr"
+        (now,) = token.key_ids()
+        assert now != live and matching(paths, token)
+    finally:
+        ca.stop()
+
+
 # ---------------------------------------------------------------------- an independent peer
 
 

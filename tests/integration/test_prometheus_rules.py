@@ -32,7 +32,7 @@ def promtool(*args: str, cwd: Path = CONTRIB) -> subprocess.CompletedProcess[str
 def test_promtool_check_rules() -> None:
     res = promtool("check", "rules", str(RULES))
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "SUCCESS: 10 rules found" in res.stdout
+    assert "SUCCESS: 11 rules found" in res.stdout
 
 
 @needs_promtool
@@ -53,6 +53,8 @@ def test_promtool_test_rules() -> None:
     # the damaged-journal alert looking at the wrong value
     ("SwcmpRenewalJournalDamaged", "swcmp_renewal_journal_damaged == 1",
      "swcmp_renewal_journal_damaged == 2"),
+    # the abandoned-transaction alert missing the counter's first appearance
+    ("SwcmpRenewalTransactionAbandoned", "} offset 1d", "} offset 1m"),
 ])
 def test_rule_tests_can_fail(tmp_path: Path, alert: str, good: str, bad: str) -> None:
     # The same tests against rules with a changed threshold: they fail.

@@ -10,6 +10,7 @@ Each test enrolls its own subject, so the tests share one Mock CA (start-up take
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,6 +202,36 @@ def test_kur_with_new_key(mock: MockCA, tmp_path: Path) -> None:
     # The Mock CA revokes what a KUR replaced: a second KUR from the old certificate
     # would be refused (certRevoked), which is why swcmp signs with the new one.
     assert gw.json("request", "keyupdate", "gw", "--regenerate")["ok"] is True
+    gw.assert_pair()
+
+
+def test_renewal_with_a_new_key_by_cr(mock: MockCA, tmp_path: Path) -> None:
+    """`--renew-with cr`: the staged renewal (`request keyupdate --regenerate`) asks for the
+    new key's certificate with a cr signed with the current certificate."""
+    gw = enrolled(mock, tmp_path, "swcmp-renew-cr.example.net")
+    gw.run("session", "set", "gw", "--ignore-keyusage", "--renew-with", "cr")
+    old_cert, old_key = gw.cert, gw.key
+    renewed = gw.json("request", "keyupdate", "gw", "--regenerate")
+    assert renewed["ok"] is True and renewed["action"] == "cr", renewed
+    gw.assert_pair()
+    assert keys.spki_der(gw.key) != keys.spki_der(old_key)
+    assert gw.cert.serial_number != old_cert.serial_number
+    assert gw.cert.subject == old_cert.subject
+
+
+def test_renewal_by_p10cr_whose_certificate_is_no_renewal_is_refused(mock: MockCA,
+                                                                      tmp_path: Path) -> None:
+    """`--renew-with p10cr`: the Mock CA issues for a p10cr a certificate without the
+    requested subjectAltNames and ending before the current one; swcmp refuses it in
+    certConf and keeps the live pair."""
+    gw = enrolled(mock, tmp_path, "swcmp-renew-p10cr.example.net")
+    gw.run("session", "set", "gw", "--ignore-keyusage", "--renew-with", "p10cr")
+    old_cert, old_key = gw.cert, gw.key
+    refused = gw.run("--json", "request", "keyupdate", "gw", "--regenerate", code=None)
+    assert refused.exit_code == 1
+    assert "lacks requested subjectAltNames" in refused.stderr
+    assert json.loads(refused.stdout)["code"] == "certificate_rejected"
+    assert gw.cert == old_cert and keys.spki_der(gw.key) == keys.spki_der(old_key)
     gw.assert_pair()
 
 
@@ -397,6 +428,57 @@ def test_a_refused_key_update_is_retried_with_a_new_key(mock: MockCA, tmp_path: 
     gw.assert_pair()
     assert keys.spki_der(gw.key) != keys.spki_der(before_key)
 
+
+# Per-operation paths: the Mock CA serves /issuing/<body> and refuses (HTTP 400) a
+# message whose body type is not the one its path names.
+
+def posts_since(mock: MockCA, mark: int, last: tuple[str, str]) -> list[tuple[str, str]]:
+    """The (path, HTTP status) of the POSTs the Mock CA logged after ``mark``, up to
+    ``last``."""
+    deadline = time.monotonic() + 10
+    while True:  # its log arrives through a pipe: wait for the last line
+        text = re.sub(r"\x1b\[[0-9;]*m", "", bytes(mock.log[mark:]).decode(errors="replace"))
+        found = re.findall(r'"POST (\S+) HTTP/1\.[01]" (\d+)', text)
+        if last in found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def test_body_paths_through_the_cli(mock: MockCA, tmp_path: Path) -> None:
+    """`--operation-paths body`: ir, kur, genm and rr at /issuing/<body>, and each certConf
+    at /issuing/certConf, where the Mock CA checks the body type against the path."""
+    gw = Gateway(tmp_path, "swcmp-paths.example.net", mock.url)
+    gw.create("--extra-certs", str(ROOT_CERT), "--ignore-keyusage",
+              "--operation-paths", "body")
+    mark = len(mock.log)
+    assert gw.json("request", "initial", "gw")["ok"] is True
+    assert gw.json("request", "keyupdate", "gw", "--regenerate")["ok"] is True
+    gw.assert_pair()
+    assert gw.json("request", "cacerts", "gw")["ok"] is True
+    got = gw.json("request", "revoke", "gw", "--reason", "superseded", "--yes")
+    assert got["ok"] is True, got
+    posts = posts_since(mock, mark, ("/issuing/rr", "200"))
+    assert posts[:4] == [("/issuing/ir", "200"), ("/issuing/certConf", "200"),
+                         ("/issuing/kur", "200"), ("/issuing/certConf", "200")], posts
+    # `request cacerts` asks one genm or more; the rr comes last
+    assert set(posts[4:-1]) == {("/issuing/genm", "200")}, posts
+    assert posts[-1] == ("/issuing/rr", "200"), posts
+
+
+def test_certconf_at_the_ir_path_is_refused(mock: MockCA, tmp_path: Path) -> None:
+    """An explicit URL for the ir takes its certConf along (RFC 9483 3.3); the Mock CA,
+    which routes by body type, refuses that certConf, and nothing is stored: why it
+    needs `--operation-paths body`."""
+    gw = Gateway(tmp_path, "swcmp-paths-ir.example.net", mock.url)
+    gw.create("--operation-url", f"ir={mock.url}/ir")
+    mark = len(mock.log)
+    result = gw.run("request", "initial", "gw", code=None)
+    assert result.exit_code != 0
+    assert "certConf" in result.output, result.output
+    assert "--operation-paths" in result.output, result.output
+    assert not (gw.swanctl_dir / "x509" / "gw.crt").exists()
+    assert posts_since(mock, mark, ("/issuing/ir", "400")) == [
+        ("/issuing/ir", "200"), ("/issuing/ir", "400")]
 
 # certReqTemplate (RFC 9483 4.3.3). The Mock CA's template is an empty certTemplate with
 # keySpec id-regCtrl-rsaKeyLen 2048: RSA keys of 2048 bits, any subject.

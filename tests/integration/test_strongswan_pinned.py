@@ -18,6 +18,9 @@ What charon 5.9.8 does, as these tests show:
   does not set up a new one. This sandbox's kernel has no XFRM (ESP), so
   CHILD_SAs, ``start_action = start`` re-initiation and the re-authentication
   of an old-config IKE SA with the old certificate cannot be exercised here.
+* charon 6.0.1 (Debian 13's, with ESP in charon through kernel-libipsec so that
+  IKE SAs can carry CHILD_SAs) closes the replaced connection's IKE SAs without
+  CHILD_SA and keeps the others (the last test).
 
 The integration tests need root and charon; they skip only when either is
 missing. The unit tests at the top run anywhere.
@@ -25,6 +28,7 @@ missing. The unit tests at the top run anywhere.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import socket
 import textwrap
@@ -38,12 +42,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from charon_net import CharonNet, CharonNode, TestPKI, available, pem_cert, pem_key, wait_for
+from swcmp.checks import CheckResult
 from swcmp.deploy import CredentialPair, DeployError, DeployUnavailable
+from swcmp.paths import Paths
+from swcmp.session import Session
 from swcmp.strongswan import (
     PinnedDeployer,
     ViciDeployer,
+    binding_check,
     choose_deployer,
     key_id_from_public_key,
+    pinned_release_warning,
     unload_stale_keys,
 )
 
@@ -208,9 +217,13 @@ def test_pinned_renewal(net: CharonNet) -> None:
     replaced = _replaced(net.a)
     previous, new, cert = _renew(net)
 
+    # charon 5.9.8 keeps every IKE SA: session check does not warn about pinned mode
+    assert pinned_release_warning(net.a.uri, pem_cert(net.a_cert)) is None
+    assert _binding_check(net.a, net.a_cert, net.base / "check").level == "ok"
     deployer = PinnedDeployer(net.a.uri, swanctl_conf=net.a.swanctl_conf)
     result = deployer.deploy(new, previous)
     assert result.deployed and "re-sent connection(s) gw" in result.detail
+    assert "without CHILD_SA" not in result.detail
     assert _replaced(net.a) == replaced + 1
 
     # (a) a new IKE SA authenticates A with the new certificate, as B sees it
@@ -310,3 +323,105 @@ def test_refused_key_changes_no_connection(net: CharonNet) -> None:
     assert _replaced(net.a) == replaced
     assert net.a.key_ids() == _ids(net.a_cert)
     assert net.serial_b_saw_for_a() == net.a_cert.serial_number
+
+
+# --------------------------------------------------------------------------- charon 6.0
+
+def _binding_check(node: CharonNode, cert: x509.Certificate, base: Path) -> CheckResult:
+    """``swcmp session check``'s strongswan item for a session with ``cert``."""
+    paths = Paths(base / "etc", base / "var", base / "swanctl")
+    paths.x509_dir.mkdir(parents=True)
+    paths.cert_file("gw1").write_bytes(pem_cert(cert))
+    return binding_check(node.uri)(Session(name="gw1", key="gw1"), paths, dt.datetime.now(dt.UTC))
+
+
+def _session_set(node: CharonNode, cert: x509.Certificate, base: Path) -> str:
+    """What ``swcmp session set`` says on stderr for a session whose certificate is ``cert``."""
+    from click.testing import CliRunner
+
+    from swcmp.cli import cli
+
+    options = ["--config-dir", str(base / "etc"), "--state-dir", str(base / "var"),
+               "--swanctl-dir", str(base / "swanctl"), "--vici", node.uri]
+    runner = CliRunner()
+    created = runner.invoke(cli, [*options, "session", "create", "gw1"], prog_name="swcmp")
+    assert created.exit_code == 0, created.output
+    (base / "swanctl" / "x509").mkdir(parents=True, exist_ok=True)
+    (base / "swanctl" / "x509" / "gw1.crt").write_bytes(pem_cert(cert))
+    result = runner.invoke(cli, [*options, "session", "set", "gw1", "--connection", "gw"],
+                           prog_name="swcmp")
+    assert result.exit_code == 0, result.output
+    return result.stderr
+
+
+@charon_test
+@pytest.mark.integration
+@pytest.mark.root
+def test_charon_6_pinned_renewal_closes_only_ike_sas_without_child_sa(tmp_path: Path) -> None:
+    """What strongSwan 6.0.1 does to a pinned connection's IKE SAs, and what swcmp says.
+
+    charon 6.0 closes the IKE SAs of a replaced connection that have no CHILD_SA
+    (``vici closing IKE_SA``, swcmp.strongswan.releases); 5.9.8 kept them (see
+    test_pinned_renewal). An IKE SA with a CHILD_SA stays up with the old config. ESP
+    runs in charon (kernel-libipsec): this kernel has no XFRM.
+    """
+    from debian_root import trixie
+
+    with CharonNet(tmp_path, root=trixie(), userspace_esp=True) as net:
+        print(f"charon logs: {net.a.log} {net.b.log}")
+        assert "(strongSwan 6.0." in net.a.log_text()
+        # kernel-libipsec: libcharon-extra-plugins, a dependency of strongswan-pki (TRIXIE_PEERS)
+        assert "kernel-libipsec" in net.a.log_text()
+        net.a.write_config(pinned=True)  # with child "net" (charon_net.ESP_SUBNETS)
+        net.a.swanctl("--load-conns")
+        childless = net.a.initiate()
+        tunnel = net.a.initiate_child("net")
+        assert childless.children == 0 and tunnel.children == 1
+
+        # session check / session set's warning: this charon costs IKE SAs in pinned mode
+        why = pinned_release_warning(net.a.uri, pem_cert(net.a_cert))
+        assert why is not None and "charon 6.0.1" in why and "replaces gw" in why, why
+        assert pinned_release_warning(net.b.uri, pem_cert(net.b_cert)) is None  # identity
+        check = _binding_check(net.a, net.a_cert, tmp_path / "check-a")
+        assert check.level == "warn" and "charon 6.0.1" in check.detail, check
+        assert "identity mode" in check.fix, check
+        assert _binding_check(net.b, net.b_cert, tmp_path / "check-b").level == "ok"
+        said = _session_set(net.a, net.a_cert, tmp_path / "cli-a")
+        assert "warning: charon 6.0.1 (strongSwan 6.0 or later)" in said, said
+        assert "fix: use identity mode" in said, said
+        assert "warning" not in _session_set(net.b, net.b_cert, tmp_path / "cli-b")
+
+        previous, new, cert = _renew(net)
+        deployer = PinnedDeployer(net.a.uri, swanctl_conf=net.a.swanctl_conf)
+        result = deployer.deploy(new, previous)
+        assert "re-sent connection(s) gw" in result.detail
+        assert "closing 1 IKE SA(s) without CHILD_SA" in result.detail, result.detail
+        assert "stays loaded for 1 IKE SA(s)" in result.detail, result.detail
+
+        # charon closed the childless IKE SA, on both ends ...
+        wait_for(lambda: childless.uniqueid not in {sa.uniqueid for sa in net.a.list_sas()},
+                 10, "charon 6.0 to close the childless IKE SA")
+        assert f"vici closing IKE_SA 'gw' #{childless.uniqueid}" in net.a.log_text()
+        wait_for(lambda: childless.spis not in {sa.spis for sa in net.b.list_sas()}, 10,
+                 "B to see the childless IKE SA go")
+        # ... and kept the one with a CHILD_SA: same SPIs, both ends, its CHILD_SA up
+        after = {sa.uniqueid: sa for sa in net.a.list_sas()}
+        assert after[tunnel.uniqueid].spis == tunnel.spis
+        assert after[tunnel.uniqueid].children == 1
+        assert [(sa.state, sa.children) for sa in net.b.list_sas()
+                if sa.spis == tunnel.spis] == [("ESTABLISHED", 1)]
+        # the old key waits for that IKE SA only; new IKE SAs use the new certificate
+        [stale] = deployer.stale_keys
+        assert stale.ike_sas == frozenset({tunnel.uniqueid})
+        assert net.a.key_ids() == _ids(net.a_cert, cert)
+        assert net.serial_b_saw_for_a() == cert.serial_number
+
+        # charon 6.0 does the same when the connection is loaded again unchanged, as
+        # `swanctl --load-conns` does (docs/interop.md): not swcmp's doing
+        again = net.a.initiate()
+        updated = net.a.log_text().count("updated vici connection: gw\n")
+        net.a.swanctl("--load-conns")
+        assert net.a.log_text().count("updated vici connection: gw\n") == updated + 1
+        wait_for(lambda: again.uniqueid not in {sa.uniqueid for sa in net.a.list_sas()}, 10,
+                 "charon 6.0 to close the childless IKE SA on an unchanged reload")
+        assert tunnel.uniqueid in {sa.uniqueid for sa in net.a.list_sas()}

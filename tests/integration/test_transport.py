@@ -276,3 +276,64 @@ def test_without_proxy_variables_urllib_request_is_not_imported() -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True).stdout
     assert out.split() == ["True"]
+
+
+def test_exchanges_share_one_watchdog_thread_and_an_ip_needs_no_lookup_thread(
+        url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    BEHAVIOUR["mode"] = "echo"
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def counting_start(self: threading.Thread) -> None:
+        started.append(self.name)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    with HttpTransport(url) as t:
+        for _ in range(5):
+            assert t.post(b"\x30\x00") == b"\x30\x00"
+    assert [n for n in started if n.startswith("swcmp")] in ([], ["swcmp-watchdog"])
+
+
+def test_watchdogs_fire_in_deadline_order_and_a_stopped_one_never() -> None:
+    from swcmp.cmp.transport import _Watchdog
+
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    try:
+        late, early, stopped = _Watchdog(30), _Watchdog(0.2), _Watchdog(0.1)
+        late.watch(a)
+        early.watch(c)
+        stopped.stop()
+        end = time.monotonic() + 10
+        while not early.fired and time.monotonic() < end:
+            time.sleep(0.02)
+        time.sleep(0.2)
+        assert early.fired and not late.fired and not stopped.fired
+        assert c.recv(1) == b""  # shut down: a blocked read wakes with end of file
+        late.stop()
+        early.stop()
+    finally:
+        for s in (a, b, c, d):
+            s.close()
+
+
+def test_post_to_another_url_per_message(url: str) -> None:
+    """A CA that routes by path: each post may name its URL; errors name that URL, and
+    a post without one goes to the URL given last."""
+    BEHAVIOUR["mode"] = "echo"
+    other = url + "keyupdate"
+    with HttpTransport(url) as t:
+        assert t.post(b"\x30\x00", other) == b"\x30\x00"
+        assert BEHAVIOUR["last_path"] == "/pkix/keyupdate"
+        t.post(b"\x30\x00", url)
+        assert BEHAVIOUR["last_path"] == "/pkix/"
+        BEHAVIOUR["mode"] = "404"
+        with pytest.raises(HTTPStatusError) as e:
+            t.post(b"\x30\x00", other)
+        assert other in str(e.value)
+        BEHAVIOUR["mode"] = "echo"
+        t.post(b"\x30\x00")
+        assert BEHAVIOUR["last_path"] == "/pkix/keyupdate"
+        with pytest.raises(ConfigError):
+            t.post(b"\x30\x00", "http://user:pw@127.0.0.1/")

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from swcmp.calife import CaLife, CaLifeState, CaLifeStore, crl_file
-from swcmp.calife.state import CA_CERTS
+from swcmp.calife.state import CA_CERTS, CRL_MAX_REFRESH
 from swcmp.errors import SwcmpError
 from swcmp.names import SessionName
 from swcmp.paths import Paths
@@ -251,3 +251,23 @@ def test_root_files_of_one_session_are_not_another_sessions(paths: Paths) -> Non
 
     (paths.x509ca_dir / "gw-root-x-ca1.crt").write_bytes(pem(make("Other CA", key())))
     assert root_cert_files(paths, "gw") == ()
+
+
+def test_a_far_future_crl_refresh_in_calife_json_never_stops_the_crl_fetches(
+        paths: Paths) -> None:
+    """A CRL's next fetch later than any fetch sets it (a damaged calife.json, one written
+    while the clock was years ahead) is not waited for; a CRL whose nextUpdate is a year
+    away is still asked for within CRL_MAX_REFRESH."""
+    life, session, root, rk = _crl_site(paths)
+    life.clock = lambda: NOW
+    life.answer = _crl(root, rk, NOW - timedelta(hours=1), NOW + timedelta(days=365))
+    life.refresh_crl(session)
+    refresh = CaLifeStore(paths, "gw1").load().crl_refresh_at(NOW)
+    assert refresh is not None and refresh <= NOW + CRL_MAX_REFRESH
+    assert not life.crl_due(session)
+    data = json.loads(CaLifeStore(paths, "gw1").path.read_text())
+    data["crl"]["refresh_at"] = "2999-01-01T00:00:00+00:00"
+    CaLifeStore(paths, "gw1").path.write_text(json.dumps(data))
+    assert life.crl_due(session), "a far-future refresh_at stopped the CRL fetches"
+    due = life.next_due(session)
+    assert due is not None and due <= NOW

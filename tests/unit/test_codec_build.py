@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 
@@ -13,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pki import big_crl, make_pki
-from swcmp.cmp import certs, codec, keys, oids
+from swcmp.cmp import certs, codec, der, keys, oids
 from swcmp.cmp.messages import (
     AlgorithmId,
     CertRepContent,
@@ -197,3 +198,108 @@ def test_crl_status_list_value_decodes_with_pyasn1_alt_modules() -> None:
         else:
             assert status["thisUpdate"].getComponent().asDateTime == this_update
     assert codec.parse_crls(None) == ()
+
+
+def test_a_header_with_a_malformed_name_is_refused_every_time() -> None:
+    good = x509.Name.from_rfc4514_string("CN=gw1").public_bytes()
+    fields = codec.HeaderFields(sender_der=good, recipient_der=codec.NULL_DN_DER,
+                                transaction_id=b"t" * 16, sender_nonce=b"n" * 16)
+    assert codec.encode_header(fields) == codec.encode_header(fields)  # a checked name again
+    for bad in (b"\x30\x03\x02\x01\x00", b"\x31\x00", good + b"\x00"):
+        for _ in range(2):  # only a good name is remembered as checked
+            with pytest.raises(ProtocolError, match=r"distinguished name|trailing"):
+                codec.encode_header(dataclasses.replace(fields, sender_der=bad))
+
+
+def _oracle_cert_req_messages(requests: list[codec.CertReqSpec]) -> bytes:
+    """The same CertReqMessages built with pyasn1-alt-modules' RFC 4211 schema."""
+    from pyasn1.codec.der import decoder, encoder
+    from pyasn1.type import univ
+    from pyasn1_alt_modules import rfc4211, rfc5280
+
+    def copy_into(target: object, source: object) -> None:
+        if isinstance(source, univ.SequenceOf):
+            for item in source:
+                target.append(item)  # type: ignore[attr-defined]
+        else:
+            for name in source:  # type: ignore[attr-defined]
+                if source[name].isValue:  # type: ignore[index]
+                    target[name] = source[name]  # type: ignore[index]
+
+    msgs = rfc4211.CertReqMessages()
+    for spec in requests:
+        req = rfc4211.CertRequest()
+        req["certReqId"] = spec.cert_req_id
+        tmpl = req["certTemplate"]
+        for slot, name_der in (("issuer", spec.issuer_der), ("subject", spec.subject_der)):
+            if name_der is not None:
+                tmpl[slot]["rdnSequence"] = decoder.decode(
+                    name_der, asn1Spec=rfc5280.Name())[0]["rdnSequence"]
+        copy_into(tmpl["publicKey"],
+                  decoder.decode(spec.spki_der, asn1Spec=rfc5280.SubjectPublicKeyInfo())[0])
+        if spec.extensions_der is not None:
+            copy_into(tmpl["extensions"],
+                      decoder.decode(spec.extensions_der, asn1Spec=rfc5280.Extensions())[0])
+        if spec.old_cert_id is not None:
+            cid = rfc4211.CertId()
+            cid["issuer"]["directoryName"]["rdnSequence"] = decoder.decode(
+                spec.old_cert_id.issuer_der, asn1Spec=rfc5280.Name())[0]["rdnSequence"]
+            cid["serialNumber"] = spec.old_cert_id.serial
+            ctrl = rfc5280.AttributeTypeAndValue()
+            ctrl["type"] = rfc4211.id_regCtrl_oldCertID
+            ctrl["value"] = encoder.encode(cid)
+            req["controls"].append(ctrl)
+        msg = rfc4211.CertReqMsg()
+        msg["certReq"] = req
+        popo = msg["popo"]
+        if spec.sign_pop is None:
+            popo["raVerified"] = popo["raVerified"].clone("")
+        else:
+            alg, sig = spec.sign_pop(encoder.encode(req))
+            signed = popo["signature"]
+            signed["algorithmIdentifier"]["algorithm"] = univ.ObjectIdentifier(alg.oid)
+            if alg.params_der is not None:
+                signed["algorithmIdentifier"]["parameters"] = alg.params_der
+            signed["signature"] = univ.BitString.fromOctetString(sig)
+        msgs.append(msg)
+    return bytes(encoder.encode(msgs))
+
+
+@pytest.mark.parametrize("key_type", ["rsa:2048", "ecdsa:p256", "ed25519"])
+def test_a_cert_request_is_the_der_pyasn1_alt_modules_writes(key_type: str) -> None:
+    key = keys.generate_key(key_type)
+    alg = keys.default_signature_algorithm(key)
+    san = x509.SubjectAlternativeName([x509.DNSName("gw1.example.net")]).public_bytes()
+    issuer = x509.Name.from_rfc4514_string("CN=CA,O=Ex").public_bytes()
+    full = codec.CertReqSpec(
+        cert_req_id=0, spki_der=keys.spki_der(key), subject_der=CN, issuer_der=issuer,
+        extensions_der=codec.extensions_der([(oids.SUBJECT_ALT_NAME, False, san)]),
+        old_cert_id=OldCertId(issuer, 2**70 + 5),
+        sign_pop=lambda d: (AlgorithmId(alg.oid, alg.params_der), keys.sign(key, alg, d)))
+    bare = codec.CertReqSpec(cert_req_id=300, spki_der=keys.spki_der(key))
+    for requests in ([full], [bare], [full, dataclasses.replace(bare, cert_req_id=-1)]):
+        body = codec.cert_req_body("kur", requests)
+        content = der.single(body).value  # the body's [n] around CertReqMessages
+        # ECDSA signatures are randomised: the oracle gets the signature swcmp made over
+        # the same CertRequest bytes (a KeyError when its CertRequest differs)
+        sig_of = dict(zip(*_pops(content), strict=True))
+
+        oracle = [r if r.sign_pop is None else _signed_as(r, alg.oid, alg.params_der, sig_of)
+                  for r in requests]
+        assert _oracle_cert_req_messages(oracle) == content
+
+
+def _signed_as(spec: codec.CertReqSpec, oid: str, params: bytes | None,
+               sig_of: dict[bytes, bytes]) -> codec.CertReqSpec:
+    return dataclasses.replace(spec, sign_pop=lambda d: (AlgorithmId(oid, params), sig_of[d]))
+
+
+def _pops(messages_der: bytes) -> tuple[list[bytes], list[bytes]]:
+    """Each CertRequest's DER and its POP signature, from CertReqMessages."""
+    reqs, sigs = [], []
+    for msg in der.single(messages_der).children():
+        req, *rest = msg.children()
+        if rest and rest[0].tag == 0xA1:
+            reqs.append(req.raw)
+            sigs.append(rest[0].children()[1].value[1:])
+    return reqs, sigs

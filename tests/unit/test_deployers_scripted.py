@@ -142,6 +142,51 @@ def test_pinned_swap_resends_the_connection_and_keeps_the_old_key_for_old_sas(
     assert "stays loaded for 1 IKE SA" in result.detail
 
 
+@pytest.mark.parametrize("version", ["5.9.8", "6.0.1", "6.1.0"])
+def test_pinned_swap_names_the_ike_sas_without_child_sa_that_charon_6_closes(
+        pairs: tuple, tmp_path: Path, version: str, caplog: pytest.LogCaptureFixture) -> None:
+    # SA 7 has no CHILD_SA, SA 8 carries one: charon 6.0 and later close 7 when load-conn
+    # replaces gw (swcmp.strongswan.releases); up to 5.9 both stay
+    _, old, new = pairs
+    _pinned_tree(tmp_path, new)
+    charon = ScriptedCharon(sas={7: "gw", 8: "gw", 9: "other"}, children={8: ("net",)},
+                            version=version)
+    _live(charon, old)
+    with caplog.at_level("WARNING", logger="swcmp.strongswan"):
+        result = _port(charon, tmp_path).deploy(SESSION, new, old)
+    stale = load_stale_keys(stale_keys_file(_paths(tmp_path), SESSION.name))
+    warned = [r.getMessage() for r in caplog.records if "without CHILD_SA" in r.getMessage()]
+    if version == "5.9.8":
+        assert "without CHILD_SA" not in result.detail and not warned
+        assert [s.ike_sas for s in stale] == [frozenset({7, 8})]
+    else:
+        assert (f"charon {version} (strongSwan 6.0 or later) closes the IKE SAs of a "
+                "connection it replaces that have no CHILD_SA") in result.detail
+        assert "closing 1 IKE SA(s) without CHILD_SA" in result.detail
+        assert "identity mode keeps them all" in result.detail
+        assert len(warned) == 1 and "session gw-a" in warned[0]
+        assert [s.ike_sas for s in stale] == [frozenset({8})]  # the old key waits for 8 only
+        assert "stays loaded for 1 IKE SA" in result.detail
+
+
+@pytest.mark.parametrize("fault", ["refuse", "drop"])
+def test_pinned_swap_when_version_is_refused_or_the_connection_drops_there(
+        pairs: tuple, tmp_path: Path, fault: str) -> None:
+    _, old, new = pairs
+    _pinned_tree(tmp_path, new)
+    charon = ScriptedCharon(sas={7: "gw"}, version="6.0.1",
+                            **({"refuse": {"version": "no"}} if fault == "refuse"
+                               else {"drop_at": "version"}))
+    _live(charon, old)
+    if fault == "refuse":  # an unknown release: swcmp says nothing about it, the swap goes on
+        result = _port(charon, tmp_path).deploy(SESSION, new, old)
+        assert "without CHILD_SA" not in result.detail and _usable(charon, new)
+        return
+    with pytest.raises(DeployError, match="pinned mode"):
+        _port(charon, tmp_path).deploy(SESSION, new, old)
+    assert not _usable(charon, new) and _usable(charon, old)
+
+
 @pytest.mark.parametrize("fault", ["refuse", "drop"])
 @pytest.mark.parametrize("step", ["load-cert", "list-certs", "list-sas", "load-conn",
                                   "flush-certs"])

@@ -64,6 +64,8 @@ def test_file_keys_are_written_0600(tmp_path: Path) -> None:
 class MemoryKeys:
     """A key store in a dictionary (shared by every "run" that opens it)."""
 
+    collects = True
+
     def __init__(self, shelf: dict[str, Any]) -> None:
         self.shelf = shelf
         shelf.setdefault("keys", {})  # handle -> private key

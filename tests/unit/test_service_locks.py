@@ -23,6 +23,8 @@ def test_replaced_keys_are_collected_only_under_the_sessions_lock(
     collected: list[str] = []
 
     class Store:
+        collects = True  # as a token's store
+
         def __init__(self, s: Session) -> None:
             self.name = s.name
 
@@ -37,3 +39,25 @@ def test_replaced_keys_are_collected_only_under_the_sessions_lock(
     assert collected == []
     service.collect_replaced_keys()
     assert collected == ["gw1"]
+
+
+def test_a_key_file_session_is_not_locked_by_the_collection(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A file store's collect() does nothing: the pass takes no lock for it (1 000
+    # sessions: 1 000 lock files opened, locked and written for nothing).
+    from swcmp import fsutil
+    from swcmp.session import Session
+    from swcmp.sessionfile import SessionStore
+
+    paths = Paths(tmp_path / "etc", tmp_path / "var", tmp_path / "swanctl")
+    SessionStore(paths.config_dir).save(Session(name="gw1", key="gw1"))  # type: ignore[arg-type]
+    locked: list[str] = []
+    real = fsutil.exclusive_lock
+
+    def counting(directory: Path, name: str, **kw: object) -> object:
+        locked.append(name)
+        return real(directory, name, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fsutil, "exclusive_lock", counting)
+    RenewalService(paths).collect_replaced_keys()
+    assert locked == []

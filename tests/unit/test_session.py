@@ -261,12 +261,32 @@ class TestSession:
             ("connection", ["a.b"], "connection name"),
             ("connection", ["a", "a"], "twice"),
             ("auto_update", 1, "yes/no"),
+            ("renew_with", "ir", "renew_with"),
+            ("poll_limit", "0", "poll_limit"),
+            ("poll_limit", "31d", "poll_limit"),
+            ("poll_limit", "soon", "poll_limit"),
+            ("poll_limit", True, "poll_limit"),
         ],
     )
     def test_bad_values(self, field: str, value: object, words: str) -> None:
         with pytest.raises(ConfigError) as info:
             set_fields(Session(name=GW1), {field: value})
         assert words in str(info.value)
+
+    def test_renew_with_and_poll_limit(self) -> None:
+        s = Session(name=GW1)
+        assert (s.renew_with, s.poll_limit) == ("kur", 86400)
+        s = set_fields(s, {"renew-with": "P10CR", "poll-limit": "1d12h"})
+        assert (s.renew_with, s.poll_limit) == ("p10cr", 129600)
+        assert set_fields(s, {"poll_limit": "90"}).poll_limit == 90
+        assert set_fields(s, {"poll_limit": 3600}).poll_limit == 3600
+
+    def test_p10cr_renewal_with_a_token_key_is_refused(self) -> None:
+        token = "pkcs11:token=gw;object=gw1"
+        with pytest.raises(ConfigError, match="p10cr") as info:
+            set_fields(Session(name=GW1), {"key": token, "renew_with": "p10cr"})
+        assert "--renew-with cr" in info.value.hint
+        assert set_fields(Session(name=GW1), {"key": token, "renew_with": "cr"}).key == token
 
     def test_bad_name(self) -> None:
         with pytest.raises(ConfigError, match="invalid session name"):
@@ -715,3 +735,74 @@ def _raised(f: Callable[[], object]) -> BaseException | None:
     except BaseException as e:
         return e
     return None
+
+
+# ---------------------------------------------------------------------- the fast reader
+
+
+def _written_sessions() -> list[str]:
+    long_trust = [f"/etc/swanctl/x509ca/a-rather-long-name-{i}.crt" for i in range(4)]
+    sessions = [
+        Session(name=GW1),
+        set_fields(Session(name=GW1), {"entity": "/CN=gw1/O=Ex \"q\" \\ ü", "timeout": 7,
+                                       "sans": ["DNS:gw1.example.net", "IP:192.0.2.1"],
+                                       "server_url": "http://ca.example.net:8080/pkix/",
+                                       "trust": long_trust, "expire_time": "30d",
+                                       "auto_update": True}),
+        set_fields(Session(name=GW1), {"trust": long_trust[:2], "mac_ref": "4711"}),
+    ]
+    return [session_to_toml(s) for s in sessions]
+
+
+def test_the_fast_reader_reads_what_swcmp_writes_as_tomllib_does() -> None:
+    from swcmp.sessionfile import _loads_plain
+
+    texts = _written_sessions()
+    taken = [t for t in texts if _loads_plain(t) is not None]
+    assert len(taken) >= 2  # the common files never need tomllib (a multi-line list too)
+    assert any("[\n" in t for t in taken)
+    for text in texts:
+        assert _loads_plain(text) in (None, tomllib.loads(text))
+
+
+@pytest.mark.parametrize("text", [
+    'a = "x" # comment\n', 'a = "x\\"y"\n', "a = 'x'\n", 'a = +1\n', "a = 1_000\n",
+    "a = -0\n", "a = 0x10\n", "a = 1.5\n", "a = 99999999999999999999\n", "[t]\na = 1\n",
+    "a.b = 1\n", '"a" = 1\n', " a = 1\n", "a = 1 \n", "a  = 1\n", "a = 1\r\n",
+    "a = 1\na = 2\n", 'a = ["x",]\n', 'a = ["x" , "y"]\n', "a = [\n    \"x\"\n]\n",
+    'a = [\n    "x",\n', "a = true\ntrue = false\n", "# a\tb\na = 1\n", "a = \"\x7f\"\n",
+    "\ufeffa = 1\n", "a = [1]\n", "a = {}\n", "a =\n", "= 1\n", "a = \"\"\"x\"\"\"\n",
+])
+def test_the_fast_reader_leaves_the_rest_to_tomllib_or_agrees(text: str) -> None:
+    from swcmp.sessionfile import _loads_plain
+
+    try:
+        expected: object = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        expected = None
+    assert _loads_plain(text) in (None, expected)
+
+
+def test_the_fast_reader_agrees_with_tomllib_on_mangled_files() -> None:
+    import random
+
+    from swcmp.sessionfile import _loads_plain
+
+    rng = random.Random(24)
+    alphabet = [*'"\\#[]=,.+-_ \n\t\r\x00\x7faz09ü\u2028', "true", "false", "    "]
+    texts = _written_sessions()
+    taken = 0
+    for _ in range(3000):
+        text = rng.choice(texts)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(text) + 1)
+            cut = rng.choice((0, 0, 1, 2))
+            text = text[:at] + rng.choice(alphabet) * rng.randint(0, 1) + text[at + cut:]
+        try:
+            expected: object = tomllib.loads(text)
+        except tomllib.TOMLDecodeError:
+            expected = None
+        got = _loads_plain(text)
+        assert got in (None, expected), repr(text)
+        taken += got is not None
+    assert taken > 300  # the comparison covered documents the fast reader took

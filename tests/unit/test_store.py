@@ -34,6 +34,9 @@ def test_journal_entries_are_typed_and_round_trip(tmp_path: Path) -> None:
     ({"phase": "waiting", "transaction_id": "zz"}, "transaction_id is not a hex string"),
     ({"phase": "waiting", "cert_req_id": 2**64}, "cert_req_id is not a 64-bit integer"),
     ({"phase": "received", "regenerate": "yes"}, "regenerate is not true or false"),
+    ({"phase": "waiting", "url": "ftp://ca/"}, "url: invalid server URL"),
+    ({"phase": "waiting", "url": 7}, "url is not text"),
+    ({"phase": "waiting", "url_per_body": "no"}, "url_per_body is not true or false"),
 ])
 def test_a_damaged_journal_is_refused_with_what_is_wrong(tmp_path: Path, data: dict,
                                                           problem: str) -> None:

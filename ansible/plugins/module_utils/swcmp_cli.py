@@ -117,6 +117,20 @@ def normalize_san(value):
     return kind.upper() + sep + rest if sep else str(value)
 
 
+#: The body types an operation URL may name, by the RFC 9483 label swcmp stores.
+_OPERATION_ALIASES = {"ir": "initialization", "cr": "certification", "kur": "keyupdate",
+                      "p10cr": "pkcs10", "rr": "revocation"}
+
+
+def normalize_operation_url(value):
+    """``KUR=https://ca/kur`` -> ``keyupdate=https://ca/kur`` (as swcmp stores it)."""
+    name, sep, url = str(value).partition("=")
+    if not sep:
+        return str(value)
+    name = name.strip().lower()
+    return _OPERATION_ALIASES.get(name, name) + "=" + url.strip()
+
+
 def needs_initial(entry):
     """Whether the session has no usable certificate: none yet, unreadable, expired or
     revoked."""

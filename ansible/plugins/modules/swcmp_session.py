@@ -61,6 +61,25 @@ options:
   server_url:
     description: Where CMP messages are POSTed (http or https).
     type: str
+  profile_label:
+    description:
+      - RFC 9811 profile label; messages go to C(/.well-known/cmp/p/LABEL) on the server
+        URL's host (the server URL then has no path). V("") removes it.
+    type: str
+  operation_paths:
+    description:
+      - How each message's path is formed. V(none) sends every message to the server URL;
+        V(labels) adds RFC 9483 operation labels (C(.../initialization), C(.../keyupdate));
+        V(body) adds each message's body type (C(.../ir), C(.../certConf)).
+    type: str
+    choices: [none, labels, body]
+  operation_urls:
+    description:
+      - C(OPERATION=URL) items, one URL per operation (C(ir), C(cr), C(kur), C(p10cr), C(rr),
+        C(genm) or an RFC 9483 label), for CAs with an alias per operation; replaces the
+        stored list.
+    type: list
+    elements: str
   ir_auth:
     description: How an initial request is authenticated.
     type: str
@@ -143,11 +162,25 @@ options:
         refuses it.
     type: str
     choices: [check, accept, reject]
+  renew_with:
+    description:
+      - How a renewal asks for the new certificate. V(kur) (key update, default), V(cr) (a
+        certificate request signed with the current certificate) or V(p10cr) (a PKCS#10
+        request signed by the new key), for CAs whose policy refuses key updates.
+    type: str
+    choices: [kur, cr, p10cr]
+  poll_limit:
+    description:
+      - Seconds a renewal's CA transaction that the CA keeps answering waiting is continued,
+        across runs, from its request (1-2592000; swcmp's default is a day); then it is
+        abandoned and the next attempt sends a new request.
+    type: int
   ask_template:
     description:
-      - Ask the CA's certificate request template (genm certReqTemplate) before an IR and
-        before a key update with a new key, and refuse a request it forbids before
-        sending it. Default yes.
+      - Ask the CA's certificate request template (genm certReqTemplate) before an initial
+        request and before a key update with a new key, and refuse a request it forbids
+        before sending it (swcmp's default is true; false for a CA that cannot take the
+        question).
     type: bool
   pkcs11_module:
     description: PKCS#11 module of the token that holds a C(pkcs11:) O(key).
@@ -256,6 +289,7 @@ from ansible_collections.swcmp.gateway.plugins.module_utils.swcmp_cli import (
     Swcmp,
     SwcmpError,
     normalize_expire_time,
+    normalize_operation_url,
     normalize_san,
 )
 
@@ -265,6 +299,9 @@ SETTINGS = {
     "sans": ("--san", "list"),
     "ca_name": ("--ca-name", "str"),
     "server_url": ("--server-url", "str"),
+    "profile_label": ("--profile-label", "str"),
+    "operation_paths": ("--operation-paths", "str"),
+    "operation_urls": ("--operation-url", "list"),
     "ir_auth": ("--ir-auth", "str"),
     "mac_ref": ("--mac-ref", "str"),
     "mac_secret_file": ("--mac-secret-file", "path"),
@@ -289,13 +326,17 @@ SETTINGS = {
     "tls_client_key": ("--tls-client-key", "path"),
     "revoke_superseded": ("--revoke-superseded", "bool"),
     "granted_with_mods": ("--granted-with-mods", "str"),
+    "renew_with": ("--renew-with", "str"),
+    "poll_limit": ("--poll-limit", "int"),
     "ask_template": ("--ask-template", "bool"),
     "pkcs11_module": ("--pkcs11-module", "path"),
     "pin_file": ("--pin-file", "path"),
 }
 
 _CHOICES = {"ir_auth": ["mac", "signature"], "mac_alg": ["hmac-sha256", "hmac-sha1", "pbmac1"],
-            "granted_with_mods": ["check", "accept", "reject"]}
+            "granted_with_mods": ["check", "accept", "reject"],
+            "operation_paths": ["none", "labels", "body"],
+            "renew_with": ["kur", "cr", "p10cr"]}
 
 
 def _argument_spec():
@@ -331,6 +372,8 @@ def _wanted(params):
             value = [os.path.abspath(v) for v in value]
         elif field == "sans":
             value = [normalize_san(v) for v in value]
+        elif field == "operation_urls":
+            value = [normalize_operation_url(v) for v in value]
         elif field == "expire_time":
             value = normalize_expire_time(value) if str(value).strip() else ""
         out[field] = value

@@ -4,7 +4,7 @@ when due, checked, stored and loaded."""
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from swcmp.calife.base import _Base
 from swcmp.calife.state import (
     CRL_DEFAULT_REFRESH,
+    CRL_MAX_REFRESH,
     CRL_MIN_REFRESH,
     CRL_STATUS_LIST,
     CURRENT_CRL,
@@ -43,6 +44,13 @@ from swcmp.store import (
 log = logging.getLogger(__name__)
 
 
+def _refresh_time(next_update: datetime | None, now: datetime) -> datetime:
+    """When to ask for the CRL again: at its nextUpdate (a day when it has none), not
+    sooner than CRL_MIN_REFRESH nor later than CRL_MAX_REFRESH from now."""
+    return min(max(next_update or (now + CRL_DEFAULT_REFRESH), now + CRL_MIN_REFRESH),
+               now + CRL_MAX_REFRESH)
+
+
 class Crls(_Base):
     """CRLs (genm currentCRL): fetched when due, checked, stored and loaded."""
 
@@ -54,7 +62,7 @@ class Crls(_Base):
         if (st.is_unsupported(CURRENT_CRL, now) and st.is_unsupported(CRL_STATUS_LIST, now)) \
                 or st.backing_off(CURRENT_CRL, now):
             return False
-        nxt = _time((st.crl or {}).get("refresh_at"))
+        nxt = st.crl_refresh_at(now)
         return nxt is None or now >= nxt or not crl_file(self.paths, session.name).exists()
 
     def refresh_crl(self, session: Session) -> Result:
@@ -118,7 +126,7 @@ class Crls(_Base):
         if nxt is not None and nxt < now:
             log.warning("%s: the CA's CRL is past its nextUpdate (%s); stored anyway",
                         session.name, f"{nxt:%Y-%m-%d %H:%M:%S}Z")
-        refresh = max(nxt or (now + CRL_DEFAULT_REFRESH), now + CRL_MIN_REFRESH)
+        refresh = _refresh_time(nxt, now)
         der = crl.public_bytes(serialization.Encoding.DER)
         path = write_crl(self.paths, session.name, der)
         with CaLifeStore(self.paths, session.name).update() as st2:
@@ -175,7 +183,7 @@ class Crls(_Base):
         now = self.clock()
         stored = _stored_crl(crl_file(self.paths, session.name))
         nxt = stored.next_update_utc if stored is not None else None
-        refresh = max(nxt or (now + CRL_DEFAULT_REFRESH), now + CRL_MIN_REFRESH)
+        refresh = _refresh_time(nxt, now)
         with CaLifeStore(self.paths, session.name).update() as st:
             crl = dict(st.crl or {})
             crl["refresh_at"] = _iso(refresh)

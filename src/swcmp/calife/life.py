@@ -18,6 +18,7 @@ from swcmp.calife.state import (
     CHECK_EVERY,
     CRL_STATUS_LIST,
     CURRENT_CRL,
+    FAILED_RETRY_START,
     ROOT_UPDATE,
     UNSUPPORTED_RETRY,
     CaLifeState,
@@ -82,6 +83,20 @@ class CaLife(CaCerts, RootUpdate, Revocation, Crls):
                 log.warning("%s: CA certificates not refreshed: %s", session.name, e)
                 notes.append(f"CA certificates not refreshed: {e}")
         return notes
+
+    def after_refused_certificate(self, session: Session) -> str | None:
+        """A certificate the CA issued did not chain to the session's trust anchors: its
+        root may have rolled over since the weekly root CA update, and every renewal would
+        be refused until that came (a session whose renewals fail is left out of the
+        CA-life pass: never). Ask for the root CA update now, at most hourly and never
+        during that question's backoff; what it found, or None when not asked."""
+        st = CaLifeStore(self.paths, session.name).load()
+        now = self.clock()
+        last = _time(st.checked.get(ROOT_UPDATE))
+        if st.is_unsupported(ROOT_UPDATE, now) or st.backing_off(ROOT_UPDATE, now) or (
+                last is not None and now - FAILED_RETRY_START < last <= now):
+            return None
+        return self.update_root(session).message
 
     def maintain(self, session: Session) -> list[str]:
         """serve's pass over one session: old roots, retries, and what is due."""
@@ -154,7 +169,7 @@ class CaLife(CaCerts, RootUpdate, Revocation, Crls):
             last = _time(st.checked.get(q))
             due = last + CHECK_EVERY if last else self.clock()
             times.append(max(due, _time(st.next_try.get(q)) or due))
-        refresh = _time((st.crl or {}).get("refresh_at"))
+        refresh = st.crl_refresh_at(self.clock())
         # a CRL is asked by crlStatusList or currentCRL: due again when either is
         crl_since = [_time(st.unsupported.get(q, {}).get("since"))
                      for q in (CRL_STATUS_LIST, CURRENT_CRL)]

@@ -35,6 +35,9 @@ UNSUPPORTED_RETRY = timedelta(days=30)
 CRL_DEFAULT_REFRESH = timedelta(days=1)
 #: ...and never sooner than this after a fetch (a CRL already past its nextUpdate).
 CRL_MIN_REFRESH = timedelta(hours=1)
+#: ...and never later than this, whatever nextUpdate says (crlStatusList answers "no
+#: newer CRL" cheaply): a CA that revokes before its nextUpdate is heard within a week.
+CRL_MAX_REFRESH = timedelta(days=7)
 #: A CA-life question that failed (the CA unreachable, HTTP errors, a refused answer) is
 #: asked again after this, doubling with each consecutive failure up to FAILED_RETRY_CAP,
 #: or after the CA's Retry-After when that is longer: a failing CA is asked a few times
@@ -213,6 +216,15 @@ class CaLifeState:
         """``question`` was answered: its failures and backoff are over."""
         self.failures.pop(question, None)
         self.next_try.pop(question, None)
+
+    def crl_refresh_at(self, now: datetime) -> datetime | None:
+        """When the cached CRL is to be fetched again; None when now (none cached, or a
+        time further ahead than a fetch ever sets it: a damaged calife.json, a clock put
+        back, would stop the CRL fetches for good)."""
+        refresh = _time((self.crl or {}).get("refresh_at"))
+        if refresh is None or refresh > now + CRL_MAX_REFRESH:
+            return None
+        return refresh
 
     def due(self, question: str, now: datetime) -> bool:
         """Whether serve should ask ``question`` now (weekly, not if recently refused,

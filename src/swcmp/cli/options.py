@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from swcmp.choices import GRANTED_WITH_MODS, IR_AUTH_MODES, KEY_TYPES, MAC_ALGS
+from swcmp.choices import (
+    GRANTED_WITH_MODS,
+    IR_AUTH_MODES,
+    KEY_TYPES,
+    MAC_ALGS,
+    OPERATION_PATHS,
+    RENEW_WITH,
+)
 
 if TYPE_CHECKING:
     pass
@@ -23,6 +30,9 @@ _OPTION_FIELDS = {
     "san": "sans",
     "ca_name": "ca_name",
     "server_url": "server_url",
+    "profile_label": "profile_label",
+    "operation_paths": "operation_paths",
+    "operation_url": "operation_urls",
     "ir_auth": "ir_auth",
     "mac_ref": "mac_ref",
     "mac_secret_file": "mac_secret_file",
@@ -47,6 +57,8 @@ _OPTION_FIELDS = {
     "tls_client_key": "tls_client_key",
     "revoke_superseded": "revoke_superseded",
     "granted_with_mods": "granted_with_mods",
+    "renew_with": "renew_with",
+    "poll_limit": "poll_limit",
     "ask_template": "ask_template",
     "pkcs11_module": "pkcs11_module",
     "pin_file": "pin_file",
@@ -82,6 +94,29 @@ def setting_options(f: F) -> F:
             "(e.g. http://ca.example.net:8080/pkix/).",
         ),
         click.option(
+            "--profile-label",
+            metavar="LABEL",
+            help="RFC 9811 profile label: messages go to /.well-known/cmp/p/LABEL on the "
+            "server URL's host (the server URL then has no path of its own).",
+        ),
+        click.option(
+            "--operation-paths",
+            type=click.Choice(OPERATION_PATHS),
+            help="How each message's path is formed: none (default: every message to the "
+            "server URL), labels (RFC 9483 operation labels added: .../initialization, "
+            ".../keyupdate, .../getcacerts; certConf and pollReq go where their request "
+            "went) or body (the body type added: .../ir, .../certConf; Siemens Mock CA).",
+        ),
+        click.option(
+            "--operation-url",
+            metavar="OPERATION=URL",
+            multiple=True,
+            help="The URL of one operation (ir, cr, kur, p10cr, rr, genm or an RFC 9483 "
+            "label such as keyupdate or getcacerts), for CAs with an alias per operation; "
+            "wins over --operation-paths. Repeat for several; the ones given replace the "
+            "stored list.",
+        ),
+        click.option(
             "--ir-auth",
             type=click.Choice(IR_AUTH_MODES),
             help="How an initial request (IR) is authenticated: mac (reference + shared "
@@ -110,6 +145,21 @@ def setting_options(f: F) -> F:
             help="A certificate the CA granted with modifications: check (default: taken "
             "only when subject, SANs and key are the ones asked), accept (taken, logged; "
             "the key must still be ours) or reject (refused in certConf).",
+        ),
+        click.option(
+            "--renew-with",
+            type=click.Choice(RENEW_WITH),
+            help="How a renewal asks for the new certificate: kur (key update, default), cr "
+            "(a certificate request signed with the current certificate) or p10cr (a PKCS#10 "
+            "request signed by the new key, the message signed with the current certificate), "
+            "for CAs whose policy refuses key updates.",
+        ),
+        click.option(
+            "--poll-limit",
+            metavar="DURATION",
+            help="How long a renewal's CA transaction that the CA keeps answering 'waiting' "
+            "is polled, across runs, counted from its request (1s-30d, default 1d); then it "
+            "is abandoned (its new key destroyed) and the next attempt starts a new one.",
         ),
         click.option(
             "--mac-iterations",

@@ -117,6 +117,7 @@ def format_serial(serial: int) -> str:
 #: error's MRO found here); docs/cli.md lists them. Names, not imports: render stays light.
 ERROR_CODES: dict[str, str] = {
     "NeedsInitialRequest": "needs_initial_request",
+    "TransactionAbandoned": "transaction_abandoned",
     "RenewalError": "renewal_failed",
     "SessionFileError": "session_file",
     "LockHeldError": "locked",
@@ -215,6 +216,14 @@ def check_text(session: str, results: Sequence[CheckResult]) -> str:
 # --- sessions -------------------------------------------------------------------------
 
 
+def _poll_limit(value: object) -> str:
+    from swcmp.values import format_seconds
+
+    if not isinstance(value, int) or isinstance(value, bool):
+        return _shown(value)
+    return f"{format_seconds(value)} per waiting CA transaction, across runs"
+
+
 def _shown(value: object, unset: str = "-") -> str:
     if value is None or value == "" or value == []:
         return unset
@@ -268,6 +277,9 @@ def session_text(
         ("sans", _shown(desc.get("sans"))),
         ("ca_name", _shown(desc.get("ca_name_wire"))),
         ("server_url", _shown(desc.get("server_url"))),
+        ("profile_label", _shown(desc.get("profile_label"))),
+        ("operation_paths", _shown(desc.get("operation_paths"))),
+        ("operation_urls", _shown(desc.get("operation_urls"))),
         ("ir_auth", _shown(desc.get("ir_auth"))),
     ]
     secret = desc.get("mac_secret_file")
@@ -299,6 +311,8 @@ def session_text(
                                                           if desc.get("pin_file") else "")),
         ("timeout", f"{desc.get('timeout')}s per exchange with the CA"),
         ("granted_with_mods", _shown(desc.get("granted_with_mods"))),
+        ("renew_with", _shown(desc.get("renew_with"))),
+        ("poll_limit", _poll_limit(desc.get("poll_limit"))),
     ]
     # Every other setting too (server_cert, extra_certs, ignore_keyusage, implicit_confirm,
     # cert_profile, revoke_superseded, ...): nothing a session holds is left out.

@@ -80,6 +80,22 @@ def _warn_if_below_floor(env: CliEnv, s: Session) -> None:
         click.echo(f"warning: {why}", err=True)
 
 
+def _warn_if_pinned_closes_sas(env: CliEnv, s: Session) -> None:
+    """Say when charon (6.0 or later) closes IKE SAs each time a pinned renewal re-sends."""
+    if not env.charon:
+        return
+    from swcmp.errors import SwcmpError
+    from swcmp.strongswan.bindings import PINNED_FIX, pinned_release_warning
+
+    try:
+        why = pinned_release_warning(env.vici, env.paths.cert_file(s.name).read_bytes(),
+                                     connections=s.connections, timeout=5.0)
+    except (OSError, ValueError, SwcmpError):
+        return  # no certificate yet, or charon unreachable: `session check` says so
+    if why:
+        click.echo(f"warning: {why}\n  fix: {PINNED_FIX}", err=True)
+
+
 def _warn_about_names(env: CliEnv, s: Session, changed: list[str]) -> None:
     """Warn when a new CA name matches no known CA, or new names miss the certificate."""
     from swcmp.checks import name_checks
@@ -143,6 +159,7 @@ def session_set(name: str, **options: Any) -> None:
     env.emit(saved.describe(), _session_show_text(env, saved))
     _warn_about_names(env, saved, list(values))
     _warn_if_auto_update_breaks(env, saved)
+    _warn_if_pinned_closes_sas(env, saved)
     if "expire_time" in values:
         _warn_if_below_floor(env, saved)
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from swcmp.cmp.dn import format_dn
-from swcmp.cmp.errors import CertificateError
+from swcmp.cmp.errors import CertificateError, NoChainError
 from swcmp.cmp.text import safe
 
 MAX_CHAIN_DEPTH = 8
@@ -292,7 +292,7 @@ def build_chain(
     if chain is None:
         names = ", ".join(safe(format_dn(a.subject)) for a in anchor_list)
         detail = f" ({'; '.join(dict.fromkeys(refused))})" if refused else ""
-        raise CertificateError(
+        raise NoChainError(
             f"certificate {describe(leaf)} (issuer {safe(format_dn(leaf.issuer))}) "
             f"does not chain to the trust anchor(s) {names}{detail}"
         ).with_hint("check the trust anchors and the CA's certificates", setting="trust")

@@ -60,6 +60,7 @@ from swcmp.cmp.protection import (
     verify_response,
 )
 from swcmp.cmp.transport import Transport
+from swcmp.cmp.urls import Endpoints, Route, operation_of
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,9 @@ class TxEvent:
     #: with phase "received": our certConf was answered 'waiting' (RFC 9483 4.4); the
     #: pkiConf must then be polled for, and may echo this senderNonce of the certConf
     confirm_nonce: bytes | None = None
+    #: where the transaction's messages go (None: the transport's one URL); a resumed
+    #: transaction must send its pollReq and certConf there too
+    route: Route | None = None
 
 
 Journal = Callable[[TxEvent], None]
@@ -147,6 +151,8 @@ class _Tx:
     replaces: x509.Certificate | None = None
     #: the senderNonce of our last request
     sent_nonce: bytes | None = None
+    #: where this transaction's messages go (None: the transport's one URL)
+    route: Route | None = None
 
 
 class CMPClient:
@@ -163,6 +169,9 @@ class CMPClient:
             that carry no subject of their own (genm, rr); NULL-DN when None.
         poll_deadline: seconds to keep polling a 'waiting' CA in one call.
         granted_with_mods: one of :data:`GRANTED_WITH_MODS_CHOICES`.
+        endpoints: the URL of each operation, for CAs that route by path (None: every
+            message to the transport's URL). A transaction's certConf and pollReq go
+            where its request went.
         clock: returns the current UTC time (tests pass a fixed one).
         sleep: waits between polls (tests pass a fake).
     """
@@ -178,6 +187,7 @@ class CMPClient:
         sender: x509.Name | None = None,
         poll_deadline: float = 300.0,
         granted_with_mods: str = "check",
+        endpoints: Endpoints | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
@@ -195,6 +205,7 @@ class CMPClient:
         if granted_with_mods not in GRANTED_WITH_MODS_CHOICES:
             raise ValueError(f"granted_with_mods {granted_with_mods!r}")
         self.granted_with_mods = granted_with_mods
+        self.endpoints = None if endpoints is None or endpoints.single else endpoints
         self.clock = clock
         self.sleep = sleep
         self.monotonic = monotonic
@@ -218,11 +229,14 @@ class CMPClient:
 
     def certificate(self, *, key: keys.SigningKey, subject: x509.Name,
                     sans: Sequence[x509.GeneralName] = (), protection: Protection,
-                    journal: Journal | None = None, accept: Accept | None = None
-                    ) -> Enrollment:
-        """CR: an additional certificate, signed with a certificate this CA issued."""
+                    journal: Journal | None = None, accept: Accept | None = None,
+                    replaces: x509.Certificate | None = None) -> Enrollment:
+        """CR: an additional certificate, signed with a certificate this CA issued.
+
+        ``replaces``: a renewal by cr; the new certificate may not be older than this one.
+        """
         return self._enroll("cr", key=key, subject=subject, sans=sans, protection=protection,
-                            journal=journal, accept=accept)
+                            journal=journal, accept=accept, replaces=replaces)
 
     def key_update(self, *, key: keys.SigningKey, old_cert: x509.Certificate,
                    protection: Protection, subject: x509.Name | None = None,
@@ -247,15 +261,16 @@ class CMPClient:
     def resume(self, *, kind: str, transaction_id: bytes, server_nonce: bytes,
                key: keys.SigningKey, subject: x509.Name, protection: Protection,
                cert_req_id: int = 0, journal: Journal | None = None,
-               accept: Accept | None = None) -> Enrollment:
+               accept: Accept | None = None, route: Route | None = None) -> Enrollment:
         """Continue a transaction the CA answered 'waiting' (e.g. before a crash).
 
         Sends pollReq in the old transaction, echoing the CA's last nonce, and
-        carries on as if the original call had never stopped.
+        carries on as if the original call had never stopped. ``route``: where the
+        transaction's request went (journaled); None derives it from ``kind``.
         """
         tx = _Tx(protection, self._sender_for(protection, subject.public_bytes()),
                  implicit_confirm=self.implicit_confirm, transaction_id=transaction_id,
-                 server_nonce=server_nonce)
+                 server_nonce=server_nonce, route=route or self._route(kind))
         with self._transaction():
             return self._run_enrollment(
                 tx, kind, None, cert_req_id, keys.spki_der(key), subject.public_bytes(),
@@ -264,21 +279,24 @@ class CMPClient:
     def confirm_again(self, *, transaction_id: bytes, server_nonce: bytes, cert_der: bytes,
                       subject: x509.Name, protection: Protection, cert_req_id: int = 0,
                       confirm_nonce: bytes | None = None,
-                      journal: Journal | None = None) -> None:
+                      journal: Journal | None = None, kind: str = "kur",
+                      route: Route | None = None) -> None:
         """Send certConf for a certificate received before an interruption.
 
         With ``confirm_nonce`` (the CA had answered our certConf 'waiting'), the
         pkiConf is polled for in the same transaction instead (RFC 9483 4.4).
         Raises if the CA does not answer pkiConf (it may have given up waiting
-        for the confirmation; the certificate must then not be used).
+        for the confirmation; the certificate must then not be used). ``route``:
+        where the transaction's request (a ``kind``) went; None derives it from ``kind``.
         """
         tx = _Tx(protection, self._sender_for(protection, subject.public_bytes()),
-                 transaction_id=transaction_id, server_nonce=server_nonce)
+                 transaction_id=transaction_id, server_nonce=server_nonce,
+                 route=route or self._route(kind))
         note = journal or (lambda event: None)
 
         def waiting(nonce: bytes) -> None:
             note(TxEvent("received", "certConf", tx.transaction_id, cert_req_id,
-                         tx.server_nonce, cert_der, nonce))
+                         tx.server_nonce, cert_der, nonce, tx.route))
 
         with self._transaction():
             if confirm_nonce is None:
@@ -287,20 +305,29 @@ class CMPClient:
                 self._poll_delayed(tx, "certConf", ("pkiconf",), confirm_nonce, 0.0,
                                    lambda: waiting(confirm_nonce))
 
-    def p10(self, *, csr: x509.CertificateSigningRequest, protection: Protection) -> Enrollment:
-        """p10cr: a certificate for a PKCS#10 request (certReqId -1)."""
+    def p10(self, *, csr: x509.CertificateSigningRequest, protection: Protection,
+            journal: Journal | None = None, accept: Accept | None = None,
+            replaces: x509.Certificate | None = None) -> Enrollment:
+        """p10cr: a certificate for a PKCS#10 request (certReqId -1).
+
+        ``journal``, ``accept`` as for :meth:`initial`; ``replaces`` as for
+        :meth:`certificate`.
+        """
         from cryptography.hazmat.primitives import serialization
 
         body = codec.p10cr_body(csr.public_bytes(serialization.Encoding.DER))
         spki = csr.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        tx = self._tx(protection, self._sender_for(protection, csr.subject.public_bytes()))
+        tx = self._tx(protection, self._sender_for(protection, csr.subject.public_bytes()),
+                      "p10cr")
         try:
             tx.expect_sans = frozenset(csr.extensions.get_extension_for_class(
                 x509.SubjectAlternativeName).value)
         except x509.ExtensionNotFound:
             tx.expect_sans = frozenset()
-        return self._finish_enrollment(tx, "p10cr", body, -1, spki, csr.subject.public_bytes())
+        tx.replaces = replaces
+        return self._finish_enrollment(tx, "p10cr", body, -1, spki, csr.subject.public_bytes(),
+                                       journal=journal, accept=accept)
 
     def ca_certs(self, *, protection: Protection) -> tuple[x509.Certificate, ...]:
         """genm id-it-caCerts: the CA certificates the CA wants us to have."""
@@ -372,7 +399,7 @@ class CMPClient:
 
         The request always carries a CRL reason (RFC 9483 4.2), unspecified by default.
         """
-        tx = self._tx(protection, self._sender_for(protection, None))
+        tx = self._tx(protection, self._sender_for(protection, None), "rr")
         body = codec.rr_body([(cert.issuer.public_bytes(), cert.serial_number, reason)])
         with self._transaction():
             msg, _ = self._exchange_delayed(tx, "rr", body, ("rp",))
@@ -388,8 +415,18 @@ class CMPClient:
 
     # ------------------------------------------------------------------ internals
 
-    def _tx(self, protection: Protection, sender_der: bytes) -> _Tx:
-        return _Tx(protection, sender_der, implicit_confirm=self.implicit_confirm)
+    def _tx(self, protection: Protection, sender_der: bytes, body: str,
+            info_oid: str | None = None) -> _Tx:
+        """A new transaction that starts with a ``body`` (a genm: asking ``info_oid``)."""
+        return _Tx(protection, sender_der, implicit_confirm=self.implicit_confirm,
+                   route=self._route(body, info_oid))
+
+    def _route(self, body: str, info_oid: str | None = None) -> Route | None:
+        """Where a transaction started by ``body`` sends its messages; None: to the
+        transport's one URL."""
+        if self.endpoints is None:
+            return None
+        return self.endpoints.route(operation_of(body, info_oid), body)
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -419,7 +456,8 @@ class CMPClient:
         return subject_der or self.sender_der or codec.NULL_DN_DER
 
     def _genm(self, protection: Protection, items: list[InfoValue]) -> tuple[InfoValue, ...]:
-        tx = self._tx(protection, self._sender_for(protection, None))
+        tx = self._tx(protection, self._sender_for(protection, None), "genm",
+                      items[0].oid if items else None)
         tx.implicit_confirm = False
         with self._transaction():
             msg, _ = self._exchange_delayed(tx, "genm", codec.genm_body(items), ("genp",))
@@ -446,7 +484,7 @@ class CMPClient:
                                  extensions_der=ext_der, old_cert_id=old_cert_id,
                                  sign_pop=sign_pop)
         body = codec.cert_req_body(kind, [spec])
-        tx = self._tx(protection, self._sender_for(protection, subject_der))
+        tx = self._tx(protection, self._sender_for(protection, subject_der), kind)
         tx.expect_sans = frozenset(sans)
         tx.replaces = replaces
         return self._finish_enrollment(tx, kind, body, 0, spki, subject_der, journal=journal,
@@ -470,7 +508,7 @@ class CMPClient:
                 msg, verified = self._exchange(tx, "pollReq", codec.poll_req_body([req_id]),
                                                (rep_kind, "pollRep"))
             else:
-                note(TxEvent("sending", kind, tx.transaction_id, req_id))
+                note(TxEvent("sending", kind, tx.transaction_id, req_id, route=tx.route))
                 msg, verified = self._exchange(tx, kind, body, (rep_kind,))
             response, msg, verified, polls = self._await_certificate(
                 tx, kind, rep_kind, msg, verified, req_id, note)
@@ -499,7 +537,7 @@ class CMPClient:
                 f"refused the certificate the CA issued: {e}"
             ).with_hint("the CA was told (certConf rejection); nothing was stored") from e
         note(TxEvent("received", kind, tx.transaction_id, req_id, tx.server_nonce,
-                     response.cert_der))
+                     response.cert_der, route=tx.route))
         if accept is not None:
             try:
                 accept(cert)
@@ -516,7 +554,7 @@ class CMPClient:
 
                 def confirm_waiting(nonce: bytes) -> None:
                     note(TxEvent("received", kind, tx.transaction_id, req_id, tx.server_nonce,
-                                 cert_der, nonce))
+                                 cert_der, nonce, tx.route))
 
                 self._confirm(tx, response.cert_der, req_id, None, note=confirm_waiting)
             except Exception:
@@ -587,7 +625,8 @@ class CMPClient:
             wait = max(wait, MIN_POLL_INTERVAL)
             # Journal the CA's latest nonce before anything can end the wait: a run
             # that resumes this transaction must echo that one.
-            note(TxEvent("waiting", kind, tx.transaction_id, req_id, tx.server_nonce))
+            note(TxEvent("waiting", kind, tx.transaction_id, req_id, tx.server_nonce,
+                         route=tx.route))
             elapsed = self.monotonic() - start
             if elapsed + wait > self.poll_deadline:
                 raise PollingTimeoutError(
@@ -725,12 +764,28 @@ class CMPClient:
         log.debug("sending %s (%d bytes, transaction %s)", kind, len(data),
                   tx.transaction_id.hex())
         self.stats["sent", kind] += 1
+        url = tx.route.message_url(kind) if tx.route is not None else None
         try:
-            with progress.exchange(kind, getattr(self.transport, "url", None)):
-                raw = self.transport.post(data)
+            with progress.exchange(kind, url or getattr(self.transport, "url", None)):
+                # the URL only when routing: a transport for one URL needs none
+                raw = (self.transport.post(data) if url is None
+                       else self.transport.post(data, url))
         except HTTPStatusError as e:
-            if e.body:
-                self._raise_if_error(tx, codec.decode_message(e.body), nonce)
+            wrong_path = url is not None and e.status in (400, 404, 405)
+            try:
+                if e.body:
+                    self._raise_if_error(tx, codec.decode_message(e.body), nonce)
+            except CMPErrorResponse as refused:
+                if wrong_path:  # a CA that routes by path may refuse a body at a path
+                    refused.hint = (f"the CA answered HTTP {e.status} at {url}; if it "
+                                    "routes messages by path, check the session's "
+                                    "operation paths and operation URLs")
+                    refused.setting = "operation_paths"
+                raise
+            if wrong_path:
+                e.hint = (f"the CA refused the path of this {kind}: check the session's "
+                          "operation paths and operation URLs")
+                e.setting = "operation_paths"
             raise
         msg = codec.decode_message(raw)
         # Counted per request answered: a certificate delivered after polling answers a

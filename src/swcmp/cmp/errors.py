@@ -96,6 +96,11 @@ class CertificateError(SwcmpError):
     """A certificate fails our checks (wrong key, no chain, expired, wrong subject)."""
 
 
+class NoChainError(CertificateError):
+    """A certificate does not chain to the trust anchors (the CA's root may have rolled
+    over since the anchors were last updated)."""
+
+
 class TransportError(SwcmpError):
     """Moving bytes to or from the CA failed."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import heapq
 import http.client
 import logging
 import os
@@ -23,6 +24,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Protocol
@@ -55,7 +57,9 @@ MAX_RETRY_AFTER = 7 * 86400.0
 class Transport(Protocol):
     """Sends one CMP message and returns the answer's bytes."""
 
-    def post(self, data: bytes) -> bytes: ...
+    def post(self, data: bytes, url: str | None = None) -> bytes:
+        """POST ``data`` to ``url`` (None: the transport's own URL)."""
+        ...
 
     def end_transaction(self) -> None:
         """Called after each CMP transaction (successful or not)."""
@@ -70,6 +74,8 @@ class _Watchdog:
     ``shutdown(2)`` rather than ``close(2)``: it wakes a read blocked in another
     thread at once, and the descriptor stays ours until the owner closes it, so the
     timer can never hit a descriptor that was meanwhile reused for something else.
+    All watchdogs of the process share one timer thread (:class:`_Timers`): starting
+    a thread for each exchange cost more CPU than the rest of the exchange's overhead.
     """
 
     def __init__(self, seconds: float) -> None:
@@ -77,9 +83,7 @@ class _Watchdog:
         self._done = False
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
-        self._timer.daemon = True
-        self._timer.start()
+        _TIMERS.add(time.monotonic() + max(seconds, 0.0), self)
 
     def watch(self, sock: socket.socket) -> None:
         with self._lock:
@@ -97,9 +101,63 @@ class _Watchdog:
 
     def stop(self) -> None:
         """Disarm; after this returns the timer touches no socket."""
-        self._timer.cancel()
         with self._lock:
             self._done = True
+        _TIMERS.forget(self)
+
+
+class _Timers:
+    """One daemon thread that fires each armed watchdog at its time (a heap of them),
+    started at the first exchange and again in a forked child."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, _Watchdog]] = []
+        self._armed: set[_Watchdog] = set()
+        self._count = 0
+        self._thread: threading.Thread | None = None
+
+    def add(self, when: float, dog: _Watchdog) -> None:
+        with self._cond:
+            self._count += 1
+            heapq.heappush(self._heap, (when, self._count, dog))
+            self._armed.add(dog)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="swcmp-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            elif self._heap[0][2] is dog:
+                self._cond.notify()
+
+    def forget(self, dog: _Watchdog) -> None:
+        with self._cond:
+            self._armed.discard(dog)
+            if not self._armed:
+                self._heap.clear()  # nothing armed: drop the stopped ones at once
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                when, _, dog = self._heap[0]
+                wait = when - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                due = dog in self._armed
+                self._armed.discard(dog)
+            if due:
+                dog._fire()
+
+    def reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap, self._armed, self._thread = [], set(), None
+
+
+_TIMERS = _Timers()
+os.register_at_fork(after_in_child=_TIMERS.reset)
 
 
 def _shutdown(sock: socket.socket) -> None:
@@ -137,6 +195,13 @@ _AddrInfo = list[tuple[socket.AddressFamily, socket.SocketKind, int, str,
 
 def _resolve(host: str, port: int, deadline: _Deadline) -> _AddrInfo:
     """getaddrinfo within the deadline (it has no timeout of its own)."""
+    try:  # an IP address needs no look-up, nor a thread to bound one
+        numeric: _AddrInfo = []
+        numeric.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                          flags=socket.AI_NUMERICHOST))
+        return numeric
+    except OSError:
+        pass
     found: _AddrInfo = []
     failed: list[OSError] = []
 
@@ -185,7 +250,8 @@ class HttpTransport:
     """HTTP POST transport: one connection per message, one deadline per exchange.
 
     Args:
-        url: the CMP server URL (http:// or https://).
+        url: the CMP server URL (http:// or https://); :meth:`post` may name another
+            one per message (a CA that routes operations by path).
         ca_bundle: verifies an https server (None: the system store).
         client_cert, client_key: a TLS client certificate and its key (files), for
             CAs behind mutual TLS.
@@ -212,16 +278,20 @@ class HttpTransport:
         max_response: int = MAX_RESPONSE_SIZE,
         proxy: str | None = None,
     ) -> None:
-        self.url = check_server_url(url)
-        self._parts = urlsplit(url)
         self.connect_timeout = connect_timeout
         self.total_timeout = total_timeout
         self.max_response = max_response
         self.client_cert = client_cert
+        self._tls_files = (ca_bundle, client_cert, client_key)
+        self._tls_context: ssl.SSLContext | None = None
+        self._proxy_setting = proxy
+        self._targets: dict[str, _Target] = {}
+        #: The URL of the current (or next) exchange, and its parts, TLS context and proxy.
+        self.url = ""
+        self._parts = urlsplit("")
         self._tls: ssl.SSLContext | None = None
-        if self._parts.scheme == "https":
-            self._tls = _tls_context(ca_bundle, client_cert, client_key)
-        self._proxy = self._proxy_for(proxy)
+        self._proxy: SplitResult | None = None
+        self._use(url)
         #: The current time, for Retry-After given as a date.
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
@@ -238,8 +308,24 @@ class HttpTransport:
     def end_transaction(self) -> None:
         """Nothing is carried from one transaction to the next."""
 
-    def _proxy_for(self, proxy: str | None) -> SplitResult | None:
-        host = self._parts.hostname or ""
+    def _use(self, url: str) -> None:
+        """Make ``url`` the one the next exchange talks to (checked and set up once)."""
+        target = self._targets.get(url)
+        if target is None:
+            checked = check_server_url(url)
+            parts = urlsplit(checked)
+            tls = None
+            if parts.scheme.lower() == "https":
+                if self._tls_context is None:
+                    self._tls_context = _tls_context(*self._tls_files)
+                tls = self._tls_context
+            target = _Target(checked, parts, tls, self._proxy_for(self._proxy_setting, parts))
+            self._targets[url] = target
+        self.url, self._parts, self._tls, self._proxy = (
+            target.url, target.parts, target.tls, target.proxy)
+
+    def _proxy_for(self, proxy: str | None, parts: SplitResult) -> SplitResult | None:
+        host = parts.hostname or ""
         if proxy is None:
             # urllib.request reads the *_proxy variables; without any there is no proxy,
             # and a process spares importing it (urllib.request pulls in tempfile, shutil
@@ -248,7 +334,7 @@ class HttpTransport:
                 return None
             import urllib.request
 
-            found = urllib.request.getproxies_environment().get(self._parts.scheme)
+            found = urllib.request.getproxies_environment().get(parts.scheme)
             if not found or urllib.request.proxy_bypass(host):
                 return None
             proxy = found
@@ -261,8 +347,11 @@ class HttpTransport:
 
     # ------------------------------------------------------------------ one exchange
 
-    def post(self, data: bytes) -> bytes:
-        """POST ``data``, return the answer; TransportError subclasses for every failure."""
+    def post(self, data: bytes, url: str | None = None) -> bytes:
+        """POST ``data`` (to ``url``, or the URL given last), return the answer;
+        TransportError subclasses for every failure."""
+        if url is not None:
+            self._use(url)
         trace.record("request", data)
         deadline = _Deadline(self.total_timeout, self.url)
         watchdog = _Watchdog(self.total_timeout)
@@ -414,6 +503,16 @@ class HttpTransport:
         return TransportError(f"HTTP exchange with {url} failed: {safe(_text(e))}", url=url,
                               hint="the CA closed the connection or sent a malformed "
                               "HTTP answer")
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One URL's parts, TLS context and proxy."""
+
+    url: str
+    parts: SplitResult
+    tls: ssl.SSLContext | None
+    proxy: SplitResult | None
 
 
 def _tls_context(ca_bundle: str | None, client_cert: str | None,

@@ -39,6 +39,10 @@ class Installed:
 class KeyStore(Protocol):
     """The key pairs of one session (opened once per run by :func:`open`)."""
 
+    #: Whether :meth:`collect` may ever forget a pair (False: it keeps a bounded archive
+    #: and does nothing), so that a pass takes the session's lock only to collect.
+    collects: bool
+
     @property
     def key_file(self) -> Path | None:
         """The live key's file, for the renewal's report and hooks (None: no file)."""

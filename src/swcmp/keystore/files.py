@@ -73,6 +73,8 @@ def _pem(pair: CredentialPair | None) -> bytes | None:
 class FileKeys:
     """The key store of a session whose key is a file (see the module docstring)."""
 
+    collects = False  # the archive keeps the newest ARCHIVE_KEEP pairs, see collect()
+
     def __init__(self, session: Session, paths: Paths) -> None:
         self.session = session
         self.paths = paths

@@ -5,13 +5,12 @@ only the key store knows the two kinds apart.
 
 from __future__ import annotations
 
+from swcmp.keystore.uri import is_token_uri
 from swcmp.names import validate_key_name
 
 
 def names_token(key: str | None) -> bool:
     """True when ``key`` is a key URI (the session's pairs are in a token)."""
-    from swcmp.keystore.pkcs11 import is_token_uri
-
     return is_token_uri(key)
 
 

@@ -37,10 +37,10 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from swcmp.cmp import keys
 from swcmp.cmp.messages import AlgorithmId
 from swcmp.errors import ConfigError, SwcmpError
+from swcmp.keystore.uri import URI_SCHEME, is_token_uri
 
 log = logging.getLogger(__name__)
 
-URI_SCHEME = "pkcs11:"
 #: Key types a token key may have (Ed25519 is not offered: few tokens do EdDSA).
 TOKEN_KEY_TYPES = ("rsa:2048", "rsa:3072", "rsa:4096", "ecdsa:p256", "ecdsa:p384")
 #: Length of the random CKA_ID given to each new key pair.
@@ -55,11 +55,6 @@ _CURVES = {"ecdsa:p256": ec.EllipticCurveOID.SECP256R1, "ecdsa:p384": ec.Ellipti
 
 class TokenError(SwcmpError):
     """The token, its module or an object in it could not be used as asked."""
-
-
-def is_token_uri(value: str | None) -> bool:
-    """True when a session's ``key`` names a PKCS#11 object instead of a key file."""
-    return value is not None and value.lower().startswith(URI_SCHEME)
 
 
 @dataclass(frozen=True)

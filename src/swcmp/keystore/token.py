@@ -80,6 +80,8 @@ class TokenKeys:
     """The key store of a session whose key is a ``pkcs11:`` URI (see the module
     docstring)."""
 
+    collects = True  # retired objects are destroyed once nothing needs them
+
     def __init__(self, session: Session, paths: Paths) -> None:
         self.session = session
         self.paths = paths

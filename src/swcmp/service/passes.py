@@ -25,6 +25,7 @@ from swcmp.enroll import Outcome
 from swcmp.errors import (
     LockHeldError,
     NeedsInitialRequest,
+    NoChainError,
     RenewalError,
     SessionFileError,
     SwcmpError,
@@ -71,6 +72,17 @@ def _retry_after(e: BaseException) -> float | None:
             return cur.retry_after
         cur, seen = cur.__cause__, seen + 1
     return None
+
+
+def _no_chain(e: BaseException) -> bool:
+    """Whether ``e`` (or what it was raised from) says a certificate the CA issued does
+    not chain to the session's anchors."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, NoChainError):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _with_hint(e: SwcmpError, name: str) -> str:
@@ -132,6 +144,50 @@ def load_cert(paths: Paths, name: str) -> x509.Certificate | None:
         return None
 
 
+class PassFiles:
+    """A session's state and certificate as one pass reads them, each read and parsed once
+    while its file stays unchanged (the same inode, size and modification time: swcmp
+    replaces these files, never rewrites them in place), and again when it changed.
+
+    What it returns is shared: read it, never change it (a change goes through
+    :meth:`StateStore.update`, which reads the file itself).
+    """
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self._states = StateStore(paths)
+        self._seen_states: dict[str, tuple[tuple[int, int, int], SessionState]] = {}
+        self._seen_certs: dict[str, tuple[tuple[int, int, int], x509.Certificate]] = {}
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None  # what the reader says about it (a fresh state, no certificate)
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def state(self, name: str) -> SessionState:
+        stamp = self._stamp(self._states.path(name))
+        seen = self._seen_states.get(name)
+        if stamp is not None and seen is not None and seen[0] == stamp:
+            return seen[1]
+        st = self._states.load(name)
+        if stamp is not None:
+            self._seen_states[name] = (stamp, st)
+        return st
+
+    def cert(self, name: str) -> x509.Certificate | None:
+        stamp = self._stamp(self.paths.cert_file(name))
+        seen = self._seen_certs.get(name)
+        if stamp is not None and seen is not None and seen[0] == stamp:
+            return seen[1]
+        cert = load_cert(self.paths, name)
+        if stamp is not None and cert is not None:
+            self._seen_certs[name] = (stamp, cert)
+        return cert
+
+
 def _archived_cert(paths: Paths, name: str, serial: str) -> x509.Certificate | None:
     """The session's replaced certificate with ``serial`` (hex) from its archive."""
     from swcmp.store import Journal, archived_pairs
@@ -186,12 +242,12 @@ class RenewalService:
         todo: list[tuple[int, Session, Plan]] = []
         self.role = host_role(self.host)
         standby = self.role.standby
-        states = StateStore(self.paths)
+        files = PassFiles(self.paths)
         for s in self.sessions(names):
             now = self.clock()
             try:
-                st = states.load(s.name)
-                p = plan(s, load_cert(self.paths, s.name), st, now)
+                st = files.state(s.name)
+                p = plan(s, files.cert(s.name), st, now)
                 # A renewal confirmed at the CA but not yet committed is finished at
                 # once, whatever the schedule says (it needs no CA contact).
                 pending = interrupted(self.paths, s.name)
@@ -250,14 +306,14 @@ class RenewalService:
             self.unload_stale_keys()
             self.collect_replaced_keys()
             if due_only and not names:  # serve and `renew --due`: the CA's weekly questions
-                ca_due = self._ca_life_pass()
-        seen = self._survey()  # once, after the renewals: for the metrics and the schedule
+                ca_due = self._ca_life_pass(files)
+        seen = self._survey(files)  # once, after the renewals: for the metrics and the schedule
         self.write_metrics(seen)
         self.next_check = min([t for t in [self._earliest(seen), *ca_due] if t is not None],
                               default=None)
         return reports
 
-    def _ca_life_pass(self) -> list[datetime]:
+    def _ca_life_pass(self, files: PassFiles | None = None) -> list[datetime]:
         """CA certificates, root CA update, CRL, pending revocations (see swcmp.calife)
         for sessions with auto-update; returns when each needs attention next.
 
@@ -266,10 +322,10 @@ class RenewalService:
         after another, different CAs at once, as renewals are.
         """
         life = self.ca_life()
-        states = StateStore(self.paths)
+        files = files or PassFiles(self.paths)
         groups: dict[str, list[Session]] = {}
         for s in self.sessions():
-            if s.auto_update and states.load(s.name).failures == 0:
+            if s.auto_update and files.state(s.name).failures == 0:
                 groups.setdefault(_ca_endpoint(s), []).append(s)
 
         def run(group: list[Session]) -> list[datetime]:
@@ -340,12 +396,15 @@ class RenewalService:
             return
         held = self.charon.held_key_ids if self.charon is not None else None
         for s in self.sessions():
+            store = keystore.open(s, self.paths)  # reads nothing yet
+            if not store.collects:
+                continue  # a key file's archive: nothing to collect, no lock to take
             try:
                 # under the session's renewal lock: a renewal of another process could
                 # otherwise retire, stage or roll back a pair while this reads the lists
                 with fsutil.exclusive_lock(self.paths.lock_dir, s.name, blocking=False,
                                            what=f"renewal of session {s.name}"):
-                    keystore.open(s, self.paths).collect(
+                    store.collect(
                         held, keep_serials=_Serials(functools.partial(revocations_waiting,
                                                                       self.paths, s.name)))
             except LockHeldError:
@@ -401,6 +460,8 @@ class RenewalService:
                     st.count_renewal(failure_key(e))
             except SwcmpError as state_error:
                 log.error("%s: cannot record the failure: %s", s.name, state_error)
+            if _no_chain(e):
+                self._ask_root_update(s)
             # Louder as expiry nears: past half of the time between due and expiry.
             loud = (p.expires is not None and p.renew_at is not None
                     and p.expires - now < (p.expires - p.renew_at) / 2)
@@ -429,6 +490,17 @@ class RenewalService:
                       exc_info=log.isEnabledFor(logging.DEBUG))
         self._run_hooks(s, outcome)
         return outcome
+
+    def _ask_root_update(self, s: Session) -> None:
+        """After the CA's certificate was refused: a root rollover the weekly question
+        has not heard of yet would refuse every retry (see CaLife.after_refused_certificate)."""
+        try:
+            found = self.ca_life().after_refused_certificate(s)
+        except SwcmpError as e:
+            log.warning("%s: root CA update after the refused certificate: %s", s.name, e)
+            return
+        if found is not None:
+            log.info("%s: root CA update after the refused certificate: %s", s.name, found)
 
     def ca_life(self) -> CaLife:
         from swcmp.calife import CaLife
@@ -468,14 +540,16 @@ class RenewalService:
                 log.warning("%s: post-renew hook %r exited %d: %s", s.name, cmd,
                             res.returncode, res.stderr.strip()[:500])
 
-    def _survey(self) -> list[tuple[Session, x509.Certificate | None, SessionState, Plan]]:
-        """Every session with its certificate, state and plan, read once."""
+    def _survey(self, files: PassFiles | None = None
+                ) -> list[tuple[Session, x509.Certificate | None, SessionState, Plan]]:
+        """Every session with its certificate, state and plan (``files``: what the pass
+        read before, re-read where it changed)."""
         now = self.clock()
-        states = StateStore(self.paths)
+        files = files or PassFiles(self.paths)
         seen = []
         for s in self.sessions():
             try:
-                cert, st = load_cert(self.paths, s.name), states.load(s.name)
+                cert, st = files.cert(s.name), files.state(s.name)
                 seen.append((s, cert, st, plan(s, cert, st, now)))
             except Exception as e:  # one session's damaged files must not end serve
                 log.error("%s: cannot read its state: %s: %s", s.name, type(e).__name__, e)

@@ -10,6 +10,7 @@ import time
 from datetime import datetime
 from types import FrameType
 
+from swcmp import paths, sessionfile
 from swcmp.cmp.text import safe
 from swcmp.errors import SwcmpError
 from swcmp.metrics import REFRESH
@@ -27,6 +28,8 @@ def give_back_freed_memory() -> bool:
     an idle serve's RSS is what it holds, not the peak of its last pass (every session's
     file, certificate and state were read). False where the C library has no
     ``malloc_trim`` (then nothing happens)."""
+    paths.forget_built_paths()
+    sessionfile.forget_built_paths()
     gc.collect()
     try:
         import ctypes

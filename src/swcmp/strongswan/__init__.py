@@ -10,6 +10,8 @@ The only package that imports :mod:`vici` (in :mod:`swcmp.strongswan.vici`):
 - :mod:`~swcmp.strongswan.authorities`: CA certificates and CRLs (swcmp.calife's);
 - :mod:`~swcmp.strongswan.stale_keys`: old keys pinned mode leaves loaded;
 - :mod:`~swcmp.strongswan.bindings`: which connections use a certificate;
+- :mod:`~swcmp.strongswan.releases`: what a charon release does to IKE SAs of a
+  connection that ``load-conn`` replaces;
 - :mod:`~swcmp.strongswan.swanctl_conf`: swanctl.conf parsed as swanctl parses it.
 
 The names most callers need are importable from here.
@@ -21,6 +23,7 @@ from swcmp.strongswan.bindings import (
     binding_check,
     charon_dn,
     connection_bindings,
+    pinned_release_warning,
 )
 from swcmp.strongswan.charon import ViciCharon, stale_keys_file
 from swcmp.strongswan.deployers import (
@@ -80,6 +83,7 @@ __all__ = [
     "load_current",
     "load_stale_keys",
     "loaded_key_ids",
+    "pinned_release_warning",
     "reload_pinned_connections",
     "save_stale_keys",
     "stale_keys_file",

@@ -9,6 +9,7 @@ from typing import Any
 from cryptography import x509
 
 from swcmp.deploy import DeployError
+from swcmp.strongswan.releases import charon_version, closes_childless, replace_warning
 from swcmp.strongswan.vici import (
     DEFAULT_TIMEOUT,
     CommandFailed,
@@ -92,6 +93,35 @@ def connection_bindings(uri: str, cert_pem: bytes, *, connections: Iterable[str]
     return tuple(found)
 
 
+def pinned_release_warning(uri: str, cert_pem: bytes, *, connections: Iterable[str] = (),
+                           timeout: float = DEFAULT_TIMEOUT) -> str | None:
+    """Why pinned mode costs IKE SAs on this charon, or None (identity mode, older release).
+
+    charon 6.0 and later close the IKE SAs without CHILD_SA of every connection that a
+    renewal in pinned mode re-sends (see :mod:`~swcmp.strongswan.releases`).
+
+    Raises:
+        DeployUnavailable: charon cannot be reached.
+        DeployError: charon refused a command.
+        ValueError: ``cert_pem`` is no certificate.
+    """
+    pinned = [b.connection for b in connection_bindings(
+        uri, cert_pem, connections=connections, timeout=timeout) if b.mode == "pinned"]
+    if not pinned:
+        return None
+    with open_session(uri, timeout) as conn:
+        try:
+            version = charon_version(conn)
+        except ConnectionLost as e:
+            raise query_error(uri, e) from None
+    return replace_warning(version, pinned) if closes_childless(version) else None
+
+
+PINNED_FIX = ("use identity mode: remove local.certs from the connection, set local.id to an "
+              "identity of the certificate and run `swanctl --load-conns`")
+"""What to do about :func:`pinned_release_warning`."""
+
+
 def binding_check(uri: str, *, timeout: float = 5.0) -> Callable[..., Any]:
     """An extra check item for ``swcmp session check``: does charon use this certificate?
 
@@ -139,6 +169,14 @@ def binding_check(uri: str, *, timeout: float = 5.0) -> Callable[..., Any]:
                        "renewal (PinnedDeployer) and the old key stays loaded until IKE SAs "
                        "made with the old certificate are gone: identity mode (local.id) "
                        "avoids both")
+            try:
+                with open_session(uri, timeout) as conn:
+                    version = charon_version(conn)
+            except (DeployError, ConnectionLost):
+                version = ""
+            if closes_childless(version):
+                return CheckResult(name, WARN, f"{detail}; {replace_warning(version, pinned)}",
+                                   PINNED_FIX)
         return CheckResult(name, OK, detail, "")
 
     return check

@@ -31,6 +31,12 @@ from pathlib import Path
 from swcmp.deploy import CredentialPair, DeployError, DeployResult, DeployUnavailable
 from swcmp.errors import ConfigError
 from swcmp.strongswan.load_conn import build_load_conn, connections_using_cert
+from swcmp.strongswan.releases import (
+    charon_version,
+    childless_ike_sas,
+    closes_childless,
+    replace_warning,
+)
 from swcmp.strongswan.stale_keys import StaleKey, ike_sas, load_stale_keys, save_stale_keys
 from swcmp.strongswan.swanctl_conf import ConfSection, parse_file
 from swcmp.strongswan.vici import (
@@ -298,6 +304,8 @@ class _PinnedPlan:
     notes: list[str]
     replaced: list[str] = field(default_factory=list)
     old_sas: set[int] = field(default_factory=set)
+    #: IKE SAs charon closes when it replaces the connections (strongSwan 6.0 and later)
+    closing: dict[int, str] = field(default_factory=dict)
 
 
 class PinnedDeployer(_SwapDeployer):
@@ -308,8 +316,11 @@ class PinnedDeployer(_SwapDeployer):
     exactly as ``swanctl --load-conns`` builds it (the renewal engine has already
     rewritten the certificate file in place). charon replaces a connection whose
     certificate changed; children with ``start_action = start`` are closed and
-    initiated again (a warning is logged), ``trap`` policies are reinstalled. IKE
-    SAs already established keep the old connection config and, when they
+    initiated again (a warning is logged), ``trap`` policies are reinstalled.
+    charon 6.0 and later also close every IKE SA of a replaced connection that has
+    no CHILD_SA (see :mod:`~swcmp.strongswan.releases`): their number is logged as
+    a warning and reported; no message keeps them. Other IKE SAs already
+    established keep the old connection config and, when they
     re-authenticate, the old certificate: the old key therefore stays loaded and is
     recorded in :attr:`stale_keys` (and ``stale_file``) for
     :func:`~swcmp.strongswan.stale_keys.unload_stale_keys`.
@@ -414,6 +425,14 @@ class PinnedDeployer(_SwapDeployer):
     def _switch(self, conn: Vici, swap: _Swap) -> None:
         plan = self._current_plan()
         plan.old_sas = set(ike_sas(conn, plan.names))
+        version = charon_version(conn)
+        if closes_childless(version):
+            plan.closing = childless_ike_sas(conn, plan.names)
+            if plan.closing:
+                note = (f"{replace_warning(version, plan.names)}: closing "
+                        f"{len(plan.closing)} IKE SA(s) without CHILD_SA")
+                log.warning("session %s: %s", swap.new.session, note)
+                plan.notes.append(note)
         for name in plan.names:
             plan.replaced.append(name)  # restore it too if charon fails half-way through
             try:
@@ -477,13 +496,14 @@ class PinnedDeployer(_SwapDeployer):
         detail = super()._done(swap) + f"; re-sent connection(s) {', '.join(plan.names)}"
         old_id = swap.old_id
         if old_id is not None and old_id != swap.new_id and old_id in swap.keys_after:
+            kept = plan.old_sas - set(plan.closing)
             record = StaleKey(old_id, swap.new.session, tuple(plan.names),
-                              frozenset(plan.old_sas), time.time())
+                              frozenset(kept), time.time())
             self.stale_keys.append(record)
             if self.stale_file is not None:
                 save_stale_keys(self.stale_file, [*load_stale_keys(self.stale_file), record])
             detail += (f"; old key {old_id} stays loaded for "
-                       f"{len(plan.old_sas)} IKE SA(s) made with the old certificate")
+                       f"{len(kept)} IKE SA(s) made with the old certificate")
         if plan.notes:
             detail += "; " + "; ".join(plan.notes)
         return detail

@@ -90,6 +90,10 @@ def testca() -> None:
 @click.option("--unique-keys/--no-unique-keys", default=True, show_default=True,
               help="Refuse a public key certified before for another subject or in a "
                    "certificate never confirmed, as EJBCA does by default.")
+@click.option("--label-paths", is_flag=True,
+              help="Route by RFC 9483 operation labels: a request only at a path ending in "
+                   "its label (.../initialization, .../keyupdate, .../getcacerts), a certConf "
+                   "or pollReq only where its transaction began; HTTP 404 otherwise.")
 @click.option("--template-key-type", "template_key_types", multiple=True,
               type=click.Choice(TEMPLATE_KEY_TYPES), metavar="TYPE",
               help="A key type the certificate request template (genm certReqTemplate) "
@@ -106,8 +110,9 @@ def testca() -> None:
 def serve(directory: Path, host: str, port: int, mac_ref: str | None,
           mac_secret_file: Path | None, validity: str, key_type: str, implicit_confirm: bool,
           poll: int, check_after: int, reject: tuple[str, ...], delay: float, fault: str | None,
-          signer_in_extracerts: bool, unique_keys: bool, template_key_types: tuple[str, ...],
-          template_subject: str | None, template_unknown: bool, verbose: bool) -> None:
+          signer_in_extracerts: bool, unique_keys: bool, label_paths: bool,
+          template_key_types: tuple[str, ...], template_subject: str | None,
+          template_unknown: bool, verbose: bool) -> None:
     """Serve CMP until stopped (Ctrl-C or SIGTERM); create the CA in DIR on the first run."""
     from swcmp.testca.server import TestCA
 
@@ -122,6 +127,7 @@ def serve(directory: Path, host: str, port: int, mac_ref: str | None,
             implicit_confirm=implicit_confirm, poll=poll, check_after=check_after,
             reject=reject, delay=delay, fault=fault,
             signer_in_extra_certs=signer_in_extracerts, unique_public_keys=unique_keys,
+            label_paths=label_paths,
             template_key_types=template_key_types, template_subject=template_subject,
             template_unknown=template_unknown)
         ca = TestCA(directory, config=config, host=host, port=port).start()

@@ -68,6 +68,11 @@ class CAConfig:
             before for another subject, or in a certificate never confirmed (like
             EJBCA's "enforce unique public keys", on by default); the key of a
             subject's confirmed certificate may be certified again.
+        label_paths: route by RFC 9483 3.3 operation labels: a request is taken only at
+            a path ending in its label (``.../initialization`` for an ir,
+            ``.../getcacerts`` for a genm asking caCerts, ...), and a certConf or pollReq
+            only at the path where its transaction began; anything else gets HTTP 404.
+            Off: every message at ``/`` or ``/pkix/``.
         template_key_types: the key types named in the certificate request template
             (genm certReqTemplate, RFC 9483 4.3.3) as its keySpec; ``ecdsa`` is any curve.
         template_subject: the subject DN of the template (its attributes must be in
@@ -92,6 +97,7 @@ class CAConfig:
     max_request_size: int = DEFAULT_MAX_REQUEST
     signer_in_extra_certs: bool = True
     unique_public_keys: bool = True
+    label_paths: bool = False
     template_key_types: tuple[str, ...] = ()
     template_subject: str | None = None
     template_unknown: bool = False

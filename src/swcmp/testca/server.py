@@ -1,7 +1,8 @@
 """CMP over HTTP (RFC 6712) for the test CA, and :class:`TestCA` which runs it.
 
 The HTTP layer is strict about what reaches the CMP engine: only POST to
-``/`` or ``/pkix/``, Content-Type ``application/pkixcmp``, a Content-Length
+``/`` or ``/pkix/`` (or, with ``label_paths``, to the path of the message's RFC 9483
+operation label), Content-Type ``application/pkixcmp``, a Content-Length
 within the limit. Everything the engine answers goes out with HTTP 200 (RFC
 6712 3.4: CMP errors are CMP messages). Each connection carries one request:
 OpenSSL's client and server close after every message too, and it keeps
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -23,7 +25,9 @@ from typing import Any, Self
 
 from cryptography import x509
 
-from swcmp.cmp import certs
+from swcmp.cmp import certs, codec
+from swcmp.cmp.messages import InfoValue
+from swcmp.cmp.urls import operation_of
 from swcmp.fsutil import ensure_dir, exclusive_lock
 from swcmp.testca.authority import CA_CERT_FILE, Authority
 from swcmp.testca.config import CAConfig
@@ -47,10 +51,50 @@ class _Server(ThreadingHTTPServer):
     # Many clients at once (the benchmark) must not be refused by a short listen queue.
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], engine: CMPEngine, max_size: int) -> None:
+    def __init__(self, address: tuple[str, int], engine: CMPEngine, max_size: int,
+                 routes: _LabelRoutes | None = None) -> None:
         self.engine = engine
         self.max_size = max_size
+        self.routes = routes
         super().__init__(address, _Handler)
+
+
+class _LabelRoutes:
+    """Where each transaction began, for routing by RFC 9483 operation labels."""
+
+    #: Transactions remembered (the oldest are forgotten first).
+    MAX = 10_000
+
+    def __init__(self) -> None:
+        self._began: OrderedDict[bytes, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def refusal(self, path: str, data: bytes) -> str | None:
+        """Why a message may not be POSTed at ``path``; None when it may (also for
+        bytes that do not decode: the engine answers those)."""
+        try:
+            msg = codec.decode_message(data)
+        except Exception:  # the engine refuses it with a CMP error
+            return None
+        tid = msg.header.transaction_id or b""
+        body = msg.body_type
+        with self._lock:
+            if body in ("certConf", "pollReq"):
+                began = self._began.get(tid)
+                if began != path:
+                    return (f"a {body} goes where its transaction began "
+                            f"({began or 'unknown transaction'}), not to {path}")
+                return None
+            first = msg.body[0] if isinstance(msg.body, tuple) and msg.body else None
+            oid = first.oid if isinstance(first, InfoValue) else None
+            label = operation_of(body, oid)
+            if label is None or path.rstrip("/").rsplit("/", 1)[-1] != label:
+                return f"a {body} is POSTed to .../{label or '(no label)'}, not to {path}"
+            self._began[tid] = path
+            self._began.move_to_end(tid)
+            while len(self._began) > self.MAX:
+                self._began.popitem(last=False)
+        return None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -60,7 +104,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "swcmp-testca"
 
     def do_POST(self) -> None:
-        if self.path not in PATHS:
+        if self.path not in PATHS and self.server.routes is None:
             self._plain(404, f"no CMP endpoint at {self.path}: use / or /pkix/")
             return
         ctype = self.headers.get_content_type()
@@ -79,6 +123,10 @@ class _Handler(BaseHTTPRequestHandler):
         data = self.rfile.read(length)
         if len(data) != length:
             self.close_connection = True
+            return
+        refusal = self.server.routes.refusal(self.path, data) if self.server.routes else None
+        if refusal is not None:
+            self._plain(404, refusal)
             return
         try:
             answer = self.server.engine.handle(data)
@@ -171,7 +219,8 @@ class TestCA:
             store = StateStore.open(self.directory)
             engine = CMPEngine(authority, store, self.config, clock=self.clock)
             engine.follow(self.directory)
-            server = _Server((self.host, self._port), engine, self.config.max_request_size)
+            server = _Server((self.host, self._port), engine, self.config.max_request_size,
+                             _LabelRoutes() if self.config.label_paths else None)
             stack.callback(server.server_close)
             thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                                       name=f"testca-{server.server_address[1]}", daemon=True)

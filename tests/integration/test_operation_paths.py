@@ -1,0 +1,245 @@
+"""Per-operation endpoints through the CLI against OpenSSL's CMP mock server, reached
+through tests/cmp_router.py: a front end that refuses (HTTP 404) every message not at
+its RFC 9483 operation label, and every certConf or pollReq not at the path where its
+transaction began. So these tests fail if swcmp sends a message of a transaction to
+another URL, also after a run killed while the CA delayed its answer."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from cmp_router import label_router
+from openssl_gateway import GW, MAC_ARGS, SIG_ARGS, Gateway
+from openssl_mock import OPENSSL, OpenSSL, mock_server
+from pki import make_pki, pem_cert
+from renewal_env import make_gateway
+from swcmp.cmp.transport import HttpTransport
+from swcmp.enroll import request_initial
+from swcmp.errors import SwcmpError
+from swcmp.names import format_dn
+from swcmp.renewal import Renewer
+from swcmp.session import Session
+from swcmp.sessionfile import SessionStore
+from swcmp.state import StateStore
+from swcmp.store import Journal
+from testca_site import MAC_REF, CAHolder, Site, ca_config, make_site
+from testpaths import TESTS
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed"),
+]
+
+BASE = "/.well-known/cmp/p/gw"
+
+
+def test_labels_under_a_profile_through_the_cli(tmp_path: Path,
+                                                openssl_peer: OpenSSL) -> None:
+    """`--profile-label gw --operation-paths labels`: the ir, its pollReq and its certConf
+    at .../initialization, the genm caCerts at .../getcacerts, the rr at .../revocation."""
+    gw = Gateway(tmp_path, openssl_peer)
+    issued = gw.pki.issue(gw.key, GW)
+    delayed = ["-poll_count", "1", "-check_after", "1"]
+    with gw.ca([*MAC_ARGS, *delayed], issued) as url, label_router(url) as router:
+        gw.create_session(router.url)
+        set_ = gw.run("session", "set", "gw1", "--profile-label", "gw",
+                      "--operation-paths", "labels")
+        assert set_.exit_code == 0, set_.output
+        shown = gw.json("session", "show", "gw1")
+        assert shown["profile_label"] == "gw" and shown["operation_paths"] == "labels"
+        check = gw.run("--vici", "none", "session", "check", "gw1").stdout
+        assert f"messages to {router.url}{BASE}/<operation label>" in check, check
+        ir = gw.json("request", "initial", "gw1", "--no-deploy")
+        assert ir["serial"] == f"{issued.serial_number:x}"
+    assert x509.load_pem_x509_certificate(gw.cert_file.read_bytes()) == issued
+    assert router.refused() == []
+    assert router.paths_of("ir") == [f"{BASE}/initialization"]
+    assert router.paths_of("certConf") == [f"{BASE}/initialization"]
+    assert set(router.paths_of("pollReq")) == {f"{BASE}/initialization"}
+
+    gw.pki.write("ref.crt", pem_cert(issued))
+    ref = ["-ref_cert", "ref.crt"] if openssl_peer.newer else []  # 3.5's mock checks the rr
+    # not gw.ca(), which points the session at the mock's /pkix/ (a path, refused
+    # beside a profile label)
+    with mock_server([*SIG_ARGS, *delayed, *ref, "-rsp_cert", "rsp.crt"], cwd=gw.pki.dir,
+                     openssl=openssl_peer) as url, label_router(url) as router:
+        gw.run("session", "set", "gw1", "--server-url", router.url)
+        assert gw.json("request", "cacerts", "gw1", "--no-deploy")["ok"] is True
+        revoked = gw.json("request", "revoke", "gw1", "--reason", "superseded", "--yes")
+        assert revoked["ok"] is True, revoked
+    assert router.refused() == []
+    assert router.paths_of("genm") == [f"{BASE}/getcacerts"]
+    assert router.paths_of("rr") == [f"{BASE}/revocation"]
+
+
+def test_a_wrong_path_is_refused_and_named(tmp_path: Path) -> None:
+    """The router is strict: body-type paths (.../ir) are not its labels. swcmp says
+    which setting to look at, and stores nothing."""
+    gw = Gateway(tmp_path)
+    issued = gw.pki.issue(gw.key, GW)
+    with gw.ca(MAC_ARGS, issued) as url, label_router(url) as router:
+        gw.create_session(router.url + BASE)
+        gw.run("session", "set", "gw1", "--operation-paths", "body")
+        result = gw.run("request", "initial", "gw1", "--no-deploy")
+    assert result.exit_code != 0
+    assert "404" in result.output and "--operation-paths" in result.output, result.output
+    assert router.refused() == [(f"{BASE}/ir", "ir")]
+    assert not gw.cert_file.exists()
+
+
+def test_explicit_operation_urls(tmp_path: Path) -> None:
+    """EJBCA-style aliases (ir with MAC on one, kur with signature on another):
+    `--operation-url` wins over the server URL; each certConf follows its request."""
+    gw = Gateway(tmp_path)
+    issued = gw.pki.issue(gw.key, GW)
+    with gw.ca(MAC_ARGS, issued) as url, label_router(url) as router:
+        gw.create_session(router.url + "/refused")
+        result = gw.run("session", "set", "gw1",
+                        "--operation-url", f"ir={router.url}{BASE}/initialization")
+        assert result.exit_code == 0, result.output
+        assert gw.json("request", "initial", "gw1", "--no-deploy")["ok"] is True
+    assert router.refused() == []
+    assert router.paths_of("certConf") == [f"{BASE}/initialization"]
+
+    renewed = gw.pki.issue(gw.key, GW, serial=issued.serial_number, days=400)
+    # gw.ca() points the server URL at the mock itself: the kur must not go there
+    with gw.ca(SIG_ARGS, renewed) as url, label_router(url) as router:
+        result = gw.run("session", "set", "gw1",
+                        "--operation-url", f"ir={router.url}{BASE}/initialization",
+                        "--operation-url", f"kur={router.url}{BASE}/keyupdate")
+        assert result.exit_code == 0, result.output
+        shown = gw.json("session", "show", "gw1")
+        assert shown["operation_urls"] == [f"initialization={router.url}{BASE}/initialization",
+                                           f"keyupdate={router.url}{BASE}/keyupdate"]
+        assert gw.json("request", "keyupdate", "gw1", "--no-deploy")["ok"] is True
+        bad = gw.run("session", "set", "gw1", "--operation-url",
+                     "kur=http://user:pw@ca.example.net/")
+        assert bad.exit_code != 0 and "pw" not in bad.output, bad.output
+    assert router.refused() == []
+    assert router.paths_of("kur") == router.paths_of("certConf") == [f"{BASE}/keyupdate"]
+    assert x509.load_pem_x509_certificate(gw.cert_file.read_bytes()) == renewed
+
+
+CHILD = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[3])
+from pathlib import Path
+from swcmp.paths import Paths
+from swcmp.sessionfile import SessionStore
+from swcmp.renewal import Renewer
+root = Path(sys.argv[1])
+paths = Paths(root / "etc", root / "var", root / "swanctl")
+def checkpoint(p):
+    if p == sys.argv[2]:
+        os.kill(os.getpid(), signal.SIGKILL)
+Renewer(paths, checkpoint=checkpoint).renew(SessionStore(paths.config_dir).load("gw1"))
+sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("phase", ["waiting", "confirm-waiting"])
+def test_a_resumed_transaction_goes_where_it_began(tmp_path: Path, phase: str) -> None:
+    """A renewal killed while OpenSSL 3.5's mock delays the kup (or the pkiConf) is
+    finished by the next run at the journaled URL, even after the session's profile
+    label changed: the pollReq and certConf of the old KUR go to .../p/gw/keyupdate."""
+    pki = make_pki(tmp_path / "pki")
+    renewed = pki.issue(pki.gw_key, serial=pki.gw.serial_number, days=400)
+    pki.write("rsp.crt", pem_cert(renewed))
+    args = [*SIG_ARGS, "-rsp_cert", "rsp.crt", "-poll_count", "1", "-check_after", "1"]
+    with mock_server(args, cwd=pki.dir, openssl=OpenSSL.of("3.5")) as url, \
+            label_router(url) as router:
+        gw = make_gateway(tmp_path / "gw", pki, router.url, profile_label="gw",
+                          operation_paths="labels")
+        root = gw.paths.config_dir.parent
+        res = subprocess.run([sys.executable, "-c", CHILD, str(root), phase, str(TESTS)],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+        entry = Journal(gw.paths, "gw1").load()
+        assert entry is not None and entry.url == f"{router.url}{BASE}/keyupdate"
+        # the operator changes the label meanwhile: new transactions go elsewhere,
+        # the journaled one does not
+        store = SessionStore(gw.paths.config_dir)
+        from swcmp.session import set_fields
+
+        session = set_fields(store.load("gw1"), {"profile_label": "other"})
+        store.save(session)
+        Renewer(gw.paths, sleep=lambda s: None).renew(session)
+    assert router.refused() == []
+    assert set(router.paths_of("pollReq")) == {f"{BASE}/keyupdate"}
+    assert router.paths_of("kur") == [f"{BASE}/keyupdate"]  # only the killed run's
+    stats = StateStore(gw.paths).load("gw1").stats
+    assert stats["kur"]["sent"] == 0 and stats["pollReq"]["sent"] >= 1
+    assert gw.cert == renewed and gw.pair_matches()
+    assert Journal(gw.paths, "gw1").load() is None
+
+
+# swcmp's own test CA with --label-paths: the same routing rules, no Debian 13 needed.
+
+def label_session(site: Site, ca: CAHolder) -> Session:
+    cn = "gw1.example.net"
+    return site.store.create("gw1", {
+        "entity": f"CN={cn}", "sans": (f"DNS:{cn}",),
+        "ca_name": format_dn(ca.ca.ca_cert.subject),
+        "server_url": f"http://127.0.0.1:{ca.port}", "profile_label": "gw",
+        "operation_paths": "labels", "ir_auth": "mac", "mac_ref": MAC_REF,
+        "mac_secret_file": str(site.secret_file), "key": "gw1", "key_type": "ecdsa:p256",
+        "regenerate": True})
+
+
+class Misroute:
+    """An HttpTransport that sends the n-th message to the wrong path (a broken client)."""
+
+    def __init__(self, url: str, n: int) -> None:
+        self.inner, self.n, self.count = HttpTransport(url), n, 0
+
+    def post(self, data: bytes, url: str | None = None) -> bytes:
+        self.count += 1
+        if self.count == self.n and url is not None:
+            url = url.rsplit("/", 1)[0] + "/elsewhere"
+        return self.inner.post(data, url)
+
+    def end_transaction(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_test_ca_with_label_paths(tmp_path: Path) -> None:
+    """An IR through the test CA's label routing; a certConf sent elsewhere is refused;
+    a renewal killed while the CA delays the kup resumes at the journaled URL after the
+    profile label changed, and the CA issued no second certificate."""
+    site = make_site(tmp_path / "gw")
+    # the refused certConf leaves the key certified but unconfirmed: allow it again
+    ca = CAHolder(tmp_path / "ca", ca_config(label_paths=True, unique_public_keys=False))
+    try:
+        session = label_session(site, ca)
+        with pytest.raises(SwcmpError, match="404"):
+            request_initial(session, site.paths, store=site.store,
+                            transport=Misroute(ca.ca.url, 2))  # the certConf
+        assert not site.paths.cert_file("gw1").exists()
+        assert request_initial(session, site.paths, store=site.store).ok
+        before = len(ca.issued())
+        ca.restart(ca_config(label_paths=True, poll=1, check_after=1))
+        res = subprocess.run([sys.executable, "-c", CHILD, str(site.root), "waiting",
+                              str(TESTS)], capture_output=True, text=True, timeout=60)
+        assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+        entry = Journal(site.paths, "gw1").load()
+        base = f"http://127.0.0.1:{ca.port}/.well-known/cmp/p"
+        assert entry is not None and entry.url == f"{base}/gw/keyupdate"
+        from swcmp.session import set_fields
+
+        session = set_fields(site.store.load("gw1"), {"profile_label": "other"})
+        site.store.save(session)
+        out = Renewer(site.paths, sleep=lambda s: None).renew(session)
+        assert out.ok
+        assert len(ca.issued()) == before + 1  # the killed run's kur, confirmed late
+        assert Journal(site.paths, "gw1").load() is None
+    finally:
+        ca.stop()
