@@ -458,10 +458,13 @@ def test_body_paths_through_the_cli(mock: MockCA, tmp_path: Path) -> None:
     got = gw.json("request", "revoke", "gw", "--reason", "superseded", "--yes")
     assert got["ok"] is True, got
     posts = posts_since(mock, mark, ("/issuing/rr", "200"))
-    assert posts[:4] == [("/issuing/ir", "200"), ("/issuing/certConf", "200"),
+    # the certificate request template is asked (a genm) before the IR and before the
+    # KUR with a new key
+    assert posts[:6] == [("/issuing/genm", "200"), ("/issuing/ir", "200"),
+                         ("/issuing/certConf", "200"), ("/issuing/genm", "200"),
                          ("/issuing/kur", "200"), ("/issuing/certConf", "200")], posts
     # `request cacerts` asks one genm or more; the rr comes last
-    assert set(posts[4:-1]) == {("/issuing/genm", "200")}, posts
+    assert set(posts[6:-1]) == {("/issuing/genm", "200")}, posts
     assert posts[-1] == ("/issuing/rr", "200"), posts
 
 
@@ -477,8 +480,10 @@ def test_certconf_at_the_ir_path_is_refused(mock: MockCA, tmp_path: Path) -> Non
     assert "certConf" in result.output, result.output
     assert "--operation-paths" in result.output, result.output
     assert not (gw.swanctl_dir / "x509" / "gw.crt").exists()
+    # the template's genm goes to the session's URL, the ir and its certConf to the ir's
     assert posts_since(mock, mark, ("/issuing/ir", "400")) == [
-        ("/issuing/ir", "200"), ("/issuing/ir", "400")]
+        ("/issuing", "200"), ("/issuing/ir", "200"), ("/issuing/ir", "400")]
+
 
 # certReqTemplate (RFC 9483 4.3.3). The Mock CA's template is an empty certTemplate with
 # keySpec id-regCtrl-rsaKeyLen 2048: RSA keys of 2048 bits, any subject.
