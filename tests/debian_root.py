@@ -144,8 +144,8 @@ PLATFORMS = ("manylinux_2_34_x86_64", "manylinux_2_28_x86_64", "manylinux_2_17_x
 
 
 #: Of pyproject's test extra, what the unit tests do not need (linters, type stubs, the
-#: PKCS#11 binding whose tests are integration tests).
-NOT_FOR_UNIT_TESTS = ("mypy", "ruff", "types-", "python-pkcs11")
+#: PKCS#11 binding whose tests are integration tests, the parallel runner).
+NOT_FOR_UNIT_TESTS = ("mypy", "ruff", "types-", "python-pkcs11", "pytest-xdist")
 
 
 def _requirements() -> list[str]:
@@ -175,9 +175,9 @@ def trixie_venv() -> str:
     ``.cache/py313/venv``: it installs this checkout) from those wheels only. Both are
     made again when pyproject.toml changes.
     """
+    import fcntl
     import hashlib
     import os
-    import sys
 
     import pytest
 
@@ -186,6 +186,17 @@ def trixie_venv() -> str:
         pytest.skip("the wheel list is for x86_64")
     want = hashlib.sha256((REPO / "pyproject.toml").read_bytes()
                           + " ".join(_requirements()).encode()).hexdigest()
+    # one maker at a time on the machine: pytest's workers and other checkouts run at
+    # once and share the wheels
+    TEST_CACHE.mkdir(parents=True, exist_ok=True)
+    with (TEST_CACHE / "py313.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _make_venv(root, want)
+
+
+def _make_venv(root: DebianRoot, want: str) -> str:
+    import sys
+
     stamp = CACHE / "stamp"
     python = str(VENV / "bin" / "python")
     if stamp.exists() and stamp.read_text() == want and (VENV / "bin" / "python").exists():

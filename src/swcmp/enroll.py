@@ -324,8 +324,12 @@ def _request(kind: str, session: Session, paths: Paths, protection: Callable[[],
         assert session.entity_dn is not None and session.key is not None
         prot = protection()
         keys_ = keystore.open(session, paths)
-        key, _ = keys_.ensure_key()
         client = make_client(session, transport=transport, paths=paths, clock=clock)
+        if kind == "ir":
+            # Before a key is made: a key type the CA's template forbids is not generated
+            _check_template(session, paths, client, prot, keys_,
+                            now=clock() if clock is not None else datetime.now(UTC))
+        key, _ = keys_.ensure_key()
         try:
             if kind == "p10cr":
                 enrolled = client.p10(csr=make_csr(key, session.entity_dn, session.san_names),
@@ -343,6 +347,24 @@ def _request(kind: str, session: Session, paths: Paths, protection: Callable[[],
     with fsutil.exclusive_lock(paths.lock_dir, session.name, blocking=False,
                                what=f"session {session.name}"):
         return _run_request(session, paths, kind, work, clock)
+
+
+def _check_template(session: Session, paths: Paths, client: CMPClient, prot: Protection,
+                    keys_: KeyStore, *, now: datetime) -> None:
+    """genm certReqTemplate before an IR: refuse a key type or subject the CA's template
+    forbids before anything else is sent (see swcmp.calife.template)."""
+    from swcmp.calife.template import check_request, key_of, key_of_session
+
+    assert session.entity_dn is not None
+    live = keys_.live_key()
+    try:
+        check_request(session, paths, client, prot, now=now,
+                      key=key_of(keys.public_key_of(live)) if live is not None
+                      else key_of_session(session), key_is_new=live is None,
+                      subject=session.entity_dn, what="initial request")
+    except SwcmpError:
+        _record_stats(paths, session.name, client)
+        raise
 
 
 def request_initial(session: Session, paths: Paths, *, store: SessionStore | None = None,

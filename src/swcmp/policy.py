@@ -125,8 +125,9 @@ def attempt_bound(session: Session, poll_deadline: float) -> float:
 
     Every exchange ends within the session's ``timeout`` (the transport's
     watchdog) and polling ends within ``poll_deadline`` plus one exchange. The
-    worst attempt: a late certConf that fails (1), a KUR (1), the polls (the
-    deadline + 1), the certConf or the rejection (1).
+    worst attempt: a late certConf that fails (1) or the certificate request template
+    before a new key (1, never polled; a run that confirms late makes no new key), a
+    KUR (1), the polls (the deadline + 1), the certConf or the rejection (1).
     """
     return poll_deadline + 4 * session.timeout
 

@@ -165,13 +165,15 @@ class Renewer:
             key=auth_key, cert=auth_cert,
             chain=request_chain(session, self.paths, auth_cert, chain))
         self._collect(session, store)
-        new_key, entry = self._key_to_certify(store, j, entry, live_key, old_cert, regenerate)
+        client = make_client(session, transport=self.transport, poll_deadline=self.poll_deadline,
+                             sleep=self.sleep, paths=self.paths, clock=self.clock)
+        new_key, entry = self._key_to_certify(
+            store, j, entry, live_key, old_cert, regenerate,
+            before_new_key=lambda: self._check_template(session, client, protection))
         entry = self._within_limit(session, store, j, entry)
         # Polling in this run ends at the poll_limit of the transaction.
         left = float(session.poll_limit) - (self._age(entry) if _resumable(entry) else 0.0)
-        deadline = max(0.0, min(self.poll_deadline, left))
-        client = make_client(session, transport=self.transport, poll_deadline=deadline,
-                             sleep=self.sleep, paths=self.paths, clock=self.clock)
+        client.poll_deadline = deadline = max(0.0, min(self.poll_deadline, left))
         try:
             enrolled = self._transact(session, j, entry, client, new_key, old_cert, protection,
                                       regenerated=new_key is not live_key)
@@ -242,6 +244,20 @@ class Renewer:
             raise error from cause
         raise error
 
+    def _check_template(self, session: Session, client: CMPClient, protection: Any) -> None:
+        """genm certReqTemplate before a new key is made: a key type the CA's template
+        forbids is refused before the key is made and anything else is sent (a key update
+        repeats the certificate's subject, so only the key type is checked)."""
+        from swcmp.calife.template import check_request, key_of_session
+
+        try:
+            check_request(session, self.paths, client, protection, now=self.clock(),
+                          key=key_of_session(session), key_is_new=True, subject=None,
+                          what="key update")
+        except SwcmpError:
+            self._record_stats(session.name, client)
+            raise
+
     def _valid_cert(self, session: Session) -> x509.Certificate:
         """The session's certificate, which a key update needs unexpired."""
         cert_path = self.paths.cert_file(session.name)
@@ -258,8 +274,12 @@ class Renewer:
 
     def _key_to_certify(self, store: KeyStore, j: Journal, entry: JournalEntry | None,
                         live_key: keys.SigningKey, old_cert: x509.Certificate,
-                        regenerate: bool) -> tuple[keys.SigningKey, JournalEntry | None]:
-        """The key to certify: staged by an interrupted run, made now, or the live one."""
+                        regenerate: bool, *, before_new_key: Callable[[], None] = lambda: None
+                        ) -> tuple[keys.SigningKey, JournalEntry | None]:
+        """The key to certify: staged by an interrupted run, made now, or the live one.
+
+        ``before_new_key`` runs once a new key is to be made and the key store agreed to
+        make one, before anything is journaled (the certificate request template)."""
         if entry is not None:
             staged, entry = store.recover(j, entry)
             if staged is not None and entry is not None and entry.phase == "sending":
@@ -276,7 +296,9 @@ class Renewer:
             return live_key, entry
         # The journal names the new key before it is made: a run killed while it is made
         # leaves only what the next run's recover() cleans up.
-        entry = j.write(phase="key-making", **store.reserve(),
+        reserved = store.reserve()
+        before_new_key()
+        entry = j.write(phase="key-making", **reserved,
                         old_serial=f"{old_cert.serial_number:x}",
                         started=self.clock().isoformat(timespec="seconds"), regenerate=True)
         self.test_checkpoint("key-making")

@@ -325,6 +325,7 @@ FIELDS: Final[dict[str, FieldSpec]] = {
                   _choice("granted_with_mods", GRANTED_WITH_MODS)),
         FieldSpec("renew_with", "--renew-with", _choice("renew_with", RENEW_WITH)),
         FieldSpec("poll_limit", "--poll-limit", _poll_limit),
+        FieldSpec("ask_template", "--ask-template", _bool),
     )
 }
 
@@ -425,6 +426,10 @@ class Session:
         granted_with_mods: a certificate granted with modifications is taken when its
             subject, SANs and key are the ones asked (``check``, default), always
             (``accept``, logged; the key must still be ours) or never (``reject``).
+        ask_template: ask the CA's certificate request template (genm certReqTemplate)
+            before an IR and before a key update that makes a new key, and refuse a
+            request it forbids before sending it (off for a CA that cannot take the
+            question).
         revoke_superseded: after a key update, revoke the replaced certificate (rr,
             reason superseded); a failure is retried and never undoes the renewal.
         renew_with: how a renewal asks for the new certificate: ``kur`` (default), ``cr``
@@ -476,6 +481,7 @@ class Session:
     granted_with_mods: str = "check"
     renew_with: str = "kur"
     poll_limit: int = POLL_LIMIT_DEFAULT
+    ask_template: bool = True
     entity_dn: x509.Name | None = field(init=False, repr=False, compare=False)
     ca_dn: x509.Name | None = field(init=False, repr=False, compare=False)
     san_names: tuple[x509.GeneralName, ...] = field(init=False, repr=False, compare=False)

@@ -359,6 +359,8 @@ def test_a_slow_ca_shows_a_progress_line_on_a_terminal(gw: Gateway) -> None:
         server.listen()
         url = f"http://127.0.0.1:{server.getsockname()[1]}/pkix/"
         gw.create_session(url)
+        # the IR's exchange is the one watched: no certificate request template before it
+        assert gw.run("session", "set", "gw1", "--no-ask-template").exit_code == 0
 
         def slow() -> None:
             conn, _ = server.accept()
@@ -525,7 +527,8 @@ def test_renew_dry_run_checks_the_ca_for_real(gw: Gateway, tmp_path: Path) -> No
         assert "gw1: dry-run: would renew" in ok.stdout
         assert f"CA check passed: the CA at {url} answered a genm (caCerts) signed with the " \
                "current certificate (serial " in ok.stdout
-        assert gw.json("stats", "gw1")["sessions"][0]["stats"]["genm"]["sent"] == 1
+        # the IR's certReqTemplate, and the dry run's caCerts
+        assert gw.json("stats", "gw1")["sessions"][0]["stats"]["genm"]["sent"] == 2
         # A wrong trust anchor is found now, not at the renewal months later.
         key = ec.generate_private_key(ec.SECP256R1())
         other = gw.pki.write("other-ca.crt", pem_cert(make_cert(

@@ -299,7 +299,9 @@ def test_request_crl_asks_crl_status_list_then_remembers_a_ca_without_it(
         assert genm == 2 and "crlStatusList" not in unsupported
     else:
         assert first["changed"] is False and "no CRL" in first["message"], first
-        assert genm == 3  # crlStatusList once (remembered as unknown), currentCRL twice
+        # the IR's certReqTemplate (3.0's mock echoes it without a value: no template),
+        # crlStatusList once (remembered as unknown), currentCRL twice
+        assert genm == 4
         assert "crlStatusList" in unsupported, unsupported
         assert not crl_file.exists()
 
@@ -318,9 +320,9 @@ def test_trace_writes_every_request_and_answer_as_der(tmp_path: Path) -> None:
                       "--trace", str(trace)).exit_code == 0
     files = sorted(trace.iterdir())
     assert [f.name.rsplit("-", 1)[1] for f in files] == [
-        "request.der", "answer.der", "request.der", "answer.der"]  # ir, ip, certConf, pkiConf
+        "request.der", "answer.der"] * 3  # genm certReqTemplate, ir, certConf
     kinds = [codec.decode_message(f.read_bytes()).body_type for f in files]
-    assert kinds == ["ir", "ip", "certConf", "pkiconf"]
+    assert kinds == ["genm", "genp", "ir", "ip", "certConf", "pkiconf"]
     assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
     assert trace.stat().st_mode & 0o777 == 0o700
     assert not any(SECRET.encode() in f.read_bytes() for f in files)
@@ -330,7 +332,8 @@ def test_trace_writes_every_request_and_answer_as_der(tmp_path: Path) -> None:
         forced = gw.run("renew", "--force", "--no-deploy", "--trace", str(trace), "gw1")
     assert forced.exit_code == 0, forced.output
     kinds = [codec.decode_message(f.read_bytes()).body_type for f in sorted(trace.iterdir())]
-    assert kinds[4:8] == ["kur", "kup", "certConf", "pkiconf"]  # then caCerts, as always
+    # the same key is certified again: no template question; then caCerts, as always
+    assert kinds[6:10] == ["kur", "kup", "certConf", "pkiconf"]
 
 
 @pytest.mark.parametrize("setting", ["check", "accept", "reject"])
@@ -361,3 +364,26 @@ def test_granted_with_mods(tmp_path: Path, setting: str) -> None:
             assert not gw.cert_file.exists() or gw.cert_file.read_bytes() != pem_cert(issued)
     stats = gw.json("stats", "gw1")["sessions"][0]["stats"]
     assert stats["certConf"]["sent"] == 2  # a refusal is told to the CA in certConf too
+
+
+def test_request_template_against_the_openssl_mocks(gw: Gateway) -> None:
+    """genm certReqTemplate (RFC 9483 4.3.3): OpenSSL 3.0's mock echoes the question
+    without a value, which is "no template" (nothing remembered, the IR goes on); 3.5's
+    mock ends its process on the question (its own client gets no answer either), which
+    is why its sessions are made with --no-ask-template (openssl_gateway.py)."""
+    issued = gw.pki.issue(gw.key, GW)
+    with gw.ca(MAC_ARGS, issued) as url:
+        gw.create_session(url)
+        if gw.openssl is not None and gw.openssl.newer:
+            first = gw.json("request", "template", "gw1", code=1)
+            assert "closed the connection" in first["hint"], first
+            gone = gw.json("request", "template", "gw1", code=1)
+            assert gone["code"] == "connect", gone  # the mock is no more
+            return
+        shown = gw.json("request", "template", "gw1")
+        assert shown["known"] is True and shown["template"]["offered"] is False, shown
+        assert gw.json("request", "initial", "gw1", "--no-deploy")["ok"] is True
+    stats = gw.json("stats", "gw1")["sessions"][0]["stats"]
+    assert stats["genm"]["sent"] == 2  # asked again before the IR: no template is no refusal
+    assert "certReqTemplate" not in gw.json("status", "gw1")["sessions"][0]["ca"].get(
+        "unsupported", {})

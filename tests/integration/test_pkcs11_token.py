@@ -393,10 +393,11 @@ def test_ir_and_kur_with_a_token_key_at_the_siemens_mock_ca(tmp_path: Path,
 
     cn = "swcmp-token.example.net"
     with siemens_mock.mock_ca(tmp_path / "mockca") as mock:
+        # rsa:2048: the key type the Mock CA's certificate request template asks for
         run("session", "create", "gw", "--entity", f"/CN={cn}", "--san", f"DNS:{cn}",
             "--ca-name", siemens_mock.CA_NAME, "--server-url", mock.url, "--mac-ref", cn,
             "--mac-secret-file", str(secret), "--trust", str(siemens_mock.ROOT_CERT),
-            "--extra-certs", str(siemens_mock.ROOT_CERT), "--key-type", "ecdsa:p256",
+            "--extra-certs", str(siemens_mock.ROOT_CERT), "--key-type", "rsa:2048",
             "--key", token.uri(), "--pkcs11-module", str(token.module),
             "--pin-file", str(token.pin_file), "--ignore-keyusage")
         run("request", "initial", "gw")

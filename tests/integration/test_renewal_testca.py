@@ -198,6 +198,7 @@ CHILD = textwrap.dedent("""
     from swcmp.paths import Paths
     from swcmp.sessionfile import SessionStore
     from swcmp.renewal import Renewer
+    from swcmp.cmp import codec
     from swcmp.cmp.transport import HttpTransport
 
     root, phase = Path(sys.argv[1]), sys.argv[2]
@@ -213,8 +214,11 @@ CHILD = textwrap.dedent("""
 
     class DieOnAnswer(HttpTransport):
         # the KUR reached the CA and its answer reached us, but nothing was written down
+        # (the certificate request template is asked before the key is made)
         def post(self, data):
-            super().post(data)
+            answer = super().post(data)
+            if codec.decode_message(data).body_type != "kur":
+                return answer
             die()
 
     transport = DieOnAnswer(session.server_url) if phase == "answered" else None
@@ -231,13 +235,15 @@ KILL_CASES = {
     # Killed just before the KUR left (transactionID journaled, nothing on the
     # wire): the CA never heard of it, so the next run's new KUR is the only
     # request: 1 certificate.
-    "sending": (1, 1, 2),
+    # The new key is made after the certificate request template (genm certReqTemplate)
+    # was asked: 3 messages.
+    "sending": (1, 1, 3),
     # The KUR reached the CA, which issued a certificate, but the answer died
     # with the process before anything was written down: we never learnt the
     # CA's nonce, so that transaction cannot be continued and a second KUR is
     # necessary: 2 certificates, the first never confirmed (the CA drops it when
     # the transaction times out; no one can ever use it).
-    "answered": (2, 1, 2),
+    "answered": (2, 1, 3),  # a new key again, so the template is asked again
     # The CA said 'waiting' (poll knob) and the journal has its nonce: the next
     # run polls the same transaction (pollReq, certConf): 1 certificate.
     "waiting": (1, 0, 2),
@@ -649,7 +655,8 @@ def test_ca_signing_with_its_root_left_out_of_extracerts(site: Site, ca: CAHolde
     wire = _Recording(session.server_url or "")
     out = Renewer(site.paths, transport=wire, sleep=no_sleep).renew(session)
     assert out.ok and site.pair_ok()
-    assert len(wire.answers) == 2 + poll  # kup or pollRep then kup, and pkiConf
+    # the template's genp (a new key is made), kup or pollRep then kup, and pkiConf
+    assert len(wire.answers) == 3 + poll
     root_der = certs.der_of(ca.ca.ca_cert)
     for answer in wire.answers:
         assert root_der not in codec.decode_message(answer).extra_certs

@@ -80,7 +80,8 @@ class Gateway:
         self.run("session", "create", "gw", "--entity", f"/CN={self.cn}",
                  "--san", f"DNS:{self.cn}", "--ca-name", CA_NAME, "--server-url", self.url,
                  "--mac-ref", self.cn, "--mac-secret-file", str(self.secret),
-                 "--trust", str(ROOT_CERT), "--key-type", "ecdsa:p256", *extra)
+                 # the key type the Mock CA's certificate request template asks for
+                 "--trust", str(ROOT_CERT), "--key-type", "rsa:2048", *extra)
 
     @property
     def cert(self) -> x509.Certificate:
@@ -309,7 +310,8 @@ def test_cli_cacerts_stores_what_chains(mock: MockCA, tmp_path: Path) -> None:
     again = gw.json("request", "cacerts", "gw")
     assert again["changed"] is False, again
     stats = gw.json("stats", "gw")["sessions"][0]["stats"]
-    assert stats["genm"]["sent"] == 2 and stats["genm"]["received"] == 2
+    # the IR's certReqTemplate, then caCerts twice
+    assert stats["genm"]["sent"] == 3 and stats["genm"]["received"] == 3
 
 
 def test_cli_rootca_verifies_the_links_and_refuses_a_root_that_is_no_ca(
@@ -477,3 +479,72 @@ def test_certconf_at_the_ir_path_is_refused(mock: MockCA, tmp_path: Path) -> Non
     assert not (gw.swanctl_dir / "x509" / "gw.crt").exists()
     assert posts_since(mock, mark, ("/issuing/ir", "400")) == [
         ("/issuing/ir", "200"), ("/issuing/ir", "400")]
+
+# certReqTemplate (RFC 9483 4.3.3). The Mock CA's template is an empty certTemplate with
+# keySpec id-regCtrl-rsaKeyLen 2048: RSA keys of 2048 bits, any subject.
+
+def test_cli_template_shows_what_the_ca_asks_and_whether_the_session_fits(
+        mock: MockCA, tmp_path: Path) -> None:
+    gw = Gateway(tmp_path, "swcmp-template.example.net", mock.url)
+    gw.create()
+    text = gw.run("request", "template", "gw").output
+    assert "key types   rsa:2048" in text and "subject     (any)" in text, text
+    assert "session     fits" in text, text
+    got = gw.json("request", "template", "gw")
+    assert got["known"] is True and got["fits"] is True, got
+    assert got["template"]["offered"] is True
+    assert got["template"]["key_types"] == ["rsa:2048"]
+    assert got["template"]["subject"] is None
+    gw.run("session", "set", "gw", "--key-type", "ecdsa:p256")
+    got = gw.json("request", "template", "gw")
+    assert got["fits"] is False and "key type ecdsa:p256" in got["problems"][0], got
+    stats = gw.json("stats", "gw")["sessions"][0]["stats"]
+    assert stats["genm"] == {"sent": 3, "received": 3, "failed": 0}
+
+
+def test_ir_with_a_key_type_the_template_forbids_is_not_sent(
+        mock: MockCA, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from hostile_proxy import HostileProxy
+
+    with HostileProxy(mock.url) as proxy:
+        gw = Gateway(tmp_path, "swcmp-template-ir.example.net", proxy.url)
+        gw.create("--key-type", "ecdsa:p256")
+        refused = gw.json("request", "initial", "gw", code=1)
+        assert "does not allow the key type ecdsa:p256: it allows rsa:2048" in \
+            refused["error"], refused
+        assert "the initial request was not sent" in refused["error"]
+        assert "`swcmp session set gw --key-type rsa:2048`" in refused["hint"], refused
+        assert proxy.kinds() == ["genm"]  # the template question, and no ir
+        assert not (gw.swanctl_dir / "private" / "gw.key").exists()  # no key was made
+        gw.run("session", "set", "gw", "--key-type", "rsa:2048")
+        assert gw.json("request", "initial", "gw")["ok"] is True
+        assert proxy.kinds() == ["genm", "genm", "ir", "certConf"]
+    gw.assert_pair()
+    key = gw.key
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
+
+
+def test_key_update_with_a_new_key_the_template_forbids_is_not_sent(
+        mock: MockCA, tmp_path: Path) -> None:
+    from hostile_proxy import HostileProxy
+    from swcmp.renewal import interrupted
+
+    gw = enrolled(mock, tmp_path, "swcmp-template-kur.example.net")
+    before_cert, before_key = gw.cert, keys.spki_der(gw.key)
+    with HostileProxy(mock.url) as proxy:
+        gw.run("session", "set", "gw", "--ignore-keyusage", "--key-type", "ed25519",
+               "--server-url", proxy.url)
+        refused = gw.json("request", "keyupdate", "gw", "--regenerate", code=1)
+        assert "key type ed25519" in refused["error"], refused
+        assert "the key update was not sent" in refused["error"]
+        assert "--key-type rsa:2048" in refused["hint"]
+        assert proxy.kinds() == ["genm"]  # no kur; no new key was made either
+        assert interrupted(gw.paths(), "gw") is None
+        assert gw.cert == before_cert and keys.spki_der(gw.key) == before_key
+        gw.run("session", "set", "gw", "--key-type", "rsa:2048")
+        assert gw.json("request", "keyupdate", "gw", "--regenerate")["ok"] is True
+        assert proxy.kinds()[1:4] == ["genm", "kur", "certConf"], proxy.kinds()
+    gw.assert_pair()
+    assert keys.spki_der(gw.key) != before_key and gw.cert != before_cert

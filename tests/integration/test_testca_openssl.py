@@ -253,3 +253,50 @@ def test_crl_status_list(ca: TestCA) -> None:
             protection=MacProtection(reference=REF.encode(), secret=SECRET.encode()),
             issuer=ca.ca_cert.subject, this_update=crl.last_update_utc)
     assert got == ()
+
+
+def test_cert_req_template(tmp_path: Path) -> None:
+    """OpenSSL 3.5's client asks the test CA for its certificate request template (genm
+    certReqTemplate, RFC 9483 4.3.3) and writes its certTemplate and keySpec; the swcmp
+    client reads the same template."""
+    from pyasn1.codec.der import decoder
+    from pyasn1_alt_modules import rfc4211, rfc5480, rfc9480
+
+    if not _PEER[0].newer:
+        # 3.0's client can send the question but cannot save the answer (-template and
+        # -keyspec came with OpenSSL 3.4)
+        assert "-template" not in _PEER[0].run(["cmp", "-help"], cwd=tmp_path).stdout
+        pytest.skip("OpenSSL 3.0's client has no -template option")
+    config = CAConfig(mac_ref=REF.encode(), mac_secret=SECRET.encode(),
+                      template_key_types=("ecdsa:p384", "rsa:4096"),
+                      template_subject="/O=Example/CN=gw1.example.net")
+    with TestCA(tmp_path / "ca", config=config) as ca:
+        out = ok(openssl(ca, "-cmd", "genm", *MAC_ARGS, "-trusted", ca.ca_cert_path,
+                         "-infotype", "certReqTemplate", "-template", "tmpl.der",
+                         "-keyspec", "keyspec.der"))
+        assert "received GENP" in out
+        tmpl, rest = decoder.decode((tmp_path / "tmpl.der").read_bytes(),
+                                    asn1Spec=rfc4211.CertTemplate())
+        assert not rest
+        subject = [(str(atv["type"]), bytes(atv["value"]))
+                   for rdn in tmpl["subject"]["rdnSequence"] for atv in rdn]
+        assert subject == [("2.5.4.10", b"\x0c\x07Example"),
+                           ("2.5.4.3", b"\x0c\x0fgw1.example.net")]
+        spec, rest = decoder.decode((tmp_path / "keyspec.der").read_bytes(),
+                                    asn1Spec=rfc9480.Controls())
+        assert not rest and [str(c["type"]) for c in spec] == [
+            str(rfc9480.id_regCtrl_algId), str(rfc9480.id_regCtrl_rsaKeyLen)]
+        alg, _ = decoder.decode(bytes(spec[0]["value"]), asn1Spec=rfc9480.AlgIdCtrl())
+        assert alg["algorithm"] == rfc5480.id_ecPublicKey
+        curve, _ = decoder.decode(bytes(alg["parameters"]), asn1Spec=rfc5480.ECParameters())
+        assert curve["namedCurve"] == rfc5480.secp384r1
+        bits, _ = decoder.decode(bytes(spec[1]["value"]), asn1Spec=rfc9480.RsaKeyLenCtrl())
+        assert int(bits) == 4096
+        with HttpTransport(ca.url) as tr:
+            got = CMPClient(tr, recipient=ca.ca_cert.subject, trust=[ca.ca_cert]
+                            ).cert_req_template(protection=MacProtection(
+                                reference=REF.encode(), secret=SECRET.encode()))
+    assert got is not None and [k.describe() for k in got.key_spec] == ["ecdsa:p384",
+                                                                        "rsa:4096"]
+    assert got.subject is not None and [r.describe() for r in got.subject] == [
+        "O=Example", "CN=gw1.example.net"]

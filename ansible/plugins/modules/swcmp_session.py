@@ -175,6 +175,13 @@ options:
         across runs, from its request (1-2592000; swcmp's default is a day); then it is
         abandoned and the next attempt sends a new request.
     type: int
+  ask_template:
+    description:
+      - Ask the CA's certificate request template (genm certReqTemplate) before an initial
+        request and before a key update with a new key, and refuse a request it forbids
+        before sending it (swcmp's default is true; false for a CA that cannot take the
+        question).
+    type: bool
   pkcs11_module:
     description: PKCS#11 module of the token that holds a C(pkcs11:) O(key).
     type: path
@@ -321,6 +328,7 @@ SETTINGS = {
     "granted_with_mods": ("--granted-with-mods", "str"),
     "renew_with": ("--renew-with", "str"),
     "poll_limit": ("--poll-limit", "int"),
+    "ask_template": ("--ask-template", "bool"),
     "pkcs11_module": ("--pkcs11-module", "path"),
     "pin_file": ("--pin-file", "path"),
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
@@ -34,12 +34,31 @@ from swcmp.errors import (
 from swcmp.session import Session
 from swcmp.sessionfile import SessionStore
 
+if TYPE_CHECKING:
+    from swcmp.cmp.template import CertReqTemplate
+
 log = logging.getLogger(__name__)
 
 
 class CaLife(CaCerts, RootUpdate, Revocation, Crls):
     """The CA-life steps for sessions under ``paths`` (see :class:`~swcmp.calife.base._Base`
     for the arguments)."""
+
+    # ---------------------------------------------------------------- the template
+
+    def cert_req_template(self, session: Session) -> CertReqTemplate | None:
+        """The CA's certificate request template (genm certReqTemplate), asked now even
+        when the CA was remembered as not knowing the question (what it answers is
+        remembered). None: the CA does not know the question."""
+        from swcmp.calife.template import ask_template
+        from swcmp.enroll import _record_stats
+
+        client = self._client(session)
+        try:
+            return ask_template(session, self.paths, client, self._protection(session),
+                                now=self.clock(), force=True)
+        finally:
+            _record_stats(self.paths, session.name, client)
 
     # ---------------------------------------------------------------- the rhythm
 

@@ -54,6 +54,10 @@ CA_CERTS, ROOT_UPDATE, CURRENT_CRL = "caCerts", "rootCaCert", "currentCRL"
 #: genm crlStatusList (RFC 9483 4.3.4), asked before currentCRL; a CA that does not
 #: know it is remembered (``unsupported``) and asked currentCRL instead
 CRL_STATUS_LIST = "crlStatusList"
+#: genm certReqTemplate (RFC 9483 4.3.3), asked before an IR and before a key update with a
+#: new key; a CA that does not know it is remembered (``unsupported``) and not asked again
+#: for UNSUPPORTED_RETRY
+CERT_REQ_TEMPLATE = "certReqTemplate"
 
 
 class CaLifeError(SwcmpError):

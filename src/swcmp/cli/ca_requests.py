@@ -1,4 +1,4 @@
-"""``swcmp request cacerts | rootca | revoke | crl``: the CA's side of a session, now.
+"""``swcmp request cacerts | rootca | revoke | crl | template``: the CA's side of a session, now.
 
 The work is :class:`swcmp.calife.CaLife`'s; these commands parse, call it, record the
 result in the session's state like any request, and render it.
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
 
     from swcmp.calife import CaLife, Result
+    from swcmp.cmp.template import CertReqTemplate, Problem
     from swcmp.session import Session
 
 
@@ -171,4 +172,55 @@ def request_crl(name: str, no_deploy: bool) -> None:
     _ca_step(name, "crl", no_deploy, lambda life, s: life.refresh_crl(s))
 
 
-__all__ = ["request_cacerts", "request_crl", "request_revoke", "request_rootca"]
+@request.command("template")
+@_name_argument()
+@json_option
+def request_template(name: str) -> None:
+    """Ask the CA which key types and subject it wants (genm certReqTemplate, RFC 9483 4.3.3).
+
+    Prints the template and whether the session's subject and key type (that of a new
+    key) fit it. swcmp asks this itself before an initial request and before a key
+    update that makes a new key, and refuses to send a request the template forbids.
+    """
+    from swcmp.calife.template import key_of_session
+    from swcmp.cmp import template
+
+    env = _env()
+    s = env.store.load(name)
+    tmpl = _ca_life(env, True).cert_req_template(s)
+    key = key_of_session(s)
+    problems = template.check(tmpl, key=key, subject=s.entity_dn) if tmpl else []
+    data = {"session": s.name, "known": tmpl is not None,
+            "template": tmpl.to_json() if tmpl is not None else None,
+            "key_type": s.key_type, "fits": not problems,
+            "problems": [p.message for p in problems]}
+    env.emit(data, _template_text(s.name, s.key_type, tmpl, problems))
+
+
+def _template_text(name: str, key_type: str, tmpl: CertReqTemplate | None,
+                   problems: list[Problem]) -> str:
+    if tmpl is None:
+        return (f"certReqTemplate for session {name}: the CA does not know the question "
+                "(remembered; requests go on without a template)")
+    if not tmpl.offered:
+        return f"certReqTemplate for session {name}: the CA has no template (no requirements)"
+    subject = (", ".join(r.describe() for r in tmpl.subject) if tmpl.subject
+               else "(any)")
+    lines = [f"certReqTemplate for session {name}:",
+             "  key types   " + (", ".join(k.describe() for k in tmpl.key_spec) or "(any)"),
+             f"  subject     {subject}"]
+    if tmpl.extensions:
+        lines.append("  extensions  " + ", ".join(tmpl.extensions))
+    if tmpl.other_fields:
+        lines.append("  also        " + ", ".join(tmpl.other_fields))
+    for item in tmpl.unreadable:
+        lines.append(f"  unreadable  {item} (not checked)")
+    if problems:
+        lines += [f"  session     does not fit: {p.message}" for p in problems]
+    else:
+        lines.append(f"  session     fits (subject, and key type {key_type} for a new key)")
+    return "\n".join(lines)
+
+
+__all__ = ["request_cacerts", "request_crl", "request_revoke", "request_rootca",
+           "request_template"]

@@ -59,6 +59,7 @@ _OPTION_FIELDS = {
     "granted_with_mods": "granted_with_mods",
     "renew_with": "renew_with",
     "poll_limit": "poll_limit",
+    "ask_template": "ask_template",
     "pkcs11_module": "pkcs11_module",
     "pin_file": "pin_file",
 }
@@ -246,6 +247,13 @@ def setting_options(f: F) -> F:
             default=None,
             help="Accept answers signed by a certificate whose keyUsage lacks "
             "digitalSignature (CAs signing with a keyCertSign-only root). Default: no.",
+        ),
+        click.option(
+            "--ask-template/--no-ask-template",
+            default=None,
+            help="Ask the CA's certificate request template (genm certReqTemplate, RFC 9483 "
+            "4.3.3) before an initial request and a key update with a new key, and refuse "
+            "a key type or subject it forbids before sending. Default: yes.",
         ),
         click.option(
             "--implicit-confirm/--no-implicit-confirm",

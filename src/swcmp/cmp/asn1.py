@@ -341,6 +341,19 @@ class CertProfileValue(univ.SequenceOf):
     sizeSpec = constraint.ValueSizeConstraint(1, MAX)
 
 
+class CertReqTemplateContent(univ.Sequence):
+    """The value of id-it-certReqTemplate in a genp (RFC 9480 2.9, RFC 9483 4.3.3)."""
+
+    componentType = _seq(req("certTemplate", CertTemplate()),
+                         opt("keySpec", Controls()))
+
+
+class RsaKeyLenCtrl(univ.Integer):
+    """The value of an id-regCtrl-rsaKeyLen control: an RSA modulus length in bits."""
+
+    subtypeSpec = constraint.ValueRangeConstraint(1, MAX)
+
+
 class PBMParameter(univ.Sequence):
     componentType = _seq(req("salt", univ.OctetString().subtype(
                              subtypeSpec=constraint.ValueSizeConstraint(0, 128))),

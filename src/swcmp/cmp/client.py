@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 
-from swcmp.cmp import certs, codec, keys, oids, progress, text
+from swcmp.cmp import certs, codec, keys, oids, progress, template, text
 from swcmp.cmp.choices import GRANTED_WITH_MODS as GRANTED_WITH_MODS_POLICIES
 from swcmp.cmp.dn import format_dn
 from swcmp.cmp.errors import (
@@ -378,6 +378,19 @@ class CMPClient:
                                  for c in codec.parse_crls(v.value_der))
                 except ValueError as e:
                     raise ProtocolError(f"a CRL in the CA's crls does not parse: {e}") from e
+        return None
+
+    def cert_req_template(self, *, protection: Protection) -> template.CertReqTemplate | None:
+        """genm id-it-certReqTemplate (RFC 9483 4.3.3): what the CA wants in requests.
+
+        Returns the template (``offered`` False when the CA has none: no requirements),
+        or None when the answer has no id-it-certReqTemplate at all (a CA that does not
+        know the question). ProtocolError for a template that cannot be read.
+        """
+        values = self._genm(protection, [InfoValue(oids.IT_CERT_REQ_TEMPLATE, None)])
+        for v in values:
+            if v.oid == oids.IT_CERT_REQ_TEMPLATE:
+                return template.parse(v.value_der)
         return None
 
     def revoke(self, *, cert: x509.Certificate, protection: Protection,

@@ -1114,6 +1114,91 @@ def parse_crls(value_der: bytes | None) -> tuple[bytes, ...]:
     return crls
 
 
+@dataclass(frozen=True)
+class TemplateParts:
+    """A CertReqTemplateContent (RFC 9480 2.9) as pieces: the subject's attributes as
+    (OID, the value's DER) or None without a subject, the extensions' OIDs, the names of
+    the other CertTemplate fields present, and the keySpec controls as (OID, value DER)."""
+
+    subject: tuple[tuple[str, bytes], ...] | None
+    extensions: tuple[str, ...]
+    fields: tuple[str, ...]
+    controls: tuple[tuple[str, bytes], ...]
+
+
+def parse_cert_req_template(value_der: bytes) -> TemplateParts:
+    """The pieces of an id-it-certReqTemplate value (its size and elements are the
+    caller's to bound: a genp value is not counted with the message)."""
+    content = _decode(value_der, asn1.CertReqTemplateContent(), "CertReqTemplateContent")
+    tmpl = content["certTemplate"]
+
+    def present(seq: Any, name: str) -> Any:
+        # without instantiating it: an absent SEQUENCE of optional fields would read as set
+        value = seq.getComponentByName(name, instantiate=False)
+        return value if value is not univ.noValue and value.isValue else None
+
+    subject_value = present(tmpl, "subject")
+    subject = None
+    if subject_value is not None:
+        subject = tuple((str(atv["type"]), bytes(atv["value"]))
+                        for rdn in subject_value["rdnSequence"] for atv in rdn)
+    ext_value = present(tmpl, "extensions")
+    extensions = tuple(str(e["extnID"]) for e in ext_value) if ext_value is not None else ()
+    fields = tuple(n for n in ("version", "serialNumber", "signingAlg", "issuer", "validity",
+                               "publicKey", "issuerUID", "subjectUID")
+                   if present(tmpl, n) is not None)
+    spec = present(content, "keySpec")
+    controls = (tuple((str(c["type"]), bytes(c["value"])) for c in spec)
+                if spec is not None else ())
+    return TemplateParts(subject, extensions, fields, controls)
+
+
+def cert_req_template_value(subject_der: bytes | None,
+                            controls: Sequence[tuple[str, bytes]]) -> bytes:
+    """An id-it-certReqTemplate value, for a CA: a CertTemplate with only a subject (a
+    Name's DER) or nothing, and keySpec controls as (OID, value DER); none: no keySpec."""
+    content = asn1.CertReqTemplateContent()
+    tmpl = content["certTemplate"]
+    if subject_der is not None:
+        name = _decode(subject_der, asn1.Name(), "Name")
+        _copy_into(tmpl["subject"], name)
+    else:
+        tmpl.setComponents()  # an empty CertTemplate: every field is the requester's
+    for oid, value_der in controls:
+        atv = asn1.AttributeTypeAndValue()
+        atv["type"] = univ.ObjectIdentifier(oid)
+        atv["value"] = univ.Any(value_der)
+        content["keySpec"].append(atv)
+    return _enc(content)
+
+
+def rsa_key_len_der(bits: int) -> bytes:
+    """An id-regCtrl-rsaKeyLen value."""
+    return _enc(asn1.RsaKeyLenCtrl(bits))
+
+
+def oid_der(oid: str) -> bytes:
+    """An OBJECT IDENTIFIER's DER (e.g. a named curve as id-ecPublicKey parameters)."""
+    return _enc(univ.ObjectIdentifier(oid))
+
+
+def algorithm_der(alg: AlgorithmId) -> bytes:
+    """An AlgorithmIdentifier's DER (e.g. an id-regCtrl-algId value)."""
+    obj = asn1.AlgorithmIdentifier()
+    _alg(obj, alg)
+    return _enc(obj)
+
+
+def parse_rsa_key_len(value_der: bytes) -> int:
+    """An id-regCtrl-rsaKeyLen value (RsaKeyLenCtrl, INTEGER (1..MAX))."""
+    return int(_decode(value_der, asn1.RsaKeyLenCtrl(), "RsaKeyLenCtrl"))
+
+
+def parse_algorithm(value_der: bytes) -> AlgorithmId:
+    """An AlgorithmIdentifier on its own (e.g. an id-regCtrl-algId value)."""
+    return _alg_of(_decode(value_der, asn1.AlgorithmIdentifier(), "AlgorithmIdentifier"))
+
+
 #: CRLReason codes by name (RFC 5280 5.3.1: unspecified 0, keyCompromise 1, ...), from
 #: the schema (checked against pyasn1-alt-modules' transcription by the tests).
 CRL_REASONS: dict[str, int] = {str(name): int(value)

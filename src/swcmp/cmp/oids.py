@@ -39,17 +39,22 @@ ECDSA_SHA512 = "1.2.840.10045.4.3.4"
 ED25519 = "1.3.101.112"
 ED448 = "1.3.101.113"
 
-# CRMF (RFC 4211)
+# Public keys (RFC 5480)
+EC_PUBLIC_KEY = "1.2.840.10045.2.1"
+
+# CRMF (RFC 4211) and the keySpec controls of a certificate request template (RFC 9480 2.9)
 REG_CTRL_OLD_CERT_ID = "1.3.6.1.5.5.7.5.1.5"
+REG_CTRL_ALG_ID = "1.3.6.1.5.5.7.5.1.11"
+REG_CTRL_RSA_KEY_LEN = "1.3.6.1.5.5.7.5.1.12"
 
 # InfoTypeAndValue types (RFC 4210, RFC 9480 2.4 and 2.9)
 IT_IMPLICIT_CONFIRM = "1.3.6.1.5.5.7.4.13"
 IT_CONFIRM_WAIT_TIME = "1.3.6.1.5.5.7.4.14"
 IT_CA_CERTS = "1.3.6.1.5.5.7.4.17"
 IT_ROOT_CA_KEY_UPDATE = "1.3.6.1.5.5.7.4.18"
+IT_CERT_REQ_TEMPLATE = "1.3.6.1.5.5.7.4.19"
 IT_ROOT_CA_CERT = "1.3.6.1.5.5.7.4.20"
 IT_CERT_PROFILE = "1.3.6.1.5.5.7.4.21"
-IT_CERT_REQ_TEMPLATE = "1.3.6.1.5.5.7.4.19"
 IT_CURRENT_CRL = "1.3.6.1.5.5.7.4.6"
 IT_CRL_STATUS_LIST = "1.3.6.1.5.5.7.4.22"
 IT_CRLS = "1.3.6.1.5.5.7.4.23"
@@ -90,14 +95,17 @@ LIBRARY_NAMES: dict[str, str] = {
     "ECDSA_SHA512": "rfc5480.ecdsa_with_SHA512",
     "ED25519": "rfc8410.id_Ed25519",
     "ED448": "rfc8410.id_Ed448",
+    "EC_PUBLIC_KEY": "rfc5480.id_ecPublicKey",
     "REG_CTRL_OLD_CERT_ID": "rfc4211.id_regCtrl_oldCertID",
+    "REG_CTRL_ALG_ID": "rfc9480.id_regCtrl_algId",
+    "REG_CTRL_RSA_KEY_LEN": "rfc9480.id_regCtrl_rsaKeyLen",
     "IT_IMPLICIT_CONFIRM": "rfc9480.id_it_implicitConfirm",
     "IT_CONFIRM_WAIT_TIME": "rfc9480.id_it_confirmWaitTime",
     "IT_CA_CERTS": "rfc9480.id_it_caCerts",
     "IT_ROOT_CA_KEY_UPDATE": "rfc9480.id_it_rootCaKeyUpdate",
+    "IT_CERT_REQ_TEMPLATE": "rfc9480.id_it_certReqTemplate",
     "IT_ROOT_CA_CERT": "rfc9480.id_it_rootCaCert",
     "IT_CERT_PROFILE": "rfc9480.id_it_certProfile",
-    "IT_CERT_REQ_TEMPLATE": "rfc9480.id_it_certReqTemplate",
     "IT_CURRENT_CRL": "rfc9480.id_it_currentCRL",
     "IT_CRL_STATUS_LIST": "rfc9480.id_it_crlStatusList",
     "IT_CRLS": "rfc9480.id_it_crls",

@@ -20,7 +20,7 @@ import click
 
 from swcmp.cmp import keys
 from swcmp.errors import FAILURE_BIT, SwcmpError
-from swcmp.testca.config import FAULTS, CAConfig, parse_duration
+from swcmp.testca.config import FAULTS, TEMPLATE_KEY_TYPES, CAConfig, parse_duration
 
 #: CMP over TCP has port 829 (RFC 4210); 8829 needs no root and is easy to remember.
 DEFAULT_PORT = 8829
@@ -94,12 +94,25 @@ def testca() -> None:
               help="Route by RFC 9483 operation labels: a request only at a path ending in "
                    "its label (.../initialization, .../keyupdate, .../getcacerts), a certConf "
                    "or pollReq only where its transaction began; HTTP 404 otherwise.")
+@click.option("--template-key-type", "template_key_types", multiple=True,
+              type=click.Choice(TEMPLATE_KEY_TYPES), metavar="TYPE",
+              help="A key type the certificate request template (genm certReqTemplate) "
+              "allows: rsa:2048|3072|4096, ecdsa:p256, ecdsa:p384, ecdsa (any curve), "
+              "ed25519. Repeat for several.")
+@click.option("--template-subject", metavar="DN",
+              help="The subject of the certificate request template: requests must carry "
+              "its attributes as given.")
+@click.option("--template-unknown", is_flag=True,
+              help="Test knob: answer genm certReqTemplate with an error, as a CA that does "
+              "not know it (without any --template-* option the CA answers it has no "
+              "template).")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 def serve(directory: Path, host: str, port: int, mac_ref: str | None,
           mac_secret_file: Path | None, validity: str, key_type: str, implicit_confirm: bool,
           poll: int, check_after: int, reject: tuple[str, ...], delay: float, fault: str | None,
           signer_in_extracerts: bool, unique_keys: bool, label_paths: bool,
-          verbose: bool) -> None:
+          template_key_types: tuple[str, ...], template_subject: str | None,
+          template_unknown: bool, verbose: bool) -> None:
     """Serve CMP until stopped (Ctrl-C or SIGTERM); create the CA in DIR on the first run."""
     from swcmp.testca.server import TestCA
 
@@ -114,7 +127,9 @@ def serve(directory: Path, host: str, port: int, mac_ref: str | None,
             implicit_confirm=implicit_confirm, poll=poll, check_after=check_after,
             reject=reject, delay=delay, fault=fault,
             signer_in_extra_certs=signer_in_extracerts, unique_public_keys=unique_keys,
-            label_paths=label_paths)
+            label_paths=label_paths,
+            template_key_types=template_key_types, template_subject=template_subject,
+            template_unknown=template_unknown)
         ca = TestCA(directory, config=config, host=host, port=port).start()
     except (SwcmpError, OSError) as e:
         raise click.ClickException(str(e)) from e

@@ -16,6 +16,9 @@ FAULTS = ("wrong-nonce", "bad-protection", "unprotected", "other-key",
           # signed by a stranger under the CA's name
           "foreign-ca-cert", "bad-new-with-old", "foreign-crl")
 
+#: What ``template_key_types`` may name: swcmp's key types, and ``ecdsa`` for any curve.
+TEMPLATE_KEY_TYPES = (*keys.KEY_TYPES, "ecdsa")
+
 #: Largest request body accepted over HTTP; a CMP request with a few certificates is a few KiB.
 DEFAULT_MAX_REQUEST = 64 * 1024
 
@@ -70,6 +73,13 @@ class CAConfig:
             ``.../getcacerts`` for a genm asking caCerts, ...), and a certConf or pollReq
             only at the path where its transaction began; anything else gets HTTP 404.
             Off: every message at ``/`` or ``/pkix/``.
+        template_key_types: the key types named in the certificate request template
+            (genm certReqTemplate, RFC 9483 4.3.3) as its keySpec; ``ecdsa`` is any curve.
+        template_subject: the subject DN of the template (its attributes must be in
+            requests as given).
+        template_unknown: answer genm certReqTemplate with an error, as a CA that does
+            not know the question. Without any template setting the CA answers that it
+            has no template.
     """
 
     mac_ref: bytes | None = None
@@ -88,6 +98,9 @@ class CAConfig:
     signer_in_extra_certs: bool = True
     unique_public_keys: bool = True
     label_paths: bool = False
+    template_key_types: tuple[str, ...] = ()
+    template_subject: str | None = None
+    template_unknown: bool = False
 
     def __post_init__(self) -> None:
         if (self.mac_ref is None) != (self.mac_secret is None):
@@ -110,5 +123,15 @@ class CAConfig:
                     f"{', '.join(sorted(FAILURE_BIT, key=FAILURE_BIT.__getitem__))}")
         if self.fault is not None and self.fault not in FAULTS:
             raise ConfigError(f"unknown fault {self.fault!r}: use one of {', '.join(FAULTS)}")
+        for t in self.template_key_types:
+            if t not in TEMPLATE_KEY_TYPES:
+                raise ConfigError(f"unknown template key type {t!r}: use one of "
+                                  f"{', '.join(TEMPLATE_KEY_TYPES)}")
+        if self.template_subject is not None:
+            from swcmp.names import parse_dn
+
+            parse_dn(self.template_subject)
+        if self.template_unknown and (self.template_key_types or self.template_subject):
+            raise ConfigError("a CA that does not know certReqTemplate serves no template")
         if self.max_request_size < 1024:
             raise ConfigError("the request size limit must be at least 1024 bytes")

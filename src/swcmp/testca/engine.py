@@ -29,6 +29,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID
 
 from swcmp.cmp import certs, codec, keys, oids
@@ -37,6 +38,7 @@ from swcmp.cmp.messages import (
     GRANTED_WITH_MODS,
     REJECTION,
     WAITING,
+    AlgorithmId,
     CertRequestInfo,
     CertResponse,
     CertStatusInfo,
@@ -57,6 +59,7 @@ from swcmp.cmp.protection import (
     verify_mac,
 )
 from swcmp.errors import FAILURE_BIT, ProtectionError, ProtocolError, SwcmpError
+from swcmp.names import parse_dn
 from swcmp.testca import derutil
 from swcmp.testca.authority import BACKDATE, Authority, is_supported_key, rollover_stamp
 from swcmp.testca.config import CAConfig
@@ -756,6 +759,10 @@ class CMPEngine:
                 out.append(InfoValue(oids.IT_CURRENT_CRL, self._current_crl()))
             elif item.oid == oids.IT_CRL_STATUS_LIST:
                 out.append(InfoValue(oids.IT_CRLS, self._crls_for(item.value_der)))
+            elif item.oid == oids.IT_CERT_REQ_TEMPLATE:
+                if self.config.template_unknown:
+                    raise Refusal("badRequest", "genm certReqTemplate is not supported")
+                out.append(InfoValue(oids.IT_CERT_REQ_TEMPLATE, self._template()))
             else:
                 # RFC 4210 5.3.19: an infoType we cannot answer comes back without a value.
                 out.append(InfoValue(item.oid, None))
@@ -763,6 +770,28 @@ class CMPEngine:
             self.store.finish(msg.header.transaction_id, self.clock())
         return Answer("genp", codec.genm_body(out, kind="genp"),
                       note=", ".join(i.oid for i in items))
+
+    def _template(self) -> bytes | None:
+        """The certificate request template (RFC 9483 4.3.3), or None (no template)."""
+        cfg = self.config
+        if not cfg.template_key_types and cfg.template_subject is None:
+            return None
+        controls: list[tuple[str, bytes]] = []
+        for t in cfg.template_key_types:
+            if t.startswith("rsa:"):
+                controls.append((oids.REG_CTRL_RSA_KEY_LEN, codec.rsa_key_len_der(int(t[4:]))))
+                continue
+            if t == "ed25519":
+                alg = AlgorithmId(oids.ED25519)
+            else:
+                curve = {"ecdsa:p256": ec.EllipticCurveOID.SECP256R1,
+                         "ecdsa:p384": ec.EllipticCurveOID.SECP384R1}.get(t)
+                alg = AlgorithmId(oids.EC_PUBLIC_KEY, None if curve is None else
+                                  codec.oid_der(curve.dotted_string))
+            controls.append((oids.REG_CTRL_ALG_ID, codec.algorithm_der(alg)))
+        subject = (parse_dn(cfg.template_subject).public_bytes()
+                   if cfg.template_subject is not None else None)
+        return codec.cert_req_template_value(subject, controls)
 
     def _root_update(self, item: InfoValue) -> bytes | None:
         a = self.authority
