@@ -343,7 +343,9 @@ class _Soak:
             self.ca_events(day)
             self.free_space()
             if self.full_until is None:  # the operator cannot write either
-                self.file_faults()
+                # half-way, a kind of damage not met yet is made for sure: each kind is
+                # met in every run, whatever the random draws
+                self.file_faults(force=day == self.days // 2)
                 self.fill_space()
             before = len(self.proxy.seen)
             reports = self.one_pass(svc)
@@ -426,7 +428,13 @@ class _Soak:
         return any(int((t - self.start) / timedelta(days=1)) == day
                    for t in self.revoked.values())
 
-    def file_faults(self) -> None:
+    def _draw(self, kind: str, rarity: int, force: bool) -> bool:
+        """Whether to make a fault of ``kind`` now: at random (rate / rarity), or for
+        sure when ``force`` and none was made yet."""
+        return (force and not self.report.faults[kind]) or \
+            self.rng.random() < self.rate / rarity
+
+    def file_faults(self, *, force: bool = False) -> None:
         rng, paths = self.rng, self.site.paths
         for n, w in self.watch.items():  # the operator repairs what the alerts name
             if w.expired_since is not None and self.now - w.expired_since >= timedelta(days=1):
@@ -443,7 +451,7 @@ class _Soak:
             if w.broken_journal is not None and self.now >= w.broken_journal:
                 Journal(paths, n).path.unlink(missing_ok=True)
                 w.broken_journal = None
-        if rng.random() < self.rate / 3:
+        if self._draw("damaged state.json", 3, force):
             path = self.states.path(rng.choice(self.names))
             if path.exists():
                 damage = rng.choice([b"{", b"\xff\xfe", json.dumps(
@@ -451,12 +459,12 @@ class _Soak:
                 ).encode()]) if path.read_bytes()[:1] == b"{" else b"{"
                 path.write_bytes(damage)
                 self.report.faults["damaged state.json"] += 1
-        if rng.random() < self.rate / 3:
+        if self._draw("damaged calife.json", 3, force):
             path = CaLifeStore(paths, rng.choice(self.names)).path
             if path.exists():
                 _damage_calife(path, rng)
                 self.report.faults["damaged calife.json"] += 1
-        if rng.random() < self.rate / 5:
+        if self._draw("damaged session TOML", 5, force):
             n = rng.choice(self.names)
             w = self.watch[n]
             toml = self.site.store.path_for(n)
@@ -469,7 +477,7 @@ class _Soak:
                 except SwcmpError:
                     w.broken_toml = (self.now + timedelta(days=rng.randint(1, 3)), original)
                     self.report.faults["damaged session TOML"] += 1
-        if rng.random() < self.rate / 6:
+        if self._draw("damaged renewal journal", 6, force):
             n = rng.choice(self.names)
             w = self.watch[n]
             if w.broken_journal is None:
