@@ -342,3 +342,16 @@ def test_unload_key_removes_one_key_and_says_when_charon_did_not_hold_it(
     with pytest.raises(DeployError, match="refused unload-key: key busy"):
         port.unload_key(key_id_from_cert_pem(new.cert_pem))
     assert _usable(charon, new)
+
+
+def test_pinned_swap_with_a_version_int_cannot_read_goes_on(
+        pairs: tuple, tmp_path: Path) -> None:
+    # a version of 5 000 digits made int() raise ValueError in the middle of the swap:
+    # the new key stayed loaded and the previous pair was not restored
+    _, old, new = pairs
+    _pinned_tree(tmp_path, new)
+    charon = ScriptedCharon(sas={7: "gw"}, version="6" * 5000 + ".0")
+    _live(charon, old)
+    result = _port(charon, tmp_path).deploy(SESSION, new, old)
+    assert result.deployed and _usable(charon, new) and _usable(charon, old)
+    assert "without CHILD_SA" not in result.detail

@@ -33,16 +33,22 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from swcmp.cmp.text import safe
 from swcmp.strongswan.vici import CommandFailed, Vici, text
 
 CLOSES_CHILDLESS_SINCE = (6, 0)
 """The first charon release that closes the IKE SAs without CHILD_SA of a replaced connection."""
 
-_RELEASE = re.compile(r"(\d+)\.(\d+)")
+#: A few ASCII digits, not inside a longer number: charon's answer is not trusted (int()
+#: refuses more than 4 300 digits, and other scripts' digits name no release).
+_RELEASE = re.compile(r"(?<![0-9.])([0-9]{1,4})\.([0-9]{1,4})(?![0-9])")
+#: The longest version shown in a warning (charon's answer is not trusted).
+_SHOWN_VERSION = 40
 
 
 def release_of(version: str) -> tuple[int, int] | None:
-    """``(major, minor)`` of a version string as VICI ``version`` reports it (``6.0.1``)."""
+    """``(major, minor)`` of a version string as VICI ``version`` reports it (``6.0.1``);
+    None when it names none."""
     match = _RELEASE.search(version)
     if match is None:
         return None
@@ -81,8 +87,10 @@ def childless_ike_sas(conn: Vici, names: Iterable[str]) -> dict[int, str]:
 
 def replace_warning(version: str, connections: Iterable[str]) -> str:
     """What re-sending pinned ``connections`` does on this charon release, for operators."""
-    names = ", ".join(connections)
-    return (f"charon {version} (strongSwan 6.0 or later) closes the IKE SAs of a connection it "
-            f"replaces that have no CHILD_SA (other than those of start_action = start "
-            f"children); a renewal in pinned mode replaces {names}, so such IKE SAs are closed "
-            "(IKE SAs carrying other CHILD_SAs stay up); identity mode keeps them all")
+    names = safe(", ".join(connections))
+    if len(version) > _SHOWN_VERSION:
+        version = version[:_SHOWN_VERSION] + "..."
+    return (f"charon {safe(version)} (strongSwan 6.0 or later) closes the IKE SAs of a "
+            "connection it replaces that have no CHILD_SA (other than those of start_action = "
+            f"start children); a renewal in pinned mode replaces {names}, so such IKE SAs are "
+            "closed (IKE SAs carrying other CHILD_SAs stay up); identity mode keeps them all")
