@@ -19,7 +19,9 @@ current certificate); a resumed transaction keeps the kind it was started with.
 A transaction the CA keeps waiting is resumed by later runs only within the
 session's ``poll_limit``, counted from its request, and for a bounded number of
 runs (:func:`max_resumes`); past either it is abandoned: its staged key is destroyed,
-the run fails with :class:`TransactionAbandoned`, and the next one starts afresh.
+the run fails with :class:`TransactionAbandoned`, and the next one starts afresh. A
+certificate received before a run was killed, not yet confirmed, is not the CA's waiting:
+the next run confirms it whatever its request's age (the count of runs still applies).
 """
 
 from __future__ import annotations
@@ -171,8 +173,9 @@ class Renewer:
             store, j, entry, live_key, old_cert, regenerate,
             before_new_key=lambda: self._check_template(session, client, protection))
         entry = self._within_limit(session, store, j, entry)
-        # Polling in this run ends at the poll_limit of the transaction.
-        left = float(session.poll_limit) - (self._age(entry) if _resumable(entry) else 0.0)
+        # Polling in this run ends at the poll_limit of a transaction the CA keeps waiting.
+        left = float(session.poll_limit) - (
+            self._age(entry) if entry is not None and entry.held_by_ca() else 0.0)
         client.poll_deadline = deadline = max(0.0, min(self.poll_deadline, left))
         try:
             enrolled = self._transact(session, j, entry, client, new_key, old_cert, protection,
@@ -214,7 +217,10 @@ class Renewer:
         if entry.tx_started is None:  # journaled before the limit existed: counted from now
             entry = j.write(tx_started=self.clock().isoformat(timespec="seconds"))
         age = self._age(entry)
-        if age >= session.poll_limit:
+        # A certificate received before a kill and not yet confirmed is confirmed late
+        # whatever its request's age: abandoning it would leave it issued, unconfirmed,
+        # and ask the CA for a second one. Only the count of runs bounds that.
+        if entry.held_by_ca() and age >= session.poll_limit:
             self._abandon(session, store, j, entry,
                           f"has waited {age:.0f}s since its request, past the session's "
                           f"poll_limit of {session.poll_limit}s")

@@ -46,7 +46,7 @@ def cert_info(path: Path, now: datetime) -> dict[str, Any] | None:
 
 def poll_limit_end(paths: Paths, s: Session) -> datetime | None:
     """When the session's journaled CA transaction reaches its poll_limit (None: no
-    transaction, or its start unknown)."""
+    transaction the CA keeps waiting, or its start unknown)."""
     from swcmp.errors import StorageError
     from swcmp.store import Journal
 
@@ -54,7 +54,7 @@ def poll_limit_end(paths: Paths, s: Session) -> datetime | None:
         entry = Journal(paths, s.name).load()
     except StorageError:
         return None
-    if entry is None or entry.tx_started is None or entry.transaction() is None:
+    if entry is None or entry.tx_started is None or not entry.held_by_ca():
         return None
     return datetime.fromisoformat(entry.tx_started) + timedelta(seconds=s.poll_limit)
 

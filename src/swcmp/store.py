@@ -264,6 +264,14 @@ class JournalEntry:
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def held_by_ca(self) -> bool:
+        """Whether the CA keeps the journaled transaction waiting: it answered the request
+        'waiting', or the certConf (``confirm_nonce``). A certificate received and not yet
+        confirmed (a run killed before its certConf) is in swcmp's hands, not the CA's:
+        the poll_limit does not end it."""
+        return self.transaction() is not None and (
+            self.phase == "waiting" or (self.phase == "received" and bool(self.confirm_nonce)))
+
     def transaction(self) -> tuple[bytes, bytes] | None:
         """(transactionID, the CA's last senderNonce) when the CA answered, so that the
         transaction can be continued; None before any answer."""

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from cryptography import x509
 
 from hostile_proxy import HostileProxy, error_body, forge
 from openssl_gateway import GW, MAC_ARGS, SIG_ARGS, Gateway
-from openssl_mock import OPENSSL, OpenSSL
+from openssl_mock import OPENSSL, OpenSSL, mock_server
 from swcmp.cmp import certs, keys
 from swcmp.errors import (
     CMPErrorResponse,
@@ -35,6 +36,7 @@ from swcmp.errors import (
 from swcmp.paths import Paths
 from swcmp.renewal import Renewer, max_resumes
 from swcmp.sessionfile import SessionStore
+from swcmp.state import StateStore
 from swcmp.store import Journal
 from testca_site import CAHolder, Site, add_session, ca_config, make_site
 
@@ -319,3 +321,58 @@ def test_serve_abandons_at_the_poll_limit_and_says_so_in_the_metrics(
     assert r.result == "renewed", r.message
     assert site.stats()["kur"]["sent"] == 2 and site.pair_ok()
     assert os.stat(site.paths.key_file("gw1")).st_mode & 0o777 == 0o600
+
+
+KILL_AT = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[3])
+from pathlib import Path
+from swcmp.paths import Paths
+from swcmp.sessionfile import SessionStore
+from swcmp.state import StateStore
+from swcmp.renewal import Renewer
+root = Path(sys.argv[1])
+paths = Paths(root / "etc", root / "var", root / "swanctl")
+def checkpoint(p):
+    if p == sys.argv[2]:
+        os.kill(os.getpid(), signal.SIGKILL)
+Renewer(paths, checkpoint=checkpoint).renew(SessionStore(paths.config_dir).load("gw1"))
+sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("phase", ["received", "staged"])
+def test_a_certificate_received_before_a_kill_is_confirmed_even_past_the_poll_limit(
+        tmp_path: Path, phase: str) -> None:
+    """A run killed after the CA issued the certificate (received, or staged) and before
+    its certConf: the next run confirms that certificate late, also when it comes after
+    the poll_limit counted from the request (the CA made the request wait nearly the
+    whole limit, then a reboot). The poll_limit bounds how long the CA may keep a request
+    waiting; a certificate in hand is not thrown away for it (that would leave it issued
+    and unconfirmed and ask the CA for a second one)."""
+    from pki import make_pki, pem_cert
+    from renewal_env import make_gateway
+    from testpaths import TESTS
+
+    pki = make_pki(tmp_path / "pki")
+    renewed = pki.issue(pki.gw_key, serial=pki.gw.serial_number, days=400)
+    pki.write("rsp.crt", pem_cert(renewed))
+    with mock_server([*SIG_ARGS, "-rsp_cert", "rsp.crt"], cwd=pki.dir) as url:
+        gw = make_gateway(tmp_path / "gw", pki, url, poll_limit="1h")
+        root = gw.paths.config_dir.parent
+        res = subprocess.run([sys.executable, "-c", KILL_AT, str(root), phase, str(TESTS)],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+        j = Journal(gw.paths, "gw1")
+        entry = j.load()
+        assert entry is not None and entry.phase == "received" and entry.cert
+        # the CA had kept the request waiting for most of the hour before it issued
+        j.write(tx_started=(datetime.now(UTC) - timedelta(hours=2)).isoformat())
+        session = SessionStore(gw.paths.config_dir).load("gw1")
+        out = Renewer(gw.paths, sleep=_no_sleep).renew(session)
+    assert out.ok
+    assert gw.cert == renewed and gw.pair_matches()
+    assert j.load() is None
+    # no second request: the killed run's kur (not counted: it was killed) was confirmed
+    stats = StateStore(gw.paths).load("gw1").stats
+    assert stats.get("kur", {}).get("sent", 0) == 0 and stats["certConf"]["sent"] == 1
