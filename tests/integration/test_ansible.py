@@ -317,6 +317,43 @@ def test_request_revoke_and_absent_with_and_without_revoke(fleet: Fleet) -> None
     assert again.results("gw1", "swcmp_request")[0]["changed"] is False  # already revoked
 
 
+def test_a_declaration_that_moves_a_setting_between_two_that_exclude_each_other(
+        fleet: Fleet) -> None:
+    """A profile label needs a server URL without a path. A play that moves a session from
+    a profile label to a server URL with a path (the label emptied in the same task) is a
+    consistent declaration: the module applies it (it unsets before it sets) instead of
+    failing on the half-way state swcmp refuses; and back again."""
+    host = fleet.ca.url.removesuffix("/pkix/")  # http://127.0.0.1:PORT
+    play = fleet.write_play("labels.yml", f"""
+- hosts: gw1
+  gather_facts: false
+  module_defaults:
+    group/swcmp.gateway.swcmp:
+      executable: "{{{{ swcmp_executable }}}}"
+      config_dir: "{{{{ swcmp_config_dir }}}}"
+      state_dir: "{{{{ swcmp_state_dir }}}}"
+      swanctl_dir: "{{{{ swcmp_swanctl_dir }}}}"
+      vici: none
+  tasks:
+    - name: an RFC 9811 profile on the CA's host
+      swcmp.gateway.swcmp_session: {{name: pl, server_url: "{host}", profile_label: gw}}
+    - name: the CA moves to one path for everything
+      swcmp.gateway.swcmp_session: {{name: pl, server_url: "{host}/pkix/", profile_label: ""}}
+    - name: and back to the profile
+      swcmp.gateway.swcmp_session: {{name: pl, server_url: "{host}", profile_label: gw}}
+""")
+    run = fleet.play(play)
+    try:
+        assert run.rc == 0, run.log
+        _, moved, back = run.results("gw1", "swcmp_session")
+        assert moved["changed"] and sorted(moved["changes"]) == ["profile_label", "server_url"]
+        assert (moved["session"]["server_url"], moved["session"]["profile_label"]) == (
+            f"{host}/pkix/", None)
+        assert (back["session"]["server_url"], back["session"]["profile_label"]) == (host, "gw")
+    finally:
+        fleet.swcmp("gw1", "session", "delete", "pl")
+
+
 def test_every_session_setting_is_a_module_option(fleet: Fleet) -> None:
     """The module's options cover what `swcmp session show --json` prints."""
     shown = set(fleet.swcmp("gw1", "session", "show", "gw1"))

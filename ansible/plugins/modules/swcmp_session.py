@@ -475,12 +475,15 @@ def main():
             to_set = dict((f, wanted[f]) for f in changes if f in wanted)
             set_values = dict((f, v) for f, v in to_set.items() if not _is_unset(v))
             unset = [f for f, v in to_set.items() if _is_unset(v)]
+            # Unset first: a value back at its default never conflicts with another
+            # setting, while the values set may conflict with one still to be unset
+            # (a server URL with a path beside the profile label it replaces).
+            if unset and current is not None:
+                swcmp.run("session", "unset", name, *unset)
             if current is None:
                 swcmp.run("session", "create", name, *_set_args(set_values))
             elif set_values:
                 swcmp.run("session", "set", name, *_set_args(set_values))
-            if unset and current is not None:
-                swcmp.run("session", "unset", name, *unset)
             if "auto_update" in changes:
                 if auto:
                     swcmp.run("session", "enable-auto-update", name)
