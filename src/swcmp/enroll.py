@@ -325,10 +325,11 @@ def _request(kind: str, session: Session, paths: Paths, protection: Callable[[],
         prot = protection()
         keys_ = keystore.open(session, paths)
         client = make_client(session, transport=transport, paths=paths, clock=clock)
+        taken: Callable[[], None] = _nothing
         if kind == "ir":
             # Before a key is made: a key type the CA's template forbids is not generated
-            _check_template(session, paths, client, prot, keys_,
-                            now=clock() if clock is not None else datetime.now(UTC))
+            taken = _check_template(session, paths, client, prot, keys_,
+                                    now=clock() if clock is not None else datetime.now(UTC))
         key, _ = keys_.ensure_key()
         try:
             if kind == "p10cr":
@@ -340,6 +341,7 @@ def _request(kind: str, session: Session, paths: Paths, protection: Callable[[],
                                 protection=prot)
         finally:
             _record_stats(paths, session.name, client)
+        taken()  # the CA took the request: a refusal of the template question was its own
         return _store_and_configure(session, paths, store, keys_, enrolled, kind, charon)
 
     # The renewal lock: a renewal committing a new key while this request is on the
@@ -349,16 +351,21 @@ def _request(kind: str, session: Session, paths: Paths, protection: Callable[[],
         return _run_request(session, paths, kind, work, clock)
 
 
+def _nothing() -> None:
+    return None
+
+
 def _check_template(session: Session, paths: Paths, client: CMPClient, prot: Protection,
-                    keys_: KeyStore, *, now: datetime) -> None:
+                    keys_: KeyStore, *, now: datetime) -> Callable[[], None]:
     """genm certReqTemplate before an IR: refuse a key type or subject the CA's template
-    forbids before anything else is sent (see swcmp.calife.template)."""
+    forbids before anything else is sent (see swcmp.calife.template). Returns what to
+    call once the CA took the IR."""
     from swcmp.calife.template import check_request, key_of, key_of_session
 
     assert session.entity_dn is not None
     live = keys_.live_key()
     try:
-        check_request(session, paths, client, prot, now=now,
+        return check_request(session, paths, client, prot, now=now,
                       key=key_of(keys.public_key_of(live)) if live is not None
                       else key_of_session(session), key_is_new=live is None,
                       subject=session.entity_dn, what="initial request")

@@ -169,9 +169,12 @@ class Renewer:
         self._collect(session, store)
         client = make_client(session, transport=self.transport, poll_deadline=self.poll_deadline,
                              sleep=self.sleep, paths=self.paths, clock=self.clock)
+        # what to call once the CA took the request (see calife.template.check_request)
+        taken: list[Callable[[], None]] = []
         new_key, entry = self._key_to_certify(
             store, j, entry, live_key, old_cert, regenerate,
-            before_new_key=lambda: self._check_template(session, client, protection))
+            before_new_key=lambda: taken.append(
+                self._check_template(session, client, protection)))
         entry = self._within_limit(session, store, j, entry)
         # Polling in this run ends at the poll_limit of a transaction the CA keeps waiting.
         left = float(session.poll_limit) - (
@@ -196,6 +199,8 @@ class Renewer:
             raise
         finally:
             self._record_stats(session.name, client)
+        for done in taken:
+            done()
         j.stage_cert(enrolled.certificate, [*enrolled.chain])
         j.write(phase="confirmed")
         self.test_checkpoint("confirmed")
@@ -250,14 +255,15 @@ class Renewer:
             raise error from cause
         raise error
 
-    def _check_template(self, session: Session, client: CMPClient, protection: Any) -> None:
+    def _check_template(self, session: Session, client: CMPClient, protection: Any
+                        ) -> Callable[[], None]:
         """genm certReqTemplate before a new key is made: a key type the CA's template
         forbids is refused before the key is made and anything else is sent (a key update
         repeats the certificate's subject, so only the key type is checked)."""
         from swcmp.calife.template import check_request, key_of_session
 
         try:
-            check_request(session, self.paths, client, protection, now=self.clock(),
+            return check_request(session, self.paths, client, protection, now=self.clock(),
                           key=key_of_session(session), key_is_new=True, subject=None,
                           what="key update")
         except SwcmpError:

@@ -387,3 +387,40 @@ def test_request_template_against_the_openssl_mocks(gw: Gateway) -> None:
     assert stats["genm"]["sent"] == 2  # asked again before the IR: no template is no refusal
     assert "certReqTemplate" not in gw.json("status", "gw1")["sessions"][0]["ca"].get(
         "unsupported", {})
+
+
+def test_a_template_question_refused_with_the_request_is_not_remembered(
+        tmp_path: Path) -> None:
+    """A CA that refuses the template question with a protected error is remembered as not
+    knowing it only once it takes the request that follows. OpenSSL 3.0's mock whose trust
+    store no longer holds the gateway's root refuses every signed message, the template
+    question first (its protected error, badRequest): that refusal says nothing about the
+    question. Remembered, the template would not be asked for 30 days; it is asked again
+    by the next key update."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from pki import make_cert, name
+
+    gw = Gateway(tmp_path)
+    first = gw.pki.issue(gw.key, GW)
+    with gw.ca(MAC_ARGS, first) as url:
+        gw.create_session(url)
+        assert gw.json("request", "initial", "gw1", "--no-deploy")["ok"] is True
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    other = make_cert(name("another root"), other_key.public_key(), other_key, ca=True,
+                      not_before=datetime.now(UTC) - timedelta(days=1))
+    gw.pki.write("other.crt", pem_cert(other))
+    renewed = gw.pki.issue(gw.key, GW, serial=first.serial_number, days=400)
+    untrusting = ["-srv_cert", "srv.crt", "-srv_key", "srv.key", "-srv_trusted", "other.crt"]
+    with gw.ca(untrusting, renewed):
+        refused = gw.json("request", "keyupdate", "gw1", "--regenerate", "--no-deploy",
+                          code=1)
+        assert "badRequest" in refused["error"], refused
+    unsupported = gw.json("status", "gw1")["sessions"][0]["ca"].get("unsupported", {})
+    assert "certReqTemplate" not in unsupported, unsupported
+    sent = gw.json("stats", "gw1")["sessions"][0]["stats"]["genm"]["sent"]
+    with gw.ca(SIG_ARGS, renewed):
+        gw.run("request", "keyupdate", "gw1", "--regenerate", "--no-deploy")
+    assert gw.json("stats", "gw1")["sessions"][0]["stats"]["genm"]["sent"] == sent + 1

@@ -3,17 +3,22 @@ before an IR and before a key update that makes a new key, so that a key type or
 the CA does not take is refused before anything is sent, with the setting to change.
 
 A CA that does not know the question (its genp has no certReqTemplate, or it answers
-with an error it protected) is remembered in ``calife.json`` like a CA without
-crlStatusList, and not asked again for UNSUPPORTED_RETRY. A CA that cannot be reached
-(no connection, no answer within the session's timeout) fails the request there, as the
-request itself would. Whatever else goes wrong with the question (an HTTP error, an
-answer that fails its checks or comes delayed, a template swcmp cannot read) is logged
-and the request goes on: the template only ever spares the CA a request it would refuse.
+with an error it protected and then takes the request) is remembered in ``calife.json``
+like a CA without crlStatusList, and not asked again for UNSUPPORTED_RETRY. A protected
+error to the question says it does not know it only when the same CA takes the request
+that follows: a CA that refuses every message (our signer no longer trusted, its
+clock, its database down) refuses the question first, and is asked again next time. A
+CA that cannot be reached (no connection, no answer within the session's timeout) fails
+the request there, as the request itself would. Whatever else goes wrong with the
+question (an HTTP error, an answer that fails its checks or comes delayed, a template
+swcmp cannot read) is logged and the request goes on: the template only ever spares the
+CA a request it would refuse.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -39,12 +44,15 @@ TEMPLATE_POLL_DEADLINE = 0.0
 
 
 def ask_template(session: Session, paths: Paths, client: CMPClient, protection: Protection,
-                 *, now: datetime, force: bool = False) -> CertReqTemplate | None:
+                 *, now: datetime, force: bool = False,
+                 refusals: list[CMPErrorResponse] | None = None) -> CertReqTemplate | None:
     """Ask the CA for its template and remember whether it knows the question.
 
     Returns the template, or None when the CA does not know the question (then
-    remembered) or, unless ``force``, was remembered as not knowing it. Other failures
-    raise (SwcmpError).
+    remembered) or, unless ``force``, was remembered as not knowing it. With
+    ``refusals``, a protected error to the question is put there instead of remembered
+    (the caller remembers it, with :func:`remember_refusal`, once the CA took the
+    request that follows). Other failures raise (SwcmpError).
     """
     store = CaLifeStore(paths, session.name)
     if not force and store.load().is_unsupported(CERT_REQ_TEMPLATE, now):
@@ -56,11 +64,13 @@ def ask_template(session: Session, paths: Paths, client: CMPClient, protection: 
     try:
         answer = client.cert_req_template(protection=protection)
     except CMPErrorResponse as e:
+        if e.protected and refusals is not None:
+            refusals.append(e)
+            log.info("%s: the CA refuses genm certReqTemplate (%s); remembered if it takes "
+                     "the request", session.name, e)
+            return None
         if e.protected:  # the CA itself refuses the question: not asked again each time
-            with store.update() as st:
-                st.unsupported[CERT_REQ_TEMPLATE] = {"since": _iso(now), "error": str(e)[:300]}
-            log.info("%s: the CA refuses genm certReqTemplate (%s); remembered, not asked "
-                     "again", session.name, e)
+            remember_refusal(session, paths, e, now=now)
             return None
         raise
     finally:
@@ -78,9 +88,22 @@ def ask_template(session: Session, paths: Paths, client: CMPClient, protection: 
     return answer
 
 
+def remember_refusal(session: Session, paths: Paths, error: CMPErrorResponse, *,
+                     now: datetime) -> None:
+    """Remember that the CA refused the template question (protected ``error``)."""
+    with CaLifeStore(paths, session.name).update() as st:
+        st.unsupported[CERT_REQ_TEMPLATE] = {"since": _iso(now), "error": str(error)[:300]}
+    log.info("%s: the CA refuses genm certReqTemplate (%s); remembered, not asked again",
+             session.name, error)
+
+
+def _nothing() -> None:
+    return None
+
+
 def check_request(session: Session, paths: Paths, client: CMPClient, protection: Protection,
                   *, now: datetime, key: KeyChoice, key_is_new: bool,
-                  subject: x509.Name | None, what: str) -> None:
+                  subject: x509.Name | None, what: str) -> Callable[[], None]:
     """Ask the template (unless the CA is known not to have the question) and refuse a
     request it forbids, before anything else is sent.
 
@@ -88,6 +111,9 @@ def check_request(session: Session, paths: Paths, client: CMPClient, protection:
     be made per the session's key type; ``subject`` the one requested (None: not
     checked, as for a key update, which repeats the certificate's). ``what`` names the
     request in messages ("initial request", "key update").
+
+    Returns what to call once the CA took the request: it remembers a protected refusal
+    of the question (a CA that refused both said nothing about the question).
 
     Raises:
         ConfigError: the template forbids the key type or the subject; nothing was sent
@@ -97,24 +123,36 @@ def check_request(session: Session, paths: Paths, client: CMPClient, protection:
 
     if not session.ask_template:
         log.debug("%s: the template is not asked (ask_template off)", session.name)
-        return
+        return _nothing
+    refusals: list[CMPErrorResponse] = []
     try:
-        tmpl = ask_template(session, paths, client, protection, now=now)
+        tmpl = ask_template(session, paths, client, protection, now=now, refusals=refusals)
     except (ConnectError, TimeoutError_):
         raise  # the CA cannot be reached now: the request would fare no better
     except SwcmpError as e:
         log.warning("%s: the CA's certificate request template could not be had (%s); the "
                     "%s goes on without it", session.name, e, what)
-        return
+        return _nothing
+    if refusals:
+        refused = refusals[0]
+
+        def taken() -> None:
+            try:
+                remember_refusal(session, paths, refused, now=now)
+            except SwcmpError as e:  # never fails the request the CA took
+                log.warning("%s: could not remember the CA's refusal of certReqTemplate: "
+                            "%s", session.name, e)
+
+        return taken
     if tmpl is None or not tmpl.offered:
-        return
+        return _nothing
     for item in tmpl.unreadable:
         log.warning("%s: the CA's certificate request template has what swcmp cannot read "
                     "(%s); not checked", session.name, item)
     problems = template.check(tmpl, key=key, subject=subject)
     if not problems:
         log.info("%s: the %s fits the CA's certificate request template", session.name, what)
-        return
+        return _nothing
     first = problems[0]
     text = "; ".join(p.message for p in problems)
     message = f"session {session.name}: {text}; the {what} was not sent"
@@ -148,4 +186,4 @@ def key_of(public_key: object) -> KeyChoice:
     return template.key_choice_of(public_key)
 
 
-__all__ = ["ask_template", "check_request", "key_of", "key_of_session"]
+__all__ = ["ask_template", "check_request", "key_of", "key_of_session", "remember_refusal"]
