@@ -565,8 +565,8 @@ class Renewer:
 
 
 def _journaled_route(entry: JournalEntry) -> Route | None:
-    """Where the journaled transaction sent its request (None: not journaled, the
-    session's server URL then, as before per-operation URLs existed)."""
+    """Where the journaled transaction sent its request (None: not journaled by older
+    versions; the session's URLs now)."""
     from swcmp.cmp.urls import Route
 
     return Route(entry.url, entry.url_per_body) if entry.url is not None else None

@@ -225,12 +225,14 @@ class JournalEntry:
     4.4) instead of confirming again, and the pkiConf may echo this certConf's nonce.
     For a key in a token (see :mod:`swcmp.keystore.token`): ``token_id`` is the CKA_ID
     (hex) of the staged pair, ``token_old`` that of the pair it replaces and
-    ``old_cert_pem`` its certificate. ``url`` is where the transaction's request went
-    when the session routes operations by path (with ``url_per_body``, the URL to which
-    each message's body type is added); its pollReq and certConf go there too. None:
-    the session's server URL. ``tx_started`` (ISO time) is when the transaction's
-    request was sent and ``resumes`` how many runs continued it: a transaction is resumed
-    only within the session's poll_limit (see :mod:`swcmp.renewal`).
+    ``old_cert_pem`` its certificate. ``url`` is where the transaction's request went:
+    the server URL, or when the session routes operations by path its operation's URL
+    (with ``url_per_body``, the URL to which each message's body type is added); its
+    pollReq and certConf go there too, whatever the session says now. None (a journal
+    of a version that did not record it): the session's URLs now. ``tx_started`` (ISO
+    time) is when the transaction's request was sent and ``resumes`` how many runs
+    continued it: a transaction is resumed only within the session's poll_limit (see
+    :mod:`swcmp.renewal`).
     """
 
     phase: JournalPhase

@@ -185,6 +185,39 @@ def test_a_resumed_transaction_goes_where_it_began(tmp_path: Path, phase: str) -
     assert Journal(gw.paths, "gw1").load() is None
 
 
+def test_a_transaction_of_a_single_url_session_resumes_at_its_url(tmp_path: Path) -> None:
+    """A session without operation paths sends every message to its server URL; a renewal
+    killed while OpenSSL 3.5's mock delays the kup journals that URL, and the next run
+    polls and confirms there even though the operator moved the session's server URL
+    meanwhile (the router refuses a pollReq anywhere but where its transaction began)."""
+    pki = make_pki(tmp_path / "pki")
+    renewed = pki.issue(pki.gw_key, serial=pki.gw.serial_number, days=400)
+    pki.write("rsp.crt", pem_cert(renewed))
+    args = [*SIG_ARGS, "-rsp_cert", "rsp.crt", "-poll_count", "1", "-check_after", "1"]
+    with mock_server(args, cwd=pki.dir, openssl=OpenSSL.of("3.5")) as url, \
+            label_router(url) as router:
+        began = f"{router.url}{BASE}/keyupdate"
+        gw = make_gateway(tmp_path / "gw", pki, began, ask_template=False)
+        root = gw.paths.config_dir.parent
+        res = subprocess.run([sys.executable, "-c", CHILD, str(root), "waiting", str(TESTS)],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+        entry = Journal(gw.paths, "gw1").load()
+        assert entry is not None and entry.url == began and not entry.url_per_body
+        store = SessionStore(gw.paths.config_dir)
+        from swcmp.session import set_fields
+
+        session = set_fields(store.load("gw1"), {"server_url": f"{router.url}/moved"})
+        store.save(session)
+        Renewer(gw.paths, sleep=lambda s: None).renew(session)
+    assert router.refused() == []
+    assert set(router.paths_of("pollReq")) == {f"{BASE}/keyupdate"}
+    assert router.paths_of("certConf") == [f"{BASE}/keyupdate"]
+    assert router.paths_of("kur") == [f"{BASE}/keyupdate"]  # only the killed run's
+    assert gw.cert == renewed and gw.pair_matches()
+    assert Journal(gw.paths, "gw1").load() is None
+
+
 # swcmp's own test CA with --label-paths: the same routing rules, no Debian 13 needed.
 
 def label_session(site: Site, ca: CAHolder) -> Session:

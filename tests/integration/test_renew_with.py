@@ -258,6 +258,10 @@ def test_a_transaction_resumed_by_too_many_runs_is_abandoned_with_its_staged_key
     next run certifies a new key in a new transaction."""
     add_session(site, ca.ca, regenerate=True)
     site.store.update("gw1", set_values={"poll_limit": "1h"})
+    # the path to the CA, where someone may later answer in the CA's place (a resumed
+    # transaction goes to the URL its request went to)
+    proxy = stack.enter_context(HostileProxy(ca.ca.url))
+    site.store.update("gw1", set_values={"server_url": proxy.url})
     session = site.session()
     live_key = site.key_pem()
     ca.restart(ca_config(poll=1000, check_after=60))
@@ -268,12 +272,9 @@ def test_a_transaction_resumed_by_too_many_runs_is_abandoned_with_its_staged_key
     failure: type[SwcmpError] = PollingTimeoutError
     if answers == "unprotected":
         # someone on the path answers every pollReq with an unprotected error
-        proxy = stack.enter_context(HostileProxy(ca.ca.url))
         proxy.on("pollReq", forge(lambda ex: error_body("transaction unknown", 2),
                                   sender_der=ca.ca.ca_cert.subject.public_bytes()),
                  times=None)
-        site.store.update("gw1", set_values={"server_url": proxy.url})
-        session = site.session()
         failure = CMPErrorResponse
     for n in range(1, max_resumes(session) + 1):
         with pytest.raises(failure):
@@ -288,8 +289,7 @@ def test_a_transaction_resumed_by_too_many_runs_is_abandoned_with_its_staged_key
     assert site.stats()["kur"]["sent"] == 1
 
     ca.restart(ca_config())
-    if answers == "unprotected":
-        proxy.clear()
+    proxy.clear()
     out = Renewer(site.paths, sleep=_no_sleep).renew(session)
     assert out.ok and site.pair_ok()
     assert site.key_pem() not in (live_key, staged)

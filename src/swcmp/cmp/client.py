@@ -296,7 +296,7 @@ class CMPClient:
 
         def waiting(nonce: bytes) -> None:
             note(TxEvent("received", "certConf", tx.transaction_id, cert_req_id,
-                         tx.server_nonce, cert_der, nonce, tx.route))
+                         tx.server_nonce, cert_der, nonce, self._sent_to(tx)))
 
         with self._transaction():
             if confirm_nonce is None:
@@ -428,6 +428,14 @@ class CMPClient:
             return None
         return self.endpoints.route(operation_of(body, info_oid), body)
 
+    def _sent_to(self, tx: _Tx) -> Route | None:
+        """Where ``tx``'s messages go, for the journal: its route, or the transport's one
+        URL (a resumed transaction goes there even after the session's URL changed)."""
+        if tx.route is not None:
+            return tx.route
+        url = getattr(self.transport, "url", None)
+        return Route(url) if isinstance(url, str) and url else None
+
     @contextmanager
     def _transaction(self) -> Iterator[None]:
         try:
@@ -508,7 +516,7 @@ class CMPClient:
                 msg, verified = self._exchange(tx, "pollReq", codec.poll_req_body([req_id]),
                                                (rep_kind, "pollRep"))
             else:
-                note(TxEvent("sending", kind, tx.transaction_id, req_id, route=tx.route))
+                note(TxEvent("sending", kind, tx.transaction_id, req_id, route=self._sent_to(tx)))
                 msg, verified = self._exchange(tx, kind, body, (rep_kind,))
             response, msg, verified, polls = self._await_certificate(
                 tx, kind, rep_kind, msg, verified, req_id, note)
@@ -537,7 +545,7 @@ class CMPClient:
                 f"refused the certificate the CA issued: {e}"
             ).with_hint("the CA was told (certConf rejection); nothing was stored") from e
         note(TxEvent("received", kind, tx.transaction_id, req_id, tx.server_nonce,
-                     response.cert_der, route=tx.route))
+                     response.cert_der, route=self._sent_to(tx)))
         if accept is not None:
             try:
                 accept(cert)
@@ -554,7 +562,7 @@ class CMPClient:
 
                 def confirm_waiting(nonce: bytes) -> None:
                     note(TxEvent("received", kind, tx.transaction_id, req_id, tx.server_nonce,
-                                 cert_der, nonce, tx.route))
+                                 cert_der, nonce, self._sent_to(tx)))
 
                 self._confirm(tx, response.cert_der, req_id, None, note=confirm_waiting)
             except Exception:
@@ -626,7 +634,7 @@ class CMPClient:
             # Journal the CA's latest nonce before anything can end the wait: a run
             # that resumes this transaction must echo that one.
             note(TxEvent("waiting", kind, tx.transaction_id, req_id, tx.server_nonce,
-                         route=tx.route))
+                         route=self._sent_to(tx)))
             elapsed = self.monotonic() - start
             if elapsed + wait > self.poll_deadline:
                 raise PollingTimeoutError(
@@ -765,6 +773,9 @@ class CMPClient:
                   tx.transaction_id.hex())
         self.stats["sent", kind] += 1
         url = tx.route.message_url(kind) if tx.route is not None else None
+        if url is not None and self.endpoints is None and url == getattr(self.transport, "url",
+                                                                          None):
+            url = None  # a journaled route to the one URL the transport posts to anyway
         try:
             with progress.exchange(kind, url or getattr(self.transport, "url", None)):
                 # the URL only when routing: a transport for one URL needs none
