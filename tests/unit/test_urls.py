@@ -61,6 +61,16 @@ def test_profile_label_path() -> None:
         Endpoints.build("https://ca.example.net", profile_label="a/b")
 
 
+@pytest.mark.parametrize("label", [".", ".."])
+def test_a_dot_segment_is_no_profile_label(label: str) -> None:
+    """'.' and '..' are made of allowed characters but are dot-segments: the CA's server
+    removes them (RFC 3986 5.2.4), so /.well-known/cmp/p/../keyupdate would reach
+    /.well-known/cmp/keyupdate, not a profile."""
+    with pytest.raises(ConfigError) as e:
+        Endpoints.build("https://ca.example.net", profile_label=label)
+    assert e.value.setting == "profile_label"
+
+
 def test_operations_of_bodies_and_genm() -> None:
     assert operation_of("ir") == "initialization"
     assert operation_of("cr") == "certification"

@@ -105,9 +105,10 @@ def append_path(url: str, segment: str) -> str:
 def check_profile_label(value: str) -> str:
     """An RFC 9811 profile label: one path segment of unreserved characters."""
     text = value.strip()
-    if not _LABEL_RE.fullmatch(text):
+    if not _LABEL_RE.fullmatch(text) or text in (".", ".."):
+        # '.' and '..' are dot-segments, which the server removes (RFC 3986 5.2.4)
         raise _bad(f"invalid profile_label {value!r}: 1-64 letters, digits, '.', '_', '~' "
-                   "or '-'", "give the label the CA operator names in "
+                   "or '-', not '.' or '..'", "give the label the CA operator names in "
                    "/.well-known/cmp/p/<label>", "profile_label")
     return text
 
