@@ -200,3 +200,23 @@ def test_a_template_of_many_elements_is_refused_before_it_is_decoded() -> None:
     assert len(value) < template.MAX_TEMPLATE_SIZE
     with pytest.raises(ProtocolError, match="cannot be read: more than 2000 DER elements"):
         template.parse(value)
+
+
+def test_a_refusal_shows_a_hostile_template_shortened() -> None:
+    """A template of 60 subject attributes of 900 characters each (55 KB, within the read
+    bounds) that the session's subject does not have: the refusal names the first few
+    problems, each value shortened, and how many more; it is not the CA's 55 KB of text
+    in swcmp's error, its logs and state.json."""
+    attrs = [(univ.ObjectIdentifier(f"1.3.6.1.4.1.99999.{n}"), char.UTF8String("A" * 900))
+             for n in range(60)]
+    tmpl = template.parse(_template(_subject(*attrs)))
+    problems = template.check(tmpl, subject=x509.Name.from_rfc4514_string("CN=gw1"))
+    assert len(problems) == 60
+    assert all(len(p.message) < 200 for p in problems), problems[0].message
+    assert "A" * template.MAX_VALUE_SHOWN + "..." in problems[0].message
+    text = template.describe_problems(problems)
+    assert len(text) < 1000, len(text)
+    assert text.endswith("; and 56 more (`swcmp request template` lists them)"), text
+    assert tmpl.subject is not None
+    assert len(tmpl.subject[0].describe()) < 100
+    assert template.describe_problems(problems[:2]) == "; ".join(p.message for p in problems[:2])

@@ -154,7 +154,7 @@ def check_request(session: Session, paths: Paths, client: CMPClient, protection:
         log.info("%s: the %s fits the CA's certificate request template", session.name, what)
         return _nothing
     first = problems[0]
-    text = "; ".join(p.message for p in problems)
+    text = template.describe_problems(problems)
     message = f"session {session.name}: {text}; the {what} was not sent"
     if first.what == "key" and key_is_new:
         suggested = tmpl.suggested_key_type()

@@ -39,6 +39,11 @@ MAX_KEY_SPEC = 32
 MAX_SUBJECT_ATTRIBUTES = 64
 #: An RSA length beyond this in rsaKeyLen is refused as malformed.
 MAX_RSA_BITS = 65536
+#: What of a template a refusal shows: values up to this many characters (X.520's upper
+#: bound of a common name), and this many problems (the CA's words in swcmp's errors,
+#: logs and state.json stay short; `request template` shows the whole template).
+MAX_VALUE_SHOWN = 64
+MAX_PROBLEMS_SHOWN = 4
 
 _STRING_CODECS = {0x0C: "utf-8", 0x13: "ascii", 0x16: "ascii", 0x14: "latin-1",
                   0x1E: "utf-16-be", 0x1C: "utf-32-be"}
@@ -107,7 +112,7 @@ class SubjectRule:
     value: str | None
 
     def describe(self) -> str:
-        value = safe(self.value) if self.value is not None else "(any value)"
+        value = _shown(self.value) if self.value is not None else "(any value)"
         return f"{_attribute_name(self.oid)}={value}"
 
 
@@ -356,13 +361,28 @@ def check(template: CertReqTemplate, *, key: KeyChoice | None = None,
             elif rule.value is not None and _fold(rule.value) not in values:
                 problems.append(Problem("subject", (
                     f"the CA's certificate request template wants the subject's "
-                    f"{_attribute_name(rule.oid)} to be '{safe(rule.value)}'")))
+                    f"{_attribute_name(rule.oid)} to be '{_shown(rule.value)}'")))
     return problems
+
+
+def describe_problems(problems: list[Problem]) -> str:
+    """The problems in one line: the first :data:`MAX_PROBLEMS_SHOWN`, then how many more."""
+    shown = "; ".join(p.message for p in problems[:MAX_PROBLEMS_SHOWN])
+    more = len(problems) - MAX_PROBLEMS_SHOWN
+    return shown + (f"; and {more} more (`swcmp request template` lists them)"
+                    if more > 0 else "")
+
+
+def _shown(value: str) -> str:
+    """A value from the template as a message shows it: escaped, and shortened."""
+    if len(value) > MAX_VALUE_SHOWN:
+        value = value[:MAX_VALUE_SHOWN] + "..."
+    return safe(value)
 
 
 def _fold(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-__all__ = ["CertReqTemplate", "KeyChoice", "Problem", "SubjectRule", "check", "key_choice",
-           "key_choice_of", "parse"]
+__all__ = ["CertReqTemplate", "KeyChoice", "Problem", "SubjectRule", "check",
+           "describe_problems", "key_choice", "key_choice_of", "parse"]
