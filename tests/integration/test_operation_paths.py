@@ -218,6 +218,40 @@ def test_a_transaction_of_a_single_url_session_resumes_at_its_url(tmp_path: Path
     assert Journal(gw.paths, "gw1").load() is None
 
 
+def test_after_a_late_confirmation_at_a_gone_url_the_new_request_goes_to_the_new_one(
+        tmp_path: Path) -> None:
+    """A renewal killed after the certificate arrived (staged, not confirmed); the CA then
+    moved (the old URL refuses connections) and the operator gave the session the new
+    URL. The late certConf goes to the journaled URL and fails there; the key update
+    that replaces it is a new transaction and goes to the new server URL (OpenSSL's mock
+    at both), not to the URL the transport posted to last."""
+    pki = make_pki(tmp_path / "pki")
+    renewed = pki.issue(pki.gw_key, serial=pki.gw.serial_number, days=400)
+    pki.write("rsp.crt", pem_cert(renewed))
+    args = [*SIG_ARGS, "-rsp_cert", "rsp.crt"]
+    with mock_server(args, cwd=pki.dir) as old:
+        gw = make_gateway(tmp_path / "gw", pki, old, ask_template=False)
+        root = gw.paths.config_dir.parent
+        res = subprocess.run([sys.executable, "-c", CHILD, str(root), "staged", str(TESTS)],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    entry = Journal(gw.paths, "gw1").load()
+    assert entry is not None and entry.phase == "received" and entry.url == old
+    with mock_server(args, cwd=pki.dir) as new:
+        store = SessionStore(gw.paths.config_dir)
+        from swcmp.session import set_fields
+
+        session = set_fields(store.load("gw1"), {"server_url": new})
+        store.save(session)
+        out = Renewer(gw.paths, sleep=lambda s: None).renew(session)
+    assert out.ok, out
+    stats = StateStore(gw.paths).load("gw1").stats
+    # the late certConf tried at the gone URL, then the new kur and its certConf
+    assert stats["certConf"]["sent"] == 2 and stats["kur"]["sent"] == 1, stats
+    assert gw.cert == renewed and gw.pair_matches()
+    assert Journal(gw.paths, "gw1").load() is None
+
+
 # swcmp's own test CA with --label-paths: the same routing rules, no Debian 13 needed.
 
 def label_session(site: Site, ca: CAHolder) -> Session:

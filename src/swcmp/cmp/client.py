@@ -206,6 +206,10 @@ class CMPClient:
             raise ValueError(f"granted_with_mods {granted_with_mods!r}")
         self.granted_with_mods = granted_with_mods
         self.endpoints = None if endpoints is None or endpoints.single else endpoints
+        #: The transport's own URL: a resumed transaction may post to another one (its
+        #: journaled URL), and every other transaction still goes here.
+        url = getattr(transport, "url", None)
+        self._home_url = url if isinstance(url, str) and url else None
         self.clock = clock
         self.sleep = sleep
         self.monotonic = monotonic
@@ -433,8 +437,7 @@ class CMPClient:
         URL (a resumed transaction goes there even after the session's URL changed)."""
         if tx.route is not None:
             return tx.route
-        url = getattr(self.transport, "url", None)
-        return Route(url) if isinstance(url, str) and url else None
+        return Route(self._home_url) if self._home_url is not None else None
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -772,17 +775,16 @@ class CMPClient:
         log.debug("sending %s (%d bytes, transaction %s)", kind, len(data),
                   tx.transaction_id.hex())
         self.stats["sent", kind] += 1
-        url = tx.route.message_url(kind) if tx.route is not None else None
-        if url is not None and self.endpoints is None and url == getattr(self.transport, "url",
-                                                                          None):
-            url = None  # a journaled route to the one URL the transport posts to anyway
+        url = tx.route.message_url(kind) if tx.route is not None else self._home_url
+        if self.endpoints is None and url == getattr(self.transport, "url", None):
+            url = None  # where a transport for one URL posts anyway
         try:
             with progress.exchange(kind, url or getattr(self.transport, "url", None)):
                 # the URL only when routing: a transport for one URL needs none
                 raw = (self.transport.post(data) if url is None
                        else self.transport.post(data, url))
         except HTTPStatusError as e:
-            wrong_path = url is not None and e.status in (400, 404, 405)
+            wrong_path = self.endpoints is not None and e.status in (400, 404, 405)
             try:
                 if e.body:
                     self._raise_if_error(tx, codec.decode_message(e.body), nonce)
