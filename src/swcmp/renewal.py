@@ -80,6 +80,10 @@ log = logging.getLogger(__name__)
 RESUMES_BASE = 12
 
 
+#: How messages name the request a renewal sends, by the session's renew_with.
+_REQUEST_NAMES = {"kur": "key update", "cr": "renewal by cr", "p10cr": "renewal by p10cr"}
+
+
 def max_resumes(session: Session) -> int:
     """How many runs may resume one waiting transaction of ``session``."""
     return RESUMES_BASE + session.poll_limit // 3600
@@ -264,8 +268,8 @@ class Renewer:
 
         try:
             return check_request(session, self.paths, client, protection, now=self.clock(),
-                          key=key_of_session(session), key_is_new=True, subject=None,
-                          what="key update")
+                                 key=key_of_session(session), key_is_new=True, subject=None,
+                                 what=_REQUEST_NAMES.get(session.renew_with, "key update"))
         except SwcmpError:
             self._record_stats(session.name, client)
             raise

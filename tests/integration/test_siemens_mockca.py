@@ -219,6 +219,22 @@ def test_renewal_with_a_new_key_by_cr(mock: MockCA, tmp_path: Path) -> None:
     assert gw.cert.subject == old_cert.subject
 
 
+def test_a_renewal_by_cr_with_a_key_type_the_template_forbids_is_named_as_such(
+        mock: MockCA, tmp_path: Path) -> None:
+    """The Mock CA's template takes RSA 2048 only: a renewal by cr that would make an
+    Ed25519 key is refused before anything but the template question is sent, and the
+    refusal names the request that was not sent (a cr, not a key update)."""
+    gw = enrolled(mock, tmp_path, "swcmp-template-cr.example.net")
+    gw.run("session", "set", "gw", "--ignore-keyusage", "--renew-with", "cr",
+           "--key-type", "ed25519")
+    before = gw.cert
+    refused = gw.json("request", "keyupdate", "gw", "--regenerate", code=1)
+    assert "key type ed25519" in refused["error"], refused
+    assert "the renewal by cr was not sent" in refused["error"], refused
+    assert "--key-type rsa:2048" in refused["hint"], refused
+    assert gw.cert == before
+
+
 def test_renewal_by_p10cr_whose_certificate_is_no_renewal_is_refused(mock: MockCA,
                                                                       tmp_path: Path) -> None:
     """`--renew-with p10cr`: the Mock CA issues for a p10cr a certificate without the
