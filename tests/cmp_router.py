@@ -59,8 +59,11 @@ def _label(msg: object) -> str | None:
 
 
 @contextmanager
-def label_router(upstream: str, prefix: str = "/.well-known/cmp/p/gw") -> Iterator[Router]:
-    """Serve on 127.0.0.1 in a thread; ``router.url`` is its base (scheme and address)."""
+def label_router(upstream: str, prefix: str = "/.well-known/cmp/p/gw",
+                 unknown: frozenset[str] = frozenset()) -> Iterator[Router]:
+    """Serve on 127.0.0.1 in a thread; ``router.url`` is its base (scheme and address).
+    Operation labels in ``unknown`` are served nowhere (HTTP 404), as by a CA that does
+    not offer them."""
     router = Router(prefix=prefix)
     lock = threading.Lock()
 
@@ -81,7 +84,8 @@ def label_router(upstream: str, prefix: str = "/.well-known/cmp/p/gw") -> Iterat
                 if body in ("certConf", "pollReq", "error"):
                     ok = router.where.get(tid) == self.path
                 else:
-                    ok = self.path == f"{prefix}/{_label(msg)}"
+                    ok = (self.path == f"{prefix}/{_label(msg)}"
+                          and _label(msg) not in unknown)
                     if ok:
                         router.where[tid] = self.path
                 if not ok:

@@ -78,6 +78,28 @@ def test_labels_under_a_profile_through_the_cli(tmp_path: Path,
     assert router.paths_of("rr") == [f"{BASE}/revocation"]
 
 
+def test_a_ca_without_the_template_label_is_remembered_once_it_takes_the_ir(
+        tmp_path: Path) -> None:
+    """A CA routing by RFC 9483 labels that does not offer getcertreqtemplate answers the
+    template question HTTP 404 there. Once the same CA took the IR, that is remembered
+    like a CA refusing the question: the next IR does not ask again (no 404 warned about
+    before every IR and every renewal with a new key)."""
+    gw = Gateway(tmp_path)
+    issued = gw.pki.issue(gw.key, GW)
+    with gw.ca(MAC_ARGS, issued) as url, \
+            label_router(url, unknown=frozenset({"getcertreqtemplate"})) as router:
+        gw.create_session(router.url)
+        gw.run("session", "set", "gw1", "--profile-label", "gw", "--operation-paths", "labels")
+        assert gw.json("request", "initial", "gw1", "--no-deploy")["ok"] is True
+        assert router.refused() == [(f"{BASE}/getcertreqtemplate", "genm")]
+        unsupported = gw.json("status", "gw1")["sessions"][0]["ca"]["unsupported"]
+        assert "404" in unsupported["certReqTemplate"]["error"], unsupported
+        gw.cert_file.unlink()
+        assert gw.json("request", "initial", "gw1", "--no-deploy")["ok"] is True
+    assert router.refused() == [(f"{BASE}/getcertreqtemplate", "genm")]  # not asked again
+    assert router.paths_of("ir") == [f"{BASE}/initialization"] * 2
+
+
 def test_a_wrong_path_is_refused_and_named(tmp_path: Path) -> None:
     """The router is strict: body-type paths (.../ir) are not its labels. swcmp says
     which setting to look at, and stores nothing."""

@@ -3,16 +3,16 @@ before an IR and before a key update that makes a new key, so that a key type or
 the CA does not take is refused before anything is sent, with the setting to change.
 
 A CA that does not know the question (its genp has no certReqTemplate, or it answers
-with an error it protected and then takes the request) is remembered in ``calife.json``
-like a CA without crlStatusList, and not asked again for UNSUPPORTED_RETRY. A protected
-error to the question says it does not know it only when the same CA takes the request
-that follows: a CA that refuses every message (our signer no longer trusted, its
-clock, its database down) refuses the question first, and is asked again next time. A
-CA that cannot be reached (no connection, no answer within the session's timeout) fails
-the request there, as the request itself would. Whatever else goes wrong with the
-question (an HTTP error, an answer that fails its checks or comes delayed, a template
-swcmp cannot read) is logged and the request goes on: the template only ever spares the
-CA a request it would refuse.
+with an error it protected, or HTTP 404 or 405 at the question's URL, and then takes the
+request) is remembered in ``calife.json`` like a CA without crlStatusList, and not asked
+again for UNSUPPORTED_RETRY. Such an error says it does not know the question only when
+the same CA takes the request that follows: a CA that refuses every message (our signer
+no longer trusted, its clock, its database down) refuses the question first, and is
+asked again next time. A CA that cannot be reached (no connection, no answer within the
+session's timeout) fails the request there, as the request itself would. Whatever else
+goes wrong with the question (an HTTP error, an answer that fails its checks or comes
+delayed, a template swcmp cannot read) is logged and the request goes on: the template
+only ever spares the CA a request it would refuse.
 """
 
 from __future__ import annotations
@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 
 from swcmp.calife.state import CERT_REQ_TEMPLATE, CaLifeStore, _iso
-from swcmp.errors import CMPErrorResponse, ConfigError, ConnectError, SwcmpError, TimeoutError_
+from swcmp.errors import (
+    CMPErrorResponse,
+    ConfigError,
+    ConnectError,
+    HTTPStatusError,
+    SwcmpError,
+    TimeoutError_,
+)
 from swcmp.paths import Paths
 from swcmp.session import Session
 
@@ -45,14 +52,15 @@ TEMPLATE_POLL_DEADLINE = 0.0
 
 def ask_template(session: Session, paths: Paths, client: CMPClient, protection: Protection,
                  *, now: datetime, force: bool = False,
-                 refusals: list[CMPErrorResponse] | None = None) -> CertReqTemplate | None:
+                 refusals: list[SwcmpError] | None = None) -> CertReqTemplate | None:
     """Ask the CA for its template and remember whether it knows the question.
 
     Returns the template, or None when the CA does not know the question (then
     remembered) or, unless ``force``, was remembered as not knowing it. With
-    ``refusals``, a protected error to the question is put there instead of remembered
-    (the caller remembers it, with :func:`remember_refusal`, once the CA took the
-    request that follows). Other failures raise (SwcmpError).
+    ``refusals``, a protected error to the question, or HTTP 404 or 405 at its URL (a
+    CA routing by path that does not offer it), is put there instead of remembered (the
+    caller remembers it, with :func:`remember_refusal`, once the CA took the request
+    that follows). Other failures raise (SwcmpError).
     """
     store = CaLifeStore(paths, session.name)
     if not force and store.load().is_unsupported(CERT_REQ_TEMPLATE, now):
@@ -73,6 +81,13 @@ def ask_template(session: Session, paths: Paths, client: CMPClient, protection: 
             remember_refusal(session, paths, e, now=now)
             return None
         raise
+    except HTTPStatusError as e:
+        if refusals is not None and e.status in (404, 405):
+            refusals.append(e)
+            log.info("%s: the CA does not serve genm certReqTemplate at its URL (%s); "
+                     "remembered if it takes the request", session.name, e)
+            return None
+        raise
     finally:
         client.poll_deadline = deadline
     with store.update() as st:
@@ -88,9 +103,10 @@ def ask_template(session: Session, paths: Paths, client: CMPClient, protection: 
     return answer
 
 
-def remember_refusal(session: Session, paths: Paths, error: CMPErrorResponse, *,
+def remember_refusal(session: Session, paths: Paths, error: SwcmpError, *,
                      now: datetime) -> None:
-    """Remember that the CA refused the template question (protected ``error``)."""
+    """Remember that the CA refused the template question (``error``: its protected
+    error, or HTTP 404 or 405 at the question's URL)."""
     with CaLifeStore(paths, session.name).update() as st:
         st.unsupported[CERT_REQ_TEMPLATE] = {"since": _iso(now), "error": str(error)[:300]}
     log.info("%s: the CA refuses genm certReqTemplate (%s); remembered, not asked again",
@@ -124,7 +140,7 @@ def check_request(session: Session, paths: Paths, client: CMPClient, protection:
     if not session.ask_template:
         log.debug("%s: the template is not asked (ask_template off)", session.name)
         return _nothing
-    refusals: list[CMPErrorResponse] = []
+    refusals: list[SwcmpError] = []
     try:
         tmpl = ask_template(session, paths, client, protection, now=now, refusals=refusals)
     except (ConnectError, TimeoutError_):
