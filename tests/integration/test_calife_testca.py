@@ -424,3 +424,30 @@ def test_request_initial_ends_the_failures_of_the_renewals_before_it(
     got = run_json(a, "status", "gwa")["sessions"][0]
     assert got["failures"] == 0 and got["next_attempt"] is None, got
     assert got["state"] not in ("needs_ir", "failed"), got
+
+
+def test_a_question_refused_for_the_message_is_not_remembered_as_unknown(
+        tmp_path: Path, ca: CAHolder) -> None:
+    """With this host's clock an hour off, the CA refuses every message (its protected
+    error, failInfo badTime): crlStatusList and currentCRL are not remembered as questions
+    the CA does not know (that stopped CRL fetches for 30 days after NTP was fixed); they
+    back off like a CA out of reach, and with the clock right the CRL comes at once."""
+    from datetime import UTC, datetime
+
+    from swcmp.errors import CMPErrorResponse
+
+    a = gateway(tmp_path, ca, "gwa")
+    skewed = CaLife(a.paths, clock=lambda: datetime.now(UTC) + timedelta(hours=1))
+    with pytest.raises(CMPErrorResponse, match="badTime") as e:
+        skewed.refresh_crl(a.session("gwa"))
+    assert e.value.protected
+    with pytest.raises(CMPErrorResponse, match="badTime"):
+        skewed.refresh_ca_certs(a.session("gwa"))
+    st = CaLifeStore(a.paths, "gwa").load()
+    assert st.unsupported == {}, st.unsupported
+    now = datetime.now(UTC)
+    assert st.backing_off("crlStatusList", now) and st.backing_off("caCerts", now)
+    fixed = CaLife(a.paths)
+    assert fixed.refresh_crl(a.session("gwa")).changed
+    assert crl_file(a.paths, "gwa").exists()
+    assert "crlStatusList" in CaLifeStore(a.paths, "gwa").load().checked

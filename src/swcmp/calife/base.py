@@ -85,7 +85,8 @@ class _Base:
     def _ask(self, session: Session, question: str, work: Callable[[CMPClient], Any], *,
              remember: bool = True) -> Any:
         """Run one genm/rr exchange; remember a CA that refuses ``question`` (a genm the
-        CA answers with a protected error is taken as not supported)."""
+        CA answers with a protected error is taken as not supported, unless its failInfo
+        refuses the message itself: our clock, our signer, the CA down; that backs off)."""
         from swcmp.enroll import _record_stats
 
         client = self._client(session)
@@ -95,7 +96,7 @@ class _Base:
             answer = work(client)
         except CMPErrorResponse as e:
             with store.update() as st:
-                if e.protected and remember:
+                if e.protected and remember and not e.refuses_message:
                     # The CA itself said no: do not ask it every pass.
                     st.unsupported[question] = {"since": _iso(now), "error": str(e)[:300]}
                 elif remember:

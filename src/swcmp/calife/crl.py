@@ -159,8 +159,8 @@ class Crls(_Base):
             crls = self._ask(session, CRL_STATUS_LIST, lambda c: c.crl_status(
                 protection=self._protection(session), issuer=issuer, this_update=this_update))
         except CMPErrorResponse as e:
-            if not e.protected:
-                raise
+            if not e.protected or e.refuses_message:
+                raise  # currentCRL would fare no better: asked again after the backoff
             log.info("%s: the CA refuses crlStatusList (%s); asking currentCRL",
                      session.name, e)
             return None  # remembered by _ask as not supported

@@ -72,6 +72,8 @@ def ask_template(session: Session, paths: Paths, client: CMPClient, protection: 
     try:
         answer = client.cert_req_template(protection=protection)
     except CMPErrorResponse as e:
+        if e.refuses_message:  # our clock, our signer, the CA down: not about the question
+            raise
         if e.protected and refusals is not None:
             refusals.append(e)
             log.info("%s: the CA refuses genm certReqTemplate (%s); remembered if it takes "

@@ -45,6 +45,14 @@ FAILURE_INFO: dict[int, tuple[str, str]] = {
     26: ("duplicateCertReq", "the CA refuses a duplicate certificate request"),
 }
 FAILURE_BIT: dict[str, int] = {name: bit for bit, (name, _) in FAILURE_INFO.items()}
+#: failInfo names that refuse a message for how it came, not for what it asks: its
+#: protection, time, nonces, recipient or signer, or the CA's own state. A question the
+#: CA refuses with one of these may well be one it knows (asked again after a backoff).
+MESSAGE_FAILURES = frozenset({
+    "badAlg", "badMessageCheck", "badTime", "wrongAuthority", "missingTimeStamp",
+    "wrongIntegrity", "badRecipientNonce", "timeNotAvailable", "badSenderNonce",
+    "signerNotTrusted", "transactionIdInUse", "unsupportedVersion", "notAuthorized",
+    "systemUnavail", "systemFailure"})
 
 PKI_STATUS: dict[int, str] = {
     0: "accepted",
@@ -189,6 +197,12 @@ class CMPErrorResponse(ProtocolError):
         super().__init__("; ".join(parts))
         hints = [FAILURE_INFO[FAILURE_BIT[n]][1] for n in fail_info if n in FAILURE_BIT]
         self.hint = "; ".join(hints)
+
+    @property
+    def refuses_message(self) -> bool:
+        """The failInfo refuses the message itself (see :data:`MESSAGE_FAILURES`), not
+        what it asks: a CA that says so about a genm has not said it does not know it."""
+        return any(n in MESSAGE_FAILURES for n in self.fail_info)
 
 
 class PollingTimeoutError(ProtocolError):
