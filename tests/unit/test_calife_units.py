@@ -85,3 +85,16 @@ def test_times_in_a_damaged_calife_json_never_stop_the_ca_questions_for_good() -
     # a backoff within its bounds still holds
     st.failed(CA_CERTS, NOW, retry_after=10**9)
     assert st.backing_off(CA_CERTS, NOW + timedelta(hours=23))
+
+
+def test_failinfo_that_refuses_the_message_is_told_from_one_that_refuses_the_question(
+        ) -> None:
+    """Only a refusal for what a genm asks marks the question unknown to the CA; one for
+    how the message came (clock, signer, the CA down) does not."""
+    from swcmp.cmp.errors import FAILURE_BIT, MESSAGE_FAILURES, CMPErrorResponse
+
+    assert MESSAGE_FAILURES.issubset(FAILURE_BIT)
+    for name in ("badTime", "signerNotTrusted", "systemUnavail", "badMessageCheck"):
+        assert CMPErrorResponse(status="rejection", fail_info=(name,)).refuses_message
+    for info in ((), ("badRequest",), ("badDataFormat",), ("addInfoNotAvailable",)):
+        assert not CMPErrorResponse(status="rejection", fail_info=info).refuses_message
