@@ -220,3 +220,16 @@ def test_a_refusal_shows_a_hostile_template_shortened() -> None:
     assert tmpl.subject is not None
     assert len(tmpl.subject[0].describe()) < 100
     assert template.describe_problems(problems[:2]) == "; ".join(p.message for p in problems[:2])
+
+
+def test_ec_with_curve_parameters_swcmp_cannot_read_forbids_nothing() -> None:
+    """A keySpec whose id-ecPublicKey names its curve by explicit parameters (which RFC
+    5480 does not allow, and swcmp does not compare) is listed as unreadable and forbids
+    nothing: it may well describe P-256. It was read as an unknown algorithm, which,
+    alone in the keySpec, refused every key type before sending."""
+    explicit = univ.Sequence()  # specifiedCurve: a SEQUENCE where the curve's OID belongs
+    tmpl = template.parse(_template(None, [
+        (rfc9480.id_regCtrl_algId, _alg(rfc5480.id_ecPublicKey, explicit))]))
+    assert tmpl.key_spec == ()
+    assert any("curve parameters" in u for u in tmpl.unreadable), tmpl.unreadable
+    assert template.check(tmpl, key=template.key_choice("ecdsa:p256")) == []

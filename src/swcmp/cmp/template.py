@@ -10,8 +10,9 @@ bits). An absent value means the CA has no requirements.
 
 :func:`parse` reads such a value from hostile bytes (bounded in size and elements);
 :func:`check` says what of a planned request the template forbids. What swcmp cannot
-read in a template (an unknown control, an attribute value that is no string) is listed
-in :attr:`CertReqTemplate.unreadable` and never forbids anything.
+read in a template (an unknown control, an EC curve given by explicit parameters, an
+attribute value that is no string) is listed in :attr:`CertReqTemplate.unreadable` and
+never forbids anything.
 """
 
 from __future__ import annotations
@@ -269,7 +270,12 @@ def _read(parts: codec.TemplateParts) -> CertReqTemplate:
         if kind == oids.REG_CTRL_RSA_KEY_LEN:
             key_spec.append(_rsa_key_len(raw))
         elif kind == oids.REG_CTRL_ALG_ID:
-            key_spec.append(_alg_id(raw))
+            choice = _alg_id(raw)
+            if choice is None:
+                unreadable.append("keySpec algId id-ecPublicKey with curve parameters "
+                                  "instead of a named curve")
+            else:
+                key_spec.append(choice)
         else:
             unreadable.append(f"keySpec control {kind}")
     return CertReqTemplate(offered=True, subject=subject, key_spec=tuple(key_spec),
@@ -304,7 +310,9 @@ def _rsa_key_len(raw: bytes) -> KeyChoice:
     return KeyChoice("rsa", rsa_bits=bits)
 
 
-def _alg_id(raw: bytes) -> KeyChoice:
+def _alg_id(raw: bytes) -> KeyChoice | None:
+    """The key type of an id-regCtrl-algId value; None for an EC key whose curve swcmp
+    cannot tell (explicit parameters, which RFC 5480 does not allow)."""
     from swcmp.cmp import codec
 
     alg = codec.parse_algorithm(raw)
@@ -313,7 +321,7 @@ def _alg_id(raw: bytes) -> KeyChoice:
             return KeyChoice("ec")
         curve = der.single(alg.params_der)
         if curve.tag != 0x06:
-            return KeyChoice("other", oid=alg.oid)  # implicit or explicit curve parameters
+            return None  # explicit curve parameters: perhaps a curve swcmp makes keys on
         return KeyChoice("ec", curve=der.oid_text(curve.value))
     if alg.oid == oids.RSA_ENCRYPTION:
         return KeyChoice("rsa")  # RFC 9483 wants rsaKeyLen for RSA; any size then
