@@ -19,7 +19,7 @@ import pytest
 from pki import make_pki
 from renewal_env import make_gateway
 from swcmp.calife import CaLife, CaLifeStore
-from swcmp.calife.state import CA_CERTS, CURRENT_CRL, ROOT_UPDATE
+from swcmp.calife.state import CA_CERTS, CRL_STATUS_LIST, CURRENT_CRL, ROOT_UPDATE
 
 pytestmark = pytest.mark.integration
 
@@ -92,6 +92,26 @@ def test_a_ca_answering_500_is_asked_a_few_times_a_day_not_every_minute(
     assert "HTTP 500" in " ".join(st.last_error.values())
     # serve is told to come back at the next try, not in a minute
     assert next_due[0] - datetime(2026, 12, 1, tzinfo=UTC) >= timedelta(minutes=59)
+
+
+def test_a_failing_crl_question_alone_backs_off_too(tmp_path: Path,
+                                                   failing_500: FailingCA) -> None:
+    """The CA certificates and root were asked lately, only the CRL is due: the CRL is asked
+    by crlStatusList first, and its failures back the CRL off (asked every pass before)."""
+    pki = make_pki(tmp_path / "pki")
+    gw = make_gateway(tmp_path / "gw", pki, failing_500.url)
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    with CaLifeStore(gw.paths, "gw1").update() as st:
+        st.checked = dict.fromkeys((CA_CERTS, ROOT_UPDATE), start.isoformat())
+    now = [start]
+    life = CaLife(gw.paths, clock=lambda: now[0])
+    for _minute in range(0, 24 * 60, 5):
+        life.maintain(gw.session)
+        now[0] += timedelta(minutes=5)
+    st = CaLifeStore(gw.paths, "gw1").load()
+    print(f"requests in a day: {failing_500.requests}, failures: {st.failures}")
+    assert 3 <= failing_500.requests <= 6, failing_500.requests
+    assert st.failures.get(CRL_STATUS_LIST, 0) >= 3, st.failures
 
 
 def test_a_longer_retry_after_is_honoured(tmp_path: Path) -> None:

@@ -59,8 +59,9 @@ class Crls(_Base):
     def crl_due(self, session: Session, st: CaLifeState | None = None) -> bool:
         st = st or CaLifeStore(self.paths, session.name).load()
         now = self.clock()
+        # crlStatusList is asked first: its failures back the CRL off as currentCRL's do
         if (st.is_unsupported(CURRENT_CRL, now) and st.is_unsupported(CRL_STATUS_LIST, now)) \
-                or st.backing_off(CURRENT_CRL, now):
+                or st.backing_off(CURRENT_CRL, now) or st.backing_off(CRL_STATUS_LIST, now):
             return False
         nxt = st.crl_refresh_at(now)
         return nxt is None or now >= nxt or not crl_file(self.paths, session.name).exists()
