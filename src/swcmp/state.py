@@ -8,6 +8,7 @@ valid certificate.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Iterator, Mapping
@@ -17,6 +18,7 @@ from datetime import datetime
 from typing import Any, Literal, get_args
 
 from swcmp import fsutil
+from swcmp.errors import SwcmpError
 from swcmp.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -225,6 +227,12 @@ def _last_result(data: object) -> LastResult | None:
                       serial=str(data["serial"]) if data.get("serial") else None)
 
 
+#: State files this process could not write (a full disk, a read-only file system): what it
+#: meant to write, read instead of the file until a write succeeds, so that the failure
+#: count and the backoff hold (else serve would retry such a session every pass).
+_UNWRITTEN: dict[str, SessionState] = {}
+
+
 class StateStore:
     """Reads and writes :class:`SessionState` files."""
 
@@ -234,8 +242,15 @@ class StateStore:
     def path(self, name: str) -> Any:
         return self.paths.session_state_dir(name) / "state.json"
 
+    def unwritten(self, name: str) -> bool:
+        """Whether this process holds a state of ``name`` that it could not write."""
+        return str(self.path(name)) in _UNWRITTEN
+
     def load(self, name: str) -> SessionState:
         p = self.path(name)
+        held = _UNWRITTEN.get(str(p))
+        if held is not None:
+            return copy.deepcopy(held)
         try:
             raw = p.read_bytes()
         except FileNotFoundError:
@@ -254,9 +269,14 @@ class StateStore:
 
     def save(self, name: str, st: SessionState) -> None:
         p = self.path(name)
-        fsutil.ensure_dir(p.parent, mode=0o700)
         data = json.dumps(st.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-        fsutil.atomic_write(p, data, mode=0o600)
+        try:
+            fsutil.ensure_dir(p.parent, mode=0o700)
+            fsutil.atomic_write(p, data, mode=0o600)
+        except SwcmpError:
+            _UNWRITTEN[str(p)] = copy.deepcopy(st)
+            raise
+        _UNWRITTEN.pop(str(p), None)
 
     @contextmanager
     def update(self, name: str) -> Iterator[SessionState]:

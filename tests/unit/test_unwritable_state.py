@@ -1,0 +1,68 @@
+"""A state that cannot be written (a full disk) still holds in the process that meant it:
+a failure's backoff is kept, so serve does not ask a failing CA every pass."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from swcmp import fsutil
+from swcmp.calife import CaLifeStore
+from swcmp.calife.state import CURRENT_CRL
+from swcmp.errors import SwcmpError
+from swcmp.paths import Paths
+from swcmp.state import StateStore
+
+NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+
+def _paths(tmp_path: Path) -> Paths:
+    return Paths(tmp_path / "etc", tmp_path / "var", tmp_path / "swanctl")
+
+
+@pytest.fixture
+def disk_full(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """atomic_write fails as on a full file system while the flag is set."""
+    full = [True]
+    real = fsutil.atomic_write
+
+    def write(path: Path, data: bytes, **kw: object) -> None:
+        if full[0]:
+            raise SwcmpError(f"cannot write {path}: No space left on device")
+        real(path, data, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fsutil, "atomic_write", write)
+    return full
+
+
+def test_a_failure_that_cannot_be_recorded_still_backs_off(tmp_path: Path,
+                                                          disk_full: list[bool]) -> None:
+    paths = _paths(tmp_path)
+    states = StateStore(paths)
+    with pytest.raises(SwcmpError, match="No space left"), states.update("gw1") as st:
+        st.failures = 2
+        st.next_attempt = (NOW + timedelta(minutes=2)).isoformat()
+    assert states.unwritten("gw1")
+    st = states.load("gw1")
+    assert (st.failures, st.next_attempt) == (2, (NOW + timedelta(minutes=2)).isoformat())
+    disk_full[0] = False  # space again: the next write lands on disk and the file counts
+    with states.update("gw1") as st:
+        st.failures += 1
+    assert not states.unwritten("gw1")
+    assert states.load("gw1").failures == 3
+    assert '"failures": 3' in states.path("gw1").read_text()
+
+
+def test_a_ca_life_failure_that_cannot_be_recorded_still_backs_off(
+        tmp_path: Path, disk_full: list[bool]) -> None:
+    store = CaLifeStore(_paths(tmp_path), "gw1")
+    with pytest.raises(SwcmpError, match="No space left"), store.update() as st:
+        st.failed(CURRENT_CRL, NOW, None)
+    assert store.load().backing_off(CURRENT_CRL, NOW + timedelta(minutes=30))
+    disk_full[0] = False
+    with store.update() as st:
+        st.answered(CURRENT_CRL)
+    assert not store.load().backing_off(CURRENT_CRL, NOW + timedelta(minutes=30))
+    assert store.path.exists()
