@@ -66,3 +66,26 @@ def test_a_ca_life_failure_that_cannot_be_recorded_still_backs_off(
         st.answered(CURRENT_CRL)
     assert not store.load().backing_off(CURRENT_CRL, NOW + timedelta(minutes=30))
     assert store.path.exists()
+
+
+def test_a_metrics_file_that_cannot_be_rewritten_says_when_it_was_written(
+        tmp_path: Path, disk_full: list[bool]) -> None:
+    # what SwcmpMetricsStale reads: the time of the last write, which a full disk leaves
+    from swcmp.service import HostConfig, RenewalService
+
+    prom = tmp_path / "textfile" / "swcmp.prom"
+    now = [NOW]
+    svc = RenewalService(_paths(tmp_path), clock=lambda: now[0],
+                         host=HostConfig(metrics_file=prom))
+    disk_full[0] = False
+    svc.write_metrics()
+    line = f"swcmp_metrics_written_timestamp_seconds {int(NOW.timestamp())}"
+    assert line in prom.read_text().splitlines()
+    disk_full[0] = True
+    now[0] += timedelta(days=2)
+    svc.write_metrics()  # logged, not raised: the old file stays, and says how old it is
+    assert line in prom.read_text().splitlines()
+    disk_full[0] = False
+    svc.write_metrics()
+    assert f"swcmp_metrics_written_timestamp_seconds {int(now[0].timestamp())}" in \
+        prom.read_text().splitlines()

@@ -573,7 +573,8 @@ class RenewalService:
         seen = seen if seen is not None else self._survey()
         metrics_file.write(self.host.metrics_file, self.paths, self.role, seen,
                            self._charon_view,
-                           unreadable=[Path(e.path).stem for e in self.broken])
+                           unreadable=[Path(e.path).stem for e in self.broken],
+                           now=self.clock())
 
     def refresh_metrics(self) -> None:
         """Re-read the role, the sessions and charon, and rewrite the metrics file."""
