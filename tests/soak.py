@@ -467,6 +467,10 @@ class _Soak:
         self.full_outage_days: set[int] = set()
         #: the last pass that met a fault: of every session, and of each session's files
         self.pass_no = 0
+        self.messages: dict[str, str] = {}
+        #: sessions that have not tried a renewal since the CA's root rolled over: their
+        #: first is refused (it does not chain) and asks for the new root at once
+        self.before_new_root: set[str] = set()
         self.noisy_pass = -10
         self.noisy_session: dict[str, int] = {}
 
@@ -573,7 +577,9 @@ class _Soak:
                 self.check_pairs()  # what the kill left
             return None
         try:
-            return {r.session: r.result for r in svc.run_pass()}
+            done = svc.run_pass()
+            self.messages = {r.session: r.message for r in done}
+            return {r.session: r.result for r in done}
         except Exception:
             self.report.silent_failures += 1
             return None
@@ -608,7 +614,8 @@ class _Soak:
         if day and day % self.rollover_every == 0 and self.new_root is None and \
                 day not in self.rolled_on:
             self.rolled_on.add(day)
-            self.noisy_pass = self.pass_no  # the first renewal after it is refused
+            self.noisy_pass = self.pass_no
+            self.before_new_root = set(self.names)  # their next renewal is refused
             roll_over(self.ca.directory, now=self.now)
             new_root = certs.load_certificate((self.ca.directory / "ca.crt").read_bytes())
             self.new_root = (new_root, self.now)
@@ -755,10 +762,17 @@ class _Soak:
                 r.missing_series += 1
             alerting = bool(alerts_firing(metrics, n, now))
             quiet = max(self.noisy_pass, self.noisy_session.get(n, -10))
+            first_after_rollover = n in self.before_new_root and \
+                reports is not None and reports.get(n) in ("failed", "renewed")
+            if first_after_rollover:
+                self.before_new_root.discard(n)
             if reports is not None and reports.get(n) == "failed" and \
-                    self.pass_no - quiet > 1 and now < cert.not_valid_after_utc:
+                    self.pass_no - quiet > 1 and now < cert.not_valid_after_utc and \
+                    not first_after_rollover and w.broken_toml is None and not journal_bad:
                 # nothing went wrong in this pass or the one before: a renewal stuck
                 r.clean_failures += 1
+                r.notes.append(f"failed with no fault: {n} on day {self.day}: "
+                               f"{self.messages.get(n, '')[:300]}")
             left = cert.not_valid_after_utc - now
             self.left[(n, self.day)] = min(left, self.left.get((n, self.day), left))
             if alerting:
