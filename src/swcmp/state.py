@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from swcmp import fsutil
@@ -229,8 +230,19 @@ def _last_result(data: object) -> LastResult | None:
 
 #: State files this process could not write (a full disk, a read-only file system): what it
 #: meant to write, read instead of the file until a write succeeds, so that the failure
-#: count and the backoff hold (else serve would retry such a session every pass).
-_UNWRITTEN: dict[str, SessionState] = {}
+#: count and the backoff hold (else serve would retry such a session every pass); with the
+#: stamp of the file then: a file another process wrote since is read again.
+_UNWRITTEN: dict[str, tuple[tuple[int, int, int] | None, SessionState]] = {}
+
+
+def _held(path: Path) -> SessionState | None:
+    held = _UNWRITTEN.get(str(path))
+    if held is None:
+        return None
+    if held[0] != fsutil.file_stamp(path):
+        _UNWRITTEN.pop(str(path), None)  # written by another process since
+        return None
+    return held[1]
 
 
 class StateStore:
@@ -244,11 +256,11 @@ class StateStore:
 
     def unwritten(self, name: str) -> bool:
         """Whether this process holds a state of ``name`` that it could not write."""
-        return str(self.path(name)) in _UNWRITTEN
+        return _held(self.path(name)) is not None
 
     def load(self, name: str) -> SessionState:
         p = self.path(name)
-        held = _UNWRITTEN.get(str(p))
+        held = _held(p)
         if held is not None:
             return copy.deepcopy(held)
         try:
@@ -274,7 +286,7 @@ class StateStore:
             fsutil.ensure_dir(p.parent, mode=0o700)
             fsutil.atomic_write(p, data, mode=0o600)
         except SwcmpError:
-            _UNWRITTEN[str(p)] = copy.deepcopy(st)
+            _UNWRITTEN[str(p)] = (fsutil.file_stamp(p), copy.deepcopy(st))
             raise
         _UNWRITTEN.pop(str(p), None)
 

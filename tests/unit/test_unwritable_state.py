@@ -55,6 +55,31 @@ def test_a_failure_that_cannot_be_recorded_still_backs_off(tmp_path: Path,
     assert '"failures": 3' in states.path("gw1").read_text()
 
 
+def test_a_state_another_process_wrote_since_is_read_again(tmp_path: Path,
+                                                          disk_full: list[bool]) -> None:
+    # serve could not write gw1's failure; then space was freed and `swcmp renew gw1` (another
+    # process) recorded a success: serve reads that, and never writes its old failures back
+    paths = _paths(tmp_path)
+    states = StateStore(paths)
+    disk_full[0] = False
+    with states.update("gw1") as st:
+        st.failures = 0
+    disk_full[0] = True
+    with pytest.raises(SwcmpError), states.update("gw1") as st:
+        st.failures = 5
+    assert states.load("gw1").failures == 5
+    states.path("gw1").write_text('{"failures": 0, "state": "idle"}\n')  # the other process
+    assert not states.unwritten("gw1")
+    assert states.load("gw1").failures == 0
+    store = CaLifeStore(paths, "gw1")
+    with pytest.raises(SwcmpError), store.update() as life:
+        life.failed(CURRENT_CRL, NOW, None)
+    assert store.load().backing_off(CURRENT_CRL, NOW)
+    store.path.parent.mkdir(parents=True, exist_ok=True)
+    store.path.write_text("{}\n")
+    assert not store.load().backing_off(CURRENT_CRL, NOW)
+
+
 def test_a_ca_life_failure_that_cannot_be_recorded_still_backs_off(
         tmp_path: Path, disk_full: list[bool]) -> None:
     store = CaLifeStore(_paths(tmp_path), "gw1")

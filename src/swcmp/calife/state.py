@@ -237,8 +237,9 @@ class CaLifeState:
 
 
 #: calife.json files this process could not write (a full disk): what it meant to write,
-#: read instead until a write succeeds, so that a failing question's backoff holds.
-_UNWRITTEN: dict[str, CaLifeState] = {}
+#: read instead until a write succeeds, so that a failing question's backoff holds; with
+#: the stamp of the file then: a file another process wrote since is read again.
+_UNWRITTEN: dict[str, tuple[tuple[int, int, int] | None, CaLifeState]] = {}
 
 
 class CaLifeStore:
@@ -251,8 +252,9 @@ class CaLifeStore:
 
     def load(self) -> CaLifeState:
         held = _UNWRITTEN.get(str(self.path))
-        if held is not None:
-            return copy.deepcopy(held)
+        if held is not None and held[0] == fsutil.file_stamp(self.path):
+            return copy.deepcopy(held[1])
+        _UNWRITTEN.pop(str(self.path), None)  # none, or written by another process since
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -276,7 +278,7 @@ class CaLifeStore:
                                                           sort_keys=True).encode() + b"\n",
                                     mode=0o600)
             except SwcmpError:
-                _UNWRITTEN[str(self.path)] = copy.deepcopy(st)
+                _UNWRITTEN[str(self.path)] = (fsutil.file_stamp(self.path), copy.deepcopy(st))
                 raise
             _UNWRITTEN.pop(str(self.path), None)
 
