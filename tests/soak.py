@@ -719,11 +719,16 @@ class _Soak:
             self.noisy_pass = self.pass_no
 
     def fill_space(self) -> None:
-        if self.disk_full and self.rng.random() < self.rate / 4:
+        # once per run, the disk fills in an outage: failures that cannot be written must
+        # still back off (serve holds them in memory)
+        in_outage = self.day in self.full_outage_days and \
+            not self.report.faults["disk full in an outage"]
+        if self.disk_full and (in_outage or self.rng.random() < self.rate / 4):
             filler = _fill(self.site.root)
             self.full_until = (self.now + self.step * self.rng.randint(1, 2), filler)
             self.noisy_pass = self.pass_no
-            self.report.faults["disk full (passes)"] += 1
+            self.report.faults["disk full in an outage" if in_outage
+                                else "disk full (passes)"] += 1
 
     # ------------------------------------------------------------------ the oracle
 

@@ -27,6 +27,7 @@ def test_months_of_faults_leave_every_session_renewed() -> None:
         assert report.faults[kind] >= 1, kind
     if os.geteuid() == 0:  # a small tmpfs of its own is mounted for the gateway
         assert report.faults["disk full (passes)"] >= 1
+        assert report.faults["disk full in an outage"] >= 1
     assert sum(report.faults.values()) >= 60
     assert report.renewals >= 3 * 12  # 10-day certificates renewed about every 5 days
     # the oracle
