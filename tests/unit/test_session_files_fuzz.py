@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -136,3 +137,24 @@ def test_damaged_files_of_one_session_never_end_the_pass_or_status(
             session_status(paths, s, now, None)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("phase", ["confirmed", "committing"])
+def test_a_journal_whose_staged_certificate_is_gone_fails_once_then_is_cleared(
+        tmp_path: Path, pki: TestPKI, phase: str) -> None:
+    """A confirmed renewal whose staged certificate is gone (a run killed while it cleared
+    the journal after the commit, or a hand deletion) cannot be finished: the run says so
+    and clears the journal, instead of failing on it every run for ever."""
+    paths = _site(tmp_path, pki)
+    j = Journal(paths, "gw1")
+    j.dir.mkdir(parents=True, exist_ok=True)
+    j.path.write_text(json.dumps({"phase": phase, "kind": "kur"}))
+    live = paths.cert_file("gw1").read_bytes(), paths.key_file("gw1").read_bytes()
+    svc = RenewalService(paths)  # now: gw1 is not due, only its journal makes it run
+    first = {r.session: r for r in svc.run_pass()}
+    assert first["gw1"].result == "failed", first["gw1"]
+    assert "staged certificate" in first["gw1"].message and "is gone" in first["gw1"].message
+    assert not j.path.exists()
+    second = {r.session: r for r in svc.run_pass()}
+    assert second["gw1"].result == "skipped", second["gw1"]
+    assert (paths.cert_file("gw1").read_bytes(), paths.key_file("gw1").read_bytes()) == live
