@@ -168,3 +168,38 @@ def test_a_failing_ca_life_question_is_a_metric_series_that_stays(
     assert {q for _, q in found} >= {CA_CERTS, ROOT_UPDATE, CURRENT_CRL}
     svc.refresh_metrics()
     assert series() == found
+
+
+@pytest.mark.parametrize(("fail_info", "unsupported"), [(25, False), (24, False), (2, True)])
+def test_a_ca_that_cannot_answer_now_is_a_failure_not_a_question_it_does_not_know(
+        tmp_path: Path, fail_info: int, unsupported: bool) -> None:
+    """The CA answers every CA-life question with a protected error. systemFailure and
+    systemUnavail say "not now": a failure that backs off and is counted (the metric
+    SwcmpCALifeFailing reads), not "unsupported" for a month with nothing counted; any
+    other failInfo (badRequest) says the CA does not know the question."""
+    from hostile_proxy import HostileProxy, error_body, forge
+    from swcmp.cmp.protection import SignatureProtection
+    from swcmp.testca import TestCA
+    from testca_site import add_session, ca_config, make_site
+
+    with TestCA(tmp_path / "ca", config=ca_config()) as ca, HostileProxy(ca.url) as proxy:
+        site = make_site(tmp_path / "gw")
+        add_session(site, ca, "gw1")
+        site.store.update("gw1", set_values={"server_url": proxy.url})
+        auth = ca.engine.authority
+        proxy.on("genm", forge(lambda ex: error_body("cannot answer", fail_info),
+                               sender_der=ca.ca_cert.subject.public_bytes(),
+                               protection=SignatureProtection(key=auth.key, cert=auth.cert)),
+                 times=None)
+        life = CaLife(site.paths)
+        life.maintain(site.session("gw1"))
+        st = CaLifeStore(site.paths, "gw1").load()
+        asked = proxy.kinds().count("genm")
+        assert asked >= 1
+        if unsupported:
+            assert st.unsupported and not st.failures, st
+        else:
+            assert not st.unsupported, st.unsupported
+            assert st.failures and all(q in st.next_try for q in st.failures), st
+            life.maintain(site.session("gw1"))  # within the backoff: not asked again
+            assert proxy.kinds().count("genm") == asked
