@@ -155,21 +155,7 @@ class Renewer:
         j = Journal(self.paths, session.name)
         entry = j.load()
         if entry and entry.phase in ("confirmed", "committing"):
-            if not j.cert_file.exists():
-                # The certificate it confirmed is gone (a run killed while it cleared the
-                # journal after the commit, or a hand deletion): nothing is left to finish,
-                # and the live pair is whole (see store.write_pair). Kept, the journal would
-                # fail every run for ever.
-                if entry.phase == "confirmed" and store.has_staged(j, entry):
-                    store.discard_staged(j, entry)  # never installed: its certificate is lost
-                j.clear()
-                raise RenewalError(
-                    f"the interrupted renewal's staged certificate {j.cert_file} is gone; its "
-                    "journal is cleared").with_hint(
-                    "the live key and certificate are unchanged; the next run renews when due")
-            log.info("%s: finishing an interrupted renewal (certificate already confirmed)",
-                     session.name)
-            return self._promote(session, store, j)
+            return self._finish_confirmed(session, store, j, entry)
         old_cert = self._valid_cert(session)
         live_key = store.live_key()
         if live_key is None:
@@ -220,6 +206,26 @@ class Renewer:
         j.stage_cert(enrolled.certificate, [*enrolled.chain])
         j.write(phase="confirmed")
         self.test_checkpoint("confirmed")
+        return self._promote(session, store, j)
+
+    def _finish_confirmed(self, session: Session, store: KeyStore, j: Journal,
+                          entry: JournalEntry) -> Outcome:
+        """Commit a renewal whose certificate the CA already confirmed (a run was killed
+        after the certConf)."""
+        if not j.cert_file.exists():
+            # The certificate it confirmed is gone (a run killed while it cleared the
+            # journal after the commit, or a hand deletion): nothing is left to finish,
+            # and the live pair is whole (see store.write_pair). Kept, the journal would
+            # fail every run for ever.
+            if entry.phase == "confirmed" and store.has_staged(j, entry):
+                store.discard_staged(j, entry)  # never installed: its certificate is lost
+            j.clear()
+            raise RenewalError(
+                f"the interrupted renewal's staged certificate {j.cert_file} is gone; its "
+                "journal is cleared").with_hint(
+                "the live key and certificate are unchanged; the next run renews when due")
+        log.info("%s: finishing an interrupted renewal (certificate already confirmed)",
+                 session.name)
         return self._promote(session, store, j)
 
     def _age(self, entry: JournalEntry | None) -> float:

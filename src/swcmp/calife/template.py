@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 
-from swcmp.calife.base import transient
 from swcmp.calife.state import CERT_REQ_TEMPLATE, CaLifeStore, _iso
 from swcmp.errors import (
     CMPErrorResponse,
@@ -73,7 +72,7 @@ def ask_template(session: Session, paths: Paths, client: CMPClient, protection: 
     try:
         answer = client.cert_req_template(protection=protection)
     except CMPErrorResponse as e:
-        if transient(e):  # our clock, our signer, the CA down: not about the question
+        if e.refuses_message:  # our clock, our signer, the CA down: not about it
             raise
         if e.protected and refusals is not None:
             refusals.append(e)
