@@ -1,14 +1,26 @@
-"""``swcmp serve``: the loop that sleeps until something is due and runs a pass."""
+"""``swcmp serve``: the loop that sleeps until something is due and runs a pass.
+
+Each pass runs in a child process of its own (``os.fork``) that ends with the pass:
+what a pass imports and allocates (the CMP stack, TLS, pyasn1, every session's
+files; about 7 MiB with 100 sessions after a pass that asked the CA) goes with it,
+and the resident process keeps only the loop. A child that dies (a signal, the
+out-of-memory killer, a bug) fails that pass, never the service.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+import os
+import select
 import signal
+import sys
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import FrameType
+from typing import NoReturn
 
 from swcmp import paths, sessionfile
 from swcmp.cmp.text import safe
@@ -21,6 +33,19 @@ log = logging.getLogger(__name__)
 
 #: How often serve looks for changed session files while otherwise asleep.
 RESCAN = 30.0
+
+#: A pass whose process is still running after this many seconds is stuck (every CA
+#: exchange has its own bound, so only a bug gets here): its process is killed
+#: (SIGKILL) and the pass failed. An interrupted renewal is finished from its journal
+#: by the next pass, as after any hard stop.
+PASS_LIMIT = 6 * 3600.0
+
+#: After a failed pass, serve tries again this much later (or at once on SIGHUP or a
+#: changed session file).
+PASS_RETRY = timedelta(minutes=5)
+
+#: What a pass's process writes back to serve at most (its result line).
+_RESULT_MAX = 512
 
 
 def give_back_freed_memory() -> bool:
@@ -45,13 +70,19 @@ class Server:
     """``swcmp serve``: sleep until something is due, renew it, repeat.
 
     SIGHUP (or a changed session file) makes it look again at once; SIGTERM and
-    SIGINT stop it after the session being renewed, if any, is finished (the
-    journal would also recover a hard stop).
+    SIGINT stop it after the pass being run, if any, is finished (the journal
+    would also recover a hard stop). Each pass runs in a process of its own
+    (``separate_passes``); one that fails or dies is retried after
+    :data:`PASS_RETRY`.
     """
 
-    def __init__(self, service: RenewalService, *, rescan: float = RESCAN) -> None:
+    def __init__(self, service: RenewalService, *, rescan: float = RESCAN,
+                 separate_passes: bool = True) -> None:
         self.service = service
         self.rescan = rescan
+        #: Each pass in a child process of its own (see the module's docstring); off,
+        #: the pass runs in this process (for tests that look into the service).
+        self.separate_passes = separate_passes
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self._mtime: float | None = None
@@ -69,6 +100,119 @@ class Server:
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_term)
         signal.signal(signal.SIGHUP, on_hup)
+
+    def _pass(self) -> tuple[bool, datetime | None]:
+        """One pass in this process: whether it ran, and when to look again."""
+        try:
+            self.service.host = HostConfig.load(self.service.paths)
+            for r in self.service.run_pass(due_only=True):
+                # renewals and failures are logged where they happen
+                if r.result == "standby":
+                    log.info("%s: %s", r.session, r.message)
+            return True, self.service.next_check
+        except SwcmpError as e:
+            log.error("renewal pass failed: %s", e)
+        except Exception as e:  # the service outlives one bad pass
+            log.error("renewal pass failed unexpectedly: %s: %s (-v shows the "
+                      "traceback)", type(e).__name__, safe(str(e))[:300])
+            log.debug("the renewal pass raised:", exc_info=True)
+        return False, None
+
+    def _pass_apart(self) -> tuple[bool, datetime | None]:
+        """:meth:`_pass` in a child process that ends with it; its death fails the pass."""
+        try:
+            # this process's copy too: the metrics refresh between passes reads it
+            self.service.host = HostConfig.load(self.service.paths)
+        except SwcmpError as e:
+            log.error("renewal pass failed: %s", e)
+            return False, None
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # nothing buffered is written twice
+        r, w = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError as e:
+            os.close(r)
+            os.close(w)
+            log.error("renewal pass failed: cannot start its process: %s", e)
+            return False, None
+        if pid == 0:  # the pass's process
+            os.close(r)
+            self._run_child(w)
+        os.close(w)
+        return self._wait_child(pid, r)
+
+    def _died(self) -> tuple[bool, datetime | None]:
+        """After a pass's process died: the metrics show what it left (a session still
+        ``in_progress``); the pass failed."""
+        try:
+            self.service.refresh_metrics()
+        except Exception as e:
+            log.warning("cannot write the metrics after the failed pass: %s", e)
+        return False, None
+
+    def _run_child(self, w: int) -> NoReturn:
+        """The pass's process: run it, write the result line to ``w``, exit."""
+        code = 70  # EX_SOFTWARE: no result line
+        try:
+            # serve's own signals are the parent's: a SIGTERM (systemd sends it to the
+            # whole group) lets the pass finish, as it always did; SIGHUP wakes serve
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
+            ok, nxt = self._pass()
+            line = f"{'ok' if ok else 'failed'} {nxt.isoformat() if nxt else '-'}\n"
+            os.write(w, line.encode())
+            code = 0
+        except BaseException as e:
+            log.error("renewal pass failed unexpectedly: %s", type(e).__name__)
+            log.debug("the renewal pass raised:", exc_info=True)
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os._exit(code)
+
+    def _wait_child(self, pid: int, r: int) -> tuple[bool, datetime | None]:
+        """Wait (at most :data:`PASS_LIMIT`) for the pass in process ``pid`` and read
+        its result from ``r``; log a pass that died, was killed or said nothing."""
+        deadline = time.monotonic() + PASS_LIMIT
+        out = b""
+        try:
+            while len(out) <= _RESULT_MAX:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.error("renewal pass still running after %.0f s: its process %d is "
+                              "killed (an interrupted renewal is finished from its journal "
+                              "by the next pass)", PASS_LIMIT, pid)
+                    os.kill(pid, signal.SIGKILL)
+                    break
+                ready, _, _ = select.select([r], [], [], left)
+                if ready:
+                    chunk = os.read(r, _RESULT_MAX)
+                    if not chunk:
+                        break  # the child ended
+                    out += chunk
+        finally:
+            os.close(r)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            log.error("renewal pass failed: its process %d was killed by signal %d (%s); "
+                      "an interrupted renewal is finished from its journal by the next pass",
+                      pid, sig, signal.strsignal(sig) or "unknown")
+            return self._died()
+        result, _, when = out.decode("ascii", "replace").strip().partition(" ")
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 or result not in ("ok", "failed"):
+            log.error("renewal pass failed: its process %d exited with code %d without a "
+                      "result (-v shows why)", pid, code)
+            return self._died()
+        try:
+            nxt = None if when == "-" else datetime.fromisoformat(when)
+        except ValueError:
+            log.error("renewal pass failed: its process %d answered %r", pid, safe(when)[:80])
+            return self._died()
+        return result == "ok", nxt
 
     def _config_stamp(self) -> float:
         """Newest mtime of the session files, the host settings and the HA role file."""
@@ -98,21 +242,9 @@ class Server:
         last_metrics = time.monotonic()
         while not self.stopping.is_set():
             if due_pass:
-                try:
-                    self.service.host = HostConfig.load(self.service.paths)
-                    for r in self.service.run_pass(due_only=True):
-                        # renewals and failures are logged where they happen
-                        if r.result == "standby":
-                            log.info("%s: %s", r.session, r.message)
-                    nxt = self.service.next_check
-                except SwcmpError as e:
-                    log.error("renewal pass failed: %s", e)
-                    nxt = None
-                except Exception as e:  # the service outlives one bad pass
-                    log.error("renewal pass failed unexpectedly: %s: %s (-v shows the "
-                              "traceback)", type(e).__name__, safe(str(e))[:300])
-                    log.debug("the renewal pass raised:", exc_info=True)
-                    nxt = None
+                ok, nxt = self._pass_apart() if self.separate_passes else self._pass()
+                if not ok:
+                    nxt = self.service.clock() + PASS_RETRY
                 last_metrics = time.monotonic()
                 give_back_freed_memory()
             elif time.monotonic() - last_metrics >= REFRESH:
