@@ -194,7 +194,9 @@ class Server:
                     out += chunk
         finally:
             os.close(r)
-        _, status = os.waitpid(pid, 0)
+        _, status, usage = os.wait4(pid, 0)
+        log.debug("the pass's process %d ended: %.2f s CPU, peak RSS %.1f MiB", pid,
+                  usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             log.error("renewal pass failed: its process %d was killed by signal %d (%s); "
