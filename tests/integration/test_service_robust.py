@@ -150,8 +150,9 @@ def test_a_pass_whose_process_dies_fails_that_pass_and_serve_goes_on(
         tmp_path: Path, caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The pass's process killed in the middle of a renewal (SIGKILL, as the out-of-memory
-    killer does): serve logs that pass's failure, writes the metrics as the pass left
-    them, and its next pass renews every session, the interrupted one included."""
+    killer does): serve logs that pass's failure, records the renewal it had begun as that
+    session's failed attempt, writes the metrics, and its next pass (PASS_RETRY later)
+    renews every session, the interrupted one included."""
     import swcmp.service.serve as serve_mod
 
     pki = make_pki(tmp_path / "pki")
@@ -188,8 +189,13 @@ def test_a_pass_whose_process_dies_fails_that_pass_and_serve_goes_on(
     assert killed.exists()
     assert "renewal pass failed: its process" in caplog.text
     assert "was killed by signal 9" in caplog.text
-    # the dead pass wrote no metrics (it died first): serve wrote them after it
-    assert 'swcmp_session_state{session="gw1",state=' in before_pass.read_text()
+    # the dead pass wrote no metrics (it died first): serve recorded the renewal it
+    # had begun as gw1's failed attempt and wrote them; gw2 had not been begun
+    found = before_pass.read_text()
+    assert 'swcmp_consecutive_failures{session="gw1"} 1' in found
+    assert 'swcmp_consecutive_failures{session="gw2"} 0' in found
+    assert "gw1: renewal failed: the process of serve's pass was killed by signal 9" \
+        in caplog.text
     # the retry (PASS_RETRY later, no signal, no changed file) renewed both sessions
     for name in ("gw1", "gw2"):
         st = StateStore(gw.paths).load(name)

@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 from types import FrameType
 from typing import NoReturn
 
@@ -26,6 +26,7 @@ from swcmp import paths, sessionfile
 from swcmp.cmp.text import safe
 from swcmp.errors import SwcmpError
 from swcmp.metrics import REFRESH
+from swcmp.policy import RETRY_START
 from swcmp.service.host import HostConfig
 from swcmp.service.passes import RenewalService
 
@@ -41,8 +42,8 @@ RESCAN = 30.0
 PASS_LIMIT = 6 * 3600.0
 
 #: After a failed pass, serve tries again this much later (or at once on SIGHUP or a
-#: changed session file).
-PASS_RETRY = timedelta(minutes=5)
+#: changed session file): the first step of a failed renewal's backoff.
+PASS_RETRY = RETRY_START
 
 #: What a pass's process writes back to serve at most (its result line).
 _RESULT_MAX = 512
@@ -142,13 +143,15 @@ class Server:
         os.close(w)
         return self._wait_child(pid, r)
 
-    def _died(self) -> tuple[bool, datetime | None]:
-        """After a pass's process died: the metrics show what it left (a session still
-        ``in_progress``); the pass failed."""
+    def _died(self, why: str) -> tuple[bool, datetime | None]:
+        """After a pass's process died (``why``): a renewal it left unfinished is that
+        session's failed attempt (state, backoff, metrics); the pass failed."""
         try:
+            self.service.record_dead_pass(why)
             self.service.refresh_metrics()
         except Exception as e:
-            log.warning("cannot write the metrics after the failed pass: %s", e)
+            log.warning("cannot record the failed pass: %s: %s", type(e).__name__,
+                        safe(str(e))[:300])
         return False, None
 
     def _run_child(self, w: int) -> NoReturn:
@@ -199,21 +202,23 @@ class Server:
                   usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
+            why = (f"the process of serve's pass was killed by signal {sig} "
+                   f"({signal.strsignal(sig) or 'unknown'})")
             log.error("renewal pass failed: its process %d was killed by signal %d (%s); "
                       "an interrupted renewal is finished from its journal by the next pass",
                       pid, sig, signal.strsignal(sig) or "unknown")
-            return self._died()
+            return self._died(why)
         result, _, when = out.decode("ascii", "replace").strip().partition(" ")
         code = os.waitstatus_to_exitcode(status)
         if code != 0 or result not in ("ok", "failed"):
             log.error("renewal pass failed: its process %d exited with code %d without a "
                       "result (-v shows why)", pid, code)
-            return self._died()
+            return self._died(f"the process of serve's pass exited with code {code}")
         try:
             nxt = None if when == "-" else datetime.fromisoformat(when)
         except ValueError:
             log.error("renewal pass failed: its process %d answered %r", pid, safe(when)[:80])
-            return self._died()
+            return self._died("the process of serve's pass gave no result")
         return result == "ok", nxt
 
     def _config_stamp(self) -> float:
