@@ -34,6 +34,7 @@ import re
 from collections.abc import Iterable
 
 from swcmp.cmp.text import safe
+from swcmp.strongswan.stale_keys import ike_sas
 from swcmp.strongswan.vici import CommandFailed, Vici, text
 
 CLOSES_CHILDLESS_SINCE = (6, 0)
@@ -72,17 +73,7 @@ def charon_version(conn: Vici) -> str:
 
 def childless_ike_sas(conn: Vici, names: Iterable[str]) -> dict[int, str]:
     """Unique id -> connection name of the IKE SAs of ``names`` that have no CHILD_SA."""
-    wanted = set(names)
-    found: dict[int, str] = {}
-    for item in conn.stream("list-sas", "list-sa"):
-        for name, sa in item.items():
-            if name not in wanted or not isinstance(sa, dict) or sa.get("child-sas"):
-                continue
-            try:
-                found[int(text(sa.get("uniqueid", b"0")))] = name
-            except ValueError:
-                continue
-    return found
+    return ike_sas(conn, names, without_child_sa=True)
 
 
 def replace_warning(version: str, connections: Iterable[str]) -> str:

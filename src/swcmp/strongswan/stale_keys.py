@@ -79,13 +79,18 @@ class StaleCleanup:
     kept: tuple[tuple[StaleKey, str], ...]
 
 
-def ike_sas(conn: Vici, names: Iterable[str]) -> dict[int, str]:
-    """Unique id -> connection name of the IKE SAs of the given connections."""
+def ike_sas(
+    conn: Vici, names: Iterable[str], *, without_child_sa: bool = False
+) -> dict[int, str]:
+    """Unique id -> connection name of the IKE SAs of the given connections (only those
+    with no CHILD_SA when ``without_child_sa``)."""
     wanted = set(names)
     found: dict[int, str] = {}
     for item in conn.stream("list-sas", "list-sa"):
         for name, sa in item.items():
             if name not in wanted or not isinstance(sa, dict):
+                continue
+            if without_child_sa and sa.get("child-sas"):
                 continue
             try:
                 found[int(text(sa.get("uniqueid", b"0")))] = name
