@@ -201,3 +201,38 @@ def test_a_pass_whose_process_dies_fails_that_pass_and_serve_goes_on(
         st = StateStore(gw.paths).load(name)
         assert st.state == "idle" and st.failures == 0, (name, st)
     assert 'swcmp_session_state{session="gw1",state="idle"} 1' in metrics.read_text()
+
+
+def test_a_pass_past_its_bound_is_killed_and_serve_goes_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass whose process hangs (only a bug can: every CA exchange has its own bound) is
+    killed after PASS_LIMIT; that is the pass's failure, and serve keeps serving."""
+    import time
+
+    import swcmp.service.serve as serve_mod
+
+    pki = make_pki(tmp_path / "pki")
+    gw = make_gateway(tmp_path / "gw", pki, "http://127.0.0.1:9/")
+    started = tmp_path / "started"
+
+    class Hanging(RenewalService):
+        def run_pass(self, *args: object, **kwargs: object) -> list:  # type: ignore[override]
+            with started.open("a") as f:
+                f.write(f"{os.getpid()}\n")
+            time.sleep(60)
+            return []
+
+    monkeypatch.setattr(serve_mod, "PASS_LIMIT", 0.5)
+    monkeypatch.setattr(serve_mod, "PASS_RETRY", timedelta(seconds=1))
+    server = Server(Hanging(gw.paths), rescan=30)
+    t0 = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="swcmp"):
+        server.run(once_until=datetime.now(UTC) + timedelta(seconds=2.5))
+    assert time.monotonic() - t0 < 10  # not the 60 s the pass would hang
+    pids = started.read_text().split()
+    assert len(pids) >= 2  # the next pass came PASS_RETRY after the killed one
+    assert "renewal pass still running after 0 s" in caplog.text
+    assert f"its process {pids[0]} was killed by signal 9" in caplog.text
+    for pid in pids:  # no pass process is left behind
+        assert not Path(f"/proc/{pid}").exists()
