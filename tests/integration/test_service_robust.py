@@ -203,11 +203,12 @@ def test_a_pass_whose_process_dies_fails_that_pass_and_serve_goes_on(
     assert 'swcmp_session_state{session="gw1",state="idle"} 1' in metrics.read_text()
 
 
-def test_a_pass_past_its_bound_is_killed_and_serve_goes_on(
+def test_a_stuck_pass_is_killed_and_one_that_makes_progress_is_not(
         tmp_path: Path, caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A pass whose process hangs (only a bug can: every CA exchange has its own bound) is
-    killed after PASS_LIMIT; that is the pass's failure, and serve keeps serving."""
+    """A pass whose process begins no session's step for PASS_LIMIT (only a bug can: each
+    step has its own bound) is killed; that is the pass's failure, and serve keeps
+    serving. A pass that takes longer but begins a step now and then is left alone."""
     import time
 
     import swcmp.service.serve as serve_mod
@@ -215,24 +216,32 @@ def test_a_pass_past_its_bound_is_killed_and_serve_goes_on(
     pki = make_pki(tmp_path / "pki")
     gw = make_gateway(tmp_path / "gw", pki, "http://127.0.0.1:9/")
     started = tmp_path / "started"
+    finished = tmp_path / "finished"
 
-    class Hanging(RenewalService):
+    class Slow(RenewalService):
         def run_pass(self, *args: object, **kwargs: object) -> list:  # type: ignore[override]
             with started.open("a") as f:
                 f.write(f"{os.getpid()}\n")
-            time.sleep(60)
+            if len(started.read_text().split()) == 1:
+                time.sleep(60)  # the first pass hangs
+            for _ in range(6):  # the others take 1.2 s, a step every 0.2 s
+                self._step()
+                time.sleep(0.2)
+            finished.touch()
             return []
 
     monkeypatch.setattr(serve_mod, "PASS_LIMIT", 0.5)
     monkeypatch.setattr(serve_mod, "PASS_RETRY", timedelta(seconds=1))
-    server = Server(Hanging(gw.paths), rescan=30)
+    server = Server(Slow(gw.paths), rescan=30)
     t0 = time.monotonic()
     with caplog.at_level(logging.INFO, logger="swcmp"):
         server.run(once_until=datetime.now(UTC) + timedelta(seconds=2.5))
-    assert time.monotonic() - t0 < 10  # not the 60 s the pass would hang
+    assert time.monotonic() - t0 < 10  # not the 60 s the first pass would hang
     pids = started.read_text().split()
-    assert len(pids) >= 2  # the next pass came PASS_RETRY after the killed one
-    assert "renewal pass still running after 0 s" in caplog.text
+    assert len(pids) == 2  # the next pass came PASS_RETRY after the killed one
+    assert "renewal pass stuck: no progress for 0 s" in caplog.text
     assert f"its process {pids[0]} was killed by signal 9" in caplog.text
+    assert finished.exists()  # the second pass, 1.2 s with steps, was not killed
+    assert f"its process {pids[1]} was killed" not in caplog.text
     for pid in pids:  # no pass process is left behind
         assert not Path(f"/proc/{pid}").exists()

@@ -217,6 +217,13 @@ class RenewalService:
     role: Role = field(default_factory=lambda: Role(None, False))
     #: Session files the last listing could not read: each is that session's failure.
     broken: tuple[SessionFileError, ...] = ()
+    #: Called as each session's renewal or CA questions begin (serve's pass process
+    #: tells serve that it makes progress); from the pass's threads.
+    on_step: Callable[[], None] | None = None
+
+    def _step(self) -> None:
+        if self.on_step is not None:
+            self.on_step()
 
     def renewer(self, s: Session) -> Renewer:
         return Renewer(self.paths, charon=self.charon, clock=self.clock,
@@ -331,6 +338,7 @@ class RenewalService:
         def run(group: list[Session]) -> list[datetime]:
             due: list[datetime] = []
             for s in group:
+                self._step()
                 try:
                     # logs what it did and what failed
                     t = life.maintain_then_next_due(s)[1]
@@ -368,7 +376,11 @@ class RenewalService:
             groups.setdefault(_ca_endpoint(item[1]), []).append(item)
 
         def run(group: list[tuple[int, Session, Plan]]) -> list[tuple[int, SessionReport]]:
-            return [(i, self.renew_one(s, p)) for i, s, p in group]
+            done = []
+            for i, s, p in group:
+                self._step()
+                done.append((i, self.renew_one(s, p)))
+            return done
 
         if len(groups) <= 1:
             return [r for g in groups.values() for r in run(g)]

@@ -35,11 +35,16 @@ log = logging.getLogger(__name__)
 #: How often serve looks for changed session files while otherwise asleep.
 RESCAN = 30.0
 
-#: A pass whose process is still running after this many seconds is stuck (every CA
-#: exchange has its own bound, so only a bug gets here): its process is killed
-#: (SIGKILL) and the pass failed. An interrupted renewal is finished from its journal
-#: by the next pass, as after any hard stop.
-PASS_LIMIT = 6 * 3600.0
+#: A pass whose process has begun no session's renewal or CA questions for this many
+#: seconds is stuck, and is killed (SIGKILL): the pass failed. Each such step has its
+#: own bound well below this (with the longest timeout a session may set, 600 s an
+#: exchange: a renewal attempt 45 minutes, the CA's questions about an hour), so only a
+#: bug gets here. An interrupted renewal is finished from its journal later, as after
+#: any hard stop.
+PASS_LIMIT = 3 * 3600.0
+
+#: What the pass's process writes to serve as each step begins.
+_STEP = b"*"
 
 #: After a failed pass, serve tries again this much later (or at once on SIGHUP or a
 #: changed session file): the first step of a failed renewal's backoff.
@@ -162,6 +167,12 @@ class Server:
             # whole group) lets the pass finish, as it always did; SIGHUP wakes serve
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_IGN)
+
+            def step() -> None:
+                with contextlib.suppress(OSError):  # serve is gone: the pass goes on
+                    os.write(w, _STEP)
+
+            self.service.on_step = step
             ok, nxt = self._pass()
             line = f"{'ok' if ok else 'failed'} {nxt.isoformat() if nxt else '-'}\n"
             os.write(w, line.encode())
@@ -176,17 +187,18 @@ class Server:
             os._exit(code)
 
     def _wait_child(self, pid: int, r: int) -> tuple[bool, datetime | None]:
-        """Wait (at most :data:`PASS_LIMIT`) for the pass in process ``pid`` and read
-        its result from ``r``; log a pass that died, was killed or said nothing."""
+        """Wait for the pass in process ``pid`` while it makes progress (a step at least
+        every :data:`PASS_LIMIT` seconds) and read its result from ``r``; log a pass that
+        died, was killed or said nothing."""
         deadline = time.monotonic() + PASS_LIMIT
         out = b""
         try:
-            while len(out) <= _RESULT_MAX:
+            while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    log.error("renewal pass still running after %.0f s: its process %d is "
-                              "killed (an interrupted renewal is finished from its journal "
-                              "by the next pass)", PASS_LIMIT, pid)
+                    log.error("renewal pass stuck: no progress for %.0f s; its process %d "
+                              "is killed (an interrupted renewal is finished from its "
+                              "journal later)", PASS_LIMIT, pid)
                     os.kill(pid, signal.SIGKILL)
                     break
                 ready, _, _ = select.select([r], [], [], left)
@@ -194,7 +206,8 @@ class Server:
                     chunk = os.read(r, _RESULT_MAX)
                     if not chunk:
                         break  # the child ended
-                    out += chunk
+                    deadline = time.monotonic() + PASS_LIMIT
+                    out = (out + chunk.replace(_STEP, b""))[:_RESULT_MAX]
         finally:
             os.close(r)
         _, status, usage = os.wait4(pid, 0)
