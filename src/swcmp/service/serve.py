@@ -166,7 +166,8 @@ class Server:
             # serve's own signals are the parent's: a SIGTERM (systemd sends it to the
             # whole group) lets the pass finish, as it always did; SIGHUP wakes serve
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_IGN)
+                with contextlib.suppress(ValueError):  # main thread only; else as inherited
+                    signal.signal(sig, signal.SIG_IGN)
 
             def step() -> None:
                 with contextlib.suppress(OSError):  # serve is gone: the pass goes on
