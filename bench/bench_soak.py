@@ -46,7 +46,9 @@ def main() -> None:
                       rollover_every=args.rollover_every, revoke_every=args.revoke_every)
     print("\n".join(report.lines()))
     failed = (report.expiries_without_alert or report.broken_pairs or report.unchained_pairs
-              or report.silent_failures or report.worst_gap_over_backoff > 0
+              or report.silent_failures or report.missing_series or report.clean_failures
+              or report.outage_days_over_backoff
+              or report.worst_gap_over_backoff > 0
               or report.crl_lags_over_bound or report.rollover_lags_over_bound)
     sys.exit(1 if failed else 0)
 

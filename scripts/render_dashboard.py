@@ -193,7 +193,10 @@ def _arith(op: str, left: Value, right: Value) -> Value:
     if isinstance(left, list) and isinstance(right, float):
         return [({k: v for k, v in lb.items() if k != "__name__"}, _ARITH[op](x, right))
                 for lb, x in left]
-    raise ValueError("only vector OP scalar and scalar OP scalar")
+    if isinstance(left, float) and isinstance(right, list):
+        return [({k: v for k, v in lb.items() if k != "__name__"}, _ARITH[op](left, x))
+                for lb, x in right]
+    raise ValueError("only vector OP scalar, scalar OP vector and scalar OP scalar")
 
 
 def load_sample(path: Path) -> tuple[Vector, float]:

@@ -125,6 +125,12 @@ class HostileProxy:
         with self._lock:
             self._rules.clear()
 
+    def armed(self) -> bool:
+        """Whether an attack is still waiting for its request."""
+        with self._lock:
+            return any(times is None or int(times) > 0  # type: ignore[call-overload]
+                       for _, _, times in self._rules)
+
     def kinds(self) -> list[str]:
         return [k for k, _ in self.seen]
 

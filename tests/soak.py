@@ -34,29 +34,35 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
+import yaml
 from cryptography import x509
 
 from hostile_proxy import HostileProxy, http_status, mutate
 from swcmp.calife import CaLifeStore, crl_file
+from swcmp.calife.life import CaLife
 from swcmp.calife.state import CHECK_EVERY, CRL_MAX_REFRESH
 from swcmp.cmp import certs, keys
 from swcmp.enroll import request_initial
 from swcmp.errors import SwcmpError
-from swcmp.policy import RETRY_CAP, plan
+from swcmp.policy import RETRY_CAP, RETRY_START, Plan
 from swcmp.renewal import Renewer, damaged_journal
-from swcmp.service import RenewalService
+from swcmp.service import HostConfig, RenewalService, SessionReport
 from swcmp.session import Session
 from swcmp.state import StateStore
 from swcmp.store import Journal, load_cert_files, load_trust
@@ -64,6 +70,8 @@ from swcmp.testca import TestCA
 from swcmp.testca.authority import roll_over
 from swcmp.testca.state import CONFIRMED, REVOKED
 from testca_site import Site, add_session, ca_config, make_site
+
+T = TypeVar("T")
 
 #: The renewer's steps (its checkpoints) a kill -9 may hit.
 KILL_PHASES = ("key-making", "key-ready", "sending", "received", "staged", "confirmed",
@@ -74,6 +82,36 @@ CRL_BOUND = CRL_MAX_REFRESH
 ROLLOVER_BOUND = CHECK_EVERY + timedelta(days=1)
 #: The gateway's own file system when disk-full faults are on: room for its files.
 GATEWAY_FS = "4m"
+#: While the CA is down, serve's passes come this often (a day apart they would hide a
+#: backoff that does not back off).
+OUTAGE_STEP = timedelta(hours=1)
+#: CA-life requests one session may send on a day of an outage after the first day its
+#: questions failed: the three questions' backoff (1 h doubling to a day) begun the evening
+#: before asks each at most 4 times (0, 1, 3 and 7 hours after, +15 h is the next day).
+CA_LIFE_DAY_BOUND = 3 * 4
+
+
+def renewal_day_bound(left: timedelta) -> int:
+    """Renewal attempts a session may make on a day of an outage after the first day its
+    renewals failed, its certificate having ``left`` of validity: the documented backoff
+    (1 minute doubling to RETRY_CAP, at most an eighth of the validity left, at least
+    RETRY_START) ends its ramp within RETRY_CAP (5 attempts at most on this day), then
+    retries every RETRY_CAP."""
+    gap = max(RETRY_START, min(RETRY_CAP, left / 8))
+    return math.ceil(timedelta(days=1) / gap) + 1 + 5
+#: The shipped alert rules the oracle evaluates on the metrics file each pass writes, as
+#: they read in contrib/prometheus/swcmp-rules.yml (a rule that changes fails the soak until
+#: this model follows it).
+RULES_FILE = Path(__file__).resolve().parent.parent / "contrib/prometheus/swcmp-rules.yml"
+ALERTS = {
+    "SwcmpRenewalsFailing": "swcmp_consecutive_failures >= 3",
+    "SwcmpSessionFileBroken": "swcmp_session_readable == 0",
+    "SwcmpRenewalJournalDamaged": "swcmp_renewal_journal_damaged == 1",
+    "SwcmpCertificateExpiringWithoutRenewal":
+        "(swcmp_certificate_not_after_timestamp_seconds - time()) < 7 * 86400 "
+        "and on (instance, job, session) (time() - swcmp_next_renewal_timestamp_seconds) "
+        "> 3600 unless on (instance, job) swcmp_ha_standby == 1",
+}
 
 
 @dataclass
@@ -88,6 +126,16 @@ class SoakReport:
     broken_pairs: int = 0
     unchained_pairs: int = 0
     silent_failures: int = 0
+    #: passes after which a session had no series in the metrics file
+    missing_series: int = 0
+    #: failed renewals of a session in a pass that met no fault, after a pass that met none
+    clean_failures: int = 0
+    #: on the days of an outage after its first: the most renewal attempts and CA-life
+    #: requests of one session, and the session-days over their bounds
+    worst_outage_day_attempts: int = 0
+    worst_outage_day_ca_life: int = 0
+    outage_days_over_backoff: int = 0
+    notes: list[str] = field(default_factory=list)
     worst_gap_over_backoff: float = 0.0
     outage_days: int = 0
     worst_outage_requests_per_day_per_session: float = 0.0
@@ -115,18 +163,86 @@ class SoakReport:
             f"broken pairs seen: {self.broken_pairs}",
             f"pairs not chaining to the session's anchors: {self.unchained_pairs}",
             f"damaged files not reported as the session's failure: {self.silent_failures}",
+            f"sessions without a series in the metrics after a pass: {self.missing_series}",
+            f"renewals failed with no fault in their pass or the one before: "
+            f"{self.clean_failures}",
             f"longest wait beyond the backoff: {self.worst_gap_over_backoff:.0f} s",
             f"outage days: {self.outage_days}; worst requests per session per outage day: "
             f"{self.worst_outage_requests_per_day_per_session:.1f}",
             f"worst requests to the CA in one simulated day (all sessions): "
             f"{self.worst_requests_per_day}",
+            f"on a day of an outage after its first, one session's most renewal attempts: "
+            f"{self.worst_outage_day_attempts}, CA-life requests: "
+            f"{self.worst_outage_day_ca_life} (bound {CA_LIFE_DAY_BOUND}); session-days "
+            f"beyond the backoff: {self.outage_days_over_backoff}",
             f"revocations: {self.revocations}; worst time until every session's CRL names "
             f"one: {self.worst_crl_lag} (over {CRL_BOUND}: {self.crl_lags_over_bound})",
             f"root rollovers: {self.rollovers}; worst time until every session trusts the "
             f"new root: {self.worst_rollover_lag} (over {ROLLOVER_BOUND}: "
             f"{self.rollover_lags_over_bound})",
             f"wall time: {self.wall_seconds:.1f} s",
+            *self.notes[:10],
         ]
+
+
+# --------------------------------------------------------------------------- alerts
+
+
+def check_rules_modelled(path: Path = RULES_FILE) -> None:
+    """The shipped rules the oracle models read as ALERTS says (whitespace aside)."""
+    shipped = {r["alert"]: " ".join(str(r["expr"]).split())
+               for g in yaml.safe_load(path.read_text())["groups"] for r in g["rules"]
+               if "alert" in r}
+    for name, expr in ALERTS.items():
+        if shipped.get(name) != expr:
+            raise AssertionError(f"{path}: {name} is now {shipped.get(name)!r}; the soak "
+                                 f"models {expr!r}")
+
+
+_SAMPLE = re.compile(r'^(\w+)(?:\{(.*)\})? (\S+)$')
+_SESSION = re.compile(r'session="((?:[^"\\]|\\.)*)"')
+
+
+def read_metrics(path: Path) -> dict[str, dict[str, float]]:
+    """The textfile's samples: metric -> session -> value (the last series of a session
+    for metrics with more labels); {} when there is no file yet."""
+    out: dict[str, dict[str, float]] = {}
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m is None or line.startswith("#"):
+            continue
+        s = _SESSION.search(m.group(2) or "")
+        if s is not None:
+            out.setdefault(m.group(1), {})[s.group(1)] = float(m.group(3))
+    return out
+
+
+def alerts_firing(metrics: dict[str, dict[str, float]], name: str, now: datetime
+                  ) -> list[str]:
+    """Which of ALERTS fire for session ``name`` on these metrics at ``now`` (their
+    ``for:`` of 15 minutes at most is shorter than any step of the soak)."""
+    def value(metric: str) -> float | None:
+        return metrics.get(metric, {}).get(name)
+
+    ts = now.timestamp()
+    firing = []
+    failures, readable = value("swcmp_consecutive_failures"), value("swcmp_session_readable")
+    not_after = value("swcmp_certificate_not_after_timestamp_seconds")
+    next_renewal = value("swcmp_next_renewal_timestamp_seconds")
+    if failures is not None and failures >= 3:
+        firing.append("SwcmpRenewalsFailing")
+    if readable == 0:
+        firing.append("SwcmpSessionFileBroken")
+    if value("swcmp_renewal_journal_damaged") == 1:
+        firing.append("SwcmpRenewalJournalDamaged")
+    if not_after is not None and next_renewal is not None and \
+            not_after - ts < 7 * 86400 and ts - next_renewal > 3600:
+        firing.append("SwcmpCertificateExpiringWithoutRenewal")
+    return firing
 
 
 # --------------------------------------------------------------------------- faults
@@ -265,6 +381,7 @@ def run_soak(*, sessions: int = 4, days: int = 365, step: timedelta = timedelta(
              outage_every: int = 90, outage_days: int = 3, rollover_every: int = 200,
              revoke_every: int = 15, seed: int = 1, disk_full: bool = True,
              root: Path | None = None) -> SoakReport:
+    check_rules_modelled()
     rng = random.Random(seed)
     own_root = root is None
     root = root or Path(tempfile.mkdtemp(prefix="swcmp-soak-", dir=_fast_tmp()))
@@ -293,7 +410,10 @@ def run_soak(*, sessions: int = 4, days: int = 365, step: timedelta = timedelta(
         _Soak(site, ca, proxy, names, rng, report, sim, step=step, days=days,
               fault_rate=fault_rate, outage_every=outage_every, outage_days=outage_days,
               rollover_every=rollover_every, revoke_every=revoke_every,
-              disk_full=mounted).run(RenewalService(site.paths, clock=clock))
+              disk_full=mounted).run(RenewalService(
+                  site.paths, clock=clock,
+                  # on the gateway's file system: a full disk leaves the last file
+                  host=HostConfig(metrics_file=gw / "metrics" / "swcmp.prom")))
     finally:
         if proxy is not None:
             proxy.close()
@@ -330,25 +450,62 @@ class _Soak:
         self.revoked: dict[int, datetime] = {}
         #: the new root after a rollover and when it was made, until every session trusts it
         self.new_root: tuple[x509.Certificate, datetime] | None = None
+        self.rolled_on: set[int] = set()
+        self.metrics_file = Path()
+        self.day = 0
+        #: (session, day) -> requests the session's renewals and CA-life steps sent
+        self.attempts: Counter[tuple[str, int]] = Counter()
+        self.ca_life_requests: Counter[tuple[str, int]] = Counter()
+        #: (session, day) -> the least validity its certificate had left that day
+        self.left: dict[tuple[str, int], timedelta] = {}
+        #: (session, day) whose backoff a fault started afresh (a damaged state.json)
+        self.backoff_reset: set[tuple[str, int]] = set()
+        #: the day each session's renewals began failing (while they fail)
+        self.failing_since: dict[str, int] = {}
+        self.ramp_days: set[tuple[str, int]] = set()
+        #: days wholly within an outage, after its first; (session, day) near expiry then
+        self.full_outage_days: set[int] = set()
+        #: the last pass that met a fault: of every session, and of each session's files
+        self.pass_no = 0
+        self.messages: dict[str, str] = {}
+        #: sessions that have not tried a renewal since the CA's root rolled over: their
+        #: first is refused (it does not chain) and asks for the new root at once
+        self.before_new_root: set[str] = set()
+        self.noisy_pass = -10
+        self.noisy_session: dict[str, int] = {}
 
     @property
     def now(self) -> datetime:
         return self.sim[0]
 
     def run(self, svc: RenewalService) -> None:
-        for _ in range(int(timedelta(days=self.days) / self.step)):
-            self.sim[0] += self.step
+        assert svc.host.metrics_file is not None
+        self.metrics_file = svc.host.metrics_file
+        self.count_requests(svc)
+        end = self.start + timedelta(days=self.days)
+        while True:
+            # serve's passes come every RESCAN seconds; the soak's come a step apart, and
+            # an hour apart while the CA is down (where backoffs are at work)
+            step = OUTAGE_STEP if self.outage_until is not None else self.step
+            if self.now + step > end:
+                break
+            self.sim[0] += step
             day = int((self.now - self.start) / timedelta(days=1))
+            fresh, self.day = day != self.day, day
+            self.pass_no += 1
+            if self.proxy.armed() or self.outage_until is not None or \
+                    self.full_until is not None:
+                self.noisy_pass = self.pass_no  # a fault left from the pass before
             self.wire_faults(day)
             self.ca_events(day)
             self.free_space()
-            if self.full_until is None:  # the operator cannot write either
+            if self.full_until is None and fresh:  # the operator cannot write either
                 # half-way, a kind of damage not met yet is made for sure: each kind is
                 # met in every run, whatever the random draws
                 self.file_faults(force=day == self.days // 2)
                 self.fill_space()
             before = len(self.proxy.seen)
-            reports = self.one_pass(svc)
+            reports = self.one_pass(svc, fresh=fresh)
             self.report.passes += 1
             sent = len(self.proxy.seen) - before
             self.day_requests[day] += sent
@@ -360,13 +517,59 @@ class _Soak:
         r.worst_requests_per_day = max(self.day_requests.values(), default=0)
         r.worst_outage_requests_per_day_per_session = max(
             (v / len(self.names) for v in self.outage_day_requests.values()), default=0.0)
+        for (n, d), left in self.left.items():
+            if d not in self.full_outage_days or (n, d) in self.backoff_reset:
+                continue
+            tries, asked = self.attempts[(n, d)], self.ca_life_requests[(n, d)]
+            if (n, d) in self.ramp_days:
+                tries = 0  # its first failing day: the ramp from 1 minute
+            if not self.ca_life_requests[(n, d - 1)]:
+                asked = 0  # the questions' first failing day
+            r.worst_outage_day_attempts = max(r.worst_outage_day_attempts, tries)
+            r.worst_outage_day_ca_life = max(r.worst_outage_day_ca_life, asked)
+            if tries > renewal_day_bound(left) or asked > CA_LIFE_DAY_BOUND:
+                r.outage_days_over_backoff += 1
+                r.notes.append(f"beyond the backoff: {n} on day {d}: {tries} renewal "
+                               f"attempts ({left} left), {asked} CA-life requests")
+
+    def count_requests(self, svc: RenewalService) -> None:
+        """Count each session's renewal attempts, and the requests its CA-life steps send
+        (one CA: the pass handles its sessions one after another)."""
+        base_renew, base_life = svc.renew_one, svc.ca_life
+
+        def renew_one(s: Session, p: Plan | None = None) -> SessionReport:
+            self.attempts[(s.name, self.day)] += 1
+            report = base_renew(s, p)
+            if report.result != "failed":
+                self.failing_since.pop(s.name, None)
+            elif self.failing_since.setdefault(s.name, self.day) == self.day:
+                self.ramp_days.add((s.name, self.day))  # the backoff starts from 1 minute
+            return report
+
+        def counted(name: str, work: Callable[[], T]) -> T:
+            before = len(self.proxy.seen)
+            try:
+                return work()
+            finally:
+                self.ca_life_requests[(name, self.day)] += len(self.proxy.seen) - before
+
+        def ca_life() -> CaLife:
+            life = base_life()
+            maintain = life.maintain_then_next_due
+            life.maintain_then_next_due = (  # type: ignore[method-assign]
+                lambda s: counted(s.name, lambda: maintain(s)))
+            return life
+
+        svc.renew_one = renew_one  # type: ignore[method-assign]
+        svc.ca_life = ca_life  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------ one pass
 
-    def one_pass(self, svc: RenewalService) -> dict[str, str] | None:
+    def one_pass(self, svc: RenewalService, *, fresh: bool) -> dict[str, str] | None:
         """serve's pass, or now and then a child process killed in a renewal (then None:
         its report died with it). serve outlives a pass that raises; the soak counts it."""
-        if self.rng.random() < self.rate:
+        if fresh and self.rng.random() < self.rate:
+            self.noisy_pass = self.pass_no
             phase = self.rng.choice(KILL_PHASES)
             if _killed_pass(svc, phase):
                 self.report.faults["kill -9 in a renewal"] += 1
@@ -374,7 +577,9 @@ class _Soak:
                 self.check_pairs()  # what the kill left
             return None
         try:
-            return {r.session: r.result for r in svc.run_pass()}
+            done = svc.run_pass()
+            self.messages = {r.session: r.message for r in done}
+            return {r.session: r.result for r in done}
         except Exception:
             self.report.silent_failures += 1
             return None
@@ -385,6 +590,8 @@ class _Soak:
         if self.outage_until is None and day and day % self.outage_every == 0 and \
                 self.outage_day_requests.get(day) is None:
             self.outage_until = self.now + timedelta(days=self.outage_days)
+            self.full_outage_days.update(range(day + 1, day + self.outage_days))
+            self.noisy_pass = self.pass_no
             self.proxy.on("*", http_status(500, "Internal Server Error"), times=None)
             self.report.faults["outage (HTTP 500, days)"] += self.outage_days
             self.report.outage_days += self.outage_days
@@ -400,10 +607,15 @@ class _Soak:
                 ("dropped answer", mutate(lambda b: b"")),
             ])
             self.proxy.on(self.rng.choice(["kur", "*"]), action, times=1)
+            self.noisy_pass = self.pass_no
             self.report.faults[kind] += 1
 
     def ca_events(self, day: int) -> None:
-        if day and day % self.rollover_every == 0 and self.new_root is None:
+        if day and day % self.rollover_every == 0 and self.new_root is None and \
+                day not in self.rolled_on:
+            self.rolled_on.add(day)
+            self.noisy_pass = self.pass_no
+            self.before_new_root = set(self.names)  # their next renewal is refused
             roll_over(self.ca.directory, now=self.now)
             new_root = certs.load_certificate((self.ca.directory / "ca.crt").read_bytes())
             self.new_root = (new_root, self.now)
@@ -439,6 +651,7 @@ class _Soak:
         for n, w in self.watch.items():  # the operator repairs what the alerts name
             if w.expired_since is not None and self.now - w.expired_since >= timedelta(days=1):
                 try:
+                    self.noisy_session[n] = self.pass_no
                     if request_initial(self.site.store.load(n), paths, store=self.site.store,
                                        clock=lambda: self.now).ok:
                         w.expired_since = None
@@ -448,20 +661,27 @@ class _Soak:
             if w.broken_toml is not None and self.now >= w.broken_toml[0]:
                 self.site.store.path_for(n).write_bytes(w.broken_toml[1])
                 w.broken_toml = None
+                self.noisy_session[n] = self.pass_no
             if w.broken_journal is not None and self.now >= w.broken_journal:
                 Journal(paths, n).path.unlink(missing_ok=True)
                 w.broken_journal = None
+                self.noisy_session[n] = self.pass_no
         if self._draw("damaged state.json", 3, force):
-            path = self.states.path(rng.choice(self.names))
+            n = rng.choice(self.names)
+            path = self.states.path(n)
             if path.exists():
+                self.noisy_session[n] = self.pass_no
+                self.backoff_reset.add((n, self.day))
                 damage = rng.choice([b"{", b"\xff\xfe", json.dumps(
                     {**json.loads(path.read_text() or "{}"), "next_attempt": "soon"}
                 ).encode()]) if path.read_bytes()[:1] == b"{" else b"{"
                 path.write_bytes(damage)
                 self.report.faults["damaged state.json"] += 1
         if self._draw("damaged calife.json", 3, force):
-            path = CaLifeStore(paths, rng.choice(self.names)).path
+            n = rng.choice(self.names)
+            path = CaLifeStore(paths, n).path
             if path.exists():
+                self.noisy_session[n] = self.pass_no
                 _damage_calife(path, rng)
                 self.report.faults["damaged calife.json"] += 1
         if self._draw("damaged session TOML", 5, force):
@@ -475,6 +695,7 @@ class _Soak:
                     self.site.store.load(n)
                     toml.write_bytes(original)  # still a valid file: not this fault
                 except SwcmpError:
+                    self.noisy_session[n] = self.pass_no
                     w.broken_toml = (self.now + timedelta(days=rng.randint(1, 3)), original)
                     self.report.faults["damaged session TOML"] += 1
         if self._draw("damaged renewal journal", 6, force):
@@ -485,6 +706,7 @@ class _Soak:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(rng.choice(_JOURNAL_DAMAGE))
                 if damaged_journal(paths, n) is not None:
+                    self.noisy_session[n] = self.pass_no
                     w.broken_journal = self.now + timedelta(days=rng.randint(1, 2))
                     self.report.faults["damaged renewal journal"] += 1
                 else:
@@ -494,25 +716,38 @@ class _Soak:
         if self.full_until is not None and self.now >= self.full_until[0]:
             self.full_until[1].unlink()
             self.full_until = None
+            self.noisy_pass = self.pass_no
 
     def fill_space(self) -> None:
-        if self.disk_full and self.rng.random() < self.rate / 4:
+        # once per run, the disk fills in an outage: failures that cannot be written must
+        # still back off (serve holds them in memory)
+        in_outage = self.day in self.full_outage_days and \
+            not self.report.faults["disk full in an outage"]
+        if self.disk_full and (in_outage or self.rng.random() < self.rate / 4):
             filler = _fill(self.site.root)
             self.full_until = (self.now + self.step * self.rng.randint(1, 2), filler)
-            self.report.faults["disk full (passes)"] += 1
+            self.noisy_pass = self.pass_no
+            self.report.faults["disk full in an outage" if in_outage
+                                else "disk full (passes)"] += 1
 
     # ------------------------------------------------------------------ the oracle
 
     def check_pairs(self) -> None:
+        """Every certificate's key is in ``private/``: the key file, or (killed between
+        the certificate and the key's rename, see store.write_pair) its ``.next``, which
+        swanctl loads too."""
         for n in self.names:
             cert = self.site.cert(n)
-            key = keys.load_private_key(self.site.paths.key_file(n).read_bytes())
-            if certs.spki_of(cert) != keys.spki_der(key):
+            path = self.site.paths.key_file(n)
+            found = [keys.spki_der(keys.load_private_key(p.read_bytes()))
+                     for p in (path, path.with_name(path.name + ".next")) if p.exists()]
+            if certs.spki_of(cert) not in found:
                 self.report.broken_pairs += 1
 
     def check(self, reports: dict[str, str] | None) -> None:
         now, r = self.now, self.report
         self.check_pairs()
+        metrics = read_metrics(self.metrics_file)
         for n, w in self.watch.items():
             cert = self.site.cert(n)
             if cert.serial_number != w.serial:
@@ -525,14 +760,26 @@ class _Soak:
                     reports.get(n) != "failed":
                 r.silent_failures += 1  # a damaged file must be the session's failure
             st = self.states.load(n)
-            # the shipped rules: SwcmpRenewalsFailing, SwcmpSessionFileBroken,
-            # SwcmpRenewalJournalDamaged, SwcmpCertificateExpiringWithoutRenewal (due for
-            # over an hour, under 7 days left; the metric is the plan's renew_at)
-            p = plan(w.session, cert, st, now)
-            expiring = p.renew_at is not None and now - p.renew_at > timedelta(hours=1) \
-                and cert.not_valid_after_utc - now < timedelta(days=7)
-            alerting = st.failures >= 3 or w.broken_toml is not None or journal_bad \
-                or expiring
+            # the shipped rules (ALERTS) on the metrics file the pass wrote (or the last
+            # one, when the disk was full): a session none of whose series are there is
+            # one no alert can fire for
+            if metrics and not any(n in series for series in metrics.values()):
+                r.missing_series += 1
+            alerting = bool(alerts_firing(metrics, n, now))
+            quiet = max(self.noisy_pass, self.noisy_session.get(n, -10))
+            first_after_rollover = n in self.before_new_root and \
+                reports is not None and reports.get(n) in ("failed", "renewed")
+            if first_after_rollover:
+                self.before_new_root.discard(n)
+            if reports is not None and reports.get(n) == "failed" and \
+                    self.pass_no - quiet > 1 and now < cert.not_valid_after_utc and \
+                    not first_after_rollover and w.broken_toml is None and not journal_bad:
+                # nothing went wrong in this pass or the one before: a renewal stuck
+                r.clean_failures += 1
+                r.notes.append(f"failed with no fault: {n} on day {self.day}: "
+                               f"{self.messages.get(n, '')[:300]}")
+            left = cert.not_valid_after_utc - now
+            self.left[(n, self.day)] = min(left, self.left.get((n, self.day), left))
             if alerting:
                 w.alert_since = w.alert_since or now
             if now >= cert.not_valid_after_utc:

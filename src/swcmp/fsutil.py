@@ -162,6 +162,16 @@ def atomic_write(
         raise storage_error(e, directory, "sync directory") from e
 
 
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """The file's inode, size and modification time (None: no such file): whether it was
+    replaced since (swcmp replaces its files, never rewrites them in place)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def ensure_dir(path: Path, *, mode: int = 0o755) -> Path:
     """Create ``path`` (and parents) if missing; return it.
 

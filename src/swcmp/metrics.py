@@ -40,8 +40,10 @@ per session (``session``):
     ``currentCRL``, and any other question that failed), 0 when it answered;
     ``swcmp_ca_life_next_try_timestamp_seconds{question}``: when a failing
     question is asked again (its persisted backoff), 0 when it is not failing;
-host-wide: ``swcmp_charon_up`` (charon answered over VICI; only when swcmp
-talks to charon), ``swcmp_ha_standby``, ``swcmp_ha_role_source_ok`` and
+host-wide: ``swcmp_metrics_written_timestamp_seconds`` (when the file was written:
+a file that stays old says serve stopped, the renewal timer no longer runs, or the
+file cannot be written, a full disk), ``swcmp_charon_up`` (charon answered over VICI;
+only when swcmp talks to charon), ``swcmp_ha_standby``, ``swcmp_ha_role_source_ok`` and
 ``swcmp_ha_role_info{role}`` (only with an HA role source).
 
 The alerts in ``contrib/prometheus/swcmp-rules.yml`` are written against
@@ -218,6 +220,8 @@ _FAMILIES = (
     ("swcmp_ca_life_next_try_timestamp_seconds", "gauge",
      "When a failing CA-life question is asked again (Unix time); 0 when it is not "
      "failing."),
+    ("swcmp_metrics_written_timestamp_seconds", "gauge",
+     "When swcmp wrote this file (serve: every pass; the renewal timer: twice a day)."),
     ("swcmp_charon_up", "gauge", "1 if charon answered over VICI."),
     ("swcmp_charon_certificate_current", "gauge",
      "1 if charon holds the certificate on disk with its private key."),
@@ -231,8 +235,10 @@ _FAMILIES = (
 
 
 def render(views: Iterable[SessionView], *, role: Role | None = None,
-           charon: CharonView | None = None, unreadable: Sequence[str] = ()) -> str:
-    """The metrics text for ``views``; ``charon`` None when swcmp does not talk to charon.
+           charon: CharonView | None = None, unreadable: Sequence[str] = (),
+           written: datetime | None = None) -> str:
+    """The metrics text for ``views``; ``charon`` None when swcmp does not talk to charon;
+    ``written``: the time of writing (``swcmp_metrics_written_timestamp_seconds``).
 
     ``unreadable``: sessions whose files swcmp could not read (a broken session file):
     their other series are missing, ``swcmp_session_readable`` 0 stays.
@@ -241,6 +247,8 @@ def render(views: Iterable[SessionView], *, role: Role | None = None,
     out = _Exposition()
     for name, kind, help_text in _FAMILIES:
         out.family(name, kind, help_text)
+    if written is not None:
+        out.sample("swcmp_metrics_written_timestamp_seconds", {}, int(written.timestamp()))
     if charon is not None:
         out.sample("swcmp_charon_up", {}, int(charon.up))
     if role is not None and role.configured:

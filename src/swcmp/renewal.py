@@ -149,6 +149,18 @@ class Renewer:
         j = Journal(self.paths, session.name)
         entry = j.load()
         if entry and entry.phase in ("confirmed", "committing"):
+            if not j.cert_file.exists():
+                # The certificate it confirmed is gone (a run killed while it cleared the
+                # journal after the commit, or a hand deletion): nothing is left to finish,
+                # and the live pair is whole (see store.write_pair). Kept, the journal would
+                # fail every run for ever.
+                if entry.phase == "confirmed" and store.has_staged(j, entry):
+                    store.discard_staged(j, entry)  # never installed: its certificate is lost
+                j.clear()
+                raise RenewalError(
+                    f"the interrupted renewal's staged certificate {j.cert_file} is gone; its "
+                    "journal is cleared").with_hint(
+                    "the live key and certificate are unchanged; the next run renews when due")
             log.info("%s: finishing an interrupted renewal (certificate already confirmed)",
                      session.name)
             return self._promote(session, store, j)

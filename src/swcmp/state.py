@@ -8,15 +8,18 @@ valid certificate.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from swcmp import fsutil
+from swcmp.errors import SwcmpError
 from swcmp.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -225,6 +228,23 @@ def _last_result(data: object) -> LastResult | None:
                       serial=str(data["serial"]) if data.get("serial") else None)
 
 
+#: State files this process could not write (a full disk, a read-only file system): what it
+#: meant to write, read instead of the file until a write succeeds, so that the failure
+#: count and the backoff hold (else serve would retry such a session every pass); with the
+#: stamp of the file then: a file another process wrote since is read again.
+_UNWRITTEN: dict[str, tuple[tuple[int, int, int] | None, SessionState]] = {}
+
+
+def _held(path: Path) -> SessionState | None:
+    held = _UNWRITTEN.get(str(path))
+    if held is None:
+        return None
+    if held[0] != fsutil.file_stamp(path):
+        _UNWRITTEN.pop(str(path), None)  # written by another process since
+        return None
+    return held[1]
+
+
 class StateStore:
     """Reads and writes :class:`SessionState` files."""
 
@@ -234,8 +254,15 @@ class StateStore:
     def path(self, name: str) -> Any:
         return self.paths.session_state_dir(name) / "state.json"
 
+    def unwritten(self, name: str) -> bool:
+        """Whether this process holds a state of ``name`` that it could not write."""
+        return _held(self.path(name)) is not None
+
     def load(self, name: str) -> SessionState:
         p = self.path(name)
+        held = _held(p)
+        if held is not None:
+            return copy.deepcopy(held)
         try:
             raw = p.read_bytes()
         except FileNotFoundError:
@@ -254,9 +281,14 @@ class StateStore:
 
     def save(self, name: str, st: SessionState) -> None:
         p = self.path(name)
-        fsutil.ensure_dir(p.parent, mode=0o700)
         data = json.dumps(st.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-        fsutil.atomic_write(p, data, mode=0o600)
+        try:
+            fsutil.ensure_dir(p.parent, mode=0o700)
+            fsutil.atomic_write(p, data, mode=0o600)
+        except SwcmpError:
+            _UNWRITTEN[str(p)] = (fsutil.file_stamp(p), copy.deepcopy(st))
+            raise
+        _UNWRITTEN.pop(str(p), None)
 
     @contextmanager
     def update(self, name: str) -> Iterator[SessionState]:

@@ -56,7 +56,10 @@ def poll_limit_end(paths: Paths, s: Session) -> datetime | None:
         return None
     if entry is None or entry.tx_started is None or entry.transaction() is None:
         return None
-    return datetime.fromisoformat(entry.tx_started) + timedelta(seconds=s.poll_limit)
+    try:
+        return datetime.fromisoformat(entry.tx_started) + timedelta(seconds=s.poll_limit)
+    except OverflowError:  # a start no run wrote (year 9999): no end to show
+        return None
 
 
 def session_status(paths: Paths, s: Session, now: datetime, role: Role | None

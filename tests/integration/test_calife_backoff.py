@@ -19,7 +19,7 @@ import pytest
 from pki import make_pki
 from renewal_env import make_gateway
 from swcmp.calife import CaLife, CaLifeStore
-from swcmp.calife.state import CA_CERTS, CURRENT_CRL, ROOT_UPDATE
+from swcmp.calife.state import CA_CERTS, CRL_STATUS_LIST, CURRENT_CRL, ROOT_UPDATE
 
 pytestmark = pytest.mark.integration
 
@@ -94,6 +94,26 @@ def test_a_ca_answering_500_is_asked_a_few_times_a_day_not_every_minute(
     assert next_due[0] - datetime(2026, 12, 1, tzinfo=UTC) >= timedelta(minutes=59)
 
 
+def test_a_failing_crl_question_alone_backs_off_too(tmp_path: Path,
+                                                   failing_500: FailingCA) -> None:
+    """The CA certificates and root were asked lately, only the CRL is due: the CRL is asked
+    by crlStatusList first, and its failures back the CRL off (asked every pass before)."""
+    pki = make_pki(tmp_path / "pki")
+    gw = make_gateway(tmp_path / "gw", pki, failing_500.url)
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    with CaLifeStore(gw.paths, "gw1").update() as st:
+        st.checked = dict.fromkeys((CA_CERTS, ROOT_UPDATE), start.isoformat())
+    now = [start]
+    life = CaLife(gw.paths, clock=lambda: now[0])
+    for _minute in range(0, 24 * 60, 5):
+        life.maintain(gw.session)
+        now[0] += timedelta(minutes=5)
+    st = CaLifeStore(gw.paths, "gw1").load()
+    print(f"requests in a day: {failing_500.requests}, failures: {st.failures}")
+    assert 3 <= failing_500.requests <= 6, failing_500.requests
+    assert st.failures.get(CRL_STATUS_LIST, 0) >= 3, st.failures
+
+
 def test_a_longer_retry_after_is_honoured(tmp_path: Path) -> None:
     ca = FailingCA(503, retry_after="43200")  # 12 hours
     try:
@@ -148,3 +168,38 @@ def test_a_failing_ca_life_question_is_a_metric_series_that_stays(
     assert {q for _, q in found} >= {CA_CERTS, ROOT_UPDATE, CURRENT_CRL}
     svc.refresh_metrics()
     assert series() == found
+
+
+@pytest.mark.parametrize(("fail_info", "unsupported"), [(25, False), (24, False), (2, True)])
+def test_a_ca_that_cannot_answer_now_is_a_failure_not_a_question_it_does_not_know(
+        tmp_path: Path, fail_info: int, unsupported: bool) -> None:
+    """The CA answers every CA-life question with a protected error. systemFailure and
+    systemUnavail say "not now": a failure that backs off and is counted (the metric
+    SwcmpCALifeFailing reads), not "unsupported" for a month with nothing counted; any
+    other failInfo (badRequest) says the CA does not know the question."""
+    from hostile_proxy import HostileProxy, error_body, forge
+    from swcmp.cmp.protection import SignatureProtection
+    from swcmp.testca import TestCA
+    from testca_site import add_session, ca_config, make_site
+
+    with TestCA(tmp_path / "ca", config=ca_config()) as ca, HostileProxy(ca.url) as proxy:
+        site = make_site(tmp_path / "gw")
+        add_session(site, ca, "gw1")
+        site.store.update("gw1", set_values={"server_url": proxy.url})
+        auth = ca.engine.authority
+        proxy.on("genm", forge(lambda ex: error_body("cannot answer", fail_info),
+                               sender_der=ca.ca_cert.subject.public_bytes(),
+                               protection=SignatureProtection(key=auth.key, cert=auth.cert)),
+                 times=None)
+        life = CaLife(site.paths)
+        life.maintain(site.session("gw1"))
+        st = CaLifeStore(site.paths, "gw1").load()
+        asked = proxy.kinds().count("genm")
+        assert asked >= 1
+        if unsupported:
+            assert st.unsupported and not st.failures, st
+        else:
+            assert not st.unsupported, st.unsupported
+            assert st.failures and all(q in st.next_try for q in st.failures), st
+            life.maintain(site.session("gw1"))  # within the backoff: not asked again
+            assert proxy.kinds().count("genm") == asked

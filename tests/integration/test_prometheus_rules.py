@@ -32,7 +32,7 @@ def promtool(*args: str, cwd: Path = CONTRIB) -> subprocess.CompletedProcess[str
 def test_promtool_check_rules() -> None:
     res = promtool("check", "rules", str(RULES))
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "SUCCESS: 11 rules found" in res.stdout
+    assert "SUCCESS: 12 rules found" in res.stdout
 
 
 @needs_promtool
@@ -53,6 +53,11 @@ def test_promtool_test_rules() -> None:
     # the damaged-journal alert looking at the wrong value
     ("SwcmpRenewalJournalDamaged", "swcmp_renewal_journal_damaged == 1",
      "swcmp_renewal_journal_damaged == 2"),
+    # the stale-metrics alert waiting a week, or firing at a timer's 12 hours
+    ("SwcmpMetricsStale", "swcmp_metrics_written_timestamp_seconds > 86400",
+     "swcmp_metrics_written_timestamp_seconds > 7 * 86400"),
+    ("SwcmpMetricsStale", "swcmp_metrics_written_timestamp_seconds > 86400",
+     "swcmp_metrics_written_timestamp_seconds > 0"),
     # the abandoned-transaction alert missing the counter's first appearance
     ("SwcmpRenewalTransactionAbandoned", "} offset 1d", "} offset 1m"),
 ])

@@ -177,3 +177,36 @@ def test_a_ca_that_hangs_on_the_question_fails_the_request_there(site: Gateway) 
     result = gw.run("request", "initial", "gw1")
     assert "could not be had" in result.stderr, result.stderr
     assert gw.proxy.kinds() == ["genm", "genm", "ir", "certConf"]
+
+
+def test_a_key_update_the_template_now_forbids_fails_in_renew_status_and_metrics(
+        site: Gateway) -> None:
+    """The CA takes only ecdsa:p384 keys from now on: a renewal making a new ecdsa:p256 key
+    is refused before its request is sent, and that is never silent: `renew` exits 1,
+    `status` says failed with the reason, and the metrics count the failures the
+    SwcmpRenewalsFailing alert reads."""
+    import dataclasses
+
+    gw = site
+    gw.create("--regenerate")
+    (gw.root / "etc" / "swcmp.toml").write_text(
+        f'[metrics]\ntextfile = "{gw.root / "metrics" / "swcmp.prom"}"\n')
+    assert gw.json("request", "initial", "gw1")["ok"] is True
+    gw.run("session", "enable-auto-update", "gw1")
+    gw.ca.engine.config = dataclasses.replace(gw.ca.engine.config,
+                                              template_key_types=("ecdsa:p384",))
+    before = len(gw.proxy.kinds())
+    for _ in range(3):
+        out = gw.json("renew", "gw1", "--force", code=1)
+        [result] = out["results"]
+        assert result["result"] == "failed", result
+        assert "does not allow the key type ecdsa:p256" in result["message"], result
+        assert "--key-type ecdsa:p384" in result["message"], result
+    assert set(gw.proxy.kinds()[before:]) == {"genm"}  # no key update was sent
+    entry = gw.json("status", "gw1")["sessions"][0]
+    assert entry["state"] == "failed", entry
+    assert entry["last_result"]["ok"] is False
+    assert "does not allow the key type" in entry["last_result"]["message"]
+    metrics = (gw.root / "metrics" / "swcmp.prom").read_text().splitlines()
+    assert 'swcmp_consecutive_failures{session="gw1"} 3' in metrics
+    assert 'swcmp_session_state{session="gw1",state="failed"} 1' in metrics

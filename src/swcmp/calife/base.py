@@ -34,6 +34,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: failInfo of a CA that could not answer now (RFC 4210 5.2.3), not one that does not know
+#: the question: a failure like an HTTP error (backoff, counted, SwcmpCALifeFailing), never
+#: "not supported" for a month.
+TRANSIENT_FAIL_INFO = frozenset({"systemUnavail", "systemFailure", "transactionIdInUse"})
+
+
+def transient(e: CMPErrorResponse) -> bool:
+    """Whether the CA's error says "not now" rather than "no"."""
+    return bool(TRANSIENT_FAIL_INFO.intersection(e.fail_info))
 
 
 @dataclass
@@ -95,7 +104,7 @@ class _Base:
             answer = work(client)
         except CMPErrorResponse as e:
             with store.update() as st:
-                if e.protected and remember:
+                if e.protected and remember and not transient(e):
                     # The CA itself said no: do not ask it every pass.
                     st.unsupported[question] = {"since": _iso(now), "error": str(e)[:300]}
                 elif remember:

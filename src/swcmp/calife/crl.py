@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from swcmp.calife.base import _Base
+from swcmp.calife.base import _Base, transient
 from swcmp.calife.state import (
     CRL_DEFAULT_REFRESH,
     CRL_MAX_REFRESH,
@@ -59,8 +59,9 @@ class Crls(_Base):
     def crl_due(self, session: Session, st: CaLifeState | None = None) -> bool:
         st = st or CaLifeStore(self.paths, session.name).load()
         now = self.clock()
+        # crlStatusList is asked first: its failures back the CRL off as currentCRL's do
         if (st.is_unsupported(CURRENT_CRL, now) and st.is_unsupported(CRL_STATUS_LIST, now)) \
-                or st.backing_off(CURRENT_CRL, now):
+                or st.backing_off(CURRENT_CRL, now) or st.backing_off(CRL_STATUS_LIST, now):
             return False
         nxt = st.crl_refresh_at(now)
         return nxt is None or now >= nxt or not crl_file(self.paths, session.name).exists()
@@ -159,8 +160,8 @@ class Crls(_Base):
             crls = self._ask(session, CRL_STATUS_LIST, lambda c: c.crl_status(
                 protection=self._protection(session), issuer=issuer, this_update=this_update))
         except CMPErrorResponse as e:
-            if not e.protected:
-                raise
+            if not e.protected or transient(e):
+                raise  # counted as a failure of crlStatusList: the CRL backs off
             log.info("%s: the CA refuses crlStatusList (%s); asking currentCRL",
                      session.name, e)
             return None  # remembered by _ask as not supported

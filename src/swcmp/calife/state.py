@@ -3,6 +3,7 @@ the CA-life steps share."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -235,6 +236,12 @@ class CaLifeState:
         return last is None or last > now or now >= last + CHECK_EVERY
 
 
+#: calife.json files this process could not write (a full disk): what it meant to write,
+#: read instead until a write succeeds, so that a failing question's backoff holds; with
+#: the stamp of the file then: a file another process wrote since is read again.
+_UNWRITTEN: dict[str, tuple[tuple[int, int, int] | None, CaLifeState]] = {}
+
+
 class CaLifeStore:
     """Reads and writes a session's ``calife.json`` under its own lock."""
 
@@ -244,6 +251,10 @@ class CaLifeStore:
         self.path = paths.session_state_dir(name) / STATE_FILE
 
     def load(self) -> CaLifeState:
+        held = _UNWRITTEN.get(str(self.path))
+        if held is not None and held[0] == fsutil.file_stamp(self.path):
+            return copy.deepcopy(held[1])
+        _UNWRITTEN.pop(str(self.path), None)  # none, or written by another process since
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -261,10 +272,15 @@ class CaLifeStore:
                                    what=f"CA state of {self.name}"):
             st = self.load()
             yield st
-            fsutil.ensure_dir(self.path.parent, mode=0o700)
-            fsutil.atomic_write(self.path, json.dumps(asdict(st), indent=1,
-                                                      sort_keys=True).encode() + b"\n",
-                                mode=0o600)
+            try:
+                fsutil.ensure_dir(self.path.parent, mode=0o700)
+                fsutil.atomic_write(self.path, json.dumps(asdict(st), indent=1,
+                                                          sort_keys=True).encode() + b"\n",
+                                    mode=0o600)
+            except SwcmpError:
+                _UNWRITTEN[str(self.path)] = (fsutil.file_stamp(self.path), copy.deepcopy(st))
+                raise
+            _UNWRITTEN.pop(str(self.path), None)
 
 
 # --------------------------------------------------------------------------- files

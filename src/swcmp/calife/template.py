@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 
+from swcmp.calife.base import transient
 from swcmp.calife.state import CERT_REQ_TEMPLATE, CaLifeStore, _iso
 from swcmp.errors import CMPErrorResponse, ConfigError, ConnectError, SwcmpError, TimeoutError_
 from swcmp.paths import Paths
@@ -56,7 +57,8 @@ def ask_template(session: Session, paths: Paths, client: CMPClient, protection: 
     try:
         answer = client.cert_req_template(protection=protection)
     except CMPErrorResponse as e:
-        if e.protected:  # the CA itself refuses the question: not asked again each time
+        if e.protected and not transient(e):
+            # the CA itself refuses the question: not asked again each time
             with store.update() as st:
                 st.unsupported[CERT_REQ_TEMPLATE] = {"since": _iso(now), "error": str(e)[:300]}
             log.info("%s: the CA refuses genm certReqTemplate (%s); remembered, not asked "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -23,8 +24,10 @@ log = logging.getLogger(__name__)
 
 def write(target: Path, paths: Paths, role: Role,
           seen: Sequence[tuple[Session, x509.Certificate | None, SessionState, Plan]],
-          charon: Callable[[], CharonView | None], unreadable: Sequence[str] = ()) -> None:
-    """Render the sessions ``seen`` in a pass and charon's view into ``target``, atomically."""
+          charon: Callable[[], CharonView | None], unreadable: Sequence[str] = (),
+          now: datetime | None = None) -> None:
+    """Render the sessions ``seen`` in a pass and charon's view into ``target``, atomically
+    (``now``: the time of writing, which the file says)."""
     from swcmp import metrics
     from swcmp.renewal import interrupted
 
@@ -41,7 +44,8 @@ def write(target: Path, paths: Paths, role: Role,
             ca_certs=metrics.ca_certificates(s, paths),
             ca_life_failures=ca_life_failures(paths, s.name),
             journal_damaged=pending == "unreadable"))
-    text = metrics.render(views, role=role, charon=charon(), unreadable=unreadable)
+    text = metrics.render(views, role=role, charon=charon(), unreadable=unreadable,
+                          written=now)
     try:
         fsutil.ensure_dir(target.parent, mode=0o755)
         fsutil.atomic_write(target, text.encode(), mode=0o644)

@@ -168,6 +168,8 @@ class PassFiles:
         return st.st_ino, st.st_size, st.st_mtime_ns
 
     def state(self, name: str) -> SessionState:
+        if self._states.unwritten(name):  # what this process could not write (a full disk)
+            return self._states.load(name)
         stamp = self._stamp(self._states.path(name))
         seen = self._seen_states.get(name)
         if stamp is not None and seen is not None and seen[0] == stamp:
@@ -618,7 +620,8 @@ class RenewalService:
         seen = seen if seen is not None else self._survey()
         metrics_file.write(self.host.metrics_file, self.paths, self.role, seen,
                            self._charon_view,
-                           unreadable=[Path(e.path).stem for e in self.broken])
+                           unreadable=[Path(e.path).stem for e in self.broken],
+                           now=self.clock())
 
     def refresh_metrics(self) -> None:
         """Re-read the role, the sessions and charon, and rewrite the metrics file."""
