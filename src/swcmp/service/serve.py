@@ -13,16 +13,19 @@ import contextlib
 import gc
 import logging
 import os
+import pickle
 import select
 import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from swcmp import paths, sessionfile
+from swcmp import paths, sessionfile, state
+from swcmp.calife import state as calife_state
 from swcmp.cmp.text import safe
 from swcmp.errors import SwcmpError
 from swcmp.metrics import REFRESH
@@ -50,8 +53,25 @@ _STEP = b"*"
 #: changed session file): the first step of a failed renewal's backoff.
 PASS_RETRY = RETRY_START
 
-#: What a pass's process writes back to serve at most (its result line).
-_RESULT_MAX = 512
+#: What a pass's process writes back to serve at most (its result and the states it
+#: could not write).
+_RESULT_MAX = 256 * 1024 * 1024
+
+#: Marks the start of the result, after the steps.
+_RESULT = b"R"
+
+
+@dataclass
+class _PassResult:
+    """What the pass's process hands back to serve: whether the pass ran, when to look
+    again, and the state files it could not write (a full disk), held by serve for the
+    next pass's process as a process that runs every pass would hold them (see
+    :data:`swcmp.state._UNWRITTEN`), so that a failing session's backoff holds."""
+
+    ok: bool
+    next_check: datetime | None
+    unwritten: dict[str, Any]
+    calife_unwritten: dict[str, Any]
 
 
 def give_back_freed_memory() -> bool:
@@ -175,8 +195,11 @@ class Server:
 
             self.service.on_step = step
             ok, nxt = self._pass()
-            line = f"{'ok' if ok else 'failed'} {nxt.isoformat() if nxt else '-'}\n"
-            os.write(w, line.encode())
+            # serve's own child reads it from a private pipe: pickle is safe here
+            out = _RESULT + pickle.dumps(_PassResult(ok, nxt, dict(state._UNWRITTEN),
+                                                     dict(calife_state._UNWRITTEN)))
+            with os.fdopen(w, "wb") as f:
+                f.write(out)
             code = 0
         except BaseException as e:
             log.error("renewal pass failed unexpectedly: %s", type(e).__name__)
@@ -204,11 +227,15 @@ class Server:
                     break
                 ready, _, _ = select.select([r], [], [], left)
                 if ready:
-                    chunk = os.read(r, _RESULT_MAX)
+                    chunk = os.read(r, 1 << 16)
                     if not chunk:
                         break  # the child ended
                     deadline = time.monotonic() + PASS_LIMIT
-                    out = (out + chunk.replace(_STEP, b""))[:_RESULT_MAX]
+                    if not out:
+                        chunk = chunk.lstrip(_STEP)  # steps come before the result only
+                    out += chunk
+                    if len(out) > _RESULT_MAX:
+                        break  # not what a pass's process writes; it is waited for below
         finally:
             os.close(r)
         _, status, usage = os.wait4(pid, 0)
@@ -222,18 +249,23 @@ class Server:
                       "an interrupted renewal is finished from its journal by the next pass",
                       pid, sig, signal.strsignal(sig) or "unknown")
             return self._died(why)
-        result, _, when = out.decode("ascii", "replace").strip().partition(" ")
         code = os.waitstatus_to_exitcode(status)
-        if code != 0 or result not in ("ok", "failed"):
+        result: object = None
+        if out.startswith(_RESULT):
+            try:
+                result = pickle.loads(out[len(_RESULT):])
+            except Exception as e:
+                log.debug("the pass's result cannot be read: %s", e)
+        if code != 0 or not isinstance(result, _PassResult):
             log.error("renewal pass failed: its process %d exited with code %d without a "
                       "result (-v shows why)", pid, code)
             return self._died(f"the process of serve's pass exited with code {code}")
-        try:
-            nxt = None if when == "-" else datetime.fromisoformat(when)
-        except ValueError:
-            log.error("renewal pass failed: its process %d answered %r", pid, safe(when)[:80])
-            return self._died("the process of serve's pass gave no result")
-        return result == "ok", nxt
+        # what the pass could not write, as it left it: the next pass's process has it
+        for held, back in ((state._UNWRITTEN, result.unwritten),
+                           (calife_state._UNWRITTEN, result.calife_unwritten)):
+            held.clear()
+            held.update(back)
+        return result.ok, result.next_check
 
     def _config_stamp(self) -> float:
         """Newest mtime of the session files, the host settings and the HA role file."""
