@@ -3,8 +3,10 @@
 Each pass runs in a child process of its own (``os.fork``) that ends with the pass:
 what a pass imports and allocates (the CMP stack, TLS, pyasn1, every session's
 files; about 7 MiB with 100 sessions after a pass that asked the CA) goes with it,
-and the resident process keeps only the loop. A child that dies (a signal, the
-out-of-memory killer, a bug) fails that pass, never the service.
+and the resident process keeps only the loop. What a pass hands back: whether it ran,
+when to look again, and the state files it could not write (a full disk), which the
+next pass's process starts with, as one process running every pass would. A child that
+dies (a signal, the out-of-memory killer, a bug) fails that pass, never the service.
 """
 
 from __future__ import annotations
