@@ -11,11 +11,12 @@ holds in memory while idle.
 2. `swcmp serve` (`--vici none`) with N sessions (default 100 and 1000; REAL of them
    enrolled for real, IR with MAC, the others copies under their own names) against
    the same CA, none due for renewal: its RSS once the first pass is over (VmRSS and
-   the peak VmHWM from /proc/PID/status), started twice: first when the CA's weekly
-   questions are due for every session (the pass talks to the CA), then again when
-   nothing at all is due. The CPU of one pass over the N not-due sessions is the CPU
-   of `swcmp renew --due` over them minus that of `swcmp renew --due` over none
-   (the interpreter and imports), medians of --pass-rounds each.
+   the peak VmHWM from /proc/PID/status; serve runs each pass in a process of its
+   own, whose peak RSS serve logs at debug level from os.wait4), started twice: first
+   when the CA's weekly questions are due for every session (the pass talks to the
+   CA), then again when nothing at all is due. The CPU of one pass over the N not-due
+   sessions is the CPU of `swcmp renew --due` over them minus that of `swcmp renew
+   --due` over none (the interpreter and imports), medians of --pass-rounds each.
 
 The swcmp package is byte-compiled first (as pip does on installation), so that no
 child process spends its time compiling swcmp's sources.
@@ -162,29 +163,25 @@ def status_kib(pid: int) -> dict[str, int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+#: serve's debug line when a pass's process has ended (its peak RSS from os.wait4).
+PASS_ENDED = re.compile(r"the pass's process \d+ ended: [0-9.]+ s CPU, peak RSS ([0-9.]+) MiB")
 
 
 def serve_rss(site: Site, root: Path) -> dict[str, int]:
-    """Start serve on ``site``, wait until its first pass is over, read its memory."""
+    """Start serve on ``site``, wait until its first pass is over, read its memory: serve's
+    own (VmRSS, VmHWM) and the peak of the process that ran the pass (``PassPeak``)."""
     log = root / "serve.log"
     with log.open("w") as err:
-        proc = subprocess.Popen(swcmp(site, "-v", "serve"), stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(swcmp(site, "-vv", "serve"), stdout=subprocess.DEVNULL,
                                 stderr=err)
         try:
             start = time.monotonic()
-            while "swcmp serve: watching" not in log.read_text():
-                if proc.poll() is not None or time.monotonic() - start > 120:
-                    raise SystemExit(f"serve did not start:\n{log.read_text()}")
+            while not (ended := PASS_ENDED.search(log.read_text())):
+                if proc.poll() is not None or time.monotonic() - start > 600:
+                    raise SystemExit(f"serve's first pass did not end:\n{log.read_text()}")
                 time.sleep(0.05)
-            settled, last = cpu_seconds(proc.pid), -1.0
-            while settled != last:  # the first pass is over when the CPU stops moving
-                time.sleep(0.5)
-                last, settled = settled, cpu_seconds(proc.pid)
             time.sleep(1.0)
-            return status_kib(proc.pid)
+            return {**status_kib(proc.pid), "PassPeak": int(float(ended[1]) * 1024)}
         finally:
             proc.terminate()
             try:
@@ -237,7 +234,8 @@ def bench_serve(root: Path, ca: CAProcess, counts: list[int], key_type: str,
         quiet = serve_rss(site, root)
         runs = [run_child(swcmp(site, "renew", "--due")).cpu for _ in range(pass_rounds)]
         print(f"  {n:5d} sessions: RSS {mem['VmRSS'] / 1024:6.1f} MiB after a first pass "
-              f"that asked the CA (peak {mem['VmHWM'] / 1024:6.1f} MiB), "
+              f"that asked the CA (serve's peak {mem['VmHWM'] / 1024:6.1f} MiB, the pass's "
+              f"process {mem['PassPeak'] / 1024:6.1f} MiB), "
               f"{quiet['VmRSS'] / 1024:6.1f} MiB after one with nothing due; "
               f"one pass over {n} not-due sessions {(med(runs) - med(base)) * 1000:7.1f} ms "
               f"CPU (renew --due {med(runs):.2f} s minus {med(base):.2f} s with none)   "

@@ -3,9 +3,10 @@
 
 1. N sessions (default 100) enrolled for real (IR with MAC) against the embedded
    test CA, with day-long certificates, so none is due. `swcmp serve` runs as a
-   subprocess (`--vici none`); after its first pass it is left alone for
-   --seconds (default 60) and its CPU time (utime + stime from /proc/PID/stat)
-   and memory (VmRSS, VmHWM from /proc/PID/status) are read.
+   subprocess (`--vici none`); after its first pass (run in a child process, which
+   serve logs at debug level when it ended) it is left alone for --seconds (default
+   60) and its CPU time (utime + stime from /proc/PID/stat, with those of the pass
+   processes it waited for) and memory (VmRSS, VmHWM from /proc/PID/status) are read.
 2. `swcmp renew --force` (one process, one pass) renews all N sessions with a
    KUR each against the same CA: wall time and the mean per renewal. The CA runs
    in this process, on other cores than the renew process where there are some.
@@ -36,9 +37,10 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (not its children), in seconds."""
+    """utime + stime of ``pid`` and of the children it waited for (serve's pass
+    processes), in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # fields 14 and 15 of stat(5)
+    return sum(int(f) for f in fields[11:15]) / TICK  # fields 14 to 17 of stat(5)
 
 
 def cpu_ns(pid: int) -> int:
@@ -88,20 +90,16 @@ def main() -> None:
         # ------------------------------------------------------------ idle serve
         log = root / "serve.log"
         with log.open("w") as err:
-            proc = subprocess.Popen([*base, "-v", "serve"], stdout=subprocess.DEVNULL,
+            proc = subprocess.Popen([*base, "-vv", "serve"], stdout=subprocess.DEVNULL,
                                     stderr=err)
             try:
                 start = time.monotonic()
-                while "swcmp serve: watching" not in log.read_text():
-                    if proc.poll() is not None or time.monotonic() - start > 60:
-                        raise SystemExit(f"serve did not start:\n{log.read_text()}")
+                # the first pass (plans every session) is done when its process has ended
+                while "the pass's process" not in log.read_text():
+                    if proc.poll() is not None or time.monotonic() - start > 300:
+                        raise SystemExit(f"serve's first pass did not end:\n{log.read_text()}")
                     time.sleep(0.05)
-                # the first pass (plans every session) is done when the CPU time stops moving
-                settled, last = cpu_seconds(proc.pid), -1.0
-                while settled != last:
-                    time.sleep(0.5)
-                    last, settled = settled, cpu_seconds(proc.pid)
-                startup_cpu = settled
+                startup_cpu = cpu_seconds(proc.pid)
                 mem0 = memory_kib(proc.pid)
                 c0, n0, w0 = cpu_seconds(proc.pid), cpu_ns(proc.pid), time.monotonic()
                 time.sleep(args.seconds)

@@ -207,6 +207,15 @@ def test_help_and_status_import_no_protocol_stack(env: Env) -> None:
     assert not {m for m in status_modules if m in HEAVY or m.split(".")[0] in HEAVY}
 
 
+def test_a_renewal_pass_does_not_import_the_serve_loop(env: Env) -> None:
+    """``swcmp.service`` hands out the serve loop only to ``swcmp serve``: a pass run by
+    cron (and a request, which records through the same service) never imports it."""
+    env.complete_session()
+    modules = _modules_after(["--vici", "none", "renew", "--due"], env)
+    assert "swcmp.service.passes" in modules  # the pass did run
+    assert "swcmp.service.serve" not in modules
+
+
 def test_python_m_swcmp_subprocess(env: Env) -> None:
     run_env = dict(
         os.environ,

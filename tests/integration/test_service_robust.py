@@ -11,6 +11,9 @@ with the other sessions.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +24,7 @@ from pki import make_pki
 from renewal_env import make_gateway
 from swcmp.enroll import Outcome
 from swcmp.renewal import Renewer
-from swcmp.service import RenewalService, Server
+from swcmp.service import RenewalService, Server, SessionReport
 from swcmp.session import Session
 from swcmp.state import StateStore
 
@@ -90,7 +93,7 @@ def test_serve_outlives_a_pass_that_raises(tmp_path: Path,
                 raise MemoryError("the first pass ran out of memory")
             return []
 
-    server = Server(Flaky(gw.paths), rescan=0.1)
+    server = Server(Flaky(gw.paths), rescan=0.1, separate_passes=False)  # looks into it
     with caplog.at_level(logging.DEBUG, logger="swcmp"):
         server.wake.set()
         server.run(once_until=datetime.now(UTC) + timedelta(seconds=1.5))
@@ -114,3 +117,131 @@ def test_a_damaged_journal_is_a_clear_storage_error(tmp_path: Path) -> None:
     (r,) = RenewalService(gw.paths).run_pass(force=True)
     assert r.result == "failed" and "is damaged" in r.message
     assert StateStore(gw.paths).load("gw1").state == "failed"
+
+
+# ---------------------------------------------------------------------- a pass's own process
+
+
+def test_each_pass_runs_in_a_process_of_its_own(tmp_path: Path) -> None:
+    """serve's passes run in child processes (what they import and allocate ends with
+    them), and the time of the next look comes back from each."""
+    pki = make_pki(tmp_path / "pki")
+    gw = make_gateway(tmp_path / "gw", pki, "http://127.0.0.1:9/")
+    pids = tmp_path / "pass-pids"
+    here: list[int] = []
+
+    class Recording(RenewalService):
+        def run_pass(self, *args: object, **kwargs: object) -> list:  # type: ignore[override]
+            with pids.open("a") as f:
+                f.write(f"{os.getpid()}\n")
+            here.append(1)
+            self.next_check = self.clock()  # look again at once (serve waits 1 s at least)
+            return []
+
+    server = Server(Recording(gw.paths), rescan=30)
+    server.run(once_until=datetime.now(UTC) + timedelta(seconds=2.6))
+    seen = pids.read_text().split()
+    assert str(os.getpid()) not in seen and len(set(seen)) == len(seen)
+    assert here == []  # nothing of the pass stayed in serve's process
+    assert len(seen) >= 2  # the next look, 1 s later, came back from the first pass
+
+
+def test_a_pass_whose_process_dies_fails_that_pass_and_serve_goes_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pass's process killed in the middle of a renewal (SIGKILL, as the out-of-memory
+    killer does): serve logs that pass's failure, records the renewal it had begun as that
+    session's failed attempt, writes the metrics, and its next pass (PASS_RETRY later)
+    renews every session, the interrupted one included."""
+    import swcmp.service.serve as serve_mod
+
+    pki = make_pki(tmp_path / "pki")
+    gw = make_gateway(tmp_path / "gw", pki, "http://127.0.0.1:9/")
+    gw.paths.cert_file("gw2").write_bytes(gw.paths.cert_file("gw1").read_bytes())
+    gw.paths.key_file("gw2").write_bytes(gw.paths.key_file("gw1").read_bytes())
+    gw.store.create("gw2", {**gw.session.values(), "key": "gw2"})
+    metrics = tmp_path / "swcmp.prom"
+    (gw.paths.config_dir / "swcmp.toml").write_text(f'[metrics]\ntextfile = "{metrics}"\n')
+    killed = tmp_path / "killed"
+    before_pass = tmp_path / "metrics-before-pass"
+
+    class Killing(Renewer):
+        def renew(self, session: Session, *, regenerate: bool | None = None) -> Outcome:
+            if session.name == "gw1" and not killed.exists():
+                killed.touch()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return Outcome(session.name, "kur", True, "renewed (pretend)")
+
+    class Svc(RenewalService):
+        def renewer(self, s: Session) -> Renewer:
+            return Killing(self.paths)
+
+        def run_pass(self, names: Sequence[str] = (),  # type: ignore[override]
+                     **kwargs: bool) -> list[SessionReport]:
+            if metrics.exists() and not before_pass.exists():  # as the 2nd pass found it
+                before_pass.write_text(metrics.read_text())
+            return super().run_pass(names, due_only=True, force=True)
+
+    monkeypatch.setattr(serve_mod, "PASS_RETRY", timedelta(seconds=1))
+    server = Server(Svc(gw.paths), rescan=30)
+    with caplog.at_level(logging.INFO, logger="swcmp"):
+        server.run(once_until=datetime.now(UTC) + timedelta(seconds=3))
+    assert killed.exists()
+    assert "renewal pass failed: its process" in caplog.text
+    assert "was killed by signal 9" in caplog.text
+    # the dead pass wrote no metrics (it died first): serve recorded the renewal it
+    # had begun as gw1's failed attempt and wrote them; gw2 had not been begun
+    found = before_pass.read_text()
+    assert 'swcmp_consecutive_failures{session="gw1"} 1' in found
+    assert 'swcmp_consecutive_failures{session="gw2"} 0' in found
+    assert "gw1: renewal failed: the process of serve's pass was killed by signal 9" \
+        in caplog.text
+    # the retry (PASS_RETRY later, no signal, no changed file) renewed both sessions
+    for name in ("gw1", "gw2"):
+        st = StateStore(gw.paths).load(name)
+        assert st.state == "idle" and st.failures == 0, (name, st)
+    assert 'swcmp_session_state{session="gw1",state="idle"} 1' in metrics.read_text()
+
+
+def test_a_stuck_pass_is_killed_and_one_that_makes_progress_is_not(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass whose process begins no session's step for PASS_LIMIT (only a bug can: each
+    step has its own bound) is killed; that is the pass's failure, and serve keeps
+    serving. A pass that takes longer but begins a step now and then is left alone."""
+    import time
+
+    import swcmp.service.serve as serve_mod
+
+    pki = make_pki(tmp_path / "pki")
+    gw = make_gateway(tmp_path / "gw", pki, "http://127.0.0.1:9/")
+    started = tmp_path / "started"
+    finished = tmp_path / "finished"
+
+    class Slow(RenewalService):
+        def run_pass(self, *args: object, **kwargs: object) -> list:  # type: ignore[override]
+            with started.open("a") as f:
+                f.write(f"{os.getpid()}\n")
+            if len(started.read_text().split()) == 1:
+                time.sleep(60)  # the first pass hangs
+            for _ in range(6):  # the others take 1.2 s, a step every 0.2 s
+                self._step()
+                time.sleep(0.2)
+            finished.touch()
+            return []
+
+    monkeypatch.setattr(serve_mod, "PASS_LIMIT", 0.5)
+    monkeypatch.setattr(serve_mod, "PASS_RETRY", timedelta(seconds=1))
+    server = Server(Slow(gw.paths), rescan=30)
+    t0 = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="swcmp"):
+        server.run(once_until=datetime.now(UTC) + timedelta(seconds=2.5))
+    assert time.monotonic() - t0 < 10  # not the 60 s the first pass would hang
+    pids = started.read_text().split()
+    assert len(pids) == 2  # the next pass came PASS_RETRY after the killed one
+    assert "renewal pass stuck: no progress for 0 s" in caplog.text
+    assert f"its process {pids[0]} was killed by signal 9" in caplog.text
+    assert finished.exists()  # the second pass, 1.2 s with steps, was not killed
+    assert f"its process {pids[1]} was killed" not in caplog.text
+    for pid in pids:  # no pass process is left behind
+        assert not Path(f"/proc/{pid}").exists()

@@ -114,3 +114,35 @@ def test_a_metrics_file_that_cannot_be_rewritten_says_when_it_was_written(
     svc.write_metrics()
     assert f"swcmp_metrics_written_timestamp_seconds {int(now[0].timestamp())}" in \
         prom.read_text().splitlines()
+
+
+def test_serve_keeps_what_a_pass_could_not_write_for_its_next_pass(
+        tmp_path: Path, disk_full: list[bool]) -> None:
+    # serve runs each pass in a process of its own: the states a pass could not write come
+    # back to serve, and the next pass's process starts with them, so the backoff holds
+    import contextlib
+
+    from swcmp.service import RenewalService, Server, SessionReport
+
+    paths = _paths(tmp_path)
+    seen = tmp_path / "seen"
+
+    class Svc(RenewalService):
+        def run_pass(self, *args: object, **kwargs: object) -> list[SessionReport]:
+            states, life = StateStore(self.paths), CaLifeStore(self.paths, "gw1")
+            with seen.open("a") as f:
+                f.write(f"{states.load('gw1').failures} "
+                        f"{life.load().backing_off(CURRENT_CRL, NOW)}\n")
+            with contextlib.suppress(SwcmpError), states.update("gw1") as st:
+                st.failures += 1
+            with contextlib.suppress(SwcmpError), life.update() as cl:
+                cl.failed(CURRENT_CRL, NOW, None)
+            self.next_check = self.clock()  # the next pass 1 s later
+            return []
+
+    Server(Svc(paths), rescan=30).run(once_until=datetime.now(UTC) + timedelta(seconds=2.6))
+    passes = seen.read_text().splitlines()
+    assert passes[:3] == ["0 False", "1 True", "2 True"]
+    assert not StateStore(paths).path("gw1").exists()  # nothing reached the disk
+    # serve holds what the last pass meant to write
+    assert StateStore(paths).load("gw1").failures == len(passes)

@@ -22,6 +22,8 @@ BACKUP, FAULT, STOP..., and a role source that cannot be read, request nothing
 and report ``standby`` (see :mod:`swcmp.ha`).
 """
 
+from typing import TYPE_CHECKING
+
 from swcmp.service.host import HostConfig, host_role
 from swcmp.service.passes import (
     MAX_PARALLEL_CAS,
@@ -29,7 +31,18 @@ from swcmp.service.passes import (
     SessionReport,
     load_cert,
 )
-from swcmp.service.serve import RESCAN, Server
+
+if TYPE_CHECKING:
+    from swcmp.service.serve import RESCAN, Server
+
+
+def __getattr__(name: str) -> object:
+    """The serve loop is imported by ``swcmp serve`` only, not by ``renew`` or a request."""
+    if name in ("RESCAN", "Server"):
+        from swcmp.service import serve
+
+        return getattr(serve, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "MAX_PARALLEL_CAS",

@@ -219,6 +219,13 @@ class RenewalService:
     role: Role = field(default_factory=lambda: Role(None, False))
     #: Session files the last listing could not read: each is that session's failure.
     broken: tuple[SessionFileError, ...] = ()
+    #: Called as each session's renewal or CA questions begin (serve's pass process
+    #: tells serve that it makes progress); from the pass's threads.
+    on_step: Callable[[], None] | None = None
+
+    def _step(self) -> None:
+        if self.on_step is not None:
+            self.on_step()
 
     def renewer(self, s: Session) -> Renewer:
         return Renewer(self.paths, charon=self.charon, clock=self.clock,
@@ -333,6 +340,7 @@ class RenewalService:
         def run(group: list[Session]) -> list[datetime]:
             due: list[datetime] = []
             for s in group:
+                self._step()
                 try:
                     # logs what it did and what failed
                     t = life.maintain_then_next_due(s)[1]
@@ -370,7 +378,11 @@ class RenewalService:
             groups.setdefault(_ca_endpoint(item[1]), []).append(item)
 
         def run(group: list[tuple[int, Session, Plan]]) -> list[tuple[int, SessionReport]]:
-            return [(i, self.renew_one(s, p)) for i, s, p in group]
+            done = []
+            for i, s, p in group:
+                self._step()
+                done.append((i, self.renew_one(s, p)))
+            return done
 
         if len(groups) <= 1:
             return [r for g in groups.values() for r in run(g)]
@@ -447,21 +459,7 @@ class RenewalService:
         except LockHeldError:
             raise
         except SwcmpError as e:
-            if p is None:
-                p = plan(s, load_cert(self.paths, s.name), states.load(s.name), now)
-            expires = p.expires or now + timedelta(days=1)
-            delay = retry_delay(0, now=now, not_after=expires)
-            try:
-                with states.update(s.name) as st:
-                    st.failures += 1
-                    delay = retry_delay(st.failures, now=now, not_after=expires,
-                                        retry_after=_retry_after(e))
-                    st.next_attempt = (now + delay).isoformat(timespec="seconds")
-                    st.state = "needs_ir" if isinstance(e, NeedsInitialRequest) else "failed"
-                    st.record("kur", False, _with_hint(e, s.name), now=now)
-                    st.count_renewal(failure_key(e))
-            except SwcmpError as state_error:
-                log.error("%s: cannot record the failure: %s", s.name, state_error)
+            p, delay = self._record_failure(s, e, p=p, now=now)
             if _no_chain(e):
                 self._ask_root_update(s)
             # Louder as expiry nears: past half of the time between due and expiry.
@@ -492,6 +490,55 @@ class RenewalService:
                       exc_info=log.isEnabledFor(logging.DEBUG))
         self._run_hooks(s, outcome)
         return outcome
+
+    def _record_failure(self, s: Session, e: SwcmpError, *, p: Plan | None,
+                        now: datetime) -> tuple[Plan, timedelta]:
+        """Record a failed renewal of ``s`` in its state: the error, the failure count and
+        the next retry (backoff); returns the plan and the wait until that retry."""
+        states = StateStore(self.paths)
+        if p is None:
+            p = plan(s, load_cert(self.paths, s.name), states.load(s.name), now)
+        expires = p.expires or now + timedelta(days=1)
+        delay = retry_delay(0, now=now, not_after=expires)
+        try:
+            with states.update(s.name) as st:
+                st.failures += 1
+                delay = retry_delay(st.failures, now=now, not_after=expires,
+                                    retry_after=_retry_after(e))
+                st.next_attempt = (now + delay).isoformat(timespec="seconds")
+                st.state = "needs_ir" if isinstance(e, NeedsInitialRequest) else "failed"
+                st.record("kur", False, _with_hint(e, s.name), now=now)
+                st.count_renewal(failure_key(e))
+        except SwcmpError as state_error:
+            log.error("%s: cannot record the failure: %s", s.name, state_error)
+        return p, delay
+
+    def record_dead_pass(self, why: str) -> list[str]:
+        """After the process that ran a pass died: each session it left ``in_progress``
+        (a renewal it had begun) that no other run is renewing gets the death recorded
+        as a failed renewal, with backoff, so that status, the metrics and the alerts
+        see it as any other failure. The renewal's journal stays: the next attempt
+        finishes or resumes it. Returns the sessions so recorded."""
+        recorded: list[str] = []
+        states = StateStore(self.paths)
+        for s in self.sessions():
+            try:
+                if states.load(s.name).state != "in_progress":
+                    continue
+                with fsutil.exclusive_lock(self.paths.lock_dir, s.name, blocking=False,
+                                           what=f"renewal of session {s.name}"):
+                    self._record_failure(s, RenewalError(why).with_hint(
+                        "the live key and certificate are unchanged; the next attempt "
+                        "finishes or resumes the renewal from its journal"),
+                        p=None, now=self.clock())
+            except LockHeldError:
+                continue  # another run (a request by hand) is renewing it now
+            except SwcmpError as e:
+                log.error("%s: cannot record the failed pass: %s", s.name, e)
+                continue
+            log.error("%s: renewal failed: %s", s.name, why)
+            recorded.append(s.name)
+        return recorded
 
     def _ask_root_update(self, s: Session) -> None:
         """After the CA's certificate was refused: a root rollover the weekly question
