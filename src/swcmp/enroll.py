@@ -368,7 +368,8 @@ def _check_template(session: Session, paths: Paths, client: CMPClient, prot: Pro
         return check_request(session, paths, client, prot, now=now,
                       key=key_of(keys.public_key_of(live)) if live is not None
                       else key_of_session(session), key_is_new=live is None,
-                      subject=session.entity_dn, what="initial request")
+                      subject=session.entity_dn, what="initial request",
+                      makeable=keys_.key_types)
     except SwcmpError:
         _record_stats(paths, session.name, client)
         raise

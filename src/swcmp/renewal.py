@@ -176,7 +176,7 @@ class Renewer:
         new_key, entry = self._key_to_certify(
             store, j, entry, live_key, old_cert, regenerate,
             before_new_key=lambda: taken.append(
-                self._check_template(session, client, protection)))
+                self._check_template(session, client, protection, store)))
         entry = self._within_limit(session, store, j, entry)
         # Polling in this run ends at the poll_limit of a transaction the CA keeps waiting.
         left = float(session.poll_limit) - (
@@ -277,8 +277,8 @@ class Renewer:
             raise error from cause
         raise error
 
-    def _check_template(self, session: Session, client: CMPClient, protection: Any
-                        ) -> Callable[[], None]:
+    def _check_template(self, session: Session, client: CMPClient, protection: Any,
+                        store: KeyStore) -> Callable[[], None]:
         """genm certReqTemplate before a new key is made: a key type the CA's template
         forbids is refused before the key is made and anything else is sent (a key update
         repeats the certificate's subject, so only the key type is checked)."""
@@ -287,7 +287,8 @@ class Renewer:
         try:
             return check_request(session, self.paths, client, protection, now=self.clock(),
                                  key=key_of_session(session), key_is_new=True, subject=None,
-                                 what=_REQUEST_NAMES.get(session.renew_with, "key update"))
+                                 what=_REQUEST_NAMES.get(session.renew_with, "key update"),
+                                 makeable=store.key_types)
         except SwcmpError:
             self._record_stats(session.name, client)
             raise

@@ -65,6 +65,7 @@ class MemoryKeys:
     """A key store in a dictionary (shared by every "run" that opens it)."""
 
     collects = True
+    key_types: tuple[str, ...] = keys.KEY_TYPES
 
     def __init__(self, shelf: dict[str, Any]) -> None:
         self.shelf = shelf

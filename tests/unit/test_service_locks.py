@@ -24,6 +24,7 @@ def test_replaced_keys_are_collected_only_under_the_sessions_lock(
 
     class Store:
         collects = True  # as a token's store
+        key_types: tuple[str, ...] = ()
 
         def __init__(self, s: Session) -> None:
             self.name = s.name

@@ -89,6 +89,21 @@ def test_a_template_made_by_the_library_is_read() -> None:
     assert siemens.subject is None and siemens.key_spec == (KeyChoice("rsa", rsa_bits=2048),)
 
 
+def test_the_suggested_key_type_is_one_the_key_store_can_make() -> None:
+    from swcmp.keystore.files import FileKeys
+    from swcmp.keystore.token import TokenKeys
+
+    only_ed25519_or_rsa = template.parse(_template(None, [
+        (rfc9480.id_regCtrl_algId, _alg(rfc8410.id_Ed25519)),
+        (rfc9480.id_regCtrl_rsaKeyLen, rfc9480.RsaKeyLenCtrl(3072))]))
+    assert only_ed25519_or_rsa.suggested_key_type(FileKeys.key_types) == "ed25519"
+    # a token makes no Ed25519 key: the hint names the RSA size the CA allows
+    assert only_ed25519_or_rsa.suggested_key_type(TokenKeys.key_types) == "rsa:3072"
+    assert template.parse(_template(None, [
+        (rfc9480.id_regCtrl_algId, _alg(rfc8410.id_Ed25519))])).suggested_key_type(
+            TokenKeys.key_types) is None
+
+
 def oids_of(short: str) -> str:
     return {"O": "2.5.4.10", "CN": "2.5.4.3"}[short]
 

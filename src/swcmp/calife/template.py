@@ -18,7 +18,7 @@ only ever spares the CA a request it would refuse.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -121,14 +121,16 @@ def _nothing() -> None:
 
 def check_request(session: Session, paths: Paths, client: CMPClient, protection: Protection,
                   *, now: datetime, key: KeyChoice, key_is_new: bool,
-                  subject: x509.Name | None, what: str) -> Callable[[], None]:
+                  subject: x509.Name | None, what: str,
+                  makeable: Collection[str] | None = None) -> Callable[[], None]:
     """Ask the template (unless the CA is known not to have the question) and refuse a
     request it forbids, before anything else is sent.
 
     ``key`` is the type of the key to be certified, ``key_is_new`` whether it is still to
     be made per the session's key type; ``subject`` the one requested (None: not
     checked, as for a key update, which repeats the certificate's). ``what`` names the
-    request in messages ("initial request", "key update").
+    request in messages ("initial request", "key update"); ``makeable`` the key types the
+    session's key store can make (what the hint may suggest; None: any of swcmp's).
 
     Returns what to call once the CA took the request: it remembers a protected refusal
     of the question (a CA that refused both said nothing about the question).
@@ -175,13 +177,13 @@ def check_request(session: Session, paths: Paths, client: CMPClient, protection:
     text = template.describe_problems(problems)
     message = f"session {session.name}: {text}; the {what} was not sent"
     if first.what == "key" and key_is_new:
-        suggested = tmpl.suggested_key_type()
+        suggested = tmpl.suggested_key_type(makeable)
         raise ConfigError(message).with_hint(
             f"choose a key type the CA allows: `swcmp session set {session.name} --key-type "
             f"{suggested or 'TYPE'}`" + ("" if suggested else " (none of swcmp's key types "
                                          "is among them: ask the CA operator)"))
     if first.what == "key":
-        suggested = tmpl.suggested_key_type()
+        suggested = tmpl.suggested_key_type(makeable)
         raise ConfigError(message).with_hint(
             "the session's existing key is of a type the CA does not take: give the session "
             f"a new key name so that one of an allowed type is made, e.g. `swcmp session set "

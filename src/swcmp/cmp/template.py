@@ -17,6 +17,7 @@ never forbids anything.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -137,9 +138,11 @@ class CertReqTemplate:
     other_fields: tuple[str, ...] = ()
     unreadable: tuple[str, ...] = field(default_factory=tuple)
 
-    def suggested_key_type(self) -> str | None:
-        """A key type swcmp can make that the keySpec allows (None: none, or no keySpec)."""
-        return next((t for t in (k.key_type() for k in self.key_spec) if t), None)
+    def suggested_key_type(self, among: Collection[str] | None = None) -> str | None:
+        """A key type swcmp can make that the keySpec allows, one of ``among`` if given
+        (a token makes fewer types than swcmp; None: none, or no keySpec)."""
+        return next((t for t in (k.key_type() for k in self.key_spec)
+                     if t and (among is None or t in among)), None)
 
     def to_json(self) -> dict[str, object]:
         return {

@@ -42,6 +42,8 @@ class KeyStore(Protocol):
     #: Whether :meth:`collect` may ever forget a pair (False: it keeps a bounded archive
     #: and does nothing), so that a pass takes the session's lock only to collect.
     collects: bool
+    #: The key types (swcmp's names, as ``--key-type`` takes them) this store can make.
+    key_types: tuple[str, ...]
 
     @property
     def key_file(self) -> Path | None:

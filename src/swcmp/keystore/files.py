@@ -74,6 +74,7 @@ class FileKeys:
     """The key store of a session whose key is a file (see the module docstring)."""
 
     collects = False  # the archive keeps the newest ARCHIVE_KEEP pairs, see collect()
+    key_types: tuple[str, ...] = keys.KEY_TYPES
 
     def __init__(self, session: Session, paths: Paths) -> None:
         self.session = session

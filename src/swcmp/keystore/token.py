@@ -44,7 +44,14 @@ from swcmp.cmp import certs, keys
 from swcmp.deploy import CredentialPair, DeployError, TokenRef
 from swcmp.errors import ConfigError, RenewalError, StorageError, SwcmpError
 from swcmp.keystore.base import HeldKeys, Installed
-from swcmp.keystore.pkcs11 import TokenConfig, TokenKey, TokenStore, TokenUri, new_key_id
+from swcmp.keystore.pkcs11 import (
+    TOKEN_KEY_TYPES,
+    TokenConfig,
+    TokenKey,
+    TokenStore,
+    TokenUri,
+    new_key_id,
+)
 from swcmp.keystore.token_checks import secrets_file
 from swcmp.names import swanctl_section_name
 from swcmp.paths import Paths
@@ -81,6 +88,7 @@ class TokenKeys:
     docstring)."""
 
     collects = True  # retired objects are destroyed once nothing needs them
+    key_types: tuple[str, ...] = TOKEN_KEY_TYPES
 
     def __init__(self, session: Session, paths: Paths) -> None:
         self.session = session
