@@ -245,3 +245,33 @@ def test_a_stuck_pass_is_killed_and_one_that_makes_progress_is_not(
     assert f"its process {pids[1]} was killed" not in caplog.text
     for pid in pids:  # no pass process is left behind
         assert not Path(f"/proc/{pid}").exists()
+
+
+def test_what_a_pass_starts_does_not_ignore_the_stop_signals(tmp_path: Path) -> None:
+    """The pass's process leaves serve's SIGTERM, SIGINT and SIGHUP to serve, but the
+    programs it starts (the hooks, and what they start) must still obey them: an ignored
+    signal stays ignored across exec, so systemd's stop would not reach a hook."""
+    import subprocess
+
+    pki = make_pki(tmp_path / "pki")
+    gw = make_gateway(tmp_path / "gw", pki, "http://127.0.0.1:9/")
+    seen = tmp_path / "sigign"
+
+    class Starting(RenewalService):
+        def run_pass(self, *args: object, **kwargs: object) -> list:  # type: ignore[override]
+            status = subprocess.run(["cat", "/proc/self/status"], capture_output=True,
+                                    text=True, check=True).stdout
+            seen.write_text(status)
+            return []
+
+    def ignored(status: str) -> int:
+        line = next(x for x in status.splitlines() if x.startswith("SigIgn:"))
+        mask = 0
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            mask |= 1 << (sig - 1)
+        return int(line.split()[1], 16) & mask
+
+    server = Server(Starting(gw.paths), rescan=30)
+    server.run(once_until=datetime.now(UTC) + timedelta(seconds=0.5))
+    # as this process (pytest) has them: none ignored unless the test runner ignores it
+    assert ignored(seen.read_text()) == ignored(Path("/proc/self/status").read_text())
