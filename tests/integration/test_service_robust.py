@@ -275,3 +275,36 @@ def test_what_a_pass_starts_does_not_ignore_the_stop_signals(tmp_path: Path) -> 
     server.run(once_until=datetime.now(UTC) + timedelta(seconds=0.5))
     # as this process (pytest) has them: none ignored unless the test runner ignores it
     assert ignored(seen.read_text()) == ignored(Path("/proc/self/status").read_text())
+
+
+def test_a_dead_pass_does_not_fail_a_renewal_another_run_just_finished(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a pass's process died, serve records each session left ``in_progress`` as a
+    failed renewal, under the session's lock. A renewal by hand (``swcmp renew``) that
+    held that lock when serve read the state and finished before serve got the lock
+    left the session renewed: serve must not record a failure over it."""
+    from collections.abc import Iterator
+    from contextlib import contextmanager
+
+    import swcmp.fsutil as fsutil_mod
+
+    pki = make_pki(tmp_path / "pki")
+    gw = make_gateway(tmp_path / "gw", pki, "http://127.0.0.1:9/")
+    states = StateStore(gw.paths)
+    with states.update("gw1") as st:
+        st.state = "in_progress"  # the renewal by hand, holding gw1's lock
+    real_lock = fsutil_mod.exclusive_lock
+
+    @contextmanager
+    def lock(lock_dir: Path, name: str, **kwargs: object) -> Iterator[None]:
+        if name == "gw1":  # serve read the state; the renewal by hand ends now
+            with states.update("gw1") as done:
+                done.state = "idle"
+                done.record("kur", True, "renewed by hand", now=datetime.now(UTC))
+        with real_lock(lock_dir, name, **kwargs):  # type: ignore[arg-type]
+            yield
+
+    monkeypatch.setattr(fsutil_mod, "exclusive_lock", lock)
+    assert Service(gw.paths).record_dead_pass("the pass's process died") == []
+    st = StateStore(gw.paths).load("gw1")
+    assert st.state == "idle" and st.failures == 0, st
