@@ -308,3 +308,40 @@ def test_a_dead_pass_does_not_fail_a_renewal_another_run_just_finished(
     assert Service(gw.paths).record_dead_pass("the pass's process died") == []
     st = StateStore(gw.paths).load("gw1")
     assert st.state == "idle" and st.failures == 0, st
+
+
+def test_a_pass_that_writes_back_too_much_fails_and_serve_goes_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass's process that writes back more than serve reads (_RESULT_MAX; a bug) fails
+    that pass at once: serve reads up to the bound in time linear in it (bytes += would
+    copy everything read for each 64 KiB chunk: minutes for the bound) and goes on."""
+    import time
+
+    import swcmp.service.serve as serve_mod
+
+    pki = make_pki(tmp_path / "pki")
+    gw = make_gateway(tmp_path / "gw", pki, "http://127.0.0.1:9/")
+    passes = tmp_path / "passes"
+    limit = 32 * 1024 * 1024
+
+    class Flooding(RenewalService):
+        def run_pass(self, *args: object, **kwargs: object) -> list:  # type: ignore[override]
+            with passes.open("a") as f:
+                f.write(f"{os.getpid()}\n")
+            if len(passes.read_text().split()) == 1:  # the first pass's result is a flood
+                monkeypatch.setattr(serve_mod.pickle, "dumps",
+                                    lambda obj: b"x" * (2 * limit))
+            return []
+
+    monkeypatch.setattr(serve_mod, "_RESULT_MAX", limit)
+    monkeypatch.setattr(serve_mod, "PASS_RETRY", timedelta(seconds=1))
+    server = Server(Flooding(gw.paths), rescan=30)
+    t0 = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="swcmp"):
+        server.run(once_until=datetime.now(UTC) + timedelta(seconds=2.5))
+    assert time.monotonic() - t0 < 8  # bytes += took about 12 s for 32 MiB here
+    pids = passes.read_text().split()
+    assert len(pids) == 2, pids  # the retry, PASS_RETRY after the failed pass
+    assert f"its process {pids[0]} exited with code 70 without a result" in caplog.text
+    assert f"its process {pids[1]} exited" not in caplog.text

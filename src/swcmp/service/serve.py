@@ -225,7 +225,7 @@ class Server:
         every :data:`PASS_LIMIT` seconds) and read its result from ``r``; log a pass that
         died, was killed or said nothing."""
         deadline = time.monotonic() + PASS_LIMIT
-        out = b""
+        out = bytearray()  # grows in place: bytes += would copy it all for each chunk
         try:
             while True:
                 left = deadline - time.monotonic()
@@ -263,7 +263,7 @@ class Server:
         result: object = None
         if out.startswith(_RESULT):
             try:
-                result = pickle.loads(out[len(_RESULT):])
+                result = pickle.loads(memoryview(out)[len(_RESULT):])
             except Exception as e:
                 log.debug("the pass's result cannot be read: %s", e)
         if code != 0 or not isinstance(result, _PassResult):
