@@ -248,9 +248,10 @@ def test_a_stuck_pass_is_killed_and_one_that_makes_progress_is_not(
 
 
 def test_what_a_pass_starts_does_not_ignore_the_stop_signals(tmp_path: Path) -> None:
-    """The pass's process leaves serve's SIGTERM, SIGINT and SIGHUP to serve, but the
-    programs it starts (the hooks, and what they start) must still obey them: an ignored
-    signal stays ignored across exec, so systemd's stop would not reach a hook."""
+    """The pass's process leaves serve's SIGTERM, SIGINT and SIGHUP to serve (it goes on
+    through them), but the programs it starts (the hooks, and what they start) must still
+    obey them: an ignored signal stays ignored across exec, so systemd's stop would not
+    reach a hook."""
     import subprocess
 
     pki = make_pki(tmp_path / "pki")
@@ -259,6 +260,8 @@ def test_what_a_pass_starts_does_not_ignore_the_stop_signals(tmp_path: Path) -> 
 
     class Starting(RenewalService):
         def run_pass(self, *args: object, **kwargs: object) -> list:  # type: ignore[override]
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                os.kill(os.getpid(), sig)  # as systemd's stop sends to the whole group
             status = subprocess.run(["cat", "/proc/self/status"], capture_output=True,
                                     text=True, check=True).stdout
             seen.write_text(status)
@@ -273,6 +276,7 @@ def test_what_a_pass_starts_does_not_ignore_the_stop_signals(tmp_path: Path) -> 
 
     server = Server(Starting(gw.paths), rescan=30)
     server.run(once_until=datetime.now(UTC) + timedelta(seconds=0.5))
+    assert not server.stopping.is_set()  # the signals were the pass's process's only
     # as this process (pytest) has them: none ignored unless the test runner ignores it
     assert ignored(seen.read_text()) == ignored(Path("/proc/self/status").read_text())
 
