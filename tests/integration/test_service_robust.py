@@ -245,3 +245,107 @@ def test_a_stuck_pass_is_killed_and_one_that_makes_progress_is_not(
     assert f"its process {pids[1]} was killed" not in caplog.text
     for pid in pids:  # no pass process is left behind
         assert not Path(f"/proc/{pid}").exists()
+
+
+def test_what_a_pass_starts_does_not_ignore_the_stop_signals(tmp_path: Path) -> None:
+    """The pass's process leaves serve's SIGTERM, SIGINT and SIGHUP to serve (it goes on
+    through them), but the programs it starts (the hooks, and what they start) must still
+    obey them: an ignored signal stays ignored across exec, so systemd's stop would not
+    reach a hook."""
+    import subprocess
+
+    pki = make_pki(tmp_path / "pki")
+    gw = make_gateway(tmp_path / "gw", pki, "http://127.0.0.1:9/")
+    seen = tmp_path / "sigign"
+
+    class Starting(RenewalService):
+        def run_pass(self, *args: object, **kwargs: object) -> list:  # type: ignore[override]
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                os.kill(os.getpid(), sig)  # as systemd's stop sends to the whole group
+            status = subprocess.run(["cat", "/proc/self/status"], capture_output=True,
+                                    text=True, check=True).stdout
+            seen.write_text(status)
+            return []
+
+    def ignored(status: str) -> int:
+        line = next(x for x in status.splitlines() if x.startswith("SigIgn:"))
+        mask = 0
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            mask |= 1 << (sig - 1)
+        return int(line.split()[1], 16) & mask
+
+    server = Server(Starting(gw.paths), rescan=30)
+    server.run(once_until=datetime.now(UTC) + timedelta(seconds=0.5))
+    assert not server.stopping.is_set()  # the signals were the pass's process's only
+    # as this process (pytest) has them: none ignored unless the test runner ignores it
+    assert ignored(seen.read_text()) == ignored(Path("/proc/self/status").read_text())
+
+
+def test_a_dead_pass_does_not_fail_a_renewal_another_run_just_finished(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a pass's process died, serve records each session left ``in_progress`` as a
+    failed renewal, under the session's lock. A renewal by hand (``swcmp renew``) that
+    held that lock when serve read the state and finished before serve got the lock
+    left the session renewed: serve must not record a failure over it."""
+    from collections.abc import Iterator
+    from contextlib import contextmanager
+
+    import swcmp.fsutil as fsutil_mod
+
+    pki = make_pki(tmp_path / "pki")
+    gw = make_gateway(tmp_path / "gw", pki, "http://127.0.0.1:9/")
+    states = StateStore(gw.paths)
+    with states.update("gw1") as st:
+        st.state = "in_progress"  # the renewal by hand, holding gw1's lock
+    real_lock = fsutil_mod.exclusive_lock
+
+    @contextmanager
+    def lock(lock_dir: Path, name: str, **kwargs: object) -> Iterator[None]:
+        if name == "gw1":  # serve read the state; the renewal by hand ends now
+            with states.update("gw1") as done:
+                done.state = "idle"
+                done.record("kur", True, "renewed by hand", now=datetime.now(UTC))
+        with real_lock(lock_dir, name, **kwargs):  # type: ignore[arg-type]
+            yield
+
+    monkeypatch.setattr(fsutil_mod, "exclusive_lock", lock)
+    assert Service(gw.paths).record_dead_pass("the pass's process died") == []
+    st = StateStore(gw.paths).load("gw1")
+    assert st.state == "idle" and st.failures == 0, st
+
+
+def test_a_pass_that_writes_back_too_much_fails_and_serve_goes_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass's process that writes back more than serve reads (_RESULT_MAX; a bug) fails
+    that pass at once: serve reads up to the bound in time linear in it (bytes += would
+    copy everything read for each 64 KiB chunk: minutes for the bound) and goes on."""
+    import time
+
+    import swcmp.service.serve as serve_mod
+
+    pki = make_pki(tmp_path / "pki")
+    gw = make_gateway(tmp_path / "gw", pki, "http://127.0.0.1:9/")
+    passes = tmp_path / "passes"
+    limit = 32 * 1024 * 1024
+
+    class Flooding(RenewalService):
+        def run_pass(self, *args: object, **kwargs: object) -> list:  # type: ignore[override]
+            with passes.open("a") as f:
+                f.write(f"{os.getpid()}\n")
+            if len(passes.read_text().split()) == 1:  # the first pass's result is a flood
+                monkeypatch.setattr(serve_mod.pickle, "dumps",
+                                    lambda obj: b"x" * (2 * limit))
+            return []
+
+    monkeypatch.setattr(serve_mod, "_RESULT_MAX", limit)
+    monkeypatch.setattr(serve_mod, "PASS_RETRY", timedelta(seconds=1))
+    server = Server(Flooding(gw.paths), rescan=30)
+    t0 = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="swcmp"):
+        server.run(once_until=datetime.now(UTC) + timedelta(seconds=2.5))
+    assert time.monotonic() - t0 < 8  # bytes += took about 12 s for 32 MiB here
+    pids = passes.read_text().split()
+    assert len(pids) == 2, pids  # the retry, PASS_RETRY after the failed pass
+    assert f"its process {pids[0]} exited with code 70 without a result" in caplog.text
+    assert f"its process {pids[1]} exited" not in caplog.text

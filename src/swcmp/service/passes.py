@@ -527,6 +527,8 @@ class RenewalService:
                     continue
                 with fsutil.exclusive_lock(self.paths.lock_dir, s.name, blocking=False,
                                            what=f"renewal of session {s.name}"):
+                    if states.load(s.name).state != "in_progress":
+                        continue  # the run that held the lock until now finished it
                     self._record_failure(s, RenewalError(why).with_hint(
                         "the live key and certificate are unchanged; the next attempt "
                         "finishes or resumes the renewal from its journal"),

@@ -76,6 +76,10 @@ class _PassResult:
     calife_unwritten: dict[str, Any]
 
 
+def _serves_own(signum: int, frame: FrameType | None) -> None:
+    """A signal for serve, not for its pass's process: nothing happens in the latter."""
+
+
 def give_back_freed_memory() -> bool:
     """Hand the heap a pass freed back to the system (glibc's ``malloc_trim``), so that
     an idle serve's RSS is what it holds, not the peak of its last pass (every session's
@@ -186,10 +190,14 @@ class Server:
         code = 70  # EX_SOFTWARE: no result line
         try:
             # serve's own signals are the parent's: a SIGTERM (systemd sends it to the
-            # whole group) lets the pass finish, as it always did; SIGHUP wakes serve
+            # whole group) lets the pass finish, as it always did; SIGHUP wakes serve.
+            # A handler that does nothing, not SIG_IGN: an ignored signal stays ignored
+            # across exec, and the hooks (and what they start) would ignore SIGTERM.
+            # Restarting: a token's library in a system call does not see EINTR.
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(ValueError):  # main thread only; else as inherited
-                    signal.signal(sig, signal.SIG_IGN)
+                    signal.signal(sig, _serves_own)
+                    signal.siginterrupt(sig, False)
 
             def step() -> None:
                 with contextlib.suppress(OSError):  # serve is gone: the pass goes on
@@ -217,7 +225,7 @@ class Server:
         every :data:`PASS_LIMIT` seconds) and read its result from ``r``; log a pass that
         died, was killed or said nothing."""
         deadline = time.monotonic() + PASS_LIMIT
-        out = b""
+        out = bytearray()  # grows in place: bytes += would copy it all for each chunk
         try:
             while True:
                 left = deadline - time.monotonic()
@@ -255,7 +263,7 @@ class Server:
         result: object = None
         if out.startswith(_RESULT):
             try:
-                result = pickle.loads(out[len(_RESULT):])
+                result = pickle.loads(memoryview(out)[len(_RESULT):])
             except Exception as e:
                 log.debug("the pass's result cannot be read: %s", e)
         if code != 0 or not isinstance(result, _PassResult):
