@@ -246,6 +246,12 @@ class Server:
                     out += chunk
                     if len(out) > _RESULT_MAX:
                         break  # not what a pass's process writes; it is waited for below
+        except Exception as e:  # e.g. MemoryError: the pass is stopped, never left behind
+            log.error("renewal pass failed: cannot read what its process %d says: %s; it "
+                      "is killed", pid, type(e).__name__)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            out = bytearray()
         finally:
             os.close(r)
         _, status, usage = os.wait4(pid, 0)
