@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +15,7 @@ from swcmp.cmp import certs, keys
 from swcmp.paths import Paths
 from swcmp.session import Session
 from swcmp.sessionfile import SessionStore
+from testpaths import TESTS
 
 
 @dataclass
@@ -49,3 +53,28 @@ def make_gateway(root: Path, pki: TestPKI, url: str, **settings: object) -> Gate
     values.update(settings)
     session = store.create("gw1", values)
     return Gateway(paths, store, session)
+
+
+_KILLED_AT = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[3])
+from pathlib import Path
+from swcmp.paths import Paths
+from swcmp.sessionfile import SessionStore
+from swcmp.renewal import Renewer
+root = Path(sys.argv[1])
+paths = Paths(root / "etc", root / "var", root / "swanctl")
+def checkpoint(p):
+    if p == sys.argv[2]:
+        os.kill(os.getpid(), signal.SIGKILL)
+Renewer(paths, checkpoint=checkpoint).renew(SessionStore(paths.config_dir).load("gw1"))
+sys.exit(3)
+"""
+
+
+def renew_killed_at(root: Path, phase: str) -> None:
+    """Renew session gw1 of the gateway under ``root`` in a process of its own that is
+    killed (SIGKILL) at the renewal's checkpoint ``phase``, as a power cut would."""
+    res = subprocess.run([sys.executable, "-c", _KILLED_AT, str(root), phase, str(TESTS)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]

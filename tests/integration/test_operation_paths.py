@@ -6,9 +6,6 @@ another URL, also after a run killed while the CA delayed its answer."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ from cmp_router import label_router
 from openssl_gateway import GW, MAC_ARGS, SIG_ARGS, Gateway
 from openssl_mock import OPENSSL, OpenSSL, mock_server
 from pki import make_pki, pem_cert
-from renewal_env import make_gateway
+from renewal_env import make_gateway, renew_killed_at
 from swcmp.cmp.transport import HttpTransport
 from swcmp.enroll import request_initial
 from swcmp.errors import SwcmpError
@@ -29,7 +26,6 @@ from swcmp.sessionfile import SessionStore
 from swcmp.state import StateStore
 from swcmp.store import Journal
 from testca_site import MAC_REF, CAHolder, Site, ca_config, make_site
-from testpaths import TESTS
 
 pytestmark = [
     pytest.mark.integration,
@@ -154,21 +150,6 @@ def test_explicit_operation_urls(tmp_path: Path) -> None:
     assert x509.load_pem_x509_certificate(gw.cert_file.read_bytes()) == renewed
 
 
-CHILD = """
-import os, signal, sys
-sys.path.insert(0, sys.argv[3])
-from pathlib import Path
-from swcmp.paths import Paths
-from swcmp.sessionfile import SessionStore
-from swcmp.renewal import Renewer
-root = Path(sys.argv[1])
-paths = Paths(root / "etc", root / "var", root / "swanctl")
-def checkpoint(p):
-    if p == sys.argv[2]:
-        os.kill(os.getpid(), signal.SIGKILL)
-Renewer(paths, checkpoint=checkpoint).renew(SessionStore(paths.config_dir).load("gw1"))
-sys.exit(3)
-"""
 
 
 @pytest.mark.parametrize("phase", ["waiting", "confirm-waiting"])
@@ -185,9 +166,7 @@ def test_a_resumed_transaction_goes_where_it_began(tmp_path: Path, phase: str) -
         gw = make_gateway(tmp_path / "gw", pki, router.url, profile_label="gw",
                           operation_paths="labels")
         root = gw.paths.config_dir.parent
-        res = subprocess.run([sys.executable, "-c", CHILD, str(root), phase, str(TESTS)],
-                             capture_output=True, text=True, timeout=60)
-        assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+        renew_killed_at(root, phase)
         entry = Journal(gw.paths, "gw1").load()
         assert entry is not None and entry.url == f"{router.url}{BASE}/keyupdate"
         # the operator changes the label meanwhile: new transactions go elsewhere,
@@ -221,9 +200,7 @@ def test_a_transaction_of_a_single_url_session_resumes_at_its_url(tmp_path: Path
         began = f"{router.url}{BASE}/keyupdate"
         gw = make_gateway(tmp_path / "gw", pki, began, ask_template=False)
         root = gw.paths.config_dir.parent
-        res = subprocess.run([sys.executable, "-c", CHILD, str(root), "waiting", str(TESTS)],
-                             capture_output=True, text=True, timeout=60)
-        assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+        renew_killed_at(root, "waiting")
         entry = Journal(gw.paths, "gw1").load()
         assert entry is not None and entry.url == began and not entry.url_per_body
         store = SessionStore(gw.paths.config_dir)
@@ -254,9 +231,7 @@ def test_after_a_late_confirmation_at_a_gone_url_the_new_request_goes_to_the_new
     with mock_server(args, cwd=pki.dir) as old:
         gw = make_gateway(tmp_path / "gw", pki, old, ask_template=False)
         root = gw.paths.config_dir.parent
-        res = subprocess.run([sys.executable, "-c", CHILD, str(root), "staged", str(TESTS)],
-                             capture_output=True, text=True, timeout=60)
-        assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+        renew_killed_at(root, "staged")
     entry = Journal(gw.paths, "gw1").load()
     assert entry is not None and entry.phase == "received" and entry.url == old
     with mock_server(args, cwd=pki.dir) as new:
@@ -322,9 +297,7 @@ def test_the_test_ca_with_label_paths(tmp_path: Path) -> None:
         assert request_initial(session, site.paths, store=site.store).ok
         before = len(ca.issued())
         ca.restart(ca_config(label_paths=True, poll=1, check_after=1))
-        res = subprocess.run([sys.executable, "-c", CHILD, str(site.root), "waiting",
-                              str(TESTS)], capture_output=True, text=True, timeout=60)
-        assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+        renew_killed_at(site.root, "waiting")
         entry = Journal(site.paths, "gw1").load()
         base = f"http://127.0.0.1:{ca.port}/.well-known/cmp/p"
         assert entry is not None and entry.url == f"{base}/gw/keyupdate"

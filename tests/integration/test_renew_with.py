@@ -26,6 +26,7 @@ from cryptography import x509
 from hostile_proxy import HostileProxy, error_body, forge
 from openssl_gateway import GW, MAC_ARGS, SIG_ARGS, Gateway
 from openssl_mock import OPENSSL, OpenSSL, mock_server
+from renewal_env import renew_killed_at
 from swcmp.cmp import certs, keys
 from swcmp.errors import (
     CMPErrorResponse,
@@ -323,22 +324,6 @@ def test_serve_abandons_at_the_poll_limit_and_says_so_in_the_metrics(
     assert os.stat(site.paths.key_file("gw1")).st_mode & 0o777 == 0o600
 
 
-KILL_AT = """
-import os, signal, sys
-sys.path.insert(0, sys.argv[3])
-from pathlib import Path
-from swcmp.paths import Paths
-from swcmp.sessionfile import SessionStore
-from swcmp.state import StateStore
-from swcmp.renewal import Renewer
-root = Path(sys.argv[1])
-paths = Paths(root / "etc", root / "var", root / "swanctl")
-def checkpoint(p):
-    if p == sys.argv[2]:
-        os.kill(os.getpid(), signal.SIGKILL)
-Renewer(paths, checkpoint=checkpoint).renew(SessionStore(paths.config_dir).load("gw1"))
-sys.exit(3)
-"""
 
 
 @pytest.mark.parametrize("phase", ["received", "staged"])
@@ -352,7 +337,6 @@ def test_a_certificate_received_before_a_kill_is_confirmed_even_past_the_poll_li
     and unconfirmed and ask the CA for a second one)."""
     from pki import make_pki, pem_cert
     from renewal_env import make_gateway
-    from testpaths import TESTS
 
     pki = make_pki(tmp_path / "pki")
     renewed = pki.issue(pki.gw_key, serial=pki.gw.serial_number, days=400)
@@ -360,9 +344,7 @@ def test_a_certificate_received_before_a_kill_is_confirmed_even_past_the_poll_li
     with mock_server([*SIG_ARGS, "-rsp_cert", "rsp.crt"], cwd=pki.dir) as url:
         gw = make_gateway(tmp_path / "gw", pki, url, poll_limit="1h")
         root = gw.paths.config_dir.parent
-        res = subprocess.run([sys.executable, "-c", KILL_AT, str(root), phase, str(TESTS)],
-                             capture_output=True, text=True, timeout=60)
-        assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+        renew_killed_at(root, phase)
         j = Journal(gw.paths, "gw1")
         entry = j.load()
         assert entry is not None and entry.phase == "received" and entry.cert

@@ -7,10 +7,6 @@ key are tested against swcmp's own test CA.
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,11 +14,10 @@ import pytest
 
 from openssl_mock import OPENSSL, mock_server
 from pki import TestPKI, make_pki, pem_cert
-from renewal_env import Gateway, make_gateway
+from renewal_env import Gateway, make_gateway, renew_killed_at
 from swcmp.renewal import Renewer
 from swcmp.state import StateStore
 from swcmp.store import Journal
-from testpaths import TESTS
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")]
@@ -65,23 +60,6 @@ def test_second_concurrent_run_is_refused(setup: tuple[TestPKI, Gateway, object]
     assert gw.cert != setup[2] and gw.pair_matches()
 
 
-CHILD = textwrap.dedent("""
-    import os, signal, sys
-    sys.path.insert(0, sys.argv[4])
-    from pathlib import Path
-    from swcmp.paths import Paths
-    from swcmp.sessionfile import SessionStore
-    from swcmp.renewal import Renewer
-    root = Path(sys.argv[1])
-    paths = Paths(root / "etc", root / "var", root / "swanctl")
-    phase = sys.argv[2]
-    def checkpoint(p):
-        if p == phase:
-            os.kill(os.getpid(), signal.SIGKILL)
-    s = SessionStore(paths.config_dir).load("gw1")
-    Renewer(paths, checkpoint=checkpoint).renew(s)
-    sys.exit(3)  # the kill did not happen
-""")
 
 
 @pytest.mark.parametrize(("phase", "kur_after"), [
@@ -101,9 +79,7 @@ def test_kill_9_at_each_step_then_recover(setup: tuple[TestPKI, Gateway, object]
                                           phase: str, kur_after: int) -> None:
     _, gw, renewed = setup
     root = gw.paths.config_dir.parent
-    res = subprocess.run([sys.executable, "-c", CHILD, str(root), phase, "",
-                          str(TESTS)], capture_output=True, text=True)
-    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    renew_killed_at(root, phase)
     # whatever happened, storage holds a matching, valid pair
     assert gw.pair_matches()
     assert Journal(gw.paths, "gw1").load() is not None
@@ -130,9 +106,7 @@ def test_kill_9_while_the_ca_delays_resumes_the_same_transaction(
     with mock_server(args, cwd=pki.dir, openssl=OpenSSL.of("3.5")) as url:
         gw = make_gateway(tmp_path / "gw", pki, url)
         root = gw.paths.config_dir.parent
-        res = subprocess.run([sys.executable, "-c", CHILD, str(root), phase, "",
-                              str(TESTS)], capture_output=True, text=True, timeout=60)
-        assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+        renew_killed_at(root, phase)
         entry = Journal(gw.paths, "gw1").load()
         assert entry is not None and entry.kind == "kur"
         assert (entry.phase, entry.confirm_nonce is not None) == (
@@ -220,9 +194,7 @@ def test_ca_unreachable_while_resuming_a_delayed_confirmation_keeps_the_transact
     with mock_server(args, cwd=pki.dir, openssl=OpenSSL.of("3.5")) as url:
         gw = make_gateway(tmp_path / "gw", pki, url)
         root = gw.paths.config_dir.parent
-        res = subprocess.run([sys.executable, "-c", CHILD, str(root), "confirm-waiting", "",
-                              str(TESTS)], capture_output=True, text=True, timeout=60)
-        assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+        renew_killed_at(root, "confirm-waiting")
     before = Journal(gw.paths, "gw1").load()
     assert before is not None and before.confirm_nonce is not None
     # the mock is gone: the CA cannot be reached
