@@ -216,9 +216,11 @@ def test_a_renewal_pass_does_not_import_the_serve_loop(env: Env) -> None:
     assert "swcmp.service.serve" not in modules
 
 
-def test_a_keyupdate_does_not_import_the_template_reader(tmp_path: Path) -> None:
+def test_a_keyupdate_does_not_import_the_template_reader_or_the_metrics(
+        tmp_path: Path) -> None:
     # swcmp.cmp.template (four dataclasses built at import) is only for the genm
-    # certReqTemplate question; a KUR against the test CA goes without it.
+    # certReqTemplate question, swcmp.metrics only for a metrics file or a failed
+    # renewal's count; a KUR against the test CA goes without either.
     from swcmp.testca import TestCA
     from testca_site import add_session, ca_config, make_site, swcmp_cmd
 
@@ -243,6 +245,8 @@ def test_a_keyupdate_does_not_import_the_template_reader(tmp_path: Path) -> None
     modules = set(line.split()[1:])
     assert "swcmp.cmp.client" in modules
     assert "swcmp.cmp.template" not in modules
+    assert "swcmp.service.passes" in modules
+    assert "swcmp.metrics" not in modules
 
 
 def test_python_m_swcmp_subprocess(env: Env) -> None:
