@@ -216,6 +216,39 @@ def test_a_renewal_pass_does_not_import_the_serve_loop(env: Env) -> None:
     assert "swcmp.service.serve" not in modules
 
 
+def test_a_keyupdate_does_not_import_the_template_reader_or_the_metrics(
+        tmp_path: Path) -> None:
+    # swcmp.cmp.template (four dataclasses built at import) is only for the genm
+    # certReqTemplate question, swcmp.metrics only for a metrics file or a failed
+    # renewal's count; a KUR against the test CA goes without either.
+    from swcmp.testca import TestCA
+    from testca_site import add_session, ca_config, make_site, swcmp_cmd
+
+    ca = TestCA(tmp_path / "ca", config=ca_config()).start()
+    try:
+        site = make_site(tmp_path / "site")
+        add_session(site, ca, "gw1")
+        code = ("import runpy, sys\n"
+                "sys.argv = ['swcmp', *sys.argv[1:]]\n"
+                "try:\n"
+                "    runpy.run_module('swcmp', run_name='__main__', alter_sys=True)\n"
+                "except SystemExit as e:\n"
+                "    print('EXIT', e.code, file=sys.stderr)\n"
+                "print('MODULES', ' '.join(sorted(sys.modules)), file=sys.stderr)\n")
+        cmd = swcmp_cmd(site, "request", "keyupdate", "gw1", "--no-deploy")
+        proc = subprocess.run([sys.executable, "-c", code, *cmd[3:]], capture_output=True,
+                              text=True, timeout=120, check=False)
+    finally:
+        ca.stop()
+    assert "renewed" in proc.stdout, proc.stdout + proc.stderr  # the KUR did happen
+    line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("MODULES "))
+    modules = set(line.split()[1:])
+    assert "swcmp.cmp.client" in modules
+    assert "swcmp.cmp.template" not in modules
+    assert "swcmp.service.passes" in modules
+    assert "swcmp.metrics" not in modules
+
+
 def test_python_m_swcmp_subprocess(env: Env) -> None:
     run_env = dict(
         os.environ,

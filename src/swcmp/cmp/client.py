@@ -18,12 +18,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 
-from swcmp.cmp import certs, codec, keys, oids, progress, template, text
+from swcmp.cmp import certs, codec, keys, oids, progress, text
 from swcmp.cmp.choices import GRANTED_WITH_MODS as GRANTED_WITH_MODS_POLICIES
 from swcmp.cmp.dn import format_dn
 from swcmp.cmp.errors import (
@@ -61,6 +62,9 @@ from swcmp.cmp.protection import (
 )
 from swcmp.cmp.transport import Transport
 from swcmp.cmp.urls import Endpoints, Route, operation_of
+
+if TYPE_CHECKING:
+    from swcmp.cmp import template
 
 log = logging.getLogger(__name__)
 
@@ -391,6 +395,9 @@ class CMPClient:
         or None when the answer has no id-it-certReqTemplate at all (a CA that does not
         know the question). ProtocolError for a template that cannot be read.
         """
+        # Imported here: its classes cost ~3 ms to build, and a KUR never asks this.
+        from swcmp.cmp import template
+
         values = self._genm(protection, [InfoValue(oids.IT_CERT_REQ_TEMPLATE, None)])
         for v in values:
             if v.oid == oids.IT_CERT_REQ_TEMPLATE:

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
@@ -13,11 +14,13 @@ from swcmp import fsutil
 from swcmp.deploy import Charon, DeployError
 from swcmp.errors import SwcmpError
 from swcmp.ha import Role
-from swcmp.metrics import CharonView
 from swcmp.paths import Paths
 from swcmp.policy import Plan
 from swcmp.session import Session
 from swcmp.state import SessionState
+
+if TYPE_CHECKING:
+    from swcmp.metrics import CharonView
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,8 @@ def charon_view(charon: Charon | None) -> CharonView | None:
     """Which certificates charon holds keys for; None when swcmp does not talk to it."""
     if charon is None:
         return None
+    from swcmp.metrics import CharonView
+
     try:
         with_key = charon.certs_with_key()
     except DeployError as e:

@@ -31,7 +31,6 @@ from swcmp.errors import (
     SwcmpError,
 )
 from swcmp.ha import Role
-from swcmp.metrics import CharonView, failure_key
 from swcmp.paths import Paths
 from swcmp.policy import Plan, plan, retry_delay
 from swcmp.renewal import Renewer
@@ -43,6 +42,7 @@ from swcmp.state import SessionState, SessionStateName, StateStore
 
 if TYPE_CHECKING:
     from swcmp.calife import CaLife
+    from swcmp.metrics import CharonView
 
 log = logging.getLogger(__name__)
 
@@ -508,6 +508,8 @@ class RenewalService:
                 st.next_attempt = (now + delay).isoformat(timespec="seconds")
                 st.state = "needs_ir" if isinstance(e, NeedsInitialRequest) else "failed"
                 st.record("kur", False, _with_hint(e, s.name), now=now)
+                from swcmp.metrics import failure_key  # only for a failure: ~3 ms to import
+
                 st.count_renewal(failure_key(e))
         except SwcmpError as state_error:
             log.error("%s: cannot record the failure: %s", s.name, state_error)
