@@ -37,6 +37,7 @@ from cryptography import x509
 from swcmp import fsutil, keystore
 from swcmp.cmp import certs, keys
 from swcmp.cmp.choices import RENEW_WITH
+from swcmp.cmp.errors import HTTPStatusError
 from swcmp.deploy import Charon, DeployError, DeployUnavailable
 from swcmp.enroll import (
     Outcome,
@@ -353,10 +354,24 @@ class Renewer:
             kind = entry.kind if entry.kind in RENEW_WITH else "kur"
             log.info("%s: resuming the CA transaction %s (%s) that was waiting", session.name,
                      entry.transaction_id, kind)
-            return client.resume(kind=kind, transaction_id=tx[0], server_nonce=tx[1],
-                                 key=new_key, subject=old_cert.subject, protection=protection,
-                                 cert_req_id=entry.cert_req_id, journal=note,
-                                 accept=accept, route=_journaled_route(entry))
+            try:
+                return client.resume(kind=kind, transaction_id=tx[0], server_nonce=tx[1],
+                                     key=new_key, subject=old_cert.subject,
+                                     protection=protection, cert_req_id=entry.cert_req_id,
+                                     journal=note, accept=accept,
+                                     route=_journaled_route(entry))
+            except HTTPStatusError as e:
+                # The pollReq went where the transaction began, not to the session's URLs
+                # now: a hint to change those would change nothing for it.
+                e.hint = (f"this run polled the interrupted transaction "
+                          f"{entry.transaction_id} at {e.url}, where it began; the "
+                          "session's server URL and operation paths do not move it. If the "
+                          "CA moved or no longer knows it, each run asks there again until "
+                          f"the session's poll_limit ends (`swcmp status {session.name}` "
+                          "says when), then a new request goes to the session's URLs; ask "
+                          "the CA operator")
+                e.setting = ""
+                raise
         if entry and phase == "received" and not j.cert_file.exists() and entry.cert and tx:
             self._stage_journaled(session, j, entry, new_key, old_cert)
         if entry and phase == "received" and j.cert_file.exists() and tx:

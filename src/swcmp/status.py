@@ -95,10 +95,15 @@ def session_status(paths: Paths, s: Session, now: datetime, role: Role | None
                   f"{damaged_journal(paths, s.name)}")
     elif pending is not None:
         state = "polling" if pending == "waiting" else "in_progress"
-        reason = f"an interrupted renewal (phase {pending}) is finished by the next run"
+        # Name the command: with auto-update off no pass of serve or `renew` ever comes.
+        cmd = f"`swcmp request keyupdate {s.name}`"
+        reason = (f"an interrupted renewal (phase {pending}) is finished by the next "
+                  f"renewal pass or now by {cmd}" if s.auto_update else
+                  f"an interrupted renewal (phase {pending}) waits for {cmd} to finish "
+                  "it (auto-update is off)")
         ends = poll_limit_end(paths, s)
         if ends is not None:
-            reason += (f", or abandoned if the CA still keeps it waiting at "
+            reason += (f", or is abandoned if the CA still keeps it waiting at "
                        f"{ends:%Y-%m-%d %H:%M:%S}Z (poll_limit)")
     elif role is not None and role.standby:
         state, reason = "standby", role.standby_reason()

@@ -614,6 +614,15 @@ def test_session_list_fits_columns(gw: Gateway) -> None:
         assert f"CN={GW}" in row and "..." in row.split("http")[0]  # the CN stays
 
 
+def test_session_list_shows_where_messages_go_with_a_profile_label(gw: Gateway) -> None:
+    # two sessions on one CA that differ only in their profile label must not look alike
+    gw.create_session("http://127.0.0.1:9")
+    assert gw.run("session", "set", "gw1", "--profile-label", "vpn").exit_code == 0
+    row = next(line for line in gw.run("session", "list").stdout.splitlines()
+               if line.startswith("gw1 "))
+    assert row.endswith("http://127.0.0.1:9/.well-known/cmp/p/vpn"), row
+
+
 @needs_openssl
 def test_each_message_once(gw: Gateway) -> None:
     issued = gw.pki.issue(gw.key, GW)

@@ -311,3 +311,34 @@ def test_the_test_ca_with_label_paths(tmp_path: Path) -> None:
         assert Journal(site.paths, "gw1").load() is None
     finally:
         ca.stop()
+
+
+def test_a_resumed_transaction_the_ca_lost_gets_a_hint_that_changes_something(
+        tmp_path: Path) -> None:
+    """A CA restarted without the transaction a killed run left waiting answers the
+    resumed pollReq with HTTP 404 at the journaled URL. Changing the session's URLs does
+    not move that pollReq, so the hint must not send the operator there: it names the
+    URL the transaction began at and the poll_limit that ends it."""
+    import json
+    import subprocess
+
+    from testca_site import swcmp_cmd
+
+    site = make_site(tmp_path / "gw")
+    ca = CAHolder(tmp_path / "ca", ca_config(label_paths=True))
+    try:
+        session = label_session(site, ca)
+        assert request_initial(session, site.paths, store=site.store).ok
+        ca.restart(ca_config(label_paths=True, poll=100, check_after=1))
+        renew_killed_at(site.root, "waiting")
+        ca.restart(ca_config(label_paths=True))  # it forgot the waiting transaction
+        res = subprocess.run(swcmp_cmd(site, "--json", "request", "keyupdate", "gw1"),
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 1, res.stdout + res.stderr
+        out = json.loads(res.stdout)
+        assert "404" in out["error"], out
+        assert "/p/gw/keyupdate, where it began" in out["hint"], out
+        assert "poll_limit" in out["hint"] and "`swcmp status gw1`" in out["hint"], out
+        assert "--server-url" not in out["hint"] and "--operation-paths" not in out["hint"]
+    finally:
+        ca.stop()

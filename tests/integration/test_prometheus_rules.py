@@ -76,3 +76,22 @@ def test_rules_name_only_metrics_swcmp_writes() -> None:
     used = set(re.findall(r"\bswcmp_[a-z_]+", RULES.read_text()))
     written = {name for name, _, _ in _FAMILIES}
     assert used and used <= written, used - written
+
+
+def test_descriptions_name_the_units_of_both_ways_swcmp_runs() -> None:
+    # swcmp runs as `swcmp serve` (swcmp.service) or from swcmp-renew.timer: an alert
+    # that sends the operator to systemd must name units shipped in contrib/systemd and,
+    # naming one way, the other too (on a timer install swcmp.service is inactive by design)
+    shipped = {p.name.rsplit(".", 1)[0] for p in (REPO / "contrib" / "systemd").iterdir()}
+    checked = 0
+    for line in RULES.read_text().splitlines():
+        if "description:" not in line or not re.search(r"systemctl|journalctl", line):
+            continue
+        units = set(re.findall(r"systemctl status ((?:[\w.@-]+ ?)+)", line))
+        units = {u for group in units for u in group.split()}
+        units |= set(re.findall(r"-u ([\w.@-]+)", line))
+        names = {u.removesuffix(".service").removesuffix(".timer") for u in units}
+        assert names and names <= shipped, (names - shipped, line)
+        assert {"swcmp", "swcmp-renew"} <= names, line
+        checked += 1
+    assert checked

@@ -79,6 +79,12 @@ def test_a_subject_and_key_type_the_template_forbids_are_refused_before_sending(
     assert shown["template"]["subject"] == [{"type": "O", "oid": "2.5.4.10",
                                              "value": "Example"}]
     assert shown["fits"] is False and len(shown["problems"]) == 2, shown
+    # what to run for each kind of problem, the key type one the CA allows
+    assert shown["fixes"] == ["`swcmp session set gw1 --key-type ecdsa:p384`",
+                              "`swcmp session set gw1 --entity DN` with the subject above, "
+                              "or ask the CA operator"], shown
+    assert "fix         `swcmp session set gw1 --key-type ecdsa:p384`" in gw.run(
+        "request", "template", "gw1").output
 
     refused = gw.json("request", "initial", "gw1", code=1)
     assert "does not allow the key type ecdsa:p256: it allows ecdsa:p384, rsa:4096" in \
@@ -88,12 +94,12 @@ def test_a_subject_and_key_type_the_template_forbids_are_refused_before_sending(
     gw.run("session", "set", "gw1", "--key-type", "ecdsa:p384")
     refused = gw.json("request", "initial", "gw1", code=1)
     assert "--entity DN" in refused["hint"], refused
-    assert gw.proxy.kinds() == ["genm"] * 3  # the template asked, nothing requested
+    assert gw.proxy.kinds() == ["genm"] * 4  # the template asked, nothing requested
     assert not (gw.root / "swanctl" / "private" / "gw1.key").exists()  # no key was made
 
     gw.run("session", "set", "gw1", "--entity", "/O=Example/CN=gw1.example.net")
     assert gw.json("request", "initial", "gw1")["ok"] is True
-    assert gw.proxy.kinds()[3:] == ["genm", "ir", "certConf"]
+    assert gw.proxy.kinds()[4:] == ["genm", "ir", "certConf"]
     assert "certReqTemplate" not in gw.unsupported()
 
 

@@ -190,15 +190,38 @@ def request_template(name: str) -> None:
     tmpl = _ca_life(env, True).cert_req_template(s)
     key = key_of_session(s)
     problems = template.check(tmpl, key=key, subject=s.entity_dn) if tmpl else []
+    fixes = _template_fixes(s, tmpl, problems) if tmpl is not None else []
     data = {"session": s.name, "known": tmpl is not None,
             "template": tmpl.to_json() if tmpl is not None else None,
             "key_type": s.key_type, "fits": not problems,
-            "problems": [p.message for p in problems]}
-    env.emit(data, _template_text(s.name, s.key_type, tmpl, problems))
+            "problems": [p.message for p in problems], "fixes": fixes}
+    env.emit(data, _template_text(s.name, s.key_type, tmpl, problems, fixes))
+
+
+def _template_fixes(s: Session, tmpl: CertReqTemplate, problems: list[Problem]
+                    ) -> list[str]:
+    """The commands that make session ``s`` fit the template, one per kind of problem."""
+    from swcmp.keystore.keyref import names_token
+
+    fixes: list[str] = []
+    if any(p.what == "key" for p in problems):
+        makeable = None
+        if s.key is not None and names_token(s.key):
+            from swcmp.keystore.pkcs11 import TOKEN_KEY_TYPES
+
+            makeable = TOKEN_KEY_TYPES
+        suggested = tmpl.suggested_key_type(makeable)
+        fixes.append(f"`swcmp session set {s.name} --key-type {suggested}`" if suggested else
+                     "none of the key types swcmp can make here is allowed: ask the CA "
+                     "operator")
+    if any(p.what == "subject" for p in problems):
+        fixes.append(f"`swcmp session set {s.name} --entity DN` with the subject above, or "
+                     "ask the CA operator")
+    return fixes
 
 
 def _template_text(name: str, key_type: str, tmpl: CertReqTemplate | None,
-                   problems: list[Problem]) -> str:
+                   problems: list[Problem], fixes: list[str]) -> str:
     if tmpl is None:
         return (f"certReqTemplate for session {name}: the CA does not know the question "
                 "(remembered; requests go on without a template)")
@@ -217,6 +240,7 @@ def _template_text(name: str, key_type: str, tmpl: CertReqTemplate | None,
         lines.append(f"  unreadable  {item} (not checked)")
     if problems:
         lines += [f"  session     does not fit: {p.message}" for p in problems]
+        lines += [f"  fix         {f}" for f in fixes]
     else:
         lines.append(f"  session     fits (subject, and key type {key_type} for a new key)")
     return "\n".join(lines)

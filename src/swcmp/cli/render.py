@@ -345,7 +345,7 @@ def session_list_text(
                 str(d["name"]),
                 "on" if d.get("auto_update") else "off",
                 human(_shown(d.get("entity_wire"))),
-                human(_shown(d.get("server_url"))),
+                human(_shown(_server_shown(d))),
             )
             for d in sessions
         ]
@@ -367,6 +367,21 @@ def session_list_text(
         if err.get("hint"):
             lines.append(f"  hint: {err['hint']}")
     return "\n".join(lines)
+
+
+def _server_shown(d: Mapping[str, Any]) -> object:
+    """Where a session's messages go: the server URL with its profile label's path (two
+    sessions on one CA differ only in it)."""
+    from swcmp.cmp.urls import with_profile
+    from swcmp.errors import ConfigError
+
+    url, label = d.get("server_url"), d.get("profile_label")
+    if isinstance(url, str) and isinstance(label, str):
+        try:
+            return with_profile(url, label)
+        except ConfigError:  # a session file's own check refuses this: shown as stored
+            return url
+    return url
 
 
 #: The narrowest a shortened table cell gets (with its "...").
