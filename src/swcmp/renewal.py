@@ -351,27 +351,8 @@ class Renewer:
         phase = entry.phase if entry else None
         tx = entry.transaction() if entry else None
         if entry and phase == "waiting" and tx:
-            kind = entry.kind if entry.kind in RENEW_WITH else "kur"
-            log.info("%s: resuming the CA transaction %s (%s) that was waiting", session.name,
-                     entry.transaction_id, kind)
-            try:
-                return client.resume(kind=kind, transaction_id=tx[0], server_nonce=tx[1],
-                                     key=new_key, subject=old_cert.subject,
-                                     protection=protection, cert_req_id=entry.cert_req_id,
-                                     journal=note, accept=accept,
-                                     route=_journaled_route(entry))
-            except HTTPStatusError as e:
-                # The pollReq went where the transaction began, not to the session's URLs
-                # now: a hint to change those would change nothing for it.
-                e.hint = (f"this run polled the interrupted transaction "
-                          f"{entry.transaction_id} at {e.url}, where it began; the "
-                          "session's server URL and operation paths do not move it. If the "
-                          "CA moved or no longer knows it, each run asks there again until "
-                          f"the session's poll_limit ends (`swcmp status {session.name}` "
-                          "says when), then a new request goes to the session's URLs; ask "
-                          "the CA operator")
-                e.setting = ""
-                raise
+            return self._resume(session, entry, tx, client, new_key, old_cert, protection,
+                                note, accept)
         if entry and phase == "received" and not j.cert_file.exists() and entry.cert and tx:
             self._stage_journaled(session, j, entry, new_key, old_cert)
         if entry and phase == "received" and j.cert_file.exists() and tx:
@@ -410,6 +391,34 @@ class Renewer:
                         "before any answer; that transaction cannot be continued, so a new "
                         "request is sent", session.name)
         return self._request(session, client, new_key, old_cert, protection, note, accept)
+
+    @staticmethod
+    def _resume(session: Session, entry: JournalEntry, tx: tuple[bytes, bytes],
+                client: CMPClient, new_key: keys.SigningKey, old_cert: x509.Certificate,
+                protection: Any, note: Callable[[TxEvent], None],
+                accept: Callable[[x509.Certificate], None]) -> Any:
+        """Poll the CA transaction an earlier run left waiting, where it began."""
+        kind = entry.kind if entry.kind in RENEW_WITH else "kur"
+        log.info("%s: resuming the CA transaction %s (%s) that was waiting", session.name,
+                 entry.transaction_id, kind)
+        try:
+            return client.resume(kind=kind, transaction_id=tx[0], server_nonce=tx[1],
+                                 key=new_key, subject=old_cert.subject,
+                                 protection=protection, cert_req_id=entry.cert_req_id,
+                                 journal=note, accept=accept,
+                                 route=_journaled_route(entry))
+        except HTTPStatusError as e:
+            # The pollReq went where the transaction began, not to the session's URLs
+            # now: a hint to change those would change nothing for it.
+            e.hint = (f"this run polled the interrupted transaction "
+                      f"{entry.transaction_id} at {e.url}, where it began; the "
+                      "session's server URL and operation paths do not move it. If the "
+                      "CA moved or no longer knows it, each run asks there again until "
+                      f"the session's poll_limit ends (`swcmp status {session.name}` "
+                      "says when), then a new request goes to the session's URLs; ask "
+                      "the CA operator")
+            e.setting = ""
+            raise
 
     @staticmethod
     def _request(session: Session, client: CMPClient, new_key: keys.SigningKey,
