@@ -354,6 +354,39 @@ def test_a_declaration_that_moves_a_setting_between_two_that_exclude_each_other(
         fleet.swcmp("gw1", "session", "delete", "pl")
 
 
+def test_poll_limit_is_declared_as_session_set_takes_it(fleet: Fleet) -> None:
+    """``poll_limit: 1d`` (the form `swcmp session set --poll-limit` takes) is applied;
+    the same limit in seconds is no change, and 12h is."""
+    play = fleet.write_play("poll_limit.yml", """
+- hosts: gw1
+  gather_facts: false
+  module_defaults:
+    group/swcmp.gateway.swcmp:
+      executable: "{{ swcmp_executable }}"
+      config_dir: "{{ swcmp_config_dir }}"
+      state_dir: "{{ swcmp_state_dir }}"
+      swanctl_dir: "{{ swcmp_swanctl_dir }}"
+      vici: none
+  tasks:
+    - swcmp.gateway.swcmp_session: {name: pollt, poll_limit: 2d}
+    - swcmp.gateway.swcmp_session: {name: pollt, poll_limit: 172800}
+    - swcmp.gateway.swcmp_session: {name: pollt, poll_limit: 12h}
+    - swcmp.gateway.swcmp_session: {name: pollt, poll_limit: ""}
+""")
+    run = fleet.play(play)
+    try:
+        assert run.rc == 0, run.log
+        days, seconds, hours, back = run.results("gw1", "swcmp_session")
+        assert days["changed"] and "poll_limit" in days["changes"], days
+        assert days["session"]["poll_limit"] == 172800, days["session"]
+        assert not seconds["changed"], seconds
+        assert hours["changed"] and hours["session"]["poll_limit"] == 43200, hours
+        assert back["changed"] and back["session"]["poll_limit"] == 86400, back  # default
+        assert fleet.swcmp("gw1", "session", "show", "pollt")["poll_limit"] == 86400
+    finally:
+        fleet.swcmp("gw1", "session", "delete", "pollt")
+
+
 def test_every_session_setting_is_a_module_option(fleet: Fleet) -> None:
     """The module's options cover what `swcmp session show --json` prints."""
     shown = set(fleet.swcmp("gw1", "session", "show", "gw1"))

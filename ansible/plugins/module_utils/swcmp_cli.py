@@ -90,6 +90,21 @@ class Swcmp(object):
         return {s["session"]: s for s in data.get("sessions", [])}
 
 
+def normalize_seconds(value):
+    """``86400``, ``"86400"``, ``"1d"``, ``"24h"`` -> ``86400``: a duration in seconds, as
+    swcmp shows it; what is no duration is returned as given (swcmp refuses it with a
+    clear message)."""
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text)
+    m = _DURATION.match(text)
+    if not m or not any(m.groups()):
+        return value
+    return sum(int(g or 0) * size for g, size in zip(m.groups(), (86400, 3600, 60, 1)))
+
+
 def normalize_expire_time(value):
     """``50``, ``"50"``, ``"50%"`` -> ``"50%"``; ``"36h"`` -> ``"1d12h"`` as swcmp shows it."""
     if value is None:

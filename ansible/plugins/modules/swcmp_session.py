@@ -171,10 +171,12 @@ options:
     choices: [kur, cr, p10cr]
   poll_limit:
     description:
-      - Seconds a renewal's CA transaction that the CA keeps answering waiting is continued,
-        across runs, from its request (1-2592000; swcmp's default is a day); then it is
-        abandoned and the next attempt sends a new request.
-    type: int
+      - How long a renewal's CA transaction that the CA keeps answering waiting is
+        continued, across runs, from its request; then it is abandoned and the next attempt
+        sends a new request. Seconds, or a duration as C(swcmp session set --poll-limit)
+        takes it (V(1d), V(12h), V(90m), V(1d12h)); from 1 second to 30 days, swcmp's
+        default is a day. Compared in seconds, so V(1d) and V(86400) are the same.
+    type: raw
   ask_template:
     description:
       - Ask the CA's certificate request template (genm certReqTemplate) before an initial
@@ -291,6 +293,7 @@ from ansible_collections.swcmp.gateway.plugins.module_utils.swcmp_cli import (
     normalize_expire_time,
     normalize_operation_url,
     normalize_san,
+    normalize_seconds,
 )
 
 #: Setting (field name as swcmp shows it) -> (session set option, Ansible type).
@@ -327,7 +330,7 @@ SETTINGS = {
     "revoke_superseded": ("--revoke-superseded", "bool"),
     "granted_with_mods": ("--granted-with-mods", "str"),
     "renew_with": ("--renew-with", "str"),
-    "poll_limit": ("--poll-limit", "int"),
+    "poll_limit": ("--poll-limit", "raw"),
     "ask_template": ("--ask-template", "bool"),
     "pkcs11_module": ("--pkcs11-module", "path"),
     "pin_file": ("--pin-file", "path"),
@@ -376,6 +379,8 @@ def _wanted(params):
             value = [normalize_operation_url(v) for v in value]
         elif field == "expire_time":
             value = normalize_expire_time(value) if str(value).strip() else ""
+        elif field == "poll_limit":
+            value = normalize_seconds(value) if str(value).strip() else ""
         out[field] = value
     return out
 
