@@ -8,6 +8,7 @@ Every failure comes out as a :class:`~swcmp.errors.StorageIOError` (a
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import fcntl
 import logging
@@ -15,8 +16,11 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from swcmp.errors import LockHeldError, StorageIOError
+
+T = TypeVar("T")
 
 __all__ = [
     "atomic_write",
@@ -170,6 +174,35 @@ def file_stamp(path: Path) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class HeldWrites(Generic[T]):
+    """What this process meant to write to files it could not write (a full disk, a
+    read-only file system), read instead of those files until a write succeeds, so that
+    a failure count and a backoff hold; each with the file's stamp then, so that a file
+    another process replaced since is read again."""
+
+    def __init__(self) -> None:
+        #: str(path) -> (the file's stamp when the write failed, the value meant)
+        self.held: dict[str, tuple[tuple[int, int, int] | None, T]] = {}
+
+    def get(self, path: Path) -> T | None:
+        """A copy of what is held for ``path`` (None: nothing, or the file changed since)."""
+        item = self.held.get(str(path))
+        if item is None:
+            return None
+        if item[0] != file_stamp(path):
+            del self.held[str(path)]  # written by another process since
+            return None
+        return copy.deepcopy(item[1])
+
+    def hold(self, path: Path, value: T) -> None:
+        """``value`` could not be written to ``path``: read it instead until it is."""
+        self.held[str(path)] = (file_stamp(path), copy.deepcopy(value))
+
+    def written(self, path: Path) -> None:
+        """``path`` was written: nothing held for it any more."""
+        self.held.pop(str(path), None)
 
 
 def ensure_dir(path: Path, *, mode: int = 0o755) -> Path:

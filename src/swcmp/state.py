@@ -8,14 +8,12 @@ valid certificate.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal, get_args
 
 from swcmp import fsutil
@@ -228,21 +226,9 @@ def _last_result(data: object) -> LastResult | None:
                       serial=str(data["serial"]) if data.get("serial") else None)
 
 
-#: State files this process could not write (a full disk, a read-only file system): what it
-#: meant to write, read instead of the file until a write succeeds, so that the failure
-#: count and the backoff hold (else serve would retry such a session every pass); with the
-#: stamp of the file then: a file another process wrote since is read again.
-_UNWRITTEN: dict[str, tuple[tuple[int, int, int] | None, SessionState]] = {}
-
-
-def _held(path: Path) -> SessionState | None:
-    held = _UNWRITTEN.get(str(path))
-    if held is None:
-        return None
-    if held[0] != fsutil.file_stamp(path):
-        _UNWRITTEN.pop(str(path), None)  # written by another process since
-        return None
-    return held[1]
+#: State files this process could not write (a full disk): their failure count and backoff
+#: hold (else serve would retry such a session every pass).
+_UNWRITTEN: fsutil.HeldWrites[SessionState] = fsutil.HeldWrites()
 
 
 class StateStore:
@@ -256,13 +242,13 @@ class StateStore:
 
     def unwritten(self, name: str) -> bool:
         """Whether this process holds a state of ``name`` that it could not write."""
-        return _held(self.path(name)) is not None
+        return _UNWRITTEN.get(self.path(name)) is not None
 
     def load(self, name: str) -> SessionState:
         p = self.path(name)
-        held = _held(p)
+        held = _UNWRITTEN.get(p)
         if held is not None:
-            return copy.deepcopy(held)
+            return held
         try:
             raw = p.read_bytes()
         except FileNotFoundError:
@@ -286,9 +272,9 @@ class StateStore:
             fsutil.ensure_dir(p.parent, mode=0o700)
             fsutil.atomic_write(p, data, mode=0o600)
         except SwcmpError:
-            _UNWRITTEN[str(p)] = (fsutil.file_stamp(p), copy.deepcopy(st))
+            _UNWRITTEN.hold(p, st)
             raise
-        _UNWRITTEN.pop(str(p), None)
+        _UNWRITTEN.written(p)
 
     @contextmanager
     def update(self, name: str) -> Iterator[SessionState]:

@@ -34,14 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-def transient(e: CMPErrorResponse) -> bool:
-    """Whether the CA's error says "not now" (systemUnavail, systemFailure,
-    transactionIdInUse) or refuses the message itself (our clock, our signer, its
-    protection: :data:`~swcmp.cmp.errors.MESSAGE_FAILURES`) rather than "no" to the
-    question: a failure like an HTTP error (backoff, counted, SwcmpCALifeFailing), never
-    "not supported" for a month."""
-    return e.refuses_message
-
 
 @dataclass
 class _Base:
@@ -103,7 +95,7 @@ class _Base:
             answer = work(client)
         except CMPErrorResponse as e:
             with store.update() as st:
-                if e.protected and remember and not transient(e):
+                if e.protected and remember and not e.refuses_message:
                     # The CA itself said no: do not ask it every pass.
                     st.unsupported[question] = {"since": _iso(now), "error": str(e)[:300]}
                 elif remember:

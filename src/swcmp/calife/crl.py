@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from swcmp.calife.base import _Base, transient
+from swcmp.calife.base import _Base
 from swcmp.calife.state import (
     CRL_DEFAULT_REFRESH,
     CRL_MAX_REFRESH,
@@ -160,7 +160,7 @@ class Crls(_Base):
             crls = self._ask(session, CRL_STATUS_LIST, lambda c: c.crl_status(
                 protection=self._protection(session), issuer=issuer, this_update=this_update))
         except CMPErrorResponse as e:
-            if not e.protected or transient(e):
+            if not e.protected or e.refuses_message:
                 raise  # counted as a failure of crlStatusList: the CRL backs off
             log.info("%s: the CA refuses crlStatusList (%s); asking currentCRL",
                      session.name, e)

@@ -3,7 +3,6 @@ the CA-life steps share."""
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -236,10 +235,9 @@ class CaLifeState:
         return last is None or last > now or now >= last + CHECK_EVERY
 
 
-#: calife.json files this process could not write (a full disk): what it meant to write,
-#: read instead until a write succeeds, so that a failing question's backoff holds; with
-#: the stamp of the file then: a file another process wrote since is read again.
-_UNWRITTEN: dict[str, tuple[tuple[int, int, int] | None, CaLifeState]] = {}
+#: calife.json files this process could not write (a full disk): a failing question's
+#: backoff holds.
+_UNWRITTEN: fsutil.HeldWrites[CaLifeState] = fsutil.HeldWrites()
 
 
 class CaLifeStore:
@@ -251,10 +249,9 @@ class CaLifeStore:
         self.path = paths.session_state_dir(name) / STATE_FILE
 
     def load(self) -> CaLifeState:
-        held = _UNWRITTEN.get(str(self.path))
-        if held is not None and held[0] == fsutil.file_stamp(self.path):
-            return copy.deepcopy(held[1])
-        _UNWRITTEN.pop(str(self.path), None)  # none, or written by another process since
+        held = _UNWRITTEN.get(self.path)
+        if held is not None:
+            return held
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -278,9 +275,9 @@ class CaLifeStore:
                                                           sort_keys=True).encode() + b"\n",
                                     mode=0o600)
             except SwcmpError:
-                _UNWRITTEN[str(self.path)] = (fsutil.file_stamp(self.path), copy.deepcopy(st))
+                _UNWRITTEN.hold(self.path, st)
                 raise
-            _UNWRITTEN.pop(str(self.path), None)
+            _UNWRITTEN.written(self.path)
 
 
 # --------------------------------------------------------------------------- files

@@ -159,18 +159,10 @@ class PassFiles:
         self._seen_states: dict[str, tuple[tuple[int, int, int], SessionState]] = {}
         self._seen_certs: dict[str, tuple[tuple[int, int, int], x509.Certificate]] = {}
 
-    @staticmethod
-    def _stamp(path: Path) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None  # what the reader says about it (a fresh state, no certificate)
-        return st.st_ino, st.st_size, st.st_mtime_ns
-
     def state(self, name: str) -> SessionState:
         if self._states.unwritten(name):  # what this process could not write (a full disk)
             return self._states.load(name)
-        stamp = self._stamp(self._states.path(name))
+        stamp = fsutil.file_stamp(self._states.path(name))
         seen = self._seen_states.get(name)
         if stamp is not None and seen is not None and seen[0] == stamp:
             return seen[1]
@@ -180,7 +172,7 @@ class PassFiles:
         return st
 
     def cert(self, name: str) -> x509.Certificate | None:
-        stamp = self._stamp(self.paths.cert_file(name))
+        stamp = fsutil.file_stamp(self.paths.cert_file(name))
         seen = self._seen_certs.get(name)
         if stamp is not None and seen is not None and seen[0] == stamp:
             return seen[1]

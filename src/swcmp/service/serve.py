@@ -206,8 +206,8 @@ class Server:
             self.service.on_step = step
             ok, nxt = self._pass()
             # serve's own child reads it from a private pipe: pickle is safe here
-            out = _RESULT + pickle.dumps(_PassResult(ok, nxt, dict(state._UNWRITTEN),
-                                                     dict(calife_state._UNWRITTEN)))
+            out = _RESULT + pickle.dumps(_PassResult(ok, nxt, dict(state._UNWRITTEN.held),
+                                                     dict(calife_state._UNWRITTEN.held)))
             with os.fdopen(w, "wb") as f:
                 f.write(out)
             code = 0
@@ -277,8 +277,8 @@ class Server:
                       "result (-v shows why)", pid, code)
             return self._died(f"the process of serve's pass exited with code {code}")
         # what the pass could not write, as it left it: the next pass's process has it
-        for held, back in ((state._UNWRITTEN, result.unwritten),
-                           (calife_state._UNWRITTEN, result.calife_unwritten)):
+        for held, back in ((state._UNWRITTEN.held, result.unwritten),
+                           (calife_state._UNWRITTEN.held, result.calife_unwritten)):
             held.clear()
             held.update(back)
         return result.ok, result.next_check
