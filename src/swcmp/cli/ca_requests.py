@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from swcmp.calife import CaLife, Result
     from swcmp.cmp.template import CertReqTemplate, Problem
+    from swcmp.paths import Paths
     from swcmp.session import Session
 
 
@@ -190,7 +191,7 @@ def request_template(name: str) -> None:
     tmpl = _ca_life(env, True).cert_req_template(s)
     key = key_of_session(s)
     problems = template.check(tmpl, key=key, subject=s.entity_dn) if tmpl else []
-    fixes = _template_fixes(s, tmpl, problems) if tmpl is not None else []
+    fixes = _template_fixes(s, env.paths, tmpl, problems) if tmpl is not None else []
     data = {"session": s.name, "known": tmpl is not None,
             "template": tmpl.to_json() if tmpl is not None else None,
             "key_type": s.key_type, "fits": not problems,
@@ -198,19 +199,15 @@ def request_template(name: str) -> None:
     env.emit(data, _template_text(s.name, s.key_type, tmpl, problems, fixes))
 
 
-def _template_fixes(s: Session, tmpl: CertReqTemplate, problems: list[Problem]
-                    ) -> list[str]:
+def _template_fixes(s: Session, paths: Paths, tmpl: CertReqTemplate,
+                    problems: list[Problem]) -> list[str]:
     """The commands that make session ``s`` fit the template, one per kind of problem."""
-    from swcmp.keystore.keyref import names_token
+    from swcmp import keystore
 
     fixes: list[str] = []
     if any(p.what == "key" for p in problems):
-        makeable = None
-        if s.key is not None and names_token(s.key):
-            from swcmp.keystore.pkcs11 import TOKEN_KEY_TYPES
-
-            makeable = TOKEN_KEY_TYPES
-        suggested = tmpl.suggested_key_type(makeable)
+        # a key type the session's key store can make (a token makes fewer than files)
+        suggested = tmpl.suggested_key_type(keystore.open(s, paths).key_types)
         fixes.append(f"`swcmp session set {s.name} --key-type {suggested}`" if suggested else
                      "none of the key types swcmp can make here is allowed: ask the CA "
                      "operator")
