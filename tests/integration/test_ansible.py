@@ -150,6 +150,18 @@ def _certs_issued(f: Fleet) -> int:
     return len(issued(f.root / "ca"))
 
 
+#: A play's settings for the swcmp modules on the test's gateways, up to its tasks.
+PLAY_DEFAULTS = """  gather_facts: false
+  module_defaults:
+    group/swcmp.gateway.swcmp:
+      executable: "{{ swcmp_executable }}"
+      config_dir: "{{ swcmp_config_dir }}"
+      state_dir: "{{ swcmp_state_dir }}"
+      swanctl_dir: "{{ swcmp_swanctl_dir }}"
+      vici: none
+  tasks:
+"""
+
 def test_check_mode_on_new_gateways_reports_and_writes_nothing(fleet: Fleet) -> None:
     run = fleet.play(FLEET, "--check")
     assert run.rc == 0, run.log
@@ -268,16 +280,7 @@ def test_request_revoke_and_absent_with_and_without_revoke(fleet: Fleet) -> None
                for gw in GATEWAYS}
     play = fleet.write_play("absent.yml", """
 - hosts: gateways
-  gather_facts: false
-  module_defaults:
-    group/swcmp.gateway.swcmp:
-      executable: "{{ swcmp_executable }}"
-      config_dir: "{{ swcmp_config_dir }}"
-      state_dir: "{{ swcmp_state_dir }}"
-      swanctl_dir: "{{ swcmp_swanctl_dir }}"
-      vici: none
-  tasks:
-    - name: gw3 leaves the fleet, its certificate revoked
+""" + PLAY_DEFAULTS + """    - name: gw3 leaves the fleet, its certificate revoked
       swcmp.gateway.swcmp_session: {name: gw3, state: absent, revoke: true}
       when: inventory_hostname == "gw3"
     - name: gw2 leaves the fleet, its certificate left valid
@@ -326,16 +329,7 @@ def test_a_declaration_that_moves_a_setting_between_two_that_exclude_each_other(
     host = fleet.ca.url.removesuffix("/pkix/")  # http://127.0.0.1:PORT
     play = fleet.write_play("labels.yml", f"""
 - hosts: gw1
-  gather_facts: false
-  module_defaults:
-    group/swcmp.gateway.swcmp:
-      executable: "{{{{ swcmp_executable }}}}"
-      config_dir: "{{{{ swcmp_config_dir }}}}"
-      state_dir: "{{{{ swcmp_state_dir }}}}"
-      swanctl_dir: "{{{{ swcmp_swanctl_dir }}}}"
-      vici: none
-  tasks:
-    - name: an RFC 9811 profile on the CA's host
+{PLAY_DEFAULTS}    - name: an RFC 9811 profile on the CA's host
       swcmp.gateway.swcmp_session: {{name: pl, server_url: "{host}", profile_label: gw}}
     - name: the CA moves to one path for everything
       swcmp.gateway.swcmp_session: {{name: pl, server_url: "{host}/pkix/", profile_label: ""}}
@@ -359,16 +353,7 @@ def test_poll_limit_is_declared_as_session_set_takes_it(fleet: Fleet) -> None:
     the same limit in seconds is no change, and 12h is."""
     play = fleet.write_play("poll_limit.yml", """
 - hosts: gw1
-  gather_facts: false
-  module_defaults:
-    group/swcmp.gateway.swcmp:
-      executable: "{{ swcmp_executable }}"
-      config_dir: "{{ swcmp_config_dir }}"
-      state_dir: "{{ swcmp_state_dir }}"
-      swanctl_dir: "{{ swcmp_swanctl_dir }}"
-      vici: none
-  tasks:
-    - swcmp.gateway.swcmp_session: {name: pollt, poll_limit: 2d}
+""" + PLAY_DEFAULTS + """    - swcmp.gateway.swcmp_session: {name: pollt, poll_limit: 2d}
     - swcmp.gateway.swcmp_session: {name: pollt, poll_limit: 172800}
     - swcmp.gateway.swcmp_session: {name: pollt, poll_limit: 12h}
     - swcmp.gateway.swcmp_session: {name: pollt, poll_limit: ""}

@@ -14,7 +14,7 @@ from cryptography import x509
 from cmp_router import label_router
 from openssl_gateway import GW, MAC_ARGS, SIG_ARGS, Gateway
 from openssl_mock import OPENSSL, OpenSSL, mock_server
-from pki import make_pki, pem_cert
+from pki import TestPKI, make_pki, pem_cert
 from renewal_env import make_gateway, renew_killed_at
 from swcmp.cmp.transport import HttpTransport
 from swcmp.enroll import request_initial
@@ -152,15 +152,21 @@ def test_explicit_operation_urls(tmp_path: Path) -> None:
 
 
 
+def _delayed_kur(tmp_path: Path) -> tuple[TestPKI, x509.Certificate, list[str]]:
+    """A PKI, the certificate OpenSSL's mock issues for the key update, and the mock's
+    arguments: it answers the kur "waiting" once."""
+    pki = make_pki(tmp_path / "pki")
+    renewed = pki.issue(pki.gw_key, serial=pki.gw.serial_number, days=400)
+    pki.write("rsp.crt", pem_cert(renewed))
+    return pki, renewed, [*SIG_ARGS, "-rsp_cert", "rsp.crt", "-poll_count", "1",
+                          "-check_after", "1"]
+
 @pytest.mark.parametrize("phase", ["waiting", "confirm-waiting"])
 def test_a_resumed_transaction_goes_where_it_began(tmp_path: Path, phase: str) -> None:
     """A renewal killed while OpenSSL 3.5's mock delays the kup (or the pkiConf) is
     finished by the next run at the journaled URL, even after the session's profile
     label changed: the pollReq and certConf of the old KUR go to .../p/gw/keyupdate."""
-    pki = make_pki(tmp_path / "pki")
-    renewed = pki.issue(pki.gw_key, serial=pki.gw.serial_number, days=400)
-    pki.write("rsp.crt", pem_cert(renewed))
-    args = [*SIG_ARGS, "-rsp_cert", "rsp.crt", "-poll_count", "1", "-check_after", "1"]
+    pki, renewed, args = _delayed_kur(tmp_path)
     with mock_server(args, cwd=pki.dir, openssl=OpenSSL.of("3.5")) as url, \
             label_router(url) as router:
         gw = make_gateway(tmp_path / "gw", pki, router.url, profile_label="gw",
@@ -191,10 +197,7 @@ def test_a_transaction_of_a_single_url_session_resumes_at_its_url(tmp_path: Path
     killed while OpenSSL 3.5's mock delays the kup journals that URL, and the next run
     polls and confirms there even though the operator moved the session's server URL
     meanwhile (the router refuses a pollReq anywhere but where its transaction began)."""
-    pki = make_pki(tmp_path / "pki")
-    renewed = pki.issue(pki.gw_key, serial=pki.gw.serial_number, days=400)
-    pki.write("rsp.crt", pem_cert(renewed))
-    args = [*SIG_ARGS, "-rsp_cert", "rsp.crt", "-poll_count", "1", "-check_after", "1"]
+    pki, renewed, args = _delayed_kur(tmp_path)
     with mock_server(args, cwd=pki.dir, openssl=OpenSSL.of("3.5")) as url, \
             label_router(url) as router:
         began = f"{router.url}{BASE}/keyupdate"
